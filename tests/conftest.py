@@ -1,0 +1,57 @@
+"""Shared fixtures: the real Kafka-protocol broker, a temporary database, a fixed clock."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from consumers.broker import EmbeddedBroker
+
+_topic_ids = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """One Tansu broker on a free loopback port for the whole test session."""
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    b = EmbeddedBroker(log_path=log).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of this test's own, for tests that stop or restart it."""
+    b = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name no other test uses, so tests sharing the session broker stay independent."""
+    safe = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+    return f"t{next(_topic_ids)}-{safe}"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """Path of a fresh SQLite database file."""
+    return tmp_path / "cost_data.db"
+
+
+#: 2026-11-02 12:00:00 UTC, a Monday, used as "now" by tests that need a fixed clock.
+FIXED_NOW_NS = 1_793_620_800_000_000_000
+
+
+@pytest.fixture
+def fixed_now_ns() -> int:
+    """A fixed wall-clock instant (ns since epoch) for tests and snapshots."""
+    return FIXED_NOW_NS

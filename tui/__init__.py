@@ -1,0 +1,1 @@
+"""spendtrace-tui: the terminal UI over the spendtrace store."""
