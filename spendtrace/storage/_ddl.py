@@ -9,7 +9,9 @@ Conventions, relied on by every writer and reader:
 - in ``rollup_*`` the row with ``service = ''`` carries the span-level totals (cost, calls, spans,
   errors) and rows with a service name carry that service's share of the cost;
 - ``loaded_*`` rollups hold fully-loaded cost: each span's cost added once to every distinct
-  feature on its path to the root.
+  feature on its path to the root;
+- ``rollup_*.requests`` counts root spans (``parent_id`` is NULL) on the ``service = ''`` row, so
+  requests per user / endpoint come from rollups (the ``requests`` table is too big to group).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     errors      INTEGER NOT NULL DEFAULT 0,
     unpriced    INTEGER NOT NULL DEFAULT 0,  -- usage items with no price
     var_nano2   REAL    NOT NULL DEFAULT 0,
+    requests    INTEGER NOT NULL DEFAULT 0,  -- root spans (parent_id NULL): requests started; service='' row
     PRIMARY KEY (bucket, feature, user_id, endpoint, service)
 ) WITHOUT ROWID;
 """
