@@ -6,15 +6,19 @@ in memory: a restart starts empty.
 
 from __future__ import annotations
 
+import argparse
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from spendtrace.errors import ConfigError
 
-__all__ = ["EmbeddedBroker", "free_port"]
+__all__ = ["EmbeddedBroker", "free_port", "main"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,3 +108,37 @@ class EmbeddedBroker:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run an embedded broker until SIGINT / SIGTERM, printing its bootstrap address first."""
+    p = argparse.ArgumentParser(prog="spendtrace broker", description="Run the embedded Kafka-protocol broker.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9092, help="port (default: 9092; 0 picks a free one)")
+    args = p.parse_args(argv)
+    stop = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    broker = EmbeddedBroker(host=args.host, port=args.port or None)
+    try:
+        broker.start()
+        print(broker.bootstrap, flush=True)
+        print(f"broker running on {broker.bootstrap} (memory only); Ctrl-C stops it", file=sys.stderr, flush=True)
+        while not stop:
+            if not broker.running:
+                print("broker exited", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        broker.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,11 +1,168 @@
-"""``spendtrace-consumer``: placeholder until the pipeline issue lands."""
+"""``spendtrace-consumer``: run N consumer workers until SIGTERM / SIGINT.
+
+``--workers N`` starts N worker *processes* by default (each a group member with its own
+consumer and SQLite connection; see ``benchmarks/bench_pipeline.py --workers`` for why);
+``--worker-mode task`` runs them as N asyncio tasks in one process instead. A stop signal
+makes every worker finish and commit its batch in flight, then leave the group.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
+
+from consumers.config import (
+    DEFAULT_ALERTS_TOPIC,
+    DEFAULT_DLQ_TOPIC,
+    DEFAULT_GROUP,
+    DEFAULT_SPANS_TOPIC,
+    WorkerConfig,
+)
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+log = logging.getLogger("consumers")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Refuse clearly: the workers are not built yet."""
-    print("spendtrace-consumer: the consumer workers are not built yet (see issue #3)", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``spendtrace-consumer``."""
+    p = argparse.ArgumentParser(
+        prog="spendtrace-consumer",
+        description="Price spans from Kafka into a SQLite store, effectively once.",
+    )
+    env = os.environ.get
+    p.add_argument("--bootstrap", default=env("SPENDTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), help="HOST:PORT")
+    p.add_argument("--db", default=env("SPENDTRACE_DB", "cost_data.db"), help="SQLite file (default: cost_data.db)")
+    p.add_argument("--group", default=DEFAULT_GROUP, help=f"consumer group id (default: {DEFAULT_GROUP})")
+    p.add_argument("--workers", type=int, default=1, help="number of workers (default: 1)")
+    p.add_argument("--worker-mode", choices=("process", "task"), default="process", help="how N workers run")
+    p.add_argument("--topic", default=DEFAULT_SPANS_TOPIC, help="spans topic")
+    p.add_argument("--dlq-topic", default=DEFAULT_DLQ_TOPIC, help="dead-letter topic")
+    p.add_argument("--alerts-topic", default=DEFAULT_ALERTS_TOPIC, help="alerts topic (created if missing)")
+    p.add_argument("--partitions", type=int, default=6, help="partitions of topics created here (default: 6)")
+    p.add_argument("--prices", default=None, metavar="FILE", help="price override file")
+    p.add_argument("--batch-size", type=int, default=20_000, help="most messages per transaction")
+    p.add_argument("--retention-interval", type=float, default=300.0, help="seconds between retention runs")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> WorkerConfig:
+    """The worker settings named on the command line."""
+    if args.workers < 1 or args.partitions < 1 or args.batch_size < 1:
+        raise SystemExit("spendtrace-consumer: --workers, --partitions and --batch-size must be >= 1")
+    return WorkerConfig(
+        bootstrap=args.bootstrap,
+        db_path=args.db,
+        group_id=args.group,
+        topic=args.topic,
+        dlq_topic=args.dlq_topic,
+        alerts_topic=args.alerts_topic,
+        partitions=args.partitions,
+        batch_size=args.batch_size,
+        prices_file=args.prices,
+        retention_interval_s=args.retention_interval,
+    )
+
+
+async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None) -> int:
+    """Run ``n`` workers as tasks of this event loop until a stop signal."""
+    from consumers.worker import Worker, load_price_book
+
+    book = load_price_book(config.prices_file)
+    workers = [Worker(config, book=book) for _ in range(n)]
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for w in workers:
+            w.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_all)
+    server = None
+    if metrics_port is not None:
+        from consumers.metrics import serve_metrics
+
+        server = await serve_metrics(metrics_port, lambda: workers)
+    try:
+        results = await asyncio.gather(*(w.run() for w in workers), return_exceptions=True)
+    finally:
+        if server is not None:
+            server.close()
+    failed = [r for r in results if isinstance(r, BaseException)]
+    for exc in failed:
+        log.error("worker failed", exc_info=exc)
+    return 1 if failed else 0
+
+
+def run_processes(argv: Sequence[str], n: int, metrics_port: int | None) -> int:
+    """Run ``n`` single-worker child processes; forward stop signals; restart a child that crashes."""
+    base = [sys.executable, "-m", "consumers", *_without(argv, ("--workers", "--metrics-port")), "--workers", "1"]
+    stopping = False
+
+    def spawn(i: int) -> subprocess.Popen[bytes]:
+        extra = ["--metrics-port", str(metrics_port + i)] if metrics_port is not None else []
+        return subprocess.Popen([*base, *extra])
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    children = [spawn(i) for i in range(n)]
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while True:
+        alive = False
+        for i, child in enumerate(children):
+            code = child.poll()
+            if code is None:
+                alive = True
+            elif code != 0 and not stopping:
+                log.error("worker %d exited with %d; restarting it", i, code)
+                time.sleep(1.0)
+                children[i] = spawn(i)
+                alive = True
+        if not alive:
+            return 0 if all(c.returncode == 0 for c in children) else 1
+        time.sleep(0.2)
+
+
+def _without(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
+    """``argv`` less the named options and their values (both ``--opt v`` and ``--opt=v`` forms)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not any(arg.startswith(o + "=") for o in options):
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``spendtrace-consumer`` and ``python -m consumers``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+    config = config_from_args(args)
+    if args.workers > 1 and args.worker_mode == "process":
+        return run_processes(argv, args.workers, args.metrics_port)
+    log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)
+    return asyncio.run(run_tasks(config, args.workers, args.metrics_port))

@@ -1,0 +1,46 @@
+"""Settings of one consumer worker, shared by the CLI, the supervisor and the tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_ALERTS_TOPIC",
+    "DEFAULT_DLQ_TOPIC",
+    "DEFAULT_GROUP",
+    "DEFAULT_SPANS_TOPIC",
+    "WorkerConfig",
+]
+
+DEFAULT_SPANS_TOPIC = "spendtrace.spans"
+DEFAULT_ALERTS_TOPIC = "spendtrace.alerts"
+DEFAULT_DLQ_TOPIC = "spendtrace.dlq"
+DEFAULT_GROUP = "spendtrace-consumers"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Where a worker reads from and writes to, and how big its batches are.
+
+    ``batch_size`` bounds the records taken per ``getmany`` (one SQLite transaction each);
+    ``max_fetch_bytes`` must exceed the largest message the topic may carry (a 1 MB garbage
+    message must reach the dead letters, not wedge the partition).
+    """
+
+    bootstrap: str
+    db_path: str
+    group_id: str = DEFAULT_GROUP
+    topic: str = DEFAULT_SPANS_TOPIC
+    dlq_topic: str = DEFAULT_DLQ_TOPIC
+    alerts_topic: str = DEFAULT_ALERTS_TOPIC
+    partitions: int = 6
+    replication_factor: int = 1
+    batch_size: int = 20_000
+    poll_timeout_ms: int = 200
+    max_fetch_bytes: int = 16 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+    prices_file: str | None = None
+    retention_interval_s: float = 300.0
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    client_id: str = "spendtrace-consumer"

@@ -1,0 +1,42 @@
+"""Dead letters: messages a worker could not decode or validate, kept with the reason.
+
+Each dead letter goes to the ``dead_letters`` table in the batch's own transaction (exactly
+once, keyed by topic/partition/offset) and to the dead-letter topic (at least once: it is
+produced before the transaction commits, so a crash in between repeats it, never loses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+from aiokafka import AIOKafkaProducer
+
+__all__ = ["DeadLetter", "publish_dead_letters"]
+
+
+class DeadLetter(NamedTuple):
+    """One rejected message, shaped as ``write_batch_async``'s ``dead_letters`` rows."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+
+
+async def publish_dead_letters(producer: AIOKafkaProducer, dlq_topic: str, letters: list[DeadLetter]) -> None:
+    """Send each dead letter's raw bytes to ``dlq_topic`` with where it came from and why in the headers."""
+    if not letters:
+        return
+    pending = []
+    for d in letters:
+        headers = [
+            ("reason", d.reason.encode("utf-8", "replace")),
+            ("source_topic", d.topic.encode()),
+            ("source_partition", str(d.partition).encode()),
+            ("source_offset", str(d.offset).encode()),
+        ]
+        pending.append(await producer.send(dlq_topic, value=d.value, key=d.key, headers=headers))
+    await asyncio.gather(*pending)
