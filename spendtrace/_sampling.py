@@ -8,14 +8,11 @@ so weighted sums stay unbiased estimates of the true totals. The process-wide ra
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
 
 __all__ = ["get_global_sample_rate", "set_global_sample_rate", "validate_rate"]
-
-_log = logging.getLogger("spendtrace")
 
 #: The generator behind every sampling decision; re-seeded in forked children (see below).
 _rng = random.Random()
@@ -41,7 +38,11 @@ def _rate_from_env() -> float:
         return validate_rate(float(raw), "SPENDTRACE_SAMPLE_RATE")
     except ValueError:
         # An app must start even with a typo in its environment: record everything and say why.
-        _log.warning("ignoring SPENDTRACE_SAMPLE_RATE=%r: not a number between 0 and 1; recording every request", raw)
+        import logging
+
+        logging.getLogger("spendtrace").warning(
+            "ignoring SPENDTRACE_SAMPLE_RATE=%r: not a number between 0 and 1; recording every request", raw
+        )
         return 1.0
 
 
