@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import spendtrace
 from spendtrace import add_api_call, cost_track, track_request
 
-__all__ = ["TENANTS", "main", "one_request"]
+__all__ = ["TENANTS", "build_parser", "main", "one_request"]
 
 TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")
 
@@ -52,7 +52,9 @@ def _checkout(rng: random.Random) -> None:
 def one_request(rng: random.Random) -> None:
     """Record one request of a random tenant on a random endpoint."""
     tenant = rng.choice(TENANTS)
-    endpoint, body = rng.choice((("/api/search", _search), ("/api/recommend", _recommend), ("/api/checkout", _checkout)))
+    endpoint, body = rng.choice(
+        (("/api/search", _search), ("/api/recommend", _recommend), ("/api/checkout", _checkout))
+    )
 
     @track_request(endpoint=endpoint, user_id=tenant)
     @cost_track(feature="api")
@@ -62,15 +64,22 @@ def one_request(rng: random.Random) -> None:
     handle()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Record requests at ``--rate`` per second (``--requests`` of them, or until SIGINT / SIGTERM)."""
-    p = argparse.ArgumentParser(prog="python -m consumers.demo_traffic", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of the demo traffic generator."""
+    p = argparse.ArgumentParser(
+        prog="python -m consumers.demo_traffic", description="Record synthetic requests with the SDK."
+    )
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka HOST:PORT")
     p.add_argument("--topic", default="spendtrace.spans")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second (default: 50)")
     p.add_argument("--requests", type=int, default=0, help="stop after this many (default: run until stopped)")
     p.add_argument("--seed", type=int, default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Record requests at ``--rate`` per second (``--requests`` of them, or until SIGINT / SIGTERM)."""
+    args = build_parser().parse_args(argv)
     stop = False
 
     def on_signal(_signum: int, _frame: object) -> None:

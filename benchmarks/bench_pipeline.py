@@ -1,0 +1,287 @@
+"""Spans per second through one consumer worker, beside a bare aiokafka consume and a bare SQLite insert.
+
+    python benchmarks/bench_pipeline.py [--spans 200000] [--batch-size 20000] [--workers-compare]
+
+One run, one embedded broker, the same messages for every measurement:
+1. bare consume: an ``AIOKafkaConsumer`` (no group, no decoding) reading the topic end to end;
+2. bare insert: ``executemany`` of the same rows into a table shaped like ``spans`` with two
+   indexes, one transaction, on a fresh file with the worker's pragmas;
+3. the worker: broker → decode → price → spans + rollups + offsets committed, until the
+   stored offsets reach the end of every partition.
+Prints spans/s of each and the ratios against the targets (worker >= 0.5x bare insert, and
+well over 100,000 spans/s). ``--workers-compare`` also times 2 workers as processes vs tasks.
+``--profile FILE`` writes a cProfile of the worker run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import random
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumers.broker import EmbeddedBroker
+from consumers.config import WorkerConfig
+from consumers.topics import ensure_topics
+from consumers.worker import Worker, load_price_book
+from spendtrace.schema import Span, UsageItem, encode_span
+
+FEATURES = ("api", "search", "product_details", "ai_recommendations", "checkout")
+TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")
+ENDPOINTS = ("/api/search", "/api/recommend", "/api/checkout")
+
+
+def make_spans(n: int, seed: int = 7) -> list[Span]:
+    """Requests of 4-6 spans shaped like the SDK's: nested features, three tenants, DynamoDB/Bedrock/S3 usage."""
+    rng = random.Random(seed)
+    now = time.time_ns() - 3_600 * 10**9
+    spans: list[Span] = []
+    r = 0
+    while len(spans) < n:
+        r += 1
+        rid = f"req-{r:09d}"
+        tenant, endpoint = rng.choice(TENANTS), rng.choice(ENDPOINTS)
+        t0 = now + r * 1_000_000
+        root = f"{rid}-0"
+        spans.append(Span(root, None, rid, "api", None, endpoint, tenant, t0, 5_000_000, 1_000_000, path=("api",)))
+        parent, path = root, ("api",)
+        for depth, feat in enumerate(rng.sample(FEATURES[1:], rng.randint(3, 4)), 1):
+            path = (*path, feat)
+            usage = (
+                UsageItem("dynamodb_read", "dynamodb", count=float(rng.randint(1, 5))),
+                UsageItem("bedrock_claude_3_haiku", "bedrock", input_tokens=rng.randint(100, 900), output_tokens=99)
+                if feat == "ai_recommendations"
+                else UsageItem("s3_get", "s3", count=1.0),
+            )
+            sid = f"{rid}-{depth}"
+            spans.append(
+                Span(
+                    sid,
+                    parent,
+                    rid,
+                    feat,
+                    "op",
+                    endpoint,
+                    tenant,
+                    t0 + depth,
+                    1_000_000,
+                    500_000,
+                    usage=usage,
+                    path=path,
+                )
+            )
+            parent = sid
+    return spans[:n]
+
+
+async def produce(bootstrap: str, topic: str, spans: list[Span], partitions: int) -> None:
+    await ensure_topics(bootstrap, [topic], partitions=partitions)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
+    await producer.start()
+    try:
+        for s in spans:
+            await producer.send(topic, encode_span(s), key=s.request_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def bare_consume(bootstrap: str, topic: str, n: int, batch: int) -> float:
+    """Seconds for a plain consumer to read ``n`` messages (values untouched)."""
+    c = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_bytes=16 << 20,
+    )
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        got = 0
+        t0 = time.perf_counter()
+        while got < n:
+            for records in (await c.getmany(timeout_ms=500, max_records=batch)).values():
+                got += len(records)
+        return time.perf_counter() - t0
+    finally:
+        await c.stop()
+
+
+def bare_insert(path: Path, rows: list[tuple[object, ...]]) -> float:
+    """Seconds for one executemany of ``rows`` into a spans-shaped table with two indexes, committed."""
+    from spendtrace.storage._db import _PRAGMAS
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in _PRAGMAS:
+        conn.execute(pragma)
+    conn.execute("PRAGMA journal_mode = WAL")
+    cols = len(rows[0])
+    conn.execute(f"CREATE TABLE spans (span_id TEXT PRIMARY KEY, {', '.join(f'c{i}' for i in range(1, cols))})")
+    conn.execute("CREATE INDEX spans_request ON spans (c2)")  # request_id
+    conn.execute("CREATE INDEX spans_start ON spans (c7)")  # start_ns
+    sql = f"INSERT INTO spans VALUES ({', '.join('?' * cols)})"
+    t0 = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany(sql, rows)
+    conn.execute("COMMIT")
+    dt = time.perf_counter() - t0
+    conn.close()
+    return dt
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+        return {tp.partition: off for tp, off in (await c.end_offsets(tps)).items()}
+    finally:
+        await c.stop()
+
+
+def stored_offsets(db: Path, group: str, topic: str) -> dict[int, int]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?", (group, topic)
+        ).fetchall()
+    return dict(rows)
+
+
+async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | None) -> float:
+    """Seconds from the first record taken to the last batch committed, for one worker."""
+    worker = Worker(cfg, book=load_price_book(None))
+    await worker.start()
+    prof = cProfile.Profile() if profile else None
+    try:
+        while not await worker.step():  # joins the group; the clock starts with the first batch
+            pass
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        while stored_offsets(Path(cfg.db_path), cfg.group_id, cfg.topic) != ends:
+            await worker.step()
+        dt = time.perf_counter() - t0
+    finally:
+        if prof:
+            prof.disable()
+        await worker.stop()
+    if prof and profile:
+        prof.dump_stats(profile)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
+    return dt
+
+
+def time_cli_workers(bootstrap: str, topic: str, db: Path, n: int, mode: str, ends: dict[int, int]) -> float:
+    """Seconds for ``spendtrace-consumer --workers n --worker-mode mode`` to drain the topic (start-up included)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "consumers",
+        "--bootstrap",
+        bootstrap,
+        "--db",
+        str(db),
+        "--group",
+        f"g-{mode}",
+        "--topic",
+        topic,
+        "--workers",
+        str(n),
+        "--worker-mode",
+        mode,
+        "--log-level",
+        "WARNING",
+    ]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd)
+    try:
+        while True:
+            if db.exists():
+                try:
+                    if stored_offsets(db, f"g-{mode}", topic) == ends:
+                        return time.perf_counter() - t0
+                except sqlite3.OperationalError:
+                    pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"workers exited with {proc.returncode}")
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from spendtrace.storage._ingest import prepare_batch
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    spans = make_spans(args.spans)
+    book = load_price_book(None)
+    rows = prepare_batch(spans, book).span_rows
+    with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
+        topic = "bench.spans"
+        await produce(broker.bootstrap, topic, spans, args.partitions)
+        ends = await end_offsets(broker.bootstrap, topic)
+        assert sum(ends.values()) == len(spans), ends
+        size = sum(len(encode_span(s)) for s in spans[:1000]) / 1000
+        print(f"{len(spans):,} spans on {args.partitions} partitions, {size:.0f} B each")
+
+        t_consume = await bare_consume(broker.bootstrap, topic, len(spans), args.batch_size)
+        t_insert = bare_insert(tmp / "bare.db", rows)
+        cfg = WorkerConfig(
+            bootstrap=broker.bootstrap,
+            db_path=str(tmp / "worker.db"),
+            group_id="bench",
+            topic=topic,
+            dlq_topic="bench.dlq",
+            alerts_topic="bench.alerts",
+            partitions=args.partitions,
+            batch_size=args.batch_size,
+        )
+        t_worker = await run_worker(cfg, ends, args.profile)
+
+        n = len(spans)
+        rate = {"bare aiokafka consume": n / t_consume, "bare SQLite insert": n / t_insert, "worker": n / t_worker}
+        for name, r in rate.items():
+            print(f"{name:<24} {r:>12,.0f} spans/s")
+        print(f"worker / bare insert  = {rate['worker'] / rate['bare SQLite insert']:.2f}x   (target >= 0.50x)")
+        print(f"worker / bare consume = {rate['worker'] / rate['bare aiokafka consume']:.2f}x")
+        print(f"worker                = {rate['worker'] / 100_000:.2f}x 100,000 spans/s   (target well over 1x)")
+
+        if args.workers_compare:
+            for mode in ("process", "task"):
+                dt = time_cli_workers(broker.bootstrap, topic, tmp / f"cli-{mode}.db", 2, mode, ends)
+                print(
+                    f"spendtrace-consumer --workers 2 --worker-mode {mode:<7}: {n / dt:>10,.0f} spans/s "
+                    f"(incl. start-up and group join, {dt:.2f}s)"
+                )
+            dt = time_cli_workers(broker.bootstrap, topic, tmp / "cli-one.db", 1, "task", ends)
+            print(f"spendtrace-consumer --workers 1                     : {n / dt:>10,.0f} spans/s ({dt:.2f}s)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spans", type=int, default=200_000)
+    p.add_argument("--partitions", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=20_000)
+    p.add_argument("--workers-compare", action="store_true")
+    p.add_argument("--profile", default=None, metavar="FILE")
+    args = p.parse_args()
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

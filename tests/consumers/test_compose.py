@@ -1,0 +1,66 @@
+"""compose.yaml and the Dockerfile name commands, modules and options that exist in this checkout."""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from consumers.cli import build_parser
+from consumers.demo_traffic import build_parser as demo_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def _scripts() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_kafka_service_is_single_node_kraft() -> None:
+    """The broker is the official Apache Kafka image as one KRaft node that is both broker and controller."""
+    kafka = _compose()["services"]["kafka"]
+    env = kafka["environment"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    assert "zookeeper" not in str(kafka).lower()
+    assert len(env["CLUSTER_ID"]) == 22  # a base64 UUID, as kafka-storage format requires
+
+
+def test_consumer_service_command_parses_with_the_real_cli() -> None:
+    """The consumer service runs the installed ``spendtrace-consumer`` script with options its parser accepts."""
+    svc = _compose()["services"]["consumer"]
+    command = svc["command"]
+    assert command[0] == "spendtrace-consumer"
+    module, func = _scripts()["spendtrace-consumer"].split(":")
+    assert callable(getattr(importlib.import_module(module), func))
+    args = build_parser().parse_args(command[1:])
+    assert args.bootstrap == "kafka:9092"
+    assert args.workers >= 1
+    assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_demo_traffic_service_runs_an_importable_module() -> None:
+    """The demo generator service is ``python -m consumers.demo_traffic`` with options that module accepts."""
+    command = _compose()["services"]["demo-traffic"]["command"]
+    assert command[:3] == ["python", "-m", "consumers.demo_traffic"]
+    assert hasattr(importlib.import_module(command[2]), "main")
+    assert demo_parser().parse_args(command[3:]).bootstrap == "kafka:9092"
+
+
+def test_dockerfile_installs_the_project_with_the_consumer_extra() -> None:
+    """The image copies every package the services import and installs the extras they need."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for package in ("spendtrace", "consumers", "tui"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    assert 'pip install ".[consumer,tui]"' in dockerfile
+    assert {"consumer", "tui"} <= set(extras)
+    for service in ("consumer", "demo-traffic"):
+        assert _compose()["services"][service]["build"] == "."
