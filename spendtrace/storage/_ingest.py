@@ -1,0 +1,637 @@
+"""The write path: price a batch of spans in pure Python, then store it in one SQLite transaction.
+
+``prepare_batch`` does every computation (dedupe, pricing, rollup / loaded / request / unpriced
+deltas aggregated in dicts); ``write_batch_sync`` and ``write_batch_async`` run the *same*
+statement plan (``_plan``, a generator of SQL operations) on ``sqlite3`` or ``aiosqlite``:
+
+    BEGIN IMMEDIATE; SAVEPOINT; INSERT OR IGNORE spans
+    if some span_ids were already stored: ROLLBACK TO SAVEPOINT, keep only the new spans, re-insert
+    rollup, loaded, requests, unpriced upserts (deltas of the new spans only); offsets; dead letters
+    COMMIT
+
+so a replayed or duplicated span is never counted twice and offsets move with the data.
+
+Money: an item's weighted cost is ``weighted_cost(span.weight, unweighted)`` (exact, ties to even);
+a span's ``cost_nano`` is the sum of its items' weighted costs; ``var_nano2`` is
+``w*(w-1)*c**2`` with ``c`` the span's unweighted cost (per service for service rows).
+
+``spans.usage`` is a JSON array with one object per usage item: ``key``, ``service``, the non-zero
+unit fields of ``UsageItem`` (``count``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
+``cache_write_tokens``, ``cache_write_1h_tokens``, ``bytes``, ``gb_seconds``), ``cost_nano``
+(weighted; 0 when unpriced), ``unit_cost_nano`` (unweighted, null when unpriced), ``priced`` and
+``price_version`` (the entry id, null when unpriced). Root spans that ran on Lambda get one more
+item, key ``lambda_gb_second`` / service ``lambda``, with ``memory_mb``, ``billed_ms`` and
+``gb_seconds``. ``spans.price_version`` is the version of the whole book (``price_versions``).
+
+Rollup rows: the ``service = ''`` row gets the span totals (cost, calls = weight, spans = 1,
+errors, unpriced items, var, requests = 1 for a root span); each service row gets that
+service's cost, unpriced items and var, with ``calls``, ``spans``, ``errors`` and ``requests``
+left 0 so sums over all rows never double count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from spendtrace.pricing import LAMBDA_COMPUTE_KEY, PriceBook, weighted_cost
+from spendtrace.schema import Span, UsageItem
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    import aiosqlite
+
+__all__ = [
+    "BatchSummary",
+    "DeadLetter",
+    "OffsetRow",
+    "PreparedBatch",
+    "WriteResult",
+    "prepare_batch",
+    "read_offsets",
+    "read_offsets_async",
+    "write_batch_async",
+    "write_batch_sync",
+]
+
+#: (group_id, topic, partition, next_offset)
+OffsetRow = tuple[str, str, int, int]
+#: (topic, partition, offset, key, value, reason)
+DeadLetter = tuple[str, int, int, bytes | None, bytes | None, str]
+
+_json = msgspec.json.Encoder()
+_UNIT_FIELDS = (
+    "count",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "bytes",
+    "gb_seconds",
+)
+_GRAINS = (("minute", 60), ("hour", 3600), ("day", 86400))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """The scopes a batch touched, for alert evaluation."""
+
+    features: frozenset[str] = frozenset()
+    #: every feature on any stored span's path (fully-loaded scopes)
+    loaded_features: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    endpoints: frozenset[str] = frozenset()
+    min_start_ns: int | None = None
+    max_start_ns: int | None = None
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """Everything ``write_batch_*`` stores for one batch, computed without I/O."""
+
+    book: PriceBook
+    spans: list[Span]
+    span_rows: list[tuple[Any, ...]]
+    #: grain -> {(bucket, feature, user_id, endpoint, service): [cost, calls, spans, errors, unpriced, var, requests]}
+    rollups: dict[str, dict[tuple[int, str, str, str, str], list[Any]]]
+    #: grain -> {(bucket, feature): [cost, calls, spans, var]}
+    loaded: dict[str, dict[tuple[int, str], list[Any]]]
+    #: request_id -> [endpoint, user_id, root_feature, start_ns, end_ns, cost, spans, errors, unpriced, var]
+    requests: dict[str, list[Any]]
+    #: (key, service, feature) -> [items, count, input_tokens, output_tokens, bytes, first_ns, last_ns]
+    unpriced: dict[tuple[str, str, str], list[Any]]
+    cost_nano: int
+    unpriced_items: int
+    duplicates_in_batch: int
+    summary: BatchSummary = field(default_factory=BatchSummary)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a committed batch changed."""
+
+    new_spans: int
+    #: spans not stored because their span_id was already stored or repeated in the batch
+    duplicate_spans: int
+    cost_nano: int
+    unpriced_items: int
+    touched: BatchSummary
+
+    @property
+    def features(self) -> frozenset[str]:
+        """Features whose direct spend this batch changed."""
+        return self.touched.features
+
+    @property
+    def users(self) -> frozenset[str]:
+        """Tenants whose spend this batch changed."""
+        return self.touched.users
+
+    @property
+    def endpoints(self) -> frozenset[str]:
+        """Endpoints whose spend this batch changed."""
+        return self.touched.endpoints
+
+
+# --------------------------------------------------------------------------- preparation
+_frag_cache: dict[tuple[Any, ...], tuple[str, int]] = {}
+_path_cache: dict[tuple[str, ...], str] = {}
+
+
+def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, version: str) -> str:
+    obj: dict[str, Any] = {"key": item.key, "service": service}
+    for name in _UNIT_FIELDS:
+        v = getattr(item, name)
+        if v:
+            obj[name] = v
+    obj["cost_nano"] = cost
+    obj["unit_cost_nano"] = unit_cost
+    obj["priced"] = unit_cost is not None
+    obj["price_version"] = version or None
+    return _json.encode(obj).decode()
+
+
+def _path_json(path: tuple[str, ...]) -> str:
+    s = _path_cache.get(path)
+    if s is None:
+        if len(_path_cache) > 100_000:
+            _path_cache.clear()
+        s = _path_cache[path] = _json.encode(path).decode()
+    return s
+
+
+def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
+    """Price ``spans`` with ``book`` and compute every row and delta to store (pure, no I/O).
+
+    Repeated ``span_id``s within the batch keep their first occurrence.
+    """
+    seen: set[str] = set()
+    uniq: list[Span] = []
+    dups = 0
+    for s in spans:
+        if s.span_id in seen:
+            dups += 1
+            continue
+        seen.add(s.span_id)
+        uniq.append(s)
+
+    price_item = book.price_item
+    book_version = book.version
+    frag_cache = _frag_cache
+    if len(frag_cache) > 200_000:
+        frag_cache.clear()
+    rows: list[tuple[Any, ...]] = []
+    minute: dict[tuple[int, str, str, str, str], list[Any]] = {}
+    loaded_min: dict[tuple[int, str], list[Any]] = {}
+    requests: dict[str, list[Any]] = {}
+    unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
+    features: set[str] = set()
+    users: set[str] = set()
+    endpoints: set[str] = set()
+    total_cost = 0
+    total_unpriced = 0
+    min_t: int | None = None
+    max_t: int | None = None
+
+    for s in uniq:
+        t = s.start_ns
+        w = s.weight
+        cost = 0
+        unw = 0
+        n_unpriced = 0
+        frags: list[str] = []
+        per_svc: dict[str, list[int]] | None = None
+        for it in s.usage:
+            c, ver, svc = price_item(it, t)
+            fk = (it, c, ver, svc, w)
+            hit = frag_cache.get(fk)
+            if hit is None:
+                wc = 0 if c is None else weighted_cost(w, c)
+                hit = frag_cache[fk] = (_item_json(it, svc, c, wc, ver), wc)
+            frags.append(hit[0])
+            if per_svc is None:
+                per_svc = {}
+            acc = per_svc.get(svc)
+            if acc is None:
+                acc = per_svc[svc] = [0, 0, 0]
+            if c is None:
+                n_unpriced += 1
+                acc[2] += 1
+                uk = (it.key, svc, s.feature)
+                u = unpriced_d.get(uk)
+                if u is None:
+                    unpriced_d[uk] = [1, it.count, it.input_tokens, it.output_tokens, it.bytes, t, t]
+                else:
+                    u[0] += 1
+                    u[1] += it.count
+                    u[2] += it.input_tokens
+                    u[3] += it.output_tokens
+                    u[4] += it.bytes
+                    if t < u[5]:
+                        u[5] = t
+                    if t > u[6]:
+                        u[6] = t
+            else:
+                wc = hit[1]
+                cost += wc
+                unw += c
+                acc[0] += wc
+                acc[1] += c
+        if s.lambda_memory_mb > 0 and s.parent_id is None:
+            billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, t)
+            wc = 0 if c is None else weighted_cost(w, c)
+            obj: dict[str, Any] = {
+                "key": LAMBDA_COMPUTE_KEY,
+                "service": "lambda",
+                "memory_mb": s.lambda_memory_mb,
+                "billed_ms": billed_ms,
+                "gb_seconds": s.lambda_memory_mb / 1024 * billed_ms / 1000,
+                "cost_nano": wc,
+                "unit_cost_nano": c,
+                "priced": c is not None,
+                "price_version": ver or None,
+            }
+            frags.append(_json.encode(obj).decode())
+            if per_svc is None:
+                per_svc = {}
+            acc = per_svc.setdefault("lambda", [0, 0, 0])
+            if c is None:
+                n_unpriced += 1
+                acc[2] += 1
+                uk = (LAMBDA_COMPUTE_KEY, "lambda", s.feature)
+                u = unpriced_d.setdefault(uk, [0, 0.0, 0, 0, 0, t, t])
+                u[0] += 1
+                u[5] = min(u[5], t)
+                u[6] = max(u[6], t)
+            else:
+                cost += wc
+                unw += c
+                acc[0] += wc
+                acc[1] += c
+        var = w * (w - 1.0) * unw * unw if w != 1.0 else 0.0
+        feature = s.feature
+        user = s.user_id or ""
+        endpoint = s.endpoint or ""
+        path = s.path or (feature,)
+        rows.append(
+            (
+                s.span_id,
+                s.parent_id,
+                s.request_id,
+                feature,
+                s.operation,
+                s.endpoint,
+                s.user_id,
+                t,
+                s.duration_ns,
+                s.cpu_ns,
+                1 if s.error else 0,
+                s.error_type,
+                w,
+                _path_json(path),
+                "[" + ",".join(frags) + "]",
+                cost,
+                n_unpriced,
+                var,
+                book_version,
+            )
+        )
+        total_cost += cost
+        total_unpriced += n_unpriced
+        err = 1 if s.error else 0
+        mb = t // 60_000_000_000 * 60
+        is_root = 1 if s.parent_id is None else 0
+        key = (mb, feature, user, endpoint, "")
+        r = minute.get(key)
+        if r is None:
+            minute[key] = [cost, w, 1, err, n_unpriced, var, is_root]
+        else:
+            r[0] += cost
+            r[1] += w
+            r[2] += 1
+            r[3] += err
+            r[4] += n_unpriced
+            r[5] += var
+            r[6] += is_root
+        if per_svc:
+            for svc, (sc, su, sn) in per_svc.items():
+                sv = w * (w - 1.0) * su * su if w != 1.0 else 0.0
+                key = (mb, feature, user, endpoint, svc)
+                r = minute.get(key)
+                if r is None:
+                    minute[key] = [sc, 0.0, 0, 0, sn, sv, 0]
+                else:
+                    r[0] += sc
+                    r[4] += sn
+                    r[5] += sv
+        seen_path: set[str] | None = set() if len(path) > 1 else None
+        for f in path:
+            if seen_path is not None:
+                if f in seen_path:
+                    continue
+                seen_path.add(f)
+            lk = (mb, f)
+            lr = loaded_min.get(lk)
+            if lr is None:
+                loaded_min[lk] = [cost, w, 1, var]
+            else:
+                lr[0] += cost
+                lr[1] += w
+                lr[2] += 1
+                lr[3] += var
+        if feature not in path:  # a span's own feature is always on its path; keep that true for odd producers
+            lk = (mb, feature)
+            lr = loaded_min.setdefault(lk, [0, 0.0, 0, 0.0])
+            lr[0] += cost
+            lr[1] += w
+            lr[2] += 1
+            lr[3] += var
+        end = t + s.duration_ns
+        root = feature if s.parent_id is None else None
+        q = requests.get(s.request_id)
+        if q is None:
+            requests[s.request_id] = [s.endpoint, s.user_id, root, t, end, cost, 1, err, n_unpriced, var]
+        else:
+            # the root's endpoint / user win; otherwise the first one seen
+            if s.endpoint is not None and (q[0] is None or root is not None):
+                q[0] = s.endpoint
+            if s.user_id is not None and (q[1] is None or root is not None):
+                q[1] = s.user_id
+            if root is not None:
+                q[2] = root
+            if t < q[3]:
+                q[3] = t
+            if end > q[4]:
+                q[4] = end
+            q[5] += cost
+            q[6] += 1
+            q[7] += err
+            q[8] += n_unpriced
+            q[9] += var
+        features.add(feature)
+        if user:
+            users.add(user)
+        if endpoint:
+            endpoints.add(endpoint)
+        if min_t is None or t < min_t:
+            min_t = t
+        if max_t is None or t > max_t:
+            max_t = t
+
+    rollups = {"minute": minute, "hour": _coarsen(minute, 3600), "day": _coarsen(minute, 86400)}
+    loaded = {
+        "minute": loaded_min,
+        "hour": _coarsen_loaded(loaded_min, 3600),
+        "day": _coarsen_loaded(loaded_min, 86400),
+    }
+    summary = BatchSummary(
+        features=frozenset(features),
+        loaded_features=frozenset(k[1] for k in loaded_min),
+        users=frozenset(users),
+        endpoints=frozenset(endpoints),
+        min_start_ns=min_t,
+        max_start_ns=max_t,
+    )
+    return PreparedBatch(
+        book=book,
+        spans=uniq,
+        span_rows=rows,
+        rollups=rollups,
+        loaded=loaded,
+        requests=requests,
+        unpriced=unpriced_d,
+        cost_nano=total_cost,
+        unpriced_items=total_unpriced,
+        duplicates_in_batch=dups,
+        summary=summary,
+    )
+
+
+def _coarsen(
+    minute: dict[tuple[int, str, str, str, str], list[Any]], size: int
+) -> dict[tuple[int, str, str, str, str], list[Any]]:
+    out: dict[tuple[int, str, str, str, str], list[Any]] = {}
+    for (b, f, u, e, s), v in minute.items():
+        key = (b - b % size, f, u, e, s)
+        r = out.get(key)
+        if r is None:
+            out[key] = list(v)
+        else:
+            for i in range(7):
+                r[i] += v[i]
+    return out
+
+
+def _coarsen_loaded(minute: dict[tuple[int, str], list[Any]], size: int) -> dict[tuple[int, str], list[Any]]:
+    out: dict[tuple[int, str], list[Any]] = {}
+    for (b, f), v in minute.items():
+        key = (b - b % size, f)
+        r = out.get(key)
+        if r is None:
+            out[key] = list(v)
+        else:
+            for i in range(4):
+                r[i] += v[i]
+    return out
+
+
+# --------------------------------------------------------------------------- SQL
+INSERT_SPANS = (
+    "INSERT OR IGNORE INTO spans (span_id, parent_id, request_id, feature, operation, endpoint, user_id, start_ns, "
+    "duration_ns, cpu_ns, error, error_type, weight, path, usage, cost_nano, unpriced, var_nano2, price_version) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_ROLLUP_UPSERT = (
+    "INSERT INTO rollup_{g} (bucket, feature, user_id, endpoint, service, cost_nano, calls, spans, errors, unpriced, "
+    "var_nano2, requests) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (bucket, feature, user_id, endpoint, service) "
+    "DO UPDATE SET "
+    "cost_nano = cost_nano + excluded.cost_nano, calls = calls + excluded.calls, spans = spans + excluded.spans, "
+    "errors = errors + excluded.errors, unpriced = unpriced + excluded.unpriced, "
+    "var_nano2 = var_nano2 + excluded.var_nano2, requests = requests + excluded.requests"
+)
+_LOADED_UPSERT = (
+    "INSERT INTO loaded_{g} (bucket, feature, cost_nano, calls, spans, var_nano2) VALUES (?,?,?,?,?,?) "
+    "ON CONFLICT (bucket, feature) DO UPDATE SET cost_nano = cost_nano + excluded.cost_nano, "
+    "calls = calls + excluded.calls, spans = spans + excluded.spans, var_nano2 = var_nano2 + excluded.var_nano2"
+)
+_REQUESTS_UPSERT = (
+    "INSERT INTO requests (request_id, endpoint, user_id, root_feature, start_ns, end_ns, cost_nano, spans, errors, "
+    "unpriced, var_nano2) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (request_id) DO UPDATE SET "
+    "endpoint = CASE WHEN excluded.root_feature IS NOT NULL THEN coalesce(excluded.endpoint, endpoint) "
+    "ELSE coalesce(endpoint, excluded.endpoint) END, "
+    "user_id = CASE WHEN excluded.root_feature IS NOT NULL THEN coalesce(excluded.user_id, user_id) "
+    "ELSE coalesce(user_id, excluded.user_id) END, "
+    "root_feature = coalesce(excluded.root_feature, root_feature), "
+    "start_ns = min(start_ns, excluded.start_ns), end_ns = max(end_ns, excluded.end_ns), "
+    "cost_nano = cost_nano + excluded.cost_nano, spans = spans + excluded.spans, errors = errors + excluded.errors, "
+    "unpriced = unpriced + excluded.unpriced, var_nano2 = var_nano2 + excluded.var_nano2"
+)
+_UNPRICED_UPSERT = (
+    "INSERT INTO unpriced_usage (key, service, feature, items, count, input_tokens, output_tokens, bytes, first_ns, "
+    "last_ns) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key, service, feature) DO UPDATE SET "
+    "items = items + excluded.items, count = count + excluded.count, "
+    "input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, "
+    "bytes = bytes + excluded.bytes, first_ns = min(first_ns, excluded.first_ns), "
+    "last_ns = max(last_ns, excluded.last_ns)"
+)
+_PRICE_VERSION = "INSERT OR IGNORE INTO price_versions (version, created_ns, source, book) VALUES (?,?,?,?)"
+_OFFSETS_UPSERT = (
+    "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, updated_ns) VALUES (?,?,?,?,?) "
+    "ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = excluded.next_offset, "
+    "updated_ns = excluded.updated_ns"
+)
+_DEAD_LETTER = (
+    'INSERT OR IGNORE INTO dead_letters (received_ns, topic, partition, "offset", key, value, reason) '
+    "VALUES (?,?,?,?,?,?,?)"
+)
+_READ_OFFSETS = "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?"
+
+_book_json: dict[str, str] = {}
+
+
+def delta_statements(batch: PreparedBatch, now_ns: int) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """The upserts that add ``batch``'s deltas (to be run only for spans that were new)."""
+    if batch.span_rows:
+        bj = _book_json.get(batch.book.version)
+        if bj is None:
+            bj = _book_json[batch.book.version] = batch.book.to_json()
+        yield _PRICE_VERSION, [(batch.book.version, now_ns, batch.book.name, bj)]
+    for g, _ in _GRAINS:
+        d = batch.rollups[g]
+        if d:
+            yield _ROLLUP_UPSERT.format(g=g), [(*k, *v) for k, v in d.items()]
+    for g, _ in _GRAINS:
+        ld = batch.loaded[g]
+        if ld:
+            yield _LOADED_UPSERT.format(g=g), [(*k, *v) for k, v in ld.items()]
+    if batch.requests:
+        yield _REQUESTS_UPSERT, [(k, *v) for k, v in batch.requests.items()]
+    if batch.unpriced:
+        yield _UNPRICED_UPSERT, [(*k, *v) for k, v in batch.unpriced.items()]
+
+
+# --------------------------------------------------------------------------- the one transaction plan
+# Operations yielded by _plan: ("exec", sql, params) -> None, ("many", sql, rows) -> None,
+# ("all", sql, params) -> list of rows.
+_Op = tuple[str, str, Any]
+
+
+def _plan(
+    batch: PreparedBatch, offsets: Sequence[OffsetRow], dead_letters: Sequence[DeadLetter], now_ns: int
+) -> Generator[_Op, Any, WriteResult]:
+    effective = batch
+    if batch.span_rows:
+        before = (yield ("all", "SELECT total_changes()", ()))[0][0]
+        yield ("exec", "SAVEPOINT spendtrace_spans", ())
+        yield ("many", INSERT_SPANS, batch.span_rows)
+        after = (yield ("all", "SELECT total_changes()", ()))[0][0]
+        if after - before != len(batch.span_rows):
+            # Some spans were stored already (a replay): undo, find them, and keep only the new ones.
+            yield ("exec", "ROLLBACK TO spendtrace_spans", ())
+            existing: set[str] = set()
+            ids = [s.span_id for s in batch.spans]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                sql = f"SELECT span_id FROM spans WHERE span_id IN ({','.join('?' * len(chunk))})"
+                existing.update(r[0] for r in (yield ("all", sql, chunk)))
+            effective = prepare_batch([s for s in batch.spans if s.span_id not in existing], batch.book)
+            effective.duplicates_in_batch = batch.duplicates_in_batch
+            if effective.span_rows:
+                yield ("many", INSERT_SPANS, effective.span_rows)
+        yield ("exec", "RELEASE spendtrace_spans", ())
+        for sql, rows in delta_statements(effective, now_ns):
+            yield ("many", sql, rows)
+    if offsets:
+        yield ("many", _OFFSETS_UPSERT, [(g, t, p, o, now_ns) for g, t, p, o in offsets])
+    if dead_letters:
+        yield ("many", _DEAD_LETTER, [(now_ns, *d) for d in dead_letters])
+    new = len(effective.span_rows)
+    return WriteResult(
+        new_spans=new,
+        duplicate_spans=len(batch.span_rows) - new + batch.duplicates_in_batch,
+        cost_nano=effective.cost_nano,
+        unpriced_items=effective.unpriced_items,
+        touched=effective.summary,
+    )
+
+
+def write_batch_sync(
+    conn: sqlite3.Connection,
+    batch: PreparedBatch,
+    *,
+    offsets: Sequence[OffsetRow] = (),
+    dead_letters: Sequence[DeadLetter] = (),
+) -> WriteResult:
+    """Store ``batch`` (plus consumer offsets and dead letters) in one transaction on a ``connect()`` connection."""
+    plan = _plan(batch, offsets, dead_letters, time.time_ns())
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result: Any = None
+        while True:
+            try:
+                kind, sql, args = plan.send(result)
+            except StopIteration as stop:
+                conn.execute("COMMIT")
+                return stop.value  # type: ignore[no-any-return]
+            if kind == "many":
+                conn.executemany(sql, args)
+                result = None
+            elif kind == "all":
+                result = conn.execute(sql, args).fetchall()
+            else:
+                conn.execute(sql, args)
+                result = None
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+async def write_batch_async(
+    aconn: aiosqlite.Connection,
+    batch: PreparedBatch,
+    *,
+    offsets: Sequence[OffsetRow] = (),
+    dead_letters: Sequence[DeadLetter] = (),
+) -> WriteResult:
+    """``write_batch_sync`` for an ``aiosqlite`` connection from ``connect_async()``."""
+    plan = _plan(batch, offsets, dead_letters, time.time_ns())
+    await aconn.execute("BEGIN IMMEDIATE")
+    try:
+        result: Any = None
+        while True:
+            try:
+                kind, sql, args = plan.send(result)
+            except StopIteration as stop:
+                await aconn.execute("COMMIT")
+                return stop.value  # type: ignore[no-any-return]
+            if kind == "many":
+                await aconn.executemany(sql, args)
+                result = None
+            elif kind == "all":
+                async with aconn.execute(sql, args) as cur:
+                    result = await cur.fetchall()
+            else:
+                await aconn.execute(sql, args)
+                result = None
+    except BaseException:
+        if aconn.in_transaction:
+            await aconn.execute("ROLLBACK")
+        raise
+
+
+def read_offsets(conn: sqlite3.Connection, group_id: str, topic: str) -> dict[int, int]:
+    """partition -> next offset to consume, as stored by the last committed batch of ``group_id``."""
+    return {int(p): int(o) for p, o in conn.execute(_READ_OFFSETS, (group_id, topic)).fetchall()}
+
+
+async def read_offsets_async(aconn: aiosqlite.Connection, group_id: str, topic: str) -> dict[int, int]:
+    """``read_offsets`` for an ``aiosqlite`` connection."""
+    async with aconn.execute(_READ_OFFSETS, (group_id, topic)) as cur:
+        return {int(p): int(o) for p, o in await cur.fetchall()}
