@@ -1,0 +1,594 @@
+"""Every read query, defined once: SQL + bound parameters + a post-processor (see ``_sql.Query``).
+
+Dashboard aggregates read the ``rollup_*`` / ``loaded_*`` tables (day buckets, with hour and minute
+buckets at the edges of a range), so their cost follows the number of rollup rows in range, not the
+number of spans; per-request queries read ``requests`` and ``spans`` through their indexes.
+Money comes back both as exact integer nano-dollars (``*_nano``) and as float USD for display.
+Unpriced usage is counted in ``unpriced_count`` wherever it would change a total.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from typing import Any
+
+from spendtrace.storage._sql import (
+    DAY,
+    MINUTE,
+    NANO,
+    Filters,
+    Query,
+    Row,
+    day_start,
+    iso_ns,
+    plan_segments,
+    rollup_union,
+    usd,
+)
+
+__all__ = [
+    "aggregate",
+    "aggregate_by_service",
+    "cost_trend",
+    "cost_trend_by_feature",
+    "dead_letters",
+    "feature_breakdown",
+    "feature_timeseries",
+    "ingest_stats",
+    "request_costs",
+    "spend_rate",
+    "subtree",
+    "total",
+    "transactions",
+    "unpriced_usage",
+]
+
+_SUMS = (
+    "SUM(cost_nano) AS cost_nano, SUM(calls) AS calls, SUM(spans) AS spans, SUM(errors) AS errors, "
+    "SUM(unpriced) AS unpriced, SUM(var_nano2) AS var_nano2, SUM(requests) AS requests"
+)
+_COLS = "cost_nano, calls, spans, errors, unpriced, var_nano2, requests"
+
+
+def _stderr(var_nano2: float | None, calls: float | None, spans: int | None) -> float | None:
+    """Standard error in USD of a sampled estimate; None when every span had weight 1 (no sampling)."""
+    if not spans or calls is None or calls <= spans + 1e-9:
+        return None
+    return math.sqrt(max(var_nano2 or 0.0, 0.0)) / NANO
+
+
+def _money(prefix: str, nano: int | None) -> dict[str, Any]:
+    return {f"{prefix}_cost": usd(nano), f"{prefix}_cost_nano": int(nano or 0)}
+
+
+# --- aggregates over rollups -------------------------------------------------------------------
+
+
+def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
+    """Spend grouped by ``feature``, ``user_id`` or ``endpoint``, most expensive first.
+
+    Totals come from the ``service = ''`` rollup rows (span-level), the per-service split from the
+    rows with a service name. With a ``service`` filter, every number is that service's share.
+    ``transaction_count`` is the number of spans for features and the number of requests for
+    users and endpoints (what the README prints beside them); both counts are always present.
+    """
+    assert dim in ("feature", "user_id", "endpoint")
+    segs = plan_segments(f.start_ns, f.end_ns)
+    terms, params = f.dims(service=True)
+    # Grouping each segment by (bucket, feature) follows the primary key, so SQLite needs no sorter there.
+    if dim == "feature":
+        select, group = f"feature AS k, MIN(bucket) AS b0, MAX(bucket) AS b1, {_SUMS}", "bucket, feature"
+    else:
+        select, group = f"{dim} AS k, bucket AS b0, bucket AS b1, {_COLS}", ""
+    union, uparams = rollup_union(select, "rollup", segs, terms, params, group)
+    steps: list[tuple[str, tuple[Any, ...]]] = [
+        (f"SELECT k, MIN(b0) AS b0, MAX(b1) AS b1, {_SUMS} FROM ({union}) GROUP BY k", tuple(uparams))
+    ]
+    if f.service is None:
+        sterms, sparams = f.dims(service=False)
+        sunion, suparams = rollup_union(
+            f"{dim} AS k, service, cost_nano", "rollup", segs, [*sterms, "service != ''"], sparams
+        )
+        steps.append(
+            (f"SELECT k, service, SUM(cost_nano) AS cost_nano FROM ({sunion}) GROUP BY k, service", tuple(suparams))
+        )
+    per_request = dim != "feature"
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        services: dict[str, dict[str, int]] = {}
+        if len(results) > 1:
+            for r in results[1]:
+                services.setdefault(r["k"], {})[r["service"]] = int(r["cost_nano"] or 0)
+        elif f.service is not None:
+            services = {r["k"]: {f.service: int(r["cost_nano"] or 0)} for r in results[0]}
+        rows = []
+        for r in results[0]:
+            svc = dict(sorted(services.get(r["k"], {}).items(), key=lambda kv: (-kv[1], kv[0])))
+            spans, requests = int(r["spans"] or 0), int(r["requests"] or 0)
+            rows.append(
+                {
+                    dim: r["k"],
+                    "total_cost": usd(r["cost_nano"]),
+                    "cost_nano": int(r["cost_nano"] or 0),
+                    "transaction_count": requests if per_request else spans,
+                    "span_count": spans,
+                    "request_count": requests,
+                    "calls": float(r["calls"] or 0.0),
+                    "service_costs": {k: usd(v) for k, v in svc.items()},
+                    "service_costs_nano": svc,
+                    "unpriced_count": int(r["unpriced"] or 0),
+                    "error_count": int(r["errors"] or 0),
+                    "stderr": _stderr(r["var_nano2"], r["calls"], spans),
+                    "first_seen": iso_ns(r["b0"] * NANO if r["b0"] is not None else None),
+                    "last_seen": iso_ns(r["b1"] * NANO if r["b1"] is not None else None),
+                }
+            )
+        rows.sort(key=lambda row: (-row["cost_nano"], row[dim]))
+        return rows
+
+    return Query(tuple(steps), post)
+
+
+def aggregate_by_service(f: Filters) -> Query[list[Row]]:
+    """Spend per service (``dynamodb``, ``bedrock`` ...) from the per-service rollup rows, most expensive first."""
+    segs = plan_segments(f.start_ns, f.end_ns)
+    terms, params = f.dims(service=False)
+    if f.service is not None:
+        terms, params = [*terms, "service = ?"], [*params, f.service]
+    union, uparams = rollup_union(f"service, {_COLS}", "rollup", segs, [*terms, "service != ''"], params)
+    sql = f"SELECT service, {_SUMS} FROM ({union}) GROUP BY service"
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        rows = [
+            {
+                "service": r["service"],
+                "total_cost": usd(r["cost_nano"]),
+                "cost_nano": int(r["cost_nano"] or 0),
+                "unpriced_count": int(r["unpriced"] or 0),
+                "stderr": _stderr(r["var_nano2"], r["calls"], r["spans"]),
+            }
+            for r in results[0]
+        ]
+        rows.sort(key=lambda row: (-row["cost_nano"], row["service"]))
+        return rows
+
+    return Query(((sql, tuple(uparams)),), post)
+
+
+def total(f: Filters) -> Query[Row]:
+    """One total over everything the filters select (``transaction_count`` counts spans)."""
+    segs = plan_segments(f.start_ns, f.end_ns)
+    terms, params = f.dims(service=True)
+    union, uparams = rollup_union(_COLS, "rollup", segs, terms, params)
+    sql = f"SELECT {_SUMS} FROM ({union})"
+
+    def post(results: list[list[Row]]) -> Row:
+        r = results[0][0]
+        spans = int(r["spans"] or 0)
+        return {
+            "total_cost": usd(r["cost_nano"]),
+            "cost_nano": int(r["cost_nano"] or 0),
+            "transaction_count": spans,
+            "request_count": int(r["requests"] or 0),
+            "calls": float(r["calls"] or 0.0),
+            "unpriced_count": int(r["unpriced"] or 0),
+            "error_count": int(r["errors"] or 0),
+            "stderr": _stderr(r["var_nano2"], r["calls"], spans),
+        }
+
+    return Query(((sql, tuple(uparams)),), post)
+
+
+def feature_breakdown(f: Filters) -> Query[list[Row]]:
+    """Direct vs fully-loaded cost per feature, largest fully-loaded first.
+
+    Reads the ``rollup_*`` and ``loaded_*`` tables; the loaded rollups have no user or endpoint
+    dimension, so with a ``user_id`` or ``endpoint`` filter the numbers come from the raw spans
+    (exact for the raw-span retention period).
+    """
+    if f.user_id is not None or f.endpoint is not None:
+        return _breakdown_from_spans(f)
+    segs = plan_segments(f.start_ns, f.end_ns)
+    terms, params = f.dims(service=True)
+    d_union, d_params = rollup_union(f"feature, {_COLS}", "rollup", segs, terms, params)
+    lterms, lparams = (["feature = ?"], [f.feature]) if f.feature is not None else ([], [])
+    l_union, l_params = rollup_union("feature, cost_nano, calls, spans, var_nano2", "loaded", segs, lterms, lparams)
+    steps = (
+        (f"SELECT feature, {_SUMS} FROM ({d_union}) GROUP BY feature", tuple(d_params)),
+        (
+            "SELECT feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls, SUM(spans) AS spans, "
+            f"SUM(var_nano2) AS var_nano2 FROM ({l_union}) GROUP BY feature",
+            tuple(l_params),
+        ),
+    )
+    return Query(steps, _breakdown_post)
+
+
+def _breakdown_from_spans(f: Filters) -> Query[list[Row]]:
+    where, params = _span_where(replace(f, feature=None), alias="s")
+    steps = []
+    for col, sql in (
+        (
+            "s.feature",
+            "SELECT s.feature AS feature, SUM(s.cost_nano) AS cost_nano, SUM(s.weight) AS calls, "
+            "COUNT(*) AS spans, SUM(s.unpriced) AS unpriced, SUM(s.var_nano2) AS var_nano2 FROM spans s",
+        ),
+        (
+            "j.value",
+            "SELECT j.value AS feature, SUM(s.cost_nano) AS cost_nano, SUM(s.weight) AS calls, "
+            "COUNT(*) AS spans, SUM(s.var_nano2) AS var_nano2 FROM spans s, json_each(s.path) j",
+        ),
+    ):
+        terms, p = list(where), list(params)
+        if f.feature is not None:  # the filter names the output feature: the span's own, or one on its path
+            terms.append(f"{col} = ?")
+            p.append(f.feature)
+        clause = f" WHERE {' AND '.join(terms)}" if terms else ""
+        steps.append((f"{sql}{clause} GROUP BY {col}", tuple(p)))
+    return Query(tuple(steps), _breakdown_post)
+
+
+def _breakdown_post(results: list[list[Row]]) -> list[Row]:
+    direct = {r["feature"]: r for r in results[0]}
+    loaded = {r["feature"]: r for r in results[1]}
+    rows = []
+    for feature in direct.keys() | loaded.keys():
+        d, ld = direct.get(feature, {}), loaded.get(feature, {})
+        spans = int(d.get("spans") or 0)
+        rows.append(
+            {
+                "feature": feature,
+                **_money("direct", d.get("cost_nano")),
+                **_money("fully_loaded", ld.get("cost_nano")),
+                "transaction_count": spans,
+                "calls": float(d.get("calls") or 0.0),
+                "unpriced_count": int(d.get("unpriced") or 0),
+                "direct_stderr": _stderr(d.get("var_nano2"), d.get("calls"), spans),
+                "fully_loaded_stderr": _stderr(ld.get("var_nano2"), ld.get("calls"), ld.get("spans")),
+            }
+        )
+    rows.sort(key=lambda r: (-r["fully_loaded_cost_nano"], -r["direct_cost_nano"], r["feature"]))
+    return rows
+
+
+# --- trends and live views ---------------------------------------------------------------------
+
+
+def _days(now_ns: int, days: int) -> list[int]:
+    last = day_start(now_ns)
+    return [last - (days - 1 - i) * DAY for i in range(days)]
+
+
+def _date(bucket: int) -> str:
+    return iso_ns(bucket * NANO)[:10]  # type: ignore[index]
+
+
+def cost_trend(f: Filters, days: int, now_ns: int) -> Query[list[Row]]:
+    """One row per UTC day for the ``days`` days ending today, oldest first, zero-filled."""
+    buckets = _days(now_ns, days)
+    terms, params = f.dims(service=True)
+    sql = (
+        f"SELECT bucket, {_SUMS} FROM rollup_day WHERE {' AND '.join([*terms, 'bucket >= ?', 'bucket <= ?'])} "
+        "GROUP BY bucket"
+    )
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        by_bucket = {r["bucket"]: r for r in results[0]}
+        out = []
+        for b in buckets:
+            r = by_bucket.get(b, {})
+            spans = int(r.get("spans") or 0)
+            out.append(
+                {
+                    "date": _date(b),
+                    "total_cost": usd(r.get("cost_nano")),
+                    "cost_nano": int(r.get("cost_nano") or 0),
+                    "calls": float(r.get("calls") or 0.0),
+                    "transaction_count": spans,
+                    "unpriced_count": int(r.get("unpriced") or 0),
+                    "stderr": _stderr(r.get("var_nano2"), r.get("calls"), spans),
+                }
+            )
+        return out
+
+    if days <= 0:
+        return Query((), lambda _: [])
+    return Query(((sql, (*params, buckets[0], buckets[-1])),), post)
+
+
+def cost_trend_by_feature(days: int, now_ns: int) -> Query[list[Row]]:
+    """Per feature, its cost per UTC day (zero-filled, oldest first); features by total, largest first."""
+    if days <= 0:
+        return Query((), lambda _: [])
+    buckets = _days(now_ns, days)
+    sql = (
+        "SELECT bucket, feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls FROM rollup_day "
+        "WHERE service = '' AND bucket >= ? AND bucket <= ? GROUP BY bucket, feature"
+    )
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        series: dict[str, dict[int, Row]] = {}
+        for r in results[0]:
+            series.setdefault(r["feature"], {})[r["bucket"]] = r
+        out = []
+        for feature, by_bucket in series.items():
+            points: list[Row] = [
+                {
+                    "date": _date(b),
+                    "total_cost": usd(by_bucket.get(b, {}).get("cost_nano")),
+                    "cost_nano": int(by_bucket.get(b, {}).get("cost_nano") or 0),
+                    "calls": float(by_bucket.get(b, {}).get("calls") or 0.0),
+                }
+                for b in buckets
+            ]
+            nano = sum(p["cost_nano"] for p in points)
+            out.append({"feature": feature, "total_cost": usd(nano), "cost_nano": nano, "points": points})
+        out.sort(key=lambda r: (-r["cost_nano"], r["feature"]))
+        return out
+
+    return Query(((sql, (buckets[0], buckets[-1])),), post)
+
+
+def feature_timeseries(minutes: int, now_ns: int) -> Query[dict[str, list[float]]]:
+    """USD per minute per feature for the last ``minutes`` minutes (current one included), oldest first."""
+    last = now_ns // NANO // MINUTE * MINUTE
+    buckets = [last - (minutes - 1 - i) * MINUTE for i in range(max(minutes, 0))]
+    sql = (
+        "SELECT bucket, feature, SUM(cost_nano) AS cost_nano FROM rollup_minute "
+        "WHERE service = '' AND bucket >= ? AND bucket <= ? GROUP BY bucket, feature"
+    )
+
+    def post(results: list[list[Row]]) -> dict[str, list[float]]:
+        series: dict[str, dict[int, int]] = {}
+        for r in results[0]:
+            series.setdefault(r["feature"], {})[r["bucket"]] = int(r["cost_nano"] or 0)
+        order = sorted(series, key=lambda k: (-sum(series[k].values()), k))
+        return {k: [usd(series[k].get(b, 0)) for b in buckets] for k in order}
+
+    if not buckets:
+        return Query((), lambda _: {})
+    return Query(((sql, (buckets[0], buckets[-1])),), post)
+
+
+def spend_rate(f: Filters, minutes: int, now_ns: int) -> Query[Row]:
+    """Spend per hour over the last ``minutes`` minutes (minute rollups, the current minute included)."""
+    now_s = now_ns / NANO
+    lo = int(now_s) // MINUTE * MINUTE - (max(minutes, 1) - 1) * MINUTE
+    terms, params = f.dims(service=True)
+    sql = f"SELECT {_SUMS} FROM rollup_minute WHERE {' AND '.join([*terms, 'bucket >= ?', 'bucket <= ?'])}"
+    elapsed = max(now_s - lo, 1.0)
+
+    def post(results: list[list[Row]]) -> Row:
+        r = results[0][0]
+        nano = int(r["cost_nano"] or 0)
+        return {
+            "usd_per_hour": usd(nano) * 3600.0 / elapsed,
+            "cost_nano": nano,
+            "window_seconds": elapsed,
+            "unpriced_count": int(r["unpriced"] or 0),
+        }
+
+    return Query(((sql, (*params, lo, int(now_s))),), post)
+
+
+def ingest_stats(now_ns: int) -> Query[Row]:
+    """Counters for the live screen: spans started in the last minute, totals, dead letters, unpriced items."""
+    sql = (
+        "SELECT (SELECT COUNT(*) FROM spans WHERE start_ns >= ? AND start_ns <= ?) AS spans_last_minute, "
+        "(SELECT COALESCE(SUM(spans), 0) FROM rollup_day WHERE service = '') AS total_spans, "
+        "(SELECT COALESCE(SUM(requests), 0) FROM rollup_day WHERE service = '') AS total_requests, "
+        "(SELECT COALESCE(SUM(cost_nano), 0) FROM rollup_day WHERE service = '') AS cost_nano, "
+        "(SELECT COALESCE(SUM(unpriced), 0) FROM rollup_day WHERE service = '') AS unpriced_items, "
+        "(SELECT COUNT(*) FROM dead_letters) AS dead_letters"
+    )
+
+    def post(results: list[list[Row]]) -> Row:
+        r = dict(results[0][0])
+        r["total_cost"] = usd(r["cost_nano"])
+        return r
+
+    return Query(((sql, (now_ns - 60 * NANO, now_ns)),), post)
+
+
+# --- raw spans and requests --------------------------------------------------------------------
+
+
+def _span_where(f: Filters, alias: str = "") -> tuple[list[str], list[Any]]:
+    """WHERE terms on the raw ``spans`` table (exact to the nanosecond)."""
+    p = f"{alias}." if alias else ""
+    terms: list[str] = []
+    params: list[Any] = []
+    if f.start_ns is not None:
+        terms.append(f"{p}start_ns >= ?")
+        params.append(f.start_ns)
+    if f.end_ns is not None:
+        terms.append(f"{p}start_ns < ?")
+        params.append(f.end_ns)
+    for col, val in (("feature", f.feature), ("user_id", f.user_id), ("endpoint", f.endpoint)):
+        if val is not None:
+            terms.append(f"COALESCE({p}{col}, '') = ?")
+            params.append(val)
+    if f.service is not None:
+        terms.append(f"EXISTS (SELECT 1 FROM json_each({p}usage) u WHERE json_extract(u.value, '$.service') = ?)")
+        params.append(f.service)
+    return terms, params
+
+
+_SPAN_COLS = (
+    "span_id, parent_id, request_id, feature, operation, endpoint, user_id, start_ns, duration_ns, cpu_ns, "
+    "error, error_type, weight, path, usage, cost_nano, unpriced, var_nano2, price_version"
+)
+
+
+def _span_row(r: Row) -> Row:
+    usage = json.loads(r["usage"]) if r["usage"] else []
+    for item in usage:
+        if isinstance(item, dict) and "cost_nano" in item:
+            item.setdefault("cost", usd(item["cost_nano"]))
+    return {
+        "span_id": r["span_id"],
+        "parent_id": r["parent_id"],
+        "request_id": r["request_id"],
+        "feature": r["feature"],
+        "operation": r["operation"],
+        "endpoint": r["endpoint"],
+        "user_id": r["user_id"],
+        "start_ns": r["start_ns"],
+        "start": iso_ns(r["start_ns"]),
+        "duration_ms": r["duration_ns"] / 1e6,
+        "cpu_ms": r["cpu_ns"] / 1e6,
+        "error": bool(r["error"]),
+        "error_type": r["error_type"],
+        "weight": r["weight"],
+        "path": json.loads(r["path"]) if r["path"] else [],
+        "usage": usage,
+        "total_cost": usd(r["cost_nano"]),
+        "cost_nano": int(r["cost_nano"]),
+        "unpriced_count": int(r["unpriced"]),
+        "price_version": r["price_version"],
+    }
+
+
+def transactions(f: Filters, limit: int, offset: int, request_id: str | None = None) -> Query[list[Row]]:
+    """Raw spans, newest first (ties broken by span_id, so pages are stable), with paging."""
+    terms, params = _span_where(f)
+    if request_id is not None:
+        terms.append("request_id = ?")
+        params.append(request_id)
+    clause = f" WHERE {' AND '.join(terms)}" if terms else ""
+    sql = f"SELECT {_SPAN_COLS} FROM spans{clause} ORDER BY start_ns DESC, span_id DESC LIMIT ? OFFSET ?"
+    return Query(((sql, (*params, int(limit), int(offset))),), lambda res: [_span_row(r) for r in res[0]])
+
+
+def request_costs(f: Filters, limit: int, order: str, offset: int = 0) -> Query[list[Row]]:
+    """One row per request (``requests`` table): newest first, or most expensive first with ``order='cost'``.
+
+    The ``feature`` filter matches the request's root feature.
+    """
+    if order not in ("recent", "cost"):
+        from spendtrace.errors import ConfigError
+
+        raise ConfigError(f"order must be 'recent' or 'cost', not {order!r}")
+    terms: list[str] = []
+    params: list[Any] = []
+    if f.start_ns is not None:
+        terms.append("start_ns >= ?")
+        params.append(f.start_ns)
+    if f.end_ns is not None:
+        terms.append("start_ns < ?")
+        params.append(f.end_ns)
+    for col, val in (("root_feature", f.feature), ("user_id", f.user_id), ("endpoint", f.endpoint)):
+        if val is not None:
+            terms.append(f"COALESCE({col}, '') = ?")
+            params.append(val)
+    clause = f" WHERE {' AND '.join(terms)}" if terms else ""
+    by = "start_ns DESC, request_id DESC" if order == "recent" else "cost_nano DESC, request_id"
+    sql = (
+        "SELECT request_id, endpoint, user_id, root_feature, start_ns, end_ns, cost_nano, spans, errors, "
+        f"unpriced, var_nano2 FROM requests{clause} ORDER BY {by} LIMIT ? OFFSET ?"
+    )
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        return [
+            {
+                "request_id": r["request_id"],
+                "endpoint": r["endpoint"],
+                "user_id": r["user_id"],
+                "root_feature": r["root_feature"],
+                "total_cost": usd(r["cost_nano"]),
+                "cost_nano": int(r["cost_nano"]),
+                "tx_count": int(r["spans"]),
+                "error_count": int(r["errors"]),
+                "unpriced_count": int(r["unpriced"]),
+                "start": iso_ns(r["start_ns"]),
+                "start_ns": r["start_ns"],
+                "end_ns": r["end_ns"],
+                "duration_ms": (r["end_ns"] - r["start_ns"]) / 1e6,
+                "stderr": math.sqrt(r["var_nano2"]) / NANO if r["var_nano2"] else None,
+            }
+            for r in results[0]
+        ]
+
+    return Query(((sql, (*params, int(limit), int(offset))),), post)
+
+
+def subtree(*, request_id: str | None = None, span_id: str | None = None) -> Query[list[Row]]:
+    """The spans of one request as a tree in depth-first order (children by start time).
+
+    With ``span_id``, only the subtree rooted at that span (depth counted from it). Spans whose
+    parent is not stored (yet) are shown as roots, so a partial request is still visible.
+    """
+    if span_id is not None:
+        sql = f"SELECT {_SPAN_COLS} FROM spans WHERE request_id = (SELECT request_id FROM spans WHERE span_id = ?)"
+        params: tuple[Any, ...] = (span_id,)
+    else:
+        sql = f"SELECT {_SPAN_COLS} FROM spans WHERE request_id = ?"
+        params = (request_id,)
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        spans = {r["span_id"]: _span_row(r) for r in results[0]}
+        children: dict[str | None, list[str]] = {}
+        for sid, s in spans.items():
+            parent = s["parent_id"] if s["parent_id"] in spans else None
+            children.setdefault(parent, []).append(sid)
+        for kids in children.values():
+            kids.sort(key=lambda k: (spans[k]["start_ns"], k))
+        roots = [span_id] if span_id is not None and span_id in spans else children.get(None, [])
+        out: list[Row] = []
+        # iterative DFS (a deep request must not hit the recursion limit); subtree sums after
+        stack = [(sid, 0) for sid in reversed(roots)]
+        while stack:
+            sid, depth = stack.pop()
+            node = spans[sid]
+            node["depth"] = depth
+            node["direct_cost"], node["direct_cost_nano"] = node["total_cost"], node["cost_nano"]
+            node["children"] = len(children.get(sid, []))
+            out.append(node)
+            stack.extend((k, depth + 1) for k in reversed(children.get(sid, [])))
+        for node in reversed(out):
+            kids = children.get(node["span_id"], [])
+            node["subtree_cost_nano"] = node["cost_nano"] + sum(spans[k]["subtree_cost_nano"] for k in kids)
+            node["subtree_unpriced"] = node["unpriced_count"] + sum(spans[k]["subtree_unpriced"] for k in kids)
+            node["subtree_cost"] = usd(node["subtree_cost_nano"])
+        return out
+
+    return Query(((sql, params),), post)
+
+
+# --- operational tables ------------------------------------------------------------------------
+
+
+def dead_letters(limit: int) -> Query[list[Row]]:
+    """The newest dead letters with their reason (values cut to 200 bytes)."""
+    sql = (
+        'SELECT id, received_ns, topic, partition, "offset", key, length(value) AS size, '
+        "substr(value, 1, 200) AS preview, reason FROM dead_letters ORDER BY id DESC LIMIT ?"
+    )
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        out = []
+        for r in results[0]:
+            row = dict(r)
+            row["received"] = iso_ns(r["received_ns"])
+            for k in ("key", "preview"):
+                v = row[k]
+                row[k] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            out.append(row)
+        return out
+
+    return Query(((sql, (int(limit),)),), post)
+
+
+def unpriced_usage() -> Query[list[Row]]:
+    """Usage that no price covered, per key / service / feature, most items first."""
+    sql = (
+        "SELECT key, service, feature, items, count, input_tokens, output_tokens, bytes, first_ns, last_ns "
+        "FROM unpriced_usage ORDER BY items DESC, key, service, feature"
+    )
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        return [{**r, "first_seen": iso_ns(r["first_ns"]), "last_seen": iso_ns(r["last_ns"])} for r in results[0]]
+
+    return Query(((sql, ()),), post)

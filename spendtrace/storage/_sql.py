@@ -1,0 +1,206 @@
+"""Building blocks of the query layer: the ``Query`` value, time parsing, rollup bucket plans, filters.
+
+A query is data (SQL statements with their bound parameters, plus a pure function that turns the
+fetched rows into the result), so the sync (sqlite3) and async (aiosqlite) runners execute the
+very same SQL. User-supplied names only ever travel as bound parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Generic, TypeVar
+
+from spendtrace.errors import ConfigError
+
+__all__ = [
+    "DAY",
+    "HOUR",
+    "MINUTE",
+    "NANO",
+    "Filters",
+    "Query",
+    "Row",
+    "Segment",
+    "TimeLike",
+    "day_start",
+    "iso_ns",
+    "plan_segments",
+    "rollup_union",
+    "to_ns",
+    "usd",
+]
+
+T = TypeVar("T")
+Row = dict[str, Any]
+TimeLike = str | date | datetime | int | float | None
+
+NANO = 1_000_000_000
+MINUTE, HOUR, DAY = 60, 3600, 86400
+
+
+@dataclass(frozen=True)
+class Query(Generic[T]):
+    """SQL statements run in order inside one read snapshot, and the function that shapes their rows."""
+
+    steps: tuple[tuple[str, tuple[Any, ...]], ...]
+    post: Callable[[list[list[Row]]], T]
+
+
+def usd(nano: int | float | None) -> float:
+    """Nano-dollars to a float of USD, for display and JSON only."""
+    return (nano or 0) / NANO
+
+
+def to_ns(value: TimeLike, *, what: str = "time") -> int | None:
+    """A time filter as epoch ns: 'YYYY-MM-DD' / ISO strings, date, datetime (naive = UTC), or epoch ns."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a date, datetime or epoch ns, got {value!r}")
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, datetime):
+        dt = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return int(dt.timestamp()) * NANO + dt.microsecond * 1000
+    if isinstance(value, date):
+        return int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()) * NANO
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) == 10:
+                return to_ns(date.fromisoformat(text))
+            return to_ns(datetime.fromisoformat(text))
+        except ValueError:
+            raise ConfigError(f"{what}: {value!r} is not a date (YYYY-MM-DD) or ISO datetime") from None
+    raise ConfigError(f"{what}: expected a date, datetime or epoch ns, got {type(value).__name__}")
+
+
+def iso_ns(ns: int | None) -> str | None:
+    """Epoch ns as an ISO-8601 UTC string (second precision), or None."""
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns // NANO, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def day_start(ns: int) -> int:
+    """Epoch seconds of the UTC midnight at or before ``ns``."""
+    return (ns // NANO) // DAY * DAY
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Buckets ``lo <= bucket < hi`` (epoch seconds; None = unbounded) of one rollup granularity."""
+
+    grain: str  # "minute" | "hour" | "day"
+    lo: int | None
+    hi: int | None
+
+
+def _ceil(x: int, step: int) -> int:
+    return -((-x) // step) * step
+
+
+def plan_segments(start_ns: int | None, end_ns: int | None) -> list[Segment]:
+    """Cover [start, end) with the fewest rollup buckets: whole days, then hours, then minutes at the edges.
+
+    Rollups have minute resolution, so a minute bucket counts when its start lies in [start, end):
+    exact when start and end fall on whole minutes (dates always do).
+    """
+    s = None if start_ns is None else _ceil(math.ceil(start_ns / NANO), MINUTE)
+    e = None if end_ns is None else _ceil(math.ceil(end_ns / NANO), MINUTE)
+    if s is not None and e is not None and s >= e:
+        return []
+    d_lo = None if s is None else _ceil(s, DAY)
+    d_hi = None if e is None else e // DAY * DAY
+    if d_lo is None or d_hi is None or d_lo < d_hi:
+        segs = [Segment("day", d_lo, d_hi)]
+        if s is not None and d_lo is not None:
+            segs += _hours_and_minutes(s, d_lo)
+        if e is not None and d_hi is not None:
+            segs += _hours_and_minutes(d_hi, e)
+        return [g for g in segs if g.lo is None or g.hi is None or g.lo < g.hi]
+    assert s is not None and e is not None
+    return _hours_and_minutes(s, e)
+
+
+def _hours_and_minutes(s: int, e: int) -> list[Segment]:
+    """Cover [s, e) (whole minutes, less than a day or so) with hours in the middle and minutes at the ends."""
+    h_lo, h_hi = _ceil(s, HOUR), e // HOUR * HOUR
+    if h_lo < h_hi:
+        segs = [Segment("hour", h_lo, h_hi), Segment("minute", s, h_lo), Segment("minute", h_hi, e)]
+    else:
+        segs = [Segment("minute", s, e)]
+    return [g for g in segs if g.lo is not None and g.hi is not None and g.lo < g.hi]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The optional filters every aggregate query takes; names are bound as parameters, never spliced."""
+
+    start_ns: int | None = None
+    end_ns: int | None = None
+    feature: str | None = None
+    user_id: str | None = None
+    endpoint: str | None = None
+    service: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+    ) -> Filters:
+        """Parse the user-facing filter arguments."""
+        return cls(to_ns(start, what="start"), to_ns(end, what="end"), feature, user_id, endpoint, service)
+
+    def dims(self, *, service: bool) -> tuple[list[str], list[Any]]:
+        """WHERE terms and parameters for the dimension columns of a rollup table."""
+        terms: list[str] = []
+        params: list[Any] = []
+        for col, val in (("feature", self.feature), ("user_id", self.user_id), ("endpoint", self.endpoint)):
+            if val is not None:
+                terms.append(f"{col} = ?")
+                params.append(val)
+        if service:
+            terms.append("service = ?")
+            params.append(self.service or "")
+        return terms, params
+
+
+def rollup_union(
+    select: str,
+    table: str,
+    segments: Sequence[Segment],
+    terms: Sequence[str],
+    params: Sequence[Any],
+    group: str = "",
+) -> tuple[str, list[Any]]:
+    """``select`` (a column list) from ``{table}_{grain}`` for each segment, glued with UNION ALL.
+
+    ``table`` is ``rollup`` or ``loaded``; ``terms``/``params`` are extra WHERE conditions and
+    ``group`` an optional GROUP BY list for each part. With no segments (an empty time range) the
+    result is a query returning no rows.
+    """
+    parts: list[str] = []
+    out: list[Any] = []
+    for seg in segments or [Segment("day", 0, 0)]:
+        where = list(terms)
+        seg_params: list[Any] = list(params)
+        if seg.lo is not None:
+            where.append("bucket >= ?")
+            seg_params.append(seg.lo)
+        if seg.hi is not None:
+            where.append("bucket < ?")
+            seg_params.append(seg.hi)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        grouping = f" GROUP BY {group}" if group else ""
+        parts.append(f"SELECT {select} FROM {table}_{seg.grain}{clause}{grouping}")
+        out += seg_params
+    return " UNION ALL ".join(parts), out
