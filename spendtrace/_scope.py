@@ -571,7 +571,7 @@ class track:
     object is one block: open a new one for each ``with``.
     """
 
-    __slots__ = ("_c0", "_feat1", "_feature", "_frame", "_operation", "_rate", "_t0", "_token")
+    __slots__ = ("_c0", "_feat1", "_feature", "_frame", "_opened", "_operation", "_rate", "_t0", "_token")
 
     def __init__(self, feature: str, *, operation: str | None = None, sample_rate: float | None = None) -> None:
         self._feature = _check_name(feature, "feature")
@@ -579,21 +579,22 @@ class track:
         self._rate = _check_rate(sample_rate)
         self._feat1 = (self._feature,)
         self._frame: _Frame | None = None
+        self._opened: _Frame | None = None
         self._token: contextvars.Token[_State | None] | None = None
         self._c0 = 0
         self._t0 = 0
 
     @property
     def span_id(self) -> str | None:
-        """The id of the span this block records (``None`` when it records none)."""
-        frame = self._frame
+        """The id of the span this block records or recorded (``None`` when it records none)."""
+        frame = self._opened
         return frame[0][1] if frame is not None and frame[1] else None
 
     def __enter__(self) -> track:
         if self._frame is not None:
             raise RuntimeError("this track(...) is already open; create a new one for each block")
         frame = _open_span(self._feature, self._operation, self._rate, self._feat1)
-        self._frame = _NO_FRAME if frame is None else frame
+        self._frame = self._opened = _NO_FRAME if frame is None else frame
         self._token = None if frame is None else _set(frame[0])
         self._c0 = _cpu()
         self._t0 = _perf()
@@ -646,6 +647,7 @@ class track_request:
         "_feat1",
         "_feature",
         "_frame",
+        "_opened",
         "_operation",
         "_rate",
         "_request_id",
@@ -653,7 +655,7 @@ class track_request:
         "_token",
         "_user",
         "_user_fn",
-    )  # fmt: skip
+    )
 
     def __init__(
         self,
@@ -678,6 +680,7 @@ class track_request:
         self._rate = _check_rate(sample_rate)
         self._feat1: tuple[str, ...] = () if self._feature is None else (self._feature,)
         self._frame: _Frame | None = None
+        self._opened: _Frame | None = None
         self._token: contextvars.Token[_State | None] | None = None
         self._c0 = 0
         self._t0 = 0
@@ -737,15 +740,15 @@ class track_request:
 
     @property
     def request_id(self) -> str | None:
-        """The id of the request this block belongs to (``None`` when it records nothing)."""
-        frame = self._frame
+        """The id of the request this block belongs or belonged to (``None`` when it records nothing)."""
+        frame = self._opened
         return frame[0][2] if frame is not None and frame[0][0] else None
 
     def __enter__(self) -> track_request:
         if self._frame is not None:
             raise RuntimeError("this track_request(...) is already open; create a new one for each block")
         frame = self._open()
-        self._frame = _NO_FRAME if frame is None else frame
+        self._frame = self._opened = _NO_FRAME if frame is None else frame
         self._token = None if frame is None else _set(frame[0])
         self._c0 = _cpu()
         self._t0 = _perf()
