@@ -1,0 +1,157 @@
+"""Alert rule definitions: storage in SQLite, validation, URL masking, budgets and rate rules."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import spendtrace
+from spendtrace.alerts import (
+    list_alerts,
+    mask_url,
+    open_db,
+    remove_alert,
+    rules_version,
+    set_alert,
+    set_budget,
+    set_rate_alert,
+    validate_webhook,
+)
+
+SLACK = "https://hooks.slack.com/services/T0ABCDEF/B0GHIJKL/sEcReTtOkEn123"
+
+
+def test_readme_call_stores_a_threshold_rule(db_path: Path) -> None:
+    """The README's ``set_alert`` call, exactly as written, stores a 24 h / $10 / 60 min rule."""
+    rule = set_alert(
+        feature="ai_recommendations",
+        threshold=10.00,
+        window_hours=24,
+        webhook=SLACK,
+        db_path=db_path,
+    )
+    assert (rule.kind, rule.scope, rule.scope_value) == ("threshold", "feature", "ai_recommendations")
+    assert rule.threshold_nano == 10 * 1_000_000_000
+    assert rule.window_minutes == 24 * 60
+    assert rule.cooldown_minutes == 60
+    assert rule.webhook == SLACK and rule.webhook_format == "slack"
+    assert [r.name for r in list_alerts(db_path)] == [rule.name]
+
+
+def test_readme_call_with_default_db(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``db_path`` the rule goes to the default store (``SPENDTRACE_DB``)."""
+    monkeypatch.setenv("SPENDTRACE_DB", str(db_path))
+    spendtrace.set_alert(feature="ai_recommendations", threshold=10.00, window_hours=24, webhook=SLACK)
+    assert len(spendtrace.list_alerts()) == 1
+
+
+def test_scopes_names_and_replace_by_name(db_path: Path) -> None:
+    """Tenant, endpoint and total rules are stored; setting a name again replaces that rule."""
+    a = set_alert(user_id="tenant-acme", threshold=5, window_hours=1, name="acme", db_path=db_path)
+    set_alert(endpoint="/api/search", threshold=2, window_hours=0.5, name="search-ep", db_path=db_path)
+    set_alert(total=True, threshold=100, name="all", db_path=db_path)
+    b = set_alert(user_id="tenant-acme", threshold=7, window_hours=2, name="acme", db_path=db_path)
+    rules = {r.name: r for r in list_alerts(db_path)}
+    assert set(rules) == {"acme", "search-ep", "all"}
+    assert rules["acme"].id == a.id and rules["acme"].threshold == 7 and rules["acme"].window_minutes == 120
+    assert b.updated_ns > a.updated_ns
+    assert (rules["search-ep"].scope, rules["search-ep"].window_minutes) == ("endpoint", 30)
+    assert (rules["all"].scope, rules["all"].scope_value, rules["all"].scope_column) == ("total", "", None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"feature": "f", "threshold": 1, "webhook": "ftp://example.com/x"},
+        {"feature": "f", "threshold": 1, "webhook": "javascript:alert(1)"},
+        {"feature": "f", "threshold": 1, "webhook": "https:///no-host"},
+        {"feature": "f", "threshold": 0},
+        {"feature": "f", "threshold": -3},
+        {"feature": "f", "threshold": float("nan")},
+        {"threshold": 1},
+        {"feature": "f", "user_id": "u", "threshold": 1},
+        {"feature": "f", "total": True, "threshold": 1},
+        {"feature": "f", "threshold": 1, "window_hours": 0},
+        {"feature": "f", "threshold": 1, "webhook_format": "pagerduty"},
+        {"feature": "f", "threshold": 1, "webhook_format": "teams"},
+    ],
+)
+def test_bad_arguments_raise_value_error(db_path: Path, kwargs: dict[str, object]) -> None:
+    """Bad scopes, thresholds, windows and webhooks are refused with ``ValueError`` and nothing is stored."""
+    with pytest.raises(ValueError):
+        set_alert(db_path=db_path, **kwargs)  # type: ignore[arg-type]
+    assert list_alerts(db_path) == []
+
+
+def test_validate_webhook_accepts_http_and_https() -> None:
+    """Plain http (e.g. an internal relay) and https URLs pass validation unchanged."""
+    assert validate_webhook("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/hook"
+    assert validate_webhook(SLACK) == SLACK
+
+
+def test_mask_url_hides_tokens_and_query_values() -> None:
+    """Path tokens, query values and credentials are hidden; scheme, host and first segment stay."""
+    masked = mask_url(SLACK)
+    assert masked.startswith("https://hooks.slack.com/services/")
+    assert "sEcReTtOkEn123" not in masked and "T0ABCDEF" not in masked
+    q = mask_url("https://user:pw@example.com:8443/hook?token=abcdef123&x=1")
+    assert "abcdef123" not in q and "pw" not in q and "user" not in q
+    assert q.startswith("https://***@example.com:8443/hook?token=***")
+
+
+def test_rule_views_never_show_the_secret(db_path: Path) -> None:
+    """``to_dict`` and ``masked_webhook`` hide the token; PagerDuty routing keys are masked too."""
+    rule = set_alert(feature="f", threshold=1, webhook=SLACK, db_path=db_path)
+    assert "sEcReTtOkEn123" not in str(rule.to_dict()) and "sEcReTtOkEn123" not in rule.masked_webhook
+    pd = set_alert(feature="g", threshold=1, webhook_format="pagerduty", routing_key="R0UTINGKEY42", db_path=db_path)
+    assert pd.webhook == "https://events.pagerduty.com/v2/enqueue" and pd.routing_key == "R0UTINGKEY42"
+    assert "R0UTINGKEY42" not in str(pd.to_dict())
+
+
+def test_budget_and_rate_rules(db_path: Path) -> None:
+    """Budgets keep their period and sorted percentages; rate rules their factor and minimum spend."""
+    b = set_budget(300, "month", user_id="tenant-acme", percentages=[100, 50, 80], db_path=db_path)
+    assert (b.kind, b.threshold, b.params["period"], b.params["percentages"]) == ("budget", 300, "month", [50, 80, 100])
+    r = set_rate_alert(4, feature="search", min_spend=0.5, db_path=db_path)
+    assert (r.kind, r.params["factor"], r.params["min_spend_nano"], r.params["lookback_days"]) == (
+        "rate", 4.0, 500_000_000, 7,
+    )
+    with pytest.raises(ValueError):
+        set_budget(10, "year", feature="x", db_path=db_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        set_rate_alert(1.0, feature="x", db_path=db_path)
+    assert "month budget $300.00" in b.describe() and "4.0x" in r.describe()
+
+
+def test_remove_and_version_fingerprint(db_path: Path) -> None:
+    """Removing by name or id deletes rule and state; the rules fingerprint changes on every edit."""
+    conn = open_db(db_path)
+    try:
+        v0 = rules_version(conn)
+        a = set_alert(feature="a", threshold=1, name="a", db_path=db_path)
+        v1 = rules_version(conn)
+        set_alert(feature="b", threshold=1, name="b", db_path=db_path)
+        conn.execute("INSERT INTO alert_state (rule_id, state_key, last_fired_ns) VALUES (?, '', 1)", (a.id,))
+        v2 = rules_version(conn)
+        assert remove_alert("a", db_path=db_path) is True
+        v3 = rules_version(conn)
+        assert remove_alert("a", db_path=db_path) is False
+        assert len({v0, v1, v2, v3}) == 4
+        assert conn.execute("SELECT count(*) FROM alert_state WHERE rule_id = ?", (a.id,)).fetchone()[0] == 0
+        b_id = list_alerts(db_path)[0].id
+        assert remove_alert(b_id, db_path=db_path) is True
+        assert list_alerts(db_path) == []
+    finally:
+        conn.close()
+
+
+def test_names_are_bound_as_parameters(db_path: Path) -> None:
+    """A hostile feature name is stored verbatim and the table survives."""
+    evil = "x'); DROP TABLE alert_rules; --"
+    set_alert(feature=evil, threshold=1, name=evil, db_path=db_path)
+    assert [r.scope_value for r in list_alerts(db_path)] == [evil]
+    assert remove_alert(evil, db_path=db_path)
+    with sqlite3.connect(db_path) as c:
+        assert c.execute("SELECT count(*) FROM alert_rules").fetchone()[0] == 0
