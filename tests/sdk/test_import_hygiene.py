@@ -1,0 +1,37 @@
+"""Importing and using the recording API stays light: no UI, database driver, AWS SDK or Kafka client."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+HEAVY = ["textual", "aiosqlite", "boto3", "botocore", "aiokafka"]
+
+SCRIPT = """
+import json, sys
+import spendtrace
+loaded_on_import = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+
+@spendtrace.cost_track(feature="f")
+def f():
+    spendtrace.add_api_call("dynamodb_read", count=1)
+
+with spendtrace.track_request(endpoint="/x", user_id="t"):
+    with spendtrace.track(feature="g"):
+        f()
+spendtrace.set_global_sample_rate(1.0)
+loaded_after_use = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+print(json.dumps({"import": loaded_on_import, "use": loaded_after_use,
+                  "scope_loaded": "spendtrace._scope" in sys.modules}))
+"""
+
+
+def test_recording_api_loads_no_heavy_dependency() -> None:
+    """In a fresh interpreter, importing and recording a request loads none of the heavy dependencies."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDTRACE_")}
+    code = f"HEAVY = {HEAVY!r}\n{SCRIPT}"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report == {"import": [], "use": [], "scope_loaded": True}
