@@ -1,0 +1,28 @@
+"""Exporters: where finished spans go, and the batching, spilling processor in front of them.
+
+``SpanExporter`` is the interface; ``KafkaExporter``, ``LocalStoreExporter`` (SQLite) and
+``InMemoryExporter`` implement it. ``BatchProcessor`` feeds one from a worker thread, spilling
+to disk when it fails; ``CircuitBreaker`` / ``set_circuit_breaker`` guard it. Most apps only
+call ``spendtrace.configure(...)`` (or nothing at all) instead of using these directly.
+"""
+
+from __future__ import annotations
+
+from spendtrace.export._base import SpanExporter
+from spendtrace.export._breaker import CircuitBreaker, get_circuit_breaker, set_circuit_breaker
+from spendtrace.export._kafka import KafkaExporter
+from spendtrace.export._local import LocalStoreExporter
+from spendtrace.export._memory import InMemoryExporter
+from spendtrace.export._processor import BatchProcessor, default_spill_dir
+
+__all__ = [
+    "BatchProcessor",
+    "CircuitBreaker",
+    "InMemoryExporter",
+    "KafkaExporter",
+    "LocalStoreExporter",
+    "SpanExporter",
+    "default_spill_dir",
+    "get_circuit_breaker",
+    "set_circuit_breaker",
+]
