@@ -89,20 +89,30 @@ def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
     if f.service is None:
         sterms, sparams = f.dims(service=False)
         sunion, suparams = rollup_union(
-            f"{dim} AS k, service, cost_nano", "rollup", segs, [*sterms, "service != ''"], sparams
+            f"{dim} AS k, service, cost_nano, unpriced", "rollup", segs, [*sterms, "service != ''"], sparams
         )
         steps.append(
-            (f"SELECT k, service, SUM(cost_nano) AS cost_nano FROM ({sunion}) GROUP BY k, service", tuple(suparams))
+            (
+                "SELECT k, service, SUM(cost_nano) AS cost_nano, SUM(unpriced) AS unpriced "
+                f"FROM ({sunion}) GROUP BY k, service",
+                tuple(suparams),
+            )
         )
     per_request = dim != "feature"
 
     def post(results: list[list[Row]]) -> list[Row]:
         services: dict[str, dict[str, int]] = {}
+        unpriced: dict[str, dict[str, int]] = {}
         if len(results) > 1:
             for r in results[1]:
-                services.setdefault(r["k"], {})[r["service"]] = int(r["cost_nano"] or 0)
+                cost, n = int(r["cost_nano"] or 0), int(r["unpriced"] or 0)
+                if cost or not n:  # a service seen only unpriced is not "$0": it goes to service_unpriced
+                    services.setdefault(r["k"], {})[r["service"]] = cost
+                if n:
+                    unpriced.setdefault(r["k"], {})[r["service"]] = n
         elif f.service is not None:
-            services = {r["k"]: {f.service: int(r["cost_nano"] or 0)} for r in results[0]}
+            services = {r["k"]: {f.service: int(r["cost_nano"] or 0)} for r in results[0] if r["cost_nano"]}
+            unpriced = {r["k"]: {f.service: int(r["unpriced"])} for r in results[0] if r["unpriced"]}
         rows = []
         for r in results[0]:
             svc = dict(sorted(services.get(r["k"], {}).items(), key=lambda kv: (-kv[1], kv[0])))
@@ -118,6 +128,7 @@ def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
                     "calls": float(r["calls"] or 0.0),
                     "service_costs": {k: usd(v) for k, v in svc.items()},
                     "service_costs_nano": svc,
+                    "service_unpriced": unpriced.get(r["k"], {}),
                     "unpriced_count": int(r["unpriced"] or 0),
                     "error_count": int(r["errors"] or 0),
                     "stderr": _stderr(r["var_nano2"], r["calls"], spans),

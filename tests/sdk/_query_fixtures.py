@@ -1,0 +1,174 @@
+"""Test data for the query and CLI tests: request trees recorded as real Spans, stored through the real ingest.
+
+``build_dataset`` writes spans with ``prepare_batch`` + ``write_batch_sync``; ``Expect`` recomputes
+every number straight from the spans and the price book, so the queries are checked against an
+independent computation rather than against themselves.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spendtrace.pricing import PriceBook, weighted_cost
+from spendtrace.schema import Span, UsageItem
+from spendtrace.storage._db import connect
+from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+
+NANO = 1_000_000_000
+DAY_NS = 86_400 * NANO
+INJECTION = "x'; DROP TABLE spans; --"
+MARKUP = "[red]x"
+USERS = ("tenant-acme", "tenant-globex", "tenant-initech", INJECTION, None)
+ENDPOINTS = ("/api/search", "/api/recommend", MARKUP)
+UNKNOWN_KEY = "mystery_api_call"
+
+
+def _usage(rng: random.Random, feature: str) -> tuple[UsageItem, ...]:
+    items = []
+    if feature in ("search", "product_details", MARKUP):
+        items.append(UsageItem("dynamodb_read", count=float(rng.randint(1, 5))))
+    if feature in ("recommend", "search") and rng.random() < 0.7:
+        items.append(
+            UsageItem("bedrock_claude_3_haiku", input_tokens=rng.randint(100, 900), output_tokens=rng.randint(10, 300))
+        )
+    if feature in ("cache", "api") and rng.random() < 0.5:
+        items.append(UsageItem("s3_get", count=1.0))
+    if feature == INJECTION:
+        items.append(UsageItem("s3_put", count=2.0))
+    if rng.random() < 0.05:
+        items.append(UsageItem(UNKNOWN_KEY, count=1.0))
+    return tuple(items)
+
+
+def make_spans(now_ns: int, n_requests: int = 150, seed: int = 7, days: int = 6) -> list[Span]:
+    """Request trees (api -> search|recommend -> product_details x3, cache) spread over ``days`` days before ``now``.
+
+    Some requests are sampled (weight 4), some spans fail, a few use a key no price covers, and
+    user / endpoint / feature names include SQL- and markup-shaped strings.
+    """
+    rng = random.Random(seed)
+    spans: list[Span] = []
+    for r in range(n_requests):
+        # any minute of the last `days` days, plus some seconds, so day/hour/minute buckets all get used
+        t0 = now_ns - rng.randrange(days * 1440) * 60 * NANO + rng.randrange(60) * NANO
+        rid = f"req-{r:04d}"
+        user = rng.choice(USERS)
+        endpoint = rng.choice(ENDPOINTS)
+        weight = 4.0 if r % 10 == 3 else 1.0
+        common = {"request_id": rid, "endpoint": endpoint, "user_id": user, "weight": weight}
+        tree = [(f"{rid}-root", None, "api", ("api",))]
+        mid_feature = rng.choice(("search", "recommend", INJECTION, MARKUP))
+        tree.append((f"{rid}-mid", f"{rid}-root", mid_feature, ("api", mid_feature)))
+        for k in range(rng.randint(0, 3)):
+            tree.append((f"{rid}-pd{k}", f"{rid}-mid", "product_details", ("api", mid_feature, "product_details")))
+        if rng.random() < 0.5:
+            tree.append((f"{rid}-cache", f"{rid}-root", "cache", ("api", "cache")))
+        for i, (sid, parent, feature, path) in enumerate(tree):
+            spans.append(
+                Span(
+                    span_id=sid,
+                    parent_id=parent,
+                    feature=feature,
+                    operation=f"op-{feature}",
+                    start_ns=t0 + i * 1000,
+                    duration_ns=rng.randrange(1, 50) * 1_000_000,
+                    cpu_ns=1_000_000,
+                    error=rng.random() < 0.05,
+                    usage=_usage(rng, feature),
+                    path=path,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+    return spans
+
+
+def store(db_path: Path | str, spans: Iterable[Span], book: PriceBook, batch: int = 97) -> None:
+    """Write ``spans`` through the real ingest path, in batches."""
+    conn = connect(db_path)
+    try:
+        spans = list(spans)
+        for i in range(0, len(spans), batch):
+            write_batch_sync(conn, prepare_batch(spans[i : i + batch], book))
+    finally:
+        conn.close()
+
+
+@dataclass
+class Priced:
+    """One span with its cost recomputed from the price book."""
+
+    span: Span
+    cost: int
+    unpriced: int
+    services: dict[str, int]
+    unweighted: int
+
+
+@dataclass
+class Expect:
+    """Every expected number, computed from the spans and the price book only."""
+
+    spans: list[Span]
+    book: PriceBook
+    priced: list[Priced] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.priced = []
+        for s in self.spans:
+            cost = unw = unpriced = 0
+            services: dict[str, int] = defaultdict(int)
+            for item in s.usage:
+                c, _, svc = self.book.price_item(item, s.start_ns)
+                if c is None:
+                    unpriced += 1
+                    continue
+                wc = weighted_cost(s.weight, c)
+                cost += wc
+                unw += c
+                services[svc] += wc
+            self.priced.append(Priced(s, cost, unpriced, dict(services), unw))
+
+    def select(self, start_ns: int | None = None, end_ns: int | None = None, **names: str) -> list[Priced]:
+        """Spans with start in [start, end) whose feature / user_id / endpoint equal ``names`` ('' = None)."""
+        out = []
+        for p in self.priced:
+            s = p.span
+            if start_ns is not None and s.start_ns < start_ns:
+                continue
+            if end_ns is not None and s.start_ns >= end_ns:
+                continue
+            if any((getattr(s, k) or "") != v for k, v in names.items()):
+                continue
+            out.append(p)
+        return out
+
+    def by(self, dim: str, priced: list[Priced] | None = None) -> dict[str, dict[str, object]]:
+        """Per value of ``dim``: cost, spans, requests (root spans), calls, unpriced, errors, services."""
+        out: dict[str, dict[str, object]] = {}
+        for p in self.priced if priced is None else priced:
+            k = getattr(p.span, dim) or ""
+            row = out.setdefault(
+                k, {"cost": 0, "spans": 0, "requests": 0, "calls": 0.0, "unpriced": 0, "errors": 0, "services": {}}
+            )
+            row["cost"] += p.cost  # type: ignore[operator]
+            row["spans"] += 1  # type: ignore[operator]
+            row["requests"] += p.span.parent_id is None  # type: ignore[operator]
+            row["calls"] += p.span.weight  # type: ignore[operator]
+            row["unpriced"] += p.unpriced  # type: ignore[operator]
+            row["errors"] += p.span.error  # type: ignore[operator]
+            svc: dict[str, int] = row["services"]  # type: ignore[assignment]
+            for name, c in p.services.items():
+                svc[name] = svc.get(name, 0) + c
+        return out
+
+    def loaded(self, priced: list[Priced] | None = None) -> dict[str, int]:
+        """Fully-loaded cost: each span's cost added once to every distinct feature on its path."""
+        out: dict[str, int] = defaultdict(int)
+        for p in self.priced if priced is None else priced:
+            for f in dict.fromkeys(p.span.path or (p.span.feature,)):
+                out[f] += p.cost
+        return dict(out)
