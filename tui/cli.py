@@ -1,11 +1,51 @@
-"""``spendtrace-tui``: placeholder until the TUI issue lands."""
+"""``spendtrace-tui``: open the terminal UI on a spendtrace database (or on a self-contained demo)."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of ``spendtrace-tui``."""
+    from spendtrace._settings import default_db_path
+
+    p = argparse.ArgumentParser(
+        prog="spendtrace-tui", description="Live cloud and LLM spend per feature, in the terminal."
+    )
+    p.add_argument("--db", default=None, help=f"SQLite store to read (default: {default_db_path()})")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers, for live alerts (host:port)")
+    p.add_argument("--alerts-topic", default="spendtrace.alerts", help="topic the alert evaluator publishes to")
+    p.add_argument("--refresh", type=float, default=0.25, help="seconds between change checks (default 0.25)")
+    p.add_argument("--export-dir", default=None, help="where ctrl+s writes CSV files (default: current directory)")
+    p.add_argument("--demo", action="store_true", help="start a broker, workers and a synthetic app, and watch them")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Refuse clearly: the TUI is not built yet."""
-    print("spendtrace-tui: the terminal UI is not built yet (see issue #5)", file=sys.stderr)
-    return 2
+    """Run the TUI until the user quits."""
+    args = build_parser().parse_args(argv)
+    try:
+        from tui.app import SpendtraceApp
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        print(f"spendtrace-tui needs the tui extra: pip install 'spendtrace[tui]' ({exc})", file=sys.stderr)
+        return 2
+    if args.demo:
+        from tui.demo import run_demo
+
+        return run_demo(db=args.db, refresh=args.refresh)
+    from spendtrace._settings import default_db_path
+
+    app = SpendtraceApp(
+        args.db or default_db_path(),
+        bootstrap=args.bootstrap,
+        alerts_topic=args.alerts_topic,
+        refresh_interval=args.refresh,
+        export_dir=args.export_dir,
+    )
+    app.run()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

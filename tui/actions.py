@@ -1,0 +1,79 @@
+"""The TUI's writes (alert rules, restatements), done through the spendtrace API when it is there.
+
+No textual import: these run in thread workers. Each returns a short human message or raises
+``SpendtraceError`` / ``ValueError`` with one the UI can show.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_rule", "remove_rule", "restate", "run_reconcile"]
+
+
+def add_rule(
+    db_path: Path,
+    *,
+    name: str,
+    scope: str,
+    scope_value: str,
+    threshold_usd: float,
+    window_hours: float,
+    webhook: str | None,
+) -> str:
+    """Create (or replace) a threshold rule: spend over ``window_hours`` above ``threshold_usd``."""
+    from spendtrace.alerts import set_alert
+
+    if scope != "total" and not scope_value:
+        raise ValueError(f"a {scope} rule needs a {scope} name")
+    kwargs: dict[str, Any] = {"threshold": threshold_usd, "window_hours": window_hours, "db_path": str(db_path)}
+    if scope == "total":
+        kwargs["total"] = True
+    else:
+        kwargs[{"feature": "feature", "user": "user_id", "endpoint": "endpoint"}[scope]] = scope_value
+    if webhook:
+        kwargs["webhook"] = webhook
+    if name:
+        kwargs["name"] = name
+    set_alert(**kwargs)
+    return f"alert rule {name or scope_value or 'total'} saved"
+
+
+def remove_rule(db_path: Path, name: str) -> str:
+    """Delete the rule called ``name``."""
+    from spendtrace.alerts import remove_alert
+
+    if not remove_alert(name, db_path=str(db_path)):
+        raise ValueError(f"no alert rule named {name!r}")
+    return f"alert rule {name} removed"
+
+
+def run_reconcile(db_path: Path, start: str, end: str, actuals_file: str | None) -> dict[str, Any]:
+    """Run ``spendtrace.reconcile.reconcile`` and return its report as a dict."""
+    try:
+        mod = importlib.import_module("spendtrace.reconcile")
+    except ImportError as exc:
+        raise ValueError("reconciliation is not available in this build (spendtrace.reconcile missing)") from exc
+    kwargs: dict[str, Any] = {"db_path": str(db_path), "start": start, "end": end}
+    if actuals_file:
+        kwargs["actuals_file"] = actuals_file
+    report = mod.reconcile(**kwargs)
+    data: dict[str, Any] = report.to_dict()
+    data["_summary"] = report.summary() if hasattr(report, "summary") else ""
+    return data
+
+
+def restate(db_path: Path, factor: float, start: str, end: str) -> str:
+    """Apply ``factor`` to stored costs between ``start`` and ``end`` (recorded and undoable)."""
+    from spendtrace.storage import SQLiteStorage
+
+    storage = SQLiteStorage(str(db_path))
+    try:
+        result = storage.restate_historical_costs(factor=factor, start_date=start, end_date=end)
+    finally:
+        close = getattr(storage, "close", None)
+        if close:
+            close()
+    return f"restated {start} → {end} by ×{factor:.4f}" + (f" ({result})" if result is not None else "")

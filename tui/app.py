@@ -1,0 +1,171 @@
+"""The Textual app: wires the screens, the refresh worker, the alert feed and the global keys."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import App
+from textual.binding import Binding, BindingType
+from textual.reactive import reactive
+
+from tui.commands import SpendtraceCommands
+from tui.data import Overview, Store
+from tui.messages import AlertArrived, OpenRequest, SwitchScreen
+from tui.refresher import Refresher
+from tui.screens.alerts import AlertsScreen
+from tui.screens.base import DataScreen
+from tui.screens.dimension import EndpointsScreen, LiveScreen, TenantsScreen
+from tui.screens.help import HelpScreen
+from tui.screens.reconcile import ReconcileScreen
+from tui.screens.requests import RequestsScreen
+from tui.screens.tree import RequestTreeScreen
+from tui.screens.trends import TrendsScreen
+from tui.widgets.screen_tabs import SCREENS
+
+
+class SpendtraceApp(App[None]):
+    """spendtrace-tui: live spend per feature, tenant, endpoint and request, alerts, trends, reconciliation."""
+
+    TITLE = "spendtrace"
+    CSS_PATH = "styles/app.tcss"
+    COMMANDS = App.COMMANDS | {SpendtraceCommands}
+    MODES: ClassVar[dict[str, Any]] = {
+        "live": LiveScreen,
+        "tenants": TenantsScreen,
+        "endpoints": EndpointsScreen,
+        "requests": RequestsScreen,
+        "alerts": AlertsScreen,
+        "trends": TrendsScreen,
+        "reconcile": ReconcileScreen,
+    }
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help"),
+        Binding("p", "toggle_pause", "Pause"),
+        *[Binding(str(i), f"show('{name}')", name, show=False) for i, name in enumerate(SCREENS, start=1)],
+    ]
+
+    overview: reactive[Overview | None] = reactive(None)
+    paused: reactive[bool] = reactive(False)
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str],
+        *,
+        bootstrap: str | None = None,
+        alerts_topic: str = "spendtrace.alerts",
+        clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+        refresh_interval: float = 0.25,
+        export_dir: str | os.PathLike[str] | None = None,
+        live: bool = True,
+    ) -> None:
+        super().__init__()
+        self.db_path = Path(db_path)
+        self.db_label = self.db_path.name
+        self.bootstrap = bootstrap
+        self.alerts_topic = alerts_topic
+        self.clock = clock
+        self.refresh_interval = refresh_interval
+        self.export_dir = Path(export_dir) if export_dir else Path.cwd()
+        self.store = Store(self.db_path, clock=clock, monotonic=monotonic)
+        self.refresher = Refresher(self, self.store, monotonic=monotonic)
+        self.live = live
+        self.live_alerts: list[dict[str, Any]] = []
+        self.last_export: Path | None = None
+        self.last_copied: str | None = None
+
+    async def on_mount(self) -> None:
+        await self.store.open()
+        await self.switch_mode("live")
+        if self.live:
+            self.set_interval(self.refresh_interval, self._tick)
+        self.request_refresh(force=True)
+        if self.bootstrap:
+            self._tail_alerts()
+
+    async def on_unmount(self) -> None:
+        await self.store.close()
+
+    # -- refresh -------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if not self.paused and not self.refresher.busy:
+            self._refresh_worker(False)
+
+    def request_refresh(self, force: bool = False) -> None:
+        """Refresh soon (at once when idle); ``force`` re-queries even if the store did not change."""
+        if self.refresher.busy:
+            self.refresher.force = self.refresher.force or force
+        elif not self.paused or force:
+            self._refresh_worker(force)
+
+    @work(exclusive=True, group="refresh", exit_on_error=False)
+    async def _refresh_worker(self, force: bool) -> None:
+        await self.refresher.cycle(force)
+
+    async def refresh_now(self) -> bool:
+        """Run one refresh cycle and wait for it (tests and benchmarks)."""
+        return await self.refresher.cycle(force=True)
+
+    # -- alerts from the broker ----------------------------------------------------------------
+
+    @work(exclusive=True, group="alert-feed", exit_on_error=False)
+    async def _tail_alerts(self) -> None:
+        from tui.alert_feed import tail_alerts
+
+        assert self.bootstrap
+        async for payload in tail_alerts(self.bootstrap, self.alerts_topic):
+            self.post_message(AlertArrived(payload))
+
+    def on_alert_arrived(self, message: AlertArrived) -> None:
+        self.live_alerts.append(message.payload)
+        text = str(message.payload.get("message") or message.payload.get("rule_name") or "alert fired")
+        self.notify(text, title="Spend alert", severity="warning", markup=False, timeout=8)
+        if isinstance(self.screen, AlertsScreen):
+            self.screen.add_live(message.payload)
+        self.request_refresh(force=True)
+
+    # -- navigation ----------------------------------------------------------------------------
+
+    async def action_show(self, mode: str) -> None:
+        """Switch to a tab screen (1-7); from a pushed screen (a call tree) go back to the tabs first."""
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, DataScreen):
+            self.pop_screen()
+        if self.current_mode != mode:
+            await self.switch_mode(mode)
+        self.request_refresh(force=True)
+
+    @on(SwitchScreen)
+    async def _switch(self, message: SwitchScreen) -> None:
+        await self.action_show(message.mode)
+
+    @on(OpenRequest)
+    def _open_request(self, message: OpenRequest) -> None:
+        self.push_screen(RequestTreeScreen(message.request_id))
+
+    @work(group="tree", exit_on_error=False)
+    async def load_tree(self, screen: RequestTreeScreen) -> None:
+        """Query a request's spans for its tree screen (async worker, SQL off the UI thread)."""
+        await screen.load(self.store)
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        if not self.paused:
+            self.request_refresh(force=True)
+
+    def action_help(self) -> None:
+        screen = self.screen
+        keys = [(b.key, b.description) for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
+        self.push_screen(HelpScreen([(k, d) for k, d in keys if d]))
+
+    async def run_screen_action(self, action: str, mode: str | None = None) -> None:
+        """Run ``action`` on the current screen (after switching to ``mode`` when given), for the palette."""
+        if mode and self.current_mode != mode:
+            await self.action_show(mode)
+        await self.screen.run_action(action)

@@ -1,0 +1,120 @@
+"""Display formatting shared by the screens: money, rates, counts, times and sparklines (no textual import).
+
+Money arrives as integer nano-dollars and is turned into text only here, so every screen shows
+the same precision and alignment. Times are absolute UTC, never relative ("3 min ago"), so that
+snapshots and screenshots are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from rich.text import Text
+
+NANO = 1_000_000_000
+_BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def usd(nano: int | float) -> float:
+    """Nano-dollars to dollars (for CSV export and the clipboard)."""
+    return float(nano) / NANO
+
+
+def money(nano: int | float | None) -> str:
+    """Dollars with a precision that suits the size: $1,234.56, $12.3456, $0.000123; '—' for none."""
+    if nano is None:
+        return "—"
+    value = float(nano) / NANO
+    if value == 0:
+        return "$0"
+    mag = abs(value)
+    if mag >= 100:
+        return f"${value:,.2f}"
+    if mag >= 1:
+        return f"${value:,.4f}"
+    if mag >= 0.0001:
+        return f"${value:.6f}"
+    if mag >= 0.00000001:
+        return f"${value:.8f}"
+    return "<$0.00000001" if value > 0 else "-<$0.00000001"
+
+
+def money_text(nano: int | float | None, style: str = "") -> Text:
+    """Right-aligned money cell; zero is dimmed so real spend stands out."""
+    if not nano:
+        return Text(money(nano), style="dim", justify="right")
+    return Text(money(nano), style=style, justify="right")
+
+
+def rate_text(nano_per_hour: int | float) -> Text:
+    """Spend rate ($/h) cell."""
+    if not nano_per_hour:
+        return Text("—", style="dim", justify="right")
+    return Text(f"{money(nano_per_hour)}/h", style="bold", justify="right")
+
+
+def count(value: int | float) -> str:
+    """Integer-ish counts with thousands separators (weighted call estimates are rounded)."""
+    if isinstance(value, float) and not value.is_integer():
+        value = round(value)
+    return f"{int(value):,}"
+
+
+def count_text(value: int | float, warn: bool = False) -> Text:
+    """Right-aligned count cell; ``warn`` colors non-zero values (errors, unpriced items)."""
+    if warn and value:
+        return Text(count(value), style="bold red", justify="right")
+    return Text(count(value), style="dim" if not value else "", justify="right")
+
+
+def share_text(part: int | float, whole: int | float) -> Text:
+    """Share of the total as a percentage with a heat color (red above 50 %, yellow above 20 %)."""
+    if not whole:
+        return Text("—", style="dim", justify="right")
+    pct = 100.0 * float(part) / float(whole)
+    style = "bold red" if pct >= 50 else "yellow" if pct >= 20 else "green" if pct >= 5 else "dim"
+    return Text(f"{pct:5.1f}%", style=style, justify="right")
+
+
+def sparkline(values: Sequence[int | float], width: int | None = None) -> str:
+    """Unicode block sparkline, scaled to the series' own maximum; blank where there was nothing."""
+    vals = list(values)
+    if width is not None and len(vals) > width:  # fold into ``width`` bins
+        step = len(vals) / width
+        vals = [sum(vals[int(i * step) : int((i + 1) * step)]) for i in range(width)]
+    top = max(vals, default=0)
+    if top <= 0:
+        return "·" * len(vals)
+    out = []
+    for v in vals:
+        if v <= 0:
+            out.append("·")
+        else:
+            out.append(_BLOCKS[max(1, min(8, math.ceil(8 * v / top)))])
+    return "".join(out)
+
+
+def spark_text(values: Sequence[int | float], width: int | None = None) -> Text:
+    """Sparkline cell in the accent color."""
+    return Text(sparkline(values, width), style="cyan")
+
+
+def utc(ns: int, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """An absolute UTC time from epoch nanoseconds."""
+    return datetime.fromtimestamp(ns / NANO, tz=UTC).strftime(fmt)
+
+
+def duration(ns: int) -> str:
+    """A span duration: 850µs, 12.3ms, 1.20s."""
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f}µs"
+    if ns < NANO:
+        return f"{ns / 1_000_000:.1f}ms"
+    return f"{ns / NANO:.2f}s"
+
+
+def plain(value: object) -> str:
+    """User-supplied text as a ``Text``-safe plain string ('' for None)."""
+    return "" if value is None else str(value)

@@ -1,0 +1,65 @@
+"""The refresh cycle: poll ``data_version``, and when the store changed re-query the visible screen.
+
+One cycle = the header's overview query + the active screen's ``fetch`` (SQL on aiosqlite's
+thread) + its ``apply`` (by-key widget updates on the UI thread). The app runs cycles in an
+exclusive worker and never starts one while another is running, so refreshes never overlap.
+Time-window views also refresh every ``slow_every`` seconds, because "the last hour" moves even
+when nothing new is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tui.data import Store
+from tui.screens.base import DataScreen
+
+
+class Refresher:
+    """Decides when to query and applies the results to the app's screens."""
+
+    def __init__(
+        self, app: Any, store: Store, *, slow_every: float = 5.0, monotonic: Callable[[], float] = time.monotonic
+    ):
+        self.app = app
+        self.store = store
+        self.slow_every = slow_every
+        self.monotonic = monotonic
+        self.version: int | None = None
+        self.busy = False
+        self.force = True
+        self.cycles = 0  # cycles that re-queried something
+        self._last_full = 0.0
+
+    async def cycle(self, force: bool = False) -> bool:
+        """Run one refresh; returns whether anything was re-queried."""
+        if self.busy:
+            self.force = self.force or force
+            return False
+        self.busy = True
+        try:
+            force = force or self.force
+            self.force = False
+            store = self.store
+            version = await store.data_version()
+            now = self.monotonic()
+            slow = now - self._last_full >= self.slow_every
+            changed = version != self.version
+            screen = self.app.screen
+            stale = isinstance(screen, DataScreen) and screen.seen_version != version
+            if not (changed or force or slow or stale):
+                return False
+            self.app.overview = await store.overview()
+            if isinstance(screen, DataScreen):
+                data = await screen.fetch(store)
+                if screen.is_attached:
+                    screen.apply(data)
+                    screen.seen_version = version
+            self.version = version
+            self._last_full = now
+            self.cycles += 1
+            return True
+        finally:
+            self.busy = False

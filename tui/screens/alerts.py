@@ -1,0 +1,196 @@
+"""Alerts: fired events tailing live (from the database and, with a broker, the alerts topic) and the rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Static
+
+from tui.actions import add_rule, remove_rule
+from tui.data import AlertEvent, AlertRuleRow, Store
+from tui.format import money, money_text, utc
+from tui.screens.base import DataScreen
+from tui.screens.modals import AddRuleModal, ConfirmModal, RuleForm
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+
+EVENT_COLUMNS = [
+    ColumnSpec("fired", "Fired (UTC)", 19, "t", justify="left"),
+    ColumnSpec("rule", "Rule", 18, None, numeric=False, justify="left"),
+    ColumnSpec("scope", "Scope", 24, None, numeric=False, justify="left"),
+    ColumnSpec("value", "Value", 11, "v"),
+    ColumnSpec("threshold", "Threshold", 11, None),
+    ColumnSpec("message", "Message", 40, None, numeric=False, justify="left"),
+    ColumnSpec("delivery", "Delivery", 9, None, numeric=False, justify="left"),
+]
+RULE_COLUMNS = [
+    ColumnSpec("name", "Rule", 20, None, numeric=False, justify="left"),
+    ColumnSpec("kind", "Kind", 9, None, numeric=False, justify="left"),
+    ColumnSpec("scope", "Scope", 26, None, numeric=False, justify="left"),
+    ColumnSpec("threshold", "Threshold", 11, None),
+    ColumnSpec("window", "Window", 8, None),
+    ColumnSpec("cooldown", "Cooldown", 8, None),
+    ColumnSpec("webhook", "Webhook", 28, None, numeric=False, justify="left"),
+    ColumnSpec("enabled", "On", 3, None, numeric=False),
+]
+_DELIVERY_STYLE = {"delivered": "green", "failed": "bold red", "pending": "yellow", "none": "dim"}
+
+
+def _scope(scope: str, value: str) -> Text:
+    t = Text(f"{scope} ", style="dim")
+    t.append(value or "(all)")
+    return t
+
+
+def event_cells(e: AlertEvent) -> dict[str, Cell]:
+    """Cells of one fired alert."""
+    return {
+        "fired": Cell.of(Text(utc(e.fired_ns), style="dim"), e.fired_ns),
+        "rule": Cell.of(Text(e.rule_name, style="bold magenta"), e.rule_name),
+        "scope": Cell.of(_scope(e.scope, e.scope_value), f"{e.scope}:{e.scope_value}"),
+        "value": Cell.of(money_text(e.value_nano, "bold red"), e.value_nano),
+        "threshold": Cell.of(money_text(e.threshold_nano), e.threshold_nano),
+        "message": Cell.of(Text(e.message), e.message),
+        "delivery": Cell.of(Text(e.delivery, style=_DELIVERY_STYLE.get(e.delivery, "")), e.delivery),
+    }
+
+
+def rule_cells(r: AlertRuleRow) -> dict[str, Cell]:
+    """Cells of one rule."""
+    window = f"{r.window_minutes / 60:g}h" if r.window_minutes else "—"
+    return {
+        "name": Cell.of(Text(r.name, style="bold"), r.name),
+        "kind": Cell.of(Text(r.kind), r.kind),
+        "scope": Cell.of(_scope(r.scope, r.scope_value), f"{r.scope}:{r.scope_value}"),
+        "threshold": Cell.of(money_text(r.threshold_nano), r.threshold_nano),
+        "window": Cell.of(Text(window, justify="right"), r.window_minutes),
+        "cooldown": Cell.of(Text(f"{r.cooldown_minutes}m", justify="right"), r.cooldown_minutes),
+        "webhook": Cell.of(Text(r.webhook or "—", style="dim"), r.webhook),
+        "enabled": Cell.of(Text("●" if r.enabled else "○", style="green" if r.enabled else "dim"), r.enabled),
+    }
+
+
+def live_event(payload: dict[str, Any], seq: int, now_ns: int) -> AlertEvent:
+    """An ``AlertEvent`` from a message of the alerts topic (fields as in the alert_events table)."""
+
+    def i(name: str) -> int:
+        try:
+            return int(payload.get(name) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return AlertEvent(
+        id=i("id") or -seq,
+        rule_name=str(payload.get("rule_name") or payload.get("rule") or "?"),
+        fired_ns=i("fired_ns") or now_ns,
+        scope=str(payload.get("scope") or ""),
+        scope_value=str(payload.get("scope_value") or ""),
+        value_nano=i("value_nano"),
+        threshold_nano=i("threshold_nano") or None,
+        message=str(payload.get("message") or payload),
+        delivery=str(payload.get("delivery") or "live"),
+    )
+
+
+class AlertsScreen(DataScreen):
+    """Events above, rules below; ``a`` adds a rule, ``d`` removes the selected rule."""
+
+    MODE = "alerts"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("a", "add_rule", "Add rule"),
+        Binding("d", "remove_rule", "Remove rule"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, AlertEvent] = {}
+
+    def compose_body(self) -> ComposeResult:
+        yield Static(Text(" fired alerts (newest first)", style="bold"), classes="subtitle")
+        yield KeyedTable(EVENT_COLUMNS, default_sort="fired", id="events")
+        yield Static(Text(" rules   a add · d remove · Tab switches table", style="bold"), classes="subtitle")
+        yield KeyedTable(RULE_COLUMNS, default_sort="name", default_reverse=False, id="rules")
+
+    def extra_hints(self) -> str:
+        return "   ·  a add rule  d remove rule  Tab switch table"
+
+    async def fetch(self, store: Store) -> tuple[list[AlertEvent], list[AlertRuleRow]]:
+        return await store.alert_events(), await store.alert_rules()
+
+    def apply(self, data: tuple[list[AlertEvent], list[AlertRuleRow]]) -> None:
+        events, rules = data
+        merged = {e.id: e for e in self.live.values()}
+        merged.update({e.id: e for e in events})
+        self.query_one("#events", KeyedTable).sync(
+            ((str(e.id), event_cells(e)) for e in merged.values()),
+            search=lambda k: f"{merged[int(k)].rule_name} {merged[int(k)].scope_value}",
+        )
+        self.query_one("#rules", KeyedTable).sync((r.name, rule_cells(r)) for r in rules)
+
+    def add_live(self, payload: dict[str, Any]) -> AlertEvent:
+        """Show an alert from the topic at once, before the database refresh brings it."""
+        app: Any = self.app
+        e = live_event(payload, len(self.live) + 1, app.clock())
+        self.live[e.id] = e
+        self.query_one("#events", KeyedTable).upsert(str(e.id), event_cells(e))
+        return e
+
+    def action_add_rule(self) -> None:
+        def done(form: RuleForm | None) -> None:
+            if form is not None:
+                self._save_rule(form)
+
+        self.app.push_screen(AddRuleModal(), done)
+
+    @work(thread=True, exclusive=True, group="alert-write")
+    def _save_rule(self, form: RuleForm) -> None:
+        app: Any = self.app
+        try:
+            msg = add_rule(
+                Path(app.db_path),
+                name=form.name,
+                scope=form.scope,
+                scope_value=form.scope_value,
+                threshold_usd=form.threshold_usd,
+                window_hours=form.window_hours,
+                webhook=form.webhook or None,
+            )
+        except Exception as exc:
+            app.call_from_thread(self.notify, f"could not save the rule: {exc}", severity="error", markup=False)
+            return
+        app.call_from_thread(self.notify, f"{msg} (threshold {money(form.threshold_usd * 1e9)})", markup=False)
+        app.call_from_thread(app.request_refresh, True)
+
+    def action_remove_rule(self) -> None:
+        table = self.query_one("#rules", KeyedTable)
+        name = table.current_key
+        if name is None:
+            self.notify("No rule selected (Tab to the rules table)", severity="warning")
+            return
+
+        def done(ok: bool | None) -> None:
+            if ok:
+                self._remove_rule(name)
+
+        self.app.push_screen(ConfirmModal(f"Remove alert rule {name!r}?", yes="Remove"), done)
+
+    @work(thread=True, exclusive=True, group="alert-write")
+    def _remove_rule(self, name: str) -> None:
+        app: Any = self.app
+        try:
+            msg = remove_rule(Path(app.db_path), name)
+        except Exception as exc:
+            app.call_from_thread(self.notify, f"could not remove the rule: {exc}", severity="error", markup=False)
+            return
+        app.call_from_thread(self.notify, msg, markup=False)
+        app.call_from_thread(app.request_refresh, True)
+
+    def active_table(self) -> KeyedTable | None:
+        focused = self.focused
+        if isinstance(focused, KeyedTable):
+            return focused
+        return self.query_one("#events", KeyedTable)

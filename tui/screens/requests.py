@@ -1,0 +1,104 @@
+"""Requests: the most recent or the most expensive requests; Enter opens a request's call tree."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from tui.data import RequestRow, Store
+from tui.format import count_text, duration, money_text, utc
+from tui.messages import OpenRequest
+from tui.screens.base import DataScreen
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+
+COLUMNS = [
+    ColumnSpec("time", "Started (UTC)", 19, "t", numeric=True, justify="left"),
+    ColumnSpec("request", "Request", 24, "i", numeric=False, justify="left"),
+    ColumnSpec("endpoint", "Endpoint", 22, "n", numeric=False, justify="left"),
+    ColumnSpec("tenant", "Tenant", 16, "u", numeric=False, justify="left"),
+    ColumnSpec("feature", "Root feature", 20, "f", numeric=False, justify="left"),
+    ColumnSpec("spans", "Spans", 6, "s"),
+    ColumnSpec("took", "Took", 8, "d"),
+    ColumnSpec("cost", "Cost", 12, "c"),
+    ColumnSpec("errors", "Err", 4, "e"),
+]
+
+
+def request_cells(r: RequestRow) -> dict[str, Cell]:
+    """The cells of one request row (all user text literal)."""
+    return {
+        "time": Cell.of(Text(utc(r.start_ns), style="dim"), r.start_ns),
+        "request": Cell.of(Text(r.request_id), r.request_id),
+        "endpoint": Cell.of(Text(r.endpoint), r.endpoint),
+        "tenant": Cell.of(Text(r.user_id), r.user_id),
+        "feature": Cell.of(Text(r.root_feature), r.root_feature),
+        "spans": Cell.of(count_text(r.spans), r.spans),
+        "took": Cell.of(Text(duration(max(0, r.end_ns - r.start_ns)), justify="right"), r.end_ns - r.start_ns),
+        "cost": Cell.of(money_text(r.cost_nano, "bold"), r.cost_nano),
+        "errors": Cell.of(count_text(r.errors, warn=True), r.errors),
+    }
+
+
+class RequestsScreen(DataScreen):
+    """The request list; ``o`` switches between most recent and most expensive."""
+
+    MODE = "requests"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("o", "toggle_order", "Recent/Costly"),
+        Binding("enter", "open", "Call tree", show=True),
+    ]
+    LIMIT = 500
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order = "recent"
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="subtitle", classes="subtitle")
+        yield KeyedTable(COLUMNS, default_sort="time", id="main")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._subtitle(0)
+
+    def _subtitle(self, n: int) -> None:
+        t = Text(" requests", style="bold")
+        t.append("  show ", style="dim")
+        for o, label in (("recent", "most recent"), ("cost", "most expensive")):
+            t.append(f" {label} ", style="bold black on #5fd7ff" if o == self.order else "dim")
+        t.append(f"   {n} rows · Enter opens the call tree", style="dim")
+        self.query_one("#subtitle", Static).update(t)
+
+    def extra_hints(self) -> str:
+        return "   ·  o recent/costly  Enter tree"
+
+    def action_toggle_order(self) -> None:
+        self.order = "cost" if self.order == "recent" else "recent"
+        table = self.query_one("#main", KeyedTable)
+        table.sort_by("cost" if self.order == "cost" else "time", reverse=True)
+        app: Any = self.app
+        app.request_refresh(force=True)
+
+    async def fetch(self, store: Store) -> list[RequestRow]:
+        return await store.requests(self.order, self.LIMIT)
+
+    def apply(self, data: list[RequestRow]) -> None:
+        table = self.query_one("#main", KeyedTable)
+        table.sync(
+            ((r.request_id, request_cells(r)) for r in data),
+            search=lambda k: k,
+        )
+        self._subtitle(len(data))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(OpenRequest(str(event.row_key.value)))
+
+    def action_open(self) -> None:
+        table = self.query_one("#main", KeyedTable)
+        if table.current_key:
+            self.post_message(OpenRequest(table.current_key))

@@ -1,0 +1,70 @@
+"""One request's call tree, pushed over the Requests screen; Esc goes back."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from tui.data import Store, TreeNode
+from tui.format import money
+from tui.widgets.call_tree import CallTree
+from tui.widgets.status import StatusHeader
+
+
+class RequestTreeScreen(Screen[None]):
+    """Shows the spans of ``request_id`` as a foldable tree with direct and subtree costs."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("e", "expand_all", "Expand all"),
+        Binding("c", "collapse_all", "Collapse all"),
+    ]
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.roots: list[TreeNode] = []
+
+    def compose(self) -> ComposeResult:
+        yield StatusHeader(id="status")
+        yield Static(Text(f" request {self.request_id}", style="bold"), id="subtitle", classes="subtitle")
+        yield CallTree("request", id="tree")
+        yield Footer()
+
+    async def load(self, store: Store) -> None:
+        """Query the request's spans and show them (awaited by the app when it opens the screen)."""
+        self.roots = await store.request_tree(self.request_id)
+        tree = self.query_one(CallTree)
+        tree.show(self.roots)
+        total = sum(r.subtree_nano for r in self.roots)
+        spans = _count(self.roots)
+        t = Text(" request ", style="dim")
+        t.append(self.request_id, style="bold")
+        t.append(f"   {spans} spans   total ", style="dim")
+        t.append(money(total), style="bold #ffd75f")
+        if not self.roots:
+            t.append("   (no spans stored for this request)", style="yellow")
+        t.append("   ·  Enter/space fold  e expand all  c collapse all  Esc back", style="dim")
+        self.query_one("#subtitle", Static).update(t)
+        tree.focus()
+
+    def action_expand_all(self) -> None:
+        self.query_one(CallTree).root.expand_all()
+
+    def action_collapse_all(self) -> None:
+        tree = self.query_one(CallTree)
+        for child in tree.root.children:
+            child.collapse_all()
+
+    def on_mount(self) -> None:
+        app: Any = self.app
+        app.load_tree(self)
+
+
+def _count(nodes: list[TreeNode]) -> int:
+    return sum(1 + _count(n.children) for n in nodes)

@@ -1,0 +1,123 @@
+"""Trends: daily cost per feature over a chosen number of days, as a stacked bar chart and a table."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from tui.data import Store, TrendSnapshot
+from tui.format import money_text, spark_text
+from tui.screens.base import DataScreen
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+from tui.widgets.trend_chart import TrendChart, feature_color
+
+DAY_CHOICES = (7, 14, 30, 90)
+COLUMNS = [
+    ColumnSpec("feature", "Feature", 28, "f", numeric=False, justify="left"),
+    ColumnSpec("total", "Total", 12, "c"),
+    ColumnSpec("avg", "Per day", 12, "a"),
+    ColumnSpec("last", "Today", 12, "t"),
+    ColumnSpec("change", "vs prev", 8, "v"),
+    ColumnSpec("trend", "Daily", 30, None, numeric=False, justify="left"),
+]
+
+
+def trend_cells(snap: TrendSnapshot, feature: str) -> dict[str, Cell]:
+    """One feature's row: total, average, today, change vs the previous day and a sparkline."""
+    series = snap.cost[feature]
+    total = sum(series)
+    last = series[-1] if series else 0
+    prev = series[-2] if len(series) > 1 else 0
+    change = (last - prev) / prev if prev else None
+    idx = snap.features.index(feature)
+    if change is None:
+        change_text = Text("—", style="dim", justify="right")
+    else:
+        change_text = Text(f"{change:+.0%}", style="red" if change > 0 else "green", justify="right")
+    name = Text("■ ", style=feature_color(idx))
+    name.append(feature)
+    return {
+        "feature": Cell.of(name, feature),
+        "total": Cell.of(money_text(total, "bold"), total),
+        "avg": Cell.of(money_text(total / len(series) if series else 0), total / len(series) if series else 0),
+        "last": Cell.of(money_text(last), last),
+        "change": Cell.of(change_text, change),
+        "trend": Cell.of(spark_text(series, 30), ",".join(map(str, series))),
+    }
+
+
+class TrendsScreen(DataScreen):
+    """``+``/``-`` change the number of days; selecting a feature draws it alone, Esc shows all again."""
+
+    MODE = "trends"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("plus,equals_sign", "days(1)", "More days"),
+        Binding("minus", "days(-1)", "Fewer days"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.days = 14
+        self.focus_feature: str | None = None
+        self.last: TrendSnapshot | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="subtitle", classes="subtitle")
+        yield TrendChart(id="chart")
+        yield KeyedTable(COLUMNS, default_sort="total", id="main")
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._subtitle()
+
+    def _subtitle(self) -> None:
+        t = Text(" daily cost per feature", style="bold")
+        t.append("  days ", style="dim")
+        for d in DAY_CHOICES:
+            t.append(f" {d} ", style="bold black on #5fd7ff" if d == self.days else "dim")
+        if self.focus_feature:
+            t.append("  showing ", style="dim")
+            t.append(self.focus_feature, style="bold")
+            t.append(" (Esc: all)", style="dim")
+        self.query_one("#subtitle", Static).update(t)
+
+    def extra_hints(self) -> str:
+        return "   ·  +/- days  Enter chart one feature"
+
+    def action_days(self, step: int) -> None:
+        i = DAY_CHOICES.index(self.days) if self.days in DAY_CHOICES else 1
+        self.days = DAY_CHOICES[max(0, min(len(DAY_CHOICES) - 1, i + step))]
+        self._subtitle()
+        app: Any = self.app
+        app.request_refresh(force=True)
+
+    async def fetch(self, store: Store) -> TrendSnapshot:
+        return await store.trends(self.days)
+
+    def apply(self, data: TrendSnapshot) -> None:
+        self.last = data
+        if self.focus_feature not in data.cost:
+            self.focus_feature = None
+        self.query_one(TrendChart).show(data, self.focus_feature)
+        self.query_one("#main", KeyedTable).sync((f, trend_cells(data, f)) for f in data.features)
+        self._subtitle()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        feature = str(event.row_key.value)
+        self.focus_feature = None if feature == self.focus_feature else feature
+        if self.last is not None:
+            self.query_one(TrendChart).show(self.last, self.focus_feature)
+        self._subtitle()
+
+    def action_back(self) -> None:
+        if self.focus_feature and self.last is not None:
+            self.focus_feature = None
+            self.query_one(TrendChart).show(self.last, None)
+            self._subtitle()
+            return
+        super().action_back()

@@ -1,0 +1,236 @@
+"""A DataTable updated by row key: changed cells only, fixed widths, sortable by key, filterable.
+
+Rows are never cleared and rebuilt: each ``sync`` adds new keys, removes vanished ones and
+updates only the cells whose text changed, all in one batch, then re-applies the sort and puts
+the cursor back on the row (by key) it was on. Each cell keeps the raw value it was made from,
+which drives sorting and CSV export.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+
+
+class Cell(Text):
+    """A rendered cell that remembers the raw value behind it (for sorting and export)."""
+
+    raw: Any = None
+
+    @classmethod
+    def of(cls, text: Text | str, raw: Any) -> Cell:
+        """Wrap ``text`` (plain strings are never parsed as markup) with its raw value."""
+        if isinstance(text, str):
+            cell = cls(text)
+        else:
+            cell = cls(text.plain, style=text.style, justify=text.justify, overflow=text.overflow, no_wrap=True)
+            cell._spans = list(text.spans)
+        cell.raw = raw
+        return cell
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """One column: key, label, fixed width, the key that sorts by it, and whether it is numeric."""
+
+    key: str
+    label: str
+    width: int
+    sort_key: str | None = None
+    numeric: bool = True
+    justify: str = "right"
+
+
+def _sort_value(raw: Any) -> Any:
+    if raw is None:
+        return (0, 0)
+    if isinstance(raw, int | float):
+        return (1, raw)
+    return (1, str(raw).casefold())
+
+
+class KeyedTable(DataTable[Any]):
+    """DataTable with by-key updates, per-column sort keys, vim motions, filter and CSV export."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("g", "scroll_top", "Top", show=False),
+        Binding("G", "scroll_bottom", "Bottom", show=False),
+    ]
+
+    def __init__(
+        self,
+        columns: Sequence[ColumnSpec],
+        *,
+        default_sort: str | None = None,
+        default_reverse: bool = True,
+        name: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, name=name, id=id, classes=classes)
+        self.specs: dict[str, ColumnSpec] = {s.key: s for s in columns}
+        self.sort_column: str | None = default_sort
+        self.sort_reverse = default_reverse
+        self.filter_text = ""
+        self._rows: dict[str, dict[str, Cell]] = {}  # every row of the last sync, filtered or not
+        self._label_of: dict[str, str] = {}  # row key -> searchable text
+        self.syncs = 0
+        self._ready = False
+
+    def on_mount(self) -> None:
+        for spec in self.specs.values():
+            self._add_column(spec)
+        self._ready = True
+        self._relabel()
+
+    # -- columns --------------------------------------------------------------------------------
+
+    def add_spec(self, spec: ColumnSpec) -> None:
+        """Add a column (e.g. a service seen for the first time); existing rows get an empty cell."""
+        if spec.key in self.specs:
+            return
+        self.specs[spec.key] = spec
+        if self._ready:
+            self._add_column(spec)
+
+    def _add_column(self, spec: ColumnSpec) -> None:
+        self.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key, default=Cell(""))
+
+    def sort_keys(self) -> dict[str, str]:
+        """Key press -> column key, for the columns that can be sorted."""
+        return {s.sort_key: s.key for s in self.specs.values() if s.sort_key}
+
+    def _relabel(self) -> None:
+        for key, spec in self.specs.items():
+            label = spec.label
+            if spec.sort_key:
+                arrow = ("▼" if self.sort_reverse else "▲") if key == self.sort_column else ""
+                label = f"{spec.label}{arrow}"
+            col = self.columns.get(key)  # type: ignore[call-overload]
+            if col is not None:
+                col.label = Text(label, justify=spec.justify, style="bold" if key == self.sort_column else "")
+        self.notify_style_update()
+
+    def set_sort(self, column: str) -> None:
+        """Sort by ``column``; the same column again flips the direction."""
+        if column == self.sort_column:
+            self.sort_reverse = not self.sort_reverse
+        else:
+            self.sort_column = column
+            self.sort_reverse = self.specs[column].numeric  # numbers biggest first, names A→Z
+        self._relabel()
+        self._apply_sort()
+
+    def sort_by(self, column: str, reverse: bool) -> None:
+        """Sort by ``column`` in the given direction."""
+        self.sort_column = column
+        self.sort_reverse = reverse
+        self._relabel()
+        self._apply_sort()
+
+    # -- rows -----------------------------------------------------------------------------------
+
+    @property
+    def current_key(self) -> str | None:
+        """Row key under the cursor, if any."""
+        if not self.row_count:
+            return None
+        try:
+            return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        except (CellDoesNotExist, RowDoesNotExist):
+            return None
+
+    def sync(self, rows: Iterable[tuple[str, dict[str, Cell]]], search: Callable[[str], str] | None = None) -> None:
+        """Make the table show ``rows`` (key, {column: cell}) with minimal changes, keeping the cursor's row."""
+        keep = self.current_key
+        new: dict[str, dict[str, Cell]] = {}
+        for key, cells in rows:
+            new[key] = cells
+            self._label_of[key] = search(key) if search else key
+        self._rows = new
+        self._render_rows(keep)
+        self.syncs += 1
+
+    def upsert(self, key: str, cells: dict[str, Cell]) -> None:
+        """Add or update one row without touching the others."""
+        rows = dict(self._rows)
+        rows[key] = cells
+        self._label_of.setdefault(key, key)
+        self._rows = rows
+        self._render_rows(self.current_key)
+
+    def _visible(self) -> dict[str, dict[str, Cell]]:
+        needle = self.filter_text.casefold()
+        if not needle:
+            return self._rows
+        return {k: v for k, v in self._rows.items() if needle in self._label_of.get(k, k).casefold()}
+
+    def _render_rows(self, keep: str | None) -> None:
+        visible = self._visible()
+        for key in [str(k.value) for k in self.rows if str(k.value) not in visible]:
+            self.remove_row(key)
+        order = list(self.specs)
+        for key, cells in visible.items():
+            if key in self.rows:  # type: ignore[operator]
+                for col, cell in cells.items():
+                    if col not in self.specs:
+                        continue
+                    old = self.get_cell(key, col)
+                    if (
+                        old != cell
+                        or getattr(old, "style", None) != cell.style
+                        or getattr(old, "raw", None) != cell.raw
+                    ):
+                        self.update_cell(key, col, cell)
+            else:
+                self.add_row(*(cells.get(c, Cell("")) for c in order), key=key)
+        self._apply_sort(keep)
+
+    def _apply_sort(self, keep: str | None = None) -> None:
+        keep = keep if keep is not None else self.current_key
+        if self.sort_column and self.sort_column in self.specs and self.row_count:
+            self.sort(self.sort_column, key=lambda c: _sort_value(getattr(c, "raw", None)), reverse=self.sort_reverse)
+        if keep is not None and keep in self.rows:  # type: ignore[operator]
+            row = self.get_row_index(keep)
+            if row != self.cursor_row:
+                self.move_cursor(row=row, animate=False)
+
+    def set_filter(self, text: str) -> None:
+        """Show only rows whose key (or search text) contains ``text``, case-insensitively."""
+        self.filter_text = text
+        self._render_rows(self.current_key)
+
+    # -- export ---------------------------------------------------------------------------------
+
+    def ordered_keys(self) -> list[str]:
+        """Visible row keys in display order."""
+        return [str(r.key.value) for r in self.ordered_rows]
+
+    def row_values(self, key: str) -> list[Any]:
+        """Raw values of one row in column order."""
+        cells = self._rows.get(key, {})
+        return [getattr(cells.get(c), "raw", None) for c in self.specs]
+
+    def row_text(self, key: str) -> str:
+        """One row as tab-separated raw values (what ``y`` copies)."""
+        return "\t".join("" if v is None else str(v) for v in self.row_values(key))
+
+    def export_csv(self, path: Path) -> int:
+        """Write the visible rows, in display order, as CSV with raw values; returns the row count."""
+        keys = self.ordered_keys()
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow([s.label for s in self.specs.values()])
+            for key in keys:
+                w.writerow(["" if v is None else v for v in self.row_values(key)])
+        return len(keys)

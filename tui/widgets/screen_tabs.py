@@ -1,0 +1,35 @@
+"""The tab bar of screens (1-7); clicking a tab switches screen like its number key does."""
+
+from __future__ import annotations
+
+from textual.widgets import Tab, Tabs
+
+from tui.messages import SwitchScreen
+
+#: Mode name -> tab label, in key order (1..7).
+SCREENS: dict[str, str] = {
+    "live": "Live",
+    "tenants": "Tenants",
+    "endpoints": "Endpoints",
+    "requests": "Requests",
+    "alerts": "Alerts",
+    "trends": "Trends",
+    "reconcile": "Reconciliation",
+}
+
+
+class ScreenTabs(Tabs):
+    """Tabs for every screen, with the given one active; never takes focus from the tables."""
+
+    can_focus = False
+
+    def __init__(self, active: str) -> None:
+        tabs = [Tab(f"{i} {label}", id=name) for i, (name, label) in enumerate(SCREENS.items(), start=1)]
+        super().__init__(*tabs, active=active)
+        self._mine = active
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        event.stop()
+        if event.tab.id and event.tab.id != self._mine:
+            self.active = self._mine  # this screen's bar keeps pointing at this screen
+            self.post_message(SwitchScreen(event.tab.id))

@@ -1,0 +1,68 @@
+"""The header bar: totals, spend rate, ingest rate, what is left out, the clock and the PAUSED badge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import Static
+
+from tui.data import Overview
+from tui.format import count, money, utc
+
+
+def header_text(ov: Overview | None, *, db_name: str, now_ns: int, paused: bool, broker: str | None) -> Text:
+    """Compose the header line (pure, so it can be tested and snapshotted)."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(" ◆ spendtrace ", style="bold black on #5fd7ff")
+    t.append(" ")
+    t.append(db_name, style="dim")
+    if paused:
+        t.append("  ")
+        t.append(" PAUSED ", style="bold black on yellow")
+    if ov is None:
+        t.append("   loading…", style="dim")
+        return t
+    t.append("   total ", style="dim")
+    t.append(money(ov.total_nano), style="bold #87ff87")
+    t.append("   last hour ", style="dim")
+    t.append(f"{money(ov.last_hour_nano)}/h", style="bold #ffd75f")
+    t.append("   spans ", style="dim")
+    t.append(count(ov.spans), style="bold")
+    t.append("   ingest ", style="dim")
+    t.append("—" if ov.ingest_per_s is None else f"{count(round(ov.ingest_per_s))}/s", style="bold")
+    t.append("   unpriced ", style="dim")
+    t.append(count(ov.unpriced_items), style="bold yellow" if ov.unpriced_items else "dim")
+    t.append("   dead letters ", style="dim")
+    t.append(count(ov.dead_letters), style="bold red" if ov.dead_letters else "dim")
+    t.append("   alerts ", style="dim")
+    t.append(count(ov.alert_events), style="bold magenta" if ov.alert_events else "dim")
+    t.append("   broker ", style="dim")
+    t.append(broker or "off", style="green" if broker else "dim")
+    t.append("   " + utc(now_ns, "%H:%M:%S UTC"), style="dim")
+    return t
+
+
+class StatusHeader(Static):
+    """Mirrors the app's ``overview`` and ``paused`` state; one per screen."""
+
+    DEFAULT_CSS = """
+    StatusHeader { height: 1; background: $panel; }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "overview", self._changed, init=False)
+        self.watch(self.app, "paused", self._changed, init=False)
+        self._changed()
+
+    def _changed(self, *_: Any) -> None:
+        app: Any = self.app
+        self.update(
+            header_text(
+                app.overview,
+                db_name=app.db_label,
+                now_ns=app.clock(),
+                paused=app.paused,
+                broker=app.bootstrap,
+            )
+        )

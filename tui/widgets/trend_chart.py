@@ -1,0 +1,86 @@
+"""Daily cost per feature as a stacked horizontal bar chart drawn with Rich (one line per day).
+
+Hand-drawn rather than a plotting dependency: it is exact to the cell, renders identically in
+snapshots, and colors each feature the same way as the legend and the table below it.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from tui.data import TrendSnapshot
+from tui.format import money, utc
+
+PALETTE = ("#5fafff", "#ffaf5f", "#87d787", "#d787d7", "#ffd75f", "#5fd7d7", "#ff8787", "#afafff")
+OTHER = "#808080"
+#: Features drawn in their own color; the rest are stacked as "other".
+TOP = len(PALETTE)
+
+
+def feature_color(index: int) -> str:
+    """Color of the ``index``-th largest feature (the rest share grey)."""
+    return PALETTE[index] if index < TOP else OTHER
+
+
+def render_chart(snap: TrendSnapshot | None, width: int, focus: str | None = None) -> Text:
+    """Lines 'MM-DD ███▒▒░ $total', bars scaled to the largest day; ``focus`` draws one feature only."""
+    out = Text(no_wrap=True)
+    if snap is None or not snap.days:
+        return out
+    features = [focus] if focus in snap.cost else list(snap.features)
+    daily = [sum(snap.cost[f][i] for f in features) for i in range(len(snap.days))]
+    peak = max(daily, default=0)
+    label_w, total_w = 6, 12
+    bar_w = max(10, width - label_w - total_w - 2)
+    for i, day in enumerate(snap.days):
+        out.append(utc(day * 1_000_000_000, "%m-%d"), style="dim")
+        out.append(" ")
+        used = 0
+        if peak:
+            acc = 0
+            for _rank, f in enumerate(features):
+                acc += snap.cost[f][i]
+                end = round(bar_w * acc / peak)
+                if end > used:
+                    idx = snap.features.index(f)
+                    out.append("█" * (end - used), style=feature_color(idx))
+                    used = end
+        out.append(" " * (bar_w - used))
+        out.append(money(daily[i]).rjust(total_w), style="bold" if daily[i] else "dim")
+        out.append("\n")
+    out.append("      ")
+    for idx, f in enumerate(snap.features[:TOP]):
+        if focus and f != focus:
+            continue
+        out.append("■ ", style=feature_color(idx))
+        out.append(f + "  ")
+    if len(snap.features) > TOP and not focus:
+        out.append("■ ", style=OTHER)
+        out.append("other")
+    return out
+
+
+class TrendChart(Widget):
+    """Renders the last trends snapshot at the widget's width."""
+
+    DEFAULT_CSS = """
+    TrendChart { height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.snapshot: TrendSnapshot | None = None
+        self.focus_feature: str | None = None
+
+    def show(self, snap: TrendSnapshot, focus: str | None = None) -> None:
+        """Draw ``snap`` (only ``focus`` when given)."""
+        self.snapshot = snap
+        self.focus_feature = focus
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        return render_chart(self.snapshot, self.size.width - 2, self.focus_feature)
+
+    def get_content_height(self, container: object, viewport: object, width: int) -> int:
+        return (len(self.snapshot.days) + 1) if self.snapshot else 1
