@@ -206,6 +206,10 @@ class PriceBook:
         i = bisect_right(self._starts[key], at_ns) - 1
         return es[i if i >= 0 else 0]
 
+    def segment_starts(self) -> Mapping[str, tuple[int, ...]]:
+        """key -> start (ns) of each of its entries; entry ``i`` is in force from ``starts[i]``."""
+        return self._starts
+
     def service_of(self, key: str) -> str:
         """The service a key is billed under (its entries', else guessed from the key)."""
         es = self._entries.get(key)

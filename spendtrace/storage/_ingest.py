@@ -4,8 +4,8 @@
 deltas aggregated in dicts); ``write_batch_sync`` and ``write_batch_async`` run the *same*
 statement plan (``_plan``, a generator of SQL operations) on ``sqlite3`` or ``aiosqlite``:
 
-    BEGIN IMMEDIATE; SAVEPOINT; INSERT OR IGNORE spans
-    if some span_ids were already stored: ROLLBACK TO SAVEPOINT, keep only the new spans, re-insert
+    BEGIN IMMEDIATE; INSERT OR IGNORE spans
+    if some span_ids were already stored: re-prepare the deltas for the new spans only (found by rowid)
     rollup, loaded, requests, unpriced upserts (deltas of the new spans only); offsets; dead letters
     COMMIT
 
@@ -32,6 +32,7 @@ left 0 so sums over all rows never double count.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -140,8 +141,6 @@ class WriteResult:
 
 
 # --------------------------------------------------------------------------- preparation
-_frag_cache: dict[tuple[Any, ...], tuple[str, int]] = {}
-_path_cache: dict[tuple[str, ...], str] = {}
 
 
 def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, version: str) -> str:
@@ -157,13 +156,38 @@ def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, 
     return _json.encode(obj).decode()
 
 
-def _path_json(path: tuple[str, ...]) -> str:
-    s = _path_cache.get(path)
-    if s is None:
+def _memo_for(book: PriceBook) -> dict[tuple[Any, ...], tuple[int | None, int, str, str]]:
+    memo = _memos.get(book.version)
+    if memo is None or len(memo) > 200_000:
+        if len(_memos) > 8:
+            _memos.clear()
+        memo = _memos[book.version] = {}
+    return memo
+
+
+_memos: dict[str, dict[tuple[Any, ...], tuple[int | None, int, str, str]]] = {}
+
+
+def _price(book: PriceBook, item: UsageItem, t: int, w: float) -> tuple[int | None, int, str, str]:
+    """(unweighted cost or None, weighted cost, service, usage JSON fragment) of one item."""
+    c, ver, svc = book.price_item(item, t)
+    wc = 0 if c is None else weighted_cost(w, c)
+    return c, wc, svc, _item_json(item, svc, c, wc, ver)
+
+
+def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
+    """(path JSON, distinct features to add fully-loaded cost to: the path's, plus the span's own)."""
+    key = (*path, "\x00", feature)
+    hit = _path_cache.get(key)
+    if hit is None:
         if len(_path_cache) > 100_000:
             _path_cache.clear()
-        s = _path_cache[path] = _json.encode(path).decode()
-    return s
+        distinct = tuple(dict.fromkeys((*path, feature)))
+        hit = _path_cache[key] = (_json.encode(path or (feature,)).decode(), distinct)
+    return hit
+
+
+_path_cache: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
 
 
 def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
@@ -181,105 +205,76 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         seen.add(s.span_id)
         uniq.append(s)
 
-    price_item = book.price_item
+    memo = _memo_for(book)
+    starts_get = book.segment_starts().get
     book_version = book.version
-    frag_cache = _frag_cache
-    if len(frag_cache) > 200_000:
-        frag_cache.clear()
     rows: list[tuple[Any, ...]] = []
+    append_row = rows.append
     minute: dict[tuple[int, str, str, str, str], list[Any]] = {}
+    minute_get = minute.get
     loaded_min: dict[tuple[int, str], list[Any]] = {}
+    loaded_get = loaded_min.get
     requests: dict[str, list[Any]] = {}
+    requests_get = requests.get
     unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
-    features: set[str] = set()
-    users: set[str] = set()
-    endpoints: set[str] = set()
     total_cost = 0
     total_unpriced = 0
-    min_t: int | None = None
-    max_t: int | None = None
 
     for s in uniq:
         t = s.start_ns
         w = s.weight
+        feature = s.feature
+        user = s.user_id or ""
+        endpoint = s.endpoint or ""
+        mb = t // 60_000_000_000 * 60
         cost = 0
         unw = 0
         n_unpriced = 0
         frags: list[str] = []
-        per_svc: dict[str, list[int]] | None = None
+        # service -> [weighted, unweighted, unpriced items] (only needed for the variance of sampled spans)
+        per_svc: dict[str, list[int]] | None = None if w == 1.0 else {}
+        items: list[tuple[int | None, int, str, str, UsageItem | None]] = []
         for it in s.usage:
-            c, ver, svc = price_item(it, t)
-            fk = (it, c, ver, svc, w)
-            hit = frag_cache.get(fk)
+            st = starts_get(it.key)
+            if st is None or len(st) == 1 or t >= st[-1]:
+                seg = 0 if st is None else len(st) - 1
+            else:
+                seg = max(bisect_right(st, t) - 1, 0)
+            mk = (it, seg, w)
+            hit = memo.get(mk)
             if hit is None:
-                wc = 0 if c is None else weighted_cost(w, c)
-                hit = frag_cache[fk] = (_item_json(it, svc, c, wc, ver), wc)
-            frags.append(hit[0])
-            if per_svc is None:
-                per_svc = {}
-            acc = per_svc.get(svc)
-            if acc is None:
-                acc = per_svc[svc] = [0, 0, 0]
-            if c is None:
-                n_unpriced += 1
-                acc[2] += 1
-                uk = (it.key, svc, s.feature)
-                u = unpriced_d.get(uk)
-                if u is None:
-                    unpriced_d[uk] = [1, it.count, it.input_tokens, it.output_tokens, it.bytes, t, t]
-                else:
-                    u[0] += 1
-                    u[1] += it.count
-                    u[2] += it.input_tokens
-                    u[3] += it.output_tokens
-                    u[4] += it.bytes
-                    if t < u[5]:
-                        u[5] = t
-                    if t > u[6]:
-                        u[6] = t
-            else:
-                wc = hit[1]
-                cost += wc
-                unw += c
-                acc[0] += wc
-                acc[1] += c
+                hit = memo[mk] = _price(book, it, t, w)
+            items.append((*hit, it))
         if s.lambda_memory_mb > 0 and s.parent_id is None:
-            billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, t)
-            wc = 0 if c is None else weighted_cost(w, c)
-            obj: dict[str, Any] = {
-                "key": LAMBDA_COMPUTE_KEY,
-                "service": "lambda",
-                "memory_mb": s.lambda_memory_mb,
-                "billed_ms": billed_ms,
-                "gb_seconds": s.lambda_memory_mb / 1024 * billed_ms / 1000,
-                "cost_nano": wc,
-                "unit_cost_nano": c,
-                "priced": c is not None,
-                "price_version": ver or None,
-            }
-            frags.append(_json.encode(obj).decode())
-            if per_svc is None:
-                per_svc = {}
-            acc = per_svc.setdefault("lambda", [0, 0, 0])
+            items.append(_lambda_item(book, s, w))
+        for c, wc, svc, frag, it in items:
+            frags.append(frag)
+            skey = (mb, feature, user, endpoint, svc)
+            r = minute_get(skey)
+            if r is None:
+                r = minute[skey] = [0, 0.0, 0, 0, 0, 0.0, 0]
             if c is None:
                 n_unpriced += 1
-                acc[2] += 1
-                uk = (LAMBDA_COMPUTE_KEY, "lambda", s.feature)
-                u = unpriced_d.setdefault(uk, [0, 0.0, 0, 0, 0, t, t])
-                u[0] += 1
-                u[5] = min(u[5], t)
-                u[6] = max(u[6], t)
+                r[4] += 1
+                _add_unpriced(unpriced_d, it, svc, feature, t)
             else:
                 cost += wc
                 unw += c
-                acc[0] += wc
-                acc[1] += c
-        var = w * (w - 1.0) * unw * unw if w != 1.0 else 0.0
-        feature = s.feature
-        user = s.user_id or ""
-        endpoint = s.endpoint or ""
-        path = s.path or (feature,)
-        rows.append(
+                r[0] += wc
+            if per_svc is not None:
+                acc = per_svc.get(svc)
+                if acc is None:
+                    acc = per_svc[svc] = [0, 0]
+                if c is not None:
+                    acc[1] += c
+        var = 0.0
+        if per_svc is not None:
+            var = w * (w - 1.0) * unw * unw
+            for svc, (_, su) in per_svc.items():
+                minute[(mb, feature, user, endpoint, svc)][5] += w * (w - 1.0) * su * su
+        path_json, loaded_features = _path_info(s.path, feature)
+        err = 1 if s.error else 0
+        append_row(
             (
                 s.span_id,
                 s.parent_id,
@@ -291,10 +286,10 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
                 t,
                 s.duration_ns,
                 s.cpu_ns,
-                1 if s.error else 0,
+                err,
                 s.error_type,
                 w,
-                _path_json(path),
+                path_json,
                 "[" + ",".join(frags) + "]",
                 cost,
                 n_unpriced,
@@ -304,11 +299,9 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         )
         total_cost += cost
         total_unpriced += n_unpriced
-        err = 1 if s.error else 0
-        mb = t // 60_000_000_000 * 60
         is_root = 1 if s.parent_id is None else 0
         key = (mb, feature, user, endpoint, "")
-        r = minute.get(key)
+        r = minute_get(key)
         if r is None:
             minute[key] = [cost, w, 1, err, n_unpriced, var, is_root]
         else:
@@ -319,25 +312,9 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             r[4] += n_unpriced
             r[5] += var
             r[6] += is_root
-        if per_svc:
-            for svc, (sc, su, sn) in per_svc.items():
-                sv = w * (w - 1.0) * su * su if w != 1.0 else 0.0
-                key = (mb, feature, user, endpoint, svc)
-                r = minute.get(key)
-                if r is None:
-                    minute[key] = [sc, 0.0, 0, 0, sn, sv, 0]
-                else:
-                    r[0] += sc
-                    r[4] += sn
-                    r[5] += sv
-        seen_path: set[str] | None = set() if len(path) > 1 else None
-        for f in path:
-            if seen_path is not None:
-                if f in seen_path:
-                    continue
-                seen_path.add(f)
+        for f in loaded_features:
             lk = (mb, f)
-            lr = loaded_min.get(lk)
+            lr = loaded_get(lk)
             if lr is None:
                 loaded_min[lk] = [cost, w, 1, var]
             else:
@@ -345,26 +322,29 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
                 lr[1] += w
                 lr[2] += 1
                 lr[3] += var
-        if feature not in path:  # a span's own feature is always on its path; keep that true for odd producers
-            lk = (mb, feature)
-            lr = loaded_min.setdefault(lk, [0, 0.0, 0, 0.0])
-            lr[0] += cost
-            lr[1] += w
-            lr[2] += 1
-            lr[3] += var
         end = t + s.duration_ns
-        root = feature if s.parent_id is None else None
-        q = requests.get(s.request_id)
+        q = requests_get(s.request_id)
         if q is None:
-            requests[s.request_id] = [s.endpoint, s.user_id, root, t, end, cost, 1, err, n_unpriced, var]
+            requests[s.request_id] = [
+                s.endpoint,
+                s.user_id,
+                feature if is_root else None,
+                t,
+                end,
+                cost,
+                1,
+                err,
+                n_unpriced,
+                var,
+            ]
         else:
             # the root's endpoint / user win; otherwise the first one seen
-            if s.endpoint is not None and (q[0] is None or root is not None):
+            if s.endpoint is not None and (q[0] is None or is_root):
                 q[0] = s.endpoint
-            if s.user_id is not None and (q[1] is None or root is not None):
+            if s.user_id is not None and (q[1] is None or is_root):
                 q[1] = s.user_id
-            if root is not None:
-                q[2] = root
+            if is_root:
+                q[2] = feature
             if t < q[3]:
                 q[3] = t
             if end > q[4]:
@@ -374,15 +354,6 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             q[7] += err
             q[8] += n_unpriced
             q[9] += var
-        features.add(feature)
-        if user:
-            users.add(user)
-        if endpoint:
-            endpoints.add(endpoint)
-        if min_t is None or t < min_t:
-            min_t = t
-        if max_t is None or t > max_t:
-            max_t = t
 
     rollups = {"minute": minute, "hour": _coarsen(minute, 3600), "day": _coarsen(minute, 86400)}
     loaded = {
@@ -390,13 +361,14 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         "hour": _coarsen_loaded(loaded_min, 3600),
         "day": _coarsen_loaded(loaded_min, 86400),
     }
+    starts = [s.start_ns for s in uniq]
     summary = BatchSummary(
-        features=frozenset(features),
+        features=frozenset(k[1] for k in minute),
         loaded_features=frozenset(k[1] for k in loaded_min),
-        users=frozenset(users),
-        endpoints=frozenset(endpoints),
-        min_start_ns=min_t,
-        max_start_ns=max_t,
+        users=frozenset(k[2] for k in minute) - {""},
+        endpoints=frozenset(k[3] for k in minute) - {""},
+        min_start_ns=min(starts) if starts else None,
+        max_start_ns=max(starts) if starts else None,
     )
     return PreparedBatch(
         book=book,
@@ -411,6 +383,43 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         duplicates_in_batch=dups,
         summary=summary,
     )
+
+
+def _add_unpriced(
+    d: dict[tuple[str, str, str], list[Any]], it: UsageItem | None, svc: str, feature: str, t: int
+) -> None:
+    key = (it.key if it is not None else LAMBDA_COMPUTE_KEY, svc, feature)
+    u = d.get(key)
+    if u is None:
+        u = d[key] = [0, 0.0, 0, 0, 0, t, t]
+    u[0] += 1
+    if it is not None:
+        u[1] += it.count
+        u[2] += it.input_tokens
+        u[3] += it.output_tokens
+        u[4] += it.bytes
+    if t < u[5]:
+        u[5] = t
+    if t > u[6]:
+        u[6] = t
+
+
+def _lambda_item(book: PriceBook, s: Span, w: float) -> tuple[int | None, int, str, str, UsageItem | None]:
+    """The synthetic compute item of a root span that ran on Lambda."""
+    billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, s.start_ns)
+    wc = 0 if c is None else weighted_cost(w, c)
+    obj: dict[str, Any] = {
+        "key": LAMBDA_COMPUTE_KEY,
+        "service": "lambda",
+        "memory_mb": s.lambda_memory_mb,
+        "billed_ms": billed_ms,
+        "gb_seconds": s.lambda_memory_mb / 1024 * billed_ms / 1000,
+        "cost_nano": wc,
+        "unit_cost_nano": c,
+        "priced": c is not None,
+        "price_version": ver or None,
+    }
+    return c, wc, "lambda", _json.encode(obj).decode(), None
 
 
 def _coarsen(
@@ -527,24 +536,16 @@ def _plan(
 ) -> Generator[_Op, Any, WriteResult]:
     effective = batch
     if batch.span_rows:
-        before = (yield ("all", "SELECT total_changes()", ()))[0][0]
-        yield ("exec", "SAVEPOINT spendtrace_spans", ())
+        # New rows of a rowid table get rowids above the current maximum, so after the insert the
+        # spans that were really new are exactly those above it (no savepoint / sub-journal needed).
+        max_rowid = (yield ("all", "SELECT coalesce(max(rowid), 0), total_changes() FROM spans", ()))[0]
         yield ("many", INSERT_SPANS, batch.span_rows)
         after = (yield ("all", "SELECT total_changes()", ()))[0][0]
-        if after - before != len(batch.span_rows):
-            # Some spans were stored already (a replay): undo, find them, and keep only the new ones.
-            yield ("exec", "ROLLBACK TO spendtrace_spans", ())
-            existing: set[str] = set()
-            ids = [s.span_id for s in batch.spans]
-            for i in range(0, len(ids), 500):
-                chunk = ids[i : i + 500]
-                sql = f"SELECT span_id FROM spans WHERE span_id IN ({','.join('?' * len(chunk))})"
-                existing.update(r[0] for r in (yield ("all", sql, chunk)))
-            effective = prepare_batch([s for s in batch.spans if s.span_id not in existing], batch.book)
+        if after - max_rowid[1] != len(batch.span_rows):
+            # Some spans were stored already (a replay): count the deltas of the new ones only.
+            new_ids = {r[0] for r in (yield ("all", "SELECT span_id FROM spans WHERE rowid > ?", (max_rowid[0],)))}
+            effective = prepare_batch([s for s in batch.spans if s.span_id in new_ids], batch.book)
             effective.duplicates_in_batch = batch.duplicates_in_batch
-            if effective.span_rows:
-                yield ("many", INSERT_SPANS, effective.span_rows)
-        yield ("exec", "RELEASE spendtrace_spans", ())
         for sql, rows in delta_statements(effective, now_ns):
             yield ("many", sql, rows)
     if offsets:
