@@ -247,7 +247,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             items.append((*hit, it))
         if s.lambda_memory_mb > 0 and s.parent_id is None:
             items.append(_lambda_item(book, s, w))
-        for c, wc, svc, frag, it in items:
+        for c, wc, svc, frag, src in items:
             frags.append(frag)
             skey = (mb, feature, user, endpoint, svc)
             r = minute_get(skey)
@@ -256,7 +256,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, it, svc, feature, t)
+                _add_unpriced(unpriced_d, src, svc, feature, t)
             else:
                 cost += wc
                 unw += c

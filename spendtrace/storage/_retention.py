@@ -9,6 +9,7 @@ A row is deleted when its time (span start, request start, bucket start) is olde
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -107,8 +108,13 @@ class _txn:
         self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
-def apply_retention(conn: sqlite3.Connection, now_ns: int) -> int:
-    """Delete every row older than the stored policy allows, in one transaction; returns rows deleted."""
+def apply_retention(conn: sqlite3.Connection, now_ns: int | None = None) -> int:
+    """Delete every row older than the stored policy allows, in one transaction; returns rows deleted.
+
+    ``now_ns`` defaults to the current time.
+    """
+    if now_ns is None:
+        now_ns = time.time_ns()
     policy = get_retention(conn)
     deleted = 0
     with _txn(conn):
@@ -117,8 +123,10 @@ def apply_retention(conn: sqlite3.Connection, now_ns: int) -> int:
     return deleted
 
 
-async def apply_retention_async(aconn: aiosqlite.Connection, now_ns: int) -> int:
+async def apply_retention_async(aconn: aiosqlite.Connection, now_ns: int | None = None) -> int:
     """``apply_retention`` for an ``aiosqlite`` connection."""
+    if now_ns is None:
+        now_ns = time.time_ns()
     async with aconn.execute(_SELECT_POLICY) as cur:
         policy = _policy_from(list(await cur.fetchall()))
     deleted = 0
