@@ -3,7 +3,9 @@
 Cached tokens: OpenAI's ``prompt_tokens_details.cached_tokens`` (chat) and
 ``input_tokens_details.cached_tokens`` (responses) are a *subset* of the prompt tokens. We record
 ``input_tokens = prompt - cached`` and ``cache_read_tokens = cached``, so no token is counted twice
-and cached tokens are billed at the cached rate, not at $0 and not at the full rate.
+and cached tokens are billed at the cached rate, not at $0 and not at the full rate. Newer API
+versions also report ``cache_write_tokens`` in the same details, likewise part of the prompt: they
+move from ``input_tokens`` to ``cache_write_tokens`` (their 30-minute / 12-hour split is not kept).
 
 Streamed chat completions only report usage when asked (``stream_options={"include_usage": True}``).
 When the caller did not ask and the client talks to ``api.openai.com``, we ask, and withhold the
@@ -49,19 +51,21 @@ def usage_item(model: str, usage: Any) -> UsageItem:
     if _get(usage, "input_tokens") is not None:  # responses API
         prompt = _n(_get(usage, "input_tokens"))
         output = _n(_get(usage, "output_tokens"))
-        cached = _n(_get(_get(usage, "input_tokens_details"), "cached_tokens"))
+        details = _get(usage, "input_tokens_details")
     else:  # chat completions, embeddings
         prompt = _n(_get(usage, "prompt_tokens"))
         output = _n(_get(usage, "completion_tokens"))
-        cached = _n(_get(_get(usage, "prompt_tokens_details"), "cached_tokens"))
-    cached = min(cached, prompt)
+        details = _get(usage, "prompt_tokens_details")
+    cached = min(_n(_get(details, "cached_tokens")), prompt)
+    written = min(_n(_get(details, "cache_write_tokens")), prompt - cached)
     return UsageItem(
         key=price_key_for("openai", model),
         service="openai",
         count=1.0,
-        input_tokens=prompt - cached,
+        input_tokens=prompt - cached - written,
         output_tokens=output,
         cache_read_tokens=cached,
+        cache_write_tokens=written,
     )
 
 
@@ -119,7 +123,10 @@ def _handle(options: Any, result: Any) -> None:
 
 
 def _wants_injection(resource: Any, kwargs: Mapping[str, Any]) -> bool:
-    if kwargs.get("stream") is not True or kwargs.get("stream_options") is not None:
+    if kwargs.get("stream") is not True:
+        return False
+    chosen = kwargs.get("stream_options")
+    if chosen is not None and type(chosen).__name__ not in ("Omit", "NotGiven"):  # the SDK's "not given" markers
         return False
     headers = kwargs.get("extra_headers") or {}
     if any(str(k).lower() == _RAW_HEADER for k in headers):
