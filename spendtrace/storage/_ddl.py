@@ -165,10 +165,13 @@ DDL_V1: tuple[str, ...] = (
         end_date    TEXT    NOT NULL,
         factor      REAL,
         factors     TEXT    NOT NULL DEFAULT '{}',  -- JSON {service: factor}
-        undone_ns   INTEGER
+        undone_ns   INTEGER,
+        spans_changed INTEGER NOT NULL DEFAULT 0,   -- raw spans rewritten
+        delta_nano  INTEGER NOT NULL DEFAULT 0      -- change of the daily rollups' total (new - old)
     )
     """,
-    # Pre-restatement values, so an undo restores every total exactly.
+    # Pre- and post-restatement values, so an undo restores every total exactly (and, for a row that
+    # changed again since, removes only the restatement's own delta).
     """
     CREATE TABLE IF NOT EXISTS restatement_undo (
         restatement_id INTEGER NOT NULL,
@@ -176,6 +179,9 @@ DDL_V1: tuple[str, ...] = (
         row_key        TEXT    NOT NULL,   -- JSON of the row's primary key
         old_cost_nano  INTEGER NOT NULL,
         old_extra      TEXT,               -- JSON of other columns changed (e.g. spans.usage)
+        new_cost_nano  INTEGER NOT NULL DEFAULT 0,
+        old_var_nano2  REAL    NOT NULL DEFAULT 0,
+        new_var_nano2  REAL    NOT NULL DEFAULT 0,
         PRIMARY KEY (restatement_id, tbl, row_key)
     ) WITHOUT ROWID
     """,
