@@ -62,13 +62,19 @@ def _units(value: float) -> int | Fraction:
 
 
 def item_cost_femto(entry: PriceEntry, item: UsageItem) -> int | Fraction | None:
-    """Exact cost of ``item`` at ``entry``'s rates in femto-dollars, or None if a used unit has no rate."""
+    """Exact cost of ``item`` at ``entry``'s rates in femto-dollars, or None if it cannot be priced.
+
+    Tokens and GB-seconds are always billable: a non-zero amount with no rate makes the item
+    unpriced. ``count`` and ``bytes`` are billable only where the entry has a rate for them;
+    otherwise they describe the call (an LLM call is one request, an S3 GET moves N bytes) and
+    cost nothing by themselves. An item none of whose non-zero units has a rate is unpriced.
+    """
     r = entry.femto
     total: int | Fraction = 0
-    if item.count:
-        if r.request is None:
-            return None
+    billed = False
+    if item.count and r.request is not None:
         total += _units(item.count) * r.request
+        billed = True
     for units, rate in (
         (item.input_tokens, r.input_token),
         (item.output_tokens, r.output_token),
@@ -80,14 +86,17 @@ def item_cost_femto(entry: PriceEntry, item: UsageItem) -> int | Fraction | None
             if rate is None:
                 return None
             total += units * rate
-    if item.bytes:
-        if r.gib is None:
-            return None
+            billed = True
+    if item.bytes and r.gib is not None:
         total += Fraction(item.bytes * r.gib, _GIB)
+        billed = True
     if item.gb_seconds:
         if r.gb_second is None:
             return None
         total += _units(item.gb_seconds) * r.gb_second
+        billed = True
+    if not billed and (item.count or item.bytes):
+        return None
     if isinstance(total, Fraction) and total.denominator == 1:
         return int(total)
     return total

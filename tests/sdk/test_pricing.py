@@ -52,11 +52,17 @@ def reference_nano(entry: PriceEntry, item: UsageItem) -> int | None:
         (item.bytes, entry.per_gb, 2**30),
         (item.gb_seconds, entry.per_gb_second, 1),
     ]
-    for units, rate, per in parts:
+    billed = False
+    for n, (units, rate, per) in enumerate(parts):
         if units:
             if rate is None:
+                if n in (0, 6):  # requests and bytes only describe the call where they have no rate
+                    continue
                 return None
             usd += Fraction(units) * Fraction(rate) / per
+            billed = True
+    if not billed and (item.count or item.bytes):
+        return None
     return round(usd * 10**9)
 
 
@@ -129,6 +135,18 @@ def test_unknown_keys_and_unrated_units_are_unpriced_not_free() -> None:
     cost, version = book.price(UsageItem("openai_gpt4", input_tokens=1, cache_write_tokens=5), ns(2026, 1, 1))
     assert cost is None and version.startswith("openai_gpt4@")
     # an explicit zero rate is a price: S3 DELETE is free
+    # requests and bytes without a rate describe the call: an LLM call is one request, a GET moves bytes
+    t = ns(2026, 1, 1)
+    haiku = UsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, input_tokens=1000, output_tokens=100)
+    assert (
+        book.price(haiku, t)[0]
+        == book.price(UsageItem("bedrock_claude_3_haiku", input_tokens=1000, output_tokens=100), t)[0]
+        > 0
+    )
+    get = UsageItem("s3_get", "s3", 1.0, bytes=2048)
+    assert book.price(get, t)[0] == book.price(UsageItem("s3_get", "s3", 1.0), t)[0] > 0
+    # ... but a call with only such units and no rate for them is unpriced, not free
+    assert book.price(UsageItem("bedrock_claude_3_haiku", count=3.0), t)[0] is None
     assert book.price(UsageItem("s3_delete", count=10.0), ns(2026, 1, 1))[0] == 0
 
 
