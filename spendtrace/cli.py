@@ -27,7 +27,7 @@ from spendtrace.errors import SpendtraceError
 __all__ = ["PLUGINS", "main", "render_table"]
 
 #: Modules (under ``spendtrace``) whose ``register(subparsers)`` adds subcommands, if present.
-PLUGINS = ("_cli_alerts", "_cli_reconcile", "_cli_demo")
+PLUGINS = ("_cli_alerts", "_cli_reconcile", "_cli_demo", "_cli_api")
 
 Handler = Callable[[argparse.Namespace], int]
 

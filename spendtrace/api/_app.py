@@ -1,0 +1,306 @@
+"""FastAPI application over ``SQLiteStorage``: every endpoint is one query-layer call.
+
+Bad parameters answer 422 with a message (FastAPI's validation, plus ``ConfigError`` from the
+time parser); names only ever reach SQL as bound parameters (the query layer's rule). With a
+token configured, every endpoint but ``/health`` wants ``Authorization: Bearer <token>``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from spendtrace.errors import ConfigError, SpendtraceError
+from spendtrace.storage import SQLiteStorage
+
+__all__ = ["MAX_LIMIT", "create_app", "serve"]
+
+#: Largest ``limit`` any endpoint answers with; larger requests are capped, not refused.
+MAX_LIMIT = 1000
+
+Start = Annotated[str | None, Query(description="inclusive: YYYY-MM-DD, ISO datetime (UTC) or epoch ns")]
+End = Annotated[str | None, Query(description="exclusive: YYYY-MM-DD, ISO datetime (UTC) or epoch ns")]
+Name = Annotated[str | None, Query(max_length=1024)]
+Limit = Annotated[int, Query(ge=1, description=f"rows to return (at most {MAX_LIMIT})")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+
+
+def _cap(limit: int) -> int:
+    return min(limit, MAX_LIMIT)
+
+
+def _time(value: str | None) -> str | int | None:
+    # epoch ns arrive as digit strings; the query layer takes ints for those
+    if value is not None and value.isdigit():
+        return int(value)
+    return value
+
+
+def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | None = None) -> FastAPI:
+    """The API over the database at ``db_path``; ``token`` (or ``SPENDTRACE_API_TOKEN``) enables bearer auth."""
+    storage = SQLiteStorage(db_path)
+    token = token if token is not None else os.environ.get("SPENDTRACE_API_TOKEN") or None
+    app = FastAPI(
+        title="spendtrace",
+        version="0.1.0",
+        description="Feature-, tenant- and request-level spend, modelled from instrumented usage.",
+    )
+    app.state.storage = storage
+
+    @app.exception_handler(SpendtraceError)
+    async def _bad_input(request: Request, exc: SpendtraceError) -> JSONResponse:
+        status = 422 if isinstance(exc, ConfigError | ValueError) else 500
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(ValueError)
+    async def _bad_value(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    def auth(request: Request) -> None:
+        if token is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(
+                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    guarded = [Depends(auth)]
+
+    @app.get("/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        """Liveness: the database answers."""
+        return {"status": "ok", "db": storage.db_path, "data_version": storage.data_version()}
+
+    @app.get("/metrics", dependencies=guarded, tags=["meta"], response_class=PlainTextResponse)
+    def metrics() -> Response:
+        """Prometheus exposition text of the stored spend (and this process's exporter counters)."""
+        from spendtrace.metrics import render_store_metrics
+
+        with storage._lock:  # one connection, serialised like every query
+            text = render_store_metrics(storage._conn)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/aggregate/feature", dependencies=guarded, tags=["aggregates"])
+    def by_feature(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        service: Name = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, Any]]:
+        """Spend per feature, most expensive first, with ``service_costs``."""
+        return storage.aggregate_by_feature(
+            _time(start),
+            _time(end),
+            feature=feature,
+            user_id=user_id,
+            endpoint=endpoint,
+            service=service,
+            limit=_cap(limit),
+        )
+
+    @app.get("/aggregate/user", dependencies=guarded, tags=["aggregates"])
+    def by_user(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        service: Name = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, Any]]:
+        """Spend per user / tenant."""
+        return storage.aggregate_by_user(
+            _time(start),
+            _time(end),
+            feature=feature,
+            user_id=user_id,
+            endpoint=endpoint,
+            service=service,
+            limit=_cap(limit),
+        )
+
+    @app.get("/aggregate/endpoint", dependencies=guarded, tags=["aggregates"])
+    @app.get("/v2/endpoint", dependencies=guarded, tags=["aggregates"])
+    def by_endpoint(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        service: Name = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, Any]]:
+        """Spend per endpoint."""
+        return storage.aggregate_by_endpoint(
+            _time(start),
+            _time(end),
+            feature=feature,
+            user_id=user_id,
+            endpoint=endpoint,
+            service=service,
+            limit=_cap(limit),
+        )
+
+    @app.get("/api/services", dependencies=guarded, tags=["aggregates"])
+    def by_service(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, Any]]:
+        """Spend per service (dynamodb, s3, bedrock, openai ...)."""
+        return storage.aggregate_by_service(
+            _time(start), _time(end), feature=feature, user_id=user_id, endpoint=endpoint, limit=_cap(limit)
+        )
+
+    @app.get("/v2/feature-breakdown", dependencies=guarded, tags=["aggregates"])
+    def breakdown(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, Any]]:
+        """Direct vs fully-loaded cost per feature."""
+        return storage.get_feature_cost_breakdown(
+            _time(start), _time(end), feature=feature, user_id=user_id, endpoint=endpoint, limit=_cap(limit)
+        )
+
+    @app.get("/v2/request", dependencies=guarded, tags=["requests"])
+    def requests(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        limit: Limit = 20,
+        offset: Offset = 0,
+        order: Annotated[str, Query(pattern="^(recent|cost)$")] = "recent",
+    ) -> list[dict[str, Any]]:
+        """Cost per request, newest (or costliest) first."""
+        return storage.get_request_cost(
+            _cap(limit),
+            order,
+            start=_time(start),
+            end=_time(end),
+            feature=feature,
+            user_id=user_id,
+            endpoint=endpoint,
+            offset=offset,
+        )
+
+    @app.get("/v2/request/{request_id}/tree", dependencies=guarded, tags=["requests"])
+    def request_tree(request_id: Annotated[str, Path(max_length=128)]) -> list[dict[str, Any]]:
+        """One request's call tree, depth-first, with direct and subtree cost per span."""
+        nodes = storage.get_request_subtree(request_id)
+        if not nodes:
+            raise HTTPException(status_code=404, detail="no spans stored for this request id")
+        return nodes
+
+    @app.get("/total", dependencies=guarded, tags=["aggregates"])
+    def total(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        service: Name = None,
+    ) -> dict[str, Any]:
+        """Total spend with optional filters, and how much usage was unpriced."""
+        return storage.total(
+            _time(start), _time(end), feature=feature, user_id=user_id, endpoint=endpoint, service=service
+        )
+
+    @app.get("/transactions", dependencies=guarded, tags=["requests"])
+    def transactions(
+        start: Start = None,
+        end: End = None,
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        service: Name = None,
+        request_id: Annotated[str | None, Query(max_length=128)] = None,
+        limit: Limit = 100,
+        offset: Offset = 0,
+    ) -> list[dict[str, Any]]:
+        """Raw spans, newest first; page with ``limit`` and ``offset``."""
+        return storage.transactions(
+            _time(start),
+            _time(end),
+            feature=feature,
+            user_id=user_id,
+            endpoint=endpoint,
+            service=service,
+            request_id=request_id,
+            limit=_cap(limit),
+            offset=offset,
+        )
+
+    @app.get("/trend", dependencies=guarded, tags=["aggregates"])
+    def trend(
+        feature: Name = None,
+        user_id: Name = None,
+        endpoint: Name = None,
+        service: Name = None,
+        days: Annotated[int, Query(ge=1, le=3660)] = 30,
+    ) -> list[dict[str, Any]]:
+        """Daily cost for the last ``days`` UTC days, zero-filled, oldest first."""
+        return storage.get_cost_trend(feature, days, user_id=user_id, endpoint=endpoint, service=service)
+
+    @app.get("/alerts", dependencies=guarded, tags=["alerts"])
+    def alerts(limit: Limit = 100) -> dict[str, Any]:
+        """Alert rules (webhook secrets masked) and the newest alert events."""
+        from spendtrace.alerts import list_alerts
+
+        with storage._lock:
+            cur = storage._conn.execute(
+                "SELECT id, rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano, message,"
+                " delivery FROM alert_events ORDER BY id DESC LIMIT ?",
+                (_cap(limit),),
+            )
+            cols = [d[0] for d in cur.description]
+            events = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        return {"rules": [r.to_dict(mask=True) for r in list_alerts(storage.db_path)], "events": events}
+
+    @app.get("/reconciliation/latest", dependencies=guarded, tags=["reconciliation"])
+    def reconciliation_latest() -> dict[str, Any]:
+        """The most recently saved reconciliation report."""
+        from spendtrace.reconcile import latest_report
+
+        report = latest_report(storage.db_path)
+        if report is None:
+            raise HTTPException(status_code=404, detail="no reconciliation has been run on this database")
+        return report
+
+    @app.middleware("http")
+    async def _no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app
+
+
+def serve(
+    db_path: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    token: str | None = None,
+) -> None:
+    """Run the API with uvicorn until interrupted (binds to loopback unless told otherwise)."""
+    import uvicorn
+
+    uvicorn.run(create_app(db_path, token=token), host=host, port=port, log_level="info")
