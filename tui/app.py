@@ -108,6 +108,8 @@ class SpendtraceApp(App[None]):
     @work(exclusive=True, group="refresh", exit_on_error=False)
     async def _refresh_worker(self, force: bool) -> None:
         await self.refresher.cycle(force)
+        while self.refresher.force and not self.paused:  # a forced refresh was asked for meanwhile
+            await self.refresher.cycle(True)
 
     async def refresh_now(self) -> bool:
         """Run one refresh cycle and wait for it (tests and benchmarks)."""
@@ -160,9 +162,12 @@ class SpendtraceApp(App[None]):
             self.request_refresh(force=True)
 
     def action_help(self) -> None:
-        screen = self.screen
-        keys = [(b.key, b.description) for b in getattr(screen, "BINDINGS", []) if isinstance(b, Binding)]
-        self.push_screen(HelpScreen([(k, d) for k, d in keys if d]))
+        keys: dict[str, str] = {}
+        for cls in type(self.screen).__mro__:  # the screen's own keys, then its bases'
+            for b in getattr(cls, "BINDINGS", []) if cls is not App else []:
+                if isinstance(b, Binding) and b.description and b.key not in keys:
+                    keys[b.key] = b.description
+        self.push_screen(HelpScreen([(k.replace("slash", "/"), d) for k, d in keys.items()]))
 
     async def run_screen_action(self, action: str, mode: str | None = None) -> None:
         """Run ``action`` on the current screen (after switching to ``mode`` when given), for the palette."""

@@ -241,7 +241,7 @@ async def test_empty_database_without_broker(tmp_path: Path, make_app) -> None: 
             await pilot.press(key)
             await settle(app, pilot)
         assert app.overview is not None and app.overview.total_nano == 0 and app.overview.spans == 0
-        assert "broker off" in screen_text(app)
+        assert "broker off" in screen_text(app) and "total $0 " in screen_text(app)
         assert (tmp_path / "new" / "empty.db").exists()
 
 

@@ -87,6 +87,7 @@ class ReconcileScreen(DataScreen):
     """Run a reconciliation for a date range; ``R`` restates history by the global factor, after confirming."""
 
     MODE = "reconcile"
+    AUTO_FOCUS = "KeyedTable"  # digits switch screens until the user tabs into a date field
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+r", "run", "Run"),
         Binding("R", "restate", "Restate"),

@@ -1,0 +1,146 @@
+"""Pilot tests of the screens that write: alert rules (add / remove) and reconciliation with restatement."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from _snap import screen_text
+from _tui_helpers import settle, until
+from conftest import SIZE
+from textual.widgets import Input
+
+from spendtrace.alerts import list_alerts
+from tui.screens.alerts import AlertsScreen
+from tui.screens.modals import AddRuleModal, ConfirmModal
+from tui.screens.reconcile import ReconcileScreen
+from tui.widgets.keyed_table import KeyedTable
+
+
+async def test_add_and_remove_alert_rule_from_keyboard(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """'a' opens the rule form, Enter saves through spendtrace.alerts; 'd' + confirm removes it."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await settle(app, pilot)
+        assert isinstance(app.screen, AlertsScreen)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
+        await pilot.press(*"search-spike", "tab", "tab")  # name, then past the scope select
+        await pilot.press(*"search", "tab", *"0.5", "tab")
+        window = app.screen.query_one("#window", Input)
+        window.value = "6"
+        await pilot.press("enter")
+        await until(pilot, lambda: any(r.name == "search-spike" for r in list_alerts(tui_db)), "rule stored")
+        rule = next(r for r in list_alerts(tui_db) if r.name == "search-spike")
+        assert rule.scope_value == "search" and rule.threshold_nano == 500_000_000 and rule.window_minutes == 360
+        screen = app.screen
+        assert isinstance(screen, AlertsScreen)
+        rules = screen.query_one("#rules", KeyedTable)
+        await until(pilot, lambda: "search-spike" in rules.ordered_keys(), "rule shown")
+        rules.focus()
+        await pilot.press("g")
+        while rules.current_key != "search-spike":
+            await pilot.press("j")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
+        await pilot.press("y")
+        await until(pilot, lambda: all(r.name != "search-spike" for r in list_alerts(tui_db)), "rule removed")
+        await until(pilot, lambda: "search-spike" not in rules.ordered_keys(), "rule gone from table")
+        assert "recs-hourly" in rules.ordered_keys()
+
+
+async def test_rule_form_rejects_bad_input(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """A threshold that is not a positive number keeps the form open with the reason shown."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await settle(app, pilot)
+        await pilot.press("a")
+        await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
+        await pilot.press(*"bad", "tab", "tab", *"search", "tab", *"-1", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, AddRuleModal)
+        assert "threshold" in screen_text(app)
+        await pilot.press("escape")
+        assert isinstance(app.screen, AlertsScreen)
+        assert all(r.name != "bad" for r in list_alerts(tui_db))
+
+
+def _ce_response(path: Path) -> Path:
+    """A saved GetCostAndUsage response: the bill is 1.25× the model for DynamoDB, S3 and Bedrock."""
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(
+            "SELECT bucket, service, sum(cost_nano) FROM rollup_day WHERE service IN ('dynamodb', 's3', 'bedrock')"
+            " GROUP BY bucket, service"
+        ).fetchall()
+    finally:
+        conn.close()
+    names = {"dynamodb": "Amazon DynamoDB", "s3": "Amazon Simple Storage Service", "bedrock": "Amazon Bedrock"}
+    by_day: dict[int, list[dict[str, object]]] = {}
+    for bucket, svc, cost in rows:
+        amount = f"{cost * 1.25 / 1e9:.10f}"
+        by_day.setdefault(bucket, []).append(
+            {"Keys": [names[svc]], "Metrics": {"UnblendedCost": {"Amount": amount, "Unit": "USD"}}}
+        )
+    import datetime as dt
+
+    results = []
+    for bucket in sorted(by_day):
+        day = dt.datetime.fromtimestamp(bucket, tz=dt.UTC).date()
+        results.append(
+            {
+                "TimePeriod": {"Start": day.isoformat(), "End": (day + dt.timedelta(days=1)).isoformat()},
+                "Total": {},
+                "Groups": by_day[bucket],
+                "Estimated": False,
+            }
+        )
+    out = path.with_name("ce.json")
+    out.write_text(json.dumps({"ResultsByTime": results}), encoding="utf-8")
+    return out
+
+
+async def test_reconcile_from_file_and_restate(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """A run from a saved response shows modelled vs actual per service; R + confirm restates history."""
+    ce = _ce_response(tui_db)
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, ReconcileScreen)
+        screen.query_one("#start", Input).value = "2026-10-15"
+        screen.query_one("#end", Input).value = "2026-11-03"
+        screen.query_one("#file", Input).value = str(ce)
+        screen.query_one("#file", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.report is not None, "reconciliation report")
+        assert screen.report is not None
+        assert abs(screen.report["global_calibration_factor"] - 1.25) < 1e-6
+        services = screen.query_one("#services", KeyedTable)
+        assert {"dynamodb", "s3", "bedrock"} <= set(services.ordered_keys())
+        text = screen_text(app)
+        assert "1.2500×" in text and "modelled" in text
+        features = screen.query_one("#features", KeyedTable)
+        assert "summarise" in features.ordered_keys()
+        services.focus()
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "restate confirmation")
+        await pilot.press("escape")  # cancelling changes nothing
+        await pilot.pause()
+        assert _restatements(tui_db) == 0
+        await pilot.press("R")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "restate confirmation")
+        await pilot.press("y")
+        await until(pilot, lambda: _restatements(tui_db) == 1, "restatement recorded")
+
+
+def _restatements(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("SELECT count(*) FROM restatements WHERE undone_ns IS NULL").fetchone()[0])
+    finally:
+        conn.close()
