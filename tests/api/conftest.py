@@ -37,16 +37,46 @@ def _spans() -> list[Span]:
             user = ["tenant-acme", "tenant-globex", INJECTION][i % 3]
             endpoint = ["/api/search", "/api/recommend"][i % 2]
             out.append(
-                Span(rid, None, rid, "api", None, endpoint, user, t, 5_000_000, 1_000_000, False, None,
-                     (UsageItem("dynamodb_read", "dynamodb", 2.0),), 1.0, ("api",))
+                Span(
+                    rid,
+                    None,
+                    rid,
+                    "api",
+                    None,
+                    endpoint,
+                    user,
+                    t,
+                    5_000_000,
+                    1_000_000,
+                    False,
+                    None,
+                    (UsageItem("dynamodb_read", "dynamodb", 2.0),),
+                    1.0,
+                    ("api",),
+                )
             )
             out.append(
-                Span(f"{rid}-c", rid, rid, "search" if i % 2 else "[red]x", None, endpoint, user, t + 1000,
-                     3_000_000, 500_000, i % 5 == 0, "TimeoutError" if i % 5 == 0 else None,
-                     (UsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, input_tokens=400 + i, output_tokens=90),
-                      UsageItem("s3_get", "s3", 1.0, bytes=2048),
-                      UsageItem("mystery_key", "", 1.0)),
-                     1.0, ("api", "search" if i % 2 else "[red]x"))
+                Span(
+                    f"{rid}-c",
+                    rid,
+                    rid,
+                    "search" if i % 2 else "[red]x",
+                    None,
+                    endpoint,
+                    user,
+                    t + 1000,
+                    3_000_000,
+                    500_000,
+                    i % 5 == 0,
+                    "TimeoutError" if i % 5 == 0 else None,
+                    (
+                        UsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, input_tokens=400 + i, output_tokens=90),
+                        UsageItem("s3_get", "s3", 1.0, bytes=2048),
+                        UsageItem("mystery_key", "", 1.0),
+                    ),
+                    1.0,
+                    ("api", "search" if i % 2 else "[red]x"),
+                )
             )
     return out
 

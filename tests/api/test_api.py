@@ -120,9 +120,21 @@ def test_openapi_document_lists_every_endpoint(live_api: LiveAPI) -> None:
     with live_api.client() as http:
         paths = set(http.get("/openapi.json").json()["paths"])
     assert {
-        "/health", "/metrics", "/aggregate/feature", "/aggregate/user", "/aggregate/endpoint", "/api/services",
-        "/v2/feature-breakdown", "/v2/request", "/v2/request/{request_id}/tree", "/v2/endpoint", "/total",
-        "/transactions", "/trend", "/alerts", "/reconciliation/latest",
+        "/health",
+        "/metrics",
+        "/aggregate/feature",
+        "/aggregate/user",
+        "/aggregate/endpoint",
+        "/api/services",
+        "/v2/feature-breakdown",
+        "/v2/request",
+        "/v2/request/{request_id}/tree",
+        "/v2/endpoint",
+        "/total",
+        "/transactions",
+        "/trend",
+        "/alerts",
+        "/reconciliation/latest",
     } <= paths
 
 
@@ -139,8 +151,13 @@ def test_alerts_and_reconciliation_endpoints(live_api: LiveAPI) -> None:
     """/alerts lists rules with masked webhooks; /reconciliation/latest is 404 until a report is saved."""
     from spendtrace.alerts import set_alert
 
-    set_alert(feature="search", threshold=1.0, window_hours=1,
-              webhook="https://hooks.slack.com/services/T000/B000/SECRETSECRET", db_path=live_api.db_path)
+    set_alert(
+        feature="search",
+        threshold=1.0,
+        window_hours=1,
+        webhook="https://hooks.slack.com/services/T000/B000/SECRETSECRET",
+        db_path=live_api.db_path,
+    )
     with live_api.client() as http:
         body = http.get("/alerts").json()
         rec = http.get("/reconciliation/latest")
