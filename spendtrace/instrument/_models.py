@@ -130,8 +130,7 @@ _OPENAI_EXACT = {
     "gpt-4-1106-preview": "openai_gpt4_turbo",
     "gpt-4-0125-preview": "openai_gpt4_turbo",
     "gpt-4-vision-preview": "openai_gpt4_turbo",
-    "chatgpt-4o-latest": "openai_gpt4o",
-    "gpt-5-chat-latest": "openai_gpt5",
+    "o1-preview": "openai_o1",
     "gpt-3.5-turbo-0125": "openai_gpt3_5_turbo",
     "gpt-3.5-turbo-1106": "openai_gpt3_5_turbo",
     "gpt-3.5-turbo-16k": "openai_gpt3_5_turbo",
@@ -163,7 +162,7 @@ _OPENAI_FAMILIES = (
     "text_embedding_3_large",
     "text_embedding_ada_002",
 )
-# Dated snapshots: -2024-08-06 (current style) or -0613 / -1106 (gpt-4 era).
+# Dated snapshots: -2024-08-06 (current style) or -0613 / -1106 (gpt-4 era); gpt-5-chat-latest is priced as gpt-5.
 _OPENAI_DATE = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 _GPT_VERSION = re.compile(r"^gpt-(\d+(?:\.\d+)?)")
 
@@ -177,6 +176,8 @@ def _openai_key(model_id: str) -> str:
     if exact is not None:
         return exact.replace("openai_", "openai_" + prefix, 1)
     base = _OPENAI_DATE.sub("", model)
+    if base.startswith("gpt-") and base.endswith("-chat-latest"):
+        base = base.removesuffix("-chat-latest")
     exact = _OPENAI_EXACT.get(base)
     if exact is not None:
         return exact.replace("openai_", "openai_" + prefix, 1)
