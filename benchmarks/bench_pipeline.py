@@ -20,7 +20,6 @@ import asyncio
 import cProfile
 import os
 import pstats
-import random
 import sqlite3
 import subprocess
 import sys
@@ -28,72 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
-from consumers.topics import ensure_topics
+from consumers.testing import make_spans, produce_spans, stored_offsets
 from consumers.worker import Worker, load_price_book
-from spendtrace.schema import Span, UsageItem, encode_span
-
-FEATURES = ("api", "search", "product_details", "ai_recommendations", "checkout")
-TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")
-ENDPOINTS = ("/api/search", "/api/recommend", "/api/checkout")
-
-
-def make_spans(n: int, seed: int = 7) -> list[Span]:
-    """Requests of 4-6 spans shaped like the SDK's: nested features, three tenants, DynamoDB/Bedrock/S3 usage."""
-    rng = random.Random(seed)
-    now = time.time_ns() - 3_600 * 10**9
-    spans: list[Span] = []
-    r = 0
-    while len(spans) < n:
-        r += 1
-        rid = f"req-{r:09d}"
-        tenant, endpoint = rng.choice(TENANTS), rng.choice(ENDPOINTS)
-        t0 = now + r * 1_000_000
-        root = f"{rid}-0"
-        spans.append(Span(root, None, rid, "api", None, endpoint, tenant, t0, 5_000_000, 1_000_000, path=("api",)))
-        parent, path = root, ("api",)
-        for depth, feat in enumerate(rng.sample(FEATURES[1:], rng.randint(3, 4)), 1):
-            path = (*path, feat)
-            usage = (
-                UsageItem("dynamodb_read", "dynamodb", count=float(rng.randint(1, 5))),
-                UsageItem("bedrock_claude_3_haiku", "bedrock", input_tokens=rng.randint(100, 900), output_tokens=99)
-                if feat == "ai_recommendations"
-                else UsageItem("s3_get", "s3", count=1.0),
-            )
-            sid = f"{rid}-{depth}"
-            spans.append(
-                Span(
-                    sid,
-                    parent,
-                    rid,
-                    feat,
-                    "op",
-                    endpoint,
-                    tenant,
-                    t0 + depth,
-                    1_000_000,
-                    500_000,
-                    usage=usage,
-                    path=path,
-                )
-            )
-            parent = sid
-    return spans[:n]
-
-
-async def produce(bootstrap: str, topic: str, spans: list[Span], partitions: int) -> None:
-    await ensure_topics(bootstrap, [topic], partitions=partitions)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20)
-    await producer.start()
-    try:
-        for s in spans:
-            await producer.send(topic, encode_span(s), key=s.request_id.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
+from spendtrace.schema import encode_span
 
 
 async def bare_consume(bootstrap: str, topic: str, n: int, batch: int) -> float:
@@ -140,24 +80,6 @@ def bare_insert(path: Path, rows: list[tuple[object, ...]]) -> float:
     dt = time.perf_counter() - t0
     conn.close()
     return dt
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await c.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-        return {tp.partition: off for tp, off in (await c.end_offsets(tps)).items()}
-    finally:
-        await c.stop()
-
-
-def stored_offsets(db: Path, group: str, topic: str) -> dict[int, int]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?", (group, topic)
-        ).fetchall()
-    return dict(rows)
 
 
 async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | None) -> float:
@@ -232,8 +154,7 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = prepare_batch(spans, book).span_rows
     with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
         topic = "bench.spans"
-        await produce(broker.bootstrap, topic, spans, args.partitions)
-        ends = await end_offsets(broker.bootstrap, topic)
+        ends = await produce_spans(broker.bootstrap, topic, spans, partitions=args.partitions)
         assert sum(ends.values()) == len(spans), ends
         size = sum(len(encode_span(s)) for s in spans[:1000]) / 1000
         print(f"{len(spans):,} spans on {args.partitions} partitions, {size:.0f} B each")

@@ -243,8 +243,10 @@ def _candidate(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[
 def _fire(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> AlertEvent | None:
     """Decide and record one firing atomically; None when nothing is due or another worker fired first."""
     if _cooling(conn, rule, "", now_ns):
+        print("DBG cooling-pre")
         return None  # cheap pre-check outside the write lock
     cand = _candidate(conn, rule, now_ns)
+    print("DBG cand", cand)
     if cand is None:
         return None
     key, value, msg, extra_keys = cand
@@ -337,6 +339,7 @@ class AlertEvaluator:
         """Evaluate the rules ``touched`` covers, record what fires and queue it for delivery."""
         now = self.clock()
         fired = await self._run(lambda: self._evaluate_sync(touched, now))
+        print("EVAL", touched, now, fired, self._rules)
         self.evaluations += 1
         for event, rule in fired:
             self.fired.append(event)

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=6, help="partitions of topics created here (default: 6)")
     p.add_argument("--prices", default=None, metavar="FILE", help="price override file")
     p.add_argument("--batch-size", type=int, default=20_000, help="most messages per transaction")
+    p.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer group session timeout")
     p.add_argument("--retention-interval", type=float, default=300.0, help="seconds between retention runs")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
@@ -70,6 +71,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         batch_size=args.batch_size,
         prices_file=args.prices,
         retention_interval_s=args.retention_interval,
+        session_timeout_ms=args.session_timeout_ms,
+        heartbeat_interval_ms=max(100, min(3_000, args.session_timeout_ms // 5)),
     )
 
 

@@ -10,6 +10,7 @@ ignores (``INSERT OR IGNORE`` on ``span_id``) and never skips any.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -69,33 +70,63 @@ class _CrashPoints:
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Finish the in-flight batch before giving partitions up; seek to the stored offsets on assignment."""
+    """Commit the batches in flight before giving partitions up; seek to the stored offsets on assignment."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        async with self.worker._batch_lock:  # waits for the batch in flight to commit
-            pass
+        w = self.worker
+        w._generation += 1  # a batch fetched before this point is dropped unless already queued
+        w._next = {}
+        await w._settle()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.worker.stats.rebalances += 1
-        await self.worker._seek_to_stored(list(assigned))
+        w = self.worker
+        w.stats.rebalances += 1
+        w._generation += 1
+        await w._settle()
+        await w._seek_to_stored(list(assigned))
+
+
+@dataclass
+class _Batch:
+    """One fetched batch, decoded and priced, waiting for its transaction."""
+
+    prepared: Any
+    spans: int
+    messages: int
+    dead: list[DeadLetter]
+    offsets: list[tuple[str, str, int, int]]
+    commit: dict[TopicPartition, int]
 
 
 class Worker:
-    """A consumer-group member that prices spans into SQLite; use ``run()`` or ``start``/``step``/``stop``."""
+    """A consumer-group member that prices spans into SQLite; ``run()``, or ``start``/``step``/``drain``/``stop``.
+
+    Two stages overlap: while batch *k*'s transaction runs (in aiosqlite's thread, where SQLite
+    releases the GIL), batch *k+1* is fetched, decoded and priced. Batches are committed strictly
+    in order by one writer task, each followed by its Kafka offset commit and the post-commit hooks.
+    """
 
     def __init__(self, config: WorkerConfig, *, book: Any = None, hook_queue: int = 256) -> None:
         self.config = config
         self.stats = WorkerStats()
         self._book = book
         self._hooks = HookRunner(hook_queue)
-        self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._db: Any = None
+        self._reader: Any = None
+        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+        self._writer: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        #: partition -> offset the next batch must start at (set from the database on assignment)
+        self._next: dict[TopicPartition, int] = {}
+        #: partitions whose first batch since assignment has not been checked against the seek yet
+        self._unverified: set[TopicPartition] = set()
+        self._generation = 0
         self._next_retention = 0.0
         self._crash = _CrashPoints(os.environ.get(_CRASH_ENV))
 
@@ -111,7 +142,7 @@ class Worker:
         return self._hooks
 
     def request_stop(self) -> None:
-        """Ask ``run()`` to finish the batch in flight, commit it and leave the group."""
+        """Ask ``run()`` to finish the batches in flight, commit them and leave the group."""
         self._stopping.set()
 
     async def start(self) -> None:
@@ -122,6 +153,7 @@ class Worker:
         if self._book is None:
             self._book = load_price_book(cfg.prices_file)
         self._db = await connect_async(cfg.db_path)
+        self._reader = await connect_async(cfg.db_path)  # offsets are read outside the writer's transaction
         await ensure_topics(
             cfg.bootstrap,
             [cfg.topic, cfg.dlq_topic, cfg.alerts_topic],
@@ -146,23 +178,39 @@ class Worker:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
         )
+        self._next_retention = time.monotonic() + min(5.0, cfg.retention_interval_s)
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="spendtrace-writer")
         await self._consumer.start()
         self._consumer.subscribe([cfg.topic], listener=_Rebalance(self))
-        self._next_retention = time.monotonic() + min(5.0, cfg.retention_interval_s)
+
+    async def drain(self) -> None:
+        """Wait until every batch taken so far is committed (re-raising a writer failure)."""
+        await self._settle()
+        if self._failure is not None:
+            raise self._failure
 
     async def stop(self) -> None:
-        """Leave the group and close everything (call after the last ``step``)."""
-        async with self._batch_lock:
+        """Commit what is in flight, leave the group and close everything."""
+        try:
+            await self._settle()
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
             consumer, self._consumer = self._consumer, None
             producer, self._producer = self._producer, None
-        await self._hooks.close()
-        if consumer is not None:
-            await consumer.stop()
-        if producer is not None:
-            await producer.stop()
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+            await self._hooks.close()
+            if consumer is not None:
+                await consumer.stop()  # leaves the group
+            if producer is not None:
+                await producer.stop()
+            for name in ("_db", "_reader"):
+                conn = getattr(self, name)
+                setattr(self, name, None)
+                if conn is not None:
+                    await conn.close()
 
     async def run(self) -> None:
         """Consume until ``request_stop()``; every batch taken is committed before this returns."""
@@ -170,39 +218,80 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 await self.step()
+            await self.drain()
         finally:
             await self.stop()
 
     async def step(self) -> int:
-        """Fetch one batch (waiting up to ``poll_timeout_ms``) and commit it; return the messages taken."""
+        """Fetch one batch (waiting up to ``poll_timeout_ms``), price it and queue it for its transaction.
+
+        Returns the number of messages taken; ``drain()`` waits until they are committed.
+        """
         assert self._consumer is not None, "start() first"
+        if self._failure is not None:
+            raise self._failure
         cfg = self.config
         data = await self._consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size)
-        taken = 0
-        if data:
-            async with self._batch_lock:
-                taken = await self._process(data)
-        if time.monotonic() >= self._next_retention:
-            await self._retention()
-        return taken
+        data = self._contiguous(data)
+        if not data:
+            return 0
+        generation = self._generation
+        batch = await asyncio.to_thread(self._prepare, data)  # keeps the loop (heartbeats, writer) responsive
+        if generation != self._generation:
+            # A rebalance began meanwhile: whatever this member owns now was sought to the stored offsets,
+            # so dropping the unwritten batch loses nothing.
+            return 0
+        self._crash.reached("after_decode")
+        await self._queue.put(batch)
+        return batch.messages
 
-    # -- the batch -----------------------------------------------------------------------------
+    def _contiguous(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Keep only records that continue exactly where this member's stored data ends, per partition.
 
-    async def _process(self, data: dict[TopicPartition, list[Any]]) -> int:
+        Records fetched before an assignment's seek (from Kafka's committed offset or the reset policy)
+        may start elsewhere; a batch must never start past the stored offset (it would skip messages)
+        and records before it are already stored. Later gaps (compaction) are accepted after one re-seek.
+        """
+        out: dict[TopicPartition, list[Any]] = {}
         consumer = self._consumer
         assert consumer is not None
-        assigned = consumer.assignment()
+        for tp, records in data.items():
+            expected = self._next.get(tp)
+            if not records or expected is None:
+                continue  # not (or no longer) ours
+            first = records[0].offset
+            if first < expected:
+                records = [r for r in records if r.offset >= expected]
+                if not records:
+                    continue
+                first = records[0].offset
+            if first > expected and tp in self._unverified:
+                self._unverified.discard(tp)
+                consumer.seek(tp, expected)  # stale records from before the seek: fetch again from the stored offset
+                continue
+            self._unverified.discard(tp)
+            self._next[tp] = records[-1].offset + 1
+            out[tp] = records
+        return out
+
+    async def _settle(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            await self._queue.join()
+
+    # -- stage 1: decode and price (in a worker thread) ---------------------------------------------
+
+    def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Batch:
+        from spendtrace.storage._ingest import prepare_batch
+
         group = self.config.group_id
         spans: list[Span] = []
         dead: list[DeadLetter] = []
         offsets: list[tuple[str, str, int, int]] = []
         commit: dict[TopicPartition, int] = {}
-        taken = 0
         decode = decode_span
+        messages = 0
         for tp, records in data.items():
-            if not records or tp not in assigned:
-                continue  # revoked while this batch waited: its new owner starts from the stored offset
-            taken += len(records)
+            messages += len(records)
             try:
                 spans.extend([decode(r.value) for r in records])
             except Exception:
@@ -210,44 +299,19 @@ class Worker:
             nxt = records[-1].offset + 1
             offsets.append((group, tp.topic, tp.partition, nxt))
             commit[tp] = nxt
-        if not taken:
-            return 0
-        self._crash.reached("after_decode")
-        batch = self._prepare(spans, data, assigned, dead)
-        if dead:
-            assert self._producer is not None
-            await publish_dead_letters(self._producer, self.config.dlq_topic, dead)
-        result = await self._write(batch, offsets, dead)
-        self._crash.reached("after_db_commit")
         try:
-            await consumer.commit(commit)
-        except KafkaError as exc:  # the database holds the truth; the next assignment seeks there
-            self.stats.kafka_commit_failures += 1
-            log.warning("Kafka offset commit failed (the database has the offsets): %s", exc)
-        self._crash.reached("after_kafka_commit")
-        st = self.stats
-        st.batches += 1
-        st.messages += taken
-        st.spans += len(spans)
-        st.dead_letters += len(dead)
-        st.last_commit_ns = time.time_ns()
-        self._hooks.submit(result)
-        return taken
-
-    def _prepare(
-        self, spans: list[Span], data: dict[TopicPartition, list[Any]], assigned: Any, dead: list[DeadLetter]
-    ) -> Any:
-        """Price the batch; if a span that decoded still cannot be priced, isolate it as a dead letter."""
-        from spendtrace.storage._ingest import prepare_batch
-
-        try:
-            return prepare_batch(spans, self._book)
+            prepared = prepare_batch(spans, self._book)
         except Exception:
             log.exception("pricing the batch failed; isolating the span(s) responsible")
+            prepared, spans = self._isolate(data, dead)
+        return _Batch(prepared, len(spans), messages, dead, offsets, commit)
+
+    def _isolate(self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]) -> tuple[Any, list[Span]]:
+        """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
+        from spendtrace.storage._ingest import prepare_batch
+
         good: list[Span] = []
         for tp, records in data.items():
-            if tp not in assigned:
-                continue
             for r in records:
                 try:
                     span = decode_span(r.value)
@@ -260,8 +324,50 @@ class Worker:
                     dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
                 else:
                     good.append(span)
-        spans[:] = good
-        return prepare_batch(good, self._book)
+        return prepare_batch(good, self._book), good
+
+    # -- stage 2: one transaction per batch, then the Kafka commit (the writer task) ----------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            try:
+                batch: _Batch | None = await asyncio.wait_for(self._queue.get(), timeout=1.0)
+            except TimeoutError:
+                batch = None
+            if batch is not None:
+                try:
+                    if self._failure is None:  # after a failure, batches are dropped: their offsets stay unstored
+                        await self._commit_batch(batch)
+                except Exception as exc:
+                    log.exception("writing a batch failed; the worker stops (nothing of it was stored)")
+                    self._failure = exc
+                    self._stopping.set()
+                finally:
+                    self._queue.task_done()
+            if self._failure is None and time.monotonic() >= self._next_retention:
+                await self._retention()
+
+    async def _commit_batch(self, batch: _Batch) -> None:
+        if batch.dead:
+            assert self._producer is not None
+            await publish_dead_letters(self._producer, self.config.dlq_topic, batch.dead)
+        result = await self._write(batch.prepared, batch.offsets, batch.dead)
+        self._crash.reached("after_db_commit")
+        consumer = self._consumer
+        if consumer is not None:
+            try:
+                await consumer.commit(batch.commit)
+            except KafkaError as exc:  # the database holds the truth; the next assignment seeks there
+                self.stats.kafka_commit_failures += 1
+                log.info("Kafka offset commit skipped (the database has the offsets): %s", exc)
+        self._crash.reached("after_kafka_commit")
+        st = self.stats
+        st.batches += 1
+        st.messages += batch.messages
+        st.spans += batch.spans
+        st.dead_letters += len(batch.dead)
+        st.last_commit_ns = time.time_ns()
+        self._hooks.submit(result)
 
     async def _write(self, batch: Any, offsets: Sequence[tuple[str, str, int, int]], dead: list[DeadLetter]) -> Any:
         """One transaction; a database locked by another worker is retried with backoff."""
@@ -288,23 +394,31 @@ class Worker:
         consumer = self._consumer
         if consumer is None or not assigned:
             return
-        stored = await read_offsets_async(self._db, self.config.group_id, self.config.topic)
+        stored = await read_offsets_async(self._reader, self.config.group_id, self.config.topic)
         fresh = []
+        positions: dict[TopicPartition, int] = {}
         for tp in assigned:
             nxt = stored.get(tp.partition)
             if nxt is None:
                 fresh.append(tp)
             else:
                 consumer.seek(tp, nxt)
+                positions[tp] = nxt
         if fresh:
             await consumer.seek_to_beginning(*fresh)
+            for tp in fresh:
+                positions[tp] = await consumer.position(tp)
+        self._next = positions
+        self._unverified = set(positions)
         log.info("assigned %s; positions from the database: %s", sorted(tp.partition for tp in assigned), stored)
 
     async def _retention(self) -> None:
         """Apply retention; several workers may try at once and only one needs to succeed."""
-        from spendtrace.storage._retention import apply_retention_async
-
         self._next_retention = time.monotonic() + self.config.retention_interval_s
+        try:
+            from spendtrace.storage._retention import apply_retention_async
+        except ImportError:  # storage without retention support
+            return
         try:
             await apply_retention_async(self._db, time.time_ns())
             self.stats.retention_runs += 1

@@ -1,0 +1,115 @@
+"""Helpers shared by the pipeline tests and benchmarks: synthetic spans, producing, waiting for a drain.
+
+Not used by the workers themselves. "Drained" is judged from the offsets stored in the database
+against the produce acknowledgements, because the embedded broker's ListOffsets "latest" answers
+the last batch's base offset rather than the high watermark (so ``end_offsets`` cannot say it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from consumers.topics import ensure_topics
+from spendtrace.schema import Span, UsageItem, encode_span
+
+__all__ = ["make_spans", "produce", "produce_spans", "stored_offsets", "wait_for"]
+
+FEATURES = ("api", "search", "product_details", "ai_recommendations", "checkout")
+TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")
+ENDPOINTS = ("/api/search", "/api/recommend", "/api/checkout")
+
+
+def make_spans(n: int, seed: int = 7, start_ns: int | None = None) -> list[Span]:
+    """``n`` spans in requests of 4-5, shaped like the SDK's: nested features, 3 tenants, DynamoDB/Bedrock/S3."""
+    rng = random.Random(seed)
+    now = time.time_ns() - 3_600 * 10**9 if start_ns is None else start_ns
+    spans: list[Span] = []
+    r = 0
+    while len(spans) < n:
+        r += 1
+        rid = f"req-{seed}-{r:09d}"
+        tenant, endpoint = rng.choice(TENANTS), rng.choice(ENDPOINTS)
+        t0 = now + r * 1_000_000
+        root = f"{rid}-0"
+        spans.append(Span(root, None, rid, "api", None, endpoint, tenant, t0, 5_000_000, 1_000_000, path=("api",)))
+        parent, path = root, ("api",)
+        for depth, feat in enumerate(rng.sample(FEATURES[1:], rng.randint(3, 4)), 1):
+            path = (*path, feat)
+            second = (
+                UsageItem("bedrock_claude_3_haiku", "bedrock", input_tokens=rng.randint(100, 900), output_tokens=99)
+                if feat == "ai_recommendations"
+                else UsageItem("s3_get", "s3", count=1.0)
+            )
+            usage = (UsageItem("dynamodb_read", "dynamodb", count=float(rng.randint(1, 5))), second)
+            sid = f"{rid}-{depth}"
+            spans.append(
+                Span(
+                    sid, parent, rid, feat, "op", endpoint, tenant, t0 + depth, 10**6, 5 * 10**5, usage=usage, path=path
+                )
+            )
+            parent = sid
+    return spans[:n]
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    *,
+    partitions: int = 6,
+    max_request_size: int = 4 * 1024 * 1024,
+) -> dict[int, int]:
+    """Publish ``(key, value)`` messages in order; return partition -> next offset after the last one written."""
+    await ensure_topics(bootstrap, [topic], partitions=partitions)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20, max_request_size=max_request_size
+    )
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in messages]
+        ends: dict[int, int] = {}
+        for md in await asyncio.gather(*futures):
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+        return ends
+    finally:
+        await producer.stop()
+
+
+async def produce_spans(bootstrap: str, topic: str, spans: Iterable[Span], *, partitions: int = 6) -> dict[int, int]:
+    """Publish spans as the SDK does (msgpack value, key = request id)."""
+    return await produce(
+        bootstrap, topic, ((s.request_id.encode(), encode_span(s)) for s in spans), partitions=partitions
+    )
+
+
+def stored_offsets(db: str | Path, group: str, topic: str) -> dict[int, int]:
+    """partition -> next offset as committed in the database (empty if the file or table is not there yet)."""
+    if not Path(db).exists():
+        return {}
+    try:
+        conn = sqlite3.connect(db, timeout=30)
+        try:
+            rows = conn.execute(
+                "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?", (group, topic)
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # schema not created yet
+        return {}
+    return {int(p): int(o) for p, o in rows}
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; raise ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
