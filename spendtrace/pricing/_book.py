@@ -72,21 +72,40 @@ def item_cost_femto(entry: PriceEntry, item: UsageItem) -> int | Fraction | None
     r = entry.femto
     total: int | Fraction = 0
     billed = False
-    if item.count and r.request is not None:
-        total += _units(item.count) * r.request
+    count = item.count
+    if count and r.request is not None:
+        total += _units(count) * r.request
         billed = True
-    for units, rate in (
-        (item.input_tokens, r.input_token),
-        (item.output_tokens, r.output_token),
-        (item.cache_read_tokens, r.cache_read_token),
-        (item.cache_write_tokens, r.cache_write_token),
-        (item.cache_write_1h_tokens, r.cache_write_1h_token),
-    ):
-        if units:
-            if rate is None:
-                return None
-            total += units * rate
-            billed = True
+    units = item.input_tokens
+    if units:
+        if r.input_token is None:
+            return None
+        total += units * r.input_token
+        billed = True
+    units = item.output_tokens
+    if units:
+        if r.output_token is None:
+            return None
+        total += units * r.output_token
+        billed = True
+    units = item.cache_read_tokens
+    if units:
+        if r.cache_read_token is None:
+            return None
+        total += units * r.cache_read_token
+        billed = True
+    units = item.cache_write_tokens
+    if units:
+        if r.cache_write_token is None:
+            return None
+        total += units * r.cache_write_token
+        billed = True
+    units = item.cache_write_1h_tokens
+    if units:
+        if r.cache_write_1h_token is None:
+            return None
+        total += units * r.cache_write_1h_token
+        billed = True
     if item.bytes and r.gib is not None:
         total += Fraction(item.bytes * r.gib, _GIB)
         billed = True
@@ -95,7 +114,7 @@ def item_cost_femto(entry: PriceEntry, item: UsageItem) -> int | Fraction | None
             return None
         total += _units(item.gb_seconds) * r.gb_second
         billed = True
-    if not billed and (item.count or item.bytes):
+    if not billed and (count or item.bytes):
         return None
     if isinstance(total, Fraction) and total.denominator == 1:
         return int(total)
@@ -218,6 +237,11 @@ class PriceBook:
     def segment_starts(self) -> Mapping[str, tuple[int, ...]]:
         """key -> start (ns) of each of its entries; entry ``i`` is in force from ``starts[i]``."""
         return self._starts
+
+    def entry_at(self, key: str, index: int) -> PriceEntry | None:
+        """Entry number ``index`` (oldest first) of ``key``, or None if the key is unknown."""
+        es = self._entries.get(key)
+        return None if es is None else es[index]
 
     def service_of(self, key: str) -> str:
         """The service a key is billed under (its entries', else guessed from the key)."""

@@ -106,6 +106,7 @@ class PriceEntry:
     #: What one unit of ``count`` is for this key (for people reading the book).
     unit: str = "request"
     _femto: FemtoRates = field(init=False, repr=False, compare=False, hash=False)
+    _version: str = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -125,11 +126,12 @@ class PriceEntry:
         if all(c is None for c in compiled):
             raise PricingError(f"{self.key}: a price entry needs at least one rate")
         object.__setattr__(self, "_femto", FemtoRates(*compiled))
+        object.__setattr__(self, "_version", f"{self.key}@{self.effective_from.isoformat()}:{self.source}")
 
     @property
     def version(self) -> str:
         """Stable id of this entry, recorded on every usage item it priced: ``key@YYYY-MM-DD:source``."""
-        return f"{self.key}@{self.effective_from.isoformat()}:{self.source}"
+        return self._version
 
     @property
     def femto(self) -> FemtoRates:
