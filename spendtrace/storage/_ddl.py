@@ -11,7 +11,11 @@ Conventions, relied on by every writer and reader:
 - ``loaded_*`` rollups hold fully-loaded cost: each span's cost added once to every distinct
   feature on its path to the root;
 - ``rollup_*.requests`` counts root spans (``parent_id`` is NULL) on the ``service = ''`` row, so
-  requests per user / endpoint come from rollups (the ``requests`` table is too big to group).
+  requests per user / endpoint come from rollups (the ``requests`` table is too big to group);
+- ``dash_hour`` / ``dash_day`` are those rollups summed over all dimensions but one (``dim`` =
+  'feature' | 'user_id' | 'endpoint', ``value`` its value), kept equal to them by
+  ``spendtrace.storage._dash`` (ingest adds its deltas, restatement rebuilds, retention deletes),
+  so dashboards read one primary-key range instead of every tenant x endpoint x feature row.
 """
 
 from __future__ import annotations
@@ -47,6 +51,26 @@ CREATE TABLE IF NOT EXISTS {name} (
     PRIMARY KEY (bucket, feature)
 ) WITHOUT ROWID;
 """
+
+_DASH = """
+CREATE TABLE IF NOT EXISTS {name} (
+    dim         TEXT    NOT NULL,           -- 'feature' | 'user_id' | 'endpoint'
+    service     TEXT    NOT NULL,
+    value       TEXT    NOT NULL,
+    bucket      INTEGER NOT NULL,
+    cost_nano   INTEGER NOT NULL DEFAULT 0,
+    calls       REAL    NOT NULL DEFAULT 0,
+    spans       INTEGER NOT NULL DEFAULT 0,
+    errors      INTEGER NOT NULL DEFAULT 0,
+    unpriced    INTEGER NOT NULL DEFAULT 0,
+    var_nano2   REAL    NOT NULL DEFAULT 0,
+    requests    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (dim, service, value, bucket)
+) WITHOUT ROWID;
+"""
+
+#: The dashboard rollups alone, also created by the ingest on files made before they existed.
+DASH_TABLES: tuple[str, ...] = (_DASH.format(name="dash_hour"), _DASH.format(name="dash_day"))
 
 DDL_V1: tuple[str, ...] = (
     """
@@ -106,6 +130,7 @@ DDL_V1: tuple[str, ...] = (
     _LOADED.format(name="loaded_minute"),
     _LOADED.format(name="loaded_hour"),
     _LOADED.format(name="loaded_day"),
+    *DASH_TABLES,
     # Usage that no price covered, aggregated by key, so totals can say what they leave out.
     """
     CREATE TABLE IF NOT EXISTS unpriced_usage (

@@ -21,9 +21,11 @@ from spendtrace.storage._sql import (
     Filters,
     Query,
     Row,
+    Segment,
     day_start,
     iso_ns,
     plan_segments,
+    rollup_source,
     rollup_union,
     usd,
 )
@@ -66,36 +68,26 @@ def _money(prefix: str, nano: int | None) -> dict[str, Any]:
 # --- aggregates over rollups -------------------------------------------------------------------
 
 
-def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
+def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Spend grouped by ``feature``, ``user_id`` or ``endpoint``, most expensive first.
 
-    Totals come from the ``service = ''`` rollup rows (span-level), the per-service split from the
+    Totals come from the span-level (``service = ''``) rollup rows, the per-service split from the
     rows with a service name. With a ``service`` filter, every number is that service's share.
     ``transaction_count`` is the number of spans for features and the number of requests for
     users and endpoints (what the README prints beside them); both counts are always present.
     """
     assert dim in ("feature", "user_id", "endpoint")
-    segs = plan_segments(f.start_ns, f.end_ns)
-    terms, params = f.dims(service=True)
-    # Grouping each segment by (bucket, feature) follows the primary key, so SQLite needs no sorter there.
-    if dim == "feature":
-        select, group = f"feature AS k, MIN(bucket) AS b0, MAX(bucket) AS b1, {_SUMS}", "bucket, feature"
-    else:
-        select, group = f"{dim} AS k, bucket AS b0, bucket AS b1, {_COLS}", ""
-    union, uparams = rollup_union(select, "rollup", segs, terms, params, group)
+    union, uparams = rollup_source(f, group=dim, cols=_COLS, split=False, dash=dash)
     steps: list[tuple[str, tuple[Any, ...]]] = [
-        (f"SELECT k, MIN(b0) AS b0, MAX(b1) AS b1, {_SUMS} FROM ({union}) GROUP BY k", tuple(uparams))
+        (f"SELECT k, MIN(bucket) AS b0, MAX(bucket) AS b1, {_SUMS} FROM ({union}) GROUP BY k", tuple(uparams))
     ]
     if f.service is None:
-        sterms, sparams = f.dims(service=False)
-        sunion, suparams = rollup_union(
-            f"{dim} AS k, service, cost_nano, unpriced", "rollup", segs, [*sterms, "service != ''"], sparams
-        )
+        sunion, sparams = rollup_source(f, group=dim, cols="service, cost_nano, unpriced", split=True, dash=dash)
         steps.append(
             (
                 "SELECT k, service, SUM(cost_nano) AS cost_nano, SUM(unpriced) AS unpriced "
                 f"FROM ({sunion}) GROUP BY k, service",
-                tuple(suparams),
+                tuple(sparams),
             )
         )
     per_request = dim != "feature"
@@ -142,13 +134,9 @@ def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
     return Query(tuple(steps), post)
 
 
-def aggregate_by_service(f: Filters) -> Query[list[Row]]:
+def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Spend per service (``dynamodb``, ``bedrock`` ...) from the per-service rollup rows, most expensive first."""
-    segs = plan_segments(f.start_ns, f.end_ns)
-    terms, params = f.dims(service=False)
-    if f.service is not None:
-        terms, params = [*terms, "service = ?"], [*params, f.service]
-    union, uparams = rollup_union(f"service, {_COLS}", "rollup", segs, [*terms, "service != ''"], params)
+    union, uparams = rollup_source(f, group=None, cols=f"service, {_COLS}", split=f.service is None, dash=dash)
     sql = f"SELECT service, {_SUMS} FROM ({union}) GROUP BY service"
 
     def post(results: list[list[Row]]) -> list[Row]:
@@ -168,11 +156,9 @@ def aggregate_by_service(f: Filters) -> Query[list[Row]]:
     return Query(((sql, tuple(uparams)),), post)
 
 
-def total(f: Filters) -> Query[Row]:
+def total(f: Filters, dash: bool = True) -> Query[Row]:
     """One total over everything the filters select (``transaction_count`` counts spans)."""
-    segs = plan_segments(f.start_ns, f.end_ns)
-    terms, params = f.dims(service=True)
-    union, uparams = rollup_union(_COLS, "rollup", segs, terms, params)
+    union, uparams = rollup_source(f, group=None, cols=_COLS, split=False, dash=dash)
     sql = f"SELECT {_SUMS} FROM ({union})"
 
     def post(results: list[list[Row]]) -> Row:
@@ -192,22 +178,21 @@ def total(f: Filters) -> Query[Row]:
     return Query(((sql, tuple(uparams)),), post)
 
 
-def feature_breakdown(f: Filters) -> Query[list[Row]]:
+def feature_breakdown(f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Direct vs fully-loaded cost per feature, largest fully-loaded first.
 
-    Reads the ``rollup_*`` and ``loaded_*`` tables; the loaded rollups have no user or endpoint
+    Reads the rollups and the ``loaded_*`` tables; the loaded rollups have no user or endpoint
     dimension, so with a ``user_id`` or ``endpoint`` filter the numbers come from the raw spans
     (exact for the raw-span retention period).
     """
     if f.user_id is not None or f.endpoint is not None:
         return _breakdown_from_spans(f)
     segs = plan_segments(f.start_ns, f.end_ns)
-    terms, params = f.dims(service=True)
-    d_union, d_params = rollup_union(f"feature, {_COLS}", "rollup", segs, terms, params)
+    d_union, d_params = rollup_source(f, group="feature", cols=_COLS, split=False, dash=dash, segments=segs)
     lterms, lparams = (["feature = ?"], [f.feature]) if f.feature is not None else ([], [])
     l_union, l_params = rollup_union("feature, cost_nano, calls, spans, var_nano2", "loaded", segs, lterms, lparams)
     steps = (
-        (f"SELECT feature, {_SUMS} FROM ({d_union}) GROUP BY feature", tuple(d_params)),
+        (f"SELECT k AS feature, {_SUMS} FROM ({d_union}) GROUP BY k", tuple(d_params)),
         (
             "SELECT feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls, SUM(spans) AS spans, "
             f"SUM(var_nano2) AS var_nano2 FROM ({l_union}) GROUP BY feature",
@@ -276,14 +261,14 @@ def _date(bucket: int) -> str:
     return iso_ns(bucket * NANO)[:10]  # type: ignore[index]
 
 
-def cost_trend(f: Filters, days: int, now_ns: int) -> Query[list[Row]]:
+def cost_trend(f: Filters, days: int, now_ns: int, dash: bool = True) -> Query[list[Row]]:
     """One row per UTC day for the ``days`` days ending today, oldest first, zero-filled."""
+    if days <= 0:
+        return Query((), lambda _: [])
     buckets = _days(now_ns, days)
-    terms, params = f.dims(service=True)
-    sql = (
-        f"SELECT bucket, {_SUMS} FROM rollup_day WHERE {' AND '.join([*terms, 'bucket >= ?', 'bucket <= ?'])} "
-        "GROUP BY bucket"
-    )
+    segs = [Segment("day", buckets[0], buckets[-1] + DAY)]
+    union, params = rollup_source(f, group=None, cols=_COLS, split=False, dash=dash, segments=segs)
+    sql = f"SELECT bucket, {_SUMS} FROM ({union}) GROUP BY bucket"
 
     def post(results: list[list[Row]]) -> list[Row]:
         by_bucket = {r["bucket"]: r for r in results[0]}
@@ -304,19 +289,21 @@ def cost_trend(f: Filters, days: int, now_ns: int) -> Query[list[Row]]:
             )
         return out
 
-    if days <= 0:
-        return Query((), lambda _: [])
-    return Query(((sql, (*params, buckets[0], buckets[-1])),), post)
+    return Query(((sql, tuple(params)),), post)
 
 
-def cost_trend_by_feature(days: int, now_ns: int) -> Query[list[Row]]:
+def cost_trend_by_feature(days: int, now_ns: int, dash: bool = True) -> Query[list[Row]]:
     """Per feature, its cost per UTC day (zero-filled, oldest first); features by total, largest first."""
     if days <= 0:
         return Query((), lambda _: [])
     buckets = _days(now_ns, days)
+    segs = [Segment("day", buckets[0], buckets[-1] + DAY)]
+    union, params = rollup_source(
+        Filters(), group="feature", cols="cost_nano, calls", split=False, dash=dash, segments=segs
+    )
     sql = (
-        "SELECT bucket, feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls FROM rollup_day "
-        "WHERE service = '' AND bucket >= ? AND bucket <= ? GROUP BY bucket, feature"
+        "SELECT bucket, k AS feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls "
+        f"FROM ({union}) GROUP BY bucket, k"
     )
 
     def post(results: list[list[Row]]) -> list[Row]:
@@ -339,7 +326,7 @@ def cost_trend_by_feature(days: int, now_ns: int) -> Query[list[Row]]:
         out.sort(key=lambda r: (-r["cost_nano"], r["feature"]))
         return out
 
-    return Query(((sql, (buckets[0], buckets[-1])),), post)
+    return Query(((sql, tuple(params)),), post)
 
 
 def feature_timeseries(minutes: int, now_ns: int) -> Query[dict[str, list[float]]]:
@@ -384,14 +371,15 @@ def spend_rate(f: Filters, minutes: int, now_ns: int) -> Query[Row]:
     return Query(((sql, (*params, lo, int(now_s))),), post)
 
 
-def ingest_stats(now_ns: int) -> Query[Row]:
+def ingest_stats(now_ns: int, dash: bool = True) -> Query[Row]:
     """Counters for the live screen: spans started in the last minute, totals, dead letters, unpriced items."""
+    day = "dash_day WHERE dim = 'feature' AND service = ''" if dash else "rollup_day WHERE service = ''"
     sql = (
         "SELECT (SELECT COUNT(*) FROM spans WHERE start_ns >= ? AND start_ns <= ?) AS spans_last_minute, "
-        "(SELECT COALESCE(SUM(spans), 0) FROM rollup_day WHERE service = '') AS total_spans, "
-        "(SELECT COALESCE(SUM(requests), 0) FROM rollup_day WHERE service = '') AS total_requests, "
-        "(SELECT COALESCE(SUM(cost_nano), 0) FROM rollup_day WHERE service = '') AS cost_nano, "
-        "(SELECT COALESCE(SUM(unpriced), 0) FROM rollup_day WHERE service = '') AS unpriced_items, "
+        f"(SELECT COALESCE(SUM(spans), 0) FROM {day}) AS total_spans, "
+        f"(SELECT COALESCE(SUM(requests), 0) FROM {day}) AS total_requests, "
+        f"(SELECT COALESCE(SUM(cost_nano), 0) FROM {day}) AS cost_nano, "
+        f"(SELECT COALESCE(SUM(unpriced), 0) FROM {day}) AS unpriced_items, "
         "(SELECT COUNT(*) FROM dead_letters) AS dead_letters"
     )
 

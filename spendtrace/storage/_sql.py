@@ -25,9 +25,11 @@ __all__ = [
     "Row",
     "Segment",
     "TimeLike",
+    "dash_dim",
     "day_start",
     "iso_ns",
     "plan_segments",
+    "rollup_source",
     "rollup_union",
     "to_ns",
     "usd",
@@ -204,3 +206,64 @@ def rollup_union(
         parts.append(f"SELECT {select} FROM {table}_{seg.grain}{clause}{grouping}")
         out += seg_params
     return " UNION ALL ".join(parts), out
+
+
+_DIMS = ("feature", "user_id", "endpoint")
+
+
+def dash_dim(f: Filters, group: str | None) -> str | None:
+    """The ``dash_*`` dimension that can answer a query grouped by ``group`` under ``f``'s name filters, if any.
+
+    Dashboard rollups keep one dimension at a time, so they serve a query whose grouping and name
+    filters all concern the same dimension (or a total with at most one name filter).
+    """
+    named = [d for d in _DIMS if getattr(f, d) is not None]
+    if group is not None:
+        return group if all(d == group for d in named) else None
+    if len(named) > 1:
+        return None
+    return named[0] if named else "feature"
+
+
+def rollup_source(
+    f: Filters, *, group: str | None, cols: str, split: bool, dash: bool, segments: Sequence[Segment] | None = None
+) -> tuple[str, list[Any]]:
+    """UNION ALL of ``SELECT <group> AS k, bucket, <cols>`` over the rollup buckets covering ``f``'s time range.
+
+    Rows are the span-level (``service = ''``) rows, or that service's rows with a ``service``
+    filter, or with ``split`` every per-service row. Hour and day buckets come from ``dash_*`` when
+    ``dash`` is true and one dimension serves the query; minute buckets from ``rollup_minute``.
+    """
+    segs = plan_segments(f.start_ns, f.end_ns) if segments is None else segments
+    ddim = dash_dim(f, group) if dash else None
+    parts: list[str] = []
+    params: list[Any] = []
+    for seg in segs or [Segment("day", 0, 0)]:
+        terms: list[str] = []
+        seg_params: list[Any] = []
+        if ddim is not None and seg.grain != "minute":
+            table, key = f"dash_{seg.grain}", ("value" if group else "''")
+            terms.append("dim = ?")
+            seg_params.append(ddim)
+            names = [("value", getattr(f, ddim))]
+        else:
+            table, key = f"rollup_{seg.grain}", (group or "''")
+            names = [(d, getattr(f, d)) for d in _DIMS]
+        if split:
+            terms.append("service > ''")
+        else:
+            terms.append("service = ?")
+            seg_params.append(f.service or "")
+        for col, val in names:
+            if val is not None:
+                terms.append(f"{col} = ?")
+                seg_params.append(val)
+        if seg.lo is not None:
+            terms.append("bucket >= ?")
+            seg_params.append(seg.lo)
+        if seg.hi is not None:
+            terms.append("bucket < ?")
+            seg_params.append(seg.hi)
+        parts.append(f"SELECT {key} AS k, bucket, {cols} FROM {table} WHERE {' AND '.join(terms)}")
+        params += seg_params
+    return " UNION ALL ".join(parts), params

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spendtrace._settings import default_db_path
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncStorage", "SQLiteStorage", "resolve_path"]
 
 T = TypeVar("T")
+# dashboard rollups are read only when a writer maintains them (see _dash); else the wide rollups
+_HAS_DASH = "SELECT COUNT(*) FROM meta WHERE key = 'dash_rollups'"  # set by the writer that maintains them
 _log = logging.getLogger("spendtrace.storage")
 
 
@@ -79,6 +82,7 @@ class SQLiteStorage:
         self.db_path = resolve_path(db_path)
         self._conn: sqlite3.Connection = connect(self.db_path, readonly=readonly, check_same_thread=False)
         self._lock = threading.Lock()
+        self._dash = bool(self._conn.execute(_HAS_DASH).fetchone()[0])
 
     # -- plumbing --------------------------------------------------------------------------------
     def run(self, query: Query[T]) -> T:
@@ -128,7 +132,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per feature, most expensive first: ``total_cost``, ``service_costs``, ``transaction_count`` (spans)."""
         f = Filters.of(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate("feature", f)), limit)
+        return _limit(self.run(q.aggregate("feature", f, dash=self._dash)), limit)
 
     def aggregate_by_user(
         self,
@@ -143,7 +147,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per user / tenant (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
         f = Filters.of(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate("user_id", f)), limit)
+        return _limit(self.run(q.aggregate("user_id", f, dash=self._dash)), limit)
 
     def aggregate_by_endpoint(
         self,
@@ -158,7 +162,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per endpoint (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
         f = Filters.of(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate("endpoint", f)), limit)
+        return _limit(self.run(q.aggregate("endpoint", f, dash=self._dash)), limit)
 
     def aggregate_by_service(
         self,
@@ -173,7 +177,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per service (``dynamodb``, ``bedrock``, ``lambda`` ...), most expensive first."""
         f = Filters.of(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate_by_service(f)), limit)
+        return _limit(self.run(q.aggregate_by_service(f, dash=self._dash)), limit)
 
     def get_feature_cost_breakdown(
         self,
@@ -187,7 +191,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Direct vs fully-loaded (everything it triggered downstream) cost per feature."""
         f = Filters.of(start, end, feature, user_id, endpoint)
-        return _limit(self.run(q.feature_breakdown(f)), limit)
+        return _limit(self.run(q.feature_breakdown(f, dash=self._dash)), limit)
 
     def total(
         self,
@@ -200,7 +204,7 @@ class SQLiteStorage:
         service: str | None = None,
     ) -> Row:
         """One total: ``total_cost``, ``cost_nano``, ``transaction_count``, ``unpriced_count``, ``stderr`` ..."""
-        return self.run(q.total(Filters.of(start, end, feature, user_id, endpoint, service)))
+        return self.run(q.total(Filters.of(start, end, feature, user_id, endpoint, service), dash=self._dash))
 
     def get_cost_trend(
         self,
@@ -214,11 +218,11 @@ class SQLiteStorage:
     ) -> list[Row]:
         """One row per UTC day for the last ``days`` days (today included), oldest first, zero-filled."""
         f = Filters(feature=feature, user_id=user_id, endpoint=endpoint, service=service)
-        return self.run(q.cost_trend(f, int(days), _now_ns(now)))
+        return self.run(q.cost_trend(f, int(days), _now_ns(now), dash=self._dash))
 
     def cost_trend_by_feature(self, days: int = 30, *, now: TimeLike = None) -> list[Row]:
         """Per feature (largest first) its daily cost points for the last ``days`` days, for charts."""
-        return self.run(q.cost_trend_by_feature(int(days), _now_ns(now)))
+        return self.run(q.cost_trend_by_feature(int(days), _now_ns(now), dash=self._dash))
 
     # -- live views ------------------------------------------------------------------------------
     def feature_timeseries(self, minutes: int = 60, now_ns: int | None = None) -> dict[str, list[float]]:
@@ -241,7 +245,7 @@ class SQLiteStorage:
 
     def ingest_stats(self, now_ns: int | None = None) -> Row:
         """Spans started in the last minute, total spans / requests / cost, unpriced items, dead letters."""
-        return self.run(q.ingest_stats(_now_ns(now_ns)))
+        return self.run(q.ingest_stats(_now_ns(now_ns), dash=self._dash))
 
     def dead_letters(self, limit: int = 50) -> list[Row]:
         """The newest dead letters, with their reason."""
@@ -335,11 +339,21 @@ class AsyncStorage:
         self._readonly = readonly
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._dash = True
 
     async def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
             self._conn = await connect_async(self.db_path, readonly=self._readonly)
+            async with self._conn.execute(_HAS_DASH) as cur:
+                row = await cur.fetchone()
+            self._dash = bool(row and row[0])
         return self._conn
+
+    async def _build(self, build: Callable[[bool], Query[T]]) -> T:
+        """Build the query once the file is open (it decides between dashboard and wide rollups), then run it."""
+        async with self._lock:
+            await self._connection()
+        return await self.run(build(self._dash))
 
     async def run(self, query: Query[T]) -> T:
         """Run a prepared query inside one read snapshot and shape its rows."""
@@ -385,45 +399,57 @@ class AsyncStorage:
         self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_feature``; ``names`` are ``feature``, ``user_id``, ``endpoint``, ``service``."""
-        return _limit(await self.run(q.aggregate("feature", Filters.of(start, end, **names))), limit)
+        return _limit(
+            await self._build(lambda dash: q.aggregate("feature", Filters.of(start, end, **names), dash=dash)), limit
+        )
 
     async def aggregate_by_user(
         self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_user``."""
-        return _limit(await self.run(q.aggregate("user_id", Filters.of(start, end, **names))), limit)
+        return _limit(
+            await self._build(lambda dash: q.aggregate("user_id", Filters.of(start, end, **names), dash=dash)), limit
+        )
 
     async def aggregate_by_endpoint(
         self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_endpoint``."""
-        return _limit(await self.run(q.aggregate("endpoint", Filters.of(start, end, **names))), limit)
+        return _limit(
+            await self._build(lambda dash: q.aggregate("endpoint", Filters.of(start, end, **names), dash=dash)), limit
+        )
 
     async def aggregate_by_service(
         self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_service``."""
-        return _limit(await self.run(q.aggregate_by_service(Filters.of(start, end, **names))), limit)
+        return _limit(
+            await self._build(lambda dash: q.aggregate_by_service(Filters.of(start, end, **names), dash=dash)), limit
+        )
 
     async def get_feature_cost_breakdown(
         self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
     ) -> list[Row]:
         """``SQLiteStorage.get_feature_cost_breakdown``."""
-        return _limit(await self.run(q.feature_breakdown(Filters.of(start, end, **names))), limit)
+        return _limit(
+            await self._build(lambda dash: q.feature_breakdown(Filters.of(start, end, **names), dash=dash)), limit
+        )
 
     async def total(self, start: TimeLike = None, end: TimeLike = None, **names: str | None) -> Row:
         """``SQLiteStorage.total``."""
-        return await self.run(q.total(Filters.of(start, end, **names)))
+        return await self._build(lambda dash: q.total(Filters.of(start, end, **names), dash=dash))
 
     async def get_cost_trend(
         self, feature: str | None = None, days: int = 30, *, now: TimeLike = None, **names: str | None
     ) -> list[Row]:
         """``SQLiteStorage.get_cost_trend``."""
-        return await self.run(q.cost_trend(Filters.of(None, None, feature, **names), int(days), _now_ns(now)))
+        return await self._build(
+            lambda dash: q.cost_trend(Filters.of(None, None, feature, **names), int(days), _now_ns(now), dash=dash)
+        )
 
     async def cost_trend_by_feature(self, days: int = 30, *, now: TimeLike = None) -> list[Row]:
         """``SQLiteStorage.cost_trend_by_feature``."""
-        return await self.run(q.cost_trend_by_feature(int(days), _now_ns(now)))
+        return await self._build(lambda dash: q.cost_trend_by_feature(int(days), _now_ns(now), dash=dash))
 
     async def feature_timeseries(self, minutes: int = 60, now_ns: int | None = None) -> dict[str, list[float]]:
         """``SQLiteStorage.feature_timeseries``."""
@@ -435,7 +461,7 @@ class AsyncStorage:
 
     async def ingest_stats(self, now_ns: int | None = None) -> Row:
         """``SQLiteStorage.ingest_stats``."""
-        return await self.run(q.ingest_stats(_now_ns(now_ns)))
+        return await self._build(lambda dash: q.ingest_stats(_now_ns(now_ns), dash=dash))
 
     async def dead_letters(self, limit: int = 50) -> list[Row]:
         """``SQLiteStorage.dead_letters``."""

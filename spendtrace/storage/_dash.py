@@ -1,0 +1,103 @@
+"""Dashboard rollups: the hour and day rollups summed over all dimensions but one.
+
+``rollup_*`` rows are keyed by (bucket, feature, user_id, endpoint, service), so a month of them
+grows with tenants x endpoints x features x services and a "spend per tenant" scan of it costs
+hundreds of milliseconds with a hundred tenants. ``dash_hour`` / ``dash_day`` hold the same sums
+keyed by (dim, service, value, bucket), one row set per dimension (``dim`` = 'feature', 'user_id'
+or 'endpoint'), so "per feature" or "per tenant" is one primary-key range scan.
+
+Invariant: a ``dash_*`` row equals the sum of the ``rollup_*`` rows of the same grain with that
+value of ``dim``, that service and that bucket. The ingest runs ``dash_statements`` of a batch in
+the same transaction as its rollup deltas; anything that rewrites rollups in place (restatement,
+undo) calls ``rebuild`` for the buckets it touched; retention deletes by bucket like the rollups.
+Readers use the tables only once the ``meta`` marker says a writer maintains them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
+
+__all__ = ["DIMS", "GRAINS", "MARKER", "dash_rows", "dash_statements", "rebuild", "rebuild_statements"]
+
+DIMS = ("feature", "user_id", "endpoint")
+GRAINS = ("hour", "day")
+_VALUES = ("cost_nano", "calls", "spans", "errors", "unpriced", "var_nano2", "requests")
+
+_UPSERT = (
+    "INSERT INTO dash_{g} (dim, service, value, bucket, cost_nano, calls, spans, errors, unpriced, var_nano2, "
+    "requests) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (dim, service, value, bucket) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _VALUES)
+)
+
+RollupDeltas = Mapping[tuple[int, str, str, str, str], list[Any]]
+
+
+def dash_rows(rollup: RollupDeltas) -> list[tuple[Any, ...]]:
+    """Dashboard deltas of one grain's rollup deltas ``{(bucket, feature, user, endpoint, service): [values]}``."""
+    out: dict[tuple[str, str, str, int], list[Any]] = {}
+    for (bucket, feature, user, endpoint, service), values in rollup.items():
+        for dim, value in (("feature", feature), ("user_id", user), ("endpoint", endpoint)):
+            key = (dim, service, value, bucket)
+            acc = out.get(key)
+            if acc is None:
+                out[key] = list(values[:7]) + [0] * (7 - len(values))
+            else:
+                for i in range(min(7, len(values))):
+                    acc[i] += values[i]
+    return [(*k, *v) for k, v in out.items()]
+
+
+MARKER = "dash_rollups"
+_MARKED = f"EXISTS (SELECT 1 FROM meta WHERE key = '{MARKER}')"
+
+
+def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """The statements adding a batch's dashboard deltas, given its ``{grain: rollup deltas}``.
+
+    Run them in the batch's transaction *before* its rollup upserts. The first time on a file
+    (no ``meta`` marker yet: a file written before these tables existed), they create the tables
+    if needed and fill them from the rollups already stored; then they set the marker, which
+    tells readers the tables are maintained.
+    """
+    from spendtrace.storage._ddl import DASH_TABLES
+
+    for ddl in DASH_TABLES:
+        yield ddl, [()]
+    for g in GRAINS:
+        for sql in rebuild_statements(g, only_if=f"NOT {_MARKED}"):
+            yield sql, [(-(2**62), 2**62)]
+    yield f"INSERT OR IGNORE INTO meta (key, value) VALUES ('{MARKER}', '1')", [()]
+    for g in GRAINS:
+        d = rollups.get(g)
+        if d:
+            yield _UPSERT.format(g=g), dash_rows(d)
+
+
+def rebuild_statements(grain: str, only_if: str = "1") -> list[str]:
+    """SQL (parameters: lo, hi epoch seconds, for each statement) recomputing ``dash_{grain}`` buckets in [lo, hi).
+
+    ``only_if`` is an SQL condition, evaluated once, that must hold for anything to change.
+    """
+    cols = ", ".join(_VALUES)
+    sums = ", ".join(f"SUM({c})" for c in _VALUES)
+    stmts = [f"DELETE FROM dash_{grain} WHERE bucket >= ? AND bucket < ? AND {only_if}"]
+    for dim in DIMS:
+        stmts.append(
+            f"INSERT INTO dash_{grain} (dim, service, value, bucket, {cols}) "
+            f"SELECT '{dim}', service, {dim}, bucket, {sums} FROM rollup_{grain} "
+            f"WHERE bucket >= ? AND bucket < ? AND {only_if} GROUP BY service, {dim}, bucket"
+        )
+    return stmts
+
+
+def rebuild(conn: sqlite3.Connection, lo_s: int | None = None, hi_s: int | None = None) -> None:
+    """Recompute the dashboard rows of buckets in [lo_s, hi_s) from the rollups (inside the caller's transaction)."""
+    lo = -(2**62) if lo_s is None else lo_s
+    hi = 2**62 if hi_s is None else hi_s
+    for grain in GRAINS:
+        for sql in rebuild_statements(grain):
+            conn.execute(sql, (lo, hi))

@@ -1,0 +1,161 @@
+"""Dashboard rollups stay equal to the wide rollups they summarise, and queries agree with or without them."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+from _query_fixtures import DAY_NS, Expect, make_spans, store
+
+from spendtrace.pricing import PriceBook
+from spendtrace.storage import SQLiteStorage
+from spendtrace.storage._dash import DIMS, GRAINS, MARKER
+
+NOW = 1_793_620_800_000_000_000  # the fixed_now_ns instant
+MINUTE_NS = 60_000_000_000
+
+
+def _mismatches(path: Path) -> list[tuple[object, ...]]:
+    """Rows where a dash_* sum differs from the sum of its rollup_* rows (either side missing counts)."""
+    conn = sqlite3.connect(path)
+    bad: list[tuple[object, ...]] = []
+    try:
+        for g in GRAINS:
+            for dim in DIMS:
+                wide = {
+                    r[:3]: r[3:]
+                    for r in conn.execute(
+                        f"SELECT service, {dim}, bucket, SUM(cost_nano), SUM(spans), SUM(requests), SUM(unpriced), "
+                        f"SUM(var_nano2) FROM rollup_{g} GROUP BY service, {dim}, bucket"
+                    )
+                }
+                dash = {
+                    r[:3]: r[3:]
+                    for r in conn.execute(
+                        f"SELECT service, value, bucket, cost_nano, spans, requests, unpriced, var_nano2 FROM dash_{g} "
+                        "WHERE dim = ? AND NOT (cost_nano = 0 AND spans = 0 AND unpriced = 0)",
+                        (dim,),
+                    )
+                }
+                for key in wide.keys() | dash.keys():
+                    w, d = wide.get(key), dash.get(key)
+                    if w is None or d is None or w[:4] != d[:4] or w[4] != pytest.approx(d[4]):
+                        bad.append((g, dim, key, w, d))
+    finally:
+        conn.close()
+    return bad
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> tuple[Path, Expect]:
+    """A fresh database with recorded request trees."""
+    path = tmp_path / "cost_data.db"
+    spans = make_spans(NOW, n_requests=80, seed=5)
+    book = PriceBook.default()
+    store(path, spans, book)
+    return path, Expect(spans, book)
+
+
+def test_ingest_keeps_dash_equal_to_rollups(db: tuple[Path, Expect]) -> None:
+    """After ingest (several batches, replays included) every dashboard row is the sum of its rollup rows."""
+    path, expect = db
+    store(path, expect.spans[:150], PriceBook.default(), batch=40)  # a replay: nothing counted twice
+    assert _mismatches(path) == []
+    with SQLiteStorage(path) as s:
+        assert s.total()["cost_nano"] == sum(p.cost for p in expect.priced)
+
+
+def test_restatement_and_undo_keep_dash_in_step(db: tuple[Path, Expect]) -> None:
+    """Restating a date range moves dashboard totals with the rollups; undoing it restores them exactly."""
+    path, _ = db
+    with SQLiteStorage(path) as s:
+        before = (s.aggregate_by_user(), s.total(), s.get_feature_cost_breakdown())
+        in_range = s.total("2026-10-29", "2026-11-01")["cost_nano"]
+        assert in_range > 0
+        rid = s.restate_historical_costs(
+            factor=2.0, start_date="2026-10-29", end_date="2026-11-01", who="test", why="calibration"
+        )
+        assert _mismatches(path) == []
+        changed = s.total("2026-10-29", "2026-11-01")["cost_nano"]
+        assert abs(changed - 2 * in_range) <= 1000  # doubled, up to per-row rounding
+        assert s.total()["cost_nano"] - before[1]["cost_nano"] == changed - in_range  # nothing outside moved
+        wide = SQLiteStorage(path)
+        wide._dash = False  # the same numbers read from the wide rollups
+        try:
+            assert s.aggregate_by_user() == wide.aggregate_by_user()
+            assert s.total("2026-10-30", "2026-10-31") == wide.total("2026-10-30", "2026-10-31")
+        finally:
+            wide.close()
+        s.undo_restatement(rid)
+        assert _mismatches(path) == []
+        assert (s.aggregate_by_user(), s.total(), s.get_feature_cost_breakdown()) == before
+
+
+def test_retention_drops_dash_rows_with_their_rollups(db: tuple[Path, Expect]) -> None:
+    """Applying retention deletes old dashboard buckets exactly as it deletes old rollup buckets."""
+    path, _ = db
+    with SQLiteStorage(path) as s:
+        s.set_retention(raw_data_days=2, hourly_rollups_days=3, daily_rollups_days=4)
+        s.apply_retention(now_ns=NOW)
+        assert _mismatches(path) == []
+        conn = sqlite3.connect(path)
+        try:
+            oldest = conn.execute("SELECT MIN(bucket) FROM dash_day").fetchone()[0]
+        finally:
+            conn.close()
+        assert oldest >= (NOW - 4 * DAY_NS) // 1_000_000_000 - 86_400
+
+
+def _make_old(path: Path, old: Path) -> None:
+    """A copy of ``path`` as a writer from before the dashboard rollups would have left it."""
+    shutil.copy(path, old)
+    conn = sqlite3.connect(old)
+    conn.execute("DROP TABLE dash_hour")
+    conn.execute("DROP TABLE dash_day")
+    conn.execute("DELETE FROM meta WHERE key = ?", (MARKER,))
+    conn.commit()
+    conn.close()
+
+
+def test_queries_agree_without_dash_tables(db: tuple[Path, Expect], tmp_path: Path) -> None:
+    """A file without maintained dashboard tables is read from the wide rollups, with the same results."""
+    path, _ = db
+    old = tmp_path / "old.db"
+    _make_old(path, old)
+    a, b = NOW - 3 * DAY_NS - 77 * MINUTE_NS, NOW - DAY_NS + 13 * MINUTE_NS
+    with SQLiteStorage(path) as new_s, SQLiteStorage(old) as old_s:
+        assert new_s._dash and not old_s._dash
+        for call in (
+            lambda s: s.aggregate_by_feature(),
+            lambda s: s.aggregate_by_user(a, b),
+            lambda s: s.aggregate_by_endpoint(service="dynamodb"),
+            lambda s: s.aggregate_by_service(a),
+            lambda s: s.total(a, b, user_id="tenant-acme"),
+            lambda s: s.total(feature="search", user_id="tenant-acme"),  # two names: wide rollups either way
+            lambda s: s.get_feature_cost_breakdown(a, b),
+            lambda s: s.get_cost_trend("search", 10, now=NOW),
+            lambda s: s.cost_trend_by_feature(10, now=NOW),
+            lambda s: s.ingest_stats(NOW),
+        ):
+            assert call(new_s) == call(old_s)
+
+
+def test_first_write_to_an_old_file_builds_the_dash_tables(db: tuple[Path, Expect], tmp_path: Path) -> None:
+    """The first batch written to a file without dashboard tables creates and fills them from its rollups."""
+    path, expect = db
+    old = tmp_path / "old.db"
+    _make_old(path, old)
+    later = [
+        msgspec.structs.replace(s, span_id=f"late-{s.span_id}", request_id=f"late-{s.request_id}", parent_id=None)
+        for s in make_spans(NOW, n_requests=10, seed=99)
+    ]
+    store(old, later, PriceBook.default())
+    assert _mismatches(old) == []
+    with SQLiteStorage(old) as s:
+        assert s._dash
+        assert s.total()["cost_nano"] == sum(p.cost for p in expect.priced) + sum(
+            p.cost for p in Expect(later, expect.book).priced
+        )
