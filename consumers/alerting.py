@@ -139,10 +139,22 @@ def scope_spend(conn: sqlite3.Connection, rule: AlertRule, table: str, since_s: 
 
 
 def window_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> int:
-    """Spend over the rule's rolling window: the last ``window_minutes`` minute buckets, the current one included."""
+    """Spend over the rule's rolling window: the last ``window_minutes`` minute buckets, the current one included.
+
+    Whole clock hours inside the window are read from the hour rollup (fewer rows, and minute
+    rollups are kept for two days only); the partial hours at both ends from the minute rollup.
+    """
     now_min = now_ns // 1_000_000_000 // 60 * 60
     since = now_min - (int(rule.window_minutes or 60) - 1) * 60
-    return scope_spend(conn, rule, "rollup_minute", since)
+    first_hour = -(-since // 3600) * 3600
+    this_hour = now_min // 3600 * 3600
+    if first_hour >= this_hour:
+        return scope_spend(conn, rule, "rollup_minute", since)
+    return (
+        scope_spend(conn, rule, "rollup_minute", since, first_hour)
+        + scope_spend(conn, rule, "rollup_hour", first_hour, this_hour)
+        + scope_spend(conn, rule, "rollup_minute", this_hour)
+    )
 
 
 def period_start(period: str, now_ns: int) -> int:
@@ -243,10 +255,8 @@ def _candidate(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[
 def _fire(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> AlertEvent | None:
     """Decide and record one firing atomically; None when nothing is due or another worker fired first."""
     if _cooling(conn, rule, "", now_ns):
-        print("DBG cooling-pre")
         return None  # cheap pre-check outside the write lock
     cand = _candidate(conn, rule, now_ns)
-    print("DBG cand", cand)
     if cand is None:
         return None
     key, value, msg, extra_keys = cand
@@ -339,7 +349,6 @@ class AlertEvaluator:
         """Evaluate the rules ``touched`` covers, record what fires and queue it for delivery."""
         now = self.clock()
         fired = await self._run(lambda: self._evaluate_sync(touched, now))
-        print("EVAL", touched, now, fired, self._rules)
         self.evaluations += 1
         for event, rule in fired:
             self.fired.append(event)

@@ -93,6 +93,24 @@ async def test_threshold_fires_once_per_cooldown(db_path: Path, fixed_now_ns: in
     assert [e["value_nano"] for e in events(db_path)] == [11 * NS, 21 * NS]  # the window dropped the first 6+5
 
 
+def test_long_windows_mix_hour_and_minute_rollups(db_path: Path, fixed_now_ns: int) -> None:
+    """A 24 h window counts its partial first hour by minute, whole hours by hour, and excludes older spend."""
+    from consumers.alerting import window_spend
+
+    now = fixed_now_ns + 30 * 60 * NS  # 12:30, so the window starts at 12:31 yesterday, mid-hour
+    spend(db_path, now - 24 * 3600 * NS, 100)  # 12:30 yesterday: just outside
+    spend(db_path, now - (23 * 60 + 59) * 60 * NS, 1)  # 12:31 yesterday: first minute of the window
+    spend(db_path, now - 10 * 3600 * NS, 10)  # a whole hour inside
+    spend(db_path, now, 1000)  # this minute
+    rule = set_alert(feature="search", threshold=1, window_hours=24, db_path=db_path)
+    conn = open_db(db_path)
+    try:
+        assert window_spend(conn, rule, now) == 1011 * NS
+        assert window_spend(conn, rule, now + 60 * NS) == 1010 * NS  # the window moved past 12:31
+    finally:
+        conn.close()
+
+
 async def test_only_touched_scopes_are_evaluated(db_path: Path, fixed_now_ns: int, evaluator: AlertEvaluator) -> None:
     """A batch touching feature 'a' does not evaluate a rule on 'b', even when 'b' is over its threshold."""
     spend(db_path, fixed_now_ns, 50, feature="b")
