@@ -24,7 +24,12 @@ from typing import Any
 from spendtrace import _pipeline, _settings
 from spendtrace.errors import ConfigError
 from spendtrace.export._base import SpanExporter
-from spendtrace.export._breaker import CircuitBreaker, get_circuit_breaker, set_circuit_breaker
+from spendtrace.export._breaker import (
+    CircuitBreaker,
+    default_circuit_breaker,
+    get_circuit_breaker,
+    set_circuit_breaker,
+)
 from spendtrace.export._local import LocalStoreExporter
 from spendtrace.export._processor import BatchProcessor, default_spill_dir
 from spendtrace.schema import Span
@@ -38,6 +43,7 @@ __all__ = [
     "flush_local",
     "get_processor",
     "get_stats",
+    "reset",
     "shutdown",
 ]
 
@@ -298,6 +304,24 @@ def shutdown(timeout: float = 5.0) -> FlushResult:
         pending=after.queued + after.in_flight,
         dropped=after.dropped - before.dropped,
     )
+
+
+def reset(timeout: float = 5.0) -> None:
+    """Shut down the current configuration and return to the state at import (used by tests).
+
+    The next recorded span installs the default configuration again; the default circuit
+    breaker is restored.
+    """
+    global _processor, _after_shutdown_drops
+    with _lock:
+        p, _processor = _processor, None
+        _pipeline.disable_autoconfigure()
+        _pipeline.reset_sink()
+        if p is not None:
+            p.shutdown(timeout)
+        _pipeline.restore_default()
+        _after_shutdown_drops = 0
+        set_circuit_breaker(default_circuit_breaker())
 
 
 def get_stats() -> ExporterStats:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["CircuitBreaker", "get_circuit_breaker", "set_circuit_breaker"]
+__all__ = ["CircuitBreaker", "default_circuit_breaker", "get_circuit_breaker", "set_circuit_breaker"]
 
 CLOSED = "closed"
 OPEN = "open"
@@ -101,7 +101,12 @@ class CircuitBreaker:
 
 # Used when the app sets none: quicker to retry than the README's example, because while it is
 # open every span goes to disk and waits for replay.
-_breaker = CircuitBreaker(error_threshold=5, recovery_timeout_sec=10.0)
+def default_circuit_breaker() -> CircuitBreaker:
+    """The breaker used when the app sets none (5 errors, 10 s)."""
+    return CircuitBreaker(error_threshold=5, recovery_timeout_sec=10.0)
+
+
+_breaker = default_circuit_breaker()
 
 
 def set_circuit_breaker(breaker: CircuitBreaker) -> None:

@@ -41,7 +41,8 @@ class KafkaExporter:
     ``export`` sends the whole batch, then waits until every message is acknowledged
     (``acks="all"`` by default), and raises on any failure or after ``export_timeout``
     seconds, so the processor spills the batch; the next export reconnects from scratch.
-    The topic is created with ``partitions`` partitions when missing. aiokafka is imported
+    The topic is created with ``partitions`` partitions when missing, and (``verify_topic``)
+    checked again before each batch, at the cost of one metadata request. aiokafka is imported
     on first use, and all its work happens on an event loop private to the calling thread.
     """
 
@@ -61,6 +62,7 @@ class KafkaExporter:
         max_batch_size: int = 256 * 1024,
         export_timeout: float | None = None,
         create_topic: bool = True,
+        verify_topic: bool = True,
     ) -> None:
         if not isinstance(bootstrap, str) or not bootstrap.strip():
             raise ConfigError(f"KafkaExporter needs a bootstrap 'host:port' string, got {bootstrap!r}")
@@ -85,6 +87,7 @@ class KafkaExporter:
         self.max_batch_size = max_batch_size
         self.export_timeout = export_timeout if export_timeout is not None else 2 * request_timeout_ms / 1000 + 1
         self.create_topic = create_topic
+        self.verify_topic = verify_topic
         self._loop: asyncio.AbstractEventLoop | None = None
         self._producer: Any = None
         self._topic_ready = False
@@ -146,6 +149,14 @@ class KafkaExporter:
 
         producer = await self._get_producer()
         topic = self.topic
+        if self.create_topic and self.verify_topic:
+            # One metadata round trip per batch: a broker that lost the topic (the embedded broker
+            # forgets everything on restart) would otherwise auto-create it on the first produce
+            # and may drop that first, acknowledged, write.
+            cluster = await producer.client.fetch_all_metadata()
+            if topic not in cluster.topics():
+                await self._ensure_topic()
+                await producer.client.force_metadata_update()
         futures = [await producer.send(topic, encode_span(s), key=s.request_id.encode()) for s in spans]
         results = await asyncio.gather(*futures, return_exceptions=True)
         for r in results:

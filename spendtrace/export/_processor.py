@@ -110,8 +110,8 @@ class BatchProcessor:
         self.batch_size = batch_size
         self.max_delay = float(max_delay)
         self.max_queue = max(max_queue, batch_size)
-        self._spill_high = max(self.max_queue // 2, batch_size)
-        self._spill_low = self.max_queue // 4
+        self._spill_high = max(self.max_queue // 4, batch_size)
+        self._spill_low = self.max_queue // 8
         self.spill = SpillStore(
             spill_dir if spill_dir is not None else default_spill_dir(),
             max_bytes=max_spill_bytes,
@@ -183,7 +183,7 @@ class BatchProcessor:
         n = len(q)
         if n >= self.batch_size:
             if n >= self.max_queue:
-                self._drop_admission()
+                self._overflow(span)
                 return
             if not self._wake.is_set():
                 self._wake.set()
@@ -195,6 +195,17 @@ class BatchProcessor:
         """Buffer several spans (used to take over those recorded before configuration)."""
         for span in spans:
             self.on_span(span)
+
+    def _overflow(self, span: Span) -> None:
+        """The buffer is full: let the spill thread run (a GIL hand-off, no I/O here), else drop and count."""
+        if not self._stopping and time.monotonic() >= self._spill_broken_until:
+            self._spill_wake.set()
+            for _ in range(3):
+                time.sleep(0)  # releases the GIL so the spill thread can take spans off the buffer
+                if len(self._queue) < self.max_queue:
+                    self._queue.append(span)
+                    return
+        self._drop_admission()
 
     def _drop_admission(self) -> None:
         with self._drop_lock:
@@ -351,7 +362,9 @@ class BatchProcessor:
             while len(self._queue) > self._spill_low and not self._stopping:
                 if time.monotonic() < self._spill_broken_until:
                     break  # let the buffer absorb what it can; the app drops only at max_queue
-                start, batch = self._take(self.batch_size)
+                # Everything above the low-water mark in one frame: one fsync, and one GIL hand-off
+                # against a fast-recording app, instead of one per batch.
+                start, batch = self._take(max(self.batch_size, len(self._queue) - self._spill_low))
                 if not batch:
                     break
                 try:

@@ -23,3 +23,15 @@ def spans() -> Iterator[list[Span]]:
     finally:
         _pipeline.set_sink(previous)
         _sampling.set_global_sample_rate(previous_rate)
+
+
+@pytest.fixture
+def export_reset() -> Iterator[None]:
+    """Leave no export configuration behind: shut down whatever the test configured, restore the defaults."""
+    from spendtrace import _config
+
+    _config.reset()
+    try:
+        yield
+    finally:
+        _config.reset()

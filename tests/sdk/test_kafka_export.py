@@ -1,0 +1,294 @@
+"""The Kafka exporter against the real embedded broker: round trip, outage, replay, fork, 50,000 spans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+import spendtrace
+from consumers.broker import EmbeddedBroker
+from spendtrace import CircuitBreaker, KafkaExporter, add_api_call, cost_track, track_request
+from spendtrace.schema import Span, decode_span
+
+# Every test takes ``export_reset`` last, so the exporter is shut down before the broker fixture
+# stops the broker (the broker's graceful stop waits for connected clients).
+
+
+def consume(bootstrap: str, topic: str, *, until: Callable[[list[tuple[bytes, Span]]], bool], timeout: float = 30.0):
+    """Read the topic from the beginning until ``until(messages)`` holds or ``timeout`` passes."""
+
+    async def run() -> list[tuple[bytes, Span]]:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", enable_auto_commit=False
+        )
+        await consumer.start()
+        got: list[tuple[bytes, Span]] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while not until(got) and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+                for records in batches.values():
+                    got.extend((r.key, decode_span(r.value)) for r in records)
+        finally:
+            await consumer.stop()
+        return got
+
+    return asyncio.run(run())
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; stats: {spendtrace.get_stats()}")
+        time.sleep(0.02)
+
+
+@cost_track(feature="search")
+def search(i: int) -> int:
+    add_api_call("dynamodb_read", count=1)
+    return i
+
+
+def test_round_trip_key_is_request_id(
+    broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
+) -> None:
+    """Spans reach the topic as msgpack values keyed by their request id, and decode back equal."""
+    spendtrace.configure(kafka_bootstrap=broker.bootstrap, topic=topic_name, spill_dir=tmp_path / "spill")
+
+    @track_request(endpoint="/api/search", user_id="tenant-acme")
+    def handle() -> None:
+        search(1)
+        search(2)
+
+    for _ in range(5):
+        handle()
+    result = spendtrace.flush(10)
+    assert result.ok and result.all_delivered, result
+    got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) >= 10)
+    assert len(got) == 10
+    assert all(key == span.request_id.encode() for key, span in got)
+    assert {s.user_id for _, s in got} == {"tenant-acme"}
+    assert len({s.request_id for _, s in got}) == 5
+    stats = spendtrace.get_stats()
+    assert (stats.recorded, stats.exported, stats.spilled, stats.dropped) == (10, 10, 0, 0)
+
+
+def test_broker_down_spills_then_replays(
+    own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
+) -> None:
+    """With the broker down spans go to the spill file; when it is back they are replayed and delivered."""
+    spendtrace.configure(
+        kafka_bootstrap=own_broker.bootstrap,
+        topic=topic_name,
+        spill_dir=tmp_path / "spill",
+        max_delay=0.05,
+        kafka_options={"request_timeout_ms": 1000},
+        circuit_breaker=CircuitBreaker(error_threshold=2, recovery_timeout_sec=0.2),
+    )
+    own_broker.stop()
+    for i in range(300):
+        search(i)
+    result = spendtrace.flush(15)
+    assert result.ok and result.spilled == 300 and result.delivered == 0, result
+    assert any((tmp_path / "spill").glob("spill-*.spill"))
+    own_broker.start()
+    wait_for(lambda: spendtrace.get_stats().replayed >= 300, what="replay of 300 spans")
+    got = consume(own_broker.bootstrap, topic_name, until=lambda m: len({s.span_id for _, s in m}) >= 300)
+    ids = {s.span_id for _, s in got}
+    assert len(ids) == 300
+    stats = spendtrace.get_stats()
+    assert stats.dropped == 0 and stats.export_errors >= 1 and stats.spilled == 300
+    wait_for(lambda: not list((tmp_path / "spill").glob("spill-*.spill")), what="spill files deleted")
+
+
+_RECORD_AND_EXIT = """
+import sys, spendtrace
+from spendtrace import cost_track, CircuitBreaker
+spendtrace.configure(kafka_bootstrap=sys.argv[1], topic=sys.argv[2], spill_dir=sys.argv[3],
+                     kafka_options={"request_timeout_ms": 1000}, exit_timeout=2.0,
+                     circuit_breaker=CircuitBreaker(error_threshold=1, recovery_timeout_sec=60))
+@cost_track(feature="offline")
+def work(i):
+    return i
+for i in range(int(sys.argv[4])):
+    work(i)
+"""
+
+_REPLAY_ONLY = """
+import sys, time, spendtrace
+spendtrace.configure(kafka_bootstrap=sys.argv[1], topic=sys.argv[2], spill_dir=sys.argv[3])
+deadline = time.monotonic() + 30
+while spendtrace.get_stats().replayed < int(sys.argv[4]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(spendtrace.get_stats().replayed)
+"""
+
+
+def test_next_process_replays_the_spill(
+    own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
+) -> None:
+    """Spans a process spilled at exit (broker down) are delivered by the next process using the spill dir."""
+    spill = tmp_path / "spill"
+    own_broker.stop()
+    args = [own_broker.bootstrap, topic_name, str(spill), "200"]
+    subprocess.run([sys.executable, "-c", _RECORD_AND_EXIT, *args], check=True, timeout=60)
+    assert list(spill.glob("spill-*.spill")), "the first process left no spill file"
+    own_broker.start()
+    out = subprocess.run(
+        [sys.executable, "-c", _REPLAY_ONLY, *args], check=True, timeout=60, capture_output=True, text=True
+    )
+    assert int(out.stdout.strip()) == 200
+    got = consume(own_broker.bootstrap, topic_name, until=lambda m: len({s.span_id for _, s in m}) >= 200)
+    assert len({s.span_id for _, s in got}) == 200
+    assert {s.feature for _, s in got} == {"offline"}
+    assert not list(spill.glob("spill-*.spill"))
+
+
+def test_fork_child_exports_its_own_spans_only(
+    broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
+) -> None:
+    """After os.fork the child exports its own spans, and the parent's buffered spans are exported once."""
+    spendtrace.configure(
+        kafka_bootstrap=broker.bootstrap,
+        topic=topic_name,
+        spill_dir=tmp_path / "spill",
+        max_delay=30,
+        batch_size=10_000,
+    )
+    spendtrace.flush(10)  # connect once before forking, so the child inherits a live producer to discard
+
+    @cost_track(feature="parent")
+    def parent(i: int) -> int:
+        return i
+
+    @cost_track(feature="child")
+    def child(i: int) -> int:
+        return i
+
+    for i in range(100):
+        parent(i)
+    assert spendtrace.get_stats().queued == 100  # still buffered at the fork (max_delay is long)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            for i in range(50):
+                child(i)
+            r = spendtrace.flush(20)
+            stats = spendtrace.get_stats()
+            code = 0 if r.all_delivered and stats.exported == 50 and stats.recorded == 50 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spendtrace.flush(20).all_delivered
+    got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) >= 150)
+    time_limit = time.monotonic() + 1.0
+    while time.monotonic() < time_limit and len(got) == 150:  # give a duplicate the chance to show up
+        got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) > 150, timeout=1.0)
+    features = [s.feature for _, s in got]
+    assert features.count("parent") == 100 and features.count("child") == 50
+    assert len({s.span_id for _, s in got}) == 150
+
+
+class GatedKafkaExporter(KafkaExporter):
+    """The real Kafka exporter with a gate the test can close, to hold the export worker still."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+        self.delivered = 0
+
+    def export(self, spans: Sequence[Span]) -> None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait()
+        super().export(spans)
+        self.delivered += len(spans)
+
+
+@pytest.mark.slow
+def test_broker_stopped_during_50000_spans_loses_none(
+    own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
+) -> None:
+    """Stop the broker while 50,000 spans are recorded, restart it: all 50,000 span ids are delivered, none dropped."""
+    total = 50_000
+    exporter = GatedKafkaExporter(own_broker.bootstrap, topic_name, request_timeout_ms=1000)
+    spendtrace.configure(
+        exporter=exporter,
+        spill_dir=tmp_path / "spill",
+        batch_size=1000,
+        max_delay=0.05,
+        max_queue=20_000,
+        circuit_breaker=CircuitBreaker(error_threshold=3, recovery_timeout_sec=0.3),
+    )
+    stopped, restarted = threading.Event(), threading.Event()
+    recorded = [0]
+
+    @cost_track(feature="load")
+    def unit(i: int) -> None:
+        add_api_call("s3_put", count=1)
+
+    def record() -> None:
+        for i in range(total):
+            if i == 30_000:
+                stopped.wait(60)  # at least 10,000 spans are recorded while the broker is down
+            if i == 40_000:
+                restarted.wait(60)
+            unit(i)
+            recorded[0] = i + 1
+
+    recorder = threading.Thread(target=record)
+    recorder.start()
+    try:
+        wait_for(lambda: exporter.delivered >= 5000, what="first deliveries")
+        # Hold the worker at the gate, so what the broker acknowledged is exactly what we read back
+        # before stopping it (the embedded broker forgets everything at a stop); recording goes on.
+        exporter.gate.clear()
+        assert exporter.waiting.wait(30)
+        before = exporter.delivered
+        first = consume(own_broker.bootstrap, topic_name, until=lambda m: len(m) >= before)
+        own_broker.stop()
+        stopped.set()
+        exporter.gate.set()
+        wait_for(lambda: recorded[0] >= 40_000, what="recording while the broker is down")
+        down_stats = spendtrace.get_stats()
+        own_broker.start()
+        restarted.set()
+    finally:
+        stopped.set()
+        restarted.set()
+        exporter.gate.set()
+        recorder.join()
+    result = spendtrace.flush(30)
+    assert result.ok, result
+    wait_for(
+        lambda: (s := spendtrace.get_stats()).replayed >= s.spilled and s.queued == 0 and s.in_flight == 0,
+        timeout=40,
+        what="the spill replayed",
+    )
+    want = total - len({s.span_id for _, s in first})
+    second = consume(
+        own_broker.bootstrap,
+        topic_name,
+        until=lambda m: len({s.span_id for _, s in m} - {s.span_id for _, s in first}) >= want,
+        timeout=40,
+    )
+    delivered = {s.span_id for _, s in first} | {s.span_id for _, s in second}
+    stats = spendtrace.get_stats()
+    assert len(delivered) == total
+    assert stats.recorded == total and stats.dropped == 0
+    assert down_stats.spilled > 0 and stats.replayed >= stats.spilled > 0
