@@ -20,6 +20,7 @@ import itertools
 import math
 import operator
 import os
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
 from contextlib import contextmanager
@@ -78,8 +79,14 @@ _get = _current.get
 _set = _current.set
 _reset = _current.reset
 
-#: Appended to a span's usage list when the span closes; usage appended after it arrived late.
-_END: Final = object()
+# A span's usage list holds a status in slot 0 and UsageItems after it. Slot 0 is ``_OPEN`` while
+# the span runs; closing sets ``_CLOSING``, copies the items, then stores the cut (an int: the
+# items at indexes below it were taken). Appends and these steps are atomic under the GIL, so a
+# thread or task that outlives its span can tell whether its item made it in (see _settle_late).
+_OPEN: Final = object()
+_CLOSING: Final = object()
+#: Serialises the rare late path (usage arriving while or after its span closes).
+_late_lock = threading.Lock()
 
 # --------------------------------------------------------------------------- ids and clocks
 
@@ -179,9 +186,13 @@ def record_usage(item: UsageItem) -> None:
         if usage is None:
             _submit_orphan(item, st)
             return
-        usage.append(item)
-        if _END in usage:  # the span closed meanwhile (a task or thread that outlived it)
-            _settle_late(item, usage, st)
+        if usage[0] is _OPEN:
+            usage.append(item)
+            if usage[0] is _OPEN:
+                return
+            _settle_late(item, usage, st)  # the span closed while we appended
+        else:  # a task or thread that outlived its span
+            _submit_late(item, st)
     except Exception:  # telemetry never breaks the host app
         pass
 
@@ -233,24 +244,37 @@ def _submit_orphan(item: UsageItem, st: _State | None) -> None:
 
 
 def _settle_late(item: UsageItem, usage: list[Any], st: _State) -> None:
-    """``item`` was appended after its span closed: send it as a one-item child span, unless the span took it."""
-    for x in reversed(usage):  # our append is the latest occurrence of ``item``
-        if x is _END:
-            return  # appended before the span closed: it is in the span's usage
-        if x is item:
-            break
-    sid = _new_id()
+    """``item`` was appended while its span was closing: keep it out of the list and send it late, unless taken."""
+    cut = usage[0]
+    spins = 0
+    while type(cut) is not int and spins < 100_000:  # the closing thread is between its two steps
+        time.sleep(0)
+        spins += 1
+        cut = usage[0]
+    with _late_lock:
+        for i in range(len(usage) - 1, 0, -1):  # our append is the latest occurrence of ``item``
+            if usage[i] is item:
+                if type(cut) is int and i < cut:
+                    return  # the span took it
+                del usage[i]  # late items never stay in the list, so it stays bounded
+                break
+    _submit_late(item, st)
+
+
+def _submit_late(item: UsageItem, st: _State) -> None:
+    """Send usage that arrived after its span closed as a one-item child span of it."""
     _pipeline.submit(
-        Span(sid, st[1], st[2], cast(str, st[8]), st[9], st[3], st[4], _perf() + _wall_offset, 0, 0, False, None,
-             (item,), st[6], st[5], 0)
+        Span(_new_id(), st[1], st[2], cast(str, st[8]), st[9], st[3], st[4], _perf() + _wall_offset, 0, 0, False,
+             None, (item,), st[6], st[5], 0)
     )  # fmt: skip
 
 
 def _take_usage(usage: list[Any]) -> tuple[UsageItem, ...]:
-    """Close a usage list and return what was recorded before closing."""
-    usage.append(_END)
-    n = usage.index(_END)
-    return tuple(usage[:n]) if n else ()
+    """Close a span's usage list and return the items recorded before closing."""
+    usage[0] = _CLOSING
+    items = tuple(usage[1:]) if len(usage) > 1 else ()
+    usage[0] = len(items) + 1
+    return items
 
 
 # --------------------------------------------------------------------------- opening and closing spans
@@ -267,13 +291,13 @@ def _open_span(feature: str, operation: str | None, rate: float | None, feat1: t
         if r < 1.0 and _sampling.draw() >= r:
             return (_OFF, False, None, 0)
         sid = _new_id()
-        return ((True, sid, sid, None, None, feat1, 1.0 / r, [], feature, operation), True, None, _lambda_mb)
+        return ((True, sid, sid, None, None, feat1, 1.0 / r, [_OPEN], feature, operation), True, None, _lambda_mb)
     if not parent[0]:
         return None
     ppath = parent[5]
     st: _State = (
         True, _new_id(), parent[2], parent[3], parent[4], ppath if feature in ppath else ppath + feat1,
-        parent[6], [], feature, operation,
+        parent[6], [_OPEN], feature, operation,
     )  # fmt: skip
     pid = parent[1]
     return (st, True, pid, 0 if pid is not None else _lambda_mb)
@@ -515,14 +539,14 @@ def _fast_sync(
                     reset(token)
             n = next(_counter)
             sid = _prefix + hex(n)
-            usage: list[Any] = []
+            usage: list[Any] = [_OPEN]
             st: _State = (True, sid, sid, None, None, feat1, 1.0 / r, usage, feature, operation)
             pid = None
             lam = _lambda_mb
         elif parent[0]:
             n = next(_counter)
             sid = _prefix + hex(n)
-            usage = []
+            usage = [_OPEN]
             ppath = parent[5]
             pid = parent[1]
             st = (
@@ -549,10 +573,12 @@ def _fast_sync(
         t1 = perf_now()
         cpu = cpu_now() - c0
         reset(token)
-        usage.append(_END)
+        usage[0] = _CLOSING
+        items = tuple(usage[1:]) if len(usage) > 1 else ()
+        usage[0] = len(items) + 1
         submit(
             Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _wall_offset, t1 - t0, cpu, False, None,
-                 () if usage[0] is _END else tuple(usage[: usage.index(_END)]), st[6], st[5], lam)
+                 items, st[6], st[5], lam)
         )  # fmt: skip
         if not n & 4095:
             _resync_clock()
@@ -712,7 +738,7 @@ class track_request:
             if feature is None:
                 return ((True, None, rid, self._endpoint, user, (), 1.0 / r, None, None, None), False, None, 0)
             sid = _new_id() if self._request_id is not None else rid
-            st: _State = (True, sid, rid, self._endpoint, user, self._feat1, 1.0 / r, [], feature, self._operation)
+            st: _State = (True, sid, rid, self._endpoint, user, self._feat1, 1.0 / r, [_OPEN], feature, self._operation)
             return (st, True, None, _lambda_mb)
         if not parent[0]:
             return None
@@ -728,7 +754,7 @@ class track_request:
         pid = parent[1]
         st = (
             True, _new_id(), parent[2], endpoint, user, ppath if feature in ppath else ppath + self._feat1,
-            parent[6], [], feature, self._operation,
+            parent[6], [_OPEN], feature, self._operation,
         )  # fmt: skip
         return (st, True, pid, 0 if pid is not None else _lambda_mb)
 
@@ -779,6 +805,8 @@ class track_request:
 # --------------------------------------------------------------------------- add_api_call
 
 _INF = math.inf
+_ZERO: Final = 0
+_ZERO_F: Final = 0.0
 
 
 def add_api_call(
@@ -800,22 +828,23 @@ def add_api_call(
     byte counts are non-negative ints; ``count`` and ``gb_seconds`` are finite non-negative numbers.
     Anything else raises ``TypeError`` / ``ValueError`` here, before it reaches the exporter.
     """
-    tokens_ok = (
-        int is type(input_tokens) is type(output_tokens) is type(cache_read_tokens) is type(cache_write_tokens)
-        is type(cache_write_1h_tokens) is type(bytes)
-        and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | cache_write_1h_tokens | bytes) >= 0
-    )  # fmt: skip
+    # Fast acceptance of the common shapes (defaults are the cached 0 / 0.0 / "" objects in CPython);
+    # anything else takes the slow path below, which either accepts it or says what is wrong.
     if not (
-        tokens_ok
-        and type(key) is str
-        and 0 < len(key) <= MAX_KEY_LEN
-        and type(count) in _NUMBER_TYPES
-        and 0 <= count < _INF
-        and type(gb_seconds) in _NUMBER_TYPES
-        and 0 <= gb_seconds < _INF
-        and type(service) is str
-        and len(service) <= 64
-    ):
+        (
+            (input_tokens is _ZERO and output_tokens is _ZERO and cache_read_tokens is _ZERO
+            and cache_write_tokens is _ZERO and cache_write_1h_tokens is _ZERO and bytes is _ZERO)
+            or (int is type(input_tokens) is type(output_tokens) is type(cache_read_tokens) is type(cache_write_tokens)
+            is type(cache_write_1h_tokens) is type(bytes)
+            and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | cache_write_1h_tokens
+                 | bytes) >= 0)
+        )
+        and type(key) is str and 0 < len(key) <= MAX_KEY_LEN
+        and (type(count) is int or type(count) is float) and 0 <= count < _INF
+        and (gb_seconds is _ZERO_F
+             or ((type(gb_seconds) is float or type(gb_seconds) is int) and 0 <= gb_seconds < _INF))
+        and (service == "" or (type(service) is str and len(service) <= 64))
+    ):  # fmt: skip
         _check_name(key, "key", MAX_KEY_LEN)
         count = _check_units(count, "count")
         gb_seconds = _check_units(gb_seconds, "gb_seconds")
@@ -833,9 +862,6 @@ def add_api_call(
         UsageItem(key, service, float(count), input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
                   cache_write_1h_tokens, bytes, float(gb_seconds))
     )  # fmt: skip
-
-
-_NUMBER_TYPES: Final = (int, float)
 
 
 def _check_units(value: object, what: str) -> float:

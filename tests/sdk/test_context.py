@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import spendtrace
@@ -139,3 +141,38 @@ def test_span_ids_differ_after_fork(spans: list[Span]) -> None:
     os.waitpid(pid, 0)
     assert child_id and child_id != parent_id
     assert child_id[:16] != parent_id[:16]  # not just the counter: the per-process prefix changed
+
+
+def _wait_for(condition: Callable[[], bool], what: str, deadline_s: float = 30.0) -> None:
+    """Poll ``condition`` until it holds, failing with ``what`` after the deadline."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def test_usage_racing_span_close_is_kept_exactly_once(spans: list[Span]) -> None:
+    """Threads recording while their span closes: every item lands once, in the span or in a late child span."""
+    stop = threading.Event()
+    counts = [0, 0, 0]
+
+    def record(slot: int) -> None:
+        while not stop.is_set():
+            spendtrace.add_api_call("sqs_send")
+            counts[slot] += 1
+
+    with spendtrace.track(feature="parent") as parent:
+        threads = [threading.Thread(target=spendtrace.run_in_context(record, i)) for i in range(len(counts))]
+        for t in threads:
+            t.start()
+        _wait_for(lambda: min(counts) >= 200, "usage before close")
+    closed_at = list(counts)
+    _wait_for(lambda: all(c >= a + 200 for c, a in zip(counts, closed_at, strict=True)), "usage after close")
+    stop.set()
+    for t in threads:
+        t.join()
+    (parent_span,) = [s for s in spans if s.parent_id is None]
+    late = [s for s in spans if s.parent_id == parent.span_id]
+    assert parent_span.usage and late
+    assert all(len(s.usage) == 1 and s.feature == "parent" for s in late)
+    assert len(parent_span.usage) + len(late) == sum(counts)
