@@ -95,7 +95,7 @@ def main() -> None:
 
     cases = {"dynamodb get_item": dynamodb_case(args.calls), "openai chat.create": openai_case(args.calls)}
     best: dict[tuple[str, bool], float] = {}
-    for name, run in cases.items():
+    for run in cases.values():
         run()  # warm up
     for _ in range(args.repeats):
         for on in (False, True):

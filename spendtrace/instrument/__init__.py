@@ -43,7 +43,9 @@ def auto_instrument(*, only: tuple[str, ...] | list[str] | None = None) -> list[
     """Instrument boto3, openai and anthropic (or just the integrations named in ``only``); idempotent.
 
     Returns the names of the integrations active after the call, e.g. ``["boto3", "openai"]`` when
-    anthropic is not installed. boto3 clients created before this call are instrumented too.
+    anthropic is not installed. boto3 clients created before this call are instrumented too. A
+    library that is installed but not imported yet is not imported here: it is instrumented when
+    the app first imports it, so instrumenting costs no start-up time for SDKs the app never uses.
     """
     if only is not None:
         unknown = set(only) - set(INTEGRATIONS)
@@ -71,6 +73,9 @@ def uninstrument() -> None:
     """Remove every integration ``auto_instrument`` installed (live boto3 clients included)."""
     with _lock:
         installers = _installers()
+        from spendtrace.instrument import _hooks
+
+        _hooks.cancel_all()
         for name in INTEGRATIONS:
             try:
                 installers[name][1]()

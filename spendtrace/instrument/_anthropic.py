@@ -12,12 +12,13 @@ and ``message_delta`` (cumulative output tokens, and in newer API versions the f
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from spendtrace._scope import record_usage
-from spendtrace.instrument import _stainless
+from spendtrace.instrument import _hooks, _stainless
 from spendtrace.instrument._common import note_error
 from spendtrace.instrument._models import price_key_for
 from spendtrace.schema import UsageItem
@@ -135,13 +136,23 @@ def _handle(options: Any, result: Any) -> None:
         record_usage(usage_item(_model(result, options), usage))
 
 
-def install() -> bool:
-    """Hook the Anthropic SDK; ``False`` if it is not installed or not the shape we know."""
-    try:
-        from anthropic import _base_client
-    except ImportError:
+def _patch(module: object = None) -> bool:
+    from anthropic import _base_client
+
+    if not _stainless.patch(_base_client.SyncAPIClient, _base_client.AsyncAPIClient, _handle, WHERE):
+        note_error(WHERE + " (unknown SDK shape)", exc_info=False)
         return False
-    return _stainless.patch(_base_client.SyncAPIClient, _base_client.AsyncAPIClient, _handle, WHERE)
+    return True
+
+
+def install() -> bool:
+    """Hook the Anthropic SDK now, or when the app first imports it; ``False`` if it is not installed or unknown."""
+    if "anthropic" in sys.modules:
+        return _patch()
+    if importlib.util.find_spec("anthropic") is None:
+        return False
+    _hooks.when_imported("anthropic", _patch)
+    return True
 
 
 def uninstall() -> None:

@@ -7,7 +7,8 @@ How the handlers get in, without patching any botocore function:
   list covers every session, and every client, created after ``auto_instrument()``;
 - sessions and clients that already exist (a module-level ``boto3.client(...)`` made before
   ``auto_instrument()``) are found once with ``gc.get_objects()`` and get the handlers registered
-  on their emitters. That scan only runs if botocore has been imported at all.
+  on their emitters. That scan only runs if botocore has been imported already; if it has not,
+  nothing is imported now: the handlers are added when the app first imports botocore.
 
 On each call two events fire on the caller's thread, in the caller's context:
 ``before-parameter-build.<service>`` (we note the request, and ask DynamoDB for
@@ -17,14 +18,17 @@ On each call two events fire on the caller's thread, in the caller's context:
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib.util
 import math
 import sys
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 from spendtrace._scope import is_suppressed, record_usage
-from spendtrace.instrument import _bedrock, _dynamodb
+from spendtrace.instrument import _bedrock, _dynamodb, _hooks
 from spendtrace.instrument._common import note_error
 from spendtrace.schema import UsageItem
 
@@ -244,39 +248,61 @@ def _live_emitters() -> list[Any]:
     from botocore.session import Session
 
     found = []
+    kinds: dict[type, int] = {}  # 0: neither, 1: client, 2: session
     for obj in gc.get_objects():
-        if isinstance(obj, BaseClient):
+        # type(), not isinstance(): isinstance reads __class__, which lazy-import proxies (openai's)
+        # answer by importing their module.
+        cls = type(obj)
+        kind = kinds.get(cls)
+        if kind is None:
+            kind = kinds[cls] = 1 if issubclass(cls, BaseClient) else 2 if issubclass(cls, Session) else 0
+        if kind == 1:
             found.append(obj.meta.events)
-        elif isinstance(obj, Session):
+        elif kind == 2:
             found.append(obj.get_component("event_emitter"))
     return found
 
 
-def install() -> bool:
-    """Add the handlers to botocore's built-in list and to every live session and client; ``False`` without boto3."""
-    try:
-        import botocore.handlers
-    except ImportError:
-        return False
-    builtin = botocore.handlers.BUILTIN_HANDLERS
+def _unregister(emitter: Any, event: str, handler: Callable[..., None]) -> None:
+    # Not registered: botocore raises AttributeError for an event node that holds no handlers.
+    with contextlib.suppress(AttributeError, ValueError):
+        emitter.unregister(event, handler)
+
+
+def _apply(handlers_module: ModuleType, scan: bool) -> None:
+    builtin = handlers_module.BUILTIN_HANDLERS
     for spec in HANDLERS:
         if spec not in builtin:
             builtin.append(spec)
+    if not scan:
+        return
     for emitter in _live_emitters():
         for event, handler in HANDLERS:
-            emitter.unregister(event, handler)  # no-op if absent: never registered twice
+            _unregister(emitter, event, handler)  # never registered twice
             emitter.register(event, handler)
+
+
+def install() -> bool:
+    """Add the handlers to botocore's built-in list and to every live session and client; ``False`` without botocore.
+
+    If botocore is not imported yet, this waits for its import (no session or client can exist before).
+    """
+    if "botocore.handlers" in sys.modules:
+        _apply(sys.modules["botocore.handlers"], scan=True)
+        return True
+    if importlib.util.find_spec("botocore") is None:
+        return False
+    _hooks.when_imported("botocore.handlers", lambda module: _apply(module, scan=False))
     return True
 
 
 def uninstall() -> None:
     """Remove the handlers from botocore's built-in list and from every live session and client."""
-    if "botocore.handlers" not in sys.modules:
+    module = sys.modules.get("botocore.handlers")
+    if module is None:
         return
-    import botocore.handlers
-
-    builtin = botocore.handlers.BUILTIN_HANDLERS
+    builtin = module.BUILTIN_HANDLERS
     builtin[:] = [spec for spec in builtin if spec not in HANDLERS]
     for emitter in _live_emitters():
         for event, handler in HANDLERS:
-            emitter.unregister(event, handler)
+            _unregister(emitter, event, handler)

@@ -18,11 +18,13 @@ there we leave the request alone; such a stream records no tokens and the miss i
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 from spendtrace._scope import record_usage
-from spendtrace.instrument import _stainless
+from spendtrace.instrument import _hooks, _stainless
 from spendtrace.instrument._common import note_error
 from spendtrace.instrument._models import price_key_for
 from spendtrace.schema import UsageItem
@@ -173,14 +175,12 @@ def _wrap_create(original: Any, is_async: bool) -> Any:
     return wrapper
 
 
-def install() -> bool:
-    """Hook the OpenAI SDK; ``False`` if it is not installed or not the shape we know."""
-    try:
-        from openai import _base_client
-        from openai.resources.chat.completions import completions
-    except ImportError:
-        return False
+def _patch(module: object = None) -> bool:
+    from openai import _base_client
+    from openai.resources.chat.completions import completions
+
     if not _stainless.patch(_base_client.SyncAPIClient, _base_client.AsyncAPIClient, _handle, WHERE):
+        note_error(WHERE + " (unknown SDK shape)", exc_info=False)
         return False
     for cls, is_async in ((completions.Completions, False), (completions.AsyncCompletions, True)):
         create = cls.__dict__.get("create")
@@ -189,10 +189,18 @@ def install() -> bool:
     return True
 
 
+def install() -> bool:
+    """Hook the OpenAI SDK now, or when the app first imports it; ``False`` if it is not installed or unknown."""
+    if "openai" in sys.modules:
+        return _patch()
+    if importlib.util.find_spec("openai") is None:
+        return False
+    _hooks.when_imported("openai", _patch)
+    return True
+
+
 def uninstall() -> None:
     """Undo ``install``."""
-    import sys
-
     if "openai" not in sys.modules:
         return
     from openai import _base_client

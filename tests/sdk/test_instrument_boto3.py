@@ -478,6 +478,61 @@ def test_clients_made_before_instrumenting_are_covered_once_and_uninstrument_rem
     assert _items(spans) == []
 
 
+def test_live_clients_of_every_service_are_instrumented_without_errors(spans: list[Span]) -> None:
+    """Sessions and clients whose emitters hold operation-specific handlers (S3, SQS) are scanned without error."""
+    s3, sqs = _client("s3"), _client("sqs")  # botocore registers e.g. before-parameter-build.s3.PutObject
+    before = error_count()
+    try:
+        assert auto_instrument(only=["boto3"]) == ["boto3"]
+        with Stubber(s3) as stub, Stubber(sqs) as qstub:
+            stub.add_response("list_objects_v2", {"KeyCount": 0})
+            qstub.add_response("delete_message", {})
+            with spendtrace.track(feature="scan"):
+                s3.list_objects_v2(Bucket="b")
+                sqs.delete_message(QueueUrl="https://sqs.us-east-1.amazonaws.com/1/q", ReceiptHandle="r")
+    finally:
+        uninstrument()
+    assert error_count() == before
+    assert [u.key for u in _items(spans)] == ["s3_list", "sqs_delete"]
+
+
+_DEFERRED = """
+import json, sys
+import spendtrace
+from spendtrace import _pipeline
+got = []
+_pipeline.set_sink(got.append)
+active = spendtrace.auto_instrument()
+sdks = {"botocore", "boto3", "openai", "anthropic"}
+imported = sorted(m for m in sys.modules if m.split(".")[0] in sdks)
+import boto3, httpx2, anthropic
+from botocore.stub import Stubber
+ddb = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="a", aws_secret_access_key="b")
+with Stubber(ddb) as stub:
+    stub.add_response("put_item", {"ConsumedCapacity": {"TableName": "t", "CapacityUnits": 2.0}})
+    ddb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+message = {"id": "m", "type": "message", "role": "assistant", "model": "claude-haiku-4-5", "content": [],
+           "stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 4}}
+transport = httpx2.MockTransport(lambda request: httpx2.Response(200, json=message))
+client = anthropic.Anthropic(api_key="t", http_client=httpx2.Client(transport=transport))
+client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=[])
+print(json.dumps({"active": active, "imported": imported,
+                  "usage": [[u.key, u.count, u.input_tokens] for s in got for u in s.usage]}))
+"""
+
+
+def test_auto_instrument_imports_no_sdk_and_instruments_each_on_first_import() -> None:
+    """In a fresh process auto_instrument() imports none of the SDKs; each is instrumented when the app imports it."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DEFERRED], capture_output=True, text=True, check=True, timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["active"] == ["boto3", "openai", "anthropic"]
+    assert result["imported"] == []
+    assert result["usage"] == [["dynamodb_write", 2.0, 0], ["anthropic_claude_haiku_4_5", 1.0, 3]]
+
+
 def test_suppressed_calls_record_nothing_and_are_not_altered(instrumented: None, spans: list[Span]) -> None:
     """Inside suppress_instrumentation() (the exporter's own traffic) nothing is recorded or injected."""
     ddb = _client("dynamodb")
