@@ -1,0 +1,52 @@
+"""End-to-end fixtures: the instrumented app's spans, recorded once per session through the real SDK and broker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from pipeline_support import N_SPANS, Expected, Recorded, _Tee, run_app
+
+from consumers.broker import EmbeddedBroker
+from spendtrace.pricing import PriceBook
+from spendtrace.schema import Span
+
+
+@pytest.fixture(scope="session")
+def recorded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
+    """20,000 spans recorded by the instrumented app and exported to their own topic through the real SDK."""
+    from spendtrace import _config, _sampling, configure, flush
+    from spendtrace.export import KafkaExporter
+
+    topic = "e2e-sdk-spans"
+    _config.reset()
+    previous_rate = _sampling.get_global_sample_rate()
+    _sampling.set_global_sample_rate(1.0)
+    tee = _Tee(KafkaExporter(broker.bootstrap, topic, partitions=6))
+    submitted = 0
+
+    # A buffer big enough that nothing spills: this run is about the Kafka path (the spill has its own tests).
+    spill = tmp_path_factory.mktemp("spill")
+    processor = configure(exporter=tee, batch_size=2_000, max_delay=0.05, max_queue=1_000_000, spill_dir=spill)
+    original = processor.on_span
+
+    def counting(span: Span) -> None:  # count what the app records, to know when to stop
+        nonlocal submitted
+        submitted += 1
+        original(span)
+
+    from spendtrace import _pipeline
+
+    _pipeline.set_sink(counting)
+    try:
+        run_app(N_SPANS, lambda: submitted)
+        result = flush(60)
+        assert result.pending == 0 and result.dropped == 0 and result.spilled == 0, result
+    finally:
+        _config.reset()
+        _sampling.set_global_sample_rate(previous_rate)
+    spans = tee.spans
+    assert len(spans) == submitted >= N_SPANS
+    assert len({s.span_id for s in spans}) == len(spans)
+    book = PriceBook.default()
+    yield Recorded(topic, spans, book, Expected.compute(spans, book))

@@ -1,0 +1,287 @@
+"""End-to-end support: the instrumented app, an independent pricing of what it recorded, worker processes.
+
+The app uses the real SDK (``track_request`` for three tenants, nested ``cost_track`` features,
+``add_api_call`` for Bedrock tokens, DynamoDB and S3) and exports with the real Kafka exporter;
+a tee keeps an in-memory copy of every span the exporter delivered. ``Expected`` recomputes every
+query's answer from those spans and the price book's published (Decimal) rates, without the
+ingest code, so the pipeline's results can be compared to the nano-dollar.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from consumers.broker import EmbeddedBroker
+from spendtrace.pricing import PriceBook
+from spendtrace.schema import Span, UsageItem, encode_span
+
+N_SPANS = 20_000
+TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")
+DAY_NS = 86_400 * 10**9
+
+
+# --------------------------------------------------------------------------- the instrumented app
+def run_app(n_spans: int, count_spans: Any) -> None:
+    """Serve requests until the SDK has recorded ``n_spans`` spans (each request makes 2 to 7)."""
+    from spendtrace import add_api_call, cost_track, track_request
+
+    @cost_track(feature="product_details", operation="get_item")
+    def product_details(i: int) -> None:
+        add_api_call("dynamodb_read", count=1 + i % 3)
+        if i % 4 == 0:
+            add_api_call("s3_get", bytes=4096 + i)
+
+    @cost_track(feature="search")
+    def search(i: int) -> None:
+        add_api_call("dynamodb_read", count=2)
+        for k in range(1 + i % 3):
+            product_details(i + k)
+
+    @cost_track(feature="ai_recommendations", operation="invoke_model")
+    def recommend(i: int) -> None:
+        add_api_call("bedrock_claude_3_haiku", input_tokens=200 + i % 997, output_tokens=40 + i % 211)
+        if i % 5 == 0:
+            add_api_call("bedrock_claude_3_haiku", input_tokens=50, output_tokens=7, cache_read_tokens=1000 + i % 13)
+        product_details(i)
+
+    @cost_track(feature="checkout")
+    def checkout(i: int) -> None:
+        add_api_call("dynamodb_write", count=1 + i % 2)
+        add_api_call("s3_put", count=1, bytes=1 << 20)
+        if i % 50 == 0:
+            add_api_call("mystery_api", count=1)  # no price: stored as unpriced, never $0
+
+    handlers = {"/api/search": search, "/api/recommend": recommend, "/api/checkout": checkout}
+    endpoints = sorted(handlers)
+
+    @cost_track(feature="api")
+    def api(endpoint: str, i: int) -> None:
+        handlers[endpoint](i)
+        if i % 10 == 0:
+            search(i + 1)  # a second feature under the same request root
+
+    i = 0
+    while count_spans() < n_spans:
+        endpoint = endpoints[i % 3]
+        with track_request(endpoint=endpoint, user_id=TENANTS[(i // 3) % 3]):
+            api(endpoint, i)
+        i += 1
+
+
+class _Tee:
+    """A SpanExporter that delivers to Kafka and, once Kafka acknowledged, keeps a copy in memory."""
+
+    def __init__(self, kafka: Any) -> None:
+        self.kafka = kafka
+        self.spans: list[Span] = []
+        self.recorded = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[Span]) -> None:
+        self.kafka.export(spans)
+        with self._lock:
+            self.spans.extend(spans)
+
+    def force_flush(self, timeout: float = 5.0) -> bool:
+        return bool(self.kafka.force_flush(timeout))
+
+    def shutdown(self) -> None:
+        self.kafka.shutdown()
+
+
+@dataclass
+class Recorded:
+    """The session's recording: the topic the SDK exported to, the spans, and their independent pricing."""
+
+    topic: str
+    spans: list[Span]
+    book: PriceBook
+    expected: Expected
+
+    @property
+    def messages(self) -> list[tuple[bytes, bytes]]:
+        """The spans as the SDK publishes them: (request id, msgpack value)."""
+        return [(s.request_id.encode(), encode_span(s)) for s in self.spans]
+
+
+# --------------------------------------------------------------------------- independent pricing
+_TOKEN_RATES = (
+    ("input_tokens", "per_1m_input_tokens"),
+    ("output_tokens", "per_1m_output_tokens"),
+    ("cache_read_tokens", "per_1m_cache_read_tokens"),
+    ("cache_write_tokens", "per_1m_cache_write_tokens"),
+    ("cache_write_1h_tokens", "per_1m_cache_write_1h_tokens"),
+)
+
+
+def price_nano(book: PriceBook, item: UsageItem, at_ns: int) -> tuple[int | None, str]:
+    """(nano-dollars or None if unpriced, service) from the entry's published Decimal rates.
+
+    The documented rule: tokens and GB-seconds need a rate (else the item is unpriced); a request
+    count or bytes are billed only where the entry has a rate for them; an item with nothing billed
+    is unpriced. The exact USD amount is rounded once to nano-dollars, half to even.
+    """
+    entry = book.entry_for(item.key, at_ns)
+    if entry is None:
+        return None, item.service
+    usd = Fraction(0)
+    billed = False
+    if item.count and entry.per_request is not None:
+        usd += Fraction(item.count) * Fraction(entry.per_request)
+        billed = True
+    for units_name, rate_name in _TOKEN_RATES:
+        units = getattr(item, units_name)
+        if units:
+            rate = getattr(entry, rate_name)
+            if rate is None:
+                return None, item.service or entry.service
+            usd += Fraction(units) * Fraction(rate) / 1_000_000
+            billed = True
+    if item.bytes and entry.per_gb is not None:
+        usd += Fraction(item.bytes, 2**30) * Fraction(entry.per_gb)
+        billed = True
+    if item.gb_seconds:
+        if entry.per_gb_second is None:
+            return None, item.service or entry.service
+        usd += Fraction(item.gb_seconds) * Fraction(entry.per_gb_second)
+        billed = True
+    if not billed:
+        return None, item.service or entry.service
+    return round(usd * 10**9), item.service or entry.service  # Fraction rounds half to even
+
+
+@dataclass
+class Expected:
+    """Every query's answer, recomputed from the recorded spans (weight 1: the app does not sample)."""
+
+    span_cost: dict[str, int]
+    span_unpriced: dict[str, int]
+    spans: dict[str, Span]
+    total_nano: int = 0
+    unpriced_items: int = 0
+    by_feature: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_user: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_endpoint: dict[str, dict[str, Any]] = field(default_factory=dict)
+    loaded: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_day: dict[int, int] = field(default_factory=dict)
+    children: dict[str | None, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def compute(cls, spans: Sequence[Span], book: PriceBook) -> Expected:
+        cost: dict[str, int] = {}
+        unpriced: dict[str, int] = {}
+        svc_cost: dict[str, dict[str, int]] = {}
+        for s in spans:
+            c = n = 0
+            per_svc: dict[str, int] = defaultdict(int)
+            for item in s.usage:
+                nano, service = price_nano(book, item, s.start_ns)
+                if nano is None:
+                    n += 1
+                else:
+                    c += nano
+                    per_svc[service] += nano
+            cost[s.span_id], unpriced[s.span_id], svc_cost[s.span_id] = c, n, dict(per_svc)
+        e = cls(span_cost=cost, span_unpriced=unpriced, spans={s.span_id: s for s in spans})
+        e.total_nano = sum(cost.values())
+        e.unpriced_items = sum(unpriced.values())
+
+        def dim(key_of: Any) -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for s in spans:
+                row = out.setdefault(
+                    key_of(s), {"cost_nano": 0, "spans": 0, "requests": set(), "services": Counter(), "unpriced": 0}
+                )
+                row["cost_nano"] += cost[s.span_id]
+                row["spans"] += 1
+                row["unpriced"] += unpriced[s.span_id]
+                row["services"].update(svc_cost[s.span_id])
+                if s.parent_id is None:
+                    row["requests"].add(s.request_id)
+            return out
+
+        e.by_feature = dim(lambda s: s.feature)
+        e.by_user = dim(lambda s: s.user_id or "")
+        e.by_endpoint = dim(lambda s: s.endpoint or "")
+        loaded: dict[str, int] = defaultdict(int)
+        for s in spans:
+            for f in set(s.path) | {s.feature}:
+                loaded[f] += cost[s.span_id]
+        e.loaded = dict(loaded)
+        for s in spans:
+            r = e.requests.setdefault(s.request_id, {"cost_nano": 0, "spans": 0, "user_id": None, "endpoint": None})
+            r["cost_nano"] += cost[s.span_id]
+            r["spans"] += 1
+            if s.parent_id is None:
+                r["user_id"], r["endpoint"], r["root_feature"] = s.user_id, s.endpoint, s.feature
+            e.by_day[s.start_ns // DAY_NS] = e.by_day.get(s.start_ns // DAY_NS, 0) + cost[s.span_id]
+            e.children.setdefault(s.parent_id, []).append(s.span_id)
+        return e
+
+    def subtree_cost(self, span_id: str) -> int:
+        """Cost of a span and everything below it."""
+        return self.span_cost[span_id] + sum(self.subtree_cost(c) for c in self.children.get(span_id, ()))
+
+    def depths(self, request_id: str) -> dict[str, int]:
+        """span_id -> depth below the request's root."""
+        out: dict[str, int] = {}
+        roots = [sid for sid in self.children.get(None, ()) if self.spans[sid].request_id == request_id]
+        stack = [(r, 0) for r in roots]
+        while stack:
+            sid, d = stack.pop()
+            out[sid] = d
+            stack.extend((c, d + 1) for c in self.children.get(sid, ()))
+        return out
+
+
+# --------------------------------------------------------------------------- workers as processes
+def worker_cmd(broker: EmbeddedBroker, db: Path, group: str, topic: str, *extra: str) -> list[str]:
+    """The command line of one ``python -m consumers`` worker process for a test."""
+    return [
+        sys.executable, "-m", "consumers", "--bootstrap", broker.bootstrap, "--db", str(db), "--group", group,
+        "--topic", topic, "--partitions", "6", "--session-timeout-ms", "2000", "--log-level", "WARNING", *extra,
+    ]  # fmt: skip
+
+
+def start_worker(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a worker process with its output in ``log``."""
+    out = open(log, "ab")  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    finally:
+        out.close()
+
+
+def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """SIGTERM (a graceful stop) and wait; SIGKILL if it does not finish in time."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def db_count(db: Path, sql: str = "SELECT count(*) FROM spans") -> int:
+    """A single integer from the database, 0 while the file or schema does not exist yet."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=30) as conn:
+            return int(conn.execute(sql).fetchone()[0] or 0)
+    except sqlite3.OperationalError:
+        return 0

@@ -1,0 +1,182 @@
+"""The whole pipeline: SDK → Kafka exporter → real broker → two workers → SQLite → every query, exact."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipeline_support import DAY_NS, Expected, Recorded, db_count
+
+from consumers.broker import EmbeddedBroker
+from consumers.config import WorkerConfig
+from consumers.worker import Worker
+from spendtrace import SQLiteStorage, get_feature_cost_breakdown, get_request_cost, get_request_subtree
+
+
+@pytest.fixture(scope="module")
+def ingested(broker: EmbeddedBroker, recorded: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recorded topic drained by two worker tasks sharing a group into a fresh database."""
+    db = tmp_path_factory.mktemp("e2e") / "cost_data.db"
+
+    async def drain() -> None:
+        cfg = WorkerConfig(
+            bootstrap=broker.bootstrap,
+            db_path=str(db),
+            group_id="e2e-workers",
+            topic=recorded.topic,
+            dlq_topic="e2e-sdk-spans.dlq",
+            alerts_topic="e2e-sdk-spans.alerts",
+            partitions=6,
+            batch_size=2_000,
+            session_timeout_ms=2_000,
+            heartbeat_interval_ms=400,
+        )
+        workers = [Worker(cfg, book=recorded.book) for _ in range(2)]
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            deadline = asyncio.get_running_loop().time() + 120
+            while db_count(db) < len(recorded.spans):
+                assert asyncio.get_running_loop().time() < deadline, "workers did not drain the topic in time"
+                for t in tasks:
+                    if t.done():
+                        t.result()  # a worker that died raises here
+                await asyncio.sleep(0.05)
+        finally:
+            for w in workers:
+                w.request_stop()
+            await asyncio.gather(*tasks)
+        assert sum(w.stats.spans for w in workers) >= len(recorded.spans)
+
+    asyncio.run(drain())
+    return db
+
+
+def _by(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    return {r[key]: r for r in rows}
+
+
+def test_every_span_is_stored_once(ingested: Path, recorded: Recorded) -> None:
+    """The database holds exactly the spans the app recorded, each priced as the price book says."""
+    import sqlite3
+
+    with sqlite3.connect(ingested) as conn:
+        stored = dict(conn.execute("SELECT span_id, cost_nano FROM spans").fetchall())
+    assert stored == recorded.expected.span_cost
+    assert len(stored) >= 20_000
+
+
+def test_total_matches(ingested: Path, recorded: Recorded) -> None:
+    """total(): cost, span and request counts and unpriced items equal the independent computation."""
+    e = recorded.expected
+    with SQLiteStorage(ingested) as st:
+        total = st.total()
+    assert total["cost_nano"] == e.total_nano > 0
+    assert total["transaction_count"] == len(e.spans)
+    assert total["request_count"] == len(e.requests)
+    assert total["unpriced_count"] == e.unpriced_items > 0
+
+
+def _check_dimension(rows: list[dict[str, Any]], key: str, expected: dict[str, dict[str, Any]], count: str) -> None:
+    got = _by(rows, key)
+    assert set(got) == set(expected)
+    for name, exp in expected.items():
+        row = got[name]
+        assert row["cost_nano"] == exp["cost_nano"], name
+        assert row["span_count"] == exp["spans"], name
+        assert row["unpriced_count"] == exp["unpriced"], name
+        assert row["service_costs_nano"] == {k: v for k, v in exp["services"].items() if v}, name
+        assert row["transaction_count"] == (exp["spans"] if count == "spans" else len(exp["requests"])), name
+
+
+def test_aggregate_by_feature_user_endpoint_match(ingested: Path, recorded: Recorded) -> None:
+    """aggregate_by_feature / _user / _endpoint: cost, counts and per-service costs per key, exactly."""
+    e = recorded.expected
+    with SQLiteStorage(ingested) as st:
+        _check_dimension(st.aggregate_by_feature(), "feature", e.by_feature, "spans")
+        _check_dimension(st.aggregate_by_user(), "user_id", e.by_user, "requests")
+        _check_dimension(st.aggregate_by_endpoint(), "endpoint", e.by_endpoint, "requests")
+        by_service = _by(st.aggregate_by_service(), "service")
+    services = {name: r["cost_nano"] for name, r in by_service.items() if r["cost_nano"]}
+    assert set(e.by_user) == {"tenant-acme", "tenant-globex", "tenant-initech"}
+    expected_services: dict[str, int] = {}
+    for row in e.by_feature.values():
+        for svc, nano in row["services"].items():
+            expected_services[svc] = expected_services.get(svc, 0) + nano
+    assert services == {k: v for k, v in expected_services.items() if v}
+    assert {"bedrock", "dynamodb", "s3"} <= set(services)
+    mystery = sum(1 for sp in e.spans.values() for i in sp.usage if i.key == "mystery_api")
+    assert by_service["mystery"]["unpriced_count"] == mystery > 0  # visible as unpriced, not as $0 spend
+
+
+def test_feature_cost_breakdown_matches(ingested: Path, recorded: Recorded) -> None:
+    """Direct and fully-loaded cost per feature (method and module function) equal the path-based computation."""
+    e = recorded.expected
+    with SQLiteStorage(ingested) as st:
+        rows = _by(st.get_feature_cost_breakdown(), "feature")
+    assert _by(get_feature_cost_breakdown(db_path=str(ingested)), "feature").keys() == rows.keys()
+    assert set(rows) == set(e.loaded)
+    for feature, row in rows.items():
+        assert row["direct_cost_nano"] == e.by_feature[feature]["cost_nano"], feature
+        assert row["fully_loaded_cost_nano"] == e.loaded[feature], feature
+    assert rows["api"]["fully_loaded_cost_nano"] == e.total_nano  # every span runs under the api root
+
+
+def test_request_costs_match(ingested: Path, recorded: Recorded) -> None:
+    """get_request_cost: every request's cost, span count, tenant and endpoint, most expensive first."""
+    e = recorded.expected
+    with SQLiteStorage(ingested) as st:
+        rows = st.get_request_cost(limit=len(e.requests) + 10, order="cost")
+    assert len(rows) == len(e.requests)
+    assert [r["cost_nano"] for r in rows] == sorted((r["cost_nano"] for r in rows), reverse=True)
+    for row in rows:
+        exp = e.requests[row["request_id"]]
+        assert (row["cost_nano"], row["tx_count"], row["user_id"], row["endpoint"]) == (
+            exp["cost_nano"],
+            exp["spans"],
+            exp["user_id"],
+            exp["endpoint"],
+        )
+    top = get_request_cost(db_path=str(ingested), limit=5, order="cost")
+    assert [r["request_id"] for r in top] == [r["request_id"] for r in rows[:5]]
+
+
+def test_request_subtrees_match(ingested: Path, recorded: Recorded) -> None:
+    """get_request_subtree: for a sample of requests, the tree's spans, depths, direct and subtree costs."""
+    e = recorded.expected
+    sample = sorted(e.requests)[:: max(1, len(e.requests) // 40)]
+    sample.append(max(e.requests, key=lambda r: e.requests[r]["cost_nano"]))
+    for request_id in sample:
+        nodes = get_request_subtree(request_id, db_path=str(ingested))
+        depths = e.depths(request_id)
+        assert {n["span_id"] for n in nodes} == set(depths)
+        for n in nodes:
+            assert n["depth"] == depths[n["span_id"]]
+            assert n["direct_cost_nano"] == e.span_cost[n["span_id"]]
+            assert n["subtree_cost_nano"] == e.subtree_cost(n["span_id"])
+        assert nodes[0]["subtree_cost_nano"] == e.requests[request_id]["cost_nano"]
+
+
+def test_cost_trend_matches(ingested: Path, recorded: Recorded) -> None:
+    """get_cost_trend: one zero-filled row per UTC day, each day's cost equal to the spans started that day."""
+    e = recorded.expected
+    with SQLiteStorage(ingested) as st:
+        trend = st.get_cost_trend(days=3)
+        by_feature = st.get_cost_trend(feature="ai_recommendations", days=3)
+    got = {r["date"]: r["cost_nano"] for r in trend}
+    expected = {dt.datetime.fromtimestamp(d * DAY_NS / 1e9, dt.UTC).date().isoformat(): c for d, c in e.by_day.items()}
+    assert len(trend) == 3
+    assert {d: c for d, c in got.items() if c} == expected
+    ai = sum(e.span_cost[s.span_id] for s in e.spans.values() if s.feature == "ai_recommendations")
+    assert sum(r["cost_nano"] for r in by_feature) == ai > 0
+
+
+def test_expected_is_independent_of_the_ingest_code(recorded: Recorded) -> None:
+    """The reference prices at least one item of every kind the app records with a non-zero cost."""
+    e: Expected = recorded.expected
+    kinds = {(i.key, bool(i.input_tokens), bool(i.bytes)) for s in e.spans.values() for i in s.usage}
+    assert ("bedrock_claude_3_haiku", True, False) in kinds
+    assert ("s3_put", False, True) in kinds
+    assert e.by_feature["checkout"]["unpriced"] > 0  # mystery_api stays unpriced, not $0
