@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ["textual", "aiosqlite", "boto3", "botocore", "aiokafka"]
 
@@ -28,10 +29,13 @@ print(json.dumps({"import": loaded_on_import, "use": loaded_after_use,
 """
 
 
-def test_recording_api_loads_no_heavy_dependency() -> None:
+def test_recording_api_loads_no_heavy_dependency(tmp_path: Path) -> None:
     """In a fresh interpreter, importing and recording a request loads none of the heavy dependencies."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDTRACE_")}
+    env["SPENDTRACE_DB"] = str(tmp_path / "cost_data.db")  # the default local export, kept out of the checkout
     code = f"HEAVY = {HEAVY!r}\n{SCRIPT}"
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, check=True
+    )
     report = json.loads(result.stdout)
     assert report == {"import": [], "use": [], "scope_loaded": True}

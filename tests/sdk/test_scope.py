@@ -128,11 +128,12 @@ def test_sync_track_block_records_error(spans: list[Span]) -> None:
     assert (span.feature, span.error_type) == ("math", "ZeroDivisionError")
 
 
-def test_track_object_cannot_be_entered_twice_at_once() -> None:
+def test_track_object_cannot_be_entered_twice_at_once(spans: list[Span]) -> None:
     """Re-entering an open track() is an error rather than a corrupted context."""
     block = spendtrace.track(feature="once")
     with block, pytest.raises(RuntimeError), block:
         pass
+    assert [s.feature for s in spans] == ["once"]
 
 
 def test_generator_span_covers_all_steps_only(spans: list[Span]) -> None:
