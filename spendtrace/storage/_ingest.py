@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from spendtrace.pricing import LAMBDA_COMPUTE_KEY, PriceBook, weighted_cost
+from spendtrace.pricing import LAMBDA_COMPUTE_KEY, PriceBook, femto_to_nano, item_cost_femto, weighted_cost
+from spendtrace.pricing._entry import guess_service
 from spendtrace.schema import Span, UsageItem
+from spendtrace.storage._dash import dash_statements
 
 if TYPE_CHECKING:
     import sqlite3
@@ -143,17 +145,44 @@ class WriteResult:
 # --------------------------------------------------------------------------- preparation
 
 
+class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One element of ``spans.usage`` (zero units are left out: None is omitted)."""
+
+    key: str
+    service: str
+    count: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    bytes: int | None = None
+    gb_seconds: float | None = None
+    cost_nano: int
+    unit_cost_nano: int | None
+    priced: bool
+    price_version: str | None
+
+
 def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, version: str) -> str:
-    obj: dict[str, Any] = {"key": item.key, "service": service}
-    for name in _UNIT_FIELDS:
-        v = getattr(item, name)
-        if v:
-            obj[name] = v
-    obj["cost_nano"] = cost
-    obj["unit_cost_nano"] = unit_cost
-    obj["priced"] = unit_cost is not None
-    obj["price_version"] = version or None
-    return _json.encode(obj).decode()
+    return _json.encode(
+        _UsageOut(
+            key=item.key,
+            service=service,
+            count=item.count or None,
+            input_tokens=item.input_tokens or None,
+            output_tokens=item.output_tokens or None,
+            cache_read_tokens=item.cache_read_tokens or None,
+            cache_write_tokens=item.cache_write_tokens or None,
+            cache_write_1h_tokens=item.cache_write_1h_tokens or None,
+            bytes=item.bytes or None,
+            gb_seconds=item.gb_seconds or None,
+            cost_nano=cost,
+            unit_cost_nano=unit_cost,
+            priced=unit_cost is not None,
+            price_version=version or None,
+        )
+    ).decode()
 
 
 def _memo_for(book: PriceBook) -> dict[tuple[Any, ...], tuple[int | None, int, str, str]]:
@@ -168,16 +197,22 @@ def _memo_for(book: PriceBook) -> dict[tuple[Any, ...], tuple[int | None, int, s
 _memos: dict[str, dict[tuple[Any, ...], tuple[int | None, int, str, str]]] = {}
 
 
-def _price(book: PriceBook, item: UsageItem, t: int, w: float) -> tuple[int | None, int, str, str]:
+def _price(book: PriceBook, item: UsageItem, seg: int, w: float) -> tuple[int | None, int, str, str]:
     """(unweighted cost or None, weighted cost, service, usage JSON fragment) of one item."""
-    c, ver, svc = book.price_item(item, t)
+    entry = book.entry_at(item.key, seg)
+    if entry is None:
+        c, ver, svc = None, "", item.service or guess_service(item.key)
+    else:
+        femto = item_cost_femto(entry, item)
+        c = None if femto is None else femto_to_nano(femto)
+        ver, svc = entry.version, item.service or entry.service
     wc = 0 if c is None else weighted_cost(w, c)
     return c, wc, svc, _item_json(item, svc, c, wc, ver)
 
 
 def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
     """(path JSON, distinct features to add fully-loaded cost to: the path's, plus the span's own)."""
-    key = (*path, "\x00", feature)
+    key = (path, feature)
     hit = _path_cache.get(key)
     if hit is None:
         if len(_path_cache) > 100_000:
@@ -187,7 +222,7 @@ def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...
     return hit
 
 
-_path_cache: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
+_path_cache: dict[tuple[tuple[str, ...], str], tuple[str, tuple[str, ...]]] = {}
 
 
 def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
@@ -210,30 +245,36 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     book_version = book.version
     rows: list[tuple[Any, ...]] = []
     append_row = rows.append
-    minute: dict[tuple[int, str, str, str, str], list[Any]] = {}
-    minute_get = minute.get
-    loaded_min: dict[tuple[int, str], list[Any]] = {}
-    loaded_get = loaded_min.get
+    # (minute, feature, user, endpoint) -> {service: [cost, calls, spans, errors, unpriced, var, requests]}
+    groups: dict[tuple[int, str, str, str], dict[str, list[Any]]] = {}
+    groups_get = groups.get
+    # minute -> {feature: [cost, calls, spans, var]}
+    loaded_by_min: dict[int, dict[str, list[Any]]] = {}
     requests: dict[str, list[Any]] = {}
     requests_get = requests.get
     unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
     total_cost = 0
     total_unpriced = 0
+    paths_get = _path_cache.get
+    last_mb = -1
+    loaded_mb: dict[str, list[Any]] = {}
 
     for s in uniq:
         t = s.start_ns
         w = s.weight
         feature = s.feature
-        user = s.user_id or ""
-        endpoint = s.endpoint or ""
+        parent = s.parent_id
         mb = t // 60_000_000_000 * 60
+        dims = (mb, feature, s.user_id or "", s.endpoint or "")
+        group = groups_get(dims)
+        if group is None:
+            group = groups[dims] = {"": [0, 0.0, 0, 0, 0, 0.0, 0]}
         cost = 0
         unw = 0
         n_unpriced = 0
         frags: list[str] = []
-        # service -> [weighted, unweighted, unpriced items] (only needed for the variance of sampled spans)
-        per_svc: dict[str, list[int]] | None = None if w == 1.0 else {}
-        items: list[tuple[int | None, int, str, str, UsageItem | None]] = []
+        # service -> unweighted cost, for the per-service variance of sampled spans
+        per_svc: dict[str, int] | None = None if w == 1.0 else {}
         for it in s.usage:
             st = starts_get(it.key)
             if st is None or len(st) == 1 or t >= st[-1]:
@@ -243,41 +284,52 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             mk = (it, seg, w)
             hit = memo.get(mk)
             if hit is None:
-                hit = memo[mk] = _price(book, it, t, w)
-            items.append((*hit, it))
-        if s.lambda_memory_mb > 0 and s.parent_id is None:
-            items.append(_lambda_item(book, s, w))
-        for c, wc, svc, frag, src in items:
+                hit = memo[mk] = _price(book, it, seg, w)
+            c, wc, svc, frag = hit
             frags.append(frag)
-            skey = (mb, feature, user, endpoint, svc)
-            r = minute_get(skey)
+            r = group.get(svc)
             if r is None:
-                r = minute[skey] = [0, 0.0, 0, 0, 0, 0.0, 0]
+                r = group[svc] = [0, 0.0, 0, 0, 0, 0.0, 0]
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, src, svc, feature, t)
+                _add_unpriced(unpriced_d, it, svc, feature, t)
             else:
                 cost += wc
                 unw += c
                 r[0] += wc
-            if per_svc is not None:
-                acc = per_svc.get(svc)
-                if acc is None:
-                    acc = per_svc[svc] = [0, 0]
-                if c is not None:
-                    acc[1] += c
+                if per_svc is not None:
+                    per_svc[svc] = per_svc.get(svc, 0) + c
+        if s.lambda_memory_mb > 0 and parent is None:
+            c, wc, svc, frag, _ = _lambda_item(book, s, w)
+            frags.append(frag)
+            r = group.get(svc)
+            if r is None:
+                r = group[svc] = [0, 0.0, 0, 0, 0, 0.0, 0]
+            if c is None:
+                n_unpriced += 1
+                r[4] += 1
+                _add_unpriced(unpriced_d, None, svc, feature, t)
+            else:
+                cost += wc
+                unw += c
+                r[0] += wc
+                if per_svc is not None:
+                    per_svc[svc] = per_svc.get(svc, 0) + c
         var = 0.0
         if per_svc is not None:
-            var = w * (w - 1.0) * unw * unw
-            for svc, (_, su) in per_svc.items():
-                minute[(mb, feature, user, endpoint, svc)][5] += w * (w - 1.0) * su * su
-        path_json, loaded_features = _path_info(s.path, feature)
+            k = w * (w - 1.0)
+            var = k * unw * unw
+            for svc, su in per_svc.items():
+                group[svc][5] += k * su * su
+        pinfo = paths_get((s.path, feature))
+        if pinfo is None:
+            pinfo = _path_info(s.path, feature)
         err = 1 if s.error else 0
         append_row(
             (
                 s.span_id,
-                s.parent_id,
+                parent,
                 s.request_id,
                 feature,
                 s.operation,
@@ -289,7 +341,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
                 err,
                 s.error_type,
                 w,
-                path_json,
+                pinfo[0],
                 "[" + ",".join(frags) + "]",
                 cost,
                 n_unpriced,
@@ -299,24 +351,25 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         )
         total_cost += cost
         total_unpriced += n_unpriced
-        is_root = 1 if s.parent_id is None else 0
-        key = (mb, feature, user, endpoint, "")
-        r = minute_get(key)
-        if r is None:
-            minute[key] = [cost, w, 1, err, n_unpriced, var, is_root]
-        else:
-            r[0] += cost
-            r[1] += w
-            r[2] += 1
-            r[3] += err
-            r[4] += n_unpriced
-            r[5] += var
-            r[6] += is_root
-        for f in loaded_features:
-            lk = (mb, f)
-            lr = loaded_get(lk)
+        is_root = 1 if parent is None else 0
+        r = group[""]
+        r[0] += cost
+        r[1] += w
+        r[2] += 1
+        r[3] += err
+        r[4] += n_unpriced
+        r[5] += var
+        r[6] += is_root
+        if mb != last_mb:
+            last_mb = mb
+            lm = loaded_by_min.get(mb)
+            if lm is None:
+                lm = loaded_by_min[mb] = {}
+            loaded_mb = lm
+        for f in pinfo[1]:
+            lr = loaded_mb.get(f)
             if lr is None:
-                loaded_min[lk] = [cost, w, 1, var]
+                loaded_mb[f] = [cost, w, 1, var]
             else:
                 lr[0] += cost
                 lr[1] += w
@@ -339,12 +392,17 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             ]
         else:
             # the root's endpoint / user win; otherwise the first one seen
-            if s.endpoint is not None and (q[0] is None or is_root):
-                q[0] = s.endpoint
-            if s.user_id is not None and (q[1] is None or is_root):
-                q[1] = s.user_id
             if is_root:
+                if s.endpoint is not None:
+                    q[0] = s.endpoint
+                if s.user_id is not None:
+                    q[1] = s.user_id
                 q[2] = feature
+            else:
+                if q[0] is None:
+                    q[0] = s.endpoint
+                if q[1] is None:
+                    q[1] = s.user_id
             if t < q[3]:
                 q[3] = t
             if end > q[4]:
@@ -355,6 +413,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             q[8] += n_unpriced
             q[9] += var
 
+    minute = {(*dims, svc): r for dims, group in groups.items() for svc, r in group.items()}
+    loaded_min = {(mb, f): r for mb, lm in loaded_by_min.items() for f, r in lm.items()}
     rollups = {"minute": minute, "hour": _coarsen(minute, 3600), "day": _coarsen(minute, 86400)}
     loaded = {
         "minute": loaded_min,
@@ -511,6 +571,7 @@ def delta_statements(batch: PreparedBatch, now_ns: int) -> Iterable[tuple[str, l
         if bj is None:
             bj = _book_json[batch.book.version] = batch.book.to_json()
         yield _PRICE_VERSION, [(batch.book.version, now_ns, batch.book.name, bj)]
+    yield from dash_statements(batch.rollups)  # before the rollup upserts (see spendtrace.storage._dash)
     for g, _ in _GRAINS:
         d = batch.rollups[g]
         if d:

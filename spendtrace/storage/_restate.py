@@ -32,6 +32,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError, StorageError
+from spendtrace.storage import _dash as dash
 
 if TYPE_CHECKING:
     import sqlite3
@@ -148,6 +149,7 @@ def restate_historical_costs(
             if grain == "day":
                 delta_day = sum(new - old for old, new in ratios.values())
             _restate_loaded(conn, undo, grain, ratios, lo_s, hi_s)
+        dash.rebuild(conn, lo_s, hi_s)  # dashboard sums follow the restated rollups
         conn.executemany(
             "INSERT INTO restatement_undo (restatement_id, tbl, row_key, old_cost_nano, old_extra, new_cost_nano, "
             "old_var_nano2, new_var_nano2) VALUES (?,?,?,?,?,?,?,?)",
@@ -334,6 +336,7 @@ def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: i
                     f"UPDATE {tbl} SET cost_nano = ?, var_nano2 = ? WHERE {where}", (cost_back, var_back, *key)
                 )
             restored += 1
+        dash.rebuild(conn, _epoch_s(_day(start, "start_date")), _epoch_s(_day(end, "end_date")))
         conn.execute(
             "UPDATE restatements SET undone_ns = ? WHERE id = ?",
             (now_ns if now_ns is not None else time.time_ns(), restatement_id),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError
+from spendtrace.storage._dash import GRAINS as DASH_GRAINS
 
 if TYPE_CHECKING:
     import sqlite3
@@ -95,6 +96,8 @@ def _deletes(policy: RetentionPolicy, now_ns: int) -> Generator[tuple[str, tuple
         cutoff_s = (now_ns - days * _DAY_NS) // 1_000_000_000
         yield f"DELETE FROM rollup_{grain} WHERE bucket < ?", (cutoff_s,)
         yield f"DELETE FROM loaded_{grain} WHERE bucket < ?", (cutoff_s,)
+        if grain in DASH_GRAINS:  # dashboard sums of the same rollups (spendtrace.storage._dash)
+            yield f"DELETE FROM dash_{grain} WHERE bucket < ?", (cutoff_s,)
 
 
 class _txn:
