@@ -28,8 +28,11 @@ MONEY_TABLES = (
 
 
 def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of every table that holds money, in a stable order."""
-    return {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in MONEY_TABLES}
+    """Every row of every table that holds money, in a stable order (dashboard sums: their money column)."""
+    out = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall() for t in MONEY_TABLES}
+    for t in ("dash_hour", "dash_day"):
+        out[t] = conn.execute(f"SELECT dim, service, value, bucket, cost_nano FROM {t} ORDER BY 1, 2, 3, 4").fetchall()
+    return out
 
 
 def stored(tmp_path: Path, n: int = 80) -> sqlite3.Connection:
