@@ -141,6 +141,10 @@ def test_dynamodb_estimates_units_when_the_caller_opted_out_of_consumed_capacity
         stub.add_response("put_item", {})
         stub.add_response("update_item", {})
         stub.add_response("transact_get_items", {"Responses": [{"Item": {"pk": {"S": "a"}}}, {}]})
+        stub.add_response(
+            "batch_get_item",
+            {"Responses": {"t": [{"pk": {"S": "a"}}]}, "UnprocessedKeys": {"t": {"Keys": [{"pk": {"S": "c"}}]}}},
+        )
         with spendtrace.track(feature="estimate"):
             none = {"ReturnConsumedCapacity": "NONE"}
             ddb.get_item(TableName="t", Key={"pk": {"S": "a"}}, **none)  # eventually consistent: half
@@ -154,6 +158,8 @@ def test_dynamodb_estimates_units_when_the_caller_opted_out_of_consumed_capacity
             ddb.transact_get_items(
                 TransactItems=[{"Get": {"TableName": "t", "Key": {"pk": {"S": k}}}} for k in ("a", "b")], **none
             )
+            # 3 keys asked: 1 found (0.5), 1 missing (0.5), 1 unprocessed (not billed, retried by the caller)
+            ddb.batch_get_item(RequestItems={"t": {"Keys": [{"pk": {"S": k}} for k in "abc"]}}, **none)
     # query: ~1006 bytes per item x 10 scanned = ~10 KB -> 3 units, eventually consistent -> 1.5
     assert [(u.key, u.count) for u in _items(spans)] == [
         ("dynamodb_read", 1.0),
@@ -163,7 +169,21 @@ def test_dynamodb_estimates_units_when_the_caller_opted_out_of_consumed_capacity
         ("dynamodb_write", 5.0),
         ("dynamodb_write", 1.0),
         ("dynamodb_read", 4.0),
+        ("dynamodb_read", 1.0),
     ]
+
+
+def test_dynamodb_table_resource_is_covered_and_sizes_its_python_values(instrumented: None, spans: list[Span]) -> None:
+    """The boto3 Table resource goes through the same client events; estimates read its (de)serialised items."""
+    table = boto3.resource("dynamodb", **_CREDS).Table("t")  # type: ignore[call-overload]
+    with Stubber(table.meta.client) as stub:
+        stub.add_response("get_item", {"Item": {"pk": {"S": "a"}, "doc": {"S": "d" * 9000}}})
+        stub.add_response("put_item", {"ConsumedCapacity": {"TableName": "t", "CapacityUnits": 2.0}})
+        with spendtrace.track(feature="resource"):
+            item = table.get_item(Key={"pk": "a"}, ConsistentRead=True, ReturnConsumedCapacity="NONE")["Item"]
+            table.put_item(Item={"pk": "b", "n": 5, "tags": {"x", "y"}})
+    assert item["doc"] == "d" * 9000  # the resource layer still deserialised the response
+    assert [(u.key, u.count) for u in _items(spans)] == [("dynamodb_read", 3.0), ("dynamodb_write", 2.0)]
 
 
 def test_calls_outside_any_scope_are_unattributed_and_failed_calls_record_nothing(
