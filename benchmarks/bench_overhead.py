@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import spendtrace
-from spendtrace import _pipeline
+from spendtrace import _pipeline, _scope
 
 
 def bare(x: int) -> int:
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):
         for name, run in cases.items():
             best[name] = min(best[name], run(args.calls))
+    _scope.set_cpu_time(False)
+    best["@cost_track recorded, CPU timing off"] = min(_loop(recorded, args.calls) for _ in range(args.repeats))
+    _scope.set_cpu_time(True)
     if exporter_note is None:
         # The real batching export path, if the export layer provides one.
         best["@cost_track recorded (InMemoryExporter)"] = _with_in_memory(recorded, args.calls, args.repeats)

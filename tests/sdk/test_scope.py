@@ -457,3 +457,23 @@ def test_span_ids_are_unique_and_cpu_time_is_measured(spans: list[Span]) -> None
         busy()
     assert len({s.span_id for s in spans}) == 2000
     assert max(s.cpu_ns for s in spans) > 0
+
+
+def test_cpu_timing_can_be_turned_off(spans: list[Span], monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CPU timing off a busy span reports cpu_ns 0; on, it reports CPU time; the env var selects it."""
+
+    @spendtrace.cost_track(feature="busy")
+    def busy() -> int:
+        return sum(range(200_000))
+
+    _scope.set_cpu_time(False)
+    try:
+        busy()
+    finally:
+        _scope.set_cpu_time(True)
+    busy()
+    assert spans[0].cpu_ns == 0 and spans[1].cpu_ns > 0
+    monkeypatch.setenv("SPENDTRACE_CPU_TIME", "off")
+    assert _scope._cpu_from_env()() == 0
+    monkeypatch.setenv("SPENDTRACE_CPU_TIME", "1")
+    assert _scope._cpu_from_env() is not _scope._no_cpu
