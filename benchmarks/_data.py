@@ -95,7 +95,7 @@ class Shape:
 
     def key(self) -> str:
         """A short stable id of the shape (and of this generator's version) for cache file names."""
-        return hashlib.sha256(repr(("v1", asdict(self))).encode()).hexdigest()[:12]
+        return hashlib.sha256(repr(("v2", asdict(self))).encode()).hexdigest()[:12]
 
 
 def generate(shape: Shape, batch: int = 5000) -> Iterator[list[Span]]:

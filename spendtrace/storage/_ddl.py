@@ -65,12 +65,18 @@ CREATE TABLE IF NOT EXISTS {name} (
     unpriced    INTEGER NOT NULL DEFAULT 0,
     var_nano2   REAL    NOT NULL DEFAULT 0,
     requests    INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (dim, service, value, bucket)
+    PRIMARY KEY ({key})
 ) WITHOUT ROWID;
 """
 
 #: The dashboard rollups alone, also created by the ingest on files made before they existed.
-DASH_TABLES: tuple[str, ...] = (_DASH.format(name="dash_hour"), _DASH.format(name="dash_day"))
+#: Hours are read for the edges of a range (bucket before value); days for whole ranges, per value
+#: (value before bucket: "per tenant, all time" needs no sort), with an index for short ranges.
+DASH_TABLES: tuple[str, ...] = (
+    _DASH.format(name="dash_hour", key="dim, service, bucket, value"),
+    _DASH.format(name="dash_day", key="dim, service, value, bucket"),
+    "CREATE INDEX IF NOT EXISTS dash_day_bucket ON dash_day (dim, service, bucket)",
+)
 
 DDL_V1: tuple[str, ...] = (
     """

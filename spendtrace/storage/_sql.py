@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
@@ -25,6 +25,7 @@ __all__ = [
     "Row",
     "Segment",
     "TimeLike",
+    "coarsen",
     "dash_dim",
     "day_start",
     "iso_ns",
@@ -267,3 +268,23 @@ def rollup_source(
         parts.append(f"SELECT {key} AS k, bucket, {cols} FROM {table} WHERE {' AND '.join(terms)}")
         params += seg_params
     return " UNION ALL ".join(parts), params
+
+
+def coarsen(f: Filters, minute_floor: int | None, hour_floor: int | None) -> Filters:
+    """Round bounds older than the oldest stored minute (hour) rollup down to their hour (day).
+
+    Retention keeps minute rollups for days and hour rollups for a year, so an old bound has hour
+    (then day) resolution; rounding each bound on its own keeps [a, b) + [b, c) = [a, c).
+    """
+
+    def fix(ns: int | None) -> int | None:
+        if ns is None:
+            return None
+        s = _ceil(math.ceil(ns / NANO), MINUTE)
+        if minute_floor is None or s < minute_floor:
+            s = s // HOUR * HOUR
+        if hour_floor is None or s < hour_floor:
+            s = s // DAY * DAY
+        return s * NANO
+
+    return replace(f, start_ns=fix(f.start_ns), end_ns=fix(f.end_ns))

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from spendtrace._settings import default_db_path
 from spendtrace.storage import _queries as q
 from spendtrace.storage._db import connect, connect_async
-from spendtrace.storage._sql import Filters, Query, Row, TimeLike, to_ns
+from spendtrace.storage._sql import Filters, Query, Row, TimeLike, coarsen, to_ns
 
 if TYPE_CHECKING:
     import sqlite3
@@ -30,6 +30,7 @@ __all__ = ["AsyncStorage", "SQLiteStorage", "resolve_path"]
 
 T = TypeVar("T")
 # dashboard rollups are read only when a writer maintains them (see _dash); else the wide rollups
+_FLOORS = "SELECT (SELECT MIN(bucket) FROM rollup_minute), (SELECT MIN(bucket) FROM rollup_hour)"
 _HAS_DASH = "SELECT COUNT(*) FROM meta WHERE key = 'dash_rollups'"  # set by the writer that maintains them
 _log = logging.getLogger("spendtrace.storage")
 
@@ -102,6 +103,15 @@ class SQLiteStorage:
                     self._conn.execute("COMMIT")
         return query.post(results)
 
+    def _rollup_filters(self, start: TimeLike, end: TimeLike, *names: str | None) -> Filters:
+        """Filters for a rollup query, time bounds rounded where the finer rollups have aged out."""
+        f = Filters.of(start, end, *names)
+        if f.start_ns is None and f.end_ns is None:
+            return f
+        with self._lock:
+            minute_floor, hour_floor = self._conn.execute(_FLOORS).fetchone()
+        return coarsen(f, minute_floor, hour_floor)
+
     def data_version(self) -> int:
         """A number that changes whenever another connection commits (``PRAGMA data_version``): a cheap change check."""
         with self._lock:
@@ -131,7 +141,7 @@ class SQLiteStorage:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per feature, most expensive first: ``total_cost``, ``service_costs``, ``transaction_count`` (spans)."""
-        f = Filters.of(start, end, feature, user_id, endpoint, service)
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
         return _limit(self.run(q.aggregate("feature", f, dash=self._dash)), limit)
 
     def aggregate_by_user(
@@ -146,7 +156,7 @@ class SQLiteStorage:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per user / tenant (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
-        f = Filters.of(start, end, feature, user_id, endpoint, service)
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
         return _limit(self.run(q.aggregate("user_id", f, dash=self._dash)), limit)
 
     def aggregate_by_endpoint(
@@ -161,7 +171,7 @@ class SQLiteStorage:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per endpoint (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
-        f = Filters.of(start, end, feature, user_id, endpoint, service)
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
         return _limit(self.run(q.aggregate("endpoint", f, dash=self._dash)), limit)
 
     def aggregate_by_service(
@@ -176,7 +186,7 @@ class SQLiteStorage:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per service (``dynamodb``, ``bedrock``, ``lambda`` ...), most expensive first."""
-        f = Filters.of(start, end, feature, user_id, endpoint, service)
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
         return _limit(self.run(q.aggregate_by_service(f, dash=self._dash)), limit)
 
     def get_feature_cost_breakdown(
@@ -190,7 +200,7 @@ class SQLiteStorage:
         limit: int | None = None,
     ) -> list[Row]:
         """Direct vs fully-loaded (everything it triggered downstream) cost per feature."""
-        f = Filters.of(start, end, feature, user_id, endpoint)
+        f = self._rollup_filters(start, end, feature, user_id, endpoint)
         return _limit(self.run(q.feature_breakdown(f, dash=self._dash)), limit)
 
     def total(
@@ -204,7 +214,7 @@ class SQLiteStorage:
         service: str | None = None,
     ) -> Row:
         """One total: ``total_cost``, ``cost_nano``, ``transaction_count``, ``unpriced_count``, ``stderr`` ..."""
-        return self.run(q.total(Filters.of(start, end, feature, user_id, endpoint, service), dash=self._dash))
+        return self.run(q.total(self._rollup_filters(start, end, feature, user_id, endpoint, service), dash=self._dash))
 
     def get_cost_trend(
         self,
@@ -349,11 +359,23 @@ class AsyncStorage:
             self._dash = bool(row and row[0])
         return self._conn
 
-    async def _build(self, build: Callable[[bool], Query[T]]) -> T:
-        """Build the query once the file is open (it decides between dashboard and wide rollups), then run it."""
+    async def _build(self, build: Callable[..., Query[T]], f: Filters | None = None) -> T:
+        """Build the query once the file is open (it decides between dashboard and wide rollups), then run it.
+
+        ``build(dash)``, or ``build(dash, f)`` with ``f``'s time bounds rounded where the finer rollups
+        have aged out (see ``SQLiteStorage._rollup_filters``).
+        """
         async with self._lock:
-            await self._connection()
-        return await self.run(build(self._dash))
+            conn = await self._connection()
+            if f is None:
+                query = build(self._dash)
+            else:
+                if f.start_ns is not None or f.end_ns is not None:
+                    async with conn.execute(_FLOORS) as cur:
+                        floors = await cur.fetchone()
+                    f = coarsen(f, *(floors or (None, None)))
+                query = build(self._dash, f)
+        return await self.run(query)
 
     async def run(self, query: Query[T]) -> T:
         """Run a prepared query inside one read snapshot and shape its rows."""
@@ -400,7 +422,8 @@ class AsyncStorage:
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_feature``; ``names`` are ``feature``, ``user_id``, ``endpoint``, ``service``."""
         return _limit(
-            await self._build(lambda dash: q.aggregate("feature", Filters.of(start, end, **names), dash=dash)), limit
+            await self._build(lambda dash, f: q.aggregate("feature", f, dash=dash), Filters.of(start, end, **names)),
+            limit,
         )
 
     async def aggregate_by_user(
@@ -408,7 +431,8 @@ class AsyncStorage:
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_user``."""
         return _limit(
-            await self._build(lambda dash: q.aggregate("user_id", Filters.of(start, end, **names), dash=dash)), limit
+            await self._build(lambda dash, f: q.aggregate("user_id", f, dash=dash), Filters.of(start, end, **names)),
+            limit,
         )
 
     async def aggregate_by_endpoint(
@@ -416,7 +440,8 @@ class AsyncStorage:
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_endpoint``."""
         return _limit(
-            await self._build(lambda dash: q.aggregate("endpoint", Filters.of(start, end, **names), dash=dash)), limit
+            await self._build(lambda dash, f: q.aggregate("endpoint", f, dash=dash), Filters.of(start, end, **names)),
+            limit,
         )
 
     async def aggregate_by_service(
@@ -424,7 +449,8 @@ class AsyncStorage:
     ) -> list[Row]:
         """``SQLiteStorage.aggregate_by_service``."""
         return _limit(
-            await self._build(lambda dash: q.aggregate_by_service(Filters.of(start, end, **names), dash=dash)), limit
+            await self._build(lambda dash, f: q.aggregate_by_service(f, dash=dash), Filters.of(start, end, **names)),
+            limit,
         )
 
     async def get_feature_cost_breakdown(
@@ -432,12 +458,12 @@ class AsyncStorage:
     ) -> list[Row]:
         """``SQLiteStorage.get_feature_cost_breakdown``."""
         return _limit(
-            await self._build(lambda dash: q.feature_breakdown(Filters.of(start, end, **names), dash=dash)), limit
+            await self._build(lambda dash, f: q.feature_breakdown(f, dash=dash), Filters.of(start, end, **names)), limit
         )
 
     async def total(self, start: TimeLike = None, end: TimeLike = None, **names: str | None) -> Row:
         """``SQLiteStorage.total``."""
-        return await self._build(lambda dash: q.total(Filters.of(start, end, **names), dash=dash))
+        return await self._build(lambda dash, f: q.total(f, dash=dash), Filters.of(start, end, **names))
 
     async def get_cost_trend(
         self, feature: str | None = None, days: int = 30, *, now: TimeLike = None, **names: str | None

@@ -159,3 +159,27 @@ def test_first_write_to_an_old_file_builds_the_dash_tables(db: tuple[Path, Expec
         assert s.total()["cost_nano"] == sum(p.cost for p in expect.priced) + sum(
             p.cost for p in Expect(later, expect.book).priced
         )
+
+
+def test_old_bounds_round_to_the_hour_once_minutes_age_out(db: tuple[Path, Expect]) -> None:
+    """After minute rollups age out, an old mid-hour bound counts its whole hour, and ranges still add up."""
+    path, expect = db
+    hour_ns = 3600 * 1_000_000_000
+    # a mid-hour bound older than the 2 days of minute rollups kept by default, with spend earlier in its hour
+    early = next(
+        p.span.start_ns
+        for p in expect.priced
+        if p.cost and p.span.start_ns < NOW - 3 * DAY_NS and p.span.start_ns % hour_ns < 50 * MINUTE_NS
+    )
+    a = early // hour_ns * hour_ns + 55 * MINUTE_NS
+    b = NOW - 4 * 3600 * 1_000_000_000 - 29 * MINUTE_NS  # recent: minute resolution
+    c = NOW + MINUTE_NS
+    with SQLiteStorage(path) as s:
+        s.set_retention(raw_data_days=30, hourly_rollups_days=365, daily_rollups_days=1825)
+        s.apply_retention(now_ns=NOW)
+        got = s.total(a, b)["cost_nano"]
+        assert got == sum(p.cost for p in expect.select(a // hour_ns * hour_ns, b))
+        assert got + s.total(b, c)["cost_nano"] == s.total(a, c)["cost_nano"]
+        rows = {r["user_id"]: r["cost_nano"] for r in s.aggregate_by_user(a, b)}
+        want = expect.by("user_id", expect.select(a // hour_ns * hour_ns, b))
+        assert rows == {k: v["cost"] for k, v in want.items()}
