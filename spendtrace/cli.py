@@ -3,10 +3,10 @@
 ``--db PATH`` may come before or after the subcommand (default: ``SPENDTRACE_DB`` or
 ``cost_data.db``); every report prints an aligned table, or JSON with ``--json``.
 
-Subcommands are pluggable: a sibling module listed in ``PLUGINS`` defines
-``register(subparsers)``, adds its parsers there and gives each a ``handler`` default, a function
-``(args) -> int`` called with ``args.db`` already resolved. A plugin module that is not installed
-simply offers no subcommand.
+Subcommands are pluggable: every sibling module named ``spendtrace/_cli_*.py`` (alerts,
+reconcile, api, demo ...) defines ``register(subparsers)``, adds its parsers there and gives each
+a ``handler`` default, a function ``(args) -> int`` called with ``args.db`` already resolved. A
+plugin module that is not installed simply offers no subcommand.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import pkgutil
 import signal
 import sys
 import time
@@ -24,10 +25,15 @@ from typing import Any
 from spendtrace._settings import default_db_path
 from spendtrace.errors import SpendtraceError
 
-__all__ = ["PLUGINS", "main", "render_table"]
+__all__ = ["build_parser", "main", "plugins", "render_table"]
 
-#: Modules (under ``spendtrace``) whose ``register(subparsers)`` adds subcommands, if present.
-PLUGINS = ("_cli_alerts", "_cli_reconcile", "_cli_demo", "_cli_api")
+
+def plugins() -> list[str]:
+    """Names of the ``spendtrace._cli_*`` modules present, sorted: each adds subcommands."""
+    import spendtrace
+
+    return sorted(m.name for m in pkgutil.iter_modules(spendtrace.__path__) if m.name.startswith("_cli_"))
+
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -278,12 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     broker.set_defaults(handler=_cmd_broker, needs_db=False)
-    for plugin in PLUGINS:
+    for plugin in plugins():
         try:
             module = importlib.import_module(f"spendtrace.{plugin}")
         except ModuleNotFoundError as exc:
             if exc.name == f"spendtrace.{plugin}":
-                continue  # not installed here: no subcommand
+                continue  # vanished since listing: no subcommand
             raise
         module.register(sub)
     return parser

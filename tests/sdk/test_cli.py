@@ -113,16 +113,19 @@ def test_default_database_from_environment(
     assert rc == 0 and json.loads(out)["transaction_count"] == len(db[1].priced)
 
 
-def test_absent_plugins_offer_no_subcommand(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A plugin module that is not installed is skipped; the built-in subcommands still parse."""
-    monkeypatch.setattr(cli, "PLUGINS", ("_cli_not_installed",))
+def test_plugins_are_the_cli_modules_present(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each ``spendtrace/_cli_*.py`` module present is a plugin; unknown subcommands are refused."""
+    import spendtrace
+
+    present = sorted(p.stem for p in Path(spendtrace.__file__).parent.glob("_cli_*.py"))
+    assert cli.plugins() == present
     parser = cli.build_parser()
-    assert "_cli_not_installed" not in parser.format_help()
     with pytest.raises(SystemExit):
-        parser.parse_args(["not-installed"])
+        parser.parse_args(["not-a-subcommand"])
     capsys.readouterr()
+    text = parser.format_help()
+    for builtin in ("total", "by-feature", "by-user", "by-endpoint", "requests", "tree", "trend", "broker"):
+        assert builtin in text
 
 
 def test_python_dash_m_spendtrace(db: tuple[str, Expect]) -> None:
