@@ -144,6 +144,7 @@ def expected(spans: list[Span]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "span": {},
         "rollup": defaultdict(lambda: [0, 0.0, 0, 0, 0, 0]),
+        "var": defaultdict(float),
         "service": defaultdict(lambda: [0, 0]),
         "loaded": defaultdict(lambda: [0, 0]),
         "request": defaultdict(lambda: [0, 0, 0]),
@@ -164,6 +165,8 @@ def expected(spans: list[Span]) -> dict[str, Any]:
             r[3] += int(s.error)
             r[4] += unpriced
             r[5] += int(s.parent_id is None)
+            unweighted = sum(c for _, _, c in items if c is not None)
+            out["var"][key] += s.weight * (s.weight - 1) * unweighted**2
             for _key, svc, c in items:
                 sr = out["service"][(*key, svc)]
                 sr[0] += 0 if c is None else wcost(s.weight, c)
@@ -200,6 +203,14 @@ def assert_db_matches(conn: sqlite3.Connection, spans: list[Span]) -> None:
         got = {(grain, *r[:4]): [r[4], r[5], r[6], r[7], r[8], r[9]] for r in rows}
         want = {k: v for k, v in exp["rollup"].items() if k[0] == grain}
         assert got == want, name
+        var = dict(
+            ((grain, *r[:4]), r[4])
+            for r in conn.execute(
+                f"SELECT bucket, feature, user_id, endpoint, var_nano2 FROM rollup_{name} WHERE service = ''"
+            )
+        )
+        assert var == pytest.approx({k: v for k, v in exp["var"].items() if k[0] == grain}, rel=1e-12), name
+        assert any(v > 0 for v in var.values())  # sampled spans contribute a standard error
         rows = conn.execute(
             f"SELECT bucket, feature, user_id, endpoint, service, cost_nano, unpriced, calls, spans, errors "
             f"FROM rollup_{name} WHERE service != ''"
