@@ -285,3 +285,37 @@ def db_count(db: Path, sql: str = "SELECT count(*) FROM spans") -> int:
             return int(conn.execute(sql).fetchone()[0] or 0)
     except sqlite3.OperationalError:
         return 0
+
+
+def assert_exact(db: Path, e: Expected) -> None:
+    """The stored spans, rollups, fully-loaded rollups and requests equal the independent computation exactly."""
+    with sqlite3.connect(db, timeout=30) as conn:
+        stored = dict(conn.execute("SELECT span_id, cost_nano FROM spans").fetchall())
+        assert stored == e.span_cost
+        for grain in ("minute", "hour", "day"):
+            cost, spans = conn.execute(
+                f"SELECT sum(cost_nano), sum(spans) FROM rollup_{grain} WHERE service = ''"
+            ).fetchone()
+            assert (cost, spans) == (e.total_nano, len(e.spans)), grain
+            loaded = dict(
+                conn.execute(f"SELECT feature, sum(cost_nano) FROM loaded_{grain} GROUP BY feature").fetchall()
+            )
+            assert loaded == e.loaded, grain
+        requests = {
+            r: (c, n) for r, c, n in conn.execute("SELECT request_id, cost_nano, spans FROM requests").fetchall()
+        }
+        assert requests == {r: (v["cost_nano"], v["spans"]) for r, v in e.requests.items()}
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's Prometheus metrics as {series name without labels: value} (single-worker process)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series.split("{")[0]] = out.get(series.split("{")[0], 0.0) + float(value)
+    return out

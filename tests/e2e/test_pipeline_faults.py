@@ -1,0 +1,253 @@
+"""Faults on the real pipeline: SIGKILLed workers, a group member joining and leaving, duplicates, garbage.
+
+Every test feeds the session's 20,000 recorded spans (plus whatever fault) into a topic of its own
+and checks the database against the independent computation: same span count, same totals, exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pipeline_support import (
+    Recorded,
+    assert_exact,
+    db_count,
+    scrape,
+    start_worker,
+    stop_worker,
+    worker_cmd,
+)
+
+from consumers.broker import EmbeddedBroker, free_port
+from consumers.config import WorkerConfig
+from consumers.testing import produce, stored_offsets, wait_for
+from consumers.worker import Worker
+from spendtrace.schema import UsageItem, encode_span
+
+PARTITIONS = 6
+
+
+async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    await wait_for(lambda: proc.poll() is not None, timeout, f"worker {proc.pid} to exit")
+    return proc.wait()
+
+
+async def _kafka_committed(broker: EmbeddedBroker, group: str, topic: str) -> dict[int, int]:
+    probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        out = {}
+        for p in range(PARTITIONS):
+            off = await probe.committed(TopicPartition(topic, p))
+            if off is not None:
+                out[p] = off
+        return out
+    finally:
+        await probe.stop()
+
+
+async def test_sigkill_at_several_points_then_restart_loses_and_doubles_nothing(
+    broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path, tmp_path: Path
+) -> None:
+    """Workers killed after decoding, between the DB and Kafka commits, after both, and at random: exact totals."""
+    ends = await produce(broker.bootstrap, topic_name, recorded.messages, partitions=PARTITIONS)
+    group = f"{topic_name}-g"
+    cmd = worker_cmd(broker, db_path, group, topic_name, "--batch-size", "1000")
+    log = tmp_path / "workers.log"
+    progress = [0]
+    for spec in ("after_db_commit:3", "after_decode:2", "after_kafka_commit:2"):
+        proc = start_worker(cmd, log, env={"SPENDTRACE_CRASH_AT": spec})
+        assert await _wait_exit(proc, 120) == -signal.SIGKILL, spec
+        progress.append(db_count(db_path))
+        assert progress[-1] < len(recorded.spans), f"{spec}: the crash came mid-stream"
+        if spec.startswith("after_db_commit"):
+            # Kafka's committed offsets lag the database's: the restart must (and does) trust the database.
+            stored = stored_offsets(db_path, group, topic_name)
+            committed = await _kafka_committed(broker, group, topic_name)
+            assert sum(stored.values()) > sum(committed.values())
+    assert progress == sorted(progress) and progress[-1] > 0
+
+    # A kill from outside at an arbitrary moment, in small batches so it lands mid-stream.
+    proc = start_worker([*cmd[:-2], "--batch-size", "50"], log)
+    before = db_count(db_path)
+    await wait_for(lambda: db_count(db_path) >= before + 500, 120, "the fourth worker to make progress")
+    proc.send_signal(signal.SIGKILL)
+    assert await _wait_exit(proc, 30) == -signal.SIGKILL
+
+    proc = start_worker(cmd, log)
+    try:
+        await wait_for(lambda: stored_offsets(db_path, group, topic_name) == ends, 180, "the last worker to drain")
+    finally:
+        assert stop_worker(proc) == 0  # SIGTERM: a graceful stop
+    assert_exact(db_path, recorded.expected)
+
+
+async def test_two_workers_share_the_group_while_one_joins_and_leaves(
+    broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path, tmp_path: Path
+) -> None:
+    """A second worker joins mid-stream, takes partitions and processes spans, then leaves: exact totals."""
+    messages = recorded.messages
+    third = len(messages) // 3
+    group = f"{topic_name}-g"
+    log = tmp_path / "workers.log"
+    await produce(broker.bootstrap, topic_name, messages[:third], partitions=PARTITIONS)
+    a = start_worker(worker_cmd(broker, db_path, group, topic_name, "--batch-size", "500"), log)
+    b: subprocess.Popen[bytes] | None = None
+    try:
+        await wait_for(lambda: db_count(db_path) > 0, 120, "worker A to start storing")
+        port = free_port()
+        b = start_worker(
+            worker_cmd(broker, db_path, group, topic_name, "--batch-size", "500", "--metrics-port", str(port)), log
+        )
+        await wait_for(lambda: _metric(port, "spendtrace_consumer_rebalances_total") >= 1, 120, "B to get partitions")
+        await produce(broker.bootstrap, topic_name, messages[third : 2 * third], partitions=PARTITIONS)
+        await wait_for(lambda: _metric(port, "spendtrace_consumer_spans_total") > 0, 120, "B to store spans")
+        assert stop_worker(b) == 0  # B leaves the group gracefully; A takes its partitions back
+        ends = await produce(broker.bootstrap, topic_name, messages[2 * third :], partitions=PARTITIONS)
+        await wait_for(lambda: stored_offsets(db_path, group, topic_name) == ends, 180, "A to drain everything")
+    finally:
+        if b is not None and b.poll() is None:
+            stop_worker(b)
+        assert stop_worker(a) == 0
+    assert_exact(db_path, recorded.expected)
+
+
+def _metric(port: int, name: str) -> float:
+    try:
+        return scrape(port).get(name, 0.0)
+    except OSError:  # not listening yet
+        return 0.0
+
+
+def _config(broker: EmbeddedBroker, topic: str, db: Path, **kw: Any) -> WorkerConfig:
+    return WorkerConfig(
+        bootstrap=broker.bootstrap,
+        db_path=str(db),
+        group_id=f"{topic}-g",
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        alerts_topic=f"{topic}.alerts",
+        partitions=PARTITIONS,
+        session_timeout_ms=2_000,
+        heartbeat_interval_ms=400,
+        **kw,
+    )
+
+
+async def _drain(cfg: WorkerConfig, ends: dict[int, int], book: Any) -> Worker:
+    worker = Worker(cfg, book=book)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for(
+            lambda: stored_offsets(cfg.db_path, cfg.group_id, cfg.topic) == ends or task.done(), 180, "drain"
+        )
+    finally:
+        worker.request_stop()
+        await task
+    return worker
+
+
+async def test_every_span_sent_twice_counts_once(
+    broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path
+) -> None:
+    """The whole recording published twice: the second copy is recognised span by span and adds nothing."""
+    messages = recorded.messages
+    ends = await produce(broker.bootstrap, topic_name, messages + messages, partitions=PARTITIONS)
+    worker = await _drain(_config(broker, topic_name, db_path, batch_size=5_000), ends, recorded.book)
+    assert worker.stats.messages == 2 * len(messages)
+    assert_exact(db_path, recorded.expected)
+
+
+def _garbage(recorded: Recorded, n: int) -> list[tuple[str, bytes | None]]:
+    """``n`` bad messages of every kind: random bytes, other msgpack, negative / NaN units, a 1 MB name."""
+    rng = random.Random(1234)
+    template = next(s for s in recorded.spans if s.usage)
+    out: list[tuple[str, bytes | None]] = [
+        ("huge-name", encode_span(msgspec.structs.replace(template, span_id=f"huge-{i}", feature="x" * 1_000_000)))
+        for i in range(2)
+    ]
+    while len(out) < n:
+        i = len(out)
+        kind = i % 6
+        if kind == 0:
+            out.append(("random", rng.randbytes(rng.randint(1, 400))))
+        elif kind == 1:
+            other = [{"span": i, "feature": "search"}, [i, "x", None], "a string", i, {"usage": [1, 2]}][i % 5]
+            out.append(("wrong-schema", msgspec.msgpack.encode(other)))
+        elif kind == 2:
+            bad = (UsageItem("dynamodb_read", count=-1.0 - i),)
+            out.append(("negative", encode_span(msgspec.structs.replace(template, span_id=f"neg-{i}", usage=bad))))
+        elif kind == 3:
+            bad = (UsageItem("s3_put", count=math.nan),)
+            out.append(("nan", encode_span(msgspec.structs.replace(template, span_id=f"nan-{i}", usage=bad))))
+        elif kind == 4:
+            bad = (UsageItem("bedrock_claude_3_haiku", input_tokens=-5),)
+            out.append(
+                ("negative-tokens", encode_span(msgspec.structs.replace(template, span_id=f"nt-{i}", usage=bad)))
+            )
+        else:
+            out.append(("truncated", encode_span(template)[: 5 + i % 20]))
+    return out
+
+
+async def test_garbage_interleaved_goes_to_dead_letters_and_good_spans_all_count(
+    broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path
+) -> None:
+    """1,000 bad messages among the 20,000 spans: each is a dead letter (table and topic) with a reason."""
+    garbage = _garbage(recorded, 1_000)
+    good = recorded.messages
+    step = len(good) // len(garbage)
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    for i, (key, value) in enumerate(good):
+        messages.append((key, value))
+        if i % step == 0 and i // step < len(garbage):
+            kind, bad = garbage[i // step]
+            messages.append((f"{kind}-{i // step}".encode(), bad))
+    assert len(messages) == len(good) + len(garbage)
+    ends = await produce(broker.bootstrap, topic_name, messages, partitions=PARTITIONS)
+    cfg = _config(broker, topic_name, db_path, batch_size=5_000)
+    worker = await _drain(cfg, ends, recorded.book)
+    assert worker.stats.dead_letters == len(garbage)
+    assert_exact(db_path, recorded.expected)
+
+    import sqlite3
+
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute("SELECT key, value, reason FROM dead_letters").fetchall()
+    assert len(rows) == len(garbage)
+    by_key = {bytes(k).decode(): (bytes(v), reason) for k, v, reason in rows}
+    for j, (kind, bad) in enumerate(garbage):
+        value, reason = by_key[f"{kind}-{j}"]
+        assert value == bad and reason.strip(), kind
+    reasons = {k.rsplit("-", 1)[0]: r for k, (_, r) in by_key.items()}
+    assert "length" in reasons["huge-name"] and ">= 0" in reasons["negative"] and ">= 0" in reasons["nan"]
+
+    dlq = AIOKafkaConsumer(
+        cfg.dlq_topic,
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 << 20,
+    )
+    await dlq.start()
+    seen: dict[bytes, bytes] = {}
+    try:
+
+        async def read() -> None:
+            for records in (await dlq.getmany(timeout_ms=200)).values():
+                for r in records:
+                    seen[r.key] = dict(r.headers)["reason"]
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(seen) < len(garbage) and asyncio.get_running_loop().time() < deadline:
+            await read()
+    finally:
+        await dlq.stop()
+    assert {k.decode(): v.decode() for k, v in seen.items()} == {k: r for k, (_, r) in by_key.items()}
