@@ -431,3 +431,27 @@ def test_missing_parent_shows_as_root(db_path: Path) -> None:
     with SQLiteStorage(db_path) as storage:
         tree = storage.get_request_subtree("gone-root")
     assert [(n["span_id"], n["depth"]) for n in tree] == [("kid", 0)]
+
+
+def test_readme_observe_flow_sees_spans_recorded_in_process(db_path: Path, tmp_path: Path) -> None:
+    """Spans a @cost_track function records through the local exporter are visible to SQLiteStorage at once."""
+    from spendtrace import _config, add_api_call, cost_track
+
+    _config.configure(db=db_path, spill_dir=tmp_path / "spill", max_delay=3600)  # no timer flush: reads must flush
+    try:
+
+        @cost_track(feature="search")
+        def search_products(query: str) -> str:
+            add_api_call("dynamodb_read", count=3)
+            return query
+
+        for i in range(5):
+            search_products(f"q{i}")
+        with SQLiteStorage(db_path) as storage:
+            rows = storage.aggregate_by_feature()
+    finally:
+        _config.reset()
+    unit = PriceBook.default().price_item(UsageItem("dynamodb_read", count=3.0), NOW)[0]
+    assert unit is not None
+    assert [(r["feature"], r["transaction_count"]) for r in rows] == [("search", 5)]
+    assert rows[0]["cost_nano"] == 5 * unit and rows[0]["service_costs_nano"] == {"dynamodb": 5 * unit}
