@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,14 @@ def test_broker_subcommand_serves_until_interrupted() -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_newer_schema_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A database written by a newer spendtrace gives a one-line message and exit status 2, not a traceback."""
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    rc, out, err = run(capsys, "--db", str(path), "total")
+    assert rc == 2 and out == ""
+    assert "newer" in err and "Traceback" not in err
