@@ -349,3 +349,30 @@ async def test_no_webhook_records_none(db_path: Path, fixed_now_ns: int) -> None
         await ev.aclose()
         await dispatcher.aclose()
     assert [e["delivery"] for e in events(db_path)] == ["none"] and deliveries(db_path) == []
+
+
+async def test_cli_tail_follows_new_events(db_path: Path, fixed_now_ns: int, evaluator: AlertEvaluator) -> None:
+    """``spendtrace alerts tail`` polls the database, prints the event fired while it runs (masked), exits at --count."""
+    import subprocess
+    import sys
+
+    from consumers.testing import wait_for
+
+    set_alert(feature="search", threshold=1, webhook="https://hooks.example.com/services/AAA/BBB/topsecret",
+              name="tailed", db_path=db_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendtrace", "--db", str(db_path), "alerts", "tail", "--since-id", "0", "--count", "1",
+         "--interval", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        await evaluator(spend(db_path, fixed_now_ns, 3))
+        await wait_for(lambda: proc.poll() is not None, 60, "tail to print the event and exit")
+        out, err = proc.communicate()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "tailed: feature 'search' spent $3.00" in out and "2026-11-02 12:00:00Z" in out
+    assert "topsecret" not in out

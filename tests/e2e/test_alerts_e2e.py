@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import sqlite3
 import threading
 import time
@@ -170,6 +172,13 @@ async def test_threshold_fires_once_per_cooldown_with_two_workers(
     on_topic = await alerts_on_topic(broker.bootstrap, cfg.alerts_topic)
     assert sorted(m["id"] for m in on_topic) == [r[0] for r in rows(db_path, "SELECT id FROM alert_events ORDER BY id")]
     assert {m["rule_name"] for m in on_topic} == {"search-10"}
+    tail = subprocess.run(
+        [sys.executable, "-m", "spendtrace", "alerts", "tail", "--bootstrap", broker.bootstrap, "--topic",
+         cfg.alerts_topic, "--from-beginning", "--count", "2"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert tail.stdout.count("[spendtrace] search-10: feature 'search' spent") == 2
 
 
 async def test_dead_webhook_does_not_hold_ingestion(broker: EmbeddedBroker, topic_name: str, db_path: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -155,3 +156,27 @@ def test_names_are_bound_as_parameters(db_path: Path) -> None:
     assert remove_alert(evil, db_path=db_path)
     with sqlite3.connect(db_path) as c:
         assert c.execute("SELECT count(*) FROM alert_rules").fetchone()[0] == 0
+
+
+def test_cli_add_list_remove(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``spendtrace alerts add/list/remove`` manage rules; the listing never shows the webhook's secret."""
+    from spendtrace.cli import main
+
+    db = ["--db", str(db_path)]
+    assert main([*db, "alerts", "add", "--feature", "search", "--threshold", "10", "--webhook", SLACK,
+                 "--name", "s10"]) == 0
+    assert main([*db, "alerts", "add", "--user", "acme", "--budget", "300", "--period", "week",
+                 "--percentages", "80,100"]) == 0
+    assert main([*db, "alerts", "add", "--total", "--rate", "5", "--name", "spike"]) == 0
+    assert main([*db, "alerts", "add", "--feature", "x", "--threshold", "1", "--webhook", "file:///etc/passwd"]) == 2
+    out = capsys.readouterr()
+    assert "saved rule" in out.out and "http or https" in out.err and "sEcReTtOkEn123" not in out.out
+    assert main([*db, "alerts", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "s10" in listing and "week budget $300.00" in listing and "spike" in listing
+    assert "sEcReTtOkEn123" not in listing and "hooks.slack.com/services/" in listing
+    assert main([*db, "alerts", "list", "--json"]) == 0
+    rules = json.loads(capsys.readouterr().out)
+    assert [r["kind"] for r in rules] == ["threshold", "budget", "rate"]
+    assert main([*db, "alerts", "remove", "s10"]) == 0 and main([*db, "alerts", "remove", "s10"]) == 1
+    assert [r.name for r in list_alerts(db_path)] == [rules[1]["name"], "spike"]

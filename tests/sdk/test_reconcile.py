@@ -231,3 +231,74 @@ def test_service_name_mapping() -> None:
     assert map_service("Amazon Bedrock") == "bedrock"
     assert map_service("Claude 3 Haiku (Amazon Bedrock Edition)") == "bedrock"
     assert map_service("Tax") is None and map_service("AWS Data Transfer") is None
+
+
+def _totals(db: Path) -> list[int]:
+    """Every money total the store keeps, table by table."""
+    conn = open_db(db)
+    try:
+        tables = ("spans", "requests", "rollup_minute", "rollup_hour", "rollup_day", "loaded_minute", "loaded_hour",
+                  "loaded_day")
+        return [int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) FROM {t}").fetchone()[0]) for t in tables]
+    finally:
+        conn.close()
+
+
+def test_restatement_shows_in_the_report_and_undo_restores_everything(db_path: Path, tmp_path: Path) -> None:
+    """The README's restatement moves the model onto the bill; its undo leaves every total exactly as before."""
+    from spendtrace import SQLiteStorage
+
+    readme_model(db_path)
+    actuals = tmp_path / "bill.json"
+    actuals.write_text(json.dumps([page(FEB[:14], README_BILL_1, token="t"), page(FEB[14:], README_BILL_2)]))
+    before = _totals(db_path)
+    report = reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=actuals, now=AFTER)
+    storage = SQLiteStorage(db_path)
+    try:
+        rid = storage.restate_historical_costs(
+            factor=report.global_calibration_factor, start_date="2026-02-01", end_date="2026-03-01",
+            who="finops", why="calibrate to the February bill",
+        )
+        after = reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=actuals, now=AFTER)
+        assert after.global_calibration_factor == pytest.approx(1.0, abs=1e-9)
+        assert abs(after.modelled_total_nano - report.actual_total_nano) <= 5
+        assert [(r["id"], r["who"], r["undone_ns"]) for r in after.restatements] == [(rid, "finops", None)]
+        assert f"#{rid} 2026-02-01 → 2026-03-01 ×1.0466 by finops: calibrate to the February bill" in after.summary()
+        assert _totals(db_path) != before
+        storage.undo_restatement(rid)
+        assert _totals(db_path) == before
+        undone = reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=actuals, now=AFTER)
+        assert undone.modelled_total_nano == report.modelled_total_nano
+        assert undone.restatements[0]["undone_ns"] is not None and "(undone)" in undone.summary()
+        # Per-service factors put each covered service exactly on its bill line (to rounding).
+        storage.restate_historical_costs(factors=report.service_factors, start_date="2026-02-01",
+                                         end_date="2026-03-01", who="finops", why="per service")
+        per = reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=actuals, now=AFTER)
+        for row in per.service_rows:
+            assert abs(row.modelled_nano - row.actual_nano) <= 2, row
+    finally:
+        storage.close()
+
+
+def test_cli_prints_the_summary_and_writes_json(db_path: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``spendtrace reconcile --actuals FILE --out`` prints the report and writes the same numbers as JSON."""
+    from spendtrace.cli import main
+
+    readme_model(db_path)
+    bill = dict(README_BILL_2, Tax="1.5000")
+    actuals = tmp_path / "bill.json"
+    actuals.write_text(json.dumps([page(FEB[:14], README_BILL_1, token="t"), page(FEB[14:], bill)]))
+    out = tmp_path / "reports" / "reconciliation.json"
+    code = main(["--db", str(db_path), "reconcile", "--start", "2026-02-01", "--end", "2026-03-01",
+                 "--tag-key", "feature", "--actuals", str(actuals), "--out", str(out), "--now", "2026-03-10"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "\n".join(README_SUMMARY.splitlines()[:8]) in printed
+    assert "Tax" in printed and "residual" in printed
+    data = json.loads(out.read_text())
+    assert data["modelled_total_nano"] == 142_381_000_000 and data["actual_total_nano"] == 149_020_000_000
+    assert data["unmodelled_actual_nano"] == 1_500_000_000
+    assert data == latest_report(db_path)
+    assert main(["--db", str(db_path), "reconcile", "--start", "2026-03-01", "--end", "2026-02-01",
+                 "--actuals", str(actuals)]) == 2
