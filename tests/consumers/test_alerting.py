@@ -352,7 +352,7 @@ async def test_no_webhook_records_none(db_path: Path, fixed_now_ns: int) -> None
 
 
 async def test_cli_tail_follows_new_events(db_path: Path, fixed_now_ns: int, evaluator: AlertEvaluator) -> None:
-    """``spendtrace alerts tail`` polls the database, prints the event fired while it runs (masked), exits at --count."""
+    """``spendtrace alerts tail`` polls the database, prints the fired event (masked), exits at --count."""
     import subprocess
     import sys
 
