@@ -43,9 +43,9 @@ class UsageItem(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """What one API call used, in the units its price key is billed by.
 
     ``count`` is billed requests (read/write capacity units for DynamoDB; for SQS one per
-    started 64 KB of a call, however many messages it batches); token fields follow each provider's billing convention as normalised by
-    the SDK: ``input_tokens`` never includes cache reads or cache writes, so nothing is
-    counted twice (see ``spendtrace.instrument``).
+    started 64 KB of a call, however many messages it batches). Token fields follow each
+    provider's billing convention as normalised by the SDK: ``input_tokens`` never includes
+    cache reads or cache writes, so nothing is counted twice (see ``spendtrace.instrument``).
     """
 
     key: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_LEN)]
