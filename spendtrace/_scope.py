@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import itertools
 import math
 import operator
-import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Iterator
@@ -27,7 +25,7 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
-from spendtrace import _pipeline, _sampling
+from spendtrace import _clock, _pipeline, _sampling
 from spendtrace.schema import MAX_KEY_LEN, MAX_NAME_LEN, UNATTRIBUTED, Span, UsageItem
 
 if TYPE_CHECKING:
@@ -89,80 +87,12 @@ _CLOSING: Final = object()
 #: Serialises the rare late path (usage arriving while or after its span closes).
 _late_lock = threading.Lock()
 
-# --------------------------------------------------------------------------- ids and clocks
-
-_counter = itertools.count(1)
-_prefix = os.urandom(8).hex()
-
-_perf = time.perf_counter_ns
-#: Always 0: what ``_cpu`` becomes when CPU timing is off (a C call, as cheap as a call gets).
-_no_cpu = itertools.repeat(0).__next__
-
-
-def _cpu_from_env() -> Callable[[], int]:
-    off = os.environ.get("SPENDTRACE_CPU_TIME", "").strip().lower() in {"0", "false", "no", "off"}
-    return _no_cpu if off else time.thread_time_ns
-
-
-#: CPU time of the calling thread. On Linux it is a system call (~0.3 µs, twice per span), the
-#: costliest part of recording a span; ``set_cpu_time(False)`` or ``SPENDTRACE_CPU_TIME=0`` turn it
-#: off (``cpu_ns`` is then 0) for apps that want the cheapest spans.
-_cpu: Callable[[], int] = _cpu_from_env()
-
-
-def set_cpu_time(enabled: bool) -> None:
-    """Measure each span's thread CPU time (``cpu_ns``, the default) or not (``cpu_ns`` = 0, ~0.6 µs cheaper)."""
-    global _cpu
-    _cpu = time.thread_time_ns if enabled else _no_cpu
-
-
-_wall_offset = time.time_ns() - time.perf_counter_ns()
-
-
-def _resync_clock() -> None:
-    """Re-anchor wall-clock start times to the system clock (called every 4096 spans and after fork)."""
-    global _wall_offset
-    _wall_offset = time.time_ns() - time.perf_counter_ns()
-
-
-def _new_id() -> str:
-    """A span / request id unique across processes: a random per-process prefix and a counter, in hex."""
-    return _prefix + hex(next(_counter))
-
-
-def _after_fork_in_child() -> None:
-    global _prefix
-    _prefix = os.urandom(8).hex()
-    _resync_clock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _lambda_from_env() -> int:
-    raw = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        return 0
-
-
-#: Memory of the Lambda function this process runs in (0: not on Lambda), stamped on root spans.
-_lambda_mb: int = _lambda_from_env()
-
-
-def set_lambda_memory_mb(memory_mb: int | None) -> None:
-    """Set the Lambda memory size (MB) stamped on root spans; ``None`` re-reads ``AWS_LAMBDA_FUNCTION_MEMORY_SIZE``."""
-    global _lambda_mb
-    if memory_mb is None:
-        _lambda_mb = _lambda_from_env()
-        return
-    if isinstance(memory_mb, bool) or not isinstance(memory_mb, int):
-        raise TypeError(f"memory_mb must be an int, got {type(memory_mb).__name__}")
-    if memory_mb < 0:
-        raise ValueError(f"memory_mb must be >= 0, got {memory_mb}")
-    _lambda_mb = memory_mb
+# Ids and clocks live in _clock; these names never change there, so they are bound here once.
+_counter = _clock.counter
+_perf = _clock.perf
+_new_id = _clock.new_id
+set_cpu_time = _clock.set_cpu_time
+set_lambda_memory_mb = _clock.set_lambda_memory_mb
 
 
 # --------------------------------------------------------------------------- validation
@@ -247,7 +177,7 @@ def current_request_id() -> str | None:
 def _submit_orphan(item: UsageItem, st: _State | None) -> None:
     """Submit usage recorded outside any span as its own ``__unattributed__`` span."""
     sid = _new_id()
-    now = _perf() + _wall_offset
+    now = _perf() + _clock.wall_offset
     if st is None:
         rate = _sampling.rate
         if rate < 1.0 and _sampling.draw() >= rate:
@@ -284,7 +214,7 @@ def _settle_late(item: UsageItem, usage: list[Any], st: _State) -> None:
 def _submit_late(item: UsageItem, st: _State) -> None:
     """Send usage that arrived after its span closed as a one-item child span of it."""
     _pipeline.submit(
-        Span(_new_id(), st[1], st[2], cast(str, st[8]), st[9], st[3], st[4], _perf() + _wall_offset, 0, 0, False,
+        Span(_new_id(), st[1], st[2], cast(str, st[8]), st[9], st[3], st[4], _perf() + _clock.wall_offset, 0, 0, False,
              None, (item,), st[6], st[5], 0)
     )  # fmt: skip
 
@@ -311,7 +241,7 @@ def _open_span(feature: str, operation: str | None, rate: float | None, feat1: t
         if r < 1.0 and _sampling.draw() >= r:
             return (_OFF, False, None, 0)
         sid = _new_id()
-        return ((True, sid, sid, None, None, feat1, 1.0 / r, [_OPEN], feature, operation), True, None, _lambda_mb)
+        return ((True, sid, sid, None, None, feat1, 1.0 / r, [_OPEN], feature, operation), True, None, _clock.lambda_mb)
     if not parent[0]:
         return None
     ppath = parent[5]
@@ -320,7 +250,7 @@ def _open_span(feature: str, operation: str | None, rate: float | None, feat1: t
         parent[6], [_OPEN], feature, operation,
     )  # fmt: skip
     pid = parent[1]
-    return (st, True, pid, 0 if pid is not None else _lambda_mb)
+    return (st, True, pid, 0 if pid is not None else _clock.lambda_mb)
 
 
 def _close(frame: _Frame, start: int, cpu: int, exc: BaseException | None) -> None:
@@ -332,7 +262,7 @@ def _close(frame: _Frame, start: int, cpu: int, exc: BaseException | None) -> No
     try:
         usage = cast(list[Any], st[7])
         _pipeline.submit(
-            Span(cast(str, st[1]), pid, st[2], cast(str, st[8]), st[9], st[3], st[4], start + _wall_offset,
+            Span(cast(str, st[1]), pid, st[2], cast(str, st[8]), st[9], st[3], st[4], start + _clock.wall_offset,
                  end - start, cpu, exc is not None, None if exc is None else type(exc).__name__,
                  _take_usage(usage), st[6], st[5], lam)
         )  # fmt: skip
@@ -358,16 +288,16 @@ def _wrap_sync(fn: Callable[..., R], open_frame: Callable[[], _Frame | None]) ->
         if frame is None:
             return fn(*args, **kwargs)
         token = _set(frame[0])
-        c0 = _cpu()
+        c0 = _clock.cpu()
         t0 = _perf()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            cpu = _cpu() - c0
+            cpu = _clock.cpu() - c0
             _reset(token)
             _close(frame, t0, cpu, exc)
             raise
-        cpu = _cpu() - c0
+        cpu = _clock.cpu() - c0
         _reset(token)
         _close(frame, t0, cpu, None)
         return result
@@ -386,16 +316,16 @@ def _wrap_async(
         if frame is None:
             return await fn(*args, **kwargs)
         token = _set(frame[0])
-        c0 = _cpu()
+        c0 = _clock.cpu()
         t0 = _perf()
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            cpu = _cpu() - c0
+            cpu = _clock.cpu() - c0
             _reset(token)
             _close(frame, t0, cpu, exc)
             raise
-        cpu = _cpu() - c0
+        cpu = _clock.cpu() - c0
         _reset(token)
         _close(frame, t0, cpu, None)
         return result
@@ -423,11 +353,11 @@ def _wrap_gen(
         try:
             while True:
                 token = _set(st)
-                c0 = _cpu()
+                c0 = _clock.cpu()
                 try:
                     out = gen.send(sent) if thrown is None else gen.throw(thrown)
                 finally:
-                    cpu += _cpu() - c0
+                    cpu += _clock.cpu() - c0
                     _reset(token)
                 thrown = None
                 try:
@@ -469,11 +399,11 @@ def _wrap_asyncgen(
         try:
             while True:
                 token = None if st is None else _set(st)
-                c0 = _cpu()
+                c0 = _clock.cpu()
                 try:
                     out = await (agen.asend(sent) if thrown is None else agen.athrow(thrown))
                 finally:
-                    cpu += _cpu() - c0
+                    cpu += _clock.cpu() - c0
                     if token is not None:
                         _reset(token)
                 thrown = None
@@ -558,14 +488,14 @@ def _fast_sync(
                 finally:
                     reset(token)
             n = next(_counter)
-            sid = _prefix + hex(n)
+            sid = _clock.prefix + hex(n)
             usage: list[Any] = [_OPEN]
             st: _State = (True, sid, sid, None, None, feat1, 1.0 / r, usage, feature, operation)
             pid = None
-            lam = _lambda_mb
+            lam = _clock.lambda_mb
         elif parent[0]:
             n = next(_counter)
-            sid = _prefix + hex(n)
+            sid = _clock.prefix + hex(n)
             usage = [_OPEN]
             ppath = parent[5]
             pid = parent[1]
@@ -573,35 +503,35 @@ def _fast_sync(
                 True, sid, parent[2], parent[3], parent[4], ppath if feature in ppath else ppath + feat1,
                 parent[6], usage, feature, operation,
             )  # fmt: skip
-            lam = 0 if pid is not None else _lambda_mb
+            lam = 0 if pid is not None else _clock.lambda_mb
         else:  # sampled out or suppressed
             return fn(*args, **kwargs)
         token = set_(st)
-        c0 = _cpu()
+        c0 = _clock.cpu()
         t0 = perf_now()
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             t1 = perf_now()
-            cpu = _cpu() - c0
+            cpu = _clock.cpu() - c0
             reset(token)
             submit(
-                Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _wall_offset, t1 - t0, cpu, True,
+                Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _clock.wall_offset, t1 - t0, cpu, True,
                      type(exc).__name__, _take_usage(usage), st[6], st[5], lam)
             )  # fmt: skip
             raise
         t1 = perf_now()
-        cpu = _cpu() - c0
+        cpu = _clock.cpu() - c0
         reset(token)
         usage[0] = _CLOSING
         items = tuple(usage[1:]) if len(usage) > 1 else ()
         usage[0] = len(items) + 1
         submit(
-            Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _wall_offset, t1 - t0, cpu, False, None,
+            Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _clock.wall_offset, t1 - t0, cpu, False, None,
                  items, st[6], st[5], lam)
         )  # fmt: skip
         if not n & 4095:
-            _resync_clock()
+            _clock.resync()
         return result
 
     return wrapper
@@ -642,7 +572,7 @@ class track:
         frame = _open_span(self._feature, self._operation, self._rate, self._feat1)
         self._frame = self._opened = _NO_FRAME if frame is None else frame
         self._token = None if frame is None else _set(frame[0])
-        self._c0 = _cpu()
+        self._c0 = _clock.cpu()
         self._t0 = _perf()
         return self
 
@@ -652,7 +582,7 @@ class track:
         frame = self._frame
         if frame is None:
             return
-        cpu = _cpu() - self._c0
+        cpu = _clock.cpu() - self._c0
         token = self._token
         self._frame = self._token = None
         if token is not None:
@@ -759,7 +689,7 @@ class track_request:
                 return ((True, None, rid, self._endpoint, user, (), 1.0 / r, None, None, None), False, None, 0)
             sid = _new_id() if self._request_id is not None else rid
             st: _State = (True, sid, rid, self._endpoint, user, self._feat1, 1.0 / r, [_OPEN], feature, self._operation)
-            return (st, True, None, _lambda_mb)
+            return (st, True, None, _clock.lambda_mb)
         if not parent[0]:
             return None
         # Join the enclosing request; endpoint and tenant given here override the inherited ones.
@@ -776,7 +706,7 @@ class track_request:
             True, _new_id(), parent[2], endpoint, user, ppath if feature in ppath else ppath + self._feat1,
             parent[6], [_OPEN], feature, self._operation,
         )  # fmt: skip
-        return (st, True, pid, 0 if pid is not None else _lambda_mb)
+        return (st, True, pid, 0 if pid is not None else _clock.lambda_mb)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate ``fn`` so that each call runs in a request scope of its own."""
@@ -796,7 +726,7 @@ class track_request:
         frame = self._open()
         self._frame = self._opened = _NO_FRAME if frame is None else frame
         self._token = None if frame is None else _set(frame[0])
-        self._c0 = _cpu()
+        self._c0 = _clock.cpu()
         self._t0 = _perf()
         return self
 
@@ -806,7 +736,7 @@ class track_request:
         frame = self._frame
         if frame is None:
             return
-        cpu = _cpu() - self._c0
+        cpu = _clock.cpu() - self._c0
         token = self._token
         self._frame = self._token = None
         if token is not None:

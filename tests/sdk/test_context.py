@@ -10,7 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import spendtrace
-from spendtrace import _scope
+from spendtrace import _clock, _scope
 from spendtrace.schema import Span
 
 
@@ -127,12 +127,12 @@ def test_generator_does_not_leak_its_span_to_the_consumer(spans: list[Span]) -> 
 
 def test_span_ids_differ_after_fork(spans: list[Span]) -> None:
     """A forked child makes span ids from a fresh prefix, so parent and child never collide."""
-    parent_id = _scope._new_id()
+    parent_id = _clock.new_id()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report one id and leave without running any test machinery
         try:
-            os.write(write_end, _scope._new_id().encode())
+            os.write(write_end, _clock.new_id().encode())
         finally:
             os._exit(0)
     os.close(write_end)

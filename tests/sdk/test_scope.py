@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import spendtrace
-from spendtrace import _scope
+from spendtrace import _clock, _scope
 from spendtrace.schema import MAX_NAME_LEN, UNATTRIBUTED, Span, UsageItem
 
 
@@ -474,6 +474,6 @@ def test_cpu_timing_can_be_turned_off(spans: list[Span], monkeypatch: pytest.Mon
     busy()
     assert spans[0].cpu_ns == 0 and spans[1].cpu_ns > 0
     monkeypatch.setenv("SPENDTRACE_CPU_TIME", "off")
-    assert _scope._cpu_from_env()() == 0
+    assert _clock.cpu_from_env()() == 0
     monkeypatch.setenv("SPENDTRACE_CPU_TIME", "1")
-    assert _scope._cpu_from_env() is not _scope._no_cpu
+    assert _clock.cpu_from_env() is not _clock.no_cpu
