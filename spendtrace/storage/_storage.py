@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from spendtrace._settings import default_db_path
 from spendtrace.storage import _queries as q
+from spendtrace.storage import _raw as raw
 from spendtrace.storage._db import connect, connect_async
 from spendtrace.storage._sql import Filters, Query, Row, TimeLike, coarsen, to_ns
 
@@ -259,11 +260,11 @@ class SQLiteStorage:
 
     def dead_letters(self, limit: int = 50) -> list[Row]:
         """The newest dead letters, with their reason."""
-        return self.run(q.dead_letters(limit))
+        return self.run(raw.dead_letters(limit))
 
     def unpriced_usage(self) -> list[Row]:
         """Usage no price covered, per key / service / feature."""
-        return self.run(q.unpriced_usage())
+        return self.run(raw.unpriced_usage())
 
     # -- requests and raw spans ------------------------------------------------------------------
     def get_request_cost(
@@ -280,15 +281,15 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Cost per request: newest first, or most expensive first with ``order='cost'``."""
         f = Filters.of(start, end, feature, user_id, endpoint)
-        return self.run(q.request_costs(f, limit, order, offset))
+        return self.run(raw.request_costs(f, limit, order, offset))
 
     def get_request_subtree(self, request_id: str) -> list[Row]:
         """The request's spans as a tree in depth-first order, with ``depth``, ``direct_cost``, ``subtree_cost``."""
-        return self.run(q.subtree(request_id=request_id))
+        return self.run(raw.subtree(request_id=request_id))
 
     def get_transaction_subtree(self, span_id: str) -> list[Row]:
         """The subtree rooted at one span, in depth-first order (depth 0 at that span)."""
-        return self.run(q.subtree(span_id=span_id))
+        return self.run(raw.subtree(span_id=span_id))
 
     def transactions(
         self,
@@ -305,7 +306,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Raw spans newest first (stable order for paging with ``limit``/``offset``), exact time filters."""
         f = Filters.of(start, end, feature, user_id, endpoint, service)
-        return self.run(q.transactions(f, limit, offset, request_id))
+        return self.run(raw.transactions(f, limit, offset, request_id))
 
     # -- maintenance (delegated to the storage writers) ------------------------------------------
     def set_retention(self, **kwargs: Any) -> Any:
@@ -491,11 +492,11 @@ class AsyncStorage:
 
     async def dead_letters(self, limit: int = 50) -> list[Row]:
         """``SQLiteStorage.dead_letters``."""
-        return await self.run(q.dead_letters(limit))
+        return await self.run(raw.dead_letters(limit))
 
     async def unpriced_usage(self) -> list[Row]:
         """``SQLiteStorage.unpriced_usage``."""
-        return await self.run(q.unpriced_usage())
+        return await self.run(raw.unpriced_usage())
 
     async def get_request_cost(
         self,
@@ -508,15 +509,15 @@ class AsyncStorage:
         **names: str | None,
     ) -> list[Row]:
         """``SQLiteStorage.get_request_cost``."""
-        return await self.run(q.request_costs(Filters.of(start, end, **names), limit, order, offset))
+        return await self.run(raw.request_costs(Filters.of(start, end, **names), limit, order, offset))
 
     async def get_request_subtree(self, request_id: str) -> list[Row]:
         """``SQLiteStorage.get_request_subtree``."""
-        return await self.run(q.subtree(request_id=request_id))
+        return await self.run(raw.subtree(request_id=request_id))
 
     async def get_transaction_subtree(self, span_id: str) -> list[Row]:
         """``SQLiteStorage.get_transaction_subtree``."""
-        return await self.run(q.subtree(span_id=span_id))
+        return await self.run(raw.subtree(span_id=span_id))
 
     async def transactions(
         self,
@@ -529,4 +530,4 @@ class AsyncStorage:
         **names: str | None,
     ) -> list[Row]:
         """``SQLiteStorage.transactions``."""
-        return await self.run(q.transactions(Filters.of(start, end, **names), limit, offset, request_id))
+        return await self.run(raw.transactions(Filters.of(start, end, **names), limit, offset, request_id))

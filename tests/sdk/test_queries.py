@@ -451,6 +451,7 @@ def test_readme_observe_flow_sees_spans_recorded_in_process(db_path: Path, tmp_p
             rows = storage.aggregate_by_feature()
     finally:
         _config.reset()
+        set_db_path(None)  # configure(db=...) also set the process default
     unit = PriceBook.default().price_item(UsageItem("dynamodb_read", count=3.0), NOW)[0]
     assert unit is not None
     assert [(r["feature"], r["transaction_count"]) for r in rows] == [("search", 5)]
