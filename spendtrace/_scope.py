@@ -541,7 +541,7 @@ def _fast_sync(
 
 
 class track:
-    """A span of ``feature`` around a ``with`` or ``async with`` block.
+    """A span of ``feature`` around a ``with`` or ``async with`` block (or, as a decorator, each call).
 
     ``operation`` and ``sample_rate`` mean what they mean for ``cost_track``. One ``track``
     object is one block: open a new one for each ``with``.
@@ -565,6 +565,10 @@ class track:
         """The id of the span this block records or recorded (``None`` when it records none)."""
         frame = self._opened
         return frame[0][1] if frame is not None and frame[1] else None
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """``@track(feature=...)`` works like ``@cost_track(feature=...)``."""
+        return cost_track(self._feature, operation=self._operation, sample_rate=self._rate)(fn)
 
     def __enter__(self) -> track:
         if self._frame is not None:

@@ -128,6 +128,22 @@ def test_sync_track_block_records_error(spans: list[Span]) -> None:
     assert (span.feature, span.error_type) == ("math", "ZeroDivisionError")
 
 
+async def test_track_as_decorator(spans: list[Span]) -> None:
+    """``@track(feature=...)`` records each call like ``@cost_track``, sync or async."""
+
+    @spendtrace.track(feature="decorated", operation="op")
+    def sync_fn() -> int:
+        return 1
+
+    @spendtrace.track(feature="adecorated")
+    async def async_fn() -> int:
+        await asyncio.sleep(0)
+        return 2
+
+    assert sync_fn() + await async_fn() == 3
+    assert [(s.feature, s.operation) for s in spans] == [("decorated", "op"), ("adecorated", None)]
+
+
 def test_track_object_cannot_be_entered_twice_at_once(spans: list[Span]) -> None:
     """Re-entering an open track() is an error rather than a corrupted context."""
     block = spendtrace.track(feature="once")
