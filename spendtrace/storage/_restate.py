@@ -67,10 +67,18 @@ def _scale(f: Fraction, amount: int) -> int:
     return amount if f == 1 else round(f * amount)
 
 
-class _Undo:
-    """Collects the undo rows of one restatement."""
+_UNDO_INSERT = (
+    "INSERT INTO restatement_undo (restatement_id, tbl, row_key, old_cost_nano, old_extra, new_cost_nano, "
+    "old_var_nano2, new_var_nano2) VALUES (?,?,?,?,?,?,?,?)"
+)
+_CHUNK = 5000
 
-    def __init__(self, rid: int) -> None:
+
+class _Undo:
+    """Collects the undo rows of one restatement and writes them in chunks (memory stays bounded)."""
+
+    def __init__(self, conn: sqlite3.Connection, rid: int) -> None:
+        self.conn = conn
         self.rid = rid
         self.rows: list[tuple[Any, ...]] = []
 
@@ -89,6 +97,12 @@ class _Undo:
                 new_var,
             )
         )
+        if len(self.rows) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        self.conn.executemany(_UNDO_INSERT, self.rows)
+        self.rows.clear()
 
 
 def restate_historical_costs(
@@ -141,7 +155,7 @@ def restate_historical_costs(
             ),
         )
         rid = int(cur.lastrowid or 0)
-        undo = _Undo(rid)
+        undo = _Undo(conn, rid)
         n_spans = _restate_spans(conn, undo, f_of, lo_ns, hi_ns)
         delta_day = 0
         for grain in _GRAINS:
@@ -150,11 +164,7 @@ def restate_historical_costs(
                 delta_day = sum(new - old for old, new in ratios.values())
             _restate_loaded(conn, undo, grain, ratios, lo_s, hi_s)
         dash.rebuild(conn, lo_s, hi_s)  # dashboard sums follow the restated rollups
-        conn.executemany(
-            "INSERT INTO restatement_undo (restatement_id, tbl, row_key, old_cost_nano, old_extra, new_cost_nano, "
-            "old_var_nano2, new_var_nano2) VALUES (?,?,?,?,?,?,?,?)",
-            undo.rows,
-        )
+        undo.flush()
         conn.execute(
             "UPDATE restatements SET spans_changed = ?, delta_nano = ? WHERE id = ?", (n_spans, delta_day, rid)
         )
@@ -166,39 +176,44 @@ def restate_historical_costs(
 
 
 def _restate_spans(conn: sqlite3.Connection, undo: _Undo, f_of: Any, lo_ns: int, hi_ns: int) -> int:
-    """Rewrite the spans in range and apply their changes to ``requests``; returns spans changed."""
+    """Rewrite the spans in range, in chunks, and apply their changes to ``requests``; returns spans changed."""
     req_delta: dict[str, list[Any]] = defaultdict(lambda: [0, 0.0])
-    updates: list[tuple[Any, ...]] = []
-    rows = conn.execute(
+    changed_spans = 0
+    # The cursor walks the start_ns index; the updates touch no indexed column, so it is safe to
+    # update while reading (SQLite allows it on one connection).
+    cur = conn.execute(
         "SELECT span_id, request_id, weight, usage, cost_nano, var_nano2 FROM spans "
         "WHERE start_ns >= ? AND start_ns < ?",
         (lo_ns, hi_ns),
-    ).fetchall()
-    for span_id, request_id, weight, usage_text, cost, var in rows:
-        items = json.loads(usage_text)
-        new_cost = 0
-        unweighted = 0
-        changed = False
-        for it in items:
-            if not it.get("priced"):
+    )
+    while rows := cur.fetchmany(_CHUNK):
+        updates: list[tuple[Any, ...]] = []
+        for span_id, request_id, weight, usage_text, cost, var in rows:
+            items = json.loads(usage_text)
+            new_cost = 0
+            unweighted = 0
+            changed = False
+            for it in items:
+                if not it.get("priced"):
+                    continue
+                f = f_of(it.get("service", ""))
+                if f != 1:
+                    changed = True
+                    it["cost_nano"] = _scale(f, int(it["cost_nano"]))
+                    it["unit_cost_nano"] = _scale(f, int(it["unit_cost_nano"]))
+                new_cost += int(it["cost_nano"])
+                unweighted += int(it["unit_cost_nano"])
+            if not changed:
                 continue
-            f = f_of(it.get("service", ""))
-            if f != 1:
-                changed = True
-                it["cost_nano"] = _scale(f, int(it["cost_nano"]))
-                it["unit_cost_nano"] = _scale(f, int(it["unit_cost_nano"]))
-            new_cost += int(it["cost_nano"])
-            unweighted += int(it["unit_cost_nano"])
-        if not changed:
-            continue
-        new_var = weight * (weight - 1.0) * unweighted * unweighted if weight != 1.0 else 0.0
-        new_text = json.dumps(items, separators=(",", ":"))
-        undo.add("spans", [span_id], cost, new_cost, var, new_var, {"usage": usage_text, "new_usage": new_text})
-        updates.append((new_text, new_cost, new_var, span_id))
-        d = req_delta[request_id]
-        d[0] += new_cost - cost
-        d[1] += new_var - var
-    conn.executemany("UPDATE spans SET usage = ?, cost_nano = ?, var_nano2 = ? WHERE span_id = ?", updates)
+            new_var = weight * (weight - 1.0) * unweighted * unweighted if weight != 1.0 else 0.0
+            new_text = json.dumps(items, separators=(",", ":"))
+            undo.add("spans", [span_id], cost, new_cost, var, new_var, {"usage": usage_text})
+            updates.append((new_text, new_cost, new_var, span_id))
+            d = req_delta[request_id]
+            d[0] += new_cost - cost
+            d[1] += new_var - var
+        conn.executemany("UPDATE spans SET usage = ?, cost_nano = ?, var_nano2 = ? WHERE span_id = ?", updates)
+        changed_spans += len(updates)
     req_updates = []
     for request_id, (dc, dv) in req_delta.items():
         row = conn.execute("SELECT cost_nano, var_nano2 FROM requests WHERE request_id = ?", (request_id,)).fetchone()
@@ -209,7 +224,7 @@ def _restate_spans(conn: sqlite3.Connection, undo: _Undo, f_of: Any, lo_ns: int,
         undo.add("requests", [request_id], old_c, new_c, old_v, new_v)
         req_updates.append((new_c, new_v, request_id))
     conn.executemany("UPDATE requests SET cost_nano = ?, var_nano2 = ? WHERE request_id = ?", req_updates)
-    return len(updates)
+    return changed_spans
 
 
 def _restate_rollup(

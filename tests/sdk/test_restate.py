@@ -11,6 +11,7 @@ import pytest
 from test_ingest import BOOK, make_spans, ns, write_in_batches
 
 from spendtrace import ConfigError, StorageError
+from spendtrace.storage import _restate as restate_mod
 from spendtrace.storage._db import connect
 from spendtrace.storage._ingest import prepare_batch, write_batch_sync
 from spendtrace.storage._restate import restate_historical_costs, undo_restatement
@@ -87,14 +88,19 @@ def test_a_restatement_scales_the_range_and_nothing_else(tmp_path: Path) -> None
     assert row == ("alice", "Feb bill", "2026-03-01", "2026-03-02", 1.0466, changed, None)
 
 
-def test_undo_restores_every_money_column_exactly(tmp_path: Path) -> None:
-    """A restatement followed by its undo leaves every money table byte-identical."""
+def test_undo_restores_every_money_column_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restatement followed by its undo leaves every money table byte-identical (work done in small chunks)."""
+    monkeypatch.setattr(restate_mod, "_CHUNK", 7)  # many chunks: updates interleave with the reading cursor
     conn = stored(tmp_path)
     before = dump(conn)
     rid = restate_historical_costs(
         conn, factor=0.93, factors={"bedrock": 1.21}, start_date="2024-10-01", end_date="2026-03-03"
     )
-    assert dump(conn) != before
+    restated = dump(conn)
+    assert restated != before
+    in_range = conn.execute("SELECT count(*) FROM spans WHERE cost_nano > 0").fetchone()[0]
+    changed = conn.execute("SELECT spans_changed FROM restatements WHERE id = ?", (rid,)).fetchone()[0]
+    assert changed == in_range > 7  # every priced span in the range was rewritten, across chunks
     assert undo_restatement(conn, rid) > 0
     assert dump(conn) == before
     assert conn.execute("SELECT undone_ns IS NOT NULL FROM restatements WHERE id = ?", (rid,)).fetchone() == (1,)
