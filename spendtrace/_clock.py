@@ -51,8 +51,11 @@ def resync() -> None:
 
 
 def new_id() -> str:
-    """A span / request id unique across processes and forks."""
-    return prefix + hex(next(counter))
+    """A span / request id unique across processes and forks (and a periodic wall-clock re-anchor)."""
+    n = next(counter)
+    if not n & 4095:
+        resync()
+    return prefix + hex(n)
 
 
 def _after_fork_in_child() -> None:
