@@ -53,8 +53,8 @@ def dollar_spans(n: int, at_ns: int, tag: str, feature: str = "search") -> list[
 
 
 def config(broker: EmbeddedBroker, topic: str, db: Path, group: str = "g") -> WorkerConfig:
-    """A small-batch worker configuration on the session broker."""
-    return WorkerConfig(bootstrap=broker.bootstrap, db_path=str(db), group_id=group, topic=topic,
+    """A small-batch worker configuration on the session broker (a group of this test's own)."""
+    return WorkerConfig(bootstrap=broker.bootstrap, db_path=str(db), group_id=f"{group}-{topic}", topic=topic,
                         dlq_topic=f"{topic}.dlq", alerts_topic=f"{topic}.alerts", partitions=3, batch_size=5)
 
 
