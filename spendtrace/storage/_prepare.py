@@ -22,6 +22,7 @@ usage (``dynamodb_read`` x3) is priced once.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from spendtrace.schema import Span, UsageItem
 __all__ = ["BatchSummary", "PreparedBatch", "prepare_batch"]
 
 _json = msgspec.json.Encoder()
+#: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.
+_MAX_WEIGHT = 1e12
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,8 @@ _memos: dict[str, dict[tuple[Any, ...], tuple[int | None, int, str, str]]] = {}
 
 def _price(book: PriceBook, item: UsageItem, seg: int, w: float) -> tuple[int | None, int, str, str]:
     """(unweighted cost or None, weighted cost, service, usage JSON fragment) of one item."""
+    if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
+        raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
     entry = book.entry_at(item.key, seg)
     if entry is None:
         c, ver, svc = None, "", item.service or guess_service(item.key)
@@ -155,7 +160,9 @@ _path_cache: dict[tuple[tuple[str, ...], str], tuple[str, tuple[str, ...]]] = {}
 def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     """Price ``spans`` with ``book`` and compute every row and delta to store (pure, no I/O).
 
-    Repeated ``span_id``s within the batch keep their first occurrence.
+    Repeated ``span_id``s within the batch keep their first occurrence. A span with non-finite units
+    or an infinite weight (which the wire schema's ``>= 0`` / ``>= 1`` bounds let through) raises
+    ``ValueError``, so the caller can dead-letter it instead of poisoning the totals.
     """
     seen: set[str] = set()
     uniq: list[Span] = []
@@ -189,6 +196,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     for s in uniq:
         t = s.start_ns
         w = s.weight
+        if w != 1.0 and not 1.0 <= w <= _MAX_WEIGHT:
+            raise ValueError(f"span {s.span_id!r} has weight {w}; expected 1 <= weight <= {_MAX_WEIGHT:g}")
         feature = s.feature
         parent = s.parent_id
         mb = t // 60_000_000_000 * 60

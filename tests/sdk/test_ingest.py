@@ -391,3 +391,18 @@ def test_batch_summary_names_the_touched_scopes() -> None:
     assert batch.summary.endpoints == {"/api/search"}
     assert batch.summary.min_start_ns == min(s.start_ns for s in spans)
     assert batch.summary.max_start_ns == max(s.start_ns for s in spans)
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        Span("s", None, "r", "f", usage=(UsageItem("dynamodb_read", count=float("inf")),)),
+        Span("s", None, "r", "f", usage=(UsageItem("mystery", count=float("inf")),)),
+        Span("s", None, "r", "f", usage=(UsageItem("lambda_gb_second", gb_seconds=float("inf")),)),
+        Span("s", None, "r", "f", weight=float("inf")),
+    ],
+)
+def test_infinite_units_or_weights_are_refused(span: Span) -> None:
+    """Infinity passes the wire schema's bounds, so preparation refuses it rather than store an infinite total."""
+    with pytest.raises(ValueError, match=r"non-finite|weight"):
+        prepare_batch([span], BOOK)
