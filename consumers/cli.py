@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from consumers.config import (
     DEFAULT_ALERTS_TOPIC,
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20_000, help="most messages per transaction")
     p.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer group session timeout")
     p.add_argument("--retention-interval", type=float, default=300.0, help="seconds between retention runs")
+    p.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules in these workers")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
     return p
@@ -76,12 +78,13 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None) -> int:
+async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, alerts: bool = True) -> int:
     """Run ``n`` workers as tasks of this event loop until a stop signal."""
     from consumers.worker import Worker, load_price_book
 
     book = load_price_book(config.prices_file)
     workers = [Worker(config, book=book) for _ in range(n)]
+    evaluators = [_attach_alerts(w) for w in workers] if alerts else []
     loop = asyncio.get_running_loop()
 
     def stop_all() -> None:
@@ -100,10 +103,24 @@ async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None) -> i
     finally:
         if server is not None:
             server.close()
+        for evaluator in evaluators:
+            if evaluator is not None:
+                await evaluator.aclose()
+                await evaluator.dispatcher.aclose()
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed:
         log.error("worker failed", exc_info=exc)
     return 1 if failed else 0
+
+
+def _attach_alerts(worker: Any) -> Any:
+    """Evaluate alert rules after each committed batch (``consumers.alerting``), when it is installed."""
+    try:
+        from consumers.alerting import attach_alerting
+    except ImportError:  # pragma: no cover - alerting ships with the consumers
+        log.warning("alert evaluation is not available in this install")
+        return None
+    return attach_alerting(worker)
 
 
 def run_processes(argv: Sequence[str], n: int, metrics_port: int | None) -> int:
@@ -168,4 +185,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and args.worker_mode == "process":
         return run_processes(argv, args.workers, args.metrics_port)
     log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)
-    return asyncio.run(run_tasks(config, args.workers, args.metrics_port))
+    return asyncio.run(run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts))

@@ -1,0 +1,81 @@
+"""``spendtrace-consumer`` as a user runs it: N workers as processes or tasks, metrics, a graceful SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from consumers.broker import EmbeddedBroker, free_port
+from consumers.cli import build_parser, config_from_args, main
+from consumers.testing import make_spans, produce_spans, stored_offsets, wait_for
+
+
+def _metrics(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def _value(text: str, series: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + "{"))
+
+
+@pytest.mark.parametrize("mode", ["process", "task"])
+async def test_two_workers_drain_then_stop_gracefully_on_sigterm(
+    broker: EmbeddedBroker, topic_name: str, db_path: Path, tmp_path: Path, mode: str
+) -> None:
+    """Both modes store every span once, serve metrics per worker, and exit 0 on SIGTERM."""
+    spans = make_spans(3_000, seed=11)
+    ends = await produce_spans(broker.bootstrap, topic_name, spans, partitions=4)
+    group = f"{topic_name}-g"
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "consumers", "--bootstrap", broker.bootstrap, "--db", str(db_path), "--group", group,
+        "--topic", topic_name, "--partitions", "4", "--workers", "2", "--worker-mode", mode, "--batch-size", "300",
+        "--session-timeout-ms", "2000", "--metrics-port", str(port), "--log-level", "WARNING",
+    ]  # fmt: skip
+    with open(tmp_path / "cli.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: stored_offsets(db_path, group, topic_name) == ends, 120, "the workers to drain")
+        # process mode: one endpoint per child (port, port + 1); task mode: one endpoint, a series per worker
+        ports = [port, port + 1] if mode == "process" else [port]
+        await wait_for(lambda: all(_metrics(p) for p in ports), 60, "every metrics endpoint to answer")
+        texts = [_metrics(p) for p in ports]
+        assert sum(_value(t, "spendtrace_consumer_spans_total") for t in texts) >= len(spans)
+        assert sum(t.count('spendtrace_consumer_batches_total{worker="') for t in texts) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(spans)
+
+
+def test_options_reach_the_worker_config() -> None:
+    """Every documented option lands in the worker's settings."""
+    args = build_parser().parse_args(
+        ["--bootstrap", "k:9092", "--db", "x.db", "--group", "G", "--topic", "T", "--partitions", "12",
+         "--batch-size", "777", "--prices", "p.json", "--session-timeout-ms", "6000"]
+    )  # fmt: skip
+    cfg = config_from_args(args)
+    assert (cfg.bootstrap, cfg.db_path, cfg.group_id, cfg.topic) == ("k:9092", "x.db", "G", "T")
+    assert (cfg.partitions, cfg.batch_size, cfg.prices_file, cfg.session_timeout_ms) == (12, 777, "p.json", 6000)
+    assert cfg.heartbeat_interval_ms < cfg.session_timeout_ms
+
+
+def test_nonsense_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--workers 0`` stops with a message instead of starting nothing."""
+    with pytest.raises(SystemExit) as exc:
+        main(["--workers", "0"])
+    assert "--workers" in str(exc.value)
