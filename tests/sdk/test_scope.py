@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -493,3 +494,26 @@ def test_cpu_timing_can_be_turned_off(spans: list[Span], monkeypatch: pytest.Mon
     assert _clock.cpu_from_env()() == 0
     monkeypatch.setenv("SPENDTRACE_CPU_TIME", "1")
     assert _clock.cpu_from_env() is not _clock.no_cpu
+
+
+def test_start_time_is_wall_clock_and_duration_monotonic(spans: list[Span]) -> None:
+    """start_ns is Unix-epoch wall time within the call, and duration covers what ran inside."""
+    before = time.time_ns()
+    with spendtrace.track(feature="timed"):
+        time.sleep(0.002)
+    after = time.time_ns()
+    (span,) = spans
+    slack = 50_000_000  # the monotonic-to-wall anchor may drift a little between re-anchors
+    assert before - slack <= span.start_ns <= after + slack
+    assert 2_000_000 <= span.duration_ns <= after - before + slack
+
+
+def test_explicit_request_id_inside_a_tree_starts_a_new_tree(spans: list[Span]) -> None:
+    """A caller-supplied request id opens a new request tree even inside another request."""
+    with spendtrace.track_request(endpoint="/outer", feature="outer") as outer:
+        outer_request = outer.request_id
+        with spendtrace.track_request(request_id="req-upstream-7", feature="inner"):
+            pass
+    inner, outer_span = spans
+    assert (inner.request_id, inner.parent_id, inner.path) == ("req-upstream-7", None, ("inner",))
+    assert outer_span.request_id == outer_request != "req-upstream-7"
