@@ -182,8 +182,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     # (minute, feature, user, endpoint) -> {service: [cost, calls, spans, errors, unpriced, var, requests]}
     groups: dict[tuple[int, str, str, str], dict[str, list[Any]]] = {}
     groups_get = groups.get
-    # minute -> {feature: [cost, calls, spans, var]}
-    loaded_by_min: dict[int, dict[str, list[Any]]] = {}
+    # minute -> {distinct features of a path: [cost, calls, spans, var]}
+    loaded_by_min: dict[int, dict[tuple[str, ...], list[Any]]] = {}
     requests: dict[str, list[Any]] = {}
     requests_get = requests.get
     unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
@@ -191,7 +191,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     total_unpriced = 0
     paths_get = _path_cache.get
     last_mb = -1
-    loaded_mb: dict[str, list[Any]] = {}
+    loaded_mb: dict[tuple[str, ...], list[Any]] = {}
 
     for s in uniq:
         t = s.start_ns
@@ -302,15 +302,16 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if lm is None:
                 lm = loaded_by_min[mb] = {}
             loaded_mb = lm
-        for f in pinfo[1]:
-            lr = loaded_mb.get(f)
-            if lr is None:
-                loaded_mb[f] = [cost, w, 1, var]
-            else:
-                lr[0] += cost
-                lr[1] += w
-                lr[2] += 1
-                lr[3] += var
+        # fully-loaded: accumulate per distinct-feature tuple (shared by a request tree's spans),
+        # expanded to one row per feature after the loop
+        lr = loaded_mb.get(pinfo[1])
+        if lr is None:
+            loaded_mb[pinfo[1]] = [cost, w, 1, var]
+        else:
+            lr[0] += cost
+            lr[1] += w
+            lr[2] += 1
+            lr[3] += var
         end = t + s.duration_ns
         q = requests_get(s.request_id)
         if q is None:
@@ -350,7 +351,16 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             q[9] += var
 
     minute = {(*dims, svc): r for dims, group in groups.items() for svc, r in group.items()}
-    loaded_min = {(mb, f): r for mb, lm in loaded_by_min.items() for f, r in lm.items()}
+    loaded_min: dict[tuple[int, str], list[Any]] = {}
+    for mb, lm in loaded_by_min.items():
+        for feats, v in lm.items():
+            for f in feats:
+                lr = loaded_min.get((mb, f))
+                if lr is None:
+                    loaded_min[(mb, f)] = list(v)
+                else:
+                    for i in range(4):
+                        lr[i] += v[i]
     rollups = {"minute": minute, "hour": _coarsen(minute, 3600), "day": _coarsen(minute, 86400)}
     loaded = {
         "minute": loaded_min,
