@@ -115,7 +115,8 @@ def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, 
     ).decode()
 
 
-def _memo_for(book: PriceBook) -> dict[tuple[Any, ...], tuple[int | None, int, str, str]]:
+def _memo_for(book: PriceBook) -> dict[Any, tuple[int | None, int, str, str]]:
+    """Priced items of ``book``: keyed by the item (latest entry, weight 1) or (item, entry index, weight)."""
     memo = _memos.get(book.version)
     if memo is None or len(memo) > 200_000:
         if len(_memos) > 8:
@@ -124,7 +125,7 @@ def _memo_for(book: PriceBook) -> dict[tuple[Any, ...], tuple[int | None, int, s
     return memo
 
 
-_memos: dict[str, dict[tuple[Any, ...], tuple[int | None, int, str, str]]] = {}
+_memos: dict[str, dict[Any, tuple[int | None, int, str, str]]] = {}
 
 
 def _price(book: PriceBook, item: UsageItem, seg: int, w: float) -> tuple[int | None, int, str, str]:
@@ -213,14 +214,20 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         per_svc: dict[str, int] | None = None if w == 1.0 else {}
         for it in s.usage:
             st = starts_get(it.key)
-            if st is None or len(st) == 1 or t >= st[-1]:
-                seg = 0 if st is None else len(st) - 1
+            if w == 1.0 and (st is None or len(st) == 1 or t >= st[-1]):
+                # the common case (unsampled, current rate) is memoised under the item itself
+                hit = memo.get(it)
+                if hit is None:
+                    hit = memo[it] = _price(book, it, 0 if st is None else len(st) - 1, 1.0)
             else:
-                seg = max(bisect_right(st, t) - 1, 0)
-            mk = (it, seg, w)
-            hit = memo.get(mk)
-            if hit is None:
-                hit = memo[mk] = _price(book, it, seg, w)
+                if st is None or len(st) == 1 or t >= st[-1]:
+                    seg = 0 if st is None else len(st) - 1
+                else:
+                    seg = max(bisect_right(st, t) - 1, 0)
+                mk = (it, seg, w)
+                hit = memo.get(mk)
+                if hit is None:
+                    hit = memo[mk] = _price(book, it, seg, w)
             c, wc, svc, frag = hit
             frags.append(frag)
             r = group.get(svc)
