@@ -1,6 +1,6 @@
 """Spans per second through one consumer worker, beside a bare aiokafka consume and a bare SQLite insert.
 
-    python benchmarks/bench_pipeline.py [--spans 200000] [--batch-size 20000] [--workers-compare]
+    python benchmarks/bench_pipeline.py [--spans 200000] [--batch-size 20000] [--workers-compare] [--repeat 3]
 
 One run, one embedded broker, the same messages for every measurement:
 1. bare consume: an ``AIOKafkaConsumer`` (no group, no decoding) reading the topic end to end;
@@ -107,39 +107,24 @@ async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | Non
 
 
 def time_cli_workers(bootstrap: str, topic: str, db: Path, n: int, mode: str, ends: dict[int, int]) -> float:
-    """Seconds for ``spendtrace-consumer --workers n --worker-mode mode`` to drain the topic (start-up included)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "consumers",
-        "--bootstrap",
-        bootstrap,
-        "--db",
-        str(db),
-        "--group",
-        f"g-{mode}",
-        "--topic",
-        topic,
-        "--workers",
-        str(n),
-        "--worker-mode",
-        mode,
-        "--log-level",
-        "WARNING",
-    ]
-    t0 = time.perf_counter()
+    """Seconds from the first batch stored to the last, for ``spendtrace-consumer --workers n --worker-mode mode``."""
+    group = f"g-{mode}-{n}"
+    cmd = [sys.executable, "-m", "consumers", "--bootstrap", bootstrap, "--db", str(db), "--group", group,
+           "--topic", topic, "--workers", str(n), "--worker-mode", mode, "--log-level", "WARNING",
+           "--session-timeout-ms", "3000", "--no-alerts"]  # fmt: skip
     proc = subprocess.Popen(cmd)
+    t0 = None
     try:
         while True:
-            if db.exists():
-                try:
-                    if stored_offsets(db, f"g-{mode}", topic) == ends:
-                        return time.perf_counter() - t0
-                except sqlite3.OperationalError:
-                    pass
+            stored = stored_offsets(db, group, topic)
+            if stored and t0 is None:
+                t0 = time.perf_counter()
+            if stored == ends:
+                assert t0 is not None
+                return time.perf_counter() - t0
             if proc.poll() is not None:
                 raise RuntimeError(f"workers exited with {proc.returncode}")
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -154,27 +139,37 @@ async def main_async(args: argparse.Namespace) -> None:
     rows = prepare_batch(spans, book).span_rows
     with EmbeddedBroker(log_path=tmp / "tansu.log") as broker:
         topic = "bench.spans"
-        ends = await produce_spans(broker.bootstrap, topic, spans, partitions=args.partitions)
+        ends = await produce_spans(
+            broker.bootstrap, topic, spans, partitions=args.partitions, compression=args.compression
+        )
         assert sum(ends.values()) == len(spans), ends
         size = sum(len(encode_span(s)) for s in spans[:1000]) / 1000
-        print(f"{len(spans):,} spans on {args.partitions} partitions, {size:.0f} B each")
-
-        t_consume = await bare_consume(broker.bootstrap, topic, len(spans), args.batch_size)
-        t_insert = bare_insert(tmp / "bare.db", rows)
-        cfg = WorkerConfig(
-            bootstrap=broker.bootstrap,
-            db_path=str(tmp / "worker.db"),
-            group_id="bench",
-            topic=topic,
-            dlq_topic="bench.dlq",
-            alerts_topic="bench.alerts",
-            partitions=args.partitions,
-            batch_size=args.batch_size,
+        print(
+            f"{len(spans):,} spans of {size:.0f} B on {args.partitions} partitions, {args.compression or 'no'} "
+            f"compression, batches of {args.batch_size:,}, best of {args.repeat}"
         )
-        t_worker = await run_worker(cfg, ends, args.profile)
+
+        times: dict[str, list[float]] = {"bare aiokafka consume": [], "bare SQLite insert": [], "worker": []}
+        for rep in range(args.repeat):  # interleaved, so a noisy neighbour hits every measurement alike
+            times["bare aiokafka consume"].append(
+                await bare_consume(broker.bootstrap, topic, len(spans), args.batch_size)
+            )
+            times["bare SQLite insert"].append(bare_insert(tmp / f"bare-{rep}.db", rows))
+            cfg = WorkerConfig(
+                bootstrap=broker.bootstrap,
+                db_path=str(tmp / f"worker-{rep}.db"),
+                group_id=f"bench-{rep}",
+                topic=topic,
+                dlq_topic="bench.dlq",
+                alerts_topic="bench.alerts",
+                partitions=args.partitions,
+                batch_size=args.batch_size,
+                session_timeout_ms=3_000,
+            )
+            times["worker"].append(await run_worker(cfg, ends, args.profile if rep == 0 else None))
 
         n = len(spans)
-        rate = {"bare aiokafka consume": n / t_consume, "bare SQLite insert": n / t_insert, "worker": n / t_worker}
+        rate = {name: n / min(ts) for name, ts in times.items()}
         for name, r in rate.items():
             print(f"{name:<24} {r:>12,.0f} spans/s")
         print(f"worker / bare insert  = {rate['worker'] / rate['bare SQLite insert']:.2f}x   (target >= 0.50x)")
@@ -182,14 +177,12 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"worker                = {rate['worker'] / 100_000:.2f}x 100,000 spans/s   (target well over 1x)")
 
         if args.workers_compare:
-            for mode in ("process", "task"):
-                dt = time_cli_workers(broker.bootstrap, topic, tmp / f"cli-{mode}.db", 2, mode, ends)
-                print(
-                    f"spendtrace-consumer --workers 2 --worker-mode {mode:<7}: {n / dt:>10,.0f} spans/s "
-                    f"(incl. start-up and group join, {dt:.2f}s)"
+            print("spendtrace-consumer, first batch stored to last (start-up and group join excluded):")
+            for n_workers, mode in ((1, "task"), (2, "process"), (2, "task")):
+                dt = time_cli_workers(
+                    broker.bootstrap, topic, tmp / f"cli-{mode}-{n_workers}.db", n_workers, mode, ends
                 )
-            dt = time_cli_workers(broker.bootstrap, topic, tmp / "cli-one.db", 1, "task", ends)
-            print(f"spendtrace-consumer --workers 1                     : {n / dt:>10,.0f} spans/s ({dt:.2f}s)")
+                print(f"  --workers {n_workers} --worker-mode {mode:<7}: {n / dt:>10,.0f} spans/s")
 
 
 def main() -> None:
@@ -199,6 +192,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=20_000)
     p.add_argument("--workers-compare", action="store_true")
     p.add_argument("--profile", default=None, metavar="FILE")
+    p.add_argument("--repeat", type=int, default=3, help="best of this many runs of each measurement")
+    p.add_argument("--compression", default="gzip", help="producer compression, as the SDK's exporter (default gzip)")
     args = p.parse_args()
     os.environ.setdefault("PYTHONHASHSEED", "0")
     asyncio.run(main_async(args))

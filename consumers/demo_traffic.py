@@ -86,8 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     spendtrace.configure(kafka_bootstrap=args.bootstrap, topic=args.topic)
     rng = random.Random(args.seed)
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
@@ -106,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         spendtrace.flush()
         spendtrace.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"demo traffic: {sent} requests recorded", file=sys.stderr)
     return 0
 

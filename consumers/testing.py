@@ -39,7 +39,8 @@ def make_spans(n: int, seed: int = 7, start_ns: int | None = None) -> list[Span]
         t0 = now + r * 1_000_000
         root = f"{rid}-0"
         spans.append(Span(root, None, rid, "api", None, endpoint, tenant, t0, 5_000_000, 1_000_000, path=("api",)))
-        parent, path = root, ("api",)
+        parent = root
+        path: tuple[str, ...] = ("api",)
         for depth, feat in enumerate(rng.sample(FEATURES[1:], rng.randint(3, 4)), 1):
             path = (*path, feat)
             second = (
@@ -65,11 +66,17 @@ async def produce(
     *,
     partitions: int = 6,
     max_request_size: int = 4 * 1024 * 1024,
+    compression: str | None = None,
 ) -> dict[int, int]:
     """Publish ``(key, value)`` messages in order; return partition -> next offset after the last one written."""
     await ensure_topics(bootstrap, [topic], partitions=partitions)
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20, max_request_size=max_request_size
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1 << 20,
+        max_request_size=max_request_size,
+        compression_type=compression,
     )
     await producer.start()
     try:
@@ -82,11 +89,12 @@ async def produce(
         await producer.stop()
 
 
-async def produce_spans(bootstrap: str, topic: str, spans: Iterable[Span], *, partitions: int = 6) -> dict[int, int]:
+async def produce_spans(
+    bootstrap: str, topic: str, spans: Iterable[Span], *, partitions: int = 6, compression: str | None = None
+) -> dict[int, int]:
     """Publish spans as the SDK does (msgpack value, key = request id)."""
-    return await produce(
-        bootstrap, topic, ((s.request_id.encode(), encode_span(s)) for s in spans), partitions=partitions
-    )
+    messages = ((s.request_id.encode(), encode_span(s)) for s in spans)
+    return await produce(bootstrap, topic, messages, partitions=partitions, compression=compression)
 
 
 def stored_offsets(db: str | Path, group: str, topic: str) -> dict[int, int]:

@@ -4,7 +4,9 @@ Effectively once (DESIGN.md §4): spans, rollup deltas, dead letters and the off
 written in one transaction; Kafka offsets are committed only after it; on start and on every
 rebalance each assigned partition is positioned at the offset stored in the database (the
 aiokafka ``local_state_consumer`` pattern), so a crash anywhere repeats work the database
-ignores (``INSERT OR IGNORE`` on ``span_id``) and never skips any.
+ignores (``INSERT OR IGNORE`` on ``span_id``) and never skips any. A batch is only accepted if
+it continues exactly where this member's data for the partition ends, so records fetched before
+a seek can neither skip messages nor be taken twice.
 """
 
 from __future__ import annotations
@@ -45,7 +47,11 @@ class WorkerStats:
 
     batches: int = 0
     messages: int = 0
+    #: spans decoded and priced (replays included)
     spans: int = 0
+    #: spans that were new to the database, and those it already had (replays, duplicates)
+    stored: int = 0
+    duplicates: int = 0
     dead_letters: int = 0
     kafka_commit_failures: int = 0
     db_retries: int = 0
@@ -365,6 +371,8 @@ class Worker:
         st.batches += 1
         st.messages += batch.messages
         st.spans += batch.spans
+        st.stored += result.new_spans
+        st.duplicates += result.duplicate_spans
         st.dead_letters += len(batch.dead)
         st.last_commit_ns = time.time_ns()
         self._hooks.submit(result)
