@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from consumers.broker import EmbeddedBroker
 
 _topic_ids = itertools.count()
+
+# Tests never ask the AWS Pricing API for rates (PriceBook.load would, where credentials exist).
+os.environ.setdefault("SPENDTRACE_AWS_PRICING", "0")
 
 
 @pytest.fixture(scope="session")

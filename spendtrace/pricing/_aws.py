@@ -12,6 +12,7 @@ Bedrock model prices are not published there in a usable form; they stay static.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from typing import Any
 from spendtrace.pricing._book import PriceBook
 from spendtrace.pricing._entry import PriceEntry, to_decimal
 
-__all__ = ["AWS_QUERIES", "aws_book", "fetch_aws_entries", "parse_price_list"]
+__all__ = ["AWS_QUERIES", "aws_book", "aws_pricing_wanted", "fetch_aws_entries", "parse_price_list"]
 
 _log = logging.getLogger("spendtrace.pricing")
 _warned = False
@@ -145,6 +146,26 @@ def fetch_aws_entries(client: Any = None, *, today: date | None = None) -> list[
                 price_list.extend(page.get("PriceList", []))
             entries.extend(parse_price_list(service_code, usagetype, price_list, as_of))
     return entries
+
+
+def aws_pricing_wanted() -> bool:
+    """Whether ``PriceBook.load`` asks AWS by default: ``SPENDTRACE_AWS_PRICING`` if set, else when boto3
+    is installed and credentials are configured (environment, config files, container or web
+    identity); the EC2 metadata service is not probed, so this check never waits on the network."""
+    forced = os.environ.get("SPENDTRACE_AWS_PRICING", "").strip().lower()
+    if forced:
+        return forced not in ("0", "false", "no", "off")
+    if importlib.util.find_spec("boto3") is None:
+        return False
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return True
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return True
+    home = Path(os.path.expanduser("~"))
+    files = [env.get("AWS_SHARED_CREDENTIALS_FILE"), env.get("AWS_CONFIG_FILE")]
+    candidates = [Path(f) for f in files if f] + [home / ".aws" / "credentials", home / ".aws" / "config"]
+    return any(p.is_file() for p in candidates)
 
 
 def _default_cache_dir() -> Path:

@@ -167,19 +167,21 @@ class PriceBook:
         cls,
         prices_file: str | os.PathLike[str] | None = None,
         *,
-        aws_pricing: bool = False,
+        aws_pricing: bool | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> PriceBook:
-        """The default book, refreshed from the AWS Pricing API if asked, with a file's overrides on top.
+        """The default book, refreshed from the AWS Pricing API, with a file's overrides on top.
 
         ``prices_file`` is JSON or TOML mapping key -> rates (see ``spendtrace.pricing._overrides``);
-        a malformed file raises ``PricingError``. ``aws_pricing=True`` fetches current AWS rates and
-        falls back to the static table on any failure (logged once).
+        a malformed file raises ``PricingError``. ``aws_pricing=True`` fetches current AWS rates
+        (cached on disk for a day) and falls back to the static table on any failure (logged once);
+        ``None`` (the default) does so when boto3 is installed and AWS credentials are configured
+        (``SPENDTRACE_AWS_PRICING=0`` / ``1`` forces it off / on); ``False`` never asks AWS.
         """
         book = cls.default()
-        if aws_pricing:
-            from spendtrace.pricing._aws import aws_book
+        from spendtrace.pricing._aws import aws_book, aws_pricing_wanted
 
+        if aws_pricing if aws_pricing is not None else aws_pricing_wanted():
             book = aws_book(base=book, cache_dir=cache_dir)
         if prices_file is not None:
             from spendtrace.pricing._overrides import load_overrides

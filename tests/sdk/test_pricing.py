@@ -370,3 +370,32 @@ def test_price_entry_round_trips_through_dict() -> None:
     again = PriceEntry.from_dict(entry.to_dict())
     assert again == entry and again.femto == entry.femto
     assert again.effective_from == date(1970, 1, 1)
+
+
+def test_aws_pricing_is_asked_by_default_only_where_credentials_are_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``PriceBook.load`` asks AWS when credentials are configured (no network probe), or as the env var forces."""
+    from spendtrace.pricing._aws import aws_pricing_wanted
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    monkeypatch.delenv("AWS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SPENDTRACE_AWS_PRICING", raising=False)
+    assert aws_pricing_wanted() is False
+    (tmp_path / ".aws").mkdir()
+    (tmp_path / ".aws" / "credentials").write_text("[default]\naws_access_key_id = x\n")
+    assert aws_pricing_wanted() is True
+    monkeypatch.setenv("SPENDTRACE_AWS_PRICING", "0")
+    assert aws_pricing_wanted() is False
+    monkeypatch.setenv("SPENDTRACE_AWS_PRICING", "1")
+    assert aws_pricing_wanted() is True
+    # forced on without any credentials: the fetch fails and the static table is used (logged once)
+    (tmp_path / ".aws" / "credentials").unlink()
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    aws_mod._warned = True  # the fallback warning was covered above; keep this quiet
+    book = PriceBook.load(cache_dir=tmp_path / "cache")
+    assert book.version == PriceBook.default().version
