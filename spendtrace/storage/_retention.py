@@ -1,10 +1,11 @@
 """Retention: how long raw spans and each rollup grain are kept, stored in ``meta`` and applied by the workers.
 
-Defaults: raw spans (and their ``requests`` rows) 30 days, minute rollups 2 days (they only serve
-the live view and short windows), hourly rollups 365 days, daily rollups 1825 days. Loaded
-rollups follow their grain. Dashboards read rollups, so their totals survive raw spans ageing out.
-A row is deleted when its time (span start, request start, bucket start) is older than
-``now - days`` (whole days of 86,400 s, UTC).
+Defaults: raw spans (with their ``requests`` rows, and dead letters by arrival time) 30 days,
+minute rollups 2 days (they only serve the live view and short windows), hourly rollups 365
+days, daily rollups 1825 days. Loaded and dashboard rollups follow their grain. Dashboards
+read rollups, so their totals survive raw spans ageing out. A row is deleted when its time
+(span start, request start, arrival, bucket start) is older than ``now - days`` (whole days
+of 86,400 s, UTC).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def _deletes(policy: RetentionPolicy, now_ns: int) -> Generator[tuple[str, tuple
     raw = now_ns - policy.raw_data_days * _DAY_NS
     yield "DELETE FROM spans WHERE start_ns < ?", (raw,)
     yield "DELETE FROM requests WHERE start_ns < ?", (raw,)
+    yield "DELETE FROM dead_letters WHERE received_ns < ?", (raw,)
     for grain, days in (
         ("minute", policy.minute_rollups_days),
         ("hour", policy.hourly_rollups_days),

@@ -61,6 +61,9 @@ def test_each_kind_of_row_ages_out_on_its_own_schedule(db_path: Path, fixed_now_
     """Raw spans go after 30 days, minute rollups 2, hourly 365, daily 1825; dashboards keep their totals."""
     conn = connect(db_path)
     write_batch_sync(conn, prepare_batch(spans_at(fixed_now_ns), PriceBook.default()))
+    write_batch_sync(conn, prepare_batch([], PriceBook.default()), dead_letters=[("t", 0, 1, None, b"x", "bad")])
+    conn.execute("UPDATE dead_letters SET received_ns = ?", (fixed_now_ns - 31 * DAY_NS,))
+    write_batch_sync(conn, prepare_batch([], PriceBook.default()), dead_letters=[("t", 0, 2, None, b"y", "bad")])
     since = datetime.fromtimestamp((fixed_now_ns - 1000 * DAY_NS) / 1e9, tz=UTC)
     with SQLiteStorage(db_path) as storage:
         dashboard_before = storage.aggregate_by_feature(start=since)
@@ -71,6 +74,7 @@ def test_each_kind_of_row_ages_out_on_its_own_schedule(db_path: Path, fixed_now_
     assert deleted > 0
     kept_spans = {r[0] for r in conn.execute("SELECT span_id FROM spans")}
     assert kept_spans == {f"{k}{i}" for i, age in enumerate(AGES_DAYS) if age < 30 for k in "rc"}
+    assert conn.execute('SELECT "offset" FROM dead_letters').fetchall() == [(2,)]  # raw bytes age out too
     assert {r[0] for r in conn.execute("SELECT request_id FROM requests")} == {
         f"q{i}" for i, age in enumerate(AGES_DAYS) if age < 30
     }
