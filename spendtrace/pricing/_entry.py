@@ -111,6 +111,8 @@ class PriceEntry:
     def __post_init__(self) -> None:
         if not self.key:
             raise PricingError("a price entry needs a key")
+        if not self.service:  # '' is reserved for the span-level rollup rows
+            object.__setattr__(self, "service", guess_service(self.key))
         compiled: list[int | None] = []
         for name in RATE_FIELDS:
             raw = getattr(self, name)
@@ -219,4 +221,4 @@ def guess_service(key: str) -> str:
     for prefix, service in _SERVICE_PREFIXES:
         if key.startswith(prefix):
             return service
-    return key.split("_", 1)[0]
+    return key.split("_", 1)[0] or key  # never '' (that is the span-level rollup row)

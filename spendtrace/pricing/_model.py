@@ -20,7 +20,7 @@ from typing import Any
 
 from spendtrace.errors import PricingError
 from spendtrace.pricing._book import PriceBook
-from spendtrace.pricing._entry import EPOCH, PriceEntry, to_decimal
+from spendtrace.pricing._entry import EPOCH, PriceEntry, guess_service, to_decimal
 
 __all__ = ["AWSCostModel", "Tracker", "current_book", "get_tracker", "set_base_book"]
 
@@ -47,7 +47,7 @@ def _primary_rate(entry: PriceEntry) -> float:
 
 def _override_entry(base: PriceEntry | None, key: str, value: object) -> PriceEntry:
     """The ``user`` entry for ``api_costs[key] = value``."""
-    service = base.service if base is not None else ""
+    service = base.service if base is not None else guess_service(key)
     if isinstance(value, dict):
         kwargs: dict[str, Any] = {}
         for name, rate in value.items():

@@ -7,6 +7,7 @@ import random
 import sqlite3
 from collections import defaultdict
 from datetime import UTC, datetime
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -406,3 +407,14 @@ def test_infinite_units_or_weights_are_refused(span: Span) -> None:
     """Infinity passes the wire schema's bounds, so preparation refuses it rather than store an infinite total."""
     with pytest.raises(ValueError, match=r"non-finite|weight"):
         prepare_batch([span], BOOK)
+
+
+def test_an_entry_without_a_service_never_lands_in_the_span_level_row(db_path: Path) -> None:
+    """A price with no service (e.g. a new key set through api_costs) gets one from its key, never ''."""
+    book = BOOK.with_overrides([PriceEntry("_internal_api", "", per_request=Decimal("0.000001"))])
+    span = Span("s", None, "r", "f", start_ns=ns(2026, 1, 1), usage=(UsageItem("_internal_api", count=3.0),))
+    conn = connect(db_path)
+    write_batch_sync(conn, prepare_batch([span], book))
+    rows = dict(conn.execute("SELECT service, cost_nano FROM rollup_day").fetchall())
+    assert rows == {"": 3000, "_internal_api": 3000}
+    assert "" not in {e.service for e in book.entries()}
