@@ -176,7 +176,16 @@ def _pages_from_api(client: Any, start: str, end: str, tag_key: str | None) -> I
             kwargs = _request(start, end, tag_key)
             if token:
                 kwargs["NextPageToken"] = token
-            page = client.get_cost_and_usage(**kwargs)
+            try:
+                page = client.get_cost_and_usage(**kwargs)
+            except Exception as exc:
+                if type(exc).__name__ != "NoCredentialsError":  # botocore's; matched by name, no import needed
+                    raise
+                raise ConfigError(
+                    "reconcile() asks AWS Cost Explorer for the bill and found no AWS credentials: configure "
+                    "them (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an IAM role), or pass "
+                    "actuals_file= (CLI: --actuals) with a saved GetCostAndUsage JSON response"
+                ) from None
             page.pop("ResponseMetadata", None)
             yield page
             token = page.get("NextPageToken")
