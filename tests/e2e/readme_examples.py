@@ -216,14 +216,14 @@ def run_script(cwd: Path, code: str, *, ok: bool = True, timeout: float = 120) -
     return proc
 
 
-def run_cli(cwd: Path, *args: str) -> str:
-    """``python -m spendtrace ARGS`` in ``cwd`` as a new user; returns stdout (exit 0 and a quiet stderr required)."""
+def run_cli(cwd: Path, *args: str, stderr: str = "") -> str:
+    """``python -m spendtrace ARGS`` in ``cwd`` as a new user; stdout (exit 0 and exactly ``stderr`` required)."""
     proc = subprocess.run(
         [sys.executable, "-m", "spendtrace", *args], cwd=cwd, env=clean_env(cwd), capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, f"spendtrace {' '.join(args)}: exit {proc.returncode}\n{proc.stderr}"
-    assert proc.stderr == "", proc.stderr
+    assert proc.stderr == stderr, proc.stderr
     return proc.stdout
 
 

@@ -10,6 +10,7 @@ pending spans to the file they read before reading it.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from readme_examples import price_nano, run_script, script
@@ -103,3 +104,34 @@ def test_a_second_process_appends_to_the_same_store_and_reads_both(tmp_path: Pat
         ),
     ).stdout
     assert int(out) == 1000 * READ
+
+
+def test_spans_an_app_could_not_store_before_exit_are_stored_by_the_next_run(tmp_path: Path) -> None:
+    """With the store locked by another writer, an exiting app spills its spans; the next app run stores them all."""
+    record = script(
+        "import sys",
+        "from spendtrace import add_api_call, configure, cost_track",
+        "configure(exit_timeout=0.5)   # the default store; give up on it quickly at exit",
+        '@cost_track(feature="search")\ndef search():\n    add_api_call("dynamodb_read", count=8)',
+        "for _ in range(int(sys.argv[1]) if len(sys.argv) > 1 else 2000):\n    search()",
+    )
+    SQLiteStorage(tmp_path / "cost_data.db").close()  # create the schema, then hold the write lock
+    blocker = sqlite3.connect(tmp_path / "cost_data.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        run_script(tmp_path, record)
+        assert blocker.execute("SELECT COUNT(*) FROM spans").fetchone()[0] == 0
+    finally:
+        blocker.close()
+    # The next run of the app (one span, then it keeps reading for a while) replays the spill.
+    poll = script(
+        "import time",
+        "from spendtrace import SQLiteStorage, add_api_call, cost_track",
+        '@cost_track(feature="search")\ndef search():\n    add_api_call("dynamodb_read", count=8)',
+        "search()",
+        'storage = SQLiteStorage("cost_data.db")',
+        "deadline = time.monotonic() + 60",
+        "while storage.total()['transaction_count'] < 2001 and time.monotonic() < deadline:\n    time.sleep(0.05)",
+        "print(storage.total()['cost_nano'])",
+    )
+    assert int(run_script(tmp_path, poll).stdout) == 2001 * READ

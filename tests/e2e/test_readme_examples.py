@@ -387,25 +387,28 @@ N_FEB = 20
 CALIBRATION = Decimal("1.25")
 
 
-def _cost_explorer_response(amounts: dict[str, int]) -> dict[str, object]:
-    """A GetCostAndUsage response (daily, grouped by SERVICE) for February 2026 with ``amounts`` on FEB_DAY."""
+def _cost_explorer_response(amounts: dict[str, int], tag: str | None = None) -> dict[str, object]:
+    """A GetCostAndUsage response (daily, by SERVICE, and by the tag ``tag`` if given) with ``amounts`` on FEB_DAY."""
+    keys = [] if tag is None else [tag]
     results = []
     day = dt.date(2026, 2, 1)
     while day < dt.date(2026, 3, 1):
         nxt = day + dt.timedelta(days=1)
         groups = [
-            {"Keys": [name], "Metrics": {"UnblendedCost": {"Amount": str(Decimal(nano) / 10**9), "Unit": "USD"}}}
+            {"Keys": [name, *keys], "Metrics": {"UnblendedCost": {"Amount": str(Decimal(nano) / 10**9), "Unit": "USD"}}}
             for name, nano in amounts.items()
         ] if day.isoformat() == FEB_DAY else []  # fmt: skip
         results.append({"TimePeriod": {"Start": day.isoformat(), "End": nxt.isoformat()}, "Total": {},
                         "Groups": groups, "Estimated": False})  # fmt: skip
         day = nxt
-    return {"GroupDefinitions": [{"Type": "DIMENSION", "Key": "SERVICE"}], "ResultsByTime": results,
-            "DimensionValueAttributes": []}  # fmt: skip
+    definitions = [{"Type": "DIMENSION", "Key": "SERVICE"}] + (
+        [] if tag is None else [{"Type": "TAG", "Key": "feature"}]
+    )
+    return {"GroupDefinitions": definitions, "ResultsByTime": results, "DimensionValueAttributes": []}
 
 
-def test_verify_reconciles_with_a_saved_cost_explorer_response_and_restates_history(tmp_path: Path) -> None:
-    """The Verify call (plus actuals_file=) reports modelled vs billed spend; restating by its factor scales it."""
+def _february_app(cwd: Path) -> dict[str, int]:
+    """Run the Instrument example as an app that served N_FEB recommendations on FEB_DAY; returns its modelled spend."""
     app = script(
         INSTRUMENT_SETUP,
         standins("dynamo", "bedrock", "run_as_of"),
@@ -413,8 +416,13 @@ def test_verify_reconciles_with_a_saved_cost_explorer_response_and_restates_hist
         INSTRUMENT_DECORATOR,
         f"for i in range({N_FEB}):\n    recommend(f'user-{{i}}')",
     )
-    run_script(tmp_path, app)
-    modelled = {"dynamodb": N_FEB * RECOMMEND_DDB, "bedrock": N_FEB * RECOMMEND_BEDROCK}
+    run_script(cwd, app)
+    return {"dynamodb": N_FEB * RECOMMEND_DDB, "bedrock": N_FEB * RECOMMEND_BEDROCK}
+
+
+def test_verify_reconciles_with_a_saved_cost_explorer_response_and_restates_history(tmp_path: Path) -> None:
+    """The Verify call (plus actuals_file=) reports modelled vs billed spend; restating by its factor scales it."""
+    modelled = _february_app(tmp_path)
     billed = {"Amazon DynamoDB": int(modelled["dynamodb"] * CALIBRATION),
               "Amazon Bedrock": int(modelled["bedrock"] * CALIBRATION), "Tax": 500_000_000}  # fmt: skip
     (tmp_path / "ce-feb-2026.json").write_text(json.dumps(_cost_explorer_response(billed)))
@@ -443,6 +451,24 @@ def test_verify_reconciles_with_a_saved_cost_explorer_response_and_restates_hist
     assert re.search(r"^\s+Tax\s+\$0\.5000$", summary, re.M), summary  # on the bill, outside the model and the factor
     assert before["cost_nano"] == m_total
     assert after["cost_nano"] == int(m_total * CALIBRATION) and after["transaction_count"] == N_FEB
+
+
+def test_reconcile_cli_with_the_readme_flags_writes_the_json_report(tmp_path: Path) -> None:
+    """`spendtrace reconcile` with the README's flags (and --actuals) compares by feature tag and writes --out."""
+    modelled = _february_app(tmp_path)
+    billed = {"Amazon DynamoDB": int(modelled["dynamodb"] * CALIBRATION),
+              "Amazon Bedrock": int(modelled["bedrock"] * CALIBRATION)}  # fmt: skip
+    response = _cost_explorer_response(billed, tag="feature$ai_recommendations")
+    (tmp_path / "ce-feb-2026.json").write_text(json.dumps(response))
+    args = ["reconcile", "--db", "cost_data.db", "--start", "2026-02-01", "--end", "2026-03-01", "--tag-key", "feature",
+            "--out", "reports/reconciliation.json", "--actuals", "ce-feb-2026.json"]  # fmt: skip
+    out = run_cli(tmp_path, *args, stderr="report written to reports/reconciliation.json\n")
+    assert "  Reconciliation Report  2026-02-01 → 2026-03-01" in out.splitlines()
+    report = json.loads((tmp_path / "reports" / "reconciliation.json").read_text())
+    assert (report["start"], report["end"]) == ("2026-02-01", "2026-03-01")
+    assert report["global_calibration_factor"] == float(CALIBRATION)
+    assert json.dumps(report).count("ai_recommendations") >= 1
+    assert re.search(r"tag feature=ai_recommendations: on the bill \$0\.0200", out), out
 
 
 def test_verify_as_written_without_aws_credentials_fails_with_a_clear_message(tmp_path: Path) -> None:
