@@ -135,3 +135,18 @@ def test_spans_an_app_could_not_store_before_exit_are_stored_by_the_next_run(tmp
         "print(storage.total()['cost_nano'])",
     )
     assert int(run_script(tmp_path, poll).stdout) == 2001 * READ
+
+
+def test_spans_recorded_in_a_multiprocessing_child_are_stored_when_it_exits(tmp_path: Path) -> None:
+    """A multiprocessing child (fork start method) that returns normally delivers its spans, as any exiting process."""
+    code = script(
+        "import multiprocessing",
+        "from spendtrace import SQLiteStorage, add_api_call, cost_track",
+        '@cost_track(feature="search")\ndef search():\n    add_api_call("dynamodb_read", count=8)',
+        "def work(n):\n    for _ in range(n):\n        search()",
+        "search()   # the parent records too, so its exporter thread exists when it forks",
+        'child = multiprocessing.get_context("fork").Process(target=work, args=(500,))',
+        "child.start()\nchild.join()",
+        'print(child.exitcode, SQLiteStorage("cost_data.db").total()["transaction_count"])',
+    )
+    assert run_script(tmp_path, code).stdout.split() == ["0", "501"]
