@@ -22,24 +22,25 @@ prefix = os.urandom(8).hex()
 perf = time.perf_counter_ns
 wall_offset = time.time_ns() - time.perf_counter_ns()
 
-#: Always 0: what ``cpu`` becomes when CPU timing is off (a C call, as cheap as a call gets).
+#: Always 0: ``cpu`` when CPU timing is off (a C call, as cheap as a call gets).
 no_cpu = itertools.repeat(0).__next__
 
 
 def cpu_from_env() -> Callable[[], int]:
-    """``time.thread_time_ns`` unless ``SPENDTRACE_CPU_TIME`` says off."""
-    off = os.environ.get("SPENDTRACE_CPU_TIME", "").strip().lower() in {"0", "false", "no", "off"}
-    return no_cpu if off else time.thread_time_ns
+    """``time.thread_time_ns`` if ``SPENDTRACE_CPU_TIME`` turns CPU timing on, else ``no_cpu``."""
+    on = os.environ.get("SPENDTRACE_CPU_TIME", "").strip().lower() in {"1", "true", "yes", "on"}
+    return time.thread_time_ns if on else no_cpu
 
 
-#: CPU time of the calling thread. On Linux it is a system call (~0.3 µs, twice per span), the
-#: costliest part of recording a span; ``set_cpu_time(False)`` or ``SPENDTRACE_CPU_TIME=0`` turn it
-#: off (``cpu_ns`` is then 0) for apps that want the cheapest spans.
+#: CPU time of the calling thread, or always 0. Off by default: on Linux the thread CPU clock is a
+#: system call (~0.3 µs, twice per span), a third of a recorded span's cost
+#: (``benchmarks/bench_overhead.py`` prints both), and nothing is priced from it yet. Turn it on
+#: with ``set_cpu_time(True)`` or ``SPENDTRACE_CPU_TIME=1`` to fill each span's ``cpu_ns``.
 cpu: Callable[[], int] = cpu_from_env()
 
 
 def set_cpu_time(enabled: bool) -> None:
-    """Measure each span's thread CPU time (``cpu_ns``, the default) or not (``cpu_ns`` = 0, ~0.6 µs cheaper)."""
+    """Measure each span's thread CPU time into ``cpu_ns`` (``True``, ~0.6 µs a span) or not (the default)."""
     global cpu
     cpu = time.thread_time_ns if enabled else no_cpu
 

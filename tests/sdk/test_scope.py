@@ -463,8 +463,8 @@ def test_record_usage_fast_path_and_suppression(spans: list[Span]) -> None:
     assert spans[0].usage == (item,)
 
 
-def test_span_ids_are_unique_and_cpu_time_is_measured(spans: list[Span]) -> None:
-    """Thousands of spans get distinct ids, and a CPU-bound span reports CPU time."""
+def test_span_ids_are_unique(spans: list[Span]) -> None:
+    """Thousands of spans get distinct ids."""
 
     @spendtrace.cost_track(feature="busy")
     def busy() -> int:
@@ -473,27 +473,27 @@ def test_span_ids_are_unique_and_cpu_time_is_measured(spans: list[Span]) -> None
     for _ in range(2000):
         busy()
     assert len({s.span_id for s in spans}) == 2000
-    assert max(s.cpu_ns for s in spans) > 0
 
 
-def test_cpu_timing_can_be_turned_off(spans: list[Span], monkeypatch: pytest.MonkeyPatch) -> None:
-    """With CPU timing off a busy span reports cpu_ns 0; on, it reports CPU time; the env var selects it."""
+def test_cpu_timing_is_opt_in(spans: list[Span], monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default cpu_ns is 0; with CPU timing on a busy span reports CPU time; the env var selects it."""
 
     @spendtrace.cost_track(feature="busy")
     def busy() -> int:
         return sum(range(200_000))
 
-    _scope.set_cpu_time(False)
+    _scope.set_cpu_time(False)  # the default, unless SPENDTRACE_CPU_TIME was set for this run
+    busy()
+    _scope.set_cpu_time(True)
     try:
         busy()
     finally:
-        _scope.set_cpu_time(True)
-    busy()
+        _scope.set_cpu_time(False)
     assert spans[0].cpu_ns == 0 and spans[1].cpu_ns > 0
-    monkeypatch.setenv("SPENDTRACE_CPU_TIME", "off")
-    assert _clock.cpu_from_env()() == 0
     monkeypatch.setenv("SPENDTRACE_CPU_TIME", "1")
     assert _clock.cpu_from_env() is not _clock.no_cpu
+    monkeypatch.setenv("SPENDTRACE_CPU_TIME", "off")
+    assert _clock.cpu_from_env()() == 0
 
 
 def test_start_time_is_wall_clock_and_duration_monotonic(spans: list[Span]) -> None:
