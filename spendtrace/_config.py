@@ -1,9 +1,10 @@
 """Process-wide export configuration: ``configure``, ``flush``, ``shutdown``, ``get_stats``.
 
-Where spans go, in order of precedence: ``configure(exporter=...)``; Kafka when
-``configure(kafka_bootstrap=...)`` or ``SPENDTRACE_KAFKA_BOOTSTRAP`` is set (topic from
-``topic=`` / ``SPENDTRACE_TOPIC``, default ``spendtrace.spans``); otherwise the local SQLite
-store (``db=`` / ``SPENDTRACE_DB`` / ``cost_data.db`` in the working directory). Without any
+Where spans go, in order of precedence: ``configure(exporter=...)``; Kafka with
+``configure(kafka_bootstrap=...)``; the SQLite store with ``configure(db=...)``; Kafka when
+``SPENDTRACE_KAFKA_BOOTSTRAP`` is set (topic from ``topic=`` / ``SPENDTRACE_TOPIC``, default
+``spendtrace.spans``); otherwise the SQLite store at ``SPENDTRACE_DB`` or ``cost_data.db`` in
+the working directory. Without any
 call to ``configure``, the first recorded span installs that default. Spill files go to
 ``spill_dir=`` / ``SPENDTRACE_SPILL_DIR`` as given, else to a per-user directory under the
 system temp dir with one sub-directory per destination, so spans spilled for one store are
@@ -144,7 +145,9 @@ def _build_exporter(
         if not all(callable(getattr(exporter, m, None)) for m in ("export", "force_flush", "shutdown")):
             raise TypeError(f"exporter must implement export/force_flush/shutdown, got {type(exporter).__name__}")
         return exporter
-    bootstrap = kafka_bootstrap or _env_bootstrap()
+    # Explicit arguments beat the environment: configure(db=...) means the local store even when
+    # SPENDTRACE_KAFKA_BOOTSTRAP is set.
+    bootstrap = kafka_bootstrap or (None if db is not None else _env_bootstrap())
     if bootstrap:
         from spendtrace.export._kafka import KafkaExporter
 

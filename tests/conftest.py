@@ -59,3 +59,19 @@ FIXED_NOW_NS = 1_793_620_800_000_000_000
 def fixed_now_ns() -> int:
     """A fixed wall-clock instant (ns since epoch) for tests and snapshots."""
     return FIXED_NOW_NS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_store_outside_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Spans a test records without configuring go to a temporary store, never to the checkout's cost_data.db."""
+    where = tmp_path_factory.mktemp("default-store")
+    saved = {"SPENDTRACE_DB": os.environ.get("SPENDTRACE_DB")}
+    os.environ.setdefault("SPENDTRACE_DB", str(where / "cost_data.db"))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
