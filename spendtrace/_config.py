@@ -349,6 +349,15 @@ def get_stats() -> ExporterStats:
     )
 
 
+def _reinit_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_lock_in_child)
+
+
 def _at_exit() -> None:
     """At interpreter exit: deliver what can be delivered within the exit timeout, spill the rest."""
     try:

@@ -10,6 +10,7 @@ else the local SQLite store), so the README's examples work without calling ``co
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -46,6 +47,15 @@ def _autoconfigure() -> None:
 
 
 _sink: Sink = _early_sink
+
+
+def _reinit_lock_in_child() -> None:
+    global _auto_lock
+    _auto_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reinit_lock_in_child)
 
 
 def submit(span: Span) -> None:

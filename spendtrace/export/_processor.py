@@ -240,7 +240,8 @@ class BatchProcessor:
             try:
                 self.spill.write(batch)
             except Exception as exc:
-                self._spill_errors += 1
+                with self._cond:
+                    self._spill_errors += 1
                 # A full spill frees up as replay deletes files; a failing disk is retried a bit later.
                 self._spill_broken_until = time.monotonic() + (0.0 if isinstance(exc, SpillFull) else 1.0)
                 self._warn_spill.warn("spendtrace: cannot spill %d spans (%s): %s", len(batch), reason, exc)
