@@ -46,7 +46,7 @@ _SUMS = (
     "SUM(cost_nano) AS cost_nano, SUM(calls) AS calls, SUM(spans) AS spans, SUM(errors) AS errors, "
     "SUM(unpriced) AS unpriced, SUM(var_nano2) AS var_nano2, SUM(requests) AS requests"
 )
-_COLS = "cost_nano, calls, spans, errors, unpriced, var_nano2, requests"
+_COLS = ("cost_nano", "calls", "spans", "errors", "unpriced", "var_nano2", "requests")
 
 
 def _stderr(var_nano2: float | None, calls: float | None, spans: int | None) -> float | None:
@@ -72,12 +72,14 @@ def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
     users and endpoints (what the README prints beside them); both counts are always present.
     """
     assert dim in ("feature", "user_id", "endpoint")
-    union, uparams = rollup_source(f, group=dim, cols=_COLS, split=False, dash=dash)
+    union, uparams = rollup_source(f, group=dim, sums=_COLS, split=False, dash=dash)
     steps: list[tuple[str, tuple[Any, ...]]] = [
-        (f"SELECT k, MIN(bucket) AS b0, MAX(bucket) AS b1, {_SUMS} FROM ({union}) GROUP BY k", tuple(uparams))
+        (f"SELECT k, MIN(b0) AS b0, MAX(b1) AS b1, {_SUMS} FROM ({union}) GROUP BY k", tuple(uparams))
     ]
     if f.service is None:
-        sunion, sparams = rollup_source(f, group=dim, cols="service, cost_nano, unpriced", split=True, dash=dash)
+        sunion, sparams = rollup_source(
+            f, group=dim, sums=("cost_nano", "unpriced"), split=True, dash=dash, by_service=True
+        )
         steps.append(
             (
                 "SELECT k, service, SUM(cost_nano) AS cost_nano, SUM(unpriced) AS unpriced "
@@ -131,7 +133,7 @@ def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
 
 def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Spend per service (``dynamodb``, ``bedrock`` ...) from the per-service rollup rows, most expensive first."""
-    union, uparams = rollup_source(f, group=None, cols=f"service, {_COLS}", split=f.service is None, dash=dash)
+    union, uparams = rollup_source(f, group=None, sums=_COLS, split=f.service is None, dash=dash, by_service=True)
     sql = f"SELECT service, {_SUMS} FROM ({union}) GROUP BY service"
 
     def post(results: list[list[Row]]) -> list[Row]:
@@ -153,7 +155,7 @@ def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
 
 def total(f: Filters, dash: bool = True) -> Query[Row]:
     """One total over everything the filters select (``transaction_count`` counts spans)."""
-    union, uparams = rollup_source(f, group=None, cols=_COLS, split=False, dash=dash)
+    union, uparams = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash)
     sql = f"SELECT {_SUMS} FROM ({union})"
 
     def post(results: list[list[Row]]) -> Row:
@@ -183,7 +185,7 @@ def feature_breakdown(f: Filters, dash: bool = True) -> Query[list[Row]]:
     if f.user_id is not None or f.endpoint is not None:
         return _breakdown_from_spans(f)
     segs = plan_segments(f.start_ns, f.end_ns)
-    d_union, d_params = rollup_source(f, group="feature", cols=_COLS, split=False, dash=dash, segments=segs)
+    d_union, d_params = rollup_source(f, group="feature", sums=_COLS, split=False, dash=dash, segments=segs)
     lterms, lparams = (["feature = ?"], [f.feature]) if f.feature is not None else ([], [])
     l_union, l_params = rollup_union("feature, cost_nano, calls, spans, var_nano2", "loaded", segs, lterms, lparams)
     steps = (
@@ -262,7 +264,7 @@ def cost_trend(f: Filters, days: int, now_ns: int, dash: bool = True) -> Query[l
         return Query((), lambda _: [])
     buckets = _days(now_ns, days)
     segs = [Segment("day", buckets[0], buckets[-1] + DAY)]
-    union, params = rollup_source(f, group=None, cols=_COLS, split=False, dash=dash, segments=segs)
+    union, params = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash, segments=segs, by_bucket=True)
     sql = f"SELECT bucket, {_SUMS} FROM ({union}) GROUP BY bucket"
 
     def post(results: list[list[Row]]) -> list[Row]:
@@ -294,7 +296,7 @@ def cost_trend_by_feature(days: int, now_ns: int, dash: bool = True) -> Query[li
     buckets = _days(now_ns, days)
     segs = [Segment("day", buckets[0], buckets[-1] + DAY)]
     union, params = rollup_source(
-        Filters(), group="feature", cols="cost_nano, calls", split=False, dash=dash, segments=segs
+        Filters(), group="feature", sums=("cost_nano", "calls"), split=False, dash=dash, segments=segs, by_bucket=True
     )
     sql = (
         "SELECT bucket, k AS feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls "

@@ -226,17 +226,37 @@ def dash_dim(f: Filters, group: str | None) -> str | None:
     return named[0] if named else "feature"
 
 
-def rollup_source(
-    f: Filters, *, group: str | None, cols: str, split: bool, dash: bool, segments: Sequence[Segment] | None = None
-) -> tuple[str, list[Any]]:
-    """UNION ALL of ``SELECT <group> AS k, bucket, <cols>`` over the rollup buckets covering ``f``'s time range.
+#: The service names present, by a loose index scan (one primary-key seek per service) of dash_day.
+_SERVICES = (
+    "WITH RECURSIVE sv(s) AS (SELECT MIN(service) FROM dash_day WHERE dim = 'endpoint' AND service > '' "
+    "UNION ALL SELECT (SELECT MIN(service) FROM dash_day WHERE dim = 'endpoint' AND service > sv.s) "
+    "FROM sv WHERE sv.s IS NOT NULL) SELECT s FROM sv WHERE s IS NOT NULL"
+)
 
-    Rows are the span-level (``service = ''``) rows, or that service's rows with a ``service``
-    filter, or with ``split`` every per-service row. Hour and day buckets come from ``dash_*`` when
-    ``dash`` is true and one dimension serves the query; minute buckets from ``rollup_minute``.
+
+def rollup_source(
+    f: Filters,
+    *,
+    group: str | None,
+    sums: Sequence[str],
+    split: bool,
+    dash: bool,
+    segments: Sequence[Segment] | None = None,
+    by_service: bool = False,
+    by_bucket: bool = False,
+) -> tuple[str, list[Any]]:
+    """Rollup rows covering ``f``'s time range, pre-aggregated per segment, glued with UNION ALL.
+
+    Each part is ``SELECT k [, service] [, bucket], b0, b1, SUM(c) AS c ...`` grouped by those keys
+    (``k`` is the ``group`` dimension's value, or '' with no group; ``b0``/``b1`` the first and last
+    bucket), so the caller re-aggregates a few rows per part; on ``dash_*`` the grouping follows the
+    primary key and needs no sort. Rows are the span-level (``service = ''``) ones, or a
+    ``service`` filter's, or with ``split`` every per-service row. Hour and day buckets come from
+    ``dash_*`` when ``dash`` is true and one dimension serves the query, minutes from ``rollup_minute``.
     """
     segs = plan_segments(f.start_ns, f.end_ns) if segments is None else segments
     ddim = dash_dim(f, group) if dash else None
+    agg = ", ".join(f"SUM({c}) AS {c}" for c in sums)
     parts: list[str] = []
     params: list[Any] = []
     for seg in segs or [Segment("day", 0, 0)]:
@@ -247,11 +267,13 @@ def rollup_source(
             terms.append("dim = ?")
             seg_params.append(ddim)
             names = [("value", getattr(f, ddim))]
+            services = f"service IN ({_SERVICES})"  # seeks per service; a range on it would scan
         else:
             table, key = f"rollup_{seg.grain}", (group or "''")
             names = [(d, getattr(f, d)) for d in _DIMS]
+            services = "service > ''"
         if split:
-            terms.append("service > ''")
+            terms.append(services)
         else:
             terms.append("service = ?")
             seg_params.append(f.service or "")
@@ -265,7 +287,15 @@ def rollup_source(
         if seg.hi is not None:
             terms.append("bucket < ?")
             seg_params.append(seg.hi)
-        parts.append(f"SELECT {key} AS k, bucket, {cols} FROM {table} WHERE {' AND '.join(terms)}")
+        keys = ["service"] if by_service else []
+        if group:
+            keys.append(key)
+        if by_bucket:
+            keys.append("bucket")
+        extra = (["service"] if by_service else []) + (["bucket"] if by_bucket else [])
+        select = ", ".join([f"{key} AS k", *extra, "MIN(bucket) AS b0", "MAX(bucket) AS b1", agg])
+        grouping = f" GROUP BY {', '.join(keys)}" if keys else ""
+        parts.append(f"SELECT {select} FROM {table} WHERE {' AND '.join(terms)}{grouping}")
         params += seg_params
     return " UNION ALL ".join(parts), params
 
