@@ -27,10 +27,12 @@ _LAZY: dict[str, str] = {
     "add_api_call": "spendtrace._scope",
     "cost_track": "spendtrace._scope",
     "create_task_with_context": "spendtrace._scope",
+    "current_request_id": "spendtrace._scope",
     "current_span_id": "spendtrace._scope",
     "run_in_context": "spendtrace._scope",
     "track": "spendtrace._scope",
     "track_request": "spendtrace._scope",
+    "wrap_with_context": "spendtrace._scope",
     "get_global_sample_rate": "spendtrace._sampling",
     "set_global_sample_rate": "spendtrace._sampling",
     # export (spendtrace/export/, spendtrace/_config.py)
@@ -105,10 +107,12 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
         add_api_call,
         cost_track,
         create_task_with_context,
+        current_request_id,
         current_span_id,
         run_in_context,
         track,
         track_request,
+        wrap_with_context,
     )
     from spendtrace.alerts import AlertRule, list_alerts, remove_alert, set_alert
     from spendtrace.export import (
