@@ -11,6 +11,8 @@ from consumers.broker import EmbeddedBroker
 def test_public_api_is_sorted() -> None:
     """``__all__`` is sorted and names only things importable from the package."""
     assert spendtrace.__all__ == sorted(spendtrace.__all__)
+    missing = [name for name in spendtrace.__all__ if getattr(spendtrace, name, None) is None]
+    assert missing == []
 
 
 async def test_broker_round_trip(broker: EmbeddedBroker, topic_name: str) -> None:
