@@ -67,9 +67,11 @@ def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Spend grouped by ``feature``, ``user_id`` or ``endpoint``, most expensive first.
 
     Totals come from the span-level (``service = ''``) rollup rows, the per-service split from the
-    rows with a service name. With a ``service`` filter, every number is that service's share.
-    ``transaction_count`` is the number of spans for features and the number of requests for
-    users and endpoints (what the README prints beside them); both counts are always present.
+    rows with a service name. With a ``service`` filter the money, unpriced counts and standard
+    errors are that service's share, and the span / request / error counts are 0 (they belong to
+    spans, not to a service). ``transaction_count`` is the number of spans for features and the
+    number of requests for users and endpoints (what the README prints beside them); both counts
+    are always present as ``span_count`` and ``request_count``.
     """
     assert dim in ("feature", "user_id", "endpoint")
     union, uparams = rollup_source(f, group=dim, sums=_COLS, split=False, dash=dash)
