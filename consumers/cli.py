@@ -31,6 +31,9 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 log = logging.getLogger("consumers")
 
+#: Set in the children of ``run_processes`` to the supervisor's pid.
+_PARENT_ENV = "SPENDTRACE_CONSUMER_SUPERVISOR"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``spendtrace-consumer``."""
@@ -93,6 +96,7 @@ async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, a
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_all)
+    watchdog = loop.create_task(_watch_parent(stop_all))
     server = None
     if metrics_port is not None:
         from consumers.metrics import serve_metrics
@@ -101,6 +105,7 @@ async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, a
     try:
         results = await asyncio.gather(*(w.run() for w in workers), return_exceptions=True)
     finally:
+        watchdog.cancel()
         if server is not None:
             server.close()
         for evaluator in evaluators:
@@ -124,13 +129,19 @@ def _attach_alerts(worker: Any) -> Any:
 
 
 def run_processes(argv: Sequence[str], n: int, metrics_port: int | None) -> int:
-    """Run ``n`` single-worker child processes; forward stop signals; restart a child that crashes."""
+    """Run ``n`` single-worker child processes; forward stop signals; restart a child that crashes.
+
+    Each child watches this process and stops by itself if it disappears, so a supervisor killed
+    with SIGKILL leaves no orphan consuming behind.
+    """
     base = [sys.executable, "-m", "consumers", *_without(argv, ("--workers", "--metrics-port")), "--workers", "1"]
+    env = {**os.environ, _PARENT_ENV: str(os.getpid())}
     stopping = False
+    children: list[subprocess.Popen[bytes]] = []
 
     def spawn(i: int) -> subprocess.Popen[bytes]:
         extra = ["--metrics-port", str(metrics_port + i)] if metrics_port is not None else []
-        return subprocess.Popen([*base, *extra])
+        return subprocess.Popen([*base, *extra], env=env)
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -139,23 +150,44 @@ def run_processes(argv: Sequence[str], n: int, metrics_port: int | None) -> int:
             if child.poll() is None:
                 child.send_signal(signum)
 
-    children = [spawn(i) for i in range(n)]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while True:
-        alive = False
-        for i, child in enumerate(children):
-            code = child.poll()
-            if code is None:
-                alive = True
-            elif code != 0 and not stopping:
-                log.error("worker %d exited with %d; restarting it", i, code)
-                time.sleep(1.0)
-                children[i] = spawn(i)
-                alive = True
-        if not alive:
-            return 0 if all(c.returncode == 0 for c in children) else 1
-        time.sleep(0.2)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        children.extend(spawn(i) for i in range(n))
+        restart_at: dict[int, float] = {}
+        while True:
+            alive = False
+            for i, child in enumerate(children):
+                code = child.poll()
+                if code is None:
+                    alive = True
+                elif code != 0 and not stopping:
+                    if i not in restart_at:
+                        log.error("worker %d exited with %d; restarting it in 1s", i, code)
+                        restart_at[i] = time.monotonic() + 1.0
+                    if time.monotonic() >= restart_at[i] and not stopping:
+                        del restart_at[i]
+                        children[i] = spawn(i)
+                    alive = True
+            if not alive:
+                return 0 if all(c.returncode == 0 for c in children) else 1
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for child in children:  # only reached with live children on an unexpected error
+            if child.poll() is None:
+                child.terminate()
+
+
+async def _watch_parent(stop: Any) -> None:
+    """Stop the workers when the supervising process (``--workers N`` in process mode) is gone."""
+    expected = int(os.environ.get(_PARENT_ENV, "0"))
+    if not expected:
+        return
+    while os.getppid() == expected:
+        await asyncio.sleep(1.0)
+    log.error("the supervising process %d is gone; stopping", expected)
+    stop()
 
 
 def _without(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
