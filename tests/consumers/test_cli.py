@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -79,3 +80,51 @@ def test_nonsense_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit) as exc:
         main(["--workers", "0"])
     assert "--workers" in str(exc.value)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_supervisor_restarts_a_killed_worker_and_leaves_no_orphans(
+    broker: EmbeddedBroker, topic_name: str, db_path: Path, tmp_path: Path
+) -> None:
+    """A SIGKILLed child is replaced; a SIGKILLed supervisor's children notice and stop by themselves."""
+    cmd = [
+        sys.executable, "-m", "consumers", "--bootstrap", broker.bootstrap, "--db", str(db_path),
+        "--group", f"{topic_name}-g", "--topic", topic_name, "--workers", "2", "--session-timeout-ms", "2000",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    with open(tmp_path / "cli.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: len(_children(proc.pid)) == 2, 30, "two worker processes")
+        first = _children(proc.pid)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        await wait_for(lambda: len(_children(proc.pid) - {victim}) == 2, 30, "the killed worker to be replaced")
+        workers = _children(proc.pid) - {victim}
+        assert workers != first
+        proc.kill()  # the supervisor dies without a chance to stop its children
+        proc.wait(10)
+        await wait_for(lambda: not any(_alive(pid) for pid in workers), 60, "orphaned workers to stop by themselves")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
