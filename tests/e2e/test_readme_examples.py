@@ -12,7 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +45,7 @@ from readme_examples import (
     SUBTREE,
     TREND,
     VERIFY,
+    clean_env,
     price_nano,
     run_cli,
     run_script,
@@ -278,6 +285,51 @@ def test_cli_total_by_feature_and_by_user_read_the_default_store(app: AppRun) ->
     assert len(by_user) == 10
     assert [line.split()[0] for line in by_user] == [t or "(none)" for t, _ in top]
     assert by_user[0].split()[-1] == str(top[0][1][1])  # the requests column of tenant-11
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # a loopback URL built here
+        return int(resp.status), resp.read()
+
+
+def test_api_server_serves_every_readme_endpoint_from_the_default_store(app: AppRun) -> None:
+    """`spendtrace api` (the README's API server) answers each listed endpoint with the spend the Python API reads."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "spendtrace", "api", "--db", "cost_data.db", "--port", str(port)],
+        cwd=app.cwd, env=clean_env(app.cwd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert _get(base + "/health")[0] == 200
+                break
+            except urllib.error.HTTPError:
+                raise
+            except OSError:  # not listening yet
+                assert server.poll() is None and time.monotonic() < deadline, "the API server did not come up"
+                time.sleep(0.1)
+        for path in ("/metrics", "/aggregate/user", "/api/services", "/v2/feature-breakdown", "/v2/request",
+                     "/v2/endpoint", "/total", "/transactions"):  # fmt: skip
+            status, body = _get(base + path)
+            assert status == 200 and body, path
+        features = {r["feature"]: r["cost_nano"] for r in json.loads(_get(base + "/aggregate/feature")[1])}
+        assert features == {name: _total(f) for name, f in app.features.items()}
+        users = {r["user_id"]: r["cost_nano"] for r in json.loads(_get(base + "/aggregate/user")[1])}
+        assert users == {t: nano for t, (nano, _) in app.tenants.items()}
+        metrics = _get(base + "/metrics")[1].decode()
+        assert re.search(r'^\S*feature\S*\{feature="ai_recommendations"\} \S+$', metrics, re.M), metrics
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 # --------------------------------------------------------------------- request tree: breakdown, per request, drill-down
