@@ -294,10 +294,12 @@ class BatchProcessor:
         if batch:
             self._current = batch
             try:
-                self._deliver(batch)
+                delivered = self._deliver(batch)
             finally:
                 self._current = None
                 self._settle(start)
+            if delivered and self.replay_enabled and not self._stopping and self.spill.has_backlog():
+                self._replay_one()  # under steady traffic, replay one frame per fresh batch
             return True
         if self._stopping:
             return True
@@ -309,14 +311,15 @@ class BatchProcessor:
             self._wake.clear()
         return True
 
-    def _deliver(self, batch: list[Span]) -> None:
+    def _deliver(self, batch: list[Span]) -> bool:
+        """Export ``batch``, or spill it; ``True`` if the exporter took it."""
         breaker = self._breaker_now()
         if self._stopping and time.monotonic() >= self._deadline:
             self._spill_or_drop(batch, reason="shutting down")
-            return
+            return False
         if not breaker.allow():
             self._spill_or_drop(batch, reason="circuit breaker open")
-            return
+            return False
         try:
             self.exporter.export(batch)
         except Exception as exc:
@@ -326,10 +329,11 @@ class BatchProcessor:
             self._warn_export.warn("spendtrace: export of %d spans failed, spilling them: %r", len(batch), exc)
             if not self._abandoned:
                 self._spill_or_drop(batch, reason="export failed")
-            return
+            return False
         breaker.record_success()
         with self._cond:
             self._exported += len(batch)
+        return True
 
     def _replay_one(self) -> int:
         breaker = self._breaker_now()
