@@ -19,6 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", type=float, default=0.25, help="seconds between change checks (default 0.25)")
     p.add_argument("--export-dir", default=None, help="where ctrl+s writes CSV files (default: current directory)")
     p.add_argument("--demo", action="store_true", help="start a broker, workers and a synthetic app, and watch them")
+    web = p.add_argument_group("browser view (textual-serve)")
+    web.add_argument("--serve", action="store_true", help="serve the UI to web browsers instead of this terminal")
+    web.add_argument("--host", default="127.0.0.1", help="address --serve binds to (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8080, help="port --serve listens on (default 8080)")
+    web.add_argument("--public-url", default=None, help="URL browsers reach the server at (default http://HOST:PORT)")
     return p
 
 
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(db=args.db, refresh=args.refresh)
     from spendtrace._settings import default_db_path
 
+    if args.serve:
+        return _serve(args, args.db or default_db_path())
     app = SpendtraceApp(
         args.db or default_db_path(),
         bootstrap=args.bootstrap,
@@ -44,6 +51,19 @@ def main(argv: list[str] | None = None) -> int:
         export_dir=args.export_dir,
     )
     app.run()
+    return 0
+
+
+def _serve(args: argparse.Namespace, db: str) -> int:
+    """Run the browser view; each browser session gets an app process with this command line's options."""
+    from tui.serve import serve
+
+    app_args = ["--refresh", str(args.refresh), "--alerts-topic", args.alerts_topic]
+    if args.bootstrap:
+        app_args += ["--bootstrap", args.bootstrap]
+    if args.export_dir:
+        app_args += ["--export-dir", args.export_dir]
+    serve(db, host=args.host, port=args.port, public_url=args.public_url, app_args=app_args)
     return 0
 
 
