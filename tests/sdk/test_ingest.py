@@ -418,3 +418,31 @@ def test_an_entry_without_a_service_never_lands_in_the_span_level_row(db_path: P
     rows = dict(conn.execute("SELECT service, cost_nano FROM rollup_day").fetchall())
     assert rows == {"": 3000, "_internal_api": 3000}
     assert "" not in {e.service for e in book.entries()}
+
+
+def test_concurrent_writers_of_overlapping_batches_count_each_span_once(db_path: Path) -> None:
+    """Two connections writing the same spans at once (a rebalance overlap) still store exact totals."""
+    import threading
+
+    spans = make_spans(90, seed=17)
+    chunks = [spans[i : i + 30] for i in range(0, len(spans), 30)]
+    connect(db_path).close()
+    errors: list[BaseException] = []
+
+    def writer(order: list[list[Span]]) -> None:
+        conn = connect(db_path)
+        try:
+            for chunk in order:
+                write_batch_sync(conn, prepare_batch(chunk, BOOK))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(o,)) for o in (chunks, chunks[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert_db_matches(connect(db_path), spans)
