@@ -177,6 +177,20 @@ def test_auto_instrumented_boto3_calls_land_in_aggregate_by_feature_with_exact_s
     assert rec["service_costs"]["dynamodb"] > 0 and rec["service_costs"]["bedrock"] > 0
 
 
+def test_clients_created_before_auto_instrument_are_captured_too(tmp_path: Path) -> None:
+    """An app that builds its boto3 clients at import, before auto_instrument(), still has their calls priced."""
+    code = script(
+        standins("dynamo", "bedrock", "make_clients"),
+        "make_clients()   # e.g. module-level boto3.client(...) in the app's imports",
+        INSTRUMENT_SETUP,
+        INSTRUMENT_DECORATOR,
+        'recommend("user-1")',
+        "from spendtrace import SQLiteStorage",
+        'print(SQLiteStorage("cost_data.db").aggregate_by_feature()[0]["cost_nano"])',
+    )
+    assert int(run_script(tmp_path, code).stdout) == RECOMMEND_DDB + RECOMMEND_BEDROCK
+
+
 def test_manual_add_api_call_is_priced_in_scope_and_unattributed_outside_any_scope(app: AppRun) -> None:
     """add_api_call in @cost_track is priced under that feature; one outside any scope is kept as __unattributed__."""
     with SQLiteStorage(app.cwd / "cost_data.db") as storage:

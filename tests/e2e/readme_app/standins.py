@@ -50,6 +50,12 @@ def _stubbed(service: str) -> tuple[Any, Any]:
     return _clients[service]
 
 
+def make_clients() -> None:
+    """Create the stubbed clients now (e.g. before ``auto_instrument()``), as apps that build them at import do."""
+    _stubbed("dynamodb")
+    _stubbed("bedrock-runtime")
+
+
 class _DynamoDB:
     """``dynamo.get_item(...)``: one real GetItem on a stubbed DynamoDB client."""
 
