@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -179,7 +180,9 @@ def test_fork_child_exports_its_own_spans_only(
     for i in range(100):
         parent(i)
     assert spendtrace.get_stats().queued == 100  # still buffered at the fork (max_delay is long)
-    pid = os.fork()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+ warns about forking with threads running
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
