@@ -166,15 +166,10 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     ``ValueError``, so the caller can dead-letter it instead of poisoning the totals.
     """
     seen: set[str] = set()
+    seen_add = seen.add
     uniq: list[Span] = []
+    uniq_add = uniq.append
     dups = 0
-    for s in spans:
-        if s.span_id in seen:
-            dups += 1
-            continue
-        seen.add(s.span_id)
-        uniq.append(s)
-
     memo = _memo_for(book)
     starts_get = book.segment_starts().get
     book_version = book.version
@@ -194,7 +189,12 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     last_mb = -1
     loaded_mb: dict[tuple[str, ...], list[Any]] = {}
 
-    for s in uniq:
+    for s in spans:
+        if s.span_id in seen:
+            dups += 1
+            continue
+        seen_add(s.span_id)
+        uniq_add(s)
         t = s.start_ns
         w = s.weight
         if w != 1.0 and not 1.0 <= w <= _MAX_WEIGHT:
