@@ -9,7 +9,9 @@ How a cost is computed (exact, deterministic, reproducible from ``PriceEntry.fem
 with every product exact (integers, or the exact binary value of a float unit as a
 ``Fraction``), then ``nano = round(femto / 10**6)`` rounding half to even, once per item.
 That is the item's *unweighted* cost; the storage layer multiplies by the span's weight
-(see ``weighted_cost``). An item using a unit kind whose rate is ``None`` is unpriced.
+(see ``weighted_cost``). Tokens and GB-seconds without a rate make the item unpriced; a
+``count`` or ``bytes`` without a rate only describes the call (an LLM call is one request)
+and adds nothing, unless nothing else in the item has a rate, in which case it is unpriced.
 Lambda compute is priced per GB-second with the duration rounded up to the next
 millisecond, as AWS bills it (``lambda_compute_cost``).
 """
