@@ -84,8 +84,9 @@ class PriceEntry:
 
     Every rate is USD in the unit its name says; ``per_request`` is per unit of the usage item's
     ``count`` (a request, a DynamoDB read/write request unit, an SQS request), ``per_gb`` is per
-    GiB (2**30 bytes) of the item's ``bytes``. A rate left ``None`` means "no price": an item that
-    uses units of that kind is unpriced rather than free. ``source`` is ``static``,
+    GiB (2**30 bytes) of the item's ``bytes``. A rate left ``None`` means "no price": tokens or
+    GB-seconds of that kind make an item unpriced rather than free (a ``count`` or ``bytes``
+    without a rate only describes the call; see ``spendtrace.pricing._book``). ``source`` is ``static``,
     ``aws-pricing-api``, ``override:<file>`` or ``user``.
     """
 
