@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import INJECTION, NOW_NS, LiveAPI
+from _api_fixtures import INJECTION, NOW_NS, LiveAPI
 
 from spendtrace.api import MAX_LIMIT
 from spendtrace.storage import SQLiteStorage

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import schemathesis
-from conftest import LiveAPI
+from _api_fixtures import LiveAPI
 from hypothesis import HealthCheck, given, settings
 
 
