@@ -1,14 +1,56 @@
-"""A tiny Prometheus text endpoint for the workers' counters (``--metrics-port``), no extra dependency."""
+"""A tiny Prometheus text endpoint for the workers (``--metrics-port``), no extra dependency.
+
+Besides each worker's counters it serves the batch commit latency histogram, the consumer lag of
+every partition the process holds (high watermark minus the offset stored with the last committed
+batch) and the spend stored in the database (``spendtrace.metrics.render_store_metrics``: cost in
+total, per feature and per service, spans, dead letters, unpriced usage, alerts, webhook failures).
+Labels stay bounded: worker index, topic and partition, feature, service; tenants never.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import bisect
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 
 from consumers.worker import Worker, WorkerStats
 
-__all__ = ["render_metrics", "serve_metrics"]
+__all__ = ["COMMIT_BUCKETS", "Histogram", "render_endpoint", "render_lag", "render_metrics", "serve_metrics"]
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (seconds) of the batch commit latency buckets; ``+Inf`` is implied.
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Histogram:
+    """A Prometheus-style histogram of seconds: per-bucket counts (rendered cumulative), sum and count."""
+
+    def __init__(self, buckets: Sequence[float] = COMMIT_BUCKETS) -> None:
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation in the first bucket whose bound is >= ``seconds``."""
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+
+    def samples(self, name: str, labels: str) -> list[str]:
+        """Exposition lines ``name_bucket{..., le}`` (cumulative), ``name_sum`` and ``name_count``."""
+        out: list[str] = []
+        running = 0
+        for bound, n in zip((*map(repr, self.buckets), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
+        out.append(f"{name}_sum{{{labels}}} {self.sum!r}")
+        out.append(f"{name}_count{{{labels}}} {self.count}")
+        return out
+
 
 _COUNTERS = {f.name for f in fields(WorkerStats)} - {"last_commit_ns"}
 
@@ -27,7 +69,82 @@ def render_metrics(workers: list[Worker]) -> str:
     lines.append("# TYPE spendtrace_consumer_hook_dropped_total counter")
     for i, w in enumerate(workers):
         lines.append(f'spendtrace_consumer_hook_dropped_total{{worker="{i}"}} {w.hooks.dropped}')
+    lines.append("# HELP spendtrace_batch_commit_seconds Time to write and commit one batch's transaction.")
+    lines.append("# TYPE spendtrace_batch_commit_seconds histogram")
+    for i, w in enumerate(workers):
+        lines.extend(w.commit_seconds.samples("spendtrace_batch_commit_seconds", f'worker="{i}"'))
     return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+async def render_lag(workers: list[Worker], stored: dict[int, int]) -> str:
+    """``spendtrace_consumer_lag{topic,partition}`` for every partition these workers hold.
+
+    Lag is the partition's high watermark (from the last fetch) minus ``stored[partition]``, the
+    next offset recorded with the last committed batch; a partition with no batch committed yet is
+    measured from the consumer's position. Partitions not fetched from yet have no high watermark
+    and are left out.
+    """
+    lines = [
+        "# HELP spendtrace_consumer_lag Messages in the partition not yet committed to the database.",
+        "# TYPE spendtrace_consumer_lag gauge",
+    ]
+    seen: set[tuple[str, int]] = set()
+    for w in workers:
+        consumer = w.consumer
+        if consumer is None:
+            continue
+        for tp in sorted(consumer.assignment()):
+            if (tp.topic, tp.partition) in seen:
+                continue
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            done = stored.get(tp.partition) if tp.topic == w.config.topic else None
+            if done is None:
+                try:
+                    done = await asyncio.wait_for(consumer.position(tp), 1.0)
+                except Exception:  # reassigned or not positioned yet: no number rather than a wrong one
+                    continue
+            seen.add((tp.topic, tp.partition))
+            labels = f'topic="{_escape(tp.topic)}",partition="{tp.partition}"'
+            lines.append(f"spendtrace_consumer_lag{{{labels}}} {max(0, high - done)}")
+    return "\n".join(lines) + "\n"
+
+
+def _read_store(db_path: str, group: str, topic: str) -> tuple[str, dict[int, int]]:
+    """The store metrics text and the stored offsets, on a read-only connection of their own."""
+    from spendtrace.metrics import render_store_metrics
+    from spendtrace.storage._db import connect
+    from spendtrace.storage._ingest import read_offsets
+
+    conn = connect(db_path, readonly=True)
+    try:
+        return render_store_metrics(conn), read_offsets(conn, group, topic)
+    finally:
+        conn.close()
+
+
+async def render_endpoint(workers: list[Worker]) -> str:
+    """Everything ``--metrics-port`` serves: worker counters, commit latency, lag and the stored spend.
+
+    The database is read in a thread so a scrape never stalls the workers' event loop; if it cannot
+    be read yet (the first worker is still creating it) the store families are left out of this scrape.
+    """
+    text = render_metrics(workers)
+    if not workers:
+        return text
+    cfg = workers[0].config
+    store = ""
+    stored: dict[int, int] = {}
+    try:
+        store, stored = await asyncio.to_thread(_read_store, cfg.db_path, cfg.group_id, cfg.topic)
+    except Exception as exc:
+        log.info("metrics: the database is not readable yet: %s", exc)
+    return text + await render_lag(workers, stored) + store
 
 
 async def serve_metrics(port: int, workers: Callable[[], list[Worker]], host: str = "0.0.0.0") -> asyncio.Server:
@@ -36,7 +153,7 @@ async def serve_metrics(port: int, workers: Callable[[], list[Worker]], host: st
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            body = render_metrics(workers()).encode()
+            body = (await render_endpoint(workers())).encode()
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

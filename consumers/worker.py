@@ -138,12 +138,21 @@ class Worker:
         self._generation = 0
         self._next_retention = 0.0
         self._crash = _CrashPoints(os.environ.get(_CRASH_ENV))
+        from consumers.metrics import Histogram  # here: consumers.metrics imports this module
+
+        #: seconds each batch's transaction took, retries included (``--metrics-port``)
+        self.commit_seconds = Histogram()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def add_post_commit_hook(self, hook: PostCommitHook) -> None:
         """Call ``await hook(write_result)`` after each batch's transaction commits (in a task of its own)."""
         self._hooks.add(hook)
+
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The group member's Kafka consumer while running (the lag metric reads its high watermarks)."""
+        return self._consumer
 
     @property
     def hooks(self) -> HookRunner:
@@ -367,7 +376,9 @@ class Worker:
         if batch.dead:
             assert self._producer is not None
             await publish_dead_letters(self._producer, self.config.dlq_topic, batch.dead)
+        started = time.perf_counter()
         result = await self._write(batch.prepared, batch.offsets, batch.dead)
+        self.commit_seconds.observe(time.perf_counter() - started)
         self._crash.reached("after_db_commit")
         consumer = self._consumer
         if consumer is not None:
