@@ -17,6 +17,7 @@ import atexit
 import hashlib
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,8 +355,40 @@ def _reinit_lock_in_child() -> None:
     _lock = threading.RLock()  # another thread of the parent may have held it at the fork
 
 
+class _MultiprocessingHook:
+    """Anchor for multiprocessing's after-fork registry (it keeps a weak reference)."""
+
+
+_mp_hook = _MultiprocessingHook()
+_mp_registered = False
+
+
+def _before_fork() -> None:
+    """A multiprocessing child (fork / forkserver) leaves through ``os._exit``, skipping atexit.
+
+    So when multiprocessing is in use, have its children flush through a multiprocessing
+    finaliser instead, which its ``Process`` runs when the target returns.
+    """
+    global _mp_registered
+    if _mp_registered or "multiprocessing" not in sys.modules:
+        return
+    try:
+        from multiprocessing import util
+
+        util.register_after_fork(_mp_hook, _in_multiprocessing_child)
+        _mp_registered = True
+    except Exception:  # pragma: no cover - never let a fork fail because of telemetry
+        log.debug("spendtrace: could not hook multiprocessing", exc_info=True)
+
+
+def _in_multiprocessing_child(_: object) -> None:
+    from multiprocessing import util
+
+    util.Finalize(None, _at_exit, exitpriority=100)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_lock_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_reinit_lock_in_child)
 
 
 def _at_exit() -> None:
