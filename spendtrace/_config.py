@@ -14,7 +14,6 @@ never replayed into another.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import sys
@@ -112,6 +111,8 @@ _exit_timeout = 5.0
 
 
 def _slug(text: str) -> str:
+    import hashlib
+
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:40]
     return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
 

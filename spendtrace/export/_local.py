@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spendtrace.schema import Span
+
+if TYPE_CHECKING:
+    import sqlite3
 
 __all__ = ["LocalStoreExporter"]
 
@@ -68,6 +71,8 @@ class LocalStoreExporter:
         return self._conn
 
     def _close(self) -> None:
+        import sqlite3
+
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):

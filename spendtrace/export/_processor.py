@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -37,6 +36,8 @@ def default_spill_dir() -> Path:
     env = os.environ.get("SPENDTRACE_SPILL_DIR")
     if env:
         return Path(env)
+    import tempfile  # not at import: it pulls in random, shutil and compressors
+
     return Path(tempfile.gettempdir()) / f"spendtrace-spill-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 
 
