@@ -6,12 +6,24 @@ generator of SQL operations) on ``sqlite3`` or ``aiosqlite``:
 
     BEGIN IMMEDIATE; INSERT OR IGNORE spans
     if some span_ids were already stored: re-prepare the deltas for the new spans only (found by rowid)
+    SELECT the request ids of those spans already in ``requests``: the others are new requests
     rollup, loaded, dashboard, requests, unpriced upserts (deltas of the new spans only);
     consumer offsets; dead letters
     COMMIT
 
 so a replayed or duplicated span is never counted twice and offsets move with the data.
 See ``_prepare`` for the money conventions and the ``spans.usage`` JSON format.
+
+Request counts (``rollup_*.requests``, and the ``dash_*`` sums of them): every request id counts
+exactly once, in the batch that first stores one of its spans, whatever the batch boundaries,
+replays, number of writers (the check runs inside the ``BEGIN IMMEDIATE`` transaction, before the
+``requests`` upsert) or number of root spans (``track_request`` without a feature records none of
+its own, so a handler calling two features has two). The count lands on the ``service = ''`` row
+of the request's head span in that batch: its earliest root if the batch holds one, else its
+earliest span. Spans arrive children-first (a parent ends after its children), so when the root
+comes in a later batch the count sits on a child's feature and minute; user and endpoint are
+inherited from the request scope, so per-user and per-endpoint request counts are exact either way.
+A request whose ``requests`` row was deleted by retention is counted again if more spans arrive.
 """
 
 from __future__ import annotations
@@ -131,16 +143,23 @@ _READ_OFFSETS = "SELECT partition, next_offset FROM consumer_offsets WHERE group
 _book_json: dict[str, str] = {}
 
 
-def delta_statements(batch: PreparedBatch, now_ns: int) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
-    """The upserts that add ``batch``'s deltas (to be run only for spans that were new)."""
+def delta_statements(
+    batch: PreparedBatch, now_ns: int, rollups: dict[str, dict[_RollupKey, list[Any]]] | None = None
+) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
+    """The upserts that add ``batch``'s deltas (to be run only for spans that were new).
+
+    ``rollups`` replaces ``batch.rollups`` (``_counted_rollups``: the same deltas plus the new requests).
+    """
+    if rollups is None:
+        rollups = batch.rollups
     if batch.span_rows:
         bj = _book_json.get(batch.book.version)
         if bj is None:
             bj = _book_json[batch.book.version] = batch.book.to_json()
         yield _PRICE_VERSION, [(batch.book.version, now_ns, batch.book.name, bj)]
-    yield from dash_statements(batch.rollups)  # before the rollup upserts (see spendtrace.storage._dash)
+    yield from dash_statements(rollups)  # before the rollup upserts (see spendtrace.storage._dash)
     for g in _GRAINS:
-        d = batch.rollups[g]
+        d = rollups[g]
         if d:
             yield _ROLLUP_UPSERT.format(g=g), [(*k, *v) for k, v in d.items()]
     for g in _GRAINS:
@@ -151,6 +170,35 @@ def delta_statements(batch: PreparedBatch, now_ns: int) -> Iterable[tuple[str, l
         yield _REQUESTS_UPSERT, [(k, *v) for k, v in batch.requests.items()]
     if batch.unpriced:
         yield _UNPRICED_UPSERT, [(*k, *v) for k, v in batch.unpriced.items()]
+
+
+_RollupKey = tuple[int, str, str, str, str]
+#: request ids per ``SELECT ... IN (...)`` (well under SQLite's oldest 999-variable limit)
+_CHUNK = 500
+_GRAIN_SECONDS = (("minute", 60), ("hour", 3600), ("day", 86400))
+
+
+def _counted_rollups(batch: PreparedBatch, new_requests: Iterable[str]) -> dict[str, dict[_RollupKey, list[Any]]]:
+    """``batch.rollups`` plus 1 request for each of ``new_requests`` at its head's row (copies; the batch is kept)."""
+    per_head: dict[tuple[int, str, str, str], int] = {}
+    heads = batch.heads
+    for rid in new_requests:
+        h = heads[rid]
+        per_head[h] = per_head.get(h, 0) + 1
+    if not per_head:
+        return batch.rollups
+    out: dict[str, dict[_RollupKey, list[Any]]] = {}
+    for g, size in _GRAIN_SECONDS:
+        d = dict(batch.rollups[g])
+        touched: set[_RollupKey] = set()
+        for (mb, f, u, e), n in per_head.items():
+            key = (mb - mb % size, f, u, e, "")
+            if key not in touched:  # copy a row once before adding to it
+                touched.add(key)
+                d[key] = list(d[key])
+            d[key][6] += n
+        out[g] = d
+    return out
 
 
 # --------------------------------------------------------------------------- the one transaction plan
@@ -174,7 +222,14 @@ def _plan(
             new_ids = {r[0] for r in (yield ("all", "SELECT span_id FROM spans WHERE rowid > ?", (max_rowid[0],)))}
             effective = prepare_batch([s for s in batch.spans if s.span_id in new_ids], batch.book)
             effective.duplicates_in_batch = batch.duplicates_in_batch
-        for sql, rows in delta_statements(effective, now_ns):
+        # Requests not stored yet are counted once, here (the requests upsert below stores them).
+        rids = list(effective.heads)
+        new_requests = set(rids)
+        for i in range(0, len(rids), _CHUNK):
+            chunk = rids[i : i + _CHUNK]
+            sql = f"SELECT request_id FROM requests WHERE request_id IN ({','.join('?' * len(chunk))})"
+            new_requests.difference_update(r[0] for r in (yield ("all", sql, chunk)))
+        for sql, rows in delta_statements(effective, now_ns, _counted_rollups(effective, new_requests)):
             yield ("many", sql, rows)
     if offsets:
         yield ("many", _OFFSETS_UPSERT, [(g, t, p, o, now_ns) for g, t, p, o in offsets])

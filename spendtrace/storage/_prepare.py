@@ -13,11 +13,16 @@ item, key ``lambda_gb_second`` / service ``lambda``, with ``memory_mb``, ``bille
 ``gb_seconds``. ``spans.price_version`` is the version of the whole book (``price_versions``).
 
 Rollup rows: the ``service = ''`` row gets the span totals (cost, calls = weight, spans = 1,
-errors, unpriced items, var, requests = 1 for a root span); each service row gets that
-service's cost, unpriced items and var, with ``calls``, ``spans``, ``errors`` and ``requests``
-left 0 so sums over all rows never double count. Hour and day deltas are the minute deltas
-summed. Item prices are memoised per (item, price entry, weight) and book, so repeated
-usage (``dynamodb_read`` x3) is priced once.
+errors, unpriced items, var); each service row gets that service's cost, unpriced items and var,
+with ``calls``, ``spans``, ``errors`` and ``requests`` left 0 so sums over all rows never double
+count. Hour and day deltas are the minute deltas summed. ``requests`` is left 0 here too: whether
+a request is new depends on what is stored, so ``prepare_batch`` only records each request's
+*head* span in the batch (``PreparedBatch.heads``: its earliest-starting root span if the batch
+has one, else its earliest span; the first in batch order on a tie) and the writer adds 1 at the
+head's rollup key for each request id not yet in the ``requests`` table (see ``_ingest``).
+
+Item prices are memoised per (item, price entry, weight) and book, so repeated usage
+(``dynamodb_read`` x3) is priced once.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class PreparedBatch:
     unpriced_items: int
     duplicates_in_batch: int
     summary: BatchSummary = field(default_factory=BatchSummary)
+    #: request_id -> minute rollup dims (bucket, feature, user_id, endpoint) of its head span in this batch
+    heads: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
 
 
 class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -182,6 +189,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     loaded_by_min: dict[int, dict[tuple[str, ...], list[Any]]] = {}
     requests: dict[str, list[Any]] = {}
     requests_get = requests.get
+    # request_id -> (is_root, start_ns, minute dims) of its head span so far
+    heads: dict[str, tuple[int, int, tuple[int, str, str, str]]] = {}
     unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
     total_cost = 0
     total_unpriced = 0
@@ -302,7 +311,6 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         r[3] += err
         r[4] += n_unpriced
         r[5] += var
-        r[6] += is_root
         if mb != last_mb:
             last_mb = mb
             lm = loaded_by_min.get(mb)
@@ -320,9 +328,11 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             lr[2] += 1
             lr[3] += var
         end = t + s.duration_ns
-        q = requests_get(s.request_id)
+        rid = s.request_id
+        q = requests_get(rid)
         if q is None:
-            requests[s.request_id] = [
+            heads[rid] = (is_root, t, dims)
+            requests[rid] = [
                 s.endpoint,
                 s.user_id,
                 feature if is_root else None,
@@ -342,11 +352,16 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
                 if s.user_id is not None:
                     q[1] = s.user_id
                 q[2] = feature
+                h = heads[rid]
+                if not h[0] or t < h[1]:  # the earliest root is the head
+                    heads[rid] = (1, t, dims)
             else:
                 if q[0] is None:
                     q[0] = s.endpoint
                 if q[1] is None:
                     q[1] = s.user_id
+                if t < q[3] and not heads[rid][0]:  # no root yet: the earliest span is the head
+                    heads[rid] = (0, t, dims)
             if t < q[3]:
                 q[3] = t
             if end > q[4]:
@@ -395,6 +410,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         unpriced_items=total_unpriced,
         duplicates_in_batch=dups,
         summary=summary,
+        heads={rid: h[2] for rid, h in heads.items()},
     )
 
 
