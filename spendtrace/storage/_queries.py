@@ -74,21 +74,13 @@ def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
     are always present as ``span_count`` and ``request_count``.
     """
     assert dim in ("feature", "user_id", "endpoint")
-    union, uparams = rollup_source(f, group=dim, sums=_COLS, split=False, dash=dash)
-    steps: list[tuple[str, tuple[Any, ...]]] = [
-        (f"SELECT k, MIN(b0) AS b0, MAX(b1) AS b1, {_SUMS} FROM ({union}) GROUP BY k", tuple(uparams))
-    ]
+    sql, params = rollup_source(f, group=dim, sums=_COLS, split=False, dash=dash)
+    steps: list[tuple[str, tuple[Any, ...]]] = [(sql, tuple(params))]
     if f.service is None:
-        sunion, sparams = rollup_source(
+        ssql, sparams = rollup_source(
             f, group=dim, sums=("cost_nano", "unpriced"), split=True, dash=dash, by_service=True
         )
-        steps.append(
-            (
-                "SELECT k, service, SUM(cost_nano) AS cost_nano, SUM(unpriced) AS unpriced "
-                f"FROM ({sunion}) GROUP BY k, service",
-                tuple(sparams),
-            )
-        )
+        steps.append((ssql, tuple(sparams)))
     per_request = dim != "feature"
 
     def post(results: list[list[Row]]) -> list[Row]:
@@ -135,8 +127,7 @@ def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
 
 def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Spend per service (``dynamodb``, ``bedrock`` ...) from the per-service rollup rows, most expensive first."""
-    union, uparams = rollup_source(f, group=None, sums=_COLS, split=f.service is None, dash=dash, by_service=True)
-    sql = f"SELECT service, {_SUMS} FROM ({union}) GROUP BY service"
+    sql, uparams = rollup_source(f, group=None, sums=_COLS, split=f.service is None, dash=dash, by_service=True)
 
     def post(results: list[list[Row]]) -> list[Row]:
         rows = [
@@ -157,8 +148,7 @@ def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
 
 def total(f: Filters, dash: bool = True) -> Query[Row]:
     """One total over everything the filters select (``transaction_count`` counts spans)."""
-    union, uparams = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash)
-    sql = f"SELECT {_SUMS} FROM ({union})"
+    sql, uparams = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash)
 
     def post(results: list[list[Row]]) -> Row:
         r = results[0][0]
@@ -187,11 +177,11 @@ def feature_breakdown(f: Filters, dash: bool = True) -> Query[list[Row]]:
     if f.user_id is not None or f.endpoint is not None:
         return _breakdown_from_spans(f)
     segs = plan_segments(f.start_ns, f.end_ns)
-    d_union, d_params = rollup_source(f, group="feature", sums=_COLS, split=False, dash=dash, segments=segs)
+    d_sql, d_params = rollup_source(f, group="feature", sums=_COLS, split=False, dash=dash, segments=segs)
     lterms, lparams = (["feature = ?"], [f.feature]) if f.feature is not None else ([], [])
     l_union, l_params = rollup_union("feature, cost_nano, calls, spans, var_nano2", "loaded", segs, lterms, lparams)
     steps = (
-        (f"SELECT k AS feature, {_SUMS} FROM ({d_union}) GROUP BY k", tuple(d_params)),
+        (f"SELECT k AS feature, {_SUMS} FROM ({d_sql}) GROUP BY k", tuple(d_params)),
         (
             "SELECT feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls, SUM(spans) AS spans, "
             f"SUM(var_nano2) AS var_nano2 FROM ({l_union}) GROUP BY feature",
@@ -266,8 +256,7 @@ def cost_trend(f: Filters, days: int, now_ns: int, dash: bool = True) -> Query[l
         return Query((), lambda _: [])
     buckets = _days(now_ns, days)
     segs = [Segment("day", buckets[0], buckets[-1] + DAY)]
-    union, params = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash, segments=segs, by_bucket=True)
-    sql = f"SELECT bucket, {_SUMS} FROM ({union}) GROUP BY bucket"
+    sql, params = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash, segments=segs, by_bucket=True)
 
     def post(results: list[list[Row]]) -> list[Row]:
         by_bucket = {r["bucket"]: r for r in results[0]}
@@ -297,18 +286,14 @@ def cost_trend_by_feature(days: int, now_ns: int, dash: bool = True) -> Query[li
         return Query((), lambda _: [])
     buckets = _days(now_ns, days)
     segs = [Segment("day", buckets[0], buckets[-1] + DAY)]
-    union, params = rollup_source(
+    sql, params = rollup_source(
         Filters(), group="feature", sums=("cost_nano", "calls"), split=False, dash=dash, segments=segs, by_bucket=True
-    )
-    sql = (
-        "SELECT bucket, k AS feature, SUM(cost_nano) AS cost_nano, SUM(calls) AS calls "
-        f"FROM ({union}) GROUP BY bucket, k"
     )
 
     def post(results: list[list[Row]]) -> list[Row]:
         series: dict[str, dict[int, Row]] = {}
         for r in results[0]:
-            series.setdefault(r["feature"], {})[r["bucket"]] = r
+            series.setdefault(r["k"], {})[r["bucket"]] = r
         out = []
         for feature, by_bucket in series.items():
             points: list[Row] = [

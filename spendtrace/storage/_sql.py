@@ -245,14 +245,15 @@ def rollup_source(
     by_service: bool = False,
     by_bucket: bool = False,
 ) -> tuple[str, list[Any]]:
-    """Rollup rows covering ``f``'s time range, pre-aggregated per segment, glued with UNION ALL.
+    """One query summing the rollup rows of ``f``'s time range: ``k [, service] [, bucket], b0, b1, <sums>``.
 
-    Each part is ``SELECT k [, service] [, bucket], b0, b1, SUM(c) AS c ...`` grouped by those keys
-    (``k`` is the ``group`` dimension's value, or '' with no group; ``b0``/``b1`` the first and last
-    bucket), so the caller re-aggregates a few rows per part; on ``dash_*`` the grouping follows the
-    primary key and needs no sort. Rows are the span-level (``service = ''``) ones, or a
-    ``service`` filter's, or with ``split`` every per-service row. Hour and day buckets come from
-    ``dash_*`` when ``dash`` is true and one dimension serves the query, minutes from ``rollup_minute``.
+    ``k`` is the ``group`` dimension's value ('' with no group), ``b0``/``b1`` the first and last
+    bucket, and rows are grouped by ``k`` (and ``service`` / ``bucket`` when asked). Each time
+    segment is summed on its own (on ``dash_*`` along the primary key, with no sort) and the few
+    rows per segment are summed again; a single segment is the whole query. Rows are the
+    span-level (``service = ''``) ones, or a ``service`` filter's, or with ``split`` every
+    per-service row. Hour and day buckets come from ``dash_*`` when ``dash`` is true and one
+    dimension serves the query, minutes from ``rollup_minute``.
     """
     segs = plan_segments(f.start_ns, f.end_ns) if segments is None else segments
     ddim = dash_dim(f, group) if dash else None
@@ -267,7 +268,8 @@ def rollup_source(
             terms.append("dim = ?")
             seg_params.append(ddim)
             names = [("value", getattr(f, ddim))]
-            services = f"service IN ({_SERVICES})"  # seeks per service; a range on it would scan
+            bounded = seg.lo is not None or seg.hi is not None  # then seek per service: a range would scan
+            services = f"service IN ({_SERVICES})" if bounded else "service > ''"
         else:
             table, key = f"rollup_{seg.grain}", (group or "''")
             names = [(d, getattr(f, d)) for d in _DIMS]
@@ -297,7 +299,12 @@ def rollup_source(
         grouping = f" GROUP BY {', '.join(keys)}" if keys else ""
         parts.append(f"SELECT {select} FROM {table} WHERE {' AND '.join(terms)}{grouping}")
         params += seg_params
-    return " UNION ALL ".join(parts), params
+    if len(parts) == 1:
+        return parts[0], params
+    outer_keys = ["k"] + (["service"] if by_service else []) + (["bucket"] if by_bucket else [])
+    outer = ", ".join([*outer_keys, "MIN(b0) AS b0", "MAX(b1) AS b1", agg])
+    regroup = f" GROUP BY {', '.join(outer_keys)}" if group or by_service or by_bucket else ""
+    return f"SELECT {outer} FROM ({' UNION ALL '.join(parts)}){regroup}", params
 
 
 def coarsen(f: Filters, minute_floor: int | None, hour_floor: int | None) -> Filters:
