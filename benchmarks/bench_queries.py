@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _data import Shape, cached_db
+from _data import ENDPOINTS, Shape, cached_db
 
 from spendtrace.storage import SQLiteStorage
 
@@ -66,7 +66,7 @@ def main() -> int:
         f"{counts['requests']:,} requests, {counts['rollup_day']:,} day-rollup rows, "
         f"{counts['rollup_hour']:,} hour-rollup rows, {counts['dash_day']:,} dashboard day rows; "
         f"{shape.tenants} tenants, {shape.days} days, "
-        "8 endpoints, 24 features"
+        f"{len(ENDPOINTS)} endpoints, {len({f for tree in ENDPOINTS.values() for f, _, _ in tree})} features"
     )
     rng = random.Random(5)
     storage = SQLiteStorage(path)
