@@ -104,6 +104,13 @@ class SQLiteStorage:
                     self._conn.execute("COMMIT")
         return query.post(results)
 
+    def _dash_now(self) -> bool:
+        """Whether the dashboard rollups are maintained (checked again until they are: a new file gets them)."""
+        if not self._dash:
+            with self._lock:
+                self._dash = bool(self._conn.execute(_HAS_DASH).fetchone()[0])
+        return self._dash
+
     def _rollup_filters(self, start: TimeLike, end: TimeLike, *names: str | None) -> Filters:
         """Filters for a rollup query, time bounds rounded where the finer rollups have aged out."""
         f = Filters.of(start, end, *names)
@@ -143,7 +150,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per feature, most expensive first: ``total_cost``, ``service_costs``, ``transaction_count`` (spans)."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate("feature", f, dash=self._dash)), limit)
+        return _limit(self.run(q.aggregate("feature", f, dash=self._dash_now())), limit)
 
     def aggregate_by_user(
         self,
@@ -158,7 +165,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per user / tenant (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate("user_id", f, dash=self._dash)), limit)
+        return _limit(self.run(q.aggregate("user_id", f, dash=self._dash_now())), limit)
 
     def aggregate_by_endpoint(
         self,
@@ -173,7 +180,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per endpoint (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate("endpoint", f, dash=self._dash)), limit)
+        return _limit(self.run(q.aggregate("endpoint", f, dash=self._dash_now())), limit)
 
     def aggregate_by_service(
         self,
@@ -188,7 +195,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per service (``dynamodb``, ``bedrock``, ``lambda`` ...), most expensive first."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
-        return _limit(self.run(q.aggregate_by_service(f, dash=self._dash)), limit)
+        return _limit(self.run(q.aggregate_by_service(f, dash=self._dash_now())), limit)
 
     def get_feature_cost_breakdown(
         self,
@@ -202,7 +209,7 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Direct vs fully-loaded (everything it triggered downstream) cost per feature."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint)
-        return _limit(self.run(q.feature_breakdown(f, dash=self._dash)), limit)
+        return _limit(self.run(q.feature_breakdown(f, dash=self._dash_now())), limit)
 
     def total(
         self,
@@ -215,7 +222,9 @@ class SQLiteStorage:
         service: str | None = None,
     ) -> Row:
         """One total: ``total_cost``, ``cost_nano``, ``transaction_count``, ``unpriced_count``, ``stderr`` ..."""
-        return self.run(q.total(self._rollup_filters(start, end, feature, user_id, endpoint, service), dash=self._dash))
+        return self.run(
+            q.total(self._rollup_filters(start, end, feature, user_id, endpoint, service), dash=self._dash_now())
+        )
 
     def get_cost_trend(
         self,
@@ -229,11 +238,11 @@ class SQLiteStorage:
     ) -> list[Row]:
         """One row per UTC day for the last ``days`` days (today included), oldest first, zero-filled."""
         f = Filters(feature=feature, user_id=user_id, endpoint=endpoint, service=service)
-        return self.run(q.cost_trend(f, int(days), _now_ns(now), dash=self._dash))
+        return self.run(q.cost_trend(f, int(days), _now_ns(now), dash=self._dash_now()))
 
     def cost_trend_by_feature(self, days: int = 30, *, now: TimeLike = None) -> list[Row]:
         """Per feature (largest first) its daily cost points for the last ``days`` days, for charts."""
-        return self.run(q.cost_trend_by_feature(int(days), _now_ns(now), dash=self._dash))
+        return self.run(q.cost_trend_by_feature(int(days), _now_ns(now), dash=self._dash_now()))
 
     # -- live views ------------------------------------------------------------------------------
     def feature_timeseries(self, minutes: int = 60, now_ns: int | None = None) -> dict[str, list[float]]:
@@ -256,7 +265,7 @@ class SQLiteStorage:
 
     def ingest_stats(self, now_ns: int | None = None) -> Row:
         """Spans started in the last minute, total spans / requests / cost, unpriced items, dead letters."""
-        return self.run(q.ingest_stats(_now_ns(now_ns), dash=self._dash))
+        return self.run(q.ingest_stats(_now_ns(now_ns), dash=self._dash_now()))
 
     def dead_letters(self, limit: int = 50) -> list[Row]:
         """The newest dead letters, with their reason."""
@@ -350,11 +359,12 @@ class AsyncStorage:
         self._readonly = readonly
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._dash = True
+        self._dash = False
 
     async def _connection(self) -> aiosqlite.Connection:
         if self._conn is None:
             self._conn = await connect_async(self.db_path, readonly=self._readonly)
+        if not self._dash:  # checked again until a writer maintains them (a new file gets them)
             async with self._conn.execute(_HAS_DASH) as cur:
                 row = await cur.fetchone()
             self._dash = bool(row and row[0])
