@@ -68,8 +68,7 @@ def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, 
     for ddl in DASH_TABLES:
         yield ddl, [()]
     for g in GRAINS:
-        for sql in rebuild_statements(g, only_if=f"NOT {_MARKED}"):
-            yield sql, [(-(2**62), 2**62)]
+        yield _first_fill(g), [()]
     yield f"INSERT OR IGNORE INTO meta (key, value) VALUES ('{MARKER}', '1')", [()]
     for g in GRAINS:
         d = rollups.get(g)
@@ -77,21 +76,32 @@ def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, 
             yield _UPSERT.format(g=g), dash_rows(d)
 
 
-def rebuild_statements(grain: str, only_if: str = "1") -> list[str]:
-    """SQL (parameters: lo, hi epoch seconds, for each statement) recomputing ``dash_{grain}`` buckets in [lo, hi).
-
-    ``only_if`` is an SQL condition, evaluated once, that must hold for anything to change.
-    """
+def _fill(grain: str, source: str, where: str) -> str:
     cols = ", ".join(_VALUES)
     sums = ", ".join(f"SUM({c})" for c in _VALUES)
-    stmts = [f"DELETE FROM dash_{grain} WHERE bucket >= ? AND bucket < ? AND {only_if}"]
-    for dim in DIMS:
-        stmts.append(
-            f"INSERT INTO dash_{grain} (dim, service, value, bucket, {cols}) "
-            f"SELECT '{dim}', service, {dim}, bucket, {sums} FROM rollup_{grain} "
-            f"WHERE bucket >= ? AND bucket < ? AND {only_if} GROUP BY service, {dim}, bucket"
-        )
-    return stmts
+    selects = " UNION ALL ".join(
+        f"SELECT '{dim}', service, {dim}, bucket, {sums} FROM {source} WHERE {where} GROUP BY service, {dim}, bucket"
+        for dim in DIMS
+    )
+    return f"INSERT INTO dash_{grain} (dim, service, value, bucket, {cols}) {selects}"
+
+
+def _first_fill(grain: str) -> str:
+    """Fill ``dash_{grain}`` from all stored rollups, only on a file with no marker yet (else a no-op).
+
+    The marker test is the outer side of a CROSS JOIN, so once the marker exists the rollups are
+    not even opened: this runs with every batch and must cost nothing then.
+    """
+    todo = f"(SELECT 1 AS todo WHERE NOT {_MARKED}) AS first CROSS JOIN rollup_{grain}"
+    return _fill(grain, todo, "1")
+
+
+def rebuild_statements(grain: str) -> list[str]:
+    """SQL (parameters: lo, hi epoch seconds, twice for the second) recomputing ``dash_{grain}`` buckets in [lo, hi)."""
+    return [
+        f"DELETE FROM dash_{grain} WHERE bucket >= ? AND bucket < ?",
+        _fill(grain, f"rollup_{grain}", "bucket >= ? AND bucket < ?"),
+    ]
 
 
 def rebuild(conn: sqlite3.Connection, lo_s: int | None = None, hi_s: int | None = None) -> None:
@@ -99,5 +109,6 @@ def rebuild(conn: sqlite3.Connection, lo_s: int | None = None, hi_s: int | None 
     lo = -(2**62) if lo_s is None else lo_s
     hi = 2**62 if hi_s is None else hi_s
     for grain in GRAINS:
-        for sql in rebuild_statements(grain):
-            conn.execute(sql, (lo, hi))
+        delete, fill = rebuild_statements(grain)
+        conn.execute(delete, (lo, hi))
+        conn.execute(fill, (lo, hi) * len(DIMS))
