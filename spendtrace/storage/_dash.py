@@ -38,16 +38,49 @@ RollupDeltas = Mapping[tuple[int, str, str, str, str], list[Any]]
 
 def dash_rows(rollup: RollupDeltas) -> list[tuple[Any, ...]]:
     """Dashboard deltas of one grain's rollup deltas ``{(bucket, feature, user, endpoint, service): [values]}``."""
+    return [(*k, *v) for k, v in _dash_deltas(rollup).items()]
+
+
+def _dash_deltas(rollup: RollupDeltas, size: int = 0) -> dict[tuple[str, str, str, int], list[Any]]:
+    """``{(dim, service, value, bucket): 7 sums}``; ``size`` > 0 also coarsens buckets to that many seconds.
+
+    Hot (once per batch over every rollup key): unrolled on purpose.
+    """
     out: dict[tuple[str, str, str, int], list[Any]] = {}
-    for (bucket, feature, user, endpoint, service), values in rollup.items():
-        for dim, value in (("feature", feature), ("user_id", user), ("endpoint", endpoint)):
-            key = (dim, service, value, bucket)
-            acc = out.get(key)
+    get = out.get
+    for (bucket, feature, user, endpoint, service), v in rollup.items():
+        if size:
+            bucket -= bucket % size
+        req = v[6] if len(v) > 6 else 0
+        for key in (
+            ("feature", service, feature, bucket),
+            ("user_id", service, user, bucket),
+            ("endpoint", service, endpoint, bucket),
+        ):
+            acc = get(key)
             if acc is None:
-                out[key] = list(values[:7]) + [0] * (7 - len(values))
+                out[key] = [v[0], v[1], v[2], v[3], v[4], v[5], req]
             else:
-                for i in range(min(7, len(values))):
-                    acc[i] += values[i]
+                acc[0] += v[0]
+                acc[1] += v[1]
+                acc[2] += v[2]
+                acc[3] += v[3]
+                acc[4] += v[4]
+                acc[5] += v[5]
+                acc[6] += req
+    return out
+
+
+def _coarsen(deltas: dict[tuple[str, str, str, int], list[Any]], size: int) -> list[tuple[Any, ...]]:
+    out: dict[tuple[str, str, str, int], list[Any]] = {}
+    for (dim, service, value, bucket), v in deltas.items():
+        key = (dim, service, value, bucket - bucket % size)
+        acc = out.get(key)
+        if acc is None:
+            out[key] = list(v)
+        else:
+            for i in range(7):
+                acc[i] += v[i]
     return [(*k, *v) for k, v in out.items()]
 
 
@@ -70,10 +103,11 @@ def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, 
     for g in GRAINS:
         yield _first_fill(g), [()]
     yield f"INSERT OR IGNORE INTO meta (key, value) VALUES ('{MARKER}', '1')", [()]
-    for g in GRAINS:
-        d = rollups.get(g)
-        if d:
-            yield _UPSERT.format(g=g), dash_rows(d)
+    hour = rollups.get("hour")
+    if hour:  # the hour deltas from the hour rollups, the day deltas from those (fewer rows)
+        deltas = _dash_deltas(hour)
+        yield _UPSERT.format(g="hour"), [(*k, *v) for k, v in deltas.items()]
+        yield _UPSERT.format(g="day"), _coarsen(deltas, 86_400)
 
 
 def _fill(grain: str, source: str, where: str) -> str:
