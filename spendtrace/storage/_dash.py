@@ -41,16 +41,11 @@ def dash_rows(rollup: RollupDeltas) -> list[tuple[Any, ...]]:
     return [(*k, *v) for k, v in _dash_deltas(rollup).items()]
 
 
-def _dash_deltas(rollup: RollupDeltas, size: int = 0) -> dict[tuple[str, str, str, int], list[Any]]:
-    """``{(dim, service, value, bucket): 7 sums}``; ``size`` > 0 also coarsens buckets to that many seconds.
-
-    Hot (once per batch over every rollup key): unrolled on purpose.
-    """
+def _dash_deltas(rollup: RollupDeltas) -> dict[tuple[str, str, str, int], list[Any]]:
+    """``{(dim, service, value, bucket): 7 sums}``. Hot (once per batch over every rollup key): unrolled on purpose."""
     out: dict[tuple[str, str, str, int], list[Any]] = {}
     get = out.get
     for (bucket, feature, user, endpoint, service), v in rollup.items():
-        if size:
-            bucket -= bucket % size
         req = v[6] if len(v) > 6 else 0
         for key in (
             ("feature", service, feature, bucket),
