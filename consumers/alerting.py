@@ -341,12 +341,16 @@ class AlertEvaluator:
         self._conn: sqlite3.Connection | None = None
         self._version: tuple[int, int] | None = None
         self._rules: list[AlertRule] = []
+        self._recovered = False
 
     async def __call__(self, result: Any) -> None:
         await self.evaluate(Touched.from_result(result))
 
     async def evaluate(self, touched: Touched) -> list[AlertEvent]:
         """Evaluate the rules ``touched`` covers, record what fires and queue it for delivery."""
+        if not self._recovered and self.dispatcher is not None:
+            self._recovered = True
+            await self.dispatcher.recover()  # events a crashed worker fired but never delivered
         now = self.clock()
         fired = await self._run(lambda: self._evaluate_sync(touched, now))
         self.evaluations += 1

@@ -1,8 +1,10 @@
 """Alert delivery: publish each fired event to the alerts topic and POST it to the rule's webhook.
 
 Runs in a task of its own, fed by a bounded queue, so a slow or dead webhook never holds up the
-consume loop. Each HTTP attempt is recorded in ``alert_deliveries`` (status or error) and the
-event's ``delivery`` ends as ``delivered``, ``failed`` or ``none`` (no webhook). Uses ``httpx``
+consume loop. Each event is claimed first (``delivery`` ``pending`` -> ``sending``), so events a
+crashed worker left pending can be picked up by ``recover()`` in any worker without double sends.
+Each HTTP attempt is recorded in ``alert_deliveries`` (status or error) and the event's
+``delivery`` ends as ``delivered``, ``failed`` or ``none`` (no webhook). Uses ``httpx``
 (async client, per-attempt timeout) with exponential backoff between attempts. URLs are only
 ever logged masked.
 """
@@ -19,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from consumers.alerting import AlertEvent
-from spendtrace.alerts import AlertRule, mask_url, open_db
+from spendtrace.alerts import AlertRule, load_rules, mask_url, open_db
 
 __all__ = ["WebhookDispatcher", "pagerduty_body", "slack_body"]
 
@@ -28,8 +30,8 @@ T = TypeVar("T")
 
 
 def slack_body(event: AlertEvent) -> dict[str, Any]:
-    """A Slack-compatible incoming-webhook body (also fine for most "any HTTP POST" receivers)."""
-    return {"text": event.message, "spendtrace": event.to_dict()}
+    """A Slack incoming-webhook body, ``{"text": ...}`` (also what most "any HTTP POST" receivers take)."""
+    return {"text": event.message}
 
 
 def pagerduty_body(event: AlertEvent, routing_key: str) -> dict[str, Any]:
@@ -129,10 +131,20 @@ class WebhookDispatcher:
 
     # -- the delivery task ----------------------------------------------------------------------
 
+    async def recover(self, older_than_s: float = 300.0) -> int:
+        """Queue the events a crashed worker left ``pending`` (fired over ``older_than_s`` ago); returns how many.
+
+        Safe with several workers: each event is claimed (``pending`` -> ``sending``) before delivery.
+        """
+        found = await self._db(self._pending, time.time_ns() - int(older_than_s * 1e9))
+        return sum(self.submit(event, rule) for event, rule in found)
+
     async def _run(self) -> None:
         while True:
             event, rule = await self._queue.get()
             try:
+                if not await self._db(self._claim, event.id):
+                    continue  # another worker's dispatcher has it
                 await self._publish_event(event)
                 await self.deliver(event, rule)
             except Exception:  # one event's failure must not end the task
@@ -205,11 +217,37 @@ class WebhookDispatcher:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _record(self, event_id: int, attempt: int | None, status: int | None, error: str | None,
-                final: str | None) -> None:
+    def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = open_db(self.db_path)
-        conn = self._conn
+        return self._conn
+
+    def _claim(self, event_id: int) -> bool:
+        cur = self._connect().execute(
+            "UPDATE alert_events SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'", (event_id,)
+        )
+        return cur.rowcount == 1
+
+    def _pending(self, before_ns: int) -> list[tuple[AlertEvent, AlertRule]]:
+        conn = self._connect()
+        rules = {r.id: r for r in load_rules(conn, enabled_only=False)}
+        out: list[tuple[AlertEvent, AlertRule]] = []
+        for row in conn.execute(
+            "SELECT id, rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano, message"
+            " FROM alert_events WHERE delivery = 'pending' AND fired_ns < ? ORDER BY id",
+            (before_ns,),
+        ).fetchall():
+            rule = rules.get(int(row[1]))
+            if rule is None or rule.name != row[2]:  # the rule is gone: record the event, deliver nowhere
+                rule = AlertRule(id=int(row[1]), name=row[2], kind="threshold", scope=row[4], scope_value=row[5],
+                                 threshold_nano=row[7], window_minutes=None, cooldown_minutes=0)
+            out.append((AlertEvent(int(row[0]), int(row[1]), row[2], rule.kind, int(row[3]), row[4], row[5],
+                                   int(row[6]), row[7], "", row[8]), rule))
+        return out
+
+    def _record(self, event_id: int, attempt: int | None, status: int | None, error: str | None,
+                final: str | None) -> None:
+        conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
             if attempt is not None:

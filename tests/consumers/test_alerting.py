@@ -376,3 +376,26 @@ async def test_cli_tail_follows_new_events(db_path: Path, fixed_now_ns: int, eva
     assert proc.returncode == 0, err
     assert "tailed: feature 'search' spent $3.00" in out and "2026-11-02 12:00:00Z" in out
     assert "topsecret" not in out
+
+
+async def test_pending_events_of_a_crashed_worker_are_delivered_once(
+    db_path: Path, fixed_now_ns: int, hook_server: ThreadingHTTPServer
+) -> None:
+    """An event fired by a worker that died before delivering is claimed and sent once by the next dispatchers."""
+    set_alert(feature="search", threshold=1, webhook=_url(hook_server), name="orphan", db_path=db_path)
+    crashed = AlertEvaluator(str(db_path), clock=Clock(fixed_now_ns))  # fires, has no dispatcher: never delivers
+    try:
+        await crashed(spend(db_path, fixed_now_ns, 2))
+    finally:
+        await crashed.aclose()
+    assert [e["delivery"] for e in events(db_path)] == ["pending"]
+    dispatchers = [WebhookDispatcher(str(db_path), backoff=0.01) for _ in range(2)]
+    try:
+        assert [await d.recover() for d in dispatchers] == [1, 1]  # both see it pending ...
+        for d in dispatchers:
+            await d.drain()
+    finally:
+        for d in dispatchers:
+            await d.aclose()
+    assert len(hook_server.bodies) == 1  # type: ignore[attr-defined]  # ... one claims and sends it
+    assert [e["delivery"] for e in events(db_path)] == ["delivered"]

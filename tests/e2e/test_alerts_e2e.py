@@ -198,7 +198,7 @@ async def test_dead_webhook_does_not_hold_ingestion(broker: EmbeddedBroker, topi
             later = await produce_spans(broker.bootstrap, topic_name, dollar_spans(30, now_ns, "b"), partitions=3)
             await wait_for(lambda: stored_offsets(cfg.db_path, cfg.group_id, cfg.topic) == later, 60, "later spans")
             assert rows(db_path, "SELECT count(*) FROM spans") == [(35,)]
-            assert rows(db_path, "SELECT delivery FROM alert_events") == [("pending",)]  # still hanging
+            assert rows(db_path, "SELECT delivery FROM alert_events") == [("sending",)]  # claimed, still hanging
             assert rows(db_path, "SELECT count(*) FROM alert_deliveries") == [(0,)]
     finally:
         sink.close()
