@@ -493,7 +493,9 @@ class Store:
             "SELECT id, name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes,"
             " coalesce(webhook, ''), enabled FROM alert_rules ORDER BY name"
         )
-        return [AlertRuleRow(*r[:9], enabled=bool(r[9])) for r in rows]
+        from spendtrace.alerts import mask_url  # webhook URLs carry secrets: never shown in full
+
+        return [AlertRuleRow(*r[:8], mask_url(r[8]) if r[8] else "", enabled=bool(r[9])) for r in rows]
 
     async def alert_events(self, limit: int = 200) -> list[AlertEvent]:
         """The latest fired alerts, newest first."""
