@@ -253,7 +253,7 @@ DDL_V1: tuple[str, ...] = (
         value_nano  INTEGER NOT NULL,
         threshold_nano INTEGER,
         message     TEXT    NOT NULL,
-        delivery    TEXT    NOT NULL DEFAULT 'pending'  -- pending | delivered | failed | none
+        delivery    TEXT    NOT NULL DEFAULT 'pending'  -- pending | sending | delivered | failed | none
     )
     """,
     "CREATE INDEX IF NOT EXISTS alert_events_fired ON alert_events (fired_ns)",
