@@ -189,8 +189,10 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     loaded_by_min: dict[int, dict[tuple[str, ...], list[Any]]] = {}
     requests: dict[str, list[Any]] = {}
     requests_get = requests.get
-    # request_id -> (is_root, start_ns, minute dims) of its head span so far
-    heads: dict[str, tuple[int, int, tuple[int, str, str, str]]] = {}
+    # request_id -> minute dims of its head span so far; request_id -> start of its head if that is a root
+    heads: dict[str, tuple[int, str, str, str]] = {}
+    root_start: dict[str, int] = {}
+    root_start_get = root_start.get
     unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
     total_cost = 0
     total_unpriced = 0
@@ -331,7 +333,9 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         rid = s.request_id
         q = requests_get(rid)
         if q is None:
-            heads[rid] = (is_root, t, dims)
+            heads[rid] = dims
+            if is_root:
+                root_start[rid] = t
             requests[rid] = [
                 s.endpoint,
                 s.user_id,
@@ -352,16 +356,17 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
                 if s.user_id is not None:
                     q[1] = s.user_id
                 q[2] = feature
-                h = heads[rid]
-                if not h[0] or t < h[1]:  # the earliest root is the head
-                    heads[rid] = (1, t, dims)
+                rt = root_start_get(rid)
+                if rt is None or t < rt:  # the earliest root is the head
+                    root_start[rid] = t
+                    heads[rid] = dims
             else:
                 if q[0] is None:
                     q[0] = s.endpoint
                 if q[1] is None:
                     q[1] = s.user_id
-                if t < q[3] and not heads[rid][0]:  # no root yet: the earliest span is the head
-                    heads[rid] = (0, t, dims)
+                if t < q[3] and rid not in root_start:  # no root yet: the earliest span is the head
+                    heads[rid] = dims
             if t < q[3]:
                 q[3] = t
             if end > q[4]:
@@ -410,7 +415,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         unpriced_items=total_unpriced,
         duplicates_in_batch=dups,
         summary=summary,
-        heads={rid: h[2] for rid, h in heads.items()},
+        heads=heads,
     )
 
 
