@@ -10,8 +10,9 @@ Conventions, relied on by every writer and reader:
   errors) and rows with a service name carry that service's share of the cost;
 - ``loaded_*`` rollups hold fully-loaded cost: each span's cost added once to every distinct
   feature on its path to the root;
-- ``rollup_*.requests`` counts root spans (``parent_id`` is NULL) on the ``service = ''`` row, so
-  requests per user / endpoint come from rollups (the ``requests`` table is too big to group);
+- ``rollup_*.requests`` counts each distinct request id once, on the ``service = ''`` row of its
+  head span in the batch that first stored it (``spendtrace.storage._ingest``), so requests per
+  user / endpoint come from rollups (the ``requests`` table is too big to group);
 - ``dash_hour`` / ``dash_day`` are those rollups summed over all dimensions but one (``dim`` =
   'feature' | 'user_id' | 'endpoint', ``value`` its value), kept equal to them by
   ``spendtrace.storage._dash`` (ingest adds its deltas, restatement rebuilds, retention deletes),
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS {name} (
     errors      INTEGER NOT NULL DEFAULT 0,
     unpriced    INTEGER NOT NULL DEFAULT 0,  -- usage items with no price
     var_nano2   REAL    NOT NULL DEFAULT 0,
-    requests    INTEGER NOT NULL DEFAULT 0,  -- root spans (parent_id NULL): requests started; service='' row
+    requests    INTEGER NOT NULL DEFAULT 0,  -- distinct request ids, each counted once; service='' row
     PRIMARY KEY (bucket, feature, user_id, endpoint, service)
 ) WITHOUT ROWID;
 """
