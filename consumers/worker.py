@@ -469,7 +469,7 @@ def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter])
 
 
 def load_price_book(prices_file: str | None) -> Any:
-    """The default price book, or the one ``prices_file`` overrides."""
+    """AWS Pricing API rates where credentials are configured (else the static table), ``prices_file``'s on top."""
     from spendtrace.pricing import PriceBook
 
-    return PriceBook.load(prices_file=prices_file) if prices_file else PriceBook.default()
+    return PriceBook.load(prices_file=prices_file or None)
