@@ -126,19 +126,41 @@ def _scope_filter(rule: AlertRule) -> tuple[str, tuple[Any, ...]]:
     return f" AND {col} = ?", (rule.scope_value,)
 
 
-def scope_spend(conn: sqlite3.Connection, rule: AlertRule, table: str, since_s: int, until_s: int | None = None) -> int:
-    """Nano-dollars the rule's scope spent in ``table`` buckets from ``since_s`` (to before ``until_s``)."""
+Memo = dict[tuple[str, int, int | None, str | None], dict[str, int]]
+
+
+def scope_spend(
+    conn: sqlite3.Connection, rule: AlertRule, table: str, since_s: int, until_s: int | None = None,
+    memo: Memo | None = None,
+) -> int:
+    """Nano-dollars the rule's scope spent in ``table`` buckets from ``since_s`` (to before ``until_s``).
+
+    With a ``memo`` (one per evaluation round) the sum is read for every value of the scope's
+    column in one ``GROUP BY``, so rules sharing a window cost one query between them.
+    """
     assert table in ("rollup_minute", "rollup_hour", "rollup_day")
-    where, args = _scope_filter(rule)
-    sql = f"SELECT coalesce(sum(cost_nano), 0) FROM {table} WHERE service = '' AND bucket >= ?{where}"
-    params: tuple[Any, ...] = (since_s, *args)
-    if until_s is not None:
-        sql += " AND bucket < ?"
-        params = (*params, until_s)
-    return int(conn.execute(sql, params).fetchone()[0])
+    col = rule.scope_column
+    where = " AND bucket < ?" if until_s is not None else ""
+    params: tuple[Any, ...] = (since_s,) if until_s is None else (since_s, until_s)
+    base = f"FROM {table} WHERE service = '' AND bucket >= ?{where}"
+    if memo is not None:
+        key = (table, since_s, until_s, col)
+        sums = memo.get(key)
+        if sums is None:
+            if col is None:
+                sums = {"": int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) {base}", params).fetchone()[0])}
+            else:
+                sums = {str(v): int(c) for v, c in conn.execute(f"SELECT {col}, sum(cost_nano) {base} GROUP BY {col}",
+                                                                 params)}
+            memo[key] = sums
+        return sums.get(rule.scope_value if col is not None else "", 0)
+    if col is not None:
+        base += f" AND {col} = ?"
+        params = (*params, rule.scope_value)
+    return int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) {base}", params).fetchone()[0])
 
 
-def window_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> int:
+def window_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> int:
     """Spend over the rule's rolling window: the last ``window_minutes`` minute buckets, the current one included.
 
     Whole clock hours inside the window are read from the hour rollup (fewer rows, and minute
@@ -149,11 +171,11 @@ def window_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> int:
     first_hour = -(-since // 3600) * 3600
     this_hour = now_min // 3600 * 3600
     if first_hour >= this_hour:
-        return scope_spend(conn, rule, "rollup_minute", since)
+        return scope_spend(conn, rule, "rollup_minute", since, memo=memo)
     return (
-        scope_spend(conn, rule, "rollup_minute", since, first_hour)
-        + scope_spend(conn, rule, "rollup_hour", first_hour, this_hour)
-        + scope_spend(conn, rule, "rollup_minute", this_hour)
+        scope_spend(conn, rule, "rollup_minute", since, first_hour, memo)
+        + scope_spend(conn, rule, "rollup_hour", first_hour, this_hour, memo)
+        + scope_spend(conn, rule, "rollup_minute", this_hour, memo=memo)
     )
 
 
@@ -169,24 +191,30 @@ def period_start(period: str, now_ns: int) -> int:
     return calendar.timegm(d.timetuple())
 
 
-def budget_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[int, int]:
+def budget_spend(
+    conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None
+) -> tuple[int, int]:
     """(period start, spend since then): whole days from the day rollup, today from the minute rollup."""
     start = period_start(str(rule.params.get("period", "month")), now_ns)
     today = period_start("day", now_ns)
-    spent = scope_spend(conn, rule, "rollup_day", start, today) + scope_spend(conn, rule, "rollup_minute", today)
+    spent = scope_spend(conn, rule, "rollup_day", start, today, memo) + scope_spend(
+        conn, rule, "rollup_minute", today, memo=memo
+    )
     return start, spent
 
 
-def rate_values(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[int, float]:
+def rate_values(
+    conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None
+) -> tuple[int, float]:
     """(last-hour spend, baseline): baseline = mean over the previous N days of the same clock hour's rollup."""
     now_s = now_ns // 1_000_000_000
-    recent = scope_spend(conn, rule, "rollup_minute", (now_s // 60 - 59) * 60)
+    recent = scope_spend(conn, rule, "rollup_minute", (now_s // 60 - 59) * 60, memo=memo)
     days = int(rule.params.get("lookback_days", 7))
     hour = now_s // 3600 * 3600
     total = 0
     for d in range(1, days + 1):
         b = hour - d * 86400
-        total += scope_spend(conn, rule, "rollup_hour", b, b + 3600)
+        total += scope_spend(conn, rule, "rollup_hour", b, b + 3600, memo)
     return recent, total / days
 
 
@@ -201,10 +229,12 @@ def _usd(nano: float) -> str:
     return f"${nano / NANO:,.2f}"
 
 
-def _candidate(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[str, int, str, list[str]] | None:
+def _candidate(
+    conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None
+) -> tuple[str, int, str, list[str]] | None:
     """What the rule would fire now: (state key, value, message, extra state keys to mark), or None."""
     if rule.kind == "threshold":
-        value = window_spend(conn, rule, now_ns)
+        value = window_spend(conn, rule, now_ns, memo)
         if rule.threshold_nano is None or value <= rule.threshold_nano:
             return None
         hours = (rule.window_minutes or 60) / 60
@@ -214,7 +244,7 @@ def _candidate(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[
         )
         return "", value, msg, []
     if rule.kind == "budget":
-        start, value = budget_spend(conn, rule, now_ns)
+        start, value = budget_spend(conn, rule, now_ns, memo)
         amount = rule.threshold_nano or 0
         crossed = [p for p in rule.params.get("percentages", []) if amount and value * 100 >= float(p) * amount]
         if not crossed:
@@ -239,7 +269,7 @@ def _candidate(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[
         )
         return top, value, msg, fresh[:-1]
     if rule.kind == "rate":
-        recent, baseline = rate_values(conn, rule, now_ns)
+        recent, baseline = rate_values(conn, rule, now_ns, memo)
         factor = float(rule.params.get("factor", 3.0))
         if baseline <= 0 or recent < int(rule.params.get("min_spend_nano", 0)) or recent < factor * baseline:
             return None
@@ -252,11 +282,11 @@ def _candidate(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> tuple[
     return None
 
 
-def _fire(conn: sqlite3.Connection, rule: AlertRule, now_ns: int) -> AlertEvent | None:
+def _fire(conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> AlertEvent | None:
     """Decide and record one firing atomically; None when nothing is due or another worker fired first."""
     if _cooling(conn, rule, "", now_ns):
         return None  # cheap pre-check outside the write lock
-    cand = _candidate(conn, rule, now_ns)
+    cand = _candidate(conn, rule, now_ns, memo)
     if cand is None:
         return None
     key, value, msg, extra_keys = cand
@@ -305,11 +335,12 @@ def evaluate_rules(
 ) -> list[tuple[AlertEvent, AlertRule]]:
     """Evaluate each rule the batch may have changed; return what fired (with its rule)."""
     fired: list[tuple[AlertEvent, AlertRule]] = []
+    memo: Memo = {}  # one GROUP BY per (table, window, scope kind), shared by the rules of this round
     for rule in rules:
         if not rule.enabled or not touched.covers(rule):
             continue
         try:
-            event = _fire(conn, rule, now_ns)
+            event = _fire(conn, rule, now_ns, memo)
         except sqlite3.Error:
             log.exception("evaluating alert rule %r failed", rule.name)
             continue

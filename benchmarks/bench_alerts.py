@@ -1,0 +1,94 @@
+"""Alert evaluation cost per committed batch, beside the cost of writing that batch.
+
+    python benchmarks/bench_alerts.py [--spans 100000] [--batch-size 5000] [--rules 100]
+
+One run, one database: each batch of synthetic spans (``_data.generate``: 8 endpoints, 50 tenants)
+is priced and committed with ``prepare_batch`` + ``write_batch_sync`` (the reference), then the
+rules its touched scopes cover are evaluated exactly as a worker's post-commit hook does
+(``consumers.alerting.evaluate_rules`` on a second connection). The rules mix 24 h feature
+thresholds, 1 h tenant thresholds, endpoint and total thresholds, monthly budgets and rate rules,
+set high enough that none fires (firing is rare; this measures the per-batch checking cost).
+Prints the time of each per batch and evaluation / write as a ratio (evaluation runs off the
+ingest path, but it must keep up: target well under 1x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _data import ENDPOINTS, NOW_NS, Shape, generate
+
+from consumers.alerting import Touched, evaluate_rules
+from spendtrace.alerts import load_rules, open_db, set_alert, set_budget, set_rate_alert
+from spendtrace.pricing import PriceBook
+from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+
+
+def add_rules(db: Path, n: int, features: list[str], tenants: list[str]) -> None:
+    """``n`` rules over every scope kind, none of which can fire on the generated spend."""
+    big = 1e9
+    for i in range(n):
+        kind = i % 6
+        name = f"r{i}"
+        if kind == 0:
+            set_alert(feature=features[i % len(features)], threshold=big, window_hours=24, name=name, db_path=db)
+        elif kind == 1:
+            set_alert(user_id=tenants[i % len(tenants)], threshold=big, window_hours=1, name=name, db_path=db)
+        elif kind == 2:
+            set_alert(endpoint=list(ENDPOINTS)[i % len(ENDPOINTS)], threshold=big, window_hours=6, name=name,
+                      db_path=db)
+        elif kind == 3:
+            set_alert(total=True, threshold=big, window_hours=24, name=name, db_path=db)
+        elif kind == 4:
+            set_budget(big, "month", feature=features[i % len(features)], name=name, db_path=db)
+        else:
+            set_rate_alert(3, user_id=tenants[i % len(tenants)], min_spend=big, name=name, db_path=db)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spans", type=int, default=100_000)
+    ap.add_argument("--batch-size", type=int, default=5_000)
+    ap.add_argument("--rules", type=int, default=100)
+    args = ap.parse_args()
+    shape = Shape(spans=args.spans, days=1, tenants=50)
+    batches = list(generate(shape, batch=args.batch_size))
+    features = sorted({s.feature for b in batches for s in b})
+    tenants = sorted({s.user_id for b in batches for s in b if s.user_id})
+    book = PriceBook.default()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "bench.db"
+        add_rules(db, args.rules, features, tenants)
+        writer, reader = open_db(db), open_db(db)
+        rules = load_rules(reader)
+        write_s = eval_s = 0.0
+        evaluated = 0
+        for batch in batches:
+            t0 = time.perf_counter()
+            result = write_batch_sync(writer, prepare_batch(batch, book))
+            t1 = time.perf_counter()
+            touched = Touched.from_result(result)
+            evaluated += sum(1 for r in rules if touched.covers(r))
+            fired = evaluate_rules(reader, rules, touched, NOW_NS)
+            t2 = time.perf_counter()
+            assert not fired, "the benchmark rules must not fire"
+            write_s += t1 - t0
+            eval_s += t2 - t1
+        writer.close()
+        reader.close()
+    n = len(batches)
+    print(f"{sum(map(len, batches)):,} spans in {n} batches, {len(rules)} rules ({evaluated / n:.0f} evaluated/batch)")
+    print(f"write (prepare + commit): {write_s / n * 1e3:8.2f} ms/batch  (reference)")
+    print(f"alert evaluation:         {eval_s / n * 1e3:8.2f} ms/batch")
+    print(f"evaluation / write:       {eval_s / write_s:8.3f}x")
+
+
+if __name__ == "__main__":
+    main()
