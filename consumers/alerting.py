@@ -354,6 +354,8 @@ class AlertEvaluator:
 
     Holds one SQLite connection used from one thread (so the event loop never blocks on it),
     re-reads the rules when ``alert_rules`` changes, and hands fired events to a dispatcher.
+    ``dropped`` reads the hook runner's count of results it dropped under load: after a drop
+    every rule is evaluated, since the dropped batches' scopes are not known.
     """
 
     def __init__(
@@ -362,8 +364,11 @@ class AlertEvaluator:
         *,
         dispatcher: WebhookDispatcher | None = None,
         clock: Clock = time.time_ns,
+        dropped: Callable[[], int] | None = None,
     ) -> None:
         self.db_path = db_path
+        self._dropped = dropped
+        self._dropped_seen = 0
         self.dispatcher = dispatcher
         self.clock = clock
         self.fired: list[AlertEvent] = []
@@ -375,7 +380,13 @@ class AlertEvaluator:
         self._recovered = False
 
     async def __call__(self, result: Any) -> None:
-        await self.evaluate(Touched.from_result(result))
+        touched = Touched.from_result(result)
+        if self._dropped is not None:
+            dropped = self._dropped()
+            if dropped != self._dropped_seen:  # results were skipped: their scopes may need a look too
+                self._dropped_seen = dropped
+                touched = Touched.everything()
+        await self.evaluate(touched)
 
     async def evaluate(self, touched: Touched) -> list[AlertEvent]:
         """Evaluate the rules ``touched`` covers, record what fires and queue it for delivery."""
@@ -426,6 +437,8 @@ def attach_alerting(worker: Any, *, clock: Clock = time.time_ns, **dispatcher_op
     dispatcher = WebhookDispatcher(
         cfg.db_path, bootstrap=cfg.bootstrap, topic=cfg.alerts_topic, **dispatcher_options
     )
-    evaluator = AlertEvaluator(cfg.db_path, dispatcher=dispatcher, clock=clock)
+    hooks = getattr(worker, "hooks", None)
+    dropped = (lambda: int(hooks.dropped)) if hooks is not None and hasattr(hooks, "dropped") else None
+    evaluator = AlertEvaluator(cfg.db_path, dispatcher=dispatcher, clock=clock, dropped=dropped)
     worker.add_post_commit_hook(evaluator)
     return evaluator

@@ -399,3 +399,19 @@ async def test_pending_events_of_a_crashed_worker_are_delivered_once(
             await d.aclose()
     assert len(hook_server.bodies) == 1  # type: ignore[attr-defined]  # ... one claims and sends it
     assert [e["delivery"] for e in events(db_path)] == ["delivered"]
+
+
+async def test_after_dropped_results_every_rule_is_evaluated(db_path: Path, fixed_now_ns: int) -> None:
+    """When the hook runner dropped results under load, the next one evaluates rules on untouched scopes too."""
+    dropped = [0]
+    ev = AlertEvaluator(str(db_path), clock=Clock(fixed_now_ns), dropped=lambda: dropped[0])
+    try:
+        set_alert(feature="b", threshold=1, name="b", db_path=db_path)
+        spend(db_path, fixed_now_ns, 5, feature="b")  # its result never reaches the evaluator ...
+        await ev(spend(db_path, fixed_now_ns, 1, feature="a"))
+        assert events(db_path) == []  # ... and 'a' alone does not cover the rule on 'b'
+        dropped[0] = 1
+        await ev(spend(db_path, fixed_now_ns, 1, feature="a"))
+        assert [e["rule"] for e in events(db_path)] == ["b"]
+    finally:
+        await ev.aclose()
