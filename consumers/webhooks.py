@@ -29,6 +29,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class _MaskUrls(logging.Filter):
+    """Mask URLs in httpx's own request log lines (it logs each request's full URL at INFO)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                mask_url(str(a)) if type(a).__name__ == "URL" or (isinstance(a, str) and "://" in a) else a
+                for a in record.args
+            )
+        return True
+
+
+_mask_filter = _MaskUrls()
+
+
 def slack_body(event: AlertEvent) -> dict[str, Any]:
     """A Slack incoming-webhook body, ``{"text": ...}`` (also what most "any HTTP POST" receivers take)."""
     return {"text": event.message}
@@ -208,6 +223,9 @@ class WebhookDispatcher:
                 import httpx
             except ImportError as exc:  # pragma: no cover - depends on the install
                 raise RuntimeError("webhook delivery needs httpx: pip install 'spendtrace[consumer]'") from exc
+            httpx_log = logging.getLogger("httpx")
+            if _mask_filter not in httpx_log.filters:
+                httpx_log.addFilter(_mask_filter)
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), follow_redirects=False,
                                              headers={"User-Agent": "spendtrace-alerts"})
         return self._client

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import uuid
@@ -274,6 +275,7 @@ async def test_webhook_500_twice_then_200_is_delivered_once(
     db_path: Path, fixed_now_ns: int, hook_server: ThreadingHTTPServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two 500s then a 200: three attempts recorded, one delivery, Slack-style body, no secret in the logs."""
+    caplog.set_level(logging.INFO)
     hook_server.script[:] = [500, 500]  # type: ignore[attr-defined]
     set_alert(feature="search", threshold=1, webhook=_url(hook_server), name="hook", db_path=db_path)
     dispatcher = WebhookDispatcher(str(db_path), backoff=0.01, max_attempts=4)
