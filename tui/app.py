@@ -164,7 +164,7 @@ class SpendtraceApp(App[None]):
     def action_help(self) -> None:
         keys: dict[str, str] = {}
         for cls in type(self.screen).__mro__:  # the screen's own keys, then its bases'
-            for b in getattr(cls, "BINDINGS", []) if cls is not App else []:
+            for b in getattr(cls, "BINDINGS", []) if cls.__module__.startswith("tui.") else []:
                 if isinstance(b, Binding) and b.description and b.key not in keys:
                     keys[b.key] = b.description
         self.push_screen(HelpScreen([(k.replace("slash", "/"), d) for k, d in keys.items()]))

@@ -201,7 +201,7 @@ async def test_pause_shows_badge_and_stops_refresh(tui_db: Path, make_app) -> No
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.refresher.cycles >= 1, "first refresh")
         await pilot.press("p")
-        await app.workers.wait_for_complete()
+        await until(pilot, lambda: not app.refresher.busy, "refresh to finish")
         assert "PAUSED" in screen_text(app)
         cycles = app.refresher.cycles
         for _ in range(5):
