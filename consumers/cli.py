@@ -1,9 +1,12 @@
 """``spendtrace-consumer``: run N consumer workers until SIGTERM / SIGINT.
 
-``--workers N`` starts N worker *processes* by default (each a group member with its own
-consumer and SQLite connection; see ``benchmarks/bench_pipeline.py --workers`` for why);
-``--worker-mode task`` runs them as N asyncio tasks in one process instead. A stop signal
-makes every worker finish and commit its batch in flight, then leave the group.
+``--workers N`` starts N worker *processes* by default, each a group member with its own
+consumer and SQLite connection, supervised here (a crashed one is restarted). Why processes:
+decoding, pricing and binding rows are GIL-bound Python while SQLite takes one writer at a
+time, so on the 2-core box two processes drained 1.5x faster than one worker and two asyncio
+tasks in one process no faster than one (``benchmarks/bench_pipeline.py --workers-compare``:
+83k vs 51k vs 55k spans/s). ``--worker-mode task`` is kept for one-core hosts and tests. A stop
+signal makes every worker finish and commit its batch in flight, then leave the group.
 """
 
 from __future__ import annotations
