@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _tmux_helpers import tmux_session
 from _tui_data import build
 
 from tui.app import SpendtraceApp
@@ -33,3 +34,9 @@ def make_app(fixed_now_ns: int, tmp_path: Path) -> Callable[..., SpendtraceApp]:
         return SpendtraceApp(db, **kw)  # type: ignore[arg-type]
 
     return factory
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Iterator[str]:
+    """A tmux session name on a tmux server of our own; the session is killed afterwards."""
+    yield from tmux_session(tmp_path)

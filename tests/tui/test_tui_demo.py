@@ -1,0 +1,28 @@
+"""``spendtrace demo`` end to end in a real terminal: one command, live spend, a fired alert, clean exit."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from _tmux_helpers import _tmux, _wait_for
+
+
+def test_spendtrace_demo_one_command(session: str, tmp_path: Path) -> None:
+    """The demo starts broker, worker and shop, shows spend per feature, fires its alert, and stops it all on q."""
+    exe = Path(sys.executable).with_name("spendtrace")
+    base = str(exe) if exe.exists() else f"{sys.executable} -m spendtrace"
+    db = tmp_path / "demo.db"
+    cmd = f"env -u COLUMNS -u LINES {base} demo --spike-after 2 --rate 30 --demo-db {db}"
+    _tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "40", f"{cmd}; echo EXITED-$?; sleep 60")
+    live = _wait_for(session, "ai_recommendations", timeout=90)
+    assert "Direct" in live and "broker 127.0.0.1:" in live
+    _wait_for(session, "product_details", timeout=60)  # nested features arrive through the workers
+    _tmux("send-keys", "-t", session, "5")
+    _wait_for(session, "fired alerts")
+    alerts = _wait_for(session, "feature ai_recommendatio", timeout=120)  # the shop's cost spike trips the rule
+    assert "demo-recs-spike" in alerts
+    _tmux("send-keys", "-t", session, "q")
+    done = _wait_for(session, "EXITED-0", timeout=60)
+    assert "stopped everything it started" in done
+    assert db.exists()

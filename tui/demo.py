@@ -1,0 +1,116 @@
+"""``spendtrace demo`` / ``spendtrace-tui --demo``: one command that starts everything and opens the TUI.
+
+It starts, in this order: the embedded Kafka-protocol broker, one consumer worker process
+(``python -m consumers``: pricing, storage, alert evaluation), and the synthetic instrumented
+shop (``python -m tui.demo_app``); adds a spend alert the shop's cost spike will trip; then runs
+the TUI on the demo database with live alerts from the broker. Whatever happens, everything it
+started is stopped on exit (processes first, then the broker), and a temporary store is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+#: The alert the demo's cost spike fires: Bedrock spend of ai_recommendations above $1 in an hour.
+DEMO_RULE = {"feature": "ai_recommendations", "threshold": 1.0, "window_hours": 1, "name": "demo-recs-spike",
+             "cooldown_minutes": 5}  # fmt: skip
+
+
+class Demo:
+    """The demo's background parts; ``start()`` brings them up, ``stop()`` takes them down (idempotent)."""
+
+    def __init__(self, db: str | Path | None = None, *, rate: float = 20.0, spike_after: float = 20.0) -> None:
+        self._tmp = Path(tempfile.mkdtemp(prefix="spendtrace-demo-"))
+        self.db_path = Path(db) if db else self._tmp / "demo.db"
+        self.rate = rate
+        self.spike_after = spike_after
+        self.broker: Any = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: list[IO[bytes]] = []
+        self._keep_db = db is not None
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker's ``host:port``."""
+        return str(self.broker.bootstrap)
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self._tmp / f"{name}.log").open("ab")
+        self._logs.append(log)
+        proc = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> Demo:
+        """Broker, topics, the alert rule, the worker and the shop; returns once all are running."""
+        from consumers.broker import EmbeddedBroker
+        from consumers.topics import ensure_topics
+        from spendtrace.alerts import set_alert
+
+        self.broker = EmbeddedBroker(log_path=self._tmp / "broker.log").start()
+        topics = ["spendtrace.spans", "spendtrace.alerts", "spendtrace.dlq"]
+        asyncio.run(ensure_topics(self.bootstrap, topics, partitions=3))
+        set_alert(db_path=str(self.db_path), **DEMO_RULE)  # type: ignore[arg-type]
+        self._spawn("worker", "-m", "consumers", "--bootstrap", self.bootstrap, "--db", str(self.db_path),
+                    "--partitions", "3", "--log-level", "WARNING")  # fmt: skip
+        self._spawn("shop", "-m", "tui.demo_app", "--bootstrap", self.bootstrap, "--rate", str(self.rate),
+                    "--spike-after", str(self.spike_after))  # fmt: skip
+        return self
+
+    def check(self) -> list[str]:
+        """Names of background processes that have exited (they should all still run)."""
+        return [str(p.args[2]) for p in self.procs if p.poll() is not None]  # type: ignore[index]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the shop, then the worker (SIGTERM, then SIGKILL after ``timeout``), then the broker."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if not self._keep_db:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Demo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_demo(
+    db: str | Path | None = None, *, refresh: float = 0.25, rate: float = 20.0, spike_after: float = 20.0
+) -> int:
+    """Start the demo, run the TUI on it until the user quits, and stop everything."""
+    from tui.app import SpendtraceApp
+
+    print("spendtrace demo: starting the broker, a worker and the demo shop …", file=sys.stderr)
+    with ExitStack() as stack:
+        demo = stack.enter_context(Demo(db, rate=rate, spike_after=spike_after))
+        app = SpendtraceApp(demo.db_path, bootstrap=demo.bootstrap, refresh_interval=refresh)
+        app.run()
+        dead = demo.check()
+    if dead:
+        print(f"spendtrace demo: {', '.join(dead)} had stopped early", file=sys.stderr)
+    print("spendtrace demo: stopped everything it started", file=sys.stderr)
+    return 0
