@@ -33,7 +33,8 @@ EXTERNAL = frozenset(
         "cat", "cd", "chmod", "chown", "cp", "curl", "docker", "docker-compose", "echo", "export", "find",
         "git", "grep", "head", "install", "jq", "journalctl", "kafka-consumer-groups.sh", "kafka-console-consumer.sh",
         "kafka-topics.sh", "kcat", "ls", "mkdir", "mv", "mypy", "pip", "pip3", "promtool", "rm", "rpk", "ruff",
-        "sqlite3", "systemctl", "tail", "tar", "uvicorn", "useradd", "watch", ".", "source",
+        "sqlite3", "systemctl", "tail", "tar", "uvicorn", "useradd", "watch", ".", "source", "apt-get", "du",
+        "kill", "open", "sleep", "xdg-open",
     }
 )  # fmt: skip
 #: ``python -m X`` modules that are not our tools (the test runner, pip, venv).
@@ -101,8 +102,15 @@ def _logical_lines(body: list[str], start: int) -> Iterator[tuple[int, str]]:
         yield first, buf
 
 
+_ANGLED = re.compile(r"<([A-Za-z][\w-]*)>")
+
+
 def _simple_commands(line: str) -> list[list[str]]:
-    """Split one shell line at ``&&``, ``||``, ``;`` and ``|``, dropping comments and redirections."""
+    """Split one shell line at ``&&``, ``||``, ``;`` and ``|``, dropping comments and redirections.
+
+    ``<request-id>``-style placeholders become words (``REQUEST_ID``), not redirections.
+    """
+    line = _ANGLED.sub(lambda m: m.group(1).upper().replace("-", "_"), line)
     lex = shlex.shlex(line, posix=True, punctuation_chars=True)
     lex.whitespace_split = True
     out: list[list[str]] = [[]]
@@ -143,8 +151,11 @@ def _unwrap(argv: list[str]) -> list[str]:
 def commands(path: Path) -> list[Command]:
     """Every simple command of the shell blocks, and of ``ExecStart=`` lines in any block, of ``path``."""
     out: list[Command] = []
-    rel = path.relative_to(ROOT)
+    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
     for lang, start, body in _blocks(path.read_text(encoding="utf-8")):
+        if lang in {"bash", "sh", "shell"} and any(b.startswith("$ ") for b in body):
+            # a transcript: the commands are the prompted lines, the rest is their output
+            body = [b[2:] if b.startswith("$ ") else "" for b in body]
         for n, line in _logical_lines(body, start):
             if lang in {"bash", "sh", "shell"}:
                 text = line
@@ -323,6 +334,7 @@ def test_extraction_handles_shell_syntax() -> None:
         "sudo -u spendtrace spendtrace-consumer \\",
         "    --workers 2",
         "docker compose exec -T consumer spendtrace by-feature > out.txt",
+        "spendtrace tree <request-id>",
     ]
     got = [argv for _, line in _logical_lines(body, 1) for argv in map(_unwrap, _simple_commands(line))]
     assert got == [
@@ -331,6 +343,22 @@ def test_extraction_handles_shell_syntax() -> None:
         ["echo", "ok"],
         ["spendtrace-consumer", "--workers", "2"],
         ["spendtrace", "by-feature"],
+        ["spendtrace", "tree", "REQUEST_ID"],
+    ]
+
+
+def test_extraction_of_blocks(tmp_path: Path) -> None:
+    """Transcripts keep only their prompted lines, unit files give their ExecStart, other blocks give nothing."""
+    doc = tmp_path / "x.md"
+    doc.write_text(
+        "```bash\n$ spendtrace total\ntotal  $1.00\n```\n"
+        "```ini\n[Service]\nExecStart=/opt/v/bin/spendtrace-consumer --workers 2\n```\n"
+        "```python\nspendtrace = 1\n```\n",
+        encoding="utf-8",
+    )
+    assert [c.argv for c in commands(doc)] == [
+        ("spendtrace", "total"),
+        ("/opt/v/bin/spendtrace-consumer", "--workers", "2"),
     ]
 
 
