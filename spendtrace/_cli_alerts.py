@@ -130,6 +130,8 @@ def _tail_db(args: argparse.Namespace) -> int:
             if args.count and shown >= args.count:
                 return 0
         if not args.follow:
+            if not shown:
+                print("no alert events" + (" after that id" if args.since_id is not None else ""))
             return 0
         time.sleep(args.interval)
 

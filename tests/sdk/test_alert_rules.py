@@ -180,3 +180,6 @@ def test_cli_add_list_remove(db_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert [r["kind"] for r in rules] == ["threshold", "budget", "rate"]
     assert main([*db, "alerts", "remove", "s10"]) == 0 and main([*db, "alerts", "remove", "s10"]) == 1
     assert [r.name for r in list_alerts(db_path)] == [rules[1]["name"], "spike"]
+    capsys.readouterr()
+    assert main([*db, "alerts", "tail", "--no-follow"]) == 0
+    assert capsys.readouterr().out.strip() == "no alert events"
