@@ -168,7 +168,11 @@ class ReconciliationReport:
     # -- output --------------------------------------------------------------------------------
 
     def summary(self, top: int = 3) -> str:
-        """The printable report: totals, calibration, top features; then notes only when there are any."""
+        """The printable report: totals, calibration, the ``top`` features (3, as the README shows), then notes.
+
+        The notes (AWS spend outside the model, direct LLM spend, provisional days, restatements)
+        appear only when there is something to say, so plain data prints the README's layout.
+        """
         bar = "=" * 60
         delta = self.actual_total_nano - self.modelled_total_nano
         lines = [
