@@ -1,6 +1,6 @@
 """Spans per second through one consumer worker, beside a bare aiokafka consume and a bare SQLite insert.
 
-    python benchmarks/bench_pipeline.py [--spans 200000] [--batch-size 20000] [--workers-compare] [--repeat 3]
+    python benchmarks/bench_pipeline.py [--spans 200000] [--batch-size 50000] [--workers-compare] [--repeat 3]
 
 One run, one embedded broker, the same messages for every measurement:
 1. bare consume: an ``AIOKafkaConsumer`` (no group, no decoding) reading the topic end to end;
@@ -227,7 +227,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spans", type=int, default=200_000)
     p.add_argument("--partitions", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=50_000)
     p.add_argument("--workers-compare", action="store_true")
     p.add_argument("--profile", default=None, metavar="FILE")
     p.add_argument("--repeat", type=int, default=3, help="best of this many runs of each measurement")
