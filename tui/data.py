@@ -348,15 +348,20 @@ class Store:
         (v,) = await self._one("PRAGMA data_version")
         return int(v)
 
+    async def _has_dash(self) -> bool:
+        """Whether a writer maintains the ``dash_*`` dashboard rollups in this file (a meta marker)."""
+        return bool((await self._one("SELECT count(*) FROM meta WHERE key = 'dash_rollups'"))[0])
+
     def _now_s(self) -> int:
         return self.clock() // 1_000_000_000
 
     async def overview(self) -> Overview:
         """Totals for the header; the ingest rate is spans stored per second since the last call."""
         now = self._now_s()
+        table = "dash_day WHERE dim = 'feature' AND" if await self._has_dash() else "rollup_day WHERE"
         tot = await self._one(
             "SELECT coalesce(sum(cost_nano),0), coalesce(sum(spans),0), coalesce(sum(errors),0)"
-            " FROM rollup_day WHERE service = ''"
+            f" FROM {table} service = ''"
         )
         hour = await self._one(
             "SELECT coalesce(sum(cost_nano),0) FROM rollup_minute WHERE service = '' AND bucket >= ?",
@@ -388,11 +393,20 @@ class Store:
         grain, back = WINDOWS[window]
         now = self._now_s()
         since = _window_start(now, grain, back)
-        rows = await self._all(
-            f"SELECT {col}, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-            f" sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= ? GROUP BY {col}, service",
-            (since,),
-        )
+        dash = grain != "minute" and await self._has_dash()
+        if dash:  # one primary-key range per dimension instead of every tenant x endpoint x feature row
+            rows = await self._all(
+                "SELECT value, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
+                f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND bucket >= ?"
+                " GROUP BY value, service",
+                (col, since),
+            )
+        else:
+            rows = await self._all(
+                f"SELECT {col}, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
+                f" sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= ? GROUP BY {col}, service",
+                (since,),
+            )
         minute = await self._all(
             f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?"
             f" GROUP BY {col}, bucket",
@@ -449,7 +463,7 @@ class Store:
 
     async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
         """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
-        by = "cost_nano DESC, start_ns DESC" if order == "cost" else "start_ns DESC, request_id"
+        by = "cost_nano DESC" if order == "cost" else "start_ns DESC"  # each one index walk, no sort
         rows = await self._all(
             "SELECT request_id, endpoint, user_id, root_feature, start_ns, end_ns, cost_nano, spans, errors,"
             f" unpriced FROM requests ORDER BY {by} LIMIT ?",
@@ -474,11 +488,17 @@ class Store:
         today = self._now_s() // DAY * DAY
         first = today - (days - 1) * DAY
         buckets = tuple(first + i * DAY for i in range(days))
-        rows = await self._all(
-            "SELECT feature, bucket, sum(cost_nano) FROM rollup_day WHERE service = '' AND bucket >= ?"
-            " GROUP BY feature, bucket",
-            (first,),
-        )
+        if await self._has_dash():
+            sql = (
+                "SELECT value, bucket, sum(cost_nano) FROM dash_day WHERE dim = 'feature' AND service = ''"
+                " AND bucket >= ? GROUP BY value, bucket"
+            )
+        else:
+            sql = (
+                "SELECT feature, bucket, sum(cost_nano) FROM rollup_day WHERE service = '' AND bucket >= ?"
+                " GROUP BY feature, bucket"
+            )
+        rows = await self._all(sql, (first,))
         cost: dict[str, list[int]] = defaultdict(lambda: [0] * days)
         for feature, bucket, c in rows:
             idx = (int(bucket) - first) // DAY

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -51,7 +52,7 @@ class RequestsScreen(DataScreen):
         Binding("o", "toggle_order", "Recent/Costly"),
         Binding("enter", "open", "Call tree", show=True),
     ]
-    LIMIT = 500
+    LIMIT = 200
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,10 +89,7 @@ class RequestsScreen(DataScreen):
 
     def apply(self, data: list[RequestRow]) -> None:
         table = self.query_one("#main", KeyedTable)
-        table.sync(
-            ((r.request_id, request_cells(r)) for r in data),
-            search=lambda k: k,
-        )
+        table.sync_lazy(((r.request_id, r, partial(request_cells, r)) for r in data), search=lambda k: k)
         self._subtitle(len(data))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

@@ -86,6 +86,9 @@ class KeyedTable(DataTable[Any]):
         self._label_of: dict[str, str] = {}  # row key -> searchable text
         self.syncs = 0
         self._ready = False
+        self._sigs: dict[str, Any] = {}
+        self._unsorted = True
+        self._cell_cache: dict[Any, tuple[Any, Any]] = {}
 
     def on_mount(self) -> None:
         for spec in self.specs.values():
@@ -102,6 +105,7 @@ class KeyedTable(DataTable[Any]):
         self.specs[spec.key] = spec
         if self._ready:
             self._add_column(spec)
+            self._sigs.clear()  # every row needs its cell in the new column
 
     def _add_column(self, spec: ColumnSpec) -> None:
         self.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key, default=Cell(""))
@@ -158,7 +162,34 @@ class KeyedTable(DataTable[Any]):
             new[key] = cells
             self._label_of[key] = search(key) if search else key
         self._rows = new
+        self._sigs.clear()
         self._render_rows(keep)
+        self.syncs += 1
+
+    def sync_lazy(
+        self,
+        rows: Iterable[tuple[str, Any, Callable[[], dict[str, Cell]]]],
+        search: Callable[[str], str] | None = None,
+    ) -> None:
+        """Like ``sync`` with (key, signature, make_cells): cells are built only for rows whose signature changed.
+
+        A refresh where nothing changed therefore costs a comparison per row, and touches no widget.
+        """
+        keep = self.current_key
+        new: dict[str, dict[str, Cell]] = {}
+        sigs: dict[str, Any] = {}
+        dirty: set[str] = set()
+        for key, sig, make in rows:
+            sigs[key] = sig
+            if key in self._rows and self._sigs.get(key) == sig:
+                new[key] = self._rows[key]
+            else:
+                new[key] = make()
+                dirty.add(key)
+                self._label_of[key] = search(key) if search else key
+        self._rows = new
+        self._sigs = sigs
+        self._render_rows(keep, dirty)
         self.syncs += 1
 
     def upsert(self, key: str, cells: dict[str, Cell]) -> None:
@@ -175,13 +206,18 @@ class KeyedTable(DataTable[Any]):
             return self._rows
         return {k: v for k, v in self._rows.items() if needle in self._label_of.get(k, k).casefold()}
 
-    def _render_rows(self, keep: str | None) -> None:
+    def _render_rows(self, keep: str | None, dirty: set[str] | None = None) -> None:
+        """Apply ``self._rows`` to the widget; with ``dirty``, only those rows can have changed cells."""
         visible = self._visible()
+        changed = False
         for key in [str(k.value) for k in self.rows if str(k.value) not in visible]:
             self.remove_row(key)
+            changed = True
         order = list(self.specs)
         for key, cells in visible.items():
             if key in self.rows:  # type: ignore[operator]
+                if dirty is not None and key not in dirty:
+                    continue
                 for col, cell in cells.items():
                     if col not in self.specs:
                         continue
@@ -192,14 +228,26 @@ class KeyedTable(DataTable[Any]):
                         or getattr(old, "raw", None) != cell.raw
                     ):
                         self.update_cell(key, col, cell)
+                        changed = True
             else:
                 self.add_row(*(cells.get(c, Cell("")) for c in order), key=key)
-        self._apply_sort(keep)
+                changed = True
+        if changed or self._unsorted:
+            self._apply_sort(keep)
 
     def _apply_sort(self, keep: str | None = None) -> None:
+        self._unsorted = False
         keep = keep if keep is not None else self.current_key
         if self.sort_column and self.sort_column in self.specs and self.row_count:
-            self.sort(self.sort_column, key=lambda c: _sort_value(getattr(c, "raw", None)), reverse=self.sort_reverse)
+            # ties are broken by the first text column (a name or an id), so the order is deterministic
+            tie = next((k for k, s in self.specs.items() if not s.numeric and k != self.sort_column), None)
+            cols = (self.sort_column, tie) if tie else (self.sort_column,)
+
+            def key(values: Any) -> Any:
+                values = values if tie else (values,)
+                return tuple(_sort_value(getattr(c, "raw", None)) for c in values)
+
+            self.sort(*cols, key=key, reverse=self.sort_reverse)
         if keep is not None and keep in self.rows:  # type: ignore[operator]
             row = self.get_row_index(keep)
             if row != self.cursor_row:
@@ -208,7 +256,48 @@ class KeyedTable(DataTable[Any]):
     def set_filter(self, text: str) -> None:
         """Show only rows whose key (or search text) contains ``text``, case-insensitively."""
         self.filter_text = text
+        self._unsorted = True
         self._render_rows(self.current_key)
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def _render_cell(
+        self,
+        row_index: int,
+        column_index: int,
+        base_style: Any,
+        width: int,
+        cursor: bool = False,
+        hover: bool = False,
+    ) -> Any:
+        """DataTable's cell render, cached per cell *object* instead of per table update.
+
+        DataTable drops every cached cell whenever any cell changes, so a live refresh re-rendered
+        the whole visible table. Cells here are immutable and replaced on change, so a cached
+        render stays valid while the same object is in that place (same row, column, style, width).
+        """
+        if row_index < 0 or column_index < 0:
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        try:
+            row_key = self._row_locations.get_key(row_index)
+            col_key = self._column_locations.get_key(column_index)
+            cell = self._data[row_key][col_key]
+            key = (row_key, col_key, row_index, base_style, width, cursor, hover, self._show_hover_cursor,
+                   self._pseudo_class_state)  # fmt: skip
+        except (AttributeError, KeyError):  # a DataTable of another shape: no cache
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        hit = self._cell_cache.get(key)
+        if hit is not None and hit[0] is cell:
+            return hit[1]
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        if len(self._cell_cache) > 20_000:
+            self._cell_cache.clear()
+        self._cell_cache[key] = (cell, lines)
+        return lines
+
+    def notify_style_update(self) -> None:
+        self._cell_cache = {}
+        super().notify_style_update()
 
     # -- export ---------------------------------------------------------------------------------
 
