@@ -10,6 +10,9 @@ from textual.pilot import Pilot
 
 from tui.app import SpendtraceApp
 
+#: The terminal size every pilot and snapshot test uses.
+SIZE = (150, 36)
+
 
 async def settle(app: SpendtraceApp, pilot: Pilot[None]) -> None:
     """Run one refresh cycle for the visible screen and let the UI process what it posted."""

@@ -11,9 +11,6 @@ from _tui_data import build
 
 from tui.app import SpendtraceApp
 
-#: The terminal size every pilot and snapshot test uses.
-SIZE = (150, 36)
-
 
 @pytest.fixture
 def tui_db(db_path: Path, fixed_now_ns: int) -> Path:

@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 from _snap import screen_text
-from _tui_helpers import settle, until
+from _tui_helpers import SIZE, settle, until
 from aiokafka import AIOKafkaProducer
-from conftest import SIZE
 
 from consumers.alerting import AlertEvent
 from consumers.broker import EmbeddedBroker

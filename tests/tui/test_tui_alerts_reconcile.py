@@ -7,8 +7,7 @@ import sqlite3
 from pathlib import Path
 
 from _snap import screen_text
-from _tui_helpers import settle, until
-from conftest import SIZE
+from _tui_helpers import SIZE, settle, until
 from textual.widgets import Input
 
 from spendtrace.alerts import list_alerts

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from _snap import screen_text
 from _tui_data import BIG_REQUEST, MARKUP, build, request
-from _tui_helpers import settle, until
-from conftest import SIZE
+from _tui_helpers import SIZE, settle, until
 
 from spendtrace.pricing import PriceBook
 from spendtrace.storage._db import connect

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from _snap import assert_snapshot
 from _tui_data import BIG_REQUEST
-from _tui_helpers import settle, until
-from conftest import SIZE
+from _tui_helpers import SIZE, settle, until
 
 from tui.messages import OpenRequest
 from tui.screens.tree import RequestTreeScreen
