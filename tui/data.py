@@ -515,7 +515,11 @@ class Store:
         )
         from spendtrace.alerts import mask_url  # webhook URLs carry secrets: never shown in full
 
-        return [AlertRuleRow(*r[:8], mask_url(r[8]) if r[8] else "", enabled=bool(r[9])) for r in rows]
+        return [
+            AlertRuleRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), mask_url(r[8]) if r[8] else "",
+                         bool(r[9]))
+            for r in rows
+        ]
 
     async def alert_events(self, limit: int = 200) -> list[AlertEvent]:
         """The latest fired alerts, newest first."""

@@ -10,6 +10,7 @@ when nothing new is written.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ class Refresher:
         self.busy = False
         self.force = True
         self.cycles = 0  # cycles that re-queried something
+        self.durations: deque[float] = deque(maxlen=1000)  # ms of each re-querying cycle (queries + update)
         self._last_full = 0.0
 
     async def cycle(self, force: bool = False) -> bool:
@@ -51,6 +53,7 @@ class Refresher:
             stale = isinstance(screen, DataScreen) and screen.seen_version != version
             if not (changed or force or slow or stale):
                 return False
+            t0 = time.perf_counter()
             self.app.overview = await store.overview()
             if isinstance(screen, DataScreen):
                 data = await screen.fetch(store)
@@ -60,6 +63,7 @@ class Refresher:
             self.version = version
             self._last_full = now
             self.cycles += 1
+            self.durations.append((time.perf_counter() - t0) * 1000)
             return True
         finally:
             self.busy = False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.console import JustifyMethod
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
@@ -46,7 +47,7 @@ class ColumnSpec:
     width: int
     sort_key: str | None = None
     numeric: bool = True
-    justify: str = "right"
+    justify: JustifyMethod = "right"
 
 
 def _sort_value(raw: Any) -> Any:
@@ -215,7 +216,7 @@ class KeyedTable(DataTable[Any]):
             changed = True
         order = list(self.specs)
         for key, cells in visible.items():
-            if key in self.rows:  # type: ignore[operator]
+            if key in self.rows:
                 if dirty is not None and key not in dirty:
                     continue
                 for col, cell in cells.items():
@@ -248,7 +249,7 @@ class KeyedTable(DataTable[Any]):
                 return tuple(_sort_value(getattr(c, "raw", None)) for c in values)
 
             self.sort(*cols, key=key, reverse=self.sort_reverse)
-        if keep is not None and keep in self.rows:  # type: ignore[operator]
+        if keep is not None and keep in self.rows:
             row = self.get_row_index(keep)
             if row != self.cursor_row:
                 self.move_cursor(row=row, animate=False)
@@ -281,7 +282,7 @@ class KeyedTable(DataTable[Any]):
         try:
             row_key = self._row_locations.get_key(row_index)
             col_key = self._column_locations.get_key(column_index)
-            cell = self._data[row_key][col_key]
+            cell = self._data[row_key][col_key]  # type: ignore[index]
             key = (row_key, col_key, row_index, base_style, width, cursor, hover, self._show_hover_cursor,
                    self._pseudo_class_state)  # fmt: skip
         except (AttributeError, KeyError):  # a DataTable of another shape: no cache

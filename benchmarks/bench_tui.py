@@ -1,0 +1,322 @@
+"""TUI refresh cost with millions of spans stored, and key-press latency while workers ingest.
+
+    python benchmarks/bench_tui.py [--spans 5000000] [--repeat 40] [--ingest-rate 50000] [--ingest-seconds 20]
+
+1. Refresh cycle: the real ``SpendtraceApp`` (headless, 160x48) on a store of ``--spans`` spans
+   written through the real ingest path (``benchmarks/_data.py``, cached under /tmp). One cycle is
+   what the refresh worker does when the store changed: the header query, the visible screen's
+   queries, and its by-key widget update (the Live screen alternates its window between "all"
+   and "7d" so that cells really change). Median and p95 per screen; target median <= 50 ms.
+   Reference, same run: one bare ``SELECT sum(cost_nano)`` over the day rollups on the same
+   aiosqlite connection (the cheapest query a refresh could make).
+2. Key-press latency: time from a key press (delivered through the app's driver, as a terminal's
+   would be) to the next repainted frame showing its effect (``j``/``k`` on the Live
+   table, and ``4``/``1`` switching screens), first with the store idle (the reference), then
+   while a producer publishes ~``--ingest-rate`` spans/s to the embedded broker and a consumer
+   worker stores them into a copy of the same database, with the app refreshing live (4 Hz).
+   Prints the achieved ingest rate and the ratio busy/idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _data import NOW_NS, Shape, cached_db, generate
+
+SIZE = (160, 48)
+#: perf_counter() of every screen repaint (the compositor producing a frame), recorded by a hook.
+FRAMES: list[float] = []
+CYCLES: list[float] = []
+
+
+def hook_frames() -> None:
+    """Record the time of each repaint: Screen._compositor_refresh is where a frame is composed."""
+    from textual.screen import Screen
+
+    original = Screen._compositor_refresh
+
+    def recorded(self: Any) -> None:
+        original(self)
+        FRAMES.append(time.perf_counter())
+
+    Screen._compositor_refresh = recorded  # type: ignore[method-assign]
+
+
+async def next_frame_after(t: float, timeout: float = 1.0) -> float | None:
+    """The first repaint after ``t`` (None if none came within ``timeout``)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        for f in reversed(FRAMES):
+            if f > t:
+                return min(x for x in FRAMES if x > t)
+            break
+        await asyncio.sleep(0.0005)
+    return None
+
+
+def send_key(app: Any, key: str) -> None:
+    """Deliver a key the way a terminal's key press arrives: through the app's driver."""
+    from textual import events
+
+    ev = events.Key(key, key if len(key) == 1 else None)
+    ev.set_sender(app)
+    app._driver.send_message(ev)
+
+
+async def wait(cond: Callable[[], bool], timeout: float = 10.0) -> float:
+    """Poll ``cond`` (yielding to the app) and return when it first held."""
+    deadline = time.perf_counter() + timeout
+    while not cond():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("condition not reached")
+        await asyncio.sleep(0.0005)
+    return time.perf_counter()
+
+
+def stats(times: list[float]) -> tuple[float, float]:
+    """(median, p95) in ms."""
+    times = sorted(times)
+    return statistics.median(times), times[min(len(times) - 1, int(0.95 * len(times)))]
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> list[float]:
+    """Wall times (ms) of ``repeat`` awaited calls after one warm-up."""
+    await fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+# --- 1. refresh cycle ------------------------------------------------------------------------
+
+
+async def bench_refresh(db: Path, repeat: int) -> dict[str, tuple[float, float]]:
+    """Median/p95 refresh cycle per screen on ``db`` with the data's fixed clock."""
+    from tui.app import SpendtraceApp
+    from tui.screens.dimension import LiveScreen
+
+    app = SpendtraceApp(db, clock=lambda: NOW_NS, live=False)
+    results: dict[str, tuple[float, float]] = {}
+    async with app.run_test(size=SIZE) as pilot:
+        await app.refresh_now()
+        conn = app.store._conn
+
+        async def bare() -> None:
+            async with conn.execute("SELECT sum(cost_nano) FROM rollup_day WHERE service = ''") as cur:
+                await cur.fetchall()
+
+        results["reference: bare SELECT sum() over rollup_day"] = stats(await timed(bare, repeat))
+        for key, name in (("1", "live"), ("2", "tenants"), ("3", "endpoints"), ("4", "requests"), ("5", "alerts"),
+                          ("6", "trends")):  # fmt: skip
+            await pilot.press(key)
+            await pilot.pause()
+            screen = app.screen
+
+            async def cycle(screen: Any = screen) -> None:
+                if isinstance(screen, LiveScreen):  # make the cells change every other cycle
+                    screen.window = "7d" if screen.window == "all" else "all"
+                t0 = time.perf_counter()
+                changed = await app.refresh_now()
+                t1 = time.perf_counter()
+                frame = await next_frame_after(t1, 0.25) if changed else None
+                CYCLES.append(((frame or t1) - t0) * 1000)
+
+            async def fetch(screen: Any = screen) -> None:
+                await screen.fetch(app.store)
+
+            results[f"  of which queries: {name}"] = stats(await timed(fetch, repeat))
+            CYCLES.clear()
+            for _ in range(repeat + 1):
+                await cycle()
+            results[f"refresh cycle: {name}"] = stats(CYCLES[1:])
+            if name == "live":
+                rows = len(screen.query_one("#main").rows)  # type: ignore[attr-defined]
+                cols = len(app.screen.query_one("#main").columns)  # type: ignore[attr-defined]
+                print(f"  live table: {rows} features, {cols} columns")
+    return results
+
+
+# --- 2. key-press latency under ingest ---------------------------------------------------------
+
+
+async def key_latencies(app: Any, pilot: Any, rounds: int) -> dict[str, list[float]]:
+    """Key press (through the driver) -> state changed -> the next repaint, for cursor moves and screen switches."""
+    from tui.screens.dimension import LiveScreen
+    from tui.screens.requests import RequestsScreen
+
+    out: dict[str, list[float]] = {"j/k on the live table": [], "switch screen (4, 1)": []}
+    for _ in range(rounds):
+        table = app.screen.query_one("#main")
+        row = table.cursor_row
+        t0 = time.perf_counter()
+        send_key(app, "j" if row == 0 else "k")
+        changed = await wait(lambda table=table, row=row: table.cursor_row != row)
+        frame = await next_frame_after(changed)
+        out["j/k on the live table"].append(((frame or changed) - t0) * 1000)
+        for key, kind in (("4", RequestsScreen), ("1", LiveScreen)):
+            t0 = time.perf_counter()
+            send_key(app, key)
+            changed = await wait(lambda kind=kind: isinstance(app.screen, kind))
+            frame = await next_frame_after(changed)
+            out["switch screen (4, 1)"].append(((frame or changed) - t0) * 1000)
+        await asyncio.sleep(0.1)
+    return out
+
+
+def producer_main(bootstrap: str, topic: str, rate: float, seconds: float) -> int:
+    """(child process) Publish ``rate * seconds`` fresh spans at ``rate`` per second."""
+    import msgspec
+    from aiokafka import AIOKafkaProducer
+
+    from spendtrace.schema import encode_span
+
+    n = int(rate * seconds)
+    msgs: list[tuple[bytes, bytes]] = []
+    for batch in generate(Shape(spans=n, days=1, tenants=100, seed=99), batch=20_000):
+        for s in batch:
+            s = msgspec.structs.replace(s, span_id="b" + s.span_id, request_id="b" + s.request_id,
+                                        parent_id=None if s.parent_id is None else "b" + s.parent_id)  # fmt: skip
+            msgs.append((s.request_id.encode(), encode_span(s)))
+    msgs = msgs[:n]
+
+    async def run() -> None:
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20)
+        await p.start()
+        try:
+            t0 = time.monotonic()
+            step = max(1, int(rate / 20))  # 20 slices a second
+            for i in range(0, len(msgs), step):
+                for key, value in msgs[i : i + step]:
+                    await p.send(topic, value, key=key)
+                due = t0 + (i + step) / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await p.flush()
+            print(f"producer: {len(msgs)} spans in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def stored_spans(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(conn.execute("SELECT coalesce(sum(spans), 0) FROM rollup_day WHERE service = ''").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def bench_latency(db: Path, rate: float, seconds: float, rounds: int) -> None:
+    """Idle vs ingesting key latency on a copy of ``db``."""
+    from consumers.broker import EmbeddedBroker
+    from consumers.topics import ensure_topics
+    from tui.app import SpendtraceApp
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tui-"))
+    copy = tmp / "store.db"
+    print(f"copying the store to {copy} for the ingest run ...", flush=True)
+    shutil.copyfile(db, copy)
+    broker = EmbeddedBroker(log_path=tmp / "broker.log").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        await ensure_topics(broker.bootstrap, ["spendtrace.spans"], partitions=6)
+        app = SpendtraceApp(copy, live=True, refresh_interval=0.25)
+        async with app.run_test(size=SIZE) as pilot:
+            await app.refresh_now()
+            await pilot.pause()
+            app.screen.query_one("#main").focus()
+            idle = await key_latencies(app, pilot, rounds)
+            before = stored_spans(copy)
+            worker_log = (tmp / "worker.log").open("ab")
+            worker = [sys.executable, "-m", "consumers", "--bootstrap", broker.bootstrap, "--db", str(copy),
+                      "--partitions", "6", "--no-alerts", "--log-level", "WARNING"]  # fmt: skip
+            procs.append(subprocess.Popen(worker, stdout=worker_log, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--producer", broker.bootstrap, "spendtrace.spans", str(rate),
+                 str(seconds)]))  # fmt: skip
+            # wait until spans are flowing into the store, then measure while they keep flowing
+            deadline = time.monotonic() + 600
+            while stored_spans(copy) <= before:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the worker stored nothing; see worker.log")
+                await asyncio.sleep(0.2)
+            t0, n0 = time.monotonic(), stored_spans(copy)
+            refresh_before = app.refresher.cycles
+            busy = await key_latencies(app, pilot, rounds)
+            t1, n1 = time.monotonic(), stored_spans(copy)
+            refreshes = app.refresher.cycles - refresh_before
+            cycle = list(app.refresher.durations)[-refreshes:] if refreshes else [0.0]
+        rate_seen = (n1 - n0) / (t1 - t0)
+        print(f"\ningest while measuring: {rate_seen:,.0f} spans/s stored (asked for {rate:,.0f}/s); "
+              f"{refreshes} live refreshes in {t1 - t0:.1f} s")  # fmt: skip
+        head = f"{'key press -> repainted screen':<40} {'idle median':>12} {'ingest median':>14} {'p95':>8}"
+        print(f"{head} {'ratio':>7}")
+        for name in idle:
+            im, _ = stats(idle[name])
+            bm, bp = stats(busy[name])
+            print(f"{name:<40} {im:>10.1f}ms {bm:>12.1f}ms {bp:>6.1f}ms {bm / im:>6.2f}x")
+        cm, cp = stats(cycle)
+        print(f"{'live refresh cycles during ingest':<40} {'':>12} {cm:>12.1f}ms {cp:>6.1f}ms  (queries + update)")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--producer":
+        return producer_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spans", type=int, default=5_000_000)
+    ap.add_argument("--tenants", type=int, default=100)
+    ap.add_argument("--days", type=int, default=30)
+    ap.add_argument("--repeat", type=int, default=40)
+    ap.add_argument("--ingest-rate", type=float, default=50_000)
+    ap.add_argument("--ingest-seconds", type=float, default=20)
+    ap.add_argument("--rounds", type=int, default=20, help="key-press rounds per phase")
+    ap.add_argument("--no-ingest", action="store_true", help="only the refresh-cycle part")
+    args = ap.parse_args()
+    db = cached_db(Shape(spans=args.spans, days=args.days, tenants=args.tenants))
+    hook_frames()
+    print(f"store: {db} ({db.stat().st_size / 1e9:.2f} GB, {stored_spans(db):,} spans)")
+    results = asyncio.run(bench_refresh(db, args.repeat))
+    print(f"\n{'refresh (queries + widget update)':<48} {'median':>9} {'p95':>9}")
+    for name, (med, p95) in results.items():
+        print(f"{name:<48} {med:>7.2f}ms {p95:>7.2f}ms")
+    ref = results["reference: bare SELECT sum() over rollup_day"][0]
+    worst = max(med for name, (med, _) in results.items() if name.startswith("refresh"))
+    print(f"slowest screen median {worst:.1f} ms = {worst / ref:.1f}x the bare rollup scan; "
+          f"target <= 50 ms: {'OK' if worst <= 50 else 'MISSED'}")  # fmt: skip
+    if not args.no_ingest:
+        asyncio.run(bench_latency(db, args.ingest_rate, args.ingest_seconds, args.rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
