@@ -591,3 +591,52 @@ def test_deployment_configure_example_runs(tmp_path: Path) -> None:
         proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("KafkaExporter("), proc.stdout
+
+
+def _flag_table(text: str, heading: str) -> list[tuple[list[str], str]]:
+    """(flags, documented default) of each row of the table under ``heading``."""
+    section = text.split(heading, 1)[1].split("\n#", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`--"):
+            flags = re.findall(r"`(--[\w-]+)", cells[0])
+            rows.append((flags, cells[1]))
+    return rows
+
+
+def _same_default(documented: str, actual: object) -> bool:
+    doc = documented.strip("`").replace(",", "")
+    if doc.startswith("$") or " or " in doc or "directory" in doc or "HOST" in doc:
+        return True  # an environment-dependent default, described in words
+    if actual is None or actual is False:
+        return doc in {"none", "off"}
+    if isinstance(actual, (int, float)):
+        return float(doc) == float(actual)
+    return doc == str(actual)
+
+
+@pytest.mark.parametrize(
+    ("heading", "factory"), [("### `spendtrace-consumer`", _consumer_parser), ("### `spendtrace-tui`", _tui_parser)]
+)
+def test_flag_tables_match_the_parsers(heading: str, factory: Callable[[], argparse.ArgumentParser]) -> None:
+    """Each flag in DEPLOYMENT.md's reference tables exists, with the default the parser really has."""
+    rows = _flag_table((ROOT / "docs" / "DEPLOYMENT.md").read_text(encoding="utf-8"), heading)
+    assert len(rows) >= 5
+    actions = {opt: a for a in factory()._actions for opt in a.option_strings}
+    for flags, documented in rows:
+        for flag in flags:
+            assert flag in actions, f"{heading}: {flag} does not exist"
+        defaults = [documented] if len(flags) == 1 else [d.strip() for d in documented.split(", ")]
+        assert len(defaults) == len(flags), f"{heading}: {flags} need one default each, got {documented}"
+        for flag, doc in zip(flags, defaults, strict=True):
+            actual = actions[flag].default
+            assert _same_default(doc, actual), f"{heading}: {flag} documented {doc}, is {actual!r}"
+
+
+def test_consumer_table_lists_every_flag() -> None:
+    """Every option of spendtrace-consumer appears in DEPLOYMENT.md's reference table."""
+    rows = _flag_table((ROOT / "docs" / "DEPLOYMENT.md").read_text(encoding="utf-8"), "### `spendtrace-consumer`")
+    documented = {f for flags, _ in rows for f in flags}
+    real = {o for a in _consumer_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    assert real <= documented, f"undocumented: {sorted(real - documented)}"
