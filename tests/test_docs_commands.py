@@ -224,7 +224,7 @@ def classify(cmd: Command) -> tuple[str, list[str] | None, str]:
                 return "", None, f"python -m {module} is not one of our tools"
             if module.split(".")[0] in _OURS:
                 return "", None, ""  # ours, but no parser known: add it to MODULES
-        return "", None, "python scripts (benchmarks) and one-liners are not CLI commands"
+        return "", None, "python scripts (an app, a benchmark) and one-liners are not CLI commands"
     if prog in EXTERNAL:
         return "", None, f"{prog} is an external program"
     return "", None, ""  # neither one of our tools nor listed in EXTERNAL
