@@ -122,7 +122,13 @@ def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, 
     ).decode()
 
 
-def _memo_for(book: PriceBook) -> dict[Any, tuple[int | None, int, str, str]]:
+#: (unweighted cost or None, weighted cost, service, usage JSON fragment, start (ns) of the entry's segment
+#: for a last-segment entry (so a memo hit under the bare item checks the span is not older), else 0)
+_Priced = tuple[int | None, int, str, str, int]
+_ALWAYS = -(2**63)
+
+
+def _memo_for(book: PriceBook) -> dict[Any, _Priced]:
     """Priced items of ``book``: keyed by the item (latest entry, weight 1) or (item, entry index, weight)."""
     memo = _memos.get(book.version)
     if memo is None or len(memo) > 200_000:
@@ -132,11 +138,35 @@ def _memo_for(book: PriceBook) -> dict[Any, tuple[int | None, int, str, str]]:
     return memo
 
 
-_memos: dict[str, dict[Any, tuple[int | None, int, str, str]]] = {}
+_memos: dict[str, dict[Any, _Priced]] = {}
 
 
-def _price(book: PriceBook, item: UsageItem, seg: int, w: float) -> tuple[int | None, int, str, str]:
-    """(unweighted cost or None, weighted cost, service, usage JSON fragment) of one item."""
+def _price_memo(
+    book: PriceBook, memo: dict[Any, _Priced], st: tuple[int, ...] | None, it: UsageItem, t: int, w: float
+) -> _Priced:
+    """Price ``it`` for a span starting at ``t`` with weight ``w`` through ``memo``.
+
+    Unsampled items priced by the latest entry are memoised under the item itself (with the entry's
+    start, see ``_Priced``); others under (item, entry index, weight).
+    """
+    if st is None or len(st) == 1 or t >= st[-1]:
+        seg = 0 if st is None else len(st) - 1
+        since = _ALWAYS if st is None or len(st) == 1 else st[-1]
+        if w == 1.0:
+            priced = memo[it] = _price(book, it, seg, 1.0, since)
+            return priced
+    else:
+        seg = max(bisect_right(st, t) - 1, 0)
+        since = 0
+    mk = (it, seg, w)
+    hit = memo.get(mk)
+    if hit is None:
+        hit = memo[mk] = _price(book, it, seg, w, since)
+    return hit
+
+
+def _price(book: PriceBook, item: UsageItem, seg: int, w: float, since: int) -> _Priced:
+    """(unweighted cost or None, weighted cost, service, usage JSON fragment, ``since``) of one item."""
     if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
         raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
     entry = book.entry_at(item.key, seg)
@@ -147,7 +177,7 @@ def _price(book: PriceBook, item: UsageItem, seg: int, w: float) -> tuple[int | 
         c = None if femto is None else femto_to_nano(femto)
         ver, svc = entry.version, item.service or entry.service
     wc = 0 if c is None else weighted_cost(w, c)
-    return c, wc, svc, _item_json(item, svc, c, wc, ver)
+    return c, wc, svc, _item_json(item, svc, c, wc, ver), since
 
 
 def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
@@ -178,6 +208,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     uniq_add = uniq.append
     dups = 0
     memo = _memo_for(book)
+    memo_get = memo.get
     starts_get = book.segment_starts().get
     book_version = book.version
     rows: list[tuple[Any, ...]] = []
@@ -224,22 +255,11 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         # service -> unweighted cost, for the per-service variance of sampled spans
         per_svc: dict[str, int] | None = None if w == 1.0 else {}
         for it in s.usage:
-            st = starts_get(it.key)
-            if w == 1.0 and (st is None or len(st) == 1 or t >= st[-1]):
-                # the common case (unsampled, current rate) is memoised under the item itself
-                hit = memo.get(it)
-                if hit is None:
-                    hit = memo[it] = _price(book, it, 0 if st is None else len(st) - 1, 1.0)
-            else:
-                if st is None or len(st) == 1 or t >= st[-1]:
-                    seg = 0 if st is None else len(st) - 1
-                else:
-                    seg = max(bisect_right(st, t) - 1, 0)
-                mk = (it, seg, w)
-                hit = memo.get(mk)
-                if hit is None:
-                    hit = memo[mk] = _price(book, it, seg, w)
-            c, wc, svc, frag = hit
+            # the common case (unsampled, price in force now) is one lookup under the item itself
+            hit = memo_get(it) if w == 1.0 else None
+            if hit is None or t < hit[4]:
+                hit = _price_memo(book, memo, starts_get(it.key), it, t, w)
+            c, wc, svc, frag, _ = hit
             frags.append(frag)
             r = group.get(svc)
             if r is None:
