@@ -1,12 +1,14 @@
-"""Alert delivery: publish each fired event to the alerts topic and POST it to the rule's webhook.
+"""Alert delivery in the workers: publish each fired event to the alerts topic and POST it to the rule's webhook.
 
 Runs in a task of its own, fed by a bounded queue, so a slow or dead webhook never holds up the
 consume loop. Each event is claimed first (``delivery`` ``pending`` -> ``sending``), so events a
-crashed worker left pending can be picked up by ``recover()`` in any worker without double sends.
-Each HTTP attempt is recorded in ``alert_deliveries`` (status or error) and the event's
-``delivery`` ends as ``delivered``, ``failed`` or ``none`` (no webhook). Uses ``httpx``
-(async client, per-attempt timeout) with exponential backoff between attempts. URLs are only
-ever logged masked.
+crashed worker left pending can be picked up by ``recover()`` in any worker (or by an app writing
+to the local store) without double sends. The bodies (Slack / PagerDuty), the retry policy and
+the per-attempt bookkeeping are ``spendtrace._alert_delivery``'s, shared with the local
+exporter's delivery thread: each HTTP attempt is recorded in ``alert_deliveries`` (status or
+error) and the event's ``delivery`` ends as ``delivered``, ``failed`` or ``none`` (no webhook).
+Here they run with ``httpx``'s async client (per-attempt timeout) and ``asyncio.sleep`` for the
+backoff. URLs are only ever logged masked.
 """
 
 from __future__ import annotations
@@ -20,52 +22,26 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from consumers.alerting import AlertEvent
-from spendtrace.alerts import AlertRule, load_rules, mask_url, open_db
+from spendtrace._alert_delivery import (
+    NO_HTTPX,
+    Attempt,
+    RetryPolicy,
+    attempt_error,
+    claim_event,
+    delivery_steps,
+    mask_httpx_log,
+    pagerduty_body,
+    pending_events,
+    record_attempt,
+    slack_body,
+)
+from spendtrace._alert_eval import AlertEvent
+from spendtrace.alerts import AlertRule, open_db
 
 __all__ = ["WebhookDispatcher", "pagerduty_body", "slack_body"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class _MaskUrls(logging.Filter):
-    """Mask URLs in httpx's own request log lines (it logs each request's full URL at INFO)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                mask_url(str(a)) if type(a).__name__ == "URL" or (isinstance(a, str) and "://" in a) else a
-                for a in record.args
-            )
-        return True
-
-
-_mask_filter = _MaskUrls()
-
-
-def slack_body(event: AlertEvent) -> dict[str, Any]:
-    """A Slack incoming-webhook body, ``{"text": ...}`` (also what most "any HTTP POST" receivers take)."""
-    return {"text": event.message}
-
-
-def pagerduty_body(event: AlertEvent, routing_key: str) -> dict[str, Any]:
-    """A PagerDuty Events API v2 ``trigger``; the dedup key folds repeats of one firing together."""
-    severity = "critical" if event.kind == "budget" and event.state_key.endswith(":100") else "warning"
-    return {
-        "routing_key": routing_key,
-        "event_action": "trigger",
-        "dedup_key": f"spendtrace-{event.rule_id}-{event.state_key or 'x'}-{event.fired_ns}",
-        "payload": {
-            "summary": event.message[:1024],
-            "severity": severity,
-            "source": "spendtrace",
-            "component": event.scope_value or "total",
-            "group": event.scope,
-            "class": event.kind,
-            "custom_details": event.to_dict(),
-        },
-    }
 
 
 class WebhookDispatcher:
@@ -88,10 +64,8 @@ class WebhookDispatcher:
         self.db_path = db_path
         self.bootstrap = bootstrap
         self.topic = topic
-        self.timeout = timeout
-        self.max_attempts = max(1, max_attempts)
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.policy = RetryPolicy(timeout=timeout, max_attempts=max(1, max_attempts), backoff=backoff,
+                                  max_backoff=max_backoff)
         self.clock = clock
         self.delivered = 0
         self.failed = 0
@@ -185,48 +159,44 @@ class WebhookDispatcher:
 
     async def deliver(self, event: AlertEvent, rule: AlertRule) -> str:
         """POST the event to the rule's webhook with retries; return the final delivery status."""
-        if not rule.webhook:
-            await self._db(self._record, event.id, None, None, None, "none")
-            return "none"
-        if rule.webhook_format == "pagerduty":
-            body = pagerduty_body(event, rule.routing_key or "")
-        else:
-            body = slack_body(event)
-        client = await self._http()
-        masked = mask_url(rule.webhook)
-        for attempt in range(1, self.max_attempts + 1):
-            status: int | None = None
-            error: str | None = None
+        steps = delivery_steps(event, rule, self.policy)
+        reply: Any = None
+        while True:
             try:
-                resp = await client.post(rule.webhook, json=body)
-                status = resp.status_code
-                if not 200 <= status < 300:
-                    error = f"HTTP {status}"
-            except Exception as exc:  # timeouts, refused connections, TLS errors ...
-                error = f"{type(exc).__name__}: {exc}".replace(rule.webhook, masked)[:500]
-            ok = error is None
-            final = "delivered" if ok else ("failed" if attempt == self.max_attempts else None)
-            await self._db(self._record, event.id, attempt, status, error, final)
-            if ok:
-                self.delivered += 1
-                return "delivered"
-            log.warning("webhook %s attempt %d/%d for event %d: %s", masked, attempt, self.max_attempts,
-                        event.id, error)
-            if attempt < self.max_attempts:
-                await asyncio.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
-        self.failed += 1
-        return "failed"
+                kind, arg, extra = steps.send(reply)
+            except StopIteration as stop:
+                final = str(stop.value)
+                break
+            reply = None
+            if kind == "post":
+                reply = await self._post(arg, extra)
+            elif kind == "record":
+                await self._db(self._record, event.id, *arg)
+            else:
+                await asyncio.sleep(arg)
+        if final == "delivered":
+            self.delivered += 1
+        elif final == "failed":
+            self.failed += 1
+        return final
+
+    async def _post(self, url: str, body: Any) -> Attempt:
+        try:
+            client = await self._http()
+        except ImportError:
+            return Attempt(None, NO_HTTPX, retry=False)
+        try:
+            resp = await client.post(url, json=body)
+            return Attempt(int(resp.status_code))
+        except Exception as exc:  # timeouts, refused connections, TLS errors ...
+            return Attempt(None, attempt_error(exc, url))
 
     async def _http(self) -> Any:
         if self._client is None:
-            try:
-                import httpx
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise RuntimeError("webhook delivery needs httpx: pip install 'spendtrace[consumer]'") from exc
-            httpx_log = logging.getLogger("httpx")
-            if _mask_filter not in httpx_log.filters:
-                httpx_log.addFilter(_mask_filter)
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), follow_redirects=False,
+            import httpx
+
+            mask_httpx_log()
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.policy.timeout), follow_redirects=False,
                                              headers={"User-Agent": "spendtrace-alerts"})
         return self._client
 
@@ -241,42 +211,11 @@ class WebhookDispatcher:
         return self._conn
 
     def _claim(self, event_id: int) -> bool:
-        cur = self._connect().execute(
-            "UPDATE alert_events SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'", (event_id,)
-        )
-        return cur.rowcount == 1
+        return claim_event(self._connect(), event_id)
 
     def _pending(self, before_ns: int) -> list[tuple[AlertEvent, AlertRule]]:
-        conn = self._connect()
-        rules = {r.id: r for r in load_rules(conn, enabled_only=False)}
-        out: list[tuple[AlertEvent, AlertRule]] = []
-        for row in conn.execute(
-            "SELECT id, rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano, message"
-            " FROM alert_events WHERE delivery = 'pending' AND fired_ns < ? ORDER BY id",
-            (before_ns,),
-        ).fetchall():
-            rule = rules.get(int(row[1]))
-            if rule is None or rule.name != row[2]:  # the rule is gone: record the event, deliver nowhere
-                rule = AlertRule(id=int(row[1]), name=row[2], kind="threshold", scope=row[4], scope_value=row[5],
-                                 threshold_nano=row[7], window_minutes=None, cooldown_minutes=0)
-            out.append((AlertEvent(int(row[0]), int(row[1]), row[2], rule.kind, int(row[3]), row[4], row[5],
-                                   int(row[6]), row[7], "", row[8]), rule))
-        return out
+        return pending_events(self._connect(), before_ns)
 
     def _record(self, event_id: int, attempt: int | None, status: int | None, error: str | None,
                 final: str | None) -> None:
-        conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if attempt is not None:
-                conn.execute(
-                    "INSERT INTO alert_deliveries (event_id, attempt, at_ns, status, error) VALUES (?, ?, ?, ?, ?)",
-                    (event_id, attempt, self.clock(), status, error),
-                )
-            if final is not None:
-                conn.execute("UPDATE alert_events SET delivery = ? WHERE id = ?", (final, event_id))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        record_attempt(self._connect(), event_id, attempt, status, error, final, self.clock())
