@@ -2,8 +2,12 @@
 
 Rules live in the ``alert_rules`` table, so any process (an app, the CLI, a notebook) can add
 one and every consumer worker picks it up on its next batch without a restart. This module
-only defines and stores rules; the workers evaluate them (``consumers.alerting``) and deliver
-webhooks (``consumers.webhooks``). Money is stored as integer nano-dollars.
+only defines and stores rules. They are evaluated after each committed batch by whoever writes
+it: the consumer workers (``consumers.alerting``, ``consumers.webhooks``) with Kafka, or the
+app's own local SQLite exporter without it (``spendtrace._alert_local``); both use the same
+evaluation (``spendtrace._alert_eval``) and webhook delivery (``spendtrace._alert_delivery``),
+and one transaction decides each firing, so a rule fires once per cooldown whoever evaluates.
+Money is stored as integer nano-dollars.
 
 Rule kinds (``AlertRule.kind``):
 

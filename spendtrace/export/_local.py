@@ -4,6 +4,11 @@ Pricing and the write go through the same code as the consumer workers
 (``spendtrace.storage._ingest.prepare_batch`` / ``write_batch_sync``) with the in-process
 price book (``spendtrace.pricing.current_book()``, so ``get_tracker().cost_model`` overrides
 apply), so a span costs the same whichever way it reached the store.
+
+Spend alerts work here too, without any worker: after each committed batch the exporter's
+thread evaluates the rules whose scope the batch touched (``spendtrace._alert_local``, the same
+evaluation and firing transaction as the workers), and a small background thread POSTs the
+fired events to their webhooks. Neither can slow or break export: errors are caught and counted.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from spendtrace.schema import Span
 if TYPE_CHECKING:
     import sqlite3
 
+    from spendtrace._alert_local import LocalAlerts
+
 __all__ = ["LocalStoreExporter"]
 
 # Connections inherited across a fork are kept referenced (never closed or finalised in the child).
@@ -27,10 +34,21 @@ _abandoned: list[sqlite3.Connection] = []
 
 
 class LocalStoreExporter:
-    """Prices each batch and stores it in one SQLite transaction at ``db_path`` (created when missing)."""
+    """Prices each batch and stores it in one SQLite transaction at ``db_path`` (created when missing).
 
-    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+    With ``alerts=True`` (the default) it also evaluates the spend alert rules stored in that
+    database after each batch and delivers their webhooks from a background thread; ``shutdown``
+    gives pending deliveries up to ``alert_drain_timeout`` seconds. ``alerts`` (a
+    ``spendtrace._alert_local.LocalAlerts``, once the first batch is stored) holds the counters.
+    """
+
+    def __init__(
+        self, db_path: str | os.PathLike[str], *, alerts: bool = True, alert_drain_timeout: float = 5.0
+    ) -> None:
         self.db_path = Path(os.fspath(db_path))
+        self.alerts_enabled = alerts
+        self.alert_drain_timeout = alert_drain_timeout
+        self.alerts: LocalAlerts | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -55,10 +73,16 @@ class LocalStoreExporter:
         with self._lock:
             conn = self._connect()
             try:
-                write_batch_sync(conn, batch)
+                result = write_batch_sync(conn, batch)
             except BaseException:
                 self._close()  # start from a fresh connection next time
                 raise
+            if self.alerts_enabled:
+                if self.alerts is None:
+                    from spendtrace._alert_local import LocalAlerts
+
+                    self.alerts = LocalAlerts(self.db_path)
+                self.alerts.after_commit(conn, result)  # never raises
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -83,9 +107,11 @@ class LocalStoreExporter:
         return True
 
     def shutdown(self) -> None:
-        """Close the connection."""
+        """Close the connection; give queued alert webhooks up to ``alert_drain_timeout`` seconds."""
         with self._lock:
             self._close()
+        if self.alerts is not None:
+            self.alerts.close(self.alert_drain_timeout)
 
     def after_fork_in_child(self) -> None:
         """A SQLite connection must not cross a fork: forget the parent's, open a new one on demand."""
@@ -93,3 +119,5 @@ class LocalStoreExporter:
             _abandoned.append(self._conn)
         self._conn = None
         self._lock = threading.Lock()
+        if self.alerts is not None:
+            self.alerts.after_fork_in_child()
