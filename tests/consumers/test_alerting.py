@@ -393,7 +393,9 @@ async def test_pending_events_of_a_crashed_worker_are_delivered_once(
     assert [e["delivery"] for e in events(db_path)] == ["pending"]
     dispatchers = [WebhookDispatcher(str(db_path), backoff=0.01) for _ in range(2)]
     try:
-        assert [await d.recover() for d in dispatchers] == [1, 1]  # both see it pending ...
+        found = [await d.recover() for d in dispatchers]
+        # both may see it pending (the second can also come after the first one's task claimed it) ...
+        assert found[0] == 1 and found[1] in (0, 1)
         for d in dispatchers:
             await d.drain()
     finally:
