@@ -128,6 +128,8 @@ class Worker:
         self._producer: AIOKafkaProducer | None = None
         self._db: Any = None
         self._reader: Any = None
+        #: the WAL checkpoint started after the last commit (on ``_reader``), awaited before the next write
+        self._checkpoint: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -171,6 +173,8 @@ class Worker:
         if self._book is None:
             self._book = load_price_book(cfg.prices_file)
         self._db = await connect_async(cfg.db_path)
+        # Checkpoints run beside the pricing of the next batch (see _start_checkpoint), not inside COMMIT.
+        await self._db.execute("PRAGMA wal_autocheckpoint = 0")
         self._reader = await connect_async(cfg.db_path)  # offsets are read outside the writer's transaction
         await ensure_topics(
             cfg.bootstrap,
@@ -217,6 +221,7 @@ class Worker:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
+            await self._finish_checkpoint()
             consumer, self._consumer = self._consumer, None
             producer, self._producer = self._producer, None
             await self._hooks.close()
@@ -377,8 +382,10 @@ class Worker:
             assert self._producer is not None
             await publish_dead_letters(self._producer, self.config.dlq_topic, batch.dead)
         started = time.perf_counter()
+        await self._finish_checkpoint()  # so the WAL restarts from its beginning: it stays about one batch long
         result = await self._write(batch.prepared, batch.offsets, batch.dead)
         self.commit_seconds.observe(time.perf_counter() - started)
+        self._start_checkpoint()
         self._crash.reached("after_db_commit")
         consumer = self._consumer
         if consumer is not None:
@@ -414,6 +421,23 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
+
+    def _start_checkpoint(self) -> None:
+        """Copy the WAL into the database file on the reader's connection while the next batch is priced.
+
+        The writer's connection has auto-checkpoints off: run inside its COMMIT they cost ~1.3 us per
+        span (measured), while SQLite does this work without holding the GIL, beside the pricing.
+        """
+        if self._reader is not None and self._checkpoint is None:
+            self._checkpoint = asyncio.get_running_loop().create_task(_checkpoint(self._reader))
+
+    async def _finish_checkpoint(self) -> None:
+        task, self._checkpoint = self._checkpoint, None
+        if task is not None:
+            try:
+                await task
+            except (sqlite3.Error, ValueError) as exc:  # a later checkpoint (or the last close) does the work
+                log.info("WAL checkpoint skipped: %r", exc)
 
     # -- rebalance and housekeeping --------------------------------------------------------------
 
@@ -453,6 +477,12 @@ class Worker:
             self.stats.retention_runs += 1
         except sqlite3.OperationalError as exc:
             log.info("retention skipped this round (another worker is writing): %s", exc)
+
+
+async def _checkpoint(conn: Any) -> None:
+    """A passive WAL checkpoint: it copies what it can and never waits for readers or writers."""
+    async with conn.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
+        await cur.fetchall()
 
 
 def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:
