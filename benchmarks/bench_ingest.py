@@ -97,10 +97,11 @@ def bare_insert(path: Path, batches: list[PreparedBatch]) -> float:
     conn.execute("CREATE INDEX spans_request ON spans (request_id)")
     conn.execute("CREATE INDEX spans_start ON spans (start_ns)")
     sql = INSERT_SPANS.replace("INSERT OR IGNORE", "INSERT")
+    rows = [b.span_rows for b in batches]  # tuples built before the clock starts
     t0 = time.perf_counter()
-    for b in batches:
+    for r in rows:
         conn.execute("BEGIN")
-        conn.executemany(sql, b.span_rows)
+        conn.executemany(sql, r)
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - t0
     conn.close()

@@ -28,14 +28,13 @@ A request whose ``requests`` row was deleted by retention is counted again if mo
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spendtrace.storage._dash import dash_statements
-from spendtrace.storage._prepare import BatchSummary, PreparedBatch, prepare_batch
+from spendtrace.storage._prepare import SPAN_COLUMNS, BatchSummary, PreparedBatch, prepare_batch
 
 if TYPE_CHECKING:
     import sqlite3
@@ -158,7 +157,7 @@ def delta_statements(
     """
     if rollups is None:
         rollups = batch.rollups
-    if batch.span_rows:
+    if batch.span_values:
         bj = _book_json.get(batch.book.version)
         if bj is None:
             bj = _book_json[batch.book.version] = batch.book.to_json()
@@ -213,28 +212,29 @@ def _counted_rollups(batch: PreparedBatch, new_requests: Iterable[str]) -> dict[
 _Op = tuple[str, str, Any]
 
 
-def _insert_spans(rows: list[tuple[Any, ...]]) -> Generator[_Op, Any, None]:
-    """Insert ``rows`` in order (so rowids follow batch order), ``_ROWS_PER_INSERT`` rows per statement."""
-    k = _ROWS_PER_INSERT
-    full = len(rows) - len(rows) % k
+def _insert_spans(values: list[Any]) -> Generator[_Op, Any, None]:
+    """Insert the flat rows ``values`` in order (so rowids follow batch order), ``_ROWS_PER_INSERT`` per statement."""
+    n = SPAN_COLUMNS
+    step = _ROWS_PER_INSERT * n
+    full = len(values) - len(values) % step
     if full:
-        chain = itertools.chain.from_iterable
-        yield ("many", _INSERT_SPANS_MULTI, [tuple(chain(rows[i : i + k])) for i in range(0, full, k)])
-    if full < len(rows):
-        yield ("many", INSERT_SPANS, rows[full:])
+        yield ("many", _INSERT_SPANS_MULTI, [values[i : i + step] for i in range(0, full, step)])
+    if full < len(values):
+        yield ("many", INSERT_SPANS, [values[i : i + n] for i in range(full, len(values), n)])
 
 
 def _plan(
     batch: PreparedBatch, offsets: Sequence[OffsetRow], dead_letters: Sequence[DeadLetter], now_ns: int
 ) -> Generator[_Op, Any, WriteResult]:
     effective = batch
-    if batch.span_rows:
+    n_rows = len(batch.span_values) // SPAN_COLUMNS
+    if n_rows:
         # New rows of a rowid table get rowids above the current maximum, so after the insert the
         # spans that were really new are exactly those above it (no savepoint / sub-journal needed).
         max_rowid = (yield ("all", "SELECT coalesce(max(rowid), 0), total_changes() FROM spans", ()))[0]
-        yield from _insert_spans(batch.span_rows)
+        yield from _insert_spans(batch.span_values)
         after = (yield ("all", "SELECT total_changes()", ()))[0][0]
-        if after - max_rowid[1] != len(batch.span_rows):
+        if after - max_rowid[1] != n_rows:
             # Some spans were stored already (a replay): count the deltas of the new ones only.
             new_ids = {r[0] for r in (yield ("all", "SELECT span_id FROM spans WHERE rowid > ?", (max_rowid[0],)))}
             effective = prepare_batch([s for s in batch.spans if s.span_id in new_ids], batch.book)
@@ -252,10 +252,10 @@ def _plan(
         yield ("many", _OFFSETS_UPSERT, [(g, t, p, o, now_ns) for g, t, p, o in offsets])
     if dead_letters:
         yield ("many", _DEAD_LETTER, [(now_ns, *d) for d in dead_letters])
-    new = len(effective.span_rows)
+    new = len(effective.span_values) // SPAN_COLUMNS
     return WriteResult(
         new_spans=new,
-        duplicate_spans=len(batch.span_rows) - new + batch.duplicates_in_batch,
+        duplicate_spans=n_rows - new + batch.duplicates_in_batch,
         cost_nano=effective.cost_nano,
         unpriced_items=effective.unpriced_items,
         touched=effective.summary,

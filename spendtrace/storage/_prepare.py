@@ -39,9 +39,11 @@ from spendtrace.pricing import LAMBDA_COMPUTE_KEY, PriceBook, femto_to_nano, ite
 from spendtrace.pricing._entry import guess_service
 from spendtrace.schema import Span, UsageItem
 
-__all__ = ["BatchSummary", "PreparedBatch", "prepare_batch"]
+__all__ = ["SPAN_COLUMNS", "BatchSummary", "PreparedBatch", "prepare_batch"]
 
 _json = msgspec.json.Encoder()
+#: values per ``spans`` row (``span_values``)
+SPAN_COLUMNS = 19
 #: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.
 _MAX_WEIGHT = 1e12
 
@@ -65,7 +67,9 @@ class PreparedBatch:
 
     book: PriceBook
     spans: list[Span]
-    span_rows: list[tuple[Any, ...]]
+    #: the ``spans`` rows, flat: ``SPAN_COLUMNS`` values per span, in batch order (sliced into
+    #: multi-row inserts without building a tuple per row)
+    span_values: list[Any]
     #: grain -> {(bucket, feature, user_id, endpoint, service): [cost, calls, spans, errors, unpriced, var, requests]}
     rollups: dict[str, dict[tuple[int, str, str, str, str], list[Any]]]
     #: grain -> {(bucket, feature): [cost, calls, spans, var]}
@@ -80,6 +84,12 @@ class PreparedBatch:
     summary: BatchSummary = field(default_factory=BatchSummary)
     #: request_id -> minute rollup dims (bucket, feature, user_id, endpoint) of its head span in this batch
     heads: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
+
+    @property
+    def span_rows(self) -> list[tuple[Any, ...]]:
+        """The ``spans`` rows as tuples (``span_values`` cut every ``SPAN_COLUMNS`` values)."""
+        v, n = self.span_values, SPAN_COLUMNS
+        return [tuple(v[i : i + n]) for i in range(0, len(v), n)]
 
 
 class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -211,8 +221,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     memo_get = memo.get
     starts_get = book.segment_starts().get
     book_version = book.version
-    rows: list[tuple[Any, ...]] = []
-    append_row = rows.append
+    values: list[Any] = []
+    add_row = values.extend
     # (minute, feature, user, endpoint) -> {service: [cost, calls, spans, errors, unpriced, var, requests]}
     groups: dict[tuple[int, str, str, str], dict[str, list[Any]]] = {}
     groups_get = groups.get
@@ -300,7 +310,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         if pinfo is None:
             pinfo = _path_info(s.path, feature)
         err = 1 if s.error else 0
-        append_row(
+        add_row(
             (
                 s.span_id,
                 parent,
@@ -426,7 +436,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     return PreparedBatch(
         book=book,
         spans=uniq,
-        span_rows=rows,
+        span_values=values,
         rollups=rollups,
         loaded=loaded,
         requests=requests,
