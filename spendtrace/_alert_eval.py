@@ -366,6 +366,11 @@ class RuleChecker:
         self._version: tuple[int, int] | None = None
         self._rules: list[AlertRule] = []
 
+    @property
+    def cached(self) -> list[AlertRule]:
+        """The rules as of the last ``rules`` / ``check`` call (no query)."""
+        return self._rules
+
     def rules(self, conn: sqlite3.Connection) -> list[AlertRule]:
         """The enabled rules, re-read when any process added, edited or removed one."""
         version = rules_version(conn)

@@ -92,7 +92,7 @@ class LocalAlerts:
                 return []  # a replay of stored spans changes no spend
             fired = self._checker.check(conn, Touched.from_result(result), self.clock(), self._rule_error)
             self.evaluations += 1
-            if not self._recovery_checked and self._checker.rules(conn):
+            if not self._recovery_checked and self._checker.cached:
                 self._recovery_checked = True
                 if self._has_orphans(conn):
                     self._enqueue(conn, _RECOVER)

@@ -297,10 +297,12 @@ def set_alert(
 
     The scope is one of ``feature``, ``user_id`` (a tenant), ``endpoint``, or ``total=True``.
     ``window_hours`` is the rolling window (whole minutes, at least one); the rule fires at most
-    once per ``cooldown_minutes`` however many workers run. ``webhook`` is any http(s) URL that
-    takes a POST: Slack-compatible ``{"text": ...}`` by default, or PagerDuty Events v2 with
-    ``webhook_format="pagerduty"`` and a ``routing_key``. Without a webhook the event is still
-    recorded and published to the alerts topic. Raises ``ValueError`` on a bad argument.
+    once per ``cooldown_minutes`` however many processes evaluate it: the consumer workers with
+    Kafka, or, without Kafka, the app's own local-store exporter after each batch it writes.
+    ``webhook`` is any http(s) URL that takes a POST: Slack-compatible ``{"text": ...}`` by
+    default, or PagerDuty Events v2 with ``webhook_format="pagerduty"`` and a ``routing_key``.
+    Without a webhook the event is still recorded (and, by the workers, published to the alerts
+    topic). Raises ``ValueError`` on a bad argument.
     """
     scope, value = _scope_of(feature, user_id, endpoint, total)
     if threshold is None:
