@@ -60,7 +60,20 @@ def test_dockerfile_installs_the_project_with_the_consumer_extra() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for package in ("spendtrace", "consumers", "tui"):
         assert f"COPY {package} ./{package}" in dockerfile
-    assert 'pip install ".[consumer,tui]"' in dockerfile
-    assert {"consumer", "tui"} <= set(extras)
-    for service in ("consumer", "demo-traffic"):
+    assert 'pip install ".[consumer,tui,api]"' in dockerfile
+    assert {"consumer", "tui", "api"} <= set(extras)
+    for service in ("consumer", "demo-traffic", "api"):
         assert _compose()["services"][service]["build"] == "."
+
+
+def test_api_service_runs_the_real_api_command() -> None:
+    """The compose API service runs a command the real ``spendtrace`` parser accepts, on the workers' database."""
+    from spendtrace.cli import build_parser
+
+    svc = _compose()["services"]["api"]
+    command = svc["command"]
+    assert command[0] == "spendtrace"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "api" and args.port == 8000 and args.db == "/data/cost_data.db"
+    assert svc["volumes"] == _compose()["services"]["consumer"]["volumes"]
+    assert svc["ports"] == ["127.0.0.1:8000:8000"]
