@@ -78,36 +78,18 @@ def item_cost_femto(entry: PriceEntry, item: UsageItem) -> int | Fraction | None
     if count and r.request is not None:
         total += _units(count) * r.request
         billed = True
-    units = item.input_tokens
-    if units:
-        if r.input_token is None:
-            return None
-        total += units * r.input_token
-        billed = True
-    units = item.output_tokens
-    if units:
-        if r.output_token is None:
-            return None
-        total += units * r.output_token
-        billed = True
-    units = item.cache_read_tokens
-    if units:
-        if r.cache_read_token is None:
-            return None
-        total += units * r.cache_read_token
-        billed = True
-    units = item.cache_write_tokens
-    if units:
-        if r.cache_write_token is None:
-            return None
-        total += units * r.cache_write_token
-        billed = True
-    units = item.cache_write_1h_tokens
-    if units:
-        if r.cache_write_1h_token is None:
-            return None
-        total += units * r.cache_write_1h_token
-        billed = True
+    for units, rate in (
+        (item.input_tokens, r.input_token),
+        (item.output_tokens, r.output_token),
+        (item.cache_read_tokens, r.cache_read_token),
+        (item.cache_write_tokens, r.cache_write_token),
+        (item.cache_write_1h_tokens, r.cache_write_1h_token),
+    ):
+        if units:
+            if rate is None:
+                return None
+            total += units * rate
+            billed = True
     if item.bytes and r.gib is not None:
         total += Fraction(item.bytes * r.gib, _GIB)
         billed = True
