@@ -84,6 +84,26 @@ def migrate(conn: sqlite3.Connection, path: object = "database") -> int:
     return found
 
 
+def _ensure_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL, retrying while another connection holds it.
+
+    Changing the journal mode needs the file to itself and SQLite does not call the busy handler
+    for it, so several processes opening a new file at once would otherwise fail at random.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 def connect(
     path: str | os.PathLike[str], *, readonly: bool = False, check_same_thread: bool = True
 ) -> sqlite3.Connection:
@@ -117,8 +137,7 @@ def connect(
                     f"{p}: schema {found} is older than {SCHEMA_VERSION}; open it once read-write to upgrade it"
                 )
         else:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            _ensure_wal(conn)
             migrate(conn, p)
     except sqlite3.DatabaseError as exc:
         conn.close()
