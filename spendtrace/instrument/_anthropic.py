@@ -12,7 +12,6 @@ and ``message_delta`` (cumulative output tokens, and in newer API versions the f
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -147,12 +146,7 @@ def _patch(module: object = None) -> bool:
 
 def install() -> bool:
     """Hook the Anthropic SDK now, or when the app first imports it; ``False`` if it is not installed or unknown."""
-    if "anthropic" in sys.modules:
-        return _patch()
-    if importlib.util.find_spec("anthropic") is None:
-        return False
-    _hooks.when_imported("anthropic", _patch)
-    return True
+    return _hooks.install_when_imported("anthropic", _patch)
 
 
 def uninstall() -> None:

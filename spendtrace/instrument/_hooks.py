@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 from spendtrace.instrument._common import note_error
 
-__all__ = ["cancel_all", "pending", "when_imported"]
+__all__ = ["cancel_all", "install_when_imported", "pending", "when_imported"]
 
 Callback = Callable[[ModuleType], object]
 
@@ -83,6 +84,17 @@ def when_imported(name: str, callback: Callback) -> None:
         _callbacks.setdefault(name, []).append(callback)
         if _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
+
+
+def install_when_imported(name: str, patch: Callable[[ModuleType], bool]) -> bool:
+    """Patch ``name`` now if it is imported (returning ``patch``'s result), else once it is; ``False`` if absent."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return patch(module)
+    if importlib.util.find_spec(name) is None:
+        return False
+    when_imported(name, patch)
+    return True
 
 
 def pending() -> list[str]:

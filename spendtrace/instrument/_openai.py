@@ -18,7 +18,6 @@ there we leave the request alone; such a stream records no tokens and the miss i
 from __future__ import annotations
 
 import functools
-import importlib.util
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -191,12 +190,7 @@ def _patch(module: object = None) -> bool:
 
 def install() -> bool:
     """Hook the OpenAI SDK now, or when the app first imports it; ``False`` if it is not installed or unknown."""
-    if "openai" in sys.modules:
-        return _patch()
-    if importlib.util.find_spec("openai") is None:
-        return False
-    _hooks.when_imported("openai", _patch)
-    return True
+    return _hooks.install_when_imported("openai", _patch)
 
 
 def uninstall() -> None:
