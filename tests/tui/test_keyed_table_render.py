@@ -1,0 +1,86 @@
+"""KeyedTable's own cell renderer gives the same characters and styles as DataTable's Rich path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.style import Style
+from rich.text import Span, Text
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable
+
+from tui.format import count_text, money_text, spark_text
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+
+COLUMNS = [
+    ColumnSpec("name", "Name", 14, "f", numeric=False, justify="left"),
+    ColumnSpec("cost", "Cost", 10, "c"),
+    ColumnSpec("spark", "Spark", 8, None, numeric=False, justify="left"),
+    ColumnSpec("note", "Note", 6, None, numeric=False, justify="left"),
+]
+
+#: Cells of every kind the screens make, plus the awkward ones: wide characters, markup-looking
+#: user data, trailing blanks, empty text, a Style object, text too wide for its column, spans.
+CELLS: list[dict[str, Cell]] = [
+    {
+        "name": Cell.of("checkout", "checkout"),
+        "cost": Cell.of(money_text(12_345_678_900, "bold #ffaf5f"), 1),
+        "spark": Cell.of(spark_text([0, 1, 5, 9, 2]), "s"),
+        "note": Cell.of(Text("plain"), "p"),
+    },
+    {
+        "name": Cell.of(Text("(none)", style="dim italic"), None),
+        "cost": Cell.of(money_text(0), 0),
+        "spark": Cell.of(Text("料金", style="cyan"), "w"),
+        "note": Cell.of(Text("x ", justify="right"), "t"),
+    },
+    {
+        "name": Cell.of("[red]x", "[red]x"),
+        "cost": Cell.of(count_text(3, warn=True), 3),
+        "spark": Cell.of(Text("", style="bold"), ""),
+        "note": Cell.of(Text("ab", style=Style(color="red", underline=True), justify="default"), "s"),
+    },
+    {
+        "name": Cell.of("a name much longer than fourteen cells", "long"),
+        "cost": Cell.of(Text("9", style="reverse"), 9),
+        "spark": Cell.of(Text("mid", justify="center"), "c"),
+        "note": Cell.of(Text("ok", spans=[Span(0, 1, "bold")]), "spans"),
+    },
+]
+
+
+class _TableApp(App[None]):
+    def compose(self) -> ComposeResult:
+        yield KeyedTable(COLUMNS, default_sort="cost", id="t")
+
+
+def _chars(lines: Any) -> list[list[tuple[str, Style | None]]]:
+    """Each rendered line as (character, style) pairs, so segment boundaries do not matter."""
+    return [[(ch, seg.style) for seg in line for ch in seg.text] for line in lines]
+
+
+async def test_fast_cells_render_like_datatable() -> None:
+    """Every header and body cell, with cursor, hover or neither, renders the same both ways; most go the fast way."""
+    app = _TableApp()
+    async with app.run_test(size=(80, 12)) as pilot:
+        table = app.query_one(KeyedTable)
+        table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
+        await pilot.pause()
+        fast = slow = 0
+        for row_index in range(-1, table.row_count):
+            row_key = table._header_row_key if row_index < 0 else table._row_locations.get_key(row_index)
+            base = table._get_row_style(row_index, table.rich_style)
+            for column_index, column in enumerate(table.ordered_columns):
+                cell = column.label if row_index < 0 else table._data[row_key][column.key]
+                width = column.get_render_width(table)
+                for cursor, hover in ((False, False), (True, False), (False, True), (True, True)):
+                    want = DataTable._render_cell(table, row_index, column_index, base, width, cursor, hover)
+                    got = table._fast_cell(cell, row_key, row_index, column_index, base, width, cursor, hover)
+                    if got is None:
+                        slow += 1
+                        continue
+                    fast += 1
+                    assert _chars(got) == _chars(want), (row_index, column.key.value, cell.plain, cursor, hover)
+        # the too-wide name, the centred and the spanned cell (and nothing else) need Rich's general path
+        assert slow == 3 * 4
+        assert fast == (len(CELLS) + 1) * len(COLUMNS) * 4 - slow
