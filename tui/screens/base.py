@@ -14,11 +14,12 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static
+from textual.widgets import Footer, Input
 
 from tui.data import Store
 from tui.format import utc
 from tui.widgets.keyed_table import KeyedTable
+from tui.widgets.line import Line
 from tui.widgets.screen_tabs import ScreenTabs
 from tui.widgets.status import StatusHeader
 
@@ -43,7 +44,7 @@ class DataScreen(Screen[None]):
         yield StatusHeader(id="status")
         yield ScreenTabs(self.MODE)
         yield from self.compose_body()
-        yield Static("", id="hints", classes="hints")
+        yield Line(id="hints", classes="hints")
         yield Input(placeholder="filter (Enter keeps it, Esc clears)", id="filter", classes="hidden")
         yield Footer()
 
@@ -52,7 +53,7 @@ class DataScreen(Screen[None]):
         yield from ()
 
     def on_mount(self) -> None:
-        self.query_one("#hints", Static).update(self.hint_text())
+        self.query_one("#hints", Line).show(self.hint_text())
 
     def on_screen_resume(self) -> None:
         app: Any = self.app

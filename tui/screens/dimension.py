@@ -7,12 +7,12 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import Static
 
 from tui.data import WINDOWS, DimRow, DimSnapshot, Store
 from tui.format import count_text, money_text, rate_text, share_text, spark_text
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+from tui.widgets.line import Line
 
 SERVICE_WIDTH = 11
 _WINDOW_ORDER = list(WINDOWS)
@@ -70,7 +70,7 @@ class DimensionScreen(DataScreen):
         self.last: DimSnapshot | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="subtitle", classes="subtitle")
+        yield Line(id="subtitle", classes="subtitle")
         yield KeyedTable(_columns(self.DIMENSION), default_sort="cost", id="main")
 
     def on_mount(self) -> None:
@@ -85,7 +85,7 @@ class DimensionScreen(DataScreen):
             t.append(f" {w} ", style="bold black on #5fd7ff" if w == self.window else "dim")
         if self.last is not None:
             t.append(f"   {len(self.last.rows)} rows", style="dim")
-        self.query_one("#subtitle", Static).update(t)
+        self.query_one("#subtitle", Line).show(t)
 
     def extra_hints(self) -> str:
         return "   ·  w window  / filter  y copy  ctrl+s csv"
@@ -117,7 +117,7 @@ class LiveScreen(DimensionScreen):
 
     def compose_body(self) -> ComposeResult:
         yield from super().compose_body()
-        yield Static("", id="leftout", classes="leftout")
+        yield Line(id="leftout", classes="leftout")
 
     async def fetch(self, store: Store) -> Any:
         snap = await store.dimension(self.DIMENSION, self.window)
@@ -141,7 +141,7 @@ class LiveScreen(DimensionScreen):
                 t.append(f" {reason[:40]}", style="red")
         else:
             t.append("✓ no dead letters", style="green")
-        self.query_one("#leftout", Static).update(t)
+        self.query_one("#leftout", Line).show(t)
 
 
 class TenantsScreen(DimensionScreen):

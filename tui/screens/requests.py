@@ -8,13 +8,14 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from tui.data import RequestRow, Store
 from tui.format import count_text, duration, money_text, utc
 from tui.messages import OpenRequest
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+from tui.widgets.line import Line
 
 COLUMNS = [
     ColumnSpec("time", "Started (UTC)", 19, "t", numeric=True, justify="left"),
@@ -59,7 +60,7 @@ class RequestsScreen(DataScreen):
         self.order = "recent"
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="subtitle", classes="subtitle")
+        yield Line(id="subtitle", classes="subtitle")
         yield KeyedTable(COLUMNS, default_sort="time", id="main")
 
     def on_mount(self) -> None:
@@ -72,7 +73,7 @@ class RequestsScreen(DataScreen):
         for o, label in (("recent", "most recent"), ("cost", "most expensive")):
             t.append(f" {label} ", style="bold black on #5fd7ff" if o == self.order else "dim")
         t.append(f"   {n} rows · Enter opens the call tree", style="dim")
-        self.query_one("#subtitle", Static).update(t)
+        self.query_one("#subtitle", Line).show(t)
 
     def extra_hints(self) -> str:
         return "   ·  o recent/costly  Enter tree"

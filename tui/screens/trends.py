@@ -7,12 +7,13 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from tui.data import Store, TrendSnapshot
 from tui.format import money_text, spark_text
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+from tui.widgets.line import Line
 from tui.widgets.trend_chart import TrendChart, feature_color
 
 DAY_CHOICES = (7, 14, 30, 90)
@@ -66,7 +67,7 @@ class TrendsScreen(DataScreen):
         self.last: TrendSnapshot | None = None
 
     def compose_body(self) -> ComposeResult:
-        yield Static("", id="subtitle", classes="subtitle")
+        yield Line(id="subtitle", classes="subtitle")
         yield TrendChart(id="chart")
         yield KeyedTable(COLUMNS, default_sort="total", id="main")
 
@@ -83,7 +84,7 @@ class TrendsScreen(DataScreen):
             t.append("  showing ", style="dim")
             t.append(self.focus_feature, style="bold")
             t.append(" (Esc: all)", style="dim")
-        self.query_one("#subtitle", Static).update(t)
+        self.query_one("#subtitle", Line).show(t)
 
     def extra_hints(self) -> str:
         return "   ·  +/- days  Enter chart one feature"

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.text import Text
-from textual.widgets import Static
 
 from tui.data import Overview
 from tui.format import count, money, utc
+from tui.widgets.line import Line
 
 
 def header_text(ov: Overview | None, *, db_name: str, now_ns: int, paused: bool, broker: str | None) -> Text:
@@ -46,7 +46,7 @@ def header_text(ov: Overview | None, *, db_name: str, now_ns: int, paused: bool,
     return t
 
 
-class StatusHeader(Static):
+class StatusHeader(Line):
     """Mirrors the app's ``overview`` and ``paused`` state; one per screen."""
 
     DEFAULT_CSS = """
@@ -60,7 +60,7 @@ class StatusHeader(Static):
 
     def _changed(self, *_: Any) -> None:
         app: Any = self.app
-        self.update(
+        self.show(
             header_text(
                 app.overview,
                 db_name=app.db_label,
