@@ -7,6 +7,7 @@ from typing import Any
 from rich.style import Style
 from rich.text import Span, Text
 from textual.app import App, ComposeResult
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from tui.format import count_text, money_text, spark_text
@@ -84,3 +85,41 @@ async def test_fast_cells_render_like_datatable() -> None:
         # the too-wide name, the centred and the spanned cell (and nothing else) need Rich's general path
         assert slow == 3 * 4
         assert fast == (len(CELLS) + 1) * len(COLUMNS) * 4 - slow
+
+
+def _row_chars(pair: Any) -> list[tuple[str, Style | None]]:
+    fixed, scrollable = pair
+    return [(ch, seg.style) for part in (*fixed, *scrollable) for seg in part for ch in seg.text]
+
+
+async def test_rows_and_lines_render_like_datatable() -> None:
+    """Whole rows (header, zebra stripes, the cursor row, the filler past the last column) and screen lines match."""
+    app = _TableApp()
+    async with app.run_test(size=(80, 12)) as pilot:
+        table = app.query_one(KeyedTable)
+        table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
+        table.move_cursor(row=2)
+        table.hover_coordinate = Coordinate(1, 0)
+        await pilot.pause()
+        base = table.rich_style
+        keys = [table._header_row_key, *(table._row_locations.get_key(i) for i in range(table.row_count))]
+        for cursor in (Coordinate(0, 0), table.cursor_coordinate):
+            for key in keys:
+                table._row_render_cache.clear()
+                want = DataTable._render_line_in_row(table, key, 0, base, cursor, table.hover_coordinate)
+                table._row_render_cache.clear()
+                table._pass = {}
+                got = table._render_line_in_row(key, 0, base, cursor, table.hover_coordinate)
+                assert "widths" in table._pass  # the memoised path ran, not DataTable's
+                table._pass = None
+                assert _row_chars(got) == _row_chars(want), (key.value, cursor)
+        for y in range(table.size.height):
+            table._line_cache.clear()
+            table._row_render_cache.clear()
+            want_line = DataTable.render_line(table, y)
+            table._line_cache.clear()
+            table._row_render_cache.clear()
+            table._pass = {}
+            got_line = table.render_line(y)
+            table._pass = None
+            assert _chars([list(got_line)]) == _chars([list(want_line)]), y

@@ -14,17 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.cells import cell_len
 from rich.console import JustifyMethod
-from rich.segment import Segment
-from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
-#: Justify methods ``_fast_cell`` renders itself; the others go through Rich.
-_FAST_JUSTIFY = frozenset({"default", "left", "right"})
+from tui.widgets.fast_table import FastDataTable
 
 
 class Cell(Text):
@@ -64,7 +59,7 @@ def _sort_value(raw: Any) -> Any:
     return (1, str(raw).casefold())
 
 
-class KeyedTable(DataTable[Any]):
+class KeyedTable(FastDataTable):
     """DataTable with by-key updates, per-column sort keys, vim motions, filter and CSV export."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -95,7 +90,6 @@ class KeyedTable(DataTable[Any]):
         self._ready = False
         self._sigs: dict[str, Any] = {}
         self._unsorted = True
-        self._cell_cache: dict[Any, tuple[Any, Any]] = {}
 
     def on_mount(self) -> None:
         for spec in self.specs.values():
@@ -265,111 +259,6 @@ class KeyedTable(DataTable[Any]):
         self.filter_text = text
         self._unsorted = True
         self._render_rows(self.current_key)
-
-    # -- rendering ------------------------------------------------------------------------------
-
-    def _render_cell(
-        self,
-        row_index: int,
-        column_index: int,
-        base_style: Any,
-        width: int,
-        cursor: bool = False,
-        hover: bool = False,
-    ) -> Any:
-        """DataTable's cell render, cached per cell *object* instead of per table update, and cheaper.
-
-        DataTable drops every cached cell whenever any cell changes, so a live refresh re-rendered
-        the whole visible table. Cells here are immutable and replaced on change, so a cached
-        render stays valid while the same object is in that place (same row, column, style, width).
-        A cache miss on a one-line cell goes through ``_fast_cell`` instead of Rich's general path.
-        """
-        if column_index < 0:
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        try:
-            row_key: Any
-            if row_index < 0:
-                row_key = self._header_row_key
-                cell: Any = self.ordered_columns[column_index].label
-            else:
-                row_key = self._row_locations.get_key(row_index)
-                cell = self._data[row_key][self._column_locations.get_key(column_index)]  # type: ignore[index]
-            key = (row_key, column_index, row_index, base_style, width, cursor, hover, self._show_hover_cursor,
-                   self._pseudo_class_state)  # fmt: skip
-        except (AttributeError, KeyError, IndexError):  # a DataTable of another shape: no cache
-            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        hit = self._cell_cache.get(key)
-        if hit is not None and hit[0] is cell:
-            return hit[1]
-        lines = self._fast_cell(cell, row_key, row_index, column_index, base_style, width, cursor, hover)
-        if lines is None:
-            lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        if len(self._cell_cache) > 20_000:
-            self._cell_cache.clear()
-        self._cell_cache[key] = (cell, lines)
-        return lines
-
-    def _fast_cell(
-        self,
-        cell: Any,
-        row_key: Any,
-        row_index: int,
-        column_index: int,
-        base_style: Style,
-        width: int,
-        cursor: bool,
-        hover: bool,
-    ) -> list[list[Segment]] | None:
-        """A one-line ``Text`` cell (no spans, fits its column) as segments, or None for Rich's path.
-
-        Gives the same characters and styles as DataTable's ``Styled(Padding(text))`` render (a test
-        compares the two), without building and laying out three renderables per cell: that general
-        path was most of a live refresh where every cell changed.
-        """
-        if not isinstance(cell, Text) or cell._spans:
-            return None
-        header = row_index < 0
-        height = self.header_height if header else self.rows[row_key].height
-        plain = cell.plain
-        pad = self.cell_padding
-        inner = width - 2 * pad
-        justify = cell.justify or self.app.console_options.justify or "default"
-        if height != 1 or inner <= 0 or justify not in _FAST_JUSTIFY or "\n" in plain or "\t" in plain:
-            return None
-        if justify == "right":
-            plain = plain.rstrip()
-        length = cell_len(plain)
-        if length > inner:
-            return None
-        fixed = not header and (row_index < self.fixed_rows or column_index < self.fixed_columns)
-        component, post = self._get_styles_to_render_cell(
-            header, False, fixed, hover, cursor, self.show_cursor, self._show_hover_cursor,
-            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css",
-        )  # fmt: skip
-        pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
-        console = self.app.console
-        pre = console.get_style(pre)
-        post = console.get_style(post)
-        text_style = console.get_style(cell.style) if cell.style else None
-        styled = pre + text_style if text_style is not None else pre
-        styled = styled + post if styled else post
-        blank = pre + post if pre else post
-        line: list[Segment] = [Segment(" " * pad, blank)] if pad else []
-        if justify == "right":
-            line.append(Segment(" " * (inner - length) + plain, styled))
-        elif justify == "left":
-            line.append(Segment(plain + " " * (inner - length), styled))
-        else:  # "default": the text, then blank padding that does not take the text's style
-            line.append(Segment(plain, styled))
-            if inner > length:
-                line.append(Segment(" " * (inner - length), blank))
-        if pad:
-            line.append(Segment(" " * pad, blank))
-        return [line]
-
-    def notify_style_update(self) -> None:
-        self._cell_cache = {}
-        super().notify_style_update()
 
     # -- export ---------------------------------------------------------------------------------
 
