@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from rich.style import Style
 from rich.text import Span, Text
 from textual.app import App, ComposeResult
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist
 
 from tui.format import count_text, money_text, spark_text
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
@@ -123,3 +125,22 @@ async def test_rows_and_lines_render_like_datatable() -> None:
             got_line = table.render_line(y)
             table._pass = None
             assert _chars([list(got_line)]) == _chars([list(want_line)]), y
+
+
+async def test_set_cells_writes_all_then_repaints_once() -> None:
+    """A batch of cell writes shows on screen after one repaint; a cell that does not exist is refused."""
+    app = _TableApp()
+    async with app.run_test(size=(80, 12)) as pilot:
+        table = app.query_one(KeyedTable)
+        table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
+        await pilot.pause()
+        generation = table._update_count
+        written = table.set_cells([("row0", "note", Cell.of("new", "n")), ("row1", "note", Cell.of("vals", "v"))])
+        assert written == 2 and table._update_count == generation + 1
+        await pilot.pause()
+        lines = [table.render_line(y).text for y in range(1 + table.row_count)]
+        row0 = table.get_row_index("row0") + 1  # the header is line 0
+        row1 = table.get_row_index("row1") + 1
+        assert "new" in lines[row0] and "vals" in lines[row1]
+        with pytest.raises(CellDoesNotExist):
+            table.set_cells([("no-such-row", "note", Cell.of("x", "x"))])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -105,7 +106,13 @@ class DimensionScreen(DataScreen):
         for svc in data.services:
             table.add_spec(ColumnSpec(f"svc:{svc}", svc, SERVICE_WIDTH, None))
         top = max((r.cost_nano for r in data.rows), default=0)
-        table.sync((r.key, row_cells(r, data.total_nano, data.services, top)) for r in data.rows)
+        # a row's cells depend on the row, the total (share), the service columns and whether it is the top
+        # spender; rows where none of that changed are neither rebuilt nor compared cell by cell
+        table.sync_lazy(
+            (r.key, (r, data.total_nano, data.services, r.cost_nano == top), partial(row_cells, r, data.total_nano,
+             data.services, top))
+            for r in data.rows
+        )  # fmt: skip
         self._subtitle()
 
 

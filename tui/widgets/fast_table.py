@@ -15,6 +15,7 @@ multi-line rows) fall back to DataTable's own code.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rich.cells import cell_len
@@ -25,6 +26,7 @@ from textual.coordinate import Coordinate
 from textual.geometry import Region
 from textual.strip import Strip
 from textual.widgets import DataTable
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
 
 #: Justify methods ``_fast_cell`` renders itself; the others go through Rich.
 _FAST_JUSTIFY = frozenset({"default", "left", "right"})
@@ -42,6 +44,24 @@ class FastDataTable(DataTable[Any]):
     def notify_style_update(self) -> None:
         self._cell_cache = {}
         super().notify_style_update()
+
+    def set_cells(self, cells: Iterable[tuple[str, str, Any]]) -> int:
+        """Write cells given as (row key, column key, value) and repaint once; returns how many were written.
+
+        ``update_cell`` repaints and starts a new render-cache generation for every cell, and a live
+        refresh changes a few hundred at a time. Column widths are fixed here, so nothing is re-measured.
+        """
+        written = 0
+        for row, column, value in cells:
+            row_key, column_key = RowKey(row), ColumnKey(column)
+            if row_key not in self._row_locations or column_key not in self._column_locations:
+                raise CellDoesNotExist(f"No cell exists for row_key={row!r}, column_key={column!r}.")
+            self._data[row_key][column_key] = value
+            written += 1
+        if written:
+            self._update_count += 1
+            self.refresh()
+        return written
 
     # -- one repaint -------------------------------------------------------------------------
 

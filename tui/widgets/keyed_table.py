@@ -215,6 +215,7 @@ class KeyedTable(FastDataTable):
             self.remove_row(key)
             changed = True
         order = list(self.specs)
+        updates: list[tuple[str, str, Cell]] = []
         for key, cells in visible.items():
             if key in self.rows:
                 if dirty is not None and key not in dirty:
@@ -228,11 +229,13 @@ class KeyedTable(FastDataTable):
                         or getattr(old, "style", None) != cell.style
                         or getattr(old, "raw", None) != cell.raw
                     ):
-                        self.update_cell(key, col, cell)
-                        changed = True
+                        updates.append((key, col, cell))
             else:
                 self.add_row(*(cells.get(c, Cell("")) for c in order), key=key)
                 changed = True
+        if updates:
+            self.set_cells(updates)
+            changed = True
         if changed or self._unsorted:
             self._apply_sort(keep)
 
