@@ -396,10 +396,17 @@ class Store:
         since = _window_start(now, grain, back)
         dash = grain != "minute" and await self._has_dash()
         if dash:  # one primary-key range per dimension instead of every tenant x endpoint x feature row
+            # totals (service '') with every measure, then per-service cost only: most rows are per-service,
+            # and summing one column there instead of seven halves the query
             rows = await self._all(
-                "SELECT value, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-                f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND bucket >= ?"
-                " GROUP BY value, service",
+                "SELECT value, '', sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
+                f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND service = '' AND bucket >= ?"
+                " GROUP BY value",
+                (col, since),
+            )
+            rows += await self._all(
+                f"SELECT value, service, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM dash_{grain}"
+                " WHERE dim = ? AND service > '' AND bucket >= ? GROUP BY service, value",
                 (col, since),
             )
         else:
