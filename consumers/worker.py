@@ -18,7 +18,7 @@ import os
 import signal
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from consumers.config import WorkerConfig
 from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.hooks import HookRunner, PostCommitHook
 from consumers.topics import ensure_topics
+from consumers.writer import WriterProcess, encode_write
 from spendtrace.schema import Span, decode_span
 
 __all__ = ["Worker", "WorkerStats"]
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 #: (``after_decode``, ``after_db_commit``, ``after_kafka_commit``), so fault tests can kill it
 #: exactly between two steps of the effectively-once protocol.
 _CRASH_ENV = "SPENDTRACE_CRASH_AT"
+
+#: Records parsed per ``getmany`` call while a batch is assembled (see ``Worker._fetch``).
+_FETCH_CHUNK = 5_000
 
 #: Seconds a Kafka offset commit or a client shutdown may take before the worker moves on without it.
 _KAFKA_TIMEOUT = 10.0
@@ -103,6 +107,8 @@ class _Batch:
     """One fetched batch, decoded and priced, waiting for its transaction."""
 
     prepared: Any
+    #: ``prepared`` pickled for the writer process (``encode_write``), made in the pricing thread
+    payload: bytes
     spans: int
     messages: int
     dead: list[DeadLetter]
@@ -113,9 +119,10 @@ class _Batch:
 class Worker:
     """A consumer-group member that prices spans into SQLite; ``run()``, or ``start``/``step``/``drain``/``stop``.
 
-    The fetcher prefetches the next batch while this one is priced and written; batches are
-    committed strictly in order by one writer task, each followed by its Kafka offset commit and
-    the post-commit hooks (which run in a task of their own).
+    Batch N+1 is fetched, decoded and priced while batch N's transaction runs in the worker's
+    writer process (``consumers.writer``), on another core; batches are committed strictly in order
+    by one writer task, each followed by its Kafka offset commit and the post-commit hooks (which
+    run in a task of their own).
     """
 
     def __init__(self, config: WorkerConfig, *, book: Any = None, hook_queue: int = 256) -> None:
@@ -126,10 +133,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._db: Any = None
+        self._writer_proc: WriterProcess | None = None
         self._reader: Any = None
-        #: the WAL checkpoint started after the last commit (on ``_reader``), awaited before the next write
-        self._checkpoint: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -172,9 +177,9 @@ class Worker:
         cfg = self.config
         if self._book is None:
             self._book = load_price_book(cfg.prices_file)
-        self._db = await connect_async(cfg.db_path)
-        # Checkpoints run beside the pricing of the next batch (see _start_checkpoint), not inside COMMIT.
-        await self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        writer = WriterProcess(cfg.db_path)
+        await asyncio.to_thread(writer.start)  # opens (and creates or migrates) the database first
+        self._writer_proc = writer
         self._reader = await connect_async(cfg.db_path)  # offsets are read outside the writer's transaction
         await ensure_topics(
             cfg.bootstrap,
@@ -221,7 +226,6 @@ class Worker:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await writer
-            await self._finish_checkpoint()
             consumer, self._consumer = self._consumer, None
             producer, self._producer = self._producer, None
             await self._hooks.close()
@@ -232,11 +236,12 @@ class Worker:
                         await asyncio.wait_for(client.stop(), _KAFKA_TIMEOUT)
                     except (KafkaError, TimeoutError) as exc:
                         log.warning("closing %s did not finish cleanly: %r", type(client).__name__, exc)
-            for name in ("_db", "_reader"):
-                conn = getattr(self, name)
-                setattr(self, name, None)
-                if conn is not None:
-                    await conn.close()
+            writer_proc, self._writer_proc = self._writer_proc, None
+            if writer_proc is not None:
+                await asyncio.to_thread(writer_proc.close)
+            reader, self._reader = self._reader, None
+            if reader is not None:
+                await reader.close()
 
     async def run(self) -> None:
         """Consume until ``request_stop()``; every batch taken is committed before this returns."""
@@ -256,16 +261,9 @@ class Worker:
         assert self._consumer is not None, "start() first"
         if self._failure is not None:
             raise self._failure
-        cfg = self.config
-        data = await self._consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.batch_size)
-        data = self._contiguous(data)
+        data, generation = await self._fetch()
         if not data:
             return 0
-        generation = self._generation
-        # Price only once the previous transaction is done. Overlapping them looks free but is not: pricing
-        # is pure Python and so is binding each row of an executemany, whose sqlite3_step releases the GIL
-        # and must wait to get it back; measured, the overlap was ~10% slower than taking turns.
-        await self._settle()
         batch = await asyncio.to_thread(self._prepare, data)  # keeps the loop (heartbeats) responsive
         if generation != self._generation:
             # A rebalance began meanwhile: whatever this member owns now was sought to the stored offsets,
@@ -274,6 +272,37 @@ class Worker:
         self._crash.reached("after_decode")
         await self._queue.put(batch)
         return batch.messages
+
+    async def _fetch(self) -> tuple[dict[TopicPartition, list[Any]], int]:
+        """Up to ``batch_size`` records (what arrives within ``poll_timeout_ms``, then what is already
+        fetched), and the rebalance generation they belong to.
+
+        Taken ``_FETCH_CHUNK`` records at a time, yielding to the event loop between chunks: parsing
+        records is CPU work, and the writer task must not wait for all of it to hand the previous
+        batch to the writer process. Chunks taken before a rebalance are dropped: the assignment
+        sought every partition back to its stored offset, and ``_next`` with it.
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        cfg = self.config
+        out: dict[TopicPartition, list[Any]] = {}
+        taken = 0
+        timeout = cfg.poll_timeout_ms
+        generation = self._generation
+        while taken < cfg.batch_size:
+            chunk = await consumer.getmany(timeout_ms=timeout, max_records=min(_FETCH_CHUNK, cfg.batch_size - taken))
+            if generation != self._generation:
+                out, taken, generation = {}, 0, self._generation
+            if not chunk:
+                break
+            for tp, records in self._contiguous(chunk).items():
+                out.setdefault(tp, []).extend(records)
+                taken += len(records)
+            timeout = 0
+            await asyncio.sleep(0)
+            if generation != self._generation:
+                out, taken, generation = {}, 0, self._generation
+        return out, generation
 
     def _contiguous(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
         """Keep only records that continue exactly where this member's stored data ends, per partition.
@@ -334,7 +363,8 @@ class Worker:
         except Exception:
             log.exception("pricing the batch failed; isolating the span(s) responsible")
             prepared, spans = self._isolate(data, dead)
-        return _Batch(prepared, len(spans), messages, dead, offsets, commit)
+        payload = encode_write(prepared, offsets, dead)
+        return _Batch(prepared, payload, len(spans), messages, dead, offsets, commit)
 
     def _isolate(self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]) -> tuple[Any, list[Span]]:
         """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
@@ -382,10 +412,8 @@ class Worker:
             assert self._producer is not None
             await publish_dead_letters(self._producer, self.config.dlq_topic, batch.dead)
         started = time.perf_counter()
-        await self._finish_checkpoint()  # so the WAL restarts from its beginning: it stays about one batch long
-        result = await self._write(batch.prepared, batch.offsets, batch.dead)
+        result = await self._write(batch)
         self.commit_seconds.observe(time.perf_counter() - started)
-        self._start_checkpoint()
         self._crash.reached("after_db_commit")
         consumer = self._consumer
         if consumer is not None:
@@ -405,14 +433,27 @@ class Worker:
         st.last_commit_ns = time.time_ns()
         self._hooks.submit(result)
 
-    async def _write(self, batch: Any, offsets: Sequence[tuple[str, str, int, int]], dead: list[DeadLetter]) -> Any:
-        """One transaction; a database locked by another worker is retried with backoff."""
-        from spendtrace.storage._ingest import write_batch_async
+    async def _write(self, batch: _Batch) -> Any:
+        """One transaction in the writer process; a database locked by another worker is retried with backoff.
 
+        If some spans were stored already (a replay after a crash or a rebalance), nothing was written:
+        the new ones are priced again and sent alone, so no delta is counted twice.
+        """
+        from spendtrace.storage._ingest import ReplayedSpans, prepare_batch
+
+        writer = self._writer_proc
+        assert writer is not None
+        payload = batch.payload
         delay = 0.05
         for attempt in range(12):
             try:
-                return await write_batch_async(self._db, batch, offsets=list(offsets), dead_letters=list(dead))
+                return await asyncio.to_thread(writer.write, payload)
+            except ReplayedSpans as replay:
+                original = batch.prepared
+                new = [s for s in original.spans if s.span_id in replay.new_span_ids]
+                again = prepare_batch(new, self._book)
+                again.duplicates_in_batch = original.duplicates_in_batch + len(original.spans) - len(new)
+                payload = encode_write(again, batch.offsets, batch.dead)
             except sqlite3.OperationalError as exc:
                 if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 11:
                     raise
@@ -421,23 +462,6 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
-
-    def _start_checkpoint(self) -> None:
-        """Copy the WAL into the database file on the reader's connection while the next batch is priced.
-
-        The writer's connection has auto-checkpoints off: run inside its COMMIT they cost ~1.3 us per
-        span (measured), while SQLite does this work without holding the GIL, beside the pricing.
-        """
-        if self._reader is not None and self._checkpoint is None:
-            self._checkpoint = asyncio.get_running_loop().create_task(_checkpoint(self._reader))
-
-    async def _finish_checkpoint(self) -> None:
-        task, self._checkpoint = self._checkpoint, None
-        if task is not None:
-            try:
-                await task
-            except (sqlite3.Error, ValueError) as exc:  # a later checkpoint (or the last close) does the work
-                log.info("WAL checkpoint skipped: %r", exc)
 
     # -- rebalance and housekeeping --------------------------------------------------------------
 
@@ -468,21 +492,14 @@ class Worker:
     async def _retention(self) -> None:
         """Apply retention; several workers may try at once and only one needs to succeed."""
         self._next_retention = time.monotonic() + self.config.retention_interval_s
-        try:
-            from spendtrace.storage._retention import apply_retention_async
-        except ImportError:  # storage without retention support
+        writer = self._writer_proc
+        if writer is None:
             return
         try:
-            await apply_retention_async(self._db, time.time_ns())
+            await asyncio.to_thread(writer.call, "retention", time.time_ns())
             self.stats.retention_runs += 1
         except sqlite3.OperationalError as exc:
             log.info("retention skipped this round (another worker is writing): %s", exc)
-
-
-async def _checkpoint(conn: Any) -> None:
-    """A passive WAL checkpoint: it copies what it can and never waits for readers or writers."""
-    async with conn.execute("PRAGMA wal_checkpoint(PASSIVE)") as cur:
-        await cur.fetchall()
 
 
 def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:

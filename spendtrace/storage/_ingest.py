@@ -46,6 +46,7 @@ __all__ = [
     "DeadLetter",
     "OffsetRow",
     "PreparedBatch",
+    "ReplayedSpans",
     "WriteResult",
     "prepare_batch",
     "read_offsets",
@@ -60,6 +61,17 @@ OffsetRow = tuple[str, str, int, int]
 DeadLetter = tuple[str, int, int, bytes | None, bytes | None, str]
 
 _GRAINS = ("minute", "hour", "day")
+
+
+class ReplayedSpans(Exception):
+    """A detached batch (``PreparedBatch.detached_copy``) held spans already stored; nothing was written.
+
+    ``new_span_ids`` are the batch's spans the store did not have: prepare those again and write them.
+    """
+
+    def __init__(self, new_span_ids: frozenset[str]) -> None:
+        super().__init__(f"{len(new_span_ids)} of the batch's spans are new; the others were stored already")
+        self.new_span_ids = new_span_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +249,8 @@ def _plan(
         if after - max_rowid[1] != n_rows:
             # Some spans were stored already (a replay): count the deltas of the new ones only.
             new_ids = {r[0] for r in (yield ("all", "SELECT span_id FROM spans WHERE rowid > ?", (max_rowid[0],)))}
+            if batch.detached:
+                raise ReplayedSpans(frozenset(new_ids))
             effective = prepare_batch([s for s in batch.spans if s.span_id in new_ids], batch.book)
             effective.duplicates_in_batch = batch.duplicates_in_batch
         # Requests not stored yet are counted once, here (the requests upsert below stores them).

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
@@ -84,6 +84,16 @@ class PreparedBatch:
     summary: BatchSummary = field(default_factory=BatchSummary)
     #: request_id -> minute rollup dims (bucket, feature, user_id, endpoint) of its head span in this batch
     heads: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
+    #: True for a copy without ``spans`` (``detached()``), which a writer cannot re-price after a replay
+    detached: bool = False
+
+    def detached_copy(self) -> PreparedBatch:
+        """This batch without its ``Span`` objects: what a writer in another process needs, cheaper to send.
+
+        Writing it raises ``ReplayedSpans`` (``spendtrace.storage._ingest``) if some of its spans were
+        stored already; the sender then prepares the new ones again and sends those.
+        """
+        return replace(self, spans=[], detached=True)
 
     @property
     def span_rows(self) -> list[tuple[Any, ...]]:

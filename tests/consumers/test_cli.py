@@ -50,8 +50,13 @@ async def test_two_workers_drain_then_stop_gracefully_on_sigterm(
         # process mode: one endpoint per child (port, port + 1); task mode: one endpoint, a series per worker
         ports = [port, port + 1] if mode == "process" else [port]
         await wait_for(lambda: all(_metrics(p) for p in ports), 60, "every metrics endpoint to answer")
+        # the counters move after each batch's Kafka commit, which follows its database commit
+        await wait_for(
+            lambda: sum(_value(_metrics(p), "spendtrace_consumer_spans_total") for p in ports) >= len(spans),
+            60,
+            "the span counters to reach every span",
+        )
         texts = [_metrics(p) for p in ports]
-        assert sum(_value(t, "spendtrace_consumer_spans_total") for t in texts) >= len(spans)
         assert sum(t.count('spendtrace_consumer_batches_total{worker="') for t in texts) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
