@@ -68,25 +68,27 @@ async def test_fast_cells_render_like_datatable() -> None:
     async with app.run_test(size=(80, 12)) as pilot:
         table = app.query_one(KeyedTable)
         table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
-        await pilot.pause()
-        fast = slow = 0
-        for row_index in range(-1, table.row_count):
-            row_key = table._header_row_key if row_index < 0 else table._row_locations.get_key(row_index)
-            base = table._get_row_style(row_index, table.rich_style)
-            for column_index, column in enumerate(table.ordered_columns):
-                cell = column.label if row_index < 0 else table._data[row_key][column.key]
-                width = column.get_render_width(table)
-                for cursor, hover in ((False, False), (True, False), (False, True), (True, True)):
-                    want = DataTable._render_cell(table, row_index, column_index, base, width, cursor, hover)
-                    got = table._fast_cell(cell, row_key, row_index, column_index, base, width, cursor, hover)
-                    if got is None:
-                        slow += 1
-                        continue
-                    fast += 1
-                    assert _chars(got) == _chars(want), (row_index, column.key.value, cell.plain, cursor, hover)
-        # the too-wide name, the centred and the spanned cell (and nothing else) need Rich's general path
-        assert slow == 3 * 4
-        assert fast == (len(CELLS) + 1) * len(COLUMNS) * 4 - slow
+        for theme in ("textual-dark", "textual-light"):  # styles worked out under one theme must not outlive it
+            app.theme = theme
+            await pilot.pause()
+            fast = slow = 0
+            for row_index in range(-1, table.row_count):
+                row_key = table._header_row_key if row_index < 0 else table._row_locations.get_key(row_index)
+                base = table._get_row_style(row_index, table.rich_style)
+                for column_index, column in enumerate(table.ordered_columns):
+                    cell = column.label if row_index < 0 else table._data[row_key][column.key]
+                    width = column.get_render_width(table)
+                    for cursor, hover in ((False, False), (True, False), (False, True), (True, True)):
+                        want = DataTable._render_cell(table, row_index, column_index, base, width, cursor, hover)
+                        got = table._fast_cell(cell, row_key, row_index, column_index, base, width, cursor, hover)
+                        if got is None:
+                            slow += 1
+                            continue
+                        fast += 1
+                        assert _chars(got) == _chars(want), (theme, row_index, column.key.value, cell.plain, cursor)
+            # the too-wide name, the centred and the spanned cell (and nothing else) need Rich's general path
+            assert slow == 3 * 4
+            assert fast == (len(CELLS) + 1) * len(COLUMNS) * 4 - slow
 
 
 def _row_chars(pair: Any) -> list[tuple[str, Style | None]]:
@@ -102,29 +104,31 @@ async def test_rows_and_lines_render_like_datatable() -> None:
         table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
         table.move_cursor(row=2)
         table.hover_coordinate = Coordinate(1, 0)
-        await pilot.pause()
-        base = table.rich_style
-        keys = [table._header_row_key, *(table._row_locations.get_key(i) for i in range(table.row_count))]
-        for cursor in (Coordinate(0, 0), table.cursor_coordinate):
-            for key in keys:
+        for theme in ("textual-dark", "textual-light"):  # styles kept from one theme must not outlive it
+            app.theme = theme
+            await pilot.pause()
+            base = table.rich_style
+            keys = [table._header_row_key, *(table._row_locations.get_key(i) for i in range(table.row_count))]
+            for cursor in (Coordinate(0, 0), table.cursor_coordinate):
+                for key in keys:
+                    table._row_render_cache.clear()
+                    want = DataTable._render_line_in_row(table, key, 0, base, cursor, table.hover_coordinate)
+                    table._row_render_cache.clear()
+                    table._pass = {}
+                    got = table._render_line_in_row(key, 0, base, cursor, table.hover_coordinate)
+                    assert "widths" in table._pass  # the memoised path ran, not DataTable's
+                    table._pass = None
+                    assert _row_chars(got) == _row_chars(want), (theme, key.value, cursor)
+            for y in range(table.size.height):
+                table._line_cache.clear()
                 table._row_render_cache.clear()
-                want = DataTable._render_line_in_row(table, key, 0, base, cursor, table.hover_coordinate)
+                want_line = DataTable.render_line(table, y)
+                table._line_cache.clear()
                 table._row_render_cache.clear()
                 table._pass = {}
-                got = table._render_line_in_row(key, 0, base, cursor, table.hover_coordinate)
-                assert "widths" in table._pass  # the memoised path ran, not DataTable's
+                got_line = table.render_line(y)
                 table._pass = None
-                assert _row_chars(got) == _row_chars(want), (key.value, cursor)
-        for y in range(table.size.height):
-            table._line_cache.clear()
-            table._row_render_cache.clear()
-            want_line = DataTable.render_line(table, y)
-            table._line_cache.clear()
-            table._row_render_cache.clear()
-            table._pass = {}
-            got_line = table.render_line(y)
-            table._pass = None
-            assert _chars([list(got_line)]) == _chars([list(want_line)]), y
+                assert _chars([list(got_line)]) == _chars([list(want_line)]), (theme, y)
 
 
 async def test_set_cells_writes_all_then_repaints_once() -> None:
@@ -144,3 +148,26 @@ async def test_set_cells_writes_all_then_repaints_once() -> None:
         assert "new" in lines[row0] and "vals" in lines[row1]
         with pytest.raises(CellDoesNotExist):
             table.set_cells([("no-such-row", "note", Cell.of("x", "x"))])
+
+
+async def test_lines_scrolled_sideways_render_like_datatable() -> None:
+    """In a table wider than its widget, lines scrolled to any column offset match DataTable's, cut and padded alike."""
+    app = _TableApp()
+    async with app.run_test(size=(30, 10)) as pilot:
+        table = app.query_one(KeyedTable)
+        table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
+        await pilot.pause()
+        width = table.size.width
+        full = sum(c.get_render_width(table) for c in table.ordered_columns)
+        assert full > width  # the case under test: the table is cut at the widget's edge
+        base = table.rich_style
+        for x1 in (0, 1, 7, 16, full - width, full - 3, full + 2):
+            for y in range(table.row_count + 3):  # the header, every row, and lines past the last row
+                table._line_cache.clear()
+                want = DataTable._render_line(table, y, x1, x1 + width, base)
+                table._line_cache.clear()
+                table._pass = {}
+                got = table._render_line(y, x1, x1 + width, base)
+                table._pass = None
+                assert got.cell_length == want.cell_length == width
+                assert _chars([list(got)]) == _chars([list(want)]), (x1, y)

@@ -16,17 +16,19 @@ multi-line rows) fall back to DataTable's own code.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
-from rich.cells import cell_len
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual._segment_tools import line_crop
 from textual.coordinate import Coordinate
 from textual.geometry import Region
 from textual.strip import Strip
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowKey
+from textual.widgets.data_table import CellDoesNotExist
 
 #: Justify methods ``_fast_cell`` renders itself; the others go through Rich.
 _FAST_JUSTIFY = frozenset({"default", "left", "right"})
@@ -37,13 +39,25 @@ class FastDataTable(DataTable[Any]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._cell_cache: dict[Any, tuple[Any, Any]] = {}
-        # styles and widths worked out once per repaint (None outside ``render_lines``)
+        # (row key, column index) -> (cell, base style, place, lines): the last render of that cell
+        self._cell_cache: dict[Any, tuple[Any, Style, tuple[Any, ...], Any]] = {}
+        # (row, column, cursor, hover) -> (base style, state, blank, pre, post, {text style: cell style})
+        self._styles: dict[Any, tuple[Style, tuple[Any, ...], Style, Style, Style, dict[Any, Style]]] = {}
+        # component-class styles, kept until the table's styles change; (pseudo-class state, {name: style})
+        self._component: tuple[Any, dict[str, Style]] = (None, {})
+        # the widget's style, column widths and render settings worked out once per repaint (None outside one)
         self._pass: dict[str, Any] | None = None
 
     def notify_style_update(self) -> None:
         self._cell_cache = {}
+        self._styles = {}
+        self._component = (None, {})
         super().notify_style_update()
+
+    def _clear_caches(self) -> None:
+        super()._clear_caches()
+        self._styles = {}
+        self._component = (None, {})
 
     def set_cells(self, cells: Iterable[tuple[str, str, Any]]) -> int:
         """Write cells given as (row key, column key, value) and repaint once; returns how many were written.
@@ -52,16 +66,22 @@ class FastDataTable(DataTable[Any]):
         refresh changes a few hundred at a time. Column widths are fixed here, so nothing is re-measured.
         """
         written = 0
+        data: dict[Any, dict[Any, Any]] = self._data  # keyed by RowKey / ColumnKey, which equal their str values
         for row, column, value in cells:
-            row_key, column_key = RowKey(row), ColumnKey(column)
-            if row_key not in self._row_locations or column_key not in self._column_locations:
+            row_cells = data.get(row)
+            if row_cells is None or column not in row_cells:
                 raise CellDoesNotExist(f"No cell exists for row_key={row!r}, column_key={column!r}.")
-            self._data[row_key][column_key] = value
+            row_cells[column] = value  # an equal key is kept, so this replaces the value in place
             written += 1
         if written:
             self._update_count += 1
             self.refresh()
         return written
+
+    def row_cells(self, row: str) -> dict[Any, Any]:
+        """The cells of one row by column key (read only; empty for an unknown row)."""
+        data: dict[Any, dict[Any, Any]] = self._data
+        return data.get(row, {})
 
     # -- one repaint -------------------------------------------------------------------------
 
@@ -73,16 +93,27 @@ class FastDataTable(DataTable[Any]):
             self._pass = None
 
     def _memo(self, name: str) -> Any:
-        """A style or width that cannot change during one repaint, computed once in it."""
+        """A style, width or setting that cannot change during one repaint, computed once in it."""
         memo = self._pass
         if memo is not None and name in memo:
             return memo[name]
         if name == "rich_style":
             value: Any = self.rich_style
+        elif name == "justify":  # the console's default (building its options is not free)
+            value = self.app.console_options.justify or "default"
         elif name == "widths":
             value = [column.get_render_width(self) for column in self.ordered_columns]
-        else:  # a component class
-            value = self.get_component_styles(name).rich_style
+        elif name == "state":  # reactive attributes are slow to read, and a repaint reads them per cell
+            value = (self.show_cursor, self._show_hover_cursor, self._pseudo_class_state, self.cell_padding,
+                     self.header_height, self.fixed_rows, self.fixed_columns)  # fmt: skip
+        else:  # a component class: the same style object from repaint to repaint, so caches can use ``is``
+            pseudo, styles = self._component
+            if pseudo != self._pseudo_class_state:
+                styles = {}
+                self._component = (self._pseudo_class_state, styles)
+            value = styles.get(name)
+            if value is None:
+                value = styles[name] = self.get_component_styles(name).rich_style
         if memo is not None:
             memo[name] = value
         return value
@@ -94,6 +125,43 @@ class FastDataTable(DataTable[Any]):
         if y >= (self.header_height if self.show_header else 0):
             y += scroll_y
         return self._render_line(y, scroll_x, scroll_x + self.size.width, self._memo("rich_style"))
+
+    def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
+        """DataTable's line render, making one Strip where it made three (each Strip sets up seven caches)."""
+        if self.fixed_columns or self._should_render_row_labels or self.fixed_rows or self._pass is None:
+            return super()._render_line(y, x1, x2, base_style)
+        width = self.size.width
+        try:
+            row_key, y_offset_in_row = self._get_offsets(y)
+        except LookupError:
+            return Strip.blank(width, base_style)
+        cache_key = (y, x1, x2, width, self.cursor_coordinate, self.hover_coordinate, base_style, self.cursor_type,
+                     self._show_hover_cursor, self._update_count, self._pseudo_class_state)  # fmt: skip
+        if cache_key in self._line_cache:
+            return self._line_cache[cache_key]
+        _, scrollable = self._render_line_in_row(
+            row_key, y_offset_in_row, base_style, self.cursor_coordinate, self.hover_coordinate
+        )
+        # every cell renders exactly its column's width, and the filler pads the row to the widget's width
+        full = max(sum(self._memo("widths")), width)
+        segments = line_crop(list(chain.from_iterable(scrollable)), x1, x2, width)
+        length = max(0, full - x1)
+        if length < width:
+            segments.append(Segment(" " * (width - length), base_style))
+        elif length > width:  # cut at the widget's edge, as Strip.adjust_cell_length does
+            cut: list[Segment] = []
+            used = 0
+            for segment in segments:
+                if used + segment.cell_length < width:
+                    cut.append(segment)
+                    used += segment.cell_length
+                else:
+                    cut.append(Segment(set_cell_size(segment.text, width - used), segment.style))
+                    break
+            segments = cut
+        strip = Strip(list(Segment.simplify(segments)), width)
+        self._line_cache[cache_key] = strip
+        return strip
 
     def _render_line_in_row(
         self,
@@ -107,8 +175,9 @@ class FastDataTable(DataTable[Any]):
         cursor_type = self.cursor_type
         if self.fixed_columns or self._should_render_row_labels or self.fixed_rows or cursor_type != "row":
             return super()._render_line_in_row(row_key, line_no, base_style, cursor_location, hover_location)
-        cache_key = (row_key, line_no, base_style, cursor_location, hover_location, cursor_type, self.show_cursor,
-                     self._show_hover_cursor, self._update_count, self._pseudo_class_state)  # fmt: skip
+        show_cursor, show_hover_cursor, pseudo_class_state, *_ = self._memo("state")
+        cache_key = (row_key, line_no, base_style, cursor_location, hover_location, cursor_type, show_cursor,
+                     show_hover_cursor, self._update_count, pseudo_class_state)  # fmt: skip
         if cache_key in self._row_render_cache:
             return self._row_render_cache[cache_key]
         should_highlight = self._should_highlight
@@ -138,7 +207,7 @@ class FastDataTable(DataTable[Any]):
         extend_style, _ = self._get_styles_to_render_cell(
             row_index == -1, False, False,
             should_highlight(hover_location, Coordinate(row_index or 0, 0), cursor_type),
-            row_index == cursor_location.row, self.show_cursor, self._show_hover_cursor, False, False,
+            row_index == cursor_location.row, show_cursor, show_hover_cursor, False, False,
         )  # fmt: skip
         extend_style = row_style + extend_style
         extend_style += Style.from_meta({"row": row_index, "column": 0, "out_of_bounds": True})
@@ -173,19 +242,19 @@ class FastDataTable(DataTable[Any]):
             else:
                 row_key = self._row_locations.get_key(row_index)
                 cell = self._data[row_key][self._column_locations.get_key(column_index)]  # type: ignore[index]
-            key = (row_key, column_index, row_index, base_style, width, cursor, hover, self._show_hover_cursor,
-                   self._pseudo_class_state)  # fmt: skip
         except (AttributeError, KeyError, IndexError):  # a DataTable of another shape: no cache
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        key = (row_key, column_index)
+        place = (row_index, width, cursor, hover, self._memo("state"))
         hit = self._cell_cache.get(key)
-        if hit is not None and hit[0] is cell:
-            return hit[1]
+        if hit is not None and hit[0] is cell and (hit[1] is base_style or hit[1] == base_style) and hit[2] == place:
+            return hit[3]
         lines = self._fast_cell(cell, row_key, row_index, column_index, base_style, width, cursor, hover)
         if lines is None:
             lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         if len(self._cell_cache) > 20_000:
             self._cell_cache.clear()
-        self._cell_cache[key] = (cell, lines)
+        self._cell_cache[key] = (cell, base_style, place, lines)
         return lines
 
     def _fast_cell(
@@ -207,11 +276,12 @@ class FastDataTable(DataTable[Any]):
         if not isinstance(cell, Text) or cell._spans:
             return None
         header = row_index < 0
-        height = self.header_height if header else self.rows[row_key].height
+        state = self._memo("state")
+        show_cursor, show_hover_cursor, _, pad, header_height, fixed_rows, fixed_columns = state
+        height = header_height if header else self.rows[row_key].height
         plain = cell.plain
-        pad = self.cell_padding
         inner = width - 2 * pad
-        justify = cell.justify or self.app.console_options.justify or "default"
+        justify = cell.justify or self._memo("justify")
         if height != 1 or inner <= 0 or justify not in _FAST_JUSTIFY or "\n" in plain or "\t" in plain:
             return None
         if justify == "right":
@@ -219,19 +289,31 @@ class FastDataTable(DataTable[Any]):
         length = cell_len(plain)
         if length > inner:
             return None
-        fixed = not header and (row_index < self.fixed_rows or column_index < self.fixed_columns)
-        component, post = self._get_styles_to_render_cell(
-            header, False, fixed, hover, cursor, self.show_cursor, self._show_hover_cursor,
-            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css",
-        )  # fmt: skip
-        pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component
-        console = self.app.console
-        pre = console.get_style(pre)
-        post = console.get_style(post)
-        text_style = console.get_style(cell.style) if cell.style else None
-        styled = pre + text_style if text_style is not None else pre
-        styled = styled + post if styled else post
-        blank = pre + post if pre else post
+        # a cell's styles depend on its place and state and on its text's style, not on its text: the
+        # combinations for one place are worked out once and kept until the table's styles change
+        place = (row_index, column_index, cursor, hover)
+        known = self._styles.get(place)
+        if known is None or not (known[0] is base_style or known[0] == base_style) or known[1] != state:
+            fixed = not header and (row_index < fixed_rows or column_index < fixed_columns)
+            component, post_style = self._get_styles_to_render_cell(
+                header, False, fixed, hover, cursor, show_cursor, show_hover_cursor,
+                self.cursor_foreground_priority == "css", self.cursor_background_priority == "css",
+            )  # fmt: skip
+            console = self.app.console
+            meta = Style.from_meta({"row": row_index, "column": column_index})
+            pre = console.get_style(base_style + meta + component)
+            post = console.get_style(post_style)
+            known = (base_style, state, pre + post if pre else post, pre, post, {})
+            if len(self._styles) > 20_000:
+                self._styles.clear()
+            self._styles[place] = known
+        _, _, blank, pre, post, by_text = known
+        styled = by_text.get(cell.style)
+        if styled is None:
+            text_style = self.app.console.get_style(cell.style) if cell.style else None
+            styled = pre + text_style if text_style is not None else pre
+            styled = styled + post if styled else post
+            by_text[cell.style] = styled
         line: list[Segment] = [Segment(" " * pad, blank)] if pad else []
         if justify == "right":
             line.append(Segment(" " * (inner - length) + plain, styled))

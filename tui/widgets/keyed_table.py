@@ -32,9 +32,13 @@ class Cell(Text):
         """Wrap ``text`` (plain strings are never parsed as markup) with its raw value."""
         if isinstance(text, str):
             cell = cls(text)
-        else:
-            cell = cls(text.plain, style=text.style, justify=text.justify, overflow=text.overflow, no_wrap=True)
+        else:  # a field-by-field copy: ``text`` was sanitised when it was made, and a refresh makes ~1,000 cells
+            cell = cls.__new__(cls)
+            cell._text = [text.plain]
+            cell._length = len(text)
             cell._spans = list(text.spans)
+            cell.style, cell.justify, cell.overflow = text.style, text.justify, text.overflow
+            cell.no_wrap, cell.end, cell.tab_size = True, "\n", None
         cell.raw = raw
         return cell
 
@@ -220,10 +224,11 @@ class KeyedTable(FastDataTable):
             if key in self.rows:
                 if dirty is not None and key not in dirty:
                     continue
+                current = self.row_cells(key)
                 for col, cell in cells.items():
                     if col not in self.specs:
                         continue
-                    old = self.get_cell(key, col)
+                    old = current.get(col)
                     if (
                         old != cell
                         or getattr(old, "style", None) != cell.style
