@@ -10,11 +10,43 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
 
 from rich.text import Text
 
 NANO = 1_000_000_000
 _BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+class Cell(Text):
+    """A table cell: text that remembers the raw value behind it (for sorting and export).
+
+    The formatters below make Cells, so that ``Cell.of`` can adopt their fresh text instead of
+    copying it (a live refresh makes about a thousand cells).
+    """
+
+    raw: Any = None
+    _adopted = False
+
+    @classmethod
+    def of(cls, text: Text | str, raw: Any) -> Cell:
+        """Wrap ``text`` (plain strings are never parsed as markup) with its raw value."""
+        if type(text) is cls and not text._adopted:  # made by a formatter and not yet in a table: take it
+            cell = text
+            cell.no_wrap = True
+        elif isinstance(text, str):
+            cell = cls(text)
+        else:  # a field-by-field copy: ``text`` was sanitised when it was made
+            cell = cls.__new__(cls)
+            cell._text = [text.plain]
+            cell._length = len(text)
+            cell._spans = list(text.spans)
+            cell.style, cell.justify, cell.overflow = text.style, text.justify, text.overflow
+            cell.no_wrap, cell.end, cell.tab_size = True, "\n", None
+        cell._adopted = True
+        cell.raw = raw
+        return cell
 
 
 def usd(nano: int | float) -> float:
@@ -41,18 +73,18 @@ def money(nano: int | float | None) -> str:
     return "<$0.00000001" if value > 0 else "-<$0.00000001"
 
 
-def money_text(nano: int | float | None, style: str = "") -> Text:
+def money_text(nano: int | float | None, style: str = "") -> Cell:
     """Right-aligned money cell; zero is dimmed so real spend stands out."""
     if not nano:
-        return Text(money(nano), style="dim", justify="right")
-    return Text(money(nano), style=style, justify="right")
+        return Cell(money(nano), style="dim", justify="right")
+    return Cell(money(nano), style=style, justify="right")
 
 
-def rate_text(nano_per_hour: int | float) -> Text:
+def rate_text(nano_per_hour: int | float) -> Cell:
     """Spend rate ($/h) cell."""
     if not nano_per_hour:
-        return Text("—", style="dim", justify="right")
-    return Text(f"{money(nano_per_hour)}/h", style="bold", justify="right")
+        return Cell("—", style="dim", justify="right")
+    return Cell(f"{money(nano_per_hour)}/h", style="bold", justify="right")
 
 
 def count(value: int | float) -> str:
@@ -62,24 +94,30 @@ def count(value: int | float) -> str:
     return f"{int(value):,}"
 
 
-def count_text(value: int | float, warn: bool = False) -> Text:
+def count_text(value: int | float, warn: bool = False) -> Cell:
     """Right-aligned count cell; ``warn`` colors non-zero values (errors, unpriced items)."""
     if warn and value:
-        return Text(count(value), style="bold red", justify="right")
-    return Text(count(value), style="dim" if not value else "", justify="right")
+        return Cell(count(value), style="bold red", justify="right")
+    return Cell(count(value), style="dim" if not value else "", justify="right")
 
 
-def share_text(part: int | float, whole: int | float) -> Text:
+def share_text(part: int | float, whole: int | float) -> Cell:
     """Share of the total as a percentage with a heat color (red above 50 %, yellow above 20 %)."""
     if not whole:
-        return Text("—", style="dim", justify="right")
+        return Cell("—", style="dim", justify="right")
     pct = 100.0 * float(part) / float(whole)
     style = "bold red" if pct >= 50 else "yellow" if pct >= 20 else "green" if pct >= 5 else "dim"
-    return Text(f"{pct:5.1f}%", style=style, justify="right")
+    return Cell(f"{pct:5.1f}%", style=style, justify="right")
 
 
 def sparkline(values: Sequence[int | float], width: int | None = None) -> str:
     """Unicode block sparkline, scaled to the series' own maximum; blank where there was nothing."""
+    return _sparkline(tuple(values), width)
+
+
+@lru_cache(maxsize=4096)
+def _sparkline(values: tuple[int | float, ...], width: int | None) -> str:
+    # a row's last hour changes far less often than the screen refreshes
     vals = list(values)
     if width is not None and len(vals) > width:  # fold into ``width`` bins
         step = len(vals) / width
@@ -96,9 +134,9 @@ def sparkline(values: Sequence[int | float], width: int | None = None) -> str:
     return "".join(out)
 
 
-def spark_text(values: Sequence[int | float], width: int | None = None) -> Text:
+def spark_text(values: Sequence[int | float], width: int | None = None) -> Cell:
     """Sparkline cell in the accent color."""
-    return Text(sparkline(values, width), style="cyan")
+    return Cell(sparkline(values, width), style="cyan")
 
 
 def utc(ns: int, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:

@@ -41,7 +41,7 @@ def row_cells(row: DimRow, total: int, services: tuple[str, ...], top: int) -> d
     label = row.key or "(none)"
     calls = row.calls if row.loaded_nano is not None else row.requests
     cells = {
-        "name": Cell.of(Text(label, style="dim italic" if not row.key else ""), row.key),
+        "name": Cell.of(Cell(label, style="dim italic" if not row.key else ""), row.key),
         "cost": Cell.of(
             money_text(row.cost_nano, "bold #ffaf5f" if row.cost_nano == top and top else ""), row.cost_nano
         ),

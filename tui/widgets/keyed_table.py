@@ -19,28 +19,10 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
+from tui.format import Cell
 from tui.widgets.fast_table import FastDataTable
 
-
-class Cell(Text):
-    """A rendered cell that remembers the raw value behind it (for sorting and export)."""
-
-    raw: Any = None
-
-    @classmethod
-    def of(cls, text: Text | str, raw: Any) -> Cell:
-        """Wrap ``text`` (plain strings are never parsed as markup) with its raw value."""
-        if isinstance(text, str):
-            cell = cls(text)
-        else:  # a field-by-field copy: ``text`` was sanitised when it was made, and a refresh makes ~1,000 cells
-            cell = cls.__new__(cls)
-            cell._text = [text.plain]
-            cell._length = len(text)
-            cell._spans = list(text.spans)
-            cell.style, cell.justify, cell.overflow = text.style, text.justify, text.overflow
-            cell.no_wrap, cell.end, cell.tab_size = True, "\n", None
-        cell.raw = raw
-        return cell
+__all__ = ["Cell", "ColumnSpec", "KeyedTable"]
 
 
 @dataclass(frozen=True, slots=True)
