@@ -16,10 +16,9 @@ multi-line rows) fall back to DataTable's own code.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import chain
 from typing import Any
 
-from rich.cells import cell_len, set_cell_size
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -142,23 +141,24 @@ class FastDataTable(DataTable[Any]):
         _, scrollable = self._render_line_in_row(
             row_key, y_offset_in_row, base_style, self.cursor_coordinate, self.hover_coordinate
         )
-        # every cell renders exactly its column's width, and the filler pads the row to the widget's width
-        full = max(sum(self._memo("widths")), width)
-        segments = line_crop(list(chain.from_iterable(scrollable)), x1, x2, width)
-        length = max(0, full - x1)
-        if length < width:
-            segments.append(Segment(" " * (width - length), base_style))
-        elif length > width:  # cut at the widget's edge, as Strip.adjust_cell_length does
-            cut: list[Segment] = []
-            used = 0
-            for segment in segments:
-                if used + segment.cell_length < width:
-                    cut.append(segment)
-                    used += segment.cell_length
-                else:
-                    cut.append(Segment(set_cell_size(segment.text, width - used), segment.style))
+        # every cell renders exactly its column's width and the filler pads the row to the widget's width, so
+        # the cells wholly inside [x1, x1 + width) are taken as they are and only the two edge cells are cut
+        widths = self._memo("widths")
+        right = x1 + width
+        segments: list[Segment] = []
+        start = 0
+        for cell_segments, cell_width in zip(scrollable, [*widths, max(0, width - sum(widths))], strict=True):
+            end = start + cell_width
+            if end > x1:
+                if start >= right:
                     break
-            segments = cut
+                if start >= x1 and end <= right:
+                    segments.extend(cell_segments)
+                else:
+                    segments.extend(line_crop(cell_segments, max(0, x1 - start), min(end, right) - start, cell_width))
+            start = end
+        if start < right:
+            segments.append(Segment(" " * (right - max(start, x1)), base_style))
         strip = Strip(list(Segment.simplify(segments)), width)
         self._line_cache[cache_key] = strip
         return strip
@@ -192,17 +192,10 @@ class FastDataTable(DataTable[Any]):
             row_style = base_style
         widths = self._memo("widths")
         scrollable_row: list[Any] = []
+        cursor = row_index == cursor_location.row  # a row cursor highlights every cell of its row
+        hover = row_index == hover_location.row
         for column_index, width in enumerate(widths):
-            cell_location = Coordinate(row_index, column_index)
-            lines = render_cell(
-                row_index,
-                column_index,
-                row_style,
-                width,
-                cursor=should_highlight(cursor_location, cell_location, cursor_type),
-                hover=should_highlight(hover_location, cell_location, cursor_type),
-            )
-            scrollable_row.append(lines[line_no])
+            scrollable_row.append(render_cell(row_index, column_index, row_style, width, cursor, hover)[line_no])
         remaining_space = max(0, self.size.width - sum(widths))
         extend_style, _ = self._get_styles_to_render_cell(
             row_index == -1, False, False,
@@ -303,7 +296,8 @@ class FastDataTable(DataTable[Any]):
             meta = Style.from_meta({"row": row_index, "column": column_index})
             pre = console.get_style(base_style + meta + component)
             post = console.get_style(post_style)
-            known = (base_style, state, pre + post if pre else post, pre, post, {})
+            blank = pre + post if pre else post
+            known = (base_style, state, blank, pre, post, {"": blank})  # text without a style: same as blank
             if len(self._styles) > 20_000:
                 self._styles.clear()
             self._styles[place] = known
@@ -314,6 +308,10 @@ class FastDataTable(DataTable[Any]):
             styled = pre + text_style if text_style is not None else pre
             styled = styled + post if styled else post
             by_text[cell.style] = styled
+        if styled is blank:  # one style across the cell: one segment
+            gap = " " * (inner - length)
+            body = gap + plain if justify == "right" else plain + gap
+            return [[Segment(f"{' ' * pad}{body}{' ' * pad}", blank)]]
         line: list[Segment] = [Segment(" " * pad, blank)] if pad else []
         if justify == "right":
             line.append(Segment(" " * (inner - length) + plain, styled))
