@@ -14,10 +14,11 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, Input
+from textual.widgets import Input
 
 from tui.data import Store
 from tui.format import utc
+from tui.widgets.footer import KeyFooter
 from tui.widgets.keyed_table import KeyedTable
 from tui.widgets.line import Line
 from tui.widgets.screen_tabs import ScreenTabs
@@ -46,7 +47,7 @@ class DataScreen(Screen[None]):
         yield from self.compose_body()
         yield Line(id="hints", classes="hints")
         yield Input(placeholder="filter (Enter keeps it, Esc clears)", id="filter", classes="hidden")
-        yield Footer()
+        yield KeyFooter()
 
     def compose_body(self) -> ComposeResult:
         """The screen's own widgets."""

@@ -8,11 +8,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tui.data import Store, TreeNode
 from tui.format import money
 from tui.widgets.call_tree import CallTree
+from tui.widgets.footer import KeyFooter
 from tui.widgets.status import StatusHeader
 
 
@@ -34,7 +35,7 @@ class RequestTreeScreen(Screen[None]):
         yield StatusHeader(id="status")
         yield Static(Text(f" request {self.request_id}", style="bold"), id="subtitle", classes="subtitle")
         yield CallTree("request", id="tree")
-        yield Footer()
+        yield KeyFooter()
 
     async def load(self, store: Store) -> None:
         """Query the request's spans and show them (awaited by the app when it opens the screen)."""

@@ -46,12 +46,25 @@ class FastDataTable(DataTable[Any]):
         self._component: tuple[Any, dict[str, Style]] = (None, {})
         # the widget's style, column widths and render settings worked out once per repaint (None outside one)
         self._pass: dict[str, Any] | None = None
+        self._fingerprint: tuple[Any, ...] = ()
 
     def notify_style_update(self) -> None:
-        self._cell_cache = {}
-        self._styles = {}
-        self._component = (None, {})
+        # Textual restyles a screen's widgets each time the screen comes back; the cached renders
+        # stay valid unless a style they were made with really changed (a theme, focus, hover)
+        styles = self._style_fingerprint()
+        if styles != self._fingerprint:
+            self._fingerprint = styles
+            self._cell_cache = {}
+            self._styles = {}
+            self._component = (None, {})
         super().notify_style_update()
+
+    def _style_fingerprint(self) -> tuple[Any, ...]:
+        """Every style a cached render depends on: the widget's and each component class's."""
+        if not self.is_mounted:
+            return ()
+        components = tuple(self.get_component_styles(name).rich_style for name in sorted(self.COMPONENT_CLASSES))
+        return (self.rich_style, *components, self.cursor_foreground_priority, self.cursor_background_priority)
 
     def _clear_caches(self) -> None:
         super()._clear_caches()
