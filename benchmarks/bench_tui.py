@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,14 @@ async def bench_refresh(db: Path, repeat: int, pace: float) -> dict[str, tuple[f
 # --- 2. key-press latency under ingest ---------------------------------------------------------
 
 
+def _cursor_left(table: Any, row: int) -> bool:
+    return bool(table.cursor_row != row)
+
+
+def _showing(app: Any, kind: type) -> bool:
+    return isinstance(app.screen, kind)
+
+
 async def key_latencies(app: Any, pilot: Any, rounds: int) -> dict[str, list[float]]:
     """Key press (through the driver) -> state changed -> the next repaint, for cursor moves and screen switches."""
     from tui.screens.dimension import LiveScreen
@@ -177,13 +186,13 @@ async def key_latencies(app: Any, pilot: Any, rounds: int) -> dict[str, list[flo
         row = table.cursor_row
         t0 = time.perf_counter()
         send_key(app, "j" if row == 0 else "k")
-        changed = await wait(lambda table=table, row=row: table.cursor_row != row)
+        changed = await wait(partial(_cursor_left, table, row))
         frame = await next_frame_after(changed)
         out["j/k on the live table"].append(((frame or changed) - t0) * 1000)
         for key, kind in (("4", RequestsScreen), ("1", LiveScreen)):
             t0 = time.perf_counter()
             send_key(app, key)
-            changed = await wait(lambda kind=kind: isinstance(app.screen, kind))
+            changed = await wait(partial(_showing, app, kind))
             frame = await next_frame_after(changed)
             out["switch screen (4, 1)"].append(((frame or changed) - t0) * 1000)
         await asyncio.sleep(0.1)
@@ -228,6 +237,19 @@ def producer_main(bootstrap: str, topic: str, rate: float, seconds: float) -> in
     return 0
 
 
+async def published(bootstrap: str, topic: str) -> int:
+    """Messages on ``topic`` so far (the sum of its partitions' end offsets)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        return sum((await consumer.end_offsets(parts)).values()) if parts else 0
+    finally:
+        await consumer.stop()
+
+
 def stored_spans(db: Path) -> int:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -236,7 +258,7 @@ def stored_spans(db: Path) -> int:
         conn.close()
 
 
-async def bench_latency(db: Path, rate: float, seconds: float, rounds: int) -> None:
+async def bench_latency(db: Path, rate: float, seconds: float, rounds: int, workers: int) -> None:
     """Idle vs ingesting key latency on a copy of ``db``."""
     from consumers.broker import EmbeddedBroker
     from consumers.topics import ensure_topics
@@ -255,11 +277,13 @@ async def bench_latency(db: Path, rate: float, seconds: float, rounds: int) -> N
             await app.refresh_now()
             await pilot.pause()
             app.screen.query_one("#main").focus()
+            await pilot.pause()  # focus is applied on the next message; a key before it would go elsewhere
             idle = await key_latencies(app, pilot, rounds)
             before = stored_spans(copy)
             worker_log = (tmp / "worker.log").open("ab")
             worker = [sys.executable, "-m", "consumers", "--bootstrap", broker.bootstrap, "--db", str(copy),
-                      "--partitions", "6", "--no-alerts", "--log-level", "WARNING"]  # fmt: skip
+                      "--partitions", "6", "--workers", str(workers), "--no-alerts",
+                      "--log-level", "WARNING"]  # fmt: skip
             procs.append(subprocess.Popen(worker, stdout=worker_log, stderr=subprocess.STDOUT))
             procs.append(subprocess.Popen(
                 [sys.executable, __file__, "--producer", broker.bootstrap, "spendtrace.spans", str(rate),
@@ -270,14 +294,15 @@ async def bench_latency(db: Path, rate: float, seconds: float, rounds: int) -> N
                 if time.monotonic() > deadline:
                     raise RuntimeError("the worker stored nothing; see worker.log")
                 await asyncio.sleep(0.2)
-            t0, n0 = time.monotonic(), stored_spans(copy)
+            t0, n0, p0 = time.monotonic(), stored_spans(copy), await published(broker.bootstrap, "spendtrace.spans")
             refresh_before = app.refresher.cycles
             busy = await key_latencies(app, pilot, rounds)
-            t1, n1 = time.monotonic(), stored_spans(copy)
+            t1, n1, p1 = time.monotonic(), stored_spans(copy), await published(broker.bootstrap, "spendtrace.spans")
             refreshes = app.refresher.cycles - refresh_before
             cycle = list(app.refresher.durations)[-refreshes:] if refreshes else [0.0]
         rate_seen = (n1 - n0) / (t1 - t0)
-        print(f"\ningest while measuring: {rate_seen:,.0f} spans/s stored (asked for {rate:,.0f}/s); "
+        print(f"\ningest while measuring: {rate_seen:,.0f} spans/s stored by {workers} worker(s), "
+              f"{(p1 - p0) / (t1 - t0):,.0f}/s published by the producer (asked for {rate:,.0f}/s); "
               f"{refreshes} live refreshes in {t1 - t0:.1f} s")  # fmt: skip
         head = f"{'key press -> repainted screen':<40} {'idle median':>12} {'ingest median':>14} {'p95':>8}"
         print(f"{head} {'ratio':>7}")
@@ -312,6 +337,7 @@ def main() -> int:
     ap.add_argument("--ingest-rate", type=float, default=50_000)
     ap.add_argument("--ingest-seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=20, help="key-press rounds per phase")
+    ap.add_argument("--workers", type=int, default=1, help="consumer workers storing the ingest (processes)")
     ap.add_argument("--no-ingest", action="store_true", help="only the refresh-cycle part")
     args = ap.parse_args()
     db = cached_db(Shape(spans=args.spans, days=args.days, tenants=args.tenants))
@@ -327,7 +353,7 @@ def main() -> int:
     print(f"slowest screen median {worst:.1f} ms = {worst / ref:.1f}x the bare rollup scan; "
           f"target <= 50 ms: {'OK' if worst <= 50 else 'MISSED'}")  # fmt: skip
     if not args.no_ingest:
-        asyncio.run(bench_latency(db, args.ingest_rate, args.ingest_seconds, args.rounds))
+        asyncio.run(bench_latency(db, args.ingest_rate, args.ingest_seconds, args.rounds, args.workers))
     return 0
 
 
