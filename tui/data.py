@@ -313,6 +313,7 @@ class Store:
         self._monotonic = monotonic
         self._conn: Any = None
         self._last_spans: tuple[float, int] | None = None
+        self._dash = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -350,8 +351,14 @@ class Store:
         return int(v)
 
     async def _has_dash(self) -> bool:
-        """Whether a writer maintains the ``dash_*`` dashboard rollups in this file (a meta marker)."""
-        return bool((await self._one("SELECT count(*) FROM meta WHERE key = 'dash_rollups'"))[0])
+        """Whether a writer maintains the ``dash_*`` dashboard rollups in this file (a meta marker).
+
+        Once set the marker stays (writers keep the tables from then on), so a seen marker is not
+        asked for again; a file without it is asked each time, as a writer may start on it later.
+        """
+        if not self._dash:
+            self._dash = bool((await self._one("SELECT count(*) FROM meta WHERE key = 'dash_rollups'"))[0])
+        return self._dash
 
     def _now_s(self) -> int:
         return self.clock() // 1_000_000_000
@@ -360,32 +367,32 @@ class Store:
         """Totals for the header; the ingest rate is spans stored per second since the last call."""
         now = self._now_s()
         table = "dash_day WHERE dim = 'feature' AND" if await self._has_dash() else "rollup_day WHERE"
-        tot = await self._one(
-            "SELECT coalesce(sum(cost_nano),0), coalesce(sum(spans),0), coalesce(sum(errors),0)"
-            f" FROM {table} service = ''"
-        )
-        hour = await self._one(
-            "SELECT coalesce(sum(cost_nano),0) FROM rollup_minute WHERE service = '' AND bucket >= ?",
+        # one statement, so one trip to the database thread, for every figure of the header
+        (cost, spans, errors, hour, unpriced, dead, events) = await self._one(
+            "SELECT t.c, t.s, t.e,"
+            " (SELECT coalesce(sum(cost_nano),0) FROM rollup_minute WHERE service = '' AND bucket >= ?),"
+            " (SELECT coalesce(sum(items),0) FROM unpriced_usage),"
+            " (SELECT count(*) FROM dead_letters),"
+            " (SELECT count(*) FROM alert_events)"
+            " FROM (SELECT coalesce(sum(cost_nano),0) AS c, coalesce(sum(spans),0) AS s,"
+            f" coalesce(sum(errors),0) AS e FROM {table} service = '') AS t",
             (now - HOUR,),
         )
-        unpriced = await self._one("SELECT coalesce(sum(items),0) FROM unpriced_usage")
-        dead = await self._one("SELECT count(*) FROM dead_letters")
-        events = await self._one("SELECT count(*) FROM alert_events")
-        spans = int(tot[1])
+        spans = int(spans)
         t = self._monotonic()
         rate = None
         if self._last_spans is not None and t > self._last_spans[0]:
             rate = max(0.0, (spans - self._last_spans[1]) / (t - self._last_spans[0]))
         self._last_spans = (t, spans)
         return Overview(
-            total_nano=int(tot[0]),
-            last_hour_nano=int(hour[0]),
+            total_nano=int(cost),
+            last_hour_nano=int(hour),
             spans=spans,
             ingest_per_s=rate,
-            unpriced_items=int(unpriced[0]),
-            dead_letters=int(dead[0]),
-            alert_events=int(events[0]),
-            errors=int(tot[2]),
+            unpriced_items=int(unpriced),
+            dead_letters=int(dead),
+            alert_events=int(events),
+            errors=int(errors),
         )
 
     async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
