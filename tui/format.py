@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from rich.console import JustifyMethod
 from rich.text import Text
 
 NANO = 1_000_000_000
@@ -49,6 +50,15 @@ class Cell(Text):
         return cell
 
 
+def _cell(text: str, style: str = "", justify: JustifyMethod | None = None) -> Cell:
+    """A Cell of text made here (numbers, signs, block characters): no control codes to strip."""
+    cell = Cell.__new__(Cell)
+    cell._text, cell._length, cell._spans = [text], len(text), []
+    cell.style, cell.justify, cell.overflow = style, justify, None
+    cell.no_wrap, cell.end, cell.tab_size = None, "\n", None
+    return cell
+
+
 def usd(nano: int | float) -> float:
     """Nano-dollars to dollars (for CSV export and the clipboard)."""
     return float(nano) / NANO
@@ -76,15 +86,15 @@ def money(nano: int | float | None) -> str:
 def money_text(nano: int | float | None, style: str = "") -> Cell:
     """Right-aligned money cell; zero is dimmed so real spend stands out."""
     if not nano:
-        return Cell(money(nano), style="dim", justify="right")
-    return Cell(money(nano), style=style, justify="right")
+        return _cell(money(nano), style="dim", justify="right")
+    return _cell(money(nano), style=style, justify="right")
 
 
 def rate_text(nano_per_hour: int | float) -> Cell:
     """Spend rate ($/h) cell."""
     if not nano_per_hour:
-        return Cell("—", style="dim", justify="right")
-    return Cell(f"{money(nano_per_hour)}/h", style="bold", justify="right")
+        return _cell("—", style="dim", justify="right")
+    return _cell(f"{money(nano_per_hour)}/h", style="bold", justify="right")
 
 
 def count(value: int | float) -> str:
@@ -97,17 +107,17 @@ def count(value: int | float) -> str:
 def count_text(value: int | float, warn: bool = False) -> Cell:
     """Right-aligned count cell; ``warn`` colors non-zero values (errors, unpriced items)."""
     if warn and value:
-        return Cell(count(value), style="bold red", justify="right")
-    return Cell(count(value), style="dim" if not value else "", justify="right")
+        return _cell(count(value), style="bold red", justify="right")
+    return _cell(count(value), style="dim" if not value else "", justify="right")
 
 
 def share_text(part: int | float, whole: int | float) -> Cell:
     """Share of the total as a percentage with a heat color (red above 50 %, yellow above 20 %)."""
     if not whole:
-        return Cell("—", style="dim", justify="right")
+        return _cell("—", style="dim", justify="right")
     pct = 100.0 * float(part) / float(whole)
     style = "bold red" if pct >= 50 else "yellow" if pct >= 20 else "green" if pct >= 5 else "dim"
-    return Cell(f"{pct:5.1f}%", style=style, justify="right")
+    return _cell(f"{pct:5.1f}%", style=style, justify="right")
 
 
 def sparkline(values: Sequence[int | float], width: int | None = None) -> str:
@@ -136,7 +146,7 @@ def _sparkline(values: tuple[int | float, ...], width: int | None) -> str:
 
 def spark_text(values: Sequence[int | float], width: int | None = None) -> Cell:
     """Sparkline cell in the accent color."""
-    return Cell(sparkline(values, width), style="cyan")
+    return _cell(sparkline(values, width), style="cyan")
 
 
 def utc(ns: int, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:

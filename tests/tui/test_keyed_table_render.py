@@ -12,7 +12,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist
 
-from tui.format import count_text, money_text, spark_text
+from tui.format import count_text, money_text, rate_text, share_text, spark_text
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
 
 COLUMNS = [
@@ -171,3 +171,24 @@ async def test_lines_scrolled_sideways_render_like_datatable() -> None:
                 table._pass = None
                 assert got.cell_length == want.cell_length == width
                 assert _chars([list(got)]) == _chars([list(want)]), (x1, y)
+
+
+def test_formatter_cells_are_the_texts_rich_would_make() -> None:
+    """The formatters' cells (made without Text's constructor) equal Texts built the ordinary way, and adopt once."""
+    cases = [
+        (money_text(12_345_678_900, "bold #ffaf5f"), Text("$12.3457", style="bold #ffaf5f", justify="right")),
+        (money_text(0), Text("$0", style="dim", justify="right")),
+        (count_text(3, warn=True), Text("3", style="bold red", justify="right")),
+        (count_text(1234.6), Text("1,235", justify="right")),
+        (share_text(1, 4), Text(" 25.0%", style="yellow", justify="right")),
+        (rate_text(0), Text("—", style="dim", justify="right")),
+        (spark_text([0, 1, 8]), Text("·▁█", style="cyan")),
+    ]
+    for got, want in cases:
+        assert isinstance(got, Cell)
+        assert (got.plain, got.style, got.justify, got.spans, len(got), got.end) == (
+            want.plain, want.style, want.justify, want.spans, len(want), want.end,
+        )  # fmt: skip
+    made = money_text(5)
+    first, second = Cell.of(made, 5), Cell.of(made, 6)
+    assert first is made and second is not made and (first.raw, second.raw) == (5, 6)
