@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alerts-topic", default=DEFAULT_ALERTS_TOPIC, help="alerts topic (created if missing)")
     p.add_argument("--partitions", type=int, default=6, help="partitions of topics created here (default: 6)")
     p.add_argument("--prices", default=None, metavar="FILE", help="price override file")
-    p.add_argument("--batch-size", type=int, default=50_000, help="most messages per transaction (default: 50,000)")
+    p.add_argument("--batch-size", type=int, default=20_000, help="most messages per transaction (default: 20,000)")
     p.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer group session timeout")
     p.add_argument("--retention-interval", type=float, default=300.0, help="seconds between retention runs")
     p.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules in these workers")
@@ -220,4 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and args.worker_mode == "process":
         return run_processes(argv, args.workers, args.metrics_port)
     log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)
+    from consumers.worker import tune_gc
+
+    tune_gc()
     return asyncio.run(run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts))

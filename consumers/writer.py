@@ -166,6 +166,9 @@ def _serve(conn: Connection, db_path: str) -> None:
         conn.send_bytes(pickle.dumps(("err", (type(exc).__name__, str(exc)))))
         return
     conn.send_bytes(pickle.dumps(("ok", None)))
+    from consumers.worker import tune_gc
+
+    tune_gc()  # each unpickled batch is hundreds of thousands of objects, freed a moment later
     try:
         while True:
             try:
