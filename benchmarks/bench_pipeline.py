@@ -127,14 +127,14 @@ def stage_costs(spans: list[Any], book: Any, batch: int, tmp: Path) -> dict[str,
 
     values = [encode_span(s) for s in spans]
     n = len(spans)
-    t0 = time.perf_counter()
-    decoded = [decode_span(v) for v in values]
-    t_decode = time.perf_counter() - t0
     conn = connect(tmp / "stages.db")
-    t_prepare = t_encode = t_load = t_write = 0.0
+    t_decode = t_prepare = t_encode = t_load = t_write = 0.0
     for i in range(0, n, batch):
         t0 = time.perf_counter()
-        prepared = prepare_batch(decoded[i : i + batch], book)
+        decoded = [decode_span(v) for v in values[i : i + batch]]
+        t_decode += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prepared = prepare_batch(decoded, book)
         t1 = time.perf_counter()
         payload = encode_write(prepared, [("g", "t", 0, i + batch)], [])
         t2 = time.perf_counter()
