@@ -10,6 +10,7 @@ which is how the app refreshes only when something changed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -312,32 +313,45 @@ class Store:
         self.clock = clock
         self._monotonic = monotonic
         self._conn: Any = None
+        self._side: Any = None
         self._last_spans: tuple[float, int] | None = None
         self._dash = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> Store:
-        """Open (creating an empty store if the file does not exist yet) and return self."""
-        from spendtrace.storage._db import connect_async
+        """Open (creating an empty store if the file does not exist yet) and return self.
 
+        Two read-only connections, each with its own aiosqlite thread: a dimension refresh runs its
+        sparkline query on the second while the first sums the window, and SQLite releases the GIL
+        while it works, so on two cores the two run side by side.
+        """
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = await connect_async(self.db_path)  # creates / migrates an empty store if needed
-        await self._conn.execute("PRAGMA query_only = 1")
-        await self._conn.execute("PRAGMA busy_timeout = 2000")
+        self._conn = await self._connect()  # creates / migrates an empty store if needed
+        self._side = await self._connect()
         return self
 
-    async def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await conn.close()
+    async def _connect(self) -> Any:
+        from spendtrace.storage._db import connect_async
 
-    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        assert self._conn is not None, "Store.open() first"
+        conn = await connect_async(self.db_path)
+        await conn.execute("PRAGMA query_only = 1")
+        await conn.execute("PRAGMA busy_timeout = 2000")
+        return conn
+
+    async def close(self) -> None:
+        """Close the connections (idempotent)."""
+        conns, self._conn, self._side = (self._conn, self._side), None, None
+        for conn in conns:
+            if conn is not None:
+                await conn.close()
+
+    async def _all(self, sql: str, params: Iterable[Any] = (), *, side: bool = False) -> list[tuple[Any, ...]]:
+        conn = self._side if side else self._conn
+        assert conn is not None, "Store.open() first"
         # one hop to aiosqlite's thread and back instead of three (execute, fetchall, close): a live
         # refresh makes about a dozen queries, and on a busy machine each hop costs a fraction of a ms
-        return list(await self._conn.execute_fetchall(sql, tuple(params)))
+        return list(await conn.execute_fetchall(sql, tuple(params)))
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> tuple[Any, ...]:
         rows = await self._all(sql, params)
@@ -402,37 +416,42 @@ class Store:
         now = self._now_s()
         since = _window_start(now, grain, back)
         dash = grain != "minute" and await self._has_dash()
-        if dash:  # one primary-key range per dimension instead of every tenant x endpoint x feature row
-            # totals (service '') with every measure, then per-service cost only: most rows are per-service,
-            # and summing one column there instead of seven halves the query
-            rows = await self._all(
-                "SELECT value, '', sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-                f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND service = '' AND bucket >= ?"
-                " GROUP BY value",
-                (col, since),
-            )
-            rows += await self._all(
-                f"SELECT value, service, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM dash_{grain}"
-                " WHERE dim = ? AND service > '' AND bucket >= ? GROUP BY service, value",
-                (col, since),
-            )
-        else:
-            rows = await self._all(
+
+        async def window_rows() -> list[tuple[Any, ...]]:
+            if dash:  # one primary-key range per dimension instead of every tenant x endpoint x feature row
+                # totals (service '') with every measure, then per-service cost only: most rows are
+                # per-service, and summing one column there instead of seven halves the query
+                rows = await self._all(
+                    "SELECT value, '', sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
+                    f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND service = ''"
+                    " AND bucket >= ? GROUP BY value",
+                    (col, since),
+                )
+                return rows + await self._all(
+                    f"SELECT value, service, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM dash_{grain}"
+                    " WHERE dim = ? AND service > '' AND bucket >= ? GROUP BY service, value",
+                    (col, since),
+                )
+            return await self._all(
                 f"SELECT {col}, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
                 f" sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= ? GROUP BY {col}, service",
                 (since,),
             )
-        minute = await self._all(
-            f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?"
-            f" GROUP BY {col}, bucket",
-            (now - HOUR + MINUTE,),
-        )
-        loaded: dict[str, int] = {}
-        if dimension == "feature":
-            for f, c in await self._all(
-                f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ? GROUP BY feature", (since,)
-            ):
-                loaded[f] = int(c)
+
+        async def hour_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            minute = await self._all(
+                f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?"
+                f" GROUP BY {col}, bucket",
+                (now - HOUR + MINUTE,),
+                side=True,
+            )
+            if dimension != "feature":
+                return minute, []
+            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ? GROUP BY feature"
+            return minute, await self._all(loaded_sql, (since,), side=True)
+
+        rows, (minute, loaded_rows) = await asyncio.gather(window_rows(), hour_rows())
+        loaded = {f: int(c) for f, c in loaded_rows}
         totals: dict[str, list[Any]] = {}
         services: dict[str, dict[str, int]] = defaultdict(dict)
         for key, svc, cost, calls, spans, errs, unp, var, reqs in rows:
