@@ -22,6 +22,7 @@ import cProfile
 import os
 import pickle
 import pstats
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -179,10 +180,23 @@ def time_cli_workers(bootstrap: str, topic: str, db: Path, n: int, mode: str, en
         proc.wait(30)
 
 
+def _drop(db: Path) -> None:
+    """Delete a measured database and its WAL files (a million spans take about a gigabyte)."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        path.unlink(missing_ok=True)
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    try:
+        await _measure(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _measure(args: argparse.Namespace, tmp: Path) -> None:
     from spendtrace.storage._ingest import prepare_batch
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     spans = make_spans(args.spans)
     book = load_price_book(None)
     rows = prepare_batch(spans, book).span_rows
@@ -204,6 +218,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 await bare_consume(broker.bootstrap, topic, len(spans), args.batch_size)
             )
             times["bare SQLite insert"].append(bare_insert(tmp / f"bare-{rep}.db", rows))
+            _drop(tmp / f"bare-{rep}.db")
             cfg = WorkerConfig(
                 bootstrap=broker.bootstrap,
                 db_path=str(tmp / f"worker-{rep}.db"),
@@ -216,6 +231,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 session_timeout_ms=3_000,
             )
             times["worker"].append(await run_worker(cfg, ends, args.profile if rep == 0 else None))
+            _drop(Path(cfg.db_path))
 
         n = len(spans)
         rate = {name: n / min(ts) for name, ts in times.items()}
@@ -239,6 +255,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 for n_workers, mode in variants:
                     db = tmp / f"cli-{mode}-{n_workers}-{rep}.db"
                     r = n / time_cli_workers(broker.bootstrap, topic, db, n_workers, mode, ends)
+                    _drop(db)
                     best[(n_workers, mode)] = max(best.get((n_workers, mode), 0.0), r)
             for (n_workers, mode), r in best.items():
                 print(f"  --workers {n_workers} --worker-mode {mode:<7}: {r:>10,.0f} spans/s")
