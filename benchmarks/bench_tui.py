@@ -279,6 +279,13 @@ async def bench_latency(db: Path, rate: float, seconds: float, rounds: int, work
     copy = tmp / "store.db"
     print(f"copying the store to {copy} for the ingest run ...", flush=True)
     shutil.copyfile(db, copy)
+    # The store's spans are dated up to NOW_NS, weeks ago: under the default policy the workers' first
+    # retention round would spend the measurement deleting most of them instead of storing the ingest.
+    from spendtrace import SQLiteStorage
+
+    store = SQLiteStorage(str(copy))
+    store.set_retention(raw_data_days=3650, hourly_rollups_days=3650, daily_rollups_days=3650)
+    store.close()
     broker = EmbeddedBroker(log_path=tmp / "broker.log").start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
