@@ -450,6 +450,8 @@ class Worker:
             try:
                 return await asyncio.to_thread(writer.write, payload)
             except ReplayedSpans as replay:
+                if attempt == 11:
+                    raise
                 original = batch.prepared
                 new = [s for s in original.spans if s.span_id in replay.new_span_ids]
                 again = prepare_batch(new, self._book)

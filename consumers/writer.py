@@ -78,7 +78,11 @@ class WriterProcess:
         if not parent.poll(_START_TIMEOUT):
             self.close()
             raise WriterError(f"the writer process did not open {self.db_path} within {_START_TIMEOUT:.0f}s")
-        self._reply()
+        try:
+            self._reply()
+        except BaseException:
+            self.close()  # the child has said why and exited: reap it
+            raise
 
     def write(self, payload: bytes) -> Any:
         """Write one batch (``encode_write``'s bytes) and return its ``WriteResult``."""
@@ -111,13 +115,22 @@ class WriterProcess:
         raise _error_from(value)
 
     def close(self) -> None:
-        """Ask the child to close its connection and exit; kill it if it does not."""
-        conn, self._conn = self._conn, None
-        proc, self._proc = self._proc, None
-        if conn is not None:
-            with contextlib.suppress(OSError):
-                conn.send_bytes(pickle.dumps(("stop", ())))
-            conn.close()
+        """Ask the child to close its connection and exit; kill it if it does not.
+
+        A request still in flight (its caller cancelled) is waited for, up to the stop timeout.
+        """
+        idle = self._lock.acquire(timeout=_STOP_TIMEOUT)
+        try:
+            conn, self._conn = self._conn, None
+            proc, self._proc = self._proc, None
+            if conn is not None:
+                if idle:
+                    with contextlib.suppress(OSError):
+                        conn.send_bytes(pickle.dumps(("stop", ())))
+                conn.close()
+        finally:
+            if idle:
+                self._lock.release()
         if proc is not None:
             try:
                 proc.wait(_STOP_TIMEOUT)
