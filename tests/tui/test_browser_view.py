@@ -217,7 +217,11 @@ async def test_browser_view_shows_live_screen(db_path: Path, tmp_path: Path) -> 
             await devtools.call("Page.enable")
             await devtools.call("Page.addScriptToEvaluateOnNewDocument", source=_HOOK)
             await devtools.call("Page.navigate", url=url)
-            text = await _screen_when(devtools, lambda t: all(f in t for f in FEATURES) and f"{n_spans} spans" in t)
+            # the page paints as output arrives: wait for the tab bar too, not only the table and header
+            text = await _screen_when(
+                devtools,
+                lambda t: all(f in t for f in FEATURES) and f"{n_spans} spans" in t and "2 Tenants" in t,
+            )
             png = await devtools.call("Page.captureScreenshot", format="png")
     shot.write_bytes(base64.b64decode(png["data"]))
     lines = text.splitlines()
