@@ -3,7 +3,7 @@
 Pricing is pure Python and so is binding each row of an ``executemany``; in one process the two
 take turns for the GIL, and overlapping them in threads was measured slower than running them one
 after the other. In a child process the transaction of batch N runs on the other core while the
-worker fetches, decodes and prices batch N+1. Batches cross a pipe pickled, without their ``Span``
+worker fetches, decodes and prices batch N+1. Batches cross a socket pickled, without their ``Span``
 objects (``PreparedBatch.detached_copy``); a replay is answered with ``ReplayedSpans`` (nothing
 written) and the worker sends the new spans again.
 
@@ -31,7 +31,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WriterError", "WriterProcess"]
+__all__ = ["WriterError", "WriterProcess", "encode_write"]
 
 log = logging.getLogger(__name__)
 
