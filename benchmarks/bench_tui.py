@@ -1,7 +1,7 @@
 """TUI refresh cost with millions of spans stored, and key-press latency while workers ingest.
 
     python benchmarks/bench_tui.py [--spans 5000000] [--repeat 40] [--pace 0.25] [--no-ingest]
-                                   [--ingest-rate 50000 | --backlog N] [--workers 1]
+                                   [--ingest-rate 50000 | --backlog N] [--workers 2]
 
 1. Refresh cycle: the real ``SpendtraceApp`` (headless, 160x48) on a store of ``--spans`` spans
    written through the real ingest path (``benchmarks/_data.py``, cached under /tmp). One cycle is
@@ -17,7 +17,7 @@
 2. Key-press latency: time from a key press (delivered through the app's driver, as a terminal's
    would be) to the next repainted frame showing its effect (``j``/``k`` on the Live
    table, and ``4``/``1`` switching screens), first with the store idle (the reference), then
-   while ``--workers`` consumer workers (default 1: a worker and its writer process) store spans
+   while ``--workers`` consumer workers (default 2, each a worker and its writer process) store spans
    into a copy of the same database, with the app refreshing live (4 Hz). The spans come from a
    producer publishing ~``--ingest-rate`` spans/s meanwhile, or with ``--backlog N`` from N spans
    published before the workers start (on a 2-core machine a live producer cannot publish 50,000/s
@@ -360,7 +360,7 @@ def main() -> int:
     ap.add_argument("--ingest-rate", type=float, default=50_000)
     ap.add_argument("--ingest-seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=20, help="key-press rounds per phase")
-    ap.add_argument("--workers", type=int, default=1, help="consumer workers storing the ingest (2 processes each)")
+    ap.add_argument("--workers", type=int, default=2, help="consumer workers storing the ingest (2 processes each)")
     ap.add_argument("--backlog", type=int, default=0, help="publish this many spans before the workers start")
     ap.add_argument("--no-ingest", action="store_true", help="only the refresh-cycle part")
     args = ap.parse_args()
