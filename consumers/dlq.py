@@ -16,7 +16,7 @@ __all__ = ["DeadLetter", "publish_dead_letters"]
 
 
 class DeadLetter(NamedTuple):
-    """One rejected message, shaped as ``write_batch_async``'s ``dead_letters`` rows."""
+    """One rejected message, shaped as ``write_batch_sync``'s ``dead_letters`` rows."""
 
     topic: str
     partition: int

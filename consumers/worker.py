@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -30,7 +29,7 @@ from consumers.config import WorkerConfig
 from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.hooks import HookRunner, PostCommitHook
 from consumers.topics import ensure_topics
-from consumers.writer import WriterProcess, encode_write
+from consumers.writer import WriterProcess, encode_write, tune_gc
 from spendtrace.schema import Span, decode_span
 
 __all__ = ["Worker", "WorkerStats", "tune_gc"]
@@ -291,8 +290,10 @@ class Worker:
         timeout = cfg.poll_timeout_ms
         generation = self._generation
         while taken < cfg.batch_size:
+            if timeout == 0:
+                await asyncio.sleep(0)  # between chunks: the writer task may hand over the previous batch
             chunk = await consumer.getmany(timeout_ms=timeout, max_records=min(_FETCH_CHUNK, cfg.batch_size - taken))
-            if generation != self._generation:
+            if generation != self._generation:  # a rebalance ran during the awaits above
                 out, taken, generation = {}, 0, self._generation
             if not chunk:
                 break
@@ -300,9 +301,6 @@ class Worker:
                 out.setdefault(tp, []).extend(records)
                 taken += len(records)
             timeout = 0
-            await asyncio.sleep(0)
-            if generation != self._generation:
-                out, taken, generation = {}, 0, self._generation
         return out, generation
 
     def _contiguous(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
@@ -516,22 +514,6 @@ def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter])
         except Exception as exc:
             dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, f"{type(exc).__name__}: {exc}"))
     return out
-
-
-#: Young-generation size before a collection (CPython's default is 700) and the older generations' ratios.
-GC_THRESHOLDS = (50_000, 20, 10)
-
-
-def tune_gc() -> None:
-    """Collect garbage less often in a worker process (``spendtrace-consumer`` and its writer child call this).
-
-    A batch allocates hundreds of thousands of short-lived containers (Kafka records, rows, deltas),
-    and with CPython's default thresholds a worker spent ~1 s in collections per 400,000 spans
-    (2.4 us a span, timed with ``gc.callbacks``); with these, ~0.34 s. Objects alive at start-up
-    (modules, the price book) are frozen out of every collection.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def load_price_book(prices_file: str | None) -> Any:
