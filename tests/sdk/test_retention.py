@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _query_fixtures import make_spans, store
 
 from spendtrace import ConfigError, PriceBook, Span, SQLiteStorage, UsageItem
+from spendtrace.storage._dash import DIMS, GRAINS
 from spendtrace.storage._db import connect, connect_async
 from spendtrace.storage._ingest import prepare_batch, write_batch_sync
 from spendtrace.storage._retention import (
+    RAW_DELETES,
     RetentionPolicy,
     apply_retention,
     apply_retention_async,
+    apply_retention_chunk,
     get_retention,
+    grain_statements,
     set_retention,
 )
 
@@ -112,3 +119,226 @@ async def test_async_retention_applies_the_stored_policy(tmp_path: Path, fixed_n
     assert deleted > 0
     assert {r[0] for r in conn.execute("SELECT span_id FROM spans")} == {"r0", "c0", "r1", "c1"}
     assert counts(conn)["rollup_day"] > 0
+
+
+# ---------------------------------------------------------------------- chunked retention
+
+#: Every table retention prunes, with the column its age is read from.
+PRUNED = {
+    "spans": "start_ns",
+    "requests": "start_ns",
+    "dead_letters": "received_ns",
+    **{f"{kind}_{g}": "bucket" for kind in ("rollup", "loaded") for g in ("minute", "hour", "day")},
+    **{f"dash_{g}": "bucket" for g in GRAINS},
+}
+
+
+def one_shot(conn: sqlite3.Connection, now_ns: int) -> None:
+    """The reference: every aged row of every table deleted in one transaction, as retention did before chunks."""
+    policy = get_retention(conn)
+    raw = now_ns - policy.raw_data_days * DAY_NS
+    days = {"minute": policy.minute_rollups_days, "hour": policy.hourly_rollups_days, "day": policy.daily_rollups_days}
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for table, column in PRUNED.items():
+            grain = table.split("_")[-1]
+            cutoff = raw if column != "bucket" else (now_ns - days[grain] * DAY_NS) // 10**9
+            conn.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,))
+
+
+def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every pruned table, sorted."""
+    conn = sqlite3.connect(path)
+    try:
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in PRUNED}
+    finally:
+        conn.close()
+
+
+def dash_mismatches(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """``dash_*`` rows that differ from the sums of the rollup rows they mirror (or exist on one side only)."""
+    bad: list[tuple[Any, ...]] = []
+    for g in GRAINS:
+        for dim in DIMS:
+            wide = {
+                r[:3]: r[3:]
+                for r in conn.execute(
+                    f"SELECT service, {dim}, bucket, SUM(cost_nano), SUM(spans), SUM(errors), SUM(requests) "
+                    f"FROM rollup_{g} GROUP BY service, {dim}, bucket"
+                )
+            }
+            dash = {
+                r[:3]: r[3:]
+                for r in conn.execute(
+                    f"SELECT service, value, bucket, cost_nano, spans, errors, requests FROM dash_{g} WHERE dim = ?",
+                    (dim,),
+                )
+            }
+            bad += [
+                (g, dim, k, wide.get(k), dash.get(k)) for k in wide.keys() | dash.keys() if wide.get(k) != dash.get(k)
+            ]
+    return bad
+
+
+def aged_spans(conn: sqlite3.Connection, now_ns: int) -> int:
+    """Spans past the default 30 days."""
+    return int(conn.execute("SELECT count(*) FROM spans WHERE start_ns < ?", (now_ns - 30 * DAY_NS,)).fetchone()[0])
+
+
+@pytest.fixture
+def backlog(tmp_path: Path, fixed_now_ns: int) -> Path:
+    """A store with request trees spread over 2,100 days and dead letters of every age: each grain has aged rows."""
+    path = tmp_path / "backlog.db"
+    store(path, make_spans(fixed_now_ns, n_requests=400, seed=11, days=2100), PriceBook.default())
+    conn = connect(path)
+    try:
+        dead = [("t", 0, i, None, b"x", "bad") for i in range(40)]
+        write_batch_sync(conn, prepare_batch([], PriceBook.default()), dead_letters=dead)
+        conn.execute('UPDATE dead_letters SET received_ns = ? - "offset" * ?', (fixed_now_ns, 2 * DAY_NS))
+        assert aged_spans(conn, fixed_now_ns) > 0
+    finally:
+        conn.close()
+    return path
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 10**6])
+def test_chunks_leave_exactly_what_one_transaction_leaves(
+    backlog: Path, tmp_path: Path, fixed_now_ns: int, limit: int
+) -> None:
+    """Chunk after chunk, any chunk size, the surviving rows of every table are those of the one-shot delete."""
+    reference, chunked = tmp_path / "reference.db", tmp_path / "chunked.db"
+    shutil.copy(backlog, reference)
+    shutil.copy(backlog, chunked)
+    with sqlite3.connect(reference) as conn:
+        one_shot(conn, fixed_now_ns)
+    conn = connect(chunked)
+    try:
+        total, done, calls = 0, False, 0
+        while not done:
+            deleted, done = apply_retention_chunk(conn, fixed_now_ns, limit=limit)
+            total += deleted
+            calls += 1
+    finally:
+        conn.close()
+    before, after = snapshot(backlog), snapshot(chunked)
+    assert after == snapshot(reference)
+    assert total == sum(len(before[t]) - len(after[t]) for t in PRUNED) > 0
+    assert all(after[t] for t in PRUNED if t != "dead_letters")  # something younger survives everywhere
+    assert (calls > 1) == (limit < total)
+
+
+async def test_apply_retention_sync_and_async_equal_the_one_shot(
+    backlog: Path, tmp_path: Path, fixed_now_ns: int
+) -> None:
+    """``apply_retention`` (and its async variant) loop chunks to the same end state as one transaction."""
+    reference, sync, via_async = tmp_path / "ref.db", tmp_path / "sync.db", tmp_path / "async.db"
+    for p in (reference, sync, via_async):
+        shutil.copy(backlog, p)
+    with sqlite3.connect(reference) as conn:
+        one_shot(conn, fixed_now_ns)
+    with SQLiteStorage(sync) as storage:
+        deleted = storage.apply_retention(now_ns=fixed_now_ns)
+    expected = snapshot(reference)
+    assert snapshot(sync) == expected
+    assert deleted == sum(len(rows) for rows in snapshot(backlog).values()) - sum(len(r) for r in expected.values())
+    aconn = await connect_async(via_async)
+    try:
+        assert await apply_retention_async(aconn, fixed_now_ns) == deleted
+    finally:
+        await aconn.close()
+    assert snapshot(via_async) == expected
+
+
+def test_a_chunk_deletes_at_most_limit_rows_and_chunks_converge(backlog: Path, fixed_now_ns: int) -> None:
+    """With a small limit each call deletes at most that many raw rows (rollups: whole buckets), and calls end done."""
+    limit = 25
+    conn = connect(backlog)
+    try:
+        aged = aged_spans(conn, fixed_now_ns)
+        assert aged > 3 * limit
+        widest = max(
+            conn.execute(f"SELECT max(n) FROM (SELECT count(*) AS n FROM rollup_{g} GROUP BY bucket)").fetchone()[0]
+            for g in ("minute", "hour", "day")
+        )
+
+        def sizes() -> dict[str, int]:
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in PRUNED}
+
+        first = sizes()
+        deleted, done = apply_retention_chunk(conn, fixed_now_ns, limit=limit)
+        assert (deleted, done) == (limit, False)
+        assert first["spans"] - sizes()["spans"] == limit
+        assert aged_spans(conn, fixed_now_ns) == aged - limit
+        calls = 1
+        while not done:
+            was = sizes()
+            deleted, done = apply_retention_chunk(conn, fixed_now_ns, limit=limit)
+            now = sizes()
+            calls += 1
+            gone = {t: was[t] - now[t] for t in PRUNED}
+            assert deleted == sum(gone.values())
+            assert gone["spans"] + gone["requests"] + gone["dead_letters"] <= limit
+            assert all(gone[f"rollup_{g}"] <= max(limit, widest) for g in ("minute", "hour", "day"))
+            assert calls < 10_000
+        assert apply_retention_chunk(conn, fixed_now_ns, limit=limit) == (0, True)
+        assert calls > aged // limit
+    finally:
+        conn.close()
+
+
+def test_dashboards_keep_their_totals_at_every_chunk(backlog: Path, fixed_now_ns: int) -> None:
+    """After every chunk dash_* equals its rollups and every dashboard over surviving data reads as before."""
+    since = datetime.fromtimestamp((fixed_now_ns - 1000 * DAY_NS) / 1e9, tz=UTC)
+
+    def totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # first/last seen come from the finest grain still holding that bucket: an hour, then a day once
+        # the hourly rows age out (the one-shot delete does the same); every total must stay
+        return [{k: v for k, v in row.items() if k not in ("first_seen", "last_seen")} for row in rows]
+
+    def dashboards(s: SQLiteStorage) -> tuple[Any, ...]:
+        return (
+            totals(s.aggregate_by_feature(start=since)),
+            totals(s.aggregate_by_user(start=since)),
+            totals(s.aggregate_by_endpoint(start=since)),
+            totals(s.get_feature_cost_breakdown(start=since)),
+            s.total(start=since),
+        )
+
+    conn = connect(backlog)
+    try:
+        with SQLiteStorage(backlog) as storage:
+            before = dashboards(storage)
+            assert before[0] and dash_mismatches(conn) == []
+            done, chunks = False, 0
+            while not done:
+                _, done = apply_retention_chunk(conn, fixed_now_ns, limit=150)
+                chunks += 1
+                assert dash_mismatches(conn) == [], f"after chunk {chunks}"
+                assert dashboards(storage) == before, f"after chunk {chunks}"
+        assert chunks > 10
+    finally:
+        conn.close()
+
+
+def test_each_chunk_statement_walks_an_index(backlog: Path) -> None:
+    """On an analysed store, every chunk statement searches an index from its oldest end instead of scanning a table."""
+    conn = connect(backlog)
+    try:
+        conn.execute("ANALYZE")
+        statements = list(RAW_DELETES[:2])  # dead letters have no time index (few rows, ids in arrival order)
+        for g in ("minute", "hour", "day"):
+            statements += grain_statements(g).values()
+        assert len(statements) == 2 + 4 + 2 * 7
+        for sql in statements:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, (0,) * sql.count("?"))]
+            assert plan and not [step for step in plan if step.startswith("SCAN")], (sql, plan)
+    finally:
+        conn.close()
+
+
+def test_chunk_limit_must_be_positive(db_path: Path) -> None:
+    """A chunk of no rows would never finish; it is refused."""
+    conn = connect(db_path)
+    with pytest.raises(ConfigError, match="limit"):
+        apply_retention_chunk(conn, limit=0)
+    assert apply_retention_chunk(conn) == (0, True)
