@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=20_000, help="most messages per transaction (default: 20,000)")
     p.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer group session timeout")
     p.add_argument("--retention-interval", type=float, default=300.0, help="seconds between retention runs")
+    p.add_argument(
+        "--retention-chunk-rows", type=int, default=20_000, help="most rows one retention transaction deletes"
+    )
     p.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules in these workers")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
@@ -66,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """The worker settings named on the command line."""
-    if args.workers < 1 or args.partitions < 1 or args.batch_size < 1:
-        raise SystemExit("spendtrace-consumer: --workers, --partitions and --batch-size must be >= 1")
+    if args.workers < 1 or args.partitions < 1 or args.batch_size < 1 or args.retention_chunk_rows < 1:
+        raise SystemExit(
+            "spendtrace-consumer: --workers, --partitions, --batch-size and --retention-chunk-rows must be >= 1"
+        )
     return WorkerConfig(
         bootstrap=args.bootstrap,
         db_path=args.db,
@@ -79,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         batch_size=args.batch_size,
         prices_file=args.prices,
         retention_interval_s=args.retention_interval,
+        retention_chunk_rows=args.retention_chunk_rows,
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=max(100, min(3_000, args.session_timeout_ms // 5)),
     )

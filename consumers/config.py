@@ -27,7 +27,8 @@ class WorkerConfig:
     ~48k spans/s at 10,000, ~64k at 20,000, ~54k at 50,000): smaller batches pay more per
     transaction, larger ones leave the two processes idle longer while the pipeline fills and drains;
     ``max_fetch_bytes`` must exceed the largest message the topic may carry (a 1 MB garbage
-    message must reach the dead letters, not wedge the partition).
+    message must reach the dead letters, not wedge the partition). ``retention_chunk_rows`` bounds
+    the rows one retention transaction deletes, so batches are stored between chunks.
     """
 
     bootstrap: str
@@ -44,6 +45,7 @@ class WorkerConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     prices_file: str | None = None
     retention_interval_s: float = 300.0
+    retention_chunk_rows: int = 20_000
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     client_id: str = "spendtrace-consumer"

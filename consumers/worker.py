@@ -144,6 +144,8 @@ class Worker:
         self._unverified: set[TopicPartition] = set()
         self._generation = 0
         self._next_retention = 0.0
+        #: the "now" of the retention round in progress (None between rounds)
+        self._retention_now_ns: int | None = None
         self._crash = _CrashPoints(os.environ.get(_CRASH_ENV))
         from consumers.metrics import Histogram  # here: consumers.metrics imports this module
 
@@ -393,6 +395,7 @@ class Worker:
                 batch: _Batch | None = await asyncio.wait_for(self._queue.get(), timeout=1.0)
             except TimeoutError:
                 batch = None
+            taken = time.monotonic()
             if batch is not None:
                 try:
                     if self._failure is None:  # after a failure, batches are dropped: their offsets stay unstored
@@ -403,8 +406,10 @@ class Worker:
                     self._stopping.set()
                 finally:
                     self._queue.task_done()
-            if self._failure is None and time.monotonic() >= self._next_retention:
-                await self._retention()
+            if self._failure is None and (
+                self._retention_now_ns is not None or time.monotonic() >= self._next_retention
+            ):
+                await self._retention(time.monotonic() - taken if batch is not None else 0.0)
 
     async def _commit_batch(self, batch: _Batch) -> None:
         if batch.dead:
@@ -490,17 +495,34 @@ class Worker:
         self._unverified = set(positions)
         log.info("assigned %s; positions from the database: %s", sorted(tp.partition for tp in assigned), stored)
 
-    async def _retention(self) -> None:
-        """Apply retention; several workers may try at once and only one needs to succeed."""
-        self._next_retention = time.monotonic() + self.config.retention_interval_s
+    async def _retention(self, budget_s: float) -> None:
+        """Work on the retention round: chunks (one short transaction each) for about ``budget_s``, on while idle.
+
+        Called after each batch with that batch's write time, so deleting a large backlog takes at
+        most about half of the writer's time. A round ends when a chunk finds nothing aged left; the
+        next starts ``retention_interval_s`` later. Several workers may share the work; a chunk the
+        database is too busy for is retried after the next batch.
+        """
         writer = self._writer_proc
         if writer is None:
             return
-        try:
-            await asyncio.to_thread(writer.call, "retention", time.time_ns())
-            self.stats.retention_runs += 1
-        except sqlite3.OperationalError as exc:
-            log.info("retention skipped this round (another worker is writing): %s", exc)
+        if self._retention_now_ns is None:
+            self._retention_now_ns = time.time_ns()
+        until = time.monotonic() + budget_s
+        limit = self.config.retention_chunk_rows
+        while not self._stopping.is_set():
+            try:
+                _, done = await asyncio.to_thread(writer.call, "retention", self._retention_now_ns, limit)
+            except sqlite3.OperationalError as exc:
+                log.info("retention chunk skipped (another worker is writing), retried later: %s", exc)
+                return
+            if done:
+                self._retention_now_ns = None
+                self._next_retention = time.monotonic() + self.config.retention_interval_s
+                self.stats.retention_runs += 1
+                return
+            if not self._queue.empty() and time.monotonic() >= until:
+                return  # a batch is waiting and this one's share is spent
 
 
 def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:

@@ -90,7 +90,7 @@ class WriterProcess:
         return self._call(payload)
 
     def call(self, op: str, *args: Any) -> Any:
-        """Run ``op`` (``retention``) in the child and return its result."""
+        """Run ``op`` in the child, return its result (``"retention", now_ns, limit``: one chunk, (deleted, done))."""
         return self._call(pickle.dumps((op, args), pickle.HIGHEST_PROTOCOL))
 
     def _call(self, payload: bytes) -> Any:
@@ -186,7 +186,7 @@ def _serve(conn: Connection, db_path: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from spendtrace.storage._db import connect
     from spendtrace.storage._ingest import ReplayedSpans, write_batch_sync
-    from spendtrace.storage._retention import apply_retention
+    from spendtrace.storage._retention import apply_retention_chunk
 
     try:
         db = connect(db_path)
@@ -210,7 +210,8 @@ def _serve(conn: Connection, db_path: str) -> None:
                     batch, offsets, dead = args
                     result: Any = write_batch_sync(db, batch, offsets=offsets, dead_letters=dead)
                 elif op == "retention":
-                    result = apply_retention(db, *args)
+                    now_ns, limit = args
+                    result = apply_retention_chunk(db, now_ns, limit=limit)
                 else:
                     raise ValueError(f"unknown writer operation {op!r}")
                 reply = pickle.dumps(("ok", result), pickle.HIGHEST_PROTOCOL)
@@ -222,7 +223,7 @@ def _serve(conn: Connection, db_path: str) -> None:
                 conn.send_bytes(reply)
             except OSError:
                 return
-            if op == "write":
+            if op in ("write", "retention"):
                 _checkpoint(db)
     finally:
         db.close()

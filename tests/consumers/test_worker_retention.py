@@ -1,0 +1,125 @@
+"""Retention in the worker: a large aged backlog is deleted in chunks between batches, never stalling ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from consumers.broker import EmbeddedBroker
+from consumers.cli import build_parser, config_from_args
+from consumers.config import WorkerConfig
+from consumers.testing import make_spans, stored_offsets, wait_for
+from consumers.topics import ensure_topics
+from consumers.worker import Worker
+from spendtrace.pricing import PriceBook
+from spendtrace.schema import encode_span
+from spendtrace.storage._db import connect
+from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+
+DAY_NS = 86_400 * 10**9
+AGED = 20_000
+
+
+def _snapshot(db: Path, cutoff_ns: int) -> tuple[int, int]:
+    """(aged spans, younger spans), read in one statement so both come from the same commit."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
+        aged, young = conn.execute(
+            "SELECT (SELECT count(*) FROM spans WHERE start_ns < ?), (SELECT count(*) FROM spans WHERE start_ns >= ?)",
+            (cutoff_ns, cutoff_ns),
+        ).fetchone()
+    return int(aged), int(young)
+
+
+async def test_worker_stores_new_spans_while_a_retention_backlog_is_worked_off(
+    broker: EmbeddedBroker, topic_name: str, db_path: Path
+) -> None:
+    """20,000 aged spans go in chunks of 50 rows; batches of new spans commit while that round is under way."""
+    cfg = WorkerConfig(
+        bootstrap=broker.bootstrap,
+        db_path=str(db_path),
+        group_id=f"{topic_name}-g",
+        topic=topic_name,
+        dlq_topic=f"{topic_name}.dlq",
+        alerts_topic=f"{topic_name}.alerts",
+        partitions=3,
+        batch_size=100,
+        session_timeout_ms=2_000,
+        heartbeat_interval_ms=400,
+        retention_interval_s=0.2,
+        retention_chunk_rows=50,
+    )
+    await ensure_topics(broker.bootstrap, [topic_name], partitions=3)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    ends: dict[int, int] = {}
+    sent = 0
+    stop_sending = asyncio.Event()
+
+    async def keep_sending() -> None:
+        nonlocal sent
+        seed = 100
+        while not stop_sending.is_set():
+            seed += 1
+            spans = make_spans(40, seed=seed)
+            for fut in [await producer.send(topic_name, encode_span(s), key=s.request_id.encode()) for s in spans]:
+                md = await fut
+                ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+            sent += len(spans)
+
+    worker = Worker(cfg)
+    run = asyncio.create_task(worker.run())
+    sender = asyncio.create_task(keep_sending())
+    try:
+        # Phase 1: the worker stores new spans and has finished a round on a store with nothing aged.
+        await wait_for(lambda: worker.stats.stored > 0 and worker.stats.retention_runs > 0, 60, "ingest and a round")
+        # Phase 2: a large backlog ages in at once (another writer, one transaction) while spans keep coming.
+        now = time.time_ns()
+        cutoff = now - 30 * DAY_NS  # the default raw retention
+        with contextlib.closing(connect(db_path)) as conn:
+            write_batch_sync(
+                conn, prepare_batch(make_spans(AGED, seed=8, start_ns=now - 40 * DAY_NS), PriceBook.default())
+            )
+        runs = worker.stats.retention_runs
+        first: list[tuple[int, int]] = []
+        during: list[tuple[int, int]] = []
+
+        def interleaved() -> bool:
+            aged, young = _snapshot(db_path, cutoff)
+            if not first:
+                if aged < AGED:  # the round has deleted some of the backlog
+                    first.append((aged, young))
+            elif young > first[0][1] and aged > 0:  # a batch committed since, and the round is not done
+                during.append((aged, young))
+            return bool(during) or (aged == 0 and worker.stats.retention_runs > runs)
+
+        await wait_for(interleaved, 120, "a batch stored while the backlog was being deleted")
+        assert during, f"the round finished without a batch in between (first snapshot {first})"
+        assert 0 < during[0][0] < AGED
+        await wait_for(lambda: worker.stats.retention_runs > runs, 120, "the round over the backlog to finish")
+        assert _snapshot(db_path, cutoff)[0] == 0
+        stop_sending.set()
+        await sender
+        await wait_for(lambda: stored_offsets(db_path, cfg.group_id, topic_name) == ends, 60, "every new span stored")
+    finally:
+        stop_sending.set()
+        with contextlib.suppress(BaseException):
+            await sender
+        worker.request_stop()
+        await asyncio.wait_for(run, 60)
+        await producer.stop()
+    assert _snapshot(db_path, cutoff) == (0, sent)
+    assert worker.stats.stored == sent
+
+
+def test_retention_chunk_rows_option_reaches_the_config() -> None:
+    """``--retention-chunk-rows`` lands in the worker's settings; zero is refused."""
+    assert config_from_args(build_parser().parse_args([])).retention_chunk_rows == 20_000
+    assert config_from_args(build_parser().parse_args(["--retention-chunk-rows", "500"])).retention_chunk_rows == 500
+    with pytest.raises(SystemExit, match="--retention-chunk-rows"):
+        config_from_args(build_parser().parse_args(["--retention-chunk-rows", "0"]))
