@@ -97,7 +97,8 @@ _Query = tuple[str, tuple[Any, ...]]
 _Reply = tuple[list[Any], int]
 _Plan = Generator[_Query, _Reply, tuple[int, bool]]
 
-#: Rows a chunk deletes at most (see ``apply_retention_chunk``); about one 20,000-span batch's write time.
+#: Rows a chunk deletes at most (see ``apply_retention_chunk``): 20,000 took 0.1-0.4x the write of one
+#: 20,000-span batch at worst (``benchmarks/bench_retention.py``).
 DEFAULT_CHUNK_ROWS = 20_000
 
 _GRAIN_DAYS = (("minute", "minute_rollups_days"), ("hour", "hourly_rollups_days"), ("day", "daily_rollups_days"))
