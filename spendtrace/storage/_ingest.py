@@ -28,6 +28,7 @@ A request whose ``requests`` row was deleted by retention is counted again if mo
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -235,6 +236,43 @@ def _insert_spans(values: list[Any]) -> Generator[_Op, Any, None]:
         yield ("many", INSERT_SPANS, [values[i : i + n] for i in range(full, len(values), n)])
 
 
+#: rows per statement of the rollup / requests / dashboard upserts (as for the spans insert): measured
+#: 15-25% faster than one row per statement (``executemany`` binds and steps once per statement)
+_UPSERT_ROWS = 32
+_multi_sql: dict[str, str | None] = {}
+
+
+def _multi(sql: str) -> str | None:
+    """``sql`` (one ``VALUES (?,...)`` row) taking ``_UPSERT_ROWS`` rows, or None if it has another shape."""
+    head, sep, tail = sql.partition(" VALUES (")
+    params, close, rest = tail.partition(")")
+    if not sep or not close or set(params) - {"?", ","}:
+        return None
+    return f"{head} VALUES {','.join([f'({params})'] * _UPSERT_ROWS)}{rest}"
+
+
+def _many(sql: str, rows: list[tuple[Any, ...]]) -> Generator[_Op, Any, None]:
+    """Run ``sql`` for every row, ``_UPSERT_ROWS`` rows per statement where there are that many.
+
+    Rows of one upsert have distinct keys (they come from dicts), so a multi-row statement does
+    exactly what the rows one by one would.
+    """
+    full = len(rows) - len(rows) % _UPSERT_ROWS
+    multi = None
+    if full:
+        multi = _multi_sql.get(sql, "")
+        if multi == "":
+            multi = _multi_sql[sql] = _multi(sql)
+    if multi is None:
+        yield ("many", sql, rows)
+        return
+    chain = itertools.chain.from_iterable
+    k = _UPSERT_ROWS
+    yield ("many", multi, [list(chain(rows[i : i + k])) for i in range(0, full, k)])
+    if full < len(rows):
+        yield ("many", sql, rows[full:])
+
+
 def _plan(
     batch: PreparedBatch, offsets: Sequence[OffsetRow], dead_letters: Sequence[DeadLetter], now_ns: int
 ) -> Generator[_Op, Any, WriteResult]:
@@ -261,7 +299,7 @@ def _plan(
             sql = f"SELECT request_id FROM requests WHERE request_id IN ({','.join('?' * len(chunk))})"
             new_requests.difference_update(r[0] for r in (yield ("all", sql, chunk)))
         for sql, rows in delta_statements(effective, now_ns, _counted_rollups(effective, new_requests)):
-            yield ("many", sql, rows)
+            yield from _many(sql, rows)
     if offsets:
         yield ("many", _OFFSETS_UPSERT, [(g, t, p, o, now_ns) for g, t, p, o in offsets])
     if dead_letters:

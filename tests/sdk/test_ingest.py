@@ -18,6 +18,7 @@ from spendtrace import PriceBook, Span, UsageItem
 from spendtrace.pricing import PriceEntry
 from spendtrace.storage._db import connect, connect_async
 from spendtrace.storage._ingest import (
+    _UPSERT_ROWS,
     prepare_batch,
     read_offsets,
     read_offsets_async,
@@ -270,6 +271,17 @@ def test_written_totals_equal_an_independent_computation(db_path: Path) -> None:
     # the October 2024 DynamoDB read cost twice the November one for the same units
     assert BOOK.price(UsageItem("dynamodb_read", count=2.0), ns(2024, 10, 31, 23, 59))[0] == 500
     assert BOOK.price(UsageItem("dynamodb_read", count=2.0), ns(2024, 11, 1, 0, 1))[0] == 250
+
+
+def test_one_large_batch_upserts_many_rows_per_statement_exactly(db_path: Path) -> None:
+    """A batch with more rollup / request rows than one multi-row upsert takes stores the same exact totals."""
+    spans = make_spans(110, seed=5)
+    batch = prepare_batch(spans, BOOK)
+    sizes = [len(batch.requests), *(len(d) for d in batch.rollups.values())]
+    assert all(n > _UPSERT_ROWS for n in sizes) and any(n % _UPSERT_ROWS for n in sizes)  # full and partial groups
+    conn = connect(db_path)
+    write_batch_sync(conn, batch)
+    assert_db_matches(conn, spans)
 
 
 def test_replayed_and_repeated_spans_are_counted_once(db_path: Path) -> None:
