@@ -28,6 +28,7 @@ A request whose ``requests`` row was deleted by retention is counted again if mo
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from collections.abc import Generator, Iterable, Sequence
@@ -239,9 +240,9 @@ def _insert_spans(values: list[Any]) -> Generator[_Op, Any, None]:
 #: rows per statement of the rollup / requests / dashboard upserts (as for the spans insert): measured
 #: 15-25% faster than one row per statement (``executemany`` binds and steps once per statement)
 _UPSERT_ROWS = 32
-_multi_sql: dict[str, str | None] = {}
 
 
+@functools.cache
 def _multi(sql: str) -> str | None:
     """``sql`` (one ``VALUES (?,...)`` row) taking ``_UPSERT_ROWS`` rows, or None if it has another shape."""
     head, sep, tail = sql.partition(" VALUES (")
@@ -258,11 +259,7 @@ def _many(sql: str, rows: list[tuple[Any, ...]]) -> Generator[_Op, Any, None]:
     exactly what the rows one by one would.
     """
     full = len(rows) - len(rows) % _UPSERT_ROWS
-    multi = None
-    if full:
-        multi = _multi_sql.get(sql, "")
-        if multi == "":
-            multi = _multi_sql[sql] = _multi(sql)
+    multi = _multi(sql) if full else None
     if multi is None:
         yield ("many", sql, rows)
         return
