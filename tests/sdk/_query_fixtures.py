@@ -8,13 +8,18 @@ independent computation rather than against themselves.
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from spendtrace.pricing import PriceBook, weighted_cost
 from spendtrace.schema import Span, UsageItem
+from spendtrace.storage._dash import DIMS, GRAINS
 from spendtrace.storage._db import connect
 from spendtrace.storage._ingest import prepare_batch, write_batch_sync
 
@@ -172,3 +177,34 @@ class Expect:
             for f in dict.fromkeys(p.span.path or (p.span.feature,)):
                 out[f] += p.cost
         return dict(out)
+
+
+def dash_mismatches(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    """``dash_*`` rows that differ from the sums of the rollup rows they mirror (either side missing counts).
+
+    All-zero dashboard rows are left out: restating a bucket to nothing leaves them behind, harmlessly.
+    """
+    sums = "cost_nano, spans, errors, requests, unpriced, var_nano2"
+    bad: list[tuple[Any, ...]] = []
+    for g in GRAINS:
+        for dim in DIMS:
+            wide = {
+                r[:3]: r[3:]
+                for r in conn.execute(
+                    f"SELECT service, {dim}, bucket, {', '.join(f'SUM({c})' for c in sums.split(', '))} "
+                    f"FROM rollup_{g} GROUP BY service, {dim}, bucket"
+                )
+            }
+            dash = {
+                r[:3]: r[3:]
+                for r in conn.execute(
+                    f"SELECT service, value, bucket, {sums} FROM dash_{g} "
+                    "WHERE dim = ? AND NOT (cost_nano = 0 AND spans = 0 AND unpriced = 0)",
+                    (dim,),
+                )
+            }
+            for key in wide.keys() | dash.keys():
+                w, d = wide.get(key), dash.get(key)
+                if w is None or d is None or w[:5] != d[:5] or w[5] != pytest.approx(d[5]):
+                    bad.append((g, dim, key, w, d))
+    return bad

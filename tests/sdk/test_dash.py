@@ -8,45 +8,23 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from _query_fixtures import DAY_NS, Expect, make_spans, store
+from _query_fixtures import DAY_NS, Expect, dash_mismatches, make_spans, store
 
 from spendtrace.pricing import PriceBook
 from spendtrace.storage import SQLiteStorage
-from spendtrace.storage._dash import DIMS, GRAINS, MARKER
+from spendtrace.storage._dash import MARKER
 
 NOW = 1_793_620_800_000_000_000  # the fixed_now_ns instant
 MINUTE_NS = 60_000_000_000
 
 
 def _mismatches(path: Path) -> list[tuple[object, ...]]:
-    """Rows where a dash_* sum differs from the sum of its rollup_* rows (either side missing counts)."""
+    """``dash_mismatches`` of the file at ``path``."""
     conn = sqlite3.connect(path)
-    bad: list[tuple[object, ...]] = []
     try:
-        for g in GRAINS:
-            for dim in DIMS:
-                wide = {
-                    r[:3]: r[3:]
-                    for r in conn.execute(
-                        f"SELECT service, {dim}, bucket, SUM(cost_nano), SUM(spans), SUM(requests), SUM(unpriced), "
-                        f"SUM(var_nano2) FROM rollup_{g} GROUP BY service, {dim}, bucket"
-                    )
-                }
-                dash = {
-                    r[:3]: r[3:]
-                    for r in conn.execute(
-                        f"SELECT service, value, bucket, cost_nano, spans, requests, unpriced, var_nano2 FROM dash_{g} "
-                        "WHERE dim = ? AND NOT (cost_nano = 0 AND spans = 0 AND unpriced = 0)",
-                        (dim,),
-                    )
-                }
-                for key in wide.keys() | dash.keys():
-                    w, d = wide.get(key), dash.get(key)
-                    if w is None or d is None or w[:4] != d[:4] or w[4] != pytest.approx(d[4]):
-                        bad.append((g, dim, key, w, d))
+        return dash_mismatches(conn)
     finally:
         conn.close()
-    return bad
 
 
 @pytest.fixture

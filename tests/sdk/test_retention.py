@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _query_fixtures import make_spans, store
+from _query_fixtures import dash_mismatches, make_spans, store
 
 from spendtrace import ConfigError, PriceBook, Span, SQLiteStorage, UsageItem
-from spendtrace.storage._dash import DIMS, GRAINS
+from spendtrace.storage._dash import GRAINS
 from spendtrace.storage._db import connect, connect_async
 from spendtrace.storage._ingest import prepare_batch, write_batch_sync
 from spendtrace.storage._retention import (
@@ -153,31 +153,6 @@ def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
         return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in PRUNED}
     finally:
         conn.close()
-
-
-def dash_mismatches(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-    """``dash_*`` rows that differ from the sums of the rollup rows they mirror (or exist on one side only)."""
-    bad: list[tuple[Any, ...]] = []
-    for g in GRAINS:
-        for dim in DIMS:
-            wide = {
-                r[:3]: r[3:]
-                for r in conn.execute(
-                    f"SELECT service, {dim}, bucket, SUM(cost_nano), SUM(spans), SUM(errors), SUM(requests) "
-                    f"FROM rollup_{g} GROUP BY service, {dim}, bucket"
-                )
-            }
-            dash = {
-                r[:3]: r[3:]
-                for r in conn.execute(
-                    f"SELECT service, value, bucket, cost_nano, spans, errors, requests FROM dash_{g} WHERE dim = ?",
-                    (dim,),
-                )
-            }
-            bad += [
-                (g, dim, k, wide.get(k), dash.get(k)) for k in wide.keys() | dash.keys() if wide.get(k) != dash.get(k)
-            ]
-    return bad
 
 
 def aged_spans(conn: sqlite3.Connection, now_ns: int) -> int:
