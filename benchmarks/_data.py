@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
-from spendtrace.storage._retention import apply_retention
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.store.sqlite._retention import apply_retention
 
 __all__ = ["ENDPOINTS", "NOW_NS", "Shape", "build_db", "cached_db", "generate"]
 

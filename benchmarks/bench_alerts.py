@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import ENDPOINTS, NOW_NS, Shape, generate
 
 from consumers.alerting import Touched, evaluate_rules
-from spendtrace.alerts import load_rules, open_db, set_alert, set_budget, set_rate_alert
-from spendtrace.pricing import PriceBook
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.alerts.rules import load_rules, open_db, set_alert, set_budget, set_rate_alert
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 
 def add_rules(db: Path, n: int, features: list[str], tenants: list[str]) -> None:

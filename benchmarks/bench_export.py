@@ -16,11 +16,11 @@ import time
 from collections import deque
 
 import spendtrace
-from consumers.broker import EmbeddedBroker
-from spendtrace import _pipeline
-from spendtrace.export import BatchProcessor, InMemoryExporter
-from spendtrace.export._spill import SpillStore
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span, UsageItem, encode_span
+from spendtrace.sdk import pipeline as _pipeline
+from spendtrace.sdk.export import BatchProcessor, InMemoryExporter
+from spendtrace.sdk.export._spill import SpillStore
 
 
 def make_spans(n: int) -> list[Span]:

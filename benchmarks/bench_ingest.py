@@ -25,10 +25,16 @@ import threading
 import time
 from pathlib import Path
 
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._db import connect, connect_async
-from spendtrace.storage._ingest import INSERT_SPANS, PreparedBatch, prepare_batch, write_batch_async, write_batch_sync
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect, connect_async
+from spendtrace.server.store.sqlite._ingest import (
+    INSERT_SPANS,
+    PreparedBatch,
+    prepare_batch,
+    write_batch_async,
+    write_batch_sync,
+)
 
 NOW_NS = 1_793_620_800_000_000_000
 

@@ -24,8 +24,8 @@ import openai
 from botocore.stub import Stubber
 
 import spendtrace
-from spendtrace import _pipeline
-from spendtrace.instrument import auto_instrument, uninstrument
+from spendtrace.sdk import pipeline as _pipeline
+from spendtrace.sdk.instrument import auto_instrument, uninstrument
 
 CHAT = {
     "id": "c",

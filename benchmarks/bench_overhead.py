@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import spendtrace
-from spendtrace import _pipeline, _scope
+from spendtrace.sdk import pipeline as _pipeline
+from spendtrace.sdk import scope as _scope
 
 
 def bare(x: int) -> int:

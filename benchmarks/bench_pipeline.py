@@ -33,7 +33,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce_spans, stored_offsets
 from consumers.worker import Worker, load_price_book, tune_gc
@@ -66,7 +66,7 @@ async def bare_consume(bootstrap: str, topic: str, n: int, batch: int) -> float:
 
 def bare_insert(path: Path, rows: list[tuple[object, ...]]) -> float:
     """Seconds for one executemany of ``rows`` into a spans-shaped table with two indexes, committed."""
-    from spendtrace.storage._db import _PRAGMAS
+    from spendtrace.server.store.sqlite._db import _PRAGMAS
 
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in _PRAGMAS:
@@ -123,8 +123,8 @@ async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | Non
 def stage_costs(spans: list[Any], book: Any, batch: int, tmp: Path) -> dict[str, float]:
     """Microseconds per span of each step of the worker's hot loop, timed alone in this thread."""
     from consumers.writer import encode_write
-    from spendtrace.storage._db import connect
-    from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
     values = [encode_span(s) for s in spans]
     n = len(spans)
@@ -195,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 async def _measure(args: argparse.Namespace, tmp: Path) -> None:
-    from spendtrace.storage._ingest import prepare_batch
+    from spendtrace.server.store.sqlite._ingest import prepare_batch
 
     spans = make_spans(args.spans)
     book = load_price_book(None)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import ENDPOINTS, Shape, cached_db
 
-from spendtrace.storage import SQLiteStorage
+from spendtrace.server.store.sqlite import SQLiteStorage
 
 DAY_NS = 86_400 * 1_000_000_000
 

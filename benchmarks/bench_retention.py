@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import NOW_NS, Shape, generate
 
-from spendtrace.pricing import PriceBook
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
-from spendtrace.storage._retention import DEFAULT_CHUNK_ROWS, apply_retention_chunk
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.store.sqlite._retention import DEFAULT_CHUNK_ROWS, apply_retention_chunk
 
 TABLES = ("spans", "requests", "rollup_minute", "loaded_minute", "rollup_hour", "dash_hour", "rollup_day", "dash_day")
 

@@ -284,8 +284,8 @@ async def bench_latency(db: Path, rate: float, seconds: float, rounds: int, work
     fast as they can while the keys are pressed (a producer publishing live on the same two cores
     cannot reach 50,000 spans/s); otherwise a producer publishes ``rate`` spans/s meanwhile.
     """
-    from consumers.broker import EmbeddedBroker
-    from consumers.topics import ensure_topics
+    from spendtrace.server.broker import EmbeddedBroker
+    from spendtrace.server.topics import ensure_topics
     from tui.app import SpendtraceApp
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tui-"))

@@ -2,7 +2,7 @@
 
 The evaluation itself (rules per touched scope, rolling windows read from the rollups, the firing
 decision in one ``BEGIN IMMEDIATE`` transaction with the cooldown in ``alert_state``) lives in
-``spendtrace._alert_eval``, shared with the local SQLite exporter, which evaluates the same rules
+``spendtrace.server.alerts.evaluate``, shared with the local SQLite exporter, which evaluates the same rules
 when there is no Kafka; the transaction makes a rule fire at most once per cooldown however many
 workers and apps evaluate. Here it runs on a thread of the evaluator's own, so the event loop
 never blocks on SQLite. Delivery (Kafka topic, webhook) happens afterwards in
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from spendtrace._alert_eval import (
+from spendtrace.server.alerts.evaluate import (
     AlertEvent,
     RuleChecker,
     Touched,
@@ -30,7 +30,7 @@ from spendtrace._alert_eval import (
     scope_spend,
     window_spend,
 )
-from spendtrace.alerts import AlertRule, open_db
+from spendtrace.server.alerts.rules import AlertRule, open_db
 
 if TYPE_CHECKING:
     from consumers.webhooks import WebhookDispatcher

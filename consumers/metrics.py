@@ -2,7 +2,7 @@
 
 Besides each worker's counters it serves the batch commit latency histogram, the consumer lag of
 every partition the process holds (high watermark minus the offset stored with the last committed
-batch) and the spend stored in the database (``spendtrace.metrics.render_store_metrics``: cost in
+batch) and the spend stored in the database (``spendtrace.server.metrics.render_store_metrics``: cost in
 total, per feature and per service, spans, dead letters, unpriced usage, alerts, webhook failures).
 Labels stay bounded: worker index, topic and partition, feature, service; tenants never.
 """
@@ -10,47 +10,16 @@ Labels stay bounded: worker index, topic and partition, feature, service; tenant
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import fields
 
+from consumers.histogram import COMMIT_BUCKETS, Histogram
 from consumers.worker import Worker, WorkerStats
 
 __all__ = ["COMMIT_BUCKETS", "Histogram", "render_endpoint", "render_lag", "render_metrics", "serve_metrics"]
 
 log = logging.getLogger(__name__)
-
-#: Upper bounds (seconds) of the batch commit latency buckets; ``+Inf`` is implied.
-COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class Histogram:
-    """A Prometheus-style histogram of seconds: per-bucket counts (rendered cumulative), sum and count."""
-
-    def __init__(self, buckets: Sequence[float] = COMMIT_BUCKETS) -> None:
-        self.buckets = tuple(sorted(buckets))
-        self.counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, seconds: float) -> None:
-        """Count one observation in the first bucket whose bound is >= ``seconds``."""
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.sum += seconds
-        self.count += 1
-
-    def samples(self, name: str, labels: str) -> list[str]:
-        """Exposition lines ``name_bucket{..., le}`` (cumulative), ``name_sum`` and ``name_count``."""
-        out: list[str] = []
-        running = 0
-        for bound, n in zip((*map(repr, self.buckets), "+Inf"), self.counts, strict=True):
-            running += n
-            out.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
-        out.append(f"{name}_sum{{{labels}}} {self.sum!r}")
-        out.append(f"{name}_count{{{labels}}} {self.count}")
-        return out
-
 
 _COUNTERS = {f.name for f in fields(WorkerStats)} - {"last_commit_ns"}
 
@@ -117,9 +86,9 @@ async def render_lag(workers: list[Worker], stored: dict[int, int]) -> str:
 
 def _read_store(db_path: str, group: str, topic: str) -> tuple[str, dict[int, int]]:
     """The store metrics text and the stored offsets, on a read-only connection of their own."""
-    from spendtrace.metrics import render_store_metrics
-    from spendtrace.storage._db import connect
-    from spendtrace.storage._ingest import read_offsets
+    from spendtrace.server.metrics import render_store_metrics
+    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.sqlite._ingest import read_offsets
 
     conn = connect(db_path, readonly=True)
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from consumers.topics import ensure_topics
+from spendtrace.server.topics import ensure_topics
 from spendtrace.schema import Span, UsageItem, encode_span
 
 __all__ = ["make_spans", "produce", "produce_spans", "stored_offsets", "wait_for"]

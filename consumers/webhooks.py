@@ -4,7 +4,7 @@ Runs in a task of its own, fed by a bounded queue, so a slow or dead webhook nev
 consume loop. Each event is claimed first (``delivery`` ``pending`` -> ``sending``), so events a
 crashed worker left pending can be picked up by ``recover()`` in any worker (or by an app writing
 to the local store) without double sends. The bodies (Slack / PagerDuty), the retry policy and
-the per-attempt bookkeeping are ``spendtrace._alert_delivery``'s, shared with the local
+the per-attempt bookkeeping are ``spendtrace.server.alerts.delivery``'s, shared with the local
 exporter's delivery thread: each HTTP attempt is recorded in ``alert_deliveries`` (status or
 error) and the event's ``delivery`` ends as ``delivered``, ``failed`` or ``none`` (no webhook).
 Here they run with ``httpx``'s async client (per-attempt timeout) and ``asyncio.sleep`` for the
@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from spendtrace._alert_delivery import (
+from spendtrace.server.alerts.delivery import (
     NO_HTTPX,
     Attempt,
     RetryPolicy,
@@ -35,8 +35,8 @@ from spendtrace._alert_delivery import (
     record_attempt,
     slack_body,
 )
-from spendtrace._alert_eval import AlertEvent
-from spendtrace.alerts import AlertRule, open_db
+from spendtrace.server.alerts.evaluate import AlertEvent
+from spendtrace.server.alerts.rules import AlertRule, open_db
 
 __all__ = ["WebhookDispatcher", "pagerduty_body", "slack_body"]
 

@@ -27,8 +27,9 @@ from aiokafka.errors import KafkaError
 
 from consumers.config import WorkerConfig
 from consumers.dlq import DeadLetter, publish_dead_letters
+from consumers.histogram import Histogram
 from consumers.hooks import HookRunner, PostCommitHook
-from consumers.topics import ensure_topics
+from spendtrace.server.topics import ensure_topics
 from consumers.writer import WriterProcess, encode_write, tune_gc
 from spendtrace.schema import Span, decode_span
 
@@ -147,7 +148,6 @@ class Worker:
         #: the "now" of the retention round in progress (None between rounds)
         self._retention_now_ns: int | None = None
         self._crash = _CrashPoints(os.environ.get(_CRASH_ENV))
-        from consumers.metrics import Histogram  # here: consumers.metrics imports this module
 
         #: seconds each batch's transaction took, retries included (``--metrics-port``)
         self.commit_seconds = Histogram()
@@ -174,7 +174,7 @@ class Worker:
 
     async def start(self) -> None:
         """Open the database, create missing topics and join the consumer group."""
-        from spendtrace.storage._db import connect_async
+        from spendtrace.server.store.sqlite._db import connect_async
 
         cfg = self.config
         if self._book is None:
@@ -341,7 +341,7 @@ class Worker:
     # -- stage 1: decode and price (in a worker thread) ---------------------------------------------
 
     def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Batch:
-        from spendtrace.storage._ingest import prepare_batch
+        from spendtrace.server.store.sqlite._ingest import prepare_batch
 
         group = self.config.group_id
         spans: list[Span] = []
@@ -369,7 +369,7 @@ class Worker:
 
     def _isolate(self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]) -> tuple[Any, list[Span]]:
         """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
-        from spendtrace.storage._ingest import prepare_batch
+        from spendtrace.server.store.sqlite._ingest import prepare_batch
 
         good: list[Span] = []
         for tp, records in data.items():
@@ -443,7 +443,7 @@ class Worker:
         If some spans were stored already (a replay after a crash or a rebalance), nothing was written:
         the new ones are priced again and sent alone, so no delta is counted twice.
         """
-        from spendtrace.storage._ingest import ReplayedSpans, prepare_batch
+        from spendtrace.server.store.sqlite._ingest import ReplayedSpans, prepare_batch
 
         writer = self._writer_proc
         assert writer is not None
@@ -472,7 +472,7 @@ class Worker:
     # -- rebalance and housekeeping --------------------------------------------------------------
 
     async def _seek_to_stored(self, assigned: list[TopicPartition]) -> None:
-        from spendtrace.storage._ingest import read_offsets_async
+        from spendtrace.server.store.sqlite._ingest import read_offsets_async
 
         consumer = self._consumer
         if consumer is None or not assigned:
@@ -540,6 +540,6 @@ def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter])
 
 def load_price_book(prices_file: str | None) -> Any:
     """AWS Pricing API rates where credentials are configured (else the static table), ``prices_file``'s on top."""
-    from spendtrace.pricing import PriceBook
+    from spendtrace.server.pricing import PriceBook
 
     return PriceBook.load(prices_file=prices_file or None)

@@ -165,7 +165,7 @@ def tune_gc() -> None:
 def _error_from(value: tuple[str, Any]) -> BaseException:
     """Rebuild an exception raised in the child (those the worker handles keep their type)."""
     from spendtrace.errors import SchemaVersionError, StorageError
-    from spendtrace.storage._ingest import ReplayedSpans
+    from spendtrace.server.store.sqlite._ingest import ReplayedSpans
 
     name, arg = value
     known: dict[str, type[BaseException]] = {
@@ -184,9 +184,9 @@ def _serve(conn: Connection, db_path: str) -> None:
     """The child: open the database, then run requests until told to stop or the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from spendtrace.storage._db import connect
-    from spendtrace.storage._ingest import ReplayedSpans, write_batch_sync
-    from spendtrace.storage._retention import apply_retention_chunk
+    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.sqlite._ingest import ReplayedSpans, write_batch_sync
+    from spendtrace.server.store.sqlite._retention import apply_retention_chunk
 
     try:
         db = connect(db_path)

@@ -1,5 +1,5 @@
 """``python -m spendtrace`` is the ``spendtrace`` CLI."""
 
-from spendtrace.cli import main
+from spendtrace.cli.main import main
 
 raise SystemExit(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 
 _topic_ids = itertools.count()
 

@@ -172,7 +172,7 @@ def commands(path: Path) -> list[Command]:
 
 # --- the tools ------------------------------------------------------------------------------------
 def _spendtrace_parser() -> argparse.ArgumentParser:
-    from spendtrace.cli import build_parser
+    from spendtrace.cli.main import build_parser
 
     return build_parser()
 
@@ -265,10 +265,10 @@ def ours() -> list[Command]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A closed database holding 60 spans (20 requests, with an unpriced item) written by the real ingest path."""
     from consumers.testing import make_spans
-    from spendtrace.pricing import PriceBook
     from spendtrace.schema import Span, UsageItem
-    from spendtrace.storage._db import connect
-    from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+    from spendtrace.server.pricing import PriceBook
+    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
     spans = make_spans(60)
     assert spans[0].request_id == PLACEHOLDERS["REQUEST_ID"]
@@ -290,7 +290,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run_spendtrace(args: list[str], db: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     """Run the CLI in this process on ``db`` (any --db in ``args`` is pointed at it)."""
-    from spendtrace.cli import main
+    from spendtrace.cli.main import main
 
     fixed: list[str] = []
     it = iter(args)
@@ -444,8 +444,9 @@ def _metric_names(store: Path) -> set[str]:
     from consumers.config import WorkerConfig
     from consumers.metrics import render_metrics
     from consumers.worker import Worker
-    from spendtrace.metrics import SDK_COUNTERS, render_store_metrics
-    from spendtrace.storage._db import connect
+    from spendtrace.sdk.metrics import SDK_COUNTERS
+    from spendtrace.server.metrics import render_store_metrics
+    from spendtrace.server.store.sqlite._db import connect
 
     conn = connect(store, readonly=True)
     try:
@@ -526,7 +527,7 @@ def test_runbook_python_runs_in_order(store: Path, tmp_path: Path, capsys: pytes
     namespace: dict[str, object] = {"__name__": "runbook"}
     for n, code in blocks:
         exec(compile(code.replace(DOC_DB, str(db)), f"RUNBOOK.md:{n}", "exec"), namespace)
-    from spendtrace.storage._db import connect
+    from spendtrace.server.store.sqlite._db import connect
 
     conn = connect(db, readonly=True)
     try:
@@ -538,8 +539,8 @@ def test_runbook_python_runs_in_order(store: Path, tmp_path: Path, capsys: pytes
 
 def test_prices_file_example_loads(tmp_path: Path) -> None:
     """The prices file shown in the runbook is accepted by the loader the workers use, with every key in it."""
-    from spendtrace.pricing import PriceBook
-    from spendtrace.pricing._overrides import load_overrides
+    from spendtrace.server.pricing import PriceBook
+    from spendtrace.server.pricing._overrides import load_overrides
 
     tomls = [c for lang, _, body in _blocks((ROOT / "docs" / "RUNBOOK.md").read_text()) if lang == "toml"
              for c in ["\n".join(body)]]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 import spendtrace
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 
 
 def test_public_api_is_sorted() -> None:

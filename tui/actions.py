@@ -24,7 +24,7 @@ def add_rule(
     webhook: str | None,
 ) -> str:
     """Create (or replace) a threshold rule: spend over ``window_hours`` above ``threshold_usd``."""
-    from spendtrace.alerts import set_alert
+    from spendtrace.server.alerts.rules import set_alert
 
     if scope != "total" and not scope_value:
         raise ValueError(f"a {scope} rule needs a {scope} name")
@@ -43,7 +43,7 @@ def add_rule(
 
 def remove_rule(db_path: Path, name: str) -> str:
     """Delete the rule called ``name``."""
-    from spendtrace.alerts import remove_alert
+    from spendtrace.server.alerts.rules import remove_alert
 
     if not remove_alert(name, db_path=str(db_path)):
         raise ValueError(f"no alert rule named {name!r}")
@@ -51,9 +51,9 @@ def remove_rule(db_path: Path, name: str) -> str:
 
 
 def run_reconcile(db_path: Path, start: str, end: str, actuals_file: str | None) -> dict[str, Any]:
-    """Run ``spendtrace.reconcile.reconcile`` and return its report as a dict."""
+    """Run ``spendtrace.server.reconcile.report.reconcile`` and return its report as a dict."""
     try:
-        mod = importlib.import_module("spendtrace.reconcile")
+        mod = importlib.import_module("spendtrace.server.reconcile.report")
     except ImportError as exc:
         raise ValueError("reconciliation is not available in this build (spendtrace.reconcile missing)") from exc
     kwargs: dict[str, Any] = {"db_path": str(db_path), "start": start, "end": end}
@@ -67,7 +67,7 @@ def run_reconcile(db_path: Path, start: str, end: str, actuals_file: str | None)
 
 def restate(db_path: Path, factor: float, start: str, end: str) -> str:
     """Apply ``factor`` to stored costs between ``start`` and ``end`` (recorded and undoable)."""
-    from spendtrace.storage import SQLiteStorage
+    from spendtrace.server.store.sqlite import SQLiteStorage
 
     storage = SQLiteStorage(str(db_path))
     try:

@@ -8,7 +8,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of ``spendtrace-tui``."""
-    from spendtrace._settings import default_db_path
+    from spendtrace.settings import default_db_path
 
     p = argparse.ArgumentParser(
         prog="spendtrace-tui", description="Live cloud and LLM spend per feature, in the terminal."
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         from tui.demo import run_demo
 
         return run_demo(args.db, refresh=args.refresh, rate=args.demo_rate, spike_after=args.spike_after)
-    from spendtrace._settings import default_db_path
+    from spendtrace.settings import default_db_path
 
     if args.serve:
         return _serve(args, args.db or default_db_path())

@@ -332,7 +332,7 @@ class Store:
         return self
 
     async def _connect(self) -> Any:
-        from spendtrace.storage._db import connect_async
+        from spendtrace.server.store.sqlite._db import connect_async
 
         conn = await connect_async(self.db_path)
         await conn.execute("PRAGMA query_only = 1")
@@ -547,7 +547,7 @@ class Store:
             "SELECT id, name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes,"
             " coalesce(webhook, ''), enabled FROM alert_rules ORDER BY name"
         )
-        from spendtrace.alerts import mask_url  # webhook URLs carry secrets: never shown in full
+        from spendtrace.server.alerts.rules import mask_url  # webhook URLs carry secrets: never shown in full
 
         return [
             AlertRuleRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), mask_url(r[8]) if r[8] else "",

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from spendtrace.errors import ConfigError, SpendtraceError
-from spendtrace.storage import SQLiteStorage
+from spendtrace.server.store.sqlite import SQLiteStorage
 
 __all__ = ["MAX_LIMIT", "create_app", "serve"]
 
@@ -80,7 +80,7 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
     @app.get("/metrics", dependencies=guarded, tags=["meta"], response_class=PlainTextResponse)
     def metrics() -> Response:
         """Prometheus exposition text of the stored spend (and this process's exporter counters)."""
-        from spendtrace.metrics import render_store_metrics
+        from spendtrace.server.metrics import render_store_metrics
 
         with storage._lock:  # one connection, serialised like every query
             text = render_store_metrics(storage._conn)
@@ -262,7 +262,7 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
     @app.get("/alerts", dependencies=guarded, tags=["alerts"])
     def alerts(limit: Limit = 100) -> dict[str, Any]:
         """Alert rules (webhook secrets masked) and the newest alert events."""
-        from spendtrace.alerts import list_alerts
+        from spendtrace.server.alerts.rules import list_alerts
 
         with storage._lock:
             cur = storage._conn.execute(
@@ -277,7 +277,7 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
     @app.get("/reconciliation/latest", dependencies=guarded, tags=["reconciliation"])
     def reconciliation_latest() -> dict[str, Any]:
         """The most recently saved reconciliation report."""
-        from spendtrace.reconcile import latest_report
+        from spendtrace.server.reconcile.report import latest_report
 
         report = latest_report(storage.db_path)
         if report is None:

@@ -12,12 +12,12 @@ import httpx
 import pytest
 import uvicorn
 
-from consumers.broker import free_port
+from spendtrace.server.broker import free_port
 from spendtrace.api import create_app
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 NANO = 1_000_000_000
 #: 2026-11-02 12:00 UTC, the suite's fixed "now"

@@ -9,7 +9,7 @@ import pytest
 from _api_fixtures import INJECTION, NOW_NS, LiveAPI
 
 from spendtrace.api import MAX_LIMIT
-from spendtrace.storage import SQLiteStorage
+from spendtrace.server.store.sqlite import SQLiteStorage
 
 
 def _json(value: Any) -> Any:
@@ -149,7 +149,7 @@ def test_bearer_token_guards_everything_but_health(live_api_token: LiveAPI) -> N
 
 def test_alerts_and_reconciliation_endpoints(live_api: LiveAPI) -> None:
     """/alerts lists rules with masked webhooks; /reconciliation/latest is 404 until a report is saved."""
-    from spendtrace.alerts import set_alert
+    from spendtrace.server.alerts.rules import set_alert
 
     set_alert(
         feature="search",

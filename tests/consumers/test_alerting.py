@@ -18,10 +18,10 @@ import pytest
 
 from consumers.alerting import AlertEvaluator, Touched, period_start, rate_values
 from consumers.webhooks import WebhookDispatcher, pagerduty_body
-from spendtrace.alerts import list_alerts, open_db, set_alert, set_budget, set_rate_alert
-from spendtrace.pricing import PriceBook, PriceEntry
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._ingest import WriteResult, prepare_batch, write_batch_sync
+from spendtrace.server.alerts.rules import list_alerts, open_db, set_alert, set_budget, set_rate_alert
+from spendtrace.server.pricing import PriceBook, PriceEntry
+from spendtrace.server.store.sqlite._ingest import WriteResult, prepare_batch, write_batch_sync
 
 NS = 1_000_000_000
 #: One usage unit of "unit_call" costs exactly $1, so spend in the tests is a count of calls.
@@ -156,7 +156,7 @@ async def test_new_and_removed_rules_are_picked_up(db_path: Path, fixed_now_ns: 
     await evaluator(spend(db_path, fixed_now_ns, 1))
     assert [e["rule"] for e in events(db_path)] == ["late"]
     set_alert(feature="search", threshold=1, cooldown_minutes=0, name="zero-cooldown", db_path=db_path)
-    from spendtrace.alerts import remove_alert
+    from spendtrace.server.alerts.rules import remove_alert
 
     remove_alert("late", db_path=db_path)
     await evaluator(spend(db_path, fixed_now_ns, 1))

@@ -1,4 +1,4 @@
-"""``python -m consumers.broker`` prints a working bootstrap address and stops cleanly on SIGINT."""
+"""``python -m spendtrace.server.broker`` prints a working bootstrap address and stops cleanly on SIGINT."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 async def test_broker_main_serves_until_sigint() -> None:
     """The printed address accepts Kafka admin requests; SIGINT ends the process with 0 and closes the port."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "consumers.broker", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "spendtrace.server.broker", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     try:
         assert proc.stdout is not None

@@ -68,7 +68,7 @@ def test_dockerfile_installs_the_project_with_the_consumer_extra() -> None:
 
 def test_api_service_runs_the_real_api_command() -> None:
     """The compose API service runs a command the real ``spendtrace`` parser accepts, on the workers' database."""
-    from spendtrace.cli import build_parser
+    from spendtrace.cli.main import build_parser
 
     svc = _compose()["services"]["api"]
     command = svc["command"]

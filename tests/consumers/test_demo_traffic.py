@@ -9,14 +9,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumers import demo_traffic
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span, decode_span
 
 
 @pytest.fixture
 def sdk_reset() -> Iterator[None]:
     """Leave no SDK export configuration behind."""
-    from spendtrace import _config
+    from spendtrace.sdk import config as _config
 
     _config.reset()
     try:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer
 
-from consumers.broker import EmbeddedBroker
-from consumers.topics import ensure_topics
+from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.topics import ensure_topics
 
 
 async def test_ensure_topics_creates_missing_ones_once(broker: EmbeddedBroker, topic_name: str) -> None:

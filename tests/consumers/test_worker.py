@@ -14,13 +14,13 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce, produce_spans, stored_offsets, wait_for
 from consumers.worker import Worker
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import UsageItem, encode_span
-from spendtrace.storage._ingest import prepare_batch
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path, group: str = "g", **kw: Any) -> WorkerConfig:
@@ -91,7 +91,7 @@ async def test_worker_starts_from_database_offsets_not_kafka(broker: EmbeddedBro
     cfg = _config(broker, topic_name, db_path)
     # Pretend an earlier run stored partition 0 up to half its messages (and nothing of the others).
     half = ends[0] // 2
-    from spendtrace.storage._db import connect
+    from spendtrace.server.store.sqlite._db import connect
 
     conn = connect(db_path)
     conn.execute(

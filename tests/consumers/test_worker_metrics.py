@@ -12,13 +12,13 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.metrics import Histogram, serve_metrics
 from consumers.testing import FEATURES, TENANTS, make_spans, produce_spans, stored_offsets
 from consumers.worker import Worker
-from spendtrace.pricing import PriceBook
-from spendtrace.storage._ingest import prepare_batch
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 PARTITIONS = 3
 DEADLINE_S = 60.0

@@ -14,7 +14,7 @@ from consumers.testing import make_spans
 from consumers.worker import load_price_book
 from consumers.writer import WriterError, WriterProcess, encode_write
 from spendtrace.errors import StorageError
-from spendtrace.storage._ingest import ReplayedSpans, prepare_batch
+from spendtrace.server.store.sqlite._ingest import ReplayedSpans, prepare_batch
 
 
 def _count(db: Path) -> tuple[int, int]:

@@ -7,16 +7,18 @@ from collections.abc import Iterator
 import pytest
 from pipeline_support import N_SPANS, Expected, Recorded, _Tee, run_app
 
-from consumers.broker import EmbeddedBroker
-from spendtrace.pricing import PriceBook
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span
+from spendtrace.server.pricing import PriceBook
 
 
 @pytest.fixture(scope="session")
 def recorded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     """20,000 spans recorded by the instrumented app and exported to their own topic through the real SDK."""
-    from spendtrace import _config, _sampling, configure, flush
-    from spendtrace.export import KafkaExporter
+    from spendtrace import configure, flush
+    from spendtrace.sdk import config as _config
+    from spendtrace.sdk import sampling as _sampling
+    from spendtrace.sdk.export import KafkaExporter
 
     topic = "e2e-sdk-spans"
     _config.reset()
@@ -35,7 +37,7 @@ def recorded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
         submitted += 1
         original(span)
 
-    from spendtrace import _pipeline
+    from spendtrace.sdk import pipeline as _pipeline
 
     _pipeline.set_sink(counting)
     try:

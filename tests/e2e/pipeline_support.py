@@ -22,9 +22,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from consumers.broker import EmbeddedBroker
-from spendtrace.pricing import PriceBook
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span, UsageItem, encode_span
+from spendtrace.server.pricing import PriceBook
 
 N_SPANS = 20_000
 TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")

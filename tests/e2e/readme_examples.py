@@ -17,7 +17,7 @@ import textwrap
 from decimal import Decimal
 from pathlib import Path
 
-from spendtrace.pricing import PriceBook
+from spendtrace.server.pricing import PriceBook
 
 INSTRUMENT_SETUP = """
 import spendtrace as cost_attribution

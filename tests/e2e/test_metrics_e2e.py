@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.broker import EmbeddedBroker
-from spendtrace.storage import SQLiteStorage
+from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.store.sqlite import SQLiteStorage
 
 DEADLINE_S = 120.0
 ENDPOINTS = ("/api/search", "/api/recommend")
@@ -114,7 +114,8 @@ def test_worker_metrics_match_the_database_during_and_after_the_run(
 ) -> None:
     """``spendtrace_cost_usd_total`` equals the database total once drained; scrapes in between only ever grow."""
     import spendtrace
-    from spendtrace import _config, _sampling
+    from spendtrace.sdk import config as _config
+    from spendtrace.sdk import sampling as _sampling
 
     previous_rate = _sampling.get_global_sample_rate()
     _config.reset()

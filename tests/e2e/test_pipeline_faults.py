@@ -26,7 +26,7 @@ from pipeline_support import (
     worker_cmd,
 )
 
-from consumers.broker import EmbeddedBroker, free_port
+from spendtrace.server.broker import EmbeddedBroker, free_port
 from consumers.config import WorkerConfig
 from consumers.testing import produce, stored_offsets, wait_for
 from consumers.worker import Worker

@@ -55,8 +55,8 @@ from readme_examples import (
 )
 
 from spendtrace import SQLiteStorage
-from spendtrace.alerts import list_alerts
 from spendtrace.schema import UNATTRIBUTED
+from spendtrace.server.alerts.rules import list_alerts
 
 N_RECOMMEND = 5
 MANUAL_QUERIES = ("lamp", "desk", "chair")

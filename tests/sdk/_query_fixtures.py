@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from spendtrace.pricing import PriceBook, weighted_cost
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._dash import DIMS, GRAINS
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.pricing import PriceBook, weighted_cost
+from spendtrace.server.store.sqlite._dash import DIMS, GRAINS
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 NANO = 1_000_000_000
 DAY_NS = 86_400 * NANO

@@ -6,8 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from spendtrace import _pipeline, _sampling
 from spendtrace.schema import Span
+from spendtrace.sdk import pipeline as _pipeline
+from spendtrace.sdk import sampling as _sampling
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def spans() -> Iterator[list[Span]]:
 @pytest.fixture
 def export_reset() -> Iterator[None]:
     """Leave no export configuration behind: shut down whatever the test configured, restore the defaults."""
-    from spendtrace import _config
+    from spendtrace.sdk import config as _config
 
     _config.reset()
     try:

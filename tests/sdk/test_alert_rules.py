@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import spendtrace
-from spendtrace.alerts import (
+from spendtrace.server.alerts.rules import (
     list_alerts,
     mask_url,
     open_db,
@@ -160,7 +160,7 @@ def test_names_are_bound_as_parameters(db_path: Path) -> None:
 
 def test_cli_add_list_remove(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``spendtrace alerts add/list/remove`` manage rules; the listing never shows the webhook's secret."""
-    from spendtrace.cli import main
+    from spendtrace.cli.main import main
 
     db = ["--db", str(db_path)]
     assert main([*db, "alerts", "add", "--feature", "search", "--threshold", "10", "--webhook", SLACK,

@@ -18,13 +18,13 @@ from spendtrace import (
     InMemoryExporter,
     KafkaExporter,
     LocalStoreExporter,
-    _config,
-    _pipeline,
-    _settings,
     add_api_call,
     cost_track,
     get_tracker,
 )
+from spendtrace import settings as _settings
+from spendtrace.sdk import config as _config
+from spendtrace.sdk import pipeline as _pipeline
 
 pytestmark = pytest.mark.usefixtures("export_reset")
 
@@ -140,7 +140,7 @@ def test_sample_rate_and_lambda_memory_settings(tmp_path: Path) -> None:
         assert len(exporter.spans) == 1
     finally:
         spendtrace.set_global_sample_rate(1.0)
-        from spendtrace import _scope
+        from spendtrace.sdk import scope as _scope
 
         _scope.set_lambda_memory_mb(None)
 

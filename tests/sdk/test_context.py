@@ -10,8 +10,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import spendtrace
-from spendtrace import _clock, _scope
 from spendtrace.schema import Span
+from spendtrace.sdk import clock as _clock
+from spendtrace.sdk import scope as _scope
 
 
 def test_no_scope_means_no_ids() -> None:

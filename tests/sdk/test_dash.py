@@ -10,9 +10,9 @@ import msgspec
 import pytest
 from _query_fixtures import DAY_NS, Expect, dash_mismatches, make_spans, store
 
-from spendtrace.pricing import PriceBook
-from spendtrace.storage import SQLiteStorage
-from spendtrace.storage._dash import MARKER
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite import SQLiteStorage
+from spendtrace.server.store.sqlite._dash import MARKER
 
 NOW = 1_793_620_800_000_000_000  # the fixed_now_ns instant
 MINUTE_NS = 60_000_000_000

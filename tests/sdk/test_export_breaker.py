@@ -11,8 +11,8 @@ import pytest
 
 import spendtrace
 from spendtrace import CircuitBreaker, InMemoryExporter, set_circuit_breaker
-from spendtrace.export import get_circuit_breaker
 from spendtrace.schema import Span
+from spendtrace.sdk.export import get_circuit_breaker
 
 
 class Clock:
@@ -115,7 +115,7 @@ def test_open_breaker_skips_the_exporter(tmp_path: Path, export_reset: None) -> 
     exporter = CountingFailExporter()
     set_circuit_breaker(CircuitBreaker(error_threshold=2, recovery_timeout_sec=30, clock=clock))
     spendtrace.configure(exporter=exporter, spill_dir=tmp_path, batch_size=10, max_delay=0.01)
-    from spendtrace import _pipeline
+    from spendtrace.sdk import pipeline as _pipeline
 
     spans = [Span(span_id=f"s{i}", parent_id=None, request_id="r", feature="f") for i in range(100)]
     for i in range(0, 100, 10):

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import spendtrace
-from spendtrace import CircuitBreaker, InMemoryExporter, _pipeline, cost_track
-from spendtrace.export import BatchProcessor
+from spendtrace import CircuitBreaker, InMemoryExporter, cost_track
 from spendtrace.schema import Span
+from spendtrace.sdk import pipeline as _pipeline
+from spendtrace.sdk.export import BatchProcessor
 
 pytestmark = pytest.mark.usefixtures("export_reset")
 

@@ -25,7 +25,7 @@ with spendtrace.track_request(endpoint="/x", user_id="t"):
 spendtrace.set_global_sample_rate(1.0)
 loaded_after_use = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
 print(json.dumps({"import": loaded_on_import, "use": loaded_after_use,
-                  "scope_loaded": "spendtrace._scope" in sys.modules}))
+                  "scope_loaded": "spendtrace.sdk.scope" in sys.modules}))
 """
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from spendtrace import PriceBook, Span, UsageItem
-from spendtrace.pricing import PriceEntry
-from spendtrace.storage._db import connect, connect_async
-from spendtrace.storage._ingest import (
+from spendtrace.server.pricing import PriceEntry
+from spendtrace.server.store.sqlite._db import connect, connect_async
+from spendtrace.server.store.sqlite._ingest import (
     _UPSERT_ROWS,
     prepare_batch,
     read_offsets,

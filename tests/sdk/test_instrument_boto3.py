@@ -21,9 +21,9 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
 import spendtrace
-from spendtrace._scope import suppress_instrumentation
-from spendtrace.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, price_key_for, uninstrument
 from spendtrace.schema import UNATTRIBUTED, Span, UsageItem
+from spendtrace.sdk.context import suppress_instrumentation
+from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, price_key_for, uninstrument
 
 _CREDS = {"region_name": "us-east-1", "aws_access_key_id": "AKIDTEST", "aws_secret_access_key": "secret"}
 
@@ -519,7 +519,7 @@ def test_live_clients_of_every_service_are_instrumented_without_errors(spans: li
 _DEFERRED = """
 import json, sys
 import spendtrace
-from spendtrace import _pipeline
+from spendtrace.sdk import pipeline as _pipeline
 got = []
 _pipeline.set_sink(got.append)
 active = spendtrace.auto_instrument()

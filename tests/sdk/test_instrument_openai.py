@@ -11,8 +11,8 @@ import openai
 import pytest
 
 import spendtrace
-from spendtrace.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, price_key_for, uninstrument
 from spendtrace.schema import UNATTRIBUTED, Span, UsageItem
+from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, price_key_for, uninstrument
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
 

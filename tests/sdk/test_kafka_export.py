@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 import spendtrace
-from consumers.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace import CircuitBreaker, KafkaExporter, add_api_call, cost_track, track_request
 from spendtrace.schema import Span, decode_span
 

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from consumers.alerting import AlertEvaluator, Touched
-from spendtrace.alerts import set_alert
 from spendtrace.export import LocalStoreExporter
-from spendtrace.pricing import PriceBook, PriceEntry, set_base_book
 from spendtrace.schema import Span, UsageItem
+from spendtrace.server.alerts.rules import set_alert
+from spendtrace.server.pricing import PriceBook, PriceEntry, set_base_book
 
 NS = 1_000_000_000
 

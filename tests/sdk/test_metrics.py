@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import spendtrace
-from spendtrace.metrics import SDK_COUNTERS, register_sdk_metrics
+from spendtrace.sdk.metrics import SDK_COUNTERS, register_sdk_metrics
 
 
 def _samples(registry: CollectorRegistry) -> dict[str, float]:

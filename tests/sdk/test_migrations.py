@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from spendtrace import SchemaVersionError, StorageError
-from spendtrace.storage._db import connect, connect_async, schema_version
-from spendtrace.storage._ddl import SCHEMA_VERSION
+from spendtrace.server.store.sqlite._db import connect, connect_async, schema_version
+from spendtrace.server.store.sqlite._ddl import SCHEMA_VERSION
 
 TABLES = {
     "meta",

@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from spendtrace.pricing import PriceBook, weighted_cost
-from spendtrace.pricing._entry import PriceEntry
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._prepare import prepare_batch
+from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.pricing import PriceBook, weighted_cost
+from spendtrace.server.pricing._entry import PriceEntry
 
 _CHANGE = date(2026, 6, 1)
 _CHANGE_NS = int(datetime(2026, 6, 1, tzinfo=UTC).timestamp()) * 10**9

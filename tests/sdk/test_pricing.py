@@ -8,16 +8,17 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
 from spendtrace import AWSCostModel, PriceBook, PricingError, UsageItem, get_tracker
-from spendtrace.instrument._models import KNOWN_PRICE_KEYS
-from spendtrace.pricing import PriceEntry, current_book, set_base_book
-from spendtrace.pricing import _aws as aws_mod
-from spendtrace.pricing._aws import AWS_QUERIES, aws_book
+from spendtrace.sdk.instrument._models import KNOWN_PRICE_KEYS
+from spendtrace.server.pricing import PriceEntry, current_book, set_base_book
+from spendtrace.server.pricing import _aws as aws_mod
+from spendtrace.server.pricing._aws import AWS_QUERIES, aws_entries
 
 README_KEYS = (
     "dynamodb_read",
@@ -32,6 +33,13 @@ README_KEYS = (
     "bedrock_claude_3_opus",
     "openai_gpt4",
 )
+
+
+def aws_book(**kwargs: Any) -> PriceBook:
+    """The static book with the AWS Pricing API's rates on top, as ``PriceBook.load`` lays them."""
+    entries = aws_entries(**kwargs)
+    base = PriceBook.default()
+    return base if entries is None else base.with_overrides(entries, name=f"{base.name}+aws")
 
 
 def ns(y: int, m: int, d: int) -> int:
@@ -376,7 +384,7 @@ def test_aws_pricing_is_asked_by_default_only_where_credentials_are_configured(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``PriceBook.load`` asks AWS when credentials are configured (no network probe), or as the env var forces."""
-    from spendtrace.pricing._aws import aws_pricing_wanted
+    from spendtrace.server.pricing._aws import aws_pricing_wanted
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(var, raising=False)

@@ -12,12 +12,12 @@ import pytest
 from _query_fixtures import DAY_NS, INJECTION, MARKUP, NANO, UNKNOWN_KEY, Expect, make_spans, store
 
 import spendtrace
-from spendtrace._settings import set_db_path
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage import AsyncStorage, SQLiteStorage
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite import AsyncStorage, SQLiteStorage
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.settings import set_db_path
 
 #: the same instant as the ``fixed_now_ns`` fixture: 2026-11-02 12:00 UTC
 NOW = 1_793_620_800_000_000_000
@@ -435,7 +435,8 @@ def test_missing_parent_shows_as_root(db_path: Path) -> None:
 
 def test_readme_observe_flow_sees_spans_recorded_in_process(db_path: Path, tmp_path: Path) -> None:
     """Spans a @cost_track function records through the local exporter are visible to SQLiteStorage at once."""
-    from spendtrace import _config, add_api_call, cost_track
+    from spendtrace import add_api_call, cost_track
+    from spendtrace.sdk import config as _config
 
     _config.configure(db=db_path, spill_dir=tmp_path / "spill", max_delay=3600)  # no timer flush: reads must flush
     try:

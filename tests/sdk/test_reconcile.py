@@ -15,12 +15,12 @@ import pytest
 from botocore.stub import Stubber
 
 from spendtrace import reconcile
-from spendtrace._costexplorer import map_service
-from spendtrace.alerts import open_db
-from spendtrace.pricing import PriceBook, PriceEntry
-from spendtrace.reconcile import latest_report
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.alerts.rules import open_db
+from spendtrace.server.pricing import PriceBook, PriceEntry
+from spendtrace.server.reconcile.costexplorer import map_service
+from spendtrace.server.reconcile.report import latest_report
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 NS = 1_000_000_000
 #: Every test key costs $0.0001 per unit, so a count of N units is N/10000 dollars exactly.
@@ -283,7 +283,7 @@ def test_restatement_shows_in_the_report_and_undo_restores_everything(db_path: P
 def test_cli_prints_the_summary_and_writes_json(db_path: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """``spendtrace reconcile --actuals FILE --out`` prints the report and writes the same numbers as JSON."""
-    from spendtrace.cli import main
+    from spendtrace.cli.main import main
 
     readme_model(db_path)
     bill = dict(README_BILL_2, Tax="1.5000")

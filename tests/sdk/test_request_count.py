@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from spendtrace import PriceBook, Span, UsageItem
-from spendtrace.storage import SQLiteStorage
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.store.sqlite import SQLiteStorage
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 BOOK = PriceBook.default()
 #: 2026-11-02 10:59:30 UTC: requests below straddle minute and hour boundaries

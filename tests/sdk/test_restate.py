@@ -11,10 +11,10 @@ import pytest
 from test_ingest import BOOK, make_spans, ns, write_in_batches
 
 from spendtrace import ConfigError, StorageError
-from spendtrace.storage import _restate as restate_mod
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
-from spendtrace.storage._restate import restate_historical_costs, undo_restatement
+from spendtrace.server.store.sqlite import _restate as restate_mod
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.store.sqlite._restate import restate_historical_costs, undo_restatement
 
 MONEY_TABLES = (
     "spans",

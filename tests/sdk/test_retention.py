@@ -12,10 +12,10 @@ import pytest
 from _query_fixtures import dash_mismatches, make_spans, store
 
 from spendtrace import ConfigError, PriceBook, Span, SQLiteStorage, UsageItem
-from spendtrace.storage._dash import GRAINS
-from spendtrace.storage._db import connect, connect_async
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
-from spendtrace.storage._retention import (
+from spendtrace.server.store.sqlite._dash import GRAINS
+from spendtrace.server.store.sqlite._db import connect, connect_async
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.store.sqlite._retention import (
     RAW_DELETES,
     RetentionPolicy,
     apply_retention,

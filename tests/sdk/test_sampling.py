@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 
 import spendtrace
-from spendtrace import _sampling, _scope
 from spendtrace.schema import UNATTRIBUTED, Span
+from spendtrace.sdk import sampling as _sampling
+from spendtrace.sdk import scope as _scope
 
 
 @pytest.fixture(autouse=True)

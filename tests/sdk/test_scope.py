@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import spendtrace
-from spendtrace import _clock, _scope
 from spendtrace.schema import MAX_NAME_LEN, UNATTRIBUTED, Span, UsageItem
+from spendtrace.sdk import clock as _clock
+from spendtrace.sdk import scope as _scope
 
 
 def by_feature(spans: list[Span]) -> dict[str, Span]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from _query_fixtures import INJECTION, Expect, make_spans, store
 
-from spendtrace import cli
-from spendtrace.pricing import PriceBook
-from spendtrace.storage import SQLiteStorage
+from spendtrace.cli import main as cli
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite import SQLiteStorage
 
 NOW = 1_793_620_800_000_000_000  # the fixed_now_ns instant
 
@@ -115,11 +115,12 @@ def test_default_database_from_environment(
 
 
 def test_plugins_are_the_cli_modules_present(capsys: pytest.CaptureFixture[str]) -> None:
-    """Each ``spendtrace/_cli_*.py`` module present is a plugin; unknown subcommands are refused."""
-    import spendtrace
+    """Each ``spendtrace/cli/*.py`` module but ``main`` is a plugin; unknown subcommands are refused."""
+    import spendtrace.cli
 
-    present = sorted(p.stem for p in Path(spendtrace.__file__).parent.glob("_cli_*.py"))
-    assert cli.plugins() == present
+    folder = Path(spendtrace.cli.__file__).parent
+    present = sorted(p.stem for p in folder.glob("*.py") if p.stem not in ("__init__", "main"))
+    assert present and cli.plugins() == present
     parser = cli.build_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["not-a-subcommand"])

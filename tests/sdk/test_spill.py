@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spendtrace.export._spill import SpillFull, SpillStore
 from spendtrace.schema import Span, decode_spans
+from spendtrace.sdk.export._spill import SpillFull, SpillStore
 
 
 def make_spans(n: int, prefix: str = "s") -> list[Span]:
@@ -125,7 +125,7 @@ def test_a_file_being_written_by_another_store_is_not_replayed(tmp_path: Path) -
 
 _HOLD = """
 import sys, time
-from spendtrace.export._spill import SpillStore
+from spendtrace.sdk.export._spill import SpillStore
 store = SpillStore(sys.argv[1])
 got = []
 store.replay_one(got.extend)  # holds the lock on the first file, and stays alive

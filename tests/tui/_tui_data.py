@@ -11,10 +11,10 @@ import random
 import sqlite3
 from pathlib import Path
 
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 NANO = 1_000_000_000
 MINUTE_NS = 60 * NANO
@@ -160,7 +160,7 @@ def build(db_path: Path, now_ns: int) -> list[Span]:
 
 def add_alert_fixture(db_path: Path, now_ns: int) -> None:
     """One rule through the alerts API and one fired event (as the evaluator records it)."""
-    from spendtrace.alerts import set_alert
+    from spendtrace.server.alerts.rules import set_alert
 
     set_alert(feature="recommend", threshold=0.05, window_hours=1, name="recs-hourly", db_path=str(db_path))
     conn = sqlite3.connect(db_path)

@@ -28,10 +28,10 @@ from typing import Any
 import aiohttp
 
 from consumers.cli import build_parser as build_parser_consumer
-from spendtrace.pricing import PriceBook
 from spendtrace.schema import Span, UsageItem
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 from tui.cli import build_parser
 from tui.format import money
 from tui.serve import app_command, public_url_for

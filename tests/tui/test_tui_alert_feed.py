@@ -11,8 +11,8 @@ from _tui_helpers import SIZE, settle, until
 from aiokafka import AIOKafkaProducer
 
 from consumers.alerting import AlertEvent
-from consumers.broker import EmbeddedBroker
-from consumers.topics import ensure_topics
+from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.topics import ensure_topics
 from tui.alert_feed import decode_alert
 from tui.screens.alerts import AlertsScreen
 from tui.widgets.keyed_table import KeyedTable

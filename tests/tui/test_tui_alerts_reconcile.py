@@ -10,7 +10,7 @@ from _snap import screen_text
 from _tui_helpers import SIZE, settle, until
 from textual.widgets import Input
 
-from spendtrace.alerts import list_alerts
+from spendtrace.server.alerts.rules import list_alerts
 from tui.screens.alerts import AlertsScreen
 from tui.screens.modals import AddRuleModal, ConfirmModal
 from tui.screens.reconcile import ReconcileScreen

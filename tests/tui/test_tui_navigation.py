@@ -9,9 +9,9 @@ from _snap import screen_text
 from _tui_data import BIG_REQUEST, MARKUP, build, request
 from _tui_helpers import SIZE, settle, until
 
-from spendtrace.pricing import PriceBook
-from spendtrace.storage._db import connect
-from spendtrace.storage._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 from tui.screens.alerts import AlertsScreen
 from tui.screens.dimension import EndpointsScreen, LiveScreen, TenantsScreen
 from tui.screens.help import HelpScreen

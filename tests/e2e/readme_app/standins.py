@@ -119,7 +119,7 @@ def run_as_of(day: str) -> None:
 
     Sets the SDK's wall-clock anchor; it holds for the next 4,095 spans (then the SDK re-anchors).
     """
-    from spendtrace import _clock
+    from spendtrace.sdk import clock as _clock
 
     noon = dt.datetime.fromisoformat(day).replace(hour=12, tzinfo=dt.UTC)
     _clock.wall_offset = int(noon.timestamp()) * 1_000_000_000 - time.perf_counter_ns()

@@ -1,0 +1,54 @@
+"""The SDK exporter's own counters as Prometheus metrics, for apps that already serve a registry.
+
+``register_sdk_metrics`` adds this process's exporter counters (``spendtrace_exporter_dropped_total``
+and friends, present at 0 from start-up) to a ``prometheus_client`` registry; prometheus_client is
+imported only when it is called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["SDK_COUNTERS", "register_sdk_metrics"]
+
+#: ExporterStats field -> metric name (without the ``_total`` that prometheus_client appends).
+SDK_COUNTERS = {
+    "recorded": "spendtrace_exporter_recorded",
+    "exported": "spendtrace_exporter_exported",
+    "spilled": "spendtrace_exporter_spilled",
+    "replayed": "spendtrace_exporter_replayed",
+    "dropped": "spendtrace_exporter_dropped",
+    "export_errors": "spendtrace_exporter_errors",
+}
+
+
+class _SDKCollector:
+    """A prometheus_client collector over ``spendtrace.get_stats()``; every counter exists at 0 from the start."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from spendtrace.sdk.config import get_stats
+
+        stats = get_stats()
+        for field, name in SDK_COUNTERS.items():
+            yield CounterMetricFamily(
+                name, f"Spans {field.replace('_', ' ')} by this process's exporter.", value=getattr(stats, field)
+            )
+        yield GaugeMetricFamily("spendtrace_exporter_queued", "Spans waiting in memory.", value=stats.queued)
+
+
+def register_sdk_metrics(registry: Any = None) -> Any:
+    """Register the exporter counters (``spendtrace_exporter_dropped_total`` ...) with ``registry``.
+
+    ``registry`` defaults to prometheus_client's global ``REGISTRY``; returns the collector.
+    Needs ``prometheus-client`` (the ``[api]`` extra).
+    """
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError as exc:
+        raise ImportError("register_sdk_metrics needs prometheus-client: pip install 'spendtrace[api]'") from exc
+    collector = _SDKCollector()
+    (registry if registry is not None else REGISTRY).register(collector)
+    return collector

@@ -1,0 +1,461 @@
+"""Spend alert rules: thresholds over rolling windows, period budgets and spike (rate) rules.
+
+Rules live in the ``alert_rules`` table, so any process (an app, the CLI, a notebook) can add
+one and every consumer worker picks it up on its next batch without a restart. This module
+only defines and stores rules. They are evaluated after each committed batch by whoever writes
+it: the consumer workers (``consumers.alerting``, ``consumers.webhooks``) with Kafka, or the
+app's own local SQLite exporter without it (``spendtrace.server.alerts.local``); both use the same
+evaluation (``spendtrace.server.alerts.evaluate``) and webhook delivery (``spendtrace.server.alerts.delivery``),
+and one transaction decides each firing, so a rule fires once per cooldown whoever evaluates.
+Money is stored as integer nano-dollars.
+
+Rule kinds (``AlertRule.kind``):
+
+- ``threshold``: spend of the scope over the last ``window_minutes`` (whole minute buckets,
+  the current one included) is above ``threshold``; fires at most once per ``cooldown_minutes``.
+- ``budget``: spend since the start of the current UTC period (day, ISO week from Monday, or
+  calendar month) reached each chosen percentage of ``threshold``; each percentage fires once
+  per period, and a new period starts clean.
+- ``rate``: spend over the last 60 minutes is at least ``factor`` times the trailing average
+  for that hour of day: the mean over the previous ``lookback_days`` days of the hourly
+  rollup bucket at the same clock hour (days with no data count as zero). It needs a
+  non-zero baseline and at least ``min_spend`` in the last hour, so a first-ever cent or a
+  brand-new feature does not page anyone (threshold rules cover those).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+from spendtrace.settings import default_db_path
+
+__all__ = [
+    "BUDGET_PERIODS",
+    "AlertRule",
+    "list_alerts",
+    "load_rules",
+    "mask_url",
+    "open_db",
+    "remove_alert",
+    "rules_version",
+    "set_alert",
+    "set_budget",
+    "set_rate_alert",
+    "validate_webhook",
+]
+
+NANO = 1_000_000_000
+BUDGET_PERIODS = ("day", "week", "month")
+WebhookFormat = Literal["slack", "pagerduty"]
+_SCOPE_COLUMNS = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One stored alert rule (see the module docstring for what each kind means)."""
+
+    id: int
+    name: str
+    kind: str
+    scope: str
+    scope_value: str
+    threshold_nano: int | None
+    window_minutes: int | None
+    cooldown_minutes: int
+    params: Mapping[str, Any] = field(default_factory=dict)
+    webhook: str | None = None
+    webhook_format: str = "slack"
+    enabled: bool = True
+    created_ns: int = 0
+    updated_ns: int = 0
+
+    @property
+    def threshold(self) -> float | None:
+        """The threshold (or budget amount) in USD."""
+        return None if self.threshold_nano is None else self.threshold_nano / NANO
+
+    @property
+    def scope_column(self) -> str | None:
+        """The rollup column the scope filters on (``None`` for total spend)."""
+        return _SCOPE_COLUMNS.get(self.scope)
+
+    @property
+    def routing_key(self) -> str | None:
+        """The PagerDuty routing key, for ``webhook_format == "pagerduty"``."""
+        key = self.params.get("routing_key")
+        return str(key) if key else None
+
+    @property
+    def masked_webhook(self) -> str:
+        """The webhook URL with its secrets hidden, safe to print or log."""
+        return mask_url(self.webhook) if self.webhook else ""
+
+    def describe(self) -> str:
+        """One human line: what the rule watches and when it fires (no secrets)."""
+        who = "total spend" if self.scope == "total" else f"{self.scope} {self.scope_value!r}"
+        usd = f"${self.threshold:.2f}" if self.threshold is not None else "?"
+        if self.kind == "budget":
+            pcts = "/".join(str(p) for p in self.params.get("percentages", []))
+            return f"{who}: {self.params.get('period')} budget {usd}, warn at {pcts}%"
+        if self.kind == "rate":
+            return (
+                f"{who}: last hour >= {self.params.get('factor')}x the {self.params.get('lookback_days', 7)}-day "
+                f"average for that hour (min ${float(self.params.get('min_spend_nano', 0)) / NANO:.2f})"
+            )
+        return f"{who}: > {usd} over {self.window_minutes} min, cooldown {self.cooldown_minutes} min"
+
+    def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
+        """A JSON-ready view; the webhook is masked unless ``mask=False``."""
+        params = dict(self.params)
+        if mask and "routing_key" in params:
+            params["routing_key"] = _mask_token(str(params["routing_key"]))
+        return {
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "scope": self.scope,
+            "scope_value": self.scope_value,
+            "threshold_usd": self.threshold,
+            "window_minutes": self.window_minutes,
+            "cooldown_minutes": self.cooldown_minutes,
+            "params": params,
+            "webhook": self.masked_webhook if mask else self.webhook,
+            "webhook_format": self.webhook_format,
+            "enabled": self.enabled,
+            "description": self.describe(),
+        }
+
+
+# --- webhook URLs -------------------------------------------------------------------------
+
+
+def validate_webhook(url: str) -> str:
+    """Return ``url`` if it is an absolute http(s) URL with a host; raise ``ValueError`` otherwise."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("webhook URL must be a non-empty string")
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"webhook URL must use http or https, not {parts.scheme or 'no scheme'!r}")
+    if not parts.hostname:
+        raise ValueError("webhook URL has no host")
+    return url.strip()
+
+
+def _mask_token(token: str) -> str:
+    if len(token) <= 4:
+        return "***"
+    return token[:2] + "***"
+
+
+def mask_url(url: str) -> str:
+    """Hide what may be a secret in a webhook URL: credentials, query values, and path tokens.
+
+    The scheme, host and the first path segment stay readable so a person can still tell
+    hooks apart (``https://hooks.slack.com/services/T0***/B0***/xy***``).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    if parts.username or parts.password:
+        host = f"***@{host}"
+    segments = parts.path.split("/")
+    masked_path = "/".join(
+        seg if i <= 1 or len(seg) <= 3 else _mask_token(seg) for i, seg in enumerate(segments)
+    )
+    query = "&".join(
+        (kv.split("=", 1)[0] + "=***") if "=" in kv else _mask_token(kv) for kv in parts.query.split("&") if kv
+    )
+    return urlunsplit(SplitResult(parts.scheme, host, masked_path, query, ""))
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def open_db(db_path: str | os.PathLike[str] | None = None) -> sqlite3.Connection:
+    """Open (creating or migrating if needed) the spendtrace database, autocommit mode."""
+    from spendtrace.server.store.sqlite._db import connect
+
+    return connect(os.fspath(db_path) if db_path is not None else default_db_path())
+
+
+def _scope_of(
+    feature: str | None, user_id: str | None, endpoint: str | None, total: bool
+) -> tuple[str, str]:
+    chosen = [(s, v) for s, v in (("feature", feature), ("user", user_id), ("endpoint", endpoint)) if v is not None]
+    if total:
+        if chosen:
+            raise ValueError("total=True cannot be combined with feature, user_id or endpoint")
+        return "total", ""
+    if len(chosen) != 1:
+        raise ValueError("give exactly one of feature=, user_id=, endpoint= (or total=True)")
+    scope, value = chosen[0]
+    if not value:
+        raise ValueError(f"{scope} must not be empty")
+    return scope, value
+
+
+def _to_nano(usd: float, what: str) -> int:
+    try:
+        value = float(usd)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of USD, got {usd!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{what} must be a positive number of USD, got {usd!r}")
+    return round(value * NANO)
+
+
+def _check_delivery(
+    webhook: str | None, webhook_format: str, routing_key: str | None, params: dict[str, Any]
+) -> str | None:
+    if webhook_format not in ("slack", "pagerduty"):
+        raise ValueError(f"webhook_format must be 'slack' or 'pagerduty', not {webhook_format!r}")
+    if webhook_format == "pagerduty":
+        if not routing_key:
+            raise ValueError("a PagerDuty webhook needs routing_key=")
+        params["routing_key"] = routing_key
+        webhook = webhook or "https://events.pagerduty.com/v2/enqueue"
+    return validate_webhook(webhook) if webhook is not None else None
+
+
+def _upsert(
+    db_path: str | os.PathLike[str] | None,
+    *,
+    name: str,
+    kind: str,
+    scope: str,
+    scope_value: str,
+    threshold_nano: int,
+    window_minutes: int | None,
+    cooldown_minutes: int,
+    params: dict[str, Any],
+    webhook: str | None,
+    webhook_format: str,
+    now_ns: int | None,
+) -> AlertRule:
+    if not name or len(name) > 200:
+        raise ValueError("alert name must be 1..200 characters")
+    if cooldown_minutes < 0:
+        raise ValueError("cooldown_minutes must be >= 0")
+    now = time.time_ns() if now_ns is None else now_ns
+    conn = open_db(db_path)
+    try:
+        # Bump updated_ns strictly, so workers notice a change even within one clock tick.
+        row = conn.execute("SELECT coalesce(max(updated_ns), 0) FROM alert_rules").fetchone()
+        now = max(now, int(row[0]) + 1)
+        conn.execute(
+            """
+            INSERT INTO alert_rules (name, kind, scope, scope_value, threshold_nano, window_minutes,
+                                     cooldown_minutes, params, webhook, webhook_format, enabled,
+                                     created_ns, updated_ns)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
+            ON CONFLICT(name) DO UPDATE SET
+                kind = excluded.kind, scope = excluded.scope, scope_value = excluded.scope_value,
+                threshold_nano = excluded.threshold_nano, window_minutes = excluded.window_minutes,
+                cooldown_minutes = excluded.cooldown_minutes, params = excluded.params,
+                webhook = excluded.webhook, webhook_format = excluded.webhook_format,
+                enabled = 1, updated_ns = excluded.updated_ns
+            """,
+            (
+                name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes,
+                json.dumps(params, sort_keys=True), webhook, webhook_format, now, now,
+            ),
+        )
+        cur = conn.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE name = ?", (name,))
+        return _rule_from_row(cur.fetchone())
+    finally:
+        conn.close()
+
+
+def set_alert(
+    feature: str | None = None,
+    threshold: float | None = None,
+    window_hours: float = 24,
+    webhook: str | None = None,
+    cooldown_minutes: int = 60,
+    *,
+    name: str | None = None,
+    user_id: str | None = None,
+    endpoint: str | None = None,
+    total: bool = False,
+    db_path: str | os.PathLike[str] | None = None,
+    webhook_format: WebhookFormat = "slack",
+    routing_key: str | None = None,
+    now_ns: int | None = None,
+) -> AlertRule:
+    """Add (or replace, by ``name``) a rule that fires when rolling spend goes over ``threshold`` USD.
+
+    The scope is one of ``feature``, ``user_id`` (a tenant), ``endpoint``, or ``total=True``.
+    ``window_hours`` is the rolling window (whole minutes, at least one); the rule fires at most
+    once per ``cooldown_minutes`` however many processes evaluate it: the consumer workers with
+    Kafka, or, without Kafka, the app's own local-store exporter after each batch it writes.
+    ``webhook`` is any http(s) URL that takes a POST: Slack-compatible ``{"text": ...}`` by
+    default, or PagerDuty Events v2 with ``webhook_format="pagerduty"`` and a ``routing_key``.
+    Without a webhook the event is still recorded (and, by the workers, published to the alerts
+    topic). Raises ``ValueError`` on a bad argument.
+    """
+    scope, value = _scope_of(feature, user_id, endpoint, total)
+    if threshold is None:
+        raise ValueError("threshold= (USD) is required")
+    nano = _to_nano(threshold, "threshold")
+    window = round(float(window_hours) * 60)
+    if window < 1:
+        raise ValueError("window_hours must cover at least one minute")
+    params: dict[str, Any] = {}
+    hook = _check_delivery(webhook, webhook_format, routing_key, params)
+    rule_name = name or f"{scope}:{value or '*'}>{threshold:g}/{window_hours:g}h"
+    return _upsert(
+        db_path, name=rule_name, kind="threshold", scope=scope, scope_value=value, threshold_nano=nano,
+        window_minutes=window, cooldown_minutes=int(cooldown_minutes), params=params, webhook=hook,
+        webhook_format=webhook_format, now_ns=now_ns,
+    )
+
+
+def set_budget(
+    amount: float,
+    period: Literal["day", "week", "month"] = "month",
+    *,
+    feature: str | None = None,
+    user_id: str | None = None,
+    endpoint: str | None = None,
+    total: bool = False,
+    percentages: tuple[float, ...] | list[float] = (50, 80, 100),
+    webhook: str | None = None,
+    name: str | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    webhook_format: WebhookFormat = "slack",
+    routing_key: str | None = None,
+    now_ns: int | None = None,
+) -> AlertRule:
+    """Add (or replace) a budget of ``amount`` USD per UTC ``period`` with warnings at ``percentages``.
+
+    Each percentage fires once per period (when spend since the period's start reaches it);
+    the next period starts clean. Weeks start on Monday 00:00 UTC.
+    """
+    scope, value = _scope_of(feature, user_id, endpoint, total)
+    if period not in BUDGET_PERIODS:
+        raise ValueError(f"period must be one of {BUDGET_PERIODS}, not {period!r}")
+    pcts = sorted({float(p) for p in percentages})
+    if not pcts or any(not 0 < p <= 1000 for p in pcts):
+        raise ValueError("percentages must be numbers in (0, 1000]")
+    params: dict[str, Any] = {"period": period, "percentages": [int(p) if p.is_integer() else p for p in pcts]}
+    hook = _check_delivery(webhook, webhook_format, routing_key, params)
+    rule_name = name or f"budget:{scope}:{value or '*'}:{amount:g}/{period}"
+    return _upsert(
+        db_path, name=rule_name, kind="budget", scope=scope, scope_value=value,
+        threshold_nano=_to_nano(amount, "amount"), window_minutes=None, cooldown_minutes=0, params=params,
+        webhook=hook, webhook_format=webhook_format, now_ns=now_ns,
+    )
+
+
+def set_rate_alert(
+    factor: float = 3.0,
+    *,
+    feature: str | None = None,
+    user_id: str | None = None,
+    endpoint: str | None = None,
+    total: bool = False,
+    min_spend: float = 1.0,
+    lookback_days: int = 7,
+    cooldown_minutes: int = 60,
+    webhook: str | None = None,
+    name: str | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    webhook_format: WebhookFormat = "slack",
+    routing_key: str | None = None,
+    now_ns: int | None = None,
+) -> AlertRule:
+    """Add (or replace) a spike rule: last hour's spend >= ``factor`` x the trailing average for that hour.
+
+    ``min_spend`` (USD) is the least last-hour spend worth an alert; see the module docstring
+    for the exact baseline.
+    """
+    scope, value = _scope_of(feature, user_id, endpoint, total)
+    if not float(factor) > 1.0:
+        raise ValueError("factor must be > 1")
+    if not 1 <= int(lookback_days) <= 60:
+        raise ValueError("lookback_days must be in 1..60")
+    params: dict[str, Any] = {
+        "factor": float(factor),
+        "lookback_days": int(lookback_days),
+        "min_spend_nano": _to_nano(min_spend, "min_spend"),
+    }
+    hook = _check_delivery(webhook, webhook_format, routing_key, params)
+    rule_name = name or f"rate:{scope}:{value or '*'}:x{factor:g}"
+    return _upsert(
+        db_path, name=rule_name, kind="rate", scope=scope, scope_value=value,
+        threshold_nano=params["min_spend_nano"], window_minutes=60, cooldown_minutes=int(cooldown_minutes),
+        params=params, webhook=hook, webhook_format=webhook_format, now_ns=now_ns,
+    )
+
+
+_COLUMNS = (
+    "id, name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes, params, "
+    "webhook, webhook_format, enabled, created_ns, updated_ns"
+)
+
+
+def _rule_from_row(row: tuple[Any, ...]) -> AlertRule:
+    return AlertRule(
+        id=int(row[0]), name=row[1], kind=row[2], scope=row[3], scope_value=row[4],
+        threshold_nano=None if row[5] is None else int(row[5]),
+        window_minutes=None if row[6] is None else int(row[6]), cooldown_minutes=int(row[7]),
+        params=json.loads(row[8] or "{}"), webhook=row[9], webhook_format=row[10], enabled=bool(row[11]),
+        created_ns=int(row[12]), updated_ns=int(row[13]),
+    )
+
+
+def load_rules(conn: sqlite3.Connection, *, enabled_only: bool = True) -> list[AlertRule]:
+    """All rules on an open connection, ordered by id."""
+    where = " WHERE enabled = 1" if enabled_only else ""
+    return [_rule_from_row(r) for r in conn.execute(f"SELECT {_COLUMNS} FROM alert_rules{where} ORDER BY id")]
+
+
+def rules_version(conn: sqlite3.Connection) -> tuple[int, int]:
+    """A cheap fingerprint of ``alert_rules`` (row count, newest update): changes on add, edit and remove."""
+    row = conn.execute("SELECT count(*), coalesce(max(updated_ns), 0) FROM alert_rules").fetchone()
+    return int(row[0]), int(row[1])
+
+
+def list_alerts(db_path: str | os.PathLike[str] | None = None) -> list[AlertRule]:
+    """Every stored rule, enabled or not, ordered by id (print ``rule.masked_webhook``, not ``webhook``)."""
+    conn = open_db(db_path)
+    try:
+        return load_rules(conn, enabled_only=False)
+    finally:
+        conn.close()
+
+
+def remove_alert(name_or_id: str | int, db_path: str | os.PathLike[str] | None = None) -> bool:
+    """Delete a rule (by name, or by id) and its firing state; return whether it existed.
+
+    Past events stay in ``alert_events`` as history.
+    """
+    conn = open_db(db_path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()):
+            row = conn.execute(
+                "SELECT id FROM alert_rules WHERE id = ? OR name = ?", (int(name_or_id), str(name_or_id))
+            ).fetchone()
+        else:
+            row = conn.execute("SELECT id FROM alert_rules WHERE name = ?", (name_or_id,)).fetchone()
+        if row is None:
+            conn.execute("ROLLBACK")
+            return False
+        conn.execute("DELETE FROM alert_rules WHERE id = ?", (row[0],))
+        conn.execute("DELETE FROM alert_state WHERE rule_id = ?", (row[0],))
+        conn.execute("COMMIT")
+        return True
+    finally:
+        conn.close()

@@ -1,0 +1,544 @@
+"""Preparing a batch for storage: price every span and aggregate every delta, in pure Python (no I/O).
+
+Money: an item's weighted cost is ``weighted_cost(span.weight, unweighted)`` (exact, ties to even);
+a span's ``cost_nano`` is the sum of its items' weighted costs; ``var_nano2`` is
+``w*(w-1)*c**2`` with ``c`` the span's unweighted cost (per service for service rows).
+
+``spans.usage`` is a JSON array with one object per usage item: ``key``, ``service``, the non-zero
+unit fields of ``UsageItem`` (``count``, ``input_tokens``, ``output_tokens``, ``cache_read_tokens``,
+``cache_write_tokens``, ``cache_write_1h_tokens``, ``bytes``, ``gb_seconds``), ``cost_nano``
+(weighted; 0 when unpriced), ``unit_cost_nano`` (unweighted, null when unpriced), ``priced`` and
+``price_version`` (the entry id, null when unpriced). Root spans that ran on Lambda get one more
+item, key ``lambda_gb_second`` / service ``lambda``, with ``memory_mb``, ``billed_ms`` and
+``gb_seconds``. ``spans.price_version`` is the version of the whole book (``price_versions``).
+
+Rollup rows: the ``service = ''`` row gets the span totals (cost, calls = weight, spans = 1,
+errors, unpriced items, var); each service row gets that service's cost, unpriced items and var,
+with ``calls``, ``spans``, ``errors`` and ``requests`` left 0 so sums over all rows never double
+count. Hour and day deltas are the minute deltas summed. ``requests`` is left 0 here too: whether
+a request is new depends on what is stored, so ``prepare_batch`` only records each request's
+*head* span in the batch (``PreparedBatch.heads``: its earliest-starting root span if the batch
+has one, else its earliest span; the first in batch order on a tie) and the writer adds 1 at the
+head's rollup key for each request id not yet in the ``requests`` table (see ``_ingest``).
+
+Item prices are memoised per (item, price entry, weight) and book, so repeated usage
+(``dynamodb_read`` x3) is priced once.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgspec
+
+from spendtrace.schema import Span, UsageItem
+from spendtrace.server.pricing import LAMBDA_COMPUTE_KEY, PriceBook, femto_to_nano, item_cost_femto, weighted_cost
+from spendtrace.server.pricing._entry import guess_service
+
+__all__ = ["SPAN_COLUMNS", "BatchSummary", "PreparedBatch", "prepare_batch"]
+
+_json = msgspec.json.Encoder()
+#: values per ``spans`` row (``span_values``)
+SPAN_COLUMNS = 19
+#: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.
+_MAX_WEIGHT = 1e12
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary:
+    """The scopes a batch touched, for alert evaluation."""
+
+    features: frozenset[str] = frozenset()
+    #: every feature on any stored span's path (fully-loaded scopes)
+    loaded_features: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    endpoints: frozenset[str] = frozenset()
+    min_start_ns: int | None = None
+    max_start_ns: int | None = None
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """Everything ``write_batch_*`` stores for one batch, computed without I/O."""
+
+    book: PriceBook
+    spans: list[Span]
+    #: the ``spans`` rows, flat: ``SPAN_COLUMNS`` values per span, in batch order (sliced into
+    #: multi-row inserts without building a tuple per row)
+    span_values: list[Any]
+    #: grain -> {(bucket, feature, user_id, endpoint, service): [cost, calls, spans, errors, unpriced, var, requests]}
+    rollups: dict[str, dict[tuple[int, str, str, str, str], list[Any]]]
+    #: grain -> {(bucket, feature): [cost, calls, spans, var]}
+    loaded: dict[str, dict[tuple[int, str], list[Any]]]
+    #: request_id -> [endpoint, user_id, root_feature, start_ns, end_ns, cost, spans, errors, unpriced, var]
+    requests: dict[str, list[Any]]
+    #: (key, service, feature) -> [items, count, input_tokens, output_tokens, bytes, first_ns, last_ns]
+    unpriced: dict[tuple[str, str, str], list[Any]]
+    cost_nano: int
+    unpriced_items: int
+    duplicates_in_batch: int
+    summary: BatchSummary = field(default_factory=BatchSummary)
+    #: request_id -> minute rollup dims (bucket, feature, user_id, endpoint) of its head span in this batch
+    heads: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
+    #: True for a copy without ``spans`` (``detached()``), which a writer cannot re-price after a replay
+    detached: bool = False
+
+    def detached_copy(self) -> PreparedBatch:
+        """This batch without its ``Span`` objects: what a writer in another process needs, cheaper to send.
+
+        Writing it raises ``ReplayedSpans`` (``spendtrace.server.store.sqlite._ingest``) if some of its spans were
+        stored already; the sender then prepares the new ones again and sends those.
+        """
+        return replace(self, spans=[], detached=True)
+
+    @property
+    def span_rows(self) -> list[tuple[Any, ...]]:
+        """The ``spans`` rows as tuples (``span_values`` cut every ``SPAN_COLUMNS`` values)."""
+        v, n = self.span_values, SPAN_COLUMNS
+        return [tuple(v[i : i + n]) for i in range(0, len(v), n)]
+
+
+class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One element of ``spans.usage`` (zero units are left out: None is omitted)."""
+
+    key: str
+    service: str
+    count: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    bytes: int | None = None
+    gb_seconds: float | None = None
+    cost_nano: int
+    unit_cost_nano: int | None
+    priced: bool
+    price_version: str | None
+
+
+def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, version: str) -> str:
+    return _json.encode(
+        _UsageOut(
+            key=item.key,
+            service=service,
+            count=item.count or None,
+            input_tokens=item.input_tokens or None,
+            output_tokens=item.output_tokens or None,
+            cache_read_tokens=item.cache_read_tokens or None,
+            cache_write_tokens=item.cache_write_tokens or None,
+            cache_write_1h_tokens=item.cache_write_1h_tokens or None,
+            bytes=item.bytes or None,
+            gb_seconds=item.gb_seconds or None,
+            cost_nano=cost,
+            unit_cost_nano=unit_cost,
+            priced=unit_cost is not None,
+            price_version=version or None,
+        )
+    ).decode()
+
+
+#: (unweighted cost or None, weighted cost, service, usage JSON fragment, start (ns) of the entry's segment
+#: for a last-segment entry (so a memo hit under the bare item checks the span is not older), else 0)
+_Priced = tuple[int | None, int, str, str, int]
+_ALWAYS = -(2**63)
+
+
+def _memo_for(book: PriceBook) -> dict[Any, _Priced]:
+    """Priced items of ``book``: keyed by the item (latest entry, weight 1) or (item, entry index, weight)."""
+    memo = _memos.get(book.version)
+    if memo is None or len(memo) > 200_000:
+        if len(_memos) > 8:
+            _memos.clear()
+        memo = _memos[book.version] = {}
+    return memo
+
+
+_memos: dict[str, dict[Any, _Priced]] = {}
+
+
+def _price_memo(
+    book: PriceBook, memo: dict[Any, _Priced], st: tuple[int, ...] | None, it: UsageItem, t: int, w: float
+) -> _Priced:
+    """Price ``it`` for a span starting at ``t`` with weight ``w`` through ``memo``.
+
+    Unsampled items priced by the latest entry are memoised under the item itself (with the entry's
+    start, see ``_Priced``); others under (item, entry index, weight).
+    """
+    if st is None or len(st) == 1 or t >= st[-1]:
+        seg = 0 if st is None else len(st) - 1
+        since = _ALWAYS if st is None or len(st) == 1 else st[-1]
+        if w == 1.0:
+            priced = memo[it] = _price(book, it, seg, 1.0, since)
+            return priced
+    else:
+        seg = max(bisect_right(st, t) - 1, 0)
+        since = 0
+    mk = (it, seg, w)
+    hit = memo.get(mk)
+    if hit is None:
+        hit = memo[mk] = _price(book, it, seg, w, since)
+    return hit
+
+
+def _price(book: PriceBook, item: UsageItem, seg: int, w: float, since: int) -> _Priced:
+    """(unweighted cost or None, weighted cost, service, usage JSON fragment, ``since``) of one item."""
+    if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
+        raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
+    entry = book.entry_at(item.key, seg)
+    if entry is None:
+        c, ver, svc = None, "", item.service or guess_service(item.key)
+    else:
+        femto = item_cost_femto(entry, item)
+        c = None if femto is None else femto_to_nano(femto)
+        ver, svc = entry.version, item.service or entry.service
+    wc = 0 if c is None else weighted_cost(w, c)
+    return c, wc, svc, _item_json(item, svc, c, wc, ver), since
+
+
+def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
+    """(path JSON, distinct features to add fully-loaded cost to: the path's, plus the span's own)."""
+    key = (path, feature)
+    hit = _path_cache.get(key)
+    if hit is None:
+        if len(_path_cache) > 100_000:
+            _path_cache.clear()
+        distinct = tuple(dict.fromkeys((*path, feature)))
+        hit = _path_cache[key] = (_json.encode(path or (feature,)).decode(), distinct)
+    return hit
+
+
+_path_cache: dict[tuple[tuple[str, ...], str], tuple[str, tuple[str, ...]]] = {}
+
+
+def _usage_json(frags: tuple[str, ...]) -> str:
+    """The ``spans.usage`` JSON of these item fragments, one shared string per distinct list.
+
+    Spans repeat the same usage, so sharing the string saves building it and lets a pickled batch
+    (``consumers.writer``) carry each distinct one once: about 70% of a batch's bytes, measured.
+    """
+    if len(_usage_cache) > 100_000:
+        _usage_cache.clear()
+    out = _usage_cache[frags] = "[" + ",".join(frags) + "]"
+    return out
+
+
+_usage_cache: dict[tuple[str, ...], str] = {}
+
+
+def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
+    """Price ``spans`` with ``book`` and compute every row and delta to store (pure, no I/O).
+
+    Repeated ``span_id``s within the batch keep their first occurrence. A span with non-finite units
+    or an infinite weight (which the wire schema's ``>= 0`` / ``>= 1`` bounds let through) raises
+    ``ValueError``, so the caller can dead-letter it instead of poisoning the totals.
+    """
+    seen: set[str] = set()
+    seen_add = seen.add
+    uniq: list[Span] = []
+    uniq_add = uniq.append
+    dups = 0
+    memo = _memo_for(book)
+    memo_get = memo.get
+    starts_get = book.segment_starts().get
+    book_version = book.version
+    values: list[Any] = []
+    add_row = values.extend
+    # (minute, feature, user, endpoint) -> {service: [cost, calls, spans, errors, unpriced, var, requests]}
+    groups: dict[tuple[int, str, str, str], dict[str, list[Any]]] = {}
+    groups_get = groups.get
+    # minute -> {distinct features of a path: [cost, calls, spans, var]}
+    loaded_by_min: dict[int, dict[tuple[str, ...], list[Any]]] = {}
+    requests: dict[str, list[Any]] = {}
+    requests_get = requests.get
+    # request_id -> minute dims of its head span so far; request_id -> start of its head if that is a root
+    heads: dict[str, tuple[int, str, str, str]] = {}
+    root_start: dict[str, int] = {}
+    root_start_get = root_start.get
+    unpriced_d: dict[tuple[str, str, str], list[Any]] = {}
+    total_cost = 0
+    total_unpriced = 0
+    paths_get = _path_cache.get
+    usages_get = _usage_cache.get
+    last_mb = -1
+    loaded_mb: dict[tuple[str, ...], list[Any]] = {}
+
+    for s in spans:
+        if s.span_id in seen:
+            dups += 1
+            continue
+        seen_add(s.span_id)
+        uniq_add(s)
+        t = s.start_ns
+        w = s.weight
+        if w != 1.0 and not 1.0 <= w <= _MAX_WEIGHT:
+            raise ValueError(f"span {s.span_id!r} has weight {w}; expected 1 <= weight <= {_MAX_WEIGHT:g}")
+        feature = s.feature
+        parent = s.parent_id
+        mb = t // 60_000_000_000 * 60
+        dims = (mb, feature, s.user_id or "", s.endpoint or "")
+        group = groups_get(dims)
+        if group is None:
+            group = groups[dims] = {"": [0, 0.0, 0, 0, 0, 0.0, 0]}
+        cost = 0
+        unw = 0
+        n_unpriced = 0
+        frags: list[str] = []
+        # service -> unweighted cost, for the per-service variance of sampled spans
+        per_svc: dict[str, int] | None = None if w == 1.0 else {}
+        for it in s.usage:
+            # the common case (unsampled, price in force now) is one lookup under the item itself
+            hit = memo_get(it) if w == 1.0 else None
+            if hit is None or t < hit[4]:
+                hit = _price_memo(book, memo, starts_get(it.key), it, t, w)
+            c, wc, svc, frag, _ = hit
+            frags.append(frag)
+            r = group.get(svc)
+            if r is None:
+                r = group[svc] = [0, 0.0, 0, 0, 0, 0.0, 0]
+            if c is None:
+                n_unpriced += 1
+                r[4] += 1
+                _add_unpriced(unpriced_d, it, svc, feature, t)
+            else:
+                cost += wc
+                unw += c
+                r[0] += wc
+                if per_svc is not None:
+                    per_svc[svc] = per_svc.get(svc, 0) + c
+        if s.lambda_memory_mb > 0 and parent is None:
+            c, wc, svc, frag, _ = _lambda_item(book, s, w)
+            frags.append(frag)
+            r = group.get(svc)
+            if r is None:
+                r = group[svc] = [0, 0.0, 0, 0, 0, 0.0, 0]
+            if c is None:
+                n_unpriced += 1
+                r[4] += 1
+                _add_unpriced(unpriced_d, None, svc, feature, t)
+            else:
+                cost += wc
+                unw += c
+                r[0] += wc
+                if per_svc is not None:
+                    per_svc[svc] = per_svc.get(svc, 0) + c
+        var = 0.0
+        if per_svc is not None:
+            k = w * (w - 1.0)
+            var = k * unw * unw
+            for svc, su in per_svc.items():
+                group[svc][5] += k * su * su
+        pinfo = paths_get((s.path, feature))
+        if pinfo is None:
+            pinfo = _path_info(s.path, feature)
+        fkey = tuple(frags)
+        usage_json = usages_get(fkey)
+        if usage_json is None:
+            usage_json = _usage_json(fkey)
+        err = 1 if s.error else 0
+        add_row(
+            (
+                s.span_id,
+                parent,
+                s.request_id,
+                feature,
+                s.operation,
+                s.endpoint,
+                s.user_id,
+                t,
+                s.duration_ns,
+                s.cpu_ns,
+                err,
+                s.error_type,
+                w,
+                pinfo[0],
+                usage_json,
+                cost,
+                n_unpriced,
+                var,
+                book_version,
+            )
+        )
+        total_cost += cost
+        total_unpriced += n_unpriced
+        is_root = 1 if parent is None else 0
+        r = group[""]
+        r[0] += cost
+        r[1] += w
+        r[2] += 1
+        r[3] += err
+        r[4] += n_unpriced
+        r[5] += var
+        if mb != last_mb:
+            last_mb = mb
+            lm = loaded_by_min.get(mb)
+            if lm is None:
+                lm = loaded_by_min[mb] = {}
+            loaded_mb = lm
+        # fully-loaded: accumulate per distinct-feature tuple (shared by a request tree's spans),
+        # expanded to one row per feature after the loop
+        lr = loaded_mb.get(pinfo[1])
+        if lr is None:
+            loaded_mb[pinfo[1]] = [cost, w, 1, var]
+        else:
+            lr[0] += cost
+            lr[1] += w
+            lr[2] += 1
+            lr[3] += var
+        end = t + s.duration_ns
+        rid = s.request_id
+        q = requests_get(rid)
+        if q is None:
+            heads[rid] = dims
+            if is_root:
+                root_start[rid] = t
+            requests[rid] = [
+                s.endpoint,
+                s.user_id,
+                feature if is_root else None,
+                t,
+                end,
+                cost,
+                1,
+                err,
+                n_unpriced,
+                var,
+            ]
+        else:
+            # the root's endpoint / user win; otherwise the first one seen
+            if is_root:
+                if s.endpoint is not None:
+                    q[0] = s.endpoint
+                if s.user_id is not None:
+                    q[1] = s.user_id
+                q[2] = feature
+                rt = root_start_get(rid)
+                if rt is None or t < rt:  # the earliest root is the head
+                    root_start[rid] = t
+                    heads[rid] = dims
+            else:
+                if q[0] is None:
+                    q[0] = s.endpoint
+                if q[1] is None:
+                    q[1] = s.user_id
+                if t < q[3] and rid not in root_start:  # no root yet: the earliest span is the head
+                    heads[rid] = dims
+            if t < q[3]:
+                q[3] = t
+            if end > q[4]:
+                q[4] = end
+            q[5] += cost
+            q[6] += 1
+            q[7] += err
+            q[8] += n_unpriced
+            q[9] += var
+
+    minute = {(*dims, svc): r for dims, group in groups.items() for svc, r in group.items()}
+    loaded_min: dict[tuple[int, str], list[Any]] = {}
+    for mb, lm in loaded_by_min.items():
+        for feats, v in lm.items():
+            for f in feats:
+                lr = loaded_min.get((mb, f))
+                if lr is None:
+                    loaded_min[(mb, f)] = list(v)
+                else:
+                    for i in range(4):
+                        lr[i] += v[i]
+    rollups = {"minute": minute, "hour": _coarsen(minute, 3600), "day": _coarsen(minute, 86400)}
+    loaded = {
+        "minute": loaded_min,
+        "hour": _coarsen_loaded(loaded_min, 3600),
+        "day": _coarsen_loaded(loaded_min, 86400),
+    }
+    starts = [s.start_ns for s in uniq]
+    summary = BatchSummary(
+        features=frozenset(k[1] for k in minute),
+        loaded_features=frozenset(k[1] for k in loaded_min),
+        users=frozenset(k[2] for k in minute) - {""},
+        endpoints=frozenset(k[3] for k in minute) - {""},
+        min_start_ns=min(starts) if starts else None,
+        max_start_ns=max(starts) if starts else None,
+    )
+    return PreparedBatch(
+        book=book,
+        spans=uniq,
+        span_values=values,
+        rollups=rollups,
+        loaded=loaded,
+        requests=requests,
+        unpriced=unpriced_d,
+        cost_nano=total_cost,
+        unpriced_items=total_unpriced,
+        duplicates_in_batch=dups,
+        summary=summary,
+        heads=heads,
+    )
+
+
+def _add_unpriced(
+    d: dict[tuple[str, str, str], list[Any]], it: UsageItem | None, svc: str, feature: str, t: int
+) -> None:
+    key = (it.key if it is not None else LAMBDA_COMPUTE_KEY, svc, feature)
+    u = d.get(key)
+    if u is None:
+        u = d[key] = [0, 0.0, 0, 0, 0, t, t]
+    u[0] += 1
+    if it is not None:
+        u[1] += it.count
+        u[2] += it.input_tokens
+        u[3] += it.output_tokens
+        u[4] += it.bytes
+    if t < u[5]:
+        u[5] = t
+    if t > u[6]:
+        u[6] = t
+
+
+def _lambda_item(book: PriceBook, s: Span, w: float) -> tuple[int | None, int, str, str, UsageItem | None]:
+    """The synthetic compute item of a root span that ran on Lambda."""
+    billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, s.start_ns)
+    wc = 0 if c is None else weighted_cost(w, c)
+    obj: dict[str, Any] = {
+        "key": LAMBDA_COMPUTE_KEY,
+        "service": "lambda",
+        "memory_mb": s.lambda_memory_mb,
+        "billed_ms": billed_ms,
+        "gb_seconds": s.lambda_memory_mb / 1024 * billed_ms / 1000,
+        "cost_nano": wc,
+        "unit_cost_nano": c,
+        "priced": c is not None,
+        "price_version": ver or None,
+    }
+    return c, wc, "lambda", _json.encode(obj).decode(), None
+
+
+def _coarsen(
+    minute: dict[tuple[int, str, str, str, str], list[Any]], size: int
+) -> dict[tuple[int, str, str, str, str], list[Any]]:
+    out: dict[tuple[int, str, str, str, str], list[Any]] = {}
+    for (b, f, u, e, s), v in minute.items():
+        key = (b - b % size, f, u, e, s)
+        r = out.get(key)
+        if r is None:
+            out[key] = list(v)
+        else:
+            for i in range(7):
+                r[i] += v[i]
+    return out
+
+
+def _coarsen_loaded(minute: dict[tuple[int, str], list[Any]], size: int) -> dict[tuple[int, str], list[Any]]:
+    out: dict[tuple[int, str], list[Any]] = {}
+    for (b, f), v in minute.items():
+        key = (b - b % size, f)
+        r = out.get(key)
+        if r is None:
+            out[key] = list(v)
+        else:
+            for i in range(4):
+                r[i] += v[i]
+    return out

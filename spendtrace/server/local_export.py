@@ -1,0 +1,123 @@
+"""Write spans straight into the local SQLite store: the no-Kafka setup of the original README.
+
+Pricing and the write go through the same code as the consumer workers
+(``spendtrace.server.store.sqlite._ingest.prepare_batch`` / ``write_batch_sync``) with the in-process
+price book (``spendtrace.server.pricing.current_book()``, so ``get_tracker().cost_model`` overrides
+apply), so a span costs the same whichever way it reached the store.
+
+Spend alerts work here too, without any worker: after each committed batch the exporter's
+thread evaluates the rules whose scope the batch touched (``spendtrace.server.alerts.local``, the same
+evaluation and firing transaction as the workers), and a small background thread POSTs the
+fired events to their webhooks. Neither can slow or break export: errors are caught and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spendtrace.schema import Span
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from spendtrace.server.alerts.local import LocalAlerts
+
+__all__ = ["LocalStoreExporter"]
+
+# Connections inherited across a fork are kept referenced (never closed or finalised in the child).
+_abandoned: list[sqlite3.Connection] = []
+
+
+class LocalStoreExporter:
+    """Prices each batch and stores it in one SQLite transaction at ``db_path`` (created when missing).
+
+    With ``alerts=True`` (the default) it also evaluates the spend alert rules stored in that
+    database after each batch and delivers their webhooks from a background thread; ``shutdown``
+    gives pending deliveries up to ``alert_drain_timeout`` seconds. ``alerts`` (a
+    ``spendtrace.server.alerts.local.LocalAlerts``, once the first batch is stored) holds the counters.
+    """
+
+    def __init__(
+        self, db_path: str | os.PathLike[str], *, alerts: bool = True, alert_drain_timeout: float = 5.0
+    ) -> None:
+        self.db_path = Path(os.fspath(db_path))
+        self.alerts_enabled = alerts
+        self.alert_drain_timeout = alert_drain_timeout
+        self.alerts: LocalAlerts | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LocalStoreExporter({str(self.db_path)!r})"
+
+    def same_file(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` names the database this exporter writes."""
+        try:
+            return os.path.samefile(self.db_path, path)
+        except OSError:
+            return os.path.abspath(self.db_path) == os.path.abspath(os.fspath(path))
+
+    def export(self, spans: Sequence[Span]) -> None:
+        """Price and store ``spans``; duplicate span ids are ignored, as by the workers."""
+        if not spans:
+            return
+        from spendtrace.server.pricing import current_book
+        from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+
+        batch = prepare_batch(spans, current_book())
+        with self._lock:
+            conn = self._connect()
+            try:
+                result = write_batch_sync(conn, batch)
+            except BaseException:
+                self._close()  # start from a fresh connection next time
+                raise
+            if self.alerts_enabled:
+                if self.alerts is None:
+                    from spendtrace.server.alerts.local import LocalAlerts
+
+                    self.alerts = LocalAlerts(self.db_path)
+                self.alerts.after_commit(conn, result)  # never raises
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            from spendtrace.server.store.sqlite._db import connect
+
+            if self.db_path.parent != Path(""):
+                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            # Opened and used by the export worker thread; the lock serialises the rare other callers.
+            self._conn = connect(self.db_path, check_same_thread=False)
+        return self._conn
+
+    def _close(self) -> None:
+        import sqlite3
+
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def force_flush(self, timeout: float = 5.0) -> bool:
+        """Every ``export`` commits before returning: nothing is buffered here."""
+        return True
+
+    def shutdown(self) -> None:
+        """Close the connection; give queued alert webhooks up to ``alert_drain_timeout`` seconds."""
+        with self._lock:
+            self._close()
+        if self.alerts is not None:
+            self.alerts.close(self.alert_drain_timeout)
+
+    def after_fork_in_child(self) -> None:
+        """A SQLite connection must not cross a fork: forget the parent's, open a new one on demand."""
+        if self._conn is not None:
+            _abandoned.append(self._conn)
+        self._conn = None
+        self._lock = threading.Lock()
+        if self.alerts is not None:
+            self.alerts.after_fork_in_child()

@@ -1,0 +1,293 @@
+"""The price book: usage key -> dated rate entries, and the exact cost of one usage item.
+
+How a cost is computed (exact, deterministic, reproducible from ``PriceEntry.femto``):
+
+    femto = count*R.request + input*R.input_token + output*R.output_token
+          + cache_read*R.cache_read_token + cache_write*R.cache_write_token
+          + cache_write_1h*R.cache_write_1h_token + bytes*R.gib/2**30 + gb_seconds*R.gb_second
+
+with every product exact (integers, or the exact binary value of a float unit as a
+``Fraction``), then ``nano = round(femto / 10**6)`` rounding half to even, once per item.
+That is the item's *unweighted* cost; the storage layer multiplies by the span's weight
+(see ``weighted_cost``). Tokens and GB-seconds without a rate make the item unpriced; a
+``count`` or ``bytes`` without a rate only describes the call (an LLM call is one request)
+and adds nothing, unless nothing else in the item has a rate, in which case it is unpriced.
+Lambda compute is priced per GB-second with the duration rounded up to the next
+millisecond, as AWS bills it (``lambda_compute_cost``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+from typing import Any
+
+from spendtrace.schema import UsageItem
+from spendtrace.server.pricing._entry import PriceEntry, guess_service
+
+__all__ = ["LAMBDA_COMPUTE_KEY", "PriceBook", "femto_to_nano", "lambda_compute_cost", "weighted_cost"]
+
+#: Key under which root spans on Lambda are priced for compute (GB-seconds), service ``lambda``.
+LAMBDA_COMPUTE_KEY = "lambda_gb_second"
+
+_GIB = 2**30
+_CACHE_LIMIT = 200_000
+
+
+def femto_to_nano(femto: int | Fraction) -> int:
+    """Femto-dollars to nano-dollars, rounding half to even."""
+    if isinstance(femto, int):
+        q, r = divmod(femto, 1_000_000)
+        if r > 500_000 or (r == 500_000 and q & 1):
+            q += 1
+        return q
+    return round(femto / 1_000_000)
+
+
+def weighted_cost(weight: float, unweighted_nano: int) -> int:
+    """``round(weight * cost)`` computed exactly on the weight's binary value, ties to even."""
+    if weight == 1.0:
+        return unweighted_nano
+    if isinstance(weight, int) or weight.is_integer():
+        return int(weight) * unweighted_nano
+    return round(Fraction(weight) * unweighted_nano)
+
+
+def _units(value: float) -> int | Fraction:
+    if isinstance(value, int):  # a Python caller may build a UsageItem with int units
+        return value
+    return int(value) if value.is_integer() else Fraction(value)
+
+
+def item_cost_femto(entry: PriceEntry, item: UsageItem) -> int | Fraction | None:
+    """Exact cost of ``item`` at ``entry``'s rates in femto-dollars, or None if it cannot be priced.
+
+    Tokens and GB-seconds are always billable: a non-zero amount with no rate makes the item
+    unpriced. ``count`` and ``bytes`` are billable only where the entry has a rate for them;
+    otherwise they describe the call (an LLM call is one request, an S3 GET moves N bytes) and
+    cost nothing by themselves. An item none of whose non-zero units has a rate is unpriced.
+    """
+    r = entry.femto
+    total: int | Fraction = 0
+    billed = False
+    count = item.count
+    if count and r.request is not None:
+        total += _units(count) * r.request
+        billed = True
+    for units, rate in (
+        (item.input_tokens, r.input_token),
+        (item.output_tokens, r.output_token),
+        (item.cache_read_tokens, r.cache_read_token),
+        (item.cache_write_tokens, r.cache_write_token),
+        (item.cache_write_1h_tokens, r.cache_write_1h_token),
+    ):
+        if units:
+            if rate is None:
+                return None
+            total += units * rate
+            billed = True
+    if item.bytes and r.gib is not None:
+        total += Fraction(item.bytes * r.gib, _GIB)
+        billed = True
+    if item.gb_seconds:
+        if r.gb_second is None:
+            return None
+        total += _units(item.gb_seconds) * r.gb_second
+        billed = True
+    if not billed and (count or item.bytes):
+        return None
+    if isinstance(total, Fraction) and total.denominator == 1:
+        return int(total)
+    return total
+
+
+def lambda_compute_cost(entry: PriceEntry, memory_mb: int, duration_ns: int) -> tuple[int, int] | None:
+    """(billed ms, unweighted nano-dollars) of a Lambda invocation: GB-s = MB/1024 x ceil(ms)/1000."""
+    rate = entry.femto.gb_second
+    if rate is None:
+        return None
+    billed_ms = -(-duration_ns // 1_000_000)
+    femto = Fraction(memory_mb * billed_ms * rate, 1024 * 1000)
+    return billed_ms, femto_to_nano(femto)
+
+
+class PriceBook:
+    """Dated rates per usage key; ``price(item, at_ns)`` uses the entry in force at ``at_ns``.
+
+    Before a key's first ``effective_from`` the first entry applies (a span cannot predate the
+    service it used, and an estimate beats nothing there). Keys with no entry are unpriced:
+    ``price`` returns ``None``, never 0. Books are immutable; ``with_overrides`` makes a new one.
+    """
+
+    def __init__(self, entries: Iterable[PriceEntry] = (), *, name: str = "custom") -> None:
+        by_key: dict[str, dict[Any, PriceEntry]] = {}
+        for e in entries:
+            by_key.setdefault(e.key, {})[e.effective_from] = e  # later entries for the same date win
+        self._entries: dict[str, tuple[PriceEntry, ...]] = {
+            k: tuple(v[d] for d in sorted(v)) for k, v in sorted(by_key.items())
+        }
+        self._starts: dict[str, tuple[int, ...]] = {
+            k: tuple(e.effective_from_ns for e in es) for k, es in self._entries.items()
+        }
+        self.name = name
+        self._cache: dict[tuple[UsageItem, int], tuple[int | None, str, str]] = {}
+        canon = json.dumps([e.to_dict() for es in self._entries.values() for e in es], sort_keys=True)
+        self._version = "pb-" + hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def default(cls) -> PriceBook:
+        """The static defaults shipped with spendtrace (see ``static_prices.json``)."""
+        return _static_book()
+
+    @classmethod
+    def load(
+        cls,
+        prices_file: str | os.PathLike[str] | None = None,
+        *,
+        aws_pricing: bool | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> PriceBook:
+        """The default book, refreshed from the AWS Pricing API, with a file's overrides on top.
+
+        ``prices_file`` is JSON or TOML mapping key -> rates (see ``spendtrace.server.pricing._overrides``);
+        a malformed file raises ``PricingError``. ``aws_pricing=True`` fetches current AWS rates
+        (cached on disk for a day) and falls back to the static table on any failure (logged once);
+        ``None`` (the default) does so when boto3 is installed and AWS credentials are configured
+        (``SPENDTRACE_AWS_PRICING=0`` / ``1`` forces it off / on); ``False`` never asks AWS.
+        """
+        book = cls.default()
+        from spendtrace.server.pricing._aws import aws_entries, aws_pricing_wanted
+
+        if aws_pricing if aws_pricing is not None else aws_pricing_wanted():
+            entries = aws_entries(cache_dir=cache_dir)
+            if entries is not None:
+                book = book.with_overrides(entries, name=f"{book.name}+aws")
+        if prices_file is not None:
+            from spendtrace.server.pricing._overrides import load_overrides
+
+            book = book.with_overrides(load_overrides(prices_file), name=f"{book.name}+{os.fspath(prices_file)}")
+        return book
+
+    def with_overrides(self, entries: Iterable[PriceEntry], *, name: str | None = None) -> PriceBook:
+        """A new book where, per overridden key, the override entries replace this book's from their
+        earliest ``effective_from`` on (older entries of that key stay in force before it)."""
+        over: dict[str, list[PriceEntry]] = {}
+        for e in entries:
+            over.setdefault(e.key, []).append(e)
+        merged: list[PriceEntry] = []
+        for key, es in self._entries.items():
+            if key in over:
+                first = min(e.effective_from for e in over[key])
+                merged.extend(e for e in es if e.effective_from < first)
+            else:
+                merged.extend(es)
+        for added in over.values():
+            merged.extend(added)
+        return PriceBook(merged, name=name or f"{self.name}+overrides")
+
+    # ----------------------------------------------------------------- look-ups
+    @property
+    def version(self) -> str:
+        """Content hash of every entry: identical books have identical versions."""
+        return self._version
+
+    def keys(self) -> list[str]:
+        """Every priced key, sorted."""
+        return list(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self, key: str | None = None) -> list[PriceEntry]:
+        """All entries (or one key's), oldest first."""
+        if key is not None:
+            return list(self._entries.get(key, ()))
+        return [e for es in self._entries.values() for e in es]
+
+    def entry_for(self, key: str, at_ns: int) -> PriceEntry | None:
+        """The entry of ``key`` in force at ``at_ns`` (ns since the epoch, UTC), or None if unknown."""
+        es = self._entries.get(key)
+        if es is None:
+            return None
+        i = bisect_right(self._starts[key], at_ns) - 1
+        return es[i if i >= 0 else 0]
+
+    def segment_starts(self) -> Mapping[str, tuple[int, ...]]:
+        """key -> start (ns) of each of its entries; entry ``i`` is in force from ``starts[i]``."""
+        return self._starts
+
+    def entry_at(self, key: str, index: int) -> PriceEntry | None:
+        """Entry number ``index`` (oldest first) of ``key``, or None if the key is unknown."""
+        es = self._entries.get(key)
+        return None if es is None else es[index]
+
+    def service_of(self, key: str) -> str:
+        """The service a key is billed under (its entries', else guessed from the key)."""
+        es = self._entries.get(key)
+        return es[-1].service if es else guess_service(key)
+
+    def price(self, item: UsageItem, at_ns: int) -> tuple[int | None, str]:
+        """(unweighted cost in nano-dollars or None if unpriced, version id of the entry used or '')."""
+        cost, version, _ = self.price_item(item, at_ns)
+        return cost, version
+
+    def price_item(self, item: UsageItem, at_ns: int) -> tuple[int | None, str, str]:
+        """Like ``price`` plus the service to attribute the item to; memoised per (item, entry)."""
+        starts = self._starts.get(item.key)
+        if starts is None:
+            return None, "", item.service or guess_service(item.key)
+        i = bisect_right(starts, at_ns) - 1 if len(starts) > 1 else 0
+        if i < 0:
+            i = 0
+        ck = (item, i)
+        hit = self._cache.get(ck)
+        if hit is not None:
+            return hit
+        entry = self._entries[item.key][i]
+        femto = item_cost_femto(entry, item)
+        result = (
+            None if femto is None else femto_to_nano(femto),
+            entry.version,
+            item.service or entry.service,
+        )
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[ck] = result
+        return result
+
+    def price_lambda(self, memory_mb: int, duration_ns: int, at_ns: int) -> tuple[int, int | None, str]:
+        """(billed ms, unweighted nano-dollars or None, version) of a root span's Lambda compute."""
+        entry = self.entry_for(LAMBDA_COMPUTE_KEY, at_ns)
+        billed_ms = -(-duration_ns // 1_000_000)
+        if entry is None:
+            return billed_ms, None, ""
+        res = lambda_compute_cost(entry, memory_mb, duration_ns)
+        return billed_ms, (None if res is None else res[1]), entry.version
+
+    def to_json(self) -> str:
+        """Every entry as a JSON array (what ``price_versions.book`` stores)."""
+        return json.dumps([e.to_dict() for e in self.entries()], sort_keys=True)
+
+    def current_rates(self) -> Mapping[str, PriceEntry]:
+        """The latest entry of every key."""
+        return {k: es[-1] for k, es in self._entries.items()}
+
+    def __repr__(self) -> str:
+        return f"PriceBook({self.name!r}, {len(self)} keys, version={self.version})"
+
+
+@functools.cache
+def _static_book() -> PriceBook:
+    """The static defaults as a book (shared: books are immutable)."""
+    from spendtrace.server.pricing._static import static_entries
+
+    return PriceBook(static_entries(), name="static")

@@ -1,0 +1,1 @@
+"""Stores: the storage interface (``base``) and its backends (``sqlite``)."""

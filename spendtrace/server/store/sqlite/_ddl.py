@@ -1,0 +1,280 @@
+"""The SQLite schema, version 1. ``PRAGMA user_version`` carries the version (see MIGRATIONS.md).
+
+Conventions, relied on by every writer and reader:
+- money is INTEGER nano-dollars (1e-9 USD), already multiplied by the span's sample weight;
+- ``var_nano2`` columns hold the Horvitz-Thompson variance term sum(w*(w-1)*c^2) in nano-dollars^2
+  (c = unweighted cost), so a reader can print a standard error = sqrt(var) for sampled data;
+- time buckets are INTEGER epoch seconds (UTC) of the bucket's start (minute / hour / day);
+- dimension columns of rollups are NOT NULL with '' meaning "none", so they can be primary keys;
+- in ``rollup_*`` the row with ``service = ''`` carries the span-level totals (cost, calls, spans,
+  errors) and rows with a service name carry that service's share of the cost;
+- ``loaded_*`` rollups hold fully-loaded cost: each span's cost added once to every distinct
+  feature on its path to the root;
+- ``rollup_*.requests`` counts each distinct request id once, on the ``service = ''`` row of its
+  head span in the batch that first stored it (``spendtrace.server.store.sqlite._ingest``), so requests per
+  user / endpoint come from rollups (the ``requests`` table is too big to group);
+- ``dash_hour`` / ``dash_day`` are those rollups summed over all dimensions but one (``dim`` =
+  'feature' | 'user_id' | 'endpoint', ``value`` its value), kept equal to them by
+  ``spendtrace.server.store.sqlite._dash`` (ingest adds its deltas, restatement rebuilds, retention deletes),
+  so dashboards read one primary-key range instead of every tenant x endpoint x feature row.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+_ROLLUP = """
+CREATE TABLE IF NOT EXISTS {name} (
+    bucket      INTEGER NOT NULL,
+    feature     TEXT    NOT NULL,
+    user_id     TEXT    NOT NULL DEFAULT '',
+    endpoint    TEXT    NOT NULL DEFAULT '',
+    service     TEXT    NOT NULL DEFAULT '',
+    cost_nano   INTEGER NOT NULL DEFAULT 0,
+    calls       REAL    NOT NULL DEFAULT 0,  -- weighted span count (estimate of calls made)
+    spans       INTEGER NOT NULL DEFAULT 0,  -- spans actually stored
+    errors      INTEGER NOT NULL DEFAULT 0,
+    unpriced    INTEGER NOT NULL DEFAULT 0,  -- usage items with no price
+    var_nano2   REAL    NOT NULL DEFAULT 0,
+    requests    INTEGER NOT NULL DEFAULT 0,  -- distinct request ids, each counted once; service='' row
+    PRIMARY KEY (bucket, feature, user_id, endpoint, service)
+) WITHOUT ROWID;
+"""
+
+_LOADED = """
+CREATE TABLE IF NOT EXISTS {name} (
+    bucket      INTEGER NOT NULL,
+    feature     TEXT    NOT NULL,
+    cost_nano   INTEGER NOT NULL DEFAULT 0,
+    calls       REAL    NOT NULL DEFAULT 0,
+    spans       INTEGER NOT NULL DEFAULT 0,
+    var_nano2   REAL    NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, feature)
+) WITHOUT ROWID;
+"""
+
+_DASH = """
+CREATE TABLE IF NOT EXISTS {name} (
+    dim         TEXT    NOT NULL,           -- 'feature' | 'user_id' | 'endpoint'
+    service     TEXT    NOT NULL,
+    value       TEXT    NOT NULL,
+    bucket      INTEGER NOT NULL,
+    cost_nano   INTEGER NOT NULL DEFAULT 0,
+    calls       REAL    NOT NULL DEFAULT 0,
+    spans       INTEGER NOT NULL DEFAULT 0,
+    errors      INTEGER NOT NULL DEFAULT 0,
+    unpriced    INTEGER NOT NULL DEFAULT 0,
+    var_nano2   REAL    NOT NULL DEFAULT 0,
+    requests    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY ({key})
+) WITHOUT ROWID;
+"""
+
+#: The dashboard rollups alone, also created by the ingest on files made before they existed.
+#: Hours are read for the edges of a range (bucket before value); days for whole ranges, per value
+#: (value before bucket: "per tenant, all time" needs no sort), with an index for short ranges.
+DASH_TABLES: tuple[str, ...] = (
+    _DASH.format(name="dash_hour", key="dim, service, bucket, value"),
+    _DASH.format(name="dash_day", key="dim, service, value, bucket"),
+    "CREATE INDEX IF NOT EXISTS dash_day_bucket ON dash_day (dim, service, bucket)",
+)
+
+DDL_V1: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )
+    """,
+    # One row per span, priced. ``usage`` is a JSON array of the span's usage items, each with its
+    # units, cost_nano, priced flag and the price version that priced it.
+    """
+    CREATE TABLE IF NOT EXISTS spans (
+        span_id       TEXT PRIMARY KEY,
+        parent_id     TEXT,
+        request_id    TEXT    NOT NULL,
+        feature       TEXT    NOT NULL,
+        operation     TEXT,
+        endpoint      TEXT,
+        user_id       TEXT,
+        start_ns      INTEGER NOT NULL,
+        duration_ns   INTEGER NOT NULL,
+        cpu_ns        INTEGER NOT NULL,
+        error         INTEGER NOT NULL,
+        error_type    TEXT,
+        weight        REAL    NOT NULL,
+        path          TEXT    NOT NULL,   -- JSON array of distinct features root..self
+        usage         TEXT    NOT NULL,   -- JSON array of priced usage items
+        cost_nano     INTEGER NOT NULL,   -- weighted direct cost of the priced items
+        unpriced      INTEGER NOT NULL,   -- number of usage items with no price
+        var_nano2     REAL    NOT NULL,
+        price_version TEXT    NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS spans_request ON spans (request_id)",
+    "CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ns)",
+    # One row per request (request_id), maintained incrementally at ingest.
+    """
+    CREATE TABLE IF NOT EXISTS requests (
+        request_id   TEXT PRIMARY KEY,
+        endpoint     TEXT,
+        user_id      TEXT,
+        root_feature TEXT,
+        start_ns     INTEGER NOT NULL,
+        end_ns       INTEGER NOT NULL,
+        cost_nano    INTEGER NOT NULL DEFAULT 0,
+        spans        INTEGER NOT NULL DEFAULT 0,
+        errors       INTEGER NOT NULL DEFAULT 0,
+        unpriced     INTEGER NOT NULL DEFAULT 0,
+        var_nano2    REAL    NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS requests_start ON requests (start_ns)",
+    "CREATE INDEX IF NOT EXISTS requests_cost ON requests (cost_nano)",
+    _ROLLUP.format(name="rollup_minute"),
+    _ROLLUP.format(name="rollup_hour"),
+    _ROLLUP.format(name="rollup_day"),
+    _LOADED.format(name="loaded_minute"),
+    _LOADED.format(name="loaded_hour"),
+    _LOADED.format(name="loaded_day"),
+    *DASH_TABLES,
+    # Usage that no price covered, aggregated by key, so totals can say what they leave out.
+    """
+    CREATE TABLE IF NOT EXISTS unpriced_usage (
+        key          TEXT    NOT NULL,
+        service      TEXT    NOT NULL DEFAULT '',
+        feature      TEXT    NOT NULL,
+        items        INTEGER NOT NULL DEFAULT 0,
+        count        REAL    NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        bytes        INTEGER NOT NULL DEFAULT 0,
+        first_ns     INTEGER NOT NULL,
+        last_ns      INTEGER NOT NULL,
+        PRIMARY KEY (key, service, feature)
+    ) WITHOUT ROWID
+    """,
+    # Price book versions that priced stored rows (spans.price_version refers here).
+    """
+    CREATE TABLE IF NOT EXISTS price_versions (
+        version    TEXT PRIMARY KEY,
+        created_ns INTEGER NOT NULL,
+        source     TEXT NOT NULL,
+        book       TEXT NOT NULL       -- JSON of the entries
+    )
+    """,
+    # Kafka offsets reached, written in the same transaction as the spans (effectively once).
+    """
+    CREATE TABLE IF NOT EXISTS consumer_offsets (
+        group_id    TEXT    NOT NULL,
+        topic       TEXT    NOT NULL,
+        partition   INTEGER NOT NULL,
+        next_offset INTEGER NOT NULL,
+        updated_ns  INTEGER NOT NULL,
+        PRIMARY KEY (group_id, topic, partition)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        id          INTEGER PRIMARY KEY,
+        received_ns INTEGER NOT NULL,
+        topic       TEXT    NOT NULL,
+        partition   INTEGER NOT NULL,
+        "offset"    INTEGER NOT NULL,
+        key         BLOB,
+        value       BLOB,
+        reason      TEXT    NOT NULL,
+        UNIQUE (topic, partition, "offset")
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS restatements (
+        id          INTEGER PRIMARY KEY,
+        created_ns  INTEGER NOT NULL,
+        who         TEXT    NOT NULL,
+        why         TEXT    NOT NULL,
+        start_date  TEXT    NOT NULL,
+        end_date    TEXT    NOT NULL,
+        factor      REAL,
+        factors     TEXT    NOT NULL DEFAULT '{}',  -- JSON {service: factor}
+        undone_ns   INTEGER,
+        spans_changed INTEGER NOT NULL DEFAULT 0,   -- raw spans rewritten
+        delta_nano  INTEGER NOT NULL DEFAULT 0      -- change of the daily rollups' total (new - old)
+    )
+    """,
+    # Pre- and post-restatement values, so an undo restores every total exactly (and, for a row that
+    # changed again since, removes only the restatement's own delta).
+    """
+    CREATE TABLE IF NOT EXISTS restatement_undo (
+        restatement_id INTEGER NOT NULL,
+        tbl            TEXT    NOT NULL,
+        row_key        TEXT    NOT NULL,   -- JSON of the row's primary key
+        old_cost_nano  INTEGER NOT NULL,
+        old_extra      TEXT,               -- JSON of other columns changed (e.g. spans.usage)
+        new_cost_nano  INTEGER NOT NULL DEFAULT 0,
+        old_var_nano2  REAL    NOT NULL DEFAULT 0,
+        new_var_nano2  REAL    NOT NULL DEFAULT 0,
+        PRIMARY KEY (restatement_id, tbl, row_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS alert_rules (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT    NOT NULL UNIQUE,
+        kind         TEXT    NOT NULL,      -- threshold | budget | rate
+        scope        TEXT    NOT NULL,      -- feature | user | endpoint | total
+        scope_value  TEXT    NOT NULL DEFAULT '',
+        threshold_nano INTEGER,
+        window_minutes INTEGER,
+        cooldown_minutes INTEGER NOT NULL DEFAULT 60,
+        params       TEXT    NOT NULL DEFAULT '{}',  -- JSON: budget period/percentages, rate factor ...
+        webhook      TEXT,
+        webhook_format TEXT  NOT NULL DEFAULT 'slack',
+        enabled      INTEGER NOT NULL DEFAULT 1,
+        created_ns   INTEGER NOT NULL,
+        updated_ns   INTEGER NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS alert_state (
+        rule_id      INTEGER NOT NULL,
+        state_key    TEXT    NOT NULL DEFAULT '',  -- e.g. budget period + percentage
+        last_fired_ns INTEGER,
+        PRIMARY KEY (rule_id, state_key)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS alert_events (
+        id          INTEGER PRIMARY KEY,
+        rule_id     INTEGER NOT NULL,
+        rule_name   TEXT    NOT NULL,
+        fired_ns    INTEGER NOT NULL,
+        scope       TEXT    NOT NULL,
+        scope_value TEXT    NOT NULL,
+        value_nano  INTEGER NOT NULL,
+        threshold_nano INTEGER,
+        message     TEXT    NOT NULL,
+        delivery    TEXT    NOT NULL DEFAULT 'pending'  -- pending | sending | delivered | failed | none
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS alert_events_fired ON alert_events (fired_ns)",
+    """
+    CREATE TABLE IF NOT EXISTS alert_deliveries (
+        id          INTEGER PRIMARY KEY,
+        event_id    INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        at_ns       INTEGER NOT NULL,
+        status      INTEGER,
+        error       TEXT
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS reconciliations (
+        id          INTEGER PRIMARY KEY,
+        created_ns  INTEGER NOT NULL,
+        start_date  TEXT    NOT NULL,
+        end_date    TEXT    NOT NULL,
+        report      TEXT    NOT NULL   -- JSON of ReconciliationReport.to_dict()
+    )
+    """,
+)
