@@ -16,11 +16,11 @@ import time
 from collections import deque
 
 import spendtrace
-from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span, UsageItem, encode_span
 from spendtrace.sdk import pipeline as _pipeline
 from spendtrace.sdk.export import BatchProcessor, InMemoryExporter
 from spendtrace.sdk.export._spill import SpillStore
+from spendtrace.server.broker import EmbeddedBroker
 
 
 def make_spans(n: int) -> list[Span]:

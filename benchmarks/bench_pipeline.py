@@ -33,11 +33,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce_spans, stored_offsets
 from consumers.worker import Worker, load_price_book, tune_gc
 from spendtrace.schema import decode_span, encode_span
+from spendtrace.server.broker import EmbeddedBroker
 
 
 async def bare_consume(bootstrap: str, topic: str, n: int, batch: int) -> float:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
-from spendtrace.server.topics import ensure_topics
 from spendtrace.schema import Span, UsageItem, encode_span
+from spendtrace.server.topics import ensure_topics
 
 __all__ = ["make_spans", "produce", "produce_spans", "stored_offsets", "wait_for"]
 

@@ -29,9 +29,9 @@ from consumers.config import WorkerConfig
 from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.histogram import Histogram
 from consumers.hooks import HookRunner, PostCommitHook
-from spendtrace.server.topics import ensure_topics
 from consumers.writer import WriterProcess, encode_write, tune_gc
 from spendtrace.schema import Span, decode_span
+from spendtrace.server.topics import ensure_topics
 
 __all__ = ["Worker", "WorkerStats", "tune_gc"]
 

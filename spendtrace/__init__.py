@@ -62,6 +62,8 @@ _LAZY: dict[str, str] = {
     "get_request_cost": "spendtrace.server.store.sqlite",
     "get_request_subtree": "spendtrace.server.store.sqlite",
     "get_transaction_subtree": "spendtrace.server.store.sqlite",
+    "open_store": "spendtrace.server.store.base",
+    "open_store_async": "spendtrace.server.store.base",
     # reconciliation (spendtrace/server/reconcile/)
     "ReconciliationReport": "spendtrace.server.reconcile.report",
     "reconcile": "spendtrace.server.reconcile.report",
@@ -135,6 +137,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from spendtrace.server.pricing import get_tracker as get_tracker
     from spendtrace.server.reconcile.report import ReconciliationReport as ReconciliationReport
     from spendtrace.server.reconcile.report import reconcile as reconcile
+    from spendtrace.server.store.base import open_store as open_store
+    from spendtrace.server.store.base import open_store_async as open_store_async
     from spendtrace.server.store.sqlite import SQLiteStorage as SQLiteStorage
     from spendtrace.server.store.sqlite import get_cost_trend as get_cost_trend
     from spendtrace.server.store.sqlite import get_feature_cost_breakdown as get_feature_cost_breakdown

@@ -5,6 +5,7 @@ Defined in ``spendtrace.server.store``; this module keeps the names where users 
 
 from __future__ import annotations
 
+from spendtrace.server.store.base import open_store, open_store_async
 from spendtrace.server.store.sqlite import (
     AsyncStorage,
     SQLiteStorage,
@@ -23,4 +24,6 @@ __all__ = [
     "get_request_cost",
     "get_request_subtree",
     "get_transaction_subtree",
+    "open_store",
+    "open_store_async",
 ]

@@ -66,7 +66,11 @@ def test_import_linter_contracts_are_kept() -> None:
     """``lint-imports`` (contracts in pyproject.toml: layers, server uses only sdk.context, drivers in backends)."""
     linter = Path(sys.executable).with_name("lint-imports")
     result = subprocess.run(
-        [str(linter), "--no-cache"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        [str(linter), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout or "broken" not in result.stdout
@@ -106,8 +110,12 @@ print(json.dumps({"delivered": result.delivered,
 def test_an_app_recording_to_kafka_loads_no_server_module(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """An app in Kafka mode records and exports a span through the real broker without loading server code."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDTRACE_")}
-    env.update(SPENDTRACE_KAFKA_BOOTSTRAP=broker.bootstrap, SPENDTRACE_TOPIC="arch-light", SPENDTRACE_SPILL_DIR=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", APP], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    env.update(
+        SPENDTRACE_KAFKA_BOOTSTRAP=broker.bootstrap, SPENDTRACE_TOPIC="arch-light", SPENDTRACE_SPILL_DIR=str(tmp_path)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", APP], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert report == {"delivered": 1, "server": [], "drivers": []}

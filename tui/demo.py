@@ -51,9 +51,9 @@ class Demo:
 
     def start(self) -> Demo:
         """Broker, topics, the alert rule, the worker and the shop; returns once all are running."""
+        from spendtrace.server.alerts.rules import set_alert
         from spendtrace.server.broker import EmbeddedBroker
         from spendtrace.server.topics import ensure_topics
-        from spendtrace.server.alerts.rules import set_alert
 
         self.broker = EmbeddedBroker(log_path=self._tmp / "broker.log").start()
         topics = ["spendtrace.spans", "spendtrace.alerts", "spendtrace.dlq"]

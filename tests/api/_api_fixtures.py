@@ -12,9 +12,9 @@ import httpx
 import pytest
 import uvicorn
 
-from spendtrace.server.broker import free_port
 from spendtrace.api import create_app
 from spendtrace.schema import Span, UsageItem
+from spendtrace.server.broker import free_port
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync

@@ -13,7 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 async def test_broker_main_serves_until_sigint() -> None:
     """The printed address accepts Kafka admin requests; SIGINT ends the process with 0 and closes the port."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spendtrace.server.broker", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "spendtrace.server.broker", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from spendtrace.server.broker import EmbeddedBroker, free_port
 from consumers.cli import build_parser, config_from_args, main
 from consumers.testing import make_spans, produce_spans, stored_offsets, wait_for
+from spendtrace.server.broker import EmbeddedBroker, free_port
 
 
 def _metrics(port: int) -> str:

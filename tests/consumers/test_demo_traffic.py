@@ -9,8 +9,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from consumers import demo_traffic
-from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span, decode_span
+from spendtrace.server.broker import EmbeddedBroker
 
 
 @pytest.fixture

@@ -14,11 +14,11 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce, produce_spans, stored_offsets, wait_for
 from consumers.worker import Worker
 from spendtrace.schema import UsageItem, encode_span
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._ingest import prepare_batch
 

@@ -12,11 +12,11 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.metrics import Histogram, serve_metrics
 from consumers.testing import FEATURES, TENANTS, make_spans, produce_spans, stored_offsets
 from consumers.worker import Worker
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._ingest import prepare_batch
 

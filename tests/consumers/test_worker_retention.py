@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from spendtrace.server.broker import EmbeddedBroker
 from consumers.cli import build_parser, config_from_args
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, stored_offsets, wait_for
-from spendtrace.server.topics import ensure_topics
 from consumers.worker import Worker
 from spendtrace.schema import encode_span
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.topics import ensure_topics
 
 DAY_NS = 86_400 * 10**9
 AGED = 20_000

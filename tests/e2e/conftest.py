@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from pipeline_support import N_SPANS, Expected, Recorded, _Tee, run_app
 
-from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 
 

@@ -22,8 +22,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.schema import Span, UsageItem, encode_span
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 
 N_SPANS = 20_000

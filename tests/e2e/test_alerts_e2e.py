@@ -21,12 +21,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.alerting import AlertEvaluator, attach_alerting
-from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.testing import produce_spans, stored_offsets, wait_for
 from consumers.worker import Worker
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.alerts.rules import set_alert
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook, PriceEntry
 
 NS = 1_000_000_000

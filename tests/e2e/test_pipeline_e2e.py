@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from pipeline_support import DAY_NS, Expected, Recorded, db_count
 
-from spendtrace.server.broker import EmbeddedBroker
 from consumers.config import WorkerConfig
 from consumers.worker import Worker
 from spendtrace import SQLiteStorage, get_feature_cost_breakdown, get_request_cost, get_request_subtree
+from spendtrace.server.broker import EmbeddedBroker
 
 
 @pytest.fixture(scope="module")

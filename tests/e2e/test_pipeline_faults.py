@@ -26,11 +26,11 @@ from pipeline_support import (
     worker_cmd,
 )
 
-from spendtrace.server.broker import EmbeddedBroker, free_port
 from consumers.config import WorkerConfig
 from consumers.testing import produce, stored_offsets, wait_for
 from consumers.worker import Worker
 from spendtrace.schema import UsageItem, encode_span
+from spendtrace.server.broker import EmbeddedBroker, free_port
 
 PARTITIONS = 6
 

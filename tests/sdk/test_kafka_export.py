@@ -16,9 +16,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 import spendtrace
-from spendtrace.server.broker import EmbeddedBroker
 from spendtrace import CircuitBreaker, KafkaExporter, add_api_call, cost_track, track_request
 from spendtrace.schema import Span, decode_span
+from spendtrace.server.broker import EmbeddedBroker
 
 # Every test takes ``export_reset`` last, so the exporter is shut down before the broker fixture
 # stops the broker (the broker's graceful stop waits for connected clients).

@@ -8,10 +8,13 @@ The module functions open the database at ``db_path`` (default: ``configure(db=.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spendtrace.server.store.sqlite._sql import TimeLike
 from spendtrace.server.store.sqlite._storage import AsyncStorage, SQLiteStorage
+
+if TYPE_CHECKING:
+    from spendtrace.server.store.base import StoreURL
 
 __all__ = [
     "AsyncStorage",
@@ -21,6 +24,8 @@ __all__ = [
     "get_request_cost",
     "get_request_subtree",
     "get_transaction_subtree",
+    "open_sqlite",
+    "open_sqlite_async",
 ]
 
 PathArg = str | os.PathLike[str] | None
@@ -62,3 +67,13 @@ def get_cost_trend(
     """Daily cost for the last ``days`` UTC days (today included), oldest first, zero-filled: ``{date, total_cost}``."""
     with SQLiteStorage(db_path) as storage:
         return storage.get_cost_trend(feature, days, now=now, **filters)
+
+
+def open_sqlite(url: StoreURL, *, readonly: bool = False) -> SQLiteStorage:
+    """``open_store`` for ``sqlite://`` URLs and bare paths."""
+    return SQLiteStorage(url.path, readonly=readonly)
+
+
+def open_sqlite_async(url: StoreURL, *, readonly: bool = False) -> AsyncStorage:
+    """``open_store_async`` for ``sqlite://`` URLs and bare paths."""
+    return AsyncStorage(url.path, readonly=readonly)

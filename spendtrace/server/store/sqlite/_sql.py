@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
 from spendtrace.errors import ConfigError
+from spendtrace.server.model import Row, TimeLike
 
 __all__ = [
     "DAY",
@@ -37,8 +38,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Row = dict[str, Any]
-TimeLike = str | date | datetime | int | float | None
 
 NANO = 1_000_000_000
 MINUTE, HOUR, DAY = 60, 3600, 86400

@@ -75,6 +75,7 @@ class SQLiteStorage:
 
     def __init__(self, db_path: str | os.PathLike[str] | None = None, *, readonly: bool = False) -> None:
         self.db_path = resolve_path(db_path)
+        self.url = f"sqlite:///{os.path.abspath(self.db_path)}"
         self._conn: sqlite3.Connection = connect(self.db_path, readonly=readonly, check_same_thread=False)
         self._lock = threading.Lock()
         self._dash = bool(self._conn.execute(_HAS_DASH).fetchone()[0])
@@ -117,6 +118,10 @@ class SQLiteStorage:
         """A number that changes whenever another connection commits (``PRAGMA data_version``): a cheap change check."""
         with self._lock:
             return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def change_token(self) -> int:
+        """The storage interface's change check: SQLite's ``data_version`` of this connection."""
+        return self.data_version()
 
     def close(self) -> None:
         """Close the connection."""
@@ -349,6 +354,7 @@ class AsyncStorage:
 
     def __init__(self, db_path: str | os.PathLike[str] | None = None, *, readonly: bool = False) -> None:
         self.db_path = resolve_path(db_path)
+        self.url = f"sqlite:///{os.path.abspath(self.db_path)}"
         self._readonly = readonly
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
@@ -406,6 +412,10 @@ class AsyncStorage:
             async with conn.execute("PRAGMA data_version") as cur:
                 row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    async def change_token(self) -> int:
+        """The storage interface's change check: SQLite's ``data_version`` of this connection."""
+        return await self.data_version()
 
     async def close(self) -> None:
         """Close the connection (if it was opened)."""
