@@ -2,7 +2,9 @@
 
 Bad parameters answer 422 with a message (FastAPI's validation, plus ``ConfigError`` from the
 time parser); names only ever reach SQL as bound parameters (the query layer's rule). With a
-token configured, every endpoint but ``/health`` wants ``Authorization: Bearer <token>``.
+token configured, every route but ``/health`` wants ``Authorization: Bearer <token>``, the OpenAPI
+document and its pages (``/openapi.json``, ``/docs``, ``/redoc``) included, and ``/health`` no
+longer names the database file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from spendtrace.errors import ConfigError, SpendtraceError
 from spendtrace.server.store.sqlite import SQLiteStorage
@@ -49,6 +52,11 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
         title="spendtrace",
         version="0.1.0",
         description="Feature-, tenant- and request-level spend, modelled from instrumented usage.",
+        # FastAPI's own /openapi.json, /docs and /redoc routes take no dependencies, so a token could
+        # not guard them; the same three are declared below with the others.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.storage = storage
 
@@ -74,8 +82,24 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
 
     @app.get("/health", tags=["meta"])
     def health() -> dict[str, Any]:
-        """Liveness: the database answers."""
+        """Liveness: the database answers (its path is shown only when no token is configured)."""
+        if token is not None:  # the one open route says nothing about the host
+            return {"status": "ok", "data_version": storage.data_version()}
         return {"status": "ok", "db": storage.db_path, "data_version": storage.data_version()}
+
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    def swagger_page(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{root}/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @app.get("/redoc", dependencies=guarded, include_in_schema=False)
+    def redoc_page(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_redoc_html(openapi_url=f"{root}/openapi.json", title=f"{app.title} - ReDoc")
 
     @app.get("/metrics", dependencies=guarded, tags=["meta"], response_class=PlainTextResponse)
     def metrics() -> Response:
