@@ -45,7 +45,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "every cache-read rate of static_prices.json read ten times too high",
         (
             (
-                "spendtrace/pricing/_static.py",
+                "spendtrace/server/pricing/_static.py",
                 'return tuple(PriceEntry.from_dict(e, source="static") for e in raw)',
                 'return tuple(PriceEntry.from_dict({k: (str(__import__("decimal").Decimal(v) * 10)'
                 ' if k == "per_1m_cache_read_tokens" else v) for k, v in e.items()}, source="static") for e in raw)',
@@ -154,7 +154,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "pricing-drops-cache-read",
         "item_cost_femto leaves out the cache-read tokens",
-        (("spendtrace/pricing/_book.py", "        (item.cache_read_tokens, r.cache_read_token),\n", ""),),
+        (("spendtrace/server/pricing/_book.py", "        (item.cache_read_tokens, r.cache_read_token),\n", ""),),
         ("tests/sdk/test_pricing.py",),
     ),
     Mutant(
@@ -162,7 +162,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "every rollup / requests / dashboard delta of a batch is applied twice",
         (
             (
-                "spendtrace/storage/_ingest.py",
+                "spendtrace/server/store/sqlite/_ingest.py",
                 "            yield from _many(sql, rows)\n",
                 "            yield from _many(sql, rows)\n            yield from _many(sql, rows)\n",
             ),
@@ -248,7 +248,7 @@ def check_imports_from(repo: Path, modules: list[str]) -> None:
 
 
 def module_of(rel: str) -> str:
-    """``spendtrace/pricing/_book.py`` -> ``spendtrace.pricing._book``."""
+    """``spendtrace/server/pricing/_book.py`` -> ``spendtrace.server.pricing._book``."""
     return rel.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
 
 

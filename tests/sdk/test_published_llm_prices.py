@@ -40,7 +40,7 @@ from botocore.stub import Stubber
 
 import spendtrace
 from spendtrace import PriceBook, SQLiteStorage, UsageItem
-from spendtrace.instrument import auto_instrument, uninstrument
+from spendtrace.sdk.instrument import auto_instrument, uninstrument
 
 ANTHROPIC_PAGE = "https://docs.anthropic.com/en/docs/about-claude/pricing"
 OPENAI_PAGE = "https://openai.com/api/pricing/"
