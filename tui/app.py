@@ -100,9 +100,12 @@ class SpendtraceApp(App[None]):
 
     def request_refresh(self, force: bool = False) -> None:
         """Refresh soon (at once when idle); ``force`` re-queries even if the store did not change."""
-        if self.refresher.busy:
-            self.refresher.force = self.refresher.force or force
-        elif not self.paused or force:
+        if force:
+            # Noted on the refresher, not only passed to the worker: the refresh group is exclusive, so
+            # an interval tick starting its worker before this one runs cancels it, and the forced
+            # refresh would be lost (seen as a resume with no refresh on a busy machine).
+            self.refresher.force = True
+        if not self.refresher.busy and (not self.paused or force):
             self._refresh_worker(force)
 
     @work(exclusive=True, group="refresh", exit_on_error=False)

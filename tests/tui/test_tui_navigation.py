@@ -212,6 +212,19 @@ async def test_pause_shows_badge_and_stops_refresh(tui_db: Path, make_app) -> No
         assert "PAUSED" not in screen_text(app)
 
 
+async def test_a_tick_right_after_a_forced_refresh_does_not_swallow_it(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """Resume, then an interval tick before the forced refresh's worker ran: the refresh still happens."""
+    app = make_app(tui_db, live=True, refresh_interval=3600)  # ticks only when the test calls them
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.refresher.cycles >= 1, "first refresh")
+        await pilot.press("p")
+        await until(pilot, lambda: not app.refresher.busy, "refresh to finish")
+        cycles = app.refresher.cycles
+        app.action_toggle_pause()  # schedules a forced refresh...
+        app._tick()  # ...and a tick's refresh replaces it (the group is exclusive) before it ran
+        await until(pilot, lambda: app.refresher.cycles > cycles, "the forced refresh after resume")
+
+
 async def test_help_palette_and_mouse(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
     """'?' shows the keys; the command palette switches screens; clicking a tab switches too."""
     app = make_app(tui_db)
