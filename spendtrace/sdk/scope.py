@@ -150,13 +150,13 @@ def _submit_orphan(item: UsageItem, st: _State | None) -> None:
         if rate < 1.0 and _sampling.draw() >= rate:
             return
         _pipeline.submit(
-            Span(sid, None, sid, UNATTRIBUTED, None, None, None, now, 0, 0, False, None, (item,),
-                 1.0 / rate, (UNATTRIBUTED,), 0)
+            Span(span_id=sid, parent_id=None, request_id=sid, feature=UNATTRIBUTED, start_ns=now, usage=(item,),
+                 weight=1.0 / rate, path=(UNATTRIBUTED,))
         )  # fmt: skip
     else:  # a request scope with no span of its own: keep its request, endpoint, tenant and weight
         _pipeline.submit(
-            Span(sid, None, st[2], UNATTRIBUTED, None, st[3], st[4], now, 0, 0, False, None, (item,),
-                 st[6], (UNATTRIBUTED,), 0)
+            Span(span_id=sid, parent_id=None, request_id=st[2], feature=UNATTRIBUTED, endpoint=st[3], user_id=st[4],
+                 start_ns=now, usage=(item,), weight=st[6], path=(UNATTRIBUTED,))
         )  # fmt: skip
 
 
@@ -181,8 +181,9 @@ def _settle_late(item: UsageItem, usage: list[Any], st: _State) -> None:
 def _submit_late(item: UsageItem, st: _State) -> None:
     """Send usage that arrived after its span closed as a one-item child span of it."""
     _pipeline.submit(
-        Span(_new_id(), st[1], st[2], cast(str, st[8]), st[9], st[3], st[4], _perf() + _clock.wall_offset, 0, 0, False,
-             None, (item,), st[6], st[5], 0)
+        Span(span_id=_new_id(), parent_id=st[1], request_id=st[2], feature=cast(str, st[8]), operation=st[9],
+             endpoint=st[3], user_id=st[4], start_ns=_perf() + _clock.wall_offset, usage=(item,), weight=st[6],
+             path=st[5])
     )  # fmt: skip
 
 
@@ -228,6 +229,8 @@ def _close(frame: _Frame, start: int, cpu: int, exc: BaseException | None) -> No
     end = _perf()
     try:
         usage = cast(list[Any], st[7])
+        # Positional on purpose (here and in _fast_sync): msgspec builds this Span in ~100 ns from
+        # positions and ~615 ns from keywords, against ~1.2 µs for a whole recorded call.
         _pipeline.submit(
             Span(cast(str, st[1]), pid, st[2], cast(str, st[8]), st[9], st[3], st[4], start + _clock.wall_offset,
                  end - start, cpu, exc is not None, None if exc is None else type(exc).__name__,
