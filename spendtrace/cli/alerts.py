@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from spendtrace.cli.main import add_store_options
 from spendtrace.server.alerts.rules import AlertRule
 
 _NANO = 1_000_000_000
@@ -182,7 +183,7 @@ def register(subparsers: Any) -> None:
     alerts.set_defaults(handler=lambda _args: (alerts.print_help(), 2)[1], needs_db=False)
 
     add = sub.add_parser("add", help="add or replace (by --name) a threshold, budget or rate rule")
-    add.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help="database file")
+    add_store_options(add)
     _scope_args(add)
     add.add_argument("--threshold", type=float, help="fire when spend over the window exceeds this many USD")
     add.add_argument("--window-hours", type=float, default=24.0, help="rolling window (default 24)")
@@ -199,17 +200,17 @@ def register(subparsers: Any) -> None:
     add.set_defaults(handler=_add, needs_db=False)
 
     ls = sub.add_parser("list", help="list the rules (webhooks masked)")
-    ls.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help="database file")
+    add_store_options(ls)
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=_list, needs_db=True)
 
     rm = sub.add_parser("remove", help="remove a rule by name or id")
-    rm.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help="database file")
+    add_store_options(rm)
     rm.add_argument("rule", metavar="NAME_OR_ID")
     rm.set_defaults(handler=_remove, needs_db=True)
 
     tail = sub.add_parser("tail", help="follow alert events as they fire")
-    tail.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help="database file")
+    add_store_options(tail)
     tail.add_argument("--last", type=int, default=10, help="start with the last N events (default 10)")
     tail.add_argument("--since-id", type=int, help="start after this event id")
     tail.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")

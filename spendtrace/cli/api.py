@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from spendtrace.cli.main import add_store_options
+
 
 def _run(args: argparse.Namespace) -> int:
     try:
@@ -19,7 +21,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add the ``api`` subcommand."""
     p = subparsers.add_parser("api", help="serve the HTTP API and /metrics (SPENDTRACE_API_TOKEN enables auth)")
-    p.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help="database file")
+    add_store_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(handler=_run)

@@ -1,12 +1,14 @@
 """The ``spendtrace`` command (also ``python -m spendtrace``): spend tables from a spendtrace database.
 
-``--db PATH`` may come before or after the subcommand (default: ``SPENDTRACE_DB`` or
-``cost_data.db``); every report prints an aligned table, or JSON with ``--json``.
+``--store URL`` (or ``--db PATH``, the SQLite shorthand) may come before or after the subcommand
+(default: ``SPENDTRACE_STORE``, else ``SPENDTRACE_DB`` or ``cost_data.db``); every report prints an
+aligned table, or JSON with ``--json``.
 
-Subcommands are pluggable: every sibling module named ``spendtrace/_cli_*.py`` (alerts,
-reconcile, api, demo ...) defines ``register(subparsers)``, adds its parsers there and gives each
-a ``handler`` default, a function ``(args) -> int`` called with ``args.db`` already resolved. A
-plugin module that is not installed simply offers no subcommand.
+Subcommands are pluggable: every other module of ``spendtrace.cli`` (alerts, reconcile, api,
+demo ...) defines ``register(subparsers)``, adds its parsers there and gives each a ``handler``
+default, a function ``(args) -> int`` called with ``args.store`` (a URL) and, for a SQLite store,
+``args.db`` (its path) already resolved. A plugin module that is not installed simply offers no
+subcommand.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from spendtrace.errors import SpendtraceError
-from spendtrace.settings import default_db_path
 
-__all__ = ["build_parser", "main", "plugins", "render_table"]
+__all__ = ["add_store_options", "build_parser", "main", "plugins", "render_table"]
 
 
 def plugins() -> list[str]:
@@ -89,9 +90,9 @@ def _filters(args: argparse.Namespace, *names: str) -> dict[str, Any]:
 
 
 def _storage(args: argparse.Namespace) -> Any:
-    from spendtrace.server.store.sqlite import SQLiteStorage
+    from spendtrace.server.store.base import open_store
 
-    return SQLiteStorage(args.db)
+    return open_store(args.store)
 
 
 def _cmd_total(args: argparse.Namespace) -> int:
@@ -219,9 +220,16 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------------
-def _db_option(parser: argparse.ArgumentParser, default: object) -> None:
+def add_store_options(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    """``--store URL`` and ``--db PATH`` on ``parser`` (a subcommand's: SUPPRESS keeps the top-level value)."""
     parser.add_argument(
-        "--db", default=default, metavar="PATH", help="database file (default: $SPENDTRACE_DB or cost_data.db)"
+        "--store",
+        default=default,
+        metavar="URL",
+        help="store URL, e.g. sqlite:///path/cost_data.db (default: $SPENDTRACE_STORE, else --db's default)",
+    )
+    parser.add_argument(
+        "--db", default=default, metavar="PATH", help="SQLite database file (default: $SPENDTRACE_DB or cost_data.db)"
     )
 
 
@@ -235,7 +243,7 @@ def _report(
     limit: int | bool | None = None,
 ) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    _db_option(p, argparse.SUPPRESS)  # after the subcommand too; the top-level value otherwise
+    add_store_options(p, argparse.SUPPRESS)  # after the subcommand too; the top-level value otherwise
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--start", help="from this date / ISO time (UTC, inclusive)")
     p.add_argument("--end", help="until this date / ISO time (UTC, exclusive)")
@@ -251,7 +259,7 @@ def _report(
 def build_parser() -> argparse.ArgumentParser:
     """The whole argparse tree, plugins included."""
     parser = argparse.ArgumentParser(prog="spendtrace", description="Which features, tenants and requests spend money.")
-    _db_option(parser, None)
+    add_store_options(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _report(sub, "total", _cmd_total, "total spend, with optional filters", limit=False)
     _report(sub, "by-feature", _aggregate("aggregate_by_feature", "feature", "feature", "spans"), "spend per feature")
@@ -280,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trend.add_argument("--days", type=int, default=30, help="how many days, today included (default 30)")
     broker = sub.add_parser("broker", help="run an embedded Kafka-protocol broker on loopback until Ctrl-C")
-    _db_option(broker, argparse.SUPPRESS)
+    add_store_options(broker, argparse.SUPPRESS)
     broker.add_argument("--host", default="127.0.0.1")
     broker.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     broker.set_defaults(handler=_cmd_broker, needs_db=False)
@@ -303,10 +311,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    args.db = str(args.db) if args.db else default_db_path()
-    if getattr(args, "needs_db", False) and not Path(args.db).is_file():
+    from spendtrace.server.store.base import parse_store_url, resolve_store_url
+
+    try:
+        args.store = resolve_store_url(getattr(args, "store", None), getattr(args, "db", None))
+        url = parse_store_url(args.store)
+    except SpendtraceError as exc:
+        print(f"spendtrace: {exc}", file=sys.stderr)
+        return 2
+    args.db = url.path if url.scheme == "sqlite" else None
+    if getattr(args, "needs_db", False) and args.db is not None and not Path(args.db).is_file():
         print(
-            f"spendtrace: no database at {args.db} (pass --db PATH or set SPENDTRACE_DB; "
+            f"spendtrace: no database at {args.db} (pass --store URL or --db PATH, or set SPENDTRACE_STORE; "
             "the consumers create it when they store spans)",
             file=sys.stderr,
         )

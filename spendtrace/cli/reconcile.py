@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spendtrace.cli.main import add_store_options
+
 
 def _run(args: argparse.Namespace) -> int:
     from spendtrace.server.reconcile.report import reconcile
@@ -31,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     """Add the ``reconcile`` subcommand."""
     p = subparsers.add_parser("reconcile", help="modelled spend vs the AWS bill, per service and feature")
-    p.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help="database file")
+    add_store_options(p)
     p.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: first day of last month)")
     p.add_argument("--end", help="day after the last, YYYY-MM-DD (default: first day of this month)")
     p.add_argument("--tag-key", help="also group the bill by this cost-allocation tag (e.g. feature)")

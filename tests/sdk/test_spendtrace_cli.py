@@ -178,3 +178,28 @@ def test_newer_schema_is_refused_clearly(tmp_path: Path, capsys: pytest.CaptureF
     rc, out, err = run(capsys, "--db", str(path), "total")
     assert rc == 2 and out == ""
     assert "newer" in err and "Traceback" not in err
+
+
+def test_store_url_names_the_same_database(
+    db: tuple[str, Expect], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--store sqlite:///PATH`` (before or after the subcommand) and ``SPENDTRACE_STORE`` read what ``--db`` reads."""
+    path, expect = db
+    by_db = run(capsys, "--db", path, "total", "--json")
+    assert by_db[0] == 0 and json.loads(by_db[1])["cost_nano"] == sum(p.cost for p in expect.priced)
+    assert run(capsys, "--store", f"sqlite:///{path}", "total", "--json") == by_db
+    assert run(capsys, "total", "--json", "--store", f"sqlite:///{path}") == by_db
+    monkeypatch.setenv("SPENDTRACE_STORE", f"sqlite:///{path}")
+    monkeypatch.delenv("SPENDTRACE_DB", raising=False)
+    assert run(capsys, "total", "--json") == by_db
+
+
+def test_store_url_errors_are_clear(db: tuple[str, Expect], capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown scheme, both --store and --db, or a missing file: exit 2 with one line saying which."""
+    path, _ = db
+    rc, _, err = run(capsys, "--store", "postgres://h/db", "total")
+    assert rc == 2 and "unknown store URL scheme 'postgres'" in err
+    rc, _, err = run(capsys, "--store", f"sqlite:///{path}", "--db", path, "total")
+    assert rc == 2 and "not both" in err
+    rc, _, err = run(capsys, "--store", f"sqlite:///{path}.missing", "total")
+    assert rc == 2 and "no database at" in err

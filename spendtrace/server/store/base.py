@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 from spendtrace.errors import ConfigError
 from spendtrace.server.model import Row, TimeLike
+from spendtrace.settings import default_db_path
 
 __all__ = [
     "BACKENDS",
@@ -47,6 +48,7 @@ __all__ = [
     "open_store",
     "open_store_async",
     "parse_store_url",
+    "resolve_store_url",
 ]
 
 
@@ -289,6 +291,18 @@ def parse_store_url(url: str | os.PathLike[str]) -> StoreURL:
             raise ConfigError(f"store URL {raw!r} names no database file")
         return StoreURL("sqlite", path, raw)
     return StoreURL(scheme, unquote(parts.netloc + parts.path), raw)
+
+
+def resolve_store_url(store: str | None = None, db: str | os.PathLike[str] | None = None) -> str:
+    """Which store an entry point opens: ``--store URL``, else ``--db PATH`` (the SQLite shorthand),
+    else ``$SPENDTRACE_STORE``, else the default SQLite file (``$SPENDTRACE_DB`` or ``cost_data.db``)."""
+    if store and db:
+        raise ConfigError("give --store URL or --db PATH, not both")
+    if store:
+        return store
+    if db:
+        return os.fspath(db)
+    return os.environ.get("SPENDTRACE_STORE", "").strip() or default_db_path()
 
 
 def _opener(scheme: str, suffix: str = "") -> Any:
