@@ -59,17 +59,17 @@ MUTANTS: tuple[Mutant, ...] = (
         "/transactions, /alerts and /v2/request/{id}/tree answer without the token",
         (
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 '@app.get("/v2/request/{request_id}/tree", dependencies=guarded, tags=["requests"])',
                 '@app.get("/v2/request/{request_id}/tree", tags=["requests"])',
             ),
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 '@app.get("/transactions", dependencies=guarded, tags=["requests"])',
                 '@app.get("/transactions", tags=["requests"])',
             ),
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 '@app.get("/alerts", dependencies=guarded, tags=["alerts"])',
                 '@app.get("/alerts", tags=["alerts"])',
             ),
@@ -81,17 +81,17 @@ MUTANTS: tuple[Mutant, ...] = (
         "/openapi.json, /docs and /redoc answer without the token again",
         (
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 '@app.get("/openapi.json", dependencies=guarded, include_in_schema=False)',
                 '@app.get("/openapi.json", include_in_schema=False)',
             ),
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 '@app.get("/docs", dependencies=guarded, include_in_schema=False)',
                 '@app.get("/docs", include_in_schema=False)',
             ),
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 '@app.get("/redoc", dependencies=guarded, include_in_schema=False)',
                 '@app.get("/redoc", include_in_schema=False)',
             ),
@@ -103,7 +103,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "/health shows the database path with a token set",
         (
             (
-                "spendtrace/api/_app.py",
+                "spendtrace/api/app.py",
                 "        if token is not None:  # the one open route says nothing about the host\n"
                 '            return {"status": "ok", "data_version": storage.data_version()}\n',
                 "",

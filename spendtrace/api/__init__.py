@@ -6,6 +6,6 @@ the ASGI app; ``serve(...)`` runs it with uvicorn.
 
 from __future__ import annotations
 
-from spendtrace.api._app import MAX_LIMIT, create_app, serve
+from spendtrace.api.app import MAX_LIMIT, create_app, serve
 
 __all__ = ["MAX_LIMIT", "create_app", "serve"]
