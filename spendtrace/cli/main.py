@@ -33,7 +33,8 @@ def plugins() -> list[str]:
     """Names of the ``spendtrace.cli`` modules other than ``main`` present, sorted: each adds subcommands."""
     import spendtrace.cli
 
-    return sorted(m.name for m in pkgutil.iter_modules(spendtrace.cli.__path__) if m.name != "main")
+    names = (m.name for m in pkgutil.iter_modules(spendtrace.cli.__path__))
+    return sorted(n for n in names if n != "main" and not n.startswith("_"))
 
 
 Handler = Callable[[argparse.Namespace], int]
