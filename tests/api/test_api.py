@@ -164,3 +164,20 @@ def test_alerts_and_reconciliation_endpoints(live_api: LiveAPI) -> None:
     assert [r["scope_value"] for r in body["rules"]] == ["search"]
     assert "SECRETSECRET" not in json.dumps(body)
     assert rec.status_code == 404
+
+
+def test_extreme_dates_are_unbounded_not_server_errors(live_api: LiveAPI) -> None:
+    """Dates past SQLite's 64-bit range (year 9999, year 1, 2**64 ns) filter as open bounds, never 500."""
+    with live_api.client() as client:
+        everything = client.get("/total").json()["cost_nano"]
+        for path in ("/transactions", "/v2/request", "/total", "/aggregate/feature"):
+            for params in ({"start": "0001-01-01"}, {"end": "9999-12-31"}, {"start": "9999-12-31T23:59:59"}):
+                response = client.get(path, params=params)
+                assert response.status_code == 200, (path, params, response.text[:200])
+            for params in ({"start": str(2**64)}, {"end": str(-(2**70))}):  # epoch ns where a route takes them
+                response = client.get(path, params=params)
+                assert response.status_code in (200, 422), (path, params, response.text[:200])
+        assert (
+            client.get("/total", params={"start": "0001-01-01", "end": "9999-12-31"}).json()["cost_nano"] == everything
+        )
+        assert client.get("/total", params={"start": "9999-12-31"}).json()["cost_nano"] == 0

@@ -56,6 +56,10 @@ def usd(nano: int | float | None) -> float:
     return (nano or 0) / NANO
 
 
+_I64_MAX = 2**63 - 1
+_I64_MIN = -(2**63)
+
+
 def to_ns(value: TimeLike, *, what: str = "time") -> int | None:
     """A time filter as epoch ns: 'YYYY-MM-DD' / ISO strings, date, datetime (naive = UTC), or epoch ns."""
     if value is None:
@@ -63,12 +67,15 @@ def to_ns(value: TimeLike, *, what: str = "time") -> int | None:
     if isinstance(value, bool):
         raise ConfigError(f"{what}: expected a date, datetime or epoch ns, got {value!r}")
     if isinstance(value, int | float):
-        return int(value)
+        if value != value:  # NaN
+            raise ConfigError(f"{what}: {value!r} is not a time")
+        # SQLite binds 64-bit integers: a bound past either end means "unbounded" on that side
+        return _I64_MAX if value >= _I64_MAX else _I64_MIN if value <= _I64_MIN else int(value)
     if isinstance(value, datetime):
         dt = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return int(dt.timestamp()) * NANO + dt.microsecond * 1000
+        return to_ns(int(dt.timestamp()) * NANO + dt.microsecond * 1000, what=what)
     if isinstance(value, date):
-        return int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()) * NANO
+        return to_ns(int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()) * NANO, what=what)
     if isinstance(value, str):
         text = value.strip()
         try:
