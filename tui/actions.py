@@ -67,13 +67,11 @@ def run_reconcile(db_path: Path, start: str, end: str, actuals_file: str | None)
 
 def restate(db_path: Path, factor: float, start: str, end: str) -> str:
     """Apply ``factor`` to stored costs between ``start`` and ``end`` (recorded and undoable)."""
-    from spendtrace.server.store.sqlite import SQLiteStorage
+    from spendtrace.server.store.base import open_store
 
-    storage = SQLiteStorage(str(db_path))
+    storage = open_store(str(db_path))
     try:
         result = storage.restate_historical_costs(factor=factor, start_date=start, end_date=end)
     finally:
-        close = getattr(storage, "close", None)
-        if close:
-            close()
+        storage.close()
     return f"restated {start} → {end} by ×{factor:.4f}" + (f" ({result})" if result is not None else "")

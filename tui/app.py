@@ -13,8 +13,9 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.reactive import reactive
 
+from spendtrace.server.model.dashboard import Overview
+from spendtrace.server.store.base import DashboardReads, open_dashboard
 from tui.commands import SpendtraceCommands
-from tui.data import Overview, Store
 from tui.messages import AlertArrived, OpenRequest, SwitchScreen
 from tui.refresher import Refresher
 from tui.screens.alerts import AlertsScreen
@@ -73,7 +74,7 @@ class SpendtraceApp(App[None]):
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
-        self.store = Store(self.db_path, clock=clock, monotonic=monotonic)
+        self.store: DashboardReads = open_dashboard(self.db_path, clock=clock, monotonic=monotonic)
         self.refresher = Refresher(self, self.store, monotonic=monotonic)
         self.live = live
         self.live_alerts: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
-"""The refresh cycle: poll ``data_version``, and when the store changed re-query the visible screen.
+"""The refresh cycle: poll the store's change token, and when it moved re-query the visible screen.
 
-One cycle = the header's overview query + the active screen's ``fetch`` (SQL on aiosqlite's
-thread) + its ``apply`` (by-key widget updates on the UI thread). The app runs cycles in an
+One cycle = the header's overview query + the active screen's ``fetch`` (async reads, which the
+store runs off the UI thread) + its ``apply`` (by-key widget updates on the UI thread). The app runs cycles in an
 exclusive worker and never starts one while another is running, so refreshes never overlap.
 Time-window views also refresh every ``slow_every`` seconds, because "the last hour" moves even
 when nothing new is written.
@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tui.data import Store
+from spendtrace.server.store.base import DashboardReads
 from tui.screens.base import DataScreen
 
 
@@ -22,7 +22,12 @@ class Refresher:
     """Decides when to query and applies the results to the app's screens."""
 
     def __init__(
-        self, app: Any, store: Store, *, slow_every: float = 5.0, monotonic: Callable[[], float] = time.monotonic
+        self,
+        app: Any,
+        store: DashboardReads,
+        *,
+        slow_every: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ):
         self.app = app
         self.store = store
@@ -45,7 +50,7 @@ class Refresher:
             force = force or self.force
             self.force = False
             store = self.store
-            version = await store.data_version()
+            version = await store.change_token()
             now = self.monotonic()
             slow = now - self._last_full >= self.slow_every
             changed = version != self.version

@@ -11,8 +11,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
+from spendtrace.server.model.dashboard import AlertEventRow, AlertRuleRow
+from spendtrace.server.store.base import DashboardReads
 from tui.actions import add_rule, remove_rule
-from tui.data import AlertEvent, AlertRuleRow, Store
 from tui.format import money, money_text, utc
 from tui.screens.base import DataScreen
 from tui.screens.modals import AddRuleModal, ConfirmModal, RuleForm
@@ -46,7 +47,7 @@ def _scope(scope: str, value: str) -> Text:
     return t
 
 
-def event_cells(e: AlertEvent) -> dict[str, Cell]:
+def event_cells(e: AlertEventRow) -> dict[str, Cell]:
     """Cells of one fired alert."""
     return {
         "fired": Cell.of(Text(utc(e.fired_ns), style="dim"), e.fired_ns),
@@ -74,8 +75,8 @@ def rule_cells(r: AlertRuleRow) -> dict[str, Cell]:
     }
 
 
-def live_event(payload: dict[str, Any], seq: int, now_ns: int) -> AlertEvent:
-    """An ``AlertEvent`` from a message of the alerts topic (fields as in the alert_events table)."""
+def live_event(payload: dict[str, Any], seq: int, now_ns: int) -> AlertEventRow:
+    """An ``AlertEventRow`` from a message of the alerts topic (fields as in the alert_events table)."""
 
     def i(name: str) -> int:
         try:
@@ -83,7 +84,7 @@ def live_event(payload: dict[str, Any], seq: int, now_ns: int) -> AlertEvent:
         except (TypeError, ValueError):
             return 0
 
-    return AlertEvent(
+    return AlertEventRow(
         id=i("id") or -seq,
         rule_name=str(payload.get("rule_name") or payload.get("rule") or "?"),
         fired_ns=i("fired_ns") or now_ns,
@@ -107,7 +108,7 @@ class AlertsScreen(DataScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.live: dict[int, AlertEvent] = {}
+        self.live: dict[int, AlertEventRow] = {}
 
     def compose_body(self) -> ComposeResult:
         yield Static(Text(" fired alerts (newest first)", style="bold"), classes="subtitle")
@@ -118,10 +119,10 @@ class AlertsScreen(DataScreen):
     def extra_hints(self) -> str:
         return "   ·  a add rule  d remove rule  Tab switch table"
 
-    async def fetch(self, store: Store) -> tuple[list[AlertEvent], list[AlertRuleRow]]:
+    async def fetch(self, store: DashboardReads) -> tuple[list[AlertEventRow], list[AlertRuleRow]]:
         return await store.alert_events(), await store.alert_rules()
 
-    def apply(self, data: tuple[list[AlertEvent], list[AlertRuleRow]]) -> None:
+    def apply(self, data: tuple[list[AlertEventRow], list[AlertRuleRow]]) -> None:
         events, rules = data
         merged = {e.id: e for e in self.live.values()}
         merged.update({e.id: e for e in events})
@@ -131,7 +132,7 @@ class AlertsScreen(DataScreen):
         )
         self.query_one("#rules", KeyedTable).sync((r.name, rule_cells(r)) for r in rules)
 
-    def add_live(self, payload: dict[str, Any]) -> AlertEvent:
+    def add_live(self, payload: dict[str, Any]) -> AlertEventRow:
         """Show an alert from the topic at once, before the database refresh brings it."""
         app: Any = self.app
         e = live_event(payload, len(self.live) + 1, app.clock())

@@ -1,7 +1,7 @@
 """The base of the tab screens: header, tab bar, filter bar, footer, and the table key handling.
 
 A screen says how to fetch its data (``fetch``, awaited in the app's refresh worker, off the UI
-thread's critical path because aiosqlite runs the SQL in its own thread) and how to show it
+thread's critical path because the store's reads are async and run off the UI thread) and how to show it
 (``apply``, on the UI thread, by-key table updates only).
 """
 
@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Input
 
-from tui.data import Store
+from spendtrace.server.store.base import DashboardReads
 from tui.format import utc
 from tui.widgets.footer import KeyFooter
 from tui.widgets.keyed_table import KeyedTable
@@ -62,7 +62,7 @@ class DataScreen(Screen[None]):
 
     # -- data --------------------------------------------------------------------------------
 
-    async def fetch(self, store: Store) -> Any:
+    async def fetch(self, store: DashboardReads) -> Any:
         """Query what this screen shows (runs in the refresh worker)."""
         return None
 

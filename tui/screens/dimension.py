@@ -9,7 +9,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 
-from tui.data import WINDOWS, DimRow, DimSnapshot, Store
+from spendtrace.server.model.dashboard import WINDOWS, DimRow, DimSnapshot
+from spendtrace.server.store.base import DashboardReads
 from tui.format import count_text, money_text, rate_text, share_text, spark_text
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
@@ -97,7 +98,7 @@ class DimensionScreen(DataScreen):
         app: Any = self.app
         app.request_refresh(force=True)
 
-    async def fetch(self, store: Store) -> DimSnapshot:
+    async def fetch(self, store: DashboardReads) -> DimSnapshot:
         return await store.dimension(self.DIMENSION, self.window)
 
     def apply(self, data: DimSnapshot) -> None:
@@ -126,7 +127,7 @@ class LiveScreen(DimensionScreen):
         yield from super().compose_body()
         yield Line(id="leftout", classes="leftout")
 
-    async def fetch(self, store: Store) -> Any:
+    async def fetch(self, store: DashboardReads) -> Any:
         snap = await store.dimension(self.DIMENSION, self.window)
         return snap, await store.unpriced(5), await store.dead_letters(3)
 

@@ -10,7 +10,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from tui.data import RequestRow, Store
+from spendtrace.server.model.dashboard import RequestRow
+from spendtrace.server.store.base import DashboardReads
 from tui.format import count_text, duration, money_text, utc
 from tui.messages import OpenRequest
 from tui.screens.base import DataScreen
@@ -85,7 +86,7 @@ class RequestsScreen(DataScreen):
         app: Any = self.app
         app.request_refresh(force=True)
 
-    async def fetch(self, store: Store) -> list[RequestRow]:
+    async def fetch(self, store: DashboardReads) -> list[RequestRow]:
         return await store.requests(self.order, self.LIMIT)
 
     def apply(self, data: list[RequestRow]) -> None:

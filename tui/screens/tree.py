@@ -10,7 +10,8 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Static
 
-from tui.data import Store, TreeNode
+from spendtrace.server.model.dashboard import TreeNode
+from spendtrace.server.store.base import DashboardReads
 from tui.format import money
 from tui.widgets.call_tree import CallTree
 from tui.widgets.footer import KeyFooter
@@ -37,7 +38,7 @@ class RequestTreeScreen(Screen[None]):
         yield CallTree("request", id="tree")
         yield KeyFooter()
 
-    async def load(self, store: Store) -> None:
+    async def load(self, store: DashboardReads) -> None:
         """Query the request's spans and show them (awaited by the app when it opens the screen)."""
         self.roots = await store.request_tree(self.request_id)
         tree = self.query_one(CallTree)

@@ -9,7 +9,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable
 
-from tui.data import Store, TrendSnapshot
+from spendtrace.server.model.dashboard import TrendSnapshot
+from spendtrace.server.store.base import DashboardReads
 from tui.format import money_text, spark_text
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
@@ -96,7 +97,7 @@ class TrendsScreen(DataScreen):
         app: Any = self.app
         app.request_refresh(force=True)
 
-    async def fetch(self, store: Store) -> TrendSnapshot:
+    async def fetch(self, store: DashboardReads) -> TrendSnapshot:
         return await store.trends(self.days)
 
     def apply(self, data: TrendSnapshot) -> None:

@@ -9,7 +9,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode as UINode
 
-from tui.data import TreeNode
+from spendtrace.server.model.dashboard import TreeNode
 from tui.format import duration, money
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.text import Text
 
-from tui.data import Overview
+from spendtrace.server.model.dashboard import Overview
 from tui.format import count, money, utc
 from tui.widgets.line import Line
 

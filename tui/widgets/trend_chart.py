@@ -9,7 +9,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from tui.data import TrendSnapshot
+from spendtrace.server.model.dashboard import TrendSnapshot
 from tui.format import money, utc
 
 PALETTE = ("#5fafff", "#ffaf5f", "#87d787", "#d787d7", "#ffd75f", "#5fd7d7", "#ff8787", "#afafff")

@@ -31,12 +31,26 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from spendtrace.errors import ConfigError
 from spendtrace.server.model import Row, TimeLike
 from spendtrace.settings import default_db_path
+
+if TYPE_CHECKING:
+    from spendtrace.server.model.dashboard import (
+        AlertEventRow,
+        AlertRuleRow,
+        DeadLetterLine,
+        DimSnapshot,
+        Overview,
+        RequestRow,
+        TreeNode,
+        TrendSnapshot,
+        UnpricedLine,
+    )
 
 __all__ = [
     "BACKENDS",
@@ -322,3 +336,82 @@ def open_store_async(url: str | os.PathLike[str], *, readonly: bool = False) -> 
     parsed = parse_store_url(url)
     store: AsyncReadStore = _opener(parsed.scheme, "_async")(parsed, readonly=readonly)
     return store
+
+
+# --- the dashboard's reads (the TUI) -----------------------------------------------------------
+
+__all__ += ["DashboardReads", "open_dashboard"]
+
+
+@runtime_checkable
+class DashboardReads(Protocol):
+    """The live dashboard's queries (the TUI), async, returning the snapshots of ``server.model.dashboard``.
+
+    Every figure comes from rollups, so a refresh costs the same however many raw spans are stored;
+    only ``request_tree`` reads raw spans, of one request. "Now" (windows, the last hour, today) is
+    the opener's ``clock``. A reader polls ``change_token`` and re-queries only when it moved.
+    """
+
+    async def open(self) -> DashboardReads:
+        """Connect (an absent store opens as an empty one) and return self."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connections (idempotent)."""
+        ...
+
+    async def change_token(self) -> int:
+        """A value that differs after another writer commits: refresh only when it moved."""
+        ...
+
+    async def overview(self) -> Overview:
+        """The header: totals, last hour, spans and their rate since the previous call, what is left out."""
+        ...
+
+    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
+        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline."""
+        ...
+
+    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
+        """The newest (``order="recent"``) or costliest (``"cost"``) requests."""
+        ...
+
+    async def request_tree(self, request_id: str) -> list[TreeNode]:
+        """One request's call tree(s) with subtree costs; empty if the request is unknown."""
+        ...
+
+    async def trends(self, days: int = 14) -> TrendSnapshot:
+        """Daily cost per feature over the last ``days`` UTC days, today included."""
+        ...
+
+    async def alert_rules(self) -> list[AlertRuleRow]:
+        """Every alert rule, by name, with its webhook URL masked."""
+        ...
+
+    async def alert_events(self, limit: int = 200) -> list[AlertEventRow]:
+        """The latest fired alerts, newest first."""
+        ...
+
+    async def dead_letters(self, limit: int = 50) -> list[DeadLetterLine]:
+        """The latest dead letters, newest first."""
+        ...
+
+    async def unpriced(self, limit: int = 50) -> list[UnpricedLine]:
+        """Usage no price covered, most items first."""
+        ...
+
+
+def open_dashboard(
+    url: str | os.PathLike[str],
+    *,
+    clock: Callable[[], int] | None = None,
+    monotonic: Callable[[], float] | None = None,
+) -> DashboardReads:
+    """The dashboard reads of the store at ``url`` (call ``await reads.open()`` before the first query).
+
+    ``clock`` is "now" in epoch nanoseconds (default: the wall clock) and ``monotonic`` times the
+    ingest rate (default ``time.monotonic``); tests pass fixed ones.
+    """
+    parsed = parse_store_url(url)
+    reads: DashboardReads = _opener(parsed.scheme, "_dashboard")(parsed, clock=clock, monotonic=monotonic)
+    return reads

@@ -14,7 +14,10 @@ from spendtrace.server.store.sqlite._sql import TimeLike
 from spendtrace.server.store.sqlite._storage import AsyncStorage, SQLiteStorage
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from spendtrace.server.store.base import StoreURL
+    from spendtrace.server.store.sqlite._dashboard import SQLiteDashboard
 
 __all__ = [
     "AsyncStorage",
@@ -26,6 +29,7 @@ __all__ = [
     "get_transaction_subtree",
     "open_sqlite",
     "open_sqlite_async",
+    "open_sqlite_dashboard",
 ]
 
 PathArg = str | os.PathLike[str] | None
@@ -77,3 +81,12 @@ def open_sqlite(url: StoreURL, *, readonly: bool = False) -> SQLiteStorage:
 def open_sqlite_async(url: StoreURL, *, readonly: bool = False) -> AsyncStorage:
     """``open_store_async`` for ``sqlite://`` URLs and bare paths."""
     return AsyncStorage(url.path, readonly=readonly)
+
+
+def open_sqlite_dashboard(
+    url: StoreURL, *, clock: Callable[[], int] | None = None, monotonic: Callable[[], float] | None = None
+) -> SQLiteDashboard:
+    """``open_dashboard`` for ``sqlite://`` URLs and bare paths (the TUI's reads; not connected yet)."""
+    from spendtrace.server.store.sqlite._dashboard import SQLiteDashboard
+
+    return SQLiteDashboard(url.path, clock=clock, monotonic=monotonic)
