@@ -13,7 +13,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spendtrace-tui", description="Live cloud and LLM spend per feature, in the terminal."
     )
-    p.add_argument("--db", default=None, help=f"SQLite store to read (default: {default_db_path()})")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="store URL, e.g. sqlite:///path/cost_data.db (default: $SPENDTRACE_STORE)",
+    )
+    p.add_argument("--db", default=None, metavar="PATH", help=f"SQLite store to read (default: {default_db_path()})")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers, for live alerts (host:port)")
     p.add_argument("--alerts-topic", default="spendtrace.alerts", help="topic the alert evaluator publishes to")
     p.add_argument("--refresh", type=float, default=0.25, help="seconds between change checks (default 0.25)")
@@ -41,12 +47,31 @@ def main(argv: list[str] | None = None) -> int:
         from tui.demo import run_demo
 
         return run_demo(args.db, refresh=args.refresh, rate=args.demo_rate, spike_after=args.spike_after)
-    from spendtrace.settings import default_db_path
+    from pathlib import Path
 
+    from spendtrace.errors import SpendtraceError
+    from spendtrace.server.store.base import parse_store_url, resolve_store_url
+
+    try:
+        url = parse_store_url(resolve_store_url(args.store, args.db))
+    except SpendtraceError as exc:
+        print(f"spendtrace-tui: {exc}", file=sys.stderr)
+        return 2
+    if url.scheme != "sqlite":
+        print(f"spendtrace-tui: reads SQLite stores for now, not {url.scheme}://", file=sys.stderr)
+        return 2
+    db = url.path
+    if not Path(db).is_file():  # a typo would otherwise open a new, empty store that looks healthy
+        print(
+            f"spendtrace-tui: no database at {db} (pass --store URL or --db PATH, or set SPENDTRACE_STORE; "
+            "the consumers create it when they store spans; --demo makes one)",
+            file=sys.stderr,
+        )
+        return 2
     if args.serve:
-        return _serve(args, args.db or default_db_path())
+        return _serve(args, db)
     app = SpendtraceApp(
-        args.db or default_db_path(),
+        db,
         bootstrap=args.bootstrap,
         alerts_topic=args.alerts_topic,
         refresh_interval=args.refresh,
