@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from spendtrace.server.alerts.rules import NANO, AlertRule, load_rules, rules_version
+from spendtrace.server.alerts.rules import load_rules, rules_version
+from spendtrace.server.model.alerts import NANO, AlertEvent, AlertRule
 
 __all__ = [
     "AlertEvent",
@@ -36,34 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("spendtrace.alerts")
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    """One fired alert, as stored in ``alert_events`` and published on the alerts topic."""
-
-    id: int
-    rule_id: int
-    rule_name: str
-    kind: str
-    fired_ns: int
-    scope: str
-    scope_value: str
-    value_nano: int
-    threshold_nano: int | None
-    state_key: str
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view with dollar amounts beside the nano-dollar ones."""
-        d = asdict(self)
-        d["value_usd"] = self.value_nano / NANO
-        d["threshold_usd"] = None if self.threshold_nano is None else self.threshold_nano / NANO
-        return d
-
-    def to_json(self) -> bytes:
-        """The ``spendtrace.alerts`` message value."""
-        return json.dumps(self.to_dict(), sort_keys=True).encode()
 
 
 @dataclass(frozen=True)

@@ -29,15 +29,15 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from spendtrace.server.model.alerts import NANO, AlertRule, mask_url
 from spendtrace.settings import default_db_path
 
 __all__ = [
     "BUDGET_PERIODS",
+    "NANO",
     "AlertRule",
     "list_alerts",
     "load_rules",
@@ -51,86 +51,8 @@ __all__ = [
     "validate_webhook",
 ]
 
-NANO = 1_000_000_000
 BUDGET_PERIODS = ("day", "week", "month")
 WebhookFormat = Literal["slack", "pagerduty"]
-_SCOPE_COLUMNS = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    """One stored alert rule (see the module docstring for what each kind means)."""
-
-    id: int
-    name: str
-    kind: str
-    scope: str
-    scope_value: str
-    threshold_nano: int | None
-    window_minutes: int | None
-    cooldown_minutes: int
-    params: Mapping[str, Any] = field(default_factory=dict)
-    webhook: str | None = None
-    webhook_format: str = "slack"
-    enabled: bool = True
-    created_ns: int = 0
-    updated_ns: int = 0
-
-    @property
-    def threshold(self) -> float | None:
-        """The threshold (or budget amount) in USD."""
-        return None if self.threshold_nano is None else self.threshold_nano / NANO
-
-    @property
-    def scope_column(self) -> str | None:
-        """The rollup column the scope filters on (``None`` for total spend)."""
-        return _SCOPE_COLUMNS.get(self.scope)
-
-    @property
-    def routing_key(self) -> str | None:
-        """The PagerDuty routing key, for ``webhook_format == "pagerduty"``."""
-        key = self.params.get("routing_key")
-        return str(key) if key else None
-
-    @property
-    def masked_webhook(self) -> str:
-        """The webhook URL with its secrets hidden, safe to print or log."""
-        return mask_url(self.webhook) if self.webhook else ""
-
-    def describe(self) -> str:
-        """One human line: what the rule watches and when it fires (no secrets)."""
-        who = "total spend" if self.scope == "total" else f"{self.scope} {self.scope_value!r}"
-        usd = f"${self.threshold:.2f}" if self.threshold is not None else "?"
-        if self.kind == "budget":
-            pcts = "/".join(str(p) for p in self.params.get("percentages", []))
-            return f"{who}: {self.params.get('period')} budget {usd}, warn at {pcts}%"
-        if self.kind == "rate":
-            return (
-                f"{who}: last hour >= {self.params.get('factor')}x the {self.params.get('lookback_days', 7)}-day "
-                f"average for that hour (min ${float(self.params.get('min_spend_nano', 0)) / NANO:.2f})"
-            )
-        return f"{who}: > {usd} over {self.window_minutes} min, cooldown {self.cooldown_minutes} min"
-
-    def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
-        """A JSON-ready view; the webhook is masked unless ``mask=False``."""
-        params = dict(self.params)
-        if mask and "routing_key" in params:
-            params["routing_key"] = _mask_token(str(params["routing_key"]))
-        return {
-            "id": self.id,
-            "name": self.name,
-            "kind": self.kind,
-            "scope": self.scope,
-            "scope_value": self.scope_value,
-            "threshold_usd": self.threshold,
-            "window_minutes": self.window_minutes,
-            "cooldown_minutes": self.cooldown_minutes,
-            "params": params,
-            "webhook": self.masked_webhook if mask else self.webhook,
-            "webhook_format": self.webhook_format,
-            "enabled": self.enabled,
-            "description": self.describe(),
-        }
 
 
 # --- webhook URLs -------------------------------------------------------------------------
@@ -146,37 +68,6 @@ def validate_webhook(url: str) -> str:
     if not parts.hostname:
         raise ValueError("webhook URL has no host")
     return url.strip()
-
-
-def _mask_token(token: str) -> str:
-    if len(token) <= 4:
-        return "***"
-    return token[:2] + "***"
-
-
-def mask_url(url: str) -> str:
-    """Hide what may be a secret in a webhook URL: credentials, query values, and path tokens.
-
-    The scheme, host and the first path segment stay readable so a person can still tell
-    hooks apart (``https://hooks.slack.com/services/T0***/B0***/xy***``).
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    if parts.username or parts.password:
-        host = f"***@{host}"
-    segments = parts.path.split("/")
-    masked_path = "/".join(
-        seg if i <= 1 or len(seg) <= 3 else _mask_token(seg) for i, seg in enumerate(segments)
-    )
-    query = "&".join(
-        (kv.split("=", 1)[0] + "=***") if "=" in kv else _mask_token(kv) for kv in parts.query.split("&") if kv
-    )
-    return urlunsplit(SplitResult(parts.scheme, host, masked_path, query, ""))
 
 
 # --- storage ---------------------------------------------------------------------------------
