@@ -15,6 +15,7 @@ from spendtrace.server.store.sqlite._storage import AsyncStorage, SQLiteStorage
 
 if TYPE_CHECKING:
     from spendtrace.server.store.base import StoreURL
+    from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
 
 __all__ = [
     "AsyncStorage",
@@ -25,6 +26,7 @@ __all__ = [
     "get_request_subtree",
     "get_transaction_subtree",
     "open_sqlite",
+    "open_sqlite_alerts",
     "open_sqlite_async",
 ]
 
@@ -77,3 +79,10 @@ def open_sqlite(url: StoreURL, *, readonly: bool = False) -> SQLiteStorage:
 def open_sqlite_async(url: StoreURL, *, readonly: bool = False) -> AsyncStorage:
     """``open_store_async`` for ``sqlite://`` URLs and bare paths."""
     return AsyncStorage(url.path, readonly=readonly)
+
+
+def open_sqlite_alerts(url: StoreURL, *, readonly: bool = False) -> SQLiteAlertStore:
+    """``open_alert_store`` for ``sqlite://`` URLs and bare paths."""
+    from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
+
+    return SQLiteAlertStore(url.path, readonly=readonly)
