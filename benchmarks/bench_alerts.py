@@ -5,7 +5,7 @@
 One run, one database: each batch of synthetic spans (``_data.generate``: 8 endpoints, 50 tenants)
 is priced and committed with ``prepare_batch`` + ``write_batch_sync`` (the reference), then the
 rules its touched scopes cover are evaluated exactly as a worker's post-commit hook does
-(``consumers.alerting.evaluate_rules`` on a second connection). The rules mix 24 h feature
+(``consumers.alerting.evaluate_rules`` on an ``AlertStore``, a second connection). The rules mix 24 h feature
 thresholds, 1 h tenant thresholds, endpoint and total thresholds, monthly budgets and rate rules,
 set high enough that none fires (firing is rare; this measures the per-batch checking cost).
 Prints the time of each per batch and evaluation / write as a ratio (evaluation runs off the
@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import ENDPOINTS, NOW_NS, Shape, generate
 
 from consumers.alerting import Touched, evaluate_rules
-from spendtrace.server.alerts.rules import load_rules, open_db, set_alert, set_budget, set_rate_alert
+from spendtrace.server.alerts.rules import set_alert, set_budget, set_rate_alert
 from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.base import open_alert_store
+from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 
@@ -66,8 +68,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         add_rules(db, args.rules, features, tenants)
-        writer, reader = open_db(db), open_db(db)
-        rules = load_rules(reader)
+        writer, reader = connect(db), open_alert_store(db)
+        rules = reader.list_rules()
         write_s = eval_s = 0.0
         evaluated = 0
         for batch in batches:

@@ -1,26 +1,24 @@
 """Alert evaluation in the workers: after each committed batch, check the rules whose scope it touched.
 
 The evaluation itself (rules per touched scope, rolling windows read from the rollups, the firing
-decision in one ``BEGIN IMMEDIATE`` transaction with the cooldown in ``alert_state``) lives in
-``spendtrace.server.alerts.evaluate``, shared with the local SQLite exporter, which evaluates the same rules
-when there is no Kafka; the transaction makes a rule fire at most once per cooldown however many
-workers and apps evaluate. Here it runs on a thread of the evaluator's own, so the event loop
-never blocks on SQLite. Delivery (Kafka topic, webhook) happens afterwards in
-``consumers.webhooks``' own task, so it never holds up ingestion.
+decided by the ``AlertStore``'s atomic ``claim_firing``) lives in ``spendtrace.server.alerts.evaluate``,
+shared with the local SQLite exporter, which evaluates the same rules when there is no Kafka; the
+claim makes a rule fire at most once per cooldown however many workers and apps evaluate. Here it
+runs on a thread of the evaluator's own, so the event loop never blocks on the store. Delivery
+(Kafka topic, webhook) happens afterwards in ``consumers.webhooks``' own task, so it never holds
+up ingestion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spendtrace.server.alerts.evaluate import (
-    AlertEvent,
     RuleChecker,
     Touched,
     budget_spend,
@@ -30,7 +28,8 @@ from spendtrace.server.alerts.evaluate import (
     scope_spend,
     window_spend,
 )
-from spendtrace.server.alerts.rules import AlertRule, open_db
+from spendtrace.server.model.alerts import AlertEvent, AlertRule
+from spendtrace.server.store.base import AlertStore, open_alert_store
 
 if TYPE_CHECKING:
     from consumers.webhooks import WebhookDispatcher
@@ -56,8 +55,9 @@ Clock = Callable[[], int]
 class AlertEvaluator:
     """A worker's alert checker: ``await evaluator(write_result)`` is its post-commit hook.
 
-    Holds one SQLite connection used from one thread (so the event loop never blocks on it),
-    re-reads the rules when ``alert_rules`` changes, and hands fired events to a dispatcher.
+    ``db_path`` is the store's URL or a bare SQLite path. Holds one ``AlertStore`` used from one
+    thread (so the event loop never blocks on it), re-reads the rules when they change, and hands
+    fired events to a dispatcher.
     ``dropped`` reads the hook runner's count of results it dropped under load: after a drop
     every rule is evaluated, since the dropped batches' scopes are not known.
     """
@@ -78,7 +78,7 @@ class AlertEvaluator:
         self.fired: list[AlertEvent] = []
         self.evaluations = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="spendtrace-alerts")
-        self._conn: sqlite3.Connection | None = None
+        self._store: AlertStore | None = None
         self._checker = RuleChecker()
         self._recovered = False
 
@@ -107,18 +107,18 @@ class AlertEvaluator:
         return [e for e, _ in fired]
 
     def _evaluate_sync(self, touched: Touched, now_ns: int) -> list[tuple[AlertEvent, AlertRule]]:
-        if self._conn is None:
-            self._conn = open_db(self.db_path)
-        return self._checker.check(self._conn, touched, now_ns)
+        if self._store is None:
+            self._store = open_alert_store(self.db_path)
+        return self._checker.check(self._store, touched, now_ns)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def aclose(self) -> None:
-        """Close the connection and the thread (the dispatcher is closed by its owner)."""
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await self._run(conn.close)
+        """Close the store and the thread (the dispatcher is closed by its owner)."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            await self._run(store.close)
         self._pool.shutdown(wait=False)
 
 

@@ -5,7 +5,7 @@ consume loop. Each event is claimed first (``delivery`` ``pending`` -> ``sending
 crashed worker left pending can be picked up by ``recover()`` in any worker (or by an app writing
 to the local store) without double sends. The bodies (Slack / PagerDuty), the retry policy and
 the per-attempt bookkeeping are ``spendtrace.server.alerts.delivery``'s, shared with the local
-exporter's delivery thread: each HTTP attempt is recorded in ``alert_deliveries`` (status or
+exporter's delivery thread: each HTTP attempt is recorded in the ``AlertStore`` (status or
 error) and the event's ``delivery`` ends as ``delivered``, ``failed`` or ``none`` (no webhook).
 Here they run with ``httpx``'s async client (per-attempt timeout) and ``asyncio.sleep`` for the
 backoff. URLs are only ever logged masked.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +26,14 @@ from spendtrace.server.alerts.delivery import (
     Attempt,
     RetryPolicy,
     attempt_error,
-    claim_event,
     delivery_steps,
     mask_httpx_log,
     pagerduty_body,
     pending_events,
-    record_attempt,
     slack_body,
 )
-from spendtrace.server.alerts.evaluate import AlertEvent
-from spendtrace.server.alerts.rules import AlertRule, open_db
+from spendtrace.server.model.alerts import AlertEvent, AlertRule
+from spendtrace.server.store.base import AlertStore, open_alert_store
 
 __all__ = ["WebhookDispatcher", "pagerduty_body", "slack_body"]
 
@@ -45,7 +42,10 @@ T = TypeVar("T")
 
 
 class WebhookDispatcher:
-    """Queue of fired events; one task publishes them to Kafka and POSTs them with retries."""
+    """Queue of fired events; one task publishes them to Kafka and POSTs them with retries.
+
+    ``db_path`` is the store's URL or a bare SQLite path; its ``AlertStore`` is used from one thread.
+    """
 
     def __init__(
         self,
@@ -76,7 +76,7 @@ class WebhookDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._client: Any = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="spendtrace-webhooks")
-        self._conn: sqlite3.Connection | None = None
+        self._store: AlertStore | None = None
 
     # -- intake (called from the evaluator; never waits) ---------------------------------------------
 
@@ -113,9 +113,9 @@ class WebhookDispatcher:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
             self._producer = None
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await self._db(conn.close)
+        if self._store is not None:
+            store, self._store = self._store, None
+            await self._db(store.close)
         self._pool.shutdown(wait=False)
 
     # -- the delivery task ----------------------------------------------------------------------
@@ -200,22 +200,23 @@ class WebhookDispatcher:
                                              headers={"User-Agent": "spendtrace-alerts"})
         return self._client
 
-    # -- bookkeeping in SQLite, on one thread of its own ------------------------------------------
+    # -- bookkeeping in the store, on one thread of its own ------------------------------------------
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = open_db(self.db_path)
-        return self._conn
+    def _connect(self) -> AlertStore:
+        if self._store is None:
+            self._store = open_alert_store(self.db_path)
+        return self._store
 
     def _claim(self, event_id: int) -> bool:
-        return claim_event(self._connect(), event_id)
+        return self._connect().claim_delivery(event_id)
 
     def _pending(self, before_ns: int) -> list[tuple[AlertEvent, AlertRule]]:
         return pending_events(self._connect(), before_ns)
 
     def _record(self, event_id: int, attempt: int | None, status: int | None, error: str | None,
                 final: str | None) -> None:
-        record_attempt(self._connect(), event_id, attempt, status, error, final, self.clock())
+        self._connect().record_delivery(event_id, attempt=attempt, status=status, error=error, final=final,
+                                        at_ns=self.clock())

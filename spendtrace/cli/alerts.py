@@ -1,8 +1,9 @@
 """``spendtrace alerts add | list | remove | tail``: manage spend alert rules and follow their events.
 
 Rules are stored in the database, so the consumer workers pick them up on their next batch.
-Webhook URLs are always printed masked. ``tail`` follows ``alert_events`` by id (any process
-can read the database), or the alerts Kafka topic with ``--bootstrap``.
+Webhook URLs are always printed masked. ``tail`` follows the store's alert events by id
+(``AlertStore.events_after``; any process can read the database), or the alerts Kafka topic with
+``--bootstrap``.
 """
 
 from __future__ import annotations
@@ -91,50 +92,33 @@ def format_event(ev: dict[str, Any]) -> str:
     return f"{when}Z #{ev['id']} {ev['message']}{delivery}"
 
 
-def _events_after(db: str, last_id: int, limit: int) -> list[dict[str, Any]]:
-    from spendtrace.server.store.sqlite._db import connect
-
-    conn = connect(db, readonly=True)
-    try:
-        cur = conn.execute(
-            "SELECT id, rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano, message, delivery"
-            " FROM alert_events WHERE id > ? ORDER BY id LIMIT ?",
-            (last_id, limit),
-        )
-        names = [c[0] for c in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-    finally:
-        conn.close()
-
-
 def _tail_db(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.base import open_alert_store
 
-    if not Path(args.db).is_file():
+    if "://" not in str(args.db) and not Path(args.db).is_file():
         print(f"spendtrace alerts tail: no database at {args.db} (or use --bootstrap HOST:PORT)", file=sys.stderr)
         return 2
 
-    conn = connect(args.db, readonly=True)
+    store = open_alert_store(args.db, readonly=True)
     try:
-        top = int(conn.execute("SELECT coalesce(max(id), 0) FROM alert_events").fetchone()[0])
-    finally:
-        conn.close()
-    last = max(0, top - args.last) if args.since_id is None else args.since_id
-    shown = 0
-    while True:
-        for ev in _events_after(args.db, last, 1000):
-            print(format_event(ev), flush=True)
-            last = int(ev["id"])
-            shown += 1
-            if args.count and shown >= args.count:
+        last = max(0, store.last_event_id() - args.last) if args.since_id is None else args.since_id
+        shown = 0
+        while True:
+            for event in store.events_after(last, 1000):
+                print(format_event({**event.to_dict(), "delivery": event.delivery}), flush=True)
+                last = event.id
+                shown += 1
+                if args.count and shown >= args.count:
+                    return 0
+            if not args.follow:
+                if not shown:
+                    print("no alert events" + (" after that id" if args.since_id is not None else ""))
                 return 0
-        if not args.follow:
-            if not shown:
-                print("no alert events" + (" after that id" if args.since_id is not None else ""))
-            return 0
-        time.sleep(args.interval)
+            time.sleep(args.interval)
+    finally:
+        store.close()
 
 
 def _tail_kafka(args: argparse.Namespace) -> int:

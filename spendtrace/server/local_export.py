@@ -82,7 +82,7 @@ class LocalStoreExporter:
                     from spendtrace.server.alerts.local import LocalAlerts
 
                     self.alerts = LocalAlerts(self.db_path)
-                self.alerts.after_commit(conn, result)  # never raises
+                self.alerts.after_commit(result)  # never raises
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:

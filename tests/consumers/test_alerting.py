@@ -19,8 +19,10 @@ import pytest
 from consumers.alerting import AlertEvaluator, Touched, period_start, rate_values
 from consumers.webhooks import WebhookDispatcher, pagerduty_body
 from spendtrace.schema import Span, UsageItem
-from spendtrace.server.alerts.rules import list_alerts, open_db, set_alert, set_budget, set_rate_alert
+from spendtrace.server.alerts.rules import list_alerts, set_alert, set_budget, set_rate_alert
 from spendtrace.server.pricing import PriceBook, PriceEntry
+from spendtrace.server.store.base import open_alert_store
+from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import WriteResult, prepare_batch, write_batch_sync
 
 NS = 1_000_000_000
@@ -49,7 +51,7 @@ def spend(
         start_ns=at_ns, usage=(UsageItem(key="unit_call", service="dynamodb", count=float(dollars)),),
         path=(feature,),
     )
-    conn = open_db(db)
+    conn = connect(db)
     try:
         return write_batch_sync(conn, prepare_batch([span], BOOK))
     finally:
@@ -58,7 +60,7 @@ def spend(
 
 def events(db: Path) -> list[dict[str, Any]]:
     """Every stored alert event, oldest first."""
-    conn = open_db(db)
+    conn = connect(db)
     try:
         cur = conn.execute("SELECT id, rule_name, value_nano, message, delivery FROM alert_events ORDER BY id")
         return [dict(zip(("id", "rule", "value_nano", "message", "delivery"), r, strict=True)) for r in cur]
@@ -104,12 +106,13 @@ def test_long_windows_mix_hour_and_minute_rollups(db_path: Path, fixed_now_ns: i
     spend(db_path, now - 10 * 3600 * NS, 10)  # a whole hour inside
     spend(db_path, now, 1000)  # this minute
     rule = set_alert(feature="search", threshold=1, window_hours=24, db_path=db_path)
-    conn = open_db(db_path)
+    store = open_alert_store(db_path)
     try:
-        assert window_spend(conn, rule, now) == 1011 * NS
-        assert window_spend(conn, rule, now + 60 * NS) == 1010 * NS  # the window moved past 12:31
+        assert window_spend(store, rule, now) == 1011 * NS
+        assert window_spend(store, rule, now + 60 * NS) == 1010 * NS  # the window moved past 12:31
+        assert window_spend(store, rule, now, memo={}) == 1011 * NS  # the per-round memo reads the same
     finally:
-        conn.close()
+        store.close()
 
 
 async def test_only_touched_scopes_are_evaluated(db_path: Path, fixed_now_ns: int, evaluator: AlertEvaluator) -> None:
@@ -168,7 +171,7 @@ async def test_replayed_batch_fires_nothing(db_path: Path, fixed_now_ns: int, ev
     set_alert(feature="search", threshold=1, cooldown_minutes=0, name="r", db_path=db_path)
     span = Span(span_id="same", parent_id=None, request_id="same", feature="search", start_ns=fixed_now_ns,
                 usage=(UsageItem(key="unit_call", service="dynamodb", count=2.0),), path=("search",))
-    conn = open_db(db_path)
+    conn = connect(db_path)
     try:
         first = write_batch_sync(conn, prepare_batch([span], BOOK))
         await evaluator(first)
@@ -193,7 +196,7 @@ async def test_budget_warns_once_per_percentage_and_resets(db_path: Path, evalua
     assert [e["message"].split("(")[-1] for e in events(db_path)] == ["$55.00 of $100.00, warning at 50%)"]
     await evaluator(spend(db_path, clock.now_ns + 2 * NS, 50))  # 106 %: crosses 80 and 100 at once
     assert len(events(db_path)) == 2 and "warning at 100%" in events(db_path)[1]["message"]
-    conn = open_db(db_path)
+    conn = connect(db_path)
     keys = sorted(r[0] for r in conn.execute("SELECT state_key FROM alert_state"))
     conn.close()
     assert keys == ["2026-03-01:100", "2026-03-01:50", "2026-03-01:80"]
@@ -212,9 +215,11 @@ async def test_rate_rule_against_the_same_hour_last_week(db_path: Path, fixed_no
     spend(db_path, hour0 - 8 * 86400 * NS, 1000)  # older than the lookback
     rule = set_rate_alert(4, feature="search", min_spend=1, name="spike", db_path=db_path)
     await evaluator(spend(db_path, fixed_now_ns - 20 * 60 * NS, 6))  # 6 = 3x the $2 baseline
-    conn = open_db(db_path)
-    recent, baseline = rate_values(conn, list_alerts(db_path)[0], fixed_now_ns)
-    conn.close()
+    store = open_alert_store(db_path)
+    try:
+        recent, baseline = rate_values(store, list_alerts(db_path)[0], fixed_now_ns)
+    finally:
+        store.close()
     assert (recent, baseline) == (6 * NS, 2 * NS)
     assert events(db_path) == []
     await evaluator(spend(db_path, fixed_now_ns, 2))  # 8 = 4x
@@ -264,7 +269,7 @@ def _url(srv: ThreadingHTTPServer, path: str = "/services/T000/B000/secret-token
 
 def deliveries(db: Path) -> list[tuple[int, int | None, str | None]]:
     """(attempt, status, error) of every recorded delivery attempt."""
-    conn = open_db(db)
+    conn = connect(db)
     try:
         return [tuple(r) for r in conn.execute("SELECT attempt, status, error FROM alert_deliveries ORDER BY id")]
     finally:

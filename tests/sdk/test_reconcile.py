@@ -16,10 +16,10 @@ from botocore.stub import Stubber
 
 from spendtrace import reconcile
 from spendtrace.schema import Span, UsageItem
-from spendtrace.server.alerts.rules import open_db
 from spendtrace.server.pricing import PriceBook, PriceEntry
 from spendtrace.server.reconcile.costexplorer import map_service
 from spendtrace.server.reconcile.report import latest_report
+from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 NS = 1_000_000_000
@@ -54,7 +54,7 @@ def record(db: Path, day: dt.date, feature: str, service: str, dollars: str) -> 
     at = int(dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC).timestamp()) * NS
     span = Span(span_id=sid, parent_id=None, request_id=sid, feature=feature, start_ns=at,
                 usage=(UsageItem(key=f"t_{service}", service=service, count=units),), path=(feature,))
-    conn = open_db(db)
+    conn = connect(db)
     try:
         write_batch_sync(conn, prepare_batch([span], BOOK))
     finally:
@@ -235,7 +235,7 @@ def test_service_name_mapping() -> None:
 
 def _totals(db: Path) -> list[int]:
     """Every money total the store keeps, table by table."""
-    conn = open_db(db)
+    conn = connect(db)
     try:
         tables = ("spans", "requests", "rollup_minute", "rollup_hour", "rollup_day", "loaded_minute", "loaded_hour",
                   "loaded_day")

@@ -3,23 +3,23 @@
 The pure parts live here: the request bodies (Slack-style ``{"text": ...}`` and PagerDuty
 Events v2), the retry policy, and ``delivery_steps``, a generator that plans one event's
 delivery as operations (POST, record an attempt, sleep) for a driver to run with whatever
-HTTP client and clock it has, as ``spendtrace.server.store.sqlite._ingest`` does for SQL. The SQLite
-bookkeeping (claim an event ``pending`` -> ``sending``, one ``alert_deliveries`` row per
-attempt, the event's final ``delivery``) is plain ``sqlite3`` on the caller's connection.
-URLs are only ever logged masked; httpx is imported by the drivers, lazily.
+HTTP client and clock it has. The bookkeeping (claim an event ``pending`` -> ``sending``, one
+record per attempt, the event's final ``delivery``) is the ``AlertStore``'s ``claim_delivery`` and
+``record_delivery``; ``pending_events`` pairs the events a stopped process never sent with their
+rules. URLs are only ever logged masked; httpx is imported by the drivers, lazily.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from spendtrace.server.alerts.evaluate import AlertEvent
-from spendtrace.server.alerts.rules import AlertRule, load_rules, mask_url
+from spendtrace.server.model.alerts import AlertEvent, AlertRule, mask_url
+from spendtrace.server.store.base import AlertStore
 
 __all__ = [
     "NO_HTTPX",
@@ -27,12 +27,10 @@ __all__ = [
     "DeliveryOp",
     "RetryPolicy",
     "attempt_error",
-    "claim_event",
     "delivery_steps",
     "mask_httpx_log",
     "pagerduty_body",
     "pending_events",
-    "record_attempt",
     "run_sync",
     "slack_body",
     "webhook_body",
@@ -136,60 +134,26 @@ def delivery_steps(event: AlertEvent, rule: AlertRule, policy: RetryPolicy) -> G
     return "failed"
 
 
-# --- bookkeeping in SQLite ----------------------------------------------------------------------
+# --- events a stopped process never sent ------------------------------------------------------------
 
 
-def claim_event(conn: sqlite3.Connection, event_id: int) -> bool:
-    """Take an event for delivery (``pending`` -> ``sending``); False when another process has it."""
-    cur = conn.execute("UPDATE alert_events SET delivery = 'sending' WHERE id = ? AND delivery = 'pending'",
-                       (event_id,))
-    return cur.rowcount == 1
-
-
-def record_attempt(
-    conn: sqlite3.Connection,
-    event_id: int,
-    attempt: int | None,
-    status: int | None,
-    error: str | None,
-    final: str | None,
-    at_ns: int | None = None,
-) -> None:
-    """Store one attempt (when ``attempt`` is given) and the event's final delivery status (when ``final`` is)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if attempt is not None:
-            conn.execute(
-                "INSERT INTO alert_deliveries (event_id, attempt, at_ns, status, error) VALUES (?, ?, ?, ?, ?)",
-                (event_id, attempt, time.time_ns() if at_ns is None else at_ns, status, error),
-            )
-        if final is not None:
-            conn.execute("UPDATE alert_events SET delivery = ? WHERE id = ?", (final, event_id))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
-def pending_events(conn: sqlite3.Connection, before_ns: int) -> list[tuple[AlertEvent, AlertRule]]:
+def pending_events(store: AlertStore, before_ns: int) -> list[tuple[AlertEvent, AlertRule]]:
     """Events still ``pending`` that fired before ``before_ns`` (a crashed process never sent them), with rules.
 
     An event whose rule is gone is paired with a stand-in rule without a webhook: recorded, delivered nowhere.
     """
-    rules = {r.id: r for r in load_rules(conn, enabled_only=False)}
+    events = store.pending_events(before_ns)
+    if not events:
+        return []
+    rules = {r.id: r for r in store.list_rules(enabled_only=False)}
     out: list[tuple[AlertEvent, AlertRule]] = []
-    for row in conn.execute(
-        "SELECT id, rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano, message"
-        " FROM alert_events WHERE delivery = 'pending' AND fired_ns < ? ORDER BY id",
-        (before_ns,),
-    ).fetchall():
-        rule = rules.get(int(row[1]))
-        if rule is None or rule.name != row[2]:
-            rule = AlertRule(id=int(row[1]), name=row[2], kind="threshold", scope=row[4], scope_value=row[5],
-                             threshold_nano=row[7], window_minutes=None, cooldown_minutes=0)
-        out.append((AlertEvent(int(row[0]), int(row[1]), row[2], rule.kind, int(row[3]), row[4], row[5],
-                               int(row[6]), row[7], "", row[8]), rule))
+    for event in events:
+        rule = rules.get(event.rule_id)
+        if rule is None or rule.name != event.rule_name:
+            rule = AlertRule(id=event.rule_id, name=event.rule_name, kind="threshold", scope=event.scope,
+                             scope_value=event.scope_value, threshold_nano=event.threshold_nano,
+                             window_minutes=None, cooldown_minutes=0)
+        out.append((dataclasses.replace(event, kind=rule.kind), rule))
     return out
 
 

@@ -1,26 +1,26 @@
 """Alert evaluation shared by the consumer workers and the local SQLite exporter.
 
-After a batch commits, ``RuleChecker.check`` evaluates the rules whose scope the batch touched.
-Spend is read from the rollups (``service = ''`` rows, the span-level totals), never from raw
-spans. Whether a rule fires is decided inside one ``BEGIN IMMEDIATE`` transaction that checks
-the cooldown in ``alert_state``, inserts the ``alert_events`` row (delivery ``pending``) and
-updates the state: however many processes evaluate (workers, apps writing locally), a rule
-fires at most once per cooldown (budget percentages once per period). Synchronous ``sqlite3``
-on purpose: the exporter calls it on its own thread, the workers on a thread of their own.
+After a batch commits, ``RuleChecker.check`` evaluates the rules whose scope the batch touched,
+against an ``AlertStore`` (``spendtrace.server.store.base``). Spend is read from the rollups
+(span-level totals, ``AlertStore.spend_per_value``), never from raw spans. Whether a rule fires is
+decided by the store's ``claim_firing``, atomically with the cooldown check and the event's
+record: however many processes evaluate (workers, apps writing locally), a rule fires at most
+once per cooldown (budget percentages once per period). Synchronous on purpose: the exporter
+calls it on its own thread, the workers on a thread of their own.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime as dt
-import json
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from spendtrace.server.alerts.rules import NANO, AlertRule, load_rules, rules_version
+from spendtrace.errors import StorageError
+from spendtrace.server.model.alerts import NANO, AlertEvent, AlertRule, Grain
+from spendtrace.server.store.base import AlertStore
 
 __all__ = [
     "AlertEvent",
@@ -36,34 +36,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("spendtrace.alerts")
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    """One fired alert, as stored in ``alert_events`` and published on the alerts topic."""
-
-    id: int
-    rule_id: int
-    rule_name: str
-    kind: str
-    fired_ns: int
-    scope: str
-    scope_value: str
-    value_nano: int
-    threshold_nano: int | None
-    state_key: str
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready view with dollar amounts beside the nano-dollar ones."""
-        d = asdict(self)
-        d["value_usd"] = self.value_nano / NANO
-        d["threshold_usd"] = None if self.threshold_nano is None else self.threshold_nano / NANO
-        return d
-
-    def to_json(self) -> bytes:
-        """The ``spendtrace.alerts`` message value."""
-        return json.dumps(self.to_dict(), sort_keys=True).encode()
 
 
 @dataclass(frozen=True)
@@ -115,48 +87,30 @@ def _names(result: Any, *attrs: str) -> frozenset[str] | None:
 # --- spend read from the rollups -----------------------------------------------------------------
 
 
-def _scope_filter(rule: AlertRule) -> tuple[str, tuple[Any, ...]]:
-    col = rule.scope_column
-    if col is None:
-        return "", ()
-    return f" AND {col} = ?", (rule.scope_value,)
-
-
-Memo = dict[tuple[str, int, int | None, str | None], dict[str, int]]
+#: One evaluation round's spend reads: (grain, since, until, scope kind) -> spend per scope value.
+Memo = dict[tuple[str, int, int | None, str], dict[str, int]]
 
 
 def scope_spend(
-    conn: sqlite3.Connection, rule: AlertRule, table: str, since_s: int, until_s: int | None = None,
+    store: AlertStore, rule: AlertRule, grain: Grain, since_s: int, until_s: int | None = None,
     memo: Memo | None = None,
 ) -> int:
-    """Nano-dollars the rule's scope spent in ``table`` buckets from ``since_s`` (to before ``until_s``).
+    """Nano-dollars the rule's scope spent in ``grain`` rollup buckets from ``since_s`` (to before ``until_s``).
 
-    With a ``memo`` (one per evaluation round) the sum is read for every value of the scope's
-    column in one ``GROUP BY``, so rules sharing a window cost one query between them.
+    With a ``memo`` (one per evaluation round) the sum is read for every value of the scope at
+    once (``AlertStore.spend_per_value``), so rules sharing a window cost one read between them.
     """
-    assert table in ("rollup_minute", "rollup_hour", "rollup_day")
-    col = rule.scope_column
-    where = " AND bucket < ?" if until_s is not None else ""
-    params: tuple[Any, ...] = (since_s,) if until_s is None else (since_s, until_s)
-    base = f"FROM {table} WHERE service = '' AND bucket >= ?{where}"
-    if memo is not None:
-        key = (table, since_s, until_s, col)
-        sums = memo.get(key)
-        if sums is None:
-            if col is None:
-                sums = {"": int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) {base}", params).fetchone()[0])}
-            else:
-                sums = {str(v): int(c) for v, c in conn.execute(f"SELECT {col}, sum(cost_nano) {base} GROUP BY {col}",
-                                                                 params)}
-            memo[key] = sums
-        return sums.get(rule.scope_value if col is not None else "", 0)
-    if col is not None:
-        base += f" AND {col} = ?"
-        params = (*params, rule.scope_value)
-    return int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) {base}", params).fetchone()[0])
+    scope = rule.scope if rule.scope_column is not None else "total"
+    if memo is None:
+        return store.spend(grain, since_s, until_s, scope=scope, scope_value=rule.scope_value)
+    key = (grain, since_s, until_s, scope)
+    sums = memo.get(key)
+    if sums is None:
+        sums = memo[key] = store.spend_per_value(grain, since_s, until_s, scope=scope)
+    return sums.get(rule.scope_value if scope != "total" else "", 0)
 
 
-def window_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> int:
+def window_spend(store: AlertStore, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> int:
     """Spend over the rule's rolling window: the last ``window_minutes`` minute buckets, the current one included.
 
     Whole clock hours inside the window are read from the hour rollup (fewer rows, and minute
@@ -167,11 +121,11 @@ def window_spend(conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: M
     first_hour = -(-since // 3600) * 3600
     this_hour = now_min // 3600 * 3600
     if first_hour >= this_hour:
-        return scope_spend(conn, rule, "rollup_minute", since, memo=memo)
+        return scope_spend(store, rule, "minute", since, memo=memo)
     return (
-        scope_spend(conn, rule, "rollup_minute", since, first_hour, memo)
-        + scope_spend(conn, rule, "rollup_hour", first_hour, this_hour, memo)
-        + scope_spend(conn, rule, "rollup_minute", this_hour, memo=memo)
+        scope_spend(store, rule, "minute", since, first_hour, memo)
+        + scope_spend(store, rule, "hour", first_hour, this_hour, memo)
+        + scope_spend(store, rule, "minute", this_hour, memo=memo)
     )
 
 
@@ -187,30 +141,24 @@ def period_start(period: str, now_ns: int) -> int:
     return calendar.timegm(d.timetuple())
 
 
-def budget_spend(
-    conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None
-) -> tuple[int, int]:
+def budget_spend(store: AlertStore, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> tuple[int, int]:
     """(period start, spend since then): whole days from the day rollup, today from the minute rollup."""
     start = period_start(str(rule.params.get("period", "month")), now_ns)
     today = period_start("day", now_ns)
-    spent = scope_spend(conn, rule, "rollup_day", start, today, memo) + scope_spend(
-        conn, rule, "rollup_minute", today, memo=memo
-    )
+    spent = scope_spend(store, rule, "day", start, today, memo) + scope_spend(store, rule, "minute", today, memo=memo)
     return start, spent
 
 
-def rate_values(
-    conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None
-) -> tuple[int, float]:
+def rate_values(store: AlertStore, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> tuple[int, float]:
     """(last-hour spend, baseline): baseline = mean over the previous N days of the same clock hour's rollup."""
     now_s = now_ns // 1_000_000_000
-    recent = scope_spend(conn, rule, "rollup_minute", (now_s // 60 - 59) * 60, memo=memo)
+    recent = scope_spend(store, rule, "minute", (now_s // 60 - 59) * 60, memo=memo)
     days = int(rule.params.get("lookback_days", 7))
     hour = now_s // 3600 * 3600
     total = 0
     for d in range(1, days + 1):
         b = hour - d * 86400
-        total += scope_spend(conn, rule, "rollup_hour", b, b + 3600, memo)
+        total += scope_spend(store, rule, "hour", b, b + 3600, memo)
     return recent, total / days
 
 
@@ -226,11 +174,11 @@ def _usd(nano: float) -> str:
 
 
 def _candidate(
-    conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None
+    store: AlertStore, rule: AlertRule, now_ns: int, memo: Memo | None
 ) -> tuple[str, int, str, list[str]] | None:
     """What the rule would fire now: (state key, value, message, extra state keys to mark), or None."""
     if rule.kind == "threshold":
-        value = window_spend(conn, rule, now_ns, memo)
+        value = window_spend(store, rule, now_ns, memo)
         if rule.threshold_nano is None or value <= rule.threshold_nano:
             return None
         hours = (rule.window_minutes or 60) / 60
@@ -240,20 +188,14 @@ def _candidate(
         )
         return "", value, msg, []
     if rule.kind == "budget":
-        start, value = budget_spend(conn, rule, now_ns, memo)
+        start, value = budget_spend(store, rule, now_ns, memo)
         amount = rule.threshold_nano or 0
         crossed = [p for p in rule.params.get("percentages", []) if amount and value * 100 >= float(p) * amount]
         if not crossed:
             return None
         day = dt.datetime.fromtimestamp(start, tz=dt.UTC).date().isoformat()
         keys = [f"{day}:{p}" for p in crossed]
-        fired = {
-            r[0]
-            for r in conn.execute(
-                f"SELECT state_key FROM alert_state WHERE rule_id = ? AND state_key IN ({','.join('?' * len(keys))})",
-                (rule.id, *keys),
-            )
-        }
+        fired = store.last_fired(rule.id, keys)
         fresh = [k for k in keys if k not in fired]
         if not fresh:
             return None
@@ -265,7 +207,7 @@ def _candidate(
         )
         return top, value, msg, fresh[:-1]
     if rule.kind == "rate":
-        recent, baseline = rate_values(conn, rule, now_ns, memo)
+        recent, baseline = rate_values(store, rule, now_ns, memo)
         factor = float(rule.params.get("factor", 3.0))
         if baseline <= 0 or recent < int(rule.params.get("min_spend_nano", 0)) or recent < factor * baseline:
             return None
@@ -278,73 +220,52 @@ def _candidate(
     return None
 
 
-def _fire(conn: sqlite3.Connection, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> AlertEvent | None:
+def _cooldown_ns(rule: AlertRule) -> int | None:
+    """How long a state key of the rule blocks another firing: budget percentages once per period (ever)."""
+    return None if rule.kind == "budget" else rule.cooldown_minutes * 60 * 1_000_000_000
+
+
+def _fire(store: AlertStore, rule: AlertRule, now_ns: int, memo: Memo | None = None) -> AlertEvent | None:
     """Decide and record one firing atomically; None when nothing is due or another worker fired first."""
-    if _cooling(conn, rule, "", now_ns):
-        return None  # cheap pre-check outside the write lock
-    cand = _candidate(conn, rule, now_ns, memo)
+    if _cooling(store, rule, now_ns):
+        return None  # cheap pre-check; the store's claim decides
+    cand = _candidate(store, rule, now_ns, memo)
     if cand is None:
         return None
     key, value, msg, extra_keys = cand
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        if not conn.execute("SELECT 1 FROM alert_rules WHERE id = ? AND updated_ns = ?", (rule.id, rule.updated_ns)
-                            ).fetchone():
-            conn.execute("ROLLBACK")
-            return None  # removed or changed since we loaded it: the next batch sees the new version
-        if _cooling(conn, rule, key, now_ns):
-            conn.execute("ROLLBACK")
-            return None
-        cur = conn.execute(
-            "INSERT INTO alert_events (rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano,"
-            " message, delivery) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            (rule.id, rule.name, now_ns, rule.scope, rule.scope_value, value, rule.threshold_nano, msg),
-        )
-        event_id = int(cur.lastrowid or 0)
-        conn.executemany(
-            "INSERT INTO alert_state (rule_id, state_key, last_fired_ns) VALUES (?, ?, ?)"
-            " ON CONFLICT(rule_id, state_key) DO UPDATE SET last_fired_ns = excluded.last_fired_ns",
-            [(rule.id, k, now_ns) for k in (key, *extra_keys)],
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return AlertEvent(event_id, rule.id, rule.name, rule.kind, now_ns, rule.scope, rule.scope_value, value,
-                      rule.threshold_nano, key, msg)
+    return store.claim_firing(
+        rule, state_key=key, cooldown_ns=_cooldown_ns(rule), fired_ns=now_ns, value_nano=value, message=msg,
+        also_mark=extra_keys,
+    )
 
 
-def _cooling(conn: sqlite3.Connection, rule: AlertRule, key: str, now_ns: int) -> bool:
-    row = conn.execute(
-        "SELECT last_fired_ns FROM alert_state WHERE rule_id = ? AND state_key = ?", (rule.id, key)
-    ).fetchone()
-    if row is None or row[0] is None:
-        return False
+def _cooling(store: AlertStore, rule: AlertRule, now_ns: int) -> bool:
+    """Whether the rule's plain (``''``) state key fired within its cooldown; budget rules never block here."""
     if rule.kind == "budget":
-        return bool(key)  # a percentage of a period fires once; the '' pre-check key never blocks
-    return now_ns - int(row[0]) < rule.cooldown_minutes * 60 * 1_000_000_000
+        return False  # a budget fires per percentage key; the '' key never blocks it
+    last = store.last_fired(rule.id, ("",)).get("")
+    return last is not None and now_ns - last < rule.cooldown_minutes * 60 * 1_000_000_000
 
 
 def evaluate_rules(
-    conn: sqlite3.Connection,
+    store: AlertStore,
     rules: Iterable[AlertRule],
     touched: Touched,
     now_ns: int,
-    on_error: Callable[[AlertRule, sqlite3.Error], None] | None = None,
+    on_error: Callable[[AlertRule, StorageError], None] | None = None,
 ) -> list[tuple[AlertEvent, AlertRule]]:
     """Evaluate each rule the batch may have changed; return what fired (with its rule).
 
-    A database error on one rule skips that rule: ``on_error(rule, exc)`` is told (default: logged).
+    A store error on one rule skips that rule: ``on_error(rule, exc)`` is told (default: logged).
     """
     fired: list[tuple[AlertEvent, AlertRule]] = []
-    memo: Memo = {}  # one GROUP BY per (table, window, scope kind), shared by the rules of this round
+    memo: Memo = {}  # one read per (grain, window, scope kind), shared by the rules of this round
     for rule in rules:
         if not rule.enabled or not touched.covers(rule):
             continue
         try:
-            event = _fire(conn, rule, now_ns, memo)
-        except sqlite3.Error as exc:
+            event = _fire(store, rule, now_ns, memo)
+        except StorageError as exc:
             if on_error is None:
                 log.exception("evaluating alert rule %r failed", rule.name)
             else:
@@ -356,9 +277,9 @@ def evaluate_rules(
 
 
 class RuleChecker:
-    """The rules of one database, cached until ``alert_rules`` changes, and their evaluation.
+    """The rules of one store, cached until they change (``AlertStore.rules_version``), and their evaluation.
 
-    Not thread-safe: one checker per connection, used from one thread. ``check`` costs one small
+    Not thread-safe: one checker per store, used from one thread. ``check`` costs one small
     query per call while no rule exists, so the local exporter can call it after every batch.
     """
 
@@ -371,23 +292,23 @@ class RuleChecker:
         """The rules as of the last ``rules`` / ``check`` call (no query)."""
         return self._rules
 
-    def rules(self, conn: sqlite3.Connection) -> list[AlertRule]:
+    def rules(self, store: AlertStore) -> list[AlertRule]:
         """The enabled rules, re-read when any process added, edited or removed one."""
-        version = rules_version(conn)
+        version = store.rules_version()
         if version != self._version:
-            self._rules = load_rules(conn)
+            self._rules = store.list_rules()
             self._version = version
         return self._rules
 
     def check(
         self,
-        conn: sqlite3.Connection,
+        store: AlertStore,
         touched: Touched,
         now_ns: int,
-        on_error: Callable[[AlertRule, sqlite3.Error], None] | None = None,
+        on_error: Callable[[AlertRule, StorageError], None] | None = None,
     ) -> list[tuple[AlertEvent, AlertRule]]:
         """Evaluate the rules ``touched`` covers at ``now_ns``; return what fired (recorded, delivery pending)."""
-        rules = self.rules(conn)
+        rules = self.rules(store)
         if not rules:
             return []
-        return evaluate_rules(conn, rules, touched, now_ns, on_error)
+        return evaluate_rules(store, rules, touched, now_ns, on_error)

@@ -1,11 +1,12 @@
 """Spend alerts without Kafka: the local SQLite exporter evaluates rules and sends webhooks itself.
 
-``LocalAlerts.after_commit`` runs on the exporter's thread right after a batch committed, with
-the exporter's connection: it evaluates the rules whose scope the batch touched through the same
-code as the workers (``spendtrace.server.alerts.evaluate``), so one ``BEGIN IMMEDIATE`` decides the firing
-whichever process evaluates. Fired events go to a small daemon thread that POSTs them with the
-workers' bodies and retry policy (``spendtrace.server.alerts.delivery``) through a blocking httpx client.
-Nothing here raises into the exporter: errors are counted, and logged once per kind.
+``LocalAlerts.after_commit`` runs on the exporter's thread right after a batch committed: it
+evaluates the rules whose scope the batch touched through the same code as the workers
+(``spendtrace.server.alerts.evaluate``) on an ``AlertStore`` of its own, so the store's
+``claim_firing`` decides the firing whichever process evaluates. Fired events go to a small daemon
+thread (with a store of its own) that POSTs them with the workers' bodies and retry policy
+(``spendtrace.server.alerts.delivery``) through a blocking httpx client. Nothing here raises into
+the exporter: errors are counted, and logged once per kind.
 """
 
 from __future__ import annotations
@@ -13,26 +14,25 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from spendtrace.errors import StorageError
 from spendtrace.server.alerts.delivery import (
     NO_HTTPX,
     Attempt,
     RetryPolicy,
     attempt_error,
-    claim_event,
     delivery_steps,
     mask_httpx_log,
     pending_events,
-    record_attempt,
     run_sync,
 )
-from spendtrace.server.alerts.evaluate import AlertEvent, RuleChecker, Touched
-from spendtrace.server.alerts.rules import AlertRule
+from spendtrace.server.alerts.evaluate import RuleChecker, Touched
+from spendtrace.server.model.alerts import AlertEvent, AlertRule
+from spendtrace.server.store.base import AlertStore, open_alert_store
 
 __all__ = ["LocalAlerts"]
 
@@ -40,6 +40,8 @@ log = logging.getLogger("spendtrace.alerts")
 
 _RECOVER = "recover"
 _Item = tuple[AlertEvent, AlertRule] | str | None
+# Stores inherited across a fork are kept referenced (never closed or finalised in the child).
+_abandoned: list[AlertStore] = []
 
 
 class LocalAlerts:
@@ -72,6 +74,7 @@ class LocalAlerts:
         self.errors = 0
         self._queue_size = queue_size
         self._logged: set[str] = set()
+        self._store: AlertStore | None = None
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
@@ -82,38 +85,36 @@ class LocalAlerts:
 
     # -- the exporter's side -----------------------------------------------------------------
 
-    def after_commit(self, conn: sqlite3.Connection, result: Any) -> list[AlertEvent]:
+    def after_commit(self, result: Any) -> list[AlertEvent]:
         """Evaluate the rules the committed batch ``result`` may have changed; never raises.
 
-        Called on the exporter's thread with its connection (no transaction open). Returns what fired.
+        Called on the exporter's thread after the batch committed. Returns what fired.
         """
         try:
             if getattr(result, "new_spans", 1) == 0:
                 return []  # a replay of stored spans changes no spend
-            fired = self._checker.check(conn, Touched.from_result(result), self.clock(), self._rule_error)
+            if self._store is None:
+                self._store = open_alert_store(self.db_path)
+            store = self._store
+            fired = self._checker.check(store, Touched.from_result(result), self.clock(), self._rule_error)
             self.evaluations += 1
             if not self._recovery_checked and self._checker.cached:
                 self._recovery_checked = True
-                if self._has_orphans(conn):
-                    self._enqueue(conn, _RECOVER)
+                if store.pending_events(self._recover_before(), limit=1):
+                    self._enqueue(store, _RECOVER)
             for event, rule in fired:
                 self.fired += 1
                 log.warning("alert fired: %s", event.message)
-                self._enqueue(conn, (event, rule))
+                self._enqueue(store, (event, rule))
             return [e for e, _ in fired]
         except Exception as exc:  # telemetry never breaks export
             self._error("evaluating alert rules", exc)
             return []
 
-    def _has_orphans(self, conn: sqlite3.Connection) -> bool:
-        row = conn.execute("SELECT 1 FROM alert_events WHERE delivery = 'pending' AND fired_ns < ? LIMIT 1",
-                           (self._recover_before(),)).fetchone()
-        return row is not None
-
     def _recover_before(self) -> int:
         return time.time_ns() - int(self.recover_after_s * 1e9)
 
-    def _enqueue(self, conn: sqlite3.Connection, item: _Item) -> None:
+    def _enqueue(self, store: AlertStore, item: _Item) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, args=(self._queue,), name="spendtrace-alerts",
                                             daemon=True)
@@ -124,14 +125,20 @@ class LocalAlerts:
             self.dropped += 1
             if isinstance(item, tuple):
                 log.error("alert delivery queue full; event %d of rule %r not delivered", item[0].id, item[1].name)
-                record_attempt(conn, item[0].id, 0, None, "delivery queue full", "failed")
+                store.record_delivery(item[0].id, attempt=0, error="delivery queue full", final="failed")
 
     def close(self, timeout: float = 5.0) -> None:
         """Let queued deliveries finish for up to ``timeout`` seconds, then stop the thread.
 
-        Events not sent by then stay in the database (``pending``) for the next process to send.
-        A later batch starts a new thread.
+        Events not sent by then stay in the store (``pending``) for the next process to send.
+        A later batch starts a new thread (and opens the store again).
         """
+        store, self._store = self._store, None
+        if store is not None:
+            try:
+                store.close()
+            except Exception as exc:
+                self._error("closing the alert store", exc)
         thread = self._thread
         if thread is None:
             return
@@ -153,13 +160,16 @@ class LocalAlerts:
         return True
 
     def after_fork_in_child(self) -> None:
-        """A forked child starts with no delivery thread and no queue (the parent delivers its own events)."""
+        """A forked child starts with no delivery thread, no queue and no store (the parent delivers its own events)."""
+        if self._store is not None:
+            _abandoned.append(self._store)  # the parent's connection: neither used nor closed here
+        self._store = None
         self._reset_runtime()
 
     # -- the delivery thread -----------------------------------------------------------------
 
     def _run(self, items: queue.Queue[_Item]) -> None:
-        conn: sqlite3.Connection | None = None
+        store: AlertStore | None = None
         client: Any = None
         try:
             while True:
@@ -167,17 +177,15 @@ class LocalAlerts:
                 try:
                     if item is None:
                         return
-                    if conn is None:
-                        from spendtrace.server.store.sqlite._db import connect
-
-                        conn = connect(self.db_path)
+                    if store is None:
+                        store = open_alert_store(self.db_path)
                     if item == _RECOVER:
-                        todo = pending_events(conn, self._recover_before())
+                        todo = pending_events(store, self._recover_before())
                     else:
                         assert isinstance(item, tuple)
                         todo = [item]
                     for event, rule in todo:
-                        client = self._deliver(conn, client, event, rule)
+                        client = self._deliver(store, client, event, rule)
                 except Exception as exc:  # one event's failure must not end the thread
                     self._error("delivering an alert", exc)
                 finally:
@@ -188,12 +196,15 @@ class LocalAlerts:
                     client.close()
                 except Exception as exc:
                     self._error("closing the webhook client", exc)
-            if conn is not None:
-                conn.close()
+            if store is not None:
+                try:
+                    store.close()
+                except Exception as exc:
+                    self._error("closing the alert store", exc)
 
-    def _deliver(self, conn: sqlite3.Connection, client: Any, event: AlertEvent, rule: AlertRule) -> Any:
+    def _deliver(self, store: AlertStore, client: Any, event: AlertEvent, rule: AlertRule) -> Any:
         """Claim and send one event; returns the (possibly new) HTTP client."""
-        if not claim_event(conn, event.id):
+        if not store.claim_delivery(event.id):
             return client  # another process has it
         holder = [client]
 
@@ -208,7 +219,8 @@ class LocalAlerts:
                 return Attempt(None, attempt_error(exc, url))
 
         def record(attempt: int | None, status: int | None, error: str | None, final: str | None) -> None:
-            record_attempt(conn, event.id, attempt, status, error, final, self.clock())
+            store.record_delivery(event.id, attempt=attempt, status=status, error=error, final=final,
+                                  at_ns=self.clock())
 
         final = run_sync(delivery_steps(event, rule, self.policy), post, record)
         if final == "delivered":
@@ -219,7 +231,7 @@ class LocalAlerts:
 
     # -- errors ------------------------------------------------------------------------------
 
-    def _rule_error(self, rule: AlertRule, exc: sqlite3.Error) -> None:
+    def _rule_error(self, rule: AlertRule, exc: StorageError) -> None:
         self._error("evaluating an alert rule", exc)
 
     def _error(self, what: str, exc: BaseException) -> None:

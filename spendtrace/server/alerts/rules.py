@@ -6,8 +6,9 @@ only defines and stores rules. They are evaluated after each committed batch by 
 it: the consumer workers (``consumers.alerting``, ``consumers.webhooks``) with Kafka, or the
 app's own local SQLite exporter without it (``spendtrace.server.alerts.local``); both use the same
 evaluation (``spendtrace.server.alerts.evaluate``) and webhook delivery (``spendtrace.server.alerts.delivery``),
-and one transaction decides each firing, so a rule fires once per cooldown whoever evaluates.
-Money is stored as integer nano-dollars.
+and the store's ``claim_firing`` decides each firing atomically, so a rule fires once per cooldown
+whoever evaluates. Rules are kept through the storage interface's ``AlertStore``
+(``spendtrace.server.store.base.open_alert_store``); money is stored as integer nano-dollars.
 
 Rule kinds (``AlertRule.kind``):
 
@@ -25,112 +26,31 @@ Rule kinds (``AlertRule.kind``):
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from spendtrace.server.model.alerts import NANO, AlertRule, mask_url
+from spendtrace.server.store.base import AlertStore, open_alert_store
 from spendtrace.settings import default_db_path
 
 __all__ = [
     "BUDGET_PERIODS",
+    "NANO",
     "AlertRule",
     "list_alerts",
-    "load_rules",
     "mask_url",
-    "open_db",
+    "open_rules_store",
     "remove_alert",
-    "rules_version",
     "set_alert",
     "set_budget",
     "set_rate_alert",
     "validate_webhook",
 ]
 
-NANO = 1_000_000_000
 BUDGET_PERIODS = ("day", "week", "month")
 WebhookFormat = Literal["slack", "pagerduty"]
-_SCOPE_COLUMNS = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    """One stored alert rule (see the module docstring for what each kind means)."""
-
-    id: int
-    name: str
-    kind: str
-    scope: str
-    scope_value: str
-    threshold_nano: int | None
-    window_minutes: int | None
-    cooldown_minutes: int
-    params: Mapping[str, Any] = field(default_factory=dict)
-    webhook: str | None = None
-    webhook_format: str = "slack"
-    enabled: bool = True
-    created_ns: int = 0
-    updated_ns: int = 0
-
-    @property
-    def threshold(self) -> float | None:
-        """The threshold (or budget amount) in USD."""
-        return None if self.threshold_nano is None else self.threshold_nano / NANO
-
-    @property
-    def scope_column(self) -> str | None:
-        """The rollup column the scope filters on (``None`` for total spend)."""
-        return _SCOPE_COLUMNS.get(self.scope)
-
-    @property
-    def routing_key(self) -> str | None:
-        """The PagerDuty routing key, for ``webhook_format == "pagerduty"``."""
-        key = self.params.get("routing_key")
-        return str(key) if key else None
-
-    @property
-    def masked_webhook(self) -> str:
-        """The webhook URL with its secrets hidden, safe to print or log."""
-        return mask_url(self.webhook) if self.webhook else ""
-
-    def describe(self) -> str:
-        """One human line: what the rule watches and when it fires (no secrets)."""
-        who = "total spend" if self.scope == "total" else f"{self.scope} {self.scope_value!r}"
-        usd = f"${self.threshold:.2f}" if self.threshold is not None else "?"
-        if self.kind == "budget":
-            pcts = "/".join(str(p) for p in self.params.get("percentages", []))
-            return f"{who}: {self.params.get('period')} budget {usd}, warn at {pcts}%"
-        if self.kind == "rate":
-            return (
-                f"{who}: last hour >= {self.params.get('factor')}x the {self.params.get('lookback_days', 7)}-day "
-                f"average for that hour (min ${float(self.params.get('min_spend_nano', 0)) / NANO:.2f})"
-            )
-        return f"{who}: > {usd} over {self.window_minutes} min, cooldown {self.cooldown_minutes} min"
-
-    def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
-        """A JSON-ready view; the webhook is masked unless ``mask=False``."""
-        params = dict(self.params)
-        if mask and "routing_key" in params:
-            params["routing_key"] = _mask_token(str(params["routing_key"]))
-        return {
-            "id": self.id,
-            "name": self.name,
-            "kind": self.kind,
-            "scope": self.scope,
-            "scope_value": self.scope_value,
-            "threshold_usd": self.threshold,
-            "window_minutes": self.window_minutes,
-            "cooldown_minutes": self.cooldown_minutes,
-            "params": params,
-            "webhook": self.masked_webhook if mask else self.webhook,
-            "webhook_format": self.webhook_format,
-            "enabled": self.enabled,
-            "description": self.describe(),
-        }
 
 
 # --- webhook URLs -------------------------------------------------------------------------
@@ -148,45 +68,12 @@ def validate_webhook(url: str) -> str:
     return url.strip()
 
 
-def _mask_token(token: str) -> str:
-    if len(token) <= 4:
-        return "***"
-    return token[:2] + "***"
-
-
-def mask_url(url: str) -> str:
-    """Hide what may be a secret in a webhook URL: credentials, query values, and path tokens.
-
-    The scheme, host and the first path segment stay readable so a person can still tell
-    hooks apart (``https://hooks.slack.com/services/T0***/B0***/xy***``).
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    if parts.username or parts.password:
-        host = f"***@{host}"
-    segments = parts.path.split("/")
-    masked_path = "/".join(
-        seg if i <= 1 or len(seg) <= 3 else _mask_token(seg) for i, seg in enumerate(segments)
-    )
-    query = "&".join(
-        (kv.split("=", 1)[0] + "=***") if "=" in kv else _mask_token(kv) for kv in parts.query.split("&") if kv
-    )
-    return urlunsplit(SplitResult(parts.scheme, host, masked_path, query, ""))
-
-
 # --- storage ---------------------------------------------------------------------------------
 
 
-def open_db(db_path: str | os.PathLike[str] | None = None) -> sqlite3.Connection:
-    """Open (creating or migrating if needed) the spendtrace database, autocommit mode."""
-    from spendtrace.server.store.sqlite._db import connect
-
-    return connect(os.fspath(db_path) if db_path is not None else default_db_path())
+def open_rules_store(db_path: str | os.PathLike[str] | None = None) -> AlertStore:
+    """The ``AlertStore`` at ``db_path`` (a store URL or a SQLite path; default: the process's database)."""
+    return open_alert_store(db_path if db_path is not None else default_db_path())
 
 
 def _scope_of(
@@ -247,34 +134,15 @@ def _upsert(
         raise ValueError("alert name must be 1..200 characters")
     if cooldown_minutes < 0:
         raise ValueError("cooldown_minutes must be >= 0")
-    now = time.time_ns() if now_ns is None else now_ns
-    conn = open_db(db_path)
+    store = open_rules_store(db_path)
     try:
-        # Bump updated_ns strictly, so workers notice a change even within one clock tick.
-        row = conn.execute("SELECT coalesce(max(updated_ns), 0) FROM alert_rules").fetchone()
-        now = max(now, int(row[0]) + 1)
-        conn.execute(
-            """
-            INSERT INTO alert_rules (name, kind, scope, scope_value, threshold_nano, window_minutes,
-                                     cooldown_minutes, params, webhook, webhook_format, enabled,
-                                     created_ns, updated_ns)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)
-            ON CONFLICT(name) DO UPDATE SET
-                kind = excluded.kind, scope = excluded.scope, scope_value = excluded.scope_value,
-                threshold_nano = excluded.threshold_nano, window_minutes = excluded.window_minutes,
-                cooldown_minutes = excluded.cooldown_minutes, params = excluded.params,
-                webhook = excluded.webhook, webhook_format = excluded.webhook_format,
-                enabled = 1, updated_ns = excluded.updated_ns
-            """,
-            (
-                name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes,
-                json.dumps(params, sort_keys=True), webhook, webhook_format, now, now,
-            ),
+        return store.save_rule(
+            name=name, kind=kind, scope=scope, scope_value=scope_value, threshold_nano=threshold_nano,
+            window_minutes=window_minutes, cooldown_minutes=cooldown_minutes, params=params, webhook=webhook,
+            webhook_format=webhook_format, now_ns=time.time_ns() if now_ns is None else now_ns,
         )
-        cur = conn.execute(f"SELECT {_COLUMNS} FROM alert_rules WHERE name = ?", (name,))
-        return _rule_from_row(cur.fetchone())
     finally:
-        conn.close()
+        store.close()
 
 
 def set_alert(
@@ -399,63 +267,22 @@ def set_rate_alert(
     )
 
 
-_COLUMNS = (
-    "id, name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes, params, "
-    "webhook, webhook_format, enabled, created_ns, updated_ns"
-)
-
-
-def _rule_from_row(row: tuple[Any, ...]) -> AlertRule:
-    return AlertRule(
-        id=int(row[0]), name=row[1], kind=row[2], scope=row[3], scope_value=row[4],
-        threshold_nano=None if row[5] is None else int(row[5]),
-        window_minutes=None if row[6] is None else int(row[6]), cooldown_minutes=int(row[7]),
-        params=json.loads(row[8] or "{}"), webhook=row[9], webhook_format=row[10], enabled=bool(row[11]),
-        created_ns=int(row[12]), updated_ns=int(row[13]),
-    )
-
-
-def load_rules(conn: sqlite3.Connection, *, enabled_only: bool = True) -> list[AlertRule]:
-    """All rules on an open connection, ordered by id."""
-    where = " WHERE enabled = 1" if enabled_only else ""
-    return [_rule_from_row(r) for r in conn.execute(f"SELECT {_COLUMNS} FROM alert_rules{where} ORDER BY id")]
-
-
-def rules_version(conn: sqlite3.Connection) -> tuple[int, int]:
-    """A cheap fingerprint of ``alert_rules`` (row count, newest update): changes on add, edit and remove."""
-    row = conn.execute("SELECT count(*), coalesce(max(updated_ns), 0) FROM alert_rules").fetchone()
-    return int(row[0]), int(row[1])
-
-
 def list_alerts(db_path: str | os.PathLike[str] | None = None) -> list[AlertRule]:
     """Every stored rule, enabled or not, ordered by id (print ``rule.masked_webhook``, not ``webhook``)."""
-    conn = open_db(db_path)
+    store = open_rules_store(db_path)
     try:
-        return load_rules(conn, enabled_only=False)
+        return store.list_rules(enabled_only=False)
     finally:
-        conn.close()
+        store.close()
 
 
 def remove_alert(name_or_id: str | int, db_path: str | os.PathLike[str] | None = None) -> bool:
     """Delete a rule (by name, or by id) and its firing state; return whether it existed.
 
-    Past events stay in ``alert_events`` as history.
+    Past events stay in the store as history.
     """
-    conn = open_db(db_path)
+    store = open_rules_store(db_path)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()):
-            row = conn.execute(
-                "SELECT id FROM alert_rules WHERE id = ? OR name = ?", (int(name_or_id), str(name_or_id))
-            ).fetchone()
-        else:
-            row = conn.execute("SELECT id FROM alert_rules WHERE name = ?", (name_or_id,)).fetchone()
-        if row is None:
-            conn.execute("ROLLBACK")
-            return False
-        conn.execute("DELETE FROM alert_rules WHERE id = ?", (row[0],))
-        conn.execute("DELETE FROM alert_state WHERE rule_id = ?", (row[0],))
-        conn.execute("COMMIT")
-        return True
+        return store.remove_rule(name_or_id)
     finally:
-        conn.close()
+        store.close()

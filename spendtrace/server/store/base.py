@@ -9,6 +9,8 @@ Roles:
 - ``ReadStore`` / ``AsyncReadStore``: every query the TUI, API, CLI and the Python API read.
 - ``IngestStore``: what the workers write (see the effectively-once contract below).
 - ``AdminStore``: retention, restatement and its undo.
+- ``AlertStore``: alert rules, their firing state, fired events and webhook deliveries
+  (``open_alert_store``); it states how "one firing per cooldown" is kept.
 
 The effectively-once contract, which every backend states how it keeps:
 
@@ -31,12 +33,13 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from spendtrace.errors import ConfigError
 from spendtrace.server.model import Row, TimeLike
+from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain
 from spendtrace.settings import default_db_path
 
 if TYPE_CHECKING:
@@ -55,10 +58,12 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKENDS",
     "AdminStore",
+    "AlertStore",
     "AsyncReadStore",
     "ReadStore",
     "Store",
     "StoreURL",
+    "open_alert_store",
     "open_store",
     "open_store_async",
     "parse_store_url",
@@ -258,6 +263,175 @@ class AdminStore(Protocol):
     def undo_restatement(self, restatement_id: int) -> Any: ...
 
 
+# --- AlertStore: alert rules, firing state, events, deliveries ------------------------------------
+
+
+@runtime_checkable
+class AlertStore(Protocol):
+    """What alert rules, their evaluation and webhook delivery need from a store (``open_alert_store``).
+
+    Used by ``spendtrace.server.alerts`` (the Python API ``set_alert`` and friends, the evaluator,
+    the local exporter's delivery thread), the workers' ``consumers.alerting`` / ``consumers.webhooks``
+    and ``spendtrace alerts tail``. Money is integer nano-dollars, times are epoch nanoseconds
+    (``*_ns``) or seconds (``*_s``, rollup bucket starts). A database failure raises
+    ``StorageError``; a store is safe to share between threads (calls are serialised).
+
+    **One firing per cooldown, however many processes evaluate.** Workers and apps writing locally
+    evaluate the same rules against the same store, each with its own connection. ``claim_firing``
+    is the only way an event is recorded, and a backend must make its check and its writes one
+    atomic step against every other ``claim_firing`` of the same rule: check that the rule is still
+    at the version evaluated (``rule.updated_ns``), that ``state_key`` has not fired within
+    ``cooldown_ns`` (or ever, with ``cooldown_ns=None``), then record the event (delivery
+    ``pending``) and stamp ``state_key`` and ``also_mark`` with ``fired_ns``. Two concurrent claims
+    of one crossing must yield exactly one event. SQLite keeps this with one ``BEGIN IMMEDIATE``
+    transaction (the write lock is taken before the check). A backend without such transactions
+    (ClickHouse) must not emulate it with read-then-insert: it keeps the alert state where a
+    linearisable compare-and-set exists (ClickHouse Keeper, or a small transactional side store)
+    and records the event only after winning it. ``last_fired`` is a cheap pre-check outside that
+    step and may be stale; the claim decides.
+
+    Likewise ``claim_delivery`` moves an event from ``pending`` to ``sending`` for exactly one
+    caller, so an event is POSTed by one process even when several recover it.
+    """
+
+    url: str
+
+    # -- rules --------------------------------------------------------------------------------
+
+    def save_rule(
+        self,
+        *,
+        name: str,
+        kind: str,
+        scope: str,
+        scope_value: str,
+        threshold_nano: int | None,
+        window_minutes: int | None,
+        cooldown_minutes: int,
+        params: Mapping[str, object],
+        webhook: str | None,
+        webhook_format: str,
+        now_ns: int,
+    ) -> AlertRule:
+        """Add the rule, or replace the one of the same ``name`` (keeping its id, enabling it); return it.
+
+        Its ``updated_ns`` is ``now_ns`` or, when that is not newer, one more than the newest stored
+        ``updated_ns``, so ``rules_version`` changes on every save.
+        """
+        ...
+
+    def list_rules(self, *, enabled_only: bool = True) -> list[AlertRule]:
+        """The stored rules (only the enabled ones unless told otherwise), ordered by id."""
+        ...
+
+    def rules_version(self) -> tuple[int, int]:
+        """A cheap fingerprint of the rules, (count, newest ``updated_ns``): changes on add, edit and remove."""
+        ...
+
+    def remove_rule(self, name_or_id: str | int) -> bool:
+        """Delete a rule (by name, or by id: an int or a string of digits) and its firing state.
+
+        Returns whether it existed. Its past events stay as history.
+        """
+        ...
+
+    # -- spend, read from the rollups -----------------------------------------------------------
+
+    def spend(
+        self, grain: Grain, since_s: int, until_s: int | None = None, *, scope: str, scope_value: str = ""
+    ) -> int:
+        """Nano-dollars spent by one scope in the ``grain`` rollup buckets starting in [since_s, until_s).
+
+        ``scope`` is ``feature``, ``user``, ``endpoint`` (matching ``scope_value``) or ``total`` (so is
+        any other value); span-level totals (what a span cost, whichever services it used).
+        ``until_s=None``: no end.
+        """
+        ...
+
+    def spend_per_value(self, grain: Grain, since_s: int, until_s: int | None = None, *, scope: str) -> dict[str, int]:
+        """``spend`` for every value of ``scope`` at once; absent means 0.
+
+        Spans without a value of the scope count under ``""``; ``total`` has the one key ``""``. Rules
+        sharing a window and a scope kind read it once per evaluation round.
+        """
+        ...
+
+    # -- firing -------------------------------------------------------------------------------
+
+    def last_fired(self, rule_id: int, state_keys: Sequence[str]) -> dict[str, int | None]:
+        """When each of ``state_keys`` of the rule last fired; keys that never fired are absent."""
+        ...
+
+    def claim_firing(
+        self,
+        rule: AlertRule,
+        *,
+        state_key: str,
+        cooldown_ns: int | None,
+        fired_ns: int,
+        value_nano: int,
+        message: str,
+        also_mark: Sequence[str] = (),
+    ) -> AlertEvent | None:
+        """Record one firing of ``rule`` atomically, as the class docstring says; the event, or None.
+
+        None when the rule was removed or changed since ``rule`` was read, or ``state_key`` fired
+        less than ``cooldown_ns`` before ``fired_ns`` (``cooldown_ns=None``: fired at all).
+        """
+        ...
+
+    # -- events and their delivery ------------------------------------------------------------
+
+    def claim_delivery(self, event_id: int) -> bool:
+        """Take a ``pending`` event for delivery (-> ``sending``); False when another caller has it."""
+        ...
+
+    def record_delivery(
+        self,
+        event_id: int,
+        *,
+        attempt: int | None,
+        status: int | None = None,
+        error: str | None = None,
+        final: str | None = None,
+        at_ns: int | None = None,
+    ) -> None:
+        """Store one delivery attempt (when ``attempt`` is given) and the event's final status (when ``final`` is).
+
+        Both or neither: one atomic write. ``at_ns`` defaults to now.
+        """
+        ...
+
+    def pending_events(self, before_ns: int, *, limit: int | None = None) -> list[AlertEvent]:
+        """Events still ``pending`` that fired before ``before_ns``, oldest first (``kind``, ``state_key`` empty)."""
+        ...
+
+    def events_after(self, after_id: int, limit: int = 1000) -> list[AlertEvent]:
+        """Events with an id above ``after_id``, in id order, with their ``delivery``: a tail to follow."""
+        ...
+
+    def latest_events(self, limit: int = 100) -> list[AlertEvent]:
+        """The newest events, newest first, with their ``delivery``."""
+        ...
+
+    def last_event_id(self) -> int:
+        """The highest event id (0 when none fired yet)."""
+        ...
+
+    def count_events(self) -> int:
+        """Alert events fired, ever."""
+        ...
+
+    def count_failed_deliveries(self) -> int:
+        """Webhook delivery attempts that failed (an error, or an HTTP status of 300 or more)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --- end of AlertStore -------------------------------------------------------------------------
+
+
 @runtime_checkable
 class Store(ReadStore, AdminStore, Protocol):
     """What ``open_store`` returns: the reads and the admin operations of one database."""
@@ -328,6 +502,13 @@ def open_store(url: str | os.PathLike[str], *, readonly: bool = False) -> Store:
     """Open the store at ``url`` for reading (and admin operations); the same query object for any backend."""
     parsed = parse_store_url(url)
     store: Store = _opener(parsed.scheme)(parsed, readonly=readonly)
+    return store
+
+
+def open_alert_store(url: str | os.PathLike[str], *, readonly: bool = False) -> AlertStore:
+    """Open the alert state of the store at ``url`` (the backend's opener named ``<opener>_alerts``)."""
+    parsed = parse_store_url(url)
+    store: AlertStore = _opener(parsed.scheme, "_alerts")(parsed, readonly=readonly)
     return store
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from spendtrace.server.store.base import StoreURL
+    from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
     from spendtrace.server.store.sqlite._dashboard import SQLiteDashboard
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "get_request_subtree",
     "get_transaction_subtree",
     "open_sqlite",
+    "open_sqlite_alerts",
     "open_sqlite_async",
     "open_sqlite_dashboard",
 ]
@@ -90,3 +92,10 @@ def open_sqlite_dashboard(
     from spendtrace.server.store.sqlite._dashboard import SQLiteDashboard
 
     return SQLiteDashboard(url.path, clock=clock, monotonic=monotonic)
+
+
+def open_sqlite_alerts(url: StoreURL, *, readonly: bool = False) -> SQLiteAlertStore:
+    """``open_alert_store`` for ``sqlite://`` URLs and bare paths."""
+    from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
+
+    return SQLiteAlertStore(url.path, readonly=readonly)

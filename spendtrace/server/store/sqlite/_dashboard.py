@@ -248,7 +248,7 @@ class SQLiteDashboard:
             "SELECT id, name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes,"
             " coalesce(webhook, ''), enabled FROM alert_rules ORDER BY name"
         )
-        from spendtrace.server.alerts.rules import mask_url  # webhook URLs carry secrets: never shown in full
+        from spendtrace.server.model.alerts import mask_url  # webhook URLs carry secrets: never shown in full
 
         return [
             AlertRuleRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[7]), mask_url(r[8]) if r[8] else "",
