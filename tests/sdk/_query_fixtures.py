@@ -1,9 +1,10 @@
 """Test data for the query and CLI tests: request trees recorded as real Spans, stored through the real ingest.
 
-``build_dataset`` writes spans with ``prepare_batch`` + ``write_batch_sync``; ``Expect`` recomputes
-every number straight from the spans and the rates written below (``PUBLISHED``), by the pricing
-rule the product documents, reimplemented here: no call into ``spendtrace.server.pricing``, so a
-wrong rate in the shipped table or a wrong rounding in the product makes the query tests fail.
+``store`` writes spans with ``prepare_batch`` + ``write_batch_sync``; ``Expect`` recomputes every
+number straight from the spans and the rates written below (``PUBLISHED``), by the pricing rule the
+product documents, reimplemented here. Nothing here calls ``spendtrace.server.pricing`` except to
+build a book to feed the store (``book_of``), so a wrong rate in the shipped table or a wrong
+rounding in the product makes the query tests fail.
 """
 
 from __future__ import annotations
