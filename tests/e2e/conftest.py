@@ -51,4 +51,4 @@ def recorded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
     assert len(spans) == submitted >= N_SPANS
     assert len({s.span_id for s in spans}) == len(spans)
     book = PriceBook.default()
-    yield Recorded(topic, spans, book, Expected.compute(spans, book))
+    yield Recorded(topic, spans, book, Expected.compute(spans))

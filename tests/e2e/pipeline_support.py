@@ -3,8 +3,8 @@
 The app uses the real SDK (``track_request`` for three tenants, nested ``cost_track`` features,
 ``add_api_call`` for Bedrock tokens, DynamoDB and S3) and exports with the real Kafka exporter;
 a tee keeps an in-memory copy of every span the exporter delivered. ``Expected`` recomputes every
-query's answer from those spans and the price book's published (Decimal) rates, without the
-ingest code, so the pipeline's results can be compared to the nano-dollar.
+query's answer from those spans and the providers' rates written here (``PUBLISHED_USD``), without
+the ingest or pricing code, so the pipeline's results can be compared to the nano-dollar.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class Recorded:
 
     topic: str
     spans: list[Span]
+    #: What the workers price with (the shipped static table); ``expected`` never reads it.
     book: PriceBook
     expected: Expected
 
@@ -116,49 +117,73 @@ class Recorded:
 
 
 # --------------------------------------------------------------------------- independent pricing
-_TOKEN_RATES = (
-    ("input_tokens", "per_1m_input_tokens"),
-    ("output_tokens", "per_1m_output_tokens"),
-    ("cache_read_tokens", "per_1m_cache_read_tokens"),
-    ("cache_write_tokens", "per_1m_cache_write_tokens"),
-    ("cache_write_1h_tokens", "per_1m_cache_write_1h_tokens"),
+_M = 1_000_000
+
+#: USD per single billed unit and the service, for every key the app records (``mystery_api`` has
+#: none: unpriced). The app records at the current time, after DynamoDB's on-demand price cut of
+#: 2024-11-01, so one rate per key covers it (``price_nano`` refuses anything older).
+PUBLISHED_USD: dict[str, tuple[str, dict[str, Fraction]]] = {
+    # https://aws.amazon.com/dynamodb/pricing/on-demand/ : $0.125 per million read request units and
+    # $0.625 per million write request units (us-east-1, since 2024-11-01; $0.25 / $1.25 before)
+    "dynamodb_read": ("dynamodb", {"count": Fraction("0.125") / _M}),
+    "dynamodb_write": ("dynamodb", {"count": Fraction("0.625") / _M}),
+    # https://aws.amazon.com/s3/pricing/ : S3 Standard, $0.0004 per 1,000 GET and $0.005 per 1,000 PUT
+    # requests (us-east-1); the bytes moved within a region are not billed per request
+    "s3_get": ("s3", {"count": Fraction("0.0004") / 1000}),
+    "s3_put": ("s3", {"count": Fraction("0.005") / 1000}),
+    # https://aws.amazon.com/bedrock/pricing/ : Anthropic Claude 3 Haiku, $0.25 / $1.25 per million input /
+    # output tokens, cache reads $0.03 per million (also https://www.anthropic.com/pricing for Haiku 3)
+    "bedrock_claude_3_haiku": (
+        "bedrock",
+        {
+            "input_tokens": Fraction("0.25") / _M,
+            "output_tokens": Fraction("1.25") / _M,
+            "cache_read_tokens": Fraction("0.03") / _M,
+        },
+    ),
+}
+#: 2024-11-01 00:00 UTC, from when ``PUBLISHED_USD`` holds.
+PUBLISHED_SINCE_NS = 1_730_419_200 * 10**9
+
+# Units that make an item unpriced when they have no rate, and units billed only where they have one.
+_NEED_A_RATE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "gb_seconds",
 )
+_BILLED_IF_RATED = ("count", "bytes")
 
 
-def price_nano(book: PriceBook, item: UsageItem, at_ns: int) -> tuple[int | None, str]:
-    """(nano-dollars or None if unpriced, service) from the entry's published Decimal rates.
+def price_nano(item: UsageItem, at_ns: int) -> tuple[int | None, str]:
+    """(nano-dollars or None if unpriced, service) from ``PUBLISHED_USD``: no call into spendtrace's pricing.
 
     The documented rule: tokens and GB-seconds need a rate (else the item is unpriced); a request
-    count or bytes are billed only where the entry has a rate for them; an item with nothing billed
+    count or bytes are billed only where there is a rate for them; an item with nothing billed
     is unpriced. The exact USD amount is rounded once to nano-dollars, half to even.
     """
-    entry = book.entry_for(item.key, at_ns)
-    if entry is None:
+    if at_ns < PUBLISHED_SINCE_NS:
+        raise ValueError("the rates written here hold from 2024-11-01 on")
+    if item.key not in PUBLISHED_USD:
         return None, item.service
+    service, per_unit = PUBLISHED_USD[item.key]
+    service = item.service or service
     usd = Fraction(0)
     billed = False
-    if item.count and entry.per_request is not None:
-        usd += Fraction(item.count) * Fraction(entry.per_request)
-        billed = True
-    for units_name, rate_name in _TOKEN_RATES:
-        units = getattr(item, units_name)
-        if units:
-            rate = getattr(entry, rate_name)
-            if rate is None:
-                return None, item.service or entry.service
-            usd += Fraction(units) * Fraction(rate) / 1_000_000
+    for name in _NEED_A_RATE + _BILLED_IF_RATED:
+        units = getattr(item, name)
+        if not units:
+            continue
+        if name in per_unit:
+            usd += Fraction(units) * per_unit[name]
             billed = True
-    if item.bytes and entry.per_gb is not None:
-        usd += Fraction(item.bytes, 2**30) * Fraction(entry.per_gb)
-        billed = True
-    if item.gb_seconds:
-        if entry.per_gb_second is None:
-            return None, item.service or entry.service
-        usd += Fraction(item.gb_seconds) * Fraction(entry.per_gb_second)
-        billed = True
+        elif name in _NEED_A_RATE:
+            return None, service
     if not billed:
-        return None, item.service or entry.service
-    return round(usd * 10**9), item.service or entry.service  # Fraction rounds half to even
+        return None, service
+    return round(usd * 10**9), service  # Fraction rounds half to even
 
 
 @dataclass
@@ -179,7 +204,8 @@ class Expected:
     children: dict[str | None, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def compute(cls, spans: Sequence[Span], book: PriceBook) -> Expected:
+    def compute(cls, spans: Sequence[Span]) -> Expected:
+        """The answers for ``spans`` priced at ``PUBLISHED_USD``."""
         cost: dict[str, int] = {}
         unpriced: dict[str, int] = {}
         svc_cost: dict[str, dict[str, int]] = {}
@@ -187,7 +213,7 @@ class Expected:
             c = n = 0
             per_svc: dict[str, int] = defaultdict(int)
             for item in s.usage:
-                nano, service = price_nano(book, item, s.start_ns)
+                nano, service = price_nano(item, s.start_ns)
                 if nano is None:
                     n += 1
                 else:

@@ -17,8 +17,6 @@ import textwrap
 from decimal import Decimal
 from pathlib import Path
 
-from spendtrace.server.pricing import PriceBook
-
 INSTRUMENT_SETUP = """
 import spendtrace as cost_attribution
 cost_attribution.auto_instrument()   # patches boto3, openai, anthropic SDKs
@@ -227,20 +225,31 @@ def run_cli(cwd: Path, *args: str, stderr: str = "") -> str:
     return proc.stdout
 
 
-_RATES = PriceBook.default().current_rates()
 _M = Decimal(1_000_000)
+
+#: (USD per request, per 1M input tokens, per 1M output tokens) of every key the README examples use,
+#: from the providers' pages (us-east-1, on-demand). The scripts run now, after DynamoDB's 2024-11-01 cut.
+_RATES: dict[str, tuple[Decimal, Decimal, Decimal]] = {
+    # https://aws.amazon.com/dynamodb/pricing/on-demand/ : $0.125 / $0.625 per million read / write request units
+    "dynamodb_read": (Decimal("0.125") / _M, Decimal(0), Decimal(0)),
+    "dynamodb_write": (Decimal("0.625") / _M, Decimal(0), Decimal(0)),
+    # https://aws.amazon.com/s3/pricing/ : S3 Standard, $0.0004 per 1,000 GET requests
+    "s3_get": (Decimal("0.0004") / 1000, Decimal(0), Decimal(0)),
+    # https://aws.amazon.com/lambda/pricing/ : $0.20 per 1M requests
+    "aws_lambda_request": (Decimal("0.20") / _M, Decimal(0), Decimal(0)),
+    # https://aws.amazon.com/sqs/pricing/ : standard queues, $0.40 per million requests (64 KB chunks)
+    "sqs_send": (Decimal("0.40") / _M, Decimal(0), Decimal(0)),
+    # https://aws.amazon.com/bedrock/pricing/ : Claude 3 Haiku $0.25 / $1.25 per 1M input / output tokens;
+    # Titan Text Embeddings V2 $0.02 per 1M input tokens
+    "bedrock_claude_3_haiku": (Decimal(0), Decimal("0.25"), Decimal("1.25")),
+    "bedrock_titan_embed_text_v2": (Decimal(0), Decimal("0.02"), Decimal(0)),
+}
 
 
 def price_nano(key: str, count: float = 0, input_tokens: int = 0, output_tokens: int = 0) -> int:
-    """Nano-dollars for one usage item at the static rate, computed here from the rate table alone."""
-    e = _RATES[key]
-    usd = Decimal(0)
-    if e.per_request is not None:
-        usd += e.per_request * Decimal(str(count))
-    if e.per_1m_input_tokens is not None:
-        usd += e.per_1m_input_tokens * input_tokens / _M
-    if e.per_1m_output_tokens is not None:
-        usd += e.per_1m_output_tokens * output_tokens / _M
+    """Nano-dollars for one usage item at the rates written above (no call into spendtrace's pricing)."""
+    per_request, per_1m_input, per_1m_output = _RATES[key]
+    usd = per_request * Decimal(str(count)) + (per_1m_input * input_tokens + per_1m_output * output_tokens) / _M
     nano = usd * 1_000_000_000
     assert nano == nano.to_integral_value(), f"{key}: pick amounts with a whole nano-dollar cost, got {nano}"
     return int(nano)

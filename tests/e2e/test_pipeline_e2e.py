@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import DAY_NS, Expected, Recorded, db_count
+from pipeline_support import DAY_NS, Recorded, db_count, price_nano
 
 from consumers.config import WorkerConfig
 from consumers.worker import Worker
 from spendtrace import SQLiteStorage, get_feature_cost_breakdown, get_request_cost, get_request_subtree
+from spendtrace.schema import UsageItem
 from spendtrace.server.broker import EmbeddedBroker
 
 
@@ -173,10 +174,35 @@ def test_cost_trend_matches(ingested: Path, recorded: Recorded) -> None:
     assert sum(r["cost_nano"] for r in by_feature) == ai > 0
 
 
-def test_expected_is_independent_of_the_ingest_code(recorded: Recorded) -> None:
-    """The reference prices at least one item of every kind the app records with a non-zero cost."""
-    e: Expected = recorded.expected
-    kinds = {(i.key, bool(i.input_tokens), bool(i.bytes)) for s in e.spans.values() for i in s.usage}
-    assert ("bedrock_claude_3_haiku", True, False) in kinds
-    assert ("s3_put", False, True) in kinds
-    assert e.by_feature["checkout"]["unpriced"] > 0  # mystery_api stays unpriced, not $0
+#: One item of every kind the app records, and its cost in nano-dollars worked out from the provider
+#: pages quoted at ``pipeline_support.PUBLISHED_USD`` (None: unpriced).
+HAND_PRICED: tuple[tuple[UsageItem, int | None], ...] = (
+    (UsageItem("dynamodb_read", count=3.0), 375),  # 3 x $0.125/1M
+    (UsageItem("dynamodb_write", count=2.0), 1_250),  # 2 x $0.625/1M
+    (UsageItem("s3_get", count=1.0, bytes=4_100), 400),  # $0.0004/1000; bytes not billed
+    (UsageItem("s3_put", count=1.0, bytes=1 << 20), 5_000),  # $0.005/1000; bytes not billed
+    # 200 x $0.25/1M + 40 x $1.25/1M = $0.00005 + $0.00005; the call itself is not billed
+    (UsageItem("bedrock_claude_3_haiku", count=1.0, input_tokens=200, output_tokens=40), 100_000),
+    # 50 x $0.25/1M + 7 x $1.25/1M + 1,003 x $0.03/1M = 12,500 + 8,750 + 30,090
+    (UsageItem("bedrock_claude_3_haiku", count=1.0, input_tokens=50, output_tokens=7, cache_read_tokens=1003), 51_340),
+    (UsageItem("mystery_api", count=1.0), None),  # no published price: unpriced, never $0
+)
+
+
+def _kind(item: UsageItem) -> tuple[str, frozenset[str]]:
+    """A usage key with the names of its non-zero units."""
+    units = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "bytes")
+    return item.key, frozenset(u for u in units if getattr(item, u))
+
+
+def test_expected_prices_every_recorded_kind_at_numbers_written_here(recorded: Recorded) -> None:
+    """The reference the pipeline is checked against charges hand-worked figures for every kind of item recorded.
+
+    ``Expected`` reads no price book; this pins its rates (and the shipped table the workers use, through
+    the exact comparisons above) to the provider pages, so a wrong rate in either fails the suite.
+    """
+    at = recorded.spans[0].start_ns
+    assert [price_nano(item, at)[0] for item, _ in HAND_PRICED] == [nano for _, nano in HAND_PRICED]
+    recorded_kinds = {_kind(i) for s in recorded.spans for i in s.usage}
+    assert recorded_kinds == {_kind(item) for item, _ in HAND_PRICED}
+    assert recorded.expected.by_feature["checkout"]["unpriced"] > 0  # mystery_api stays unpriced, not $0

@@ -1,8 +1,10 @@
 """Test data for the query and CLI tests: request trees recorded as real Spans, stored through the real ingest.
 
-``build_dataset`` writes spans with ``prepare_batch`` + ``write_batch_sync``; ``Expect`` recomputes
-every number straight from the spans and the price book, so the queries are checked against an
-independent computation rather than against themselves.
+``store`` writes spans with ``prepare_batch`` + ``write_batch_sync``; ``Expect`` recomputes every
+number straight from the spans and the rates written below (``PUBLISHED``), by the pricing rule the
+product documents, reimplemented here. Nothing here calls ``spendtrace.server.pricing`` except to
+build a book to feed the store (``book_of``), so a wrong rate in the shipped table or a wrong
+rounding in the product makes the query tests fail.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from spendtrace.schema import Span, UsageItem
-from spendtrace.server.pricing import PriceBook, weighted_cost
+from spendtrace.server.pricing import PriceBook, PriceEntry
 from spendtrace.server.store.sqlite._dash import DIMS, GRAINS
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
@@ -102,9 +107,118 @@ def store(db_path: Path | str, spans: Iterable[Span], book: PriceBook, batch: in
         conn.close()
 
 
+# --------------------------------------------------------------------------- rates written here
+_M = 1_000_000
+
+
+@dataclass(frozen=True)
+class Rates:
+    """USD per single billed unit (``count``, ``input_tokens``, ...) and the service, per usage key.
+
+    ``since_ns``: the rates hold for spans starting at or after it (``Expect`` refuses older spans).
+    """
+
+    since_ns: int
+    usd: Mapping[str, tuple[str, Mapping[str, Fraction]]]
+
+    def scaled(self, factor: int) -> Rates:
+        """Every rate multiplied by ``factor``."""
+        return Rates(
+            self.since_ns,
+            {k: (svc, {u: r * factor for u, r in per.items()}) for k, (svc, per) in self.usd.items()},
+        )
+
+
+#: The providers' published rates for the keys ``make_spans`` uses (UNKNOWN_KEY has none: unpriced).
+#: ``make_spans`` puts every span within days of its ``now`` (2026 in the tests), after DynamoDB's
+#: on-demand price cut of 2024-11-01, so one rate per key covers the dataset.
+PUBLISHED = Rates(
+    since_ns=int(datetime(2024, 11, 1, tzinfo=UTC).timestamp()) * 1_000_000_000,
+    usd={
+        # https://aws.amazon.com/dynamodb/pricing/on-demand/ : $0.125 per million read request units
+        # (us-east-1, since 2024-11-01; $0.25 before)
+        "dynamodb_read": ("dynamodb", {"count": Fraction("0.125") / _M}),
+        # https://aws.amazon.com/bedrock/pricing/ : Anthropic Claude 3 Haiku, on-demand,
+        # $0.00025 per 1,000 input tokens and $0.00125 per 1,000 output tokens
+        "bedrock_claude_3_haiku": (
+            "bedrock",
+            {"input_tokens": Fraction("0.00025") / 1000, "output_tokens": Fraction("0.00125") / 1000},
+        ),
+        # https://aws.amazon.com/s3/pricing/ : S3 Standard requests, $0.0004 per 1,000 GET and
+        # $0.005 per 1,000 PUT (us-east-1)
+        "s3_get": ("s3", {"count": Fraction("0.0004") / 1000}),
+        "s3_put": ("s3", {"count": Fraction("0.005") / 1000}),
+    },
+)
+
+# The rule of spendtrace/server/pricing/_book.py, written again from its docstring: tokens and
+# GB-seconds need a rate (else the item is unpriced); a count or bytes adds only where there is a
+# rate for it, and an item with nothing billed is unpriced; the exact USD amount is rounded once
+# per item to nano-dollars, half to even; the span's weight multiplies each item's rounded cost,
+# exactly on the weight's binary value, again rounded half to even.
+_NEED_A_RATE = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "gb_seconds",
+)
+_BILLED_IF_RATED = ("count", "bytes")
+
+
+def item_nano(item: UsageItem, rates: Rates = PUBLISHED) -> tuple[int | None, str]:
+    """(unweighted nano-dollars, or None if unpriced; service) of one item at ``rates``."""
+    if item.key not in rates.usd:
+        return None, item.service
+    service, per_unit = rates.usd[item.key]
+    service = item.service or service
+    usd = Fraction(0)
+    billed = False
+    for name in _NEED_A_RATE + _BILLED_IF_RATED:
+        units = getattr(item, name)
+        if not units:
+            continue
+        if name in per_unit:
+            usd += Fraction(units) * per_unit[name]
+            billed = True
+        elif name in _NEED_A_RATE:
+            return None, service
+    if not billed:
+        return None, service
+    return round(usd * 1_000_000_000), service  # Fraction rounds half to even
+
+
+def weighted_nano(weight: float, unweighted: int) -> int:
+    """An item's cost under a sampling weight: ``weight * cost`` exactly, rounded half to even."""
+    return round(Fraction(weight) * unweighted)
+
+
+#: ``PriceEntry`` field and its unit (per request, per 1M tokens) for each ``UsageItem`` field ``book_of`` knows.
+_ENTRY_FIELDS = {
+    "count": ("per_request", 1),
+    "input_tokens": ("per_1m_input_tokens", _M),
+    "output_tokens": ("per_1m_output_tokens", _M),
+}
+
+
+def book_of(rates: Rates) -> PriceBook:
+    """A price book charging ``rates``, to feed the store with (``Expect`` never reads a book)."""
+    entries = []
+    for key, (service, per_unit) in rates.usd.items():
+        kw: dict[str, Decimal] = {}
+        for unit, rate in per_unit.items():
+            name, scale = _ENTRY_FIELDS[unit]
+            published = rate * scale
+            kw[name] = Decimal(published.numerator) / Decimal(published.denominator)
+            assert kw[name] == published, (key, unit)  # exact: every rate here is a short decimal
+        entries.append(PriceEntry(key, service, **kw))  # type: ignore[arg-type]
+    return PriceBook(entries, name="test rates")
+
+
 @dataclass
 class Priced:
-    """One span with its cost recomputed from the price book."""
+    """One span with its cost recomputed from the rates."""
 
     span: Span
     cost: int
@@ -115,23 +229,25 @@ class Priced:
 
 @dataclass
 class Expect:
-    """Every expected number, computed from the spans and the price book only."""
+    """Every expected number, computed from the spans and ``rates`` only."""
 
     spans: list[Span]
-    book: PriceBook
+    rates: Rates = PUBLISHED
     priced: list[Priced] = field(init=False)
 
     def __post_init__(self) -> None:
         self.priced = []
         for s in self.spans:
+            if s.usage and s.start_ns < self.rates.since_ns:
+                raise ValueError(f"span {s.span_id} starts before the rates written here apply")
             cost = unw = unpriced = 0
             services: dict[str, int] = defaultdict(int)
             for item in s.usage:
-                c, _, svc = self.book.price_item(item, s.start_ns)
+                c, svc = item_nano(item, self.rates)
                 if c is None:
                     unpriced += 1
                     continue
-                wc = weighted_cost(s.weight, c)
+                wc = weighted_nano(s.weight, c)
                 cost += wc
                 unw += c
                 services[svc] += wc

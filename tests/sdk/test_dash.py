@@ -34,7 +34,7 @@ def db(tmp_path: Path) -> tuple[Path, Expect]:
     spans = make_spans(NOW, n_requests=80, seed=5)
     book = PriceBook.default()
     store(path, spans, book)
-    return path, Expect(spans, book)
+    return path, Expect(spans)
 
 
 def test_ingest_keeps_dash_equal_to_rollups(db: tuple[Path, Expect]) -> None:
@@ -134,9 +134,7 @@ def test_first_write_to_an_old_file_builds_the_dash_tables(db: tuple[Path, Expec
     assert _mismatches(old) == []
     with SQLiteStorage(old) as s:
         assert s._dash
-        assert s.total()["cost_nano"] == sum(p.cost for p in expect.priced) + sum(
-            p.cost for p in Expect(later, expect.book).priced
-        )
+        assert s.total()["cost_nano"] == sum(p.cost for p in expect.priced) + sum(p.cost for p in Expect(later).priced)
 
 
 def test_old_bounds_round_to_the_hour_once_minutes_age_out(db: tuple[Path, Expect]) -> None:
@@ -167,9 +165,9 @@ def test_storage_opened_before_the_first_write_switches_to_dash(tmp_path: Path) 
     """A storage opened on a new, empty file reads the wide rollups, then the dashboard ones once a writer made them."""
     path = tmp_path / "new.db"
     spans = make_spans(NOW, n_requests=20, seed=3)
-    expect = Expect(spans, PriceBook.default())
+    expect = Expect(spans)
     with SQLiteStorage(path) as s:
         assert s.total()["cost_nano"] == 0 and not s._dash
-        store(path, spans, expect.book)
+        store(path, spans, PriceBook.default())
         assert s.total()["cost_nano"] == sum(p.cost for p in expect.priced)
         assert s._dash

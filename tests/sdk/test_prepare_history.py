@@ -9,7 +9,7 @@ import pytest
 
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.ingest.prepare import prepare_batch
-from spendtrace.server.pricing import PriceBook, weighted_cost
+from spendtrace.server.pricing import PriceBook
 from spendtrace.server.pricing._entry import PriceEntry
 
 _CHANGE = date(2026, 6, 1)
@@ -37,9 +37,12 @@ def test_spans_before_and_after_a_price_change_interleaved_get_their_own_entry(w
         Span(f"s{i}", None, f"r{i}", "f", start_ns=t, weight=weight, usage=(item, flat), path=("f",))
         for i, t in enumerate(starts * 2)
     ]
+    # in nano-dollars, from the rates in _book(): 2 lookups + 1 flat, times the weight
+    old_rate = (2 * 1_000 + 2_000) * int(weight)  # before the change: $0.000001 per lookup
+    new_rate = (2 * 3_000 + 2_000) * int(weight)  # from 2026-06-01: $0.000003 per lookup
     batch = prepare_batch(spans, book)
     for span, row in zip(spans, batch.span_rows, strict=True):
-        expected = sum(weighted_cost(weight, book.price(u, span.start_ns)[0] or 0) for u in span.usage)
+        expected = new_rate if span.start_ns >= _CHANGE_NS else old_rate
         assert row[15] == expected, (span.start_ns, row[15], expected)
     costs = {row[7]: row[15] for row in batch.span_rows}
-    assert costs[_CHANGE_NS - 1] < costs[_CHANGE_NS]  # the change really shows in the data
+    assert (costs[_CHANGE_NS - 1], costs[_CHANGE_NS]) == (old_rate, new_rate)

@@ -1,4 +1,4 @@
-"""The query layer against an independent computation from recorded spans and the price book."""
+"""The query layer against an independent computation from recorded spans and rates written in the tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from _query_fixtures import DAY_NS, INJECTION, MARKUP, NANO, UNKNOWN_KEY, Expect, make_spans, store
+from _query_fixtures import DAY_NS, INJECTION, MARKUP, NANO, UNKNOWN_KEY, Expect, item_nano, make_spans, store
 
 import spendtrace
 from spendtrace.schema import Span, UsageItem
@@ -31,7 +31,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Expect]:
     book = PriceBook.default()
     spans = make_spans(NOW)
     store(path, spans, book)
-    return path, Expect(spans, book)
+    return path, Expect(spans)
 
 
 @pytest.fixture(scope="module")
@@ -382,8 +382,8 @@ def _span(sid: str, feature: str, t: int, count: float = 2.0, parent: str | None
 def test_live_views_and_change_check(db_path: Path) -> None:
     """Per-minute series, spend rate, ingest counters, dead letters and ``data_version`` follow new commits."""
     book = PriceBook.default()
-    unit = book.price_item(UsageItem("dynamodb_read", count=2.0), NOW)[0]
-    assert unit
+    unit = 250  # two DynamoDB read units at $0.125 per million (PUBLISHED in _query_fixtures), in nano-dollars
+    assert item_nano(UsageItem("dynamodb_read", count=2.0)) == (unit, "dynamodb")
     storage = SQLiteStorage(db_path)
     try:
         v0 = storage.data_version()
@@ -453,7 +453,7 @@ def test_readme_observe_flow_sees_spans_recorded_in_process(db_path: Path, tmp_p
     finally:
         _config.reset()
         set_db_path(None)  # configure(db=...) also set the process default
-    unit = PriceBook.default().price_item(UsageItem("dynamodb_read", count=3.0), NOW)[0]
-    assert unit is not None
+    unit = 375  # three DynamoDB read units at $0.125 per million (PUBLISHED in _query_fixtures), in nano-dollars
+    assert item_nano(UsageItem("dynamodb_read", count=3.0)) == (unit, "dynamodb")
     assert [(r["feature"], r["transaction_count"]) for r in rows] == [("search", 5)]
     assert rows[0]["cost_nano"] == 5 * unit and rows[0]["service_costs_nano"] == {"dynamodb": 5 * unit}

@@ -28,7 +28,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Expect]:
     spans = make_spans(NOW, n_requests=60, seed=11)
     book = PriceBook.default()
     store(path, spans, book)
-    return str(path), Expect(spans, book)
+    return str(path), Expect(spans)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
