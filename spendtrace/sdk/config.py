@@ -337,7 +337,7 @@ def reset(timeout: float = 5.0) -> None:
     """Shut down the current configuration and return to the state at import (used by tests).
 
     The next recorded span installs the default configuration again; the default circuit
-    breaker is restored.
+    breaker and the default database path (``configure(db=...)`` set it) are restored.
     """
     global _processor, _after_shutdown_drops
     with _lock:
@@ -349,6 +349,7 @@ def reset(timeout: float = 5.0) -> None:
         _pipeline.restore_default()
         _after_shutdown_drops = 0
         set_circuit_breaker(default_circuit_breaker())
+        _settings.set_db_path(None)
 
 
 def get_stats() -> ExporterStats:
