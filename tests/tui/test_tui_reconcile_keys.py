@@ -19,6 +19,7 @@ import pytest
 from _tui_helpers import SIZE, settle, until
 from textual.pilot import Pilot
 from textual.widget import Widget
+from textual.widgets import Input
 
 from tui.app import SpendtraceApp
 from tui.screens.dimension import LiveScreen
@@ -219,3 +220,26 @@ def _restatement_factors(db: Path) -> list[float]:
         return [f for (f,) in conn.execute("SELECT factor FROM restatements WHERE undone_ns IS NULL ORDER BY id")]
     finally:
         conn.close()
+
+
+async def test_esc_leaves_a_form_field_and_the_global_keys_work_again(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """In a date field digits are text; after Esc, '1' switches to Live as on every other screen."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, ReconcileScreen)
+        for _ in range(3):
+            if _focused(app) == "Input#start":
+                break
+            await pilot.press("tab")
+        assert _focused(app) == "Input#start"
+        await _type_into_focused(pilot, "2026-01-0")
+        await pilot.press("1")  # typed into the field
+        assert app.screen is screen and screen.query_one("#start", Input).value == "2026-01-01"
+        await pilot.press("escape")
+        assert not _focused(app).startswith("Input#")
+        await pilot.press("1")
+        await settle(app, pilot)
+        assert isinstance(app.screen, LiveScreen)

@@ -121,7 +121,16 @@ class DataScreen(Screen[None]):
                 event.input.add_class("hidden")
 
     def action_back(self) -> None:
-        """Esc: clear an active filter first, otherwise leave a pushed screen."""
+        """Esc: leave a form field, clear an active filter, otherwise leave a pushed screen."""
+        focused = self.focused
+        if isinstance(focused, Input) and focused.id != "filter":
+            # out of the field (the Reconciliation dates and path), so the global keys work again
+            table = self.active_table()
+            if table is not None:
+                table.focus()
+            else:
+                self.set_focus(None)
+            return
         box = self.query_one("#filter", Input)
         if box.value or not box.has_class("hidden"):
             box.value = ""
