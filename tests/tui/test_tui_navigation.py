@@ -280,3 +280,28 @@ async def test_build_is_repeatable(db_path: Path, fixed_now_ns: int) -> None:
     a = build(db_path, fixed_now_ns)
     b = build(db_path.with_name("other.db"), fixed_now_ns)
     assert a == b
+
+
+async def test_requests_filter_searches_what_the_rows_show_and_the_count_follows(  # type: ignore[no-untyped-def]
+    tui_db: Path, make_app
+) -> None:
+    """On Requests, '/' matches endpoint and tenant too; the subtitle says 'K of N rows' while filtering."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        table = app.screen.query_one("#main", KeyedTable)
+        rows = {k: dict(zip(table.specs, table.row_values(k), strict=True)) for k in table.ordered_keys()}
+        total = len(rows)
+        assert f"{total} rows" in screen_text(app)
+        batch = sorted(k for k, r in rows.items() if r["endpoint"] == "/api/batch")
+        assert 0 < len(batch) < total
+        await pilot.press("slash", *"/api/batch")
+        assert sorted(table.ordered_keys()) == batch
+        assert f"{len(batch)} of {total} rows" in screen_text(app)
+        await pilot.press("escape")
+        globex = sorted(k for k, r in rows.items() if r["tenant"] == "tenant-globex")
+        await pilot.press("slash", *"GLOBEX")  # case-insensitive, on the tenant column
+        assert sorted(table.ordered_keys()) == globex
+        await pilot.press("escape")
+        assert len(table.ordered_keys()) == total and f"{total} rows" in screen_text(app)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 
 from spendtrace.server.model.dashboard import RequestRow
 from spendtrace.server.store.base import DashboardReads
@@ -68,7 +68,7 @@ class RequestsScreen(DataScreen):
         super().on_mount()
         self._subtitle(0)
 
-    def _subtitle(self, n: int) -> None:
+    def _subtitle(self, n: int | str) -> None:
         t = Text(" requests", style="bold")
         t.append("  show ", style="dim")
         for o, label in (("recent", "most recent"), ("cost", "most expensive")):
@@ -91,8 +91,20 @@ class RequestsScreen(DataScreen):
 
     def apply(self, data: list[RequestRow]) -> None:
         table = self.query_one("#main", KeyedTable)
-        table.sync_lazy(((r.request_id, r, partial(request_cells, r)) for r in data), search=lambda k: k)
-        self._subtitle(len(data))
+        # '/' searches what a row shows: its id, endpoint, tenant and feature
+        shown = {r.request_id: "\x1f".join((r.request_id, r.endpoint, r.user_id, r.root_feature)) for r in data}
+        table.sync_lazy(((r.request_id, r, partial(request_cells, r)) for r in data), search=shown.__getitem__)
+        self._count()
+
+    def _count(self) -> None:
+        """The subtitle's row count follows the filter: 'N rows', or 'K of N rows' while filtering."""
+        visible, total = self.query_one("#main", KeyedTable).counts()
+        self._subtitle(f"{visible} of {total}" if visible != total else total)
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        super().on_input_changed(event)
+        if event.input.id == "filter":
+            self._count()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

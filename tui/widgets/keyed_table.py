@@ -252,6 +252,10 @@ class KeyedTable(FastDataTable):
 
     # -- export ---------------------------------------------------------------------------------
 
+    def counts(self) -> tuple[int, int]:
+        """(rows the filter shows, rows of the last sync)."""
+        return len(self._visible()), len(self._rows)
+
     def ordered_keys(self) -> list[str]:
         """Visible row keys in display order."""
         return [str(r.key.value) for r in self.ordered_rows]
