@@ -22,13 +22,18 @@ def add_rule(
     threshold_usd: float,
     window_hours: float,
     webhook: str | None,
+    kind: str = "threshold",
+    period: str = "month",
+    factor: float = 3.0,
 ) -> str:
-    """Create (or replace) a threshold rule: spend over ``window_hours`` above ``threshold_usd``."""
-    from spendtrace.server.alerts.rules import set_alert
+    """Create (or replace) a rule: ``threshold`` (spend over ``window_hours`` above ``threshold_usd``),
+    ``budget`` (``threshold_usd`` per ``period``) or ``rate`` (the last hour ``factor`` times its usual
+    level, once it is at least ``threshold_usd``)."""
+    from spendtrace.server.alerts.rules import set_alert, set_budget, set_rate_alert
 
     if scope != "total" and not scope_value:
         raise ValueError(f"a {scope} rule needs a {scope} name")
-    kwargs: dict[str, Any] = {"threshold": threshold_usd, "window_hours": window_hours, "db_path": str(db_path)}
+    kwargs: dict[str, Any] = {"db_path": str(db_path)}
     if scope == "total":
         kwargs["total"] = True
     else:
@@ -37,8 +42,15 @@ def add_rule(
         kwargs["webhook"] = webhook
     if name:
         kwargs["name"] = name
-    set_alert(**kwargs)
-    return f"alert rule {name or scope_value or 'total'} saved"
+    if kind == "budget":
+        set_budget(threshold_usd, period, **kwargs)  # type: ignore[arg-type]
+    elif kind == "rate":
+        set_rate_alert(factor, min_spend=threshold_usd, **kwargs)
+    elif kind == "threshold":
+        set_alert(threshold=threshold_usd, window_hours=window_hours, **kwargs)
+    else:
+        raise ValueError(f"unknown rule kind {kind!r}")
+    return f"{kind} rule {name or scope_value or 'total'} saved"
 
 
 def remove_rule(db_path: Path, name: str) -> str:

@@ -26,7 +26,7 @@ async def test_add_and_remove_alert_rule_from_keyboard(tui_db: Path, make_app) -
         assert isinstance(app.screen, AlertsScreen)
         await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
-        await pilot.press(*"search-spike", "tab", "tab")  # name, then past the scope select
+        await pilot.press(*"search-spike", "tab", "tab", "tab")  # name, then past the kind and scope selects
         await pilot.press(*"search", "tab", *"0.5", "tab")
         window = app.screen.query_one("#window", Input)
         window.value = "6"
@@ -58,13 +58,39 @@ async def test_rule_form_rejects_bad_input(tui_db: Path, make_app) -> None:  # t
         await settle(app, pilot)
         await pilot.press("a")
         await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
-        await pilot.press(*"bad", "tab", "tab", *"search", "tab", *"-1", "enter")
+        await pilot.press(*"bad", "tab", "tab", "tab", *"search", "tab", *"-1", "enter")
         await pilot.pause()
         assert isinstance(app.screen, AddRuleModal)
         assert "threshold" in screen_text(app)
         await pilot.press("escape")
         assert isinstance(app.screen, AlertsScreen)
         assert all(r.name != "bad" for r in list_alerts(tui_db))
+
+
+async def test_budget_and_rate_rules_from_the_form(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """The form's Kind makes budget and rate rules too, on a tenant (the UI's name for user_id)."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await settle(app, pilot)
+        for kind_steps, name, amount, extra in (
+            (["down", "enter"], "acme-budget", "250", ()),  # Threshold -> Budget
+            (["down", "down", "enter"], "acme-spike", "2", ("tab", "end", "ctrl+u", "4")),  # -> Rate, factor 4
+        ):
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
+            await pilot.press(*name, "tab", "enter", *kind_steps)  # the Kind select
+            await pilot.press("tab", "enter", "down", "enter")  # the Scope select: Feature -> Tenant
+            await pilot.press("tab", *"tenant-acme", "tab", "end", "ctrl+u", *amount)
+            await pilot.press(*extra)
+            await pilot.press("enter")
+            await until(pilot, lambda n=name: any(r.name == n for r in list_alerts(tui_db)), f"{name} stored")
+        rules = {r.name: r for r in list_alerts(tui_db)}
+        budget, rate = rules["acme-budget"], rules["acme-spike"]
+        assert (budget.kind, budget.scope, budget.scope_value) == ("budget", "user", "tenant-acme")
+        assert budget.threshold_nano == 250 * 10**9 and budget.params["period"] == "month"
+        assert (rate.kind, rate.scope, rate.scope_value) == ("rate", "user", "tenant-acme")
+        assert rate.params["factor"] == 4.0 and rate.params["min_spend_nano"] == 2 * 10**9
 
 
 def _ce_response(path: Path) -> Path:

@@ -159,11 +159,14 @@ class AlertsScreen(DataScreen):
                 threshold_usd=form.threshold_usd,
                 window_hours=form.window_hours,
                 webhook=form.webhook or None,
+                kind=form.kind,
+                period=form.period,
+                factor=form.factor,
             )
         except Exception as exc:
             app.call_from_thread(self.notify, f"could not save the rule: {exc}", severity="error", markup=False)
             return
-        app.call_from_thread(self.notify, f"{msg} (threshold {money(form.threshold_usd * 1e9)})", markup=False)
+        app.call_from_thread(self.notify, f"{msg} ({money(form.threshold_usd * 1e9)})", markup=False)
         app.call_from_thread(app.request_refresh, True)
 
     def action_remove_rule(self) -> None:
