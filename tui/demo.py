@@ -36,6 +36,8 @@ class Demo:
         self.procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
         self._keep_db = db is not None
+        #: set when a background process died, so ``stop`` leaves its log for the user to read
+        self.keep_logs = False
 
     @property
     def bootstrap(self) -> str:
@@ -88,8 +90,19 @@ class Demo:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
-        if not self._keep_db:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        if self.keep_logs:
+            if self._keep_db:  # the database lives elsewhere: only the logs are left here
+                return
+            (self._tmp / "demo.db").unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):
+                (self._tmp / f"demo.db{suffix}").unlink(missing_ok=True)
+            return
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the broker, worker and shop write their logs (removed by ``stop`` unless ``keep_logs``)."""
+        return self._tmp
 
     def __enter__(self) -> Demo:
         return self.start()
@@ -110,7 +123,10 @@ def run_demo(
         app = SpendtraceApp(demo.db_path, bootstrap=demo.bootstrap, refresh_interval=refresh)
         app.run()
         dead = demo.check()
+        demo.keep_logs = bool(dead)
     if dead:
-        print(f"spendtrace demo: {', '.join(dead)} had stopped early", file=sys.stderr)
+        print(
+            f"spendtrace demo: {', '.join(dead)} had stopped early; logs kept in {demo.log_dir}", file=sys.stderr
+        )
     print("spendtrace demo: stopped everything it started", file=sys.stderr)
     return 0

@@ -13,7 +13,9 @@ def test_spendtrace_demo_one_command(session: str, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("spendtrace")
     base = str(exe) if exe.exists() else f"{sys.executable} -m spendtrace"
     db = tmp_path / "demo.db"
-    cmd = f"env -u COLUMNS -u LINES {base} demo --spike-after 2 --rate 30 --demo-db {db}"
+    scratch = tmp_path / "tmp"  # the demo's temporary folder (logs) goes here, so the test can see it removed
+    scratch.mkdir()
+    cmd = f"env -u COLUMNS -u LINES TMPDIR={scratch} {base} demo --spike-after 2 --rate 30 --demo-db {db}"
     _tmux("new-session", "-d", "-s", session, "-x", "160", "-y", "40", f"{cmd}; echo EXITED-$?; sleep 60")
     live = _wait_for(session, "ai_recommendations", timeout=90)
     assert "Direct" in live and "broker 127.0.0.1:" in live
@@ -26,3 +28,4 @@ def test_spendtrace_demo_one_command(session: str, tmp_path: Path) -> None:
     done = _wait_for(session, "EXITED-0", timeout=60)
     assert "stopped everything it started" in done
     assert db.exists()
+    assert not any(scratch.glob("spendtrace-demo-*")), "the demo left its log folder behind"
