@@ -12,8 +12,8 @@ from textual.widgets import Static
 
 from spendtrace.server.model.dashboard import TreeNode
 from spendtrace.server.store.base import DashboardReads
-from tui.format import money
-from tui.widgets.call_tree import CallTree
+from tui.format import duration, money, utc
+from tui.widgets.call_tree import CallTree, request_window
 from tui.widgets.footer import KeyFooter
 from tui.widgets.status import StatusHeader
 
@@ -47,6 +47,17 @@ class RequestTreeScreen(Screen[None]):
         spans = _count(self.roots)
         t = Text(" request ", style="dim")
         t.append(self.request_id, style="bold")
+        root = self.roots[0] if self.roots else None
+        if root is not None:  # what the request was: the root span says (names kept literal)
+            if root.endpoint:
+                t.append("  ")
+                t.append(root.endpoint, style="bold")
+            if root.user_id:
+                t.append("   tenant ", style="dim")
+                t.append(root.user_id, style="bold")
+            window = request_window(self.roots)
+            if window is not None:
+                t.append(f"   {utc(window[0])}  took {duration(window[1] - window[0])}", style="dim")
         t.append(f"   {spans} spans   total ", style="dim")
         t.append(money(total), style="bold #ffd75f")
         if not self.roots:

@@ -146,6 +146,8 @@ class TreeNode:
     unpriced: int
     usage: list[UsageLine]
     children: list[TreeNode] = field(default_factory=list)
+    endpoint: str = ""
+    user_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +351,7 @@ def parse_usage(raw: str | None) -> list[UsageLine]:
 
 def build_tree(rows: Iterable[Sequence[Any]]) -> list[TreeNode]:
     """Link spans (span_id, parent_id, feature, operation, start_ns, duration_ns, error, error_type,
-    usage, cost_nano, unpriced) into trees and add up subtree costs; orphans become roots."""
+    usage, cost_nano, unpriced[, endpoint, user_id]) into trees and add up subtree costs; orphans become roots."""
     nodes: dict[str, TreeNode] = {}
     order: list[TreeNode] = []
     for r in rows:
@@ -367,6 +369,8 @@ def build_tree(rows: Iterable[Sequence[Any]]) -> list[TreeNode]:
             subtree_nano=0,
             unpriced=int(r[10]),
             usage=parse_usage(r[8]),
+            endpoint=(r[11] or "") if len(r) > 11 else "",
+            user_id=(r[12] or "") if len(r) > 12 else "",
         )
         nodes[n.span_id] = n
         order.append(n)

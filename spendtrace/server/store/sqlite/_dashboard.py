@@ -221,7 +221,7 @@ class SQLiteDashboard:
         """The call tree(s) of one request, with subtree costs (empty if the request is unknown)."""
         rows = await self._all(
             "SELECT span_id, parent_id, feature, operation, start_ns, duration_ns, error, error_type, usage,"
-            " cost_nano, unpriced FROM spans WHERE request_id = ? ORDER BY start_ns, span_id",
+            " cost_nano, unpriced, endpoint, user_id FROM spans WHERE request_id = ? ORDER BY start_ns, span_id",
             (request_id,),
         )
         return build_tree(rows)
