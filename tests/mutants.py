@@ -125,8 +125,8 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             (
                 "tui/widgets/keyed_table.py",
-                'w.writerow(["" if v is None else v for v in self.row_values(key)])',
-                'w.writerow([("" if v is None else v) if i < 2 else 0 for i, v in enumerate(self.row_values(key))])',
+                "w.writerow(self.export_values(key))",
+                'w.writerow([v if i < 2 else "0" for i, v in enumerate(self.export_values(key))])',
             ),
         ),
         ("tests/tui/test_tui_export_values.py",),

@@ -1,5 +1,8 @@
 """ctrl+s exports: every cell of the CSV against the table it came from and against the store's own numbers.
 
+Money is exported as exact dollars (``*_usd`` columns), shares as percentages (``share_pct``), and
+the sparkline column is left out.
+
 The navigation test checks the header and one Direct value; a CSV with the right keys and a right
 first column but zeros (or anything else) in the other columns passed it.
 """
@@ -7,6 +10,7 @@ first column but zeros (or anything else) in the other columns passed it.
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +37,24 @@ async def _export(app: Any, pilot: Any, key: str) -> tuple[list[list[str]], Keye
     return rows, app.screen.query_one("#main", KeyedTable)
 
 
-def _as_written(value: object) -> str:
-    """What csv.writer writes for a raw cell value (None is written as an empty field)."""
-    return "" if value is None else str(value)
+def _as_written(spec: Any, value: object) -> str | None:
+    """What the export writes for a raw cell of ``spec``'s column (None: the column is not exported)."""
+    if spec.unit == "skip":
+        return None
+    if value is None:
+        return ""
+    if spec.unit == "usd":
+        return f"{(Decimal(value) / 10**9).normalize():f}" if isinstance(value, int) else str(value)
+    if spec.unit == "pct":
+        return f"{Decimal(repr(float(value) * 100)).quantize(Decimal('0.0001'))}"
+    return str(value)
+
+
+def usd(cell: str) -> int:
+    """An exported dollar amount back in nano-dollars, exactly (it must be a whole number of them)."""
+    nano = Decimal(cell) * 10**9
+    assert nano == nano.to_integral_value(), cell
+    return int(nano)
 
 
 def _by_name(rows: list[list[str]]) -> dict[str, dict[str, str]]:
@@ -49,11 +68,15 @@ async def test_every_exported_cell_is_the_tables_raw_value(tui_db: Path, make_ap
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
         rows, table = await _export(app, pilot, key)
-        assert rows[0] == [spec.label for spec in table.specs.values()]
+        specs = [s for s in table.specs.values() if s.unit != "skip"]
+        assert rows[0] == [s.csv_header for s in specs]
+        assert "last_60_min" not in rows[0] and any(h.endswith("_usd") for h in rows[0]) and "share_pct" in rows[0]
         assert [r[0] for r in rows[1:]] == table.ordered_keys()
         assert len(rows) > 2 and len(rows[0]) > 8  # several rows, several service columns
         for row in rows[1:]:
-            assert row == [_as_written(v) for v in table.row_values(row[0])], row[0]
+            raw = dict(zip(table.specs, table.row_values(row[0]), strict=True))
+            want = [_as_written(s, raw[s.key]) for s in specs]
+            assert row == want, row[0]
 
 
 async def test_live_export_matches_the_stores_numbers(tui_db: Path, make_app, fixed_now_ns: int) -> None:  # type: ignore[no-untyped-def]
@@ -62,7 +85,7 @@ async def test_live_export_matches_the_stores_numbers(tui_db: Path, make_app, fi
     async with app.run_test(size=SIZE) as pilot:
         rows, _ = await _export(app, pilot, "1")
     exported = _by_name(rows)
-    services = rows[0][rows[0].index("Unpr") + 1 :]
+    services = [h.removesuffix("_usd") for h in rows[0][rows[0].index("unpriced") + 1 :]]
     with SQLiteStorage(tui_db) as storage:
         direct = {r["feature"]: r for r in storage.aggregate_by_feature()}
         loaded = {r["feature"]: r["fully_loaded_cost_nano"] for r in storage.get_feature_cost_breakdown()}
@@ -73,16 +96,15 @@ async def test_live_export_matches_the_stores_numbers(tui_db: Path, make_app, fi
     assert set(exported) == set(direct)
     for feature, cells in exported.items():
         want = direct[feature]
-        assert int(cells["Direct"]) == want["cost_nano"], feature
-        assert int(cells["Loaded"]) == loaded[feature], feature
-        assert int(cells["Last hour"]) == last_hour.get(feature, 0), feature
-        assert sum(int(v) for v in cells["Last 60 min"].split(",")) == int(cells["Last hour"]), feature
-        assert float(cells["Calls"]) == want["calls"], feature
-        assert float(cells["Share"]) == pytest.approx(want["cost_nano"] / total, rel=1e-12), feature
-        assert int(cells["Err"]) == want["error_count"], feature
-        assert int(cells["Unpr"]) == want["unpriced_count"], feature
+        assert usd(cells["direct_cost_usd"]) == want["cost_nano"], feature
+        assert usd(cells["fully_loaded_cost_usd"]) == loaded[feature], feature
+        assert usd(cells["last_hour_usd"]) == last_hour.get(feature, 0), feature
+        assert float(cells["calls"]) == want["calls"], feature
+        assert float(cells["share_pct"]) == pytest.approx(100 * want["cost_nano"] / total, abs=1e-4), feature
+        assert int(cells["errors"]) == want["error_count"], feature
+        assert int(cells["unpriced"]) == want["unpriced_count"], feature
         for service in services:
-            assert int(cells[service]) == want["service_costs_nano"].get(service, 0), (feature, service)
+            assert usd(cells[f"{service}_usd"]) == want["service_costs_nano"].get(service, 0), (feature, service)
 
 
 async def test_tenants_export_matches_the_stores_numbers(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
@@ -91,15 +113,15 @@ async def test_tenants_export_matches_the_stores_numbers(tui_db: Path, make_app)
     async with app.run_test(size=SIZE) as pilot:
         rows, _ = await _export(app, pilot, "2")
     exported = _by_name(rows)
-    services = rows[0][rows[0].index("Unpr") + 1 :]
+    services = [h.removesuffix("_usd") for h in rows[0][rows[0].index("unpriced") + 1 :]]
     with SQLiteStorage(tui_db) as storage:
         users = {r["user_id"]: r for r in storage.aggregate_by_user()}
     assert set(exported) == set(users)
     for tenant, cells in exported.items():
         want = users[tenant]
-        assert int(cells["Cost"]) == want["cost_nano"], tenant
-        assert int(cells["Requests"]) == want["request_count"], tenant
-        assert int(cells["Err"]) == want["error_count"], tenant
-        assert int(cells["Unpr"]) == want["unpriced_count"], tenant
+        assert usd(cells["cost_usd"]) == want["cost_nano"], tenant
+        assert int(cells["requests"]) == want["request_count"], tenant
+        assert int(cells["errors"]) == want["error_count"], tenant
+        assert int(cells["unpriced"]) == want["unpriced_count"], tenant
         for service in services:
-            assert int(cells[service]) == want["service_costs_nano"].get(service, 0), (tenant, service)
+            assert usd(cells[f"{service}_usd"]) == want["service_costs_nano"].get(service, 0), (tenant, service)

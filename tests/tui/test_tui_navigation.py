@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 from pathlib import Path
 
 from _snap import screen_text
@@ -176,7 +177,7 @@ async def test_filter_and_escape(tui_db: Path, make_app) -> None:  # type: ignor
 
 
 async def test_export_csv_and_copy(tui_db: Path, make_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """ctrl+s writes the visible table as CSV (raw values) and says where; y copies the selected row."""
+    """ctrl+s writes the visible table as CSV (dollars, percentages) and says where; y copies the selected row."""
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
@@ -185,9 +186,10 @@ async def test_export_csv_and_copy(tui_db: Path, make_app, tmp_path: Path) -> No
         assert path is not None and path.parent == tmp_path / "exports"
         with path.open(encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
-        assert rows[0][:3] == ["Feature", "Direct", "Loaded"]
+        assert rows[0][:3] == ["feature", "direct_cost_usd", "fully_loaded_cost_usd"]
         assert [r[0] for r in rows[1:]] == _keys(app)
-        assert int(rows[1][1]) == app.screen.query_one("#main", KeyedTable).row_values("summarise")[1]
+        nano = app.screen.query_one("#main", KeyedTable).row_values("summarise")[1]
+        assert Decimal(rows[1][1]) == Decimal(nano) / 10**9  # exact dollars, not nano-dollars
         assert any(str(path) in n.message for n in app._notifications)
         app.screen.query_one("#main", KeyedTable).focus()
         await pilot.press("j", "y")

@@ -23,16 +23,18 @@ _WINDOW_ORDER = list(WINDOWS)
 def _columns(dimension: str) -> list[ColumnSpec]:
     name = {"feature": "Feature", "user": "Tenant", "endpoint": "Endpoint"}[dimension]
     cols = [ColumnSpec("name", name, 28, "f", numeric=False, justify="left")]
-    cols.append(ColumnSpec("cost", "Direct" if dimension == "feature" else "Cost", 12, "c"))
     if dimension == "feature":
-        cols.append(ColumnSpec("loaded", "Loaded", 12, "l"))
+        cols.append(ColumnSpec("cost", "Direct", 12, "c", unit="usd", csv="direct_cost_usd"))
+        cols.append(ColumnSpec("loaded", "Loaded", 12, "l", unit="usd", csv="fully_loaded_cost_usd"))
+    else:
+        cols.append(ColumnSpec("cost", "Cost", 12, "c", unit="usd", csv="cost_usd"))
     cols += [
-        ColumnSpec("rate", "Last hour", 13, "r"),
+        ColumnSpec("rate", "Last hour", 13, "r", unit="usd", csv="last_hour_usd"),
         ColumnSpec("calls", "Calls" if dimension == "feature" else "Requests", 9, "n"),
-        ColumnSpec("share", "Share", 7, "s"),
-        ColumnSpec("spark", "Last 60 min", 20, None, numeric=False, justify="left"),
-        ColumnSpec("errors", "Err", 5, "e"),
-        ColumnSpec("unpriced", "Unpr", 5, "u"),
+        ColumnSpec("share", "Share", 7, "s", unit="pct"),
+        ColumnSpec("spark", "Last 60 min", 20, None, numeric=False, justify="left", unit="skip"),
+        ColumnSpec("errors", "Err", 5, "e", csv="errors"),
+        ColumnSpec("unpriced", "Unpr", 5, "u", csv="unpriced"),
     ]
     return cols
 
@@ -105,7 +107,7 @@ class DimensionScreen(DataScreen):
         self.last = data
         table = self.query_one("#main", KeyedTable)
         for svc in data.services:
-            table.add_spec(ColumnSpec(f"svc:{svc}", svc, SERVICE_WIDTH, None))
+            table.add_spec(ColumnSpec(f"svc:{svc}", svc, SERVICE_WIDTH, None, unit="usd", csv=f"{svc}_usd"))
         top = max((r.cost_nano for r in data.rows), default=0)
         # a row's cells depend on the row, the total (share), the service columns and whether it is the top
         # spender; rows where none of that changed are neither rebuilt nor compared cell by cell

@@ -20,16 +20,16 @@ from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
 
 SERVICE_COLUMNS = [
     ColumnSpec("name", "Service", 18, "f", numeric=False, justify="left"),
-    ColumnSpec("modelled", "Modelled", 13, "m"),
-    ColumnSpec("actual", "Actual", 13, "a"),
-    ColumnSpec("delta", "Gap", 13, "d"),
+    ColumnSpec("modelled", "Modelled", 13, "m", csv="modelled_usd"),
+    ColumnSpec("actual", "Actual", 13, "a", csv="actual_usd"),
+    ColumnSpec("delta", "Gap", 13, "d", csv="gap_usd"),
     ColumnSpec("factor", "Factor", 8, None),
 ]
 FEATURE_COLUMNS = [
     ColumnSpec("name", "Feature", 28, None, numeric=False, justify="left"),
-    ColumnSpec("modelled", "Modelled", 13, None),
-    ColumnSpec("actual", "Actual (est.)", 13, None),
-    ColumnSpec("delta", "Gap", 13, None),
+    ColumnSpec("modelled", "Modelled", 13, None, csv="modelled_usd"),
+    ColumnSpec("actual", "Actual (est.)", 13, None, csv="actual_estimated_usd"),
+    ColumnSpec("delta", "Gap", 13, None, csv="gap_usd"),
 ]
 
 _NAME_KEYS = ("service", "feature", "name")

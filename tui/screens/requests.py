@@ -26,7 +26,7 @@ COLUMNS = [
     ColumnSpec("feature", "Root feature", 20, "f", numeric=False, justify="left"),
     ColumnSpec("spans", "Spans", 6, "s"),
     ColumnSpec("took", "Took", 8, "d"),
-    ColumnSpec("cost", "Cost", 12, "c"),
+    ColumnSpec("cost", "Cost", 12, "c", unit="usd", csv="cost_usd"),
     ColumnSpec("errors", "Err", 4, "e"),
 ]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +28,13 @@ __all__ = ["Cell", "ColumnSpec", "KeyedTable"]
 
 @dataclass(frozen=True, slots=True)
 class ColumnSpec:
-    """One column: key, label, fixed width, the key that sorts by it, and whether it is numeric."""
+    """One column: key, label, fixed width, the key that sorts by it, and whether it is numeric.
+
+    ``unit`` says what its raw values are, for CSV export and ``y`` copy: ``usd`` (nano-dollars,
+    written as exact dollars), ``pct`` (a fraction, written as a percentage), ``skip`` (not
+    exported: a sparkline), or ``""`` (written as they are). ``csv`` is the CSV header (default:
+    the label in snake case, with ``_usd`` / ``_pct`` after it for those units).
+    """
 
     key: str
     label: str
@@ -35,6 +42,27 @@ class ColumnSpec:
     sort_key: str | None = None
     numeric: bool = True
     justify: JustifyMethod = "right"
+    unit: str = ""
+    csv: str = ""
+
+    @property
+    def csv_header(self) -> str:
+        """The column's name in an exported CSV."""
+        if self.csv:
+            return self.csv
+        base = "_".join("".join(c if c.isalnum() else " " for c in self.label.lower()).split())
+        return base + {"usd": "_usd", "pct": "_pct"}.get(self.unit, "")
+
+    def export(self, raw: Any) -> str:
+        """A raw cell value as written to CSV / copied: dollars for nano-dollars, percent for shares."""
+        if raw is None:
+            return ""
+        if self.unit == "usd" and isinstance(raw, int | float) and not isinstance(raw, bool):
+            exact = Decimal(raw) if isinstance(raw, int) else Decimal(repr(raw))
+            return f"{exact.scaleb(-9).normalize():f}"
+        if self.unit == "pct" and isinstance(raw, int | float):
+            return f"{Decimal(repr(float(raw) * 100)).quantize(Decimal('0.0001'))}"
+        return str(raw)
 
 
 def _sort_value(raw: Any) -> Any:
@@ -265,16 +293,25 @@ class KeyedTable(FastDataTable):
         cells = self._rows.get(key, {})
         return [getattr(cells.get(c), "raw", None) for c in self.specs]
 
+    def export_values(self, key: str) -> list[str]:
+        """One row as exported: exact dollars, percentages, no sparklines (see ``ColumnSpec.unit``)."""
+        cells = self._rows.get(key, {})
+        return [s.export(getattr(cells.get(c), "raw", None)) for c, s in self.specs.items() if s.unit != "skip"]
+
+    def export_header(self) -> list[str]:
+        """The CSV header of ``export_values``' columns."""
+        return [s.csv_header for s in self.specs.values() if s.unit != "skip"]
+
     def row_text(self, key: str) -> str:
-        """One row as tab-separated raw values (what ``y`` copies)."""
-        return "\t".join("" if v is None else str(v) for v in self.row_values(key))
+        """One row as tab-separated exported values (what ``y`` copies)."""
+        return "\t".join(self.export_values(key))
 
     def export_csv(self, path: Path) -> int:
-        """Write the visible rows, in display order, as CSV with raw values; returns the row count."""
+        """Write the visible rows, in display order, as CSV (dollars, percentages); returns the row count."""
         keys = self.ordered_keys()
         with path.open("w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow([s.label for s in self.specs.values()])
+            w.writerow(self.export_header())
             for key in keys:
-                w.writerow(["" if v is None else v for v in self.row_values(key)])
+                w.writerow(self.export_values(key))
         return len(keys)
