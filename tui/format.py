@@ -16,6 +16,8 @@ from typing import Any
 from rich.console import JustifyMethod
 from rich.text import Text
 
+from spendtrace.server.model.money import usd_text
+
 NANO = 1_000_000_000
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
@@ -65,22 +67,8 @@ def usd(nano: int | float) -> float:
 
 
 def money(nano: int | float | None) -> str:
-    """Dollars with a precision that suits the size: $1,234.56, $12.3456, $0.000123; '—' for none."""
-    if nano is None:
-        return "—"
-    value = float(nano) / NANO
-    if value == 0:
-        return "$0"
-    mag = abs(value)
-    if mag >= 100:
-        return f"${value:,.2f}"
-    if mag >= 1:
-        return f"${value:,.4f}"
-    if mag >= 0.0001:
-        return f"${value:.6f}"
-    if mag >= 0.00000001:
-        return f"${value:.8f}"
-    return "<$0.00000001" if value > 0 else "-<$0.00000001"
+    """Dollars by the one rule (``spendtrace.server.model.money.usd_text``): $1,234.56, $22.65, $0.0001202."""
+    return usd_text(nano)
 
 
 def money_text(nano: int | float | None, style: str = "") -> Cell:

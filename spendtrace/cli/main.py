@@ -41,16 +41,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 # --- output --------------------------------------------------------------------------------------
-def _amount(usd: float) -> str:
-    # nano-dollar precision where six decimals would print a non-zero cost as 0.000000
-    return f"{usd:,.9f}" if 0 < abs(usd) < 0.001 else f"{usd:,.6f}"
-
-
 def money(usd: float | None, unpriced: int = 0, stderr: float | None = None) -> str:
-    """``$0.001234``, with ``± stderr`` for sampled estimates and ``+N unpriced`` when items had no price."""
-    text = "—" if usd is None else f"${_amount(usd)}"
+    """``$0.001234`` (the one rule of ``usd_text``), with ``± stderr`` for sampled estimates and
+    ``+N unpriced`` when items had no price; ``--json`` has the exact nano-dollars."""
+    from spendtrace.server.model.money import usd_text
+
+    text = "—" if usd is None else usd_text(round(usd * 1_000_000_000))
     if stderr is not None:
-        text += f" ± {_amount(stderr)}"
+        text += f" ± {usd_text(round(stderr * 1_000_000_000))}"
     if unpriced:
         text += f" +{unpriced} unpriced"
     return text

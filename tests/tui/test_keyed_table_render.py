@@ -176,7 +176,7 @@ async def test_lines_scrolled_sideways_render_like_datatable() -> None:
 def test_formatter_cells_are_the_texts_rich_would_make() -> None:
     """The formatters' cells (made without Text's constructor) equal Texts built the ordinary way, and adopt once."""
     cases = [
-        (money_text(12_345_678_900, "bold #ffaf5f"), Text("$12.3457", style="bold #ffaf5f", justify="right")),
+        (money_text(12_345_678_900, "bold #ffaf5f"), Text("$12.35", style="bold #ffaf5f", justify="right")),
         (money_text(0), Text("$0", style="dim", justify="right")),
         (count_text(3, warn=True), Text("3", style="bold red", justify="right")),
         (count_text(1234.6), Text("1,235", justify="right")),

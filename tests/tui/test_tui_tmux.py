@@ -47,7 +47,7 @@ def test_spendtrace_tui_in_tmux(tui_db: Path, session: str, tmp_path: Path) -> N
     _wait_until(session, _first_row_is("req-big"), "the most expensive request on top")
     _tmux("send-keys", "-t", session, "g", "Enter")
     tree = _wait_for(session, "bedrock_claude_3_5_sonnet")
-    assert "request req-big" in tree and "summarise" in tree and "subtree $0.210000" in tree
+    assert "request req-big" in tree and "summarise" in tree and "subtree $0.21" in tree
     _tmux("send-keys", "-t", session, "Escape")
     _wait_for(session, "Root feature")
     _tmux("send-keys", "-t", session, "q")

@@ -58,7 +58,8 @@ def row_cells(row: DimRow, total: int, services: tuple[str, ...], top: int) -> d
     if row.loaded_nano is not None:
         cells["loaded"] = Cell.of(money_text(row.loaded_nano), row.loaded_nano)
     for svc in services:
-        cells[f"svc:{svc}"] = Cell.of(money_text(row.services.get(svc, 0)), row.services.get(svc, 0))
+        spent = row.services.get(svc)  # None: never used that service (shown as —), not $0
+        cells[f"svc:{svc}"] = Cell.of(money_text(spent), spent)
     return cells
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from spendtrace.errors import StorageError
-from spendtrace.server.model.alerts import NANO, AlertEvent, AlertRule, Grain
+from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain
+from spendtrace.server.model.money import usd_text
 from spendtrace.server.store.base import AlertStore
 
 __all__ = [
@@ -170,7 +171,7 @@ def _who(rule: AlertRule) -> str:
 
 
 def _usd(nano: float) -> str:
-    return f"${nano / NANO:,.2f}"
+    return usd_text(nano)
 
 
 def _candidate(

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
+from spendtrace.server.model.money import minutes_text, usd_text
+
 __all__ = ["NANO", "AlertEvent", "AlertRule", "Grain", "Scope", "mask_url"]
 
 NANO = 1_000_000_000
@@ -101,16 +103,17 @@ class AlertRule:
     def describe(self) -> str:
         """One human line: what the rule watches and when it fires (no secrets)."""
         who = "total spend" if self.scope == "total" else f"{self.scope} {self.scope_value!r}"
-        usd = f"${self.threshold:.2f}" if self.threshold is not None else "?"
+        usd = usd_text(self.threshold_nano) if self.threshold_nano is not None else "?"
         if self.kind == "budget":
             pcts = "/".join(str(p) for p in self.params.get("percentages", []))
             return f"{who}: {self.params.get('period')} budget {usd}, warn at {pcts}%"
         if self.kind == "rate":
             return (
                 f"{who}: last hour >= {self.params.get('factor')}x the {self.params.get('lookback_days', 7)}-day "
-                f"average for that hour (min ${float(self.params.get('min_spend_nano', 0)) / NANO:.2f})"
+                f"average for that hour (min {usd_text(int(self.params.get('min_spend_nano', 0)))})"
             )
-        return f"{who}: > {usd} over {self.window_minutes} min, cooldown {self.cooldown_minutes} min"
+        window, cooldown = minutes_text(self.window_minutes), minutes_text(self.cooldown_minutes)
+        return f"{who}: > {usd} over {window}, cooldown {cooldown}"
 
     def to_dict(self, *, mask: bool = True) -> dict[str, Any]:
         """A JSON-ready view; the webhook is masked unless ``mask=False``."""
