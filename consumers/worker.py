@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,8 +28,12 @@ from consumers.config import WorkerConfig
 from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.histogram import Histogram
 from consumers.hooks import HookRunner, PostCommitHook
-from consumers.writer import WriterProcess, encode_write, tune_gc
+from spendtrace.errors import StoreBusyError
 from spendtrace.schema import Span, decode_span
+from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
+from spendtrace.server.runtime import tune_gc
+from spendtrace.server.store.base import AsyncIngestStore, open_ingest_store_async
 from spendtrace.server.topics import ensure_topics
 
 __all__ = ["Worker", "WorkerStats", "tune_gc"]
@@ -105,15 +108,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 @dataclass
 class _Batch:
-    """One fetched batch, decoded and priced, waiting for its transaction."""
+    """One fetched batch, decoded, priced and staged by the store, waiting for its transaction."""
 
-    prepared: Any
-    #: ``prepared`` pickled for the writer process (``encode_write``), made in the pricing thread
-    payload: bytes
+    #: the prepared batch with its offsets and dead letters, encoded for the store in the pricing thread
+    staged: StagedBatch
     spans: int
     messages: int
     dead: list[DeadLetter]
-    offsets: list[tuple[str, str, int, int]]
     commit: dict[TopicPartition, int]
 
 
@@ -134,8 +135,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._writer_proc: WriterProcess | None = None
-        self._reader: Any = None
+        self._store: AsyncIngestStore | None = None
         self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -173,16 +173,11 @@ class Worker:
         self._stopping.set()
 
     async def start(self) -> None:
-        """Open the database, create missing topics and join the consumer group."""
-        from spendtrace.server.store.sqlite._db import connect_async
-
+        """Open the store, create missing topics and join the consumer group."""
         cfg = self.config
         if self._book is None:
             self._book = load_price_book(cfg.prices_file)
-        writer = WriterProcess(cfg.db_path)
-        await asyncio.to_thread(writer.start)  # opens (and creates or migrates) the database first
-        self._writer_proc = writer
-        self._reader = await connect_async(cfg.db_path)  # offsets are read outside the writer's transaction
+        self._store = await open_ingest_store_async(cfg.db_path)  # created or migrated first
         await ensure_topics(
             cfg.bootstrap,
             [cfg.topic, cfg.dlq_topic, cfg.alerts_topic],
@@ -238,12 +233,9 @@ class Worker:
                         await asyncio.wait_for(client.stop(), _KAFKA_TIMEOUT)
                     except (KafkaError, TimeoutError) as exc:
                         log.warning("closing %s did not finish cleanly: %r", type(client).__name__, exc)
-            writer_proc, self._writer_proc = self._writer_proc, None
-            if writer_proc is not None:
-                await asyncio.to_thread(writer_proc.close)
-            reader, self._reader = self._reader, None
-            if reader is not None:
-                await reader.close()
+            store, self._store = self._store, None
+            if store is not None:
+                await store.close()
 
     async def run(self) -> None:
         """Consume until ``request_stop()``; every batch taken is committed before this returns."""
@@ -341,12 +333,12 @@ class Worker:
     # -- stage 1: decode and price (in a worker thread) ---------------------------------------------
 
     def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Batch:
-        from spendtrace.server.store.sqlite._ingest import prepare_batch
-
+        store = self._store
+        assert store is not None
         group = self.config.group_id
         spans: list[Span] = []
         dead: list[DeadLetter] = []
-        offsets: list[tuple[str, str, int, int]] = []
+        offsets: list[PartitionOffsets] = []
         commit: dict[TopicPartition, int] = {}
         decode = decode_span
         messages = 0
@@ -357,20 +349,20 @@ class Worker:
             except Exception:
                 spans.extend(_decode_each(tp, records, dead))
             nxt = records[-1].offset + 1
-            offsets.append((group, tp.topic, tp.partition, nxt))
+            offsets.append(PartitionOffsets(group, tp.topic, tp.partition, records[0].offset, nxt))
             commit[tp] = nxt
         try:
             prepared = prepare_batch(spans, self._book)
         except Exception:
             log.exception("pricing the batch failed; isolating the span(s) responsible")
             prepared, spans = self._isolate(data, dead)
-        payload = encode_write(prepared, offsets, dead)
-        return _Batch(prepared, payload, len(spans), messages, dead, offsets, commit)
+        staged = store.stage_batch(prepared, offsets, dead)
+        return _Batch(staged, len(spans), messages, dead, commit)
 
-    def _isolate(self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]) -> tuple[Any, list[Span]]:
+    def _isolate(
+        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]
+    ) -> tuple[PreparedBatch, list[Span]]:
         """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
-        from spendtrace.server.store.sqlite._ingest import prepare_batch
-
         good: list[Span] = []
         for tp, records in data.items():
             for r in records:
@@ -437,34 +429,19 @@ class Worker:
         st.last_commit_ns = time.time_ns()
         self._hooks.submit(result)
 
-    async def _write(self, batch: _Batch) -> Any:
-        """One transaction in the writer process; a database locked by another worker is retried with backoff.
-
-        If some spans were stored already (a replay after a crash or a rebalance), nothing was written:
-        the new ones are priced again and sent alone, so no delta is counted twice.
-        """
-        from spendtrace.server.store.sqlite._ingest import ReplayedSpans, prepare_batch
-
-        writer = self._writer_proc
-        assert writer is not None
-        payload = batch.payload
+    async def _write(self, batch: _Batch) -> WriteResult:
+        """Apply the staged batch; a store held by another worker (``StoreBusyError``) is retried with backoff."""
+        store = self._store
+        assert store is not None
         delay = 0.05
         for attempt in range(12):
             try:
-                return await asyncio.to_thread(writer.write, payload)
-            except ReplayedSpans as replay:
+                return await store.apply_batch(batch.staged)
+            except StoreBusyError as exc:
                 if attempt == 11:
                     raise
-                original = batch.prepared
-                new = [s for s in original.spans if s.span_id in replay.new_span_ids]
-                again = prepare_batch(new, self._book)
-                again.duplicates_in_batch = original.duplicates_in_batch + len(original.spans) - len(new)
-                payload = encode_write(again, batch.offsets, batch.dead)
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 11:
-                    raise
                 self.stats.db_retries += 1
-                log.warning("database busy, retrying the batch in %.2fs: %s", delay, exc)
+                log.warning("store busy, retrying the batch in %.2fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -472,12 +449,10 @@ class Worker:
     # -- rebalance and housekeeping --------------------------------------------------------------
 
     async def _seek_to_stored(self, assigned: list[TopicPartition]) -> None:
-        from spendtrace.server.store.sqlite._ingest import read_offsets_async
-
-        consumer = self._consumer
-        if consumer is None or not assigned:
+        consumer, store = self._consumer, self._store
+        if consumer is None or store is None or not assigned:
             return
-        stored = await read_offsets_async(self._reader, self.config.group_id, self.config.topic)
+        stored = await store.stored_offsets(self.config.group_id, self.config.topic)
         fresh = []
         positions: dict[TopicPartition, int] = {}
         for tp in assigned:
@@ -503,8 +478,8 @@ class Worker:
         next starts ``retention_interval_s`` later. Several workers may share the work; a chunk the
         database is too busy for is retried after the next batch.
         """
-        writer = self._writer_proc
-        if writer is None:
+        store = self._store
+        if store is None:
             return
         if self._retention_now_ns is None:
             self._retention_now_ns = time.time_ns()
@@ -512,8 +487,8 @@ class Worker:
         limit = self.config.retention_chunk_rows
         while not self._stopping.is_set():
             try:
-                _, done = await asyncio.to_thread(writer.call, "retention", self._retention_now_ns, limit)
-            except sqlite3.OperationalError as exc:
+                _, done = await store.retention_chunk(self._retention_now_ns, limit)
+            except StoreBusyError as exc:
                 log.info("retention chunk skipped (another worker is writing), retried later: %s", exc)
                 return
             if done:

@@ -15,6 +15,7 @@ from spendtrace.server.store.sqlite._storage import AsyncStorage, SQLiteStorage
 
 if TYPE_CHECKING:
     from spendtrace.server.store.base import StoreURL
+    from spendtrace.server.store.sqlite._ingest_store import AsyncSQLiteIngestStore, SQLiteIngestStore
 
 __all__ = [
     "AsyncStorage",
@@ -26,6 +27,8 @@ __all__ = [
     "get_transaction_subtree",
     "open_sqlite",
     "open_sqlite_async",
+    "open_sqlite_ingest",
+    "open_sqlite_ingest_async",
 ]
 
 PathArg = str | os.PathLike[str] | None
@@ -77,3 +80,19 @@ def open_sqlite(url: StoreURL, *, readonly: bool = False) -> SQLiteStorage:
 def open_sqlite_async(url: StoreURL, *, readonly: bool = False) -> AsyncStorage:
     """``open_store_async`` for ``sqlite://`` URLs and bare paths."""
     return AsyncStorage(url.path, readonly=readonly)
+
+
+def open_sqlite_ingest(url: StoreURL, *, readonly: bool = False) -> SQLiteIngestStore:
+    """``open_ingest_store`` for ``sqlite://`` URLs and bare paths: one connection of this process."""
+    from spendtrace.server.store.sqlite._ingest_store import SQLiteIngestStore
+
+    return SQLiteIngestStore(url.path, readonly=readonly)
+
+
+async def open_sqlite_ingest_async(url: StoreURL) -> AsyncSQLiteIngestStore:
+    """``open_ingest_store_async`` for ``sqlite://`` URLs and bare paths: the writer process is running."""
+    from spendtrace.server.store.sqlite._ingest_store import AsyncSQLiteIngestStore
+
+    store = AsyncSQLiteIngestStore(url.path)
+    await store.start()
+    return store
