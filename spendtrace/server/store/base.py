@@ -177,6 +177,11 @@ class ReadStore(Protocol):
 
     def unpriced_usage(self) -> list[Row]: ...
 
+    def store_metric_values(self) -> Row:
+        """Stored spend for ``/metrics``: ``cost_nano``, ``spans``, ``unpriced``, ``dead_letters``, ``alerts_fired``,
+        ``webhook_failures`` (ints) and ``features`` / ``services``: ``[(name, cost_nano)]`` sorted by name."""
+        ...
+
     def get_request_cost(
         self,
         limit: int = 20,
