@@ -74,6 +74,12 @@ class SQLiteIngestStore:
         self._conn = connect(self.db_path, readonly=readonly, check_same_thread=False)
         self._lock = threading.Lock()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection, for the local alert evaluation (``spendtrace.server.alerts.local``), which
+        still takes one; use it under the same serialisation as the store's calls."""
+        return self._conn
+
     def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """partition -> next offset, as stored with the last committed batch of ``group``."""
         with self._lock:
