@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import cProfile
 import os
-import pickle
 import pstats
 import shutil
 import sqlite3
@@ -122,9 +121,10 @@ async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | Non
 
 def stage_costs(spans: list[Any], book: Any, batch: int, tmp: Path) -> dict[str, float]:
     """Microseconds per span of each step of the worker's hot loop, timed alone in this thread."""
-    from consumers.writer import encode_write
+    from spendtrace.server.model.ingest import PartitionOffsets
     from spendtrace.server.store.sqlite._db import connect
     from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+    from spendtrace.server.store.sqlite._writer_protocol import Write, decode_request, encode_write, load_batch
 
     values = [encode_span(s) for s in spans]
     n = len(spans)
@@ -137,11 +137,14 @@ def stage_costs(spans: list[Any], book: Any, batch: int, tmp: Path) -> dict[str,
         t0 = time.perf_counter()
         prepared = prepare_batch(decoded, book)
         t1 = time.perf_counter()
-        payload = encode_write(prepared, [("g", "t", 0, i + batch)], [])
+        payload = encode_write(prepared, [PartitionOffsets("g", "t", 0, i, i + batch)], [])
         t2 = time.perf_counter()
-        _, (sent, offsets, dead) = pickle.loads(payload)
+        request = decode_request(payload)
+        assert isinstance(request, Write)
+        sent = load_batch(request)
         t3 = time.perf_counter()
-        write_batch_sync(conn, sent, offsets=offsets, dead_letters=dead)
+        offsets = [(o.group, o.topic, o.partition, o.next_offset) for o in request.offsets]
+        write_batch_sync(conn, sent, offsets=offsets, dead_letters=request.dead_letters)
         t_prepare += t1 - t0
         t_encode += t2 - t1
         t_load += t3 - t2
@@ -150,8 +153,8 @@ def stage_costs(spans: list[Any], book: Any, batch: int, tmp: Path) -> dict[str,
     return {
         "worker: decode (msgspec)": t_decode / n * 1e6,
         "worker: price + rollup deltas": t_prepare / n * 1e6,
-        "worker: pickle for the writer": t_encode / n * 1e6,
-        "writer process: unpickle": t_load / n * 1e6,
+        "worker: stage for the writer": t_encode / n * 1e6,
+        "writer process: decode message": t_load / n * 1e6,
         "writer process: one transaction": t_write / n * 1e6,
     }
 

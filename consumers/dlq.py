@@ -8,22 +8,12 @@ produced before the transaction commits, so a crash in between repeats it, never
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
 
+from spendtrace.server.model.ingest import DeadLetter
+
 __all__ = ["DeadLetter", "publish_dead_letters"]
-
-
-class DeadLetter(NamedTuple):
-    """One rejected message, shaped as ``write_batch_sync``'s ``dead_letters`` rows."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    reason: str
 
 
 async def publish_dead_letters(producer: AIOKafkaProducer, dlq_topic: str, letters: list[DeadLetter]) -> None:

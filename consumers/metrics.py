@@ -85,16 +85,20 @@ async def render_lag(workers: list[Worker], stored: dict[int, int]) -> str:
 
 
 def _read_store(db_path: str, group: str, topic: str) -> tuple[str, dict[int, int]]:
-    """The store metrics text and the stored offsets, on a read-only connection of their own."""
+    """The store metrics text and the stored offsets, read-only, on connections of their own."""
     from spendtrace.server.metrics import render_store_metrics
-    from spendtrace.server.store.sqlite._db import connect
-    from spendtrace.server.store.sqlite._ingest import read_offsets
+    from spendtrace.server.store.base import open_ingest_store, open_store
 
-    conn = connect(db_path, readonly=True)
+    reader = open_store(db_path, readonly=True)
     try:
-        return render_store_metrics(conn), read_offsets(conn, group, topic)
+        text = render_store_metrics(reader)
     finally:
-        conn.close()
+        reader.close()
+    offsets = open_ingest_store(db_path, readonly=True)
+    try:
+        return text, offsets.stored_offsets(group, topic)
+    finally:
+        offsets.close()
 
 
 async def render_endpoint(workers: list[Worker]) -> str:

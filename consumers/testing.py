@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from spendtrace.errors import StorageError
 from spendtrace.schema import Span, UsageItem, encode_span
+from spendtrace.server.store.base import open_ingest_store
 from spendtrace.server.topics import ensure_topics
 
 __all__ = ["make_spans", "produce", "produce_spans", "stored_offsets", "wait_for"]
@@ -98,20 +99,20 @@ async def produce_spans(
 
 
 def stored_offsets(db: str | Path, group: str, topic: str) -> dict[int, int]:
-    """partition -> next offset as committed in the database (empty if the file or table is not there yet)."""
-    if not Path(db).exists():
+    """partition -> next offset as applied to the store (``IngestStore.stored_offsets``), read-only.
+
+    Empty while there is nothing to read yet: no file, or a file whose schema a worker is still creating.
+    """
+    if "://" not in str(db) and not Path(db).exists():
         return {}
     try:
-        conn = sqlite3.connect(db, timeout=30)
-        try:
-            rows = conn.execute(
-                "SELECT partition, next_offset FROM consumer_offsets WHERE group_id = ? AND topic = ?", (group, topic)
-            ).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # schema not created yet
+        store = open_ingest_store(db, readonly=True)
+    except StorageError:  # not created (or not migrated) yet
         return {}
-    return {int(p): int(o) for p, o in rows}
+    try:
+        return store.stored_offsets(group, topic)
+    finally:
+        store.close()
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

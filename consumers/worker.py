@@ -1,12 +1,10 @@
-"""One consumer-group worker: Kafka batch → decode → price → one SQLite transaction → offset commit.
+"""One consumer-group worker: Kafka batch → decode → price → the store, effectively once → offset commit.
 
-Effectively once (DESIGN.md §4): spans, rollup deltas, dead letters and the offsets reached are
-written in one transaction; Kafka offsets are committed only after it; on start and on every
-rebalance each assigned partition is positioned at the offset stored in the database (the
-aiokafka ``local_state_consumer`` pattern), so a crash anywhere repeats work the database
-ignores (``INSERT OR IGNORE`` on ``span_id``) and never skips any. A batch is only accepted if
-it continues exactly where this member's data for the partition ends, so records fetched before
-a seek can neither skip messages nor be taken twice.
+The protocol itself (fetch, prepare, write with offsets, commit to Kafka, seek on rebalance) is
+``consumers.checkpoint``; this module runs it: the clients' lifecycle, the pipelining of batch N+1's
+pricing with batch N's write, retention chunks between batches, and the post-commit hooks. The
+worker imports no database driver and no backend: it writes through ``AsyncIngestStore``
+(``open_ingest_store_async(config.db_path)``).
 """
 
 from __future__ import annotations
@@ -15,115 +13,37 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
-import sqlite3
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from consumers.checkpoint import CRASH_ENV, Batch, Checkpoint, CrashPoints
 from consumers.config import WorkerConfig
-from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.histogram import Histogram
 from consumers.hooks import HookRunner, PostCommitHook
-from consumers.writer import WriterProcess, encode_write, tune_gc
-from spendtrace.schema import Span, decode_span
+from consumers.stats import WorkerStats
+from spendtrace.errors import StoreBusyError
+from spendtrace.server.runtime import tune_gc
+from spendtrace.server.store.base import AsyncIngestStore, open_ingest_store_async
 from spendtrace.server.topics import ensure_topics
 
-__all__ = ["Worker", "WorkerStats", "tune_gc"]
+__all__ = ["Worker", "WorkerStats", "load_price_book", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
-#: Test hook: ``SPENDTRACE_CRASH_AT=point:n`` SIGKILLs the worker the n-th time it reaches ``point``
-#: (``after_decode``, ``after_db_commit``, ``after_kafka_commit``), so fault tests can kill it
-#: exactly between two steps of the effectively-once protocol.
-_CRASH_ENV = "SPENDTRACE_CRASH_AT"
-
-#: Records parsed per ``getmany`` call while a batch is assembled (see ``Worker._fetch``).
-_FETCH_CHUNK = 5_000
-
-#: Seconds a Kafka offset commit or a client shutdown may take before the worker moves on without it.
+#: Seconds a client shutdown may take before the worker moves on without it.
 _KAFKA_TIMEOUT = 10.0
 
 
-@dataclass
-class WorkerStats:
-    """Counters since the worker started (exposed by ``--metrics-port``)."""
-
-    batches: int = 0
-    messages: int = 0
-    #: spans decoded and priced (replays included)
-    spans: int = 0
-    #: spans that were new to the database, and those it already had (replays, duplicates)
-    stored: int = 0
-    duplicates: int = 0
-    dead_letters: int = 0
-    kafka_commit_failures: int = 0
-    db_retries: int = 0
-    retention_runs: int = 0
-    rebalances: int = 0
-    last_commit_ns: int = 0
-
-
-class _CrashPoints:
-    def __init__(self, spec: str | None) -> None:
-        self.point, self.remaining = "", 0
-        if spec:
-            point, _, n = spec.partition(":")
-            self.point, self.remaining = point, int(n or 1)
-
-    def reached(self, point: str) -> None:
-        if point == self.point:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                log.warning("crash point %s reached: SIGKILL", point)
-                os.kill(os.getpid(), signal.SIGKILL)
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Commit the batches in flight before giving partitions up; seek to the stored offsets on assignment."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        w = self.worker
-        w._generation += 1  # a batch fetched before this point is dropped unless already queued
-        w._next = {}
-        await w._settle()
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        w = self.worker
-        w.stats.rebalances += 1
-        w._generation += 1
-        await w._settle()
-        await w._seek_to_stored(list(assigned))
-
-
-@dataclass
-class _Batch:
-    """One fetched batch, decoded and priced, waiting for its transaction."""
-
-    prepared: Any
-    #: ``prepared`` pickled for the writer process (``encode_write``), made in the pricing thread
-    payload: bytes
-    spans: int
-    messages: int
-    dead: list[DeadLetter]
-    offsets: list[tuple[str, str, int, int]]
-    commit: dict[TopicPartition, int]
-
-
 class Worker:
-    """A consumer-group member that prices spans into SQLite; ``run()``, or ``start``/``step``/``drain``/``stop``.
+    """A consumer-group member that prices spans into a store; ``run()``, or ``start``/``step``/``drain``/``stop``.
 
-    Batch N+1 is fetched, decoded and priced while batch N's transaction runs in the worker's
-    writer process (``consumers.writer``), on another core; batches are committed strictly in order
-    by one writer task, each followed by its Kafka offset commit and the post-commit hooks (which
-    run in a task of their own).
+    ``step`` runs the checkpoint's steps 1-2 (fetch, prepare) and queues the batch; one write task
+    runs steps 3-4 (write with offsets, commit to Kafka) strictly in order, then hands the result to
+    the post-commit hooks (which run in a task of their own). So batch N+1 is fetched, decoded and
+    priced while batch N is written (for SQLite, in the store's writer process, on another core).
     """
 
     def __init__(self, config: WorkerConfig, *, book: Any = None, hook_queue: int = 256) -> None:
@@ -134,20 +54,14 @@ class Worker:
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._writer_proc: WriterProcess | None = None
-        self._reader: Any = None
-        self._queue: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=2)
+        self._store: AsyncIngestStore | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=2)
         self._writer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
-        #: partition -> offset the next batch must start at (set from the database on assignment)
-        self._next: dict[TopicPartition, int] = {}
-        #: partitions whose first batch since assignment has not been checked against the seek yet
-        self._unverified: set[TopicPartition] = set()
-        self._generation = 0
         self._next_retention = 0.0
         #: the "now" of the retention round in progress (None between rounds)
         self._retention_now_ns: int | None = None
-        self._crash = _CrashPoints(os.environ.get(_CRASH_ENV))
 
         #: seconds each batch's transaction took, retries included (``--metrics-port``)
         self.commit_seconds = Histogram()
@@ -173,16 +87,11 @@ class Worker:
         self._stopping.set()
 
     async def start(self) -> None:
-        """Open the database, create missing topics and join the consumer group."""
-        from spendtrace.server.store.sqlite._db import connect_async
-
+        """Open the store, create missing topics and join the consumer group."""
         cfg = self.config
         if self._book is None:
             self._book = load_price_book(cfg.prices_file)
-        writer = WriterProcess(cfg.db_path)
-        await asyncio.to_thread(writer.start)  # opens (and creates or migrates) the database first
-        self._writer_proc = writer
-        self._reader = await connect_async(cfg.db_path)  # offsets are read outside the writer's transaction
+        self._store = await open_ingest_store_async(cfg.db_path)  # created or migrated first
         await ensure_topics(
             cfg.bootstrap,
             [cfg.topic, cfg.dlq_topic, cfg.alerts_topic],
@@ -207,10 +116,20 @@ class Worker:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
         )
+        self._checkpoint = Checkpoint(
+            cfg,
+            consumer=self._consumer,
+            producer=self._producer,
+            store=self._store,
+            book=self._book,
+            stats=self.stats,
+            commit_seconds=self.commit_seconds,
+            crash=CrashPoints(os.environ.get(CRASH_ENV)),
+        )
         self._next_retention = time.monotonic() + min(5.0, cfg.retention_interval_s)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="spendtrace-writer")
         await self._consumer.start()
-        self._consumer.subscribe([cfg.topic], listener=_Rebalance(self))
+        self._consumer.subscribe([cfg.topic], listener=self._checkpoint.rebalance_listener(self._settle))
 
     async def drain(self) -> None:
         """Wait until every batch taken so far is committed (re-raising a writer failure)."""
@@ -238,12 +157,9 @@ class Worker:
                         await asyncio.wait_for(client.stop(), _KAFKA_TIMEOUT)
                     except (KafkaError, TimeoutError) as exc:
                         log.warning("closing %s did not finish cleanly: %r", type(client).__name__, exc)
-            writer_proc, self._writer_proc = self._writer_proc, None
-            if writer_proc is not None:
-                await asyncio.to_thread(writer_proc.close)
-            reader, self._reader = self._reader, None
-            if reader is not None:
-                await reader.close()
+            store, self._store = self._store, None
+            if store is not None:
+                await store.close()
 
     async def run(self) -> None:
         """Consume until ``request_stop()``; every batch taken is committed before this returns."""
@@ -256,143 +172,30 @@ class Worker:
             await self.stop()
 
     async def step(self) -> int:
-        """Fetch one batch (waiting up to ``poll_timeout_ms``), price it and queue it for its transaction.
+        """Fetch one batch (waiting up to ``poll_timeout_ms``), prepare it and queue it for its write.
 
-        Returns the number of messages taken; ``drain()`` waits until they are committed.
+        Returns the number of messages taken; ``drain()`` waits until they are written and committed.
         """
-        assert self._consumer is not None, "start() first"
+        checkpoint = self._checkpoint
+        assert checkpoint is not None, "start() first"
         if self._failure is not None:
             raise self._failure
-        data, generation = await self._fetch()
-        if not data:
+        batch = await checkpoint.prepare(await checkpoint.fetch())  # steps 1 and 2
+        if batch is None:
             return 0
-        batch = await asyncio.to_thread(self._prepare, data)  # keeps the loop (heartbeats) responsive
-        if generation != self._generation:
-            # A rebalance began meanwhile: whatever this member owns now was sought to the stored offsets,
-            # so dropping the unwritten batch loses nothing.
-            return 0
-        self._crash.reached("after_decode")
         await self._queue.put(batch)
         return batch.messages
-
-    async def _fetch(self) -> tuple[dict[TopicPartition, list[Any]], int]:
-        """Up to ``batch_size`` records (what arrives within ``poll_timeout_ms``, then what is already
-        fetched), and the rebalance generation they belong to.
-
-        Taken ``_FETCH_CHUNK`` records at a time, yielding to the event loop between chunks: parsing
-        records is CPU work, and the writer task must not wait for all of it to hand the previous
-        batch to the writer process. Chunks taken before a rebalance are dropped: the assignment
-        sought every partition back to its stored offset, and ``_next`` with it.
-        """
-        consumer = self._consumer
-        assert consumer is not None
-        cfg = self.config
-        out: dict[TopicPartition, list[Any]] = {}
-        taken = 0
-        timeout = cfg.poll_timeout_ms
-        generation = self._generation
-        while taken < cfg.batch_size:
-            if timeout == 0:
-                await asyncio.sleep(0)  # between chunks: the writer task may hand over the previous batch
-            chunk = await consumer.getmany(timeout_ms=timeout, max_records=min(_FETCH_CHUNK, cfg.batch_size - taken))
-            if generation != self._generation:  # a rebalance ran during the awaits above
-                out, taken, generation = {}, 0, self._generation
-            if not chunk:
-                break
-            for tp, records in self._contiguous(chunk).items():
-                out.setdefault(tp, []).extend(records)
-                taken += len(records)
-            timeout = 0
-        return out, generation
-
-    def _contiguous(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
-        """Keep only records that continue exactly where this member's stored data ends, per partition.
-
-        Records fetched before an assignment's seek (from Kafka's committed offset or the reset policy)
-        may start elsewhere; a batch must never start past the stored offset (it would skip messages)
-        and records before it are already stored. Later gaps (compaction) are accepted after one re-seek.
-        """
-        out: dict[TopicPartition, list[Any]] = {}
-        consumer = self._consumer
-        assert consumer is not None
-        for tp, records in data.items():
-            expected = self._next.get(tp)
-            if not records or expected is None:
-                continue  # not (or no longer) ours
-            first = records[0].offset
-            if first < expected:
-                records = [r for r in records if r.offset >= expected]
-                if not records:
-                    continue
-                first = records[0].offset
-            if first > expected and tp in self._unverified:
-                self._unverified.discard(tp)
-                consumer.seek(tp, expected)  # stale records from before the seek: fetch again from the stored offset
-                continue
-            self._unverified.discard(tp)
-            self._next[tp] = records[-1].offset + 1
-            out[tp] = records
-        return out
 
     async def _settle(self) -> None:
         if self._writer is not None and not self._writer.done():
             await self._queue.join()
 
-    # -- stage 1: decode and price (in a worker thread) ---------------------------------------------
-
-    def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Batch:
-        from spendtrace.server.store.sqlite._ingest import prepare_batch
-
-        group = self.config.group_id
-        spans: list[Span] = []
-        dead: list[DeadLetter] = []
-        offsets: list[tuple[str, str, int, int]] = []
-        commit: dict[TopicPartition, int] = {}
-        decode = decode_span
-        messages = 0
-        for tp, records in data.items():
-            messages += len(records)
-            try:
-                spans.extend([decode(r.value) for r in records])
-            except Exception:
-                spans.extend(_decode_each(tp, records, dead))
-            nxt = records[-1].offset + 1
-            offsets.append((group, tp.topic, tp.partition, nxt))
-            commit[tp] = nxt
-        try:
-            prepared = prepare_batch(spans, self._book)
-        except Exception:
-            log.exception("pricing the batch failed; isolating the span(s) responsible")
-            prepared, spans = self._isolate(data, dead)
-        payload = encode_write(prepared, offsets, dead)
-        return _Batch(prepared, payload, len(spans), messages, dead, offsets, commit)
-
-    def _isolate(self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]) -> tuple[Any, list[Span]]:
-        """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
-        from spendtrace.server.store.sqlite._ingest import prepare_batch
-
-        good: list[Span] = []
-        for tp, records in data.items():
-            for r in records:
-                try:
-                    span = decode_span(r.value)
-                except Exception:
-                    continue  # already a dead letter
-                try:
-                    prepare_batch([span], self._book)
-                except Exception as exc:
-                    reason = f"pricing failed: {exc!r}"
-                    dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
-                else:
-                    good.append(span)
-        return prepare_batch(good, self._book), good
-
-    # -- stage 2: one transaction per batch, then the Kafka commit (the writer task) ----------------
+    # -- steps 3 and 4, one batch at a time, and retention between batches (the write task) ----------
 
     async def _write_loop(self) -> None:
         while True:
             try:
-                batch: _Batch | None = await asyncio.wait_for(self._queue.get(), timeout=1.0)
+                batch: Batch | None = await asyncio.wait_for(self._queue.get(), timeout=1.0)
             except TimeoutError:
                 batch = None
             taken = time.monotonic()
@@ -409,91 +212,19 @@ class Worker:
             if self._failure is None and (
                 self._retention_now_ns is not None or time.monotonic() >= self._next_retention
             ):
-                await self._retention(time.monotonic() - taken if batch is not None else 0.0)
+                try:
+                    await self._retention(time.monotonic() - taken if batch is not None else 0.0)
+                except Exception as exc:  # the store failed, not merely busy: stop as for a batch
+                    log.exception("a retention chunk failed; the worker stops")
+                    self._failure = exc
+                    self._stopping.set()
 
-    async def _commit_batch(self, batch: _Batch) -> None:
-        if batch.dead:
-            assert self._producer is not None
-            await publish_dead_letters(self._producer, self.config.dlq_topic, batch.dead)
-        started = time.perf_counter()
-        result = await self._write(batch)
-        self.commit_seconds.observe(time.perf_counter() - started)
-        self._crash.reached("after_db_commit")
-        consumer = self._consumer
-        if consumer is not None:
-            try:
-                await asyncio.wait_for(consumer.commit(batch.commit), _KAFKA_TIMEOUT)
-            except (KafkaError, TimeoutError) as exc:  # the database holds the truth; the next assignment seeks there
-                self.stats.kafka_commit_failures += 1
-                log.info("Kafka offset commit skipped (the database has the offsets): %s", exc)
-        self._crash.reached("after_kafka_commit")
-        st = self.stats
-        st.batches += 1
-        st.messages += batch.messages
-        st.spans += batch.spans
-        st.stored += result.new_spans
-        st.duplicates += result.duplicate_spans
-        st.dead_letters += len(batch.dead)
-        st.last_commit_ns = time.time_ns()
+    async def _commit_batch(self, batch: Batch) -> None:
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
+        result = await checkpoint.write(batch)  # step 3
+        await checkpoint.commit(batch, result)  # step 4
         self._hooks.submit(result)
-
-    async def _write(self, batch: _Batch) -> Any:
-        """One transaction in the writer process; a database locked by another worker is retried with backoff.
-
-        If some spans were stored already (a replay after a crash or a rebalance), nothing was written:
-        the new ones are priced again and sent alone, so no delta is counted twice.
-        """
-        from spendtrace.server.store.sqlite._ingest import ReplayedSpans, prepare_batch
-
-        writer = self._writer_proc
-        assert writer is not None
-        payload = batch.payload
-        delay = 0.05
-        for attempt in range(12):
-            try:
-                return await asyncio.to_thread(writer.write, payload)
-            except ReplayedSpans as replay:
-                if attempt == 11:
-                    raise
-                original = batch.prepared
-                new = [s for s in original.spans if s.span_id in replay.new_span_ids]
-                again = prepare_batch(new, self._book)
-                again.duplicates_in_batch = original.duplicates_in_batch + len(original.spans) - len(new)
-                payload = encode_write(again, batch.offsets, batch.dead)
-            except sqlite3.OperationalError as exc:
-                if ("locked" not in str(exc) and "busy" not in str(exc)) or attempt == 11:
-                    raise
-                self.stats.db_retries += 1
-                log.warning("database busy, retrying the batch in %.2fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")
-
-    # -- rebalance and housekeeping --------------------------------------------------------------
-
-    async def _seek_to_stored(self, assigned: list[TopicPartition]) -> None:
-        from spendtrace.server.store.sqlite._ingest import read_offsets_async
-
-        consumer = self._consumer
-        if consumer is None or not assigned:
-            return
-        stored = await read_offsets_async(self._reader, self.config.group_id, self.config.topic)
-        fresh = []
-        positions: dict[TopicPartition, int] = {}
-        for tp in assigned:
-            nxt = stored.get(tp.partition)
-            if nxt is None:
-                fresh.append(tp)
-            else:
-                consumer.seek(tp, nxt)
-                positions[tp] = nxt
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-            for tp in fresh:
-                positions[tp] = await consumer.position(tp)
-        self._next = positions
-        self._unverified = set(positions)
-        log.info("assigned %s; positions from the database: %s", sorted(tp.partition for tp in assigned), stored)
 
     async def _retention(self, budget_s: float) -> None:
         """Work on the retention round: chunks (one short transaction each) for about ``budget_s``, on while idle.
@@ -501,10 +232,10 @@ class Worker:
         Called after each batch with that batch's write time, so deleting a large backlog takes at
         most about half of the writer's time. A round ends when a chunk finds nothing aged left; the
         next starts ``retention_interval_s`` later. Several workers may share the work; a chunk the
-        database is too busy for is retried after the next batch.
+        store is too busy for (``StoreBusyError``) is retried after the next batch.
         """
-        writer = self._writer_proc
-        if writer is None:
+        store = self._store
+        if store is None:
             return
         if self._retention_now_ns is None:
             self._retention_now_ns = time.time_ns()
@@ -512,8 +243,8 @@ class Worker:
         limit = self.config.retention_chunk_rows
         while not self._stopping.is_set():
             try:
-                _, done = await asyncio.to_thread(writer.call, "retention", self._retention_now_ns, limit)
-            except sqlite3.OperationalError as exc:
+                _, done = await store.retention_chunk(self._retention_now_ns, limit)
+            except StoreBusyError as exc:
                 log.info("retention chunk skipped (another worker is writing), retried later: %s", exc)
                 return
             if done:
@@ -523,19 +254,6 @@ class Worker:
                 return
             if not self._queue.empty() and time.monotonic() >= until:
                 return  # a batch is waiting and this one's share is spent
-
-
-def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:
-    """Decode one message at a time, turning each failure into a dead letter with the error text."""
-    out: list[Span] = []
-    for r in records:
-        try:
-            if r.value is None:
-                raise ValueError("message has no value")
-            out.append(decode_span(r.value))
-        except Exception as exc:
-            dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, f"{type(exc).__name__}: {exc}"))
-    return out
 
 
 def load_price_book(prices_file: str | None) -> Any:

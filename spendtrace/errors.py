@@ -8,6 +8,7 @@ __all__ = [
     "SchemaVersionError",
     "SpendtraceError",
     "StorageError",
+    "StoreBusyError",
 ]
 
 
@@ -29,3 +30,7 @@ class StorageError(SpendtraceError):
 
 class SchemaVersionError(StorageError):
     """The database was written by a newer spendtrace than this one."""
+
+
+class StoreBusyError(StorageError):
+    """Another writer holds the store's write lock past the wait; nothing was written, retry later."""

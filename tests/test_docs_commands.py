@@ -446,13 +446,13 @@ def _metric_names(store: Path) -> set[str]:
     from consumers.worker import Worker
     from spendtrace.sdk.metrics import SDK_COUNTERS
     from spendtrace.server.metrics import render_store_metrics
-    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.base import open_store
 
-    conn = connect(store, readonly=True)
+    reader = open_store(store, readonly=True)
     try:
-        text = render_store_metrics(conn)
+        text = render_store_metrics(reader)
     finally:
-        conn.close()
+        reader.close()
     text += render_metrics([Worker(WorkerConfig(bootstrap="127.0.0.1:1", db_path=str(store)))])
     names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     names |= {f"{n}_total" for n in SDK_COUNTERS.values()} | {"spendtrace_exporter_queued"}

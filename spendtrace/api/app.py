@@ -106,8 +106,7 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
         """Prometheus exposition text of the stored spend (and this process's exporter counters)."""
         from spendtrace.server.metrics import render_store_metrics
 
-        with storage._lock:  # one connection, serialised like every query
-            text = render_store_metrics(storage._conn)
+        text = render_store_metrics(storage)  # one snapshot, serialised like every query
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/aggregate/feature", dependencies=guarded, tags=["aggregates"])

@@ -1,9 +1,10 @@
 """Write spans straight into the local SQLite store: the no-Kafka setup of the original README.
 
 Pricing and the write go through the same code as the consumer workers
-(``spendtrace.server.store.sqlite._ingest.prepare_batch`` / ``write_batch_sync``) with the in-process
-price book (``spendtrace.server.pricing.current_book()``, so ``get_tracker().cost_model`` overrides
-apply), so a span costs the same whichever way it reached the store.
+(``spendtrace.server.ingest.prepare.prepare_batch``, then ``IngestStore.apply_batch`` of the store
+``open_ingest_store`` opens) with the in-process price book (``spendtrace.server.pricing.current_book()``,
+so ``get_tracker().cost_model`` overrides apply), so a span costs the same whichever way it reached
+the store.
 
 Spend alerts work here too, without any worker: after each committed batch the exporter's
 thread evaluates the rules whose scope the batch touched (``spendtrace.server.alerts.local``, the same
@@ -13,7 +14,6 @@ fired events to their webhooks. Neither can slow or break export: errors are cau
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections.abc import Sequence
@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 from spendtrace.schema import Span
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from spendtrace.server.alerts.local import LocalAlerts
+    from spendtrace.server.store.base import IngestStore
 
 __all__ = ["LocalStoreExporter"]
 
-# Connections inherited across a fork are kept referenced (never closed or finalised in the child).
-_abandoned: list[sqlite3.Connection] = []
+# Stores (and their connections) inherited across a fork are kept referenced (never closed or finalised
+# in the child).
+_abandoned: list[IngestStore] = []
 
 
 class LocalStoreExporter:
@@ -49,7 +49,7 @@ class LocalStoreExporter:
         self.alerts_enabled = alerts
         self.alert_drain_timeout = alert_drain_timeout
         self.alerts: LocalAlerts | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._store: IngestStore | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -66,41 +66,38 @@ class LocalStoreExporter:
         """Price and store ``spans``; duplicate span ids are ignored, as by the workers."""
         if not spans:
             return
+        from spendtrace.server.ingest.prepare import prepare_batch
         from spendtrace.server.pricing import current_book
-        from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
         batch = prepare_batch(spans, current_book())
         with self._lock:
-            conn = self._connect()
+            store = self._open()
             try:
-                result = write_batch_sync(conn, batch)
+                result = store.apply_batch(batch)
             except BaseException:
-                self._close()  # start from a fresh connection next time
+                self._close()  # start from a fresh store next time
                 raise
-            if self.alerts_enabled:
+            if self.alerts_enabled:  # the local alerts read through an AlertStore of their own
                 if self.alerts is None:
                     from spendtrace.server.alerts.local import LocalAlerts
 
                     self.alerts = LocalAlerts(self.db_path)
                 self.alerts.after_commit(result)  # never raises
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            from spendtrace.server.store.sqlite._db import connect
+    def _open(self) -> IngestStore:
+        if self._store is None:
+            from spendtrace.server.store.base import open_ingest_store
 
             if self.db_path.parent != Path(""):
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
             # Opened and used by the export worker thread; the lock serialises the rare other callers.
-            self._conn = connect(self.db_path, check_same_thread=False)
-        return self._conn
+            self._store = open_ingest_store(self.db_path)
+        return self._store
 
     def _close(self) -> None:
-        import sqlite3
-
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
 
     def force_flush(self, timeout: float = 5.0) -> bool:
         """Every ``export`` commits before returning: nothing is buffered here."""
@@ -114,10 +111,10 @@ class LocalStoreExporter:
             self.alerts.close(self.alert_drain_timeout)
 
     def after_fork_in_child(self) -> None:
-        """A SQLite connection must not cross a fork: forget the parent's, open a new one on demand."""
-        if self._conn is not None:
-            _abandoned.append(self._conn)
-        self._conn = None
+        """A SQLite connection must not cross a fork: forget the parent's store, open a new one on demand."""
+        if self._store is not None:
+            _abandoned.append(self._store)
+        self._store = None
         self._lock = threading.Lock()
         if self.alerts is not None:
             self.alerts.after_fork_in_child()

@@ -7,53 +7,29 @@ bounded: features and services only, never tenants. The SDK's exporter counters 
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spendtrace.server.store.base import ReadStore
 
 __all__ = ["render_store_metrics", "store_metric_values"]
 
 NANO = 1_000_000_000
 
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _scalar(conn: sqlite3.Connection, sql: str) -> int:
-    row = conn.execute(sql).fetchone()
-    return int(row[0] or 0) if row else 0
-
-
-def store_metric_values(conn: sqlite3.Connection) -> dict[str, Any]:
+def store_metric_values(store: ReadStore) -> dict[str, Any]:
     """The numbers behind the store metrics, read in one snapshot (money in nano-dollars)."""
-    conn.execute("BEGIN")
-    try:
-        per_feature = conn.execute(
-            "SELECT feature, SUM(cost_nano) FROM rollup_day WHERE service = '' GROUP BY feature ORDER BY feature"
-        ).fetchall()
-        per_service = conn.execute(
-            "SELECT service, SUM(cost_nano) FROM rollup_day WHERE service != '' GROUP BY service ORDER BY service"
-        ).fetchall()
-        values = {
-            "cost_nano": _scalar(conn, "SELECT SUM(cost_nano) FROM rollup_day WHERE service = ''"),
-            "spans": _scalar(conn, "SELECT SUM(spans) FROM rollup_day WHERE service = ''"),
-            "unpriced": _scalar(conn, "SELECT SUM(unpriced) FROM rollup_day WHERE service = ''"),
-            "dead_letters": _scalar(conn, "SELECT COUNT(*) FROM dead_letters"),
-            "alerts_fired": _scalar(conn, "SELECT COUNT(*) FROM alert_events"),
-            "webhook_failures": _scalar(
-                conn, "SELECT COUNT(*) FROM alert_deliveries WHERE error IS NOT NULL OR status >= 300"
-            ),
-            "features": [(str(f), int(c or 0)) for f, c in per_feature],
-            "services": [(str(s), int(c or 0)) for s, c in per_service],
-        }
-    finally:
-        conn.execute("COMMIT")
-    return values
+    return store.store_metric_values()
 
 
-def render_store_metrics(conn: sqlite3.Connection) -> str:
-    """Prometheus exposition text for the spend stored in ``conn``'s database."""
-    v = store_metric_values(conn)
+def render_store_metrics(store: ReadStore) -> str:
+    """Prometheus exposition text for the spend ``store`` holds (any ``ReadStore``: ``open_store(url)``)."""
+    v = store_metric_values(store)
     out: list[str] = []
 
     def family(name: str, help_: str, kind: str, samples: Iterable[tuple[str, float | int]]) -> None:

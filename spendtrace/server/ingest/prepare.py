@@ -30,76 +30,20 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgspec
 
 from spendtrace.schema import Span, UsageItem
+from spendtrace.server.model.ingest import SPAN_COLUMNS, BatchSummary, PreparedBatch
 from spendtrace.server.pricing import LAMBDA_COMPUTE_KEY, PriceBook, femto_to_nano, item_cost_femto, weighted_cost
 from spendtrace.server.pricing._entry import guess_service
 
 __all__ = ["SPAN_COLUMNS", "BatchSummary", "PreparedBatch", "prepare_batch"]
 
 _json = msgspec.json.Encoder()
-#: values per ``spans`` row (``span_values``)
-SPAN_COLUMNS = 19
 #: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.
 _MAX_WEIGHT = 1e12
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSummary:
-    """The scopes a batch touched, for alert evaluation."""
-
-    features: frozenset[str] = frozenset()
-    #: every feature on any stored span's path (fully-loaded scopes)
-    loaded_features: frozenset[str] = frozenset()
-    users: frozenset[str] = frozenset()
-    endpoints: frozenset[str] = frozenset()
-    min_start_ns: int | None = None
-    max_start_ns: int | None = None
-
-
-@dataclass(slots=True)
-class PreparedBatch:
-    """Everything ``write_batch_*`` stores for one batch, computed without I/O."""
-
-    book: PriceBook
-    spans: list[Span]
-    #: the ``spans`` rows, flat: ``SPAN_COLUMNS`` values per span, in batch order (sliced into
-    #: multi-row inserts without building a tuple per row)
-    span_values: list[Any]
-    #: grain -> {(bucket, feature, user_id, endpoint, service): [cost, calls, spans, errors, unpriced, var, requests]}
-    rollups: dict[str, dict[tuple[int, str, str, str, str], list[Any]]]
-    #: grain -> {(bucket, feature): [cost, calls, spans, var]}
-    loaded: dict[str, dict[tuple[int, str], list[Any]]]
-    #: request_id -> [endpoint, user_id, root_feature, start_ns, end_ns, cost, spans, errors, unpriced, var]
-    requests: dict[str, list[Any]]
-    #: (key, service, feature) -> [items, count, input_tokens, output_tokens, bytes, first_ns, last_ns]
-    unpriced: dict[tuple[str, str, str], list[Any]]
-    cost_nano: int
-    unpriced_items: int
-    duplicates_in_batch: int
-    summary: BatchSummary = field(default_factory=BatchSummary)
-    #: request_id -> minute rollup dims (bucket, feature, user_id, endpoint) of its head span in this batch
-    heads: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
-    #: True for a copy without ``spans`` (``detached()``), which a writer cannot re-price after a replay
-    detached: bool = False
-
-    def detached_copy(self) -> PreparedBatch:
-        """This batch without its ``Span`` objects: what a writer in another process needs, cheaper to send.
-
-        Writing it raises ``ReplayedSpans`` (``spendtrace.server.store.sqlite._ingest``) if some of its spans were
-        stored already; the sender then prepares the new ones again and sends those.
-        """
-        return replace(self, spans=[], detached=True)
-
-    @property
-    def span_rows(self) -> list[tuple[Any, ...]]:
-        """The ``spans`` rows as tuples (``span_values`` cut every ``SPAN_COLUMNS`` values)."""
-        v, n = self.span_values, SPAN_COLUMNS
-        return [tuple(v[i : i + n]) for i in range(0, len(v), n)]
 
 
 class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -219,7 +163,7 @@ def _usage_json(frags: tuple[str, ...]) -> str:
     """The ``spans.usage`` JSON of these item fragments, one shared string per distinct list.
 
     Spans repeat the same usage, so sharing the string saves building it and lets a pickled batch
-    (``consumers.writer``) carry each distinct one once: about 70% of a batch's bytes, measured.
+    (``spendtrace.server.store.sqlite._writer``) carry each distinct one once: about 70% of a batch's bytes, measured.
     """
     if len(_usage_cache) > 100_000:
         _usage_cache.clear()

@@ -55,15 +55,29 @@ if TYPE_CHECKING:
         UnpricedLine,
     )
 
+if TYPE_CHECKING:
+    from spendtrace.server.model.ingest import (
+        DeadLetter,
+        PartitionOffsets,
+        PreparedBatch,
+        RetentionProgress,
+        StagedBatch,
+        WriteResult,
+    )
+
 __all__ = [
     "BACKENDS",
     "AdminStore",
     "AlertStore",
+    "AsyncIngestStore",
     "AsyncReadStore",
+    "IngestStore",
     "ReadStore",
     "Store",
     "StoreURL",
     "open_alert_store",
+    "open_ingest_store",
+    "open_ingest_store_async",
     "open_store",
     "open_store_async",
     "parse_store_url",
@@ -182,6 +196,11 @@ class ReadStore(Protocol):
     def dead_letters(self, limit: int = 50) -> list[Row]: ...
 
     def unpriced_usage(self) -> list[Row]: ...
+
+    def store_metric_values(self) -> Row:
+        """Stored spend for ``/metrics``: ``cost_nano``, ``spans``, ``unpriced``, ``dead_letters``, ``alerts_fired``,
+        ``webhook_failures`` (ints) and ``features`` / ``services``: ``[(name, cost_nano)]`` sorted by name."""
+        ...
 
     def get_request_cost(
         self,
@@ -596,3 +615,89 @@ def open_dashboard(
     parsed = parse_store_url(url)
     reads: DashboardReads = _opener(parsed.scheme, "_dashboard")(parsed, clock=clock, monotonic=monotonic)
     return reads
+# ================================================================================================
+# IngestStore / AsyncIngestStore: what the workers (and the local exporter) write.
+# The operations of the effectively-once contract above; a backend implements both, and opens
+# them by URL below (its opener "<name>_ingest" / "<name>_ingest_async" beside "<name>").
+# ================================================================================================
+
+
+@runtime_checkable
+class IngestStore(Protocol):
+    """The write side of ingestion, synchronous (the local exporter, tools, tests).
+
+    ``apply_batch`` is the effectively-once operation: the prepared batch, the offsets it reaches
+    and its dead letters are applied together or not at all. ``StoreBusyError`` from any operation
+    means another writer held the store and nothing was written: try again later.
+    """
+
+    def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """partition -> next offset to consume, as applied with the last batch of ``group`` (contract 2.)."""
+        ...
+
+    def apply_batch(
+        self,
+        batch: PreparedBatch,
+        offsets: Sequence[PartitionOffsets] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> WriteResult:
+        """Store ``batch`` with the offsets it reaches and its dead letters, at most once (contract 1.).
+
+        Spans already stored (a replay, a duplicate) are counted in ``duplicate_spans`` and add no delta.
+        """
+        ...
+
+    def retention_chunk(self, now_ns: int, limit: int) -> RetentionProgress:
+        """Delete up to about ``limit`` rows the stored retention policy calls aged, in one short step.
+
+        Run between batches until ``done``; every chunk leaves rollups and dashboards consistent.
+        """
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncIngestStore(Protocol):
+    """The write side of ingestion for asyncio workers: a batch is staged off the loop, then applied awaited.
+
+    ``stage_batch`` is CPU work only (a backend encodes the batch for its writer there); the worker
+    calls it in its pricing thread, so the event loop only waits for the store.
+    """
+
+    async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
+        """``IngestStore.stored_offsets``: where a worker seeks each partition it is assigned."""
+        ...
+
+    def stage_batch(
+        self,
+        batch: PreparedBatch,
+        offsets: Sequence[PartitionOffsets] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> StagedBatch:
+        """Make ``batch`` (with its offsets and dead letters) ready to apply; no I/O, safe in any thread."""
+        ...
+
+    async def apply_batch(self, staged: StagedBatch) -> WriteResult:
+        """``IngestStore.apply_batch`` for a staged batch: applied at most once, replays recognised."""
+        ...
+
+    async def retention_chunk(self, now_ns: int, limit: int) -> RetentionProgress:
+        """``IngestStore.retention_chunk``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_ingest_store(url: str | os.PathLike[str], *, readonly: bool = False) -> IngestStore:
+    """The ingest operations of the store at ``url`` (``readonly``: ``stored_offsets`` only, nothing created)."""
+    parsed = parse_store_url(url)
+    store: IngestStore = _opener(parsed.scheme, "_ingest")(parsed, readonly=readonly)
+    return store
+
+
+async def open_ingest_store_async(url: str | os.PathLike[str]) -> AsyncIngestStore:
+    """The ingest operations for a worker: opened (created or migrated) and ready when this returns."""
+    parsed = parse_store_url(url)
+    store: AsyncIngestStore = await _opener(parsed.scheme, "_ingest_async")(parsed)
+    return store

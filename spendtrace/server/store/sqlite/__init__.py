@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from spendtrace.server.store.base import StoreURL
     from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
     from spendtrace.server.store.sqlite._dashboard import SQLiteDashboard
+    from spendtrace.server.store.sqlite._ingest_store import AsyncSQLiteIngestStore, SQLiteIngestStore
 
 __all__ = [
     "AsyncStorage",
@@ -32,6 +33,8 @@ __all__ = [
     "open_sqlite_alerts",
     "open_sqlite_async",
     "open_sqlite_dashboard",
+    "open_sqlite_ingest",
+    "open_sqlite_ingest_async",
 ]
 
 PathArg = str | os.PathLike[str] | None
@@ -99,3 +102,17 @@ def open_sqlite_alerts(url: StoreURL, *, readonly: bool = False) -> SQLiteAlertS
     from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
 
     return SQLiteAlertStore(url.path, readonly=readonly)
+def open_sqlite_ingest(url: StoreURL, *, readonly: bool = False) -> SQLiteIngestStore:
+    """``open_ingest_store`` for ``sqlite://`` URLs and bare paths: one connection of this process."""
+    from spendtrace.server.store.sqlite._ingest_store import SQLiteIngestStore
+
+    return SQLiteIngestStore(url.path, readonly=readonly)
+
+
+async def open_sqlite_ingest_async(url: StoreURL) -> AsyncSQLiteIngestStore:
+    """``open_ingest_store_async`` for ``sqlite://`` URLs and bare paths: the writer process is running."""
+    from spendtrace.server.store.sqlite._ingest_store import AsyncSQLiteIngestStore
+
+    store = AsyncSQLiteIngestStore(url.path)
+    await store.start()
+    return store

@@ -32,10 +32,10 @@ import functools
 import itertools
 import time
 from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spendtrace.server.ingest.prepare import SPAN_COLUMNS, BatchSummary, PreparedBatch, prepare_batch
+from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.model.ingest import SPAN_COLUMNS, BatchSummary, DeadLetter, PreparedBatch, WriteResult
 from spendtrace.server.store.sqlite._dash import dash_statements
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ __all__ = [
 
 #: (group_id, topic, partition, next_offset)
 OffsetRow = tuple[str, str, int, int]
-#: (topic, partition, offset, key, value, reason)
-DeadLetter = tuple[str, int, int, bytes | None, bytes | None, str]
 
 _GRAINS = ("minute", "hour", "day")
 
@@ -68,39 +66,13 @@ _GRAINS = ("minute", "hour", "day")
 class ReplayedSpans(Exception):
     """A detached batch (``PreparedBatch.detached_copy``) held spans already stored; nothing was written.
 
-    ``new_span_ids`` are the batch's spans the store did not have: prepare those again and write them.
+    ``new_span_ids`` are the batch's spans the store did not have: prepare those again and write them
+    (the SQLite ingest store does, in the process that has the spans; see ``_ingest_store``).
     """
 
     def __init__(self, new_span_ids: frozenset[str]) -> None:
         super().__init__(f"{len(new_span_ids)} of the batch's spans are new; the others were stored already")
         self.new_span_ids = new_span_ids
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What a committed batch changed."""
-
-    new_spans: int
-    #: spans not stored because their span_id was already stored or repeated in the batch
-    duplicate_spans: int
-    cost_nano: int
-    unpriced_items: int
-    touched: BatchSummary
-
-    @property
-    def features(self) -> frozenset[str]:
-        """Features whose direct spend this batch changed."""
-        return self.touched.features
-
-    @property
-    def users(self) -> frozenset[str]:
-        """Tenants whose spend this batch changed."""
-        return self.touched.users
-
-    @property
-    def endpoints(self) -> frozenset[str]:
-        """Endpoints whose spend this batch changed."""
-        return self.touched.endpoints
 
 
 # --------------------------------------------------------------------------- SQL

@@ -273,6 +273,12 @@ class SQLiteStorage:
         """Usage no price covered, per key / service / feature."""
         return self.run(raw.unpriced_usage())
 
+    def store_metric_values(self) -> Row:
+        """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``), in one snapshot."""
+        from spendtrace.server.store.sqlite._metrics import store_metric_values
+
+        return self.run(store_metric_values())
+
     # -- requests and raw spans ------------------------------------------------------------------
     def get_request_cost(
         self,

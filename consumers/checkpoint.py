@@ -1,0 +1,372 @@
+"""The effectively-once protocol of one consumer-group member, in one place (quixstreams' "checkpoint").
+
+Every batch goes through the same named steps; the worker (``consumers.worker``) only decides when
+to call them (it prepares batch N+1 while batch N is written):
+
+1. ``fetch``   up to ``batch_size`` records, each partition's continuing exactly where the store's
+               data for it ends (records fetched before a seek are dropped or fetched again);
+2. ``prepare`` decode (an undecodable message becomes a dead letter), price and compute every delta
+               with ``spendtrace.server.ingest.prepare`` (pure), and stage the result for the store,
+               all in a thread; a batch fetched before a rebalance is dropped here;
+3. ``write``   publish the dead letters to the DLQ topic (at least once), then apply the batch with
+               the offsets it reaches to the store (``AsyncIngestStore.apply_batch``: at most once,
+               replays recognised); a busy store is retried with backoff;
+4. ``commit``  the same offsets to Kafka, only after the store has them; a failed commit is counted
+               and skipped, since the store holds the truth;
+5. ``seek``    on every assignment, once the batches in flight are written, each partition to the
+               offset the store holds (``stored_offsets``), the beginning if it holds none.
+
+A crash between any two steps loses nothing and counts nothing twice: before step 3 nothing is
+stored and the records are fetched again after the restart's seek; from step 3 on the store has
+them, and a replay of them adds nothing; Kafka's offsets can only lag the store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from consumers.config import WorkerConfig
+from consumers.dlq import DeadLetter, publish_dead_letters
+from consumers.histogram import Histogram
+from consumers.stats import WorkerStats
+from spendtrace.errors import StoreBusyError
+from spendtrace.schema import Span, decode_span
+from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
+from spendtrace.server.store.base import AsyncIngestStore
+
+__all__ = ["CRASH_ENV", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
+
+log = logging.getLogger(__name__)
+
+#: Test hook: ``SPENDTRACE_CRASH_AT=point:n`` SIGKILLs the worker the n-th time it reaches ``point``
+#: (``after_decode``: end of step 2, ``after_db_commit``: of step 3, ``after_kafka_commit``: of step 4),
+#: so fault tests can kill it exactly between two steps.
+CRASH_ENV = "SPENDTRACE_CRASH_AT"
+
+#: Records parsed per ``getmany`` call while a batch is assembled (see ``Checkpoint.fetch``).
+FETCH_CHUNK = 5_000
+
+#: Seconds a Kafka offset commit may take before the worker moves on without it.
+KAFKA_TIMEOUT = 10.0
+
+#: Applications of one batch while the store is busy (another worker holds it), before giving up.
+_BUSY_ATTEMPTS = 12
+
+
+class CrashPoints:
+    """SIGKILL this process the n-th time a named point is reached (``CRASH_ENV``); no-op when unset."""
+
+    def __init__(self, spec: str | None) -> None:
+        self.point, self.remaining = "", 0
+        if spec:
+            point, _, n = spec.partition(":")
+            self.point, self.remaining = point, int(n or 1)
+
+    def reached(self, point: str) -> None:
+        """Count one arrival at ``point``; the last one allowed kills the process."""
+        if point == self.point:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                log.warning("crash point %s reached: SIGKILL", point)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(slots=True)
+class Fetched:
+    """Step 1's records, per partition, and the rebalance generation they were fetched in."""
+
+    records: dict[TopicPartition, list[Any]]
+    generation: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """Step 2's result: one batch decoded, priced and staged for the store, with what to commit to Kafka."""
+
+    #: the prepared batch with its offsets and dead letters, made ready for the store in the pricing thread
+    staged: StagedBatch
+    spans: int
+    messages: int
+    commit: dict[TopicPartition, int]
+
+    @property
+    def dead(self) -> tuple[DeadLetter, ...]:
+        """The batch's messages that became dead letters."""
+        return self.staged.dead_letters
+
+
+class Checkpoint:
+    """The steps of the protocol for one group member (see the module docstring), over its clients and store.
+
+    ``rebalance_listener(settle)`` is what the consumer subscribes with; ``settle`` waits until the
+    batches taken so far are written and committed.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        store: AsyncIngestStore,
+        book: Any,
+        stats: WorkerStats,
+        commit_seconds: Histogram,
+        crash: CrashPoints | None = None,
+    ) -> None:
+        self.config = config
+        self.consumer = consumer
+        self.producer = producer
+        self.store = store
+        self.book = book
+        self.stats = stats
+        self.commit_seconds = commit_seconds
+        self.crash = crash or CrashPoints(None)
+        #: bumped when partitions are revoked or assigned: work fetched before is dropped
+        self.generation = 0
+        #: partition -> offset the next batch must start at (from the store on assignment)
+        self._next: dict[TopicPartition, int] = {}
+        #: partitions whose first batch since assignment has not been checked against the seek yet
+        self._unverified: set[TopicPartition] = set()
+
+    # -- 1. fetch ----------------------------------------------------------------------------------
+
+    async def fetch(self) -> Fetched:
+        """Up to ``batch_size`` records (what arrives within ``poll_timeout_ms``, then what is already fetched).
+
+        Taken ``FETCH_CHUNK`` records at a time, yielding to the event loop between chunks: parsing
+        records is CPU work, and the write task must not wait for all of it to hand the previous
+        batch to the store. Chunks taken before a rebalance are dropped: the assignment sought every
+        partition back to its stored offset.
+        """
+        consumer, cfg = self.consumer, self.config
+        out: dict[TopicPartition, list[Any]] = {}
+        taken = 0
+        timeout = cfg.poll_timeout_ms
+        generation = self.generation
+        while taken < cfg.batch_size:
+            if timeout == 0:
+                await asyncio.sleep(0)  # between chunks: the write task may hand over the previous batch
+            chunk = await consumer.getmany(timeout_ms=timeout, max_records=min(FETCH_CHUNK, cfg.batch_size - taken))
+            if generation != self.generation:  # a rebalance ran during the awaits above
+                out, taken, generation = {}, 0, self.generation
+            if not chunk:
+                break
+            for tp, records in self._contiguous(chunk).items():
+                out.setdefault(tp, []).extend(records)
+                taken += len(records)
+            timeout = 0
+        return Fetched(out, generation)
+
+    def _contiguous(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Keep only records that continue exactly where this member's stored data ends, per partition.
+
+        Records fetched before an assignment's seek (from Kafka's committed offset or the reset policy)
+        may start elsewhere; a batch must never start past the stored offset (it would skip messages)
+        and records before it are already stored. Later gaps (compaction) are accepted after one re-seek.
+        """
+        out: dict[TopicPartition, list[Any]] = {}
+        for tp, records in data.items():
+            expected = self._next.get(tp)
+            if not records or expected is None:
+                continue  # not (or no longer) ours
+            first = records[0].offset
+            if first < expected:
+                records = [r for r in records if r.offset >= expected]
+                if not records:
+                    continue
+                first = records[0].offset
+            if first > expected and tp in self._unverified:
+                self._unverified.discard(tp)
+                self.consumer.seek(tp, expected)  # stale records from before the seek: fetch from the stored offset
+                continue
+            self._unverified.discard(tp)
+            self._next[tp] = records[-1].offset + 1
+            out[tp] = records
+        return out
+
+    # -- 2. prepare --------------------------------------------------------------------------------
+
+    async def prepare(self, fetched: Fetched) -> Batch | None:
+        """Decode, price and stage ``fetched`` in a thread (the loop keeps heartbeating); None if stale.
+
+        A rebalance that began meanwhile sought whatever this member owns now to the stored offsets,
+        so dropping the batch before it is written loses nothing.
+        """
+        if not fetched.records:
+            return None
+        batch = await asyncio.to_thread(self.prepare_now, fetched.records)
+        if fetched.generation != self.generation:
+            return None
+        self.crash.reached("after_decode")
+        return batch
+
+    def prepare_now(self, data: dict[TopicPartition, list[Any]]) -> Batch:
+        """Step 2 itself, in the calling thread: pure work plus the store's staging (no I/O)."""
+        group = self.config.group_id
+        spans: list[Span] = []
+        dead: list[DeadLetter] = []
+        offsets: list[PartitionOffsets] = []
+        commit: dict[TopicPartition, int] = {}
+        decode = decode_span
+        messages = 0
+        for tp, records in data.items():
+            messages += len(records)
+            try:
+                spans.extend([decode(r.value) for r in records])
+            except Exception:
+                spans.extend(_decode_each(tp, records, dead))
+            nxt = records[-1].offset + 1
+            offsets.append(PartitionOffsets(group, tp.topic, tp.partition, records[0].offset, nxt))
+            commit[tp] = nxt
+        try:
+            prepared = prepare_batch(spans, self.book)
+        except Exception:
+            log.exception("pricing the batch failed; isolating the span(s) responsible")
+            prepared, spans = self._isolate(data, dead)
+        return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
+
+    def _isolate(
+        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]
+    ) -> tuple[PreparedBatch, list[Span]]:
+        """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
+        good: list[Span] = []
+        for tp, records in data.items():
+            for r in records:
+                try:
+                    span = decode_span(r.value)
+                except Exception:
+                    continue  # already a dead letter
+                try:
+                    prepare_batch([span], self.book)
+                except Exception as exc:
+                    reason = f"pricing failed: {exc!r}"
+                    dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
+                else:
+                    good.append(span)
+        return prepare_batch(good, self.book), good
+
+    # -- 3. write with offsets ---------------------------------------------------------------------
+
+    async def write(self, batch: Batch) -> WriteResult:
+        """Dead letters to the DLQ topic, then the batch and its offsets into the store, at most once.
+
+        ``StoreBusyError`` (another worker held the store; nothing written) is retried with backoff;
+        any other failure is raised and nothing of the batch is stored.
+        """
+        if batch.dead:
+            await publish_dead_letters(self.producer, self.config.dlq_topic, list(batch.dead))
+        started = time.perf_counter()
+        delay = 0.05
+        for attempt in range(_BUSY_ATTEMPTS):
+            try:
+                result = await self.store.apply_batch(batch.staged)
+                break
+            except StoreBusyError as exc:
+                if attempt == _BUSY_ATTEMPTS - 1:
+                    raise
+                self.stats.db_retries += 1
+                log.warning("store busy, retrying the batch in %.2fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.crash.reached("after_db_commit")
+        return result
+
+    # -- 4. commit to Kafka ------------------------------------------------------------------------
+
+    async def commit(self, batch: Batch, result: WriteResult) -> None:
+        """Commit the batch's offsets to Kafka (after the store has them) and count the batch."""
+        try:
+            await asyncio.wait_for(self.consumer.commit(batch.commit), KAFKA_TIMEOUT)
+        except (KafkaError, TimeoutError) as exc:  # the store holds the truth; the next assignment seeks there
+            self.stats.kafka_commit_failures += 1
+            log.info("Kafka offset commit skipped (the store has the offsets): %s", exc)
+        self.crash.reached("after_kafka_commit")
+        st = self.stats
+        st.batches += 1
+        st.messages += batch.messages
+        st.spans += batch.spans
+        st.stored += result.new_spans
+        st.duplicates += result.duplicate_spans
+        st.dead_letters += len(batch.dead)
+        st.last_commit_ns = time.time_ns()
+
+    # -- 5. seek on rebalance ----------------------------------------------------------------------
+
+    def revoke(self) -> None:
+        """Partitions are being taken away: batches fetched or prepared before now are dropped."""
+        self.generation += 1
+        self._next = {}
+
+    async def seek(self, assigned: Iterable[TopicPartition]) -> None:
+        """Position each assigned partition at the offset stored with its last applied batch."""
+        assigned = list(assigned)
+        self.stats.rebalances += 1
+        self.generation += 1
+        if not assigned:
+            return
+        consumer = self.consumer
+        stored = await self.store.stored_offsets(self.config.group_id, self.config.topic)
+        fresh = []
+        positions: dict[TopicPartition, int] = {}
+        for tp in assigned:
+            nxt = stored.get(tp.partition)
+            if nxt is None:
+                fresh.append(tp)
+            else:
+                consumer.seek(tp, nxt)
+                positions[tp] = nxt
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+            for tp in fresh:
+                positions[tp] = await consumer.position(tp)
+        self._next = positions
+        self._unverified = set(positions)
+        log.info("assigned %s; positions from the store: %s", sorted(tp.partition for tp in assigned), stored)
+
+    def rebalance_listener(self, settle: Callable[[], Awaitable[None]]) -> ConsumerRebalanceListener:
+        """The listener to subscribe with: ``settle`` (write what is in flight), then revoke or seek."""
+        return _Rebalance(self, settle)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Write the batches in flight before giving partitions up; seek to the stored offsets on assignment."""
+
+    def __init__(self, checkpoint: Checkpoint, settle: Callable[[], Awaitable[None]]) -> None:
+        self.checkpoint = checkpoint
+        self.settle = settle
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.checkpoint.revoke()  # a batch fetched before this point is dropped unless already queued
+        await self.settle()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        cp = self.checkpoint
+        cp.generation += 1  # work fetched until the seek below is stale
+        await self.settle()
+        await cp.seek(assigned)
+
+
+def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:
+    """Decode one message at a time, turning each failure into a dead letter with the error text."""
+    out: list[Span] = []
+    for r in records:
+        try:
+            if r.value is None:
+                raise ValueError("message has no value")
+            out.append(decode_span(r.value))
+        except Exception as exc:
+            dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, f"{type(exc).__name__}: {exc}"))
+    return out

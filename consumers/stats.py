@@ -1,0 +1,27 @@
+"""A worker's counters (``--metrics-port`` serves them), shared by the worker and its checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WorkerStats"]
+
+
+@dataclass
+class WorkerStats:
+    """Counters since the worker started (exposed by ``--metrics-port``)."""
+
+    batches: int = 0
+    messages: int = 0
+    #: spans decoded and priced (replays included)
+    spans: int = 0
+    #: spans that were new to the store, and those it already had (replays, duplicates)
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    kafka_commit_failures: int = 0
+    #: batch writes retried because another writer held the store (``StoreBusyError``)
+    db_retries: int = 0
+    retention_runs: int = 0
+    rebalances: int = 0
+    last_commit_ns: int = 0

@@ -1,0 +1,159 @@
+"""The ingest interface's effectively-once contract, written against ``IngestStore`` / ``AsyncIngestStore`` only.
+
+Parametrised by store (SQLite on one connection, and SQLite through its writer process); totals are
+read back through ``ReadStore``. A new backend adds its openers to ``STORES`` and must pass unchanged.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumers.testing import make_spans
+from spendtrace.errors import StoreBusyError
+from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.model.ingest import DeadLetter, PartitionOffsets, PreparedBatch, WriteResult
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.base import (
+    AsyncIngestStore,
+    IngestStore,
+    open_ingest_store,
+    open_ingest_store_async,
+    open_store,
+)
+
+BOOK = PriceBook.default()
+DAY_NS = 86_400 * 10**9
+
+
+class Ingest:
+    """One face for both protocols in these tests: every call awaited."""
+
+    def __init__(self, store: IngestStore | AsyncIngestStore) -> None:
+        self.store = store
+
+    async def apply(
+        self, batch: PreparedBatch, offsets: Sequence[PartitionOffsets] = (), dead: Sequence[DeadLetter] = ()
+    ) -> WriteResult:
+        if isinstance(self.store, AsyncIngestStore):
+            return await self.store.apply_batch(self.store.stage_batch(batch, offsets, dead))
+        return self.store.apply_batch(batch, offsets, dead)
+
+    async def offsets(self, group: str, topic: str) -> dict[int, int]:
+        got = self.store.stored_offsets(group, topic)
+        return await got if isinstance(self.store, AsyncIngestStore) else got  # type: ignore[misc, return-value]
+
+    async def retention(self, now_ns: int, limit: int) -> tuple[int, bool]:
+        got = self.store.retention_chunk(now_ns, limit)
+        return tuple(await got if isinstance(self.store, AsyncIngestStore) else got)  # type: ignore[misc, return-value]
+
+
+@pytest.fixture(params=["sqlite", "sqlite-writer-process"])
+async def ingest(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Ingest]:
+    """The store under test, opened by URL through the interface."""
+    url = f"sqlite:///{db_path}"
+    if request.param == "sqlite":
+        sync = open_ingest_store(url)
+        assert isinstance(sync, IngestStore)
+        try:
+            yield Ingest(sync)
+        finally:
+            sync.close()
+    else:
+        store = await open_ingest_store_async(url)
+        assert isinstance(store, AsyncIngestStore)
+        try:
+            yield Ingest(store)
+        finally:
+            await store.close()
+
+
+def _cost(db: Path) -> tuple[int, int]:
+    """(spans, cost in nano-dollars) as the read interface reports them."""
+    reader = open_store(db, readonly=True)
+    try:
+        t: dict[str, Any] = reader.total()
+    finally:
+        reader.close()
+    return int(t["transaction_count"]), int(t["cost_nano"])
+
+
+def _at(partition: int, first: int, nxt: int) -> list[PartitionOffsets]:
+    return [PartitionOffsets("g", "t", partition, first, nxt)]
+
+
+async def test_a_batch_is_applied_with_its_offsets_and_dead_letters(ingest: Ingest, db_path: Path) -> None:
+    """Spans, rollups, dead letters and the offsets reached are stored together; offsets read back per partition."""
+    spans = make_spans(120, seed=1)
+    batch = prepare_batch(spans, BOOK)
+    dead = DeadLetter("t", 0, 120, b"k", b"\xc1", "undecodable")
+    result = await ingest.apply(batch, [*_at(0, 0, 121), *_at(1, 0, 7)], [dead])
+    assert (result.new_spans, result.duplicate_spans, result.cost_nano) == (120, 0, batch.cost_nano)
+    assert await ingest.offsets("g", "t") == {0: 121, 1: 7}
+    assert await ingest.offsets("other", "t") == {}
+    assert _cost(db_path) == (120, batch.cost_nano)
+    reader = open_store(db_path, readonly=True)
+    try:
+        assert [(d["offset"], d["reason"]) for d in reader.dead_letters()] == [(120, "undecodable")]
+    finally:
+        reader.close()
+
+
+async def test_a_replayed_batch_counts_nothing_twice(ingest: Ingest, db_path: Path) -> None:
+    """The same records applied again (a crash before the Kafka commit) add no span and no cost."""
+    spans = make_spans(200, seed=2)
+    first = await ingest.apply(prepare_batch(spans, BOOK), _at(0, 0, 200))
+    again = await ingest.apply(prepare_batch(spans, BOOK), _at(0, 0, 200))
+    assert (again.new_spans, again.duplicate_spans, again.cost_nano) == (0, 200, 0)
+    assert _cost(db_path) == (200, first.cost_nano)
+    assert await ingest.offsets("g", "t") == {0: 200}
+
+
+async def test_an_overlapping_batch_counts_only_its_new_spans(ingest: Ingest, db_path: Path) -> None:
+    """Batches re-formed differently after a crash still sum to exactly one application of every span."""
+    spans = make_spans(300, seed=3)
+    await ingest.apply(prepare_batch(spans[:180], BOOK), _at(0, 0, 180))
+    second = await ingest.apply(prepare_batch(spans[90:], BOOK), _at(0, 90, 300))
+    assert (second.new_spans, second.duplicate_spans) == (120, 90)
+    assert _cost(db_path) == (300, prepare_batch(spans, BOOK).cost_nano)
+    assert await ingest.offsets("g", "t") == {0: 300}
+
+
+async def test_retention_chunks_delete_aged_rows_until_done(ingest: Ingest, db_path: Path) -> None:
+    """Chunks of at most ``limit`` rows, repeated until ``done``, leave only spans younger than the policy."""
+    now = time.time_ns()
+    await ingest.apply(prepare_batch(make_spans(100, seed=4, start_ns=now - 40 * DAY_NS), BOOK))
+    young = prepare_batch(make_spans(50, seed=5, start_ns=now - DAY_NS), BOOK)
+    await ingest.apply(young)
+    chunks = []
+    while True:
+        deleted, done = await ingest.retention(now, 30)
+        chunks.append(deleted)
+        if done:
+            break
+    assert len(chunks) > 1 and sum(chunks) >= 100
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 50
+
+
+def test_a_busy_sqlite_store_raises_store_busy_and_writes_nothing(db_path: Path) -> None:
+    """Another writer holding the lock past the wait is ``StoreBusyError`` (retry later), and nothing is stored."""
+    store = open_ingest_store(db_path)
+    blocker = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        store._conn.execute("PRAGMA busy_timeout = 50")  # type: ignore[attr-defined]  # not 30 s in a test
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreBusyError):
+            store.apply_batch(prepare_batch(make_spans(10, seed=6), BOOK), _at(0, 0, 10))
+        with pytest.raises(StoreBusyError):
+            store.retention_chunk(time.time_ns(), 10)
+        blocker.execute("ROLLBACK")
+        assert store.stored_offsets("g", "t") == {}
+    finally:
+        blocker.close()
+        store.close()
