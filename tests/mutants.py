@@ -174,7 +174,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "on assignment a worker seeks one past the offset stored in the database",
         (
             (
-                "consumers/worker.py",
+                "consumers/checkpoint.py",
                 "consumer.seek(tp, nxt)\n                positions[tp] = nxt\n",
                 "consumer.seek(tp, nxt + 1)\n                positions[tp] = nxt + 1\n",
             ),

@@ -1,4 +1,4 @@
-"""FastAPI application over ``SQLiteStorage``: every endpoint is one query-layer call.
+"""FastAPI application over a store opened by ``open_store``: every endpoint is one query-layer call.
 
 Bad parameters answer 422 with a message (FastAPI's validation, plus ``ConfigError`` from the
 time parser); names only ever reach SQL as bound parameters (the query layer's rule). With a
@@ -19,7 +19,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from spendtrace.errors import ConfigError, SpendtraceError
-from spendtrace.server.store.sqlite import SQLiteStorage
+from spendtrace.server.model.alerts import mask_url
+from spendtrace.server.store.base import open_alert_store, open_store, parse_store_url, resolve_store_url
 
 __all__ = ["MAX_LIMIT", "create_app", "serve"]
 
@@ -44,9 +45,16 @@ def _time(value: str | None) -> str | int | None:
     return value
 
 
-def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | None = None) -> FastAPI:
-    """The API over the database at ``db_path``; ``token`` (or ``SPENDTRACE_API_TOKEN``) enables bearer auth."""
-    storage = SQLiteStorage(db_path)
+def create_app(
+    db_path: str | os.PathLike[str] | None = None, *, token: str | None = None, store: str | None = None
+) -> FastAPI:
+    """The API over the store at ``store`` (a URL) or the SQLite file ``db_path`` (default: ``SPENDTRACE_STORE``,
+    else ``SPENDTRACE_DB`` or ``cost_data.db``); ``token`` (or ``SPENDTRACE_API_TOKEN``) enables bearer auth."""
+    url = parse_store_url(resolve_store_url(store, db_path))
+    storage = open_store(url.raw)
+    alert_store = open_alert_store(url.raw)
+    # what /health names (never a password): the file of a SQLite store, else the URL with secrets masked
+    location = url.path if url.scheme == "sqlite" else mask_url(url.raw)
     token = token if token is not None else os.environ.get("SPENDTRACE_API_TOKEN") or None
     app = FastAPI(
         title="spendtrace",
@@ -84,8 +92,8 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
     def health() -> dict[str, Any]:
         """Liveness: the database answers (its path is shown only when no token is configured)."""
         if token is not None:  # the one open route says nothing about the host
-            return {"status": "ok", "data_version": storage.data_version()}
-        return {"status": "ok", "db": storage.db_path, "data_version": storage.data_version()}
+            return {"status": "ok", "data_version": storage.change_token()}
+        return {"status": "ok", "db": location, "data_version": storage.change_token()}
 
     @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
     def openapi_document() -> JSONResponse:
@@ -287,22 +295,29 @@ def create_app(db_path: str | os.PathLike[str] | None = None, *, token: str | No
         """Alert rules (webhook secrets masked) and the newest alert events."""
         from spendtrace.server.alerts.rules import list_alerts
 
-        with storage._lock:
-            cur = storage._conn.execute(
-                "SELECT id, rule_id, rule_name, fired_ns, scope, scope_value, value_nano, threshold_nano, message,"
-                " delivery FROM alert_events ORDER BY id DESC LIMIT ?",
-                (_cap(limit),),
-            )
-            cols = [d[0] for d in cur.description]
-            events = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
-        return {"rules": [r.to_dict(mask=True) for r in list_alerts(storage.db_path)], "events": events}
+        events = [
+            {
+                "id": e.id,
+                "rule_id": e.rule_id,
+                "rule_name": e.rule_name,
+                "fired_ns": e.fired_ns,
+                "scope": e.scope,
+                "scope_value": e.scope_value,
+                "value_nano": e.value_nano,
+                "threshold_nano": e.threshold_nano,
+                "message": e.message,
+                "delivery": e.delivery,
+            }
+            for e in alert_store.latest_events(_cap(limit))
+        ]
+        return {"rules": [r.to_dict(mask=True) for r in list_alerts(url.raw)], "events": events}
 
     @app.get("/reconciliation/latest", dependencies=guarded, tags=["reconciliation"])
     def reconciliation_latest() -> dict[str, Any]:
         """The most recently saved reconciliation report."""
         from spendtrace.server.reconcile.report import latest_report
 
-        report = latest_report(storage.db_path)
+        report = latest_report(url.path)
         if report is None:
             raise HTTPException(status_code=404, detail="no reconciliation has been run on this database")
         return report
@@ -322,11 +337,12 @@ def serve(
     port: int = 8000,
     *,
     token: str | None = None,
+    store: str | None = None,
 ) -> None:
     """Run the API with uvicorn until interrupted (binds to loopback unless told otherwise)."""
     import uvicorn
 
-    uvicorn.run(create_app(db_path, token=token), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(db_path, token=token, store=store), host=host, port=port, log_level="info")
 
 
 _default_app: FastAPI | None = None

@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"spendtrace api needs the [api] extra (pip install 'spendtrace[api]'): {exc}")
         return 2
-    serve(args.db, host=args.host, port=args.port)
+    serve(host=args.host, port=args.port, store=args.store)
     return 0
 
 
