@@ -22,7 +22,11 @@ has one, else its earliest span; the first in batch order on a tie) and the writ
 head's rollup key for each request id not yet in the ``requests`` table (see ``_ingest``).
 
 Item prices are memoised per (item, price entry, weight) and book, so repeated usage
-(``dynamodb_read`` x3) is priced once.
+(``dynamodb_read`` x3) is priced once. An LLM item with a model id is priced by the key
+``PriceBook.key_of`` derives from its provider, model, tier and size (genai-prices rates, resolved
+once per distinct key); its ``spans.usage`` object also carries ``provider``, ``model``,
+``service_tier``, ``region`` and ``architecture`` when set, and an unknown model is counted
+unpriced under ``<provider>:<model>``, its raw id.
 """
 
 from __future__ import annotations
@@ -115,6 +119,11 @@ class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
     cache_write_1h_tokens: int | None = None
     bytes: int | None = None
     gb_seconds: float | None = None
+    provider: str | None = None
+    model: str | None = None
+    service_tier: str | None = None
+    region: str | None = None
+    architecture: str | None = None
     cost_nano: int
     unit_cost_nano: int | None
     priced: bool
@@ -134,6 +143,11 @@ def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, 
             cache_write_1h_tokens=item.cache_write_1h_tokens or None,
             bytes=item.bytes or None,
             gb_seconds=item.gb_seconds or None,
+            provider=item.provider,
+            model=item.model,
+            service_tier=item.service_tier,
+            region=item.region,
+            architecture=item.architecture,
             cost_nano=cost,
             unit_cost_nano=unit_cost,
             priced=unit_cost is not None,
@@ -143,8 +157,9 @@ def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, 
 
 
 #: (unweighted cost or None, weighted cost, service, usage JSON fragment, start (ns) of the entry's segment
-#: for a last-segment entry (so a memo hit under the bare item checks the span is not older), else 0)
-_Priced = tuple[int | None, int, str, str, int]
+#: for a last-segment entry (so a memo hit under the bare item checks the span is not older), else 0,
+#: the key that priced it (``PriceBook.key_of``: the raw model id for LLM items))
+_Priced = tuple[int | None, int, str, str, int, str]
 _ALWAYS = -(2**63)
 
 
@@ -161,19 +176,19 @@ def _memo_for(book: PriceBook) -> dict[Any, _Priced]:
 _memos: dict[str, dict[Any, _Priced]] = {}
 
 
-def _price_memo(
-    book: PriceBook, memo: dict[Any, _Priced], st: tuple[int, ...] | None, it: UsageItem, t: int, w: float
-) -> _Priced:
+def _price_memo(book: PriceBook, memo: dict[Any, _Priced], it: UsageItem, t: int, w: float) -> _Priced:
     """Price ``it`` for a span starting at ``t`` with weight ``w`` through ``memo``.
 
     Unsampled items priced by the latest entry are memoised under the item itself (with the entry's
     start, see ``_Priced``); others under (item, entry index, weight).
     """
+    pk = book.key_of(it)
+    st = book.starts_of(pk)
     if st is None or len(st) == 1 or t >= st[-1]:
         seg = 0 if st is None else len(st) - 1
         since = _ALWAYS if st is None or len(st) == 1 else st[-1]
         if w == 1.0:
-            priced = memo[it] = _price(book, it, seg, 1.0, since)
+            priced = memo[it] = _price(book, it, pk, seg, 1.0, since)
             return priced
     else:
         seg = max(bisect_right(st, t) - 1, 0)
@@ -181,15 +196,15 @@ def _price_memo(
     mk = (it, seg, w)
     hit = memo.get(mk)
     if hit is None:
-        hit = memo[mk] = _price(book, it, seg, w, since)
+        hit = memo[mk] = _price(book, it, pk, seg, w, since)
     return hit
 
 
-def _price(book: PriceBook, item: UsageItem, seg: int, w: float, since: int) -> _Priced:
+def _price(book: PriceBook, item: UsageItem, pk: str, seg: int, w: float, since: int) -> _Priced:
     """(unweighted cost or None, weighted cost, service, usage JSON fragment, ``since``) of one item."""
     if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
         raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
-    entry = book.entry_at(item.key, seg)
+    entry = book.entry_at(pk, seg)
     if entry is None:
         c, ver, svc = None, "", item.service or guess_service(item.key)
     else:
@@ -197,7 +212,7 @@ def _price(book: PriceBook, item: UsageItem, seg: int, w: float, since: int) -> 
         c = None if femto is None else femto_to_nano(femto)
         ver, svc = entry.version, item.service or entry.service
     wc = 0 if c is None else weighted_cost(w, c)
-    return c, wc, svc, _item_json(item, svc, c, wc, ver), since
+    return c, wc, svc, _item_json(item, svc, c, wc, ver), since, pk
 
 
 def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
@@ -244,7 +259,6 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     dups = 0
     memo = _memo_for(book)
     memo_get = memo.get
-    starts_get = book.segment_starts().get
     book_version = book.version
     values: list[Any] = []
     add_row = values.extend
@@ -294,8 +308,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             # the common case (unsampled, price in force now) is one lookup under the item itself
             hit = memo_get(it) if w == 1.0 else None
             if hit is None or t < hit[4]:
-                hit = _price_memo(book, memo, starts_get(it.key), it, t, w)
-            c, wc, svc, frag, _ = hit
+                hit = _price_memo(book, memo, it, t, w)
+            c, wc, svc, frag, _, pk = hit
             frags.append(frag)
             r = group.get(svc)
             if r is None:
@@ -303,7 +317,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, it, svc, feature, t)
+                _add_unpriced(unpriced_d, it, pk, svc, feature, t)
             else:
                 cost += wc
                 unw += c
@@ -319,7 +333,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, None, svc, feature, t)
+                _add_unpriced(unpriced_d, None, LAMBDA_COMPUTE_KEY, svc, feature, t)
             else:
                 cost += wc
                 unw += c
@@ -480,9 +494,9 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
 
 
 def _add_unpriced(
-    d: dict[tuple[str, str, str], list[Any]], it: UsageItem | None, svc: str, feature: str, t: int
+    d: dict[tuple[str, str, str], list[Any]], it: UsageItem | None, pk: str, svc: str, feature: str, t: int
 ) -> None:
-    key = (it.key if it is not None else LAMBDA_COMPUTE_KEY, svc, feature)
+    key = (pk, svc, feature)
     u = d.get(key)
     if u is None:
         u = d[key] = [0, 0.0, 0, 0, 0, t, t]
