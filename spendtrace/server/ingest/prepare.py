@@ -131,29 +131,27 @@ class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, version: str) -> str:
-    return _json.encode(
-        _UsageOut(
-            key=item.key,
-            service=service,
-            count=item.count or None,
-            input_tokens=item.input_tokens or None,
-            output_tokens=item.output_tokens or None,
-            cache_read_tokens=item.cache_read_tokens or None,
-            cache_write_tokens=item.cache_write_tokens or None,
-            cache_write_1h_tokens=item.cache_write_1h_tokens or None,
-            bytes=item.bytes or None,
-            gb_seconds=item.gb_seconds or None,
-            provider=item.provider,
-            model=item.model,
-            service_tier=item.service_tier,
-            region=item.region,
-            architecture=item.architecture,
-            cost_nano=cost,
-            unit_cost_nano=unit_cost,
-            priced=unit_cost is not None,
-            price_version=version or None,
-        )
-    ).decode()
+    out = _UsageOut(
+        key=item.key,
+        service=service,
+        count=item.count or None,
+        input_tokens=item.input_tokens or None,
+        output_tokens=item.output_tokens or None,
+        cache_read_tokens=item.cache_read_tokens or None,
+        cache_write_tokens=item.cache_write_tokens or None,
+        cache_write_1h_tokens=item.cache_write_1h_tokens or None,
+        bytes=item.bytes or None,
+        gb_seconds=item.gb_seconds or None,
+        cost_nano=cost,
+        unit_cost_nano=unit_cost,
+        priced=unit_cost is not None,
+        price_version=version or None,
+    )
+    if item.provider is not None or item.model is not None or item.architecture is not None:
+        # set only when present: the AWS items that dominate ingest skip five keyword arguments
+        out.provider, out.model, out.service_tier = item.provider, item.model, item.service_tier
+        out.region, out.architecture = item.region, item.architecture
+    return _json.encode(out).decode()
 
 
 #: (unweighted cost or None, weighted cost, service, usage JSON fragment, start (ns) of the entry's segment
@@ -182,8 +180,12 @@ def _price_memo(book: PriceBook, memo: dict[Any, _Priced], it: UsageItem, t: int
     Unsampled items priced by the latest entry are memoised under the item itself (with the entry's
     start, see ``_Priced``); others under (item, entry index, weight).
     """
-    pk = book.key_of(it)
-    st = book.starts_of(pk)
+    if it.model is None and it.architecture is None:  # AWS services and older producers' items: by key
+        pk = it.key
+        st = book.segment_starts().get(pk)
+    else:
+        pk = book.key_of(it)
+        st = book.starts_of(pk)
     if st is None or len(st) == 1 or t >= st[-1]:
         seg = 0 if st is None else len(st) - 1
         since = _ALWAYS if st is None or len(st) == 1 else st[-1]
