@@ -174,7 +174,9 @@ def _memo_for(book: PriceBook) -> dict[Any, _Priced]:
 _memos: dict[str, dict[Any, _Priced]] = {}
 
 
-def _price_memo(book: PriceBook, memo: dict[Any, _Priced], it: UsageItem, t: int, w: float) -> _Priced:
+def _price_memo(
+    book: PriceBook, memo: dict[Any, _Priced], starts_get: Any, it: UsageItem, t: int, w: float
+) -> _Priced:
     """Price ``it`` for a span starting at ``t`` with weight ``w`` through ``memo``.
 
     Unsampled items priced by the latest entry are memoised under the item itself (with the entry's
@@ -182,7 +184,7 @@ def _price_memo(book: PriceBook, memo: dict[Any, _Priced], it: UsageItem, t: int
     """
     if it.model is None and it.architecture is None:  # AWS services and older producers' items: by key
         pk = it.key
-        st = book.segment_starts().get(pk)
+        st = starts_get(pk)
     else:
         pk = book.key_of(it)
         st = book.starts_of(pk)
@@ -261,6 +263,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     dups = 0
     memo = _memo_for(book)
     memo_get = memo.get
+    starts_get = book.segment_starts().get
     book_version = book.version
     values: list[Any] = []
     add_row = values.extend
@@ -310,7 +313,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             # the common case (unsampled, price in force now) is one lookup under the item itself
             hit = memo_get(it) if w == 1.0 else None
             if hit is None or t < hit[4]:
-                hit = _price_memo(book, memo, it, t, w)
+                hit = _price_memo(book, memo, starts_get, it, t, w)
             c, wc, svc, frag, _, pk = hit
             frags.append(frag)
             r = group.get(svc)
