@@ -100,6 +100,8 @@ class Span(msgspec.Struct, array_like=True, frozen=True, gc=False):
     path: tuple[_Name, ...] = ()
     #: Memory size of the Lambda function this ran in (0: not on Lambda); prices root spans in GB-s.
     lambda_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: CPU architecture of that Lambda function (``x86_64`` / ``arm64``; None: x86 rates), for its GB-s rate.
+    lambda_architecture: Annotated[str, msgspec.Meta(max_length=16)] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

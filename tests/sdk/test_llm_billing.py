@@ -262,6 +262,18 @@ def test_lambda_arm64_gb_seconds_use_the_arm_rate() -> None:
     assert cost(x86) == round(Decimal(1000) * Decimal("0.0000166667") * 10**9)
 
 
+def test_a_lambda_root_span_on_arm64_is_billed_at_the_arm_gb_second_rate() -> None:
+    """A root span on a 1024 MB arm64 function for 1500.2 ms bills 1.501 GB-s at $0.0000133334 (LAMBDA_PRICING)."""
+    base = Span("r", None, "r", "api", start_ns=AT, duration_ns=1_500_200_000, lambda_memory_mb=1024)
+    arm = Span("a", None, "a", "api", start_ns=AT, duration_ns=1_500_200_000, lambda_memory_mb=1024,
+               lambda_architecture="arm64")  # fmt: skip
+    batch = prepare_batch([base, arm], PriceBook.default())
+    gb_s = Decimal(1024) / 1024 * Decimal(1501) / 1000  # billed per started millisecond
+    x86_cost, arm_cost = (round(gb_s * Decimal(rate) * 10**9) for rate in ("0.0000166667", "0.0000133334"))
+    assert [row[15] for row in batch.span_rows] == [x86_cost, arm_cost]
+    assert json.loads(batch.span_rows[1][14])[0]["architecture"] == "arm64"
+
+
 def test_overrides_still_win_over_genai_prices() -> None:
     """A negotiated rate for a raw model id, or for the legacy key, replaces genai-prices' rate."""
     item = UsageItem("openai_gpt4o", "openai", 1.0, 1000, 100, provider="openai", model="gpt-4o-2024-05-13")

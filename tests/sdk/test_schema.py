@@ -17,7 +17,7 @@ def full_span() -> Span:
         1_793_620_800_000_000_000, 1500, 900, True, "TimeoutError",
         (UsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, 512, 128, 64, 32, 16, 8, 0.5, "bedrock",
                    "us.anthropic.claude-3-haiku-20240307-v1:0", "priority", "us", "arm64"), UsageItem("s3_get")),
-        10.0, ("api", "search"), 1024,
+        10.0, ("api", "search"), 1024, "arm64",
     )  # fmt: skip
 
 
@@ -70,6 +70,7 @@ class NewSpan(msgspec.Struct, array_like=True, frozen=True):
     weight: float = 1.0
     path: tuple[str, ...] = ()
     lambda_memory_mb: int = 0
+    lambda_architecture: str | None = None
     region: str = "eu-west-1"
 
 
@@ -78,7 +79,7 @@ def test_current_decoder_reads_an_older_span() -> None:
     old = OldSpan("s", None, "s", "search", usage=(UsageItem("dynamodb_read", count=2.0),))
     span = decode_span(msgspec.msgpack.encode(old))
     assert (span.feature, span.usage[0].count) == ("search", 2.0)
-    assert (span.weight, span.path, span.lambda_memory_mb) == (1.0, (), 0)
+    assert (span.weight, span.path, span.lambda_memory_mb, span.lambda_architecture) == (1.0, (), 0, None)
 
 
 def test_current_decoder_reads_a_newer_span() -> None:

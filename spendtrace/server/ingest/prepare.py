@@ -519,12 +519,13 @@ def _add_unpriced(
 
 def _lambda_item(book: PriceBook, s: Span, w: float) -> tuple[int | None, int, str, str, UsageItem | None]:
     """The synthetic compute item of a root span that ran on Lambda."""
-    billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, s.start_ns)
+    billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, s.start_ns, s.lambda_architecture)
     wc = 0 if c is None else weighted_cost(w, c)
     obj: dict[str, Any] = {
         "key": LAMBDA_COMPUTE_KEY,
         "service": "lambda",
         "memory_mb": s.lambda_memory_mb,
+        **({"architecture": s.lambda_architecture} if s.lambda_architecture else {}),
         "billed_ms": billed_ms,
         "gb_seconds": s.lambda_memory_mb / 1024 * billed_ms / 1000,
         "cost_nano": wc,

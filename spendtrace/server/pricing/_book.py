@@ -374,9 +374,17 @@ class PriceBook:
         self._cache[ck] = result
         return result
 
-    def price_lambda(self, memory_mb: int, duration_ns: int, at_ns: int) -> tuple[int, int | None, str]:
-        """(billed ms, unweighted nano-dollars or None, version) of a root span's Lambda compute."""
-        entry = self.entry_for(LAMBDA_COMPUTE_KEY, at_ns)
+    def price_lambda(
+        self, memory_mb: int, duration_ns: int, at_ns: int, architecture: str | None = None
+    ) -> tuple[int, int | None, str]:
+        """(billed ms, unweighted nano-dollars or None, version) of a root span's Lambda compute.
+
+        ``architecture="arm64"`` uses the ``lambda_gb_second_arm64`` rate when the book has one.
+        """
+        key = LAMBDA_COMPUTE_KEY
+        if architecture is not None and f"{key}_{architecture.lower()}" in self._entries:
+            key = f"{key}_{architecture.lower()}"
+        entry = self.entry_for(key, at_ns)
         billed_ms = -(-duration_ns // 1_000_000)
         if entry is None:
             return billed_ms, None, ""
