@@ -115,6 +115,29 @@ def test_openai_service_tier_from_the_response_sets_the_rate(
     assert cost(item) == nano((1976, rates[0]), (1024, rates[1]), (500, rates[2]))
 
 
+def test_a_streamed_flex_response_records_its_tier(instrumented: None, spans: list[Span]) -> None:
+    """Stream chunks report service_tier too: a flex gpt-5 stream is billed $0.625 / $5 (OPENAI_PRICING, "Flex")."""
+
+    def chunk(content: str | None, usage: dict[str, Any] | None = None) -> str:
+        choices = [] if content is None else [{"index": 0, "delta": {"content": content}, "finish_reason": None}]
+        return json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 1_790_000_000,
+                           "model": "gpt-5-2025-08-07", "service_tier": "flex", "choices": choices,
+                           "usage": usage})  # fmt: skip
+
+    body = "".join(f"data: {d}\n\n" for d in (chunk("Hi"), chunk(None, {"prompt_tokens": 900, "completion_tokens": 70,
+                                                                        "total_tokens": 970}), "[DONE]"))  # fmt: skip
+    transport = httpx2.MockTransport(
+        lambda request: httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body.encode())
+    )
+    client = openai.OpenAI(api_key="test", http_client=httpx2.Client(transport=transport))
+    with spendtrace.track(feature="stream"):
+        assert [c.choices[0].delta.content for c in client.chat.completions.create(model="gpt-5", messages=[],
+                                                                                  stream=True)] == ["Hi"]  # fmt: skip
+    (item,) = _items(spans)
+    assert (item.model, item.service_tier) == ("gpt-5-2025-08-07", "flex")
+    assert cost(item) == nano((900, "0.625"), (70, "5"))
+
+
 def test_fine_tuned_models_get_their_base_models_fine_tuned_rate(instrumented: None, spans: list[Span]) -> None:
     """ft:gpt-4o-mini-2024-07-18:org::id is billed at fine-tuned gpt-4o-mini rates, $0.30 / $1.20 (OPENAI_PRICING)."""
     model = "ft:gpt-4o-mini-2024-07-18:acme::9xYz"
