@@ -179,15 +179,17 @@ class PriceBook:
         self._llm = llm
         #: keys with an override (user, file, AWS Pricing API): they win over genai-prices
         self._overridden = frozenset(k for k, es in self._entries.items() if any(e.source != "static" for e in es))
-        # (provider, model, tier, total input, key) -> price key, and genai-derived keys' entries
+        # (provider, model, tier, long-context band, key) -> price key; (provider, model) -> thresholds;
+        # genai-derived keys' entries
         self._resolved: dict[tuple[Any, ...], str] = {}
+        self._thresholds: dict[tuple[str, str], tuple[int, ...]] = {}
         self._derived: dict[str, tuple[PriceEntry, ...]] = {}
         self._derived_starts: dict[str, tuple[int, ...]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled without its memos (a prepared batch carries its book to the writer process)."""
         state = dict(self.__dict__)
-        state["_cache"], state["_resolved"] = {}, {}
+        state["_cache"], state["_resolved"], state["_thresholds"] = {}, {}, {}
         return state
 
     # ----------------------------------------------------------------- construction
@@ -291,12 +293,20 @@ class PriceBook:
             arch = f"{item.key}_{item.architecture.lower()}"
             return arch if arch in self._entries else item.key
         provider = item.provider or item.service
-        total = item.input_tokens + item.cache_read_tokens + item.cache_write_tokens + item.cache_write_1h_tokens
-        ck = (provider, model, item.service_tier, total, item.key)
+        # long-context band: how many of the model's input thresholds this call's input (cache included) crossed
+        thresholds = self._thresholds.get((provider, model))
+        if thresholds is None:
+            thresholds = () if self._llm is None else self._llm.thresholds(provider, model)
+            self._thresholds[(provider, model)] = thresholds
+        band = 0
+        if thresholds:
+            total = item.input_tokens + item.cache_read_tokens + item.cache_write_tokens + item.cache_write_1h_tokens
+            band = sum(1 for t in thresholds if total > t)
+        ck = (provider, model, item.service_tier, band, item.key)
         hit = self._resolved.get(ck)
         if hit is not None:
             return hit
-        key = self._resolve(provider, model, item.service_tier, total, item.key)
+        key = self._resolve(provider, model, item.service_tier, thresholds[band - 1] + 1 if band else 0, item.key)
         if len(self._resolved) > _CACHE_LIMIT:
             self._resolved.clear()
         self._resolved[ck] = key

@@ -98,6 +98,11 @@ class GenaiPrices:
             self._models[ck] = found
         return found
 
+    def thresholds(self, provider: str, model: str) -> tuple[int, ...]:
+        """The model's long-context input thresholds, ascending (empty for most models and unknown ones)."""
+        found = self._model(provider, model.strip().lower())
+        return () if found is None else found[3]
+
     def key_for(self, provider: str, model: str, tier: str | None, total_input: int) -> str | None:
         """The derived price key of a call, or None if genai-prices does not know the model."""
         model = model.strip().lower()
