@@ -310,3 +310,33 @@ def test_overrides_still_win_over_genai_prices() -> None:
     )
     assert by_model.price(item, AT)[0] == nano((1000, "1"), (100, "2"))
     assert by_key.price(item, AT)[0] == nano((1000, "3"), (100, "4"))
+
+
+def test_genai_prices_is_asked_once_per_model_not_per_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pricing 2,000 calls of one model with different sizes matches the model and compiles its entries once."""
+    from spendtrace.server.pricing._genai import GenaiPrices
+
+    source = GenaiPrices()
+    calls = {"match": 0, "compile": 0}
+    find, compile_ = source._snapshot.find_provider_model, source._compile
+
+    def counting_find(*args: Any) -> Any:
+        calls["match"] += 1
+        return find(*args)
+
+    def counting_compile(*args: Any) -> Any:
+        calls["compile"] += 1
+        return compile_(*args)
+
+    monkeypatch.setattr(source._snapshot, "find_provider_model", counting_find)
+    monkeypatch.setattr(source, "_compile", counting_compile)
+    book = PriceBook(PriceBook.static().entries(), llm=source)
+    spans = [
+        Span(f"s{i}", None, f"s{i}", "chat", start_ns=AT, usage=(
+            UsageItem("x", "openai", 1.0, 100 + i, 10 + i % 7, provider="openai", model="gpt-4o-2024-05-13"),))
+        for i in range(2000)
+    ]  # fmt: skip
+    batch = prepare_batch(spans, book)
+    assert batch.unpriced_items == 0
+    assert batch.cost_nano == sum(nano((100 + i, "5"), (10 + i % 7, "15")) for i in range(2000))
+    assert calls == {"match": 1, "compile": 1}
