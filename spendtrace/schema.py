@@ -37,6 +37,8 @@ _Tokens = Annotated[int, msgspec.Meta(ge=0)]
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
 _OptName = _Name | None
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_OptLabel = Annotated[str, msgspec.Meta(max_length=64)] | None
+_OptModel = Annotated[str, msgspec.Meta(max_length=MAX_KEY_LEN)] | None
 
 
 class UsageItem(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -60,6 +62,19 @@ class UsageItem(msgspec.Struct, array_like=True, frozen=True, gc=False):
     cache_write_1h_tokens: _Tokens = 0
     bytes: _Tokens = 0
     gb_seconds: _Units = 0.0
+    # What the bill depends on besides the units, so the consumers can price (and re-price) the
+    # item as the provider bills it. All optional: items from older producers leave them None and
+    # are priced by ``key`` alone, as before.
+    #: Who served the call: ``openai``, ``anthropic``, ``bedrock``, ``lambda`` ...
+    provider: _OptLabel = None
+    #: The model id exactly as the API returned it (the response's model, else the request's).
+    model: _OptModel = None
+    #: Service tier / processing mode the response reports (``flex``, ``priority``, ``batch``, ``default`` ...).
+    service_tier: _OptLabel = None
+    #: Bedrock inference-profile geography of ``model`` (``us``, ``eu``, ``apac``, ``global`` ...), else None.
+    region: _OptLabel = None
+    #: CPU architecture the usage ran on where the price depends on it (Lambda: ``x86_64`` / ``arm64``).
+    architecture: _OptLabel = None
 
 
 class Span(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -85,6 +100,8 @@ class Span(msgspec.Struct, array_like=True, frozen=True, gc=False):
     path: tuple[_Name, ...] = ()
     #: Memory size of the Lambda function this ran in (0: not on Lambda); prices root spans in GB-s.
     lambda_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: CPU architecture of that Lambda function (``x86_64`` / ``arm64``; None: x86 rates), for its GB-s rate.
+    lambda_architecture: Annotated[str, msgspec.Meta(max_length=16)] | None = None
 
 
 _encoder = msgspec.msgpack.Encoder()

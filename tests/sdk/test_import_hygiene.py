@@ -1,4 +1,4 @@
-"""Importing and using the recording API stays light: no UI, database driver, AWS SDK or Kafka client."""
+"""Importing and using the recording API stays light: no UI, database driver, AWS SDK, Kafka client or price data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ["textual", "aiosqlite", "boto3", "botocore", "aiokafka"]
+HEAVY = ["textual", "aiosqlite", "boto3", "botocore", "aiokafka", "genai_prices"]
 
 SCRIPT = """
 import json, sys

@@ -18,6 +18,29 @@ Handler = Callable[[httpx2.Request], httpx2.Response]
 MODEL = "claude-haiku-4-5"
 
 
+#: key, service, provider and raw model id (as the API returned it) of the items these tests expect.
+_RAW: dict[str, dict[str, Any]] = {
+    "anthropic_claude_haiku_4_5": {
+        "key": "anthropic_claude_haiku_4_5",
+        "service": "anthropic",
+        "provider": "anthropic",
+        "model": "claude-haiku-4-5-20251001",
+    },
+    "anthropic_claude_opus_4_1": {
+        "key": "anthropic_claude_opus_4_1",
+        "service": "anthropic",
+        "provider": "anthropic",
+        "model": "claude-opus-4-1-20250805",
+    },
+    "anthropic_claude_sonnet_4_5": {
+        "key": "anthropic_claude_sonnet_4_5",
+        "service": "anthropic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5-20250929",
+    },
+}
+
+
 @pytest.fixture
 def instrumented() -> Iterator[None]:
     """anthropic instrumented for the test, removed afterwards."""
@@ -68,7 +91,7 @@ EVENTS: list[dict[str, Any]] = [
      "usage": {"output_tokens": 15}},
     {"type": "message_stop"},
 ]  # fmt: skip
-STREAMED = UsageItem(key="anthropic_claude_haiku_4_5", service="anthropic", count=1.0, input_tokens=25,
+STREAMED = UsageItem(**_RAW["anthropic_claude_haiku_4_5"], count=1.0, input_tokens=25,
                      output_tokens=15, cache_read_tokens=100, cache_write_1h_tokens=40)  # fmt: skip
 
 
@@ -89,7 +112,7 @@ def test_cache_reads_and_writes_come_on_top_of_input_and_writes_split_by_lifetim
         message = client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}])
     assert message.content[0].type == "text"
     assert [(s.feature, s.usage) for s in spans] == [
-        ("chat", (UsageItem(key="anthropic_claude_sonnet_4_5", service="anthropic", count=1.0, input_tokens=20,
+        ("chat", (UsageItem(**_RAW["anthropic_claude_sonnet_4_5"], count=1.0, input_tokens=20,
                             output_tokens=10, cache_read_tokens=5000, cache_write_tokens=1000,
                             cache_write_1h_tokens=2000),)),
     ]  # fmt: skip
@@ -104,7 +127,7 @@ async def test_async_create_without_a_split_counts_writes_as_five_minute_ones(
     async with spendtrace.track(feature="async"):
         await client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}])
     assert _items(spans) == [
-        UsageItem(key="anthropic_claude_opus_4_1", service="anthropic", count=1.0, input_tokens=7, output_tokens=3,
+        UsageItem(**_RAW["anthropic_claude_opus_4_1"], count=1.0, input_tokens=7, output_tokens=3,
                   cache_write_tokens=900)
     ]  # fmt: skip
 
@@ -145,7 +168,7 @@ def test_a_stream_closed_early_records_what_it_saw(instrumented: None, spans: li
         assert next(iter(stream)).type == "message_start"
     # recorded at close(), while the scope was open: in the scope's own span, not a late child
     assert [(s.feature, s.usage) for s in spans] == [
-        ("early", (UsageItem(key="anthropic_claude_haiku_4_5", service="anthropic", count=1.0, input_tokens=25,
+        ("early", (UsageItem(**_RAW["anthropic_claude_haiku_4_5"], count=1.0, input_tokens=25,
                              output_tokens=1, cache_read_tokens=100, cache_write_1h_tokens=40),)),
     ]  # fmt: skip
 

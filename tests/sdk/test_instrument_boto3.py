@@ -28,6 +28,49 @@ from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_c
 _CREDS = {"region_name": "us-east-1", "aws_access_key_id": "AKIDTEST", "aws_secret_access_key": "secret"}
 
 
+#: key, service, provider and raw model id (as the API returned it) of the items these tests expect.
+_RAW: dict[str, dict[str, Any]] = {
+    "bedrock_claude_3_5_haiku": {
+        "key": "bedrock_claude_3_5_haiku",
+        "service": "bedrock",
+        "provider": "bedrock",
+        "model": "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+        "region": "us",
+    },
+    "bedrock_claude_haiku_4_5": {
+        "key": "bedrock_claude_haiku_4_5",
+        "service": "bedrock",
+        "provider": "bedrock",
+        "model": "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "region": "global",
+    },
+    "bedrock_claude_sonnet_4_5": {
+        "key": "bedrock_claude_sonnet_4_5",
+        "service": "bedrock",
+        "provider": "bedrock",
+        "model": "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    },
+    "bedrock_cohere_embed_english_v3": {
+        "key": "bedrock_cohere_embed_english_v3",
+        "service": "bedrock",
+        "provider": "bedrock",
+        "model": "cohere.embed-english-v3",
+    },
+    "bedrock_llama3_1_8b": {
+        "key": "bedrock_llama3_1_8b",
+        "service": "bedrock",
+        "provider": "bedrock",
+        "model": "meta.llama3-1-8b-instruct-v1:0",
+    },
+    "bedrock_nova_lite": {
+        "key": "bedrock_nova_lite",
+        "service": "bedrock",
+        "provider": "bedrock",
+        "model": "amazon.nova-lite-v1:0",
+    },
+}
+
+
 def _client(service: str) -> Any:
     return boto3.client(service, **_CREDS)  # type: ignore[call-overload]
 
@@ -300,7 +343,7 @@ def test_bedrock_invoke_model_reads_anthropic_usage_with_cache_split_and_leaves_
             response = brt.invoke_model(modelId="us.anthropic.claude-3-5-haiku-20241022-v1:0", body=b"{}")
         assert json.loads(response["body"].read()) == body
     assert _items(spans) == [
-        UsageItem(key="bedrock_claude_3_5_haiku", service="bedrock", count=1.0, input_tokens=12, output_tokens=30,
+        UsageItem(**_RAW["bedrock_claude_3_5_haiku"], count=1.0, input_tokens=12, output_tokens=30,
                   cache_read_tokens=1000, cache_write_tokens=200, cache_write_1h_tokens=300)
     ]  # fmt: skip
 
@@ -318,7 +361,7 @@ def test_bedrock_invoke_model_uses_token_headers_for_other_models(instrumented: 
         with spendtrace.track(feature="embed"):
             brt.invoke_model(modelId="cohere.embed-english-v3", body=b"{}")
     assert _items(spans) == [
-        UsageItem(key="bedrock_cohere_embed_english_v3", service="bedrock", count=1.0, input_tokens=40, output_tokens=7)
+        UsageItem(**_RAW["bedrock_cohere_embed_english_v3"], count=1.0, input_tokens=40, output_tokens=7)
     ]
 
 
@@ -340,7 +383,7 @@ def test_bedrock_converse_records_usage_and_cache_details(instrumented: None, sp
         with spendtrace.track(feature="chat"):
             brt.converse(modelId="amazon.nova-lite-v1:0", messages=[{"role": "user", "content": [{"text": "hi"}]}])
     assert _items(spans) == [
-        UsageItem(key="bedrock_nova_lite", service="bedrock", count=1.0, input_tokens=20, output_tokens=5,
+        UsageItem(**_RAW["bedrock_nova_lite"], count=1.0, input_tokens=20, output_tokens=5,
                   cache_read_tokens=100, cache_write_tokens=180, cache_write_1h_tokens=120)
     ]  # fmt: skip
 
@@ -427,7 +470,7 @@ def test_invoke_model_with_response_stream_records_when_read_to_the_span_that_ca
     late = spans[1]
     assert late.parent_id == spans[0].span_id and late.request_id == spans[0].request_id
     assert late.usage == (
-        UsageItem(key="bedrock_claude_sonnet_4_5", service="bedrock", count=1.0, input_tokens=9, output_tokens=42,
+        UsageItem(**_RAW["bedrock_claude_sonnet_4_5"], count=1.0, input_tokens=9, output_tokens=42,
                   cache_read_tokens=50),
     )  # fmt: skip
 
@@ -443,9 +486,7 @@ def test_invoke_model_stream_falls_back_to_invocation_metrics(instrumented: None
     with spendtrace.track(feature="llama"):
         for _ in brt.invoke_model_with_response_stream(modelId="meta.llama3-1-8b-instruct-v1:0", body="{}")["body"]:
             pass
-    assert _items(spans) == [
-        UsageItem(key="bedrock_llama3_1_8b", service="bedrock", count=1.0, input_tokens=17, output_tokens=3)
-    ]
+    assert _items(spans) == [UsageItem(**_RAW["bedrock_llama3_1_8b"], count=1.0, input_tokens=17, output_tokens=3)]
 
 
 def test_converse_stream_records_the_metadata_usage(instrumented: None, spans: list[Span]) -> None:
@@ -463,7 +504,7 @@ def test_converse_stream_records_the_metadata_usage(instrumented: None, spans: l
         kinds = [next(iter(event)) for event in stream]
     assert kinds == ["messageStart", "contentBlockDelta", "messageStop", "metadata"]
     assert [(s.feature, s.usage) for s in spans] == [
-        ("chat", (UsageItem(key="bedrock_claude_haiku_4_5", service="bedrock", count=1.0, input_tokens=30,
+        ("chat", (UsageItem(**_RAW["bedrock_claude_haiku_4_5"], count=1.0, input_tokens=30,
                             output_tokens=2, cache_write_tokens=64),)),
     ]  # fmt: skip
 

@@ -17,6 +17,30 @@ from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_c
 Handler = Callable[[httpx2.Request], httpx2.Response]
 
 
+#: key, service, provider and raw model id (as the API returned it) of the items these tests expect.
+_RAW: dict[str, dict[str, Any]] = {
+    "openai_gpt4_1_mini": {
+        "key": "openai_gpt4_1_mini",
+        "service": "openai",
+        "provider": "openai",
+        "model": "gpt-4.1-mini-2025-04-14",
+    },
+    "openai_gpt4o": {"key": "openai_gpt4o", "service": "openai", "provider": "openai", "model": "gpt-4o-2024-08-06"},
+    "openai_gpt4o_mini": {
+        "key": "openai_gpt4o_mini",
+        "service": "openai",
+        "provider": "openai",
+        "model": "gpt-4o-mini-2024-07-18",
+    },
+    "openai_text_embedding_3_small": {
+        "key": "openai_text_embedding_3_small",
+        "service": "openai",
+        "provider": "openai",
+        "model": "text-embedding-3-small",
+    },
+}
+
+
 @pytest.fixture
 def instrumented() -> Iterator[None]:
     """openai instrumented for the test, removed afterwards."""
@@ -127,7 +151,7 @@ def test_chat_completion_records_cached_tokens_as_a_subset_of_prompt_tokens(
         completion = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
     assert completion.choices[0].message.content == "hi"
     assert [(s.feature, s.usage) for s in spans] == [
-        ("chat", (UsageItem(key="openai_gpt4o", service="openai", count=1.0, input_tokens=176, output_tokens=50,
+        ("chat", (UsageItem(**_RAW["openai_gpt4o"], count=1.0, input_tokens=176, output_tokens=50,
                             cache_read_tokens=1024),)),
     ]  # fmt: skip
 
@@ -140,9 +164,9 @@ async def test_async_chat_and_responses_record_usage(instrumented: None, spans: 
         response = await client.responses.create(model="gpt-4.1-mini", input="hi")
     assert response.output_text == "hi"
     assert _items(spans) == [
-        UsageItem(key="openai_gpt4o", service="openai", count=1.0, input_tokens=176, output_tokens=50,
+        UsageItem(**_RAW["openai_gpt4o"], count=1.0, input_tokens=176, output_tokens=50,
                   cache_read_tokens=1024),
-        UsageItem(key="openai_gpt4_1_mini", service="openai", count=1.0, input_tokens=100, output_tokens=40,
+        UsageItem(**_RAW["openai_gpt4_1_mini"], count=1.0, input_tokens=100, output_tokens=40,
                   cache_read_tokens=200),
     ]  # fmt: skip
 
@@ -155,7 +179,7 @@ def test_responses_cache_writes_are_part_of_the_input(instrumented: None, spans:
     with spendtrace.track(feature="r"):
         client.responses.create(model="gpt-4.1-mini", input="hi")
     assert _items(spans) == [
-        UsageItem(key="openai_gpt4_1_mini", service="openai", count=1.0, input_tokens=50, output_tokens=40,
+        UsageItem(**_RAW["openai_gpt4_1_mini"], count=1.0, input_tokens=50, output_tokens=40,
                   cache_write_tokens=250)
     ]  # fmt: skip
 
@@ -168,7 +192,7 @@ def test_embeddings_outside_any_scope_are_unattributed(instrumented: None, spans
     client = _sync(_json(doc))
     client.embeddings.create(model="text-embedding-3-small", input="hello")
     assert [(s.feature, s.usage) for s in spans] == [
-        (UNATTRIBUTED, (UsageItem(key="openai_text_embedding_3_small", service="openai", count=1.0, input_tokens=8),))
+        (UNATTRIBUTED, (UsageItem(**_RAW["openai_text_embedding_3_small"], count=1.0, input_tokens=8),))
     ]
 
 
@@ -181,7 +205,7 @@ def test_streamed_chat_asks_for_usage_and_hides_the_extra_chunk(instrumented: No
     assert seen[0]["stream_options"] == {"include_usage": True}
     assert [c.choices[0].delta.content for c in chunks] == ["Hel", "lo"]  # no usage-only chunk with empty choices
     assert _items(spans) == [
-        UsageItem(key="openai_gpt4o_mini", service="openai", count=1.0, input_tokens=16, output_tokens=2,
+        UsageItem(**_RAW["openai_gpt4o_mini"], count=1.0, input_tokens=16, output_tokens=2,
                   cache_read_tokens=64)
     ]  # fmt: skip
 
@@ -241,7 +265,7 @@ def test_streamed_responses_record_the_completed_event_usage(instrumented: None,
         kinds = [e.type for e in client.responses.create(model="gpt-4.1-mini", input="hi", stream=True)]
     assert kinds == ["response.created", "response.output_text.delta", "response.completed"]
     assert _items(spans) == [
-        UsageItem(key="openai_gpt4_1_mini", service="openai", count=1.0, input_tokens=100, output_tokens=40,
+        UsageItem(**_RAW["openai_gpt4_1_mini"], count=1.0, input_tokens=100, output_tokens=40,
                   cache_read_tokens=200)
     ]  # fmt: skip
 

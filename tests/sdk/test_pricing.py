@@ -306,6 +306,7 @@ def test_aws_pricing_api_rates_are_used_and_cached(tmp_path: Path) -> None:
         "Requests-Tier1": "0.0000050000",
         "Request": "0.0000002000",
         "Lambda-GB-Second": "0.0000166667",
+        "Lambda-GB-Second-ARM": "0.0000133334",
         "Requests-RBP": "0.0000004000",
     }
     for service_code, usagetype in AWS_QUERIES:
@@ -317,7 +318,7 @@ def test_aws_pricing_api_rates_are_used_and_cached(tmp_path: Path) -> None:
                 {"Type": "TERM_MATCH", "Field": "usagetype", "Value": usagetype},
             ],
         }
-        tiers = usagetype == "Lambda-GB-Second"
+        tiers = usagetype.startswith("Lambda-GB-Second")
         if usagetype == "ReadRequestUnits":  # two pages: an unrelated product first, then ours
             stub.add_response(
                 "get_products",
@@ -345,6 +346,8 @@ def test_aws_pricing_api_rates_are_used_and_cached(tmp_path: Path) -> None:
     assert book.price(read, ns(2025, 3, 1)) == (1000, "dynamodb_read@2025-02-01:aws-pricing-api")
     assert book.price(read, ns(2024, 10, 1))[0] == 2500  # static history before AWS's effective date
     assert book.price(UsageItem("lambda_gb_second", gb_seconds=1.0), ns(2025, 6, 1))[0] == 16667
+    arm = UsageItem("lambda_gb_second", gb_seconds=1.0, architecture="arm64")
+    assert book.price(arm, ns(2025, 6, 1)) == (13333, "lambda_gb_second_arm64@2025-03-01:aws-pricing-api")
     assert book.entry_for("s3_list", ns(2025, 6, 1)).source == "aws-pricing-api"  # type: ignore[union-attr]
     assert book.entry_for("bedrock_claude_3_haiku", ns(2025, 6, 1)).source == "static"  # type: ignore[union-attr]
     # a second load within the TTL is served from the cache: the client (no stubs left) is not called

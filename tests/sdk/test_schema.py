@@ -15,8 +15,9 @@ def full_span() -> Span:
     return Span(
         "sid-1", "sid-0", "req-abc-123", "search", "query", "/api/search", "tenant-acme",
         1_793_620_800_000_000_000, 1500, 900, True, "TimeoutError",
-        (UsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, 512, 128, 64, 32, 16, 8, 0.5), UsageItem("s3_get")),
-        10.0, ("api", "search"), 1024,
+        (UsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, 512, 128, 64, 32, 16, 8, 0.5, "bedrock",
+                   "us.anthropic.claude-3-haiku-20240307-v1:0", "priority", "us", "arm64"), UsageItem("s3_get")),
+        10.0, ("api", "search"), 1024, "arm64",
     )  # fmt: skip
 
 
@@ -69,6 +70,7 @@ class NewSpan(msgspec.Struct, array_like=True, frozen=True):
     weight: float = 1.0
     path: tuple[str, ...] = ()
     lambda_memory_mb: int = 0
+    lambda_architecture: str | None = None
     region: str = "eu-west-1"
 
 
@@ -77,7 +79,7 @@ def test_current_decoder_reads_an_older_span() -> None:
     old = OldSpan("s", None, "s", "search", usage=(UsageItem("dynamodb_read", count=2.0),))
     span = decode_span(msgspec.msgpack.encode(old))
     assert (span.feature, span.usage[0].count) == ("search", 2.0)
-    assert (span.weight, span.path, span.lambda_memory_mb) == (1.0, (), 0)
+    assert (span.weight, span.path, span.lambda_memory_mb, span.lambda_architecture) == (1.0, (), 0, None)
 
 
 def test_current_decoder_reads_a_newer_span() -> None:
@@ -93,6 +95,53 @@ def test_old_decoder_reads_a_current_span() -> None:
     assert (old.span_id, old.feature, old.error_type, len(old.usage)) == ("sid-1", "search", "TimeoutError", 2)
 
 
+class OldUsageItem(msgspec.Struct, array_like=True, frozen=True):
+    """A usage item as producers sent it before provider, model, tier, region and architecture."""
+
+    key: str
+    service: str = ""
+    count: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    bytes: int = 0
+    gb_seconds: float = 0.0
+
+
+class OldSpanOfOldItems(msgspec.Struct, array_like=True, frozen=True):
+    """An older producer's span whose usage items lack the trailing billing fields."""
+
+    span_id: str
+    parent_id: str | None
+    request_id: str
+    feature: str
+    operation: str | None = None
+    endpoint: str | None = None
+    user_id: str | None = None
+    start_ns: int = 0
+    duration_ns: int = 0
+    cpu_ns: int = 0
+    error: bool = False
+    error_type: str | None = None
+    usage: tuple[OldUsageItem, ...] = ()
+
+
+def test_old_usage_items_decode_with_no_model_provider_tier_or_region() -> None:
+    """Items from before the billing fields decode unchanged, the new fields None (priced by key as before)."""
+    old = OldSpanOfOldItems("s", None, "s", "chat", usage=(OldUsageItem("openai_gpt4o", "openai", 1.0, 10, 5),))
+    item = decode_span(msgspec.msgpack.encode(old)).usage[0]
+    assert item == UsageItem("openai_gpt4o", "openai", 1.0, 10, 5)
+    assert (item.provider, item.model, item.service_tier, item.region, item.architecture) == (None,) * 5
+
+
+def test_old_decoder_reads_usage_items_with_billing_fields() -> None:
+    """An old consumer reads today's items and ignores provider, model, tier, region and architecture."""
+    old = msgspec.msgpack.Decoder(OldSpanOfOldItems).decode(encode_span(full_span()))
+    assert old.usage[0] == OldUsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, 512, 128, 64, 32, 16, 8, 0.5)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -103,6 +152,8 @@ def test_old_decoder_reads_a_current_span() -> None:
         Span("s", None, "s", "f", usage=(UsageItem(""),)),
         Span("s", None, "s", "f", weight=0.5),
         Span("", None, "s", "f"),
+        Span("s", None, "s", "f", usage=(UsageItem("k", model="m" * 300),)),
+        Span("s", None, "s", "f", usage=(UsageItem("k", service_tier="t" * 65),)),
     ],
 )
 def test_decoder_rejects_invalid_spans(bad: Span) -> None:

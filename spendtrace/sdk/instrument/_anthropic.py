@@ -7,7 +7,10 @@ input. Cache writes are split by lifetime when the response says (``usage.cache_
 ``cache_write_1h_tokens``. Without the split, all writes count as 5-minute ones.
 
 A stream's usage comes in two events: ``message_start`` (input and cache tokens, output so far)
-and ``message_delta`` (cumulative output tokens, and in newer API versions the final input counts).
+and ``message_delta`` (cumulative output tokens, and in newer API versions the final input counts,
+repeated cumulatively, sometimes without the cache-write split: the split from ``message_start`` is kept).
+The model id is kept as the API returned it, and ``usage.service_tier`` (``standard``, ``priority``,
+``batch``) when the response has it: the consumers price by them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from spendtrace.schema import UsageItem
+from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument import _hooks, _stainless
 from spendtrace.sdk.instrument._common import note_error
 from spendtrace.sdk.instrument._models import price_key_for
@@ -40,14 +43,22 @@ def _n(value: Any) -> int:
 
 
 class _Counts:
-    __slots__ = ("cache_read", "input", "output", "write_1h", "write_5m")
+    __slots__ = ("cache_read", "input", "output", "tier", "write_1h", "write_5m")
 
     def __init__(self) -> None:
         self.input = self.output = self.cache_read = self.write_5m = self.write_1h = 0
+        self.tier: str | None = None
 
     def take(self, usage: Any, *, delta: bool = False) -> None:
-        """Take a ``usage`` object; a ``message_delta``'s fields are cumulative and may be absent or null."""
+        """Take a ``usage`` object; a ``message_delta``'s fields are cumulative and may be absent or null.
+
+        A delta that repeats the cumulative cache-write total without its 5-minute / 1-hour split
+        (what the API sends today) keeps the split ``message_start`` gave.
+        """
         self.output = _n(_get(usage, "output_tokens")) or self.output
+        tier = _get(usage, "service_tier")
+        if tier:
+            self.tier = str(tier)[:64]
         if delta and _get(usage, "input_tokens") is None:
             return
         self.input = _n(_get(usage, "input_tokens")) or (self.input if delta else 0)
@@ -58,6 +69,8 @@ class _Counts:
             one_hour = _n(_get(split, "ephemeral_1h_input_tokens"))
             five_min = _n(_get(split, "ephemeral_5m_input_tokens"))
             written = max(written, one_hour + five_min)
+        elif delta:
+            one_hour = self.write_1h  # no split in the delta: the one seen so far still holds
         else:
             one_hour = 0
         if written or not delta:
@@ -74,6 +87,9 @@ class _Counts:
             cache_read_tokens=self.cache_read,
             cache_write_tokens=self.write_5m,
             cache_write_1h_tokens=self.write_1h,
+            provider="anthropic",
+            model=model[:MAX_KEY_LEN] or None,
+            service_tier=self.tier,
         )
 
 

@@ -18,13 +18,26 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from spendtrace.schema import UsageItem
+from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument._common import DeferredUsage, note_error
 from spendtrace.sdk.instrument._models import price_key_for
 
-__all__ = ["converse_usage", "invoke_model_usage", "observe_stream"]
+__all__ = ["converse_usage", "invoke_model_usage", "observe_stream", "profile_geography"]
 
 WHERE = "bedrock"
+
+#: Geographies of cross-region inference profiles (``us.anthropic...``, ``global.anthropic...``).
+_GEOGRAPHIES = frozenset({"us", "eu", "apac", "us-gov", "ca", "jp", "au", "in", "global"})
+
+
+def profile_geography(model_id: str) -> str | None:
+    """``us`` for ``us.anthropic.claude-...`` (also inside an inference-profile ARN); None for an in-region id."""
+    model = model_id.strip()
+    if model.startswith("arn:"):
+        model = model.rsplit("/", 1)[-1]
+    head, dot, rest = model.partition(".")
+    head = head.lower()
+    return head if dot and "." in rest and head in _GEOGRAPHIES else None
 
 
 class _Tokens:
@@ -48,6 +61,9 @@ class _Tokens:
             cache_read_tokens=self.cache_read,
             cache_write_tokens=max(0, self.cache_write - self.cache_1h),
             cache_write_1h_tokens=self.cache_1h,
+            provider="bedrock",
+            model=model_id[:MAX_KEY_LEN] or None,
+            region=profile_geography(model_id),
         )
 
     def anthropic(self, usage: Mapping[str, Any], *, output_only: bool = False) -> None:

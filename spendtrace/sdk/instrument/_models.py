@@ -1,4 +1,10 @@
-"""Model id → price key: one table for Bedrock, OpenAI and Anthropic models.
+"""Model id → legacy price key: one table for Bedrock, OpenAI and Anthropic models.
+
+Since issue #14 the consumers price an LLM item by its ``provider`` / ``model`` / ``service_tier``
+fields (genai-prices, on the server side), not by this key. The key is still emitted because
+consumers from before that change price new producers' items by it during a rolling upgrade, user
+overrides may name it, and five Bedrock models genai-prices lacks keep their static row under it
+(``spendtrace.server.pricing._book.LOCAL_LLM_KEYS``). It is due to go once those reasons are gone.
 
 The app only records *which* model was used; the consumers price the key with the price
 book. Dated and aliased ids (``claude-3-5-haiku-20241022``, ``gpt-4o-2024-08-06``,

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from spendtrace.schema import UsageItem
+from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument import _hooks, _stainless
 from spendtrace.sdk.instrument._common import note_error
 from spendtrace.sdk.instrument._models import price_key_for
@@ -47,8 +47,12 @@ def _n(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-def usage_item(model: str, usage: Any) -> UsageItem:
-    """One ``UsageItem`` from an OpenAI ``usage`` object or dict (chat, responses or embeddings shape)."""
+def usage_item(model: str, usage: Any, service_tier: Any = None) -> UsageItem:
+    """One ``UsageItem`` from an OpenAI ``usage`` object or dict (chat, responses or embeddings shape).
+
+    ``model`` is kept as the API returned it and ``service_tier`` as the response reports it
+    (``default``, ``flex``, ``priority`` ...): the consumers price by them.
+    """
     if _get(usage, "input_tokens") is not None:  # responses API
         prompt = _n(_get(usage, "input_tokens"))
         output = _n(_get(usage, "output_tokens"))
@@ -67,7 +71,17 @@ def usage_item(model: str, usage: Any) -> UsageItem:
         output_tokens=output,
         cache_read_tokens=cached,
         cache_write_tokens=written,
+        provider="openai",
+        model=model[:MAX_KEY_LEN] or None,
+        service_tier=_tier(service_tier),
     )
+
+
+def _tier(value: Any) -> str | None:
+    """The reported service tier as a short string (the SDK may hand an enum or a str)."""
+    if not value:
+        return None
+    return str(getattr(value, "value", value))[:64]
 
 
 def _model(result: Any, options: Any) -> str:
@@ -80,11 +94,12 @@ def _model(result: Any, options: Any) -> str:
 class _Tally:
     """Usage seen in one stream: chat chunks (``usage`` on the last one) or responses events."""
 
-    __slots__ = ("hide_usage_chunk", "model", "usage")
+    __slots__ = ("hide_usage_chunk", "model", "tier", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.usage: Any = None
+        self.tier: Any = None
         self.hide_usage_chunk = False
 
     def observe(self, item: Any) -> bool:
@@ -92,18 +107,20 @@ class _Tally:
         if usage is not None:  # chat chunk
             self.usage = usage
             self.model = _get(item, "model") or self.model
+            self.tier = _get(item, "service_tier") or self.tier
             return self.hide_usage_chunk and not _get(item, "choices")
         response = _get(item, "response")  # responses events: response.completed / incomplete / failed
         if response is not None and _get(response, "usage") is not None:
             self.usage = _get(response, "usage")
             self.model = _get(response, "model") or self.model
+            self.tier = _get(response, "service_tier") or self.tier
         return False
 
     def build(self) -> UsageItem | None:
         if self.usage is None:
             note_error(WHERE + " stream without usage", exc_info=False)
             return None
-        return usage_item(self.model, self.usage)
+        return usage_item(self.model, self.usage, self.tier)
 
 
 def _handle(options: Any, result: Any) -> None:
@@ -120,7 +137,7 @@ def _handle(options: Any, result: Any) -> None:
     if usage is None and (doc := _stainless.raw_body(result)) is not None:
         usage, result = doc.get("usage"), doc
     if usage is not None:
-        record_usage(usage_item(_model(result, options), usage))
+        record_usage(usage_item(_model(result, options), usage, _get(result, "service_tier")))
 
 
 def _wants_injection(resource: Any, kwargs: Mapping[str, Any]) -> bool:

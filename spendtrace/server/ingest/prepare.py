@@ -22,7 +22,11 @@ has one, else its earliest span; the first in batch order on a tie) and the writ
 head's rollup key for each request id not yet in the ``requests`` table (see ``_ingest``).
 
 Item prices are memoised per (item, price entry, weight) and book, so repeated usage
-(``dynamodb_read`` x3) is priced once.
+(``dynamodb_read`` x3) is priced once. An LLM item with a model id is priced by the key
+``PriceBook.key_of`` derives from its provider, model, tier and size (genai-prices rates, resolved
+once per distinct key); its ``spans.usage`` object also carries ``provider``, ``model``,
+``service_tier``, ``region`` and ``architecture`` when set, and an unknown model is counted
+unpriced under ``<provider>:<model>``, its raw id.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
     cache_write_1h_tokens: int | None = None
     bytes: int | None = None
     gb_seconds: float | None = None
+    provider: str | None = None
+    model: str | None = None
+    service_tier: str | None = None
+    region: str | None = None
+    architecture: str | None = None
     cost_nano: int
     unit_cost_nano: int | None
     priced: bool
@@ -66,29 +75,33 @@ class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 def _item_json(item: UsageItem, service: str, unit_cost: int | None, cost: int, version: str) -> str:
-    return _json.encode(
-        _UsageOut(
-            key=item.key,
-            service=service,
-            count=item.count or None,
-            input_tokens=item.input_tokens or None,
-            output_tokens=item.output_tokens or None,
-            cache_read_tokens=item.cache_read_tokens or None,
-            cache_write_tokens=item.cache_write_tokens or None,
-            cache_write_1h_tokens=item.cache_write_1h_tokens or None,
-            bytes=item.bytes or None,
-            gb_seconds=item.gb_seconds or None,
-            cost_nano=cost,
-            unit_cost_nano=unit_cost,
-            priced=unit_cost is not None,
-            price_version=version or None,
-        )
-    ).decode()
+    out = _UsageOut(
+        key=item.key,
+        service=service,
+        count=item.count or None,
+        input_tokens=item.input_tokens or None,
+        output_tokens=item.output_tokens or None,
+        cache_read_tokens=item.cache_read_tokens or None,
+        cache_write_tokens=item.cache_write_tokens or None,
+        cache_write_1h_tokens=item.cache_write_1h_tokens or None,
+        bytes=item.bytes or None,
+        gb_seconds=item.gb_seconds or None,
+        cost_nano=cost,
+        unit_cost_nano=unit_cost,
+        priced=unit_cost is not None,
+        price_version=version or None,
+    )
+    if item.provider is not None or item.model is not None or item.architecture is not None:
+        # set only when present: the AWS items that dominate ingest skip five keyword arguments
+        out.provider, out.model, out.service_tier = item.provider, item.model, item.service_tier
+        out.region, out.architecture = item.region, item.architecture
+    return _json.encode(out).decode()
 
 
 #: (unweighted cost or None, weighted cost, service, usage JSON fragment, start (ns) of the entry's segment
-#: for a last-segment entry (so a memo hit under the bare item checks the span is not older), else 0)
-_Priced = tuple[int | None, int, str, str, int]
+#: for a last-segment entry (so a memo hit under the bare item checks the span is not older), else 0,
+#: the key that priced it (``PriceBook.key_of``: the raw model id for LLM items))
+_Priced = tuple[int | None, int, str, str, int, str]
 _ALWAYS = -(2**63)
 
 
@@ -106,18 +119,24 @@ _memos: dict[str, dict[Any, _Priced]] = {}
 
 
 def _price_memo(
-    book: PriceBook, memo: dict[Any, _Priced], st: tuple[int, ...] | None, it: UsageItem, t: int, w: float
+    book: PriceBook, memo: dict[Any, _Priced], starts_get: Any, it: UsageItem, t: int, w: float
 ) -> _Priced:
     """Price ``it`` for a span starting at ``t`` with weight ``w`` through ``memo``.
 
     Unsampled items priced by the latest entry are memoised under the item itself (with the entry's
     start, see ``_Priced``); others under (item, entry index, weight).
     """
+    if it.model is None and it.architecture is None:  # AWS services and older producers' items: by key
+        pk = it.key
+        st = starts_get(pk)
+    else:
+        pk = book.key_of(it)
+        st = book.starts_of(pk)
     if st is None or len(st) == 1 or t >= st[-1]:
         seg = 0 if st is None else len(st) - 1
         since = _ALWAYS if st is None or len(st) == 1 else st[-1]
         if w == 1.0:
-            priced = memo[it] = _price(book, it, seg, 1.0, since)
+            priced = memo[it] = _price(book, it, pk, seg, 1.0, since)
             return priced
     else:
         seg = max(bisect_right(st, t) - 1, 0)
@@ -125,15 +144,15 @@ def _price_memo(
     mk = (it, seg, w)
     hit = memo.get(mk)
     if hit is None:
-        hit = memo[mk] = _price(book, it, seg, w, since)
+        hit = memo[mk] = _price(book, it, pk, seg, w, since)
     return hit
 
 
-def _price(book: PriceBook, item: UsageItem, seg: int, w: float, since: int) -> _Priced:
+def _price(book: PriceBook, item: UsageItem, pk: str, seg: int, w: float, since: int) -> _Priced:
     """(unweighted cost or None, weighted cost, service, usage JSON fragment, ``since``) of one item."""
     if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
         raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
-    entry = book.entry_at(item.key, seg)
+    entry = book.entry_at(pk, seg)
     if entry is None:
         c, ver, svc = None, "", item.service or guess_service(item.key)
     else:
@@ -141,7 +160,7 @@ def _price(book: PriceBook, item: UsageItem, seg: int, w: float, since: int) -> 
         c = None if femto is None else femto_to_nano(femto)
         ver, svc = entry.version, item.service or entry.service
     wc = 0 if c is None else weighted_cost(w, c)
-    return c, wc, svc, _item_json(item, svc, c, wc, ver), since
+    return c, wc, svc, _item_json(item, svc, c, wc, ver), since, pk
 
 
 def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
@@ -238,8 +257,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             # the common case (unsampled, price in force now) is one lookup under the item itself
             hit = memo_get(it) if w == 1.0 else None
             if hit is None or t < hit[4]:
-                hit = _price_memo(book, memo, starts_get(it.key), it, t, w)
-            c, wc, svc, frag, _ = hit
+                hit = _price_memo(book, memo, starts_get, it, t, w)
+            c, wc, svc, frag, _, pk = hit
             frags.append(frag)
             r = group.get(svc)
             if r is None:
@@ -247,7 +266,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, it, svc, feature, t)
+                _add_unpriced(unpriced_d, it, pk, svc, feature, t)
             else:
                 cost += wc
                 unw += c
@@ -263,7 +282,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, None, svc, feature, t)
+                _add_unpriced(unpriced_d, None, LAMBDA_COMPUTE_KEY, svc, feature, t)
             else:
                 cost += wc
                 unw += c
@@ -424,9 +443,9 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
 
 
 def _add_unpriced(
-    d: dict[tuple[str, str, str], list[Any]], it: UsageItem | None, svc: str, feature: str, t: int
+    d: dict[tuple[str, str, str], list[Any]], it: UsageItem | None, pk: str, svc: str, feature: str, t: int
 ) -> None:
-    key = (it.key if it is not None else LAMBDA_COMPUTE_KEY, svc, feature)
+    key = (pk, svc, feature)
     u = d.get(key)
     if u is None:
         u = d[key] = [0, 0.0, 0, 0, 0, t, t]
@@ -444,12 +463,13 @@ def _add_unpriced(
 
 def _lambda_item(book: PriceBook, s: Span, w: float) -> tuple[int | None, int, str, str, UsageItem | None]:
     """The synthetic compute item of a root span that ran on Lambda."""
-    billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, s.start_ns)
+    billed_ms, c, ver = book.price_lambda(s.lambda_memory_mb, s.duration_ns, s.start_ns, s.lambda_architecture)
     wc = 0 if c is None else weighted_cost(w, c)
     obj: dict[str, Any] = {
         "key": LAMBDA_COMPUTE_KEY,
         "service": "lambda",
         "memory_mb": s.lambda_memory_mb,
+        **({"architecture": s.lambda_architecture} if s.lambda_architecture else {}),
         "billed_ms": billed_ms,
         "gb_seconds": s.lambda_memory_mb / 1024 * billed_ms / 1000,
         "cost_nano": wc,

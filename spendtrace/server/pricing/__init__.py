@@ -1,8 +1,10 @@
 """Pricing: the versioned price book that turns recorded usage into integer nano-dollars.
 
-``PriceBook.default()`` is the static table shipped with spendtrace; ``PriceBook.load(prices_file=...,
-aws_pricing=True)`` adds AWS Pricing API rates and a file's overrides; ``AWSCostModel`` /
-``get_tracker().cost_model`` are the original README's in-process overrides, applied by ``current_book()``.
+``PriceBook.default()`` is the static table shipped with spendtrace plus LLM rates from genai-prices
+(``_genai``: dated entries per provider, raw model id, service tier and long-context band);
+``PriceBook.load(prices_file=..., aws_pricing=True)`` adds AWS Pricing API rates and a file's overrides;
+``AWSCostModel`` / ``get_tracker().cost_model`` are the original README's in-process overrides, applied
+by ``current_book()``.
 """
 
 from __future__ import annotations

@@ -56,6 +56,10 @@ AWS_QUERIES: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {
         (k, "lambda", "per_gb_second", "https://aws.amazon.com/lambda/pricing/")
         for k in ("lambda_gb_second", "aws_lambda_gb_second")
     ],
+    ("AWSLambda", "Lambda-GB-Second-ARM"): [
+        (k, "lambda", "per_gb_second", "https://aws.amazon.com/lambda/pricing/")
+        for k in ("lambda_gb_second_arm64", "aws_lambda_gb_second_arm64")
+    ],
     ("AWSQueueService", "Requests-RBP"): [
         (k, "sqs", "per_request", "https://aws.amazon.com/sqs/pricing/")
         for k in ("sqs_send", "sqs_receive", "sqs_delete", "sqs_change_visibility")

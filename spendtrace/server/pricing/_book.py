@@ -14,6 +14,15 @@ That is the item's *unweighted* cost; the storage layer multiplies by the span's
 and adds nothing, unless nothing else in the item has a rate, in which case it is unpriced.
 Lambda compute is priced per GB-second with the duration rounded up to the next
 millisecond, as AWS bills it (``lambda_compute_cost``).
+
+Which entries price an item (``PriceBook.key_of``): an item without a ``model`` (older producers,
+AWS services) by its ``key``, as always. An LLM item with a ``model`` by what its bill depends on:
+``<provider>:<model>`` with its service tier and long-context band, rates from genai-prices
+(``_genai``), unless an override names that key, the bare ``<provider>:<model>``, or the item's
+``key`` (user and file overrides win). A model genai-prices does not know is unpriced under
+``<provider>:<model>`` (never $0, never another model's price), except the few in ``LOCAL_LLM_KEYS``
+that keep their static row. Architecture-dependent AWS rates (Lambda arm64) get the suffix
+``_<architecture>`` when the book has such a key.
 """
 
 from __future__ import annotations
@@ -21,21 +30,46 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spendtrace.schema import UsageItem
 from spendtrace.server.pricing._entry import PriceEntry, guess_service
 
-__all__ = ["LAMBDA_COMPUTE_KEY", "PriceBook", "femto_to_nano", "lambda_compute_cost", "weighted_cost"]
+if TYPE_CHECKING:
+    from spendtrace.server.pricing._genai import GenaiPrices
+
+logger = logging.getLogger("spendtrace.pricing")
+
+__all__ = [
+    "LAMBDA_COMPUTE_KEY",
+    "LOCAL_LLM_KEYS",
+    "PriceBook",
+    "femto_to_nano",
+    "lambda_compute_cost",
+    "weighted_cost",
+]
 
 #: Key under which root spans on Lambda are priced for compute (GB-seconds), service ``lambda``.
 LAMBDA_COMPUTE_KEY = "lambda_gb_second"
 
 _GIB = 2**30
+
+#: Static LLM rows kept for models genai-prices (0.2.5) does not price; every other LLM item with a
+#: model is priced from genai-prices. Rates, source pages and dates are in ``static_prices.json``.
+LOCAL_LLM_KEYS = frozenset(
+    {
+        "bedrock_titan_text_premier",  # amazon.titan-text-premier-v1:0
+        "bedrock_titan_embed_image",  # amazon.titan-embed-image-v1
+        "bedrock_cohere_embed_english_v3",  # cohere.embed-english-v3
+        "bedrock_cohere_embed_multilingual_v3",  # cohere.embed-multilingual-v3
+        "bedrock_llama3_1_405b",  # meta.llama3-1-405b-instruct-v1:0
+    }
+)
 _CACHE_LIMIT = 200_000
 
 
@@ -124,7 +158,9 @@ class PriceBook:
     ``price`` returns ``None``, never 0. Books are immutable; ``with_overrides`` makes a new one.
     """
 
-    def __init__(self, entries: Iterable[PriceEntry] = (), *, name: str = "custom") -> None:
+    def __init__(
+        self, entries: Iterable[PriceEntry] = (), *, name: str = "custom", llm: GenaiPrices | None = None
+    ) -> None:
         by_key: dict[str, dict[Any, PriceEntry]] = {}
         for e in entries:
             by_key.setdefault(e.key, {})[e.effective_from] = e  # later entries for the same date win
@@ -137,12 +173,38 @@ class PriceBook:
         self.name = name
         self._cache: dict[tuple[UsageItem, int], tuple[int | None, str, str]] = {}
         canon = json.dumps([e.to_dict() for es in self._entries.values() for e in es], sort_keys=True)
+        if llm is not None:
+            canon += "\n" + llm.source
         self._version = "pb-" + hashlib.sha256(canon.encode()).hexdigest()[:16]
+        self._llm = llm
+        #: keys with an override (user, file, AWS Pricing API): they win over genai-prices
+        self._overridden = frozenset(k for k, es in self._entries.items() if any(e.source != "static" for e in es))
+        # (provider, model, tier, long-context band, key) -> price key; (provider, model) -> thresholds;
+        # genai-derived keys' entries
+        self._resolved: dict[tuple[Any, ...], str] = {}
+        self._thresholds: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._derived: dict[str, tuple[PriceEntry, ...]] = {}
+        self._derived_starts: dict[str, tuple[int, ...]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its memos (a prepared batch carries its book to the writer process)."""
+        state = dict(self.__dict__)
+        state["_cache"], state["_resolved"], state["_thresholds"] = {}, {}, {}
+        return state
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def default(cls) -> PriceBook:
-        """The static defaults shipped with spendtrace (see ``static_prices.json``)."""
+        """The static defaults shipped with spendtrace (``static_prices.json``) and LLM rates from genai-prices.
+
+        Without the genai-prices package (an app recording to a local store with no server extra),
+        LLM items with a model id are unpriced unless an override prices them; a warning says so once.
+        """
+        return _default_book()
+
+    @classmethod
+    def static(cls) -> PriceBook:
+        """The static table alone (no genai-prices): AWS services and the legacy LLM family keys."""
         return _static_book()
 
     @classmethod
@@ -189,7 +251,7 @@ class PriceBook:
                 merged.extend(es)
         for added in over.values():
             merged.extend(added)
-        return PriceBook(merged, name=name or f"{self.name}+overrides")
+        return PriceBook(merged, name=name or f"{self.name}+overrides", llm=self._llm)
 
     # ----------------------------------------------------------------- look-ups
     @property
@@ -215,11 +277,65 @@ class PriceBook:
 
     def entry_for(self, key: str, at_ns: int) -> PriceEntry | None:
         """The entry of ``key`` in force at ``at_ns`` (ns since the epoch, UTC), or None if unknown."""
-        es = self._entries.get(key)
-        if es is None:
+        es = self._entries.get(key) or self._derived.get(key)
+        starts = self.starts_of(key)
+        if es is None or starts is None:
             return None
-        i = bisect_right(self._starts[key], at_ns) - 1
+        i = bisect_right(starts, at_ns) - 1
         return es[i if i >= 0 else 0]
+
+    def key_of(self, item: UsageItem) -> str:
+        """The key whose entries price ``item`` (see the module docstring); memoised, cheap on a hit."""
+        model = item.model
+        if model is None:
+            if item.architecture is None:
+                return item.key
+            arch = f"{item.key}_{item.architecture.lower()}"
+            return arch if arch in self._entries else item.key
+        provider = item.provider or item.service
+        # long-context band: how many of the model's input thresholds this call's input (cache included) crossed
+        thresholds = self._thresholds.get((provider, model))
+        if thresholds is None:
+            thresholds = () if self._llm is None else self._llm.thresholds(provider, model)
+            self._thresholds[(provider, model)] = thresholds
+        band = 0
+        if thresholds:
+            total = item.input_tokens + item.cache_read_tokens + item.cache_write_tokens + item.cache_write_1h_tokens
+            band = sum(1 for t in thresholds if total > t)
+        ck = (provider, model, item.service_tier, band, item.key)
+        hit = self._resolved.get(ck)
+        if hit is not None:
+            return hit
+        key = self._resolve(provider, model, item.service_tier, thresholds[band - 1] + 1 if band else 0, item.key)
+        if len(self._resolved) > _CACHE_LIMIT:
+            self._resolved.clear()
+        self._resolved[ck] = key
+        return key
+
+    def _resolve(self, provider: str, model: str, tier: str | None, total: int, legacy: str) -> str:
+        bare = f"{provider}:{model.strip().lower()}"
+        if legacy in self._overridden:
+            return legacy
+        derived = None if self._llm is None else self._llm.key_for(provider, model, tier, total)
+        for key in (derived, bare):
+            if key is not None and key in self._entries:  # an override of the raw model id
+                return key
+        if derived is not None and self._llm is not None:
+            if derived not in self._derived:
+                es = self._llm.entries(derived)
+                if es is None:
+                    return bare
+                self._derived_starts[derived] = tuple(e.effective_from_ns for e in es)
+                self._derived[derived] = es
+            return derived
+        if legacy in LOCAL_LLM_KEYS and legacy in self._entries:
+            return legacy
+        return bare
+
+    def starts_of(self, key: str) -> tuple[int, ...] | None:
+        """Start (ns) of each entry of ``key`` (a book key or one ``key_of`` derived), None if unknown."""
+        st = self._starts.get(key)
+        return st if st is not None else self._derived_starts.get(key)
 
     def segment_starts(self) -> Mapping[str, tuple[int, ...]]:
         """key -> start (ns) of each of its entries; entry ``i`` is in force from ``starts[i]``."""
@@ -228,6 +344,8 @@ class PriceBook:
     def entry_at(self, key: str, index: int) -> PriceEntry | None:
         """Entry number ``index`` (oldest first) of ``key``, or None if the key is unknown."""
         es = self._entries.get(key)
+        if es is None:
+            es = self._derived.get(key)
         return None if es is None else es[index]
 
     def service_of(self, key: str) -> str:
@@ -242,7 +360,8 @@ class PriceBook:
 
     def price_item(self, item: UsageItem, at_ns: int) -> tuple[int | None, str, str]:
         """Like ``price`` plus the service to attribute the item to; memoised per (item, entry)."""
-        starts = self._starts.get(item.key)
+        key = self.key_of(item)
+        starts = self.starts_of(key)
         if starts is None:
             return None, "", item.service or guess_service(item.key)
         i = bisect_right(starts, at_ns) - 1 if len(starts) > 1 else 0
@@ -252,7 +371,8 @@ class PriceBook:
         hit = self._cache.get(ck)
         if hit is not None:
             return hit
-        entry = self._entries[item.key][i]
+        entry = self.entry_at(key, i)
+        assert entry is not None
         femto = item_cost_femto(entry, item)
         result = (
             None if femto is None else femto_to_nano(femto),
@@ -264,9 +384,17 @@ class PriceBook:
         self._cache[ck] = result
         return result
 
-    def price_lambda(self, memory_mb: int, duration_ns: int, at_ns: int) -> tuple[int, int | None, str]:
-        """(billed ms, unweighted nano-dollars or None, version) of a root span's Lambda compute."""
-        entry = self.entry_for(LAMBDA_COMPUTE_KEY, at_ns)
+    def price_lambda(
+        self, memory_mb: int, duration_ns: int, at_ns: int, architecture: str | None = None
+    ) -> tuple[int, int | None, str]:
+        """(billed ms, unweighted nano-dollars or None, version) of a root span's Lambda compute.
+
+        ``architecture="arm64"`` uses the ``lambda_gb_second_arm64`` rate when the book has one.
+        """
+        key = LAMBDA_COMPUTE_KEY
+        if architecture is not None and f"{key}_{architecture.lower()}" in self._entries:
+            key = f"{key}_{architecture.lower()}"
+        entry = self.entry_for(key, at_ns)
         billed_ms = -(-duration_ns // 1_000_000)
         if entry is None:
             return billed_ms, None, ""
@@ -291,3 +419,16 @@ def _static_book() -> PriceBook:
     from spendtrace.server.pricing._static import static_entries
 
     return PriceBook(static_entries(), name="static")
+
+
+@functools.cache
+def _default_book() -> PriceBook:
+    """The static defaults with genai-prices' LLM rates when the package is installed (shared)."""
+    from spendtrace.server.pricing import _genai
+
+    llm = _genai.load()
+    if llm is None:
+        logger.warning("spendtrace: genai-prices is not installed; LLM usage with a model id is left unpriced "
+                       "(install spendtrace[consumer] or add overrides)")  # fmt: skip
+        return _static_book()
+    return PriceBook(_static_book().entries(), name=f"static+{llm.source}", llm=llm)
