@@ -317,7 +317,7 @@ def create_app(
         """The most recently saved reconciliation report."""
         from spendtrace.server.reconcile.report import latest_report
 
-        report = latest_report(url.path)
+        report = latest_report(url.raw)
         if report is None:
             raise HTTPException(status_code=404, detail="no reconciliation has been run on this database")
         return report

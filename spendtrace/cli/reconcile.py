@@ -15,7 +15,7 @@ def _run(args: argparse.Namespace) -> int:
     from spendtrace.server.reconcile.report import reconcile
 
     report = reconcile(
-        args.db, args.start, args.end, args.tag_key, actuals_file=args.actuals, now=args.now,
+        args.store, args.start, args.end, args.tag_key, actuals_file=args.actuals, now=args.now,
         settle_days=args.settle_days,
     )
     print(report.summary(top=args.top))

@@ -222,6 +222,28 @@ def test_offline_actuals_file(db_path: Path, tmp_path: Path) -> None:
         reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=bad, now=AFTER)
 
 
+def test_a_store_url_works_wherever_a_database_path_does(db_path: Path, ce: tuple[Any, Stubber],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``reconcile``, ``latest_report`` and ``spendtrace reconcile --store`` take ``sqlite:///...`` URLs too."""
+    from spendtrace.cli.main import main
+
+    client, stub = ce
+    readme_model(db_path)
+    url = f"sqlite:///{db_path.resolve()}"
+    stub.add_response("get_cost_and_usage", page(FEB[:14], README_BILL_1, token="page-2"), request())
+    stub.add_response("get_cost_and_usage", page(FEB[14:], README_BILL_2), request(token="page-2"))
+    report = reconcile(db_path=url, start="2026-02-01", end="2026-03-01", ce_client=client, now=AFTER)
+    assert report.summary() == README_SUMMARY and not report.from_cache
+    assert latest_report(url) == latest_report(db_path) == json.loads(json.dumps(report.to_dict()))
+    # The bill was cached in the store the URL names: the plain path finds it (no stubbed response is left).
+    cached = reconcile(db_path, "2026-02-01", "2026-03-01", ce_client=client, now=AFTER)
+    assert cached.from_cache and cached.summary() == README_SUMMARY and cached.id == report.id + 1
+    assert main(["reconcile", "--store", url, "--start", "2026-02-01", "--end", "2026-03-01", "--now",
+                 "2026-03-10", "--top", "3", "--no-services"]) == 0
+    assert capsys.readouterr().out.strip() == README_SUMMARY
+    assert latest_report(url)["id"] == cached.id + 1  # type: ignore[index]
+
+
 def test_service_name_mapping() -> None:
     """The documented Cost Explorer names map to our service keys; unknown lines map to nothing."""
     assert map_service("Amazon DynamoDB") == "dynamodb"

@@ -2,9 +2,10 @@
 
 The request is DAILY ``UnblendedCost`` grouped by SERVICE (and by a cost-allocation tag when
 one is named); every page is fetched through ``NextPageToken``. Cost Explorer charges per
-request, so the pages are cached in the ``ce_cache`` table keyed by (start, end, group-by):
-a copy fetched after every day of the range settled is final, an earlier copy (recent,
-still-changing days) is fetched again once it is older than ``max_age_s``.
+request, so the pages are cached in the store (``ReconcileStore.cached_pages`` /
+``cache_pages``) keyed by (start, end, group-by): a copy fetched after every day of the range
+settled is final, an earlier copy (recent, still-changing days) is fetched again once it is
+older than ``max_age_s``.
 
 Service names on the bill map to our usage service keys with ``CE_SERVICE_MAP`` (plus every
 Bedrock model sold through the AWS Marketplace, "<model> (Amazon Bedrock Edition)", which maps
@@ -17,15 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError
+
+if TYPE_CHECKING:
+    from spendtrace.server.store.base import ReconcileStore
 
 __all__ = [
     "CE_SERVICE_MAP",
@@ -58,16 +61,6 @@ CE_SERVICE_MAP: dict[str, str] = {
     "AWS Key Management Service": "kms",
 }
 _BEDROCK_MARKETPLACE_SUFFIX = "(Amazon Bedrock Edition)"
-_CACHE_DDL = """
-CREATE TABLE IF NOT EXISTS ce_cache (
-    start_date TEXT    NOT NULL,
-    end_date   TEXT    NOT NULL,
-    group_by   TEXT    NOT NULL,
-    fetched_ns INTEGER NOT NULL,
-    pages      TEXT    NOT NULL,
-    PRIMARY KEY (start_date, end_date, group_by)
-)
-"""
 
 
 def map_service(ce_name: str) -> str | None:
@@ -194,7 +187,7 @@ def _pages_from_api(client: Any, start: str, end: str, tag_key: str | None) -> I
 
 
 def fetch_pages(
-    conn: sqlite3.Connection | None,
+    cache: ReconcileStore | None,
     client: Any,
     start: str,
     end: str,
@@ -204,27 +197,19 @@ def fetch_pages(
     now_ns: int | None = None,
     max_age_s: float = 6 * 3600,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """All pages for the range, from the cache when it is still good; returns (pages, from_cache).
+    """All pages for the range, from ``cache`` when its copy is still good; returns (pages, from_cache).
 
     A cached copy fetched at or after ``final_after_ns`` (when every day of the range has settled)
-    is final; an earlier copy is reused only while it is younger than ``max_age_s``.
+    is final; an earlier copy is reused only while it is younger than ``max_age_s``. Pages fetched
+    from the API replace the cached copy. ``cache=None``: always ask the API, cache nothing.
     """
     group_by = "SERVICE" + (f",TAG:{tag_key}" if tag_key else "")
     now = time.time_ns() if now_ns is None else now_ns
-    if conn is not None:
-        conn.execute(_CACHE_DDL)
-        row = conn.execute(
-            "SELECT fetched_ns, pages FROM ce_cache WHERE start_date = ? AND end_date = ? AND group_by = ?",
-            (start, end, group_by),
-        ).fetchone()
-        if row is not None and (int(row[0]) >= final_after_ns or now - int(row[0]) < max_age_s * 1e9):
-            return list(json.loads(row[1])), True
+    if cache is not None:
+        hit = cache.cached_pages(start, end, group_by)
+        if hit is not None and (hit.fetched_ns >= final_after_ns or now - hit.fetched_ns < max_age_s * 1e9):
+            return hit.pages, True
     pages = list(_pages_from_api(client if client is not None else make_client(), start, end, tag_key))
-    if conn is not None:
-        conn.execute(
-            "INSERT INTO ce_cache (start_date, end_date, group_by, fetched_ns, pages) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(start_date, end_date, group_by) DO UPDATE SET fetched_ns = excluded.fetched_ns, "
-            "pages = excluded.pages",
-            (start, end, group_by, now, json.dumps(pages, default=str)),
-        )
+    if cache is not None:
+        cache.cache_pages(start, end, group_by, pages, fetched_ns=now)
     return pages, False

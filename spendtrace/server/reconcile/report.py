@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from spendtrace.errors import ConfigError
+from spendtrace.server.model.reconcile import ModelledSpend
 from spendtrace.server.reconcile.costexplorer import (
     CE_SERVICE_MAP,
     Actuals,
@@ -37,6 +38,7 @@ from spendtrace.server.reconcile.costexplorer import (
     map_service,
     parse_pages,
 )
+from spendtrace.server.store.base import open_reconcile_store
 from spendtrace.settings import default_db_path
 
 __all__ = ["FeatureRow", "ReconciliationReport", "ServiceRow", "latest_report", "reconcile"]
@@ -315,33 +317,20 @@ def _last_full_month(now_ns: int) -> tuple[dt.date, dt.date]:
     return (end - dt.timedelta(days=1)).replace(day=1), end
 
 
-def _modelled(conn: Any, start_s: int, end_s: int) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-    """((day, service) -> nano, (feature, service) -> nano) from the per-service day rollup rows."""
+def _modelled(rows: list[ModelledSpend]) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """((day, service) -> nano, (feature, service) -> nano) from the store's per-service day rollup rows."""
     by_day: dict[tuple[str, str], int] = defaultdict(int)
     by_feature: dict[tuple[str, str], int] = defaultdict(int)
-    rows = conn.execute(
-        "SELECT bucket, feature, service, sum(cost_nano) FROM rollup_day"
-        " WHERE service != '' AND bucket >= ? AND bucket < ? GROUP BY bucket, feature, service",
-        (start_s, end_s),
-    ).fetchall()
-    for bucket, feature, service, cost in rows:
-        day = dt.datetime.fromtimestamp(int(bucket), tz=dt.UTC).date().isoformat()
-        by_day[(day, service)] += int(cost)
-        by_feature[(feature, service)] += int(cost)
+    for row in rows:
+        day = dt.datetime.fromtimestamp(row.day_s, tz=dt.UTC).date().isoformat()
+        by_day[(day, row.service)] += row.cost_nano
+        by_feature[(row.feature, row.service)] += row.cost_nano
     return by_day, by_feature
 
 
-def _restatements(conn: Any, start: str, end: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT id, created_ns, who, why, start_date, end_date, factor, factors, undone_ns FROM restatements"
-        " WHERE start_date < ? AND end_date > ? ORDER BY id",
-        (end, start),
-    ).fetchall()
-    return [
-        {"id": r[0], "created_ns": r[1], "who": r[2], "why": r[3], "start_date": r[4], "end_date": r[5],
-         "factor": r[6], "factors": json.loads(r[7] or "{}"), "undone_ns": r[8]}
-        for r in rows
-    ]
+def _store_url(db_path: str | os.PathLike[str] | None) -> str:
+    """The store a Python API call names: a URL or a SQLite path, else the default SQLite file."""
+    return os.fspath(db_path) if db_path is not None else default_db_path()
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -444,15 +433,16 @@ def reconcile(
 ) -> ReconciliationReport:
     """Reconcile modelled spend in ``db_path`` with the AWS bill over ``[start, end)`` (UTC days).
 
+    ``db_path`` is a store URL (``sqlite:///path/cost_data.db``) or a SQLite path; default: the
+    default SQLite file (``configure(db=...)``, ``SPENDTRACE_DB`` or ``cost_data.db``).
+
     Actuals come from Cost Explorer through ``ce_client`` (a boto3 ``ce`` client; one is made
     when omitted, which needs the ``aws`` extra and credentials), cached per day range in the
-    database, or from ``actuals_file``, a saved GetCostAndUsage JSON response (or a list of
+    store, or from ``actuals_file``, a saved GetCostAndUsage JSON response (or a list of
     pages). ``tag_key`` also groups the bill by that cost-allocation tag, to compare with the
     features. Without ``start``/``end`` the last full calendar month is used. The report is
-    saved to the ``reconciliations`` table unless ``save=False``.
+    saved in the store (``latest_report`` reads it back) unless ``save=False``.
     """
-    from spendtrace.server.store.sqlite._db import connect
-
     now_ns = _now_ns(now)
     if start is None or end is None:
         d0, d1 = _last_full_month(now_ns)
@@ -460,8 +450,7 @@ def reconcile(
     start_d, end_d = _as_date(start, "start"), _as_date(end, "end")
     if end_d <= start_d:
         raise ConfigError(f"end ({end_d}) must be after start ({start_d})")
-    path = os.fspath(db_path) if db_path is not None else default_db_path()
-    conn = connect(path)
+    store = open_reconcile_store(_store_url(db_path))
     try:
         from_cache = False
         if actuals_file is not None:
@@ -469,38 +458,32 @@ def reconcile(
             source = f"file:{os.fspath(actuals_file)}"
         else:
             pages, from_cache = fetch_pages(
-                conn, ce_client, start_d.isoformat(), end_d.isoformat(), tag_key,
+                store, ce_client, start_d.isoformat(), end_d.isoformat(), tag_key,
                 final_after_ns=(_epoch(end_d) + settle_days * _DAY_S) * NANO, now_ns=now_ns,
                 max_age_s=cache_max_age_s,
             )
             source = "cost-explorer"
         actuals = parse_pages(pages, tag_key)
         actuals.source = source
-        by_day, by_feature = _modelled(conn, _epoch(start_d), _epoch(end_d))
+        by_day, by_feature = _modelled(store.modelled_spend(_epoch(start_d), _epoch(end_d)))
         report = _build(start_d, end_d, now_ns, settle_days, actuals, by_day, by_feature)
         report.tag_key = tag_key
         report.from_cache = from_cache
-        report.restatements = _restatements(conn, report.start, report.end)
+        report.restatements = [r.to_dict() for r in store.restatements_between(report.start, report.end)]
         if save:
-            cur = conn.execute(
-                "INSERT INTO reconciliations (created_ns, start_date, end_date, report) VALUES (?, ?, ?, ?)",
-                (report.created_ns, report.start, report.end, "{}"),
-            )
-            report.id = int(cur.lastrowid or 0)
-            conn.execute("UPDATE reconciliations SET report = ? WHERE id = ?",
-                         (json.dumps(report.to_dict()), report.id))
+            report.id = store.save_report(report.to_dict())
         return report
     finally:
-        conn.close()
+        store.close()
 
 
 def latest_report(db_path: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The most recently saved reconciliation (its ``to_dict()``), or None; for the TUI and API."""
-    from spendtrace.server.store.sqlite._db import connect
+    """The most recently saved reconciliation (its ``to_dict()``), or None; for the TUI and API.
 
-    conn = connect(os.fspath(db_path) if db_path is not None else default_db_path(), readonly=True)
+    ``db_path`` is a store URL or a SQLite path (default: the default SQLite file); the store must exist.
+    """
+    store = open_reconcile_store(_store_url(db_path), readonly=True)
     try:
-        row = conn.execute("SELECT report FROM reconciliations ORDER BY id DESC LIMIT 1").fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return store.latest_report()
     finally:
-        conn.close()
+        store.close()

@@ -701,3 +701,73 @@ async def open_ingest_store_async(url: str | os.PathLike[str]) -> AsyncIngestSto
     parsed = parse_store_url(url)
     store: AsyncIngestStore = await _opener(parsed.scheme, "_ingest_async")(parsed)
     return store
+# ================================================================================================
+# ReconcileStore: what reconciliation with the AWS bill reads and records (spendtrace.server.reconcile).
+# Opened by URL below (the backend's opener "<name>_reconcile" beside "<name>"). Restatement itself
+# is an AdminStore operation; this role only reads the restatements recorded over a range.
+# ================================================================================================
+
+if TYPE_CHECKING:
+    from spendtrace.server.model.reconcile import CachedPages, ModelledSpend, Restatement
+
+__all__ += ["ReconcileStore", "open_reconcile_store"]
+
+
+@runtime_checkable
+class ReconcileStore(Protocol):
+    """What ``reconcile()`` and ``latest_report()`` need from a store (``open_reconcile_store``).
+
+    Money is integer nano-dollars; days are UTC (rollup bucket starts in epoch seconds, dates as
+    ``YYYY-MM-DD``); ranges are ``[start, end)``. A database failure raises ``StorageError``. A
+    ``readonly`` store answers the reads (``latest_report``, ``cached_pages`` as None when nothing was
+    ever cached) and refuses the writes.
+    """
+
+    def modelled_spend(self, start_s: int, end_s: int) -> list[ModelledSpend]:
+        """Modelled spend per (UTC day, feature, service): the per-service day rollups in [start_s, end_s).
+
+        Only rows with a service (spend a usage item was priced for); one read, so per-day and
+        per-feature sums of one report always agree. Order is unspecified.
+        """
+        ...
+
+    def restatements_between(self, start: str, end: str) -> list[Restatement]:
+        """Restatements whose date range overlaps ``[start, end)`` (undone ones too, with ``undone_ns``), by id."""
+        ...
+
+    def cached_pages(self, start: str, end: str, group_by: str) -> CachedPages | None:
+        """The Cost Explorer response last cached for this range and grouping, or None.
+
+        Whether a copy is still good (settled, or young enough) is the caller's decision.
+        """
+        ...
+
+    def cache_pages(
+        self, start: str, end: str, group_by: str, pages: Sequence[Mapping[str, Any]], *, fetched_ns: int
+    ) -> None:
+        """Cache ``pages`` for this range and grouping, replacing any copy (values JSON cannot hold: as ``str``)."""
+        ...
+
+    def save_report(self, report: Mapping[str, Any]) -> int:
+        """Record a reconciliation report (JSON-ready, with ``created_ns``, ``start``, ``end``); return its new id.
+
+        The stored copy is ``report`` with ``"id"`` set to that id, written in one step: a reader
+        never sees a report without its content.
+        """
+        ...
+
+    def latest_report(self) -> dict[str, Any] | None:
+        """The report saved last (the highest id), as ``save_report`` stored it, or None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_reconcile_store(url: str | os.PathLike[str], *, readonly: bool = False) -> ReconcileStore:
+    """The reconciliation records of the store at ``url`` (``readonly``: an existing store, reads only)."""
+    parsed = parse_store_url(url)
+    store: ReconcileStore = _opener(parsed.scheme, "_reconcile")(parsed, readonly=readonly)
+    return store
+
+
+# --- end of ReconcileStore ---------------------------------------------------------------------

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
     from spendtrace.server.store.sqlite._dashboard import SQLiteDashboard
     from spendtrace.server.store.sqlite._ingest_store import AsyncSQLiteIngestStore, SQLiteIngestStore
+    from spendtrace.server.store.sqlite._reconcile import SQLiteReconcileStore
 
 __all__ = [
     "AsyncStorage",
@@ -35,6 +36,7 @@ __all__ = [
     "open_sqlite_dashboard",
     "open_sqlite_ingest",
     "open_sqlite_ingest_async",
+    "open_sqlite_reconcile",
 ]
 
 PathArg = str | os.PathLike[str] | None
@@ -116,3 +118,10 @@ async def open_sqlite_ingest_async(url: StoreURL) -> AsyncSQLiteIngestStore:
     store = AsyncSQLiteIngestStore(url.path)
     await store.start()
     return store
+
+
+def open_sqlite_reconcile(url: StoreURL, *, readonly: bool = False) -> SQLiteReconcileStore:
+    """``open_reconcile_store`` for ``sqlite://`` URLs and bare paths."""
+    from spendtrace.server.store.sqlite._reconcile import SQLiteReconcileStore
+
+    return SQLiteReconcileStore(url.path, readonly=readonly)
