@@ -1,1 +1,1 @@
-"""The ClickHouse backend (the ``clickhouse`` extra): schema and migrations in ``_ddl``, connecting in ``_client``."""
+"""The ClickHouse backend (``clickhouse`` extra): schema in ``_ddl``, ``_client`` connects, writes in ``_ingest``."""

@@ -1,0 +1,235 @@
+"""The ClickHouse backend's own guarantees, on the real engine (chDB in the session's directory).
+
+What the contract suite cannot see through the interface: the materialized views compute the same
+rollups as ``prepare_batch`` does in Python, a batch inserted twice (same token) is stored once in
+``spans`` *and every view's target*, a span already stored by another batch is not counted again,
+and Kafka offsets come back as written. Plus one test against a real server, run only when
+``SPENDTRACE_TEST_CLICKHOUSE_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_backends import chdb_url
+
+from spendtrace.schema import Span, UsageItem
+from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.pricing import PriceBook, PriceEntry
+from spendtrace.server.store.base import open_store
+from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
+from spendtrace.server.store.clickhouse._ingest import (
+    SPAN_NAMES,
+    kafka_token,
+    read_offsets,
+    spans_token,
+    write_batch,
+)
+
+NANO = 10**9
+T0 = 1_779_966_000 * NANO  # 2026-05-28T11:00:00Z
+BOOK = PriceBook(
+    [
+        PriceEntry(key="t_read", service="dynamodb", per_request=Decimal("0.00000025")),
+        PriceEntry(key="t_llm", service="bedrock", per_1m_input_tokens=Decimal(3), per_1m_output_tokens=Decimal(15)),
+    ],
+    name="ch",
+)
+#: every table an ingest writes (spans and each materialized view's target)
+TARGETS = (
+    "spans",
+    "rollup_minute",
+    "rollup_hour",
+    "rollup_day",
+    "loaded_minute",
+    "loaded_hour",
+    "loaded_day",
+    "requests",
+    "unpriced_usage",
+)
+
+
+def spans(prefix: str = "s", n: int = 40) -> list[Span]:
+    """Requests of two spans over several minutes: sampled ones, several services, unpriced and Lambda usage."""
+    out = []
+    for i in range(n):
+        t = T0 + i * 37 * NANO
+        rid, root = f"{prefix}-r{i // 2}", f"{prefix}{i - i % 2}"
+        usage = (UsageItem("t_read", count=float(i % 5)), UsageItem("t_llm", input_tokens=i, output_tokens=2 * i))
+        if i % 7 == 0:
+            usage += (UsageItem("t_unknown", count=1.0, input_tokens=3),)
+        out.append(
+            Span(
+                f"{prefix}{i}",
+                None if i % 2 == 0 else root,
+                rid,
+                "api" if i % 2 == 0 else "search",
+                endpoint=f"/e{i % 3}",
+                user_id=None if i % 5 == 0 else f"u{i % 4}",
+                start_ns=t,
+                duration_ns=NANO,
+                error=i % 6 == 0,
+                usage=usage,
+                weight=1.0 if i % 3 else 4.0,
+                path=("api",) if i % 2 == 0 else ("api", "search"),
+                lambda_memory_mb=512 if i % 8 == 0 else 0,
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[Conn]:
+    """A connection to a fresh, migrated database."""
+    c = connect(chdb_url(tmp_path))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def snapshot(conn: Conn) -> dict[str, Any]:
+    """Every target table aggregated (parts merge lazily): what a reader would see."""
+    return {
+        "spans": conn.tuples("SELECT count(), sum(cost_nano), uniqExact(span_id) FROM spans"),
+        **{
+            f"rollup_{g}": conn.tuples(
+                f"SELECT bucket, feature, user_id, endpoint, service, sum(cost_nano), sum(calls), sum(spans), "
+                f"sum(errors), sum(unpriced), sum(var_nano2), uniqMerge(requests) FROM rollup_{g} "
+                "GROUP BY ALL ORDER BY ALL"
+            )
+            for g in ("minute", "hour", "day")
+        },
+        **{
+            f"loaded_{g}": conn.tuples(
+                f"SELECT bucket, feature, sum(cost_nano), sum(calls), sum(spans), sum(var_nano2) FROM loaded_{g} "
+                "GROUP BY ALL ORDER BY ALL"
+            )
+            for g in ("minute", "hour", "day")
+        },
+        "requests": conn.tuples(
+            "SELECT request_id, sum(cost_nano), sum(spans), min(start_ns), max(end_ns) FROM requests "
+            "GROUP BY ALL ORDER BY ALL"
+        ),
+        "unpriced_usage": conn.tuples(
+            "SELECT key, sum(items), sum(count) FROM unpriced_usage GROUP BY ALL ORDER BY ALL"
+        ),
+    }
+
+
+def test_views_compute_the_rollups_prepare_batch_computes(conn: Conn) -> None:
+    """Minute / hour / day and fully-loaded rollups, requests and unpriced usage equal the Python deltas."""
+    batch = prepare_batch(spans(), BOOK)
+    write_batch(conn, batch)
+    for g in ("minute", "hour", "day"):
+        rows = conn.tuples(
+            "SELECT bucket, toString(feature), user_id, toString(endpoint), toString(service), sum(cost_nano), "
+            "sum(calls), sum(spans), sum(errors), sum(unpriced), sum(var_nano2) "
+            f"FROM rollup_{g} GROUP BY ALL"
+        )
+        got = {r[:5]: [*r[5:10], pytest.approx(r[10])] for r in rows}
+        assert got == {k: v[:6] for k, v in batch.rollups[g].items()}
+        loaded = conn.tuples(
+            f"SELECT bucket, toString(feature), sum(cost_nano), sum(calls), sum(spans), sum(var_nano2) "
+            f"FROM loaded_{g} GROUP BY ALL"
+        )
+        assert {r[:2]: [r[2], r[3], r[4], pytest.approx(r[5])] for r in loaded} == batch.loaded[g]
+    requests = conn.tuples(
+        "SELECT request_id, any(root_feature), min(start_ns), max(end_ns), sum(cost_nano), sum(spans), "
+        "sum(errors), sum(unpriced) FROM requests GROUP BY request_id"
+    )
+    assert {r[0]: list(r[1:]) for r in requests} == {k: [v[2], *v[3:9]] for k, v in batch.requests.items()}
+    unpriced = conn.tuples(
+        "SELECT key, toString(service), toString(feature), sum(items), sum(count), sum(input_tokens), "
+        "sum(output_tokens), sum(bytes), min(first_ns), max(last_ns) FROM unpriced_usage GROUP BY ALL"
+    )
+    assert {r[:3]: list(r[3:]) for r in unpriced} == batch.unpriced
+    # distinct requests: every request once, on its '' rows, whatever the buckets
+    assert conn.tuples("SELECT uniqMerge(requests) FROM rollup_day WHERE service = ''") == [(20,)]
+
+
+def test_the_same_batch_twice_is_stored_once_in_every_table(conn: Conn) -> None:
+    """Same token: ``spans`` and every view's target drop the second insert (dedup window on each)."""
+    batch = prepare_batch(spans(), BOOK)
+    first = write_batch(conn, batch)
+    once = snapshot(conn)
+    again = write_batch(conn, batch)
+    assert snapshot(conn) == once
+    assert (first.new_spans, first.cost_nano > 0) == (40, True)
+    assert (again.new_spans, again.replayed_spans, again.cost_nano) == (0, 40, 0)
+    # and that is ClickHouse's deduplication, not the span-id check: a block under a used token, inserted bare
+    settings = {"insert_deduplication_token": first.token, "deduplicate_blocks_in_dependent_materialized_views": 1}
+    conn.insert("spans", [[v] for v in batch.span_rows[0]] + [[first.token]], (*SPAN_NAMES, "batch"), settings)
+    assert snapshot(conn) == once
+
+
+def test_every_target_has_the_deduplication_window(conn: Conn) -> None:
+    """Without the window on a view's target, a retried insert would double its rollups."""
+    rows = conn.tuples(
+        "SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase() AND name IN %s",
+        (TARGETS,),
+    )
+    assert {name for name, q in rows if "non_replicated_deduplication_window = 1000" in q} == set(TARGETS)
+
+
+def test_a_span_stored_by_another_batch_is_not_counted_again(conn: Conn, tmp_path: Path) -> None:
+    """Spans are idempotent on span_id across batches: the overlap is left out, reported, and not counted."""
+    first = spans()
+    write_batch(conn, prepare_batch(first[:30], BOOK))
+    result = write_batch(conn, prepare_batch(first[20:], BOOK))  # 10 stored already, 10 new
+    assert (result.new_spans, result.duplicate_spans) == (10, 10)
+    reference = connect(chdb_url(tmp_path))  # the same spans in one batch
+    try:
+        write_batch(reference, prepare_batch(first, BOOK))
+        assert snapshot(conn) == snapshot(reference)
+    finally:
+        reference.close()
+
+
+def test_kafka_batches_are_recognised_by_their_offsets_and_offsets_come_back(conn: Conn) -> None:
+    """A batch re-formed from the same offsets has the same token: replayed, not counted; offsets stored."""
+    token = kafka_token("g", [("spans", 0, 100, 139)])
+    assert token == kafka_token("g", [("spans", 0, 100, 139)]) != kafka_token("g", [("spans", 0, 100, 140)])
+    assert token != kafka_token("other-group", [("spans", 0, 100, 139)]) != spans_token(["s0"])
+    batch = prepare_batch(spans(), BOOK)
+    write_batch(conn, batch, token=token, offsets=[("g", "spans", 0, 140)])
+    once = snapshot(conn)
+    write_batch(conn, prepare_batch(spans(), BOOK), token=token, offsets=[("g", "spans", 0, 140)])
+    assert snapshot(conn) == once
+    write_batch(conn, prepare_batch([], BOOK), offsets=[("g", "spans", 0, 141), ("g", "spans", 1, 7)])
+    assert read_offsets(conn, "g", "spans") == {0: 141, 1: 7}
+    assert read_offsets(conn, "g", "other") == {}
+
+
+def test_store_urls() -> None:
+    """chdb:// names a directory (and optionally a database); clickhouse(s):// a server."""
+    assert parse_url("chdb:///data/st?database=prod") == ("chdb", {"interface": "chdb", "path": "/data/st"}, "prod")
+    scheme, kw, db = parse_url("clickhouses://bob:p%40ss@ch.example:8443/costs")
+    assert (scheme, db, kw["host"], kw["port"], kw["username"], kw["password"], kw["secure"]) == (
+        "clickhouses", "costs", "ch.example", 8443, "bob", "p@ss", True,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not os.environ.get("SPENDTRACE_TEST_CLICKHOUSE_URL"), reason="no ClickHouse server given")
+def test_a_real_server_over_http() -> None:
+    """The same store over HTTP(S): ingest twice, read the totals (needs SPENDTRACE_TEST_CLICKHOUSE_URL)."""
+    base = os.environ["SPENDTRACE_TEST_CLICKHOUSE_URL"].split("?")[0].rstrip("/")
+    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    url = f"{base}/spendtrace_test_{uuid.uuid4().hex[:12]}"
+    conn = connect(url)
+    try:
+        batch = prepare_batch(spans(), BOOK)
+        write_batch(conn, batch)
+        write_batch(conn, batch)
+        store = open_store(url)
+        assert store.total()["cost_nano"] == batch.cost_nano
+        store.close()
+    finally:
+        conn.command(f"DROP DATABASE IF EXISTS {conn.database}")
+        conn.close()
