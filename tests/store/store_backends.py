@@ -73,4 +73,4 @@ def _chdb(tmp_path: Path) -> Backend:
     return Backend("chdb", url, ingest)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite, "chdb": _chdb}

@@ -1,1 +1,28 @@
-"""The ClickHouse backend (``clickhouse`` extra): schema in ``_ddl``, ``_client`` connects, writes in ``_ingest``."""
+"""The ClickHouse backend (the ``clickhouse`` extra): ``chdb:///dir``, ``clickhouse://``, ``clickhouses://`` URLs.
+
+Through ``clickhouse-connect``: a ClickHouse server over HTTP(S), or the same engine in this process
+(chDB) with the same client API, so both run the same code. Schema in ``_ddl``, the effectively-once
+write path in ``_ingest``, reads in ``_reads`` / ``_store``, retention and restatement in ``_admin``.
+Apps reach it through ``spendtrace.server.store.base.open_store``; nothing imports it directly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spendtrace.server.store.clickhouse._store import AsyncClickHouseStore, ClickHouseStore
+
+if TYPE_CHECKING:
+    from spendtrace.server.store.base import StoreURL
+
+__all__ = ["AsyncClickHouseStore", "ClickHouseStore", "open_clickhouse", "open_clickhouse_async"]
+
+
+def open_clickhouse(url: StoreURL, *, readonly: bool = False) -> ClickHouseStore:
+    """``open_store`` for ``chdb://``, ``clickhouse://`` and ``clickhouses://`` URLs."""
+    return ClickHouseStore(url.raw, readonly=readonly)
+
+
+def open_clickhouse_async(url: StoreURL, *, readonly: bool = False) -> AsyncClickHouseStore:
+    """``open_store_async`` for the ClickHouse URLs."""
+    return AsyncClickHouseStore(url.raw, readonly=readonly)

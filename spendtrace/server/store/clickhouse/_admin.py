@@ -1,0 +1,290 @@
+"""Retention and restatement on ClickHouse: deletes by time, and exact delta rows for restatements.
+
+Retention: the policy lives in ``meta`` (the SQLite backend's keys and defaults); ``apply_retention``
+deletes raw spans / requests / dead letters older than ``raw_data_days`` and each grain's rollups older
+than its days, with synchronous ``ALTER TABLE ... DELETE`` (ClickHouse rewrites only the parts holding
+such rows; a partition that ages out whole could be dropped instead: not done yet).
+
+Restatement: the rollup targets and ``requests`` aggregate by ``sum``, so a restatement never rewrites
+a row: it reads each grain's rows in range (aggregated: parts merge lazily), computes the new values
+exactly as the SQLite backend does (each service row scaled by its factor, ``round(Fraction(f) * x)``
+ties to even; the ``service = ''`` row by the sum of its service rows' changes; ``loaded_*`` by the
+bucket's ratio), and inserts one **delta row** (new - old) per changed row, remembered in
+``restatement_deltas``. Undo inserts the negated deltas: every total is back to the nano-dollar.
+Raw spans keep the costs they were priced with (see README Known gaps).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from datetime import date
+from fractions import Fraction
+from typing import Any
+
+from spendtrace.errors import ConfigError, StorageError
+from spendtrace.server.store.clickhouse._client import Conn
+from spendtrace.server.store.sqlite._restate import _check_factor, _day, _epoch_s, _scale
+from spendtrace.server.store.sqlite._retention import RetentionPolicy
+
+__all__ = ["apply_retention", "get_retention", "restate_historical_costs", "set_retention", "undo_restatement"]
+
+_GRAINS = ("minute", "hour", "day")
+_DAY_NS = 86_400 * 1_000_000_000
+_KEYS = {name: f"retention.{name}" for name in RetentionPolicy.__dataclass_fields__}
+_SYNC = {"mutations_sync": 2}
+_ROLLUP_KEY = ("bucket", "feature", "user_id", "endpoint", "service")
+
+
+def set_retention(
+    conn: Conn,
+    raw_data_days: int = 30,
+    hourly_rollups_days: int = 365,
+    daily_rollups_days: int = 1825,
+    *,
+    minute_rollups_days: int = 2,
+) -> RetentionPolicy:
+    """Store the retention policy in ``meta`` (validated)."""
+    policy = RetentionPolicy(raw_data_days, minute_rollups_days, hourly_rollups_days, daily_rollups_days)
+    now = time.time_ns()
+    items = [(_KEYS[name], str(value)) for name, value in asdict(policy).items()]
+    conn.insert(
+        "meta", [[k for k, _ in items], [v for _, v in items], [now] * len(items)], ("key", "value", "updated_ns")
+    )
+    return policy
+
+
+def get_retention(conn: Conn) -> RetentionPolicy:
+    """The stored policy (defaults for anything never set)."""
+    rows = conn.tuples(
+        "SELECT key, argMax(value, updated_ns) FROM meta WHERE startsWith(key, 'retention.') GROUP BY key"
+    )
+    stored = dict(rows)
+    return RetentionPolicy(**{name: int(stored[key]) for name, key in _KEYS.items() if key in stored})
+
+
+def _delete(conn: Conn, table: str, where: str, params: tuple[Any, ...]) -> int:
+    n = int(conn.tuples(f"SELECT count() FROM {table} WHERE {where}", params)[0][0])
+    if n:
+        conn.command(f"ALTER TABLE {table} DELETE WHERE {where}", params, settings=_SYNC)
+    return n
+
+
+def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
+    """Delete every row older than the stored policy allows; returns the rows deleted."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    policy = get_retention(conn)
+    raw = now_ns - policy.raw_data_days * _DAY_NS
+    deleted = _delete(conn, "spans", "start_ns < %s", (raw,))
+    deleted += _delete(
+        conn,
+        "requests",
+        "request_id IN (SELECT request_id FROM requests GROUP BY request_id HAVING min(start_ns) < %s)",
+        (raw,),
+    )
+    deleted += _delete(conn, "dead_letters", "received_ns < %s", (raw,))
+    for grain, days in zip(
+        _GRAINS, (policy.minute_rollups_days, policy.hourly_rollups_days, policy.daily_rollups_days), strict=True
+    ):
+        cutoff_s = (now_ns - days * _DAY_NS) // 1_000_000_000
+        deleted += _delete(conn, f"rollup_{grain}", "bucket < %s", (cutoff_s,))
+        deleted += _delete(conn, f"loaded_{grain}", "bucket < %s", (cutoff_s,))
+    return deleted
+
+
+# --- restatement --------------------------------------------------------------------------------
+
+
+class _Deltas:
+    """The delta rows of one restatement, by table: inserted together, and kept for its undo."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple[list[Any], int, float]]] = defaultdict(list)
+
+    def add(self, table: str, key: list[Any], cost: int, var: float) -> None:
+        if cost or var:
+            self.rows[table].append((key, cost, var))
+
+
+def _key_names(table: str) -> tuple[str, ...]:
+    return _ROLLUP_KEY if table.startswith("rollup_") else ("bucket", "feature")
+
+
+def _insert_deltas(conn: Conn, deltas: Mapping[str, list[tuple[list[Any], int, float]]], sign: int) -> None:
+    for table, rows in deltas.items():
+        names = _key_names(table)
+        columns = [[key[i] for key, _, _ in rows] for i in range(len(names))]
+        columns += [[sign * c for _, c, _ in rows], [sign * v for _, _, v in rows]]
+        conn.insert(table, columns, (*names, "cost_nano", "var_nano2"))
+
+
+def _restate_rollup(
+    conn: Conn, deltas: _Deltas, grain: str, f_of: Callable[[str], Fraction], lo_s: int, hi_s: int
+) -> dict[int, tuple[int, int]]:
+    """One grain's rollup deltas; returns bucket -> (old, new) total of its ``service = ''`` rows."""
+    table = f"rollup_{grain}"
+    rows = conn.tuples(
+        "SELECT bucket, toString(feature), user_id, toString(endpoint), toString(service), sum(cost_nano), "
+        f"sum(var_nano2) FROM {table} WHERE bucket >= %s AND bucket < %s "
+        "GROUP BY bucket, feature, user_id, endpoint, service",
+        (lo_s, hi_s),
+    )
+    span_rows: dict[tuple[Any, ...], tuple[int, float]] = {}
+    delta: dict[tuple[Any, ...], int] = defaultdict(int)
+    for bucket, feature, user, endpoint, service, cost, var in rows:
+        dims = (bucket, feature, user, endpoint)
+        if service == "":
+            span_rows[dims] = (cost, var)
+            continue
+        f = f_of(service)
+        if f == 1:
+            continue
+        new = _scale(f, cost)
+        delta[dims] += new - cost
+        deltas.add(table, [*dims, service], new - cost, float(var * f * f) - var)
+    totals: dict[int, tuple[int, int]] = {}
+    for dims, (cost, var) in span_rows.items():
+        new = cost + delta.get(dims, 0)
+        old_total, new_total = totals.get(dims[0], (0, 0))
+        totals[dims[0]] = (old_total + cost, new_total + new)
+        if new != cost:
+            ratio = Fraction(new, cost) if cost else Fraction(1)
+            deltas.add(table, [*dims, ""], new - cost, float(var * ratio * ratio) - var)
+    return totals
+
+
+def _restate_loaded(
+    conn: Conn, deltas: _Deltas, grain: str, ratios: dict[int, tuple[int, int]], lo_s: int, hi_s: int
+) -> None:
+    table = f"loaded_{grain}"
+    rows = conn.tuples(
+        f"SELECT bucket, toString(feature), sum(cost_nano), sum(var_nano2) FROM {table} "
+        "WHERE bucket >= %s AND bucket < %s GROUP BY bucket, feature",
+        (lo_s, hi_s),
+    )
+    for bucket, feature, cost, var in rows:
+        old_total, new_total = ratios.get(bucket, (0, 0))
+        if old_total == new_total:
+            continue
+        ratio = Fraction(new_total, old_total) if old_total else Fraction(1)
+        deltas.add(table, [bucket, feature], _scale(ratio, cost) - cost, float(var * ratio * ratio) - var)
+
+
+def restate_historical_costs(
+    conn: Conn,
+    *,
+    factor: float | None = None,
+    factors: Mapping[str, float] | None = None,
+    start_date: str | date,
+    end_date: str | date,
+    who: str | None = None,
+    why: str = "",
+    now_ns: int | None = None,
+) -> int:
+    """Scale the stored rollups in ``[start_date, end_date)`` (UTC days) by delta rows; returns the restatement id."""
+    if factor is None and not factors:
+        raise ConfigError("restate_historical_costs needs factor or factors")
+    default = _check_factor(factor, "factor") if factor is not None else Fraction(1)
+    per_service = {str(k): _check_factor(v, f"factors[{k!r}]") for k, v in (factors or {}).items()}
+    start, end = _day(start_date, "start_date"), _day(end_date, "end_date")
+    if end <= start:
+        raise ConfigError(f"end_date ({end}) must be after start_date ({start}); end_date is exclusive")
+    if who is None:
+        try:
+            who = getpass.getuser()
+        except Exception:  # no user name in some containers
+            who = "unknown"
+    lo_s, hi_s = _epoch_s(start), _epoch_s(end)
+    now = time.time_ns() if now_ns is None else now_ns
+
+    def f_of(service: str) -> Fraction:
+        return per_service.get(service, default)
+
+    deltas = _Deltas()
+    delta_day = 0
+    for grain in _GRAINS:
+        ratios = _restate_rollup(conn, deltas, grain, f_of, lo_s, hi_s)
+        if grain == "day":
+            delta_day = sum(new - old for old, new in ratios.values())
+        _restate_loaded(conn, deltas, grain, ratios, lo_s, hi_s)
+    # one restatement at a time (an admin operation): the next id after the largest
+    rid = int(conn.tuples("SELECT max(id) FROM restatements")[0][0] or 0) + 1
+    kept = [(t, json.dumps(k), c, v) for t, rows in deltas.rows.items() for k, c, v in rows]
+    conn.insert(
+        "restatement_deltas",
+        [[rid] * len(kept), *([r[i] for r in kept] for i in range(4))],
+        ("restatement_id", "tbl", "row_key", "cost_nano", "var_nano2"),
+    )
+    _insert_deltas(conn, deltas.rows, 1)
+    factors_json = json.dumps({k: float(v) for k, v in per_service.items()}, sort_keys=True)
+    _record(conn, rid, now, who, why, start, end, factor, factors_json, None, delta_day)
+    return rid
+
+
+def _record(
+    conn: Conn,
+    rid: int,
+    created_ns: int,
+    who: str,
+    why: str,
+    start: date | str,
+    end: date | str,
+    factor: float | None,
+    factors_json: str,
+    undone_ns: int | None,
+    delta_day: int,
+) -> None:
+    values: list[Any] = [
+        rid,
+        created_ns,
+        who,
+        why,
+        str(start),
+        str(end),
+        factor,
+        factors_json,
+        undone_ns,
+        0,
+        delta_day,
+        time.time_ns(),
+    ]
+    names = ("id", "created_ns", "who", "why", "start_date", "end_date", "factor", "factors", "undone_ns",
+             "spans_changed", "delta_nano", "version")  # fmt: skip
+    conn.insert("restatements", [[v] for v in values], names)
+
+
+def undo_restatement(conn: Conn, restatement_id: int, *, now_ns: int | None = None) -> int:
+    """Insert the negation of every delta row restatement ``restatement_id`` inserted; returns rows restored.
+
+    Undo the latest overlapping restatement first (a newer, still active one raises ``StorageError``),
+    and only once.
+    """
+    rows = conn.rows("SELECT * FROM restatements FINAL WHERE id = %s", (int(restatement_id),))
+    if not rows:
+        raise StorageError(f"no restatement with id {restatement_id}")
+    r = rows[0]
+    if r["undone_ns"] is not None:
+        raise StorageError(f"restatement {restatement_id} was already undone")
+    later = conn.tuples(
+        "SELECT id FROM restatements FINAL WHERE id > %s AND undone_ns IS NULL AND start_date < %s AND end_date > %s "
+        "ORDER BY id DESC LIMIT 1",
+        (int(restatement_id), r["end_date"], r["start_date"]),
+    )
+    if later:
+        raise StorageError(f"restatement {later[0][0]} overlaps {restatement_id} and is newer; undo it first")
+    deltas: dict[str, list[tuple[list[Any], int, float]]] = defaultdict(list)
+    for tbl, key, cost, var in conn.tuples(
+        "SELECT tbl, row_key, cost_nano, var_nano2 FROM restatement_deltas WHERE restatement_id = %s",
+        (int(restatement_id),),
+    ):
+        deltas[tbl].append((json.loads(key), cost, var))
+    _insert_deltas(conn, deltas, -1)
+    _record(
+        conn, int(restatement_id), r["created_ns"], r["who"], r["why"], r["start_date"], r["end_date"], r["factor"],
+        r["factors"], time.time_ns() if now_ns is None else now_ns, r["delta_nano"],
+    )  # fmt: skip
+    return sum(len(v) for v in deltas.values())
