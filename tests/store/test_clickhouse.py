@@ -70,8 +70,8 @@ def spans(prefix: str = "s", n: int = 40) -> list[Span]:
                 None if i % 2 == 0 else root,
                 rid,
                 "api" if i % 2 == 0 else "search",
-                endpoint=f"/e{i % 3}",
-                user_id=None if i % 5 == 0 else f"u{i % 4}",
+                endpoint=f"/e{i // 2 % 3}",  # a request's scope: the same on its spans
+                user_id=None if i // 2 % 5 == 0 else f"u{i // 2 % 4}",
                 start_ns=t,
                 duration_ns=NANO,
                 error=i % 6 == 0,
@@ -233,3 +233,68 @@ def test_a_real_server_over_http() -> None:
     finally:
         conn.command(f"DROP DATABASE IF EXISTS {conn.database}")
         conn.close()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with floats compared to 1e-9 relative (sums of floats in another order)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def test_every_read_answers_as_the_sqlite_backend_does(tmp_path: Path) -> None:
+    """The same spans in both backends: every ReadStore query gives the same rows (one difference, below)."""
+    from store_backends import BACKENDS
+
+    stores = []
+    for name in ("sqlite", "chdb"):
+        backend = BACKENDS[name](tmp_path / name if name == "sqlite" else tmp_path)
+        if name == "sqlite":
+            (tmp_path / name).mkdir()
+        backend.ingest(spans(), BOOK)
+        stores.append(open_store(backend.url))
+    now = T0 + 3600 * NANO
+    day = "2026-05-28"
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+        ("total", (), {}),
+        ("total", (), {"start": T0 + 300 * NANO, "end": T0 + 900 * NANO, "user_id": "u1"}),
+        ("total", (), {"service": "bedrock"}),
+        ("aggregate_by_user", (), {}),
+        ("aggregate_by_endpoint", (day,), {"user_id": "u1"}),
+        ("aggregate_by_user", (), {"service": "dynamodb"}),
+        ("aggregate_by_service", (), {}),
+        ("aggregate_by_service", (), {"user_id": "u2"}),
+        ("get_feature_cost_breakdown", (), {}),
+        ("get_feature_cost_breakdown", (), {"user_id": "u3"}),
+        ("get_cost_trend", (), {"days": 3, "now": now}),
+        ("get_cost_trend", ("api",), {"days": 2, "now": now, "service": "bedrock"}),
+        ("cost_trend_by_feature", (), {"days": 2, "now": now}),
+        ("feature_timeseries", (30, T0 + 1200 * NANO), {}),
+        ("spend_rate", (30, T0 + 1200 * NANO), {"endpoint": "/e1"}),
+        ("ingest_stats", (T0 + 60 * NANO,), {}),
+        ("unpriced_usage", (), {}),
+        ("get_request_cost", (5,), {"order": "cost"}),
+        ("get_request_cost", (5,), {"offset": 2, "user_id": "u1"}),
+        ("get_request_subtree", ("s-r3",), {}),
+        ("get_transaction_subtree", ("s5",), {}),
+        ("transactions", (), {"limit": 7, "offset": 3, "service": "t"}),
+        ("transactions", (), {"request_id": "s-r4"}),
+    ]
+    for method, args, kwargs in calls:
+        lite, ch = (getattr(s, method)(*args, **kwargs) for s in stores)
+        assert _same(ch, lite), (method, args, kwargs)
+    # The one difference: requests per feature. SQLite counts a request under its head span's feature
+    # only; ClickHouse counts the distinct requests that had a span of the feature.
+    lite, ch = (s.aggregate_by_feature() for s in stores)
+    assert _same([{**r, "request_count": 0} for r in ch], [{**r, "request_count": 0} for r in lite])
+    assert {r["feature"]: r["request_count"] for r in ch} == {"api": 20, "search": 20}
+    assert {r["feature"]: r["request_count"] for r in lite} == {"api": 20, "search": 0}
+    lite, ch = (s.aggregate_by_endpoint(feature="search") for s in stores)
+    ignore = {"request_count": 0, "transaction_count": 0}
+    assert _same([{**r, **ignore} for r in ch], [{**r, **ignore} for r in lite])
+    for s in stores:
+        s.close()
