@@ -73,29 +73,27 @@ CREATE TABLE IF NOT EXISTS span_rows (
 ) ENGINE = Null
 """
 
-# The usage items of a span as tuples; its services' shares are summed per service, and a sampled
-# span's per-service variance is w*(w-1)*su^2 with su the service's unweighted cost (as in prepare).
+# A span's '' row (its totals) and one row per usage item (its service's share: cost, unpriced); the
+# rollup views sum them per service. A sampled span's per-service variance w*(w-1)*su^2 (su: the
+# service's unweighted cost in the span, as in prepare) is spread over its items as w*(w-1)*u*su.
 _SPAN_ROWS_MV = """
 CREATE MATERIALIZED VIEW IF NOT EXISTS span_rows_mv TO span_rows AS
 SELECT bucket, feature, user_id, endpoint, r.1 AS service, r.2 AS cost_nano, r.3 AS calls, r.4 AS spans,
     r.5 AS errors, r.6 AS unpriced, r.7 AS var_nano2, if(r.1 = '', request_id, '') AS request_id
 FROM (
     WITH JSONExtract(usage,
-            'Array(Tuple(service String, cost_nano Int64, unit_cost_nano Nullable(Int64), priced Bool))') AS items,
-        arrayDistinct(arrayMap(i -> i.service, items)) AS services,
-        arrayMap(s -> toFloat64(arraySum(arrayMap(i -> if(i.service = s, ifNull(i.unit_cost_nano, 0), 0), items))),
-            services) AS unweighted
+            'Array(Tuple(service String, cost_nano Int64, unit_cost_nano Nullable(Int64), priced Bool))') AS items
     SELECT intDiv(start_ns, 60000000000) * 60 AS bucket, toString(feature) AS feature,
         ifNull(user_id, '') AS user_id, ifNull(endpoint, '') AS endpoint, request_id,
         arrayJoin(arrayConcat(
             [tuple('', cost_nano, weight, toInt64(1), toInt64(error), unpriced, var_nano2)],
-            arrayMap((s, su) -> tuple(
-                s,
-                arraySum(arrayMap(i -> if(i.service = s, i.cost_nano, 0), items)),
-                toFloat64(0), toInt64(0), toInt64(0),
-                toInt64(arrayCount(i -> i.service = s AND NOT i.priced, items)),
-                if(weight = 1, 0., weight * (weight - 1.) * su * su)
-            ), services, unweighted)
+            arrayMap(i -> tuple(
+                i.service, i.cost_nano, toFloat64(0), toInt64(0), toInt64(0), toInt64(NOT i.priced),
+                if(weight = 1, 0.,
+                   weight * (weight - 1.) * toFloat64(ifNull(i.unit_cost_nano, 0))
+                   * toFloat64(arraySum(arrayMap(j -> if(j.service = i.service, ifNull(j.unit_cost_nano, 0), 0),
+                                                 items))))
+            ), items)
         )) AS r
     FROM spans
 )
