@@ -14,8 +14,15 @@ from spendtrace.server.store.clickhouse._store import AsyncClickHouseStore, Clic
 
 if TYPE_CHECKING:
     from spendtrace.server.store.base import StoreURL
+    from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
 
-__all__ = ["AsyncClickHouseStore", "ClickHouseStore", "open_clickhouse", "open_clickhouse_async"]
+__all__ = [
+    "AsyncClickHouseStore",
+    "ClickHouseStore",
+    "open_clickhouse",
+    "open_clickhouse_alerts",
+    "open_clickhouse_async",
+]
 
 
 def open_clickhouse(url: StoreURL, *, readonly: bool = False) -> ClickHouseStore:
@@ -26,3 +33,10 @@ def open_clickhouse(url: StoreURL, *, readonly: bool = False) -> ClickHouseStore
 def open_clickhouse_async(url: StoreURL, *, readonly: bool = False) -> AsyncClickHouseStore:
     """``open_store_async`` for the ClickHouse URLs."""
     return AsyncClickHouseStore(url.raw, readonly=readonly)
+
+
+def open_clickhouse_alerts(url: StoreURL, *, readonly: bool = False) -> ClickHouseAlertStore:
+    """``open_alert_store`` for ``chdb://`` URLs (see ``_alerts`` for where the alert state lives)."""
+    from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
+
+    return ClickHouseAlertStore(url.raw, readonly=readonly)
