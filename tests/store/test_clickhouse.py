@@ -184,9 +184,12 @@ def test_a_span_stored_by_another_batch_is_not_counted_again(conn: Conn, tmp_pat
     write_batch(conn, prepare_batch(first[:30], BOOK))
     result = write_batch(conn, prepare_batch(first[20:], BOOK))  # 10 stored already, 10 new
     assert (result.new_spans, result.duplicate_spans) == (10, 10)
+    # a batch whose time range holds many stored spans is checked by span id (the bloom index) instead
+    result = write_batch(conn, prepare_batch([first[0], first[39], *spans("x", 2)], BOOK))
+    assert (result.new_spans, result.duplicate_spans) == (2, 2)
     reference = connect(chdb_url(tmp_path))  # the same spans in one batch
     try:
-        write_batch(reference, prepare_batch(first, BOOK))
+        write_batch(reference, prepare_batch(first + spans("x", 2), BOOK))
         assert snapshot(conn) == snapshot(reference)
     finally:
         reference.close()

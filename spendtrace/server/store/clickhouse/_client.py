@@ -61,6 +61,8 @@ class Conn:
     def __init__(self, client: Any, database: str) -> None:
         self.client = client
         self.database = database
+        #: price book versions this connection has stored (``_ingest`` writes each once)
+        self.books: set[str] = set()
         self._lock = threading.Lock()
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

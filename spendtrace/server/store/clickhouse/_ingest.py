@@ -21,7 +21,8 @@ interface's effectively-once contract is kept this way (the ClickHouse Kafka Con
 
 What this does not cover (stated in README Known gaps): two *different* batches holding the same
 span, written at the same moment by two workers, can both pass the check in 2. (no transaction);
-the same batch re-formed with different boundaries gets a different token.
+the same batch re-formed with different boundaries gets a different token; a span re-sent with
+another ``start_ns`` is not recognised (the check looks in the batch's time range).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ assert len(SPAN_NAMES) == SPAN_COLUMNS
 
 #: span ids per "already stored?" query
 _CHUNK = 5000
+#: stored spans in a batch's time range (per span of the batch) up to which they are read back whole
+_CROWD = 4
 _INSERT_SETTINGS = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 #: (group_id, topic, partition, next_offset)
@@ -107,13 +110,27 @@ def spans_token(span_ids: Iterable[str]) -> str:
 
 
 def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, str]:
-    """span_id -> token of the batch that stored it, for those of ``ids`` already stored."""
+    """span_id -> token of the batch that stored it, for those of ``ids`` already stored.
+
+    A span's ``start_ns`` is part of the span, so only rows in the batch's time range can match (a
+    primary-key range). Usually few are stored there: they are read back whole (binary, no SQL text
+    per id) and matched here; a crowded range is asked with ``span_id IN (...)`` (the bloom index).
+    """
+    where = "start_ns >= %s AND start_ns <= %s"
+    crowd = int(conn.tuples(f"SELECT count() FROM spans WHERE {where}", (lo_ns, hi_ns))[0][0])
+    if not crowd:
+        return {}
     out: dict[str, str] = {}
+    if crowd <= _CROWD * len(ids):
+        wanted = set(ids)
+        for sid, batch in conn.tuples(f"SELECT span_id, batch FROM spans WHERE {where}", (lo_ns, hi_ns)):
+            if sid in wanted:
+                out[sid] = batch
+        return out
     for i in range(0, len(ids), _CHUNK):
         chunk = tuple(ids[i : i + _CHUNK])
-        # a span's start_ns is part of the span: the range prunes partitions and the primary key
-        sql = "SELECT span_id, any(batch) FROM spans WHERE start_ns >= %s AND start_ns <= %s AND span_id IN %s"
-        for sid, batch in conn.tuples(sql + " GROUP BY span_id", (lo_ns, hi_ns, chunk)):
+        sql = f"SELECT span_id, any(batch) FROM spans WHERE {where} AND span_id IN %s GROUP BY span_id"
+        for sid, batch in conn.tuples(sql, (lo_ns, hi_ns, chunk)):
             out[sid] = batch
     return out
 
@@ -153,12 +170,14 @@ def write_batch(
         columns.append([token] * len(keep))
         conn.insert("spans", columns, (*SPAN_NAMES, "batch"), settings)
         book = batch.book
-        conn.insert(
-            "price_versions",
-            [[book.version], [now_ns], [book.name], [book.to_json()]],
-            ("version", "created_ns", "source", "book"),
-            settings,
-        )
+        if book.version not in conn.books:  # a ReplacingMergeTree row per version: once per connection will do
+            conn.insert(
+                "price_versions",
+                [[book.version], [now_ns], [book.name], [book.to_json()]],
+                ("version", "created_ns", "source", "book"),
+                settings,
+            )
+            conn.books.add(book.version)
     if dead_letters:
         rows = list(zip(*dead_letters, strict=True))
         conn.insert(
