@@ -38,6 +38,7 @@ _DAY_NS = 86_400 * 1_000_000_000
 _KEYS = {name: f"retention.{name}" for name in RetentionPolicy.__dataclass_fields__}
 _SYNC = {"mutations_sync": 2}
 _ROLLUP_KEY = ("bucket", "feature", "user_id", "endpoint", "service")
+_DELTA_TABLES = frozenset(f"{t}_{g}" for t in ("rollup", "loaded") for g in _GRAINS)
 
 
 def set_retention(
@@ -281,7 +282,12 @@ def undo_restatement(conn: Conn, restatement_id: int, *, now_ns: int | None = No
         "SELECT tbl, row_key, cost_nano, var_nano2 FROM restatement_deltas WHERE restatement_id = %s",
         (int(restatement_id),),
     ):
+        if tbl not in _DELTA_TABLES:
+            raise StorageError(f"restatement {restatement_id} names an unknown table {tbl!r}")
         deltas[tbl].append((json.loads(key), cost, var))
+    for tbl, taken in deltas.items():  # buckets retention deleted since have nothing left to take back
+        floor = conn.tuples(f"SELECT minOrNull(bucket) FROM {tbl}")[0][0]
+        deltas[tbl] = [d for d in taken if floor is not None and d[0][0] >= floor]
     _insert_deltas(conn, deltas, -1)
     _record(
         conn, int(restatement_id), r["created_ns"], r["who"], r["why"], r["start_date"], r["end_date"], r["factor"],

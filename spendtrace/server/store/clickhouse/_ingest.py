@@ -10,7 +10,9 @@ interface's effectively-once contract is kept this way (the ClickHouse Kafka Con
    index, pruned to the batch's time range) and by which token. Spans stored by *another* batch are
    left out and counted as duplicates (spans are idempotent on ``span_id`` across batches). Spans
    stored by *this* token are kept: the batch is being replayed and must be inserted again
-   identically, so that every table the first attempt did not reach gets it.
+   identically, so that every table the first attempt did not reach gets it. The head span of each
+   request not in ``requests`` yet is marked ``new_request = 1`` (the rollups count requests by it);
+   a replayed span keeps the mark it was stored with.
 3. The rows go in as one insert with ``insert_deduplication_token`` = the token and
    ``deduplicate_blocks_in_dependent_materialized_views = 1``; ``spans`` and every view's target have
    ``non_replicated_deduplication_window`` set (``_ddl``), so each table drops a block it already has
@@ -31,6 +33,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from spendtrace.server.ingest.prepare import SPAN_COLUMNS, PreparedBatch
 from spendtrace.server.store.clickhouse._client import Conn
@@ -109,8 +112,8 @@ def spans_token(span_ids: Iterable[str]) -> str:
     return "s:" + h.hexdigest()
 
 
-def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, str]:
-    """span_id -> token of the batch that stored it, for those of ``ids`` already stored.
+def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, tuple[str, int]]:
+    """span_id -> (token of the batch that stored it, its ``new_request`` mark), for ``ids`` already stored.
 
     A span's ``start_ns`` is part of the span, so only rows in the batch's time range can match (a
     primary-key range). Usually few are stored there: they are read back whole (binary, no SQL text
@@ -120,19 +123,53 @@ def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, str
     crowd = int(conn.tuples(f"SELECT count() FROM spans WHERE {where}", (lo_ns, hi_ns))[0][0])
     if not crowd:
         return {}
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, int]] = {}
     if crowd <= _CROWD * len(ids):
         wanted = set(ids)
-        for sid, batch in conn.tuples(f"SELECT span_id, batch FROM spans WHERE {where}", (lo_ns, hi_ns)):
+        sql = f"SELECT span_id, batch, new_request FROM spans WHERE {where}"
+        for sid, batch, mark in conn.tuples(sql, (lo_ns, hi_ns)):
             if sid in wanted:
-                out[sid] = batch
+                out[sid] = (batch, mark)
         return out
     for i in range(0, len(ids), _CHUNK):
         chunk = tuple(ids[i : i + _CHUNK])
-        sql = f"SELECT span_id, any(batch) FROM spans WHERE {where} AND span_id IN %s GROUP BY span_id"
-        for sid, batch in conn.tuples(sql, (lo_ns, hi_ns, chunk)):
-            out[sid] = batch
+        sql = (
+            f"SELECT span_id, any(batch), max(new_request) FROM spans WHERE {where} AND span_id IN %s GROUP BY span_id"
+        )
+        for sid, batch, mark in conn.tuples(sql, (lo_ns, hi_ns, chunk)):
+            out[sid] = (batch, mark)
     return out
+
+
+def _new_requests(conn: Conn, request_ids: set[str]) -> set[str]:
+    """Those of ``request_ids`` not in ``requests`` yet (its primary key)."""
+    rids = sorted(request_ids)
+    for i in range(0, len(rids), _CHUNK):
+        chunk = tuple(rids[i : i + _CHUNK])
+        sql = "SELECT DISTINCT request_id FROM requests WHERE request_id IN %s"
+        request_ids.difference_update(r[0] for r in conn.tuples(sql, (chunk,)))
+    return request_ids
+
+
+def _request_marks(conn: Conn, values: list[Any], fresh: list[int]) -> dict[int, int]:
+    """Span index -> 1 for the head span (among ``fresh``) of each request not stored before.
+
+    The head is ``prepare_batch``'s: the earliest-starting root span, else the earliest span, the
+    first in batch order on a tie. Spans are keyed by request id in Kafka, so one worker at a time
+    applies a request's batches, in order: the check cannot race with another batch of the request.
+    """
+    n = SPAN_COLUMNS
+    head: dict[str, int] = {}
+    for i in fresh:
+        rid = values[i * n + 2]
+        h = head.get(rid)
+        if h is None:
+            head[rid] = i
+            continue
+        root, h_root = values[i * n + 1] is None, values[h * n + 1] is None
+        if (root and not h_root) or (root == h_root and values[i * n + 7] < values[h * n + 7]):
+            head[rid] = i
+    return {head[rid]: 1 for rid in _new_requests(conn, set(head))}
 
 
 def write_batch(
@@ -158,8 +195,8 @@ def write_batch(
     if ids:
         starts: list[int] = columns[7]
         stored = _stored(conn, ids, min(starts), max(starts))
-        keep = [i for i, sid in enumerate(ids) if stored.get(sid, token) == token]
-        replayed = sum(1 for sid in ids if stored.get(sid) == token)
+        keep = [i for i, sid in enumerate(ids) if stored.get(sid, (token,))[0] == token]
+        replayed = sum(1 for sid in ids if sid in stored and stored[sid][0] == token)
         left_out = len(ids) - len(keep)
         if left_out:
             columns = [[col[i] for i in keep] for col in columns]
@@ -167,8 +204,11 @@ def write_batch(
         cost = sum(values[i * n + 15] for i in fresh)
         unpriced = sum(values[i * n + 16] for i in fresh)
         new = len(fresh)
+        # a replay keeps the marks it stored the first time, so its rows are the same rows
+        marks = _request_marks(conn, values, fresh) if fresh else {}
         columns.append([token] * len(keep))
-        conn.insert("spans", columns, (*SPAN_NAMES, "batch"), settings)
+        columns.append([stored[ids[i]][1] if ids[i] in stored else marks.get(i, 0) for i in keep])
+        conn.insert("spans", columns, (*SPAN_NAMES, "batch", "new_request"), settings)
         book = batch.book
         if book.version not in conn.books:  # a ReplacingMergeTree row per version: once per connection will do
             conn.insert(

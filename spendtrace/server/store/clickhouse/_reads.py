@@ -4,8 +4,8 @@ The result shapes (dict keys, USD beside nano-dollars, zero-filled trends, trees
 the post-processors of ``spendtrace.server.store.sqlite._queries`` / ``_raw``, which are pure Python
 over named result rows: here only the SQL differs, producing the columns those post-processors read.
 
-Rollup targets merge lazily, so every rollup read aggregates: ``sum`` of the money and counts,
-``uniqMerge`` of the request-id states, over the union of the day / hour / minute buckets that cover
+Rollup targets merge lazily, so every rollup read aggregates: ``sum`` of the money and counts
+of the head-span request counts, over the union of the day / hour / minute buckets that cover
 the range (``plan_segments``), grouped by the dimension asked for.
 """
 
@@ -54,7 +54,7 @@ _SUMS = {
     "errors": "sum(errors)",
     "unpriced": "sum(unpriced)",
     "var_nano2": "sum(var_nano2)",
-    "requests": "uniqMerge(requests)",
+    "requests": "sum(requests)",
 }
 _ALL = tuple(_SUMS)
 _Steps = tuple[tuple[str, tuple[Any, ...]], ...]
@@ -262,7 +262,7 @@ def ingest_stats(now_ns: int) -> Query[Row]:
     day = "FROM rollup_day WHERE service = ''"
     sql = (
         "SELECT (SELECT count() FROM spans WHERE start_ns >= %s AND start_ns <= %s) AS spans_last_minute, "
-        f"(SELECT sum(spans) {day}) AS total_spans, (SELECT uniqMerge(requests) {day}) AS total_requests, "
+        f"(SELECT sum(spans) {day}) AS total_spans, (SELECT sum(requests) {day}) AS total_requests, "
         f"(SELECT sum(cost_nano) {day}) AS cost_nano, (SELECT sum(unpriced) {day}) AS unpriced_items, "
         "(SELECT count() FROM dead_letters FINAL) AS dead_letters"
     )
