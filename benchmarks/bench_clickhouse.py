@@ -86,7 +86,7 @@ def main() -> int:
         t_bare += time.perf_counter() - t0
     counts = [ours.tuples("SELECT count() FROM spans")[0][0], bare.tuples("SELECT count() FROM spans")[0][0]]
     assert counts == [n, n], counts
-    same = "SELECT sum(cost_nano), sum(requests) FROM rollup_day WHERE service = ''"
+    same = "SELECT sum(cost_nano), sum(spans) FROM rollup_day WHERE service = ''"
     assert ours.tuples(same) == bare.tuples(same)
     print(f"\n{'ingest':<44} {'spans/s':>10} {'s':>7}")
     print(f"{'ours: write_batch (check + token + views)':<44} {n / t_ours:>10,.0f} {t_ours:>7.2f}")
