@@ -329,3 +329,49 @@ def test_undo_after_retention_takes_back_nothing_from_deleted_buckets(tmp_path: 
     finally:
         store.close()
         conn.close()
+
+
+def test_the_dashboard_reads_answer_as_on_sqlite(tmp_path: Path) -> None:
+    """``open_dashboard``: every TUI read gives the same snapshot on chDB as on SQLite for the same data."""
+    import asyncio
+
+    from store_backends import BACKENDS
+
+    from spendtrace.server.model.dashboard import DIMENSIONS, WINDOWS
+    from spendtrace.server.store.base import open_alert_store, open_dashboard
+
+    now = T0 + 1200 * NANO
+    urls = []
+    for name in ("sqlite", "chdb"):
+        (tmp_path / name).mkdir()
+        backend = BACKENDS[name](tmp_path / name if name == "sqlite" else tmp_path)
+        backend.ingest(spans(), BOOK)
+        alerts = open_alert_store(backend.url)
+        try:
+            rule = alerts.save_rule(
+                name="big", kind="threshold", scope="feature", scope_value="search", threshold_nano=1,
+                window_minutes=60, cooldown_minutes=60, params={}, webhook="https://hooks.example/secret",
+                webhook_format="slack", now_ns=now,
+            )  # fmt: skip
+            alerts.claim_firing(rule, state_key="", cooldown_ns=None, fired_ns=now, value_nano=5, message="over")
+        finally:
+            alerts.close()
+        urls.append(backend.url)
+
+    async def read(url: str) -> list[Any]:
+        reads = await open_dashboard(url, clock=lambda: now, monotonic=lambda: 1.0).open()
+        try:
+            out: list[Any] = [await reads.overview()]
+            out += [await reads.dimension(d, w) for d in DIMENSIONS for w in WINDOWS]
+            out += [await reads.requests("recent", 7), await reads.requests("cost", 7)]
+            out += [await reads.request_tree("s-r3"), await reads.trends(3), await reads.alert_rules()]
+            out += [await reads.alert_events(), await reads.dead_letters(), await reads.unpriced()]
+            return out
+        finally:
+            await reads.close()
+
+    lite, ch = (asyncio.run(read(url)) for url in urls)
+    assert len(ch) == len(lite)
+    for a, b in zip(ch[:-1], lite[:-1], strict=True):
+        assert a == b
+    assert sorted(ch[-1]) == sorted(lite[-1])  # SQLite leaves the order of equal item counts open

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING
 from spendtrace.server.store.clickhouse._store import AsyncClickHouseStore, ClickHouseStore
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from spendtrace.server.store.base import StoreURL
     from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
+    from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
 
 __all__ = [
     "AsyncClickHouseStore",
@@ -22,6 +25,7 @@ __all__ = [
     "open_clickhouse",
     "open_clickhouse_alerts",
     "open_clickhouse_async",
+    "open_clickhouse_dashboard",
 ]
 
 
@@ -40,3 +44,12 @@ def open_clickhouse_alerts(url: StoreURL, *, readonly: bool = False) -> ClickHou
     from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
 
     return ClickHouseAlertStore(url.raw, readonly=readonly)
+
+
+def open_clickhouse_dashboard(
+    url: StoreURL, *, clock: Callable[[], int] | None = None, monotonic: Callable[[], float] | None = None
+) -> ClickHouseDashboard:
+    """``open_dashboard`` for the ClickHouse URLs (the TUI's reads; not connected yet)."""
+    from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
+
+    return ClickHouseDashboard(url.raw, clock=clock, monotonic=monotonic)

@@ -22,13 +22,14 @@ from spendtrace.server.model.alerts import Grain
 from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
 from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
 
-__all__ = ["ClickHouseAlertStore"]
+__all__ = ["ClickHouseAlertStore", "side_path"]
 
 _TABLES = {"minute": "rollup_minute", "hour": "rollup_hour", "day": "rollup_day"}
 _SCOPE_COLUMNS = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
 
 
-def _side_path(url: str) -> str:
+def side_path(url: str) -> str:
+    """The alert side file of a ``chdb://`` store (``ConfigError`` for a server store)."""
     scheme, kwargs, database = parse_url(url)
     if scheme != "chdb":
         raise ConfigError(
@@ -43,7 +44,7 @@ class ClickHouseAlertStore(SQLiteAlertStore):
     """Alert rules, state, events and deliveries of a ``chdb://`` store (see the module docstring)."""
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
-        super().__init__(_side_path(url), readonly=readonly)
+        super().__init__(side_path(url), readonly=readonly)
         self.url = url
         self._ch: Conn = connect(url, readonly=readonly)
 

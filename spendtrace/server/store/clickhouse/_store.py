@@ -17,13 +17,13 @@ from spendtrace.server.store.clickhouse import _reads as q
 from spendtrace.server.store.clickhouse._client import Conn, connect
 from spendtrace.server.store.sqlite._sql import Filters, Query, Row, TimeLike, coarsen, to_ns
 
-__all__ = ["AsyncClickHouseStore", "ClickHouseStore"]
+__all__ = ["CHANGE_TOKEN", "AsyncClickHouseStore", "ClickHouseStore"]
 
 T = TypeVar("T")
 #: the oldest stored minute and hour buckets (NULL when none): older bounds round to hours / days
 _FLOORS = "SELECT (SELECT minOrNull(bucket) FROM rollup_minute) AS m, (SELECT minOrNull(bucket) FROM rollup_hour) AS h"
 #: moves on every insert, delete or merge of the store's tables (a merge moves it too: a spurious refresh)
-_CHANGE = (
+CHANGE_TOKEN = (
     "SELECT cityHash64(sum(rows), count(), max(modification_time), sum(bytes_on_disk)) FROM system.parts "
     "WHERE database = currentDatabase() AND active"
 )
@@ -62,7 +62,7 @@ class ClickHouseStore:
 
     def change_token(self) -> int:
         """A value that differs after any write to the store's tables (from ``system.parts``)."""
-        return int(self._conn.tuples(_CHANGE)[0][0])
+        return int(self._conn.tuples(CHANGE_TOKEN)[0][0])
 
     def close(self) -> None:
         """Close the client."""
