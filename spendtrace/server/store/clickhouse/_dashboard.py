@@ -32,7 +32,9 @@ from spendtrace.server.model.dashboard import (
     window_start,
 )
 from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
+from spendtrace.server.store.clickhouse._reads import request_rows
 from spendtrace.server.store.clickhouse._store import CHANGE_TOKEN
+from spendtrace.server.store.sqlite._sql import Filters
 
 __all__ = ["ClickHouseDashboard"]
 
@@ -129,13 +131,8 @@ class ClickHouseDashboard:
 
     async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
         """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
-        by = "c DESC, request_id" if order == "cost" else "t0 DESC, request_id DESC"
-        rows = await self._all(
-            "SELECT request_id, coalesce(any(root_endpoint), any(endpoint)), coalesce(any(root_user_id), any(user_id)),"
-            " any(root_feature), min(start_ns) AS t0, max(end_ns), sum(cost_nano) AS c, sum(spans), sum(errors),"
-            f" sum(unpriced) FROM requests GROUP BY request_id ORDER BY {by} LIMIT %s",
-            (int(limit),),
-        )
+        sql, params = request_rows(Filters(), int(limit), "cost" if order == "cost" else "recent")
+        rows = await self._all(sql, params)
         return [
             RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))
             for r in rows

@@ -39,6 +39,7 @@ __all__ = [
     "feature_timeseries",
     "ingest_stats",
     "request_costs",
+    "request_rows",
     "spend_rate",
     "subtree",
     "total",
@@ -289,31 +290,51 @@ def transactions(f: Filters, limit: int, offset: int, request_id: str | None = N
     return _swap(sraw.transactions(f, limit, offset, request_id), [(sql, (*params, int(limit), int(offset)))])
 
 
-def request_costs(f: Filters, limit: int, order: str, offset: int = 0) -> Query[list[Row]]:
-    """``_raw.request_costs`` on ClickHouse: the ``requests`` states merged per request, then filtered."""
-    query = sraw.request_costs(f, limit, order, offset)  # validates ``order``
+_REQUEST_COLS = (
+    "request_id, coalesce(any(root_endpoint), any(endpoint)) AS endpoint, "
+    "coalesce(any(root_user_id), any(user_id)) AS user_id, any(root_feature) AS root_feature, "
+    "min(start_ns) AS start_ns, max(end_ns) AS end_ns, sum(cost_nano) AS cost_nano, sum(spans) AS spans, "
+    "sum(errors) AS errors, sum(unpriced) AS unpriced, sum(var_nano2) AS var_nano2"
+)
+
+
+def request_rows(f: Filters, limit: int, order: str, offset: int = 0) -> tuple[str, list[Any]]:
+    """The page of merged ``requests`` rows (``_REQUEST_COLS``), newest or costliest first.
+
+    Two steps: the page's request ids, ranked on the one aggregate the order needs (plus the
+    filters'), then their rows by primary key; merging every column of every request to rank them
+    took 10x as long at 1M spans.
+    """
     terms: list[str] = []
     params: list[Any] = []
     if f.start_ns is not None:
-        terms.append("start_ns >= %s")
+        terms.append("min(start_ns) >= %s")
         params.append(f.start_ns)
     if f.end_ns is not None:
-        terms.append("start_ns < %s")
+        terms.append("min(start_ns) < %s")
         params.append(f.end_ns)
-    for col, val in (("root_feature", f.feature), ("user_id", f.user_id), ("endpoint", f.endpoint)):
+    for expr, val in (
+        ("any(root_feature)", f.feature),
+        ("coalesce(any(root_user_id), any(user_id))", f.user_id),
+        ("coalesce(any(root_endpoint), any(endpoint))", f.endpoint),
+    ):
         if val is not None:
-            terms.append(f"ifNull({col}, '') = %s")
+            terms.append(f"ifNull({expr}, '') = %s")
             params.append(val)
     having = f" HAVING {' AND '.join(terms)}" if terms else ""
-    by = "start_ns DESC, request_id DESC" if order == "recent" else "cost_nano DESC, request_id"
-    sql = (
-        "SELECT request_id, coalesce(any(root_endpoint), any(endpoint)) AS endpoint, "
-        "coalesce(any(root_user_id), any(user_id)) AS user_id, any(root_feature) AS root_feature, "
-        "min(start_ns) AS start_ns, max(end_ns) AS end_ns, sum(cost_nano) AS cost_nano, sum(spans) AS spans, "
-        "sum(errors) AS errors, sum(unpriced) AS unpriced, sum(var_nano2) AS var_nano2 "
-        f"FROM requests GROUP BY request_id{having} ORDER BY {by} LIMIT %s OFFSET %s"
+    rank, by = (
+        ("min(start_ns)", "DESC, request_id DESC") if order == "recent" else ("sum(cost_nano)", "DESC, request_id")
     )
-    return _swap(query, [(sql, (*params, int(limit), int(offset)))])
+    page = f"SELECT request_id FROM requests GROUP BY request_id{having} ORDER BY {rank} {by} LIMIT %s OFFSET %s"
+    outer_by = "start_ns DESC, request_id DESC" if order == "recent" else "cost_nano DESC, request_id"
+    sql = f"SELECT {_REQUEST_COLS} FROM requests WHERE request_id IN ({page}) GROUP BY request_id ORDER BY {outer_by}"
+    return sql, [*params, int(limit), int(offset)]
+
+
+def request_costs(f: Filters, limit: int, order: str, offset: int = 0) -> Query[list[Row]]:
+    """``_raw.request_costs`` on ClickHouse (``request_rows``)."""
+    query = sraw.request_costs(f, limit, order, offset)  # validates ``order``
+    return _swap(query, [request_rows(f, limit, order, offset)])
 
 
 def subtree(*, request_id: str | None = None, span_id: str | None = None) -> Query[list[Row]]:
