@@ -375,3 +375,46 @@ def test_the_dashboard_reads_answer_as_on_sqlite(tmp_path: Path) -> None:
     for a, b in zip(ch[:-1], lite[:-1], strict=True):
         assert a == b
     assert sorted(ch[-1]) == sorted(lite[-1])  # SQLite leaves the order of equal item counts open
+
+
+def test_restatement_and_undo_change_what_sqlite_changes(tmp_path: Path) -> None:
+    """Per-service factors: spans, request costs and every total as on SQLite; undo gives all back; twice."""
+    from store_backends import BACKENDS
+
+    stores = []
+    for name in ("sqlite", "chdb"):
+        (tmp_path / name).mkdir()
+        backend = BACKENDS[name](tmp_path / name if name == "sqlite" else tmp_path)
+        backend.ingest(spans(), BOOK)
+        stores.append(open_store(backend.url))
+
+    def views(store: Any) -> list[Any]:
+        return [
+            store.total(),
+            store.aggregate_by_service(),
+            store.aggregate_by_user(),
+            store.get_feature_cost_breakdown(),
+            store.get_request_cost(50, "cost"),
+            store.transactions(limit=100),
+            store.get_request_subtree("s-r4"),
+        ]
+
+    before = [views(s) for s in stores]
+    assert _same(before[1], before[0])
+    for round_ in range(2):  # the second round inserts the very same delta blocks: none may be dropped
+        rids = [
+            s.restate_historical_costs(
+                factor=1.5, factors={"bedrock": 0.8}, start_date="2026-05-28", end_date="2026-05-29", why="t"
+            )
+            for s in stores
+        ]
+        lite, ch = (views(s) for s in stores)
+        for i, (a, b) in enumerate(zip(ch, lite, strict=True)):
+            assert _same(a, b), (round_, i, a, b)
+        assert ch[0]["cost_nano"] != before[1][0]["cost_nano"]
+        for s, rid in zip(stores, rids, strict=True):
+            s.undo_restatement(rid)
+        assert _same(views(stores[1]), before[1])
+        assert _same(views(stores[0]), before[0])
+    for s in stores:
+        s.close()

@@ -11,7 +11,8 @@ exactly as the SQLite backend does (each service row scaled by its factor, ``rou
 ties to even; the ``service = ''`` row by the sum of its service rows' changes; ``loaded_*`` by the
 bucket's ratio), and inserts one **delta row** (new - old) per changed row, remembered in
 ``restatement_deltas``. Undo inserts the negated deltas: every total is back to the nano-dollar.
-Raw spans keep the costs they were priced with (see README Known gaps).
+Raw spans are rewritten in place (a synchronous mutation per chunk; their old values kept in
+``restatement_spans``) and ``requests`` gets delta rows of its spans' changes, as on SQLite.
 """
 
 from __future__ import annotations
@@ -37,6 +38,18 @@ _GRAINS = ("minute", "hour", "day")
 _DAY_NS = 86_400 * 1_000_000_000
 _KEYS = {name: f"retention.{name}" for name in RetentionPolicy.__dataclass_fields__}
 _SYNC = {"mutations_sync": 2}
+
+
+def _token(rid: int, sign: int, table: str) -> dict[str, str]:
+    """Insert settings for one table's delta rows of restatement ``rid`` (``sign`` -1: its undo).
+
+    The targets deduplicate every insert (``non_replicated_deduplication_window``; ``insert_deduplicate
+    = 0`` does not turn that off for non-replicated tables), and a restatement repeated after its undo
+    inserts the very same block: a token of its own keeps it, and still drops a retried insert.
+    """
+    return {"insert_deduplication_token": f"restatement:{rid}:{sign}:{table}"}
+
+
 _ROLLUP_KEY = ("bucket", "feature", "user_id", "endpoint", "service")
 _DELTA_TABLES = frozenset(f"{t}_{g}" for t in ("rollup", "loaded") for g in _GRAINS)
 
@@ -115,12 +128,12 @@ def _key_names(table: str) -> tuple[str, ...]:
     return _ROLLUP_KEY if table.startswith("rollup_") else ("bucket", "feature")
 
 
-def _insert_deltas(conn: Conn, deltas: Mapping[str, list[tuple[list[Any], int, float]]], sign: int) -> None:
+def _insert_deltas(conn: Conn, rid: int, deltas: Mapping[str, list[tuple[list[Any], int, float]]], sign: int) -> None:
     for table, rows in deltas.items():
         names = _key_names(table)
         columns = [[key[i] for key, _, _ in rows] for i in range(len(names))]
         columns += [[sign * c for _, c, _ in rows], [sign * v for _, _, v in rows]]
-        conn.insert(table, columns, (*names, "cost_nano", "var_nano2"))
+        conn.insert(table, columns, (*names, "cost_nano", "var_nano2"), _token(rid, sign, table))
 
 
 def _restate_rollup(
@@ -175,6 +188,98 @@ def _restate_loaded(
         deltas.add(table, [bucket, feature], _scale(ratio, cost) - cost, float(var * ratio * ratio) - var)
 
 
+_SPAN_CHUNK = 2000
+_I64_MAX, _I64_MIN = 2**63 - 1, -(2**63)
+
+
+def _restate_spans(
+    conn: Conn, rid: int, f_of: Callable[[str], Fraction], lo_ns: int, hi_ns: int
+) -> tuple[int, dict[str, list[Any]]]:
+    """Rewrite the spans in range (as the SQLite backend does) and remember their old values.
+
+    Spans are rewritten in place by a synchronous mutation per chunk (``ALTER TABLE ... UPDATE``: a
+    mutation triggers no view, so the rollups change only by the delta rows). Returns (spans changed,
+    request_id -> [cost delta, var delta]).
+    """
+    req_delta: dict[str, list[Any]] = defaultdict(lambda: [0, 0.0])
+    changed: list[tuple[str, int, str, int, float, str, int, float]] = []
+    rows = conn.tuples(
+        "SELECT span_id, start_ns, request_id, weight, usage, cost_nano, var_nano2 FROM spans "
+        "WHERE start_ns >= %s AND start_ns < %s",
+        (lo_ns, hi_ns),
+    )
+    for span_id, start_ns, request_id, weight, usage_text, cost, var in rows:
+        items = json.loads(usage_text)
+        new_cost = unweighted = 0
+        touched = False
+        for it in items:
+            if not it.get("priced"):
+                continue
+            f = f_of(it.get("service", ""))
+            if f != 1:
+                touched = True
+                it["cost_nano"] = _scale(f, int(it["cost_nano"]))
+                it["unit_cost_nano"] = _scale(f, int(it["unit_cost_nano"]))
+            new_cost += int(it["cost_nano"])
+            unweighted += int(it["unit_cost_nano"])
+        if not touched:
+            continue
+        new_var = weight * (weight - 1.0) * unweighted * unweighted if weight != 1.0 else 0.0
+        changed.append(
+            (span_id, start_ns, usage_text, cost, var, json.dumps(items, separators=(",", ":")), new_cost, new_var)
+        )
+        d = req_delta[request_id]
+        d[0] += new_cost - cost
+        d[1] += new_var - var
+    if changed:
+        conn.insert(
+            "restatement_spans",
+            [[rid] * len(changed), *([c[i] for c in changed] for i in range(8))],
+            ("restatement_id", "span_id", "start_ns", "old_usage", "old_cost_nano", "old_var_nano2", "new_usage",
+             "new_cost_nano", "new_var_nano2"),
+        )  # fmt: skip
+        _rewrite_spans(conn, [(c[0], c[1], c[5], c[6], c[7]) for c in changed])
+    return len(changed), req_delta
+
+
+def _rewrite_spans(conn: Conn, rows: list[tuple[str, int, str, int, float]]) -> None:
+    """Set (usage, cost_nano, var_nano2) of the spans (span_id, start_ns, ...), a mutation per chunk."""
+    for i in range(0, len(rows), _SPAN_CHUNK):
+        chunk = rows[i : i + _SPAN_CHUNK]
+        ids = [r[0] for r in chunk]
+        conn.command(
+            "ALTER TABLE spans UPDATE usage = transform(span_id, %s, %s, usage), "
+            "cost_nano = transform(span_id, %s, %s, cost_nano), var_nano2 = transform(span_id, %s, %s, var_nano2) "
+            "WHERE start_ns >= %s AND start_ns <= %s AND span_id IN %s",
+            (
+                ids, [r[2] for r in chunk], ids, [r[3] for r in chunk], ids, [float(r[4]) for r in chunk],
+                min(r[1] for r in chunk), max(r[1] for r in chunk), tuple(ids),
+            ),
+            settings=_SYNC,
+        )  # fmt: skip
+
+
+def _request_deltas(conn: Conn, rid: int, deltas: Mapping[str, list[Any]], sign: int) -> int:
+    """Insert ``sign`` x the (cost, var) deltas into ``requests`` for the requests still stored; returns how many."""
+    ids = sorted(deltas)
+    present: set[str] = set()
+    for i in range(0, len(ids), _SPAN_CHUNK):
+        chunk = tuple(ids[i : i + _SPAN_CHUNK])
+        present.update(
+            r[0] for r in conn.tuples("SELECT DISTINCT request_id FROM requests WHERE request_id IN %s", (chunk,))
+        )
+    keep = [r for r in ids if r in present and (deltas[r][0] or deltas[r][1])]
+    if keep:
+        conn.insert(
+            "requests",
+            [keep, [_I64_MAX] * len(keep), [_I64_MIN] * len(keep), [sign * deltas[r][0] for r in keep],
+             [sign * float(deltas[r][1]) for r in keep]],
+            ("request_id", "start_ns", "end_ns", "cost_nano", "var_nano2"),
+            _token(rid, sign, "requests"),
+        )  # fmt: skip
+    return len(keep)
+
+
 def restate_historical_costs(
     conn: Conn,
     *,
@@ -214,15 +319,19 @@ def restate_historical_costs(
         _restate_loaded(conn, deltas, grain, ratios, lo_s, hi_s)
     # one restatement at a time (an admin operation): the next id after the largest
     rid = int(conn.tuples("SELECT max(id) FROM restatements")[0][0] or 0) + 1
+    n_spans, req_delta = _restate_spans(conn, rid, f_of, lo_s * 1_000_000_000, hi_s * 1_000_000_000)
+    _request_deltas(conn, rid, req_delta, 1)
+    for request_id, (dc, dv) in req_delta.items():
+        deltas.add("requests", [request_id], dc, dv)
     kept = [(t, json.dumps(k), c, v) for t, rows in deltas.rows.items() for k, c, v in rows]
     conn.insert(
         "restatement_deltas",
         [[rid] * len(kept), *([r[i] for r in kept] for i in range(4))],
         ("restatement_id", "tbl", "row_key", "cost_nano", "var_nano2"),
     )
-    _insert_deltas(conn, deltas.rows, 1)
+    _insert_deltas(conn, rid, {t: rows for t, rows in deltas.rows.items() if t != "requests"}, 1)
     factors_json = json.dumps({k: float(v) for k, v in per_service.items()}, sort_keys=True)
-    _record(conn, rid, now, who, why, start, end, factor, factors_json, None, delta_day)
+    _record(conn, rid, now, who, why, start, end, factor, factors_json, None, delta_day, n_spans)
     return rid
 
 
@@ -238,6 +347,7 @@ def _record(
     factors_json: str,
     undone_ns: int | None,
     delta_day: int,
+    spans_changed: int,
 ) -> None:
     values: list[Any] = [
         rid,
@@ -249,7 +359,7 @@ def _record(
         factor,
         factors_json,
         undone_ns,
-        0,
+        spans_changed,
         delta_day,
         time.time_ns(),
     ]
@@ -278,19 +388,32 @@ def undo_restatement(conn: Conn, restatement_id: int, *, now_ns: int | None = No
     if later:
         raise StorageError(f"restatement {later[0][0]} overlaps {restatement_id} and is newer; undo it first")
     deltas: dict[str, list[tuple[list[Any], int, float]]] = defaultdict(list)
+    requests: dict[str, list[Any]] = {}
     for tbl, key, cost, var in conn.tuples(
         "SELECT tbl, row_key, cost_nano, var_nano2 FROM restatement_deltas WHERE restatement_id = %s",
         (int(restatement_id),),
     ):
+        if tbl == "requests":
+            requests[json.loads(key)[0]] = [cost, var]
+            continue
         if tbl not in _DELTA_TABLES:
             raise StorageError(f"restatement {restatement_id} names an unknown table {tbl!r}")
         deltas[tbl].append((json.loads(key), cost, var))
     for tbl, taken in deltas.items():  # buckets retention deleted since have nothing left to take back
         floor = conn.tuples(f"SELECT minOrNull(bucket) FROM {tbl}")[0][0]
         deltas[tbl] = [d for d in taken if floor is not None and d[0][0] >= floor]
-    _insert_deltas(conn, deltas, -1)
+    _insert_deltas(conn, int(restatement_id), deltas, -1)
+    restored = sum(len(v) for v in deltas.values()) + _request_deltas(conn, int(restatement_id), requests, -1)
+    # spans still as the restatement left them get their old values back (others changed since: kept)
+    spans = conn.tuples(
+        "SELECT r.span_id, r.start_ns, r.old_usage, r.old_cost_nano, r.old_var_nano2 FROM restatement_spans AS r "
+        "INNER JOIN spans AS s ON s.span_id = r.span_id AND s.start_ns = r.start_ns "
+        "WHERE r.restatement_id = %s AND s.cost_nano = r.new_cost_nano AND s.usage = r.new_usage",
+        (int(restatement_id),),
+    )
+    _rewrite_spans(conn, [(a, b, c, d, e) for a, b, c, d, e in spans])
     _record(
         conn, int(restatement_id), r["created_ns"], r["who"], r["why"], r["start_date"], r["end_date"], r["factor"],
-        r["factors"], time.time_ns() if now_ns is None else now_ns, r["delta_nano"],
+        r["factors"], time.time_ns() if now_ns is None else now_ns, r["delta_nano"], r["spans_changed"],
     )  # fmt: skip
-    return sum(len(v) for v in deltas.values())
+    return restored + len(spans)

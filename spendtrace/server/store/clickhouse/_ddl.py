@@ -21,8 +21,9 @@ span-level totals and rows with a service name that service's share):
 - Every MergeTree that an ingest writes (``spans`` and every view's target) has
   ``non_replicated_deduplication_window`` set, so an insert repeated with the same
   ``insert_deduplication_token`` is dropped by each table on its own (see ``_ingest``).
-- Restatements and their undo insert delta rows into the rollup targets
-  (``restatement_deltas`` keeps them, so an undo inserts their negation): exact, no mutation.
+- Restatements and their undo insert delta rows into the rollup targets and ``requests``
+  (``restatement_deltas`` keeps them, so an undo inserts their negation): exact, no mutation of a
+  rollup; raw spans are rewritten by a mutation (``restatement_spans`` keeps their old values).
 """
 
 from __future__ import annotations
@@ -282,6 +283,13 @@ _V1: tuple[str, ...] = (
         factor Nullable(Float64), factors String, undone_ns Nullable(Int64), spans_changed Int64,
         delta_nano Int64, version Int64
     ) ENGINE = ReplacingMergeTree(version) ORDER BY id
+    """,
+    # the spans a restatement rewrote, old and new: its undo puts back those still as it left them
+    """
+    CREATE TABLE IF NOT EXISTS restatement_spans (
+        restatement_id UInt64, span_id String, start_ns Int64, old_usage String, old_cost_nano Int64,
+        old_var_nano2 Float64, new_usage String, new_cost_nano Int64, new_var_nano2 Float64
+    ) ENGINE = MergeTree ORDER BY (restatement_id, span_id)
     """,
     # the delta rows a restatement inserted, per table: its undo inserts their negation
     """
