@@ -2,7 +2,7 @@
 
 Written against ``spendtrace.server.store.base.AlertStore`` only; a backend joins by adding a
 param to ``backend`` (how to open its store and how to put spend into it). Today: ``sqlite``,
-real files in a temporary directory, and ``chdb`` (ClickHouse in-process; its alert state in a side file).
+real files in a temporary directory, and ``chdb`` (ClickHouse in-process, alert state in a side file).
 """
 
 from __future__ import annotations
@@ -99,71 +99,31 @@ def store(backend: Backend) -> Iterator[AlertStore]:
         s.close()
 
 
-def save(
-    store: AlertStore,
-    name: str = "r",
-    *,
-    now_ns: int = 1_000,
-    cooldown_minutes: int = 60,
-    kind: str = "threshold",
-    scope: str = "feature",
-    scope_value: str = "search",
-    webhook: str | None = None,
-) -> AlertRule:
+def save(store: AlertStore, name: str = "r", *, now_ns: int = 1_000, cooldown_minutes: int = 60,
+         kind: str = "threshold", scope: str = "feature", scope_value: str = "search",
+         webhook: str | None = None) -> AlertRule:
     """Save a threshold-like rule with defaults that the tests override as needed."""
     return store.save_rule(
-        name=name,
-        kind=kind,
-        scope=scope,
-        scope_value=scope_value,
-        threshold_nano=10 * NS,
-        window_minutes=60,
-        cooldown_minutes=cooldown_minutes,
-        params={"note": "x"},
-        webhook=webhook,
-        webhook_format="slack",
+        name=name, kind=kind, scope=scope, scope_value=scope_value, threshold_nano=10 * NS, window_minutes=60,
+        cooldown_minutes=cooldown_minutes, params={"note": "x"}, webhook=webhook, webhook_format="slack",
         now_ns=now_ns,
     )
 
 
-def fire(
-    store: AlertStore,
-    rule: AlertRule,
-    at_ns: int,
-    *,
-    key: str = "",
-    cooldown_ns: int | None = 60 * MIN,
-    value: int = 11 * NS,
-    also: tuple[str, ...] = (),
-) -> AlertEvent | None:
+def fire(store: AlertStore, rule: AlertRule, at_ns: int, *, key: str = "", cooldown_ns: int | None = 60 * MIN,
+         value: int = 11 * NS, also: tuple[str, ...] = ()) -> AlertEvent | None:
     """Claim one firing of ``rule`` at ``at_ns``."""
-    return store.claim_firing(
-        rule,
-        state_key=key,
-        cooldown_ns=cooldown_ns,
-        fired_ns=at_ns,
-        value_nano=value,
-        message=f"{rule.name} at {at_ns}",
-        also_mark=also,
-    )
+    return store.claim_firing(rule, state_key=key, cooldown_ns=cooldown_ns, fired_ns=at_ns, value_nano=value,
+                              message=f"{rule.name} at {at_ns}", also_mark=also)
 
 
-def span(
-    at_ns: int, dollars: int, feature: str = "search", user_id: str | None = None, endpoint: str | None = None
-) -> Span:
+def span(at_ns: int, dollars: int, feature: str = "search", user_id: str | None = None,
+         endpoint: str | None = None) -> Span:
     """One span costing ``dollars`` at ``at_ns``."""
     sid = uuid.uuid4().hex
-    return Span(
-        span_id=sid,
-        parent_id=None,
-        request_id=sid,
-        feature=feature,
-        user_id=user_id,
-        endpoint=endpoint,
-        start_ns=at_ns,
-        usage=(UsageItem(key="unit_call", service="dynamodb", count=float(dollars)),),
-        path=(feature,),
-    )
+    return Span(span_id=sid, parent_id=None, request_id=sid, feature=feature, user_id=user_id, endpoint=endpoint,
+                start_ns=at_ns, usage=(UsageItem(key="unit_call", service="dynamodb", count=float(dollars)),),
+                path=(feature,))
 
 
 # --- rules ---------------------------------------------------------------------------------------
@@ -172,26 +132,12 @@ def span(
 def test_save_list_and_replace_by_name(store: AlertStore) -> None:
     """A saved rule comes back whole; saving the same name replaces it in place (same id, newer version)."""
     a = store.save_rule(
-        name="a",
-        kind="budget",
-        scope="user",
-        scope_value=EVIL,
-        threshold_nano=300 * NS,
-        window_minutes=None,
-        cooldown_minutes=0,
-        params={"period": "month", "percentages": [50, 100]},
-        webhook="https://hooks.example.com/services/T0/B0/secret",
-        webhook_format="slack",
-        now_ns=5_000,
+        name="a", kind="budget", scope="user", scope_value=EVIL, threshold_nano=300 * NS, window_minutes=None,
+        cooldown_minutes=0, params={"period": "month", "percentages": [50, 100]},
+        webhook="https://hooks.example.com/services/T0/B0/secret", webhook_format="slack", now_ns=5_000,
     )
     assert (a.name, a.kind, a.scope, a.scope_value, a.threshold_nano, a.window_minutes) == (
-        "a",
-        "budget",
-        "user",
-        EVIL,
-        300 * NS,
-        None,
-    )
+        "a", "budget", "user", EVIL, 300 * NS, None)
     assert dict(a.params) == {"period": "month", "percentages": [50, 100]} and a.enabled
     assert a.webhook == "https://hooks.example.com/services/T0/B0/secret"
     assert (a.created_ns, a.updated_ns) == (5_000, 5_000)
@@ -238,14 +184,12 @@ def test_remove_by_name_or_id_takes_the_firing_state_and_keeps_the_events(store:
 def spent(backend: Backend, fixed_now_ns: int) -> int:
     """$1 at 10:05 (search, acme, /s), $2 at 11:55 (search, globex, /s), $4 at 12:00 (chat, acme, /c), $8 at 12:01."""
     t = fixed_now_ns  # 12:00 UTC
-    backend.record(
-        [
-            span(t - 115 * MIN, 1, "search", "acme", "/s"),
-            span(t - 5 * MIN, 2, "search", "globex", "/s"),
-            span(t, 4, "chat", "acme", "/c"),
-            span(t + MIN, 8, EVIL),
-        ]
-    )
+    backend.record([
+        span(t - 115 * MIN, 1, "search", "acme", "/s"),
+        span(t - 5 * MIN, 2, "search", "globex", "/s"),
+        span(t, 4, "chat", "acme", "/c"),
+        span(t + MIN, 8, EVIL),
+    ])
     return t // NS
 
 
@@ -265,7 +209,8 @@ def test_spend_per_scope_and_grain(store: AlertStore, spent: int) -> None:
 def test_spend_per_value_matches_spend(store: AlertStore, spent: int) -> None:
     """All values of a scope at once; spans without a value count under ''; total is the one key ''."""
     t = spent
-    assert store.spend_per_value("minute", t - 3 * 3600, scope="user") == {"acme": 5 * NS, "globex": 2 * NS, "": 8 * NS}
+    assert store.spend_per_value("minute", t - 3 * 3600, scope="user") == {"acme": 5 * NS, "globex": 2 * NS,
+                                                                           "": 8 * NS}
     assert store.spend_per_value("hour", t - 3 * 3600, t, scope="feature") == {"search": 3 * NS}
     assert store.spend_per_value("day", t - 86400, scope="total") == {"": 15 * NS}
     assert store.spend_per_value("minute", t + 3600, scope="total") == {"": 0}
@@ -282,17 +227,9 @@ def test_claim_fires_once_per_cooldown(store: AlertStore) -> None:
     rule = save(store, "t", webhook="https://hooks.example.com/x")
     ev = fire(store, rule, 100 * MIN, value=11 * NS)
     assert ev is not None
-    assert (
-        ev.rule_id,
-        ev.rule_name,
-        ev.kind,
-        ev.scope,
-        ev.scope_value,
-        ev.value_nano,
-        ev.threshold_nano,
-        ev.state_key,
-        ev.fired_ns,
-    ) == (rule.id, "t", "threshold", "feature", "search", 11 * NS, 10 * NS, "", 100 * MIN)
+    assert (ev.rule_id, ev.rule_name, ev.kind, ev.scope, ev.scope_value, ev.value_nano, ev.threshold_nano,
+            ev.state_key, ev.fired_ns) == (rule.id, "t", "threshold", "feature", "search", 11 * NS, 10 * NS, "",
+                                           100 * MIN)
     assert fire(store, rule, 159 * MIN) is None
     assert store.last_fired(rule.id, ["", "other"]) == {"": 100 * MIN}
     again = fire(store, rule, 160 * MIN)
@@ -306,10 +243,7 @@ def test_once_ever_keys_and_also_mark(store: AlertStore) -> None:
     ev = fire(store, rule, 5 * MIN, key="2026-11-01:100", cooldown_ns=None, also=("2026-11-01:50", "2026-11-01:80"))
     assert ev is not None and ev.state_key == "2026-11-01:100"
     assert store.last_fired(rule.id, ["2026-11-01:50", "2026-11-01:80", "2026-11-01:100", "2026-12-01:50"]) == {
-        "2026-11-01:50": 5 * MIN,
-        "2026-11-01:80": 5 * MIN,
-        "2026-11-01:100": 5 * MIN,
-    }
+        "2026-11-01:50": 5 * MIN, "2026-11-01:80": 5 * MIN, "2026-11-01:100": 5 * MIN}
     assert fire(store, rule, 10**6 * MIN, key="2026-11-01:100", cooldown_ns=None) is None
     assert fire(store, rule, 10**6 * MIN, key="2026-12-01:50", cooldown_ns=None) is not None
 
@@ -386,7 +320,8 @@ def test_claim_delivery_once_then_record_attempts(backend: Backend, store: Alert
 
 def test_pending_events_tail_and_latest(store: AlertStore) -> None:
     """Pending events older than a cut-off, oldest first; a tail after an id; the newest first; the last id."""
-    assert (store.last_event_id(), store.count_events(), store.events_after(0), store.latest_events()) == (0, 0, [], [])
+    assert (store.last_event_id(), store.count_events(), store.events_after(0), store.latest_events()) == (
+        0, 0, [], [])
     rules = [save(store, f"r{i}", cooldown_minutes=0) for i in range(3)]
     evs = [fire(store, r, (i + 1) * MIN) for i, r in enumerate(rules)]
     ids = [e.id for e in evs if e is not None]
@@ -396,15 +331,9 @@ def test_pending_events_tail_and_latest(store: AlertStore) -> None:
     assert [e.id for e in store.pending_events(3 * MIN)] == ids[1:2]  # fired before, not at
     assert [e.id for e in store.pending_events(10 * MIN, limit=1)] == ids[1:2]
     pending = store.pending_events(10 * MIN)[0]
-    assert (
-        pending.rule_name,
-        pending.scope,
-        pending.scope_value,
-        pending.value_nano,
-        pending.threshold_nano,
-        pending.message,
-        pending.delivery,
-    ) == ("r1", "feature", "search", 11 * NS, 10 * NS, f"r1 at {2 * MIN}", "pending")
+    assert (pending.rule_name, pending.scope, pending.scope_value, pending.value_nano, pending.threshold_nano,
+            pending.message, pending.delivery) == ("r1", "feature", "search", 11 * NS, 10 * NS,
+                                                   f"r1 at {2 * MIN}", "pending")
     assert [e.id for e in store.events_after(ids[0])] == ids[1:]
     assert [e.id for e in store.events_after(0, limit=2)] == ids[:2]
     assert [e.id for e in store.latest_events(2)] == [ids[2], ids[1]]
