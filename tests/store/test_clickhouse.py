@@ -418,3 +418,20 @@ def test_restatement_and_undo_change_what_sqlite_changes(tmp_path: Path) -> None
         assert _same(views(stores[0]), before[0])
     for s in stores:
         s.close()
+
+
+def test_the_cli_reads_a_chdb_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``spendtrace --store chdb:///...``: the read commands answer from ClickHouse."""
+    from spendtrace.cli.main import main
+
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    try:
+        write_batch(conn, prepare_batch(spans(), BOOK))
+    finally:
+        conn.close()
+    assert main(["--store", url, "total"]) == 0
+    out = capsys.readouterr().out
+    assert "$0.052808" in out and " 40" in out
+    assert main(["--store", url, "tree", "s-r3"]) == 0
+    assert "search" in capsys.readouterr().out
