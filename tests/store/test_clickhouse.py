@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from store_backends import chdb_url
 
+from spendtrace.errors import StorageError
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.pricing import PriceBook, PriceEntry
@@ -167,6 +168,43 @@ def test_the_same_batch_twice_is_stored_once_in_every_table(conn: Conn) -> None:
     settings = {"insert_deduplication_token": first.token, "deduplicate_blocks_in_dependent_materialized_views": 1}
     conn.insert("spans", [[v] for v in batch.span_rows[0]] + [[first.token]], (*SPAN_NAMES, "batch"), settings)
     assert snapshot(conn) == once
+
+
+@pytest.mark.parametrize(("table", "column"), [("unpriced_usage", "items"), ("loaded_day", "bucket")])
+def test_a_batch_that_failed_half_way_is_completed_by_its_replay(
+    conn: Conn, tmp_path: Path, table: str, column: str
+) -> None:
+    """An insert stored ``spans`` (and some views' targets) and then failed: the replay fills the rest, doubles none."""
+    batch = prepare_batch(spans(), BOOK)
+    conn.command(f"ALTER TABLE {table} ADD CONSTRAINT refuse CHECK {column} < -1")  # this target rejects the block
+    with pytest.raises(StorageError):
+        write_batch(conn, batch)
+    counts = {t: conn.tuples(f"SELECT count() FROM {t}")[0][0] for t in TARGETS}
+    assert counts["spans"] == 40 and counts[table] == 0  # half-applied: no transaction spans the tables
+    conn.command(f"ALTER TABLE {table} DROP CONSTRAINT refuse")
+    replay = write_batch(conn, batch)  # the worker re-forms the same batch: the same token
+    assert replay.replayed_spans == 40
+    clean = connect(chdb_url(tmp_path))
+    try:
+        write_batch(clean, batch)
+        assert snapshot(conn) == snapshot(clean)
+    finally:
+        clean.close()
+
+
+def test_without_the_window_on_a_target_the_replay_doubles_it(conn: Conn) -> None:
+    """The control: a view target without ``non_replicated_deduplication_window`` counts a replay twice."""
+    batch = prepare_batch(spans(), BOOK)
+    conn.command("ALTER TABLE rollup_minute MODIFY SETTING non_replicated_deduplication_window = 0")
+    conn.command("ALTER TABLE unpriced_usage ADD CONSTRAINT refuse CHECK items < -1")
+    with pytest.raises(StorageError):
+        write_batch(conn, batch)
+    conn.command("ALTER TABLE unpriced_usage DROP CONSTRAINT refuse")
+    write_batch(conn, batch)
+    minute, day = (
+        conn.tuples(f"SELECT sum(cost_nano) FROM rollup_{g} WHERE service = ''")[0][0] for g in ("minute", "day")
+    )
+    assert minute == 2 * day == 2 * batch.cost_nano
 
 
 def test_every_target_has_the_deduplication_window(conn: Conn) -> None:
