@@ -473,3 +473,32 @@ def test_the_cli_reads_a_chdb_store(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "$0.052808" in out and " 40" in out
     assert main(["--store", url, "tree", "s-r3"]) == 0
     assert "search" in capsys.readouterr().out
+
+
+def test_retention_drops_whole_partitions_and_deletes_the_straddling_rows(tmp_path: Path) -> None:
+    """Raw spans over three months, kept 40 days: March's partition dropped, April cut at the day; totals kept."""
+    day = 86_400 * NANO
+    now = T0  # 2026-05-28 11:00 UTC
+    old = [
+        Span(f"o{i}", None, f"o{i}", "api", start_ns=now - (30 + 7 * i) * day, usage=(UsageItem("t_read", count=4.0),))
+        for i in range(10)  # 30 .. 93 days back: April 28 .. late February
+    ]
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    store = open_store(url)
+    try:
+        write_batch(conn, prepare_batch(old, BOOK))
+        total = store.total()["cost_nano"]
+        store.set_retention(raw_data_days=40)
+        store.apply_retention(now_ns=now)
+        parts = "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() AND table = 'spans'"
+        partitions = {p for (p,) in conn.tuples(parts + " AND active")}
+        assert partitions == {"202604"}  # March and February dropped whole; April cut, not dropped
+        kept = conn.tuples("SELECT span_id FROM spans ORDER BY span_id")
+        assert kept == [("o0",), ("o1",)]  # 30 and 37 days back; o2 (44 days, April 14) deleted
+        assert store.total()["cost_nano"] == total  # day rollups are kept five years
+        minute = conn.tuples("SELECT count() FROM rollup_minute")[0][0]
+        assert minute == 0  # minute rollups are kept two days
+    finally:
+        store.close()
+        conn.close()

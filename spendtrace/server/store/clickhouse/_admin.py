@@ -1,9 +1,9 @@
 """Retention and restatement on ClickHouse: deletes by time, and exact delta rows for restatements.
 
 Retention: the policy lives in ``meta`` (the SQLite backend's keys and defaults); ``apply_retention``
-deletes raw spans / requests / dead letters older than ``raw_data_days`` and each grain's rollups older
-than its days, with synchronous ``ALTER TABLE ... DELETE`` (ClickHouse rewrites only the parts holding
-such rows; a partition that ages out whole could be dropped instead: not done yet).
+drops the partitions of raw spans and of each grain's rollups that aged out whole, then deletes the
+older rows of the partition that straddles the cutoff (``ALTER TABLE ... DELETE``, synchronous);
+``requests`` and dead letters by delete.
 
 Restatement: the rollup targets and ``requests`` aggregate by ``sum``, so a restatement never rewrites
 a row: it reads each grain's rows in range (aggregated: parts merge lazily), computes the new values
@@ -88,12 +88,61 @@ def _delete(conn: Conn, table: str, where: str, params: tuple[Any, ...]) -> int:
     return n
 
 
+#: how each table is partitioned (``_ddl``): the span of time one partition value covers
+_PARTITIONS = {
+    "spans": "month",
+    "rollup_minute": "day",
+    "loaded_minute": "day",
+    "rollup_hour": "month",
+    "loaded_hour": "month",
+    "rollup_day": "year",
+    "loaded_day": "year",
+}
+
+
+def _partition_end(value: str, span: str) -> int:
+    """Epoch seconds where the partition ``value`` (``YYYYMM``, ``YYYYMMDD`` or ``YYYY``) ends."""
+    if span == "year":
+        end = date(int(value) + 1, 1, 1)
+    elif span == "month":
+        y, m = int(value[:4]), int(value[4:6])
+        end = date(y + m // 12, m % 12 + 1, 1)
+    else:
+        end = date.fromordinal(date(int(value[:4]), int(value[4:6]), int(value[6:8])).toordinal() + 1)
+    return _epoch_s(end)
+
+
+def _drop_partitions(conn: Conn, table: str, cutoff_s: int) -> int:
+    """Drop the partitions of ``table`` that lie wholly before ``cutoff_s`` (cheap: no part is rewritten)."""
+    rows = conn.tuples(
+        "SELECT partition_id, partition, sum(rows) FROM system.parts WHERE database = currentDatabase() "
+        "AND table = %s AND active GROUP BY partition_id, partition",
+        (table,),
+    )
+    dropped = 0
+    for pid, value, n in rows:
+        if _partition_end(str(value).strip("'"), _PARTITIONS[table]) <= cutoff_s:
+            conn.command(f"ALTER TABLE {table} DROP PARTITION ID %s", (pid,), settings=_SYNC)
+            dropped += int(n)
+    return dropped
+
+
+def _expire(conn: Conn, table: str, column: str, cutoff: int, cutoff_s: int) -> int:
+    """Whole partitions first, then the rows before ``cutoff`` left in the boundary partition."""
+    return _drop_partitions(conn, table, cutoff_s) + _delete(conn, table, f"{column} < %s", (cutoff,))
+
+
 def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
-    """Delete every row older than the stored policy allows; returns the rows deleted."""
+    """Delete every row older than the stored policy allows; returns the rows deleted.
+
+    Partitions wholly older than a cutoff are dropped; the rows before it in the partition that
+    straddles it go by a synchronous ``ALTER TABLE ... DELETE`` (which rewrites only the parts holding
+    such rows). ``requests`` (not partitioned by time) and ``dead_letters`` go by delete alone.
+    """
     now_ns = time.time_ns() if now_ns is None else now_ns
     policy = get_retention(conn)
     raw = now_ns - policy.raw_data_days * _DAY_NS
-    deleted = _delete(conn, "spans", "start_ns < %s", (raw,))
+    deleted = _expire(conn, "spans", "start_ns", raw, raw // 1_000_000_000)
     deleted += _delete(
         conn,
         "requests",
@@ -105,8 +154,8 @@ def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
         _GRAINS, (policy.minute_rollups_days, policy.hourly_rollups_days, policy.daily_rollups_days), strict=True
     ):
         cutoff_s = (now_ns - days * _DAY_NS) // 1_000_000_000
-        deleted += _delete(conn, f"rollup_{grain}", "bucket < %s", (cutoff_s,))
-        deleted += _delete(conn, f"loaded_{grain}", "bucket < %s", (cutoff_s,))
+        deleted += _expire(conn, f"rollup_{grain}", "bucket", cutoff_s, cutoff_s)
+        deleted += _expire(conn, f"loaded_{grain}", "bucket", cutoff_s, cutoff_s)
     return deleted
 
 
