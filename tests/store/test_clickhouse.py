@@ -179,11 +179,12 @@ def test_a_batch_that_failed_half_way_is_completed_by_its_replay(
     conn.command(f"ALTER TABLE {table} ADD CONSTRAINT refuse CHECK {column} < -1")  # this target rejects the block
     with pytest.raises(StorageError):
         write_batch(conn, batch)
-    counts = {t: conn.tuples(f"SELECT count() FROM {t}")[0][0] for t in TARGETS}
-    assert counts["spans"] == 40 and counts[table] == 0  # half-applied: no transaction spans the tables
+    # half-applied (no transaction spans the tables): which other targets got the block depends on
+    # the order the views run in; this one did not
+    assert conn.tuples(f"SELECT count() FROM {table}") == [(0,)]
     conn.command(f"ALTER TABLE {table} DROP CONSTRAINT refuse")
     replay = write_batch(conn, batch)  # the worker re-forms the same batch: the same token
-    assert replay.replayed_spans == 40
+    assert replay.replayed_spans + replay.new_spans == 40
     clean = connect(chdb_url(tmp_path))
     try:
         write_batch(clean, batch)
@@ -192,19 +193,16 @@ def test_a_batch_that_failed_half_way_is_completed_by_its_replay(
         clean.close()
 
 
-def test_without_the_window_on_a_target_the_replay_doubles_it(conn: Conn) -> None:
-    """The control: a view target without ``non_replicated_deduplication_window`` counts a replay twice."""
+def test_without_the_window_on_a_target_a_replay_doubles_it(conn: Conn) -> None:
+    """The control: views run again for a replayed batch, so a target without the window counts it twice."""
     batch = prepare_batch(spans(), BOOK)
     conn.command("ALTER TABLE rollup_minute MODIFY SETTING non_replicated_deduplication_window = 0")
-    conn.command("ALTER TABLE unpriced_usage ADD CONSTRAINT refuse CHECK items < -1")
-    with pytest.raises(StorageError):
-        write_batch(conn, batch)
-    conn.command("ALTER TABLE unpriced_usage DROP CONSTRAINT refuse")
     write_batch(conn, batch)
-    minute, day = (
-        conn.tuples(f"SELECT sum(cost_nano) FROM rollup_{g} WHERE service = ''")[0][0] for g in ("minute", "day")
-    )
-    assert minute == 2 * day == 2 * batch.cost_nano
+    write_batch(conn, batch)  # the same token: spans and every other target drop it
+    sql = "SELECT sum(cost_nano) FROM rollup_{} WHERE service = ''"
+    minute, day = (conn.tuples(sql.format(g))[0][0] for g in ("minute", "day"))
+    assert (minute, day) == (2 * batch.cost_nano, batch.cost_nano)
+    assert conn.tuples("SELECT count() FROM spans") == [(40,)]
 
 
 def test_every_target_has_the_deduplication_window(conn: Conn) -> None:
