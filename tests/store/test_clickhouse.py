@@ -234,8 +234,8 @@ def test_a_span_stored_by_another_batch_is_not_counted_again(conn: Conn, tmp_pat
 def test_a_request_split_over_batches_is_counted_once(conn: Conn, tmp_path: Path) -> None:
     """Each request counts once, in the batch that first stores one of its spans, whatever the boundaries."""
     all_spans = spans()
-    for i in range(0, len(all_spans), 3):  # batches of 3 split most requests (2 spans each)
-        write_batch(conn, prepare_batch(all_spans[i : i + 3], BOOK))
+    for i in range(0, len(all_spans), 7):  # batches of 7 split requests (2 spans each) at every boundary
+        write_batch(conn, prepare_batch(all_spans[i : i + 7], BOOK))
     one = connect(chdb_url(tmp_path))
     try:
         write_batch(one, prepare_batch(all_spans, BOOK))
