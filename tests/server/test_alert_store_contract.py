@@ -2,7 +2,7 @@
 
 Written against ``spendtrace.server.store.base.AlertStore`` only; a backend joins by adding a
 param to ``backend`` (how to open its store and how to put spend into it). Today: ``sqlite``,
-real files in a temporary directory.
+real files in a temporary directory, and ``chdb`` (ClickHouse in-process, alert state in a side file).
 """
 
 from __future__ import annotations
@@ -56,10 +56,36 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend("sqlite", lambda **kw: open_alert_store(url, **kw), record)
 
 
-@pytest.fixture(params=["sqlite"])
+#: a client kept open on the session's chDB directory (chDB allows one per process: the store
+#: contract's directory, ``tests/store/store_backends.py``), so the engine starts once
+_engine: list[object] = []
+
+
+def _chdb(tmp_path: Path) -> Backend:
+    from spendtrace.server.ingest.prepare import prepare_batch
+    from spendtrace.server.store.base import open_alert_store
+    from spendtrace.server.store.clickhouse._client import connect
+    from spendtrace.server.store.clickhouse._ingest import write_batch
+
+    root = tmp_path.parent / "chdb"
+    if not _engine:
+        _engine.append(connect(f"chdb://{root}?database=keep"))
+    url = f"chdb://{root}?database=a_{uuid.uuid4().hex[:16]}"
+
+    def record(spans: list[Span]) -> None:
+        conn = connect(url)
+        try:
+            write_batch(conn, prepare_batch(spans, BOOK))
+        finally:
+            conn.close()
+
+    return Backend("chdb", lambda **kw: open_alert_store(url, **kw), record)
+
+
+@pytest.fixture(params=["chdb", "sqlite"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """One backend under test (parametrised: add a backend here)."""
-    factories = {"sqlite": _sqlite}
+    factories = {"sqlite": _sqlite, "chdb": _chdb}
     return factories[request.param](tmp_path)
 
 

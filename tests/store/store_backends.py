@@ -6,6 +6,7 @@ a ``Backend`` to ``BACKENDS``.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,4 +42,35 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend("sqlite", f"sqlite:///{db}", ingest)
 
 
-BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite}
+#: one client kept open on the session's chDB directory: the engine starts once, not at every open
+_engine: list[object] = []
+
+
+def chdb_url(tmp_path: Path) -> str:
+    """A fresh database in this test session's one chDB directory (chDB allows one per process)."""
+    root = tmp_path.parent / "chdb"
+    if not _engine:
+        from spendtrace.server.store.clickhouse._client import connect
+
+        _engine.append(connect(f"chdb://{root}?database=keep"))
+    return f"chdb://{root}?database=t_{uuid.uuid4().hex[:16]}"
+
+
+def _chdb(tmp_path: Path) -> Backend:
+    url = chdb_url(tmp_path)
+
+    def ingest(spans: Sequence[Span], book: PriceBook) -> None:
+        from spendtrace.server.ingest.prepare import prepare_batch
+        from spendtrace.server.store.clickhouse._client import connect
+        from spendtrace.server.store.clickhouse._ingest import write_batch
+
+        conn = connect(url)
+        try:
+            write_batch(conn, prepare_batch(list(spans), book))
+        finally:
+            conn.close()
+
+    return Backend("chdb", url, ingest)
+
+
+BACKENDS: dict[str, Callable[[Path], Backend]] = {"sqlite": _sqlite, "chdb": _chdb}

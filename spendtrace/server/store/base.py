@@ -476,6 +476,9 @@ class StoreURL:
 #: this module imports no driver and apps never import a backend.
 BACKENDS: dict[str, tuple[str, str]] = {
     "sqlite": ("spendtrace.server.store.sqlite", "open_sqlite"),
+    "chdb": ("spendtrace.server.store.clickhouse", "open_clickhouse"),
+    "clickhouse": ("spendtrace.server.store.clickhouse", "open_clickhouse"),
+    "clickhouses": ("spendtrace.server.store.clickhouse", "open_clickhouse"),
 }
 
 

@@ -1,0 +1,55 @@
+"""The ClickHouse backend (the ``clickhouse`` extra): ``chdb:///dir``, ``clickhouse://``, ``clickhouses://`` URLs.
+
+Through ``clickhouse-connect``: a ClickHouse server over HTTP(S), or the same engine in this process
+(chDB) with the same client API, so both run the same code. Schema in ``_ddl``, the effectively-once
+write path in ``_ingest``, reads in ``_reads`` / ``_store``, retention and restatement in ``_admin``.
+Apps reach it through ``spendtrace.server.store.base.open_store``; nothing imports it directly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from spendtrace.server.store.clickhouse._store import AsyncClickHouseStore, ClickHouseStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from spendtrace.server.store.base import StoreURL
+    from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
+    from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
+
+__all__ = [
+    "AsyncClickHouseStore",
+    "ClickHouseStore",
+    "open_clickhouse",
+    "open_clickhouse_alerts",
+    "open_clickhouse_async",
+    "open_clickhouse_dashboard",
+]
+
+
+def open_clickhouse(url: StoreURL, *, readonly: bool = False) -> ClickHouseStore:
+    """``open_store`` for ``chdb://``, ``clickhouse://`` and ``clickhouses://`` URLs."""
+    return ClickHouseStore(url.raw, readonly=readonly)
+
+
+def open_clickhouse_async(url: StoreURL, *, readonly: bool = False) -> AsyncClickHouseStore:
+    """``open_store_async`` for the ClickHouse URLs."""
+    return AsyncClickHouseStore(url.raw, readonly=readonly)
+
+
+def open_clickhouse_alerts(url: StoreURL, *, readonly: bool = False) -> ClickHouseAlertStore:
+    """``open_alert_store`` for ``chdb://`` URLs (see ``_alerts`` for where the alert state lives)."""
+    from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
+
+    return ClickHouseAlertStore(url.raw, readonly=readonly)
+
+
+def open_clickhouse_dashboard(
+    url: StoreURL, *, clock: Callable[[], int] | None = None, monotonic: Callable[[], float] | None = None
+) -> ClickHouseDashboard:
+    """``open_dashboard`` for the ClickHouse URLs (the TUI's reads; not connected yet)."""
+    from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
+
+    return ClickHouseDashboard(url.raw, clock=clock, monotonic=monotonic)

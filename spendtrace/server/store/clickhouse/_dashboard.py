@@ -1,0 +1,226 @@
+"""``DashboardReads`` on ClickHouse: the TUI's live queries over the rollup views, the client in a thread.
+
+The same rows as the SQLite dashboard (``model.dashboard`` shapes them); every rollup read sums
+(parts merge lazily). Alert rules and events come from the store's alert side file (``_alerts``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from spendtrace.server.model.dashboard import (
+    DAY,
+    HOUR,
+    MINUTE,
+    WINDOWS,
+    AlertEventRow,
+    AlertRuleRow,
+    DeadLetterLine,
+    DimSnapshot,
+    Overview,
+    RequestRow,
+    TreeNode,
+    TrendSnapshot,
+    UnpricedLine,
+    build_tree,
+    dim_snapshot,
+    trend_snapshot,
+    window_start,
+)
+from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
+from spendtrace.server.store.clickhouse._reads import request_rows
+from spendtrace.server.store.clickhouse._store import CHANGE_TOKEN
+from spendtrace.server.store.sqlite._sql import Filters
+
+__all__ = ["ClickHouseDashboard"]
+
+_COLUMNS: dict[str, str] = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
+
+
+class ClickHouseDashboard:
+    """The dashboard reads of one ClickHouse store (``open_dashboard("chdb:///...")``)."""
+
+    def __init__(
+        self, url: str, *, clock: Callable[[], int] | None = None, monotonic: Callable[[], float] | None = None
+    ) -> None:
+        self.url = url
+        self.clock = clock or time.time_ns
+        self._monotonic = monotonic or time.monotonic
+        self._conn: Conn | None = None
+        self._last_spans: tuple[float, int] | None = None
+
+    async def open(self) -> ClickHouseDashboard:
+        """Connect (an absent store is created empty) and return self."""
+        self._conn = await asyncio.to_thread(connect, self.url)
+        return self
+
+    async def close(self) -> None:
+        """Close the client (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await asyncio.to_thread(conn.close)
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        assert self._conn is not None, "open() first"
+        return await asyncio.to_thread(self._conn.tuples, sql, params)
+
+    def _now_s(self) -> int:
+        return self.clock() // 1_000_000_000
+
+    async def change_token(self) -> int:
+        """Moves on every insert, delete or merge of the store's tables."""
+        return int((await self._all(CHANGE_TOKEN))[0][0])
+
+    async def overview(self) -> Overview:
+        """Totals for the header; the ingest rate is spans stored per second since the last call."""
+        now = self._now_s()
+        ((cost, spans, errors, hour, unpriced, dead),) = await self._all(
+            "SELECT t.c, t.s, t.e,"
+            " (SELECT sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= %s),"
+            " (SELECT sum(items) FROM unpriced_usage), (SELECT count() FROM dead_letters FINAL)"
+            " FROM (SELECT sum(cost_nano) AS c, sum(spans) AS s, sum(errors) AS e FROM rollup_day"
+            " WHERE service = '') AS t",
+            (now - HOUR,),
+        )
+        events = await asyncio.to_thread(self._alerts, lambda a: a.count_events(), 0)
+        spans = int(spans)
+        t = self._monotonic()
+        rate = None
+        if self._last_spans is not None and t > self._last_spans[0]:
+            rate = max(0.0, (spans - self._last_spans[1]) / (t - self._last_spans[0]))
+        self._last_spans = (t, spans)
+        return Overview(
+            total_nano=int(cost),
+            last_hour_nano=int(hour),
+            spans=spans,
+            ingest_per_s=rate,
+            unpriced_items=int(unpriced),
+            dead_letters=int(dead),
+            alert_events=int(events),
+            errors=int(errors),
+        )
+
+    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
+        """Per-feature / tenant / endpoint spend in ``window``, with last-hour rate and sparkline."""
+        col = _COLUMNS[dimension]
+        grain, back = WINDOWS[window]
+        now = self._now_s()
+        since = window_start(now, grain, back)
+        rows = await self._all(
+            f"SELECT toString({col}) AS k, toString(service) AS sv, sum(cost_nano), sum(calls), sum(spans),"
+            f" sum(errors), sum(unpriced), sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= %s"
+            " GROUP BY k, sv",
+            (since,),
+        )
+        minute = await self._all(
+            f"SELECT toString({col}) AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
+            " AND bucket >= %s GROUP BY k, bucket",
+            (now - HOUR + MINUTE,),
+        )
+        loaded: list[tuple[Any, ...]] = []
+        if dimension == "feature":
+            loaded = await self._all(
+                f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s GROUP BY f",
+                (since,),
+            )
+        return dim_snapshot(dimension, window, now, rows, minute, loaded)
+
+    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
+        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
+        sql, params = request_rows(Filters(), int(limit), "cost" if order == "cost" else "recent")
+        rows = await self._all(sql, params)
+        return [
+            RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))
+            for r in rows
+        ]
+
+    async def request_tree(self, request_id: str) -> list[TreeNode]:
+        """The call tree(s) of one request, with subtree costs (empty if the request is unknown)."""
+        rows = await self._all(
+            "SELECT span_id, parent_id, toString(feature), operation, start_ns, duration_ns, error, error_type,"
+            " usage, cost_nano, unpriced FROM spans WHERE request_id = %s ORDER BY start_ns, span_id",
+            (request_id,),
+        )
+        return build_tree(rows)
+
+    async def trends(self, days: int = 14) -> TrendSnapshot:
+        """Daily cost per feature for the last ``days`` days (today included)."""
+        first = self._now_s() // DAY * DAY - (days - 1) * DAY
+        rows = await self._all(
+            "SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM rollup_day WHERE service = ''"
+            " AND bucket >= %s GROUP BY f, bucket",
+            (first,),
+        )
+        return trend_snapshot(first, days, rows)
+
+    def _alerts(self, read: Callable[[Any], Any], default: Any) -> Any:
+        """``read`` on the alert side store, or ``default`` when there is none (a server store, or none yet)."""
+        from spendtrace.server.store.clickhouse._alerts import side_path
+        from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
+
+        if parse_url(self.url)[0] != "chdb" or not os.path.exists(side_path(self.url)):
+            return default
+        store = SQLiteAlertStore(side_path(self.url), readonly=True)
+        try:
+            return read(store)
+        finally:
+            store.close()
+
+    async def alert_rules(self) -> list[AlertRuleRow]:
+        """Every alert rule, by name, webhook URLs masked."""
+        from spendtrace.server.model.alerts import mask_url  # webhook URLs carry secrets: never shown in full
+
+        rules = await asyncio.to_thread(self._alerts, lambda a: a.list_rules(enabled_only=False), [])
+        return [
+            AlertRuleRow(
+                r.id,
+                r.name,
+                r.kind,
+                r.scope,
+                r.scope_value,
+                r.threshold_nano,
+                r.window_minutes,
+                r.cooldown_minutes,
+                mask_url(r.webhook) if r.webhook else "",
+                r.enabled,
+            )
+            for r in sorted(rules, key=lambda r: r.name)
+        ]
+
+    async def alert_events(self, limit: int = 200) -> list[AlertEventRow]:
+        """The latest fired alerts, newest first."""
+        events = await asyncio.to_thread(self._alerts, lambda a: a.latest_events(int(limit)), [])
+        return [
+            AlertEventRow(
+                e.id,
+                e.rule_name,
+                e.fired_ns,
+                e.scope,
+                e.scope_value,
+                e.value_nano,
+                e.threshold_nano,
+                e.message,
+                e.delivery,
+            )
+            for e in events
+        ]
+
+    async def dead_letters(self, limit: int = 50) -> list[DeadLetterLine]:
+        """The latest dead letters, newest first."""
+        rows = await self._all(
+            "SELECT received_ns, reason FROM dead_letters FINAL ORDER BY received_ns DESC LIMIT %s", (int(limit),)
+        )
+        return [DeadLetterLine(int(a), str(b)) for a, b in rows]
+
+    async def unpriced(self, limit: int = 50) -> list[UnpricedLine]:
+        """Usage that no price covered, most items first."""
+        rows = await self._all(
+            "SELECT key, toString(service) AS s, toString(feature) AS f, sum(items) AS n FROM unpriced_usage"
+            " GROUP BY key, s, f ORDER BY n DESC, key, s, f LIMIT %s",
+            (int(limit),),
+        )
+        return [UnpricedLine(str(a), str(b), str(c), int(d)) for a, b, c, d in rows]

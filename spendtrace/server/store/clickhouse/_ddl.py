@@ -1,0 +1,304 @@
+"""The ClickHouse schema and its versioned migrations (``schema_migrations`` records the versions applied).
+
+Layout (same conventions as the SQLite schema: integer nano-dollars, bucket = epoch seconds of the
+bucket's start, '' for "no value" in rollup dimensions, the ``service = ''`` rollup row carries the
+span-level totals and rows with a service name that service's share):
+
+- ``spans``: one row per stored span, a MergeTree partitioned by month of ``start_ns`` and ordered by
+  ``start_ns`` (the raw reads are time ranges, newest first); ``request_id`` and ``span_id`` have
+  bloom-filter skip indexes (a request tree and the ingest's "already stored?" check read a few
+  granules). ``batch`` is the deduplication token of the batch that stored the row.
+- Materialized views turn every inserted block of ``spans`` into rollup rows, in ClickHouse:
+  ``spans`` -> ``span_rows`` (Null engine: one row per span and per (span, service), minute bucket)
+  -> ``rollup_minute`` / ``rollup_hour`` / ``rollup_day``; ``spans`` -> ``loaded_rows`` (Null: one row
+  per distinct feature on the span's path) -> ``loaded_*``; ``spans`` -> ``requests`` and
+  ``unpriced_usage``. Targets are AggregatingMergeTree with ``SimpleAggregateFunction`` columns.
+  Request counts come from the ``new_request`` column of ``spans`` (1 on the head span of a request
+  not stored before, set by ``_ingest`` as the SQLite writer does) summed into ``requests``: each
+  request counted once, exact, with the SQLite backend's semantics. (A ``uniq`` state per rollup row
+  was tried first: merging the states took 30-50 ms of a 1M-span dashboard read whose sums took 3 ms.)
+  Parts merge lazily: **every read aggregates** (``sum`` ... ``GROUP BY``).
+- Every MergeTree that an ingest writes (``spans`` and every view's target) has
+  ``non_replicated_deduplication_window`` set, so an insert repeated with the same
+  ``insert_deduplication_token`` is dropped by each table on its own (see ``_ingest``).
+- Restatements and their undo insert delta rows into the rollup targets and ``requests``
+  (``restatement_deltas`` keeps them, so an undo inserts their negation): exact, no mutation of a
+  rollup; raw spans are rewritten by a mutation (``restatement_spans`` keeps their old values).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEDUP_WINDOW", "MIGRATIONS", "SCHEMA_VERSION"]
+
+#: Insert blocks each table remembers for deduplication (per table: ClickHouse's own default for
+#: replicated tables is 1000 on recent versions; a worker replays at most its last few batches).
+DEDUP_WINDOW = 1000
+_DEDUP = f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+_MONTH = "toYYYYMM(toDateTime(intDiv({col}, {div}), 'UTC'))"
+
+_SUM = "SimpleAggregateFunction(sum, {t})"
+
+_SPANS = f"""
+CREATE TABLE IF NOT EXISTS spans (
+    span_id       String,
+    parent_id     Nullable(String),
+    request_id    String,
+    feature       LowCardinality(String),
+    operation     Nullable(String),
+    endpoint      Nullable(String),
+    user_id       Nullable(String),
+    start_ns      Int64,
+    duration_ns   Int64,
+    cpu_ns        Int64,
+    error         UInt8,
+    error_type    Nullable(String),
+    weight        Float64,
+    path          String,
+    usage         String,
+    cost_nano     Int64,
+    unpriced      Int64,
+    var_nano2     Float64,
+    price_version LowCardinality(String),
+    batch         String DEFAULT '',
+    new_request   UInt8 DEFAULT 0,
+    INDEX spans_request request_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX spans_id span_id TYPE bloom_filter(0.01) GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY {_MONTH.format(col="start_ns", div=1_000_000_000)}
+ORDER BY (start_ns, span_id)
+{_DEDUP}
+"""
+
+#: One row per span (service '') and per (span, service): the minute rollups' input, never stored.
+_SPAN_ROWS = """
+CREATE TABLE IF NOT EXISTS span_rows (
+    bucket Int64, feature String, user_id String, endpoint String, service String,
+    cost_nano Int64, calls Float64, spans Int64, errors Int64, unpriced Int64, var_nano2 Float64,
+    requests Int64
+) ENGINE = Null
+"""
+
+# A span's '' row (its totals) and one row per usage item (its service's share: cost, unpriced); the
+# rollup views sum them per service. A sampled span's per-service variance w*(w-1)*su^2 (su: the
+# service's unweighted cost in the span, as in prepare) is spread over its items as w*(w-1)*u*su.
+_SPAN_ROWS_MV = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS span_rows_mv TO span_rows AS
+SELECT bucket, feature, user_id, endpoint, r.1 AS service, r.2 AS cost_nano, r.3 AS calls, r.4 AS spans,
+    r.5 AS errors, r.6 AS unpriced, r.7 AS var_nano2, if(r.1 = '', toInt64(new_request), 0) AS requests
+FROM (
+    WITH JSONExtract(usage,
+            'Array(Tuple(service String, cost_nano Int64, unit_cost_nano Nullable(Int64), priced Bool))') AS items
+    SELECT intDiv(start_ns, 60000000000) * 60 AS bucket, toString(feature) AS feature,
+        ifNull(user_id, '') AS user_id, ifNull(endpoint, '') AS endpoint, new_request,
+        arrayJoin(arrayConcat(
+            [tuple('', cost_nano, weight, toInt64(1), toInt64(error), unpriced, var_nano2)],
+            arrayMap(i -> tuple(
+                i.service, i.cost_nano, toFloat64(0), toInt64(0), toInt64(0), toInt64(NOT i.priced),
+                if(weight = 1, 0.,
+                   weight * (weight - 1.) * toFloat64(ifNull(i.unit_cost_nano, 0))
+                   * toFloat64(arraySum(arrayMap(j -> if(j.service = i.service, ifNull(j.unit_cost_nano, 0), 0),
+                                                 items))))
+            ), items)
+        )) AS r
+    FROM spans
+)
+"""
+
+_ROLLUP = f"""
+CREATE TABLE IF NOT EXISTS rollup_{{g}} (
+    bucket    Int64,
+    feature   LowCardinality(String),
+    user_id   String,
+    endpoint  LowCardinality(String),
+    service   LowCardinality(String),
+    cost_nano {_SUM.format(t="Int64")},
+    calls     {_SUM.format(t="Float64")},
+    spans     {_SUM.format(t="Int64")},
+    errors    {_SUM.format(t="Int64")},
+    unpriced  {_SUM.format(t="Int64")},
+    var_nano2 {_SUM.format(t="Float64")},
+    requests  {_SUM.format(t="Int64")}
+) ENGINE = AggregatingMergeTree
+PARTITION BY {{part}}
+ORDER BY (service, bucket, feature, user_id, endpoint)
+{_DEDUP}
+"""
+
+_ROLLUP_MV = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS rollup_{g}_mv TO rollup_{g} AS
+SELECT intDiv(bucket, {size}) * {size} AS bucket, feature, user_id, endpoint, service,
+    sum(cost_nano) AS cost_nano, sum(calls) AS calls, sum(spans) AS spans, sum(errors) AS errors,
+    sum(unpriced) AS unpriced, sum(var_nano2) AS var_nano2, sum(requests) AS requests
+FROM span_rows GROUP BY bucket, feature, user_id, endpoint, service
+"""
+
+_LOADED_ROWS = """
+CREATE TABLE IF NOT EXISTS loaded_rows (
+    bucket Int64, feature String, cost_nano Int64, calls Float64, spans Int64, var_nano2 Float64
+) ENGINE = Null
+"""
+
+# fully-loaded: a span's cost added once to every distinct feature on its path (and its own)
+_LOADED_ROWS_MV = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS loaded_rows_mv TO loaded_rows AS
+SELECT intDiv(start_ns, 60000000000) * 60 AS bucket, f AS feature, cost_nano, weight AS calls,
+    toInt64(1) AS spans, var_nano2
+FROM spans ARRAY JOIN arrayDistinct(arrayPushBack(JSONExtract(path, 'Array(String)'), toString(feature))) AS f
+"""
+
+_LOADED = f"""
+CREATE TABLE IF NOT EXISTS loaded_{{g}} (
+    bucket    Int64,
+    feature   LowCardinality(String),
+    cost_nano {_SUM.format(t="Int64")},
+    calls     {_SUM.format(t="Float64")},
+    spans     {_SUM.format(t="Int64")},
+    var_nano2 {_SUM.format(t="Float64")}
+) ENGINE = AggregatingMergeTree
+PARTITION BY {{part}}
+ORDER BY (bucket, feature)
+{_DEDUP}
+"""
+
+_LOADED_MV = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS loaded_{g}_mv TO loaded_{g} AS
+SELECT intDiv(bucket, {size}) * {size} AS bucket, feature, sum(cost_nano) AS cost_nano, sum(calls) AS calls,
+    sum(spans) AS spans, sum(var_nano2) AS var_nano2
+FROM loaded_rows GROUP BY bucket, feature
+"""
+
+_REQUESTS = f"""
+CREATE TABLE IF NOT EXISTS requests (
+    request_id    String,
+    root_endpoint SimpleAggregateFunction(any, Nullable(String)),
+    endpoint      SimpleAggregateFunction(any, Nullable(String)),
+    root_user_id  SimpleAggregateFunction(any, Nullable(String)),
+    user_id       SimpleAggregateFunction(any, Nullable(String)),
+    root_feature  SimpleAggregateFunction(any, Nullable(String)),
+    start_ns      SimpleAggregateFunction(min, Int64),
+    end_ns        SimpleAggregateFunction(max, Int64),
+    cost_nano     {_SUM.format(t="Int64")},
+    spans         {_SUM.format(t="Int64")},
+    errors        {_SUM.format(t="Int64")},
+    unpriced      {_SUM.format(t="Int64")},
+    var_nano2     {_SUM.format(t="Float64")}
+) ENGINE = AggregatingMergeTree
+ORDER BY request_id
+{_DEDUP}
+"""
+
+_REQUESTS_MV = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS requests_mv TO requests AS
+SELECT rid AS request_id,
+    anyIf(e, root) AS root_endpoint, any(e) AS endpoint, anyIf(u, root) AS root_user_id, any(u) AS user_id,
+    anyIf(f, root) AS root_feature, min(t0) AS start_ns, max(t1) AS end_ns, sum(c) AS cost_nano,
+    toInt64(count()) AS spans, toInt64(sum(err)) AS errors, sum(n) AS unpriced, sum(v) AS var_nano2
+FROM (
+    SELECT request_id AS rid, endpoint AS e, user_id AS u, toNullable(toString(feature)) AS f,
+        parent_id IS NULL AS root, start_ns AS t0, start_ns + duration_ns AS t1, cost_nano AS c, error AS err,
+        unpriced AS n, var_nano2 AS v
+    FROM spans
+)
+GROUP BY rid
+"""
+
+_UNPRICED = f"""
+CREATE TABLE IF NOT EXISTS unpriced_usage (
+    key           String,
+    service       LowCardinality(String),
+    feature       LowCardinality(String),
+    items         {_SUM.format(t="Int64")},
+    count         {_SUM.format(t="Float64")},
+    input_tokens  {_SUM.format(t="Int64")},
+    output_tokens {_SUM.format(t="Int64")},
+    bytes         {_SUM.format(t="Int64")},
+    first_ns      SimpleAggregateFunction(min, Int64),
+    last_ns       SimpleAggregateFunction(max, Int64)
+) ENGINE = AggregatingMergeTree
+ORDER BY (key, service, feature)
+{_DEDUP}
+"""
+
+_UNPRICED_ITEM = (
+    "Array(Tuple(key String, service String, count Float64, input_tokens Int64, output_tokens Int64, "
+    "bytes Int64, priced Bool))"
+)
+_UNPRICED_MV = f"""
+CREATE MATERIALIZED VIEW IF NOT EXISTS unpriced_usage_mv TO unpriced_usage AS
+SELECT i.key AS key, i.service AS service, f AS feature, toInt64(count()) AS items,
+    sum(i.count) AS count, sum(i.input_tokens) AS input_tokens, sum(i.output_tokens) AS output_tokens,
+    sum(i.bytes) AS bytes, min(t) AS first_ns, max(t) AS last_ns
+FROM (
+    SELECT arrayJoin(JSONExtract(usage, '{_UNPRICED_ITEM}')) AS i, toString(feature) AS f, start_ns AS t FROM spans
+)
+WHERE NOT i.priced
+GROUP BY i.key, i.service, f
+"""
+
+_GRAINS = (
+    ("minute", 60, "toYYYYMMDD(toDateTime(bucket, 'UTC'))"),
+    ("hour", 3600, "toYYYYMM(toDateTime(bucket, 'UTC'))"),
+    ("day", 86400, "toYear(toDateTime(bucket, 'UTC'))"),
+)
+
+_V1: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS meta (key String, value String, updated_ns Int64)
+    ENGINE = ReplacingMergeTree(updated_ns) ORDER BY key
+    """,
+    _SPANS,
+    *(_ROLLUP.format(g=g, part=part) for g, _, part in _GRAINS),
+    *(_LOADED.format(g=g, part=part) for g, _, part in _GRAINS),
+    _REQUESTS,
+    _UNPRICED,
+    # the Null inputs and their views; the targets exist first, so no view misses a block
+    _SPAN_ROWS,
+    _LOADED_ROWS,
+    *(_ROLLUP_MV.format(g=g, size=size) for g, size, _ in _GRAINS),
+    *(_LOADED_MV.format(g=g, size=size) for g, size, _ in _GRAINS),
+    _SPAN_ROWS_MV,
+    _LOADED_ROWS_MV,
+    _REQUESTS_MV,
+    _UNPRICED_MV,
+    """
+    CREATE TABLE IF NOT EXISTS price_versions (version String, created_ns Int64, source String, book String)
+    ENGINE = ReplacingMergeTree ORDER BY version
+    """,
+    # Kafka offsets reached: written after the batch's spans (see _ingest); the newest row wins.
+    """
+    CREATE TABLE IF NOT EXISTS consumer_offsets (
+        group_id String, topic String, partition Int32, next_offset Int64, updated_ns Int64
+    ) ENGINE = ReplacingMergeTree(updated_ns) ORDER BY (group_id, topic, partition)
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        received_ns Int64, topic String, partition Int32, offset Int64,
+        key Nullable(String), value Nullable(String), reason String
+    ) ENGINE = ReplacingMergeTree ORDER BY (topic, partition, offset)
+    {_DEDUP}
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS restatements (
+        id UInt64, created_ns Int64, who String, why String, start_date String, end_date String,
+        factor Nullable(Float64), factors String, undone_ns Nullable(Int64), spans_changed Int64,
+        delta_nano Int64, version Int64
+    ) ENGINE = ReplacingMergeTree(version) ORDER BY id
+    """,
+    # the spans a restatement rewrote, old and new: its undo puts back those still as it left them
+    """
+    CREATE TABLE IF NOT EXISTS restatement_spans (
+        restatement_id UInt64, span_id String, start_ns Int64, old_usage String, old_cost_nano Int64,
+        old_var_nano2 Float64, new_usage String, new_cost_nano Int64, new_var_nano2 Float64
+    ) ENGINE = MergeTree ORDER BY (restatement_id, span_id)
+    """,
+    # the delta rows a restatement inserted, per table: its undo inserts their negation
+    """
+    CREATE TABLE IF NOT EXISTS restatement_deltas (
+        restatement_id UInt64, tbl String, row_key String, cost_nano Int64, var_nano2 Float64
+    ) ENGINE = MergeTree ORDER BY (restatement_id, tbl)
+    """,
+)
+
+#: version -> statements; a store at version n runs every later version's statements in order.
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+SCHEMA_VERSION = max(MIGRATIONS)

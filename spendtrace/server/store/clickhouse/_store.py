@@ -1,0 +1,340 @@
+"""``ClickHouseStore`` (the ``ReadStore`` and ``AdminStore`` roles) and ``AsyncClickHouseStore``.
+
+One ``clickhouse_connect`` client per store, calls serialised. A query of several statements is not
+one snapshot on ClickHouse (there are no read transactions); every statement reads whole parts, so
+each is consistent on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from spendtrace.server.store.clickhouse import _admin
+from spendtrace.server.store.clickhouse import _reads as q
+from spendtrace.server.store.clickhouse._client import Conn, connect
+from spendtrace.server.store.sqlite._sql import Filters, Query, Row, TimeLike, coarsen, to_ns
+
+__all__ = ["CHANGE_TOKEN", "AsyncClickHouseStore", "ClickHouseStore"]
+
+T = TypeVar("T")
+#: the oldest stored minute and hour buckets (NULL when none): older bounds round to hours / days
+_FLOORS = "SELECT (SELECT minOrNull(bucket) FROM rollup_minute) AS m, (SELECT minOrNull(bucket) FROM rollup_hour) AS h"
+#: moves on every insert, delete or merge of the store's tables (a merge moves it too: a spurious refresh)
+CHANGE_TOKEN = (
+    "SELECT cityHash64(sum(rows), count(), max(modification_time), sum(bytes_on_disk)) FROM system.parts "
+    "WHERE database = currentDatabase() AND active"
+)
+
+
+def _now_ns(now: TimeLike) -> int:
+    ns = to_ns(now, what="now")
+    return time.time_ns() if ns is None else ns
+
+
+def _limit(rows: list[Row], limit: int | None) -> list[Row]:
+    return rows if limit is None else rows[: max(int(limit), 0)]
+
+
+class ClickHouseStore:
+    """Read (and restate, and set retention on) a spendtrace store on ClickHouse or chDB.
+
+    The same methods and result rows as ``SQLiteStorage``; open it with ``open_store(url)``.
+    """
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self._conn: Conn = connect(url, readonly=readonly)
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def run(self, query: Query[T]) -> T:
+        """Run a query's statements in order and shape their rows."""
+        return query.post([self._conn.rows(sql, params) for sql, params in query.steps])
+
+    def _rollup_filters(self, start: TimeLike, end: TimeLike, *names: str | None) -> Filters:
+        f = Filters.of(start, end, *names)
+        if f.start_ns is None and f.end_ns is None:
+            return f
+        minute_floor, hour_floor = self._conn.tuples(_FLOORS)[0]
+        return coarsen(f, minute_floor, hour_floor)
+
+    def change_token(self) -> int:
+        """A value that differs after any write to the store's tables (from ``system.parts``)."""
+        return int(self._conn.tuples(CHANGE_TOKEN)[0][0])
+
+    def close(self) -> None:
+        """Close the client."""
+        self._conn.close()
+
+    def __enter__(self) -> ClickHouseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- aggregates ------------------------------------------------------------------------------
+    def _aggregate(self, dim: str, start: TimeLike, end: TimeLike, names: tuple[str | None, ...]) -> list[Row]:
+        return self.run(q.aggregate(dim, self._rollup_filters(start, end, *names)))
+
+    def aggregate_by_feature(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Spend per feature, most expensive first."""
+        return _limit(self._aggregate("feature", start, end, (feature, user_id, endpoint, service)), limit)
+
+    def aggregate_by_user(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Spend per tenant (``user_id``), most expensive first."""
+        return _limit(self._aggregate("user_id", start, end, (feature, user_id, endpoint, service)), limit)
+
+    def aggregate_by_endpoint(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Spend per endpoint, most expensive first."""
+        return _limit(self._aggregate("endpoint", start, end, (feature, user_id, endpoint, service)), limit)
+
+    def aggregate_by_service(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Spend per service, most expensive first."""
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
+        return _limit(self.run(q.aggregate_by_service(f)), limit)
+
+    def get_feature_cost_breakdown(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Direct vs fully-loaded cost per feature."""
+        f = self._rollup_filters(start, end, feature, user_id, endpoint)
+        return _limit(self.run(q.feature_breakdown(f)), limit)
+
+    def total(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+    ) -> Row:
+        """One total: ``total_cost``, ``cost_nano``, ``transaction_count``, ``unpriced_count``, ``stderr`` ..."""
+        return self.run(q.total(self._rollup_filters(start, end, feature, user_id, endpoint, service)))
+
+    def get_cost_trend(
+        self,
+        feature: str | None = None,
+        days: int = 30,
+        *,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+        now: TimeLike = None,
+    ) -> list[Row]:
+        """One row per UTC day for the last ``days`` days (today included), oldest first, zero-filled."""
+        f = Filters(feature=feature, user_id=user_id, endpoint=endpoint, service=service)
+        return self.run(q.cost_trend(f, int(days), _now_ns(now)))
+
+    def cost_trend_by_feature(self, days: int = 30, *, now: TimeLike = None) -> list[Row]:
+        """Per feature (largest first) its daily cost points for the last ``days`` days."""
+        return self.run(q.cost_trend_by_feature(int(days), _now_ns(now)))
+
+    # -- live views ------------------------------------------------------------------------------
+    def feature_timeseries(self, minutes: int = 60, now_ns: int | None = None) -> dict[str, list[float]]:
+        """{feature: USD per minute, oldest first} for the last ``minutes`` minutes."""
+        return self.run(q.feature_timeseries(int(minutes), _now_ns(now_ns)))
+
+    def spend_rate(
+        self,
+        minutes: int = 5,
+        now_ns: int | None = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+    ) -> Row:
+        """``usd_per_hour`` spent over the last ``minutes`` minutes."""
+        f = Filters(feature=feature, user_id=user_id, endpoint=endpoint, service=service)
+        return self.run(q.spend_rate(f, int(minutes), _now_ns(now_ns)))
+
+    def ingest_stats(self, now_ns: int | None = None) -> Row:
+        """Spans started in the last minute, total spans / requests / cost, unpriced items, dead letters."""
+        return self.run(q.ingest_stats(_now_ns(now_ns)))
+
+    def dead_letters(self, limit: int = 50) -> list[Row]:
+        """The newest dead letters, with their reason."""
+        return self.run(q.dead_letters(limit))
+
+    def unpriced_usage(self) -> list[Row]:
+        """Usage no price covered, per key / service / feature."""
+        return self.run(q.unpriced_usage())
+
+    # -- requests and raw spans ------------------------------------------------------------------
+    def get_request_cost(
+        self,
+        limit: int = 20,
+        order: str = "recent",
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        offset: int = 0,
+    ) -> list[Row]:
+        """Cost per request: newest first, or most expensive first with ``order='cost'``."""
+        return self.run(q.request_costs(Filters.of(start, end, feature, user_id, endpoint), limit, order, offset))
+
+    def get_request_subtree(self, request_id: str) -> list[Row]:
+        """The request's spans as a tree in depth-first order."""
+        return self.run(q.subtree(request_id=request_id))
+
+    def get_transaction_subtree(self, span_id: str) -> list[Row]:
+        """The subtree rooted at one span, in depth-first order (depth 0 at that span)."""
+        return self.run(q.subtree(span_id=span_id))
+
+    def transactions(
+        self,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        feature: str | None = None,
+        user_id: str | None = None,
+        endpoint: str | None = None,
+        service: str | None = None,
+        request_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Row]:
+        """Raw spans newest first (stable order for paging), exact time filters."""
+        f = Filters.of(start, end, feature, user_id, endpoint, service)
+        return self.run(q.transactions(f, limit, offset, request_id))
+
+    # -- admin -----------------------------------------------------------------------------------
+    def set_retention(self, **kwargs: Any) -> Any:
+        """Set how long data is kept: ``raw_data_days``, ``hourly_rollups_days``, ``daily_rollups_days``."""
+        return _admin.set_retention(self._conn, **kwargs)
+
+    def apply_retention(self, **kwargs: Any) -> Any:
+        """Delete what the retention settings say is too old."""
+        return _admin.apply_retention(self._conn, **kwargs)
+
+    def restate_historical_costs(self, factor: float | None = None, **kwargs: Any) -> Any:
+        """Scale stored costs in a date range by ``factor`` (or per-service ``factors``), by delta rows."""
+        return _admin.restate_historical_costs(self._conn, factor=factor, **kwargs)
+
+    def undo_restatement(self, restatement_id: int) -> Any:
+        """Take back a restatement's delta rows."""
+        return _admin.undo_restatement(self._conn, restatement_id)
+
+
+class AsyncClickHouseStore:
+    """The queries of ``ClickHouseStore`` for asyncio code: the sync client in a worker thread.
+
+    (``clickhouse-connect``'s async client does not drive chDB; one thread per call keeps one code path.)
+    """
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.url = url
+        self._readonly = readonly
+        self._store: ClickHouseStore | None = None
+
+    async def _call(self, fn: Callable[[ClickHouseStore], T]) -> T:
+        if self._store is None:
+            self._store = await asyncio.to_thread(ClickHouseStore, self.url, readonly=self._readonly)
+        store = self._store
+        return await asyncio.to_thread(fn, store)
+
+    async def aggregate_by_feature(
+        self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
+    ) -> list[Row]:
+        """``ClickHouseStore.aggregate_by_feature``."""
+        return await self._call(lambda s: s.aggregate_by_feature(start, end, limit=limit, **names))
+
+    async def aggregate_by_user(
+        self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
+    ) -> list[Row]:
+        """``ClickHouseStore.aggregate_by_user``."""
+        return await self._call(lambda s: s.aggregate_by_user(start, end, limit=limit, **names))
+
+    async def aggregate_by_endpoint(
+        self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
+    ) -> list[Row]:
+        """``ClickHouseStore.aggregate_by_endpoint``."""
+        return await self._call(lambda s: s.aggregate_by_endpoint(start, end, limit=limit, **names))
+
+    async def aggregate_by_service(
+        self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
+    ) -> list[Row]:
+        """``ClickHouseStore.aggregate_by_service``."""
+        return await self._call(lambda s: s.aggregate_by_service(start, end, limit=limit, **names))
+
+    async def get_feature_cost_breakdown(
+        self, start: TimeLike = None, end: TimeLike = None, *, limit: int | None = None, **names: str | None
+    ) -> list[Row]:
+        """``ClickHouseStore.get_feature_cost_breakdown``."""
+        return await self._call(lambda s: s.get_feature_cost_breakdown(start, end, limit=limit, **names))
+
+    async def total(self, start: TimeLike = None, end: TimeLike = None, **names: str | None) -> Row:
+        """``ClickHouseStore.total``."""
+        return await self._call(lambda s: s.total(start, end, **names))
+
+    async def get_request_subtree(self, request_id: str) -> list[Row]:
+        """``ClickHouseStore.get_request_subtree``."""
+        return await self._call(lambda s: s.get_request_subtree(request_id))
+
+    async def get_request_cost(self, limit: int = 20, order: str = "recent", **kwargs: Any) -> list[Row]:
+        """``ClickHouseStore.get_request_cost``."""
+        return await self._call(lambda s: s.get_request_cost(limit, order, **kwargs))
+
+    async def change_token(self) -> int:
+        """``ClickHouseStore.change_token``."""
+        return await self._call(lambda s: s.change_token())
+
+    async def close(self) -> None:
+        """Close the client (if it was opened)."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            await asyncio.to_thread(store.close)
