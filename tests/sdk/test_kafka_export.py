@@ -156,15 +156,18 @@ def test_next_process_replays_the_spill(
     assert not list(spill.glob("spill-*.spill"))
 
 
-# Seen once in ~5 full-suite runs (never alone, 0/20): the child reported 50 spans acknowledged
-# (acks=all) but a later read found 30, with the parent's 100 all there. Suspected: the in-memory
-# embedded broker (Tansu) losing acknowledged writes on the busy session broker, as it does after a
-# restart; not proven. One rerun keeps CI meaningful while the cause is open (see issue #2 notes).
-@pytest.mark.flaky(reruns=1)
+def distinct_by_feature(messages: list[tuple[bytes, Span]]) -> dict[str, int]:
+    """How many distinct span ids were read per feature (a producer retry may store a span twice)."""
+    ids: dict[str, set[str]] = {}
+    for _, s in messages:
+        ids.setdefault(s.feature, set()).add(s.span_id)
+    return {feature: len(span_ids) for feature, span_ids in sorted(ids.items())}
+
+
 def test_fork_child_exports_its_own_spans_only(
     broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
 ) -> None:
-    """After os.fork the child exports its own spans, and the parent's buffered spans are exported once."""
+    """After os.fork the child exports its own spans only; the parent's buffered spans are exported by the parent."""
     spendtrace.configure(
         kafka_bootstrap=broker.bootstrap,
         topic=topic_name,
@@ -172,7 +175,6 @@ def test_fork_child_exports_its_own_spans_only(
         max_delay=30,
         batch_size=10_000,
     )
-    spendtrace.flush(10)  # connect once before forking, so the child inherits a live producer to discard
 
     @cost_track(feature="parent")
     def parent(i: int) -> int:
@@ -184,7 +186,8 @@ def test_fork_child_exports_its_own_spans_only(
 
     for i in range(100):
         parent(i)
-    assert spendtrace.get_stats().queued == 100  # still buffered at the fork (max_delay is long)
+    # Nothing wakes the export worker before max_delay (30 s) or a flush: all 100 are buffered.
+    assert spendtrace.get_stats().queued == 100
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+ warns about forking with threads running
         pid = os.fork()
@@ -195,19 +198,26 @@ def test_fork_child_exports_its_own_spans_only(
                 child(i)
             r = spendtrace.flush(20)
             stats = spendtrace.get_stats()
-            code = 0 if r.all_delivered and stats.exported == 50 and stats.recorded == 50 else 3
+            # recorded == 50: the parent's buffered spans stayed with the parent.
+            code = 0 if r.all_delivered and (stats.recorded, stats.exported, stats.spilled) == (50, 50, 0) else 3
+            if code == 0:  # what the broker acknowledged, it serves at once
+                got = consume(broker.bootstrap, topic_name, until=lambda m: distinct_by_feature(m).get("child") == 50)
+                code = 0 if distinct_by_feature(got).get("child") == 50 else 4
         finally:
             os._exit(code)
+    # The parent exports its own spans while the child does: two producers on the same partitions.
+    result = spendtrace.flush(20)
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert spendtrace.flush(20).all_delivered
-    got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) >= 150)
-    time_limit = time.monotonic() + 1.0
-    while time.monotonic() < time_limit and len(got) == 150:  # give a duplicate the chance to show up
-        got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) > 150, timeout=1.0)
-    features = [s.feature for _, s in got]
-    assert features.count("parent") == 100 and features.count("child") == 50
-    assert len({s.span_id for _, s in got}) == 150
+    code = os.waitstatus_to_exitcode(status)
+    assert code == 0, {3: "the child exported other than its own 50 spans", 4: "acked child spans unreadable"}.get(code)
+    assert result.all_delivered and result.delivered == 100, result
+    stats = spendtrace.get_stats()
+    assert (stats.recorded, stats.exported, stats.spilled) == (100, 100, 0)
+    # Read until every span id is there, not until a number of records: a producer may retry a
+    # batch the broker had stored, and at-least-once delivery lets the same span arrive twice.
+    expected = {"child": 50, "parent": 100}
+    got = consume(broker.bootstrap, topic_name, until=lambda m: distinct_by_feature(m) == expected)
+    assert distinct_by_feature(got) == expected
 
 
 class GatedKafkaExporter(KafkaExporter):
