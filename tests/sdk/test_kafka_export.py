@@ -228,19 +228,16 @@ class GatedKafkaExporter(KafkaExporter):
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Event()
-        self.delivered = 0
+        self.delivered: set[str] = set()  # span ids the broker acknowledged
 
     def export(self, spans: Sequence[Span]) -> None:
         if not self.gate.is_set():
             self.waiting.set()
             self.gate.wait()
         super().export(spans)
-        self.delivered += len(spans)
+        self.delivered.update(s.span_id for s in spans)
 
 
-# Failed in 2 of many full-suite runs on the loaded shared machine and never alone (0/7, also
-# under four CPU hogs); same suspicion as above (the embedded broker). One rerun, cause open.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.slow
 def test_broker_stopped_during_50000_spans_loses_none(
     own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
@@ -269,19 +266,26 @@ def test_broker_stopped_during_50000_spans_loses_none(
                 stopped.wait(60)  # at least 10,000 spans are recorded while the broker is down
             if i == 40_000:
                 restarted.wait(60)
+            if i % 1000 == 0:
+                # Leave room in the buffer: this test is about the outage, and a loop that outruns
+                # the spill may lose spans at a full buffer, counted (test_export_processor covers it).
+                wait_for(lambda: spendtrace.get_stats().queued <= 19_000, what="room in the buffer")
             unit(i)
             recorded[0] = i + 1
 
     recorder = threading.Thread(target=record)
     recorder.start()
     try:
-        wait_for(lambda: exporter.delivered >= 5000, what="first deliveries")
-        # Hold the worker at the gate, so what the broker acknowledged is exactly what we read back
-        # before stopping it (the embedded broker forgets everything at a stop); recording goes on.
+        wait_for(lambda: len(exporter.delivered) >= 5000, what="first deliveries")
+        # Hold the worker at the gate and read back every span the broker acknowledged before
+        # stopping it (the embedded broker forgets everything at a stop); recording goes on. Read
+        # until each acknowledged id is there, not until as many records: a batch whose export
+        # timed out may be stored too (and is spilled and sent again), so the count comes early.
         exporter.gate.clear()
         assert exporter.waiting.wait(30)
-        before = exporter.delivered
-        first = consume(own_broker.bootstrap, topic_name, until=lambda m: len(m) >= before)
+        acked = set(exporter.delivered)
+        first = consume(own_broker.bootstrap, topic_name, until=lambda m: acked <= {s.span_id for _, s in m})
+        assert acked <= {s.span_id for _, s in first}, "the broker lost spans it acknowledged"
         own_broker.stop()
         stopped.set()
         exporter.gate.set()
@@ -308,8 +312,9 @@ def test_broker_stopped_during_50000_spans_loses_none(
         until=lambda m: len({s.span_id for _, s in m} - {s.span_id for _, s in first}) >= want,
         timeout=40,
     )
-    delivered = {s.span_id for _, s in first} | {s.span_id for _, s in second}
+    read = {s.span_id for _, s in first} | {s.span_id for _, s in second}
     stats = spendtrace.get_stats()
-    assert len(delivered) == total
+    assert exporter.delivered <= read, f"the broker lost {len(exporter.delivered - read)} acknowledged spans"
+    assert len(read) == total, f"{total - len(read)} spans never reached the broker: {stats}"
     assert stats.recorded == total and stats.dropped == 0
     assert down_stats.spilled > 0 and stats.replayed >= stats.spilled > 0
