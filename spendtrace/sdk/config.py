@@ -80,8 +80,9 @@ class ExporterStats:
     ``recorded``: spans handed over by the app. ``exported``: spans the exporter confirmed,
     replayed ones included. ``spilled``: spans written to the spill file. ``replayed``: spans
     exported from the spill (possibly spilled by an earlier process). ``dropped``: spans lost
-    because both the buffer and the spill were full or unwritable (each one is counted and
-    logged). ``export_errors``: failed export calls. ``queued`` / ``in_flight``: in memory now.
+    because they met a full buffer, the spill being full, unwritable or slower than the app
+    (each one is counted and logged). ``export_errors``: failed export calls. ``queued`` /
+    ``in_flight``: in memory now.
     """
 
     recorded: int = 0

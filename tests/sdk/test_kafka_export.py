@@ -156,15 +156,18 @@ def test_next_process_replays_the_spill(
     assert not list(spill.glob("spill-*.spill"))
 
 
-# Seen once in ~5 full-suite runs (never alone, 0/20): the child reported 50 spans acknowledged
-# (acks=all) but a later read found 30, with the parent's 100 all there. Suspected: the in-memory
-# embedded broker (Tansu) losing acknowledged writes on the busy session broker, as it does after a
-# restart; not proven. One rerun keeps CI meaningful while the cause is open (see issue #2 notes).
-@pytest.mark.flaky(reruns=1)
+def distinct_by_feature(messages: list[tuple[bytes, Span]]) -> dict[str, int]:
+    """How many distinct span ids were read per feature (a producer retry may store a span twice)."""
+    ids: dict[str, set[str]] = {}
+    for _, s in messages:
+        ids.setdefault(s.feature, set()).add(s.span_id)
+    return {feature: len(span_ids) for feature, span_ids in sorted(ids.items())}
+
+
 def test_fork_child_exports_its_own_spans_only(
     broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
 ) -> None:
-    """After os.fork the child exports its own spans, and the parent's buffered spans are exported once."""
+    """After os.fork the child exports its own spans only; the parent's buffered spans are exported by the parent."""
     spendtrace.configure(
         kafka_bootstrap=broker.bootstrap,
         topic=topic_name,
@@ -172,7 +175,6 @@ def test_fork_child_exports_its_own_spans_only(
         max_delay=30,
         batch_size=10_000,
     )
-    spendtrace.flush(10)  # connect once before forking, so the child inherits a live producer to discard
 
     @cost_track(feature="parent")
     def parent(i: int) -> int:
@@ -184,7 +186,8 @@ def test_fork_child_exports_its_own_spans_only(
 
     for i in range(100):
         parent(i)
-    assert spendtrace.get_stats().queued == 100  # still buffered at the fork (max_delay is long)
+    # Nothing wakes the export worker before max_delay (30 s) or a flush: all 100 are buffered.
+    assert spendtrace.get_stats().queued == 100
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+ warns about forking with threads running
         pid = os.fork()
@@ -195,19 +198,26 @@ def test_fork_child_exports_its_own_spans_only(
                 child(i)
             r = spendtrace.flush(20)
             stats = spendtrace.get_stats()
-            code = 0 if r.all_delivered and stats.exported == 50 and stats.recorded == 50 else 3
+            # recorded == 50: the parent's buffered spans stayed with the parent.
+            code = 0 if r.all_delivered and (stats.recorded, stats.exported, stats.spilled) == (50, 50, 0) else 3
+            if code == 0:  # what the broker acknowledged, it serves at once
+                got = consume(broker.bootstrap, topic_name, until=lambda m: distinct_by_feature(m).get("child") == 50)
+                code = 0 if distinct_by_feature(got).get("child") == 50 else 4
         finally:
             os._exit(code)
+    # The parent exports its own spans while the child does: two producers on the same partitions.
+    result = spendtrace.flush(20)
     _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert spendtrace.flush(20).all_delivered
-    got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) >= 150)
-    time_limit = time.monotonic() + 1.0
-    while time.monotonic() < time_limit and len(got) == 150:  # give a duplicate the chance to show up
-        got = consume(broker.bootstrap, topic_name, until=lambda m: len(m) > 150, timeout=1.0)
-    features = [s.feature for _, s in got]
-    assert features.count("parent") == 100 and features.count("child") == 50
-    assert len({s.span_id for _, s in got}) == 150
+    code = os.waitstatus_to_exitcode(status)
+    assert code == 0, {3: "the child exported other than its own 50 spans", 4: "acked child spans unreadable"}.get(code)
+    assert result.all_delivered and result.delivered == 100, result
+    stats = spendtrace.get_stats()
+    assert (stats.recorded, stats.exported, stats.spilled) == (100, 100, 0)
+    # Read until every span id is there, not until a number of records: a producer may retry a
+    # batch the broker had stored, and at-least-once delivery lets the same span arrive twice.
+    expected = {"child": 50, "parent": 100}
+    got = consume(broker.bootstrap, topic_name, until=lambda m: distinct_by_feature(m) == expected)
+    assert distinct_by_feature(got) == expected
 
 
 class GatedKafkaExporter(KafkaExporter):
@@ -218,19 +228,16 @@ class GatedKafkaExporter(KafkaExporter):
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Event()
-        self.delivered = 0
+        self.delivered: set[str] = set()  # span ids the broker acknowledged
 
     def export(self, spans: Sequence[Span]) -> None:
         if not self.gate.is_set():
             self.waiting.set()
             self.gate.wait()
         super().export(spans)
-        self.delivered += len(spans)
+        self.delivered.update(s.span_id for s in spans)
 
 
-# Failed in 2 of many full-suite runs on the loaded shared machine and never alone (0/7, also
-# under four CPU hogs); same suspicion as above (the embedded broker). One rerun, cause open.
-@pytest.mark.flaky(reruns=1)
 @pytest.mark.slow
 def test_broker_stopped_during_50000_spans_loses_none(
     own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path, export_reset: None
@@ -259,19 +266,26 @@ def test_broker_stopped_during_50000_spans_loses_none(
                 stopped.wait(60)  # at least 10,000 spans are recorded while the broker is down
             if i == 40_000:
                 restarted.wait(60)
+            if i % 1000 == 0:
+                # Leave room in the buffer: this test is about the outage, and a loop that outruns
+                # the spill may lose spans at a full buffer, counted (test_export_processor covers it).
+                wait_for(lambda: spendtrace.get_stats().queued <= 19_000, what="room in the buffer")
             unit(i)
             recorded[0] = i + 1
 
     recorder = threading.Thread(target=record)
     recorder.start()
     try:
-        wait_for(lambda: exporter.delivered >= 5000, what="first deliveries")
-        # Hold the worker at the gate, so what the broker acknowledged is exactly what we read back
-        # before stopping it (the embedded broker forgets everything at a stop); recording goes on.
+        wait_for(lambda: len(exporter.delivered) >= 5000, what="first deliveries")
+        # Hold the worker at the gate and read back every span the broker acknowledged before
+        # stopping it (the embedded broker forgets everything at a stop); recording goes on. Read
+        # until each acknowledged id is there, not until as many records: a batch whose export
+        # timed out may be stored too (and is spilled and sent again), so the count comes early.
         exporter.gate.clear()
         assert exporter.waiting.wait(30)
-        before = exporter.delivered
-        first = consume(own_broker.bootstrap, topic_name, until=lambda m: len(m) >= before)
+        acked = set(exporter.delivered)
+        first = consume(own_broker.bootstrap, topic_name, until=lambda m: acked <= {s.span_id for _, s in m})
+        assert acked <= {s.span_id for _, s in first}, "the broker lost spans it acknowledged"
         own_broker.stop()
         stopped.set()
         exporter.gate.set()
@@ -298,8 +312,9 @@ def test_broker_stopped_during_50000_spans_loses_none(
         until=lambda m: len({s.span_id for _, s in m} - {s.span_id for _, s in first}) >= want,
         timeout=40,
     )
-    delivered = {s.span_id for _, s in first} | {s.span_id for _, s in second}
+    read = {s.span_id for _, s in first} | {s.span_id for _, s in second}
     stats = spendtrace.get_stats()
-    assert len(delivered) == total
+    assert exporter.delivered <= read, f"the broker lost {len(exporter.delivered - read)} acknowledged spans"
+    assert len(read) == total, f"{total - len(read)} spans never reached the broker: {stats}"
     assert stats.recorded == total and stats.dropped == 0
     assert down_stats.spilled > 0 and stats.replayed >= stats.spilled > 0

@@ -3,8 +3,12 @@
 The app thread only appends to a deque (``on_span``); a worker thread takes batches, hands them
 to the exporter, and on failure (or while the circuit breaker is open) writes them to the spill
 file, replaying it once the exporter works again. A second thread spills the oldest spans when
-the buffer passes half its bound while the worker is stuck in a slow export. Spans are dropped
-only when the buffer is full and the spill cannot take them; every drop is counted and logged.
+the buffer passes a quarter of its bound (down to an eighth) while the worker is stuck in a slow
+export. A span is dropped only when it arrives at a full buffer, since the app never waits for
+room: the spill is full or unwritable, or the app records faster than the spill thread takes
+spans off the buffer (a tight recording loop holds the GIL, which the spill thread gets back only
+at the interpreter's switch interval after each of its system calls). Every drop is counted and
+logged.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class BatchProcessor:
     """Feeds an exporter from a background thread; never blocks or raises into the recording app.
 
     ``batch_size`` spans go out together, or fewer after ``max_delay`` seconds. ``max_queue``
-    bounds the in-memory buffer; past half of it the oldest spans are spilled to ``spill_dir``
+    bounds the in-memory buffer; past a quarter of it the oldest spans are spilled to ``spill_dir``
     (bounded by ``max_spill_bytes``), and a failing exporter's batches are spilled too, then
     replayed in order once it works again, by this process or the next one using the directory.
     """
