@@ -1,16 +1,22 @@
 """The storage interface, split by role, and ``open_store(url)``.
 
-Operations, never SQL: a backend is a package under ``spendtrace/server/store/`` (``sqlite`` today)
-and the only place where a database driver or SQL text appears. Apps (workers, TUI, HTTP API,
-CLI) use these protocols and ``open_store``; they never import a backend module.
+Operations, never SQL: a backend is a package under ``spendtrace/server/store/`` (``sqlite``, the
+embedded default; ``clickhouse``, for chDB and servers) and the only place where a database driver
+or SQL text appears. Apps (workers, TUI, HTTP API, CLI) use these protocols and the openers; they
+never import a backend module. Each opener finds the backend by URL scheme in ``BACKENDS``.
 
 Roles:
 
-- ``ReadStore`` / ``AsyncReadStore``: every query the TUI, API, CLI and the Python API read.
-- ``IngestStore``: what the workers write (see the effectively-once contract below).
+- ``ReadStore`` / ``AsyncReadStore``: every query the API, CLI and the Python API read
+  (``open_store`` / ``open_store_async``).
+- ``DashboardReads``: the TUI's live snapshots and its change token (``open_dashboard``).
+- ``IngestStore`` / ``AsyncIngestStore``: what the workers write (``open_ingest_store``; see the
+  effectively-once contract below).
 - ``AdminStore``: retention, restatement and its undo.
 - ``AlertStore``: alert rules, their firing state, fired events and webhook deliveries
   (``open_alert_store``); it states how "one firing per cooldown" is kept.
+- ``ReconcileStore``: modelled spend for the bill, the Cost Explorer cache and saved reports
+  (``open_reconcile_store``).
 
 The effectively-once contract, which every backend states how it keeps:
 
