@@ -187,3 +187,12 @@ def test_unknown_url_scheme_is_a_clear_error() -> None:
         open_store("postgres://db/x")
     with pytest.raises(ConfigError, match="empty"):
         open_store("")
+
+
+def test_metric_values_are_the_totals(store: ReadStore) -> None:
+    """What ``/metrics`` exposes: totals per feature and service, spans, unpriced items; nothing fired yet."""
+    v = store.store_metric_values()
+    assert (v["cost_nano"], v["spans"], v["unpriced"], v["dead_letters"]) == (TOTAL, 4, 1, 0)
+    assert (v["alerts_fired"], v["webhook_failures"]) == (0, 0)
+    assert dict(v["features"]) == {"api": S1 + S4, "search": S2 + S3}
+    assert dict(v["services"]) == {"dynamodb": S1 + S3 + S4, "bedrock": S2, "t": 0}

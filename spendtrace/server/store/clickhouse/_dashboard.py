@@ -142,7 +142,8 @@ class ClickHouseDashboard:
         """The call tree(s) of one request, with subtree costs (empty if the request is unknown)."""
         rows = await self._all(
             "SELECT span_id, parent_id, toString(feature), operation, start_ns, duration_ns, error, error_type,"
-            " usage, cost_nano, unpriced FROM spans WHERE request_id = %s ORDER BY start_ns, span_id",
+            " usage, cost_nano, unpriced, endpoint, user_id FROM spans WHERE request_id = %s"
+            " ORDER BY start_ns, span_id",
             (request_id,),
         )
         return build_tree(rows)

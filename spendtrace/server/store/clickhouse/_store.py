@@ -211,6 +211,42 @@ class ClickHouseStore:
         """Usage no price covered, per key / service / feature."""
         return self.run(q.unpriced_usage())
 
+    def store_metric_values(self) -> Row:
+        """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``).
+
+        Spend from the daily rollups (they survive raw-span retention), summed since parts merge
+        lazily; alert counts from the store's alert state.
+        """
+        cost, spans, unpriced = self._conn.tuples(
+            "SELECT sum(cost_nano), sum(spans), sum(unpriced) FROM rollup_day WHERE service = ''"
+        )[0]
+        dead = self._conn.tuples("SELECT count() FROM dead_letters")[0][0]
+        per = "SELECT {k}, sum(cost_nano) FROM rollup_day WHERE service {op} '' GROUP BY {k} ORDER BY {k}"
+        features = self._conn.tuples(per.format(k="feature", op="="))
+        services = self._conn.tuples(per.format(k="service", op="!="))
+        from spendtrace.errors import StorageError
+        from spendtrace.server.store.base import open_alert_store
+
+        try:
+            alerts = open_alert_store(self.url, readonly=True)
+        except StorageError:  # no alert state written yet: nothing fired
+            fired = failures = 0
+        else:
+            try:
+                fired, failures = alerts.count_events(), alerts.count_failed_deliveries()
+            finally:
+                alerts.close()
+        return {
+            "cost_nano": int(cost or 0),
+            "spans": int(spans or 0),
+            "unpriced": int(unpriced or 0),
+            "dead_letters": int(dead or 0),
+            "alerts_fired": int(fired),
+            "webhook_failures": int(failures),
+            "features": [(str(k), int(v or 0)) for k, v in features],
+            "services": [(str(k), int(v or 0)) for k, v in services],
+        }
+
     # -- requests and raw spans ------------------------------------------------------------------
     def get_request_cost(
         self,
