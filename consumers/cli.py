@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention-chunk-rows", type=int, default=20_000, help="most rows one retention transaction deletes"
     )
     p.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules in these workers")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port; with --workers N (processes) worker i uses PORT+i",
+    )
     p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
     return p
 
