@@ -34,7 +34,8 @@ def _add(args: argparse.Namespace) -> int:
     scope: dict[str, Any] = {"feature": args.feature, "user_id": args.user_id, "endpoint": args.endpoint,
                              "total": args.total}
     common: dict[str, Any] = {"webhook": args.webhook, "name": args.name, "db_path": args.db,
-                              "webhook_format": args.format, "routing_key": args.routing_key}
+                              "webhook_format": args.format, "routing_key": args.routing_key,
+                              "allow_private": args.allow_private_webhook}
     kinds = [k for k in ("threshold", "budget", "rate") if getattr(args, k) is not None]
     try:
         if len(kinds) != 1:
@@ -180,6 +181,8 @@ def register(subparsers: Any) -> None:
     add.add_argument("--webhook", help="http(s) URL to POST to (Slack-compatible by default)")
     add.add_argument("--format", choices=("slack", "pagerduty"), default="slack", help="webhook body format")
     add.add_argument("--routing-key", help="PagerDuty Events v2 routing key")
+    add.add_argument("--allow-private-webhook", action="store_true",
+                     help="let --webhook point at a loopback or private address (never link-local or cloud metadata)")
     add.add_argument("--name", help="rule name (default: derived from the rule)")
     add.set_defaults(handler=_add, needs_db=False)
 
