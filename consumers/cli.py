@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-alerts", action="store_true", help="do not evaluate alert rules in these workers")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address --metrics-port binds to (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
     return p
 
@@ -90,7 +92,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, alerts: bool = True) -> int:
+async def run_tasks(
+    config: WorkerConfig, n: int, metrics_port: int | None, *, alerts: bool = True, metrics_host: str = "127.0.0.1"
+) -> int:
     """Run ``n`` workers as tasks of this event loop until a stop signal."""
     from consumers.worker import Worker, load_price_book
 
@@ -110,7 +114,7 @@ async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, a
     if metrics_port is not None:
         from consumers.metrics import serve_metrics
 
-        server = await serve_metrics(metrics_port, lambda: workers)
+        server = await serve_metrics(metrics_port, lambda: workers, host=metrics_host)
     try:
         results = await asyncio.gather(*(w.run() for w in workers), return_exceptions=True)
     finally:
@@ -229,4 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from consumers.worker import tune_gc
 
     tune_gc()
-    return asyncio.run(run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts))
+    return asyncio.run(
+        run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts, metrics_host=args.metrics_host)
+    )

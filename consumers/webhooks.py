@@ -182,7 +182,7 @@ class WebhookDispatcher:
         return final
 
     async def _post(self, url: str, body: Any, rule: AlertRule) -> Attempt:
-        refused = await asyncio.to_thread(target_check, url, rule)  # resolves the name: blocking
+        refused = await self._db(target_check, url, rule)  # resolves the name (blocking): our thread, not ingest's
         if refused is not None:
             return refused
         try:
