@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """The worker settings named on the command line."""
     if args.workers < 1 or args.partitions < 1 or args.batch_size < 1 or args.retention_chunk_rows < 1:
-        raise SystemExit(
-            "spendtrace-consumer: --workers, --partitions, --batch-size and --retention-chunk-rows must be >= 1"
-        )
+        print("spendtrace-consumer: --workers, --partitions, --batch-size and --retention-chunk-rows must be >= 1",
+              file=sys.stderr)
+        raise SystemExit(2)
     return WorkerConfig(
         bootstrap=args.bootstrap,
         db_path=args.db,
@@ -226,7 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
-    config = config_from_args(args)
+    from spendtrace.errors import SpendtraceError
+
+    try:
+        config = config_from_args(args)
+        if args.prices:  # fail once, here, not in every worker (process mode restarted crashing children forever)
+            from spendtrace.server.pricing import load_overrides
+
+            load_overrides(args.prices)
+    except SpendtraceError as exc:
+        print(f"spendtrace-consumer: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.worker_mode == "process":
         return run_processes(argv, args.workers, args.metrics_port)
     log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)

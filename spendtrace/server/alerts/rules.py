@@ -26,6 +26,7 @@ Rule kinds (``AlertRule.kind``):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Literal
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 BUDGET_PERIODS = ("day", "week", "month")
+_MAX_USD = 1e9  # nano-dollars stay well inside 64 bits
+_MAX_MINUTES = 60 * 24 * 366  # windows and cooldowns: at most a year
 WebhookFormat = Literal["slack", "pagerduty"]
 
 
@@ -112,6 +115,8 @@ def _to_nano(usd: float, what: str) -> int:
         raise ValueError(f"{what} must be a number of USD, got {usd!r}") from None
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"{what} must be a positive number of USD, got {usd!r}")
+    if value > _MAX_USD:
+        raise ValueError(f"{what} must be at most {_MAX_USD:,.0f} USD, got {usd!r}")
     return round(value * NANO)
 
 
@@ -151,8 +156,8 @@ def _upsert(
 ) -> AlertRule:
     if not name or len(name) > 200:
         raise ValueError("alert name must be 1..200 characters")
-    if cooldown_minutes < 0:
-        raise ValueError("cooldown_minutes must be >= 0")
+    if not 0 <= cooldown_minutes <= _MAX_MINUTES:
+        raise ValueError(f"cooldown_minutes must be in 0..{_MAX_MINUTES}, got {cooldown_minutes}")
     store = open_rules_store(db_path)
     try:
         return store.save_rule(
@@ -198,9 +203,10 @@ def set_alert(
     if threshold is None:
         raise ValueError("threshold= (USD) is required")
     nano = _to_nano(threshold, "threshold")
-    window = round(float(window_hours) * 60)
-    if window < 1:
-        raise ValueError("window_hours must cover at least one minute")
+    hours = float(window_hours)
+    if not math.isfinite(hours) or not 1 <= round(hours * 60) <= _MAX_MINUTES:
+        raise ValueError(f"window_hours must cover one minute to a year, got {window_hours!r}")
+    window = round(hours * 60)
     params: dict[str, Any] = {}
     hook = _check_delivery(webhook, webhook_format, routing_key, params, allow_private)
     rule_name = name or f"{scope}:{value or '*'}>{threshold:g}/{window_hours:g}h"
@@ -273,8 +279,8 @@ def set_rate_alert(
     for the exact baseline.
     """
     scope, value = _scope_of(feature, user_id, endpoint, total)
-    if not float(factor) > 1.0:
-        raise ValueError("factor must be > 1")
+    if not 1.0 < float(factor) <= 1e6:
+        raise ValueError(f"factor must be > 1 and at most 1e6, got {factor!r}")
     if not 1 <= int(lookback_days) <= 60:
         raise ValueError("lookback_days must be in 1..60")
     params: dict[str, Any] = {
