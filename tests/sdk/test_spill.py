@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -273,6 +274,10 @@ def test_refused_spill_files_show_in_the_exporter_stats(tmp_path: Path) -> None:
     try:
         spendtrace.cost_track(feature="f")(lambda: None)()
         assert spendtrace.flush(10).ok
+        deadline = time.monotonic() + 30
+        while spendtrace.get_stats().spill_refused == 0:  # the export thread looks at the spill after its batch
+            assert time.monotonic() < deadline, "the planted spill file was never looked at"
+            time.sleep(0.01)
         stats = spendtrace.get_stats()
         assert stats.spill_refused == 1 and stats.replayed == 0
         assert not [s for s in exporter.spans if s.span_id.startswith("planted-")]
