@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve Prometheus metrics on this port; with --workers N (processes) worker i uses PORT+i",
     )
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address --metrics-port binds to (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--log-level", default=env("SPENDTRACE_LOG_LEVEL", "INFO"))
     return p
 
@@ -75,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     """The worker settings named on the command line."""
     if args.workers < 1 or args.partitions < 1 or args.batch_size < 1 or args.retention_chunk_rows < 1:
-        raise SystemExit(
-            "spendtrace-consumer: --workers, --partitions, --batch-size and --retention-chunk-rows must be >= 1"
-        )
+        print("spendtrace-consumer: --workers, --partitions, --batch-size and --retention-chunk-rows must be >= 1",
+              file=sys.stderr)
+        raise SystemExit(2)
     return WorkerConfig(
         bootstrap=args.bootstrap,
         db_path=args.db,
@@ -95,7 +97,9 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     )
 
 
-async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, alerts: bool = True) -> int:
+async def run_tasks(
+    config: WorkerConfig, n: int, metrics_port: int | None, *, alerts: bool = True, metrics_host: str = "127.0.0.1"
+) -> int:
     """Run ``n`` workers as tasks of this event loop until a stop signal."""
     from consumers.worker import Worker, load_price_book
 
@@ -115,7 +119,7 @@ async def run_tasks(config: WorkerConfig, n: int, metrics_port: int | None, *, a
     if metrics_port is not None:
         from consumers.metrics import serve_metrics
 
-        server = await serve_metrics(metrics_port, lambda: workers)
+        server = await serve_metrics(metrics_port, lambda: workers, host=metrics_host)
     try:
         results = await asyncio.gather(*(w.run() for w in workers), return_exceptions=True)
     finally:
@@ -227,11 +231,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s [{os.getpid()}] %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
-    config = config_from_args(args)
+    from spendtrace.errors import SpendtraceError
+
+    try:
+        config = config_from_args(args)
+        if args.prices:  # fail once, here, not in every worker (process mode restarted crashing children forever)
+            from spendtrace.server.pricing import load_overrides
+
+            load_overrides(args.prices)
+    except SpendtraceError as exc:
+        print(f"spendtrace-consumer: {exc}", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.worker_mode == "process":
         return run_processes(argv, args.workers, args.metrics_port)
     log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)
     from consumers.worker import tune_gc
 
     tune_gc()
-    return asyncio.run(run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts))
+    return asyncio.run(
+        run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts, metrics_host=args.metrics_host)
+    )

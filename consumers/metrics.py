@@ -5,6 +5,10 @@ every partition the process holds (high watermark minus the offset stored with t
 batch) and the spend stored in the database (``spendtrace.server.metrics.render_store_metrics``: cost in
 total, per feature and per service, spans, dead letters, unpriced usage, alerts, webhook failures).
 Labels stay bounded: worker index, topic and partition, feature, service; tenants never.
+
+Scrapes read the database on one thread of their own (``spendtrace-metrics``), never in the
+event loop's default executor, which the workers' ingest uses; scrapes that arrive while a read is
+running share its result, so any number of scrapers costs at most one read at a time.
 """
 
 from __future__ import annotations
@@ -12,12 +16,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 
 from consumers.histogram import COMMIT_BUCKETS, Histogram
 from consumers.worker import Worker, WorkerStats
 
-__all__ = ["COMMIT_BUCKETS", "Histogram", "render_endpoint", "render_lag", "render_metrics", "serve_metrics"]
+__all__ = [
+    "COMMIT_BUCKETS",
+    "Histogram",
+    "StoreReads",
+    "render_endpoint",
+    "render_lag",
+    "render_metrics",
+    "serve_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +114,37 @@ def _read_store(db_path: str, group: str, topic: str) -> tuple[str, dict[int, in
         offsets.close()
 
 
-async def render_endpoint(workers: list[Worker]) -> str:
+class StoreReads:
+    """The scrapes' database reads, on one thread of their own; concurrent scrapes share one read."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[tuple[str, dict[int, int]]]] = {}
+
+    async def read(self, db_path: str, group: str, topic: str) -> tuple[str, dict[int, int]]:
+        """The store metrics text and stored offsets (``_read_store``), joining a read already under way."""
+        key = (db_path, group, topic)
+        fut = self._inflight.get(key)
+        if fut is None or fut.done():
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendtrace-metrics")
+            fut = asyncio.get_running_loop().run_in_executor(self._pool, _read_store, db_path, group, topic)
+            self._inflight[key] = fut
+        return await asyncio.shield(fut)
+
+    def close(self) -> None:
+        """Let the reading thread end once its current read is done."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+async def render_endpoint(workers: list[Worker], reads: StoreReads | None = None) -> str:
     """Everything ``--metrics-port`` serves: worker counters, commit latency, lag and the stored spend.
 
-    The database is read in a thread so a scrape never stalls the workers' event loop; if it cannot
-    be read yet (the first worker is still creating it) the store families are left out of this scrape.
+    The database is read by ``reads`` (a thread of its own, not the loop's default executor) so a
+    scrape never stalls the workers; if it cannot be read yet (the first worker is still creating
+    it) the store families are left out of this scrape.
     """
     text = render_metrics(workers)
     if not workers:
@@ -113,20 +152,26 @@ async def render_endpoint(workers: list[Worker]) -> str:
     cfg = workers[0].config
     store = ""
     stored: dict[int, int] = {}
+    own = reads is None
+    reader = StoreReads() if reads is None else reads
     try:
-        store, stored = await asyncio.to_thread(_read_store, cfg.db_path, cfg.group_id, cfg.topic)
+        store, stored = await reader.read(cfg.db_path, cfg.group_id, cfg.topic)
     except Exception as exc:
         log.info("metrics: the database is not readable yet: %s", exc)
+    finally:
+        if own:
+            reader.close()
     return text + await render_lag(workers, stored) + store
 
 
-async def serve_metrics(port: int, workers: Callable[[], list[Worker]], host: str = "0.0.0.0") -> asyncio.Server:
-    """Answer every HTTP request on ``host:port`` with the current metrics."""
+async def serve_metrics(port: int, workers: Callable[[], list[Worker]], host: str = "127.0.0.1") -> asyncio.Server:
+    """Answer every HTTP request on ``host:port`` (loopback by default) with the current metrics."""
+    reads = StoreReads()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            body = (await render_endpoint(workers())).encode()
+            body = (await render_endpoint(workers(), reads)).encode()
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()

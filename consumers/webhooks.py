@@ -31,6 +31,7 @@ from spendtrace.server.alerts.delivery import (
     pagerduty_body,
     pending_events,
     slack_body,
+    target_check,
 )
 from spendtrace.server.model.alerts import AlertEvent, AlertRule
 from spendtrace.server.store.base import AlertStore, open_alert_store
@@ -169,7 +170,7 @@ class WebhookDispatcher:
                 break
             reply = None
             if kind == "post":
-                reply = await self._post(arg, extra)
+                reply = await self._post(arg, extra, rule)
             elif kind == "record":
                 await self._db(self._record, event.id, *arg)
             else:
@@ -180,7 +181,10 @@ class WebhookDispatcher:
             self.failed += 1
         return final
 
-    async def _post(self, url: str, body: Any) -> Attempt:
+    async def _post(self, url: str, body: Any, rule: AlertRule) -> Attempt:
+        refused = await self._db(target_check, url, rule)  # resolves the name (blocking): our thread, not ingest's
+        if refused is not None:
+            return refused
         try:
             client = await self._http()
         except ImportError:

@@ -6,9 +6,20 @@ import argparse
 import sys
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of ``spendtrace-tui``."""
     from spendtrace.settings import default_db_path
+    from tui.serve import DEFAULT_MAX_SESSIONS
 
     p = argparse.ArgumentParser(
         prog="spendtrace-tui", description="Live cloud and LLM spend per feature, in the terminal."
@@ -32,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--host", default="127.0.0.1", help="address --serve binds to (default 127.0.0.1)")
     web.add_argument("--port", type=int, default=8080, help="port --serve listens on (default 8080)")
     web.add_argument("--public-url", default=None, help="URL browsers reach the server at (default http://HOST:PORT)")
+    web.add_argument("--max-sessions", type=_positive_int, default=DEFAULT_MAX_SESSIONS, metavar="N",
+                     help=f"browser sessions (one app process each) served at once (default {DEFAULT_MAX_SESSIONS})")
     return p
 
 
@@ -90,7 +103,8 @@ def _serve(args: argparse.Namespace, db: str) -> int:
         app_args += ["--bootstrap", args.bootstrap]
     if args.export_dir:
         app_args += ["--export-dir", args.export_dir]
-    serve(db, host=args.host, port=args.port, public_url=args.public_url, app_args=app_args)
+    serve(db, host=args.host, port=args.port, public_url=args.public_url, app_args=app_args,
+          max_sessions=args.max_sessions)
     return 0
 
 

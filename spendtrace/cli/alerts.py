@@ -14,10 +14,13 @@ import sys
 import time
 from typing import Any
 
+from spendtrace.cli._args import INT64_MAX, float_in, int_in
+from spendtrace.cli._text import terminal_safe
 from spendtrace.cli.main import add_store_options
 from spendtrace.server.alerts.rules import AlertRule
 
 _NANO = 1_000_000_000
+_USD = float_in(0, 1e9, above=True)  # dollars: positive, and nano-dollars fit in 64 bits
 
 
 def _scope_args(p: argparse.ArgumentParser) -> None:
@@ -28,13 +31,21 @@ def _scope_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--total", action="store_true", help="watch total spend")
 
 
+def _percentage(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--percentages: {text.strip()!r} is not a number") from None
+
+
 def _add(args: argparse.Namespace) -> int:
     from spendtrace import alerts
 
     scope: dict[str, Any] = {"feature": args.feature, "user_id": args.user_id, "endpoint": args.endpoint,
                              "total": args.total}
     common: dict[str, Any] = {"webhook": args.webhook, "name": args.name, "db_path": args.db,
-                              "webhook_format": args.format, "routing_key": args.routing_key}
+                              "webhook_format": args.format, "routing_key": args.routing_key,
+                              "allow_private": args.allow_private_webhook}
     kinds = [k for k in ("threshold", "budget", "rate") if getattr(args, k) is not None]
     try:
         if len(kinds) != 1:
@@ -43,7 +54,7 @@ def _add(args: argparse.Namespace) -> int:
             rule = alerts.set_alert(threshold=args.threshold, window_hours=args.window_hours,
                                     cooldown_minutes=args.cooldown_minutes, **scope, **common)
         elif args.budget is not None:
-            pcts = [float(p) for p in args.percentages.split(",") if p.strip()]
+            pcts = [_percentage(p) for p in args.percentages.split(",") if p.strip()]
             rule = alerts.set_budget(args.budget, args.period, percentages=pcts, **scope, **common)
         else:
             rule = alerts.set_rate_alert(args.rate, min_spend=args.min_spend, cooldown_minutes=args.cooldown_minutes,
@@ -51,8 +62,8 @@ def _add(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"spendtrace alerts add: {exc}", file=sys.stderr)
         return 2
-    print(f"saved rule #{rule.id} {rule.name!r}: {rule.describe()}"
-          + (f" -> {rule.masked_webhook}" if rule.webhook else ""))
+    print(terminal_safe(f"saved rule #{rule.id} {rule.name!r}: {rule.describe()}"
+                        + (f" -> {rule.masked_webhook}" if rule.webhook else "")))
     return 0
 
 
@@ -107,7 +118,7 @@ def _tail_db(args: argparse.Namespace) -> int:
         shown = 0
         while True:
             for event in store.events_after(last, 1000):
-                print(format_event({**event.to_dict(), "delivery": event.delivery}), flush=True)
+                print(terminal_safe(format_event({**event.to_dict(), "delivery": event.delivery})), flush=True)
                 last = event.id
                 shown += 1
                 if args.count and shown >= args.count:
@@ -142,7 +153,7 @@ def _tail_kafka(args: argparse.Namespace) -> int:
                         line = format_event(ev)
                     except (ValueError, KeyError, TypeError):
                         line = f"(unreadable alert message at offset {msg.offset})"
-                    print(line, flush=True)
+                    print(terminal_safe(line), flush=True)
                     shown += 1
                     if args.count and shown >= args.count:
                         return 0
@@ -169,17 +180,22 @@ def register(subparsers: Any) -> None:
     add = sub.add_parser("add", help="add or replace (by --name) a threshold, budget or rate rule")
     add_store_options(add)
     _scope_args(add)
-    add.add_argument("--threshold", type=float, help="fire when spend over the window exceeds this many USD")
-    add.add_argument("--window-hours", type=float, default=24.0, help="rolling window (default 24)")
-    add.add_argument("--budget", type=float, help="a budget in USD per --period")
+    add.add_argument("--threshold", type=_USD, help="fire when spend over the window exceeds this many USD")
+    add.add_argument("--window-hours", type=float_in(0, 24 * 366, above=True), default=24.0,
+                     help="rolling window (default 24)")
+    add.add_argument("--budget", type=_USD, help="a budget in USD per --period")
     add.add_argument("--period", choices=("day", "week", "month"), default="month", help="budget period (UTC)")
     add.add_argument("--percentages", default="50,80,100", help="budget warnings, in %% (default 50,80,100)")
-    add.add_argument("--rate", type=float, metavar="FACTOR", help="fire when last hour >= FACTOR x usual")
-    add.add_argument("--min-spend", type=float, default=1.0, help="rate rules: least last-hour USD (default 1)")
-    add.add_argument("--cooldown-minutes", type=int, default=60, help="least minutes between firings (default 60)")
+    add.add_argument("--rate", type=float_in(1, 1e6, above=True), metavar="FACTOR",
+                     help="fire when last hour >= FACTOR x usual")
+    add.add_argument("--min-spend", type=_USD, default=1.0, help="rate rules: least last-hour USD (default 1)")
+    add.add_argument("--cooldown-minutes", type=int_in(0, 60 * 24 * 366), default=60,
+                     help="least minutes between firings (default 60)")
     add.add_argument("--webhook", help="http(s) URL to POST to (Slack-compatible by default)")
     add.add_argument("--format", choices=("slack", "pagerduty"), default="slack", help="webhook body format")
     add.add_argument("--routing-key", help="PagerDuty Events v2 routing key")
+    add.add_argument("--allow-private-webhook", action="store_true",
+                     help="let --webhook point at a loopback or private address (never link-local or cloud metadata)")
     add.add_argument("--name", help="rule name (default: derived from the rule)")
     add.set_defaults(handler=_add, needs_db=False)
 
@@ -195,11 +211,12 @@ def register(subparsers: Any) -> None:
 
     tail = sub.add_parser("tail", help="follow alert events as they fire")
     add_store_options(tail)
-    tail.add_argument("--last", type=int, default=10, help="start with the last N events (default 10)")
-    tail.add_argument("--since-id", type=int, help="start after this event id")
+    tail.add_argument("--last", type=int_in(0, 1_000_000), default=10, help="start with the last N events (default 10)")
+    tail.add_argument("--since-id", type=int_in(0, INT64_MAX), help="start after this event id")
     tail.add_argument("--no-follow", dest="follow", action="store_false", help="print and exit")
-    tail.add_argument("--count", type=int, default=0, help="exit after N events")
-    tail.add_argument("--interval", type=float, default=1.0, help="seconds between database polls")
+    tail.add_argument("--count", type=int_in(0, INT64_MAX), default=0, help="exit after N events")
+    tail.add_argument("--interval", type=float_in(0, 3600, above=True), default=1.0,
+                      help="seconds between database polls")
     tail.add_argument("--bootstrap", help="follow the Kafka alerts topic on HOST:PORT instead of the database")
     tail.add_argument("--topic", default="spendtrace.alerts", help="alerts topic (with --bootstrap)")
     tail.add_argument("--from-beginning", action="store_true", help="with --bootstrap: from the topic's start")

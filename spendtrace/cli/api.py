@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from spendtrace.cli._args import int_in
 from spendtrace.cli.main import add_store_options
 
 
@@ -23,5 +24,5 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("api", help="serve the HTTP API and /metrics (SPENDTRACE_API_TOKEN enables auth)")
     add_store_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int_in(0, 65_535), default=8000)
     p.set_defaults(handler=_run)

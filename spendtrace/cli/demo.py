@@ -12,6 +12,8 @@ import subprocess
 import sys
 from typing import Any
 
+from spendtrace.cli._args import float_in
+
 
 def _run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("tui") is None or importlib.util.find_spec("textual") is None:
@@ -32,7 +34,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("demo", help="start a broker, a worker and a demo app, and watch them in the TUI")
     p.add_argument("--demo-db", default=None, metavar="PATH",
                    help="keep the demo's data in this file (default: a temporary file, removed on exit)")  # fmt: skip
-    p.add_argument("--rate", type=float, default=20.0, help="demo requests per second (default 20)")
-    p.add_argument("--spike-after", type=float, default=20.0, help="seconds until the cost spike (default 20)")
-    p.add_argument("--refresh", type=float, default=0.25, help="TUI change-check interval in seconds")
+    p.add_argument("--rate", type=float_in(0, 100_000, above=True), default=20.0,
+                   help="demo requests per second (default 20)")
+    p.add_argument("--spike-after", type=float_in(0, 86_400), default=20.0,
+                   help="seconds until the cost spike (default 20)")
+    p.add_argument("--refresh", type=float_in(0, 3600, above=True), default=0.25,
+                   help="TUI change-check interval in seconds")
     p.set_defaults(handler=_run, needs_db=False)

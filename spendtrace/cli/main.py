@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from spendtrace.cli._args import int_in
+from spendtrace.cli._text import terminal_safe
 from spendtrace.errors import SpendtraceError
 
 __all__ = ["add_store_options", "build_parser", "main", "plugins", "render_table"]
@@ -55,8 +57,11 @@ def money(usd: float | None, unpriced: int = 0, stderr: float | None = None) -> 
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[bool] = ()) -> str:
-    """Columns padded to their widest cell; ``right[i]`` right-aligns column i (numbers)."""
-    cells = [[str(h) for h in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    """Columns padded to their widest cell; ``right[i]`` right-aligns column i (numbers).
+
+    Control and bidi characters in cells (stored names) are shown escaped, never sent to the terminal.
+    """
+    cells = [[str(h) for h in headers], *[["" if c is None else terminal_safe(str(c)) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     aligns = list(right) + [False] * (len(headers) - len(right))
     lines = []
@@ -250,7 +255,7 @@ def _report(
     for n in names:
         p.add_argument(flags[n], dest=n, help=f"only this {flags[n][2:]}")
     if limit is not False:
-        p.add_argument("--limit", type=int, default=limit, help="show at most this many rows")
+        p.add_argument("--limit", type=int_in(1, 1_000_000_000), default=limit, help="show at most this many rows")
     p.set_defaults(handler=handler, needs_db=True)
     return p
 
@@ -285,11 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     trend = _report(
         sub, "trend", _cmd_trend, "cost per UTC day, oldest first", names=("feature", "user_id", "endpoint")
     )
-    trend.add_argument("--days", type=int, default=30, help="how many days, today included (default 30)")
+    trend.add_argument("--days", type=int_in(1, 36_600), default=30, help="how many days, today included (default 30)")
     broker = sub.add_parser("broker", help="run an embedded Kafka-protocol broker on loopback until Ctrl-C")
     add_store_options(broker, argparse.SUPPRESS)
     broker.add_argument("--host", default="127.0.0.1")
-    broker.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    broker.add_argument("--port", type=int_in(0, 65_535), default=0, help="port (default: a free one)")
     broker.set_defaults(handler=_cmd_broker, needs_db=False)
     for plugin in plugins():
         try:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spendtrace.cli._args import int_in
+from spendtrace.cli._text import terminal_safe
 from spendtrace.cli.main import add_store_options
 
 
@@ -18,10 +20,10 @@ def _run(args: argparse.Namespace) -> int:
         args.store, args.start, args.end, args.tag_key, actuals_file=args.actuals, now=args.now,
         settle_days=args.settle_days,
     )
-    print(report.summary(top=args.top))
+    print(terminal_safe(report.summary(top=args.top), keep_newlines=True))
     if args.services:
         print()
-        print(report.service_table())
+        print(terminal_safe(report.service_table(), keep_newlines=True))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -39,8 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tag-key", help="also group the bill by this cost-allocation tag (e.g. feature)")
     p.add_argument("--actuals", metavar="FILE", help="a saved GetCostAndUsage JSON response instead of the API")
     p.add_argument("--out", metavar="FILE", help="write the report as JSON here")
-    p.add_argument("--top", type=int, default=10, help="features to list (default 10)")
+    p.add_argument("--top", type=int_in(0, 1_000_000), default=10, help="features to list (default 10)")
     p.add_argument("--no-services", dest="services", action="store_false", help="omit the per-service table")
-    p.add_argument("--settle-days", type=int, default=2, help="days Cost Explorer takes to settle (default 2)")
+    p.add_argument("--settle-days", type=int_in(0, 366), default=2,
+                   help="days Cost Explorer takes to settle (default 2)")
     p.add_argument("--now", default=None, help=argparse.SUPPRESS)  # a fixed 'now' for reproducible reports
     p.set_defaults(handler=_run, needs_db=True)

@@ -82,7 +82,8 @@ class ExporterStats:
     exported from the spill (possibly spilled by an earlier process). ``dropped``: spans lost
     because they met a full buffer, the spill being full, unwritable or slower than the app
     (each one is counted and logged). ``export_errors``: failed export calls. ``queued`` /
-    ``in_flight``: in memory now.
+    ``in_flight``: in memory now. ``spill_refused``: spill files never replayed because another
+    user owns them (or their directory), or others can write to them (each is logged).
     """
 
     recorded: int = 0
@@ -96,6 +97,7 @@ class ExporterStats:
     in_flight: int = 0
     breaker_state: str = "closed"
     exporter: str = ""
+    spill_refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +374,7 @@ def get_stats() -> ExporterStats:
         in_flight=c.in_flight,
         breaker_state=breaker.state,
         exporter=repr(p.exporter),
+        spill_refused=c.spill_refused,
     )
 
 

@@ -20,6 +20,10 @@ SDK_COUNTERS = {
     "replayed": "spendtrace_exporter_replayed",
     "dropped": "spendtrace_exporter_dropped",
     "export_errors": "spendtrace_exporter_errors",
+    "spill_refused": "spendtrace_exporter_spill_refused",
+}
+_HELP = {
+    "spill_refused": "Spill files never replayed: another user owns them or their directory, or others can write them.",
 }
 
 
@@ -33,9 +37,8 @@ class _SDKCollector:
 
         stats = get_stats()
         for field, name in SDK_COUNTERS.items():
-            yield CounterMetricFamily(
-                name, f"Spans {field.replace('_', ' ')} by this process's exporter.", value=getattr(stats, field)
-            )
+            text = _HELP.get(field, f"Spans {field.replace('_', ' ')} by this process's exporter.")
+            yield CounterMetricFamily(name, text, value=getattr(stats, field))
         yield GaugeMetricFamily("spendtrace_exporter_queued", "Spans waiting in memory.", value=stats.queued)
 
 

@@ -282,7 +282,8 @@ async def test_webhook_500_twice_then_200_is_delivered_once(
     """Two 500s then a 200: three attempts recorded, one delivery, Slack-style body, no secret in the logs."""
     caplog.set_level(logging.INFO)
     hook_server.script[:] = [500, 500]  # type: ignore[attr-defined]
-    set_alert(feature="search", threshold=1, webhook=_url(hook_server), name="hook", db_path=db_path)
+    set_alert(feature="search", threshold=1, webhook=_url(hook_server),
+              allow_private=True, name="hook", db_path=db_path)
     dispatcher = WebhookDispatcher(str(db_path), backoff=0.01, max_attempts=4)
     ev = AlertEvaluator(str(db_path), dispatcher=dispatcher, clock=Clock(fixed_now_ns))
     try:
@@ -305,7 +306,8 @@ async def test_webhook_that_never_answers_fails_without_blocking(db_path: Path, 
     sink.bind(("127.0.0.1", 0))
     sink.listen(16)  # accepts TCP connections into the backlog, never reads or answers
     url = f"http://127.0.0.1:{sink.getsockname()[1]}/hook"
-    set_alert(feature="search", threshold=1, cooldown_minutes=0, webhook=url, name="dead", db_path=db_path)
+    set_alert(feature="search", threshold=1, cooldown_minutes=0, webhook=url,
+              allow_private=True, name="dead", db_path=db_path)
     dispatcher = WebhookDispatcher(str(db_path), timeout=0.3, backoff=0.01, max_attempts=2)
     ev = AlertEvaluator(str(db_path), dispatcher=dispatcher, clock=Clock(fixed_now_ns))
     try:
@@ -325,7 +327,8 @@ async def test_webhook_that_never_answers_fails_without_blocking(db_path: Path, 
 async def test_pagerduty_body(db_path: Path, fixed_now_ns: int, hook_server: ThreadingHTTPServer) -> None:
     """A PagerDuty rule posts an Events v2 trigger with routing key, summary, severity, source, dedup key."""
     hook_server.script[:] = [202]  # type: ignore[attr-defined]
-    set_alert(feature="search", threshold=1, webhook=_url(hook_server, "/v2/enqueue"), webhook_format="pagerduty",
+    set_alert(feature="search", threshold=1, webhook=_url(hook_server, "/v2/enqueue"),
+              allow_private=True, webhook_format="pagerduty",
               routing_key="ROUTE123", name="pd", db_path=db_path)
     dispatcher = WebhookDispatcher(str(db_path), backoff=0.01)
     ev = AlertEvaluator(str(db_path), dispatcher=dispatcher, clock=Clock(fixed_now_ns))
@@ -389,7 +392,8 @@ async def test_pending_events_of_a_crashed_worker_are_delivered_once(
     db_path: Path, fixed_now_ns: int, hook_server: ThreadingHTTPServer
 ) -> None:
     """An event fired by a worker that died before delivering is claimed and sent once by the next dispatchers."""
-    set_alert(feature="search", threshold=1, webhook=_url(hook_server), name="orphan", db_path=db_path)
+    set_alert(feature="search", threshold=1, webhook=_url(hook_server),
+              allow_private=True, name="orphan", db_path=db_path)
     crashed = AlertEvaluator(str(db_path), clock=Clock(fixed_now_ns))  # fires, has no dispatcher: never delivers
     try:
         await crashed(spend(db_path, fixed_now_ns, 2))
@@ -424,3 +428,30 @@ async def test_after_dropped_results_every_rule_is_evaluated(db_path: Path, fixe
         assert [e["rule"] for e in events(db_path)] == ["b"]
     finally:
         await ev.aclose()
+
+
+async def test_worker_refuses_a_webhook_whose_name_resolves_to_loopback(
+    db_path: Path, fixed_now_ns: int, hook_server: ThreadingHTTPServer
+) -> None:
+    """The workers' dispatcher resolves the webhook's name before each POST and refuses a loopback answer."""
+    name = socket.gethostname()
+    try:
+        addrs = {i[4][0] for i in socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)}
+    except OSError:
+        pytest.skip("the host name does not resolve")
+    if not addrs or not all(a.startswith("127.") or a == "::1" for a in addrs):
+        pytest.skip("the host name does not resolve to loopback here")
+    set_alert(feature="search", threshold=1, webhook=f"http://{name}:{hook_server.server_address[1]}/h",
+              name="rebind", db_path=db_path)
+    dispatcher = WebhookDispatcher(str(db_path), backoff=0.01, max_attempts=4)
+    ev = AlertEvaluator(str(db_path), dispatcher=dispatcher, clock=Clock(fixed_now_ns))
+    try:
+        await ev(spend(db_path, fixed_now_ns, 3))
+        await dispatcher.drain()
+    finally:
+        await ev.aclose()
+        await dispatcher.aclose()
+    assert hook_server.bodies == []  # type: ignore[attr-defined]
+    ((attempt, status, error),) = deliveries(db_path)
+    assert (attempt, status) == (1, None) and error is not None and "webhook target refused" in error
+    assert [e["delivery"] for e in events(db_path)] == ["failed"]

@@ -81,10 +81,10 @@ def test_options_reach_the_worker_config() -> None:
 
 
 def test_nonsense_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    """``--workers 0`` stops with a message instead of starting nothing."""
+    """``--workers 0`` stops with a message and exit status 2 (a bad argument) instead of starting nothing."""
     with pytest.raises(SystemExit) as exc:
         main(["--workers", "0"])
-    assert "--workers" in str(exc.value)
+    assert exc.value.code == 2 and "--workers" in capsys.readouterr().err
 
 
 def _children(pid: int) -> set[int]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -18,6 +21,7 @@ from consumers.testing import FEATURES, TENANTS, make_spans, produce_spans, stor
 from consumers.worker import Worker
 from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 PARTITIONS = 3
@@ -164,3 +168,54 @@ async def test_metrics_endpoint_serves_lag_latency_and_stored_spend(
     every = [s for group in done.values() for s in group]
     assert not any(k in ("tenant", "user_id", "user") for s in every for k in s.labels)
     assert not any(v in TENANTS for s in every for v in s.labels.values())
+
+
+def _idle_worker(db: Path) -> Worker:
+    """A worker that is never started (no broker): enough for the metrics endpoint to read its store."""
+    connect(db).close()
+    return Worker(WorkerConfig(bootstrap="127.0.0.1:9", db_path=str(db), group_id="g", topic="t",
+                               dlq_topic="t.dlq", alerts_topic="t.alerts"))
+
+
+async def test_scrapes_read_the_store_off_the_workers_executor(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """12 scrapes stuck on a slow store read leave the event loop's default executor (the ingest path's) free,
+    and every read runs on the metrics' own thread."""
+    from consumers import metrics
+
+    gate = threading.Event()
+    threads: set[str] = set()
+    real = metrics._read_store
+
+    def slow_read(*args: str) -> tuple[str, dict[int, int]]:
+        threads.add(threading.current_thread().name)
+        gate.wait(DEADLINE_S)
+        return real(*args)
+
+    monkeypatch.setattr(metrics, "_read_store", slow_read)
+    async with _endpoint(_idle_worker(db_path)) as client:
+        scrapes = [asyncio.create_task(client.get("/metrics")) for _ in range(12)]
+        deadline = time.monotonic() + DEADLINE_S
+        while not threads:
+            assert time.monotonic() < deadline, "no scrape reached the store"
+            await asyncio.sleep(0.01)
+        ingest_work = [asyncio.to_thread(lambda: "stored") for _ in range(8)]  # what the worker's writes need
+        assert await asyncio.wait_for(asyncio.gather(*ingest_work), DEADLINE_S) == ["stored"] * 8
+        gate.set()
+        responses = await asyncio.gather(*scrapes)
+    assert [r.status_code for r in responses] == [200] * 12
+    assert all("spendtrace_consumer_batches_total" in r.text for r in responses)
+    assert threads and all(name.startswith("spendtrace-metrics") for name in threads), threads
+
+
+async def test_metrics_bind_loopback_by_default(db_path: Path) -> None:
+    """serve_metrics and ``--metrics-host`` default to 127.0.0.1; the option takes another address."""
+    from consumers.cli import build_parser as consumer_parser
+
+    server = await serve_metrics(0, lambda: [])
+    try:
+        assert server.sockets[0].getsockname()[0] == "127.0.0.1"
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert consumer_parser().parse_args(["--metrics-port", "9100"]).metrics_host == "127.0.0.1"
+    assert consumer_parser().parse_args(["--metrics-host", "0.0.0.0"]).metrics_host == "0.0.0.0"

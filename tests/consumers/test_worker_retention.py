@@ -117,9 +117,10 @@ async def test_worker_stores_new_spans_while_a_retention_backlog_is_worked_off(
     assert worker.stats.stored == sent
 
 
-def test_retention_chunk_rows_option_reaches_the_config() -> None:
-    """``--retention-chunk-rows`` lands in the worker's settings; zero is refused."""
+def test_retention_chunk_rows_option_reaches_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--retention-chunk-rows`` lands in the worker's settings; zero is refused (exit 2, saying which option)."""
     assert config_from_args(build_parser().parse_args([])).retention_chunk_rows == 20_000
     assert config_from_args(build_parser().parse_args(["--retention-chunk-rows", "500"])).retention_chunk_rows == 500
-    with pytest.raises(SystemExit, match="--retention-chunk-rows"):
+    with pytest.raises(SystemExit) as exc:
         config_from_args(build_parser().parse_args(["--retention-chunk-rows", "0"]))
+    assert exc.value.code == 2 and "--retention-chunk-rows" in capsys.readouterr().err

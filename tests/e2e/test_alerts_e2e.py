@@ -152,7 +152,8 @@ async def test_threshold_fires_once_per_cooldown_with_two_workers(
 ) -> None:
     """$40 of spans against a $10 rule, split over two workers, fire once; after the cooldown, once more."""
     url, bodies = hook_url
-    set_alert(feature="search", threshold=10, window_hours=1, webhook=url, cooldown_minutes=60, name="search-10",
+    set_alert(feature="search", threshold=10, window_hours=1, webhook=url,
+              allow_private=True, cooldown_minutes=60, name="search-10",
               db_path=db_path)
     cfg = config(broker, topic_name, db_path)
     clock = Clock(now_ns)
@@ -187,7 +188,8 @@ async def test_dead_webhook_does_not_hold_ingestion(broker: EmbeddedBroker, topi
     sink = socket.socket()
     sink.bind(("127.0.0.1", 0))
     sink.listen(16)  # completes TCP handshakes, never answers
-    set_alert(feature="search", threshold=2, webhook=f"http://127.0.0.1:{sink.getsockname()[1]}/x", name="dead",
+    set_alert(feature="search", threshold=2, webhook=f"http://127.0.0.1:{sink.getsockname()[1]}/x",
+              allow_private=True, name="dead",
               db_path=db_path)
     cfg = config(broker, topic_name, db_path)
     try:

@@ -85,8 +85,9 @@ def test_bad_arguments_raise_value_error(db_path: Path, kwargs: dict[str, object
 
 
 def test_validate_webhook_accepts_http_and_https() -> None:
-    """Plain http (e.g. an internal relay) and https URLs pass validation unchanged."""
-    assert validate_webhook("http://127.0.0.1:8080/hook") == "http://127.0.0.1:8080/hook"
+    """Plain http (e.g. an internal relay, once allowed) and https URLs pass validation unchanged."""
+    assert validate_webhook("http://127.0.0.1:8080/hook", allow_private=True) == "http://127.0.0.1:8080/hook"
+    assert validate_webhook("http://hooks.example.com/hook") == "http://hooks.example.com/hook"
     assert validate_webhook(SLACK) == SLACK
 
 
@@ -174,3 +175,107 @@ def test_cli_add_list_remove(db_path: Path, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert main([*db, "alerts", "tail", "--no-follow"]) == 0
     assert capsys.readouterr().out.strip() == "no alert events"
+
+
+# ---- webhook targets: no cloud metadata, no loopback / private unless allowed --------------------
+
+ALWAYS_REFUSED = [
+    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+    "http://169.254.170.2/v2/credentials",
+    "http://[fd00:ec2::254]/latest/meta-data/",
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://METADATA.google.internal./computeMetadata/v1/",
+    "http://[fe80::1%25eth0]:80/hook",
+    "http://[::ffff:169.254.169.254]/",
+    "http://0xa9fea9fe/",  # 169.254.169.254 as one hex number
+    "http://100.100.100.200/latest/meta-data/",
+]
+PRIVATE = [
+    "http://127.0.0.1:8080/hook",
+    "http://[::1]:8080/hook",
+    "http://0x7f000001/hook",
+    "http://2130706433/hook",
+    "http://127.1/hook",
+    "http://0177.0.0.1/hook",
+    "http://[::ffff:127.0.0.1]/hook",
+    "http://[::ffff:7f00:1]/hook",
+    "http://[2002:7f00:1::]/hook",  # 6to4 wrapping 127.0.0.1
+    "http://0.0.0.0:9000/hook",
+    "http://10.1.2.3/hook",
+    "http://172.16.0.9/hook",
+    "http://192.168.1.20/hook",
+    "http://100.64.0.1/hook",
+    "http://[fd12:3456::1]/hook",
+    "http://localhost:8000/hook",
+    "http://api.localhost/hook",
+    "http://\uff11\uff12\uff17.0.0.1/hook",  # full-width digits normalise to 127.0.0.1
+]
+
+
+@pytest.mark.parametrize("url", ALWAYS_REFUSED)
+def test_link_local_and_metadata_webhooks_are_refused_even_when_private_is_allowed(db_path: Path, url: str) -> None:
+    """Cloud metadata and link-local targets are refused by set_alert whatever the allowance; nothing is stored."""
+    for allow in (False, True):
+        with pytest.raises(ValueError, match=r"webhook target refused: .*(metadata|link-local)"):
+            set_alert(feature="f", threshold=1, webhook=url, allow_private=allow, db_path=db_path)
+    assert list_alerts(db_path) == []
+
+
+@pytest.mark.parametrize("url", PRIVATE)
+def test_loopback_and_private_webhooks_need_an_explicit_allowance(db_path: Path, url: str) -> None:
+    """Loopback and private hosts, in any numeric spelling, are refused unless allow_private=True."""
+    with pytest.raises(ValueError, match=r"webhook target refused: .*(loopback|private|unspecified)"):
+        set_alert(feature="f", threshold=1, webhook=url, db_path=db_path)
+    rule = set_alert(feature="f", threshold=1, webhook=url, allow_private=True, db_path=db_path)
+    assert rule.webhook == url and rule.params["allow_private_webhook"] is True
+
+
+def test_budget_and_rate_rules_go_through_the_same_check(db_path: Path) -> None:
+    """set_budget and set_rate_alert refuse the same targets set_alert does."""
+    with pytest.raises(ValueError, match="metadata"):
+        set_budget(10, "day", feature="f", webhook="http://169.254.169.254/", db_path=db_path)
+    with pytest.raises(ValueError, match="loopback"):
+        set_rate_alert(3, feature="f", webhook="http://[::1]/", db_path=db_path)
+    assert set_rate_alert(3, feature="f", webhook="http://[::1]/", allow_private=True, db_path=db_path).webhook
+    assert set_budget(10, "day", feature="f", webhook=SLACK, db_path=db_path).webhook == SLACK
+
+
+def test_the_environment_allows_private_webhooks(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPENDTRACE_ALLOW_PRIVATE_WEBHOOKS=1 allows loopback (recorded on the rule), never metadata."""
+    monkeypatch.setenv("SPENDTRACE_ALLOW_PRIVATE_WEBHOOKS", "1")
+    assert set_alert(feature="f", threshold=1, webhook="http://127.0.0.1:9/x", db_path=db_path).params[
+        "allow_private_webhook"
+    ]
+    with pytest.raises(ValueError, match="metadata"):
+        set_alert(feature="f", threshold=1, webhook="http://169.254.169.254/", db_path=db_path)
+
+
+def test_public_webhooks_are_stored_without_an_allowance(db_path: Path) -> None:
+    """A public host needs no allowance and the rule records none."""
+    rule = set_alert(feature="f", threshold=1, webhook="http://8.8.8.8/hook", db_path=db_path)
+    assert "allow_private_webhook" not in rule.params
+
+
+def test_cli_refuses_private_webhooks_unless_flagged(db_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``alerts add --webhook http://0x7f000001/`` exits 2 with the reason; ``--allow-private-webhook`` saves it."""
+    from spendtrace.cli.main import main
+
+    db = ["--db", str(db_path)]
+    assert main([*db, "alerts", "add", "--feature", "x", "--threshold", "1", "--webhook", "http://0x7f000001/"]) == 2
+    assert "127.0.0.1 is a loopback address" in capsys.readouterr().err
+    assert main([*db, "alerts", "add", "--feature", "x", "--threshold", "1", "--webhook",
+                 "http://169.254.169.254/", "--allow-private-webhook"]) == 2
+    assert "cloud metadata" in capsys.readouterr().err
+    assert main([*db, "alerts", "add", "--feature", "x", "--threshold", "1", "--webhook", "http://0x7f000001/",
+                 "--allow-private-webhook"]) == 0
+    assert [r.webhook for r in list_alerts(db_path)] == ["http://0x7f000001/"]
+
+
+def test_tui_form_refuses_metadata_webhooks(db_path: Path) -> None:
+    """The TUI's add-rule action goes through the same validation."""
+    from tui.actions import add_rule
+
+    with pytest.raises(ValueError, match="metadata"):
+        add_rule(db_path, name="r", scope="feature", scope_value="f", threshold_usd=1, window_hours=1,
+                 webhook="http://[::ffff:a9fe:a9fe]/")
+    assert list_alerts(db_path) == []

@@ -121,6 +121,7 @@ def ask(proc: subprocess.Popen[str], calls: int) -> dict[str, Any]:
 def test_readme_alert_fires_once_per_cooldown_in_local_mode(tmp_path: Path, hook_server: Any) -> None:
     """An app with the default config and the README's set_alert: one POST for $12 > $10, none within the cooldown."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDTRACE_")}
+    env["SPENDTRACE_ALLOW_PRIVATE_WEBHOOKS"] = "1"  # the README's call as written; the hook is on loopback
     proc = subprocess.Popen(
         [sys.executable, "-c", APP, url(hook_server)], cwd=tmp_path, env=env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -174,7 +175,8 @@ def test_webhook_500_then_200_is_delivered_once_with_two_attempts(
 ) -> None:
     """A 500 then a 200: one event delivered, two attempts recorded, the same Slack body both times."""
     hook_server.script[:] = [500]
-    set_alert(feature="search", threshold=1, webhook=url(hook_server), name="flaky", db_path=db_path)
+    set_alert(feature="search", threshold=1, webhook=url(hook_server),
+              allow_private=True, name="flaky", db_path=db_path)
     exporter = LocalStoreExporter(db_path)
     try:
         exporter.export(dollars(3))
@@ -193,7 +195,8 @@ def test_without_httpx_the_delivery_fails_with_the_reason(
 ) -> None:
     """When httpx cannot be imported the event is recorded as failed, saying which extra to install; export goes on."""
     monkeypatch.setitem(sys.modules, "httpx", None)  # makes ``import httpx`` raise ImportError
-    set_alert(feature="search", threshold=1, webhook=url(hook_server), name="nohttpx", db_path=db_path)
+    set_alert(feature="search", threshold=1, webhook=url(hook_server),
+              allow_private=True, name="nohttpx", db_path=db_path)
     exporter = LocalStoreExporter(db_path)
     try:
         exporter.export(dollars(3))
@@ -250,7 +253,8 @@ async def test_events_left_pending_are_sent_once_by_the_next_app(
     db_path: Path, hook_server: Any, unit_prices: None
 ) -> None:
     """An event fired 10 minutes ago by a process that never delivered it is claimed and POSTed by the next app."""
-    set_alert(feature="search", threshold=1, webhook=url(hook_server), name="orphan", db_path=db_path)
+    set_alert(feature="search", threshold=1, webhook=url(hook_server),
+              allow_private=True, name="orphan", db_path=db_path)
     past = time.time_ns() - 600 * NS
     earlier = LocalStoreExporter(db_path, alerts=False)
     earlier.export(dollars(2, at_ns=past))
@@ -268,4 +272,57 @@ async def test_events_left_pending_are_sent_once_by_the_next_app(
     finally:
         exporter.shutdown()
     assert len(hook_server.bodies) == 1 and "orphan" in hook_server.bodies[0]["text"]
+    assert rows(db_path, "SELECT delivery FROM alert_events") == [("delivered",)]
+
+
+def _name_resolving_to_loopback() -> str:
+    """A DNS name (not a literal, not ``localhost``) that resolves to a loopback address here, or skip."""
+    import socket
+
+    for name in (socket.gethostname(), "ip6-localhost", "localhost.localdomain"):
+        if name.endswith("localhost") or not name:
+            continue
+        try:
+            addrs = {info[4][0] for info in socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM)}
+        except OSError:
+            continue
+        if addrs and all(a in ("127.0.0.1", "::1") or a.startswith("127.") for a in addrs):
+            return name
+    pytest.skip("no DNS name resolves to loopback on this host")
+
+
+def test_a_dns_name_resolving_to_loopback_is_refused_at_delivery(
+    db_path: Path, hook_server: Any, unit_prices: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that passes validation but resolves to 127.0.0.1 is not POSTed to: one final, refused attempt."""
+    name = _name_resolving_to_loopback()
+    hook = f"http://{name}:{hook_server.server_address[1]}/services/T/B/secret-token"
+    set_alert(feature="search", threshold=1, webhook=hook, name="rebind", db_path=db_path)
+    exporter = LocalStoreExporter(db_path)
+    try:
+        exporter.export(dollars(3))
+        assert exporter.alerts is not None and exporter.alerts.drain(60)
+    finally:
+        exporter.shutdown()
+    assert hook_server.bodies == []
+    ((attempt, error),) = rows(db_path, "SELECT attempt, error FROM alert_deliveries")
+    assert attempt == 1 and "webhook target refused" in error and "loopback" in error
+    assert rows(db_path, "SELECT delivery FROM alert_events") == [("failed",)]
+    assert "refused, not sent" in caplog.text and "secret-token" not in caplog.text
+
+
+def test_a_dns_name_resolving_to_loopback_is_delivered_when_allowed(
+    db_path: Path, hook_server: Any, unit_prices: None
+) -> None:
+    """The same rule saved with allow_private=True is delivered (the allowance travels with the rule)."""
+    name = _name_resolving_to_loopback()
+    hook = f"http://{name}:{hook_server.server_address[1]}/hook"
+    set_alert(feature="search", threshold=1, webhook=hook, allow_private=True, name="ok", db_path=db_path)
+    exporter = LocalStoreExporter(db_path)
+    try:
+        exporter.export(dollars(3))
+        assert exporter.alerts is not None and exporter.alerts.drain(60)
+    finally:
+        exporter.shutdown()
+    assert len(hook_server.bodies) == 1
     assert rows(db_path, "SELECT delivery FROM alert_events") == [("delivered",)]

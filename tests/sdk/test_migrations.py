@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -147,3 +151,32 @@ def test_concurrent_first_opens_migrate_once(db_path: Path) -> None:
         t.join()
     assert errors == []
     assert versions == [SCHEMA_VERSION] * 6
+
+
+def test_a_new_database_and_its_wal_and_shm_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    """The file holds webhook secrets: a process with umask 000 creates it, -wal and -shm readable by its owner only."""
+    db = tmp_path / "secrets.db"
+    code = textwrap.dedent(
+        f"""
+        import os, stat
+        os.umask(0)
+        from spendtrace.server.alerts.rules import set_alert
+        from spendtrace.server.store.sqlite._db import connect
+        set_alert(feature="f", threshold=1, webhook="https://hooks.example.com/T/s", db_path={str(db)!r})
+        conn = connect({str(db)!r})
+        conn.execute("BEGIN IMMEDIATE"); conn.execute("DELETE FROM alert_rules WHERE 0"); conn.execute("COMMIT")
+        for suffix in ("", "-wal", "-shm"):
+            print(suffix or "db", oct(stat.S_IMODE(os.stat({str(db)!r} + suffix).st_mode)))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["db", "0o600", "-wal", "0o600", "-shm", "0o600"]
+
+
+def test_an_existing_database_keeps_the_mode_its_operator_chose(tmp_path: Path) -> None:
+    """Opening an existing file does not change its mode (a group-readable file stays so)."""
+    db = tmp_path / "shared.db"
+    connect(db).close()
+    db.chmod(0o640)
+    connect(db).close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o640

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from spendtrace.schema import Span, decode_spans
-from spendtrace.sdk.export._spill import SpillFull, SpillStore
+from spendtrace.sdk.export._spill import SpillFull, SpillStore, SpillUntrusted
 
 
 def make_spans(n: int, prefix: str = "s") -> list[Span]:
@@ -155,3 +158,128 @@ def test_two_live_processes_never_replay_the_same_file(tmp_path: Path) -> None:
         proc.communicate("", timeout=30)
     assert [s.span_id for s in drain(SpillStore(tmp_path))] == ["b-0", "b-1"]
     assert not list(tmp_path.glob("spill-*"))
+
+
+# ---- trust: another local user must not be able to plant spans -------------------------------
+
+OTHER_UID = 65534  # "nobody"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+def _planted(directory: Path) -> Path:
+    """A valid spill file with one $900,000-looking span, left by a writer that has gone."""
+    store = SpillStore(directory)
+    store.write(make_spans(10, "planted-"))
+    store.close()
+    (path,) = directory.glob("spill-*.spill")
+    return path
+
+
+def test_default_spill_dir_is_per_user_and_created_0700_whatever_the_umask(tmp_path: Path) -> None:
+    """In a fresh process with umask 000, the default spill directory and its per-destination child are 0700."""
+    code = textwrap.dedent(
+        """
+        import os
+        os.umask(0)
+        from spendtrace.sdk.export._processor import default_spill_dir
+        from spendtrace.sdk.export._spill import SpillStore
+        from spendtrace.schema import Span
+        root = default_spill_dir()
+        SpillStore(root / "sqlite-x").write([Span(span_id="a", parent_id=None, request_id="r", feature="f")])
+        print(root)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SPENDTRACE_SPILL_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    root = Path(out.strip())
+    assert root.parent == tmp_path and root.name == f"spendtrace-spill-{os.getuid()}"
+    for d in (root, root / "sqlite-x"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+    (f,) = (root / "sqlite-x").glob("spill-*.spill")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+
+
+@needs_root
+def test_spill_file_owned_by_another_user_is_refused_logged_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spill file another user owns is not replayed, stays in place, is logged once and counted once."""
+    path = _planted(tmp_path)
+    os.chown(path, OTHER_UID, OTHER_UID)
+    store = SpillStore(tmp_path, rescan_interval=0)
+    assert drain(store) == [] and drain(store) == []
+    assert store.refused == 1 and path.exists()
+    assert not store.has_backlog()
+    assert caplog.text.count("refusing to replay spill file") == 1 and f"uid {OTHER_UID}" in caplog.text
+
+
+def test_group_or_world_writable_spill_file_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A spill file others may write is not replayed (anyone could have appended frames to it)."""
+    path = _planted(tmp_path)
+    path.chmod(0o666)
+    store = SpillStore(tmp_path)
+    assert drain(store) == []
+    assert store.refused == 1 and path.exists()
+    assert "group/world-writable" in caplog.text
+
+
+def test_symlinked_spill_file_is_refused(tmp_path: Path) -> None:
+    """A spill name that is a symbolic link is never followed."""
+    elsewhere = tmp_path / "elsewhere"
+    target = _planted(elsewhere)
+    spill = tmp_path / "spill"
+    spill.mkdir(mode=0o700)
+    (spill / target.name).symlink_to(target)
+    store = SpillStore(spill)
+    assert drain(store) == [] and store.refused == 1
+
+
+@needs_root
+def test_spill_directory_owned_by_another_user_is_neither_replayed_nor_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A planted directory under the predictable name: its files are refused and our spans are not written there."""
+    planted_dir = tmp_path / "spendtrace-spill-0"
+    path = _planted(planted_dir)
+    os.chown(planted_dir, OTHER_UID, OTHER_UID)
+    os.chown(path, OTHER_UID, OTHER_UID)
+    store = SpillStore(planted_dir)
+    assert drain(store) == [] and store.refused == 1
+    with pytest.raises(SpillUntrusted, match=f"owned by uid {OTHER_UID}"):
+        store.write(make_spans(1))
+    assert [p.name for p in planted_dir.iterdir()] == [path.name]
+
+
+def test_world_writable_spill_directory_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A directory others can write to (mode 0777, not ours to trust) is neither replayed nor written."""
+    spill = tmp_path / "spill"
+    _planted(spill)
+    spill.chmod(0o777)
+    store = SpillStore(spill)
+    assert drain(store) == [] and store.refused == 1
+    with pytest.raises(SpillUntrusted, match="group/world-writable"):
+        store.write(make_spans(1))
+
+
+def test_refused_spill_files_show_in_the_exporter_stats(tmp_path: Path) -> None:
+    """The app's exporter never exports a refused file and get_stats() counts it."""
+    import spendtrace
+    from spendtrace import InMemoryExporter
+
+    path = _planted(tmp_path)
+    path.chmod(0o646)
+    exporter = InMemoryExporter()
+    spendtrace.configure(exporter=exporter, spill_dir=tmp_path, max_delay=0.01)
+    try:
+        spendtrace.cost_track(feature="f")(lambda: None)()
+        assert spendtrace.flush(10).ok
+        deadline = time.monotonic() + 30
+        while spendtrace.get_stats().spill_refused == 0:  # the export thread looks at the spill after its batch
+            assert time.monotonic() < deadline, "the planted spill file was never looked at"
+            time.sleep(0.01)
+        stats = spendtrace.get_stats()
+        assert stats.spill_refused == 1 and stats.replayed == 0
+        assert not [s for s in exporter.spans if s.span_id.startswith("planted-")]
+    finally:
+        spendtrace.shutdown()

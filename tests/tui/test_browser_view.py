@@ -20,12 +20,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from consumers.cli import build_parser as build_parser_consumer
 from spendtrace.schema import Span, UsageItem
@@ -116,10 +117,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def _serving(db: Path, log: Path) -> Iterator[str]:
+def _serving(db: Path, log: Path, extra: Sequence[str] = ()) -> Iterator[str]:
     """``spendtrace-tui --serve`` on a free loopback port, as a subprocess; yields its URL once it answers."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "tui.cli", "--serve", "--port", str(port), "--db", str(db), "--refresh", "0.5"]
+    cmd = [sys.executable, "-m", "tui.cli", "--serve", "--port", str(port), "--db", str(db), "--refresh", "0.5",
+           *extra]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -263,3 +265,72 @@ def test_compose_dashboard_serves_the_workers_database() -> None:
     assert args.db == consumer.db
     assert set(dashboard["volumes"]) & set(services["consumer"]["volumes"])
     assert any(str(p).endswith(":8080:8080") for p in dashboard["ports"])
+
+
+async def _first_output(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Wait for the session's app to send its first bytes (proof the session is live)."""
+    msg = await ws.receive(timeout=DEADLINE_S)
+    assert msg.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT), msg
+
+
+async def test_serve_refuses_websockets_from_another_origin(db_path: Path, tmp_path: Path) -> None:
+    """A websocket whose Origin is another site gets 403 and no app process; the served origin and its
+    loopback aliases are accepted."""
+    _store(db_path)
+    log = tmp_path / "serve.log"
+    with _serving(db_path, log) as url:
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        ws_url = f"ws://127.0.0.1:{port}/ws?width=80&height=24"
+        async with aiohttp.ClientSession() as session:
+            for evil in ("http://evil.example", f"http://127.0.0.1:{int(port) + 1}", f"https://127.0.0.1:{port}",
+                         "null"):
+                try:
+                    async with session.ws_connect(ws_url, origin=evil):
+                        raise AssertionError(f"a websocket from Origin {evil} was accepted")
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status == 403, evil
+            for good in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+                async with session.ws_connect(ws_url, origin=good) as ws:
+                    await _first_output(ws)
+    assert "refused a websocket from Origin 'http://evil.example'" in log.read_text()
+
+
+async def test_serve_caps_concurrent_sessions(db_path: Path, tmp_path: Path) -> None:
+    """With --max-sessions 2 a third session is refused with 503 and a message naming the option, on the page
+    and on the websocket; once a session ends a new one is served."""
+    _store(db_path)
+    log = tmp_path / "serve.log"
+    with _serving(db_path, log, ["--max-sessions", "2"]) as url:
+        origin = url.rstrip("/")
+        ws_url = f"{origin.replace('http', 'ws', 1)}/ws?width=80&height=24"
+        async with aiohttp.ClientSession() as session:
+            first = await session.ws_connect(ws_url, origin=origin)
+            second = await session.ws_connect(ws_url, origin=origin)
+            await _first_output(first)
+            await _first_output(second)
+            try:
+                await session.ws_connect(ws_url, origin=origin)
+                raise AssertionError("a third session was accepted")
+            except aiohttp.WSServerHandshakeError as exc:
+                assert exc.status == 503
+            async with session.get(url) as resp:
+                assert resp.status == 503 and "--max-sessions 2" in await resp.text()
+            await first.close()
+            deadline = time.monotonic() + DEADLINE_S
+            while True:  # the server notices the close and stops that session's app
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        break
+                assert time.monotonic() < deadline, "the closed session was never released"
+                await asyncio.sleep(0.1)
+            async with session.ws_connect(ws_url, origin=origin) as third:
+                await _first_output(third)
+            await second.close()
+    assert "refused a browser session: 2 of --max-sessions 2 already open" in log.read_text()
+
+
+def test_max_sessions_option_defaults_and_refuses_zero() -> None:
+    """--max-sessions defaults to 4 and must be at least 1."""
+    assert build_parser().parse_args(["--serve"]).max_sessions == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--serve", "--max-sessions", "0"])

@@ -36,7 +36,10 @@ _LOG_EVERY = 10.0  # seconds between two warnings of the same kind
 
 
 def default_spill_dir() -> Path:
-    """``SPENDTRACE_SPILL_DIR``, else ``<tempdir>/spendtrace-spill-<uid>`` (per user, survives restarts of the app)."""
+    """``SPENDTRACE_SPILL_DIR``, else ``<tempdir>/spendtrace-spill-<uid>`` (per user, survives restarts of the app).
+
+    The spill store creates it 0700 and uses it only while it belongs to this user (see ``_spill``).
+    """
     env = os.environ.get("SPENDTRACE_SPILL_DIR")
     if env:
         return Path(env)
@@ -58,6 +61,7 @@ class Counters:
     spill_errors: int
     queued: int
     in_flight: int
+    spill_refused: int = 0
 
 
 class _RateLimited:
@@ -465,6 +469,7 @@ class BatchProcessor:
                 spill_errors=self._spill_errors,
                 queued=queued,
                 in_flight=in_flight,
+                spill_refused=self.spill.refused,
             )
 
 

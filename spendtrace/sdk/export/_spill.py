@@ -12,6 +12,13 @@ file holds an exclusive ``flock`` on it, so two live processes sharing the direc
 replay the same file, and nobody replays a file still being written. Progress within a file
 is kept in a ``<file>.pos`` side file (byte offset of the frames already exported), and a
 file is deleted only after all its frames were exported.
+
+Trust: the directory is created 0700 (and any missing parent with it), and is used only while
+it is owned by this process's user and not group/world-writable, in a parent owned by this user
+or root that is not writable by others (unless sticky, like ``/tmp``). A spill file owned by
+another user, group/world-writable, or not a regular file is never replayed: it is logged,
+counted (``refused``) and left in place for the operator. Otherwise another local user could
+plant spans in a predictable directory and have them exported as ours.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import stat
 import struct
 import threading
 import time
@@ -31,7 +39,7 @@ import msgspec
 
 from spendtrace.schema import Span, decode_spans
 
-__all__ = ["SpillFull", "SpillStore"]
+__all__ = ["SpillFull", "SpillStore", "SpillUntrusted"]
 
 log = logging.getLogger("spendtrace.export")
 
@@ -43,6 +51,29 @@ _encoder = msgspec.msgpack.Encoder()
 
 class SpillFull(OSError):
     """The spill directory reached its size bound."""
+
+
+class SpillUntrusted(OSError):
+    """The spill directory belongs to another user or others can write to it: not used."""
+
+
+def _untrusted(st: os.stat_result) -> str | None:
+    """Why a spill directory or file with this ``stat`` is not ours to trust (``None``: it is)."""
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        return f"owned by uid {st.st_uid}, not {euid}"
+    if st.st_mode & 0o022:
+        return f"mode {stat.S_IMODE(st.st_mode):04o} is group/world-writable"
+    return None
+
+
+def _untrusted_parent(st: os.stat_result) -> str | None:
+    """Why the directory holding the spill directory lets others replace it (``None``: it does not)."""
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"its parent is owned by uid {st.st_uid}"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return f"its parent (mode {stat.S_IMODE(st.st_mode):04o}) is writable by others and not sticky"
+    return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -95,6 +126,9 @@ class SpillStore:
         self._busy: dict[str, float] = {}  # files locked by another live writer/replayer -> retry time
         self._backlog = True  # assume a previous process may have left files, until a scan says no
         self._next_scan = 0.0
+        self._refused: set[str] = set()  # spill files never to replay (untrusted), by name
+        self.refused = 0  # spill files refused (each counted once)
+        self._dir_refusal: str | None = None  # the last reason the directory was refused, logged once
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -126,8 +160,35 @@ class SpillStore:
             self._backlog = True
             return len(frame)
 
+    def _ensure_dir(self) -> None:
+        """Create the directory (and missing parents) 0700 whatever the umask; raise unless it is trustworthy."""
+        missing: list[Path] = []
+        p = self.directory
+        while not p.exists() and p != p.parent:
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                continue
+            os.chmod(d, 0o700)
+        reason = self._dir_untrusted()
+        if reason is not None:
+            raise SpillUntrusted(f"spill directory {self.directory} is {reason}; not using it")
+
+    def _dir_untrusted(self) -> str | None:
+        try:
+            st = os.stat(self.directory)
+            parent = os.stat(self.directory.resolve().parent)
+        except FileNotFoundError:
+            return None  # nothing there yet: nothing to replay, and writing creates it 0700
+        if not stat.S_ISDIR(st.st_mode):
+            return "not a directory"
+        return _untrusted(st) or _untrusted_parent(parent)
+
     def _open_writer(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._ensure_dir()
         while True:
             self._seq += 1
             name = f"{_PREFIX}{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}{_SUFFIX}"
@@ -161,6 +222,26 @@ class SpillStore:
             return []
         return [self.directory / n for n in sorted(names) if n.startswith(_PREFIX) and n.endswith(_SUFFIX)]
 
+    def _replayable(self) -> list[Path]:
+        """Spill files that may be replayed: none in an untrusted directory, never a refused file."""
+        files = [p for p in self._list() if p.name not in self._refused]
+        if not files:
+            return files
+        reason = self._dir_untrusted()
+        if reason is not None:
+            for p in files:
+                self._refuse(p, f"its directory is {reason}")
+            return []
+        return files
+
+    def _refuse(self, path: Path, reason: str) -> None:
+        """Never replay ``path``: log it once, count it, leave it for the operator to inspect."""
+        if path.name in self._refused:
+            return
+        self._refused.add(path.name)
+        self.refused += 1
+        log.error("spendtrace: refusing to replay spill file %s: %s (left in place, not exported)", path, reason)
+
     def _scan_bytes(self) -> int:
         total = 0
         for p in self._list():
@@ -179,7 +260,7 @@ class SpillStore:
         now = time.monotonic()
         if now >= self._next_scan:
             self._next_scan = now + self.rescan_interval
-            self._backlog = bool(self._list())
+            self._backlog = bool(self._replayable())
         return self._backlog
 
     # ---- replay --------------------------------------------------------------------------
@@ -211,7 +292,7 @@ class SpillStore:
 
     def _next_cursor(self) -> _Cursor | None:
         now = time.monotonic()
-        files = self._list()
+        files = self._replayable()
         with self._wlock:
             ready = [p for p in files if p != self._wpath and self._busy.get(p.name, 0.0) <= now]
             if not ready and self._wpath is not None and self._wsize > 0:
@@ -229,12 +310,21 @@ class SpillStore:
 
     def _try_open(self, path: Path) -> _Cursor | None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if os.path.islink(path):
+                self._refuse(path, "it is a symbolic link")
+            elif not isinstance(exc, FileNotFoundError):
+                log.debug("cannot open spill file %s", path, exc_info=True)
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             st = os.fstat(fd)
+            reason = "not a regular file" if not stat.S_ISREG(st.st_mode) else _untrusted(st)
+            if reason is not None:
+                os.close(fd)
+                self._refuse(path, reason)
+                return None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.stat(path).st_ino != st.st_ino:  # replayed and deleted by someone else meanwhile
                 raise OSError("replaced")
         except OSError:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from spendtrace.server.alerts.targets import allow_private_from_env, resolved_refusal
 from spendtrace.server.model.alerts import AlertEvent, AlertRule, mask_url
 from spendtrace.server.store.base import AlertStore
 
@@ -33,6 +34,7 @@ __all__ = [
     "pending_events",
     "run_sync",
     "slack_body",
+    "target_check",
     "webhook_body",
 ]
 
@@ -99,6 +101,20 @@ class Attempt:
 def attempt_error(exc: BaseException, url: str) -> str:
     """A short description of a failed POST with the URL masked (timeouts, refused connections, TLS ...)."""
     return f"{type(exc).__name__}: {exc}".replace(url, mask_url(url))[:500]
+
+
+def target_check(url: str, rule: AlertRule) -> Attempt | None:
+    """Before each POST: a refused, final ``Attempt`` when ``url`` resolves to where webhooks may not go.
+
+    The rule was validated when it was saved; this re-checks what its DNS name resolves to now,
+    with the rule's ``allow_private_webhook`` (or ``SPENDTRACE_ALLOW_PRIVATE_WEBHOOKS`` here). Blocking (DNS).
+    """
+    allow = bool(rule.params.get("allow_private_webhook")) or allow_private_from_env()
+    reason = resolved_refusal(url, allow_private=allow)
+    if reason is None:
+        return None
+    log.error("webhook %s of rule %r refused, not sent: %s", mask_url(url), rule.name, reason)
+    return Attempt(None, f"webhook target refused: {reason}", retry=False)
 
 
 #: ``("post", url, body)`` -> ``Attempt``; ``("record", (attempt, status, error, final))`` -> None;

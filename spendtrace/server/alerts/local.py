@@ -29,6 +29,7 @@ from spendtrace.server.alerts.delivery import (
     mask_httpx_log,
     pending_events,
     run_sync,
+    target_check,
 )
 from spendtrace.server.alerts.evaluate import RuleChecker, Touched
 from spendtrace.server.model.alerts import AlertEvent, AlertRule
@@ -209,6 +210,9 @@ class LocalAlerts:
         holder = [client]
 
         def post(url: str, body: Any) -> Attempt:
+            refused = target_check(url, rule)
+            if refused is not None:
+                return refused
             if holder[0] is None:
                 holder[0] = _http_client(self.policy.timeout)
                 if holder[0] is None:

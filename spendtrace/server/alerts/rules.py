@@ -26,11 +26,13 @@ Rule kinds (``AlertRule.kind``):
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from spendtrace.server.alerts.targets import allow_private_from_env, target_refusal
 from spendtrace.server.model.alerts import NANO, AlertRule, mask_url
 from spendtrace.server.store.base import AlertStore, open_alert_store
 from spendtrace.settings import default_db_path
@@ -50,21 +52,35 @@ __all__ = [
 ]
 
 BUDGET_PERIODS = ("day", "week", "month")
+_MAX_USD = 1e9  # nano-dollars stay well inside 64 bits
+_MAX_MINUTES = 60 * 24 * 366  # windows and cooldowns: at most a year
 WebhookFormat = Literal["slack", "pagerduty"]
 
 
 # --- webhook URLs -------------------------------------------------------------------------
 
 
-def validate_webhook(url: str) -> str:
-    """Return ``url`` if it is an absolute http(s) URL with a host; raise ``ValueError`` otherwise."""
+def validate_webhook(url: str, *, allow_private: bool = False) -> str:
+    """Return ``url`` if it is an absolute http(s) URL to a host webhooks may reach; raise ``ValueError`` otherwise.
+
+    Link-local and cloud metadata hosts are always refused; loopback and private ones unless
+    ``allow_private`` (see ``spendtrace.server.alerts.targets``). Every rule's webhook goes through here.
+    """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("webhook URL must be a non-empty string")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"webhook URL must use http or https, not {parts.scheme or 'no scheme'!r}")
-    if not parts.hostname:
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise ValueError(f"webhook URL is malformed: {exc}") from None
+    if not host:
         raise ValueError("webhook URL has no host")
+    reason = target_refusal(url, allow_private=allow_private)
+    if reason is not None:
+        raise ValueError(f"webhook target refused: {reason}")
     return url.strip()
 
 
@@ -99,11 +115,13 @@ def _to_nano(usd: float, what: str) -> int:
         raise ValueError(f"{what} must be a number of USD, got {usd!r}") from None
     if not value > 0 or value != value or value == float("inf"):
         raise ValueError(f"{what} must be a positive number of USD, got {usd!r}")
+    if value > _MAX_USD:
+        raise ValueError(f"{what} must be at most {_MAX_USD:,.0f} USD, got {usd!r}")
     return round(value * NANO)
 
 
 def _check_delivery(
-    webhook: str | None, webhook_format: str, routing_key: str | None, params: dict[str, Any]
+    webhook: str | None, webhook_format: str, routing_key: str | None, params: dict[str, Any], allow_private: bool
 ) -> str | None:
     if webhook_format not in ("slack", "pagerduty"):
         raise ValueError(f"webhook_format must be 'slack' or 'pagerduty', not {webhook_format!r}")
@@ -112,7 +130,13 @@ def _check_delivery(
             raise ValueError("a PagerDuty webhook needs routing_key=")
         params["routing_key"] = routing_key
         webhook = webhook or "https://events.pagerduty.com/v2/enqueue"
-    return validate_webhook(webhook) if webhook is not None else None
+    if webhook is None:
+        return None
+    allow = allow_private or allow_private_from_env()
+    hook = validate_webhook(webhook, allow_private=allow)
+    if allow:
+        params["allow_private_webhook"] = True  # delivery re-checks the resolved address with the same allowance
+    return hook
 
 
 def _upsert(
@@ -132,8 +156,8 @@ def _upsert(
 ) -> AlertRule:
     if not name or len(name) > 200:
         raise ValueError("alert name must be 1..200 characters")
-    if cooldown_minutes < 0:
-        raise ValueError("cooldown_minutes must be >= 0")
+    if not 0 <= cooldown_minutes <= _MAX_MINUTES:
+        raise ValueError(f"cooldown_minutes must be in 0..{_MAX_MINUTES}, got {cooldown_minutes}")
     store = open_rules_store(db_path)
     try:
         return store.save_rule(
@@ -159,6 +183,7 @@ def set_alert(
     db_path: str | os.PathLike[str] | None = None,
     webhook_format: WebhookFormat = "slack",
     routing_key: str | None = None,
+    allow_private: bool = False,
     now_ns: int | None = None,
 ) -> AlertRule:
     """Add (or replace, by ``name``) a rule that fires when rolling spend goes over ``threshold`` USD.
@@ -170,17 +195,20 @@ def set_alert(
     ``webhook`` is any http(s) URL that takes a POST: Slack-compatible ``{"text": ...}`` by
     default, or PagerDuty Events v2 with ``webhook_format="pagerduty"`` and a ``routing_key``.
     Without a webhook the event is still recorded (and, by the workers, published to the alerts
-    topic). Raises ``ValueError`` on a bad argument.
+    topic). The webhook may not point at link-local or cloud metadata addresses, nor at loopback or
+    private ones unless ``allow_private=True`` (or ``SPENDTRACE_ALLOW_PRIVATE_WEBHOOKS=1``); a DNS
+    name is checked again, resolved, at each delivery. Raises ``ValueError`` on a bad argument.
     """
     scope, value = _scope_of(feature, user_id, endpoint, total)
     if threshold is None:
         raise ValueError("threshold= (USD) is required")
     nano = _to_nano(threshold, "threshold")
-    window = round(float(window_hours) * 60)
-    if window < 1:
-        raise ValueError("window_hours must cover at least one minute")
+    hours = float(window_hours)
+    if not math.isfinite(hours) or not 1 <= round(hours * 60) <= _MAX_MINUTES:
+        raise ValueError(f"window_hours must cover one minute to a year, got {window_hours!r}")
+    window = round(hours * 60)
     params: dict[str, Any] = {}
-    hook = _check_delivery(webhook, webhook_format, routing_key, params)
+    hook = _check_delivery(webhook, webhook_format, routing_key, params, allow_private)
     rule_name = name or f"{scope}:{value or '*'}>{threshold:g}/{window_hours:g}h"
     return _upsert(
         db_path, name=rule_name, kind="threshold", scope=scope, scope_value=value, threshold_nano=nano,
@@ -203,6 +231,7 @@ def set_budget(
     db_path: str | os.PathLike[str] | None = None,
     webhook_format: WebhookFormat = "slack",
     routing_key: str | None = None,
+    allow_private: bool = False,
     now_ns: int | None = None,
 ) -> AlertRule:
     """Add (or replace) a budget of ``amount`` USD per UTC ``period`` with warnings at ``percentages``.
@@ -217,7 +246,7 @@ def set_budget(
     if not pcts or any(not 0 < p <= 1000 for p in pcts):
         raise ValueError("percentages must be numbers in (0, 1000]")
     params: dict[str, Any] = {"period": period, "percentages": [int(p) if p.is_integer() else p for p in pcts]}
-    hook = _check_delivery(webhook, webhook_format, routing_key, params)
+    hook = _check_delivery(webhook, webhook_format, routing_key, params, allow_private)
     rule_name = name or f"budget:{scope}:{value or '*'}:{amount:g}/{period}"
     return _upsert(
         db_path, name=rule_name, kind="budget", scope=scope, scope_value=value,
@@ -241,6 +270,7 @@ def set_rate_alert(
     db_path: str | os.PathLike[str] | None = None,
     webhook_format: WebhookFormat = "slack",
     routing_key: str | None = None,
+    allow_private: bool = False,
     now_ns: int | None = None,
 ) -> AlertRule:
     """Add (or replace) a spike rule: last hour's spend >= ``factor`` x the trailing average for that hour.
@@ -249,8 +279,8 @@ def set_rate_alert(
     for the exact baseline.
     """
     scope, value = _scope_of(feature, user_id, endpoint, total)
-    if not float(factor) > 1.0:
-        raise ValueError("factor must be > 1")
+    if not 1.0 < float(factor) <= 1e6:
+        raise ValueError(f"factor must be > 1 and at most 1e6, got {factor!r}")
     if not 1 <= int(lookback_days) <= 60:
         raise ValueError("lookback_days must be in 1..60")
     params: dict[str, Any] = {
@@ -258,7 +288,7 @@ def set_rate_alert(
         "lookback_days": int(lookback_days),
         "min_spend_nano": _to_nano(min_spend, "min_spend"),
     }
-    hook = _check_delivery(webhook, webhook_format, routing_key, params)
+    hook = _check_delivery(webhook, webhook_format, routing_key, params, allow_private)
     rule_name = name or f"rate:{scope}:{value or '*'}:x{factor:g}"
     return _upsert(
         db_path, name=rule_name, kind="rate", scope=scope, scope_value=value,

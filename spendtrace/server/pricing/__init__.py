@@ -19,6 +19,7 @@ from spendtrace.server.pricing._book import (
 )
 from spendtrace.server.pricing._entry import EPOCH, RATE_FIELDS, FemtoRates, PriceEntry
 from spendtrace.server.pricing._model import AWSCostModel, Tracker, current_book, get_tracker, set_base_book
+from spendtrace.server.pricing._overrides import load_overrides
 
 __all__ = [
     "EPOCH",
@@ -34,6 +35,7 @@ __all__ = [
     "get_tracker",
     "item_cost_femto",
     "lambda_compute_cost",
+    "load_overrides",
     "set_base_book",
     "weighted_cost",
 ]

@@ -74,7 +74,13 @@ def map_service(ce_name: str) -> str | None:
 
 
 def _nano(amount: str | float) -> int:
-    return int((Decimal(str(amount)) * 1_000_000_000).to_integral_value())
+    try:
+        value = Decimal(str(amount))
+    except ArithmeticError:
+        raise ValueError(f"amount {str(amount)[:40]!r} is not a number") from None
+    if not value.is_finite() or abs(value) > 10**12:
+        raise ValueError(f"amount {str(amount)[:40]!r} is not a plausible number of USD")
+    return int((value * 1_000_000_000).to_integral_value())
 
 
 @dataclass
@@ -124,11 +130,16 @@ def load_actuals_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ConfigError(f"cannot read Cost Explorer actuals from {path}: {exc}") from exc
     pages = data if isinstance(data, list) else [data]
-    if not all(isinstance(p, dict) and "ResultsByTime" in p for p in pages):
+    if not pages or not all(isinstance(p, dict) and "ResultsByTime" in p for p in pages):
         raise ConfigError(f"{path}: not a GetCostAndUsage response (no ResultsByTime)")
+    try:
+        parse_pages(pages)  # every entry has the shape parse_pages reads, so a report never trips on it later
+    except (TypeError, KeyError, AttributeError, IndexError, ValueError) as exc:
+        what = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ConfigError(f"{path}: malformed GetCostAndUsage response: {what}") from None
     return pages
 
 

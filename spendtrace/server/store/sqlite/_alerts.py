@@ -58,6 +58,15 @@ def _table(grain: Grain) -> str:
         raise ValueError(f"unknown rollup grain {grain!r} (minute, hour or day)") from None
 
 
+
+def _as_rule_id(name_or_id: str | int) -> int | None:
+    """The rule id ``name_or_id`` may stand for: an int, or ASCII digits, within SQLite's 64-bit range."""
+    if isinstance(name_or_id, str):
+        if not (name_or_id.isascii() and name_or_id.isdigit()):
+            return None
+        name_or_id = int(name_or_id)
+    return name_or_id if 0 <= name_or_id < 2**63 else None
+
 class _Guard:
     """Serialises calls on the store's connection and turns driver errors into ``StorageError``."""
 
@@ -171,9 +180,10 @@ class SQLiteAlertStore:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()):
+                as_id = _as_rule_id(name_or_id)
+                if as_id is not None:
                     row = conn.execute(
-                        "SELECT id FROM alert_rules WHERE id = ? OR name = ?", (int(name_or_id), str(name_or_id))
+                        "SELECT id FROM alert_rules WHERE id = ? OR name = ?", (as_id, str(name_or_id))
                     ).fetchone()
                 else:
                     row = conn.execute("SELECT id FROM alert_rules WHERE name = ?", (name_or_id,)).fetchone()

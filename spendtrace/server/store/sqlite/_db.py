@@ -104,6 +104,26 @@ def _ensure_wal(conn: sqlite3.Connection) -> None:
             delay = min(delay * 2, 0.2)
 
 
+def _create_private(p: Path) -> None:
+    """Create a missing database file 0600 whatever the umask (it holds webhook URLs and keys).
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's mode, so they are 0600 too.
+    An existing file keeps its mode (the operator chose it).
+    """
+    if str(p) == ":memory:" or p.exists():
+        return
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StorageError(f"{p}: cannot create database: {exc}") from exc
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def connect(
     path: str | os.PathLike[str], *, readonly: bool = False, check_same_thread: bool = True
 ) -> sqlite3.Connection:
@@ -122,6 +142,7 @@ def connect(
                 f"{p.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=check_same_thread
             )
         else:
+            _create_private(p)
             conn = sqlite3.connect(p, isolation_level=None, check_same_thread=check_same_thread)
     except sqlite3.Error as exc:
         raise StorageError(f"{p}: cannot open database: {exc}") from exc
