@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
-from spendtrace.errors import StorageError
 from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain
-from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._db import Guard, connect
 
 __all__ = ["SQLiteAlertStore"]
 
@@ -67,26 +64,6 @@ def _as_rule_id(name_or_id: str | int) -> int | None:
         name_or_id = int(name_or_id)
     return name_or_id if 0 <= name_or_id < 2**63 else None
 
-class _Guard:
-    """Serialises calls on the store's connection and turns driver errors into ``StorageError``."""
-
-    __slots__ = ("_lock", "_path")
-
-    def __init__(self, path: str) -> None:
-        self._lock = threading.Lock()
-        self._path = path
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            raise StorageError(f"{self._path}: {exc}") from exc
-
-
 class SQLiteAlertStore:
     """The alert state of one SQLite file (created with the current schema when missing, unless ``readonly``)."""
 
@@ -94,7 +71,7 @@ class SQLiteAlertStore:
         self.path = os.fspath(path)
         self.url = f"sqlite:///{os.path.abspath(self.path)}"
         self._conn: sqlite3.Connection = connect(self.path, readonly=readonly, check_same_thread=False)
-        self._guard = _Guard(self.path)
+        self._guard = Guard(self.path)
 
     def __repr__(self) -> str:
         return f"SQLiteAlertStore({self.path!r})"

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 from spendtrace.errors import SchemaVersionError, StorageError
@@ -21,7 +23,7 @@ from spendtrace.server.store.sqlite._ddl import DDL_V1, SCHEMA_VERSION
 if TYPE_CHECKING:
     import aiosqlite
 
-__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "connect", "connect_async", "migrate", "schema_version"]
+__all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "Guard", "connect", "connect_async", "migrate", "schema_version"]
 
 #: How long a connection waits for another writer's lock before giving up.
 BUSY_TIMEOUT_MS = 30_000
@@ -194,3 +196,23 @@ async def connect_async(path: str | os.PathLike[str], *, readonly: bool = False)
         await aconn.close()
         raise
     return aconn
+
+
+class Guard:
+    """Serialises calls on the store's connection and turns driver errors into ``StorageError``."""
+
+    __slots__ = ("_lock", "_path")
+
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._path = path
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise StorageError(f"{self._path}: {exc}") from exc

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from spendtrace.errors import StorageError
 from spendtrace.server.model.reconcile import CachedPages, ModelledSpend, Restatement
-from spendtrace.server.store.sqlite._db import connect
+from spendtrace.server.store.sqlite._db import Guard, connect
 
 if TYPE_CHECKING:
     from spendtrace.server.store.base import ReconcileStore
@@ -38,26 +35,6 @@ CREATE TABLE IF NOT EXISTS ce_cache (
 """
 
 
-class _Guard:
-    """Serialises calls on the store's connection and turns driver errors into ``StorageError``."""
-
-    __slots__ = ("_lock", "_path")
-
-    def __init__(self, path: str) -> None:
-        self._lock = threading.Lock()
-        self._path = path
-
-    def __enter__(self) -> None:
-        self._lock.acquire()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            raise StorageError(f"{self._path}: {exc}") from exc
-
-
 class SQLiteReconcileStore:
     """The reconciliation records of one SQLite file (created with the current schema unless ``readonly``)."""
 
@@ -66,7 +43,7 @@ class SQLiteReconcileStore:
         self.url = f"sqlite:///{os.path.abspath(self.path)}"
         self._readonly = readonly
         self._conn: sqlite3.Connection = connect(self.path, readonly=readonly, check_same_thread=False)
-        self._guard = _Guard(self.path)
+        self._guard = Guard(self.path)
         self._cache_ready = False
 
     def __repr__(self) -> str:
