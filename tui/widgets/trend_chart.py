@@ -23,17 +23,26 @@ def feature_color(index: int) -> str:
     return PALETTE[index] if index < TOP else OTHER
 
 
-def render_chart(snap: TrendSnapshot | None, width: int, focus: str | None = None) -> Text:
-    """Lines 'MM-DD ███▒▒░ $total', bars scaled to the largest day; ``focus`` draws one feature only."""
+def render_chart(
+    snap: TrendSnapshot | None, width: int, focus: str | None = None, max_days: int | None = None
+) -> Text:
+    """Lines 'MM-DD ███▒▒░ $total', bars scaled to the largest day; ``focus`` draws one feature only.
+
+    With ``max_days`` (a short terminal) only the most recent days are drawn, so today and the
+    legend stay in view; a day with spend too small for one cell still gets a thin mark.
+    """
     out = Text(no_wrap=True)
     if snap is None or not snap.days:
         return out
     features = [focus] if focus in snap.cost else list(snap.features)
     daily = [sum(snap.cost[f][i] for f in features) for i in range(len(snap.days))]
-    peak = max(daily, default=0)
+    first = 0 if max_days is None else max(0, len(snap.days) - max(1, max_days))
+    peak = max(daily[first:], default=0)
     label_w, total_w = 6, 12
     bar_w = max(10, width - label_w - total_w - 2)
     for i, day in enumerate(snap.days):
+        if i < first:
+            continue
         out.append(utc(day * 1_000_000_000, "%m-%d"), style="dim")
         out.append(" ")
         used = 0
@@ -46,6 +55,9 @@ def render_chart(snap: TrendSnapshot | None, width: int, focus: str | None = Non
                     idx = snap.features.index(f)
                     out.append("█" * (end - used), style=feature_color(idx))
                     used = end
+            if used == 0 and daily[i]:
+                out.append("▏", style="dim")
+                used = 1
         out.append(" " * (bar_w - used))
         out.append(money(daily[i]).rjust(total_w), style="bold" if daily[i] else "dim")
         out.append("\n")
@@ -65,7 +77,7 @@ class TrendChart(Widget):
     """Renders the last trends snapshot at the widget's width."""
 
     DEFAULT_CSS = """
-    TrendChart { height: auto; padding: 0 1; }
+    TrendChart { height: auto; max-height: 50%; padding: 0 1; }
     """
 
     def __init__(self, id: str | None = None) -> None:
@@ -80,7 +92,9 @@ class TrendChart(Widget):
         self.refresh(layout=True)
 
     def render(self) -> Text:
-        return render_chart(self.snapshot, self.size.width - 2, self.focus_feature)
+        # the lines the layout gave the chart: the most recent days that fit, then the legend
+        fits = self.size.height - 1 if self.size.height else None
+        return render_chart(self.snapshot, self.size.width - 2, self.focus_feature, fits)
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
         return (len(self.snapshot.days) + 1) if self.snapshot else 1

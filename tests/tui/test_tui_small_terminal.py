@@ -1,0 +1,38 @@
+"""At 80x24 the Trends screen keeps today and the legend in view (the chart shows the most recent days)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from _snap import screen_text
+from _tui_helpers import settle
+
+from tui.screens.trends import TrendsScreen
+from tui.widgets.trend_chart import render_chart
+
+
+async def test_trends_at_80x24_shows_today_and_the_legend(tui_db: Path, make_app, fixed_now_ns: int) -> None:  # type: ignore[no-untyped-def]
+    """Fourteen days do not fit: the oldest give way, today's bar (the spike) and the legend stay."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        await settle(app, pilot)
+        assert isinstance(app.screen, TrendsScreen)
+        text = screen_text(app)
+    today = time.strftime("%m-%d", time.gmtime(fixed_now_ns // 10**9))
+    today_line = next(line for line in text.splitlines() if line.lstrip().startswith(today))
+    assert "█" in today_line  # the day with the spend is drawn, not cut off
+    assert "■ summarise" in text  # the legend
+    oldest = time.strftime("%m-%d", time.gmtime(fixed_now_ns // 10**9 - 13 * 86_400))
+    assert not any(line.lstrip().startswith(oldest) for line in text.splitlines())
+
+
+def test_a_small_day_keeps_a_mark_beside_a_large_one() -> None:
+    """A day whose bar would round to nothing still shows a thin mark, so it does not look empty."""
+    from spendtrace.server.model.dashboard import TrendSnapshot
+
+    snap = TrendSnapshot(days=[0, 86_400], features=["f"], cost={"f": [1, 1_000_000]})
+    lines = render_chart(snap, 60).plain.splitlines()
+    assert "▏" in lines[0] and "█" in lines[1]
+    assert len(render_chart(snap, 60, max_days=1).plain.splitlines()) == 2  # one day + the legend
