@@ -36,3 +36,16 @@ def test_a_small_day_keeps_a_mark_beside_a_large_one() -> None:
     lines = render_chart(snap, 60).plain.splitlines()
     assert "▏" in lines[0] and "█" in lines[1]
     assert len(render_chart(snap, 60, max_days=1).plain.splitlines()) == 2  # one day + the legend
+
+
+async def test_live_at_80x24_keeps_the_header_figures_and_the_money_columns(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """The compact header keeps total, $/h, unpriced, dead letters and alerts; the name column gives way."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        lines = screen_text(app).splitlines()
+    header = lines[0]
+    assert "$0.2176" in header and "/h" in header
+    assert "unpr 16" in header and "dead 1" in header and "alerts 1" in header
+    columns = next(line for line in lines if line.lstrip().startswith("Feature"))
+    assert "Direct" in columns and "Loaded" in columns and "Last hour" in columns and "Calls" in columns

@@ -20,9 +20,10 @@ SERVICE_WIDTH = 11
 _WINDOW_ORDER = list(WINDOWS)
 
 
-def _columns(dimension: str) -> list[ColumnSpec]:
+def _columns(dimension: str, terminal_width: int = 160) -> list[ColumnSpec]:
     name = {"feature": "Feature", "user": "Tenant", "endpoint": "Endpoint"}[dimension]
-    cols = [ColumnSpec("name", name, 28, "f", numeric=False, justify="left")]
+    # the name column gives way on a narrow terminal (80 columns), so the money stays in view
+    cols = [ColumnSpec("name", name, 28 if terminal_width >= 120 else 18, "f", numeric=False, justify="left")]
     if dimension == "feature":
         cols.append(ColumnSpec("cost", "Direct", 12, "c", unit="usd", csv="direct_cost_usd"))
         cols.append(ColumnSpec("loaded", "Loaded", 12, "l", unit="usd", csv="fully_loaded_cost_usd"))
@@ -76,7 +77,7 @@ class DimensionScreen(DataScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Line(id="subtitle", classes="subtitle")
-        yield KeyedTable(_columns(self.DIMENSION), default_sort="cost", id="main")
+        yield KeyedTable(_columns(self.DIMENSION, self.app.size.width), default_sort="cost", id="main")
 
     def on_mount(self) -> None:
         super().on_mount()
