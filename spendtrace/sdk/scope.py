@@ -782,10 +782,12 @@ def add_api_call(
             raise TypeError(f"service must be a str, got {type(service).__name__}")
         if len(service) > 64:
             raise ValueError(f"service is {len(service)} characters long; the limit is 64")
-    record_usage(
-        UsageItem(key, service, float(count), input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,
-                  cache_write_1h_tokens, bytes, float(gb_seconds))
-    )  # fmt: skip
+    try:  # free in 3.11 unless raised
+        item = UsageItem(key, service, float(count), input_tokens, output_tokens, cache_read_tokens,
+                         cache_write_tokens, cache_write_1h_tokens, bytes, float(gb_seconds))
+    except OverflowError:  # an int beyond any float (count=10**400): an argument error like the others
+        raise ValueError("count and gb_seconds must be finite numbers >= 0 that fit a float") from None
+    record_usage(item)  # fmt: skip
 
 
 def _check_units(value: object, what: str) -> float:

@@ -383,6 +383,8 @@ def test_bad_request_arguments(kwargs: dict[str, object], error: type[Exception]
         (("k",), {"count": -1}, ValueError),
         (("k",), {"count": math.nan}, ValueError),
         (("k",), {"count": math.inf}, ValueError),
+        (("k",), {"count": 10**400}, ValueError),  # an int no float holds (it raised OverflowError)
+        (("k",), {"gb_seconds": 10**400}, ValueError),
         (("k",), {"count": "3"}, TypeError),
         (("k",), {"count": True}, TypeError),
         (("k",), {"input_tokens": -5}, ValueError),
