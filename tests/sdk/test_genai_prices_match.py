@@ -13,14 +13,13 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
+import genai_prices
 import pytest
+from genai_prices import data_snapshot, types
 
 from spendtrace.schema import UsageItem
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.pricing._entry import date_to_ns
-
-genai_prices = pytest.importorskip("genai_prices")
-from genai_prices import data_snapshot, types  # noqa: E402
 
 _OURS = {"openai": "openai", "anthropic": "anthropic", "aws": "bedrock"}
 #: (input, cache read, 5-minute write, 1-hour write, output): small, cached, and over every long-context threshold

@@ -25,8 +25,6 @@ from spendtrace.sdk.instrument import auto_instrument, uninstrument
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.pricing import PriceBook
 
-pytest.importorskip("genai_prices")
-
 #: When the calls are priced: after every price these cases use took effect.
 AT = int(datetime(2026, 12, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
 
