@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -212,6 +212,24 @@ def window_start(now: int, grain: str, back: int) -> int:
         return 0
     size = {"minute": MINUTE, "hour": HOUR, "day": DAY}[grain]
     return (now - back) // size * size + size
+
+
+class IngestRate:
+    """Spans stored per second between two readings of the span count (the header's ingest rate)."""
+
+    __slots__ = ("_last", "_monotonic")
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self._last: tuple[float, int] | None = None
+
+    def __call__(self, spans: int) -> float | None:
+        """The rate since the previous call (``None`` on the first, or when no time passed)."""
+        t = self._monotonic()
+        last, self._last = self._last, (t, spans)
+        if last is None or t <= last[0]:
+            return None
+        return max(0.0, (spans - last[1]) / (t - last[0]))
 
 
 def dim_snapshot(

@@ -21,6 +21,7 @@ from spendtrace.server.model.dashboard import (
     AlertRuleRow,
     DeadLetterLine,
     DimSnapshot,
+    IngestRate,
     Overview,
     RequestRow,
     TreeNode,
@@ -49,9 +50,8 @@ class ClickHouseDashboard:
     ) -> None:
         self.url = url
         self.clock = clock or time.time_ns
-        self._monotonic = monotonic or time.monotonic
         self._conn: Conn | None = None
-        self._last_spans: tuple[float, int] | None = None
+        self._ingest_rate = IngestRate(monotonic or time.monotonic)
 
     async def open(self) -> ClickHouseDashboard:
         """Connect (an absent store is created empty) and return self."""
@@ -88,16 +88,11 @@ class ClickHouseDashboard:
         )
         events = await asyncio.to_thread(self._alerts, lambda a: a.count_events(), 0)
         spans = int(spans)
-        t = self._monotonic()
-        rate = None
-        if self._last_spans is not None and t > self._last_spans[0]:
-            rate = max(0.0, (spans - self._last_spans[1]) / (t - self._last_spans[0]))
-        self._last_spans = (t, spans)
         return Overview(
             total_nano=int(cost),
             last_hour_nano=int(hour),
             spans=spans,
-            ingest_per_s=rate,
+            ingest_per_s=self._ingest_rate(spans),
             unpriced_items=int(unpriced),
             dead_letters=int(dead),
             alert_events=int(events),
