@@ -46,12 +46,12 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 def test_a_new_file_gets_the_current_schema_in_wal_mode(db_path: Path) -> None:
     """A fresh database is created at SCHEMA_VERSION, in WAL mode, with every table."""
     conn = connect(db_path)
-    assert schema_version(conn) == SCHEMA_VERSION == 1
+    assert schema_version(conn) == SCHEMA_VERSION == 2
     assert tables(conn) >= TABLES
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 0
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
 
 
 def test_an_older_file_is_upgraded_and_keeps_its_data(db_path: Path) -> None:

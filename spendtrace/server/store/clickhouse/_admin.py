@@ -436,6 +436,10 @@ def undo_restatement(conn: Conn, restatement_id: int, *, now_ns: int | None = No
     )
     if later:
         raise StorageError(f"restatement {later[0][0]} overlaps {restatement_id} and is newer; undo it first")
+    if r.get("kind") == "reprice":
+        from spendtrace.server.store.clickhouse._reprice import undo_reprice
+
+        return undo_reprice(conn, r, now_ns)
     deltas: dict[str, list[tuple[list[Any], int, float]]] = defaultdict(list)
     requests: dict[str, list[Any]] = {}
     for tbl, key, cost, var in conn.tuples(

@@ -63,6 +63,16 @@ def _check_factor(value: object, what: str) -> Fraction:
     return Fraction(value)
 
 
+def _who(who: str | None) -> str:
+    """``who`` or, when not given, the OS user (``unknown`` in containers without one)."""
+    if who is not None:
+        return who
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"
+
+
 def _scale(f: Fraction, amount: int) -> int:
     return amount if f == 1 else round(f * amount)
 
@@ -128,11 +138,7 @@ def restate_historical_costs(
     start, end = _day(start_date, "start_date"), _day(end_date, "end_date")
     if end <= start:
         raise ConfigError(f"end_date ({end}) must be after start_date ({start}); end_date is exclusive")
-    if who is None:
-        try:
-            who = getpass.getuser()
-        except Exception:  # no user name in some containers
-            who = "unknown"
+    who = _who(who)
     lo_s, hi_s = _epoch_s(start), _epoch_s(end)
     lo_ns, hi_ns = lo_s * 1_000_000_000, hi_s * 1_000_000_000
 
@@ -310,11 +316,11 @@ def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: i
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute(
-            "SELECT start_date, end_date, undone_ns FROM restatements WHERE id = ?", (restatement_id,)
+            "SELECT start_date, end_date, undone_ns, kind FROM restatements WHERE id = ?", (restatement_id,)
         ).fetchone()
         if row is None:
             raise StorageError(f"no restatement with id {restatement_id}")
-        start, end, undone = row
+        start, end, undone, kind = row
         if undone is not None:
             raise StorageError(f"restatement {restatement_id} was already undone")
         later = conn.execute(
@@ -325,10 +331,14 @@ def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: i
         if later is not None:
             raise StorageError(f"restatement {later[0]} overlaps {restatement_id} and is newer; undo it first")
         restored = 0
+        if kind == "reprice":
+            from spendtrace.server.store.sqlite._reprice import undo_reprice
+
+            restored = undo_reprice(conn, restatement_id)
         for tbl, key_text, old, extra_text, new, old_var, new_var in conn.execute(
             "SELECT tbl, row_key, old_cost_nano, old_extra, new_cost_nano, old_var_nano2, new_var_nano2 "
-            "FROM restatement_undo WHERE restatement_id = ?",
-            (restatement_id,),
+            "FROM restatement_undo WHERE restatement_id = ? AND ? != 'reprice'",
+            (restatement_id, kind),
         ).fetchall():
             cols = _PK[tbl]
             key = json.loads(key_text)
