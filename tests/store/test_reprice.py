@@ -32,10 +32,10 @@ YESTERDAY, TODAY, TOMORROW = "2026-05-27", "2026-05-28", "2026-05-29"
 #: t_read: $0.25 per million requests = 250 nano each. No price yet for the model gpt-9-turbo.
 BOOK = PriceBook([PriceEntry(key="t_read", service="dynamodb", per_request=Decimal("0.00000025"))], name="before")
 #: The price added afterwards: $2 / $8 per million input / output tokens = 2,000 / 8,000 nano per token.
-BOOK2 = BOOK.with_overrides(
-    [PriceEntry(key="openai:gpt-9-turbo", service="openai", per_1m_input_tokens=Decimal(2), per_1m_output_tokens=Decimal(8))],
-    name="after",
+GPT9 = PriceEntry(
+    key="openai:gpt-9-turbo", service="openai", per_1m_input_tokens=Decimal(2), per_1m_output_tokens=Decimal(8)
 )
+BOOK2 = BOOK.with_overrides([GPT9], name="after")
 IN, OUT, READ = 2_000, 8_000, 250
 
 
@@ -118,7 +118,8 @@ def reads(url: str, store: ReadStore) -> dict[str, Any]:
         "service": by(store.aggregate_by_service(), "service"),
         "loaded": by(store.get_feature_cost_breakdown(), "feature", "fully_loaded_cost_nano"),
         "requests": {r["request_id"]: r["cost_nano"] for r in store.get_request_cost(limit=10, order="cost")},
-        "tree": [(n["span_id"], n["direct_cost_nano"], n["subtree_cost_nano"]) for n in store.get_request_subtree("r1")],
+        "tree": [(n["span_id"], n["direct_cost_nano"], n["subtree_cost_nano"])
+                 for n in store.get_request_subtree("r1")],
         "trend": [r["cost_nano"] for r in store.get_cost_trend(days=3, now=NOW)],
         "unpriced_items": sorted((u["feature"], u["items"]) for u in store.unpriced_usage()),
         **asyncio.run(dashboard()),

@@ -25,7 +25,12 @@ class ModelledSpend:
 
 @dataclass(frozen=True, slots=True)
 class Restatement:
-    """One recorded restatement: a ``factor`` (or per-service ``factors``) applied to ``[start_date, end_date)``."""
+    """One recorded restatement of ``[start_date, end_date)``.
+
+    ``kind`` is ``restate`` (a ``factor`` or per-service ``factors`` applied) or ``reprice`` (stored
+    usage priced again from a price book; ``features`` it was limited to, none: all; ``detail`` its
+    per-service totals before and after, nano-dollars).
+    """
 
     id: int
     created_ns: int
@@ -36,6 +41,9 @@ class Restatement:
     factor: float | None
     factors: dict[str, float] = field(default_factory=dict)
     undone_ns: int | None = None
+    kind: str = "restate"
+    features: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, as a saved report lists it."""

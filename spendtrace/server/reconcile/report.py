@@ -217,6 +217,11 @@ class ReconciliationReport:
             lines += ["", "  Restatements over this range:"]
             for r in self.restatements:
                 how = f"×{r['factor']:.4f}" if r.get("factor") is not None else json.dumps(r.get("factors", {}))
+                if r.get("kind") == "reprice":
+                    services = r.get("detail", {}).get("services", {})
+                    delta = sum(int(s["after_nano"]) - int(s["before_nano"]) for s in services.values())
+                    feats = ", ".join(r.get("features") or []) or "all features"
+                    how = f"repriced ({feats}) {_signed(delta)}"
                 undone = " (undone)" if r.get("undone_ns") else ""
                 lines.append(
                     f"    #{r['id']} {r['start_date']} → {r['end_date']} {how} by {r['who']}: {r['why']}{undone}"

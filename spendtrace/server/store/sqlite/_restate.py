@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -306,12 +306,20 @@ _PK = {
 }
 
 
-def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: int | None = None) -> int:
+def undo_restatement(
+    conn: sqlite3.Connection,
+    restatement_id: int,
+    *,
+    now_ns: int | None = None,
+    undo_reprice: Callable[[sqlite3.Connection, int], int] | None = None,
+) -> int:
     """Put back every value restatement ``restatement_id`` changed; returns the number of rows restored.
 
     A row untouched since is restored exactly; a row that changed since (late spans) loses only the
-    restatement's own delta. Undo the latest overlapping restatement first: undoing one that a later,
-    still active restatement overlaps raises ``StorageError``, as does undoing twice.
+    restatement's own delta. A reprice (kind ``reprice``) is put back by ``undo_reprice`` (the store
+    passes ``_reprice.undo_reprice``), in the same transaction. Undo the latest overlapping
+    restatement first: undoing one that a later, still active restatement overlaps raises
+    ``StorageError``, as does undoing twice.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -332,8 +340,8 @@ def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: i
             raise StorageError(f"restatement {later[0]} overlaps {restatement_id} and is newer; undo it first")
         restored = 0
         if kind == "reprice":
-            from spendtrace.server.store.sqlite._reprice import undo_reprice
-
+            if undo_reprice is None:
+                raise StorageError(f"restatement {restatement_id} is a reprice: undo it through the store")
             restored = undo_reprice(conn, restatement_id)
         for tbl, key_text, old, extra_text, new, old_var, new_var in conn.execute(
             "SELECT tbl, row_key, old_cost_nano, old_extra, new_cost_nano, old_var_nano2, new_var_nano2 "

@@ -349,10 +349,10 @@ class SQLiteStorage:
 
     def undo_restatement(self, restatement_id: int) -> Any:
         """Restore every value a restatement changed."""
-        from spendtrace.server.store.sqlite import _restate
+        from spendtrace.server.store.sqlite import _reprice, _restate
 
         with self._lock:
-            return _restate.undo_restatement(self._conn, restatement_id)
+            return _restate.undo_restatement(self._conn, restatement_id, undo_reprice=_reprice.undo_reprice)
 
     def reprice(
         self,
