@@ -1,8 +1,12 @@
 """Restating history: scale stored costs in a date range by a calibration factor, atomically and undoably.
 
 ``restate_historical_costs`` multiplies the cost of every stored row whose time falls in
-``[start_date, end_date)`` - UTC days, ``end_date`` exclusive - by ``factor`` or, per service, by
-``factors[service]`` (services not listed use ``factor``, or stay as they are if it is None):
+``[start_date, end_date)`` - UTC days, ``end_date`` exclusive - by ``factors[service]`` for the
+services it names and by ``factor`` for the other **AWS** services (``AWS_SERVICES``: a factor from
+reconciling against the AWS bill says nothing about OpenAI's or Anthropic's own bills, so their
+spend, and any other non-AWS service, stays as it is unless ``factors`` names it; Bedrock is on the
+AWS bill and is scaled). A factor from a partial reconciliation report (days without actuals) is
+refused unless ``force=True``:
 
 - ``spans``: each priced usage item's ``cost_nano`` and ``unit_cost_nano`` in the usage JSON, then
   the span's ``cost_nano`` (sum of its items) and ``var_nano2`` (``w*(w-1)*c**2`` again);
@@ -32,6 +36,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError, StorageError
+from spendtrace.server.model.reconcile import AWS_SERVICES, check_calibration
 from spendtrace.server.store.sqlite import _dash as dash
 
 if TYPE_CHECKING:
@@ -71,6 +76,9 @@ def _who(who: str | None) -> str:
         return getpass.getuser()
     except Exception:  # no user name in some containers
         return "unknown"
+
+
+_ONE = Fraction(1)
 
 
 def _scale(f: Fraction, amount: int) -> int:
@@ -125,6 +133,7 @@ def restate_historical_costs(
     who: str | None = None,
     why: str = "",
     now_ns: int | None = None,
+    force: bool = False,
 ) -> int:
     """Scale stored costs in ``[start_date, end_date)`` (UTC days) in one transaction; returns the restatement id.
 
@@ -133,6 +142,7 @@ def restate_historical_costs(
     """
     if factor is None and not factors:
         raise ConfigError("restate_historical_costs needs factor or factors")
+    check_calibration(factor, dict(factors or {}), force=force)
     default = _check_factor(factor, "factor") if factor is not None else Fraction(1)
     per_service = {str(k): _check_factor(v, f"factors[{k!r}]") for k, v in (factors or {}).items()}
     start, end = _day(start_date, "start_date"), _day(end_date, "end_date")
@@ -143,7 +153,8 @@ def restate_historical_costs(
     lo_ns, hi_ns = lo_s * 1_000_000_000, hi_s * 1_000_000_000
 
     def f_of(service: str) -> Fraction:
-        return per_service.get(service, default)
+        # ``factor`` is a calibration against the AWS bill: it scales AWS services only
+        return per_service.get(service, default if service in AWS_SERVICES else _ONE)
 
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -156,7 +167,7 @@ def restate_historical_costs(
                 why,
                 start.isoformat(),
                 end.isoformat(),
-                factor,
+                None if factor is None else float(factor),
                 json.dumps({k: float(v) for k, v in per_service.items()}, sort_keys=True),
             ),
         )
