@@ -33,7 +33,8 @@ def _llm(i: int) -> UsageItem:
 def db(db_path: Path, fixed_now_ns: int) -> Path:
     """chat used the unpriced model three times, search twice; billing used priced reads only."""
     t = fixed_now_ns - 600 * 10**9
-    spans = [Span(f"c{i}", None, f"rc{i}", "chat", start_ns=t + i, usage=(_llm(100),), path=("chat",)) for i in range(3)]
+    spans = [Span(f"c{i}", None, f"rc{i}", "chat", start_ns=t + i, usage=(_llm(100),), path=("chat",))
+             for i in range(3)]  # fmt: skip
     spans += [Span(f"s{i}", None, f"rs{i}", "search", start_ns=t + 10 + i, usage=(_llm(10),), path=("search",))
               for i in range(2)]  # fmt: skip
     spans.append(Span("b", None, "rb", "billing", start_ns=t + 20, usage=(UsageItem("t_read", count=4.0),),
