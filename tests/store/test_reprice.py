@@ -222,3 +222,30 @@ def test_undo_order_and_bad_ranges(backend: Backend, store: ReadStore) -> None:
         store.reprice(start_date=TODAY, end_date=TODAY, book=BOOK2)
     with pytest.raises(ConfigError, match="list of feature names"):
         store.reprice(start_date=TODAY, end_date=TOMORROW, features="chat", book=BOOK2)
+
+
+def test_lambda_compute_and_a_changed_rate_are_repriced(backend: Backend) -> None:
+    """A Lambda root span stored before GB-seconds had a rate gets one; a changed read rate applies too."""
+    t = NOW - HOUR
+    backend.ingest(
+        [Span("l1", None, "rl", "fn", start_ns=t, duration_ns=1_500_200_000, lambda_memory_mb=1024,
+              lambda_architecture="arm64", usage=(UsageItem("t_read", count=2.0),), path=("fn",))],
+        BOOK,
+    )  # fmt: skip
+    store = open_store(backend.url)
+    assert isinstance(store, AdminStore)
+    assert store.total()["unpriced_count"] == 1  # no GB-second rate in BOOK
+    # $0.0000133334 per GB-s on arm64, and reads now $0.50 per million (500 nano each)
+    book = BOOK.with_overrides([
+        PriceEntry(key="lambda_gb_second_arm64", service="lambda", per_gb_second=Decimal("0.0000133334")),
+        PriceEntry(key="t_read", service="dynamodb", per_request=Decimal("0.0000005")),
+    ])  # fmt: skip
+    result = store.reprice(start_date=TODAY, end_date=TOMORROW, book=book)
+    gb_s = Decimal(1024) / 1024 * Decimal(1501) / 1000  # billed per started millisecond
+    compute = round(gb_s * Decimal("0.0000133334") * NANO)
+    assert result.spans_changed == 1
+    assert store.total()["cost_nano"] == compute + 2 * 500 and store.total()["unpriced_count"] == 0
+    assert by(store.aggregate_by_service(), "service") == {"dynamodb": 1000, "lambda": compute}
+    assert store.get_request_cost(limit=1)[0]["cost_nano"] == compute + 1000
+    store.undo_restatement(result.id)
+    assert store.total()["cost_nano"] == 2 * READ and store.total()["unpriced_count"] == 1
