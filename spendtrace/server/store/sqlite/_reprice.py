@@ -34,7 +34,7 @@ __all__ = ["check_range", "reprice", "undo_reprice"]
 
 _COLUMNS = (
     "span_id, request_id, feature, user_id, endpoint, start_ns, duration_ns, weight, path, usage, cost_nano, "
-    "unpriced, var_nano2"
+    "unpriced, var_nano2, price_version"
 )
 _CHUNK = 5000
 _ROLLUP_PK = ("bucket", "feature", "user_id", "endpoint", "service")
@@ -100,15 +100,11 @@ def reprice(
         while rows := cursor.fetchmany(_CHUNK):
             updates: list[tuple[Any, ...]] = []
             for row in rows:
-                ch = rp.add(StoredSpan(*row))
+                ch = rp.add(StoredSpan(*row[:13]))
                 if ch is None or dry_run:
                     continue
-                old_version = conn.execute("SELECT price_version FROM spans WHERE span_id = ?", (ch.span_id,))
-                extra = {
-                    "usage": ch.old_usage,
-                    "unpriced": [ch.old_unpriced, ch.new_unpriced],
-                    "price_version": old_version.fetchone()[0],
-                }
+                extra = {"usage": ch.old_usage, "unpriced": [ch.old_unpriced, ch.new_unpriced],
+                         "price_version": row[13]}  # fmt: skip
                 undo.add("spans", [ch.span_id], ch.old_cost_nano, ch.new_cost_nano, ch.old_var_nano2,
                          ch.new_var_nano2, extra)  # fmt: skip
                 updates.append((ch.new_usage, ch.new_cost_nano, ch.new_unpriced, ch.new_var_nano2, book.version,
@@ -183,6 +179,7 @@ def _apply(conn: sqlite3.Connection, undo: _Undo, rp: Repricer) -> int:
     for grain in _GRAINS:
         table = f"rollup_{grain}"
         where = " AND ".join(f"{c} = ?" for c in _ROLLUP_PK)
+        updates: list[tuple[Any, ...]] = []
         for key, (dc, du, dv) in rp.rollups[grain].items():
             if not (dc or du or dv):
                 continue
@@ -202,10 +199,8 @@ def _apply(conn: sqlite3.Connection, undo: _Undo, rp: Repricer) -> int:
             if grain == "day" and key[4] == "":
                 delta_day += dc
             undo.add(table, list(key), c, c + dc, v, max(0.0, v + dv), {"unpriced": [u, u + du]})
-            conn.execute(
-                f"UPDATE {table} SET cost_nano = ?, unpriced = ?, var_nano2 = ? WHERE {where}",
-                (c + dc, u + du, max(0.0, v + dv), *key),
-            )
+            updates.append((c + dc, u + du, max(0.0, v + dv), *key))
+        conn.executemany(f"UPDATE {table} SET cost_nano = ?, unpriced = ?, var_nano2 = ? WHERE {where}", updates)
         table = f"loaded_{grain}"
         for (bucket, feature), (dc, dv) in rp.loaded[grain].items():
             row = conn.execute(
