@@ -69,8 +69,9 @@ class Demo:
         set_alert(db_path=str(self.db_path), **DEMO_RULE)  # type: ignore[arg-type]
         self._spawn("worker", "-m", "consumers", "--bootstrap", self.bootstrap, "--db", str(self.db_path),
                     "--partitions", "3", "--log-level", "WARNING")  # fmt: skip
+        history = ["--history-days", str(self.history_days), "--bill-out", str(self.bill_path)]
         self._spawn("shop", "-m", "tui.demo_app", "--bootstrap", self.bootstrap, "--rate", str(self.rate),
-                    "--spike-after", str(self.spike_after), "--history-days", str(self.history_days))  # fmt: skip
+                    "--spike-after", str(self.spike_after), *(history if self.history_days > 0 else []))  # fmt: skip
         return self
 
     def check(self) -> list[str]:
@@ -106,6 +107,11 @@ class Demo:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     @property
+    def bill_path(self) -> Path:
+        """The Cost Explorer response the shop writes for its history (what Reconciliation offers first)."""
+        return self._tmp / "cost-explorer.json"
+
+    @property
     def log_dir(self) -> Path:
         """Where the broker, worker and shop write their logs (removed by ``stop`` unless ``keep_logs``)."""
         return self._tmp
@@ -131,7 +137,8 @@ def run_demo(
     print("spendtrace demo: starting the broker, a worker and the demo shop …", file=sys.stderr)
     with ExitStack() as stack:
         demo = stack.enter_context(Demo(db, rate=rate, spike_after=spike_after, history_days=history_days))
-        app = SpendtraceApp(demo.db_path, bootstrap=demo.bootstrap, refresh_interval=refresh)
+        bill = demo.bill_path if demo.history_days > 0 else None
+        app = SpendtraceApp(demo.db_path, bootstrap=demo.bootstrap, refresh_interval=refresh, actuals_file=bill)
         app.run()
         dead = demo.check()
         demo.keep_logs = bool(dead)

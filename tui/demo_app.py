@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import random
 import signal
 import sys
@@ -272,6 +273,49 @@ def _record_hour(
     return out
 
 
+#: How the demo's AWS bill differs from the model, per service: what a real bill adds that usage
+#: records cannot see (DynamoDB storage and backups, S3 storage). Bedrock tokens are billed as modelled.
+BILL_FACTORS = {"dynamodb": "1.08", "s3": "1.15", "bedrock": "1.00"}
+#: Daily charges of services the demo app never records (the report lists them as not modelled).
+UNMODELLED_DAILY = {"Amazon CloudWatch": "1.20"}
+
+
+def history_bill(spans: Sequence[Span], *, now_s: int) -> dict[str, Any]:
+    """A Cost Explorer ``GetCostAndUsage`` response (DAILY, grouped by SERVICE) for the AWS part of ``spans``.
+
+    Each day's modelled AWS spend per service (priced by the workers' price book) times
+    ``BILL_FACTORS``, plus ``UNMODELLED_DAILY``; today is marked ``Estimated`` as Cost Explorer does.
+    The demo's Reconciliation screen then shows a real gap to explain (``spendtrace demo``).
+    """
+    import datetime as dt
+    from decimal import Decimal
+
+    from spendtrace.server.ingest.prepare import prepare_batch
+    from spendtrace.server.pricing import current_book
+    from spendtrace.server.reconcile.costexplorer import CE_SERVICE_MAP
+
+    ce_name = {ours: theirs for theirs, ours in CE_SERVICE_MAP.items()}
+    per_day: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for (bucket, _f, _u, _e, service), values in prepare_batch(spans, current_book()).rollups["day"].items():
+        if service in BILL_FACTORS:
+            day = dt.datetime.fromtimestamp(bucket, dt.UTC).date().isoformat()
+            per_day[day][ce_name[service]] += Decimal(values[0]) / 10**9 * Decimal(BILL_FACTORS[service])
+    today = dt.datetime.fromtimestamp(now_s, dt.UTC).date()
+    results = []
+    for day in sorted(per_day):
+        amounts = dict(per_day[day]) | {name: Decimal(v) for name, v in UNMODELLED_DAILY.items()}
+        end = dt.date.fromisoformat(day) + dt.timedelta(days=1)
+        results.append({
+            "TimePeriod": {"Start": day, "End": end.isoformat()},
+            "Total": {},
+            "Groups": [{"Keys": [name], "Metrics": {"UnblendedCost": {"Amount": f"{amount:.10f}", "Unit": "USD"}}}
+                       for name, amount in sorted(amounts.items())],
+            "Estimated": day == today.isoformat(),
+        })  # fmt: skip
+    return {"GroupDefinitions": [{"Type": "DIMENSION", "Key": "SERVICE"}], "ResultsByTime": results,
+            "DimensionValueAttributes": []}  # fmt: skip
+
+
 def send_history(spans: Sequence[Span], bootstrap: str, topic: str, *, chunk: int = 500) -> None:
     """Publish history spans to the spans topic with the SDK's Kafka exporter (each chunk acknowledged)."""
     from spendtrace import KafkaExporter
@@ -295,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--history-days", type=int, default=0,
                    help="first record this many days of past traffic (weekly pattern, one past spike)")
+    p.add_argument("--bill-out", default=None, metavar="PATH",
+                   help="write a Cost Explorer response for the history's AWS spend here (for Reconciliation)")
     return p
 
 
@@ -318,6 +364,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         spendtrace.configure(exporter=memory)
         history = record_history(shop, memory, args.history_days, now_s=int(time.time()))
         send_history(history, args.bootstrap, args.topic)
+        if args.bill_out:
+            bill = history_bill(history, now_s=int(time.time()))
+            tmp = f"{args.bill_out}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(bill, fh, indent=1)
+            os.replace(tmp, args.bill_out)  # the TUI never reads half a file
         print(f"demo app: {len(history)} history spans over {args.history_days} days sent", file=sys.stderr)
     spendtrace.configure(kafka_bootstrap=args.bootstrap, topic=args.topic)
     started = time.monotonic()
