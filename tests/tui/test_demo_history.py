@@ -77,14 +77,11 @@ def test_the_past_spike_is_on_one_afternoon_only(history: list[Span]) -> None:
     assert {d for d, _ in when} == {dt.date(2026, 11, 26)} and {h for _, h in when} <= {14, 15}
 
 
-def test_the_bill_is_the_model_times_its_factors_plus_cloudwatch(history: list[Span], tmp_path: Path) -> None:
-    """Reconciling the stored history against its bill: each AWS service's actual is its modelled cost
-    times the bill factor written here (1.08, 1.15, 1.00); CloudWatch is on the bill and not in the model;
-    a shorter range counts only its own days of the bill."""
+@pytest.fixture
+def stored(history: list[Span], tmp_path: Path) -> tuple[Path, Path]:
+    """The history in a SQLite store through the real ingest path, and its bill saved beside it."""
     from spendtrace.server.ingest.prepare import prepare_batch
     from spendtrace.server.pricing import current_book
-    from spendtrace.server.reconcile.costexplorer import load_actuals_file
-    from spendtrace.server.reconcile.report import reconcile
     from spendtrace.server.store.base import open_ingest_store
 
     db = tmp_path / "history.db"
@@ -93,6 +90,17 @@ def test_the_bill_is_the_model_times_its_factors_plus_cloudwatch(history: list[S
     ingest.close()
     bill = tmp_path / "ce.json"
     bill.write_text(json.dumps(history_bill(history, now_s=NOW_S)), encoding="utf-8")
+    return db, bill
+
+
+def test_the_bill_is_the_model_times_its_factors_plus_cloudwatch(stored: tuple[Path, Path]) -> None:
+    """Reconciling the stored history against its bill: each AWS service's actual is its modelled cost
+    times the bill factor written here (1.08, 1.15, 1.00); CloudWatch is on the bill and not in the model;
+    a shorter range counts only its own days of the bill."""
+    from spendtrace.server.reconcile.costexplorer import load_actuals_file
+    from spendtrace.server.reconcile.report import reconcile
+
+    db, bill = stored
     pages = load_actuals_file(bill)
     days = [r["TimePeriod"]["Start"] for r in pages[0]["ResultsByTime"]]
     assert days[0] == "2026-11-14" and days[-1] == "2026-12-05" and len(days) == 22
@@ -113,25 +121,15 @@ def test_the_bill_is_the_model_times_its_factors_plus_cloudwatch(history: list[S
     assert {r.service: r.actual_nano for r in shorter.service_rows}["Amazon CloudWatch"] == 2 * 1_200_000_000
 
 
-async def test_the_demo_app_offers_its_bill_on_the_reconciliation_screen(
-    history: list[Span], tmp_path: Path
-) -> None:
+async def test_the_demo_app_offers_its_bill_on_the_reconciliation_screen(stored: tuple[Path, Path]) -> None:
     """With ``actuals_file`` (what the demo passes), '7' then ctrl+r reconciles against that bill, keys only."""
     from _tui_helpers import SIZE, until
     from textual.widgets import Input, Static
 
-    from spendtrace.server.ingest.prepare import prepare_batch
-    from spendtrace.server.pricing import current_book
-    from spendtrace.server.store.base import open_ingest_store
     from tui.app import SpendtraceApp
     from tui.format import money
 
-    db = tmp_path / "history.db"
-    ingest = open_ingest_store(db)
-    ingest.apply_batch(prepare_batch(history, current_book()))
-    ingest.close()
-    bill = tmp_path / "ce.json"
-    bill.write_text(json.dumps(history_bill(history, now_s=NOW_S)), encoding="utf-8")
+    db, bill = stored
     app = SpendtraceApp(db, clock=lambda: NOW_S * NS, live=False, actuals_file=bill)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("7")
