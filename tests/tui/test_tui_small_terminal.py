@@ -71,3 +71,22 @@ async def test_reconciliation_without_credentials_says_all_of_it_at_80x24(  # ty
         text = " ".join(line.strip() for line in screen_text(app).splitlines())
     assert "found no AWS credentials" in text
     assert "GetCostAndUsage JSON response" in text, text  # the end of the advice, past the 80th column
+
+
+async def test_the_name_column_stays_when_a_narrow_table_scrolls_sideways(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """At 60 columns Live is wider than the screen: scrolled to its right edge, each row still starts with its name."""
+    from tui.widgets.keyed_table import KeyedTable
+
+    app = make_app(tui_db)
+    async with app.run_test(size=(60, 24)) as pilot:
+        await settle(app, pilot)
+        table = app.screen.query_one("#main", KeyedTable)
+        assert table.virtual_size.width > table.size.width  # the case under test: there is something to scroll to
+        names = [str(table.row_values(key)[0]) for key in list(table.rows)[:3]]
+        for _ in range(40):
+            await pilot.press("right")
+        await settle(app, pilot)
+        assert table.scroll_x > 0
+        text = screen_text(app)
+        for name in names:
+            assert any(line.lstrip(" │▊").startswith(name[:12]) for line in text.splitlines()), (name, text)
