@@ -1,0 +1,49 @@
+"""OTLP fixtures: the receiver on a free loopback port, and real OpenTelemetry SDK tracers exporting to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from spendtrace.server.otlp.receiver import Receiver, StoreSink
+
+#: Rates per 1M tokens / per request, from the providers' public pages, never from the price book.
+OPENAI_PRICING = "https://platform.openai.com/docs/pricing"  # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out
+GPT_4O_MINI = {"input": "0.15", "cache_read": "0.075", "output": "0.60"}
+DYNAMODB_PRICING = "https://aws.amazon.com/dynamodb/pricing/on-demand/"  # since 2024-11-01
+DYNAMODB_RRU, DYNAMODB_WRU = "0.125", "0.625"  # USD per million read / write request units
+S3_PRICING = "https://aws.amazon.com/s3/pricing/"  # S3 Standard, us-east-1
+S3_PUT_PER_1000 = "0.005"
+SQS_PRICING = "https://aws.amazon.com/sqs/pricing/"  # standard queues
+SQS_PER_MILLION = "0.40"
+
+
+@pytest.fixture
+def store_receiver(db_path: Path) -> Iterator[Receiver]:
+    """A receiver writing into the SQLite store at ``db_path`` (the no-broker mode)."""
+    with Receiver(StoreSink(db_path), port=0) as r:
+        yield r
+
+
+@pytest.fixture
+def make_tracer(store_receiver: Receiver) -> Iterator[Callable[..., TracerProvider]]:
+    """Build real TracerProviders that export each ended span over OTLP/HTTP protobuf to ``store_receiver``."""
+    made: list[TracerProvider] = []
+
+    def make(service: str = "shop", *, url: str | None = None) -> TracerProvider:
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=url or store_receiver.url)))
+        made.append(provider)
+        return provider
+
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.shutdown()
