@@ -38,12 +38,14 @@ def test_ids_timing_and_inherited_attribution() -> None:
     """Trace id becomes the request id, ids and timing are kept, and children inherit feature, tenant, endpoint."""
 
     def build(tracer: Any) -> None:
-        with tracer.start_as_current_span("GET /recommend", attributes={"http.route": "/recommend",
-                                                                        "enduser.id": "acme"}):  # fmt: skip
-            with tracer.start_as_current_span("recommend", attributes={"spendtrace.feature": "ai_recs"}):
-                with tracer.start_as_current_span("chat gpt-4o-mini") as leaf:
-                    leaf.set_status(Status(StatusCode.ERROR))
-                    leaf.set_attribute("error.type", "RateLimitError")
+        root_attrs = {"http.route": "/recommend", "enduser.id": "acme"}
+        with (
+            tracer.start_as_current_span("GET /recommend", attributes=root_attrs),
+            tracer.start_as_current_span("recommend", attributes={"spendtrace.feature": "ai_recs"}),
+            tracer.start_as_current_span("chat gpt-4o-mini") as leaf,
+        ):
+            leaf.set_status(Status(StatusCode.ERROR))
+            leaf.set_attribute("error.type", "RateLimitError")
 
     request = _record(build)
     raw = {s.name: s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans}
@@ -67,10 +69,12 @@ def test_a_feature_below_another_keeps_both_on_its_path() -> None:
     """Nested features give the fully-loaded path root first, as the SDK's nested scopes do."""
 
     def build(tracer: Any) -> None:
-        with tracer.start_as_current_span("api", attributes={"spendtrace.feature": "api"}):
-            with tracer.start_as_current_span("search", attributes={"spendtrace.feature": "search"}):
-                with tracer.start_as_current_span("query"):
-                    pass
+        with (
+            tracer.start_as_current_span("api", attributes={"spendtrace.feature": "api"}),
+            tracer.start_as_current_span("search", attributes={"spendtrace.feature": "search"}),
+            tracer.start_as_current_span("query"),
+        ):
+            pass
 
     spans = _by_name(convert(_record(build)).spans)
     assert spans["api"].path == ("api",)
@@ -91,7 +95,8 @@ def test_genai_cached_tokens_are_not_counted_twice() -> None:
 
     (span,) = convert(_record(build)).spans
     (item,) = span.usage
-    assert (item.input_tokens, item.cache_read_tokens, item.cache_write_tokens, item.output_tokens) == (300, 600, 100, 50)
+    tokens = (item.input_tokens, item.cache_read_tokens, item.cache_write_tokens, item.output_tokens)
+    assert tokens == (300, 600, 100, 50)
     assert (item.provider, item.model, item.key, item.service) == (
         "anthropic", "claude-sonnet-4-5-20250929", "anthropic_claude_sonnet_4_5", "anthropic")  # fmt: skip
 
@@ -130,8 +135,9 @@ def test_the_operation_tables_match_the_sdk_instrumentation() -> None:
     from spendtrace.sdk.instrument import _botocore
     from spendtrace.server.otlp._usage import S3_OPERATIONS
 
-    sdk = {**dict.fromkeys(_botocore._S3_GET, "s3_get"), **dict.fromkeys(_botocore._S3_PUT, "s3_put"),
-           **dict.fromkeys(_botocore._S3_LIST, "s3_list"), **dict.fromkeys(_botocore._S3_DELETE, "s3_delete")}  # fmt: skip
+    b = _botocore
+    sdk = {**dict.fromkeys(b._S3_GET, "s3_get"), **dict.fromkeys(b._S3_PUT, "s3_put"),
+           **dict.fromkeys(b._S3_LIST, "s3_list"), **dict.fromkeys(b._S3_DELETE, "s3_delete")}  # fmt: skip
     assert sdk == S3_OPERATIONS
 
 
