@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.processor.baggage import ALLOW_ALL_BAGGAGE_KEYS, BaggageSpanProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
 from spendtrace.server.otlp.receiver import Receiver, StoreSink
 
@@ -33,12 +34,22 @@ def store_receiver(db_path: Path) -> Iterator[Receiver]:
 
 @pytest.fixture
 def make_tracer(store_receiver: Receiver) -> Iterator[Callable[..., TracerProvider]]:
-    """Build real TracerProviders that export each ended span over OTLP/HTTP protobuf to ``store_receiver``."""
+    """Build real TracerProviders exporting over OTLP/HTTP protobuf to ``store_receiver`` (or ``url``).
+
+    Baggage entries are copied onto every span (``BaggageSpanProcessor``), as an app propagating its
+    feature and tenant that way would. ``batch=True`` exports only on ``force_flush`` (one export per
+    flush); otherwise every span is exported when it ends, children before their parents.
+    """
     made: list[TracerProvider] = []
 
-    def make(service: str = "shop", *, url: str | None = None) -> TracerProvider:
+    def make(service: str = "shop", *, url: str | None = None, batch: bool = False) -> TracerProvider:
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=url or store_receiver.url)))
+        provider.add_span_processor(BaggageSpanProcessor(ALLOW_ALL_BAGGAGE_KEYS))
+        exporter = OTLPSpanExporter(endpoint=url or store_receiver.url)
+        if batch:
+            provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=3_600_000))
+        else:
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
         made.append(provider)
         return provider
 

@@ -103,7 +103,8 @@ def _rule(doc: Any, where: str) -> Rule:
         raise ConfigError(f"{where}: match must be a non-empty table of attribute = value")
     conds = tuple((str(k), v if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v))
                   for k, v in match.items())  # fmt: skip
-    sets, froms = [], []
+    sets: list[tuple[str, str]] = []
+    froms: list[tuple[str, str]] = []
     for dim in _DIMS:
         for key, bucket in ((dim, sets), (f"{dim}_from", froms)):
             v = doc.get(key)
