@@ -14,16 +14,6 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcess
 
 from spendtrace.server.otlp.receiver import Receiver, StoreSink
 
-#: Rates per 1M tokens / per request, from the providers' public pages, never from the price book.
-OPENAI_PRICING = "https://platform.openai.com/docs/pricing"  # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out
-GPT_4O_MINI = {"input": "0.15", "cache_read": "0.075", "output": "0.60"}
-DYNAMODB_PRICING = "https://aws.amazon.com/dynamodb/pricing/on-demand/"  # since 2024-11-01
-DYNAMODB_RRU, DYNAMODB_WRU = "0.125", "0.625"  # USD per million read / write request units
-S3_PRICING = "https://aws.amazon.com/s3/pricing/"  # S3 Standard, us-east-1
-S3_PUT_PER_1000 = "0.005"
-SQS_PRICING = "https://aws.amazon.com/sqs/pricing/"  # standard queues
-SQS_PER_MILLION = "0.40"
-
 
 @pytest.fixture
 def store_receiver(db_path: Path) -> Iterator[Receiver]:

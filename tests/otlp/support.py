@@ -19,6 +19,16 @@ from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
+#: Rates per 1M tokens / per request, from the providers' public pages, never from the price book.
+OPENAI_PRICING = "https://platform.openai.com/docs/pricing"  # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out
+GPT_4O_MINI = {"input": "0.15", "cache_read": "0.075", "output": "0.60"}
+DYNAMODB_PRICING = "https://aws.amazon.com/dynamodb/pricing/on-demand/"  # since 2024-11-01
+DYNAMODB_RRU, DYNAMODB_WRU = "0.125", "0.625"  # USD per million read / write request units
+S3_PRICING = "https://aws.amazon.com/s3/pricing/"  # S3 Standard, us-east-1
+S3_PUT_PER_1000 = "0.005"
+SQS_PRICING = "https://aws.amazon.com/sqs/pricing/"  # standard queues
+SQS_PER_MILLION = "0.40"
+
 
 def nano(*pairs: tuple[float | int, str], per: int = 1_000_000) -> int:
     """Nano-dollars of (units, USD per ``per`` units) pairs, rounded once, half to even (one usage item)."""
@@ -60,7 +70,6 @@ def shop_calls(provider: TracerProvider, tenant: str, i: int = 0, *, baggage: bo
     without, they are attributes of the request's root and feature spans only. Returns the
     nano-dollars the request costs at the providers' published rates (see conftest), computed here.
     """
-    from conftest import DYNAMODB_RRU, DYNAMODB_WRU, GPT_4O_MINI, S3_PUT_PER_1000, SQS_PER_MILLION
     from opentelemetry import baggage as otel_baggage
     from opentelemetry import context
 
