@@ -119,9 +119,10 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
             continue
         attrs = attributes(span.attributes)
         own = {dim: rules.pick(dim, attrs) for dim in ("feature", "tenant", "endpoint")}
-        for dim, value in rules.apply({**resource, **attrs}).items():
-            if own.get(dim) is None:
-                own[dim] = value
+        if rules.rules:
+            for dim, value in rules.apply({**resource, **attrs}).items():
+                if own.get(dim) is None:
+                    own[dim] = value
         parent = span.parent_span_id.hex() if len(span.parent_span_id) == 8 and any(span.parent_span_id) else None
         node = _Node(span.span_id.hex(), parent, span.trace_id.hex(), attrs, resource, span, own)
         nodes[(node.request_id, node.span_id)] = node

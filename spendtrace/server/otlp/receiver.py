@@ -100,12 +100,40 @@ class KafkaSink:
         """Send ``spans`` and wait until the broker acknowledged each one; raise if any may be missing."""
         try:
             producer = await asyncio.wait_for(self._get(), self.timeout)
-            topic = self.topic
-            futures = [await producer.send(topic, encode_span(s), key=s.request_id.encode()) for s in spans]
+            futures = await self._send_batches(producer, spans)
             await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
         except BaseException:
             await self.close()
             raise
+
+    async def _send_batches(self, producer: Any, spans: Sequence[Span]) -> list[Any]:
+        """One record batch per partition instead of one ``send`` per span (a measured 3x, bench_otlp.py).
+
+        The partition of each span is the producer's default partitioner (murmur2 of the key, as the
+        SDK's exporter and the Java client choose it), so one request's spans share a partition.
+        """
+        from aiokafka.partitioner import DefaultPartitioner
+
+        topic = self.topic
+        partitions = sorted(await producer.partitions_for(topic))
+        choose = DefaultPartitioner()
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for s in spans:
+            key = s.request_id.encode()
+            by_partition.setdefault(choose(key, partitions, partitions), []).append((key, encode_span(s)))
+        futures = []
+        for partition, messages in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in messages:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    if batch.record_count():
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:  # larger than a batch
+                        futures.append(await producer.send(topic, value, key=key, partition=partition))
+            if batch.record_count():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        return futures
 
     async def close(self) -> None:
         """Stop the producer (a broker that is gone cannot be closed politely: errors are logged only)."""
