@@ -56,14 +56,14 @@ PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "aws.bedrock": "bedro
              "bedrock": "bedrock"}  # fmt: skip
 
 
-_TOKEN_KEYS = (
+_TOKEN_KEYS = frozenset({
     "gen_ai.usage.input_tokens",
     "gen_ai.usage.output_tokens",
     "gen_ai.usage.cache_read.input_tokens",
     "gen_ai.usage.cache_creation.input_tokens",
     "gen_ai.usage.prompt_tokens",  # before semantic conventions 1.27
     "gen_ai.usage.completion_tokens",
-)
+})  # fmt: skip
 
 
 def _int(value: Any) -> int:
@@ -79,7 +79,7 @@ def _int(value: Any) -> int:
 
 
 def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | None:
-    if not any(k in attrs for k in _TOKEN_KEYS):
+    if attrs.keys().isdisjoint(_TOKEN_KEYS):
         return None
     raw_provider = str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "").strip().lower()
     if not raw_provider and aws_service == "Bedrock Runtime":
