@@ -215,3 +215,33 @@ def test_malformed_bodies_raise_a_reason(body: bytes, kind: str, needle: str) ->
     """Bodies that are not trace exports raise OtlpDecodeError naming what is wrong."""
     with pytest.raises(OtlpDecodeError, match=needle):
         decode_body(body, kind)
+
+
+def test_extreme_attribute_values_still_make_valid_spans() -> None:
+    """Oversized names, odd types and negative or NaN tokens give spans the workers' strict decoder accepts."""
+    from spendtrace.schema import decode_span, encode_span
+
+    huge = "x" * 10_000
+
+    def build(tracer: Any) -> None:
+        attrs = {"spendtrace.feature": huge, "enduser.id": huge, "http.route": huge, "error.type": huge,
+                 "gen_ai.provider.name": huge, "gen_ai.request.model": huge, "gen_ai.usage.input_tokens": -5,
+                 "gen_ai.usage.output_tokens": float("nan"), "gen_ai.usage.cache_read.input_tokens": "12",
+                 "openai.response.service_tier": huge}  # fmt: skip
+        with tracer.start_as_current_span(huge, attributes=attrs) as span:
+            span.set_status(Status(StatusCode.ERROR))
+        aws = {"rpc.system": "aws-api", "rpc.service": huge, "rpc.method": huge, "spendtrace.feature": 42}
+        with tracer.start_as_current_span("aws", attributes=aws):
+            pass
+        ddb = {"rpc.system": "aws-api", "rpc.service": "DynamoDB", "rpc.method": "Query",
+               "aws.dynamodb.consumed_capacity": ("not json", '{"CapacityUnits": 2.5}', "[1]")}  # fmt: skip
+        with tracer.start_as_current_span("ddb", attributes=ddb):
+            pass
+
+    spans = _by_name(convert(_record(build)).spans)
+    for span in spans.values():
+        assert decode_span(encode_span(span)) == span
+    (llm,) = spans["x" * 512].usage
+    assert (llm.input_tokens, llm.output_tokens, llm.cache_read_tokens) == (0, 0, 12)
+    assert spans["aws"].feature == "42" and spans["aws"].usage[0].service == "x" * 64
+    assert [(u.key, u.count) for u in spans["ddb"].usage] == [("dynamodb_read", 2.5)]
