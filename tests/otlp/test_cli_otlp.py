@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -59,3 +60,11 @@ def test_the_rule_file_example_in_deployment_loads(tmp_path: Path) -> None:
     assert rules.tenant == ("enduser.id", "user.id", "app.tenant_id") and len(rules.rules) == 4
     assert rules.apply({"service.name": "billing-worker", "messaging.destination.name": "q"}) == {
         "feature": "billing", "tenant": "q"}  # fmt: skip
+
+
+def test_without_a_broker_a_non_sqlite_store_is_refused(tmp_path: Path) -> None:
+    """No broker and a store URL that is not SQLite: one line saying what to pass, exit 2."""
+    cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--store", f"chdb:///{tmp_path}"]
+    env = {**os.environ, "SPENDTRACE_KAFKA_BOOTSTRAP": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "--bootstrap" in r.stderr and "Traceback" not in r.stderr

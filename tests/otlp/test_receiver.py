@@ -161,3 +161,18 @@ def test_a_broker_that_is_down_answers_503_with_retry_after(tmp_path: Path) -> N
         status, headers, body = post(receiver.url, json_export([span]), "application/json")
         assert status == 503 and int(headers["retry-after"]) > 0 and json.loads(body)["code"] == 14
         assert receiver.stats.unavailable == 1 and receiver.stats.spans_accepted == 0
+
+
+def test_oversized_bodies_and_gzip_bombs_are_refused(db_path: Path) -> None:
+    """A body over the limit answers 413 unread; gzip that inflates past the limit answers 400, nothing stored."""
+    big = json_export([{"traceId": "55555555555555555555555555555555", "spanId": "5555555555555555",
+                        "name": "n" * 4096}])  # fmt: skip
+    with Receiver(StoreSink(db_path), port=0, max_body=2048) as receiver:
+        status, _, body = post(receiver.url, big, "application/json")
+        assert status == 413 and "limit" in json.loads(body)["message"]
+        bomb = json_export([{"traceId": "55555555555555555555555555555555", "spanId": "5555555555555555",
+                             "name": " " * 100_000}])  # fmt: skip
+        status, _, body = post(receiver.url, bomb, "application/json", gzip_it=True)
+        assert status == 400 and "decompressed" in json.loads(body)["message"]
+        assert receiver.stats.spans_accepted == 0
+    assert not db_path.exists()  # nothing was ever written

@@ -227,6 +227,10 @@ def create_app(sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 5
             stats.malformed += 1
             return _error(JSON, 415, 3, f"unsupported Content-Type {request.headers.get('content-type')!r}; "
                                         f"send {PROTOBUF} or {JSON}")  # fmt: skip
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body:  # refuse before reading it
+            stats.malformed += 1
+            return _error(kind, 413, 3, f"body of {declared} bytes exceeds the {max_body}-byte limit")
         raw = await request.body()
         if len(raw) > max_body:
             stats.malformed += 1
@@ -280,10 +284,10 @@ class Receiver:
     """
 
     def __init__(self, sink: Sink, *, host: str = "127.0.0.1", port: int = 4318, rules: Rules = DEFAULT_RULES,
-                 max_pending: int = 50_000) -> None:  # fmt: skip
+                 max_pending: int = 50_000, max_body: int = MAX_BODY) -> None:  # fmt: skip
         import uvicorn
 
-        self.app = create_app(sink, rules=rules, max_pending=max_pending)
+        self.app = create_app(sink, rules=rules, max_pending=max_pending, max_body=max_body)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
