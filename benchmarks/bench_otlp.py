@@ -105,6 +105,52 @@ def convert_only(payloads: list[bytes]) -> float:
     return n / (time.perf_counter() - t)
 
 
+def bare_produce(bootstrap: str, payloads: list[bytes]) -> float:
+    """A bare aiokafka producer (same acks, gzip, linger) sending the already encoded spans, one batch per export."""
+    from aiokafka import AIOKafkaProducer
+
+    from spendtrace.schema import encode_span
+    from spendtrace.server.topics import ensure_topics
+
+    batches = [[(s.request_id.encode(), encode_span(s)) for s in convert(ExportTraceServiceRequest.FromString(b)).spans]
+               for b in payloads]  # fmt: skip
+
+    async def run() -> float:
+        topic = f"bench-otlp-bare-{time.time_ns()}"
+        await ensure_topics(bootstrap, [topic], partitions=3)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="gzip")
+        await producer.start()
+        try:
+            t = time.perf_counter()
+            for batch in batches:
+                futures = [await producer.send(topic, v, key=k) for k, v in batch]
+                await asyncio.gather(*futures)
+            return sum(map(len, batches)) / (time.perf_counter() - t)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
+def publish_only(bootstrap: str, payloads: list[bytes]) -> float:
+    """Parse + convert + KafkaSink.publish (acks=all), no HTTP: the receiver's work minus the server."""
+
+    async def run() -> float:
+        sink = KafkaSink(bootstrap, f"bench-otlp-direct-{time.time_ns()}", partitions=3)
+        await sink.publish(convert(ExportTraceServiceRequest.FromString(payloads[0])).spans)  # warm-up
+        t = time.perf_counter()
+        n = 0
+        for body in payloads:
+            spans = convert(ExportTraceServiceRequest.FromString(body)).spans
+            await sink.publish(spans)
+            n += len(spans)
+        elapsed = time.perf_counter() - t
+        await sink.close()
+        return n / elapsed
+
+    return asyncio.run(run())
+
+
 def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
     """Post every payload over ``clients`` keep-alive connections; spans/s from first send to last 200."""
     chunks = [payloads[i::clients] for i in range(clients)]
@@ -211,6 +257,10 @@ def main() -> None:
     print(f"bare parse + read every attribute:    {read:12,.0f} spans/s")
     print(f"parse + convert (no I/O):             {conv:12,.0f} spans/s = {conv / read:.2f}x parse+read")
     with tempfile.TemporaryDirectory() as d, EmbeddedBroker(log_path=Path(d) / "tansu.log") as broker:
+        bare = bare_produce(broker.bootstrap, payloads)
+        print(f"bare aiokafka produce, encoded spans: {bare:12,.0f} spans/s (one export at a time, acks=all)")
+        direct = publish_only(broker.bootstrap, payloads)
+        print(f"parse + convert + publish, no HTTP:   {direct:12,.0f} spans/s = {direct / bare:.2f}x bare produce")
         topic = f"bench-otlp-{time.time_ns()}"
         with Receiver(KafkaSink(broker.bootstrap, topic, partitions=3), port=0, max_pending=200_000) as receiver:
             post_all(receiver.port, payloads[:2], 1)  # warm-up: topic, producer connection
