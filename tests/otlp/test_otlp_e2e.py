@@ -11,6 +11,7 @@ from support import instrumented, shop_calls
 
 from consumers.config import WorkerConfig
 from consumers.worker import Worker
+from spendtrace.schema import decode_span
 from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.otlp.receiver import KafkaSink, Receiver
 from spendtrace.server.store.base import open_store
@@ -58,6 +59,31 @@ def test_spans_travel_through_the_topic_and_a_worker(
             await task
 
     asyncio.run(drain())
+
+    async def placement() -> dict[bytes, set[int]]:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(topic_name, bootstrap_servers=broker.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
+        await consumer.start()
+        try:
+            seen: dict[bytes, set[int]] = {}
+            read = 0
+            deadline = asyncio.get_running_loop().time() + 120
+            while read < published:
+                assert asyncio.get_running_loop().time() < deadline, f"read {read} of {published} messages"
+                batches = await consumer.getmany(timeout_ms=500)
+                for tp, msgs in batches.items():
+                    for m in msgs:
+                        assert decode_span(m.value).request_id.encode() == m.key
+                        seen.setdefault(m.key, set()).add(tp.partition)
+                        read += 1
+            return seen
+        finally:
+            await consumer.stop()
+
+    keys = asyncio.run(placement())
+    assert len(keys) == 6 and all(len(p) == 1 for p in keys.values())  # one request, one partition, as the SDK's
     with open_store(db) as store:
         total = store.total()
         by_user = {r["user_id"]: r["cost_nano"] for r in store.aggregate_by_user()}
