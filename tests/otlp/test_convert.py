@@ -245,3 +245,32 @@ def test_extreme_attribute_values_still_make_valid_spans() -> None:
     assert (llm.input_tokens, llm.output_tokens, llm.cache_read_tokens) == (0, 0, 12)
     assert spans["aws"].feature == "42" and spans["aws"].usage[0].service == "x" * 64
     assert [(u.key, u.count) for u in spans["ddb"].usage] == [("dynamodb_read", 2.5)]
+
+
+def test_the_json_encoding_of_a_real_export_converts_like_its_protobuf() -> None:
+    """A real SDK export (links, events, error status) as OTLP/JSON (hex ids, camelCase) gives the same spans."""
+    import base64
+
+    from google.protobuf import json_format
+
+    def build(tracer: Any) -> None:
+        with tracer.start_as_current_span("root", attributes={"enduser.id": "acme", "spendtrace.feature": "f"}) as r:
+            r.add_event("exception", {"exception.type": "KeyError"})
+            r.set_status(Status(StatusCode.ERROR))
+            with tracer.start_as_current_span("child", links=[], attributes={"gen_ai.system": "openai",
+                     "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 7}):  # fmt: skip
+                pass
+
+    request = _record(build)
+    doc = json_format.MessageToDict(request)  # protobuf's JSON: base64 ids; OTLP/JSON wants hex
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for span in ss["spans"]:
+                for field in ("traceId", "spanId", "parentSpanId"):
+                    if field in span:
+                        span[field] = base64.b64decode(span[field]).hex()
+    from_json = convert(decode_body(json.dumps(doc).encode(), JSON)).spans
+    from_proto = convert(decode_body(request.SerializeToString(), PROTOBUF)).spans
+    assert from_json == from_proto and len(from_json) == 2
+    root = _by_name(from_json)["root"]
+    assert (root.error, root.error_type, root.user_id) == (True, "KeyError", "acme")
