@@ -26,10 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from spendtrace.schema import MAX_KEY_LEN, UsageItem
-from spendtrace.sdk.instrument._bedrock import profile_geography
 from spendtrace.sdk.instrument._dynamodb import OPERATIONS as DYNAMODB_OPERATIONS
 from spendtrace.sdk.instrument._dynamodb import consumed_units
-from spendtrace.sdk.instrument._models import price_key_for, sanitize
+from spendtrace.sdk.instrument._models import price_key_for, profile_geography, sanitize
 
 __all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "usage_items"]
 
