@@ -68,6 +68,10 @@ _LAZY: dict[str, str] = {
     # reconciliation (spendtrace/server/reconcile/)
     "ReconciliationReport": "spendtrace.server.reconcile.report",
     "reconcile": "spendtrace.server.reconcile.report",
+    # repricing stored usage (spendtrace/server/repricing.py)
+    "RepriceResult": "spendtrace.server.repricing",
+    "reprice": "spendtrace.server.repricing",
+    "undo_reprice": "spendtrace.server.repricing",
     # alerts (spendtrace/server/alerts/)
     "AlertRule": "spendtrace.server.alerts.rules",
     "list_alerts": "spendtrace.server.alerts.rules",
@@ -139,6 +143,9 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from spendtrace.server.pricing import get_tracker as get_tracker
     from spendtrace.server.reconcile.report import ReconciliationReport as ReconciliationReport
     from spendtrace.server.reconcile.report import reconcile as reconcile
+    from spendtrace.server.repricing import RepriceResult as RepriceResult
+    from spendtrace.server.repricing import reprice as reprice
+    from spendtrace.server.repricing import undo_reprice as undo_reprice
     from spendtrace.server.store.base import open_store as open_store
     from spendtrace.server.store.base import open_store_async as open_store_async
     from spendtrace.server.store.sqlite import SQLiteStorage as SQLiteStorage

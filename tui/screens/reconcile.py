@@ -188,6 +188,10 @@ class ReconcileScreen(DataScreen):
             t.append(_signed(actual - modelled), style="red" if actual > modelled else "green")
         t.append("   calibration ", style="dim")
         t.append("—" if factor is None else f"{factor:.4f}×", style="bold")
+        missing = report.get("missing_days") or []
+        if missing:  # the bill did not cover the range: no factor to apply (restate stays disabled)
+            t.append(f"   PARTIAL: no actuals for {len(missing)} day(s) from {missing[0]}",
+                     style="bold black on yellow")  # fmt: skip
         self.query_one("#summary", Static).update(t)
         notes = report_notes(report)
         self.query_one("#notes", Static).update(notes)

@@ -299,6 +299,27 @@ _V1: tuple[str, ...] = (
     """,
 )
 
+#: Version 2: a restatement says its kind (``restate`` | ``reprice``), features and detail (JSON); a
+#: reprice keeps the delta rows it inserted (``reprice_deltas``: every value column, as JSON) and the
+#: spans it rewrote (``reprice_spans``), so its undo inserts the negation and puts the spans back.
+_V2: tuple[str, ...] = (
+    "ALTER TABLE restatements ADD COLUMN IF NOT EXISTS kind String DEFAULT 'restate'",
+    "ALTER TABLE restatements ADD COLUMN IF NOT EXISTS features String DEFAULT '[]'",
+    "ALTER TABLE restatements ADD COLUMN IF NOT EXISTS detail String DEFAULT '{}'",
+    """
+    CREATE TABLE IF NOT EXISTS reprice_deltas (
+        restatement_id UInt64, tbl String, row_key String, vals String
+    ) ENGINE = MergeTree ORDER BY (restatement_id, tbl)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS reprice_spans (
+        restatement_id UInt64, span_id String, start_ns Int64, old_usage String, old_cost_nano Int64,
+        old_unpriced Int64, old_var_nano2 Float64, old_price_version String, new_usage String, new_cost_nano Int64,
+        new_unpriced Int64, new_var_nano2 Float64
+    ) ENGINE = MergeTree ORDER BY (restatement_id, span_id)
+    """,
+)
+
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
 SCHEMA_VERSION = max(MIGRATIONS)
