@@ -328,6 +328,6 @@ def coarsen(f: Filters, minute_floor: int | None, hour_floor: int | None) -> Fil
             s = s // HOUR * HOUR
         if hour_floor is None or s < hour_floor:
             s = s // DAY * DAY
-        return s * NANO
+        return min(max(s * NANO, _I64_MIN), _I64_MAX)  # a bound rounded past either end stays unbounded
 
     return replace(f, start_ns=fix(f.start_ns), end_ns=fix(f.end_ns))
