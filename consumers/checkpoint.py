@@ -41,7 +41,7 @@ from consumers.histogram import Histogram
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
 from spendtrace.schema import Span, decode_span
-from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
 from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
 from spendtrace.server.store.base import AsyncIngestStore
 
@@ -232,30 +232,34 @@ class Checkpoint:
             commit[tp] = nxt
         try:
             prepared = prepare_batch(spans, self.book)
-        except Exception:
-            log.exception("pricing the batch failed; isolating the span(s) responsible")
+        except Exception as exc:
+            if isinstance(exc, ValueError):  # a span the stores cannot hold (prepare_batch names it)
+                log.warning("batch has spans that cannot be stored (%s); dead-lettering them one by one", exc)
+            else:
+                log.exception("pricing the batch failed; isolating the span(s) responsible")
             prepared, spans = self._isolate(data, dead)
         return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
 
     def _isolate(
         self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]
     ) -> tuple[PreparedBatch, list[Span]]:
-        """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
-        good: list[Span] = []
+        """Prepare the batch without the spans that cannot be priced or stored; each becomes a dead letter.
+
+        The reason says why (``cannot be stored: span 'x' costs ...``); the rest of the batch is stored.
+        """
+        decoded: list[tuple[Span, TopicPartition, Any]] = []
         for tp, records in data.items():
             for r in records:
                 try:
-                    span = decode_span(r.value)
+                    decoded.append((decode_span(r.value), tp, r))
                 except Exception:
                     continue  # already a dead letter
-                try:
-                    prepare_batch([span], self.book)
-                except Exception as exc:
-                    reason = f"pricing failed: {exc!r}"
-                    dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
-                else:
-                    good.append(span)
-        return prepare_batch(good, self.book), good
+        spans = [d[0] for d in decoded]
+        prepared, rejected = prepare_isolating(spans, self.book)
+        for i, reason in rejected:
+            _, tp, r = decoded[i]
+            dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
+        return prepared, prepared.spans
 
     # -- 3. write with offsets ---------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ fired events to their webhooks. Neither can slow or break export: errors are cau
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,9 +26,15 @@ from spendtrace.schema import Span
 
 if TYPE_CHECKING:
     from spendtrace.server.alerts.local import LocalAlerts
+    from spendtrace.server.model.ingest import DeadLetter
     from spendtrace.server.store.base import IngestStore
 
-__all__ = ["LocalStoreExporter"]
+__all__ = ["LOCAL_DEAD_LETTER_TOPIC", "LocalStoreExporter"]
+
+log = logging.getLogger("spendtrace.export")
+
+#: ``dead_letters.topic`` of spans the local exporter could not store (``partition`` is the app's pid).
+LOCAL_DEAD_LETTER_TOPIC = "(local)"
 
 # Stores (and their connections) inherited across a fork are kept referenced (never closed or finalised
 # in the child).
@@ -51,6 +59,8 @@ class LocalStoreExporter:
         self.alerts: LocalAlerts | None = None
         self._store: IngestStore | None = None
         self._lock = threading.Lock()
+        #: spans this exporter could not store and kept as dead letters instead
+        self.dead_lettered = 0
 
     def __repr__(self) -> str:
         return f"LocalStoreExporter({str(self.db_path)!r})"
@@ -63,20 +73,35 @@ class LocalStoreExporter:
             return os.path.abspath(self.db_path) == os.path.abspath(os.fspath(path))
 
     def export(self, spans: Sequence[Span]) -> None:
-        """Price and store ``spans``; duplicate span ids are ignored, as by the workers."""
+        """Price and store ``spans``; duplicate span ids are ignored, as by the workers.
+
+        A span that cannot be priced or stored (a value past the stores' 64-bit columns, say) goes to
+        the ``dead_letters`` table with the reason, in the same transaction as the rest of the batch,
+        so one bad span never makes the whole batch fail (and then block the spill replay behind it).
+        """
         if not spans:
             return
-        from spendtrace.server.ingest.prepare import prepare_batch
+        from spendtrace.server.ingest.prepare import prepare_isolating
         from spendtrace.server.pricing import current_book
 
-        batch = prepare_batch(spans, current_book())
+        batch, rejected = prepare_isolating(spans, current_book())
+        dead = _dead_letters(spans, rejected)
         with self._lock:
             store = self._open()
             try:
-                result = store.apply_batch(batch)
+                result = store.apply_batch(batch, (), dead)
             except BaseException:
                 self._close()  # start from a fresh store next time
                 raise
+            if dead:
+                self.dead_lettered += len(dead)
+                log.warning(
+                    "spendtrace: %d span(s) of a batch of %d cannot be stored, kept in dead_letters of %s; first: %s",
+                    len(dead),
+                    len(spans),
+                    self.db_path,
+                    dead[0].reason,
+                )
             if self.alerts_enabled:  # the local alerts read through an AlertStore of their own
                 if self.alerts is None:
                     from spendtrace.server.alerts.local import LocalAlerts
@@ -118,3 +143,23 @@ class LocalStoreExporter:
         self._lock = threading.Lock()
         if self.alerts is not None:
             self.alerts.after_fork_in_child()
+
+
+def _dead_letters(spans: Sequence[Span], rejected: list[tuple[int, str]]) -> list[DeadLetter]:
+    """Dead letters for the rejected spans: the span msgpack-encoded, keyed by its request id, with the reason."""
+    if not rejected:
+        return []
+    from spendtrace.schema import encode_span
+    from spendtrace.server.model.ingest import DeadLetter
+
+    pid, base = os.getpid(), time.time_ns()  # (topic, partition, offset) is unique per dead letter
+    out = []
+    for n, (i, reason) in enumerate(rejected):
+        span = spans[i]
+        try:
+            value: bytes | None = encode_span(span)
+        except (OverflowError, TypeError, ValueError):  # an int past 64 bits does not even encode
+            value = None
+        key = span.request_id.encode("utf-8", "replace") if isinstance(span.request_id, str) else None
+        out.append(DeadLetter(LOCAL_DEAD_LETTER_TOPIC, pid, base + n, key, value, reason))
+    return out
