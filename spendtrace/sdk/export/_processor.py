@@ -62,6 +62,8 @@ class Counters:
     queued: int
     in_flight: int
     spill_refused: int = 0
+    spill_lost_frames: int = 0
+    spill_lost_spans: int = 0
 
 
 class _RateLimited:
@@ -470,6 +472,8 @@ class BatchProcessor:
                 queued=queued,
                 in_flight=in_flight,
                 spill_refused=self.spill.refused,
+                spill_lost_frames=self.spill.lost_frames,
+                spill_lost_spans=self.spill.lost_spans,
             )
 
 
