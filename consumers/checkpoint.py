@@ -14,7 +14,8 @@ to call them (it prepares batch N+1 while batch N is written):
 4. ``commit``  the same offsets to Kafka, only after the store has them; a failed commit is counted
                and skipped, since the store holds the truth;
 5. ``seek``    on every assignment, once the batches in flight are written, each partition to the
-               offset the store holds (``stored_offsets``), the beginning if it holds none.
+               offset the store holds (``stored_offsets``), the beginning if it holds none, or if
+               Kafka no longer knows the log those offsets counted (see ``Checkpoint.seek``).
 
 A crash between any two steps loses nothing and counts nothing twice: before step 3 nothing is
 stored and the records are fetched again after the restart's seek; from step 3 on the store has
@@ -182,6 +183,11 @@ class Checkpoint:
             if not records or expected is None:
                 continue  # not (or no longer) ours
             first = records[0].offset
+            if first < expected and tp not in self._unverified:
+                # Past the first batch, only an out-of-range fetch moves a partition back (the consumer's
+                # reset policy, earliest): the log no longer holds the stored offset. Re-read what it has.
+                self._log_reset(tp, expected, first, "a fetch from it was out of range and Kafka reset it")
+                expected = first
             if first < expected:
                 records = [r for r in records if r.offset >= expected]
                 if not records:
@@ -315,7 +321,16 @@ class Checkpoint:
         self._next = {}
 
     async def seek(self, assigned: Iterable[TopicPartition]) -> None:
-        """Position each assigned partition at the offset stored with its last applied batch."""
+        """Position each assigned partition at the offset stored with its last applied batch.
+
+        Unless Kafka has lost the group's committed offset for it while the store holds one: the
+        broker restarted empty (the embedded broker keeps nothing), or the topic was deleted and
+        recreated (Kafka drops a deleted topic's offsets), so the stored offset counts records of a
+        log that is gone, and seeking there would skip every new record below it. Such a partition
+        is re-read from its beginning (what Kafka's ``earliest`` reset does), with an ERROR line and
+        ``offset_resets``; spans already stored are recognised by span id and not counted again.
+        The end offset is not used for this: the embedded broker reports it too low.
+        """
         assigned = list(assigned)
         self.stats.rebalances += 1
         self.generation += 1
@@ -325,9 +340,11 @@ class Checkpoint:
         stored = await self.store.stored_offsets(self.config.group_id, self.config.topic)
         fresh = []
         positions: dict[TopicPartition, int] = {}
+        held = [tp for tp in assigned if stored.get(tp.partition)]
+        forgotten = set(await self._forgotten_by_kafka(held))
         for tp in assigned:
             nxt = stored.get(tp.partition)
-            if nxt is None:
+            if nxt is None or tp in forgotten:
                 fresh.append(tp)
             else:
                 consumer.seek(tp, nxt)
@@ -336,9 +353,43 @@ class Checkpoint:
             await consumer.seek_to_beginning(*fresh)
             for tp in fresh:
                 positions[tp] = await consumer.position(tp)
+        for tp in forgotten:
+            self._log_reset(tp, stored[tp.partition], positions[tp], "Kafka holds no committed offset for it")
         self._next = positions
         self._unverified = set(positions)
         log.info("assigned %s; positions from the store: %s", sorted(tp.partition for tp in assigned), stored)
+
+    async def _forgotten_by_kafka(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """The partitions among ``tps`` for which Kafka holds no committed offset of this group.
+
+        Every applied batch is committed to Kafka too, so a missing one means Kafka lost it (or every
+        commit of this group failed, or its offsets expired after a long idle time: re-reading then
+        only costs time). A failing lookup keeps the stored offsets (the behaviour before this check).
+        """
+        if not tps:
+            return []
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.gather(*(self.consumer.committed(tp) for tp in tps)), KAFKA_TIMEOUT
+            )
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("could not read Kafka's committed offsets (%s); seeking to the store's offsets", exc)
+            return []
+        return [tp for tp, c in zip(tps, committed, strict=True) if c is None]
+
+    def _log_reset(self, tp: TopicPartition, stored: int, now: int, why: str) -> None:
+        """Say loudly that ``tp`` is re-read from ``now`` although the store had reached ``stored``."""
+        self.stats.offset_resets += 1
+        log.error(
+            "partition %s of %s: the store has read it up to offset %d, but %s: the broker restarted empty or "
+            "the topic was recreated. Re-reading it from offset %d (its beginning); spans already stored are "
+            "recognised and not counted again",
+            tp.partition,
+            tp.topic,
+            stored,
+            why,
+            now,
+        )
 
     def rebalance_listener(self, settle: Callable[[], Awaitable[None]]) -> ConsumerRebalanceListener:
         """The listener to subscribe with: ``settle`` (write what is in flight), then revoke or seek."""
