@@ -61,6 +61,9 @@ class LocalStoreExporter:
         self._lock = threading.Lock()
         #: spans this exporter could not store and kept as dead letters instead
         self.dead_lettered = 0
+        #: times the database file was found deleted or replaced under this exporter (then reopened)
+        self.reopened = 0
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file the store has open
 
     def __repr__(self) -> str:
         return f"LocalStoreExporter({str(self.db_path)!r})"
@@ -87,12 +90,23 @@ class LocalStoreExporter:
         batch, rejected = prepare_isolating(spans, current_book())
         dead = _dead_letters(spans, rejected)
         with self._lock:
+            if self._store is not None and self._file_identity() != self._identity:
+                self._reopen("before writing a batch")
             store = self._open()
             try:
                 result = store.apply_batch(batch, (), dead)
             except BaseException:
                 self._close()  # start from a fresh store next time
                 raise
+            if self._file_identity() != self._identity:
+                # Committed into a file no longer at db_path (an unlinked inode): stored nowhere anyone reads.
+                self._reopen("while a batch was written")
+                from spendtrace.errors import StorageError
+
+                raise StorageError(
+                    f"the database {self.db_path} was deleted or replaced while {len(spans)} spans were written "
+                    "to it; they are spilled and written again to the new file"
+                )
             if dead:
                 self.dead_lettered += len(dead)
                 log.warning(
@@ -117,7 +131,35 @@ class LocalStoreExporter:
                 self.db_path.parent.mkdir(parents=True, exist_ok=True)
             # Opened and used by the export worker thread; the lock serialises the rare other callers.
             self._store = open_ingest_store(self.db_path)
+            self._identity = self._file_identity()
         return self._store
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at ``db_path`` now; None when there is none.
+
+        SQLite keeps writing to an open file after it is deleted (or its directory is), and those
+        writes reach no reader: checked around every batch (two ``stat`` calls against a transaction).
+        """
+        try:
+            st = os.stat(self.db_path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _reopen(self, when: str) -> None:
+        """The file at ``db_path`` is not the one open: say so, and open (or create) the one there now."""
+        self.reopened += 1
+        gone = self._file_identity() is None
+        log.error(
+            "spendtrace: the database %s was %s %s; %s, and spans are stored there from now on",
+            self.db_path,
+            "deleted (or its directory)" if gone else "replaced by another file",
+            when,
+            "creating it again (empty)" if gone else "opening the new file",
+        )
+        self._close()
+        if self.alerts is not None:
+            self.alerts.close(0.0)  # its store is the old file too; the next batch opens the new one
 
     def _close(self) -> None:
         store, self._store = self._store, None
