@@ -51,9 +51,22 @@ class LocalStoreExporter:
     """
 
     def __init__(
-        self, db_path: str | os.PathLike[str], *, alerts: bool = True, alert_drain_timeout: float = 5.0
+        self,
+        db_path: str | os.PathLike[str],
+        *,
+        alerts: bool = True,
+        alert_drain_timeout: float = 5.0,
+        retention_interval_s: float = 300.0,
+        retention_chunk_rows: int = 20_000,
     ) -> None:
         self.db_path = Path(os.fspath(db_path))
+        #: as the workers do: a retention round (the store's policy) starts with the first batch and
+        #: then every ``retention_interval_s``; one chunk of at most ``retention_chunk_rows`` per batch
+        self.retention_interval_s = retention_interval_s
+        self.retention_chunk_rows = retention_chunk_rows
+        self.retention_runs = 0
+        self._next_retention = 0.0
+        self._retention_now_ns: int | None = None
         self.alerts_enabled = alerts
         self.alert_drain_timeout = alert_drain_timeout
         self.alerts: LocalAlerts | None = None
@@ -107,6 +120,7 @@ class LocalStoreExporter:
                     f"the database {self.db_path} was deleted or replaced while {len(spans)} spans were written "
                     "to it; they are spilled and written again to the new file"
                 )
+            self._retention_chunk(store)
             if dead:
                 self.dead_lettered += len(dead)
                 log.warning(
@@ -133,6 +147,27 @@ class LocalStoreExporter:
             self._store = open_ingest_store(self.db_path)
             self._identity = self._file_identity()
         return self._store
+
+    def _retention_chunk(self, store: IngestStore) -> None:
+        """One chunk of the retention round in progress, or start one when it is due (never raises).
+
+        Local mode has no workers to apply retention, so the exporter does it, between its batches,
+        in the same short chunks (``IngestStore.retention_chunk``).
+        """
+        now = time.monotonic()
+        if self._retention_now_ns is None:
+            if now < self._next_retention:
+                return
+            self._retention_now_ns = time.time_ns()
+        try:
+            done = store.retention_chunk(self._retention_now_ns, self.retention_chunk_rows).done
+        except Exception as exc:  # busy (a worker or another app holds the store) or failing: retried later
+            log.info("spendtrace: retention chunk skipped, retried after a later batch: %s", exc)
+            return
+        if done:
+            self.retention_runs += 1
+            self._retention_now_ns = None
+            self._next_retention = now + self.retention_interval_s
 
     def _file_identity(self) -> tuple[int, int] | None:
         """(device, inode) of the file at ``db_path`` now; None when there is none.
