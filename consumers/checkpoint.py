@@ -46,7 +46,7 @@ from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
 from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
 from spendtrace.server.store.base import AsyncIngestStore
 
-__all__ = ["CRASH_ENV", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
+__all__ = ["CRASH_ENV", "EARLIEST_START_NS", "MAX_CLOCK_AHEAD_NS", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ KAFKA_TIMEOUT = 10.0
 
 #: Applications of one batch while the store is busy (another worker holds it), before giving up.
 _BUSY_ATTEMPTS = 12
+
+#: Earliest span start accepted (2000-01-01 UTC): a host clock saying 1970 is wrong, and its spans
+#: would vanish from every total at the next retention run.
+EARLIEST_START_NS = 946_684_800 * 10**9
+#: How far a span's start may be ahead of this worker's clock (the authority): a producer clock in
+#: 2100 would otherwise put spend where no dashboard looks and that retention never ages out.
+MAX_CLOCK_AHEAD_NS = 3_600 * 10**9
 
 
 class CrashPoints:
@@ -236,6 +243,11 @@ class Checkpoint:
             nxt = records[-1].offset + 1
             offsets.append(PartitionOffsets(group, tp.topic, tp.partition, records[0].offset, nxt))
             commit[tp] = nxt
+        lo, hi = EARLIEST_START_NS, time.time_ns() + MAX_CLOCK_AHEAD_NS
+        if any(not lo <= s.start_ns <= hi for s in spans):
+            log.warning("batch has spans with implausible start times; dead-lettering them one by one")
+            prepared, spans = self._isolate(data, dead, hi)
+            return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
         try:
             prepared = prepare_batch(spans, self.book)
         except Exception as exc:
@@ -243,23 +255,29 @@ class Checkpoint:
                 log.warning("batch has spans that cannot be stored (%s); dead-lettering them one by one", exc)
             else:
                 log.exception("pricing the batch failed; isolating the span(s) responsible")
-            prepared, spans = self._isolate(data, dead)
+            prepared, spans = self._isolate(data, dead, hi)
         return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
 
     def _isolate(
-        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]
+        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter], latest_ns: int
     ) -> tuple[PreparedBatch, list[Span]]:
-        """Prepare the batch without the spans that cannot be priced or stored; each becomes a dead letter.
+        """Prepare the batch without the spans that cannot be dated, priced or stored; each becomes a dead letter.
 
-        The reason says why (``cannot be stored: span 'x' costs ...``); the rest of the batch is stored.
+        The reason says why (``implausible start time: ...``, ``cannot be stored: span 'x' costs ...``);
+        the rest of the batch is stored. ``latest_ns``: the latest start accepted (see ``_implausible``).
         """
         decoded: list[tuple[Span, TopicPartition, Any]] = []
         for tp, records in data.items():
             for r in records:
                 try:
-                    decoded.append((decode_span(r.value), tp, r))
+                    span = decode_span(r.value)
                 except Exception:
                     continue  # already a dead letter
+                why = _implausible(span.start_ns, latest_ns)
+                if why is not None:
+                    dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, why))
+                else:
+                    decoded.append((span, tp, r))
         spans = [d[0] for d in decoded]
         prepared, rejected = prepare_isolating(spans, self.book)
         for i, reason in rejected:
@@ -412,6 +430,19 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         cp.generation += 1  # work fetched until the seek below is stale
         await self.settle()
         await cp.seek(assigned)
+
+
+def _implausible(start_ns: int, latest_ns: int) -> str | None:
+    """Why a span starting at ``start_ns`` cannot be dated (the dead letter's reason), or None."""
+    if start_ns < EARLIEST_START_NS:
+        return f"implausible start time: start_ns={start_ns} is before 2000-01-01 (the producer's clock is wrong)"
+    if start_ns > latest_ns:
+        ahead = (start_ns - latest_ns + MAX_CLOCK_AHEAD_NS) / 3.6e12
+        return (
+            f"implausible start time: start_ns={start_ns} is {ahead:,.1f} h ahead of this worker's clock "
+            f"(at most {MAX_CLOCK_AHEAD_NS // 3_600_000_000_000} h accepted; the producer's clock is wrong)"
+        )
+    return None
 
 
 def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:

@@ -92,3 +92,47 @@ async def test_out_of_range_spans_become_dead_letters_and_the_rest_of_their_batc
     assert "<= 4102444800000000000" in reasons["start"] and "<= 3155760000000000000" in reasons["duration"]
     assert "cannot be stored" in reasons["weighted"] and "'weighted' costs" in reasons["weighted"]
     assert worker.stats.dead_letters == len(bad)
+
+
+async def test_spans_dated_before_2000_or_ahead_of_the_worker_clock_are_dead_letters_with_the_reason(
+    broker: EmbeddedBroker, topic_name: str, db_path: Path
+) -> None:
+    """A producer clock in 1970 or 2100 (the worker's clock is the authority, 1 h of slack): dead letters, not spend.
+
+    Before, a 1970 span vanished from every total at the next retention run, and a 2100 one never aged out.
+    """
+    import time
+
+    spans = make_spans(200, seed=32)
+    good = spans[-1]
+    now = time.time_ns()
+    clocks = {
+        "1970": 5 * 10**9,
+        "1999": 946_684_799 * 10**9,
+        "2100": 4_102_444_000 * 10**9,
+        "two hours ahead": now + 2 * 3_600 * 10**9,
+    }
+    messages: list[tuple[bytes | None, bytes | None]] = [(s.request_id.encode(), encode_span(s)) for s in spans]
+    for name, start in clocks.items():
+        late = msgspec.structs.replace(good, span_id=f"clock-{name}", start_ns=start)
+        messages.insert(50, (f"clock-{name}".encode(), encode_span(late)))
+    soon = msgspec.structs.replace(good, span_id="ten-minutes-ahead", start_ns=now + 600 * 10**9)
+    messages.append((b"soon", encode_span(soon)))
+    ends = await produce(broker.bootstrap, topic_name, messages, partitions=3)
+    cfg = _config(broker, topic_name, db_path)
+    worker = Worker(cfg)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: task.done() or stored_offsets(cfg.db_path, cfg.group_id, cfg.topic) == ends, 90,
+                       "the worker to store every offset")  # fmt: skip
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 60)
+    with sqlite3.connect(db_path) as conn:
+        stored = {r[0] for r in conn.execute("SELECT span_id FROM spans")}
+        reasons = {bytes(k).decode(): r for k, r in conn.execute("SELECT key, reason FROM dead_letters")}
+    assert stored == {s.span_id for s in spans} | {"ten-minutes-ahead"}
+    assert set(reasons) == {f"clock-{n}" for n in clocks}
+    assert "before 2000-01-01" in reasons["clock-1970"] and "before 2000-01-01" in reasons["clock-1999"]
+    assert "ahead of this worker's clock" in reasons["clock-2100"]
+    assert "2.0 h ahead" in reasons["clock-two hours ahead"] or "1.9 h ahead" in reasons["clock-two hours ahead"]
