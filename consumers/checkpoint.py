@@ -243,8 +243,9 @@ class Checkpoint:
             nxt = records[-1].offset + 1
             offsets.append(PartitionOffsets(group, tp.topic, tp.partition, records[0].offset, nxt))
             commit[tp] = nxt
-        lo, hi = EARLIEST_START_NS, time.time_ns() + MAX_CLOCK_AHEAD_NS
-        if any(not lo <= s.start_ns <= hi for s in spans):
+        hi = time.time_ns() + MAX_CLOCK_AHEAD_NS
+        starts = [s.start_ns for s in spans]  # min / max in C: about 1 ms per 20,000 spans
+        if starts and (min(starts) < EARLIEST_START_NS or max(starts) > hi):
             log.warning("batch has spans with implausible start times; dead-lettering them one by one")
             prepared, spans = self._isolate(data, dead, hi)
             return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
