@@ -66,8 +66,10 @@ def _unchecked_span(raw: msgspec.Raw) -> Span | None:
         fields = _any.decode(raw)
         if not isinstance(fields, list):
             return None
+        del fields[len(Span.__struct_fields__) :]  # fields a newer SDK appended: ignored, as decoding does
         if len(fields) > 12 and isinstance(fields[12], list):
-            fields[12] = tuple(UsageItem(*u) if isinstance(u, list) else u for u in fields[12])
+            n = len(UsageItem.__struct_fields__)
+            fields[12] = tuple(UsageItem(*u[:n]) if isinstance(u, list) else u for u in fields[12])
         if len(fields) > 14 and isinstance(fields[14], list):
             fields[14] = tuple(fields[14])
         return Span(*fields)
