@@ -41,7 +41,7 @@ from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.histogram import Histogram
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
-from spendtrace.schema import Span, decode_span
+from spendtrace.schema import EARLIEST_START_NS, Span, decode_span
 from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
 from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
 from spendtrace.server.store.base import AsyncIngestStore
@@ -64,9 +64,6 @@ KAFKA_TIMEOUT = 10.0
 #: Applications of one batch while the store is busy (another worker holds it), before giving up.
 _BUSY_ATTEMPTS = 12
 
-#: Earliest span start accepted (2000-01-01 UTC): a host clock saying 1970 is wrong, and its spans
-#: would vanish from every total at the next retention run.
-EARLIEST_START_NS = 946_684_800 * 10**9
 #: How far a span's start may be ahead of this worker's clock (the authority): a producer clock in
 #: 2100 would otherwise put spend where no dashboard looks and that retention never ages out.
 MAX_CLOCK_AHEAD_NS = 3_600 * 10**9

@@ -14,6 +14,7 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
+    "EARLIEST_START_NS",
     "MAX_DURATION_NS",
     "MAX_KEY_LEN",
     "MAX_NAME_LEN",
@@ -44,6 +45,9 @@ MAX_UNITS = 2**44 - 1
 #: Latest span start accepted: 2100-01-01T00:00:00Z in epoch nanoseconds (ClickHouse's ``DateTime``,
 #: which partitions the spans, ends in 2106; SQLite's int64 nanoseconds in 2262).
 MAX_TIME_NS = 4_102_444_800 * 10**9
+#: Earliest span start the stores accept as a real date (2000-01-01 UTC): a host clock saying 1970 is
+#: wrong, and its spans would vanish from every total at the next retention run (dead letters instead).
+EARLIEST_START_NS = 946_684_800 * 10**9
 #: Longest span duration / CPU time accepted (100 years): start + duration still fits an int64.
 MAX_DURATION_NS = 3_155_760_000 * 10**9
 #: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.

@@ -97,11 +97,20 @@ class LocalStoreExporter:
         """
         if not spans:
             return
+        from spendtrace.schema import EARLIEST_START_NS
         from spendtrace.server.ingest.prepare import prepare_isolating
         from spendtrace.server.pricing import current_book
 
+        # A span dated before 2000 means this host's clock is wrong (the only clock in local mode): kept
+        # as a dead letter, not stored where the next retention run would delete it unseen.
+        total = len(spans)
+        early = [s for s in spans if s.start_ns < EARLIEST_START_NS]
+        if early:
+            spans = [s for s in spans if s.start_ns >= EARLIEST_START_NS]
         batch, rejected = prepare_isolating(spans, current_book())
-        dead = _dead_letters(spans, rejected)
+        why = "implausible start time: start_ns={} is before 2000-01-01 (this host's clock is wrong)"
+        rejected += [(len(spans) + i, why.format(s.start_ns)) for i, s in enumerate(early)]
+        dead = _dead_letters([*spans, *early], rejected)
         with self._lock:
             if self._store is not None and self._file_identity() != self._identity:
                 self._reopen("before writing a batch")
@@ -117,7 +126,7 @@ class LocalStoreExporter:
                 from spendtrace.errors import StorageError
 
                 raise StorageError(
-                    f"the database {self.db_path} was deleted or replaced while {len(spans)} spans were written "
+                    f"the database {self.db_path} was deleted or replaced while {total} spans were written "
                     "to it; they are spilled and written again to the new file"
                 )
             self._retention_chunk(store)
@@ -126,7 +135,7 @@ class LocalStoreExporter:
                 log.warning(
                     "spendtrace: %d span(s) of a batch of %d cannot be stored, kept in dead_letters of %s; first: %s",
                     len(dead),
-                    len(spans),
+                    total,
                     self.db_path,
                     dead[0].reason,
                 )

@@ -120,3 +120,21 @@ def test_local_mode_a_bad_span_in_the_spill_costs_only_itself(tmp_path: Path) ->
     assert bytes(key) == poison.request_id.encode() and bytes(value) == encode_span(poison)
     assert exporter.dead_lettered == 1
     assert not list(spill_dir.glob("*.spill"))
+
+
+def test_local_mode_a_host_clock_before_2000_gives_dead_letters_not_spend(tmp_path: Path) -> None:
+    """A span dated 1970 (the host's clock is wrong) is a dead letter with the reason; the rest of the batch is stored."""
+    db = tmp_path / "cost.db"
+    spans = make_spans(30, seed=9)
+    dated_1970 = msgspec.structs.replace(spans[7], span_id="epoch", start_ns=12 * 10**9)
+    exporter = LocalStoreExporter(db, alerts=False)
+    try:
+        exporter.export([*spans[:10], dated_1970, *spans[10:]])
+    finally:
+        exporter.shutdown()
+    assert _stored(db, "SELECT count(*), sum(cost_nano) FROM spans") == [
+        (len(spans), prepare_batch(spans, current_book()).cost_nano)
+    ]
+    [(reason, value)] = _stored(db, "SELECT reason, value FROM dead_letters")
+    assert "before 2000-01-01" in reason and "start_ns=12000000000" in reason
+    assert bytes(value) == encode_span(dated_1970)
