@@ -281,7 +281,8 @@ class Checkpoint:
         for i, reason in rejected:
             _, tp, r = decoded[i]
             dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
-        return prepared, prepared.spans
+        left_out = {i for i, _ in rejected}
+        return prepared, [s for i, s in enumerate(spans) if i not in left_out]
 
     # -- 3. write with offsets ---------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ def test_local_mode_a_bad_span_in_the_spill_costs_only_itself(tmp_path: Path) ->
 
 
 def test_local_mode_a_host_clock_before_2000_gives_dead_letters_not_spend(tmp_path: Path) -> None:
-    """A span dated 1970 (the host's clock is wrong) is a dead letter with the reason; the rest of the batch is stored."""
+    """A span dated 1970 (the host clock is wrong) is a dead letter with the reason; the rest of its batch is stored."""
     db = tmp_path / "cost.db"
     spans = make_spans(30, seed=9)
     dated_1970 = msgspec.structs.replace(spans[7], span_id="epoch", start_ns=12 * 10**9)
