@@ -14,7 +14,8 @@ to call them (it prepares batch N+1 while batch N is written):
 4. ``commit``  the same offsets to Kafka, only after the store has them; a failed commit is counted
                and skipped, since the store holds the truth;
 5. ``seek``    on every assignment, once the batches in flight are written, each partition to the
-               offset the store holds (``stored_offsets``), the beginning if it holds none.
+               offset the store holds (``stored_offsets``), the beginning if it holds none, or if
+               Kafka no longer knows the log those offsets counted (see ``Checkpoint.seek``).
 
 A crash between any two steps loses nothing and counts nothing twice: before step 3 nothing is
 stored and the records are fetched again after the restart's seek; from step 3 on the store has
@@ -40,12 +41,12 @@ from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.histogram import Histogram
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
-from spendtrace.schema import Span, decode_span
-from spendtrace.server.ingest.prepare import prepare_batch
+from spendtrace.schema import EARLIEST_START_NS, Span, decode_span
+from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
 from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
 from spendtrace.server.store.base import AsyncIngestStore
 
-__all__ = ["CRASH_ENV", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
+__all__ = ["CRASH_ENV", "EARLIEST_START_NS", "MAX_CLOCK_AHEAD_NS", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ KAFKA_TIMEOUT = 10.0
 
 #: Applications of one batch while the store is busy (another worker holds it), before giving up.
 _BUSY_ATTEMPTS = 12
+
+#: How far a span's start may be ahead of this worker's clock (the authority): a producer clock in
+#: 2100 would otherwise put spend where no dashboard looks and that retention never ages out.
+MAX_CLOCK_AHEAD_NS = 3_600 * 10**9
 
 
 class CrashPoints:
@@ -182,6 +187,11 @@ class Checkpoint:
             if not records or expected is None:
                 continue  # not (or no longer) ours
             first = records[0].offset
+            if first < expected and tp not in self._unverified:
+                # Past the first batch, only an out-of-range fetch moves a partition back (the consumer's
+                # reset policy, earliest): the log no longer holds the stored offset. Re-read what it has.
+                self._log_reset(tp, expected, first, "a fetch from it was out of range and Kafka reset it")
+                expected = first
             if first < expected:
                 records = [r for r in records if r.offset >= expected]
                 if not records:
@@ -230,32 +240,49 @@ class Checkpoint:
             nxt = records[-1].offset + 1
             offsets.append(PartitionOffsets(group, tp.topic, tp.partition, records[0].offset, nxt))
             commit[tp] = nxt
+        hi = time.time_ns() + MAX_CLOCK_AHEAD_NS
+        starts = [s.start_ns for s in spans]  # min / max in C: about 1 ms per 20,000 spans
+        if starts and (min(starts) < EARLIEST_START_NS or max(starts) > hi):
+            log.warning("batch has spans with implausible start times; dead-lettering them one by one")
+            prepared, spans = self._isolate(data, dead, hi)
+            return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
         try:
             prepared = prepare_batch(spans, self.book)
-        except Exception:
-            log.exception("pricing the batch failed; isolating the span(s) responsible")
-            prepared, spans = self._isolate(data, dead)
+        except Exception as exc:
+            if isinstance(exc, ValueError):  # a span the stores cannot hold (prepare_batch names it)
+                log.warning("batch has spans that cannot be stored (%s); dead-lettering them one by one", exc)
+            else:
+                log.exception("pricing the batch failed; isolating the span(s) responsible")
+            prepared, spans = self._isolate(data, dead, hi)
         return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
 
     def _isolate(
-        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter]
+        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter], latest_ns: int
     ) -> tuple[PreparedBatch, list[Span]]:
-        """Price span by span; a span that decodes but cannot be priced becomes a dead letter."""
-        good: list[Span] = []
+        """Prepare the batch without the spans that cannot be dated, priced or stored; each becomes a dead letter.
+
+        The reason says why (``implausible start time: ...``, ``cannot be stored: span 'x' costs ...``);
+        the rest of the batch is stored. ``latest_ns``: the latest start accepted (see ``_implausible``).
+        """
+        decoded: list[tuple[Span, TopicPartition, Any]] = []
         for tp, records in data.items():
             for r in records:
                 try:
                     span = decode_span(r.value)
                 except Exception:
                     continue  # already a dead letter
-                try:
-                    prepare_batch([span], self.book)
-                except Exception as exc:
-                    reason = f"pricing failed: {exc!r}"
-                    dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
+                why = _implausible(span.start_ns, latest_ns)
+                if why is not None:
+                    dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, why))
                 else:
-                    good.append(span)
-        return prepare_batch(good, self.book), good
+                    decoded.append((span, tp, r))
+        spans = [d[0] for d in decoded]
+        prepared, rejected = prepare_isolating(spans, self.book)
+        for i, reason in rejected:
+            _, tp, r = decoded[i]
+            dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))
+        left_out = {i for i, _ in rejected}
+        return prepared, [s for i, s in enumerate(spans) if i not in left_out]
 
     # -- 3. write with offsets ---------------------------------------------------------------------
 
@@ -311,7 +338,16 @@ class Checkpoint:
         self._next = {}
 
     async def seek(self, assigned: Iterable[TopicPartition]) -> None:
-        """Position each assigned partition at the offset stored with its last applied batch."""
+        """Position each assigned partition at the offset stored with its last applied batch.
+
+        Unless Kafka has lost the group's committed offset for it while the store holds one: the
+        broker restarted empty (the embedded broker keeps nothing), or the topic was deleted and
+        recreated (Kafka drops a deleted topic's offsets), so the stored offset counts records of a
+        log that is gone, and seeking there would skip every new record below it. Such a partition
+        is re-read from its beginning (what Kafka's ``earliest`` reset does), with an ERROR line and
+        ``offset_resets``; spans already stored are recognised by span id and not counted again.
+        The end offset is not used for this: the embedded broker reports it too low.
+        """
         assigned = list(assigned)
         self.stats.rebalances += 1
         self.generation += 1
@@ -321,9 +357,11 @@ class Checkpoint:
         stored = await self.store.stored_offsets(self.config.group_id, self.config.topic)
         fresh = []
         positions: dict[TopicPartition, int] = {}
+        held = [tp for tp in assigned if stored.get(tp.partition)]
+        forgotten = set(await self._forgotten_by_kafka(held))
         for tp in assigned:
             nxt = stored.get(tp.partition)
-            if nxt is None:
+            if nxt is None or tp in forgotten:
                 fresh.append(tp)
             else:
                 consumer.seek(tp, nxt)
@@ -332,9 +370,43 @@ class Checkpoint:
             await consumer.seek_to_beginning(*fresh)
             for tp in fresh:
                 positions[tp] = await consumer.position(tp)
+        for tp in forgotten:
+            self._log_reset(tp, stored[tp.partition], positions[tp], "Kafka holds no committed offset for it")
         self._next = positions
         self._unverified = set(positions)
         log.info("assigned %s; positions from the store: %s", sorted(tp.partition for tp in assigned), stored)
+
+    async def _forgotten_by_kafka(self, tps: list[TopicPartition]) -> list[TopicPartition]:
+        """The partitions among ``tps`` for which Kafka holds no committed offset of this group.
+
+        Every applied batch is committed to Kafka too, so a missing one means Kafka lost it (or every
+        commit of this group failed, or its offsets expired after a long idle time: re-reading then
+        only costs time). A failing lookup keeps the stored offsets (the behaviour before this check).
+        """
+        if not tps:
+            return []
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.gather(*(self.consumer.committed(tp) for tp in tps)), KAFKA_TIMEOUT
+            )
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("could not read Kafka's committed offsets (%s); seeking to the store's offsets", exc)
+            return []
+        return [tp for tp, c in zip(tps, committed, strict=True) if c is None]
+
+    def _log_reset(self, tp: TopicPartition, stored: int, now: int, why: str) -> None:
+        """Say loudly that ``tp`` is re-read from ``now`` although the store had reached ``stored``."""
+        self.stats.offset_resets += 1
+        log.error(
+            "partition %s of %s: the store has read it up to offset %d, but %s: the broker restarted empty or "
+            "the topic was recreated. Re-reading it from offset %d (its beginning); spans already stored are "
+            "recognised and not counted again",
+            tp.partition,
+            tp.topic,
+            stored,
+            why,
+            now,
+        )
 
     def rebalance_listener(self, settle: Callable[[], Awaitable[None]]) -> ConsumerRebalanceListener:
         """The listener to subscribe with: ``settle`` (write what is in flight), then revoke or seek."""
@@ -357,6 +429,19 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         cp.generation += 1  # work fetched until the seek below is stale
         await self.settle()
         await cp.seek(assigned)
+
+
+def _implausible(start_ns: int, latest_ns: int) -> str | None:
+    """Why a span starting at ``start_ns`` cannot be dated (the dead letter's reason), or None."""
+    if start_ns < EARLIEST_START_NS:
+        return f"implausible start time: start_ns={start_ns} is before 2000-01-01 (the producer's clock is wrong)"
+    if start_ns > latest_ns:
+        ahead = (start_ns - latest_ns + MAX_CLOCK_AHEAD_NS) / 3.6e12
+        return (
+            f"implausible start time: start_ns={start_ns} is {ahead:,.1f} h ahead of this worker's clock "
+            f"(at most {MAX_CLOCK_AHEAD_NS // 3_600_000_000_000} h accepted; the producer's clock is wrong)"
+        )
+    return None
 
 
 def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:

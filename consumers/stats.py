@@ -24,4 +24,7 @@ class WorkerStats:
     db_retries: int = 0
     retention_runs: int = 0
     rebalances: int = 0
+    #: partitions re-read from their beginning because Kafka's log no longer matched the store's offsets
+    #: (broker restarted empty, topic deleted and recreated): each one is also an ERROR log line
+    offset_resets: int = 0
     last_commit_ns: int = 0

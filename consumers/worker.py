@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, RequestTimedOutError
 
 from consumers.checkpoint import CRASH_ENV, Batch, Checkpoint, CrashPoints
 from consumers.config import WorkerConfig
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a client shutdown may take before the worker moves on without it.
 _KAFKA_TIMEOUT = 10.0
+
+#: First and longest wait between two attempts to reach the bootstrap servers at start-up.
+BOOTSTRAP_BACKOFF = (0.5, 30.0)
 
 
 class Worker:
@@ -92,12 +95,8 @@ class Worker:
         if self._book is None:
             self._book = load_price_book(cfg.prices_file)
         self._store = await open_ingest_store_async(cfg.db_path)  # created or migrated first
-        await ensure_topics(
-            cfg.bootstrap,
-            [cfg.topic, cfg.dlq_topic, cfg.alerts_topic],
-            partitions=cfg.partitions,
-            replication_factor=cfg.replication_factor,
-        )
+        if not await self._reach_kafka():
+            return
         self._producer = AIOKafkaProducer(
             bootstrap_servers=cfg.bootstrap,
             client_id=f"{cfg.client_id}-dlq",
@@ -130,6 +129,38 @@ class Worker:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="spendtrace-writer")
         await self._consumer.start()
         self._consumer.subscribe([cfg.topic], listener=self._checkpoint.rebalance_listener(self._settle))
+
+    async def _reach_kafka(self) -> bool:
+        """Create the missing topics, retrying with backoff while the bootstrap servers cannot be reached.
+
+        One WARNING line per attempt says so (attempts 0.5 s apart at first, then at most 30 s); a
+        stop request ends the wait (False: do not join). Errors other than a connection failure raise.
+        """
+        cfg = self.config
+        delay, longest = BOOTSTRAP_BACKOFF
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await ensure_topics(
+                    cfg.bootstrap,
+                    [cfg.topic, cfg.dlq_topic, cfg.alerts_topic],
+                    partitions=cfg.partitions,
+                    replication_factor=cfg.replication_factor,
+                )
+            except (KafkaConnectionError, KafkaTimeoutError, RequestTimedOutError) as exc:
+                log.warning(
+                    "cannot reach Kafka at %s (attempt %d: %s); retrying in %.1fs", cfg.bootstrap, attempt, exc, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set():
+                    return False
+                delay = min(delay * 2, longest)
+                continue
+            if attempt > 1:
+                log.warning("reached Kafka at %s after %d attempts", cfg.bootstrap, attempt)
+            return True
 
     async def drain(self) -> None:
         """Wait until every batch taken so far is committed (re-raising a writer failure)."""

@@ -14,8 +14,13 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
+    "EARLIEST_START_NS",
+    "MAX_DURATION_NS",
     "MAX_KEY_LEN",
     "MAX_NAME_LEN",
+    "MAX_TIME_NS",
+    "MAX_UNITS",
+    "MAX_WEIGHT",
     "UNATTRIBUTED",
     "Span",
     "UsageItem",
@@ -32,8 +37,25 @@ MAX_NAME_LEN = 512
 #: Longest price key accepted by the consumers.
 MAX_KEY_LEN = 256
 
-_Units = Annotated[float, msgspec.Meta(ge=0)]
-_Tokens = Annotated[int, msgspec.Meta(ge=0)]
+#: Largest token / byte count and ``count`` / ``gb_seconds`` of one usage item (2**44 - 1, about 1.8e13).
+#: Far above any real call, and low enough that sums over a batch of 500,000 items still fit the
+#: stores' 64-bit integers (SQLite INTEGER, ClickHouse Int64); a power of two minus one, so the
+#: SDK checks six int fields with one ``|``.
+MAX_UNITS = 2**44 - 1
+#: Latest span start accepted: 2100-01-01T00:00:00Z in epoch nanoseconds (ClickHouse's ``DateTime``,
+#: which partitions the spans, ends in 2106; SQLite's int64 nanoseconds in 2262).
+MAX_TIME_NS = 4_102_444_800 * 10**9
+#: Earliest span start the stores accept as a real date (2000-01-01 UTC): a host clock saying 1970 is
+#: wrong, and its spans would vanish from every total at the next retention run (dead letters instead).
+EARLIEST_START_NS = 946_684_800 * 10**9
+#: Longest span duration / CPU time accepted (100 years): start + duration still fits an int64.
+MAX_DURATION_NS = 3_155_760_000 * 10**9
+#: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.
+MAX_WEIGHT = 1e12
+
+_Units = Annotated[float, msgspec.Meta(ge=0, le=MAX_UNITS)]
+_Tokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_UNITS)]
+_Nanos = Annotated[int, msgspec.Meta(ge=0, le=MAX_DURATION_NS)]
 _Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN)]
 _OptName = _Name | None
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -88,18 +110,18 @@ class Span(msgspec.Struct, array_like=True, frozen=True, gc=False):
     endpoint: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
     user_id: _OptName = None
     #: Wall-clock start, nanoseconds since the Unix epoch (UTC).
-    start_ns: Annotated[int, msgspec.Meta(ge=0)] = 0
-    duration_ns: Annotated[int, msgspec.Meta(ge=0)] = 0
-    cpu_ns: Annotated[int, msgspec.Meta(ge=0)] = 0
+    start_ns: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_NS)] = 0
+    duration_ns: _Nanos = 0
+    cpu_ns: _Nanos = 0
     error: bool = False
     error_type: Annotated[str, msgspec.Meta(max_length=MAX_NAME_LEN)] | None = None
     usage: tuple[UsageItem, ...] = ()
     #: 1 / sample rate in force when the request's root decided to record it.
-    weight: Annotated[float, msgspec.Meta(ge=1.0)] = 1.0
+    weight: Annotated[float, msgspec.Meta(ge=1.0, le=MAX_WEIGHT)] = 1.0
     #: Distinct features on the path from the root to this span, root first, this span's last.
     path: tuple[_Name, ...] = ()
     #: Memory size of the Lambda function this ran in (0: not on Lambda); prices root spans in GB-s.
-    lambda_memory_mb: Annotated[int, msgspec.Meta(ge=0)] = 0
+    lambda_memory_mb: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 0
     #: CPU architecture of that Lambda function (``x86_64`` / ``arm64``; None: x86 rates), for its GB-s rate.
     lambda_architecture: Annotated[str, msgspec.Meta(max_length=16)] | None = None
 

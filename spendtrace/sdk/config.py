@@ -84,6 +84,9 @@ class ExporterStats:
     (each one is counted and logged). ``export_errors``: failed export calls. ``queued`` /
     ``in_flight``: in memory now. ``spill_refused``: spill files never replayed because another
     user owns them (or their directory), or others can write to them (each is logged).
+    ``spill_lost_frames`` / ``spill_lost_spans``: spill frames given up on replay because they were
+    damaged (a flipped byte, a torn write), and the spans their headers say they held (a damaged
+    header does not say; each loss is logged with the file and byte range).
     """
 
     recorded: int = 0
@@ -98,6 +101,8 @@ class ExporterStats:
     breaker_state: str = "closed"
     exporter: str = ""
     spill_refused: int = 0
+    spill_lost_frames: int = 0
+    spill_lost_spans: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +380,8 @@ def get_stats() -> ExporterStats:
         breaker_state=breaker.state,
         exporter=repr(p.exporter),
         spill_refused=c.spill_refused,
+        spill_lost_frames=c.spill_lost_frames,
+        spill_lost_spans=c.spill_lost_spans,
     )
 
 

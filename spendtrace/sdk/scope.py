@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-import math
 import operator
 import threading
 import time
@@ -24,7 +23,7 @@ from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
 
-from spendtrace.schema import MAX_KEY_LEN, MAX_NAME_LEN, UNATTRIBUTED, Span, UsageItem
+from spendtrace.schema import MAX_KEY_LEN, MAX_NAME_LEN, MAX_UNITS, UNATTRIBUTED, Span, UsageItem
 from spendtrace.sdk import clock as _clock
 from spendtrace.sdk import config as _config  # noqa: F401 - installs the default configuration hook
 from spendtrace.sdk import pipeline as _pipeline
@@ -728,7 +727,10 @@ class track_request:
 
 # --------------------------------------------------------------------------- add_api_call
 
-_INF = math.inf
+#: ``MAX_UNITS`` is 2**44 - 1, so ``a | b | ... <= _MAX_UNITS`` holds exactly when each of a, b, ... does.
+_MAX_UNITS: Final = MAX_UNITS
+#: the same bound as a float, for ``count`` / ``gb_seconds`` (NaN and inf fail it)
+_MAX_UNITS_F: Final = float(MAX_UNITS)
 _ZERO: Final = 0
 _ZERO_F: Final = 0.0
 
@@ -749,7 +751,8 @@ def add_api_call(
     """Record one API call's usage (``key`` is a price key, e.g. ``"dynamodb_read"``) on the current span.
 
     Outside any span the usage becomes an ``__unattributed__`` span, so nothing is lost. Token and
-    byte counts are non-negative ints; ``count`` and ``gb_seconds`` are finite non-negative numbers.
+    byte counts are ints and ``count`` and ``gb_seconds`` numbers, all between 0 and
+    ``spendtrace.schema.MAX_UNITS`` (about 1.8e13, what the stores' 64-bit sums can hold).
     Anything else raises ``TypeError`` / ``ValueError`` here, before it reaches the exporter.
     """
     # Fast acceptance of the common shapes (defaults are the cached 0 / 0.0 / "" objects in CPython);
@@ -760,13 +763,13 @@ def add_api_call(
             and cache_write_tokens is _ZERO and cache_write_1h_tokens is _ZERO and bytes is _ZERO)
             or (int is type(input_tokens) is type(output_tokens) is type(cache_read_tokens) is type(cache_write_tokens)
             is type(cache_write_1h_tokens) is type(bytes)
-            and (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | cache_write_1h_tokens
-                 | bytes) >= 0)
+            and 0 <= (input_tokens | output_tokens | cache_read_tokens | cache_write_tokens | cache_write_1h_tokens
+                 | bytes) <= _MAX_UNITS)
         )
         and type(key) is str and 0 < len(key) <= MAX_KEY_LEN
-        and (type(count) is int or type(count) is float) and 0 <= count < _INF
+        and (type(count) is int or type(count) is float) and 0 <= count <= _MAX_UNITS_F
         and (gb_seconds is _ZERO_F
-             or ((type(gb_seconds) is float or type(gb_seconds) is int) and 0 <= gb_seconds < _INF))
+             or ((type(gb_seconds) is float or type(gb_seconds) is int) and 0 <= gb_seconds <= _MAX_UNITS_F))
         and (service == "" or (type(service) is str and len(service) <= 64))
     ):  # fmt: skip
         _check_name(key, "key", MAX_KEY_LEN)
@@ -793,8 +796,8 @@ def add_api_call(
 def _check_units(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{what} must be a number, got {type(value).__name__}")
-    if not (0 <= value < _INF):
-        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    if not (0 <= value <= _MAX_UNITS_F):
+        raise ValueError(f"{what} must be a finite number between 0 and {_MAX_UNITS}, got {value!r}")
     return float(value)
 
 
@@ -806,8 +809,8 @@ def _check_tokens(value: object, what: str) -> int:
             value = operator.index(value)  # type: ignore[arg-type]
         except TypeError:
             raise TypeError(f"{what} must be an int, got {type(value).__name__}") from None
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
+    if not 0 <= value <= _MAX_UNITS:
+        raise ValueError(f"{what} must be between 0 and {_MAX_UNITS}, got {value}")
     return int(value)
 
 

@@ -49,6 +49,8 @@ class FakeConsumer:
         self.commits: list[dict[TopicPartition, int]] = []
         self.fail_commit = False
         self.log: list[str] | None = None
+        #: partitions whose committed offset Kafka no longer has (a broker restarted empty)
+        self.forgotten: set[TopicPartition] = set()
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
         return self.chunks.pop(0) if self.chunks else {}
@@ -61,6 +63,9 @@ class FakeConsumer:
 
     async def position(self, tp: TopicPartition) -> int:
         return 0
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return None if tp in self.forgotten else 1
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if self.log is not None:
@@ -157,6 +162,30 @@ async def test_seek_puts_each_partition_at_the_stored_offset_or_the_beginning() 
     assert consumer.seeks == [(P0, 40)]
     assert consumer.to_beginning == [P1]
     assert stats.rebalances == 1 and cp.generation > before
+
+
+async def test_seek_rereads_a_partition_kafka_has_forgotten(caplog: pytest.LogCaptureFixture) -> None:
+    """Step 5: a stored offset Kafka holds no commit for (its log is gone) is not trusted: re-read, counted, logged."""
+    log: list[str] = []
+    consumer = FakeConsumer()
+    consumer.forgotten = {P1}
+    cp, _, stats = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 40, 1: 70}), log)
+    await cp.seek([P0, P1])
+    assert consumer.seeks == [(P0, 40)] and consumer.to_beginning == [P1]
+    assert stats.offset_resets == 1
+    assert "partition 1 of t: the store has read it up to offset 70" in caplog.text
+
+
+async def test_records_below_the_stored_offset_after_the_first_batch_are_a_reset_not_duplicates() -> None:
+    """Step 1: once a partition was verified, records going back (an out-of-range reset) are read, and counted."""
+    values = [encode_span(s) for s in make_spans(30, seed=2)]
+    consumer = FakeConsumer([{P0: _records(10, values[:10])}, {P0: _records(0, values[10:30])}])
+    log: list[str] = []
+    cp, _, stats = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 10}), log, batch_size=10)
+    await cp.seek([P0])
+    assert [r.offset for r in (await cp.fetch()).records[P0]] == list(range(10, 20))
+    assert [r.offset for r in (await cp.fetch()).records[P0]] == list(range(0, 20))
+    assert stats.offset_resets == 1
 
 
 async def test_fetch_takes_only_records_continuing_where_the_store_ends() -> None:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from support import json_export, post
@@ -28,7 +29,9 @@ def test_the_command_serves_and_writes_the_store(tmp_path: Path) -> None:
             line = proc.stdout.readline()
             url = re.search(r"http://\S+/v1/traces", line)
             assert url, f"no URL in {line!r}"
+            now = str(time.time_ns())  # a span dated 0 (1970) is a dead letter
             span = {"traceId": "44444444444444444444444444444444", "spanId": "4444444444444444", "name": "x",
+                    "startTimeUnixNano": now, "endTimeUnixNano": now,
                     "attributes": [{"key": "spendtrace.feature", "value": {"stringValue": "cli"}}]}  # fmt: skip
             status, _, body = post(url.group(0), json_export([span]), "application/json")
             assert status == 200 and "partialSuccess" not in json.loads(body)

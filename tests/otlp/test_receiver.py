@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,8 +55,9 @@ def test_without_baggage_spans_inherit_from_ancestors_in_the_same_export(
 
 def test_malformed_bodies_get_400_and_nothing_accepted_is_lost(store_receiver: Receiver, db_path: Path) -> None:
     """Garbage answers 400 with a reason, a wrong type 415; good spans before and after are all stored once."""
+    now = time.time_ns()  # within the raw retention, which the local store applies between batches
     good = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331", "name": "a",
-            "startTimeUnixNano": "1793620800000000000", "endTimeUnixNano": "1793620800100000000"}  # fmt: skip
+            "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 10**8)}  # fmt: skip
     status, _, _ = post(store_receiver.url, json_export([good]), "application/json", gzip_it=True)
     assert status == 200
     status, headers, body = post(store_receiver.url, b"\x0a\xff\xff\xff", "application/x-protobuf")
@@ -132,8 +134,9 @@ class _GatedSink:
 def test_back_pressure_answers_429_with_retry_after(db_path: Path) -> None:
     """Over max_pending spans in flight, an export is refused with 429 + Retry-After; retried later, it is stored."""
     sink = _GatedSink(db_path)
-    first = {"traceId": "11111111111111111111111111111111", "spanId": "1111111111111111", "name": "first"}
-    second = {"traceId": "22222222222222222222222222222222", "spanId": "2222222222222222", "name": "second"}
+    at = {"startTimeUnixNano": str(time.time_ns()), "endTimeUnixNano": str(time.time_ns())}  # 0 is a dead letter
+    first = {"traceId": "11111111111111111111111111111111", "spanId": "1111111111111111", "name": "first", **at}
+    second = {"traceId": "22222222222222222222222222222222", "spanId": "2222222222222222", "name": "second", **at}
     with Receiver(sink, port=0, max_pending=1) as receiver:
         results: list[int] = []
         t = threading.Thread(target=lambda: results.append(post(receiver.url, json_export([first]),

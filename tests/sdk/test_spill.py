@@ -82,25 +82,66 @@ def test_size_bound_raises_spill_full(tmp_path: Path) -> None:
     assert store.write(spans) > 0
 
 
-def test_torn_tail_is_ignored_and_corrupt_frame_set_aside(tmp_path: Path) -> None:
-    """A torn last frame (crash mid-write) ends the file; a frame with a bad CRC moves the file aside as .corrupt."""
+def test_torn_tail_ends_the_file_and_is_counted(tmp_path: Path) -> None:
+    """A torn last frame (crash mid-write) ends the file; the frames before it are replayed, the loss counted."""
     store = SpillStore(tmp_path)
     store.write(make_spans(2, "ok"))
     store.close()
     (path,) = tmp_path.glob("spill-*.spill")
     with path.open("ab") as f:
         f.write(struct.pack(">III", 1000, 0, 5) + b"\x93partial")
-    assert [s.span_id for s in drain(SpillStore(tmp_path))] == ["ok0", "ok1"]
+    reader = SpillStore(tmp_path)
+    assert [s.span_id for s in drain(reader)] == ["ok0", "ok1"]
+    assert (reader.lost_frames, reader.lost_spans) == (1, 0)  # a torn header's count is not trusted
+    assert not list(tmp_path.iterdir())
 
+
+def _three_frames(tmp_path: Path) -> tuple[Path, list[int]]:
     store = SpillStore(tmp_path)
-    store.write(make_spans(1, "bad"))
+    starts = [0]
+    for b in range(3):
+        starts.append(starts[-1] + store.write(make_spans(3, f"f{b}-")))
     store.close()
     (path,) = tmp_path.glob("spill-*.spill")
+    return path, starts
+
+
+@pytest.mark.parametrize("where", ["payload", "length", "crc"])
+def test_one_flipped_byte_loses_only_its_frame(tmp_path: Path, where: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A flipped byte anywhere in the middle frame (its header included) costs that frame only; the loss is logged."""
+    path, starts = _three_frames(tmp_path)
     raw = bytearray(path.read_bytes())
-    raw[-1] ^= 0xFF
+    raw[starts[1] + {"length": 1, "crc": 5, "payload": 20}[where]] ^= 0x5A
     path.write_bytes(bytes(raw))
-    assert drain(SpillStore(tmp_path)) == []
-    assert list(tmp_path.glob("*.corrupt"))
+    reader = SpillStore(tmp_path)
+    assert [s.span_id for s in drain(reader)] == ["f0-0", "f0-1", "f0-2", "f2-0", "f2-1", "f2-2"]
+    assert reader.lost_frames == 1
+    # the span count is known when the damaged frame's header still leads to the next good frame
+    assert reader.lost_spans == (0 if where == "length" else 3)
+    assert "damaged frame" in caplog.text and f"bytes {starts[1]}-{starts[2]}" in caplog.text
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_span_failing_the_wire_schema_is_replayed_unchecked_not_dropped_with_its_frame(tmp_path: Path) -> None:
+    """The frame's other spans come back validated; the bad one comes back as written, for the destination to name."""
+    good = make_spans(3, "g")
+    bad = Span(span_id="bad", parent_id=None, request_id="r", feature="f", start_ns=2**63)
+    store = SpillStore(tmp_path)
+    store.write([good[0], bad, *good[1:]])
+    store.close()
+    reader = SpillStore(tmp_path)
+    assert drain(reader) == [good[0], bad, *good[1:]]
+    assert reader.lost_frames == reader.lost_spans == 0
+
+
+def test_leftover_files_count_toward_the_size_bound(tmp_path: Path) -> None:
+    """``.corrupt`` files of older versions and stray temp files are part of what ``max_bytes`` bounds."""
+    (tmp_path / "spill-00000000000000000001-1-000001.corrupt").write_bytes(b"x" * 300)
+    (tmp_path / "spill-00000000000000000001-1-000002.spill.tmp").write_bytes(b"x" * 60)
+    store = SpillStore(tmp_path, max_bytes=400)
+    assert store.bytes_on_disk() == 360
+    with pytest.raises(SpillFull):
+        store.write(make_spans(1, "x"))
 
 
 def test_progress_survives_a_new_store(tmp_path: Path) -> None:
@@ -281,5 +322,35 @@ def test_refused_spill_files_show_in_the_exporter_stats(tmp_path: Path) -> None:
         stats = spendtrace.get_stats()
         assert stats.spill_refused == 1 and stats.replayed == 0
         assert not [s for s in exporter.spans if s.span_id.startswith("planted-")]
+    finally:
+        spendtrace.shutdown()
+
+
+def test_a_damaged_frame_shows_in_the_exporter_stats_and_metrics(tmp_path: Path) -> None:
+    """The app's exporter replays the good frames around a damaged one; get_stats() and the metric count the loss."""
+    import prometheus_client
+
+    import spendtrace
+    from spendtrace import InMemoryExporter
+    from spendtrace.sdk.metrics import register_sdk_metrics
+
+    path, starts = _three_frames(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[starts[1] + 20] ^= 0x01
+    path.write_bytes(bytes(raw))
+    exporter = InMemoryExporter()
+    spendtrace.configure(exporter=exporter, spill_dir=tmp_path, max_delay=0.01)
+    try:
+        deadline = time.monotonic() + 30
+        while spendtrace.get_stats().replayed < 6:
+            assert time.monotonic() < deadline, f"the good frames were not replayed: {spendtrace.get_stats()}"
+            time.sleep(0.01)
+        stats = spendtrace.get_stats()
+        assert (stats.spill_lost_frames, stats.spill_lost_spans) == (1, 3)
+        assert sorted(s.span_id for s in exporter.spans) == ["f0-0", "f0-1", "f0-2", "f2-0", "f2-1", "f2-2"]
+        registry = prometheus_client.CollectorRegistry()
+        register_sdk_metrics(registry)
+        assert registry.get_sample_value("spendtrace_exporter_spill_lost_spans_total") == 3
+        assert registry.get_sample_value("spendtrace_exporter_spill_lost_frames_total") == 1
     finally:
         spendtrace.shutdown()

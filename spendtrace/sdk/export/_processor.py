@@ -62,6 +62,8 @@ class Counters:
     queued: int
     in_flight: int
     spill_refused: int = 0
+    spill_lost_frames: int = 0
+    spill_lost_spans: int = 0
 
 
 class _RateLimited:
@@ -308,7 +310,8 @@ class BatchProcessor:
                 self._current = None
                 self._settle(start)
             if delivered and self.replay_enabled and not self._stopping and self.spill.has_backlog():
-                self._replay_one()  # under steady traffic, replay one frame per fresh batch
+                self._drain_spill()
+                self._replaying = self.spill.has_backlog()  # more left: go round again without waiting
             return True
         if self._stopping:
             return True
@@ -343,6 +346,22 @@ class BatchProcessor:
         with self._cond:
             self._exported += len(batch)
         return True
+
+    def _drain_spill(self) -> None:
+        """After a fresh batch went out: replay spill frames until fresh spans need the worker again.
+
+        That is, while less than a batch waits in memory and no ``flush`` waits for those spans, for
+        at most ``max_delay`` (at least one frame). So a backlog drains at the destination's speed
+        between fresh batches, not one frame per fresh batch (one per ``max_delay`` under light
+        traffic, which left a 2-minute outage's spill waiting for minutes).
+        """
+        deadline = time.monotonic() + self.max_delay
+        q = self._queue
+        while self._replay_one():
+            if self._stopping or len(q) >= self.batch_size or (self._flush_waiters and q):
+                return
+            if time.monotonic() >= deadline:
+                return
 
     def _replay_one(self) -> int:
         breaker = self._breaker_now()
@@ -470,6 +489,8 @@ class BatchProcessor:
                 queued=queued,
                 in_flight=in_flight,
                 spill_refused=self.spill.refused,
+                spill_lost_frames=self.spill.lost_frames,
+                spill_lost_spans=self.spill.lost_spans,
             )
 
 

@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import stat
 import struct
 import threading
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import msgspec
 
-from spendtrace.schema import Span, decode_spans
+from spendtrace.schema import Span, UsageItem, decode_span, decode_spans
 
 __all__ = ["SpillFull", "SpillStore", "SpillUntrusted"]
 
@@ -47,6 +48,33 @@ _HEADER = struct.Struct(">III")
 _PREFIX = "spill-"
 _SUFFIX = ".spill"
 _encoder = msgspec.msgpack.Encoder()
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_any = msgspec.msgpack.Decoder()
+#: where a frame's payload (a msgpack array: fixarray, array16, array32) may start
+_ARRAY_MARKER = re.compile(rb"[\x90-\x9f\xdc\xdd]")
+
+
+def _unchecked_span(raw: msgspec.Raw) -> Span | None:
+    """``raw`` as a ``Span``: validated when it passes the wire schema, else built field by field unchecked."""
+    try:
+        return decode_span(raw)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.MsgspecError:
+        return None
+    try:
+        fields = _any.decode(raw)
+        if not isinstance(fields, list):
+            return None
+        del fields[len(Span.__struct_fields__) :]  # fields a newer SDK appended: ignored, as decoding does
+        if len(fields) > 12 and isinstance(fields[12], list):
+            n = len(UsageItem.__struct_fields__)
+            fields[12] = tuple(UsageItem(*u[:n]) if isinstance(u, list) else u for u in fields[12])
+        if len(fields) > 14 and isinstance(fields[14], list):
+            fields[14] = tuple(fields[14])
+        return Span(*fields)
+    except (TypeError, msgspec.MsgspecError):
+        return None
 
 
 class SpillFull(OSError):
@@ -128,6 +156,8 @@ class SpillStore:
         self._next_scan = 0.0
         self._refused: set[str] = set()  # spill files never to replay (untrusted), by name
         self.refused = 0  # spill files refused (each counted once)
+        self.lost_frames = 0  # frames given up on replay (damaged, torn, undecodable)
+        self.lost_spans = 0  # spans known to be in them (a damaged header does not say how many)
         self._dir_refusal: str | None = None  # the last reason the directory was refused, logged once
 
     # ---- writing -------------------------------------------------------------------------
@@ -243,14 +273,21 @@ class SpillStore:
         log.error("spendtrace: refusing to replay spill file %s: %s (left in place, not exported)", path, reason)
 
     def _scan_bytes(self) -> int:
+        """Bytes of every ``spill-*`` file in the directory: spill files, and also ``.pos`` / ``.tmp`` leftovers and
+        ``.corrupt`` files set aside by older versions, so that nothing grows past ``max_bytes`` unseen."""
         total = 0
-        for p in self._list():
-            with contextlib.suppress(OSError):
-                total += p.stat().st_size
+        try:
+            with os.scandir(self.directory) as entries:
+                for e in entries:
+                    if e.name.startswith(_PREFIX):
+                        with contextlib.suppress(OSError):
+                            total += e.stat(follow_symlinks=False).st_size
+        except OSError:
+            return 0
         return total
 
     def bytes_on_disk(self) -> int:
-        """Bytes currently held by spill files in the directory (all processes)."""
+        """Bytes currently held by ``spill-*`` files in the directory (all processes, every suffix)."""
         return self._scan_bytes()
 
     def has_backlog(self) -> bool:
@@ -353,25 +390,101 @@ class SpillStore:
             log.debug("could not record replay progress for %s", cur.path, exc_info=True)
 
     def _read_frame(self, cur: _Cursor) -> tuple[list[Span] | None, int]:
+        """The frame at ``cur.offset``: (its spans, the offset after it); (None, _) past the file's last good frame.
+
+        A frame that does not check out (a flipped byte: bad CRC, or a header whose length runs past
+        the end) costs only itself: replay goes on at the next frame that checks out, and the loss
+        is logged and counted (``lost_frames``, ``lost_spans``). Nothing valid after it means a torn
+        tail (a crash mid-write) or damage in the last frame: the file ends there.
+        """
         head = os.pread(cur.fd, _HEADER.size, cur.offset)
         if len(head) < _HEADER.size:
+            if head:
+                self._lose(cur, cur.offset, cur.size, None, "a torn frame header at the end")
             return None, cur.offset
-        length, crc, _count = _HEADER.unpack(head)
-        payload = os.pread(cur.fd, length, cur.offset + _HEADER.size)
-        if len(payload) < length:
-            log.warning("spill file %s ends in a torn frame at byte %d; ignoring its tail", cur.path, cur.offset)
-            return None, cur.offset
+        length, crc, count = _HEADER.unpack(head)
         end = cur.offset + _HEADER.size + length
-        if zlib.crc32(payload) != crc:
-            log.error("spill file %s has a corrupt frame at byte %d; set aside as .corrupt", cur.path, cur.offset)
-            with contextlib.suppress(OSError):
-                os.replace(cur.path, cur.path.with_suffix(".corrupt"))
+        if end <= cur.size:
+            payload = os.pread(cur.fd, length, cur.offset + _HEADER.size)
+            if zlib.crc32(payload) == crc:
+                return self._decode(cur, payload, count), end
+        nxt = end if end == cur.size or (end < cur.size and self._valid_at(cur, end)) else self._resync(cur)
+        if nxt is None:
+            self._lose(cur, cur.offset, cur.size, count if end == cur.size else None, "a damaged or torn last frame")
             return None, cur.offset
+        self._lose(cur, cur.offset, nxt, count if nxt == end else None, "a damaged frame (CRC mismatch)", more=True)
+        return [], nxt
+
+    def _valid_at(self, cur: _Cursor, offset: int) -> bool:
+        """Whether a frame that checks out (length within the file, CRC) starts at ``offset``."""
+        head = os.pread(cur.fd, _HEADER.size, offset)
+        if len(head) < _HEADER.size:
+            return False
+        length, crc, count = _HEADER.unpack(head)
+        if not 0 < count <= length or offset + _HEADER.size + length > cur.size:
+            return False
+        return bool(zlib.crc32(os.pread(cur.fd, length, offset + _HEADER.size)) == crc)
+
+    def _resync(self, cur: _Cursor) -> int | None:
+        """Offset of the first frame after ``cur.offset`` that checks out, or None.
+
+        Candidates are found in C (a msgpack array marker where a payload would start), then checked:
+        plausible header, marker matching the header's span count, CRC.
+        """
+        start = cur.offset + 1
+        data = os.pread(cur.fd, cur.size - start, start)
+        n = len(data)
+        for m in _ARRAY_MARKER.finditer(data, _HEADER.size):
+            p = m.start() - _HEADER.size
+            length, crc, count = _HEADER.unpack_from(data, p)
+            if not 0 < count <= length or p + _HEADER.size + length > n:
+                continue
+            marker = data[m.start()]
+            if marker != (0x90 | count if count < 16 else 0xDC if count < 65536 else 0xDD):
+                continue
+            if zlib.crc32(data[p + _HEADER.size : p + _HEADER.size + length]) == crc:
+                return start + p
+        return None
+
+    def _lose(self, cur: _Cursor, start: int, end: int, spans: int | None, what: str, *, more: bool = False) -> None:
+        """Count and log one frame given up (``spans``: how many it held, None when its header is not trustworthy)."""
+        self.lost_frames += 1
+        self.lost_spans += spans or 0
+        log.error(
+            "spendtrace: spill file %s has %s at bytes %d-%d: %s spans lost (%s)",
+            cur.path,
+            what,
+            start,
+            end,
+            "an unknown number of" if spans is None else spans,
+            "replay goes on at the next good frame" if more else "the file's good frames before it were replayed",
+        )
+
+    def _decode(self, cur: _Cursor, payload: bytes, count: int) -> list[Span]:
+        """The spans of a frame that checked out; a span that fails the wire schema is kept unchecked.
+
+        The destination then names what is wrong with it (the local store keeps it as a dead letter
+        with the reason, the consumers do the same), instead of the whole frame being skipped.
+        """
         try:
-            return decode_spans(payload), end
+            return decode_spans(payload)
         except msgspec.MsgspecError:
-            log.error("spill file %s has an undecodable frame at byte %d; skipping it", cur.path, cur.offset)
-            return [], end
+            pass
+        try:
+            raws = _raw_list.decode(payload)
+        except msgspec.MsgspecError:
+            end = cur.offset + _HEADER.size + len(payload)
+            self._lose(cur, cur.offset, end, count, "an undecodable frame", more=True)
+            return []
+        spans: list[Span] = []
+        for raw in raws:
+            span = _unchecked_span(raw)
+            if span is None:
+                self.lost_spans += 1
+                log.error("spendtrace: spill file %s: undecodable span in the frame at byte %d", cur.path, cur.offset)
+            else:
+                spans.append(span)
+        return spans
 
     def _finish(self, cur: _Cursor) -> None:
         """Delete a fully replayed file (then release its lock)."""

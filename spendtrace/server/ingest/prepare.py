@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
-from spendtrace.schema import Span, UsageItem
+from spendtrace.schema import MAX_DURATION_NS, MAX_TIME_NS, MAX_UNITS, MAX_WEIGHT, Span, UsageItem
 from spendtrace.server.model.ingest import SPAN_COLUMNS, BatchSummary, PreparedBatch
 from spendtrace.server.pricing import (
     LAMBDA_COMPUTE_KEY,
@@ -51,11 +51,23 @@ from spendtrace.server.pricing import (
 )
 from spendtrace.server.pricing._entry import guess_service
 
-__all__ = ["SPAN_COLUMNS", "BatchSummary", "PreparedBatch", "prepare_batch"]
+__all__ = ["MAX_SPAN_COST_NANO", "SPAN_COLUMNS", "BatchSummary", "PreparedBatch", "prepare_batch", "prepare_isolating"]
 
 _json = msgspec.json.Encoder()
-#: Largest sample weight accepted (a sample rate of 1e-12); infinite weights would poison every sum.
-_MAX_WEIGHT = 1e12
+_MAX_WEIGHT = MAX_WEIGHT
+#: Largest weighted cost of one span, nano-dollars ($1,000,000): no single call costs that, and a
+#: batch of 9,000 such spans still sums within the stores' 64-bit integers.
+MAX_SPAN_COST_NANO = 10**15
+#: Largest value a 64-bit integer column (SQLite INTEGER, ClickHouse Int64) holds.
+_INT64_MAX = 2**63 - 1
+_UNIT_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "bytes",
+)
 
 
 class _UsageOut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -158,8 +170,7 @@ def _price_memo(
 
 def _price(book: PriceBook, item: UsageItem, pk: str, seg: int, w: float, since: int) -> _Priced:
     """(unweighted cost or None, weighted cost, service, usage JSON fragment, ``since``) of one item."""
-    if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
-        raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
+    _check_units(item)
     entry = book.entry_at(pk, seg)
     if entry is None:
         c, ver, svc = None, "", item.service or guess_service(item.key)
@@ -169,6 +180,41 @@ def _price(book: PriceBook, item: UsageItem, pk: str, seg: int, w: float, since:
         ver, svc = entry.version, item.service or entry.service
     wc = 0 if c is None else weighted_cost(w, c)
     return c, wc, svc, _item_json(item, svc, c, wc, ver), since, pk
+
+
+def _check_units(item: UsageItem) -> None:
+    """Raise ``ValueError`` unless every unit of ``item`` is within the wire schema's storable bounds.
+
+    Spans built in-process (local mode) are never decoded, so the schema's bounds are checked here
+    too; an item is checked once per price memo, since the memo is keyed by the item itself.
+    """
+    if not (math.isfinite(item.count) and math.isfinite(item.gb_seconds)):
+        raise ValueError(f"usage {item.key!r} has non-finite units (count={item.count}, gb_seconds={item.gb_seconds})")
+    for name in ("count", "gb_seconds", *_UNIT_FIELDS):
+        v = getattr(item, name)
+        if not 0 <= v <= MAX_UNITS:
+            raise ValueError(f"usage {item.key!r} has {name}={v}; expected 0 <= {name} <= {MAX_UNITS}")
+
+
+def _check_span(s: Span) -> None:
+    """Raise ``ValueError`` naming the first time field of ``s`` outside what the stores can hold."""
+    for name, v, hi in (
+        ("start_ns", s.start_ns, MAX_TIME_NS),
+        ("duration_ns", s.duration_ns, MAX_DURATION_NS),
+        ("cpu_ns", s.cpu_ns, MAX_DURATION_NS),
+        ("lambda_memory_mb", s.lambda_memory_mb, 1_048_576),
+    ):
+        if not 0 <= v <= hi:
+            raise ValueError(f"span {s.span_id!r} has {name}={v}; expected 0 <= {name} <= {hi}")
+
+
+def _check_totals(total_cost: int, unpriced: dict[tuple[str, str, str], list[Any]]) -> None:
+    """Raise ``ValueError`` if a sum of the batch no longer fits a 64-bit integer column."""
+    if total_cost > _INT64_MAX:
+        raise ValueError(f"the batch's cost {total_cost} nano-dollars overflows a 64-bit integer")
+    for (key, _, _), u in unpriced.items():
+        if max(u[2], u[3], u[4]) > _INT64_MAX:
+            raise ValueError(f"the batch's unpriced {key!r} units overflow a 64-bit integer")
 
 
 def _path_info(path: tuple[str, ...], feature: str) -> tuple[str, tuple[str, ...]]:
@@ -204,9 +250,10 @@ _usage_cache: dict[tuple[str, ...], str] = {}
 def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
     """Price ``spans`` with ``book`` and compute every row and delta to store (pure, no I/O).
 
-    Repeated ``span_id``s within the batch keep their first occurrence. A span with non-finite units
-    or an infinite weight (which the wire schema's ``>= 0`` / ``>= 1`` bounds let through) raises
-    ``ValueError``, so the caller can dead-letter it instead of poisoning the totals.
+    Repeated ``span_id``s within the batch keep their first occurrence. A span the stores cannot
+    hold raises ``ValueError`` naming it, so the caller can dead-letter it instead of failing the
+    whole write: non-finite units or weight, a value outside the wire schema's bounds (spans made
+    in-process are never decoded), a cost above ``MAX_SPAN_COST_NANO``, or batch sums past 64 bits.
     """
     seen: set[str] = set()
     seen_add = seen.add
@@ -248,6 +295,8 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         w = s.weight
         if w != 1.0 and not 1.0 <= w <= _MAX_WEIGHT:
             raise ValueError(f"span {s.span_id!r} has weight {w}; expected 1 <= weight <= {_MAX_WEIGHT:g}")
+        if not (0 <= t <= MAX_TIME_NS and s.duration_ns <= MAX_DURATION_NS and s.cpu_ns <= MAX_DURATION_NS):
+            _check_span(s)
         feature = s.feature
         parent = s.parent_id
         mb = t // 60_000_000_000 * 60
@@ -297,6 +346,11 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
                 r[0] += wc
                 if per_svc is not None:
                     per_svc[svc] = per_svc.get(svc, 0) + c
+        if cost > MAX_SPAN_COST_NANO:
+            raise ValueError(
+                f"span {s.span_id!r} costs {cost} nano-dollars (weighted); the most one span may cost is "
+                f"{MAX_SPAN_COST_NANO} (${MAX_SPAN_COST_NANO // 10**9:,})"
+            )
         var = 0.0
         if per_svc is not None:
             k = w * (w - 1.0)
@@ -408,6 +462,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             q[8] += n_unpriced
             q[9] += var
 
+    _check_totals(total_cost, unpriced_d)
     minute = {(*dims, svc): r for dims, group in groups.items() for svc, r in group.items()}
     loaded_min: dict[tuple[int, str], list[Any]] = {}
     for mb, lm in loaded_by_min.items():
@@ -448,6 +503,44 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
         summary=summary,
         heads=heads,
     )
+
+
+def prepare_isolating(spans: Sequence[Span], book: PriceBook) -> tuple[PreparedBatch, list[tuple[int, str]]]:
+    """``prepare_batch`` of every span that can be priced and stored, and why the others cannot.
+
+    Returns the batch of the good spans and ``(index in spans, reason)`` for each span left out
+    (``cannot be stored: span 'x' has start_ns=...``; ``pricing failed: ...`` for any other error),
+    so one bad span costs only itself. Spans each fine alone whose sums would pass 64 bits
+    (thousands of $1M spans in one batch) keep the longest prefix that fits.
+    """
+    try:
+        return prepare_batch(spans, book), []
+    except Exception:  # find the span(s) responsible below
+        pass
+    rejected: list[tuple[int, str]] = []
+    good: list[int] = []
+    for i, s in enumerate(spans):
+        try:
+            prepare_batch([s], book)
+        except Exception as exc:
+            what = "cannot be stored" if isinstance(exc, ValueError) else "pricing failed"
+            rejected.append((i, f"{what}: {exc}"))
+        else:
+            good.append(i)
+    try:
+        return prepare_batch([spans[i] for i in good], book), rejected
+    except ValueError as exc:
+        lo, hi = min(1, len(good)), len(good)  # good[:lo] prepares together; good[:hi + 1] may not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                prepare_batch([spans[i] for i in good[:mid]], book)
+            except ValueError:
+                hi = mid - 1
+            else:
+                lo = mid
+        rejected.extend((i, f"cannot be stored: {exc}; left out of its batch") for i in good[lo:])
+        return prepare_batch([spans[i] for i in good[:lo]], book), sorted(rejected)
 
 
 def _add_unpriced(

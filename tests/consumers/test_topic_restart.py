@@ -1,0 +1,103 @@
+"""A topic that restarts empty under a worker (issue #15, item 1), on the real embedded broker restarted empty.
+
+Before: the worker sought to the offsets stored in the database, above the new log's end, and every new
+message below them was treated as already stored (lost, with no log line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from consumers.config import WorkerConfig
+from consumers.testing import make_spans, produce_spans, stored_offsets, wait_for
+from consumers.worker import Worker
+from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.pricing import PriceBook
+from spendtrace.server.store.sqlite._ingest import prepare_batch
+
+
+def _config(broker: EmbeddedBroker, topic: str, db: Path) -> WorkerConfig:
+    return WorkerConfig(
+        bootstrap=broker.bootstrap,
+        db_path=str(db),
+        group_id=f"{topic}-g",
+        session_timeout_ms=2_000,
+        heartbeat_interval_ms=400,
+        topic=topic,
+        dlq_topic=f"{topic}.dlq",
+        alerts_topic=f"{topic}.alerts",
+        partitions=3,
+        batch_size=200,
+    )
+
+
+def _spans_stored(db: Path) -> tuple[int, int]:
+    with sqlite3.connect(db) as conn:
+        n, cost = conn.execute("SELECT count(*), coalesce(sum(cost_nano), 0) FROM spans").fetchone()
+    return int(n), int(cost)
+
+
+async def _run_until_stored(cfg: WorkerConfig, ends: dict[int, int]) -> Worker:
+    worker = Worker(cfg)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: task.done() or stored_offsets(cfg.db_path, cfg.group_id, cfg.topic) == ends, 90,
+                       f"the worker to store offsets {ends}")  # fmt: skip
+        assert not task.done(), "the worker stopped"
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 60)
+    return worker
+
+
+async def test_a_broker_restarted_empty_is_detected_and_its_new_log_read_from_the_beginning(
+    own_broker: EmbeddedBroker, topic_name: str, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the restart every new span is stored (none skipped below the old offsets), each partition's reset is
+    an ERROR line and counted in ``offset_resets``, and the spans of the first log are not counted twice."""
+    cfg = _config(own_broker, topic_name, db_path)
+    first = make_spans(900, seed=40)
+    ends = await produce_spans(own_broker.bootstrap, topic_name, first, partitions=3)
+    await _run_until_stored(cfg, ends)
+    old = stored_offsets(cfg.db_path, cfg.group_id, cfg.topic)
+    assert _spans_stored(db_path)[0] == len(first)
+
+    own_broker.restart()  # empty: no topic, no group, no committed offset
+    # Fewer messages than before in every partition: each new log ends below the stored offset...
+    second = make_spans(450, seed=41)
+    ends = await produce_spans(own_broker.bootstrap, topic_name, second, partitions=3)
+    assert all(ends[p] < old[p] for p in ends)
+    caplog.set_level(logging.ERROR, logger="consumers.checkpoint")
+    worker = await _run_until_stored(cfg, ends)
+    # ...and each is read from its beginning: every span of both logs stored once, to the nano-dollar.
+    book = PriceBook.default()
+    assert _spans_stored(db_path) == (len(first) + len(second), prepare_batch(first + second, book).cost_nano)
+    assert worker.stats.offset_resets == 3
+    resets = [r.getMessage() for r in caplog.records if "Re-reading it from offset 0" in r.getMessage()]
+    assert len(resets) == 3 and all("Kafka holds no committed offset" in m for m in resets)
+
+    # A worker joining the group later (Kafka has the new log's commits now) trusts the store again.
+    again = await _run_until_stored(cfg, ends)
+    assert again.stats.offset_resets == 0 and again.stats.spans == 0
+
+
+async def test_a_restarted_log_that_already_grew_past_the_stored_offsets_is_read_whole(
+    own_broker: EmbeddedBroker, topic_name: str, db_path: Path
+) -> None:
+    """The new log outgrew the old offsets before the worker came back: the records below them are read too."""
+    cfg = _config(own_broker, topic_name, db_path)
+    first = make_spans(300, seed=42)
+    await _run_until_stored(cfg, await produce_spans(own_broker.bootstrap, topic_name, first, partitions=3))
+    old = stored_offsets(cfg.db_path, cfg.group_id, cfg.topic)
+    own_broker.restart()
+    second = make_spans(900, seed=43)
+    ends = await produce_spans(own_broker.bootstrap, topic_name, second, partitions=3)
+    assert all(ends[p] > old[p] for p in ends)
+    worker = await _run_until_stored(cfg, ends)
+    assert _spans_stored(db_path)[0] == len(first) + len(second)
+    assert worker.stats.stored == len(second) and worker.stats.offset_resets == 3
