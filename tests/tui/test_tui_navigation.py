@@ -243,6 +243,8 @@ async def test_help_palette_and_mouse(tui_db: Path, make_app) -> None:  # type: 
         await until(pilot, lambda: "Go to Trends" in screen_text(app), "palette hit")
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, TrendsScreen), "trends via palette")
+        # the new screen is current before its tabs are mounted: click once they are there, as a person would
+        await until(pilot, lambda: bool(app.screen.query("Tab#tenants")), "the tabs of the trends screen")
         await pilot.click("Tab#tenants")
         await until(pilot, lambda: isinstance(app.screen, TenantsScreen), "tenants via click")
 
