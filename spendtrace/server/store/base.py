@@ -577,8 +577,17 @@ class DashboardReads(Protocol):
         """The header: totals, last hour, spans and their rate since the previous call, what is left out."""
         ...
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline."""
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline.
+
+        Costliest first (ties by name), one page: ``limit`` values (1..``MAX_PAGE``; None: all) from
+        ``offset`` of those whose name contains ``search`` (case folded for ASCII letters; no wildcards).
+        The snapshot also carries the window's total and value count, so "others" is exact, and how
+        many values matched. A backend reads only the page's values for the per-service, last-hour
+        and fully-loaded figures, so a page costs about the same with 100 or 100,000 values.
+        """
         ...
 
     async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:

@@ -29,6 +29,8 @@ from spendtrace.server.model.dashboard import (
     UnpricedLine,
     build_tree,
     dim_snapshot,
+    fold,
+    page_args,
     trend_snapshot,
     window_start,
 )
@@ -99,30 +101,73 @@ class ClickHouseDashboard:
             errors=int(errors),
         )
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Per-feature / tenant / endpoint spend in ``window``, with last-hour rate and sparkline."""
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Per-feature / tenant / endpoint spend in ``window``, costliest first, with last-hour rate and sparkline.
+
+        One page of ``limit`` values from ``offset`` (None: all) of those whose name contains ``search``
+        (ASCII case folded, as on SQLite); the window's total and value count come with it. The
+        per-service, last-hour and fully-loaded figures are read for the page's values only.
+        """
+        limit, offset = page_args(limit, offset)
         col = _COLUMNS[dimension]
         grain, back = WINDOWS[window]
         now = self._now_s()
         since = window_start(now, grain, back)
-        rows = await self._all(
-            f"SELECT toString({col}) AS k, toString(service) AS sv, sum(cost_nano), sum(calls), sum(spans),"
-            f" sum(errors), sum(unpriced), sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= %s"
-            " GROUP BY k, sv",
-            (since,),
+        needle = fold(search)
+        k = f"toString({col})"
+        src = f"rollup_{grain} WHERE bucket >= %s"
+        where, wargs = ("", []) if not needle else (f" AND position(lower({k}), %s) > 0", [needle])
+        page_sql = (
+            f"SELECT {k} AS k, sum(cost_nano) AS c, sum(calls), sum(spans), sum(errors), sum(unpriced),"
+            f" sum(var_nano2), sum(requests) FROM {src} AND service = ''{where} GROUP BY k ORDER BY c DESC, k"
         )
-        minute = await self._all(
-            f"SELECT toString({col}) AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
-            " AND bucket >= %s GROUP BY k, bucket",
-            (now - HOUR + MINUTE,),
+        page_args_: list[Any] = [since, *wargs]
+        if limit is not None:
+            page_sql += " LIMIT %s OFFSET %s"
+            page_args_ += [limit, offset]
+        elif offset:
+            page_sql += " LIMIT 18446744073709551615 OFFSET %s"
+            page_args_.append(offset)
+        match = "count()" if not needle else "countIf(position(lower(k), %s) > 0)"
+        summary_sql = (
+            f"SELECT count(), sum(c), {match} FROM (SELECT {k} AS k, sum(cost_nano) AS c FROM {src}"
+            " AND service = '' GROUP BY k)"
         )
-        loaded: list[tuple[Any, ...]] = []
-        if dimension == "feature":
-            loaded = await self._all(
-                f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s GROUP BY f",
-                (since,),
+        page, ((n_values, total, matched),) = await asyncio.gather(
+            self._all(page_sql, page_args_), self._all(summary_sql, [*([needle] if needle else []), since])
+        )
+        keys = [r[0] for r in page]
+        only = limit is not None or bool(needle)
+        inside = f" AND {k} IN %s" if only else ""
+        kargs: list[Any] = [tuple(keys)] if only else []
+        if only and not keys:
+            services: list[tuple[Any, ...]] = []
+            minute: list[tuple[Any, ...]] = []
+            loaded: list[tuple[Any, ...]] = []
+        else:
+            services = await self._all(
+                f"SELECT {k} AS k, toString(service) AS sv, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM {src}"
+                f" AND service != ''{inside} GROUP BY k, sv",
+                [since, *kargs],
             )
-        return dim_snapshot(dimension, window, now, rows, minute, loaded)
+            minute = await self._all(
+                f"SELECT {k} AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
+                f" AND bucket >= %s{inside} GROUP BY k, bucket",
+                [now - HOUR + MINUTE, *kargs],
+            )
+            loaded = []
+            if dimension == "feature":
+                lin = " AND toString(feature) IN %s" if only else ""
+                loaded = await self._all(
+                    f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s{lin}"
+                    " GROUP BY f",
+                    [since, *kargs],
+                )
+        rows = [(r[0], "", *r[1:]) for r in page] + services
+        return dim_snapshot(dimension, window, now, rows, minute, loaded, total_nano=int(total or 0),
+                            values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
     async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
         """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""

@@ -32,9 +32,14 @@ from spendtrace.server.model.dashboard import (
     UnpricedLine,
     build_tree,
     dim_snapshot,
+    fold,
+    page_args,
     trend_snapshot,
     window_start,
 )
+
+from spendtrace.server.store.sqlite._dash import ALL_MARKER
+from spendtrace.server.store.sqlite._sql import _SERVICES
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -66,6 +71,7 @@ class SQLiteDashboard:
         self._side: aiosqlite.Connection | None = None
         self._ingest_rate = IngestRate(monotonic or time.monotonic)
         self._dash = False
+        self._dash_all = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -155,49 +161,110 @@ class SQLiteDashboard:
             errors=int(errors),
         )
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Per-feature / tenant / endpoint spend in ``window``, with last-hour rate and sparkline."""
+    async def _has_dash_all(self) -> bool:
+        """Whether ``dash_all`` (the dash rollups summed over every day, kept by triggers) is filled in this file."""
+        if not self._dash_all:
+            self._dash_all = bool((await self._one(f"SELECT count(*) FROM meta WHERE key = '{ALL_MARKER}'"))[0])
+        return self._dash_all
+
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Per-feature / tenant / endpoint spend in ``window``, costliest first, with last-hour rate and sparkline.
+
+        One page of ``limit`` values from ``offset`` (None: all) of those whose name contains ``search``
+        (ASCII case folded); the window's total and value count come with it, so "others" is exact. Only
+        the page's values are read for the per-service, last-hour and fully-loaded figures. On files with
+        the dash rollups: "all" reads ``dash_all`` through its cost index, other windows one
+        primary-key range of ``dash_*``; the last hour reads ``rollup_minute``.
+        """
+        limit, offset = page_args(limit, offset)
         col = _COLUMNS[dimension]
         grain, back = WINDOWS[window]
         now = self._now_s()
         since = window_start(now, grain, back)
         dash = grain != "minute" and await self._has_dash()
+        needle = fold(search)
+        sums = "cost_nano, calls, spans, errors, unpriced, var_nano2, requests"
+        if dash and back == 0 and await self._has_dash_all():
+            key, src, args = "value", "dash_all WHERE dim = ?", [col]
+            page_sql = f"SELECT value, {sums} FROM dash_all WHERE dim = ? AND service = ''"
+            summary = "SELECT count(*), coalesce(sum(cost_nano), 0), {m} FROM dash_all WHERE dim = ? AND service = ''"
+            grouped = False
+        else:
+            key = "value" if dash else col
+            src = f"dash_{grain} WHERE dim = ? AND bucket >= ?" if dash else f"rollup_{grain} WHERE bucket >= ?"
+            args = [col, since] if dash else [since]
+            page_sql = (
+                f"SELECT {key}, " + ", ".join(f"sum({c})" for c in sums.split(", "))
+                + f" FROM {src} AND service = ''"
+            )
+            summary = (
+                "SELECT count(*), coalesce(sum(c), 0), {m} FROM"
+                f" (SELECT {key} AS k, sum(cost_nano) AS c FROM {src} AND service = '' GROUP BY {key})"
+            )
+            grouped = True
+        where, wargs = ("", []) if not needle else (f" AND instr(lower({key}), ?) > 0", [needle])
+        order = " GROUP BY " + key + " ORDER BY sum(cost_nano) DESC, " + key if grouped else (
+            " ORDER BY cost_nano DESC, value"
+        )
+        page = await self._all(
+            page_sql + where + order + " LIMIT ? OFFSET ?", [*args, *wargs, -1 if limit is None else limit, offset]
+        )
+        if not needle:
+            n_values, total, matched = await self._one(summary.format(m="count(*)"), args)
+        else:
+            kk = "value" if not grouped else "k"
+            n_values, total, matched = await self._one(
+                summary.format(m=f"coalesce(sum(instr(lower({kk}), ?) > 0), 0)"), [needle, *args]
+            )
+        keys = [r[0] for r in page]
+        only = limit is not None or bool(needle)  # a page: read the other figures of its values only
+        if only and not keys:
+            return dim_snapshot(dimension, window, now, [], [], [], total_nano=int(total), values=int(n_values),
+                                matched=int(matched), offset=offset, search=search)  # fmt: skip
+        marks = ",".join("?" * len(keys))
 
-        async def window_rows() -> list[tuple[Any, ...]]:
-            if dash:  # one primary-key range per dimension instead of every tenant x endpoint x feature row
-                # totals (service '') with every measure, then per-service cost only: most rows are
-                # per-service, and summing one column there instead of seven halves the query
-                rows = await self._all(
-                    "SELECT value, '', sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-                    f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND service = ''"
-                    " AND bucket >= ? GROUP BY value",
-                    (col, since),
+        async def service_rows() -> list[tuple[Any, ...]]:
+            cost = "cost_nano" if not grouped else "sum(cost_nano)"
+            tail = "" if not grouped else f" GROUP BY service, {key}"
+            if not only:
+                return await self._all(
+                    f"SELECT {key}, service, {cost}, 0, 0, 0, 0, 0, 0 FROM {src} AND service > ''{tail}", args
                 )
-                return rows + await self._all(
-                    f"SELECT value, service, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM dash_{grain}"
-                    " WHERE dim = ? AND service > '' AND bucket >= ? GROUP BY service, value",
-                    (col, since),
-                )
+            svc = ""
+            if dash and grouped:  # name the services, so the (dim, service, value ...) key is sought, not scanned
+                names = [r[0] for r in await self._all(_SERVICES)]
+                if not names:
+                    return []
+                svc = f" AND service IN ({','.join('?' * len(names))})"
+                args2 = [*args, *names, *keys]
+            else:
+                args2 = [*args, *keys]
             return await self._all(
-                f"SELECT {col}, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-                f" sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= ? GROUP BY {col}, service",
-                (since,),
+                f"SELECT {key}, service, {cost}, 0, 0, 0, 0, 0, 0 FROM {src} AND service > ''{svc}"
+                f" AND {key} IN ({marks}){tail}",
+                args2,
             )
 
         async def hour_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            inside = f" AND {col} IN ({marks})" if only else ""
             minute = await self._all(
-                f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?"
+                f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?{inside}"
                 f" GROUP BY {col}, bucket",
-                (now - HOUR + MINUTE,),
+                [now - HOUR + MINUTE, *(keys if only else ())],
                 side=True,
             )
             if dimension != "feature":
                 return minute, []
-            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ? GROUP BY feature"
-            return minute, await self._all(loaded_sql, (since,), side=True)
+            inside = f" AND feature IN ({marks})" if only else ""
+            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ?{inside} GROUP BY feature"
+            return minute, await self._all(loaded_sql, [since, *(keys if only else ())], side=True)
 
-        rows, (minute, loaded_rows) = await asyncio.gather(window_rows(), hour_rows())
-        return dim_snapshot(dimension, window, now, rows, minute, loaded_rows)
+        services, (minute, loaded_rows) = await asyncio.gather(service_rows(), hour_rows())
+        rows = [(r[0], "", *r[1:]) for r in page] + services
+        return dim_snapshot(dimension, window, now, rows, minute, loaded_rows, total_nano=int(total),
+                            values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
     async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
         """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""

@@ -1,0 +1,124 @@
+"""The dashboard's bounded reads: top-N pages with an exact "others", server-side search, paging.
+
+Written against ``DashboardReads`` only, run once per backend (SQLite, chDB). Many tenants with
+distinct costs (tenant i spends (i + 1) reads), so the expected order and sums are arithmetic here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from store_backends import Backend
+
+from spendtrace.schema import Span, UsageItem
+from spendtrace.server.model.dashboard import DimSnapshot
+from spendtrace.server.store.base import open_dashboard
+from test_contract import BOOK, HOUR, NANO, NOW, READ
+
+N = 30
+#: names with SQL wildcards and quotes: a search for them must match them literally
+ODD = ["50%_off'; --", "Tenant-UPPER"]
+
+
+def tenants() -> list[str]:
+    return [f"tenant-{i:03d}" for i in range(N)] + ODD
+
+
+def many_spans() -> list[Span]:
+    """One request per tenant in the last hour; tenant i (by list position) spends (i + 1) reads."""
+    out = []
+    for i, t in enumerate(tenants()):
+        out.append(Span(f"p{i}", None, f"q{i}", f"feat-{i % 4}", endpoint=f"/e{i % 3}", user_id=t,
+                        start_ns=NOW - HOUR // 2 + i * NANO, usage=(UsageItem("t_read", count=float(i + 1)),),
+                        path=(f"feat-{i % 4}",)))  # fmt: skip
+    return out
+
+
+def cost(name: str) -> int:
+    return (tenants().index(name) + 1) * READ
+
+
+@pytest.fixture
+def url(backend: Backend) -> str:
+    backend.ingest(many_spans(), BOOK)
+    return backend.url
+
+
+def read(url: str, *calls: tuple[str, str, dict[str, Any]]) -> list[DimSnapshot]:
+    """Open the dashboard at ``url`` and run ``dimension(dim, window, **kw)`` for each call."""
+
+    async def go() -> list[DimSnapshot]:
+        reads = await open_dashboard(url, clock=lambda: NOW, monotonic=lambda: 1.0).open()
+        try:
+            return [await reads.dimension(d, w, **kw) for d, w, kw in calls]
+        finally:
+            await reads.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("window", ["all", "30d", "24h", "1h"])
+def test_a_page_is_the_top_n_and_others_is_exact(url: str, window: str) -> None:
+    """limit=5: the five costliest tenants, and "others" is the rest of the window to the nano-dollar."""
+    (page, full) = read(url, ("user", window, {"limit": 5}), ("user", window, {}))
+    names = sorted(tenants(), key=lambda t: -cost(t))
+    assert [r.key for r in page.rows] == names[:5]
+    assert [r.cost_nano for r in page.rows] == [cost(t) for t in names[:5]]
+    assert page.total_nano == full.total_nano == sum(cost(t) for t in tenants())
+    assert page.values == page.matched == len(tenants())
+    assert page.others_nano == sum(cost(t) for t in names[5:])
+    assert page.others_values == len(tenants()) - 5
+    # the page's rows carry the same figures as the same rows of the unbounded read
+    assert list(page.rows) == [r for r in full.rows if r.key in set(names[:5])]
+
+
+def test_pages_cover_every_value_once(url: str) -> None:
+    """Offsets 0, 7, 14, ... step through every tenant once, in cost order; past the end is empty."""
+    calls = [("user", "all", {"limit": 7, "offset": o}) for o in range(0, len(tenants()) + 7, 7)]
+    pages = read(url, *calls)
+    seen = [r.key for p in pages for r in p.rows]
+    assert seen == sorted(tenants(), key=lambda t: -cost(t))
+    assert pages[-1].rows == () and pages[-1].others_nano == pages[-1].total_nano
+    assert pages[1].offset == 7
+
+
+def test_search_is_a_literal_case_insensitive_substring(url: str) -> None:
+    """'UPPER' finds 'Tenant-UPPER'; '%' and "'" match themselves only; matched counts the hits."""
+    upper, odd, digits, none = read(
+        url,
+        ("user", "all", {"limit": 10, "search": "tenant-upper"}),
+        ("user", "30d", {"limit": 10, "search": "%_OFF'"}),
+        ("user", "all", {"limit": 2, "search": "-01"}),
+        ("user", "all", {"limit": 10, "search": "no such tenant"}),
+    )
+    assert [r.key for r in upper.rows] == ["Tenant-UPPER"]
+    assert [r.key for r in odd.rows] == ["50%_off'; --"] and odd.matched == 1
+    # tenant-010 .. tenant-019 match "-01"; the two costliest of them come first
+    assert digits.matched == 10 and [r.key for r in digits.rows] == ["tenant-019", "tenant-018"]
+    assert digits.values == len(tenants()) and digits.total_nano == sum(cost(t) for t in tenants())
+    assert none.rows == () and none.matched == 0 and none.others_nano == none.total_nano
+
+
+def test_features_and_endpoints_page_too(url: str) -> None:
+    """Features keep their fully-loaded cost and services on a page; endpoints page by cost."""
+    feat, full_feat, ep = read(
+        url, ("feature", "all", {"limit": 2}), ("feature", "all", {}), ("endpoint", "24h", {"limit": 1})
+    )
+    assert list(feat.rows) == list(full_feat.rows[:2]) and feat.rows[0].loaded_nano is not None
+    assert feat.rows[0].services == {"dynamodb": feat.rows[0].cost_nano}
+    assert feat.services == ("dynamodb",)
+    per_ep: dict[str, int] = {}
+    for i, t in enumerate(tenants()):
+        per_ep[f"/e{i % 3}"] = per_ep.get(f"/e{i % 3}", 0) + cost(t)
+    top = max(per_ep, key=lambda e: per_ep[e])
+    assert [(r.key, r.cost_nano) for r in ep.rows] == [(top, per_ep[top])]
+    assert ep.others_nano == sum(per_ep.values()) - per_ep[top] and ep.others_values == 2
+
+
+def test_a_bad_page_is_a_clear_error(url: str) -> None:
+    """limit 0 or above the maximum, and a negative offset, raise ValueError naming the argument."""
+    for kw in ({"limit": 0}, {"limit": 10**6}, {"limit": 5, "offset": -1}):
+        with pytest.raises(ValueError, match="limit|offset"):
+            read(url, ("user", "all", kw))
