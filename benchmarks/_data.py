@@ -276,11 +276,26 @@ def build_db(path: Path, shape: Shape) -> dict[str, float]:
     return {"spans": n, "seconds": time.perf_counter() - t0}
 
 
+def _upgrade(path: Path) -> None:
+    """Bring a cached file's dashboard tables up to this checkout (what the next batch a worker writes would do)."""
+    from spendtrace.server.store.sqlite._dash import dash_statements
+
+    conn = connect(path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for sql, _ in dash_statements({}):
+            conn.execute(sql)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 def cached_db(shape: Shape, *, log: bool = True) -> Path:
     """The database for ``shape``, built on first use and kept in ``CACHE_DIR`` between runs."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     path = CACHE_DIR / f"spans-{shape.spans}-{shape.key()}.db"
     if path.exists():
+        _upgrade(path)
         return path
     tmp = path.with_suffix(".building")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):

@@ -137,7 +137,12 @@ class SQLiteDashboard:
     async def overview(self) -> Overview:
         """Totals for the header; the ingest rate is spans stored per second since the last call."""
         now = self._now_s()
-        table = "dash_day WHERE dim = 'feature' AND" if await self._has_dash() else "rollup_day WHERE"
+        if await self._has_dash_all():  # every day summed already; any one dimension's values add up to the total
+            table = "dash_all WHERE dim = 'endpoint' AND"
+        elif await self._has_dash():
+            table = "dash_day WHERE dim = 'feature' AND"
+        else:
+            table = "rollup_day WHERE"
         # one statement, so one trip to the database thread, for every figure of the header
         (cost, spans, errors, hour, unpriced, dead, events) = await self._one(
             "SELECT t.c, t.s, t.e,"
@@ -208,9 +213,24 @@ class SQLiteDashboard:
         order = " GROUP BY " + key + " ORDER BY sum(cost_nano) DESC, " + key if grouped else (
             " ORDER BY cost_nano DESC, value"
         )
-        page = await self._all(
-            page_sql + where + order + " LIMIT ? OFFSET ?", [*args, *wargs, -1 if limit is None else limit, offset]
-        )
+        if grouped and dash and limit is not None:
+            # rank by cost alone (from the dash_day_cost index), then the page's other sums by key
+            ranked = await self._all(
+                f"SELECT value, sum(cost_nano) AS c FROM {src} AND service = ''{where} GROUP BY value"
+                " ORDER BY c DESC, value LIMIT ? OFFSET ?",
+                [*args, *wargs, limit, offset],
+            )
+            sums_of = {}
+            if ranked:
+                sums_of = {r[0]: r for r in await self._all(
+                    f"{page_sql} AND value IN ({','.join('?' * len(ranked))}) GROUP BY value",
+                    [*args, *(r[0] for r in ranked)],
+                )}  # fmt: skip
+            page = [sums_of[r[0]] for r in ranked]
+        else:
+            page = await self._all(
+                page_sql + where + order + " LIMIT ? OFFSET ?", [*args, *wargs, -1 if limit is None else limit, offset]
+            )
         if not needle:
             n_values, total, matched = await self._one(summary.format(m="count(*)"), args)
         else:

@@ -104,7 +104,10 @@ DASH_ALL: tuple[str, ...] = (
 DASH_TABLES: tuple[str, ...] = (
     _DASH.format(name="dash_hour", key="dim, service, bucket, value"),
     _DASH.format(name="dash_day", key="dim, service, value, bucket"),
-    "CREATE INDEX IF NOT EXISTS dash_day_bucket ON dash_day (dim, service, bucket)",
+    # a window's ranking by cost (value, cost per day) from the index alone: one entry per value and day
+    # instead of a table lookup each (dash_day_bucket, its prefix, was that lookup; replaced)
+    "CREATE INDEX IF NOT EXISTS dash_day_cost ON dash_day (dim, service, bucket, value, cost_nano)",
+    "DROP INDEX IF EXISTS dash_day_bucket",
     *DASH_ALL,
 )
 
