@@ -157,22 +157,25 @@ async def test_markup_in_names_is_shown_as_typed(tui_db: Path, make_app) -> None
         await pilot.press("slash")
         await pilot.press(*"[red")
         await pilot.press("enter")
+        await settle(app, pilot)  # the search runs in the store: the next refresh brings its rows
         assert _keys(app) == [MARKUP]
         assert MARKUP in screen_text(app)
 
 
 async def test_filter_and_escape(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
-    """'/' filters the table as you type; Esc clears the filter and brings every row back."""
+    """'/' searches as you type (in the store); Esc clears the search and brings every row back."""
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         everything = _keys(app)
         await pilot.press("slash", *"prod")
+        await settle(app, pilot)
         assert _keys(app) == ["product_details"]
         await pilot.press("enter")
         await settle(app, pilot)  # a refresh keeps the filter
         assert _keys(app) == ["product_details"]
         await pilot.press("escape")
+        await settle(app, pilot)
         assert sorted(_keys(app)) == sorted(everything)
 
 
