@@ -170,7 +170,7 @@ class SpendtraceApp(App[None]):
         for cls in type(self.screen).__mro__:  # the screen's own keys, then its bases'
             for b in getattr(cls, "BINDINGS", []) if cls.__module__.startswith("tui.") else []:
                 if isinstance(b, Binding) and b.description and b.key not in keys:
-                    keys[b.key] = b.description
+                    keys[b.key_display or b.key] = b.description
         self.push_screen(HelpScreen([(k.replace("slash", "/"), d) for k, d in keys.items()]))
 
     async def run_screen_action(self, action: str, mode: str | None = None) -> None:

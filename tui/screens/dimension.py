@@ -93,8 +93,8 @@ class DimensionScreen(DataScreen):
     DIMENSION: ClassVar[str] = "feature"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("w", "cycle_window", "Window"),
-        Binding("right_square_bracket", "page(1)", "Next page", show=False),
-        Binding("left_square_bracket", "page(-1)", "Previous page", show=False),
+        Binding("right_square_bracket", "page(1)", "Next page", show=False, key_display="]"),
+        Binding("left_square_bracket", "page(-1)", "Previous page", show=False, key_display="["),
     ]
 
     def __init__(self) -> None:
