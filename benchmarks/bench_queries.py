@@ -88,9 +88,9 @@ async def run(url: str, repeat: int, now_ns: int) -> list[tuple[str, float, floa
                 cases.append((f"dimension {dim}, {window}", lambda d=dim, w=window: reads.dimension(d, w, **page)))
         if paged:
             cases += [
-                ("dimension user, all, page 3", lambda: reads.dimension("user", "all", limit=PAGE, offset=2 * PAGE)),
-                ("dimension user, all, search '0042'", lambda: reads.dimension("user", "all", limit=PAGE, search="0042")),
-                ("dimension feature, 30d, search '17'", lambda: reads.dimension("feature", "30d", limit=PAGE, search="17")),
+                ("dimension user, all, page 3", lambda: reads.dimension("user", "all", **page, offset=2 * PAGE)),
+                ("dimension user, all, search '0042'", lambda: reads.dimension("user", "all", **page, search="0042")),
+                ("dimension feature, 30d, search '17'", lambda: reads.dimension("feature", "30d", **page, search="17")),
             ]
         rparams = inspect.signature(reads.requests).parameters
         cases += [
@@ -98,7 +98,8 @@ async def run(url: str, repeat: int, now_ns: int) -> list[tuple[str, float, floa
             ("requests, 200 costliest", lambda: reads.requests("cost", 200)),
         ]
         if "search" in rparams:
-            cases.append(("requests, 200 newest, search '/e0001'", lambda: reads.requests("recent", 200, search="/e0001")))
+            newest = ("requests, 200 newest, search '/e0001'", lambda: reads.requests("recent", 200, search="/e0001"))
+            cases.append(newest)
         cases += [
             ("request tree", lambda: reads.request_tree(rng.choice(rids))),
             ("trends, 14 days", lambda: reads.trends(14)),

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from store_backends import Backend
+from test_contract import BOOK, HOUR, NANO, NOW, READ
 
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.model.dashboard import DimSnapshot
 from spendtrace.server.store.base import open_dashboard
-from test_contract import BOOK, HOUR, NANO, NOW, READ
 
 N = 30
 #: names with SQL wildcards and quotes: a search for them must match them literally
@@ -120,5 +120,5 @@ def test_features_and_endpoints_page_too(url: str) -> None:
 def test_a_bad_page_is_a_clear_error(url: str) -> None:
     """limit 0 or above the maximum, and a negative offset, raise ValueError naming the argument."""
     for kw in ({"limit": 0}, {"limit": 10**6}, {"limit": 5, "offset": -1}):
-        with pytest.raises(ValueError, match="limit|offset"):
+        with pytest.raises(ValueError, match=r"limit|offset"):
             read(url, ("user", "all", kw))

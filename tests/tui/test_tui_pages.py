@@ -41,8 +41,10 @@ def _tenants(app) -> list[str]:  # type: ignore[no-untyped-def]
     return [k for k in _table(app).ordered_keys() if k != OTHERS_KEY]
 
 
-async def test_tenants_page_others_and_paging_keys(tmp_path: Path, make_app, fixed_now_ns: int) -> None:  # type: ignore[no-untyped-def]
-    """100 costliest tenants, then 'others' (pinned last, exact); ] and [ step through 250 tenants and stop at the ends."""
+async def test_tenants_page_others_and_paging_keys(  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_app, fixed_now_ns: int
+) -> None:
+    """The 100 costliest tenants, then 'others' (pinned last, exact); ] and [ page through all 250."""
     db = _db(tmp_path / "many.db", fixed_now_ns)
     app = make_app(db)
     async with app.run_test(size=SIZE) as pilot:

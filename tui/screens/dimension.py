@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -78,8 +79,7 @@ def others_cells(data: DimSnapshot, noun: str) -> dict[str, Cell]:
     return {
         "name": Cell.of(label, Pinned(label.plain)),
         "cost": Cell.of(money_text(data.others_nano, "dim"), data.others_nano),
-        "share": Cell.of(share_text(data.others_nano, data.total_nano),
-                         (data.others_nano / data.total_nano) if data.total_nano else 0.0),  # fmt: skip
+        "share": Cell.of(share_text(data.others_nano, data.total_nano), data.others_nano / (data.total_nano or 1)),
     }
 
 
@@ -176,7 +176,7 @@ class DimensionScreen(DataScreen):
         top = max((r.cost_nano for r in data.rows), default=0)
         # a row's cells depend on the row, the total (share), the service columns and whether it is the top
         # spender; rows where none of that changed are neither rebuilt nor compared cell by cell
-        rows = [
+        rows: list[tuple[str, Any, Callable[[], dict[str, Cell]]]] = [
             (r.key, (r, data.total_nano, data.services, r.cost_nano == top), partial(row_cells, r, data.total_nano,
              data.services, top))
             for r in data.rows

@@ -203,9 +203,11 @@ class ReadStore(Protocol):
 
     def unpriced_usage(self) -> list[Row]: ...
 
-    def store_metric_values(self) -> Row:
+    def store_metric_values(self, top: int = 50) -> Row:
         """Stored spend for ``/metrics``: ``cost_nano``, ``spans``, ``unpriced``, ``dead_letters``, ``alerts_fired``,
-        ``webhook_failures`` (ints) and ``features`` / ``services``: ``[(name, cost_nano)]`` sorted by name."""
+        ``webhook_failures`` (ints), ``features``: ``[(name, cost_nano)]`` of the ``top`` costliest features
+        (ties by name) sorted by name, ``features_other_nano``: the spend of every other feature, and
+        ``services``: ``[(name, cost_nano)]`` sorted by name. Bounded: never one row per tenant or feature."""
         ...
 
     def get_request_cost(

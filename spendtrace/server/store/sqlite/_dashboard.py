@@ -37,7 +37,6 @@ from spendtrace.server.model.dashboard import (
     trend_snapshot,
     window_start,
 )
-
 from spendtrace.server.store.sqlite._dash import ALL_MARKER
 from spendtrace.server.store.sqlite._sql import _SERVICES
 
@@ -192,14 +191,15 @@ class SQLiteDashboard:
         needle = fold(search)
         sums = "cost_nano, calls, spans, errors, unpriced, var_nano2, requests"
         if dash and back == 0 and await self._has_dash_all():
-            key, src, args = "value", "dash_all WHERE dim = ?", [col]
+            key, src = "value", "dash_all WHERE dim = ?"
+            args: list[Any] = [col]
             page_sql = f"SELECT value, {sums} FROM dash_all WHERE dim = ? AND service = ''"
             summary = "SELECT count(*), coalesce(sum(cost_nano), 0), {m} FROM dash_all WHERE dim = ? AND service = ''"
             grouped = False
         else:
             key = "value" if dash else col
             src = f"dash_{grain} WHERE dim = ? AND bucket >= ?" if dash else f"rollup_{grain} WHERE bucket >= ?"
-            args = [col, since] if dash else [since]
+            args = [col, since] if dash else [since]  # fmt: skip
             page_sql = (
                 f"SELECT {key}, " + ", ".join(f"sum({c})" for c in sums.split(", "))
                 + f" FROM {src} AND service = ''"
@@ -278,7 +278,7 @@ class SQLiteDashboard:
             if dimension != "feature":
                 return minute, []
             inside = f" AND feature IN ({marks})" if only else ""
-            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ?{inside} GROUP BY feature"
+            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ?{inside} GROUP BY 1"
             return minute, await self._all(loaded_sql, [since, *(keys if only else ())], side=True)
 
         services, (minute, loaded_rows) = await asyncio.gather(service_rows(), hour_rows())

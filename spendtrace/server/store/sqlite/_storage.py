@@ -273,11 +273,14 @@ class SQLiteStorage:
         """Usage no price covered, per key / service / feature."""
         return self.run(raw.unpriced_usage())
 
-    def store_metric_values(self) -> Row:
-        """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``), in one snapshot."""
+    def store_metric_values(self, top: int = 50) -> Row:
+        """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``), in one snapshot.
+
+        Per-feature spend for the ``top`` costliest features only, the rest summed in ``features_other_nano``.
+        """
         from spendtrace.server.store.sqlite._metrics import store_metric_values
 
-        return self.run(store_metric_values())
+        return self.run(store_metric_values(max(0, int(top))))
 
     # -- requests and raw spans ------------------------------------------------------------------
     def get_request_cost(
