@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from textual import on, work
 from textual.app import App
@@ -67,14 +68,16 @@ class SpendtraceApp(App[None]):
         live: bool = True,
     ) -> None:
         super().__init__()
-        self.db_path = Path(db_path)
+        raw = os.fspath(db_path)
+        url = "://" in raw  # a store URL (chdb://, sqlite://): the dashboard reads it; the SQLite-only actions do not
+        self.db_path = Path(urlsplit(raw).path if url else raw)
         self.db_label = self.db_path.name
         self.bootstrap = bootstrap
         self.alerts_topic = alerts_topic
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
-        self.store: DashboardReads = open_dashboard(self.db_path, clock=clock, monotonic=monotonic)
+        self.store: DashboardReads = open_dashboard(raw if url else self.db_path, clock=clock, monotonic=monotonic)
         self.refresher = Refresher(self, self.store, monotonic=monotonic)
         self.live = live
         self.live_alerts: list[dict[str, Any]] = []
