@@ -393,7 +393,9 @@ def main() -> int:
     if (args.store or args.backend != "sqlite") and not args.no_ingest:
         ap.error("the ingest part writes SQLite through the workers: use --no-ingest with --store or --backend chdb")
     hook_frames()
-    db: Path | str = Path(url.removeprefix("sqlite://")) if sqlite_file else url
+    from spendtrace.server.store.base import parse_store_url
+
+    db: Path | str = Path(parse_store_url(url).path) if sqlite_file else url
     if isinstance(db, Path):
         print(f"store: {db} ({db.stat().st_size / 1e9:.2f} GB, {stored_spans(db):,} spans)")
     else:

@@ -118,26 +118,33 @@ class ClickHouseDashboard:
         needle = fold(search)
         k = f"toString({col})"
         src = f"rollup_{grain} WHERE bucket >= %s"
-        where, wargs = ("", []) if not needle else (f" AND position(lower({k}), %s) > 0", [needle])
+        # one scan: the window's values with their sums, the counts and total over all of them (window
+        # functions, before the search and the page cut them), then the page of the matching ones
+        m = "toUInt8(position(lower(k), %s) > 0)" if needle else "toUInt8(1)"
         page_sql = (
-            f"SELECT {k} AS k, sum(cost_nano) AS c, sum(calls), sum(spans), sum(errors), sum(unpriced),"
-            f" sum(var_nano2), sum(requests) FROM {src} AND service = ''{where} GROUP BY k ORDER BY c DESC, k"
+            "SELECT k, c, calls, spans, errors, unpriced, var, reqs, n, total, matched FROM (SELECT *,"
+            " count() OVER () AS n, sum(c) OVER () AS total, sum(m) OVER () AS matched FROM ("
+            f"SELECT {k} AS k, sum(cost_nano) AS c, sum(calls) AS calls, sum(spans) AS spans, sum(errors) AS errors,"
+            " sum(unpriced) AS unpriced, sum(var_nano2) AS var, sum(requests) AS reqs, " + m + " AS m"
+            f" FROM {src} AND service = '' GROUP BY k)) WHERE m = 1 ORDER BY c DESC, k"
         )
-        page_args_: list[Any] = [since, *wargs]
+        page_args_: list[Any] = [*([needle] if needle else []), since]
         if limit is not None:
             page_sql += " LIMIT %s OFFSET %s"
             page_args_ += [limit, offset]
         elif offset:
             page_sql += " LIMIT 18446744073709551615 OFFSET %s"
             page_args_.append(offset)
-        match = "count()" if not needle else "countIf(position(lower(k), %s) > 0)"
-        summary_sql = (
-            f"SELECT count(), sum(c), {match} FROM (SELECT {k} AS k, sum(cost_nano) AS c FROM {src}"
-            " AND service = '' GROUP BY k)"
-        )
-        page, ((n_values, total, matched),) = await asyncio.gather(
-            self._all(page_sql, page_args_), self._all(summary_sql, [*([needle] if needle else []), since])
-        )
+        full = await self._all(page_sql, page_args_)
+        if full:
+            n_values, total, matched = full[0][8:11]
+        else:  # past the last page, or nothing matched: the counts alone
+            ((n_values, total, matched),) = await self._all(
+                f"SELECT count(), sum(c), sum(m) FROM (SELECT {k} AS k, sum(cost_nano) AS c, {m} AS m FROM {src}"
+                " AND service = '' GROUP BY k)",
+                [*([needle] if needle else []), since],
+            )
+        page = [r[:8] for r in full]
         keys = [r[0] for r in page]
         only = limit is not None or bool(needle)
         inside = f" AND {k} IN %s" if only else ""
