@@ -316,7 +316,7 @@ def cached_store(shape: Shape, backend: str = "sqlite", *, log: bool = True) -> 
     materialized views fill the rollups), into database ``bench`` of a directory kept per shape.
     """
     if backend == "sqlite":
-        return f"sqlite:///{cached_db(shape, log=log)}"
+        return f"sqlite://{cached_db(shape, log=log).resolve()}"  # an absolute path: sqlite:///tmp/...
     if backend != "chdb":
         raise ValueError(f"unknown backend {backend!r} (sqlite or chdb)")
     from spendtrace.server.ingest.prepare import prepare_batch as prepare
