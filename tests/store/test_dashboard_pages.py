@@ -122,3 +122,28 @@ def test_a_bad_page_is_a_clear_error(url: str) -> None:
     for kw in ({"limit": 0}, {"limit": 10**6}, {"limit": 5, "offset": -1}):
         with pytest.raises(ValueError, match=r"limit|offset"):
             read(url, ("user", "all", kw))
+
+
+def _requests(url: str, **kw: Any) -> list[str]:
+    async def go() -> list[str]:
+        reads = await open_dashboard(url, clock=lambda: NOW, monotonic=lambda: 1.0).open()
+        try:
+            return [r.request_id for r in await reads.requests(**kw)]
+        finally:
+            await reads.close()
+
+    return asyncio.run(go())
+
+
+def test_requests_search_the_whole_store_and_page(url: str) -> None:
+    """Requests: a search finds a request by id, tenant or endpoint beyond the newest page; offsets page on."""
+    newest = _requests(url, order="recent", limit=5)
+    assert newest == [f"q{i}" for i in range(N + 1, N - 4, -1)]  # start times grow with i
+    assert _requests(url, order="recent", limit=5, offset=5) == [f"q{i}" for i in range(N - 4, N - 9, -1)]
+    assert _requests(url, order="recent", limit=5, search="Q3") == ["q31", "q30", "q3"]  # ids, case folded
+    assert _requests(url, order="cost", limit=2, search="TENANT-00") == ["q9", "q8"]  # by tenant, costliest
+    assert set(_requests(url, limit=100, search="/e2")) == {f"q{i}" for i in range(len(tenants())) if i % 3 == 2}
+    assert _requests(url, search="50%_OFF'") == [f"q{N}"]
+    assert _requests(url, search="nothing like it") == []
+    with pytest.raises(ValueError, match=r"limit"):
+        _requests(url, limit=0)

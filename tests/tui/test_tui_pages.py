@@ -95,3 +95,21 @@ async def test_slash_searches_every_tenant_in_the_store(tmp_path: Path, make_app
         await pilot.press("escape")
         await settle(app, pilot)
         assert len(_tenants(app)) == PAGE_SIZE and "rows 1-100 of 250" in screen_text(app)
+
+
+async def test_requests_slash_finds_an_old_request(  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_app, fixed_now_ns: int
+) -> None:
+    """Requests shows the newest 200 of 250; '/tenant-0007' finds r7 (older than all of them) through the store."""
+    db = _db(tmp_path / "many.db", fixed_now_ns)
+    app = make_app(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        assert len(_table(app).ordered_keys()) == 200 and "r7" not in _table(app).ordered_keys()
+        await pilot.press("slash", *"tenant-0007")
+        await settle(app, pilot)
+        assert _table(app).ordered_keys() == ["r7"]
+        await pilot.press("escape")
+        await settle(app, pilot)
+        assert len(_table(app).ordered_keys()) == 200

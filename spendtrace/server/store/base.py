@@ -592,8 +592,14 @@ class DashboardReads(Protocol):
         """
         ...
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """The newest (``order="recent"``) or costliest (``"cost"``) requests."""
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """The newest (``order="recent"``) or costliest (``"cost"``) requests: ``limit`` (1..1000) from ``offset``.
+
+        ``search`` keeps the requests whose id, endpoint, tenant or root feature contains it (case folded
+        for ASCII letters, as ``dimension``), found in the whole store, not only among the newest.
+        """
         ...
 
     async def request_tree(self, request_id: str) -> list[TreeNode]:

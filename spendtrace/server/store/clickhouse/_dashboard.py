@@ -15,6 +15,7 @@ from typing import Any
 from spendtrace.server.model.dashboard import (
     DAY,
     HOUR,
+    MAX_PAGE,
     MINUTE,
     WINDOWS,
     AlertEventRow,
@@ -176,9 +177,14 @@ class ClickHouseDashboard:
         return dim_snapshot(dimension, window, now, rows, minute, loaded, total_nano=int(total or 0),
                             values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
-        sql, params = request_rows(Filters(), int(limit), "cost" if order == "cost" else "recent")
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests, one page, optionally searched."""
+        lim, offset = page_args(limit, offset)
+        sql, params = request_rows(
+            Filters(), lim or MAX_PAGE, "cost" if order == "cost" else "recent", offset, search=fold(search)
+        )
         rows = await self._all(sql, params)
         return [
             RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from spendtrace.server.model.dashboard import (
     DAY,
     HOUR,
+    MAX_PAGE,
     MINUTE,
     WINDOWS,
     AlertEventRow,
@@ -286,13 +287,21 @@ class SQLiteDashboard:
         return dim_snapshot(dimension, window, now, rows, minute, loaded_rows, total_nano=int(total),
                             values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests, one page, optionally searched."""
+        lim, offset = page_args(limit, offset)
         by = "cost_nano DESC" if order == "cost" else "start_ns DESC"  # each one index walk, no sort
+        needle = fold(search)
+        where = ""
+        if needle:  # walks the same index, keeping the matches: stops after a page of them
+            shown = ("request_id", "endpoint", "user_id", "root_feature")
+            where = " WHERE " + " OR ".join(f"instr(lower(coalesce({c}, '')), ?1) > 0" for c in shown)
         rows = await self._all(
             "SELECT request_id, endpoint, user_id, root_feature, start_ns, end_ns, cost_nano, spans, errors,"
-            f" unpriced FROM requests ORDER BY {by} LIMIT ?",
-            (int(limit),),
+            f" unpriced FROM requests{where} ORDER BY {by} LIMIT ?2 OFFSET ?3",
+            (needle, lim or MAX_PAGE, offset),
         )
         return [
             RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))
