@@ -147,3 +147,23 @@ def test_requests_search_the_whole_store_and_page(url: str) -> None:
     assert _requests(url, search="nothing like it") == []
     with pytest.raises(ValueError, match=r"limit"):
         _requests(url, limit=0)
+
+
+def test_trends_keep_the_top_features_and_sum_the_rest(url: str) -> None:
+    """trends(limit=2): the two costliest features (feat-3, feat-2 here) and, per day, the others' exact sum."""
+
+    async def go() -> tuple[Any, Any]:
+        reads = await open_dashboard(url, clock=lambda: NOW, monotonic=lambda: 1.0).open()
+        try:
+            return await reads.trends(3, limit=2), await reads.trends(3)
+        finally:
+            await reads.close()
+
+    top, full = asyncio.run(go())
+    per_feature = {f"feat-{k}": sum(cost(t) for i, t in enumerate(tenants()) if i % 4 == k) for k in range(4)}
+    best = sorted(per_feature, key=lambda f: (-per_feature[f], f))
+    assert top.features == tuple(best[:2]) and top.others_features == 2
+    assert top.cost == {f: full.cost[f] for f in best[:2]}
+    assert top.others == tuple(sum(full.cost[f][i] for f in best[2:]) for i in range(3))
+    assert sum(top.others) == per_feature[best[2]] + per_feature[best[3]]
+    assert full.others == () and full.others_features == 0

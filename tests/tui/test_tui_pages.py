@@ -19,10 +19,11 @@ NANO = 10**9
 
 
 def _db(path: Path, now_ns: int) -> Path:
-    """N tenants, tenant i reading (i + 1) DynamoDB items once in the last ten minutes (so i + 1 costs more)."""
+    """N tenants and features; tenant (and feature) i reads (i + 1) DynamoDB items once in the last ten minutes."""
     spans = [
-        Span(f"s{i}", None, f"r{i}", "api", endpoint="/x", user_id=f"tenant-{i:04d}", start_ns=now_ns - 600 * NANO + i,
-             usage=(UsageItem("dynamodb_read", count=float(i + 1)),), path=("api",))
+        Span(f"s{i}", None, f"r{i}", f"feature-{i:04d}", endpoint="/x", user_id=f"tenant-{i:04d}",
+             start_ns=now_ns - 600 * NANO + i, usage=(UsageItem("dynamodb_read", count=float(i + 1)),),
+             path=(f"feature-{i:04d}",))
         for i in range(N)
     ]  # fmt: skip
     conn = connect(path)
@@ -113,3 +114,24 @@ async def test_requests_slash_finds_an_old_request(  # type: ignore[no-untyped-d
         await pilot.press("escape")
         await settle(app, pilot)
         assert len(_table(app).ordered_keys()) == 200
+
+
+async def test_trends_chart_the_top_features_and_one_others_row(  # type: ignore[no-untyped-def]
+    tmp_path: Path, make_app, fixed_now_ns: int
+) -> None:
+    """Trends with 250 features: 20 rows of their own and a pinned 'others (230 features)' row adding up the rest."""
+    from tui.screens.trends import TOP_FEATURES
+
+    db = _db(tmp_path / "many.db", fixed_now_ns)
+    app = make_app(db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("6")
+        await settle(app, pilot)
+        keys = _table(app).ordered_keys()
+        assert len(keys) == TOP_FEATURES + 1 and keys[-1] == OTHERS_KEY
+        assert keys[0] == f"feature-{N - 1:04d}"
+        snap = app.screen.last
+        others = _table(app).row_cells(OTHERS_KEY)
+        assert others["feature"].plain == f"others ({N - TOP_FEATURES} features)"
+        assert others["total"].raw == sum(snap.others) > 0
+        assert "top 20 + 230 others" in screen_text(app)

@@ -179,6 +179,8 @@ class TrendSnapshot:
     days: tuple[int, ...]  # bucket epoch seconds, oldest first
     features: tuple[str, ...]  # by total, largest first
     cost: dict[str, tuple[int, ...]]  # feature -> cost per day
+    others: tuple[int, ...] = ()  # cost per day of the features left out of ``features`` (a ``limit``)
+    others_features: int = 0  # how many features that is
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,8 +349,12 @@ def dim_snapshot(
     )
 
 
-def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]]) -> TrendSnapshot:
-    """Shape (feature, day bucket epoch s, cost_nano) rows into ``days`` daily columns from ``first``."""
+def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]], limit: int | None = None) -> TrendSnapshot:
+    """Shape (feature, day bucket epoch s, cost_nano) rows into ``days`` daily columns from ``first``.
+
+    With ``limit``, only the ``limit`` costliest features keep their own series; the rest are summed per day
+    into ``others`` (so a chart of 10,000 features is 20 lines and an exact remainder).
+    """
     buckets = tuple(first + i * DAY for i in range(days))
     cost: dict[str, list[int]] = defaultdict(lambda: [0] * days)
     for feature, bucket, c in rows:
@@ -356,7 +362,11 @@ def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]]) -> Tren
         if 0 <= idx < days:
             cost[feature][idx] += int(c)
     features = sorted(cost, key=lambda f: (-sum(cost[f]), f))
-    return TrendSnapshot(days=buckets, features=tuple(features), cost={f: tuple(cost[f]) for f in features})
+    rest = features[limit:] if limit is not None else []
+    others = tuple(sum(cost[f][i] for f in rest) for i in range(days)) if rest else ()
+    features = features[:limit] if limit is not None else features
+    return TrendSnapshot(days=buckets, features=tuple(features), cost={f: tuple(cost[f]) for f in features},
+                         others=others, others_features=len(rest))  # fmt: skip
 
 
 def _units(item: dict[str, Any]) -> str:

@@ -606,8 +606,9 @@ class DashboardReads(Protocol):
         """One request's call tree(s) with subtree costs; empty if the request is unknown."""
         ...
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
-        """Daily cost per feature over the last ``days`` UTC days, today included."""
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
+        """Daily cost per feature over the last ``days`` UTC days, today included (``limit``: the costliest
+        features only, the rest summed per day in ``others``)."""
         ...
 
     async def alert_rules(self) -> list[AlertRuleRow]:

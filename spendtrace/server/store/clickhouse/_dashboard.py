@@ -201,7 +201,7 @@ class ClickHouseDashboard:
         )
         return build_tree(rows)
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
         """Daily cost per feature for the last ``days`` days (today included)."""
         first = self._now_s() // DAY * DAY - (days - 1) * DAY
         rows = await self._all(
@@ -209,7 +209,7 @@ class ClickHouseDashboard:
             " AND bucket >= %s GROUP BY f, bucket",
             (first,),
         )
-        return trend_snapshot(first, days, rows)
+        return trend_snapshot(first, days, rows, limit)
 
     def _alerts(self, read: Callable[[Any], Any], default: Any) -> Any:
         """``read`` on the alert side store, or ``default`` when there is none (a server store, or none yet)."""

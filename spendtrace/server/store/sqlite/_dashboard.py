@@ -317,7 +317,7 @@ class SQLiteDashboard:
         )
         return build_tree(rows)
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
         """Daily cost per feature for the last ``days`` days (today included)."""
         today = self._now_s() // DAY * DAY
         first = today - (days - 1) * DAY
@@ -331,7 +331,7 @@ class SQLiteDashboard:
                 "SELECT feature, bucket, sum(cost_nano) FROM rollup_day WHERE service = '' AND bucket >= ?"
                 " GROUP BY feature, bucket"
             )
-        return trend_snapshot(first, days, await self._all(sql, (first,)))
+        return trend_snapshot(first, days, await self._all(sql, (first,)), limit)
 
     async def alert_rules(self) -> list[AlertRuleRow]:
         """Every alert rule, by name, webhook URLs masked."""
