@@ -77,6 +77,7 @@ async def run(url: str, repeat: int, now_ns: int) -> list[tuple[str, float, floa
         params = inspect.signature(reads.dimension).parameters
         paged = "limit" in params
         page: dict[str, Any] = {"limit": PAGE} if paged else {}
+        top: dict[str, Any] = {"limit": 20} if "limit" in inspect.signature(reads.trends).parameters else {}
 
         async def bare() -> None:
             await reads._all("SELECT sum(cost_nano) FROM rollup_day WHERE service = ''")
@@ -102,8 +103,8 @@ async def run(url: str, repeat: int, now_ns: int) -> list[tuple[str, float, floa
             cases.append(newest)
         cases += [
             ("request tree", lambda: reads.request_tree(rng.choice(rids))),
-            ("trends, 14 days", lambda: reads.trends(14)),
-            ("trends, 90 days", lambda: reads.trends(90)),
+            ("trends, 14 days", lambda: reads.trends(14, **top)),
+            ("trends, 90 days", lambda: reads.trends(90, **top)),
             ("alert rules", reads.alert_rules),
             ("alert events", reads.alert_events),
             ("dead letters", reads.dead_letters),
