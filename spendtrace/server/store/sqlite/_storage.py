@@ -278,9 +278,11 @@ class SQLiteStorage:
 
         Per-feature spend for the ``top`` costliest features only, the rest summed in ``features_other_nano``.
         """
-        from spendtrace.server.store.sqlite._metrics import store_metric_values
+        from spendtrace.server.store.sqlite._metrics import HAS_DASH_ALL, store_metric_values
 
-        return self.run(store_metric_values(max(0, int(top))))
+        with self._lock:  # once there, dash_all stays (writers keep it), but a file may get it later
+            dash_all = bool(self._conn.execute(HAS_DASH_ALL).fetchone()[0])
+        return self.run(store_metric_values(max(0, int(top)), dash_all=dash_all))
 
     # -- requests and raw spans ------------------------------------------------------------------
     def get_request_cost(
