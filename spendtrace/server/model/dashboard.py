@@ -39,6 +39,7 @@ __all__ = [
     "page_args",
     "parse_usage",
     "trend_snapshot",
+    "trend_top",
     "window_start",
 ]
 
@@ -367,6 +368,32 @@ def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]], limit: 
     features = features[:limit] if limit is not None else features
     return TrendSnapshot(days=buckets, features=tuple(features), cost={f: tuple(cost[f]) for f in features},
                          others=others, others_features=len(rest))  # fmt: skip
+
+
+def trend_top(
+    first: int,
+    days: int,
+    rows: Iterable[Sequence[Any]],
+    day_totals: Iterable[Sequence[Any]],
+    n_features: int,
+) -> TrendSnapshot:
+    """``trend_snapshot`` of the top features only, read as such: ``rows`` (feature, bucket, cost_nano) of
+    those features, ``day_totals`` (bucket, cost_nano) of every feature, ``n_features`` how many there are.
+
+    ``others`` is each day's total minus the top features' (exact), so a backend reads per-day rows of
+    twenty features and one total per day instead of every feature's every day.
+    """
+    snap = trend_snapshot(first, days, rows)
+    left = max(0, int(n_features) - len(snap.features))
+    if not left:
+        return snap
+    totals = [0] * days
+    for bucket, c in day_totals:
+        idx = (int(bucket) - first) // DAY
+        if 0 <= idx < days:
+            totals[idx] += int(c)
+    others = tuple(t - sum(snap.cost[f][i] for f in snap.features) for i, t in enumerate(totals))
+    return TrendSnapshot(snap.days, snap.features, snap.cost, others=others, others_features=left)
 
 
 def _units(item: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from spendtrace.server.model.dashboard import (
     fold,
     page_args,
     trend_snapshot,
+    trend_top,
     window_start,
 )
 from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
@@ -202,14 +203,28 @@ class ClickHouseDashboard:
         return build_tree(rows)
 
     async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
-        """Daily cost per feature for the last ``days`` days (today included)."""
+        """Daily cost per feature for the last ``days`` days (today included); ``limit``: the top features only."""
         first = self._now_s() // DAY * DAY - (days - 1) * DAY
-        rows = await self._all(
-            "SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM rollup_day WHERE service = ''"
-            " AND bucket >= %s GROUP BY f, bucket",
-            (first,),
+        src = "rollup_day WHERE service = '' AND bucket >= %s"
+        if limit is None:
+            rows = await self._all(
+                f"SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM {src} GROUP BY f, bucket", (first,)
+            )
+            return trend_snapshot(first, days, rows)
+        ranked = await self._all(
+            f"SELECT toString(feature) AS f, sum(cost_nano) AS c, count() OVER () FROM {src} GROUP BY f"
+            " ORDER BY c DESC, f LIMIT %s",
+            (first, int(limit)),
         )
-        return trend_snapshot(first, days, rows, limit)
+        if not ranked:
+            return trend_snapshot(first, days, [])
+        rows = await self._all(
+            f"SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM {src} AND toString(feature) IN %s"
+            " GROUP BY f, bucket",
+            (first, tuple(r[0] for r in ranked)),
+        )
+        totals = await self._all(f"SELECT bucket, sum(cost_nano) FROM {src} GROUP BY bucket", (first,))
+        return trend_top(first, days, rows, totals, int(ranked[0][2]))
 
     def _alerts(self, read: Callable[[Any], Any], default: Any) -> Any:
         """``read`` on the alert side store, or ``default`` when there is none (a server store, or none yet)."""

@@ -36,6 +36,7 @@ from spendtrace.server.model.dashboard import (
     fold,
     page_args,
     trend_snapshot,
+    trend_top,
     window_start,
 )
 from spendtrace.server.store.sqlite._dash import ALL_MARKER
@@ -318,20 +319,37 @@ class SQLiteDashboard:
         return build_tree(rows)
 
     async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
-        """Daily cost per feature for the last ``days`` days (today included)."""
+        """Daily cost per feature for the last ``days`` days (today included); ``limit``: the top features only.
+
+        With ``limit``, three reads of the covering ``dash_day_cost`` index: the ranking, the top
+        features' days (by key) and one total per day, instead of every feature's every day.
+        """
         today = self._now_s() // DAY * DAY
         first = today - (days - 1) * DAY
         if await self._has_dash():
-            sql = (
-                "SELECT value, bucket, sum(cost_nano) FROM dash_day WHERE dim = 'feature' AND service = ''"
-                " AND bucket >= ? GROUP BY value, bucket"
-            )
+            key, src = "value", "dash_day WHERE dim = 'feature' AND service = '' AND bucket >= ?"
         else:
-            sql = (
-                "SELECT feature, bucket, sum(cost_nano) FROM rollup_day WHERE service = '' AND bucket >= ?"
-                " GROUP BY feature, bucket"
-            )
-        return trend_snapshot(first, days, await self._all(sql, (first,)), limit)
+            key, src = "feature", "rollup_day WHERE service = '' AND bucket >= ?"
+        if limit is None:
+            sql = f"SELECT {key}, bucket, sum(cost_nano) FROM {src} GROUP BY {key}, bucket"
+            return trend_snapshot(first, days, await self._all(sql, (first,)))
+        ranked = await self._all(
+            f"SELECT {key}, sum(cost_nano) AS c, count(*) OVER () FROM {src} GROUP BY {key}"
+            f" ORDER BY c DESC, {key} LIMIT ?",
+            (first, int(limit)),
+        )
+        if not ranked:
+            return trend_snapshot(first, days, [])
+        names = [r[0] for r in ranked]
+        rows, totals = await asyncio.gather(
+            self._all(
+                f"SELECT {key}, bucket, sum(cost_nano) FROM {src} AND {key} IN ({','.join('?' * len(names))})"
+                f" GROUP BY {key}, bucket",
+                (first, *names),
+            ),
+            self._all(f"SELECT bucket, sum(cost_nano) FROM {src} GROUP BY bucket", (first,), side=True),
+        )
+        return trend_top(first, days, rows, totals, int(ranked[0][2]))
 
     async def alert_rules(self) -> list[AlertRuleRow]:
         """Every alert rule, by name, webhook URLs masked."""
