@@ -167,3 +167,17 @@ def test_trends_keep_the_top_features_and_sum_the_rest(url: str) -> None:
     assert top.others == tuple(sum(full.cost[f][i] for f in best[2:]) for i in range(3))
     assert sum(top.others) == per_feature[best[2]] + per_feature[best[3]]
     assert full.others == () and full.others_features == 0
+
+
+def test_api_top_n_of_all_time_is_the_head_of_the_full_list(url: str) -> None:
+    """``aggregate_by_*(limit=n)`` with no filter (SQLite reads it from dash_all by cost) equals the full list's head."""
+    from spendtrace.server.store.base import open_store
+
+    store = open_store(url)
+    try:
+        for agg in (store.aggregate_by_user, store.aggregate_by_feature, store.aggregate_by_endpoint):
+            full = agg()
+            for n in (1, 3, len(full) + 5):
+                assert agg(limit=n) == full[:n]
+    finally:
+        store.close()
