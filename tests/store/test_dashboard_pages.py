@@ -170,7 +170,7 @@ def test_trends_keep_the_top_features_and_sum_the_rest(url: str) -> None:
 
 
 def test_api_top_n_of_all_time_is_the_head_of_the_full_list(url: str) -> None:
-    """``aggregate_by_*(limit=n)`` with no filter (SQLite reads it from dash_all by cost) equals the full list's head."""
+    """``aggregate_by_*(limit=n)``, no filter (SQLite: from dash_all by cost), equals the head of the full list."""
     from spendtrace.server.store.base import open_store
 
     store = open_store(url)
@@ -179,5 +179,21 @@ def test_api_top_n_of_all_time_is_the_head_of_the_full_list(url: str) -> None:
             full = agg()
             for n in (1, 3, len(full) + 5):
                 assert agg(limit=n) == full[:n]
+    finally:
+        store.close()
+
+
+def test_api_total_of_all_time_is_the_sum_of_the_values(url: str) -> None:
+    """``total()`` with no filter (SQLite: from dash_all) equals the sum over every tenant, to the nano-dollar."""
+    from spendtrace.server.store.base import open_store
+
+    store = open_store(url)
+    try:
+        t = store.total()
+        users = store.aggregate_by_user()
+        assert t["cost_nano"] == sum(r["cost_nano"] for r in users) == sum(cost(x) for x in tenants())
+        assert t["request_count"] == sum(r["request_count"] for r in users) == len(tenants())
+        assert t["transaction_count"] == len(tenants()) and t["unpriced_count"] == 0
+        assert store.total(user_id="tenant-003")["cost_nano"] == cost("tenant-003")
     finally:
         store.close()

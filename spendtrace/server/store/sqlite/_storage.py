@@ -235,9 +235,8 @@ class SQLiteStorage:
         service: str | None = None,
     ) -> Row:
         """One total: ``total_cost``, ``cost_nano``, ``transaction_count``, ``unpriced_count``, ``stderr`` ..."""
-        return self.run(
-            q.total(self._rollup_filters(start, end, feature, user_id, endpoint, service), dash=self._dash_now())
-        )
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
+        return self.run(q.total(f, dash=self._dash_now(), dash_all=f == Filters() and self._dash_all_now()))
 
     def get_cost_trend(
         self,
