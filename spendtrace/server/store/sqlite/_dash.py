@@ -103,6 +103,8 @@ def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, 
 
     for ddl in DASH_TABLES:
         yield ddl, [()]
+    # dash_day about to be filled from scratch (no marker): whatever dash_all holds is void, rebuilt below
+    yield f"DELETE FROM meta WHERE key = '{ALL_MARKER}' AND NOT {_MARKED}", [()]
     for g in GRAINS:
         yield _first_fill(g), [()]
     yield f"INSERT OR IGNORE INTO meta (key, value) VALUES ('{MARKER}', '1')", [()]
