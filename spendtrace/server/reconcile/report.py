@@ -344,7 +344,10 @@ def _build(
     actual: dict[str, int] = defaultdict(int)
     names: dict[str, set[str]] = defaultdict(set)
     actual_day: dict[str, int] = defaultdict(int)
+    first, stop = start.isoformat(), end.isoformat()
     for (day, ce_name), amount in actuals.by_day_service.items():
+        if not first <= day < stop:  # a saved response may span more days than asked: only the range counts
+            continue
         key = map_service(ce_name) or ce_name
         actual[key] += amount
         names[key].add(ce_name)
