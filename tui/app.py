@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from textual import on, work
 from textual.app import App
@@ -68,14 +69,16 @@ class SpendtraceApp(App[None]):
         actuals_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        self.db_path = Path(db_path)
+        raw = os.fspath(db_path)
+        url = "://" in raw  # a store URL (chdb://, sqlite://): the dashboard reads it; the SQLite-only actions do not
+        self.db_path = Path(urlsplit(raw).path if url else raw)
         self.db_label = self.db_path.name
         self.bootstrap = bootstrap
         self.alerts_topic = alerts_topic
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
-        self.store: DashboardReads = open_dashboard(self.db_path, clock=clock, monotonic=monotonic)
+        self.store: DashboardReads = open_dashboard(raw if url else self.db_path, clock=clock, monotonic=monotonic)
         self.refresher = Refresher(self, self.store, monotonic=monotonic)
         self.live = live
         #: a saved Cost Explorer response the Reconciliation screen offers first (the demo's bill)
@@ -173,7 +176,7 @@ class SpendtraceApp(App[None]):
         for cls in type(self.screen).__mro__:  # the screen's own keys, then its bases'
             for b in getattr(cls, "BINDINGS", []) if cls.__module__.startswith("tui.") else []:
                 if isinstance(b, Binding) and b.description and b.key not in keys:
-                    keys[b.key] = b.description
+                    keys[b.key_display or b.key] = b.description
         self.push_screen(HelpScreen([(k.replace("slash", "/"), d) for k, d in keys.items()]))
 
     async def run_screen_action(self, action: str, mode: str | None = None) -> None:

@@ -207,9 +207,11 @@ class ReadStore(Protocol):
 
     def unpriced_usage(self) -> list[Row]: ...
 
-    def store_metric_values(self) -> Row:
+    def store_metric_values(self, top: int = 50) -> Row:
         """Stored spend for ``/metrics``: ``cost_nano``, ``spans``, ``unpriced``, ``dead_letters``, ``alerts_fired``,
-        ``webhook_failures`` (ints) and ``features`` / ``services``: ``[(name, cost_nano)]`` sorted by name."""
+        ``webhook_failures`` (ints), ``features``: ``[(name, cost_nano)]`` of the ``top`` costliest features
+        (ties by name) sorted by name, ``features_other_nano``: the spend of every other feature, and
+        ``services``: ``[(name, cost_nano)]`` sorted by name. Bounded: never one row per tenant or feature."""
         ...
 
     def get_request_cost(
@@ -603,20 +605,36 @@ class DashboardReads(Protocol):
         """The header: totals, last hour, spans and their rate since the previous call, what is left out."""
         ...
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline."""
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline.
+
+        Costliest first (ties by name), one page: ``limit`` values (1..``MAX_PAGE``; None: all) from
+        ``offset`` of those whose name contains ``search`` (case folded for ASCII letters; no wildcards).
+        The snapshot also carries the window's total and value count, so "others" is exact, and how
+        many values matched. A backend reads only the page's values for the per-service, last-hour
+        and fully-loaded figures, so a page costs about the same with 100 or 100,000 values.
+        """
         ...
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """The newest (``order="recent"``) or costliest (``"cost"``) requests."""
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """The newest (``order="recent"``) or costliest (``"cost"``) requests: ``limit`` (1..1000) from ``offset``.
+
+        ``search`` keeps the requests whose id, endpoint, tenant or root feature contains it (case folded
+        for ASCII letters, as ``dimension``), found in the whole store, not only among the newest.
+        """
         ...
 
     async def request_tree(self, request_id: str) -> list[TreeNode]:
         """One request's call tree(s) with subtree costs; empty if the request is unknown."""
         ...
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
-        """Daily cost per feature over the last ``days`` UTC days, today included."""
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
+        """Daily cost per feature over the last ``days`` UTC days, today included (``limit``: the costliest
+        features only, the rest summed per day in ``others``)."""
         ...
 
     async def alert_rules(self) -> list[AlertRuleRow]:
