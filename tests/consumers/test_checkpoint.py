@@ -93,8 +93,13 @@ class MemoryIngestStore:
         self.busy = busy
         self.staged = 0
 
+    atomic_batches = True
+
     async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         return dict(self.offsets)
+
+    async def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        return {}
 
     def stage_batch(
         self,

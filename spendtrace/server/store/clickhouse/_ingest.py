@@ -43,6 +43,8 @@ __all__ = [
     "WriteResult",
     "kafka_token",
     "read_offsets",
+    "read_unconfirmed",
+    "record_ranges",
     "spans_token",
     "write_batch",
 ]
@@ -241,6 +243,34 @@ def write_batch(
         unpriced_items=unpriced,
         token=token,
     )
+
+
+def record_ranges(conn: Conn, token: str, ranges: Sequence[tuple[str, str, int, int, int]]) -> None:
+    """Record that the batch ``token`` is begun: (group, topic, partition, first, next offset) per partition.
+
+    Written (and acknowledged) before any row of the batch, so that after a crash anywhere in
+    ``write_batch`` the worker knows which records to re-form the batch from (``read_unconfirmed``).
+    """
+    if not ranges:
+        return
+    now_ns = time.time_ns()
+    rows = list(zip(*ranges, strict=True))
+    conn.insert(
+        "batch_ranges",
+        [*(list(c) for c in rows), [token] * len(ranges), [now_ns] * len(ranges)],
+        ("group_id", "topic", "partition", "first_offset", "next_offset", "token", "updated_ns"),
+    )
+
+
+def read_unconfirmed(conn: Conn, group_id: str, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (first, next offset) of the last batch begun whose offsets were not stored after it."""
+    sql = (
+        "SELECT partition, argMax(first_offset, updated_ns), argMax(next_offset, updated_ns) FROM batch_ranges "
+        "WHERE group_id = %s AND topic = %s GROUP BY partition"
+    )
+    begun = {int(p): (int(a), int(b)) for p, a, b in conn.tuples(sql, (group_id, topic))}
+    done = read_offsets(conn, group_id, topic) if begun else {}
+    return {p: r for p, r in begun.items() if done.get(p, -1) < r[1]}
 
 
 def read_offsets(conn: Conn, group_id: str, topic: str) -> dict[int, int]:
