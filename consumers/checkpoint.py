@@ -367,19 +367,16 @@ class Checkpoint:
         consumer = self.consumer
         stored = await self.store.stored_offsets(self.config.group_id, self.config.topic)
         unconfirmed = await self._unconfirmed(assigned, stored)
-        fresh = []
-        positions: dict[TopicPartition, int] = {}
-        for tp in assigned:
-            nxt = unconfirmed[tp].first_offset if tp in unconfirmed else stored.get(tp.partition)
-            if nxt is None:
-                fresh.append(tp)
-            else:
-                consumer.seek(tp, nxt)
-                positions[tp] = nxt
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-            for tp in fresh:
-                positions[tp] = await consumer.position(tp)
+        starts = {
+            tp: unconfirmed[tp].first_offset if tp in unconfirmed else stored.get(tp.partition) for tp in assigned
+        }
+        fresh = [tp for tp, offset in starts.items() if offset is None]
+        beginnings = await consumer.beginning_offsets(fresh) if fresh else {}
+        positions: dict[TopicPartition, int] = {tp: beginnings[tp] if o is None else o for tp, o in starts.items()}
+        # No await from here on: a fetch that ran between a seek and ``_next`` would drop the sought
+        # records as not ours, and nothing would fetch them again.
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
         self._next = positions
         self._unverified = set(positions)
         self._replay = {tp: r.next_offset for tp, r in unconfirmed.items()}
