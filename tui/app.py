@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from textual import on, work
 from textual.app import App
@@ -67,8 +68,9 @@ class SpendtraceApp(App[None]):
         live: bool = True,
     ) -> None:
         super().__init__()
-        self.db_path = Path(db_path)
-        self.db_label = self.db_path.name
+        #: the store: a SQLite path, or a URL (``chdb:///dir``, ``clickhouse://...``) kept as given
+        self.db_path = os.fspath(db_path)
+        self.db_label = _label(self.db_path)
         self.bootstrap = bootstrap
         self.alerts_topic = alerts_topic
         self.clock = clock
@@ -178,3 +180,11 @@ class SpendtraceApp(App[None]):
         if mode and self.current_mode != mode:
             await self.action_show(mode)
         await self.screen.run_action(action)
+
+
+def _label(store: str) -> str:
+    """What the status bar names the store by: a SQLite file's name, else scheme://host (or data dir), no secret."""
+    if "://" not in store:
+        return Path(store).name
+    parts = urlsplit(store)
+    return f"{parts.scheme}://{parts.hostname or Path(parts.path).name}"
