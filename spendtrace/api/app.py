@@ -351,17 +351,14 @@ _default_app: FastAPI | None = None
 def __getattr__(name: str) -> Any:
     """``app``: the API over the default store, made on first use, for ``uvicorn spendtrace.api.app:app``.
 
-    The store is ``$SPENDTRACE_STORE``'s SQLite file, else ``$SPENDTRACE_DB`` or ``cost_data.db``;
+    The store is ``$SPENDTRACE_STORE`` (any store URL), else ``$SPENDTRACE_DB`` or ``cost_data.db``;
     ``$SPENDTRACE_API_TOKEN`` enables auth as with ``spendtrace api``.
     """
     global _default_app
     if name != "app":
         raise AttributeError(f"module 'spendtrace.api.app' has no attribute {name!r}")
     if _default_app is None:
-        from spendtrace.server.store.base import parse_store_url, resolve_store_url
+        from spendtrace.server.store.base import resolve_store_url
 
-        url = parse_store_url(resolve_store_url())
-        if url.scheme != "sqlite":
-            raise ConfigError(f"the HTTP API reads SQLite stores for now, not {url.scheme}://")
-        _default_app = create_app(url.path)
+        _default_app = create_app(store=resolve_store_url())
     return _default_app
