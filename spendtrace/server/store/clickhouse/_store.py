@@ -224,12 +224,12 @@ class ClickHouseStore:
         per = "SELECT {k}, sum(cost_nano) FROM rollup_day WHERE service {op} '' GROUP BY {k} ORDER BY {k}"
         features = self._conn.tuples(per.format(k="feature", op="="))
         services = self._conn.tuples(per.format(k="service", op="!="))
-        from spendtrace.errors import StorageError
+        from spendtrace.errors import ConfigError, StorageError
         from spendtrace.server.store.base import open_alert_store
 
         try:
             alerts = open_alert_store(self.url, readonly=True)
-        except StorageError:  # no alert state written yet: nothing fired
+        except (StorageError, ConfigError):  # no alert state written yet (or none on a server yet): nothing fired
             fired = failures = 0
         else:
             try:
