@@ -17,9 +17,10 @@ interface's effectively-once contract is kept this way (the ClickHouse Kafka Con
    ``deduplicate_blocks_in_dependent_materialized_views = 1``; ``spans`` and every view's target have
    ``non_replicated_deduplication_window`` set (``_ddl``), so each table drops a block it already has
    from this token, and views still run for the tables that missed it. Rollups are never doubled.
-4. Then dead letters (same token) and the offsets reached. A crash before 4 leaves the old offsets:
-   the worker re-forms the same batch from them (same first/last offsets, so the same token) and
-   3. recognises it.
+4. Then dead letters (same token) and the offsets reached. Before 1., the ingest store
+   (``_ingest_store``) recorded the batch's ranges (``record_ranges``); a crash before 4 leaves
+   them unconfirmed (``read_unconfirmed``), and the worker re-forms exactly that batch from them
+   (same first/last offsets, so the same token), which 3. recognises.
 
 What this does not cover (stated in README Known gaps): two *different* batches holding the same
 span, written at the same moment by two workers, can both pass the check in 2. (no transaction);
