@@ -233,6 +233,7 @@ class Checkpoint:
         exact = [r for r in self._held.pop(tp) if r.offset < end]
         if len(exact) < len(held):
             self.consumer.seek(tp, end)
+            self._unverified.add(tp)  # records fetched before this seek, past ``end``, are fetched again
         self._next[tp] = end
         return exact
 
