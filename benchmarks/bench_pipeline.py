@@ -110,12 +110,12 @@ def bare_clickhouse_insert(url: str, batches: list[Any]) -> float:
 
 def _database(store: str, name: str) -> str:
     """``store`` (a ClickHouse URL) naming database ``name`` instead of its own."""
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import urlsplit
 
     parts = urlsplit(store)
     if parts.scheme == "chdb":
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, f"database={name}", ""))
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+        return f"chdb://{parts.netloc}{parts.path}?database={name}"
+    return f"{parts.scheme}://{parts.netloc}/{name}"
 
 
 async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | None) -> float:
