@@ -147,10 +147,11 @@ async def test_a_batch_that_failed_before_its_offsets_is_re_formed_exactly_and_c
 async def test_a_worker_joins_and_leaves_while_two_share_the_group_on_chdb(
     broker: EmbeddedBroker, recorded: Recorded, topic_name: str, tmp_path: Path
 ) -> None:
-    """Worker B joins A's group mid-stream and later leaves it; every span is stored once, totals exact."""
+    """Worker B joins A's group mid-stream, stores batches of its own partitions and leaves; every span once."""
     url = chdb_store(tmp_path)
     messages = recorded.messages
-    ends = await produce(broker.bootstrap, topic_name, messages, partitions=PARTITIONS)
+    half = len(messages) // 2
+    await produce(broker.bootstrap, topic_name, messages[:half], partitions=PARTITIONS)
     cfg = _config(broker, topic_name, url, batch_size=500)
     a, b = Worker(cfg, book=recorded.book), Worker(cfg, book=recorded.book)
     task_a = asyncio.create_task(a.run())
@@ -162,6 +163,9 @@ async def test_a_worker_joins_and_leaves_while_two_share_the_group_on_chdb(
         await wait_for(lambda: stored() > 0 or task_a.done(), 120, "worker A to store a batch")
         task_b = asyncio.create_task(b.run())
         try:
+            await wait_for(lambda: bool(b.consumer and b.consumer.assignment()) or task_b.done(), 120, "B's share")
+            # records for every partition after B owns some: B has work whatever A did meanwhile
+            ends = await produce(broker.bootstrap, topic_name, messages[half:], partitions=PARTITIONS)
             await wait_for(lambda: b.stats.batches > 0 or task_b.done(), 120, "worker B to store a batch")
         finally:
             b.request_stop()
