@@ -172,6 +172,25 @@ async def test_seek_puts_each_partition_at_the_stored_offset_or_the_beginning() 
     assert stats.rebalances == 1 and cp.generation > before
 
 
+async def test_seek_moves_no_partition_before_its_last_await() -> None:
+    """Step 5 seeks only after everything it awaits: a fetch running during an await must not get records of a
+    partition already moved while the checkpoint does not yet expect them (it would drop them for good)."""
+    log: list[str] = []
+    consumer = FakeConsumer()
+    moved_while_awaiting: list[list[tuple[TopicPartition, int]]] = []
+    beginning = consumer.beginning_offsets
+
+    async def spy(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        moved_while_awaiting.append(list(consumer.seeks))
+        return await beginning(tps)
+
+    consumer.beginning_offsets = spy  # type: ignore[method-assign]
+    cp, _, _ = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 40}), log)
+    await cp.seek([P0, P1])
+    assert moved_while_awaiting == [[]]
+    assert consumer.seeks == [(P0, 40), (P1, 5)]
+
+
 async def test_fetch_takes_only_records_continuing_where_the_store_ends() -> None:
     """Step 1: records before the stored offset are dropped; a first chunk past it is fetched again from it."""
     values = [encode_span(s) for s in make_spans(30, seed=1)]
