@@ -24,7 +24,9 @@ interface's effectively-once contract is kept this way (the ClickHouse Kafka Con
 
 What this does not cover (stated in README Known gaps): two *different* batches holding the same
 span, written at the same moment by two workers, can both pass the check in 2. (no transaction);
-the same batch re-formed with different boundaries gets a different token; a span re-sent with
+a batch re-formed with other boundaries gets another token (the workers re-form the recorded range
+exactly; it can differ only when Kafka deleted some of its records meanwhile, or the price book
+changed, which changes its rows but not its token); a span re-sent with
 another ``start_ns`` is not recognised (the check looks in the batch's time range).
 """
 
