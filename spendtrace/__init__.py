@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "wrap_with_context": "spendtrace.sdk.context",
     "get_global_sample_rate": "spendtrace.sdk.sampling",
     "set_global_sample_rate": "spendtrace.sdk.sampling",
+    "otel_span_processor": "spendtrace.sdk.otel",
     # export (spendtrace/sdk/export/, spendtrace/sdk/config.py; the local store exporter is server-side)
     "CircuitBreaker": "spendtrace.sdk.export",
     "InMemoryExporter": "spendtrace.sdk.export",
@@ -67,6 +68,10 @@ _LAZY: dict[str, str] = {
     # reconciliation (spendtrace/server/reconcile/)
     "ReconciliationReport": "spendtrace.server.reconcile.report",
     "reconcile": "spendtrace.server.reconcile.report",
+    # repricing stored usage (spendtrace/server/repricing.py)
+    "RepriceResult": "spendtrace.server.repricing",
+    "reprice": "spendtrace.server.repricing",
+    "undo_reprice": "spendtrace.server.repricing",
     # alerts (spendtrace/server/alerts/)
     "AlertRule": "spendtrace.server.alerts.rules",
     "list_alerts": "spendtrace.server.alerts.rules",
@@ -120,6 +125,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from spendtrace.sdk.export import set_circuit_breaker as set_circuit_breaker
     from spendtrace.sdk.instrument import auto_instrument as auto_instrument
     from spendtrace.sdk.instrument import uninstrument as uninstrument
+    from spendtrace.sdk.otel import otel_span_processor as otel_span_processor
     from spendtrace.sdk.sampling import get_global_sample_rate as get_global_sample_rate
     from spendtrace.sdk.sampling import set_global_sample_rate as set_global_sample_rate
     from spendtrace.sdk.scope import add_api_call as add_api_call
@@ -137,6 +143,9 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from spendtrace.server.pricing import get_tracker as get_tracker
     from spendtrace.server.reconcile.report import ReconciliationReport as ReconciliationReport
     from spendtrace.server.reconcile.report import reconcile as reconcile
+    from spendtrace.server.repricing import RepriceResult as RepriceResult
+    from spendtrace.server.repricing import reprice as reprice
+    from spendtrace.server.repricing import undo_reprice as undo_reprice
     from spendtrace.server.store.base import open_store as open_store
     from spendtrace.server.store.base import open_store_async as open_store_async
     from spendtrace.server.store.sqlite import SQLiteStorage as SQLiteStorage

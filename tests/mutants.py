@@ -181,6 +181,21 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
         ("tests/consumers/test_worker.py",),
     ),
+    Mutant(
+        "reprice-forgets-fully-loaded",
+        "a reprice changes spans and rollups but leaves the fully-loaded rollups as they were",
+        (("spendtrace/server/ingest/reprice.py", "                _acc(loaded, (b, f), (d_cost, d_var))",
+          "                pass"),),
+        ("tests/store/test_reprice.py",),
+    ),
+    Mutant(
+        "restate-factor-scales-every-service",
+        "restate_historical_costs(factor=...) multiplies OpenAI and Anthropic spend by the AWS factor",
+        (("spendtrace/server/store/sqlite/_restate.py",
+          "return per_service.get(service, default if service in AWS_SERVICES else _ONE)",
+          "return per_service.get(service, default)"),),
+        ("tests/store/test_restate_scope.py",),
+    ),
 )
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -76,6 +76,21 @@ def test_import_linter_contracts_are_kept() -> None:
     assert "0 broken" in result.stdout or "broken" not in result.stdout
 
 
+def test_the_sdk_modules_the_server_may_import_are_pure() -> None:
+    """The two SDK modules pyproject lets the OTLP receiver import reach nothing of ours but the schema, even
+    through imports inside functions, and importing the receiver loads no recording machinery (scope, export)."""
+    graph = grimp.build_graph("spendtrace", include_external_packages=False)
+    for module in ("spendtrace.sdk.instrument._models", "spendtrace.sdk.instrument._dynamodb"):
+        reached = graph.find_upstream_modules(module)
+        assert reached <= {"spendtrace.schema", "spendtrace.errors"}, (module, sorted(reached))
+    code = "import sys, spendtrace.server.otlp.receiver; print(sorted(m for m in sys.modules if '.sdk' in m))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       timeout=120).stdout.replace("'", '"'))  # fmt: skip
+    allowed = {"spendtrace.sdk", "spendtrace.sdk.context", "spendtrace.sdk.instrument",
+               "spendtrace.sdk.instrument._models", "spendtrace.sdk.instrument._dynamodb"}  # fmt: skip
+    assert set(loaded) <= allowed, loaded
+
+
 def test_no_import_cycles_counting_imports_inside_functions() -> None:
     """No two of our modules depend on each other, imports inside functions included (TYPE_CHECKING excepted)."""
     graph = grimp.build_graph(*PACKAGES, include_external_packages=False, exclude_type_checking_imports=True)

@@ -30,7 +30,7 @@ SOURCE_DIRS = ("spendtrace", "consumers", "tui")
 #: Other programs the documents may show; their lines are not ours to check.
 EXTERNAL = frozenset(
     {
-        "cat", "cd", "chmod", "chown", "cp", "curl", "docker", "docker-compose", "echo", "export", "find",
+        "aws", "cat", "cd", "chmod", "chown", "cp", "curl", "docker", "docker-compose", "echo", "export", "find",
         "git", "grep", "head", "install", "jq", "journalctl", "kafka-consumer-groups.sh", "kafka-console-consumer.sh",
         "kafka-topics.sh", "kcat", "ls", "mkdir", "mv", "mypy", "pip", "pip3", "promtool", "rm", "rpk", "ruff",
         "sqlite3", "systemctl", "tail", "tar", "uvicorn", "useradd", "watch", ".", "source", "apt-get", "du",

@@ -62,13 +62,17 @@ def remove_rule(db_path: str | Path, name: str) -> str:
     return f"alert rule {name} removed"
 
 
-def run_reconcile(db_path: str | Path, start: str, end: str, actuals_file: str | None) -> dict[str, Any]:
-    """Run ``spendtrace.server.reconcile.report.reconcile`` and return its report as a dict."""
+def run_reconcile(
+    db_path: str | Path, start: str, end: str, actuals_file: str | None, now_ns: int | None = None
+) -> dict[str, Any]:
+    """Run ``spendtrace.server.reconcile.report.reconcile`` (as of ``now_ns``, default now); its report as a dict."""
     try:
         mod = importlib.import_module("spendtrace.server.reconcile.report")
     except ImportError as exc:
         raise ValueError("reconciliation is not available in this build (spendtrace.reconcile missing)") from exc
     kwargs: dict[str, Any] = {"db_path": str(db_path), "start": start, "end": end}
+    if now_ns is not None:
+        kwargs["now"] = now_ns
     if actuals_file:
         kwargs["actuals_file"] = actuals_file
     report = mod.reconcile(**kwargs)

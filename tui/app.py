@@ -66,6 +66,7 @@ class SpendtraceApp(App[None]):
         refresh_interval: float = 0.25,
         export_dir: str | os.PathLike[str] | None = None,
         live: bool = True,
+        actuals_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         #: the store: a SQLite path, or a URL (``chdb:///dir``, ``clickhouse://...``) kept as given
@@ -79,6 +80,8 @@ class SpendtraceApp(App[None]):
         self.store: DashboardReads = open_dashboard(self.db_path, clock=clock, monotonic=monotonic)
         self.refresher = Refresher(self, self.store, monotonic=monotonic)
         self.live = live
+        #: a saved Cost Explorer response the Reconciliation screen offers first (the demo's bill)
+        self.actuals_file = os.fspath(actuals_file) if actuals_file is not None else None
         self.live_alerts: list[dict[str, Any]] = []
         self.last_export: Path | None = None
         self.last_copied: str | None = None

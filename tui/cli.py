@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="start a broker, workers and a synthetic app, and watch them")
     p.add_argument("--demo-rate", type=float, default=20.0, help="demo requests per second (default 20)")
     p.add_argument("--spike-after", type=float, default=20.0, help="seconds until the demo's cost spike (default 20)")
+    p.add_argument("--history-days", type=int, default=28,
+                   help="days of past demo traffic to backfill first (default 28; 0: none)")  # fmt: skip
     web = p.add_argument_group("browser view (textual-serve)")
     web.add_argument("--serve", action="store_true", help="serve the UI to web browsers instead of this terminal")
     web.add_argument("--host", default="127.0.0.1", help="address --serve binds to (default 127.0.0.1)")
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         from tui.demo import run_demo
 
-        return run_demo(args.db, refresh=args.refresh, rate=args.demo_rate, spike_after=args.spike_after)
+        return run_demo(args.db, refresh=args.refresh, rate=args.demo_rate, spike_after=args.spike_after,
+                        history_days=args.history_days)
     from pathlib import Path
 
     from spendtrace.errors import SpendtraceError

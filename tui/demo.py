@@ -27,11 +27,15 @@ DEMO_RULE = {"feature": "ai_recommendations", "threshold": 1.0, "window_hours": 
 class Demo:
     """The demo's background parts; ``start()`` brings them up, ``stop()`` takes them down (idempotent)."""
 
-    def __init__(self, db: str | Path | None = None, *, rate: float = 20.0, spike_after: float = 20.0) -> None:
+    def __init__(
+        self, db: str | Path | None = None, *, rate: float = 20.0, spike_after: float = 20.0, history_days: int = 0
+    ) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="spendtrace-demo-"))
         self.db_path = Path(db) if db else self._tmp / "demo.db"
         self.rate = rate
         self.spike_after = spike_after
+        #: days of past traffic the shop backfills first (not into a kept database that already has data)
+        self.history_days = history_days
         self.broker: Any = None
         self.procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
@@ -57,14 +61,17 @@ class Demo:
         from spendtrace.server.broker import EmbeddedBroker
         from spendtrace.server.topics import ensure_topics
 
+        if self.db_path.exists() and self.db_path.stat().st_size > 0:
+            self.history_days = 0  # a kept demo database has its history already: never add it twice
         self.broker = EmbeddedBroker(log_path=self._tmp / "broker.log").start()
         topics = ["spendtrace.spans", "spendtrace.alerts", "spendtrace.dlq"]
         asyncio.run(ensure_topics(self.bootstrap, topics, partitions=3))
         set_alert(db_path=str(self.db_path), **DEMO_RULE)  # type: ignore[arg-type]
         self._spawn("worker", "-m", "consumers", "--bootstrap", self.bootstrap, "--db", str(self.db_path),
                     "--partitions", "3", "--log-level", "WARNING")  # fmt: skip
+        history = ["--history-days", str(self.history_days), "--bill-out", str(self.bill_path)]
         self._spawn("shop", "-m", "tui.demo_app", "--bootstrap", self.bootstrap, "--rate", str(self.rate),
-                    "--spike-after", str(self.spike_after))  # fmt: skip
+                    "--spike-after", str(self.spike_after), *(history if self.history_days > 0 else []))  # fmt: skip
         return self
 
     def check(self) -> list[str]:
@@ -100,6 +107,11 @@ class Demo:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     @property
+    def bill_path(self) -> Path:
+        """The Cost Explorer response the shop writes for its history (what Reconciliation offers first)."""
+        return self._tmp / "cost-explorer.json"
+
+    @property
     def log_dir(self) -> Path:
         """Where the broker, worker and shop write their logs (removed by ``stop`` unless ``keep_logs``)."""
         return self._tmp
@@ -112,15 +124,21 @@ class Demo:
 
 
 def run_demo(
-    db: str | Path | None = None, *, refresh: float = 0.25, rate: float = 20.0, spike_after: float = 20.0
+    db: str | Path | None = None,
+    *,
+    refresh: float = 0.25,
+    rate: float = 20.0,
+    spike_after: float = 20.0,
+    history_days: int = 0,
 ) -> int:
     """Start the demo, run the TUI on it until the user quits, and stop everything."""
     from tui.app import SpendtraceApp
 
     print("spendtrace demo: starting the broker, a worker and the demo shop …", file=sys.stderr)
     with ExitStack() as stack:
-        demo = stack.enter_context(Demo(db, rate=rate, spike_after=spike_after))
-        app = SpendtraceApp(demo.db_path, bootstrap=demo.bootstrap, refresh_interval=refresh)
+        demo = stack.enter_context(Demo(db, rate=rate, spike_after=spike_after, history_days=history_days))
+        bill = demo.bill_path if demo.history_days > 0 else None
+        app = SpendtraceApp(demo.db_path, bootstrap=demo.bootstrap, refresh_interval=refresh, actuals_file=bill)
         app.run()
         dead = demo.check()
         demo.keep_logs = bool(dead)

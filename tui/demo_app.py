@@ -5,6 +5,9 @@ botocore event path, and our instrumentation hooks, run); OpenAI and Anthropic c
 installed) are answered by an in-process HTTP ``MockTransport``. Three tenants, nested features,
 some failing calls, and after ``--spike-after`` seconds a burst of large Bedrock calls on one
 tenant, which trips the demo's alert rule. Run as ``python -m tui.demo_app --bootstrap HOST:PORT``.
+
+With ``--history-days N`` it first records N days of past traffic the same way (see ``record_history``),
+so Trends, the daily rollups and reconciliation have weeks to show rather than one afternoon.
 """
 
 from __future__ import annotations
@@ -13,12 +16,18 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import random
 import signal
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spendtrace import InMemoryExporter
+    from spendtrace.schema import Span
 
 TENANTS = ("tenant-acme", "tenant-globex", "tenant-initech")
 SONNET = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -190,6 +199,135 @@ def make_request(shop: Shop, spiking: bool) -> Callable[[], None]:
     return handle
 
 
+#: Each recorded history request stands for this many (its spans' ``weight``, as a 1/1000 sample would):
+#: a few thousand recorded requests make weeks of a shop doing ~1-2 requests a second.
+HISTORY_WEIGHT = 1000.0
+#: Recorded history requests in the busiest hour of a weekday; quieter hours and weekends get fewer.
+HISTORY_PEAK_PER_HOUR = 8
+HOUR_S = 3600
+#: The past spike: this many recorded spiking requests in each of two hours, each standing for 100
+#: (a spike day comes out at a few times a normal day rather than dwarfing the whole chart).
+SPIKE_PER_HOUR = 4
+SPIKE_WEIGHT = 100.0
+
+
+def hourly_factor(hour_start_s: int) -> float:
+    """Traffic of the hour starting at ``hour_start_s`` (UTC) relative to a weekday's busiest hour.
+
+    A working-day curve (quiet at night, peaking mid-afternoon UTC) and weekends at 40%.
+    """
+    import math
+
+    day, hour = divmod(hour_start_s // HOUR_S, 24)
+    weekday = (day + 3) % 7  # 1970-01-01 was a Thursday: 0 = Monday
+    diurnal = 0.15 + 0.85 * max(0.0, math.sin(math.pi * (hour - 5) / 18)) if 5 <= hour <= 23 else 0.15
+    return diurnal * (0.4 if weekday >= 5 else 1.0)
+
+
+def record_history(
+    shop: Shop, exporter: InMemoryExporter, days: int, *, now_s: int, spike_days_ago: int | None = None
+) -> list[Span]:
+    """Record ``days`` of past shop traffic with the real SDK, dated into the past; the spans, oldest first.
+
+    The SDK must be configured with ``exporter``, read and cleared after each hour. Each hour from ``days`` ago up
+    to an hour before ``now_s`` gets ``HISTORY_PEAK_PER_HOUR x hourly_factor`` requests (the weekly
+    pattern); each request's spans keep their relative timing and are moved to a random moment of that
+    hour, with ``HISTORY_WEIGHT``. ``spike_days_ago`` (default: 9, or the oldest day) has the live
+    demo's Bedrock spike on one tenant for two afternoon hours. History stops an hour before now so the
+    live demo's hourly alert rule is tripped by the live spike, not by the past.
+    """
+    rng = shop.rng
+    spike_day = (min(9, days - 1) if spike_days_ago is None else spike_days_ago) if days > 0 else -1
+    today = now_s - now_s % 86_400
+    spans: list[Span] = []
+    for hour_start in range(today - days * 86_400, now_s - 2 * HOUR_S + 1, HOUR_S):  # every hour ends >= 1 h ago
+        n = round(HISTORY_PEAK_PER_HOUR * hourly_factor(hour_start) * rng.uniform(0.7, 1.3))
+        spans += _record_hour(shop, exporter, hour_start, [False] * n, HISTORY_WEIGHT)
+        days_ago = (today - (hour_start - hour_start % 86_400)) // 86_400
+        if days_ago == spike_day and (hour_start % 86_400) // HOUR_S in (14, 15):
+            spans += _record_hour(shop, exporter, hour_start, [True] * SPIKE_PER_HOUR, SPIKE_WEIGHT)
+    spans.sort(key=lambda s: s.start_ns)
+    return spans
+
+
+def _record_hour(
+    shop: Shop, exporter: InMemoryExporter, hour_start: int, spiking: list[bool], weight: float
+) -> list[Span]:
+    """Record one request per entry of ``spiking`` now, then move each request's spans into that hour."""
+    import msgspec
+
+    import spendtrace
+
+    for spike in spiking:
+        make_request(shop, spike)()
+    spendtrace.flush()
+    by_request: dict[str, list[Span]] = defaultdict(list)
+    for span in exporter.spans:
+        by_request[span.request_id].append(span)
+    exporter.clear()
+    out: list[Span] = []
+    for tree in by_request.values():
+        at_ns = int((hour_start + shop.rng.uniform(0, HOUR_S - 60)) * 1_000_000_000)
+        shift = min(s.start_ns for s in tree) - at_ns
+        out += [msgspec.structs.replace(s, start_ns=s.start_ns - shift, weight=weight) for s in tree]
+    return out
+
+
+#: How the demo's AWS bill differs from the model, per service: what a real bill adds that usage
+#: records cannot see (DynamoDB storage and backups, S3 storage). Bedrock tokens are billed as modelled.
+BILL_FACTORS = {"dynamodb": "1.08", "s3": "1.15", "bedrock": "1.00"}
+#: Daily charges of services the demo app never records (the report lists them as not modelled).
+UNMODELLED_DAILY = {"Amazon CloudWatch": "1.20"}
+
+
+def history_bill(spans: Sequence[Span], *, now_s: int) -> dict[str, Any]:
+    """A Cost Explorer ``GetCostAndUsage`` response (DAILY, grouped by SERVICE) for the AWS part of ``spans``.
+
+    Each day's modelled AWS spend per service (priced by the workers' price book) times
+    ``BILL_FACTORS``, plus ``UNMODELLED_DAILY``; today is marked ``Estimated`` as Cost Explorer does.
+    The demo's Reconciliation screen then shows a real gap to explain (``spendtrace demo``).
+    """
+    import datetime as dt
+    from decimal import Decimal
+
+    from spendtrace.server.ingest.prepare import prepare_batch
+    from spendtrace.server.pricing import current_book
+    from spendtrace.server.reconcile.costexplorer import CE_SERVICE_MAP
+
+    ce_name = {ours: theirs for theirs, ours in CE_SERVICE_MAP.items()}
+    per_day: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for (bucket, _f, _u, _e, service), values in prepare_batch(spans, current_book()).rollups["day"].items():
+        if service in BILL_FACTORS:
+            day = dt.datetime.fromtimestamp(bucket, dt.UTC).date().isoformat()
+            per_day[day][ce_name[service]] += Decimal(values[0]) / 10**9 * Decimal(BILL_FACTORS[service])
+    today = dt.datetime.fromtimestamp(now_s, dt.UTC).date()
+    results = []
+    for day in sorted(per_day):
+        amounts = dict(per_day[day]) | {name: Decimal(v) for name, v in UNMODELLED_DAILY.items()}
+        end = dt.date.fromisoformat(day) + dt.timedelta(days=1)
+        results.append({
+            "TimePeriod": {"Start": day, "End": end.isoformat()},
+            "Total": {},
+            "Groups": [{"Keys": [name], "Metrics": {"UnblendedCost": {"Amount": f"{amount:.10f}", "Unit": "USD"}}}
+                       for name, amount in sorted(amounts.items())],
+            "Estimated": day == today.isoformat(),
+        })  # fmt: skip
+    return {"GroupDefinitions": [{"Type": "DIMENSION", "Key": "SERVICE"}], "ResultsByTime": results,
+            "DimensionValueAttributes": []}  # fmt: skip
+
+
+def send_history(spans: Sequence[Span], bootstrap: str, topic: str, *, chunk: int = 500) -> None:
+    """Publish history spans to the spans topic with the SDK's Kafka exporter (each chunk acknowledged)."""
+    from spendtrace import KafkaExporter
+
+    exporter = KafkaExporter(bootstrap, topic)
+    try:
+        for i in range(0, len(spans), chunk):
+            exporter.export(spans[i : i + chunk])
+    finally:
+        exporter.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command line of the demo app."""
     p = argparse.ArgumentParser(prog="python -m tui.demo_app", description="Synthetic instrumented shop traffic.")
@@ -199,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spike-after", type=float, default=20.0, help="seconds before the cost spike (default 20)")
     p.add_argument("--spike-for", type=float, default=15.0, help="how long the spike lasts (default 15)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--history-days", type=int, default=0,
+                   help="first record this many days of past traffic (weekly pattern, one past spike)")
+    p.add_argument("--bill-out", default=None, metavar="PATH",
+                   help="write a Cost Explorer response for the history's AWS spend here (for Reconciliation)")
     return p
 
 
@@ -215,9 +357,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    spendtrace.configure(kafka_bootstrap=args.bootstrap, topic=args.topic)
     spendtrace.auto_instrument()
     shop = Shop(random.Random(args.seed))
+    if args.history_days > 0:
+        memory = spendtrace.InMemoryExporter()
+        spendtrace.configure(exporter=memory)
+        history = record_history(shop, memory, args.history_days, now_s=int(time.time()))
+        send_history(history, args.bootstrap, args.topic)
+        if args.bill_out:
+            bill = history_bill(history, now_s=int(time.time()))
+            tmp = f"{args.bill_out}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(bill, fh, indent=1)
+            os.replace(tmp, args.bill_out)  # the TUI never reads half a file
+        print(f"demo app: {len(history)} history spans over {args.history_days} days sent", file=sys.stderr)
+    spendtrace.configure(kafka_bootstrap=args.bootstrap, topic=args.topic)
     started = time.monotonic()
     next_at = started
     sent = 0

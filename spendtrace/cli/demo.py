@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
-from spendtrace.cli._args import float_in
+from spendtrace.cli._args import float_in, int_in
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
         print("spendtrace demo needs the TUI: pip install 'spendtrace[all]'", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "tui.cli", "--demo", "--refresh", str(args.refresh), "--demo-rate", str(args.rate),
-           "--spike-after", str(args.spike_after)]  # fmt: skip
+           "--spike-after", str(args.spike_after), "--history-days", str(args.history_days)]  # fmt: skip
     if args.demo_db:
         cmd += ["--db", args.demo_db]
     try:
@@ -38,6 +38,8 @@ def register(subparsers: Any) -> None:
                    help="demo requests per second (default 20)")
     p.add_argument("--spike-after", type=float_in(0, 86_400), default=20.0,
                    help="seconds until the cost spike (default 20)")
+    p.add_argument("--history-days", type=int_in(0, 366), default=28,
+                   help="days of past traffic to backfill first, so Trends has weeks to show (default 28; 0: none)")
     p.add_argument("--refresh", type=float_in(0, 3600, above=True), default=0.25,
                    help="TUI change-check interval in seconds")
     p.set_defaults(handler=_run, needs_db=False)

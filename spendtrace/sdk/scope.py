@@ -234,7 +234,7 @@ def _close(frame: _Frame, start: int, cpu: int, exc: BaseException | None) -> No
         _pipeline.submit(
             Span(cast(str, st[1]), pid, st[2], cast(str, st[8]), st[9], st[3], st[4], start + _clock.wall_offset,
                  end - start, cpu, exc is not None, None if exc is None else type(exc).__name__,
-                 _take_usage(usage), st[6], st[5], lam)
+                 _take_usage(usage), st[6], st[5], lam, _clock.lambda_arch if lam else None)
         )  # fmt: skip
     except Exception:  # telemetry never breaks the host app
         pass
@@ -487,7 +487,7 @@ def _fast_sync(
             reset(token)
             submit(
                 Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _clock.wall_offset, t1 - t0, cpu, True,
-                     type(exc).__name__, _take_usage(usage), st[6], st[5], lam)
+                     type(exc).__name__, _take_usage(usage), st[6], st[5], lam, _clock.lambda_arch if lam else None)
             )  # fmt: skip
             raise
         t1 = perf_now()
@@ -498,7 +498,7 @@ def _fast_sync(
         usage[0] = len(items) + 1
         submit(
             Span(sid, pid, st[2], feature, operation, st[3], st[4], t0 + _clock.wall_offset, t1 - t0, cpu, False, None,
-                 items, st[6], st[5], lam)
+                 items, st[6], st[5], lam, _clock.lambda_arch if lam else None)
         )  # fmt: skip
         if not n & 4095:
             _clock.resync()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ["textual", "aiosqlite", "boto3", "botocore", "aiokafka", "genai_prices"]
+HEAVY = ["textual", "aiosqlite", "boto3", "botocore", "aiokafka", "genai_prices", "google", "starlette", "uvicorn"]
 
 SCRIPT = """
 import json, sys

@@ -46,12 +46,12 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 def test_a_new_file_gets_the_current_schema_in_wal_mode(db_path: Path) -> None:
     """A fresh database is created at SCHEMA_VERSION, in WAL mode, with every table."""
     conn = connect(db_path)
-    assert schema_version(conn) == SCHEMA_VERSION == 1
+    assert schema_version(conn) == SCHEMA_VERSION == 2
     assert tables(conn) >= TABLES
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 0
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
 
 
 def test_an_older_file_is_upgraded_and_keeps_its_data(db_path: Path) -> None:
@@ -180,3 +180,23 @@ def test_an_existing_database_keeps_the_mode_its_operator_chose(tmp_path: Path) 
     db.chmod(0o640)
     connect(db).close()
     assert stat.S_IMODE(db.stat().st_mode) == 0o640
+
+
+def test_a_version_1_file_keeps_its_restatements_as_kind_restate(db_path: Path) -> None:
+    """Version 2 adds kind / features / detail to restatements; a version-1 file's rows read as calibrations."""
+    from spendtrace.server.store.sqlite._ddl import DDL_V1
+
+    old = sqlite3.connect(db_path)
+    for stmt in DDL_V1:
+        old.execute(stmt)
+    old.execute(
+        "INSERT INTO restatements (created_ns, who, why, start_date, end_date, factor) "
+        "VALUES (1, 'ops', 'calibrate', '2026-02-01', '2026-03-01', 1.05)"
+    )
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    conn = connect(db_path)
+    assert schema_version(conn) == SCHEMA_VERSION == 2
+    row = conn.execute("SELECT who, factor, kind, features, detail FROM restatements").fetchone()
+    assert row == ("ops", 1.05, "restate", "[]", "{}")

@@ -324,3 +324,34 @@ def test_cli_prints_the_summary_and_writes_json(db_path: Path, tmp_path: Path,
     assert data == latest_report(db_path)
     assert main(["--db", str(db_path), "reconcile", "--start", "2026-03-01", "--end", "2026-02-01",
                  "--actuals", str(actuals)]) == 2
+
+
+def test_the_shipped_sample_bill_reconciles_offline(tmp_path: Path) -> None:
+    """``docs/examples/cost-explorer-sample.json`` (README) runs through ``spendtrace reconcile --actuals`` as is:
+    each service's actual is the sum of its lines, CloudWatch is on the bill but not in the model, and the
+    day Cost Explorer marks ``Estimated`` is provisional."""
+    import subprocess
+    import sys
+
+    sample = Path(__file__).resolve().parents[2] / "docs" / "examples" / "cost-explorer-sample.json"
+    db = tmp_path / "cost_data.db"
+    connect(db).close()
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "spendtrace", "reconcile", "--db", str(db), "--start", "2026-11-01",
+         "--end", "2026-11-04", "--actuals", str(sample), "--out", str(out), "--now", "2026-12-01"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text(encoding="utf-8"))
+    actual = {r["service"]: Decimal(r["actual_nano"]) / NS for r in report["service_rows"]}
+    assert actual == {
+        "dynamodb": Decimal("4.125") + Decimal("3.875") + Decimal("2.0"),
+        "s3": Decimal("1.08") + Decimal("1.12"),
+        "bedrock": Decimal("12.5") + Decimal("9.75") + Decimal("6.25"),
+        "lambda": Decimal("0.735") + Decimal("0.665"),
+        "Amazon CloudWatch": Decimal("1.2") + Decimal("1.2") + Decimal("0.6"),
+    }
+    assert not any(r["covered"] for r in report["service_rows"])  # an empty store models nothing
+    assert report["provisional_days"] == ["2026-11-03"]
+    assert "Amazon CloudWatch" in proc.stdout

@@ -449,6 +449,45 @@ def test_lambda_memory_read_from_environment(monkeypatch: pytest.MonkeyPatch, sp
     assert spans[0].lambda_memory_mb == 512
 
 
+@pytest.mark.parametrize(("machine", "arch"), [("aarch64", "arm64"), ("x86_64", "x86_64")])
+def test_on_lambda_root_spans_carry_the_function_architecture(
+    monkeypatch: pytest.MonkeyPatch, spans: list[Span], machine: str, arch: str
+) -> None:
+    """On Lambda (AWS_LAMBDA_FUNCTION_NAME) the machine names the architecture, so arm64 GB-s get the arm rate.
+
+    ``os.uname`` is the one thing replaced: the test runs on one machine and checks both architectures.
+    """
+    import json
+    import os
+
+    from spendtrace.server.ingest.prepare import prepare_batch
+    from spendtrace.server.pricing import PriceBook
+
+    real = os.uname()
+    monkeypatch.setattr(os, "uname", lambda: os.uname_result((*real[:4], machine)))
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "checkout")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+    _scope.set_lambda_memory_mb(None)
+    try:
+        with spendtrace.track(feature="handler"), spendtrace.track(feature="inner"):
+            pass
+        with pytest.raises(ZeroDivisionError), spendtrace.track(feature="failing"):
+            1 / 0  # noqa: B018
+        _scope.cost_track(feature="fast")(lambda: None)()
+    finally:
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME")
+        monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        _scope.set_lambda_memory_mb(None)
+    inner, handler, failing, fast = spans
+    assert [(s.lambda_memory_mb, s.lambda_architecture) for s in (handler, failing, fast)] == [(1024, arch)] * 3
+    assert (inner.lambda_memory_mb, inner.lambda_architecture) == (0, None)
+    items = [json.loads(row[14])[-1] for row in prepare_batch([handler], PriceBook.default()).span_rows]
+    assert items[0]["key"] == "lambda_gb_second" and items[0]["architecture"] == arch
+    with spendtrace.track(feature="off-lambda"):
+        pass
+    assert spans[-1].lambda_architecture is None
+
+
 def test_record_usage_fast_path_and_suppression(spans: list[Span]) -> None:
     """record_usage appends to the open span, and records nothing under suppress_instrumentation."""
     item = UsageItem("s3_put", count=1.0)

@@ -53,8 +53,14 @@ CELLS: list[dict[str, Cell]] = [
 
 
 class _TableApp(App[None]):
+    def __init__(self, fixed_columns: int = 0) -> None:
+        super().__init__()
+        self.fixed_columns = fixed_columns
+
     def compose(self) -> ComposeResult:
-        yield KeyedTable(COLUMNS, default_sort="cost", id="t")
+        table = KeyedTable(COLUMNS, default_sort="cost", id="t")
+        table.fixed_columns = self.fixed_columns
+        yield table
 
 
 def _chars(lines: Any) -> list[list[tuple[str, Style | None]]]:
@@ -96,9 +102,11 @@ def _row_chars(pair: Any) -> list[tuple[str, Style | None]]:
     return [(ch, seg.style) for part in (*fixed, *scrollable) for seg in part for ch in seg.text]
 
 
-async def test_rows_and_lines_render_like_datatable() -> None:
-    """Whole rows (header, zebra stripes, the cursor row, the filler past the last column) and screen lines match."""
-    app = _TableApp()
+@pytest.mark.parametrize("fixed_columns", [0, 1, 2])
+async def test_rows_and_lines_render_like_datatable(fixed_columns: int) -> None:
+    """Whole rows (header, zebra stripes, the cursor row, the filler past the last column, the frozen columns)
+    and screen lines match."""
+    app = _TableApp(fixed_columns)
     async with app.run_test(size=(80, 12)) as pilot:
         table = app.query_one(KeyedTable)
         table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
@@ -118,6 +126,7 @@ async def test_rows_and_lines_render_like_datatable() -> None:
                     got = table._render_line_in_row(key, 0, base, cursor, table.hover_coordinate)
                     assert "widths" in table._pass  # the memoised path ran, not DataTable's
                     table._pass = None
+                    assert len(got[0]) == fixed_columns
                     assert _row_chars(got) == _row_chars(want), (theme, key.value, cursor)
             for y in range(table.size.height):
                 table._line_cache.clear()
@@ -150,9 +159,11 @@ async def test_set_cells_writes_all_then_repaints_once() -> None:
             table.set_cells([("no-such-row", "note", Cell.of("x", "x"))])
 
 
-async def test_lines_scrolled_sideways_render_like_datatable() -> None:
-    """In a table wider than its widget, lines scrolled to any column offset match DataTable's, cut and padded alike."""
-    app = _TableApp()
+@pytest.mark.parametrize("fixed_columns", [0, 1])
+async def test_lines_scrolled_sideways_render_like_datatable(fixed_columns: int) -> None:
+    """In a table wider than its widget, lines scrolled to any column offset match DataTable's, cut and padded
+    alike; a frozen column stays at the left edge whatever the offset."""
+    app = _TableApp(fixed_columns)
     async with app.run_test(size=(30, 10)) as pilot:
         table = app.query_one(KeyedTable)
         table.sync((f"row{i}", cells) for i, cells in enumerate(CELLS))
@@ -168,9 +179,12 @@ async def test_lines_scrolled_sideways_render_like_datatable() -> None:
                 table._line_cache.clear()
                 table._pass = {}
                 got = table._render_line(y, x1, x1 + width, base)
+                assert "widths" in table._pass  # the fast path ran
                 table._pass = None
                 assert got.cell_length == want.cell_length == width
                 assert _chars([list(got)]) == _chars([list(want)]), (x1, y)
+                if fixed_columns and y == 0:
+                    assert got.text.startswith(" Name")  # the frozen header cell, at every offset
 
 
 def test_formatter_cells_are_the_texts_rich_would_make() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from _snap import screen_text
 from _tui_helpers import SIZE, settle, until
-from textual.widgets import Input
+from textual.widgets import Button, Input
 
 from spendtrace.server.alerts.rules import list_alerts
 from tui.screens.alerts import AlertsScreen
@@ -112,14 +112,18 @@ def _ce_response(path: Path) -> Path:
         )
     import datetime as dt
 
+    # Cost Explorer answers every day of the range, days with no spend with no groups
+    first = dt.date(2026, 10, 15)
+    buckets = set(by_day) | {int(dt.datetime.combine(first + dt.timedelta(days=i), dt.time(), dt.UTC).timestamp())
+                             for i in range(19)}  # fmt: skip
     results = []
-    for bucket in sorted(by_day):
+    for bucket in sorted(buckets):
         day = dt.datetime.fromtimestamp(bucket, tz=dt.UTC).date()
         results.append(
             {
                 "TimePeriod": {"Start": day.isoformat(), "End": (day + dt.timedelta(days=1)).isoformat()},
                 "Total": {},
-                "Groups": by_day[bucket],
+                "Groups": by_day.get(bucket, []),
                 "Estimated": False,
             }
         )
@@ -169,3 +173,28 @@ def _restatements(db: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM restatements WHERE undone_ns IS NULL").fetchone()[0])
     finally:
         conn.close()
+
+
+async def test_a_partial_bill_shows_partial_and_offers_no_restatement(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """A saved bill missing days of the range: the summary says PARTIAL and the restate button is disabled."""
+    ce = _ce_response(tui_db)
+    data = json.loads(ce.read_text())
+    first3 = {"2026-10-15", "2026-10-16", "2026-10-17"}  # the range's first three days only
+    data["ResultsByTime"] = [r for r in data["ResultsByTime"] if r["TimePeriod"]["Start"] in first3]
+    ce.write_text(json.dumps(data))
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, ReconcileScreen)
+        screen.query_one("#start", Input).value = "2026-10-15"
+        screen.query_one("#end", Input).value = "2026-11-03"
+        screen.query_one("#file", Input).value = str(ce)
+        screen.query_one("#file", Input).focus()
+        await pilot.press("enter")
+        await until(pilot, lambda: screen.report is not None, "reconciliation report")
+        assert screen.report is not None and screen.report["partial"]
+        assert "PARTIAL: no actuals for 16 day(s) from" in screen_text(app)
+        assert screen.query_one("#restate", Button).disabled
+    assert _restatements(tui_db) == 0

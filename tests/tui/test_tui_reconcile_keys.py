@@ -21,6 +21,7 @@ from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import Input
 
+from spendtrace.server.model.reconcile import AWS_SERVICES
 from tui.app import SpendtraceApp
 from tui.screens.dimension import LiveScreen
 from tui.screens.modals import ConfirmModal
@@ -141,11 +142,13 @@ async def test_the_form_run_and_restate_work_from_the_keyboard_alone(
 async def test_restate_scales_the_stored_costs_in_the_range_by_the_reports_factor(
     tui_db: Path, make_app, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """Every rollup row in the range becomes round(factor x old); spans follow; rows outside the range stay put."""
+    """Every AWS service's rollup row in the range becomes round(factor x old), other services' stay (the factor
+    comes from the AWS bill); spans follow; rows outside the range stay put."""
     bill = _saved_bill(tui_db)
     monkeypatch.chdir(bill.parent)
     before_rollups = _rollup_day(tui_db)
     before_spans = _span_costs(tui_db)
+    before_items = _item_costs_in_range(tui_db)
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
@@ -167,19 +170,20 @@ async def test_restate_scales_the_stored_costs_in_the_range_by_the_reports_facto
     assert in_range and len(in_range) < len(before_rollups)  # the range splits the data
     for key, old in before_rollups.items():
         service = key[-1]
-        if key not in in_range:
+        if key not in in_range or (service and service not in AWS_SERVICES):
             assert after_rollups[key] == old, key
-        elif service:  # each service row is scaled on its own, half to even
+        elif service:  # each AWS service row is scaled on its own, half to even
             assert after_rollups[key] == round(exact * old), (key, old, after_rollups[key])
     moved = sum(after_rollups[k] - before_rollups[k] for k in in_range if k[-1])
     span_level = sum(after_rollups[k] - before_rollups[k] for k in in_range if not k[-1])
     assert span_level == moved  # the span-level row stays the sum of its service rows
 
     after_spans = _span_costs(tui_db)
-    old_in = sum(cost for sid, (start, cost) in before_spans.items() if START_S * 10**9 <= start < END_S * 10**9)
-    new_in = sum(cost for sid, (start, cost) in after_spans.items() if START_S * 10**9 <= start < END_S * 10**9)
+    old_aws, old_other = before_items
+    new_aws, new_other = _item_costs_in_range(tui_db)
     items = _priced_items_in_range(tui_db)
-    assert old_in > 0 and abs(Fraction(new_in) - exact * old_in) <= Fraction(items, 2)  # one rounding per item
+    assert old_aws > 0 and abs(Fraction(new_aws) - exact * old_aws) <= Fraction(items, 2)  # one rounding per item
+    assert old_other > 0 and new_other == old_other  # OpenAI / Anthropic spend is not on the AWS bill
     outside = {sid for sid, (start, _) in before_spans.items() if not START_S * 10**9 <= start < END_S * 10**9}
     assert outside and all(after_spans[sid] == before_spans[sid] for sid in outside)
     assert _restatement_factors(tui_db) == [factor]  # and the record says which factor it was
@@ -201,6 +205,20 @@ def _span_costs(db: Path) -> dict[str, tuple[int, int]]:
             "SELECT span_id, start_ns, cost_nano FROM spans")}  # fmt: skip
     finally:
         conn.close()
+
+
+def _item_costs_in_range(db: Path) -> tuple[int, int]:
+    """(AWS services', other services') priced item cost of the spans in the range."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT usage FROM spans WHERE start_ns >= ? AND start_ns < ?", (START_S * 10**9, END_S * 10**9)
+        ).fetchall()
+    finally:
+        conn.close()
+    items = [it for (u,) in rows for it in json.loads(u) if it.get("priced")]
+    aws = sum(int(it["cost_nano"]) for it in items if it["service"] in AWS_SERVICES)
+    return aws, sum(int(it["cost_nano"]) for it in items) - aws
 
 
 def _priced_items_in_range(db: Path) -> int:

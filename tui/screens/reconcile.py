@@ -82,6 +82,26 @@ def _signed(usd: float | None) -> str:
     return ("+" if usd >= 0 else "-") + money(abs(usd) * 1e9)
 
 
+def report_notes(report: dict[str, Any]) -> Text:
+    """What the CLI report says besides the totals: bill lines the model lacks, direct LLM spend, provisional days."""
+    t = Text()
+    unmodelled = [r for r in _rows(report.get("service_rows")) if r.get("covered") is False]
+    if unmodelled:
+        t.append(" not in the model ", style="dim")
+        t.append(", ".join(f"{r.get('service', '?')} {money(int(r.get('actual_nano') or 0))}" for r in unmodelled))
+    llm = _rows(report.get("non_aws_rows"))
+    if llm:
+        t.append("   direct LLM spend " if t else " direct LLM spend ", style="dim")
+        t.append(", ".join(f"{r.get('service', '?')} {money(int(r.get('modelled_nano') or 0))}" for r in llm))
+        t.append(" (not on the AWS bill)", style="dim")
+    days = [str(d) for d in report.get("provisional_days") or []]
+    if days:
+        t.append("   provisional " if t else " provisional ", style="dim")
+        t.append(days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]}", style="yellow")
+        t.append(" (Cost Explorer still settling)", style="dim")
+    return t
+
+
 class ReconcileScreen(DataScreen):
     """Run a reconciliation for a date range; ``R`` restates history by the global factor, after confirming."""
 
@@ -102,10 +122,14 @@ class ReconcileScreen(DataScreen):
         with Horizontal(id="recon-form"):
             yield Input(utc(now, "%Y-%m-01"), placeholder="start YYYY-MM-DD", id="start")
             yield Input(utc(now + 86_400_000_000_000, "%Y-%m-%d"), placeholder="end YYYY-MM-DD", id="end")
-            yield Input(placeholder="saved GetCostAndUsage JSON (blank: ask Cost Explorer)", id="file")
+            yield Input(app.actuals_file or "", placeholder="saved GetCostAndUsage JSON (blank: ask Cost Explorer)",
+                        id="file")
             yield Button("Run", variant="primary", id="run")
             yield Button("Restate…", variant="warning", id="restate", disabled=True)
         yield Static(Text(" enter a date range and run (ctrl+r)", style="dim"), id="summary", classes="summary")
+        notes = Static("", id="notes", classes="summary")
+        notes.display = False  # shown once a report has something to note
+        yield notes
         yield Static(Text(" per service", style="bold"), classes="subtitle")
         yield KeyedTable(SERVICE_COLUMNS, default_sort="modelled", id="services")
         yield Static(Text(" per feature", style="bold"), classes="subtitle")
@@ -138,10 +162,11 @@ class ReconcileScreen(DataScreen):
     def _run(self, start: str, end: str, file: str | None) -> None:
         app: Any = self.app
         try:
-            report = run_reconcile(app.db_path, start, end, file)
+            report = run_reconcile(app.db_path, start, end, file, app.clock())
         except Exception as exc:
             msg = f" reconciliation failed: {type(exc).__name__}: {exc}"
             app.call_from_thread(self.query_one("#summary", Static).update, Text(msg, style="bold red"))
+            app.call_from_thread(setattr, self.query_one("#notes", Static), "display", False)
             return
         app.call_from_thread(self.show_report, report)
 
@@ -162,7 +187,14 @@ class ReconcileScreen(DataScreen):
             t.append(_signed(actual - modelled), style="red" if actual > modelled else "green")
         t.append("   calibration ", style="dim")
         t.append("—" if factor is None else f"{factor:.4f}×", style="bold")
+        missing = report.get("missing_days") or []
+        if missing:  # the bill did not cover the range: no factor to apply (restate stays disabled)
+            t.append(f"   PARTIAL: no actuals for {len(missing)} day(s) from {missing[0]}",
+                     style="bold black on yellow")  # fmt: skip
         self.query_one("#summary", Static).update(t)
+        notes = report_notes(report)
+        self.query_one("#notes", Static).update(notes)
+        self.query_one("#notes", Static).display = bool(notes)
         services = _rows(report.get("service_rows") or report.get("services"))
         features = _rows(report.get("feature_rows") or report.get("features"))
         self.query_one("#services", KeyedTable).sync(comparison_cells(r) for r in services)

@@ -9,8 +9,9 @@ for every row and line. ``FastDataTable`` keeps DataTable's output (tests compar
 - works out the row, header and widget styles and the column widths once per repaint, not per line.
 
 It uses DataTable internals of the installed Textual (``_render_cell``, ``_render_line_in_row``,
-``_row_locations``, ...); tables of a shape it does not handle (fixed columns, row labels,
-multi-line rows) fall back to DataTable's own code.
+``_row_locations``, ...); fixed (frozen) columns are drawn the way DataTable draws them. Tables of a
+shape it does not handle (fixed rows, row labels, multi-line rows, cell or column cursors) fall back
+to DataTable's own code.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class FastDataTable(DataTable[Any]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # (row key, column index) -> (cell, base style, place, lines): the last render of that cell
+        # (row key, column index, fixed copy) -> (cell, base style, place, lines): the last render of that cell
         self._cell_cache: dict[Any, tuple[Any, Style, tuple[Any, ...], Any]] = {}
         # (row, column, cursor, hover) -> (base style, state, blank, pre, post, {text style: cell style})
         self._styles: dict[Any, tuple[Style, tuple[Any, ...], Style, Style, Style, dict[Any, Style]]] = {}
@@ -115,6 +116,8 @@ class FastDataTable(DataTable[Any]):
             value = self.app.console_options.justify or "default"
         elif name == "widths":
             value = [column.get_render_width(self) for column in self.ordered_columns]
+        elif name == "fixed":  # a fixed cell's base style, as DataTable makes it
+            value = self._memo("datatable--fixed") + Style.from_meta({"fixed": True})
         elif name == "state":  # reactive attributes are slow to read, and a repaint reads them per cell
             value = (self.show_cursor, self._show_hover_cursor, self._pseudo_class_state, self.cell_padding,
                      self.header_height, self.fixed_rows, self.fixed_columns)  # fmt: skip
@@ -139,10 +142,19 @@ class FastDataTable(DataTable[Any]):
         return self._render_line(y, scroll_x, scroll_x + self.size.width, self._memo("rich_style"))
 
     def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
-        """DataTable's line render, making one Strip where it made three (each Strip sets up seven caches)."""
-        if self.fixed_columns or self._should_render_row_labels or self.fixed_rows or self._pass is None:
+        """DataTable's line render, making one Strip where it made three (each Strip sets up seven caches).
+
+        As in DataTable, the fixed columns come first whatever the scroll, then the scrollable cells
+        seen through ``[x1 + fixed width, x2)``.
+        """
+        if self._should_render_row_labels or self.fixed_rows or self._pass is None:
             return super()._render_line(y, x1, x2, base_style)
         width = self.size.width
+        widths = self._memo("widths")
+        fixed_columns = self.fixed_columns
+        fixed_width = sum(widths[:fixed_columns])
+        if fixed_width >= width:  # nothing scrollable in view: DataTable's own cropping
+            return super()._render_line(y, x1, x2, base_style)
         try:
             row_key, y_offset_in_row = self._get_offsets(y)
         except LookupError:
@@ -151,27 +163,27 @@ class FastDataTable(DataTable[Any]):
                      self._show_hover_cursor, self._update_count, self._pseudo_class_state)  # fmt: skip
         if cache_key in self._line_cache:
             return self._line_cache[cache_key]
-        _, scrollable = self._render_line_in_row(
+        fixed, scrollable = self._render_line_in_row(
             row_key, y_offset_in_row, base_style, self.cursor_coordinate, self.hover_coordinate
         )
         # every cell renders exactly its column's width and the filler pads the row to the widget's width, so
-        # the cells wholly inside [x1, x1 + width) are taken as they are and only the two edge cells are cut
-        widths = self._memo("widths")
-        right = x1 + width
-        segments: list[Segment] = []
+        # the cells wholly inside [left, right) are taken as they are and only the two edge cells are cut
+        segments: list[Segment] = [segment for cell_segments in fixed for segment in cell_segments]
+        left, right = x1 + fixed_width, x1 + width
+        filler = max(0, width - sum(widths[fixed_columns:]))  # as DataTable measures it
         start = 0
-        for cell_segments, cell_width in zip(scrollable, [*widths, max(0, width - sum(widths))], strict=True):
+        for cell_segments, cell_width in zip(scrollable, [*widths, filler], strict=True):
             end = start + cell_width
-            if end > x1:
+            if end > left:
                 if start >= right:
                     break
-                if start >= x1 and end <= right:
+                if start >= left and end <= right:
                     segments.extend(cell_segments)
                 else:
-                    segments.extend(line_crop(cell_segments, max(0, x1 - start), min(end, right) - start, cell_width))
+                    segments.extend(line_crop(cell_segments, max(0, left - start), min(end, right) - start, cell_width))
             start = end
         if start < right:
-            segments.append(Segment(" " * (right - max(start, x1)), base_style))
+            segments.append(Segment(" " * (right - max(start, left)), base_style))
         strip = Strip(list(Segment.simplify(segments)), width)
         self._line_cache[cache_key] = strip
         return strip
@@ -184,9 +196,9 @@ class FastDataTable(DataTable[Any]):
         cursor_location: Coordinate,
         hover_location: Coordinate,
     ) -> tuple[list[Any], list[Any]]:
-        """DataTable's row render for row-cursor tables without fixed parts or row labels, styles memoised."""
+        """DataTable's row render for row-cursor tables without fixed rows or row labels, styles memoised."""
         cursor_type = self.cursor_type
-        if self.fixed_columns or self._should_render_row_labels or self.fixed_rows or cursor_type != "row":
+        if self._should_render_row_labels or self.fixed_rows or cursor_type != "row":
             return super()._render_line_in_row(row_key, line_no, base_style, cursor_location, hover_location)
         show_cursor, show_hover_cursor, pseudo_class_state, *_ = self._memo("state")
         cache_key = (row_key, line_no, base_style, cursor_location, hover_location, cursor_type, show_cursor,
@@ -204,12 +216,20 @@ class FastDataTable(DataTable[Any]):
         else:
             row_style = base_style
         widths = self._memo("widths")
-        scrollable_row: list[Any] = []
         cursor = row_index == cursor_location.row  # a row cursor highlights every cell of its row
         hover = row_index == hover_location.row
+        fixed_columns = self.fixed_columns
+        fixed_row: list[Any] = []
+        if fixed_columns:
+            # drawn again in the fixed style, before the scrollable copy of the row, as DataTable does
+            fixed_style = self._memo("datatable--header" if row_index == -1 else "fixed")
+            for column_index, width in enumerate(widths[:fixed_columns]):
+                lines = self._cell(row_index, column_index, fixed_style, width, cursor, hover, fixed=True)
+                fixed_row.append(lines[line_no])
+        scrollable_row: list[Any] = []
         for column_index, width in enumerate(widths):
             scrollable_row.append(render_cell(row_index, column_index, row_style, width, cursor, hover)[line_no])
-        remaining_space = max(0, self.size.width - sum(widths))
+        remaining_space = max(0, self.size.width - sum(widths[fixed_columns:]))  # DataTable's measure
         extend_style, _ = self._get_styles_to_render_cell(
             row_index == -1, False, False,
             should_highlight(hover_location, Coordinate(row_index or 0, 0), cursor_type),
@@ -218,7 +238,7 @@ class FastDataTable(DataTable[Any]):
         extend_style = row_style + extend_style
         extend_style += Style.from_meta({"row": row_index, "column": 0, "out_of_bounds": True})
         scrollable_row.append([Segment(" " * remaining_space, extend_style)])
-        row_pair: tuple[list[Any], list[Any]] = ([], scrollable_row)
+        row_pair: tuple[list[Any], list[Any]] = (fixed_row, scrollable_row)
         self._row_render_cache[cache_key] = row_pair
         return row_pair
 
@@ -238,6 +258,12 @@ class FastDataTable(DataTable[Any]):
         A cached render stays valid while the same cell object is in that place (same row, column,
         style and width). A miss on a one-line text cell goes through ``_fast_cell``.
         """
+        return self._cell(row_index, column_index, base_style, width, cursor, hover, fixed=False)
+
+    def _cell(
+        self, row_index: int, column_index: int, base_style: Any, width: int, cursor: bool, hover: bool, *, fixed: bool
+    ) -> Any:
+        """``_render_cell`` with its own cache slot for a fixed column's fixed copy (``fixed``)."""
         if column_index < 0:
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
         try:
@@ -250,7 +276,7 @@ class FastDataTable(DataTable[Any]):
                 cell = self._data[row_key][self._column_locations.get_key(column_index)]  # type: ignore[index]
         except (AttributeError, KeyError, IndexError):  # a DataTable of another shape: no cache
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        key = (row_key, column_index)
+        key = (row_key, column_index, fixed)
         place = (row_index, width, cursor, hover, self._memo("state"))
         hit = self._cell_cache.get(key)
         if hit is not None and hit[0] is cell and (hit[1] is base_style or hit[1] == base_style) and hit[2] == place:
@@ -297,7 +323,7 @@ class FastDataTable(DataTable[Any]):
             return None
         # a cell's styles depend on its place and state and on its text's style, not on its text: the
         # combinations for one place are worked out once and kept until the table's styles change
-        place = (row_index, column_index, cursor, hover)
+        place = (row_index, column_index, cursor, hover, id(base_style))  # a fixed copy has its own base style
         known = self._styles.get(place)
         if known is None or not (known[0] is base_style or known[0] == base_style) or known[1] != state:
             fixed = not header and (row_index < fixed_rows or column_index < fixed_columns)

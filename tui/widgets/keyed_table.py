@@ -94,6 +94,7 @@ class KeyedTable(FastDataTable):
         classes: str | None = None,
     ) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, name=name, id=id, classes=classes)
+        self.fixed_columns = 1  # the name column stays in view when a narrow terminal scrolls sideways
         self.specs: dict[str, ColumnSpec] = {s.key: s for s in columns}
         self.sort_column: str | None = default_sort
         self.sort_reverse = default_reverse

@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from spendtrace.sdk.instrument._common import error_count, reset_errors
+# Only the pure key table at import: the OTLP receiver (server layer) imports ``_models`` and ``_dynamodb``,
+# and importing them runs this file, which must not load the recording machinery (``_common`` -> scope).
 from spendtrace.sdk.instrument._models import KNOWN_PRICE_KEYS, price_key_for
 
 __all__ = ["INTEGRATIONS", "KNOWN_PRICE_KEYS", "auto_instrument", "error_count", "installed", "price_key_for",
@@ -84,6 +85,20 @@ def uninstrument() -> None:
 
                 note_error(f"{name} uninstall")
         _installed.clear()
+
+
+def error_count(where: str | None = None) -> int:
+    """Failures counted so far for integration ``where``, or for all of them (each kind logged once)."""
+    from spendtrace.sdk.instrument import _common
+
+    return _common.error_count(where)
+
+
+def reset_errors() -> None:
+    """Forget the counts (and log the next failure of each integration again); for tests."""
+    from spendtrace.sdk.instrument import _common
+
+    _common.reset_errors()
 
 
 def installed() -> list[str]:

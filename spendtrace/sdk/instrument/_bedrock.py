@@ -20,24 +20,11 @@ from typing import Any
 
 from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument._common import DeferredUsage, note_error
-from spendtrace.sdk.instrument._models import price_key_for
+from spendtrace.sdk.instrument._models import price_key_for, profile_geography
 
 __all__ = ["converse_usage", "invoke_model_usage", "observe_stream", "profile_geography"]
 
 WHERE = "bedrock"
-
-#: Geographies of cross-region inference profiles (``us.anthropic...``, ``global.anthropic...``).
-_GEOGRAPHIES = frozenset({"us", "eu", "apac", "us-gov", "ca", "jp", "au", "in", "global"})
-
-
-def profile_geography(model_id: str) -> str | None:
-    """``us`` for ``us.anthropic.claude-...`` (also inside an inference-profile ARN); None for an in-region id."""
-    model = model_id.strip()
-    if model.startswith("arn:"):
-        model = model.rsplit("/", 1)[-1]
-    head, dot, rest = model.partition(".")
-    head = head.lower()
-    return head if dot and "." in rest and head in _GEOGRAPHIES else None
 
 
 class _Tokens:

@@ -20,7 +20,7 @@ import re
 
 from spendtrace.schema import MAX_KEY_LEN
 
-__all__ = ["KNOWN_PRICE_KEYS", "price_key_for", "sanitize"]
+__all__ = ["KNOWN_PRICE_KEYS", "price_key_for", "profile_geography", "sanitize"]
 
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
@@ -239,3 +239,17 @@ KNOWN_PRICE_KEYS: frozenset[str] = frozenset(
         *(f"openai_{f}" for f in _OPENAI_FAMILIES),
     }
 )
+
+
+#: Geographies of cross-region inference profiles (``us.anthropic...``, ``global.anthropic...``).
+_GEOGRAPHIES = frozenset({"us", "eu", "apac", "us-gov", "ca", "jp", "au", "in", "global"})
+
+
+def profile_geography(model_id: str) -> str | None:
+    """``us`` for ``us.anthropic.claude-...`` (also inside an inference-profile ARN); None for an in-region id."""
+    model = model_id.strip()
+    if model.startswith("arn:"):
+        model = model.rsplit("/", 1)[-1]
+    head, dot, rest = model.partition(".")
+    head = head.lower()
+    return head if dot and "." in rest and head in _GEOGRAPHIES else None

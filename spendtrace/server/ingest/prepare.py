@@ -26,7 +26,8 @@ Item prices are memoised per (item, price entry, weight) and book, so repeated u
 ``PriceBook.key_of`` derives from its provider, model, tier and size (genai-prices rates, resolved
 once per distinct key); its ``spans.usage`` object also carries ``provider``, ``model``,
 ``service_tier``, ``region`` and ``architecture`` when set, and an unknown model is counted
-unpriced under ``<provider>:<model>``, its raw id.
+unpriced under ``<provider>:<model>``, its raw id (``unpriced_key``: the same for any book, so a
+reprice can take the count back).
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ import msgspec
 
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.model.ingest import SPAN_COLUMNS, BatchSummary, PreparedBatch
-from spendtrace.server.pricing import LAMBDA_COMPUTE_KEY, PriceBook, femto_to_nano, item_cost_femto, weighted_cost
+from spendtrace.server.pricing import (
+    LAMBDA_COMPUTE_KEY,
+    PriceBook,
+    femto_to_nano,
+    item_cost_femto,
+    unpriced_key,
+    weighted_cost,
+)
 from spendtrace.server.pricing._entry import guess_service
 
 __all__ = ["SPAN_COLUMNS", "BatchSummary", "PreparedBatch", "prepare_batch"]
@@ -258,7 +266,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             hit = memo_get(it) if w == 1.0 else None
             if hit is None or t < hit[4]:
                 hit = _price_memo(book, memo, starts_get, it, t, w)
-            c, wc, svc, frag, _, pk = hit
+            c, wc, svc, frag, _, _ = hit
             frags.append(frag)
             r = group.get(svc)
             if r is None:
@@ -266,7 +274,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook) -> PreparedBatch:
             if c is None:
                 n_unpriced += 1
                 r[4] += 1
-                _add_unpriced(unpriced_d, it, pk, svc, feature, t)
+                _add_unpriced(unpriced_d, it, unpriced_key(it), svc, feature, t)
             else:
                 cost += wc
                 unw += c

@@ -15,6 +15,7 @@ from spendtrace.server.pricing._book import (
     femto_to_nano,
     item_cost_femto,
     lambda_compute_cost,
+    unpriced_key,
     weighted_cost,
 )
 from spendtrace.server.pricing._entry import EPOCH, RATE_FIELDS, FemtoRates, PriceEntry
@@ -37,5 +38,6 @@ __all__ = [
     "lambda_compute_cost",
     "load_overrides",
     "set_base_book",
+    "unpriced_key",
     "weighted_cost",
 ]

@@ -51,6 +51,7 @@ __all__ = [
     "PriceBook",
     "femto_to_nano",
     "lambda_compute_cost",
+    "unpriced_key",
     "weighted_cost",
 ]
 
@@ -71,6 +72,17 @@ LOCAL_LLM_KEYS = frozenset(
     }
 )
 _CACHE_LIMIT = 200_000
+
+
+def unpriced_key(item: UsageItem) -> str:
+    """The key unpriced usage of ``item`` is counted under: its raw ``<provider>:<model>`` id, else its key.
+
+    A function of the item alone (not of any book), so a reprice can take exactly that count back
+    once a price covers the item.
+    """
+    if item.model is None:
+        return item.key
+    return f"{item.provider or item.service}:{item.model.strip().lower()}"
 
 
 def femto_to_nano(femto: int | Fraction) -> int:

@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError
+from spendtrace.server.model.reconcile import CE_SERVICE_MAP
 
 if TYPE_CHECKING:
     from spendtrace.server.store.base import ReconcileStore
@@ -39,27 +40,6 @@ __all__ = [
     "parse_pages",
 ]
 
-#: Cost Explorer SERVICE dimension values -> spendtrace usage service keys.
-CE_SERVICE_MAP: dict[str, str] = {
-    "Amazon DynamoDB": "dynamodb",
-    "Amazon Simple Storage Service": "s3",
-    "Amazon Simple Queue Service": "sqs",
-    "Amazon Simple Notification Service": "sns",
-    "AWS Lambda": "lambda",
-    "Amazon Bedrock": "bedrock",
-    "Amazon Kinesis": "kinesis",
-    "Amazon Kinesis Firehose": "firehose",
-    "AWS Step Functions": "stepfunctions",
-    "Amazon EventBridge": "eventbridge",
-    "Amazon Textract": "textract",
-    "Amazon Comprehend": "comprehend",
-    "Amazon Rekognition": "rekognition",
-    "Amazon Translate": "translate",
-    "Amazon Polly": "polly",
-    "Amazon Transcribe": "transcribe",
-    "AWS Secrets Manager": "secretsmanager",
-    "AWS Key Management Service": "kms",
-}
 _BEDROCK_MARKETPLACE_SUFFIX = "(Amazon Bedrock Edition)"
 
 
@@ -93,16 +73,30 @@ class Actuals:
     by_tag_service: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     #: days Cost Explorer itself flags as ``Estimated``
     estimated_days: set[str] = field(default_factory=set)
+    #: days the response has a result for (a day missing here is not "$0 billed": it is unknown)
+    days: set[str] = field(default_factory=set)
+    #: results outside the requested range, left out
+    outside: int = 0
     pages: int = 0
     source: str = "cost-explorer"
 
 
-def parse_pages(pages: list[dict[str, Any]], tag_key: str | None = None) -> Actuals:
-    """Sum ``UnblendedCost`` per day and service (and tag) over every page of a response."""
+def parse_pages(
+    pages: list[dict[str, Any]], tag_key: str | None = None, start: str | None = None, end: str | None = None
+) -> Actuals:
+    """Sum ``UnblendedCost`` per day and service (and tag) over every page of a response.
+
+    With ``start`` / ``end`` (``YYYY-MM-DD``, end exclusive) results for other days are left out
+    (counted in ``outside``): a saved file for another range must not be compared with this one.
+    """
     out = Actuals(pages=len(pages))
     for page in pages:
         for result in page.get("ResultsByTime", []):
             day = str(result["TimePeriod"]["Start"])[:10]
+            if (start is not None and day < start) or (end is not None and day >= end):
+                out.outside += 1
+                continue
+            out.days.add(day)
             if result.get("Estimated"):
                 out.estimated_days.add(day)
             groups = result.get("Groups") or []

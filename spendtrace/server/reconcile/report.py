@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from spendtrace.errors import ConfigError
-from spendtrace.server.model.reconcile import ModelledSpend
+from spendtrace.server.model.reconcile import CE_SERVICE_MAP, CalibrationFactor, ModelledSpend
 from spendtrace.server.reconcile.costexplorer import (
-    CE_SERVICE_MAP,
     Actuals,
     fetch_pages,
     load_actuals_file,
@@ -139,6 +138,15 @@ class ReconciliationReport:
     source: str = "cost-explorer"
     from_cache: bool = False
     id: int | None = None
+    #: days of the range the bill had no result for: left out of every comparison and factor
+    missing_days: list[str] = field(default_factory=list)
+    #: modelled AWS spend on those days (not compared with anything)
+    missing_modelled_nano: int = 0
+
+    @property
+    def partial(self) -> bool:
+        """True when the actuals did not cover every day of the range (no factor should be applied)."""
+        return bool(self.missing_days)
 
     # -- totals --------------------------------------------------------------------------------
 
@@ -191,7 +199,9 @@ class ReconciliationReport:
             f"  Modelled total : {_money(self.modelled_total_nano):>12}",
             f"  Actual total   : {_money(self.actual_total_nano):>12}",
             f"  Delta          : {_signed(delta):>12}",
-            f"  Calibration Δ  : {self.global_calibration_factor:10.4f}×",
+            f"  Calibration Δ  : {self.global_calibration_factor:10.4f}×"
+            if len(self.missing_days) < len(self.daily_rows) or not self.daily_rows
+            else "  Calibration Δ  :        n/a (no actuals in range)",
             "",
             "  Top features by modelled cost:",
         ]
@@ -209,6 +219,15 @@ class ReconciliationReport:
         if self.non_aws_rows:
             lines += ["", "  Direct LLM spend (not on the AWS bill, not reconciled):"]
             lines += [f"    {r['service']:<36} {_money(int(r['modelled_nano'])):>12}" for r in self.non_aws_rows]
+        if self.missing_days:
+            days = self.missing_days
+            span = days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]}"
+            lines += [
+                "",
+                f"  PARTIAL: no actuals for {len(days)} of {len(self.daily_rows)} days ({span}).",
+                f"  Modelled {_money(self.missing_modelled_nano)} on those days is left out of the comparison;",
+                "  the factor covers the other days only and restatement refuses it unless forced.",
+            ]
         if self.provisional_days:
             days = self.provisional_days
             span = days[0] if len(days) == 1 else f"{days[0]} .. {days[-1]}"
@@ -217,6 +236,11 @@ class ReconciliationReport:
             lines += ["", "  Restatements over this range:"]
             for r in self.restatements:
                 how = f"×{r['factor']:.4f}" if r.get("factor") is not None else json.dumps(r.get("factors", {}))
+                if r.get("kind") == "reprice":
+                    services = r.get("detail", {}).get("services", {})
+                    delta = sum(int(s["after_nano"]) - int(s["before_nano"]) for s in services.values())
+                    feats = ", ".join(r.get("features") or []) or "all features"
+                    how = f"repriced ({feats}) {_signed(delta)}"
                 undone = " (undone)" if r.get("undone_ns") else ""
                 lines.append(
                     f"    #{r['id']} {r['start_date']} → {r['end_date']} {how} by {r['who']}: {r['why']}{undone}"
@@ -268,7 +292,12 @@ class ReconciliationReport:
             "modelled_total_nano": self.modelled_total_nano,
             "actual_total_nano": self.actual_total_nano,
             "unmodelled_actual_nano": self.unmodelled_actual_nano,
-            "global_calibration_factor": self.global_calibration_factor,
+            # None on a partial report, so nothing applies it by mistake (covered_days_factor has it)
+            "global_calibration_factor": None if self.partial else float(self.global_calibration_factor),
+            "covered_days_factor": float(self.global_calibration_factor),
+            "partial": self.partial,
+            "missing_days": self.missing_days,
+            "missing_modelled_nano": self.missing_modelled_nano,
             "service_factors": self.service_factors,
             "service_rows": [svc(r) for r in self.service_rows],
             "feature_rows": [feat(r) for r in self.feature_rows],
@@ -328,6 +357,10 @@ def _modelled(rows: list[ModelledSpend]) -> tuple[dict[tuple[str, str], int], di
     return by_day, by_feature
 
 
+def _iso_day(day_s: int) -> str:
+    return dt.datetime.fromtimestamp(day_s, tz=dt.UTC).date().isoformat()
+
+
 def _store_url(db_path: str | os.PathLike[str] | None) -> str:
     """The store a Python API call names: a URL or a SQLite path, else the default SQLite file."""
     return os.fspath(db_path) if db_path is not None else default_db_path()
@@ -339,12 +372,20 @@ def _store_url(db_path: str | os.PathLike[str] | None) -> str:
 def _build(
     start: dt.date, end: dt.date, now_ns: int, settle_days: int, actuals: Actuals,
     by_day: dict[tuple[str, str], int], by_feature: dict[tuple[str, str], int],
+    missing_by_day: dict[str, int] | None = None,
 ) -> ReconciliationReport:
+    """The report of days with actuals (``by_day`` / ``by_feature`` cover only those); ``missing_by_day``:
+    modelled AWS spend on the range's days without actuals, which are listed and compared with nothing."""
+    missing_by_day = missing_by_day or {}
+    missing = sorted(d for d in _days(start, end) if d not in actuals.days)
     # Actual per our service key (AWS services we price) and per unmapped bill line.
     actual: dict[str, int] = defaultdict(int)
     names: dict[str, set[str]] = defaultdict(set)
     actual_day: dict[str, int] = defaultdict(int)
+    first, stop = start.isoformat(), end.isoformat()
     for (day, ce_name), amount in actuals.by_day_service.items():
+        if not first <= day < stop:  # a saved response may span more days than asked: only the range counts
+            continue
         key = map_service(ce_name) or ce_name
         actual[key] += amount
         names[key].add(ce_name)
@@ -359,7 +400,7 @@ def _build(
     covered = {s for s in modelled if s in aws_keys and modelled[s] > 0}
     cov_modelled = sum(modelled[s] for s in covered)
     cov_actual = sum(actual.get(s, 0) for s in covered)
-    global_factor = cov_actual / cov_modelled if cov_modelled else 1.0
+    global_factor = CalibrationFactor(cov_actual / cov_modelled if cov_modelled else 1.0, tuple(missing))
 
     rows: list[ServiceRow] = []
     for s in sorted(covered | set(actual), key=lambda k: (k not in covered, -actual.get(k, 0), k)):
@@ -367,7 +408,7 @@ def _build(
         is_cov = s in covered
         rows.append(ServiceRow(
             service=s, modelled_nano=m, actual_nano=a, covered=is_cov,
-            factor=(a / m) if is_cov else None,
+            factor=CalibrationFactor(a / m, tuple(missing)) if is_cov else None,
             residual_nano=a - round(m * global_factor) if is_cov else a,
             ce_names=tuple(sorted(names.get(s, ()))),
         ))
@@ -408,14 +449,23 @@ def _build(
         prov = day_end > settled_before or iso in actuals.estimated_days
         if prov:
             provisional.append(iso)
-        days.append({"date": iso, "modelled_nano": modelled_day.get(iso, 0), "actual_nano": actual_day.get(iso, 0),
-                     "provisional": prov})
+        if iso not in actuals.days:
+            days.append({"date": iso, "modelled_nano": missing_by_day.get(iso, 0), "actual_nano": None,
+                         "provisional": prov, "missing": True})
+        else:
+            days.append({"date": iso, "modelled_nano": modelled_day.get(iso, 0),
+                         "actual_nano": actual_day.get(iso, 0), "provisional": prov, "missing": False})
         d += dt.timedelta(days=1)
     return ReconciliationReport(
         start=start.isoformat(), end=end.isoformat(), created_ns=now_ns, global_calibration_factor=global_factor,
         service_rows=rows, feature_rows=feature_rows, non_aws_rows=non_aws, daily_rows=days,
-        provisional_days=provisional, tag_rows=tag_rows, source=actuals.source,
+        provisional_days=provisional, tag_rows=tag_rows, source=actuals.source, missing_days=missing,
+        missing_modelled_nano=sum(missing_by_day.values()),
     )
+
+
+def _days(start: dt.date, end: dt.date) -> list[str]:
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days)]
 
 
 def reconcile(
@@ -463,10 +513,17 @@ def reconcile(
                 max_age_s=cache_max_age_s,
             )
             source = "cost-explorer"
-        actuals = parse_pages(pages, tag_key)
+        actuals = parse_pages(pages, tag_key, start_d.isoformat(), end_d.isoformat())
         actuals.source = source
-        by_day, by_feature = _modelled(store.modelled_spend(_epoch(start_d), _epoch(end_d)))
-        report = _build(start_d, end_d, now_ns, settle_days, actuals, by_day, by_feature)
+        spend = store.modelled_spend(_epoch(start_d), _epoch(end_d))
+        # days the bill has no result for are compared with nothing (not with $0)
+        compared = [r for r in spend if _iso_day(r.day_s) in actuals.days]
+        missing_by_day: dict[str, int] = defaultdict(int)
+        for r in spend:
+            if _iso_day(r.day_s) not in actuals.days and r.service in CE_SERVICE_MAP.values():
+                missing_by_day[_iso_day(r.day_s)] += r.cost_nano
+        by_day, by_feature = _modelled(compared)
+        report = _build(start_d, end_d, now_ns, settle_days, actuals, by_day, by_feature, missing_by_day)
         report.tag_key = tag_key
         report.from_cache = from_cache
         report.restatements = [r.to_dict() for r in store.restatements_between(report.start, report.end)]

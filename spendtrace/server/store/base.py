@@ -12,7 +12,7 @@ Roles:
 - ``DashboardReads``: the TUI's live snapshots and its change token (``open_dashboard``).
 - ``IngestStore`` / ``AsyncIngestStore``: what the workers write (``open_ingest_store``; see the
   effectively-once contract below).
-- ``AdminStore``: retention, restatement and its undo.
+- ``AdminStore``: retention, restatement, repricing and their undo.
 - ``AlertStore``: alert rules, their firing state, fired events and webhook deliveries
   (``open_alert_store``); it states how "one firing per cooldown" is kept.
 - ``ReconcileStore``: modelled spend for the bill, the Cost Explorer cache and saved reports
@@ -61,6 +61,8 @@ from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain
 from spendtrace.settings import default_db_path
 
 if TYPE_CHECKING:
+    from datetime import date
+
     from spendtrace.server.model.dashboard import (
         AlertEventRow,
         AlertRuleRow,
@@ -72,6 +74,8 @@ if TYPE_CHECKING:
         TrendSnapshot,
         UnpricedLine,
     )
+    from spendtrace.server.model.reprice import RepriceResult
+    from spendtrace.server.pricing import PriceBook
 
 if TYPE_CHECKING:
     from spendtrace.server.model.ingest import (
@@ -289,7 +293,7 @@ class AsyncReadStore(Protocol):
 
 @runtime_checkable
 class AdminStore(Protocol):
-    """Retention, restatement and undo: the operations that change what is already stored."""
+    """Retention, restatement, repricing and undo: the operations that change what is already stored."""
 
     def set_retention(self, **kwargs: Any) -> Any: ...
 
@@ -298,6 +302,28 @@ class AdminStore(Protocol):
     def restate_historical_costs(self, factor: float | None = None, **kwargs: Any) -> Any: ...
 
     def undo_restatement(self, restatement_id: int) -> Any: ...
+
+    def reprice(
+        self,
+        *,
+        start_date: str | date,
+        end_date: str | date,
+        features: Sequence[str] | None = None,
+        book: PriceBook | None = None,
+        dry_run: bool = False,
+        who: str | None = None,
+        why: str = "",
+    ) -> RepriceResult:
+        """Price the stored usage of ``[start_date, end_date)`` (UTC days) again from ``book``.
+
+        ``book`` defaults to ``current_book()``; ``features`` limits it to spans of those features.
+        Every total the changed spans fed (rollups of each grain, fully-loaded, requests, unpriced
+        usage, dashboard sums) changes by exactly the spans' change, atomically on SQLite (one
+        transaction) and by delta rows on ClickHouse. Recorded as a restatement of kind
+        ``reprice`` (who, when, range, features, per-service totals before and after), listed by
+        reconciliation reports and taken back by ``undo_restatement``. ``dry_run`` changes nothing.
+        """
+        ...
 
 
 # --- AlertStore: alert rules, firing state, events, deliveries ------------------------------------

@@ -28,8 +28,9 @@ from fractions import Fraction
 from typing import Any
 
 from spendtrace.errors import ConfigError, StorageError
+from spendtrace.server.model.reconcile import AWS_SERVICES, check_calibration
 from spendtrace.server.store.clickhouse._client import Conn
-from spendtrace.server.store.sqlite._restate import _check_factor, _day, _epoch_s, _scale
+from spendtrace.server.store.sqlite._restate import _ONE, _check_factor, _day, _epoch_s, _scale
 from spendtrace.server.store.sqlite._retention import RetentionPolicy
 
 __all__ = ["apply_retention", "get_retention", "restate_historical_costs", "set_retention", "undo_restatement"]
@@ -339,10 +340,12 @@ def restate_historical_costs(
     who: str | None = None,
     why: str = "",
     now_ns: int | None = None,
+    force: bool = False,
 ) -> int:
     """Scale the stored rollups in ``[start_date, end_date)`` (UTC days) by delta rows; returns the restatement id."""
     if factor is None and not factors:
         raise ConfigError("restate_historical_costs needs factor or factors")
+    check_calibration(factor, dict(factors or {}), force=force)
     default = _check_factor(factor, "factor") if factor is not None else Fraction(1)
     per_service = {str(k): _check_factor(v, f"factors[{k!r}]") for k, v in (factors or {}).items()}
     start, end = _day(start_date, "start_date"), _day(end_date, "end_date")
@@ -357,7 +360,8 @@ def restate_historical_costs(
     now = time.time_ns() if now_ns is None else now_ns
 
     def f_of(service: str) -> Fraction:
-        return per_service.get(service, default)
+        # ``factor`` is a calibration against the AWS bill: it scales AWS services only
+        return per_service.get(service, default if service in AWS_SERVICES else _ONE)
 
     deltas = _Deltas()
     delta_day = 0
@@ -380,7 +384,8 @@ def restate_historical_costs(
     )
     _insert_deltas(conn, rid, {t: rows for t, rows in deltas.rows.items() if t != "requests"}, 1)
     factors_json = json.dumps({k: float(v) for k, v in per_service.items()}, sort_keys=True)
-    _record(conn, rid, now, who, why, start, end, factor, factors_json, None, delta_day, n_spans)
+    _record(conn, rid, now, who, why, start, end, None if factor is None else float(factor), factors_json, None,
+            delta_day, n_spans)  # fmt: skip
     return rid
 
 
@@ -436,6 +441,10 @@ def undo_restatement(conn: Conn, restatement_id: int, *, now_ns: int | None = No
     )
     if later:
         raise StorageError(f"restatement {later[0][0]} overlaps {restatement_id} and is newer; undo it first")
+    if r.get("kind") == "reprice":
+        from spendtrace.server.store.clickhouse._reprice import undo_reprice
+
+        return undo_reprice(conn, r, now_ns)
     deltas: dict[str, list[tuple[list[Any], int, float]]] = defaultdict(list)
     requests: dict[str, list[Any]] = {}
     for tbl, key, cost, var in conn.tuples(

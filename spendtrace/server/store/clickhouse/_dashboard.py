@@ -216,7 +216,7 @@ class ClickHouseDashboard:
         """Usage that no price covered, most items first."""
         rows = await self._all(
             "SELECT key, toString(service) AS s, toString(feature) AS f, sum(items) AS n FROM unpriced_usage"
-            " GROUP BY key, s, f ORDER BY n DESC, key, s, f LIMIT %s",
+            " GROUP BY key, s, f HAVING n > 0 ORDER BY n DESC, key, s, f LIMIT %s",
             (int(limit),),
         )
         return [UnpricedLine(str(a), str(b), str(c), int(d)) for a, b, c, d in rows]

@@ -21,7 +21,7 @@ span-level totals and rows with a service name that service's share):
 - Every MergeTree that an ingest writes (``spans`` and every view's target) has
   ``non_replicated_deduplication_window`` set, so an insert repeated with the same
   ``insert_deduplication_token`` is dropped by each table on its own (see ``_ingest``).
-- ``batch_ranges`` (v2): each partition's range of the batch being written, recorded before its rows
+- ``batch_ranges`` (v3): each partition's range of the batch being written, recorded before its rows
   (the "begun" state of the storage interface's contract 4.); ``consumer_offsets`` is the "done".
 - Restatements and their undo insert delta rows into the rollup targets and ``requests``
   (``restatement_deltas`` keeps them, so an undo inserts their negation): exact, no mutation of a
@@ -301,9 +301,30 @@ _V1: tuple[str, ...] = (
     """,
 )
 
-# v2: the ranges a batch was begun with, per partition (contract 4. of the storage interface): written
-# before the batch's rows; the batch is done once ``consumer_offsets`` reaches the range's end.
+#: Version 2: a restatement says its kind (``restate`` | ``reprice``), features and detail (JSON); a
+#: reprice keeps the delta rows it inserted (``reprice_deltas``: every value column, as JSON) and the
+#: spans it rewrote (``reprice_spans``), so its undo inserts the negation and puts the spans back.
 _V2: tuple[str, ...] = (
+    "ALTER TABLE restatements ADD COLUMN IF NOT EXISTS kind String DEFAULT 'restate'",
+    "ALTER TABLE restatements ADD COLUMN IF NOT EXISTS features String DEFAULT '[]'",
+    "ALTER TABLE restatements ADD COLUMN IF NOT EXISTS detail String DEFAULT '{}'",
+    """
+    CREATE TABLE IF NOT EXISTS reprice_deltas (
+        restatement_id UInt64, tbl String, row_key String, vals String
+    ) ENGINE = MergeTree ORDER BY (restatement_id, tbl)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS reprice_spans (
+        restatement_id UInt64, span_id String, start_ns Int64, old_usage String, old_cost_nano Int64,
+        old_unpriced Int64, old_var_nano2 Float64, old_price_version String, new_usage String, new_cost_nano Int64,
+        new_unpriced Int64, new_var_nano2 Float64
+    ) ENGINE = MergeTree ORDER BY (restatement_id, span_id)
+    """,
+)
+
+# v3: the ranges a batch was begun with, per partition (contract 4. of the storage interface): written
+# before the batch's rows; the batch is done once ``consumer_offsets`` reaches the range's end.
+_V3: tuple[str, ...] = (
     """
     CREATE TABLE IF NOT EXISTS batch_ranges (
         group_id String, topic String, partition Int32, first_offset Int64, next_offset Int64,
@@ -313,5 +334,5 @@ _V2: tuple[str, ...] = (
 )
 
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -365,6 +365,6 @@ def unpriced_usage() -> Query[list[Row]]:
         "SELECT key, toString(service) AS service, toString(feature) AS feature, sum(items) AS items, "
         "sum(count) AS count, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
         "sum(bytes) AS bytes, min(first_ns) AS first_ns, max(last_ns) AS last_ns FROM unpriced_usage "
-        "GROUP BY key, service, feature ORDER BY items DESC, key, service, feature"
+        "GROUP BY key, service, feature HAVING items > 0 ORDER BY items DESC, key, service, feature"
     )
     return _swap(sraw.unpriced_usage(), [(sql, ())])

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from spendtrace.server.store.clickhouse import _admin
 from spendtrace.server.store.clickhouse import _reads as q
 from spendtrace.server.store.clickhouse._client import Conn, connect
 from spendtrace.server.store.sqlite._sql import Filters, Query, Row, TimeLike, coarsen, to_ns
+
+if TYPE_CHECKING:
+    from datetime import date
+
+    from spendtrace.server.model.reprice import RepriceResult
+    from spendtrace.server.pricing import PriceBook
 
 __all__ = ["CHANGE_TOKEN", "AsyncClickHouseStore", "ClickHouseStore"]
 
@@ -302,8 +308,28 @@ class ClickHouseStore:
         return _admin.restate_historical_costs(self._conn, factor=factor, **kwargs)
 
     def undo_restatement(self, restatement_id: int) -> Any:
-        """Take back a restatement's delta rows."""
+        """Take back a restatement's (or a reprice's) delta rows."""
         return _admin.undo_restatement(self._conn, restatement_id)
+
+    def reprice(
+        self,
+        *,
+        start_date: str | date,
+        end_date: str | date,
+        features: Sequence[str] | None = None,
+        book: PriceBook | None = None,
+        dry_run: bool = False,
+        who: str | None = None,
+        why: str = "",
+    ) -> RepriceResult:
+        """Price the stored usage of ``[start_date, end_date)`` again from ``book`` (default ``current_book()``)."""
+        from spendtrace.server.pricing import current_book
+        from spendtrace.server.store.clickhouse import _reprice
+
+        return _reprice.reprice(
+            self._conn, book or current_book(), start_date=start_date, end_date=end_date, features=features,
+            dry_run=dry_run, who=who, why=why,
+        )  # fmt: skip
 
 
 class AsyncClickHouseStore:

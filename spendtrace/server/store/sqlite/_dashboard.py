@@ -270,6 +270,7 @@ class SQLiteDashboard:
     async def unpriced(self, limit: int = 50) -> list[UnpricedLine]:
         """Usage that no price covered, most items first."""
         rows = await self._all(
-            "SELECT key, service, feature, items FROM unpriced_usage ORDER BY items DESC, key LIMIT ?", (int(limit),)
+            "SELECT key, service, feature, items FROM unpriced_usage WHERE items > 0 ORDER BY items DESC, key LIMIT ?",
+            (int(limit),),
         )
         return [UnpricedLine(str(a), str(b), str(c), int(d)) for a, b, c, d in rows]

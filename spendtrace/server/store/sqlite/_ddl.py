@@ -1,4 +1,4 @@
-"""The SQLite schema, version 1. ``PRAGMA user_version`` carries the version (see MIGRATIONS.md).
+"""The SQLite schema, versions 1 and 2. ``PRAGMA user_version`` carries the version (see MIGRATIONS.md).
 
 Conventions, relied on by every writer and reader:
 - money is INTEGER nano-dollars (1e-9 USD), already multiplied by the span's sample weight;
@@ -21,7 +21,7 @@ Conventions, relied on by every writer and reader:
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _ROLLUP = """
 CREATE TABLE IF NOT EXISTS {name} (
@@ -277,4 +277,13 @@ DDL_V1: tuple[str, ...] = (
         report      TEXT    NOT NULL   -- JSON of ReconciliationReport.to_dict()
     )
     """,
+)
+
+#: Version 2: a restatement row says what kind it is (``restate``: a calibration factor; ``reprice``:
+#: stored usage priced again from a price book), which features it was limited to, and its detail
+#: (a reprice's per-service totals before and after, as JSON).
+DDL_V2: tuple[str, ...] = (
+    "ALTER TABLE restatements ADD COLUMN kind TEXT NOT NULL DEFAULT 'restate'",
+    "ALTER TABLE restatements ADD COLUMN features TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE restatements ADD COLUMN detail TEXT NOT NULL DEFAULT '{}'",
 )

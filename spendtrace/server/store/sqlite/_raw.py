@@ -205,10 +205,10 @@ def dead_letters(limit: int) -> Query[list[Row]]:
 
 
 def unpriced_usage() -> Query[list[Row]]:
-    """Usage that no price covered, per key / service / feature, most items first."""
+    """Usage that no price covered, per key / service / feature, most items first (rows a reprice emptied left out)."""
     sql = (
         "SELECT key, service, feature, items, count, input_tokens, output_tokens, bytes, first_ns, last_ns "
-        "FROM unpriced_usage ORDER BY items DESC, key, service, feature"
+        "FROM unpriced_usage WHERE items > 0 ORDER BY items DESC, key, service, feature"
     )
 
     def post(results: list[list[Row]]) -> list[Row]:

@@ -76,7 +76,8 @@ class SQLiteReconcileStore:
         """Restatements overlapping ``[start, end)``, by id."""
         with self._guard:
             rows = self._conn.execute(
-                "SELECT id, created_ns, who, why, start_date, end_date, factor, factors, undone_ns FROM restatements"
+                "SELECT id, created_ns, who, why, start_date, end_date, factor, factors, undone_ns, kind, features, "
+                "detail FROM restatements"
                 " WHERE start_date < ? AND end_date > ? ORDER BY id",
                 (end, start),
             ).fetchall()
@@ -84,7 +85,8 @@ class SQLiteReconcileStore:
             Restatement(
                 id=int(r[0]), created_ns=int(r[1]), who=r[2], why=r[3], start_date=r[4], end_date=r[5],
                 factor=None if r[6] is None else float(r[6]), factors=json.loads(r[7] or "{}"),
-                undone_ns=None if r[8] is None else int(r[8]),
+                undone_ns=None if r[8] is None else int(r[8]), kind=str(r[9]), features=json.loads(r[10] or "[]"),
+                detail=json.loads(r[11] or "{}"),
             )
             for r in rows
         ]

@@ -1,8 +1,12 @@
 """Restating history: scale stored costs in a date range by a calibration factor, atomically and undoably.
 
 ``restate_historical_costs`` multiplies the cost of every stored row whose time falls in
-``[start_date, end_date)`` - UTC days, ``end_date`` exclusive - by ``factor`` or, per service, by
-``factors[service]`` (services not listed use ``factor``, or stay as they are if it is None):
+``[start_date, end_date)`` - UTC days, ``end_date`` exclusive - by ``factors[service]`` for the
+services it names and by ``factor`` for the other **AWS** services (``AWS_SERVICES``: a factor from
+reconciling against the AWS bill says nothing about OpenAI's or Anthropic's own bills, so their
+spend, and any other non-AWS service, stays as it is unless ``factors`` names it; Bedrock is on the
+AWS bill and is scaled). A factor from a partial reconciliation report (days without actuals) is
+refused unless ``force=True``:
 
 - ``spans``: each priced usage item's ``cost_nano`` and ``unit_cost_nano`` in the usage JSON, then
   the span's ``cost_nano`` (sum of its items) and ``var_nano2`` (``w*(w-1)*c**2`` again);
@@ -26,12 +30,13 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError, StorageError
+from spendtrace.server.model.reconcile import AWS_SERVICES, check_calibration
 from spendtrace.server.store.sqlite import _dash as dash
 
 if TYPE_CHECKING:
@@ -61,6 +66,19 @@ def _check_factor(value: object, what: str) -> Fraction:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
     return Fraction(value)
+
+
+def _who(who: str | None) -> str:
+    """``who`` or, when not given, the OS user (``unknown`` in containers without one)."""
+    if who is not None:
+        return who
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return "unknown"
+
+
+_ONE = Fraction(1)
 
 
 def _scale(f: Fraction, amount: int) -> int:
@@ -115,6 +133,7 @@ def restate_historical_costs(
     who: str | None = None,
     why: str = "",
     now_ns: int | None = None,
+    force: bool = False,
 ) -> int:
     """Scale stored costs in ``[start_date, end_date)`` (UTC days) in one transaction; returns the restatement id.
 
@@ -123,21 +142,19 @@ def restate_historical_costs(
     """
     if factor is None and not factors:
         raise ConfigError("restate_historical_costs needs factor or factors")
+    check_calibration(factor, dict(factors or {}), force=force)
     default = _check_factor(factor, "factor") if factor is not None else Fraction(1)
     per_service = {str(k): _check_factor(v, f"factors[{k!r}]") for k, v in (factors or {}).items()}
     start, end = _day(start_date, "start_date"), _day(end_date, "end_date")
     if end <= start:
         raise ConfigError(f"end_date ({end}) must be after start_date ({start}); end_date is exclusive")
-    if who is None:
-        try:
-            who = getpass.getuser()
-        except Exception:  # no user name in some containers
-            who = "unknown"
+    who = _who(who)
     lo_s, hi_s = _epoch_s(start), _epoch_s(end)
     lo_ns, hi_ns = lo_s * 1_000_000_000, hi_s * 1_000_000_000
 
     def f_of(service: str) -> Fraction:
-        return per_service.get(service, default)
+        # ``factor`` is a calibration against the AWS bill: it scales AWS services only
+        return per_service.get(service, default if service in AWS_SERVICES else _ONE)
 
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -150,7 +167,7 @@ def restate_historical_costs(
                 why,
                 start.isoformat(),
                 end.isoformat(),
-                factor,
+                None if factor is None else float(factor),
                 json.dumps({k: float(v) for k, v in per_service.items()}, sort_keys=True),
             ),
         )
@@ -300,21 +317,29 @@ _PK = {
 }
 
 
-def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: int | None = None) -> int:
+def undo_restatement(
+    conn: sqlite3.Connection,
+    restatement_id: int,
+    *,
+    now_ns: int | None = None,
+    undo_reprice: Callable[[sqlite3.Connection, int], int] | None = None,
+) -> int:
     """Put back every value restatement ``restatement_id`` changed; returns the number of rows restored.
 
     A row untouched since is restored exactly; a row that changed since (late spans) loses only the
-    restatement's own delta. Undo the latest overlapping restatement first: undoing one that a later,
-    still active restatement overlaps raises ``StorageError``, as does undoing twice.
+    restatement's own delta. A reprice (kind ``reprice``) is put back by ``undo_reprice`` (the store
+    passes ``_reprice.undo_reprice``), in the same transaction. Undo the latest overlapping
+    restatement first: undoing one that a later, still active restatement overlaps raises
+    ``StorageError``, as does undoing twice.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
         row = conn.execute(
-            "SELECT start_date, end_date, undone_ns FROM restatements WHERE id = ?", (restatement_id,)
+            "SELECT start_date, end_date, undone_ns, kind FROM restatements WHERE id = ?", (restatement_id,)
         ).fetchone()
         if row is None:
             raise StorageError(f"no restatement with id {restatement_id}")
-        start, end, undone = row
+        start, end, undone, kind = row
         if undone is not None:
             raise StorageError(f"restatement {restatement_id} was already undone")
         later = conn.execute(
@@ -325,10 +350,14 @@ def undo_restatement(conn: sqlite3.Connection, restatement_id: int, *, now_ns: i
         if later is not None:
             raise StorageError(f"restatement {later[0]} overlaps {restatement_id} and is newer; undo it first")
         restored = 0
+        if kind == "reprice":
+            if undo_reprice is None:
+                raise StorageError(f"restatement {restatement_id} is a reprice: undo it through the store")
+            restored = undo_reprice(conn, restatement_id)
         for tbl, key_text, old, extra_text, new, old_var, new_var in conn.execute(
             "SELECT tbl, row_key, old_cost_nano, old_extra, new_cost_nano, old_var_nano2, new_var_nano2 "
-            "FROM restatement_undo WHERE restatement_id = ?",
-            (restatement_id,),
+            "FROM restatement_undo WHERE restatement_id = ? AND ? != 'reprice'",
+            (restatement_id, kind),
         ).fetchall():
             cols = _PK[tbl]
             key = json.loads(key_text)

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from spendtrace.server.store.sqlite import _queries as q
@@ -24,8 +24,12 @@ from spendtrace.settings import before_read, default_db_path
 
 if TYPE_CHECKING:
     import sqlite3
+    from datetime import date
 
     import aiosqlite
+
+    from spendtrace.server.model.reprice import RepriceResult
+    from spendtrace.server.pricing import PriceBook
 
 __all__ = ["AsyncStorage", "SQLiteStorage", "resolve_path"]
 
@@ -345,10 +349,37 @@ class SQLiteStorage:
 
     def undo_restatement(self, restatement_id: int) -> Any:
         """Restore every value a restatement changed."""
-        from spendtrace.server.store.sqlite import _restate
+        from spendtrace.server.store.sqlite import _reprice, _restate
 
         with self._lock:
-            return _restate.undo_restatement(self._conn, restatement_id)
+            return _restate.undo_restatement(self._conn, restatement_id, undo_reprice=_reprice.undo_reprice)
+
+    def reprice(
+        self,
+        *,
+        start_date: str | date,
+        end_date: str | date,
+        features: Sequence[str] | None = None,
+        book: PriceBook | None = None,
+        dry_run: bool = False,
+        who: str | None = None,
+        why: str = "",
+    ) -> RepriceResult:
+        """Price the stored usage of ``[start_date, end_date)`` (UTC days) again from ``book``, in one transaction.
+
+        ``book`` defaults to ``current_book()`` (the default book with in-process overrides). Recorded
+        as a restatement of kind ``reprice`` (undo it with ``undo_restatement``); ``dry_run`` changes nothing.
+        """
+        from spendtrace.server.pricing import current_book
+        from spendtrace.server.store.sqlite import _reprice
+
+        if not dry_run:
+            flush_local(self.db_path)
+        with self._lock:
+            return _reprice.reprice(
+                self._conn, book or current_book(), start_date=start_date, end_date=end_date, features=features,
+                dry_run=dry_run, who=who, why=why,
+            )  # fmt: skip
 
 
 class AsyncStorage:

@@ -1,0 +1,279 @@
+"""OTLP in: spans/s through ``spendtrace otlp`` to the spans topic, beside a bare decode of the same payloads.
+
+Payloads are real OTLP/HTTP protobuf bodies: spans made by the OpenTelemetry SDK (a request root with
+``http.route`` / ``enduser.id``, a feature span, a GenAI chat span and two DynamoDB spans with consumed
+capacity), encoded by the OTLP exporter's own encoder, 500 spans per export (the SDK's batch size is 512).
+
+References, same run, same payloads: ``ExportTraceServiceRequest.ParseFromString`` alone, and the same
+plus reading every span's attributes into Python values (the least any reader of the spans must do).
+The receiver path is HTTP + gzip-less protobuf decode + conversion + msgpack + aiokafka produce with
+``acks=all`` to a real broker (Tansu), posted by ``--clients`` concurrent keep-alive connections from
+this process (they share the machine's two cores with the receiver and the broker).
+
+End-to-end latency: one request (5 spans) posted at a time, timed until a consumer worker has
+committed its spans to SQLite (``--latency-rounds`` times; median and p95).
+
+    python benchmarks/bench_otlp.py [--spans 20000] [--clients 4] [--latency-rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.otlp import convert
+from spendtrace.server.otlp._convert import attributes
+from spendtrace.server.otlp.receiver import KafkaSink, Receiver
+from spendtrace.server.store.base import open_store
+
+PER_EXPORT = 500
+
+
+def make_payloads(n_spans: int) -> list[bytes]:
+    """Protobuf export bodies of about ``n_spans`` spans, 5 per request, ``PER_EXPORT`` per body."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("bench")
+    chat = {"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.response.model": "gpt-4o-mini-2024-07-18", "gen_ai.usage.output_tokens": 80}  # fmt: skip
+    for i in range(n_spans // 5):
+        root = {"http.route": "/recommend", "enduser.id": f"tenant-{i % 50}"}
+        with (
+            tracer.start_as_current_span("GET /recommend", attributes=root),
+            tracer.start_as_current_span("recommend", attributes={"spendtrace.feature": "recommendations"}),
+        ):
+            usage = {**chat, "gen_ai.usage.input_tokens": 1200 + i % 100}
+            with tracer.start_as_current_span("chat gpt-4o-mini", attributes=usage):
+                pass
+            for op in ("GetItem", "Query"):
+                ddb = {"rpc.system": "aws-api", "rpc.service": "DynamoDB", "rpc.method": op,
+                       "aws.dynamodb.consumed_capacity": ('{"TableName": "t", "CapacityUnits": 1.5}',)}  # fmt: skip
+                with tracer.start_as_current_span(f"DynamoDB.{op}", attributes=ddb):
+                    pass
+    spans = list(memory.get_finished_spans())
+    provider.shutdown()
+    return [encode_spans(spans[i : i + PER_EXPORT]).SerializeToString() for i in range(0, len(spans), PER_EXPORT)]
+
+
+def bare_parse(payloads: list[bytes]) -> float:
+    t = time.perf_counter()
+    n = 0
+    for body in payloads:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        n += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+    return n / (time.perf_counter() - t)
+
+
+def bare_read(payloads: list[bytes]) -> float:
+    t = time.perf_counter()
+    n = 0
+    for body in payloads:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        for rs in req.resource_spans:
+            attributes(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    attributes(span.attributes)
+                    n += 1
+    return n / (time.perf_counter() - t)
+
+
+def convert_only(payloads: list[bytes]) -> float:
+    t = time.perf_counter()
+    n = 0
+    for body in payloads:
+        req = ExportTraceServiceRequest()
+        req.ParseFromString(body)
+        n += len(convert(req).spans)
+    return n / (time.perf_counter() - t)
+
+
+def bare_produce(bootstrap: str, payloads: list[bytes]) -> float:
+    """A bare aiokafka producer (same acks, gzip, linger) sending the already encoded spans, one batch per export."""
+    from aiokafka import AIOKafkaProducer
+
+    from spendtrace.schema import encode_span
+    from spendtrace.server.topics import ensure_topics
+
+    batches = [[(s.request_id.encode(), encode_span(s)) for s in convert(ExportTraceServiceRequest.FromString(b)).spans]
+               for b in payloads]  # fmt: skip
+
+    async def run() -> float:
+        topic = f"bench-otlp-bare-{time.time_ns()}"
+        await ensure_topics(bootstrap, [topic], partitions=3)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="gzip")
+        await producer.start()
+        try:
+            t = time.perf_counter()
+            for batch in batches:
+                futures = [await producer.send(topic, v, key=k) for k, v in batch]
+                await asyncio.gather(*futures)
+            return sum(map(len, batches)) / (time.perf_counter() - t)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
+def publish_only(bootstrap: str, payloads: list[bytes]) -> float:
+    """Parse + convert + KafkaSink.publish (acks=all), no HTTP: the receiver's work minus the server."""
+
+    async def run() -> float:
+        sink = KafkaSink(bootstrap, f"bench-otlp-direct-{time.time_ns()}", partitions=3)
+        await sink.publish(convert(ExportTraceServiceRequest.FromString(payloads[0])).spans)  # warm-up
+        t = time.perf_counter()
+        n = 0
+        for body in payloads:
+            spans = convert(ExportTraceServiceRequest.FromString(body)).spans
+            await sink.publish(spans)
+            n += len(spans)
+        elapsed = time.perf_counter() - t
+        await sink.close()
+        return n / elapsed
+
+    return asyncio.run(run())
+
+
+def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
+    """Post every payload over ``clients`` keep-alive connections; spans/s from first send to last 200."""
+    chunks = [payloads[i::clients] for i in range(clients)]
+    errors: list[str] = []
+
+    def run(chunk: list[bytes]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", url_port, timeout=120)
+        for body in chunk:
+            while True:
+                conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    break
+                if resp.status not in (429, 503):
+                    errors.append(f"{resp.status}")
+                    return
+                time.sleep(float(resp.getheader("Retry-After") or 1) / 10)  # a benchmark: retry sooner
+        conn.close()
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if errors:
+        raise SystemExit(f"receiver answered {errors[:5]}")
+    return sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans)
+               for p in payloads) / elapsed  # fmt: skip
+
+
+def latency(broker: EmbeddedBroker, rounds: int) -> list[float]:
+    """Seconds from posting one request's spans to their commit in SQLite by a worker."""
+    from consumers.config import WorkerConfig
+    from consumers.worker import Worker
+
+    one = make_payloads(5 * rounds)
+    single = []
+    for body in one:
+        req = ExportTraceServiceRequest.FromString(body)
+        spans = list(req.resource_spans[0].scope_spans[0].spans)
+        for i in range(0, len(spans), 5):
+            r = ExportTraceServiceRequest()
+            r.resource_spans.add().CopyFrom(req.resource_spans[0])
+            del r.resource_spans[0].scope_spans[0].spans[:]
+            r.resource_spans[0].scope_spans[0].spans.extend(spans[i : i + 5])
+            single.append(r.SerializeToString())
+    topic = f"bench-otlp-latency-{time.time_ns()}"
+    out: list[float] = []
+    with tempfile.TemporaryDirectory() as d:
+        db = Path(d) / "cost.db"
+        cfg = WorkerConfig(bootstrap=broker.bootstrap, db_path=str(db), group_id=topic, topic=topic,
+                           dlq_topic=f"{topic}.dlq", alerts_topic=f"{topic}.alerts", partitions=3,
+                           poll_timeout_ms=20, batch_size=1000)  # fmt: skip
+        worker = Worker(cfg)
+        loop = asyncio.new_event_loop()
+        th = threading.Thread(target=lambda: loop.run_until_complete(worker.run()), daemon=True)
+        with Receiver(KafkaSink(broker.bootstrap, topic, partitions=3), port=0) as receiver:
+            conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=60)
+            conn.request("POST", "/v1/traces", single[0], {"Content-Type": "application/x-protobuf"})
+            conn.getresponse().read()  # creates the topic and connects the producer before the worker starts
+            th.start()
+
+            def stored() -> int:
+                if not db.exists():
+                    return 0
+                with open_store(db) as s:
+                    return int(s.total()["transaction_count"])
+
+            deadline = time.monotonic() + 120
+            while stored() < 5:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the worker stored nothing in 120 s")
+                time.sleep(0.01)
+            conn.close()
+            for k, body in enumerate(single[1:], start=2):
+                t = time.perf_counter()
+                conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=60)
+                conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+                conn.getresponse().read()
+                conn.close()
+                while stored() < 5 * k:
+                    time.sleep(0.002)
+                out.append(time.perf_counter() - t)
+        loop.call_soon_threadsafe(worker.request_stop)
+        th.join(60)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--spans", type=int, default=20_000)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--latency-rounds", type=int, default=30)
+    args = p.parse_args()
+    payloads = make_payloads(args.spans)
+    print(f"{sum(map(len, payloads)) / 1e6:.1f} MB in {len(payloads)} protobuf exports of up to {PER_EXPORT} spans")
+    parse = max(bare_parse(payloads) for _ in range(3))
+    read = max(bare_read(payloads) for _ in range(3))
+    conv = max(convert_only(payloads) for _ in range(3))
+    print(f"bare ParseFromString:                 {parse:12,.0f} spans/s")
+    print(f"bare parse + read every attribute:    {read:12,.0f} spans/s")
+    print(f"parse + convert (no I/O):             {conv:12,.0f} spans/s = {conv / read:.2f}x parse+read")
+    with tempfile.TemporaryDirectory() as d, EmbeddedBroker(log_path=Path(d) / "tansu.log") as broker:
+        bare = bare_produce(broker.bootstrap, payloads)
+        print(f"bare aiokafka produce, encoded spans: {bare:12,.0f} spans/s (one export at a time, acks=all)")
+        direct = publish_only(broker.bootstrap, payloads)
+        print(f"parse + convert + publish, no HTTP:   {direct:12,.0f} spans/s = {direct / bare:.2f}x bare produce")
+        topic = f"bench-otlp-{time.time_ns()}"
+        with Receiver(KafkaSink(broker.bootstrap, topic, partitions=3), port=0, max_pending=200_000) as receiver:
+            post_all(receiver.port, payloads[:2], 1)  # warm-up: topic, producer connection
+            rate = post_all(receiver.port, payloads, args.clients)
+        print(f"receiver -> topic (acks=all), {args.clients} clients: {rate:12,.0f} spans/s = "
+              f"{rate / read:.2f}x parse+read, {rate / parse:.3f}x ParseFromString (target >= 0.5x)")  # fmt: skip
+        lat = latency(broker, args.latency_rounds)
+        lat.sort()
+        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+        print(f"end-to-end, post -> committed in SQLite by a worker ({len(lat)} requests of 5 spans): "
+              f"median {statistics.median(lat) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")  # fmt: skip
+    print("(a shared 2-core machine: absolute numbers move by tens of percent; compare the ratios)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Usage items from the standard attributes of an OTel span: GenAI semantic conventions and AWS SDK spans.
+
+The items are the ones the SDK's own instrumentation records for the same call (same ``key``,
+``service``, ``provider``, ``model`` fields; ``spendtrace.sdk.instrument``), so an OTel-traced call
+costs what an SDK-recorded one does. The pure model-id → key table and the DynamoDB capacity reader
+are the SDK's own (``_models``, ``_dynamodb``: they import nothing but the schema).
+
+GenAI tokens: the conventions say ``gen_ai.usage.input_tokens`` *includes* cache reads and cache
+writes; ``UsageItem.input_tokens`` never does, so they are subtracted. Some instrumentations
+(botocore's Bedrock Converse) report Bedrock's own split, where the input excludes the cache; when
+the cache counts exceed the input that is what happened, and the input is kept as it is.
+Cache writes have no 5-minute / 1-hour split in the conventions: all go to ``cache_write_tokens``.
+
+AWS spans (``rpc.system = aws-api``): DynamoDB read / write capacity from
+``aws.dynamodb.consumed_capacity`` (present when the app asked for ``ReturnConsumedCapacity``), else
+one unit per call (the minimum a call is billed; an underestimate for large items); S3, SQS and
+Lambda requests by operation as the SDK counts them (bytes are not in the attributes: 0); any other
+AWS operation one request under ``aws_<service>_<operation>``, which the price book does not know,
+so it shows as unpriced with its service and operation, never as $0. Failed calls record nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from spendtrace.schema import MAX_KEY_LEN, UsageItem
+from spendtrace.sdk.instrument._dynamodb import OPERATIONS as DYNAMODB_OPERATIONS
+from spendtrace.sdk.instrument._dynamodb import consumed_units
+from spendtrace.sdk.instrument._models import price_key_for, profile_geography, sanitize
+
+__all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "usage_items"]
+
+# The operation sets of spendtrace.sdk.instrument._botocore (tests/otlp check they stay equal).
+S3_OPERATIONS: dict[str, str] = {
+    **dict.fromkeys(("GetObject", "HeadObject", "GetObjectAttributes", "GetObjectTagging", "GetObjectAcl"), "s3_get"),
+    **dict.fromkeys(("PutObject", "UploadPart", "CopyObject", "UploadPartCopy", "CreateMultipartUpload",
+                     "CompleteMultipartUpload", "PutObjectTagging", "PutObjectAcl"), "s3_put"),
+    **dict.fromkeys(("ListObjects", "ListObjectsV2", "ListObjectVersions", "ListBuckets", "ListMultipartUploads",
+                     "ListParts"), "s3_list"),
+    **dict.fromkeys(("DeleteObject", "DeleteObjects"), "s3_delete"),
+}  # fmt: skip
+SQS_OPERATIONS: dict[str, str] = {
+    "SendMessage": "sqs_send",
+    "SendMessageBatch": "sqs_send",
+    "ReceiveMessage": "sqs_receive",
+    "DeleteMessage": "sqs_delete",
+    "DeleteMessageBatch": "sqs_delete",
+}
+_LAMBDA_INVOKE = frozenset({"Invoke", "InvokeWithResponseStream", "InvokeAsync"})
+
+#: OTel provider names (``gen_ai.provider.name`` / ``gen_ai.system``) → ours; others are kept as sent.
+PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "aws.bedrock": "bedrock", "aws_bedrock": "bedrock",
+             "bedrock": "bedrock"}  # fmt: skip
+
+
+_TOKEN_KEYS = frozenset({
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.prompt_tokens",  # before semantic conventions 1.27
+    "gen_ai.usage.completion_tokens",
+})  # fmt: skip
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(0, value)
+    if isinstance(value, float) and value == value and value > 0:
+        return int(value)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return 0
+
+
+def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | None:
+    if attrs.keys().isdisjoint(_TOKEN_KEYS):
+        return None
+    raw_provider = str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "").strip().lower()
+    if not raw_provider and aws_service == "Bedrock Runtime":
+        raw_provider = "aws.bedrock"
+    provider = PROVIDERS.get(raw_provider, sanitize(raw_provider) or "genai")
+    model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
+    if provider == "bedrock":  # the request's id keeps the inference profile (us., global.) the bill depends on
+        model = str(attrs.get("gen_ai.request.model") or model)
+    inp = _int(attrs.get("gen_ai.usage.input_tokens", attrs.get("gen_ai.usage.prompt_tokens")))
+    out = _int(attrs.get("gen_ai.usage.output_tokens", attrs.get("gen_ai.usage.completion_tokens")))
+    read = _int(attrs.get("gen_ai.usage.cache_read.input_tokens"))
+    write = _int(attrs.get("gen_ai.usage.cache_creation.input_tokens"))
+    if read + write <= inp:  # the conventions: input includes the cache; ours never does
+        inp -= read + write
+    tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
+    return UsageItem(
+        key=price_key_for(provider, model),
+        service=provider[:64],
+        count=1.0,
+        input_tokens=inp,
+        output_tokens=out,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+        provider=provider[:64],
+        model=model[:MAX_KEY_LEN] or None,
+        service_tier=str(tier)[:64] if tier else None,
+        region=profile_geography(model) if provider == "bedrock" else None,
+    )
+
+
+def _dynamodb(attrs: Mapping[str, Any], method: str) -> list[UsageItem]:
+    kind = DYNAMODB_OPERATIONS.get(method)
+    if kind is None:
+        return [UsageItem(key=f"aws_dynamodb_{sanitize(method)}"[:MAX_KEY_LEN], service="dynamodb", count=1.0)]
+    if method == "ExecuteStatement":
+        statement = str(attrs.get("aws.dynamodb.statement") or attrs.get("db.statement") or "SELECT")
+        kind = "read" if statement.lstrip()[:6].upper() == "SELECT" else "write"
+    consumed: list[Any] = []
+    raw = attrs.get("aws.dynamodb.consumed_capacity")
+    for entry in raw if isinstance(raw, list | tuple) else [raw] if raw is not None else []:
+        try:
+            doc = json.loads(entry) if isinstance(entry, str) else entry
+        except ValueError:
+            continue
+        if isinstance(doc, Mapping):
+            consumed.append(doc)
+    units = consumed_units(consumed, kind) or {kind: 1.0}
+    return [UsageItem(key=f"dynamodb_{k}", service="dynamodb", count=float(n)) for k, n in units.items() if n > 0]
+
+
+def _aws(attrs: Mapping[str, Any], service: str, method: str) -> list[UsageItem]:
+    if service == "DynamoDB":
+        return _dynamodb(attrs, method)
+    if service == "S3":
+        key = S3_OPERATIONS.get(method)
+        return [UsageItem(key=key, service="s3", count=1.0)] if key else []
+    if service == "SQS":
+        key = SQS_OPERATIONS.get(method)
+        return [UsageItem(key=key, service="sqs", count=1.0)] if key else []
+    if service == "Lambda":
+        return [UsageItem(key="aws_lambda_request", service="lambda", count=1.0)] if method in _LAMBDA_INVOKE else []
+    svc = sanitize(service) or "aws"
+    return [UsageItem(key=f"aws_{svc}_{sanitize(method)}"[:MAX_KEY_LEN], service=svc[:64], count=1.0)]
+
+
+def usage_items(attrs: Mapping[str, Any], failed: bool) -> tuple[UsageItem, ...]:
+    """What the call a span describes used, from its attributes; empty for spans that are not billable calls."""
+    aws = attrs.get("rpc.system") == "aws-api"
+    service = str(attrs.get("rpc.service") or "") if aws else None
+    genai = _genai(attrs, service)
+    if genai is not None:
+        return (genai,)
+    if not aws or failed:
+        return ()
+    status = attrs.get("http.status_code", attrs.get("http.response.status_code"))
+    if isinstance(status, int) and status >= 300:
+        return ()
+    method = str(attrs.get("rpc.method") or "")
+    if service == "Bedrock Runtime" or not method:
+        return ()  # a Bedrock call without token attributes: nothing known to bill
+    return tuple(_aws(attrs, service or "", method))

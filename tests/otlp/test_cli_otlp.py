@@ -1,0 +1,70 @@
+"""``spendtrace otlp``: the command serves, refuses bad setups with one line, and the documented rule file loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from support import json_export, post
+
+from spendtrace.server.otlp import load_rules
+from spendtrace.server.store.base import open_store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_command_serves_and_writes_the_store(tmp_path: Path) -> None:
+    """`spendtrace otlp --port 0 --db PATH` prints its URL, accepts an export, and the span is in the store."""
+    db = tmp_path / "otlp.db"
+    cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--db", str(db)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            url = re.search(r"http://\S+/v1/traces", line)
+            assert url, f"no URL in {line!r}"
+            span = {"traceId": "44444444444444444444444444444444", "spanId": "4444444444444444", "name": "x",
+                    "attributes": [{"key": "spendtrace.feature", "value": {"stringValue": "cli"}}]}  # fmt: skip
+            status, _, body = post(url.group(0), json_export([span]), "application/json")
+            assert status == 200 and "partialSuccess" not in json.loads(body)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+    with open_store(db) as store:
+        assert [r["feature"] for r in store.aggregate_by_feature()] == ["cli"]
+
+
+def test_a_bad_rule_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A rule file that does not parse stops the command before it listens, naming the file."""
+    bad = tmp_path / "rules.toml"
+    bad.write_text("[[rule]]\nfeature = 'x'\n")
+    r = subprocess.run([sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--db", str(tmp_path / "x.db"),
+                        "--rules", str(bad)], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and str(bad) in r.stderr and "match" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_the_rule_file_example_in_deployment_loads(tmp_path: Path) -> None:
+    """The TOML example under `spendtrace otlp` in DEPLOYMENT.md is a valid rule file."""
+    text = (ROOT / "docs" / "DEPLOYMENT.md").read_text(encoding="utf-8")
+    section = text.split("### `spendtrace otlp`", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "rules.toml"
+    path.write_text(example)
+    rules = load_rules(path)
+    assert rules.tenant == ("enduser.id", "user.id", "app.tenant_id") and len(rules.rules) == 4
+    assert rules.apply({"service.name": "billing-worker", "messaging.destination.name": "q"}) == {
+        "feature": "billing", "tenant": "q"}  # fmt: skip
+
+
+def test_without_a_broker_a_non_sqlite_store_is_refused(tmp_path: Path) -> None:
+    """No broker and a store URL that is not SQLite: one line saying what to pass, exit 2."""
+    cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--store", f"chdb:///{tmp_path}"]
+    env = {**os.environ, "SPENDTRACE_KAFKA_BOOTSTRAP": ""}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "--bootstrap" in r.stderr and "Traceback" not in r.stderr
