@@ -69,16 +69,15 @@ class SpendtraceApp(App[None]):
         actuals_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        raw = os.fspath(db_path)
-        url = "://" in raw  # a store URL (chdb://, sqlite://): the dashboard reads it; the SQLite-only actions do not
-        self.db_path = Path(urlsplit(raw).path if url else raw)
-        self.db_label = self.db_path.name
+        #: the store: a SQLite path, or a URL (``chdb:///dir``, ``clickhouse://...``) kept as given
+        self.db_path = os.fspath(db_path)
+        self.db_label = _label(self.db_path)
         self.bootstrap = bootstrap
         self.alerts_topic = alerts_topic
         self.clock = clock
         self.refresh_interval = refresh_interval
         self.export_dir = Path(export_dir) if export_dir else Path.cwd()
-        self.store: DashboardReads = open_dashboard(raw if url else self.db_path, clock=clock, monotonic=monotonic)
+        self.store: DashboardReads = open_dashboard(self.db_path, clock=clock, monotonic=monotonic)
         self.refresher = Refresher(self, self.store, monotonic=monotonic)
         self.live = live
         #: a saved Cost Explorer response the Reconciliation screen offers first (the demo's bill)
@@ -184,3 +183,11 @@ class SpendtraceApp(App[None]):
         if mode and self.current_mode != mode:
             await self.action_show(mode)
         await self.screen.run_action(action)
+
+
+def _label(store: str) -> str:
+    """What the status bar names the store by: a SQLite file's name, else scheme://host (or data dir), no secret."""
+    if "://" not in store:
+        return Path(store).name
+    parts = urlsplit(store)
+    return f"{parts.scheme}://{parts.hostname or Path(parts.path).name}"

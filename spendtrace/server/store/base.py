@@ -32,7 +32,19 @@ The effectively-once contract, which every backend states how it keeps:
 3. SQLite keeps this with one transaction per batch (spans, rollups and offsets together). A
    backend without multi-table transactions (ClickHouse) keeps it with a deduplication token per
    batch derived from 1., on the spans table and every materialized view's target, and by
-   re-forming batches identically after a crash from the offsets it stored.
+   re-forming batches identically after a crash (4.).
+4. Re-forming (a store with ``atomic_batches = False``; the ClickHouse Kafka Connect sink's
+   per-partition BEFORE / AFTER states). Before writing anything of a batch, the store records the
+   range of every partition it covers (``PartitionOffsets``: begun); the offsets stored after the
+   rest mark it done. ``unconfirmed_ranges`` returns the ranges begun and not done: a batch that
+   may be partly applied. A worker writing to such a store applies each partition's share of its
+   records as a batch of its own (so a batch never depends on which partitions a worker owns), and
+   when it is assigned a partition with an unconfirmed range, it seeks to the range's first offset
+   and forms its next batch of that partition from exactly the records of that range, no more, no
+   fewer: the same identity, so the same token, and the replay completes whatever tables the first
+   attempt did not reach. Nothing is decided by the workers among themselves: a partition has one
+   owner at a time (Kafka's group protocol), and the store's record of the range is the only
+   state. An atomic store (SQLite) never has unconfirmed ranges.
 """
 
 from __future__ import annotations
@@ -680,9 +692,21 @@ class IngestStore(Protocol):
     """The write side of ingestion, synchronous (the local exporter, tools, tests).
 
     ``apply_batch`` is the effectively-once operation: the prepared batch, the offsets it reaches
-    and its dead letters are applied together or not at all. ``StoreBusyError`` from any operation
+    and its dead letters are applied together or not at all, or (``atomic_batches`` False) so that
+    the same batch applied again completes it (contract 4.). ``StoreBusyError`` from any operation
     means another writer held the store and nothing was written: try again later.
     """
+
+    #: True when a batch is applied in one transaction; False when a half-applied batch is completed
+    #: by applying it again, re-formed from exactly the same records (contract 4.)
+    atomic_batches: bool
+
+    def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        """partition -> the range of a batch begun and not confirmed by its stored offsets (contract 4.).
+
+        Always empty for an atomic store.
+        """
+        ...
 
     def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """partition -> next offset to consume, as applied with the last batch of ``group`` (contract 2.)."""
@@ -717,6 +741,13 @@ class AsyncIngestStore(Protocol):
     ``stage_batch`` is CPU work only (a backend encodes the batch for its writer there); the worker
     calls it in its pricing thread, so the event loop only waits for the store.
     """
+
+    #: ``IngestStore.atomic_batches``: False asks the worker for one batch per partition (contract 4.)
+    atomic_batches: bool
+
+    async def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        """``IngestStore.unconfirmed_ranges``: where a worker must re-form a batch exactly."""
+        ...
 
     async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """``IngestStore.stored_offsets``: where a worker seeks each partition it is assigned."""

@@ -238,12 +238,12 @@ class ClickHouseStore:
         services = self._conn.tuples(
             "SELECT toString(service) AS s, sum(cost_nano) FROM rollup_day WHERE service != '' GROUP BY s ORDER BY s"
         )
-        from spendtrace.errors import StorageError
+        from spendtrace.errors import ConfigError, StorageError
         from spendtrace.server.store.base import open_alert_store
 
         try:
             alerts = open_alert_store(self.url, readonly=True)
-        except StorageError:  # no alert state written yet: nothing fired
+        except (StorageError, ConfigError):  # no alert state written yet (or none on a server yet): nothing fired
             fired = failures = 0
         else:
             try:
