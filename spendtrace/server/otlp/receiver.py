@@ -82,12 +82,14 @@ class KafkaSink:
     MAX_BATCH_BYTES = 512 * 1024
 
     def __init__(self, bootstrap: str, topic: str = "spendtrace.spans", *, partitions: int = 3,
-                 timeout: float = 10.0, compression_type: str | None = "gzip") -> None:  # fmt: skip
+                 timeout: float = 10.0, compression_type: str | None = "gzip",
+                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.timeout = timeout
         self.compression_type = compression_type
+        self.max_batch_bytes = max_batch_bytes
         self._producer: Any = None
         self._flusher: asyncio.Task[None] | None = None
         self._partitions: list[int] = []
@@ -106,7 +108,7 @@ class KafkaSink:
                 await ensure_topics(self.bootstrap, [self.topic], partitions=self.partitions)
                 producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id="spendtrace-otlp", acks="all",
                                             linger_ms=5, compression_type=self.compression_type,
-                                            max_batch_size=self.MAX_BATCH_BYTES,
+                                            max_batch_size=self.max_batch_bytes,
                                             request_timeout_ms=int(self.timeout * 1000))  # fmt: skip
                 try:
                     await producer.start()
