@@ -11,11 +11,10 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from support import GPT_4O_MINI, nano
+from support import GPT_4O_MINI, nano, topic_span_ids
 
 from consumers.config import WorkerConfig
 from consumers.worker import Worker
-from spendtrace.schema import decode_span
 from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.otlp.receiver import KafkaSink, Receiver
 from spendtrace.server.store.base import open_store
@@ -79,30 +78,6 @@ def _stored(db: Path) -> int:
         return int(store.total()["transaction_count"])
 
 
-def _topic_span_ids(broker: EmbeddedBroker, topic: str) -> list[str]:
-    """Every span id on the topic, read up to the end offsets (the topic is complete once every export had its 200)."""
-
-    async def run() -> list[str]:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in range(3)]  # the sink created it with 3
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            ids: list[str] = []
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                    ids.extend(decode_span(m.value).span_id for m in msgs)
-            return ids
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
-
-
 @pytest.mark.parametrize("batch_bytes", [KafkaSink.MAX_BATCH_BYTES, 4096], ids=["default-batches", "4KiB-batches"])
 def test_concurrent_exporters_deliver_every_span_exactly_once(
     broker: EmbeddedBroker, topic_name: str, tmp_path: Path, batch_bytes: int
@@ -125,7 +100,7 @@ def test_concurrent_exporters_deliver_every_span_exactly_once(
     assert len(costs) == APPS, "an app thread failed"
     assert (stats.spans_accepted, stats.spans_rejected, stats.unavailable, stats.throttled) == (SPANS, 0, 0, 0)
     assert stats.requests > APPS  # the exports really were many, and overlapped (each app's batches are small)
-    ids = _topic_span_ids(broker, topic_name)
+    ids = topic_span_ids(broker.bootstrap, topic_name)
     assert len(ids) == SPANS and len(set(ids)) == SPANS  # on the topic exactly once: no retry, no loss
     db = tmp_path / "worker.db"
     _drain(broker, topic_name, db)

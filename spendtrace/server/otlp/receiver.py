@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -442,16 +442,63 @@ class Receiver:
 
 
 def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: str | None, rules: Rules,
-          partitions: int = 3, max_pending: int = 50_000) -> None:  # fmt: skip
-    """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``."""
+          partitions: int = 3, max_pending: int = 50_000, workers: int = 1,
+          compression: str | None = "gzip") -> None:  # fmt: skip
+    """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``.
+
+    ``workers`` > 1 (Kafka only) forks that many processes serving the one listening socket, each
+    with its own producer: the receiver is CPU-bound in Python (decode and conversion), so this is
+    how it uses more than one core. ``max_pending`` applies per process.
+    """
     sink: Sink
     if bootstrap:
-        sink = KafkaSink(bootstrap, topic, partitions=partitions)
+        sink = KafkaSink(bootstrap, topic, partitions=partitions, compression_type=compression)
         where = f"topic {topic} at {bootstrap}"
     else:
-        assert db_path is not None
+        assert db_path is not None and workers == 1, "one process writes the store"
         sink = StoreSink(db_path)
         where = f"the store {db_path}"
     receiver = Receiver(sink, host=host, port=port, rules=rules, max_pending=max_pending)
-    print(f"OTLP/HTTP receiver on {receiver.url} -> {where}; Ctrl-C stops it", flush=True)
-    receiver.run()
+    if workers == 1:
+        print(f"OTLP/HTTP receiver on {receiver.url} -> {where}; Ctrl-C stops it", flush=True)
+        receiver.run()
+        return
+    children = _fork(receiver, workers)
+    print(f"OTLP/HTTP receiver on {receiver.url} -> {where}, {workers} processes; Ctrl-C stops it", flush=True)
+    _supervise(children)
+    receiver.socket.close()
+
+
+def _fork(receiver: Receiver, workers: int) -> list[int]:
+    """Fork ``workers`` processes that serve ``receiver``'s socket (no event loop or thread runs yet here)."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own process group, so a terminal's Ctrl-C reaches it once, from the parent
+            code = 1
+            try:
+                os.setpgid(0, 0)
+                receiver.run()
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    return children
+
+
+def _supervise(children: list[int]) -> None:
+    """Pass SIGINT / SIGTERM on to the workers and wait for all of them to finish their requests and exit."""
+    import signal
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for pid in children:
+            os.waitpid(pid, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
