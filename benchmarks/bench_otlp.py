@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -215,13 +216,13 @@ def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
 class ReceiverProcess:
     """``spendtrace otlp`` in its own process, from this checkout or from ``src`` (another checkout's tree)."""
 
-    def __init__(self, bootstrap: str, topic: str, src: str | None = None) -> None:
+    def __init__(self, bootstrap: str, topic: str, src: str | None = None, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         env = dict(os.environ)
         if src:
             env["PYTHONPATH"] = os.path.abspath(src)
         cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", str(self.port), "--bootstrap", bootstrap,
-               "--topic", topic, "--max-pending", "1000000"]  # fmt: skip
+               "--topic", topic, "--max-pending", "1000000", *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, cwd=src or None)
         deadline = time.monotonic() + 60
         while True:  # up once it answers /health
@@ -238,20 +239,39 @@ class ReceiverProcess:
             time.sleep(0.05)
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the receiver and its worker processes (their own, and what exited children used)."""
+        total = 0.0
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
 
 
-def through_receiver(bootstrap: str, payloads: list[bytes], clients: int, src: str | None) -> tuple[float, float]:
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def through_receiver(bootstrap: str, payloads: list[bytes], clients: int, run: tuple[str | None, tuple[str, ...]]
+                     ) -> tuple[float, float]:  # fmt: skip
     """(spans/s, receiver CPU µs per span) posting every payload to a fresh receiver process."""
-    receiver = ReceiverProcess(bootstrap, f"bench-otlp-{time.time_ns()}", src)
+    src, extra = run
+    receiver = ReceiverProcess(bootstrap, f"bench-otlp-{time.time_ns()}", src, extra)
     try:
-        post_all(receiver.port, payloads[:2], 1)  # warm-up: topic, producer connection
+        for _ in range(2 * len(extra) + 1):  # warm-up: topic, each worker's producer connection
+            post_all(receiver.port, payloads[:clients], clients)
         cpu = receiver.cpu_seconds()
         rate = post_all(receiver.port, payloads, clients)
         n = sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans) for p in payloads)
@@ -325,6 +345,8 @@ def main() -> None:
     p.add_argument("--latency-rounds", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2, help="runs through each receiver (best is reported)")
     p.add_argument("--compare", metavar="DIR", help="also run the receiver of this checkout, alternating")
+    p.add_argument("--variant", action="append", default=["--workers 2", "--compression none"],
+                   help="also run this tree's receiver with these options (repeatable)")
     args = p.parse_args()
     payloads = make_payloads(args.spans)
     print(f"{sum(map(len, payloads)) / 1e6:.1f} MB in {len(payloads)} protobuf exports of up to {PER_EXPORT} spans")
@@ -339,23 +361,25 @@ def main() -> None:
         print(f"bare aiokafka produce, encoded spans: {bare:12,.0f} spans/s (one export at a time, acks=all)")
         direct = publish_only(broker.bootstrap, payloads)
         print(f"parse + convert + publish, no HTTP:   {direct:12,.0f} spans/s = {direct / bare:.2f}x bare produce")
-        runs: dict[str | None, list[tuple[float, float]]] = {None: []}
+        this: tuple[str | None, tuple[str, ...]] = (None, ())
+        setups = [this]
         if args.compare:
-            runs[args.compare] = []
-        for _ in range(args.rounds):  # alternate, so drift on a shared machine hits both alike
-            for src in runs:
-                runs[src].append(through_receiver(broker.bootstrap, payloads, args.clients, src))
-        for src, results in runs.items():
+            setups.insert(0, (args.compare, ()))
+        setups += [(None, tuple(a.split())) for a in args.variant]
+        runs: dict[tuple[str | None, tuple[str, ...]], list[tuple[float, float]]] = {s: [] for s in setups}
+        for _ in range(args.rounds):  # alternate, so drift on a shared machine hits every setup alike
+            for setup in setups:
+                runs[setup].append(through_receiver(broker.bootstrap, payloads, args.clients, setup))
+        for (src, extra), results in runs.items():
             rate = max(r for r, _ in results)
             cpu = min(c for _, c in results)
-            label = f"receiver of {src}" if src else "receiver (this tree)"
-            print(f"{label} -> topic (acks=all), {args.clients} clients: {rate:10,.0f} spans/s = "
+            label = f"receiver of {src}" if src else f"receiver {' '.join(extra) or '(this tree)'}"
+            vs = ""
+            if args.compare and src is None:
+                vs = f" = {rate / max(r for r, _ in runs[(args.compare, ())]):.2f}x {args.compare}"
+            print(f"{label} -> topic, {args.clients} clients: {rate:9,.0f} spans/s{vs} = "
                   f"{rate / read:.2f}x parse+read, {rate / parse:.3f}x ParseFromString (target >= 0.5x); "
                   f"receiver CPU {cpu:.1f} us/span (best of {len(results)})")  # fmt: skip
-        if args.compare:
-            new, old = max(r for r, _ in runs[None]), max(r for r, _ in runs[args.compare])
-            print(f"this tree / {args.compare}: {new / old:.2f}x spans/s, "
-                  f"{min(c for _, c in runs[args.compare]) / min(c for _, c in runs[None]):.2f}x less CPU per span")
         lat = latency(broker, args.latency_rounds)
         lat.sort()
         p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
