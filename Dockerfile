@@ -7,7 +7,7 @@ COPY pyproject.toml README.md ./
 COPY spendtrace ./spendtrace
 COPY consumers ./consumers
 COPY tui ./tui
-RUN pip install ".[consumer,tui,api]"
+RUN pip install ".[consumer,tui,api,clickhouse]"
 
 RUN useradd --create-home --uid 1000 spendtrace && mkdir -p /data && chown spendtrace /data
 USER spendtrace

@@ -1,6 +1,7 @@
 """Spans per second through one consumer worker, beside a bare aiokafka consume and a bare SQLite insert.
 
     python benchmarks/bench_pipeline.py [--spans 1000000] [--batch-size 20000] [--workers-compare] [--repeat 3]
+    python benchmarks/bench_pipeline.py --store chdb:///tmp/bench-chdb [--spans 300000]
 
 One run, one embedded broker, the same messages for every measurement:
 1. bare consume: an ``AIOKafkaConsumer`` (no group, no decoding) reading the topic end to end;
@@ -10,7 +11,10 @@ One run, one embedded broker, the same messages for every measurement:
    process commits spans + rollups + offsets), from the group assignment until the stored
    offsets reach the end of every partition: pipeline fill and drain included.
 Prints spans/s of each and the ratios against the targets (worker >= 0.5x bare insert, and
-well over 100,000 spans/s). ``--workers-compare`` also times 2 workers as processes vs tasks.
+well over 100,000 spans/s). With ``--store chdb:///dir`` (or a ``clickhouse://`` server) the worker
+writes ClickHouse and 2. is a bare ``client.insert`` of the same rows, in batches of ``--batch-size``,
+into a fresh database with the same schema (every materialized view runs): issue #13's reference.
+``--workers-compare`` also times 2 workers as processes vs tasks.
 ``--profile FILE`` writes a cProfile of the worker run.
 """
 
@@ -85,6 +89,35 @@ def bare_insert(path: Path, rows: list[tuple[object, ...]]) -> float:
     return dt
 
 
+def bare_clickhouse_insert(url: str, batches: list[Any]) -> float:
+    """Seconds for ``client.insert`` of each prepared batch's rows into ``spans`` at ``url`` (the views run too)."""
+    from spendtrace.server.store.clickhouse._client import connect
+    from spendtrace.server.store.clickhouse._ingest import SPAN_NAMES
+
+    conn = connect(url)  # created and migrated before the clock starts
+    n = len(SPAN_NAMES)
+    try:
+        t0 = time.perf_counter()
+        for b in batches:
+            columns = [b.span_values[i::n] for i in range(n)]
+            conn.client.insert(
+                "spans", [*columns, [""] * len(b.spans)], column_names=[*SPAN_NAMES, "batch"], column_oriented=True
+            )
+        return time.perf_counter() - t0
+    finally:
+        conn.close()
+
+
+def _database(store: str, name: str) -> str:
+    """``store`` (a ClickHouse URL) naming database ``name`` instead of its own."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(store)
+    if parts.scheme == "chdb":
+        return f"chdb://{parts.netloc}{parts.path}?database={name}"
+    return f"{parts.scheme}://{parts.netloc}/{name}"
+
+
 async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | None) -> float:
     """Seconds from the group assignment to the last batch committed, for one worker.
 
@@ -112,7 +145,7 @@ async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | Non
         if prof:
             prof.disable()
         await worker.stop()
-    assert stored_offsets(Path(cfg.db_path), cfg.group_id, cfg.topic) == ends
+    assert stored_offsets(cfg.db_path, cfg.group_id, cfg.topic) == ends
     if prof and profile:
         prof.dump_stats(profile)
         pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
@@ -215,16 +248,26 @@ async def _measure(args: argparse.Namespace, tmp: Path) -> None:
             f"compression, batches of {args.batch_size:,}, best of {args.repeat}"
         )
 
-        times: dict[str, list[float]] = {"bare aiokafka consume": [], "bare SQLite insert": [], "worker": []}
+        bare = "bare chDB insert" if args.store else "bare SQLite insert"
+        times: dict[str, list[float]] = {"bare aiokafka consume": [], bare: [], "worker": []}
+        tag = f"{os.getpid()}_{int(time.time())}"
+        if args.store:
+            size = args.batch_size
+            batches = [prepare_batch(spans[i : i + size], book) for i in range(0, len(spans), size)]
         for rep in range(args.repeat):  # interleaved, so a noisy neighbour hits every measurement alike
             times["bare aiokafka consume"].append(
                 await bare_consume(broker.bootstrap, topic, len(spans), args.batch_size)
             )
-            times["bare SQLite insert"].append(bare_insert(tmp / f"bare-{rep}.db", rows))
-            _drop(tmp / f"bare-{rep}.db")
+            if args.store:
+                times[bare].append(bare_clickhouse_insert(_database(args.store, f"bench_bare_{tag}_{rep}"), batches))
+                store = _database(args.store, f"bench_worker_{tag}_{rep}")
+            else:
+                times[bare].append(bare_insert(tmp / f"bare-{rep}.db", rows))
+                _drop(tmp / f"bare-{rep}.db")
+                store = str(tmp / f"worker-{rep}.db")
             cfg = WorkerConfig(
                 bootstrap=broker.bootstrap,
-                db_path=str(tmp / f"worker-{rep}.db"),
+                db_path=store,
                 group_id=f"bench-{rep}",
                 topic=topic,
                 dlq_topic="bench.dlq",
@@ -234,16 +277,21 @@ async def _measure(args: argparse.Namespace, tmp: Path) -> None:
                 session_timeout_ms=3_000,
             )
             times["worker"].append(await run_worker(cfg, ends, args.profile if rep == 0 else None))
-            _drop(Path(cfg.db_path))
+            if not args.store:
+                _drop(Path(cfg.db_path))
 
         n = len(spans)
         rate = {name: n / min(ts) for name, ts in times.items()}
         for name, r in rate.items():
             print(f"{name:<24} {r:>12,.0f} spans/s")
-        print(f"worker / bare insert  = {rate['worker'] / rate['bare SQLite insert']:.2f}x   (target >= 0.50x)")
+        print(f"worker / bare insert  = {rate['worker'] / rate[bare]:.2f}x   (target >= 0.50x)")
         print(f"worker / bare consume = {rate['worker'] / rate['bare aiokafka consume']:.2f}x")
         print(f"worker                = {rate['worker'] / 100_000:.2f}x 100,000 spans/s   (target well over 1x)")
 
+        if args.store:
+            print(f"(the worker inserts each partition's share of a batch on its own: about "
+                  f"{args.batch_size // args.partitions:,} rows per insert; the bare insert {args.batch_size:,})")
+            return
         print("where one span's time goes (each step alone in this thread, same rows):")
         for stage, us in stage_costs(spans, book, args.batch_size, tmp).items():
             print(f"  {stage:<34} {us:6.2f} us/span")
@@ -272,6 +320,7 @@ def main() -> None:
         "--batch-size", type=int, default=WorkerConfig(bootstrap="", db_path="").batch_size, help="the worker default"
     )
     p.add_argument("--workers-compare", action="store_true")
+    p.add_argument("--store", default=None, metavar="URL", help="a ClickHouse store URL (chdb:///dir) to measure")
     p.add_argument("--profile", default=None, metavar="FILE")
     p.add_argument("--repeat", type=int, default=3, help="best of this many runs of each measurement")
     p.add_argument("--compression", default="gzip", help="producer compression, as the SDK's exporter (default gzip)")

@@ -17,6 +17,12 @@ to call them (it prepares batch N+1 while batch N is written):
                offset the store holds (``stored_offsets``), the beginning if it holds none, or if
                Kafka no longer knows the log those offsets counted (see ``Checkpoint.seek``).
 
+For a store whose batches are not atomic (``atomic_batches`` False: ClickHouse; contract 4. of the
+storage interface) two rules keep a replay identical to the batch it repeats: step 2 stages each
+partition's records as a batch of its own (``Batch.rest``), and step 5 asks the store for the ranges
+it began and did not confirm (``unconfirmed_ranges``), seeks each to its first offset and step 1 then
+holds that partition's records until exactly that range is fetched (``_exact``), cutting off the rest.
+
 A crash between any two steps loses nothing and counts nothing twice: before step 3 nothing is
 stored and the records are fetched again after the restart's seek; from step 3 on the store has
 them, and a replay of them adds nothing; Kafka's offsets can only lag the store's.
@@ -43,7 +49,7 @@ from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
 from spendtrace.schema import EARLIEST_START_NS, Span, decode_span
 from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
-from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
+from spendtrace.server.model.ingest import BatchSummary, PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
 from spendtrace.server.store.base import AsyncIngestStore
 
 __all__ = ["CRASH_ENV", "EARLIEST_START_NS", "MAX_CLOCK_AHEAD_NS", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
@@ -104,11 +110,18 @@ class Batch:
     spans: int
     messages: int
     commit: dict[TopicPartition, int]
+    #: further partitions' batches, applied after ``staged`` (a store without atomic batches: one per partition)
+    rest: tuple[StagedBatch, ...] = ()
+
+    @property
+    def parts(self) -> tuple[StagedBatch, ...]:
+        """Every staged batch to apply, in order."""
+        return (self.staged, *self.rest)
 
     @property
     def dead(self) -> tuple[DeadLetter, ...]:
         """The batch's messages that became dead letters."""
-        return self.staged.dead_letters
+        return tuple(d for part in self.parts for d in part.dead_letters)
 
 
 class Checkpoint:
@@ -144,6 +157,10 @@ class Checkpoint:
         self._next: dict[TopicPartition, int] = {}
         #: partitions whose first batch since assignment has not been checked against the seek yet
         self._unverified: set[TopicPartition] = set()
+        #: partition -> end of the unconfirmed range its next batch must be re-formed from (contract 4.)
+        self._replay: dict[TopicPartition, int] = {}
+        #: records of a partition in ``_replay``, held until its whole range is fetched
+        self._held: dict[TopicPartition, list[Any]] = {}
 
     # -- 1. fetch ----------------------------------------------------------------------------------
 
@@ -203,8 +220,32 @@ class Checkpoint:
                 continue
             self._unverified.discard(tp)
             self._next[tp] = records[-1].offset + 1
+            if tp in self._replay:
+                exact = self._exact(tp, records)
+                if exact is None:
+                    continue
+                records = exact
             out[tp] = records
         return out
+
+    def _exact(self, tp: TopicPartition, records: list[Any]) -> list[Any] | None:
+        """Hold a re-formed partition's records until its unconfirmed range is complete; then exactly that range.
+
+        Records past the range's end are dropped and the partition sought back there, so the next
+        batch starts where the replayed one ends (the ClickHouse sink's "overlapping" case).
+        """
+        held = self._held.setdefault(tp, [])
+        held.extend(records)
+        end = self._replay[tp]
+        if held[-1].offset + 1 < end:
+            return None  # the range is not fetched whole yet
+        del self._replay[tp]
+        exact = [r for r in self._held.pop(tp) if r.offset < end]
+        if len(exact) < len(held):
+            self.consumer.seek(tp, end)
+            self._unverified.add(tp)  # records fetched before this seek, past ``end``, are fetched again
+        self._next[tp] = end
+        return exact
 
     # -- 2. prepare --------------------------------------------------------------------------------
 
@@ -224,6 +265,8 @@ class Checkpoint:
 
     def prepare_now(self, data: dict[TopicPartition, list[Any]]) -> Batch:
         """Step 2 itself, in the calling thread: pure work plus the store's staging (no I/O)."""
+        if not self.store.atomic_batches and len(data) > 1:
+            return _joined([self.prepare_now({tp: records}) for tp, records in data.items()])
         group = self.config.group_id
         spans: list[Span] = []
         dead: list[DeadLetter] = []
@@ -295,11 +338,17 @@ class Checkpoint:
         if batch.dead:
             await publish_dead_letters(self.producer, self.config.dlq_topic, list(batch.dead))
         started = time.perf_counter()
+        results = [await self._apply(part) for part in batch.parts]
+        self.commit_seconds.observe(time.perf_counter() - started)
+        self.crash.reached("after_db_commit")
+        return results[0] if len(results) == 1 else _sum_results(results)
+
+    async def _apply(self, staged: StagedBatch) -> WriteResult:
+        """One ``apply_batch``, retried with backoff while the store is busy."""
         delay = 0.05
         for attempt in range(_BUSY_ATTEMPTS):
             try:
-                result = await self.store.apply_batch(batch.staged)
-                break
+                return await self.store.apply_batch(staged)
             except StoreBusyError as exc:
                 if attempt == _BUSY_ATTEMPTS - 1:
                     raise
@@ -307,9 +356,7 @@ class Checkpoint:
                 log.warning("store busy, retrying the batch in %.2fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self.commit_seconds.observe(time.perf_counter() - started)
-        self.crash.reached("after_db_commit")
-        return result
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- 4. commit to Kafka ------------------------------------------------------------------------
 
@@ -336,6 +383,7 @@ class Checkpoint:
         """Partitions are being taken away: batches fetched or prepared before now are dropped."""
         self.generation += 1
         self._next = {}
+        self._replay, self._held = {}, {}
 
     async def seek(self, assigned: Iterable[TopicPartition]) -> None:
         """Position each assigned partition at the offset stored with its last applied batch.
@@ -355,25 +403,30 @@ class Checkpoint:
             return
         consumer = self.consumer
         stored = await self.store.stored_offsets(self.config.group_id, self.config.topic)
-        fresh = []
-        positions: dict[TopicPartition, int] = {}
+        unconfirmed = await self._unconfirmed(assigned, stored)
         held = [tp for tp in assigned if stored.get(tp.partition)]
         forgotten = set(await self._forgotten_by_kafka(held))
+        starts: dict[TopicPartition, int | None] = {}
         for tp in assigned:
-            nxt = stored.get(tp.partition)
-            if nxt is None or tp in forgotten:
-                fresh.append(tp)
+            if tp in forgotten:  # the log the stored offsets counted is gone: its beginning
+                starts[tp] = None
+            elif tp in unconfirmed:
+                starts[tp] = unconfirmed[tp].first_offset
             else:
-                consumer.seek(tp, nxt)
-                positions[tp] = nxt
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-            for tp in fresh:
-                positions[tp] = await consumer.position(tp)
-        for tp in forgotten:
-            self._log_reset(tp, stored[tp.partition], positions[tp], "Kafka holds no committed offset for it")
+                starts[tp] = stored.get(tp.partition)
+        fresh = [tp for tp, offset in starts.items() if offset is None]
+        beginnings = await consumer.beginning_offsets(fresh) if fresh else {}
+        positions: dict[TopicPartition, int] = {tp: beginnings[tp] if o is None else o for tp, o in starts.items()}
+        # No await from here on: a fetch that ran between a seek and ``_next`` would drop the sought
+        # records as not ours, and nothing would fetch them again.
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
         self._next = positions
         self._unverified = set(positions)
+        self._replay = {tp: r.next_offset for tp, r in unconfirmed.items() if tp not in forgotten}
+        self._held = {}
+        for tp in forgotten:
+            self._log_reset(tp, stored[tp.partition], positions[tp], "Kafka holds no committed offset for it")
         log.info("assigned %s; positions from the store: %s", sorted(tp.partition for tp in assigned), stored)
 
     async def _forgotten_by_kafka(self, tps: list[TopicPartition]) -> list[TopicPartition]:
@@ -407,6 +460,22 @@ class Checkpoint:
             why,
             now,
         )
+
+    async def _unconfirmed(
+        self, assigned: list[TopicPartition], stored: dict[int, int]
+    ) -> dict[TopicPartition, PartitionOffsets]:
+        """The assigned partitions whose last batch the store began and did not confirm (contract 4.)."""
+        if self.store.atomic_batches:
+            return {}
+        ranges = await self.store.unconfirmed_ranges(self.config.group_id, self.config.topic)
+        out = {tp: ranges[tp.partition] for tp in assigned if tp.partition in ranges}
+        for tp, r in out.items():
+            if stored.get(tp.partition, r.first_offset) != r.first_offset:
+                log.warning("partition %d: unconfirmed range %s does not start at the stored offset %s",
+                            tp.partition, r, stored.get(tp.partition))  # fmt: skip
+            log.info("partition %d: re-forming the unconfirmed batch [%d, %d)", tp.partition, r.first_offset,
+                     r.next_offset)  # fmt: skip
+        return out
 
     def rebalance_listener(self, settle: Callable[[], Awaitable[None]]) -> ConsumerRebalanceListener:
         """The listener to subscribe with: ``settle`` (write what is in flight), then revoke or seek."""
@@ -442,6 +511,42 @@ def _implausible(start_ns: int, latest_ns: int) -> str | None:
             f"(at most {MAX_CLOCK_AHEAD_NS // 3_600_000_000_000} h accepted; the producer's clock is wrong)"
         )
     return None
+
+
+def _joined(batches: list[Batch]) -> Batch:
+    """One queued unit of several partitions' batches (applied one by one, committed to Kafka together)."""
+    first, *rest = batches
+    commit: dict[TopicPartition, int] = {}
+    for b in batches:
+        commit.update(b.commit)
+    return Batch(
+        first.staged,
+        sum(b.spans for b in batches),
+        sum(b.messages for b in batches),
+        commit,
+        tuple(b.staged for b in rest),
+    )
+
+
+def _sum_results(results: list[WriteResult]) -> WriteResult:
+    """What several applied batches changed, together (for the stats and the post-commit hooks)."""
+    touched = [r.touched for r in results]
+    starts = [t.min_start_ns for t in touched if t.min_start_ns is not None]
+    ends = [t.max_start_ns for t in touched if t.max_start_ns is not None]
+    return WriteResult(
+        new_spans=sum(r.new_spans for r in results),
+        duplicate_spans=sum(r.duplicate_spans for r in results),
+        cost_nano=sum(r.cost_nano for r in results),
+        unpriced_items=sum(r.unpriced_items for r in results),
+        touched=BatchSummary(
+            features=frozenset().union(*(t.features for t in touched)),
+            loaded_features=frozenset().union(*(t.loaded_features for t in touched)),
+            users=frozenset().union(*(t.users for t in touched)),
+            endpoints=frozenset().union(*(t.endpoints for t in touched)),
+            min_start_ns=min(starts) if starts else None,
+            max_start_ns=max(ends) if ends else None,
+        ),
+    )
 
 
 def _decode_each(tp: TopicPartition, records: list[Any], dead: list[DeadLetter]) -> list[Span]:

@@ -42,11 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of ``spendtrace-consumer``."""
     p = argparse.ArgumentParser(
         prog="spendtrace-consumer",
-        description="Price spans from Kafka into a SQLite store, effectively once.",
+        description="Price spans from Kafka into a store (SQLite or ClickHouse), effectively once.",
     )
     env = os.environ.get
     p.add_argument("--bootstrap", default=env("SPENDTRACE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"), help="HOST:PORT")
-    p.add_argument("--db", default=env("SPENDTRACE_DB", "cost_data.db"), help="SQLite file (default: cost_data.db)")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="store URL: sqlite:///path.db, chdb:///dir, clickhouse://user:pw@host:8123/db, clickhouses://... "
+        "(default: $SPENDTRACE_STORE, else the SQLite file)",
+    )
+    p.add_argument(
+        "--db", default=None, metavar="PATH", help="SQLite file, the shorthand of --store (default: $SPENDTRACE_DB "
+        "or cost_data.db)"
+    )
     p.add_argument("--group", default=DEFAULT_GROUP, help=f"consumer group id (default: {DEFAULT_GROUP})")
     p.add_argument("--workers", type=int, default=1, help="number of workers (default: 1)")
     p.add_argument("--worker-mode", choices=("process", "task"), default="process", help="how N workers run")
@@ -80,9 +90,24 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         print("spendtrace-consumer: --workers, --partitions, --batch-size and --retention-chunk-rows must be >= 1",
               file=sys.stderr)
         raise SystemExit(2)
+    from spendtrace.errors import ConfigError
+    from spendtrace.server.store.base import parse_store_url, resolve_store_url
+
+    url = resolve_store_url(args.store, args.db)
+    scheme = parse_store_url(url).scheme
+    if scheme == "chdb" and args.workers > 1 and args.worker_mode == "process":
+        raise ConfigError(
+            "chdb:// is opened by one process at a time: --workers N processes need a ClickHouse server "
+            "(--store clickhouse://...), or use --worker-mode task"
+        )
+    if scheme in ("clickhouse", "clickhouses") and not args.no_alerts:
+        raise ConfigError(
+            "alert state on a ClickHouse server is not built yet (it needs a shared transactional side store): "
+            "pass --no-alerts, or evaluate alerts on a chdb:// or SQLite store"
+        )
     return WorkerConfig(
         bootstrap=args.bootstrap,
-        db_path=args.db,
+        db_path=url,
         group_id=args.group,
         topic=args.topic,
         dlq_topic=args.dlq_topic,

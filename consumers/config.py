@@ -32,6 +32,7 @@ class WorkerConfig:
     """
 
     bootstrap: str
+    #: the store's URL (``sqlite:///``, ``chdb:///``, ``clickhouse://``) or a bare SQLite path
     db_path: str
     group_id: str = DEFAULT_GROUP
     topic: str = DEFAULT_SPANS_TOPIC

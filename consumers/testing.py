@@ -111,6 +111,8 @@ def stored_offsets(db: str | Path, group: str, topic: str) -> dict[int, int]:
         return {}
     try:
         return store.stored_offsets(group, topic)
+    except StorageError:  # a server store whose tables a worker is still creating
+        return {}
     finally:
         store.close()
 

@@ -105,7 +105,7 @@ MUTANTS: tuple[Mutant, ...] = (
             (
                 "spendtrace/api/app.py",
                 "        if token is not None:  # the one open route says nothing about the host\n"
-                '            return {"status": "ok", "data_version": storage.data_version()}\n',
+                '            return {"status": "ok", "data_version": storage.change_token()}\n',
                 "",
             ),
         ),

@@ -14,7 +14,7 @@ __all__ = ["add_rule", "remove_rule", "restate", "run_reconcile"]
 
 
 def add_rule(
-    db_path: Path,
+    db_path: str | Path,
     *,
     name: str,
     scope: str,
@@ -53,7 +53,7 @@ def add_rule(
     return f"{kind} rule {name or scope_value or 'total'} saved"
 
 
-def remove_rule(db_path: Path, name: str) -> str:
+def remove_rule(db_path: str | Path, name: str) -> str:
     """Delete the rule called ``name``."""
     from spendtrace.server.alerts.rules import remove_alert
 
@@ -63,7 +63,7 @@ def remove_rule(db_path: Path, name: str) -> str:
 
 
 def run_reconcile(
-    db_path: Path, start: str, end: str, actuals_file: str | None, now_ns: int | None = None
+    db_path: str | Path, start: str, end: str, actuals_file: str | None, now_ns: int | None = None
 ) -> dict[str, Any]:
     """Run ``spendtrace.server.reconcile.report.reconcile`` (as of ``now_ns``, default now); its report as a dict."""
     try:
@@ -81,7 +81,7 @@ def run_reconcile(
     return data
 
 
-def restate(db_path: Path, factor: float, start: str, end: str) -> str:
+def restate(db_path: str | Path, factor: float, start: str, end: str) -> str:
     """Apply ``factor`` to stored costs between ``start`` and ``end`` (recorded and undoable)."""
     from spendtrace.server.store.base import open_store
 

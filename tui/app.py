@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from textual import on, work
 from textual.app import App
@@ -68,8 +69,9 @@ class SpendtraceApp(App[None]):
         actuals_file: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        self.db_path = Path(db_path)
-        self.db_label = self.db_path.name
+        #: the store: a SQLite path, or a URL (``chdb:///dir``, ``clickhouse://...``) kept as given
+        self.db_path = os.fspath(db_path)
+        self.db_label = _label(self.db_path)
         self.bootstrap = bootstrap
         self.alerts_topic = alerts_topic
         self.clock = clock
@@ -173,7 +175,7 @@ class SpendtraceApp(App[None]):
         for cls in type(self.screen).__mro__:  # the screen's own keys, then its bases'
             for b in getattr(cls, "BINDINGS", []) if cls.__module__.startswith("tui.") else []:
                 if isinstance(b, Binding) and b.description and b.key not in keys:
-                    keys[b.key] = b.description
+                    keys[b.key_display or b.key] = b.description
         self.push_screen(HelpScreen([(k.replace("slash", "/"), d) for k, d in keys.items()]))
 
     async def run_screen_action(self, action: str, mode: str | None = None) -> None:
@@ -181,3 +183,11 @@ class SpendtraceApp(App[None]):
         if mode and self.current_mode != mode:
             await self.action_show(mode)
         await self.screen.run_action(action)
+
+
+def _label(store: str) -> str:
+    """What the status bar names the store by: a SQLite file's name, else scheme://host (or data dir), no secret."""
+    if "://" not in store:
+        return Path(store).name
+    parts = urlsplit(store)
+    return f"{parts.scheme}://{parts.hostname or Path(parts.path).name}"

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         default=None,
         metavar="URL",
-        help="store URL, e.g. sqlite:///path/cost_data.db (default: $SPENDTRACE_STORE)",
+        help="store URL: sqlite:///path/cost_data.db, chdb:///dir, clickhouse://user:pw@host:8123/db "
+        "(default: $SPENDTRACE_STORE)",
     )
     p.add_argument("--db", default=None, metavar="PATH", help=f"SQLite store to read (default: {default_db_path()})")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers, for live alerts (host:port)")
@@ -74,10 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spendtrace-tui: {exc}", file=sys.stderr)
         return 2
     if url.scheme != "sqlite":
-        print(f"spendtrace-tui: reads SQLite stores for now, not {url.scheme}://", file=sys.stderr)
-        return 2
-    db = url.path
-    if not Path(db).is_file():  # a typo would otherwise open a new, empty store that looks healthy
+        if url.scheme == "chdb" and not Path(url.path).is_dir():
+            print(f"spendtrace-tui: no chDB data directory at {url.path} (the consumers create it)", file=sys.stderr)
+            return 2
+        if url.scheme == "chdb" and args.serve:  # each browser session is an app process of its own
+            print("spendtrace-tui: --serve needs a store several processes can open; chdb:// allows one",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        db = url.raw
+    else:
+        db = url.path
+    if url.scheme == "sqlite" and not Path(db).is_file():  # a typo would open a new, empty store that looks healthy
         print(
             f"spendtrace-tui: no database at {db} (pass --store URL or --db PATH, or set SPENDTRACE_STORE; "
             "the consumers create it when they store spans; --demo makes one)",

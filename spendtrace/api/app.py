@@ -20,7 +20,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 
 from spendtrace.errors import ConfigError, SpendtraceError
 from spendtrace.server.model.alerts import mask_url
-from spendtrace.server.store.base import open_alert_store, open_store, parse_store_url, resolve_store_url
+from spendtrace.server.store.base import (
+    AlertStore,
+    open_alert_store,
+    open_store,
+    parse_store_url,
+    resolve_store_url,
+)
 
 __all__ = ["MAX_LIMIT", "create_app", "serve"]
 
@@ -52,7 +58,10 @@ def create_app(
     else ``SPENDTRACE_DB`` or ``cost_data.db``); ``token`` (or ``SPENDTRACE_API_TOKEN``) enables bearer auth."""
     url = parse_store_url(resolve_store_url(store, db_path))
     storage = open_store(url.raw)
-    alert_store = open_alert_store(url.raw)
+    try:
+        alert_store: AlertStore | None = open_alert_store(url.raw)
+    except ConfigError as exc:  # a ClickHouse server keeps no alert state yet: the rest of the API still serves
+        alert_store, no_alerts = None, str(exc)
     # what /health names (never a password): the file of a SQLite store, else the URL with secrets masked
     location = url.path if url.scheme == "sqlite" else mask_url(url.raw)
     token = token if token is not None else os.environ.get("SPENDTRACE_API_TOKEN") or None
@@ -295,6 +304,8 @@ def create_app(
         """Alert rules (webhook secrets masked) and the newest alert events."""
         from spendtrace.server.alerts.rules import list_alerts
 
+        if alert_store is None:
+            raise HTTPException(status_code=501, detail=no_alerts)
         events = [
             {
                 "id": e.id,
@@ -351,17 +362,14 @@ _default_app: FastAPI | None = None
 def __getattr__(name: str) -> Any:
     """``app``: the API over the default store, made on first use, for ``uvicorn spendtrace.api.app:app``.
 
-    The store is ``$SPENDTRACE_STORE``'s SQLite file, else ``$SPENDTRACE_DB`` or ``cost_data.db``;
+    The store is ``$SPENDTRACE_STORE`` (any store URL), else ``$SPENDTRACE_DB`` or ``cost_data.db``;
     ``$SPENDTRACE_API_TOKEN`` enables auth as with ``spendtrace api``.
     """
     global _default_app
     if name != "app":
         raise AttributeError(f"module 'spendtrace.api.app' has no attribute {name!r}")
     if _default_app is None:
-        from spendtrace.server.store.base import parse_store_url, resolve_store_url
+        from spendtrace.server.store.base import resolve_store_url
 
-        url = parse_store_url(resolve_store_url())
-        if url.scheme != "sqlite":
-            raise ConfigError(f"the HTTP API reads SQLite stores for now, not {url.scheme}://")
-        _default_app = create_app(url.path)
+        _default_app = create_app(store=resolve_store_url())
     return _default_app

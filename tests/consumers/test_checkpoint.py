@@ -58,8 +58,9 @@ class FakeConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp, offset))
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         self.to_beginning.extend(tps)
+        return {tp: 5 for tp in tps}  # the log starts past 0 (retention deleted its head)
 
     async def position(self, tp: TopicPartition) -> int:
         return 0
@@ -91,15 +92,27 @@ class FakeProducer:
 class MemoryIngestStore:
     """``AsyncIngestStore`` in memory: applies a staged batch once per span id; busy ``busy`` times first."""
 
-    def __init__(self, log: list[str], stored: dict[int, int] | None = None, busy: int = 0) -> None:
+    def __init__(
+        self,
+        log: list[str],
+        stored: dict[int, int] | None = None,
+        busy: int = 0,
+        unconfirmed: dict[int, PartitionOffsets] | None = None,
+    ) -> None:
         self.log = log
         self.offsets = dict(stored or {})
+        self.unconfirmed = dict(unconfirmed or {})
+        #: a store given unconfirmed ranges plays one without atomic batches (contract 4.)
+        self.atomic_batches = not unconfirmed
         self.spans: set[str] = set()
         self.busy = busy
         self.staged = 0
 
     async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         return dict(self.offsets)
+
+    async def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        return dict(self.unconfirmed)
 
     def stage_batch(
         self,
@@ -159,7 +172,7 @@ async def test_seek_puts_each_partition_at_the_stored_offset_or_the_beginning() 
     cp, _, stats = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 40}), log)
     before = cp.generation
     await cp.seek([P0, P1])
-    assert consumer.seeks == [(P0, 40)]
+    assert consumer.seeks == [(P0, 40), (P1, 5)]
     assert consumer.to_beginning == [P1]
     assert stats.rebalances == 1 and cp.generation > before
 
@@ -171,7 +184,7 @@ async def test_seek_rereads_a_partition_kafka_has_forgotten(caplog: pytest.LogCa
     consumer.forgotten = {P1}
     cp, _, stats = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 40, 1: 70}), log)
     await cp.seek([P0, P1])
-    assert consumer.seeks == [(P0, 40)] and consumer.to_beginning == [P1]
+    assert consumer.seeks == [(P0, 40), (P1, 5)] and consumer.to_beginning == [P1]  # P1 from its beginning
     assert stats.offset_resets == 1
     assert "partition 1 of t: the store has read it up to offset 70" in caplog.text
 
@@ -186,6 +199,25 @@ async def test_records_below_the_stored_offset_after_the_first_batch_are_a_reset
     assert [r.offset for r in (await cp.fetch()).records[P0]] == list(range(10, 20))
     assert [r.offset for r in (await cp.fetch()).records[P0]] == list(range(0, 20))
     assert stats.offset_resets == 1
+
+
+async def test_seek_moves_no_partition_before_its_last_await() -> None:
+    """Step 5 seeks only after everything it awaits: a fetch running during an await must not get records of a
+    partition already moved while the checkpoint does not yet expect them (it would drop them for good)."""
+    log: list[str] = []
+    consumer = FakeConsumer()
+    moved_while_awaiting: list[list[tuple[TopicPartition, int]]] = []
+    beginning = consumer.beginning_offsets
+
+    async def spy(tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        moved_while_awaiting.append(list(consumer.seeks))
+        return await beginning(tps)
+
+    consumer.beginning_offsets = spy  # type: ignore[method-assign]
+    cp, _, _ = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 40}), log)
+    await cp.seek([P0, P1])
+    assert moved_while_awaiting == [[]]
+    assert consumer.seeks == [(P0, 40), (P1, 5)]
 
 
 async def test_fetch_takes_only_records_continuing_where_the_store_ends() -> None:
@@ -207,6 +239,36 @@ async def test_fetch_takes_only_records_continuing_where_the_store_ends() -> Non
     assert [r.offset for r in fetched.records[P0]] == list(range(10, 20))
     assert [r.offset for r in fetched.records[P1]] == list(range(12, 22))
     assert consumer.seeks == [(P1, 12)]
+
+
+async def test_an_unconfirmed_range_is_re_formed_exactly_and_each_partition_is_its_own_batch() -> None:
+    """Contract 4.: the partition is sought to the range's start, its records held until the range is whole,
+    cut at its end (sought back there), and a store without atomic batches gets one batch per partition."""
+    values = [encode_span(s) for s in make_spans(40, seed=3)]
+    consumer = FakeConsumer(
+        [
+            {P0: _records(10, values[0:6]), P1: _records(0, values[20:25])},  # P0's range [10, 18) not whole yet
+            {P0: _records(16, values[6:14])},  # completes it, and goes past its end
+        ]
+    )
+    log: list[str] = []
+    store = MemoryIngestStore(log, stored={0: 10, 1: 0}, unconfirmed={0: PartitionOffsets("g", TOPIC, 0, 10, 18)})
+    cp, _, _ = _checkpoint(consumer, store, log)
+    await cp.seek([P0, P1])
+    assert consumer.seeks == [(P0, 10), (P1, 0)]
+    consumer.seeks.clear()
+    fetched = await cp.fetch()
+    assert [r.offset for r in fetched.records[P0]] == list(range(10, 18))
+    assert consumer.seeks == [(P0, 18)]  # the records past the range come again, in the next batch
+    batch = await cp.prepare(fetched)
+    assert batch is not None and len(batch.parts) == 2 and store.staged == 2
+    assert sorted(o for part in batch.parts for o in part.offsets) == [
+        PartitionOffsets("g", TOPIC, 0, 10, 18),
+        PartitionOffsets("g", TOPIC, 1, 0, 5),
+    ]
+    result = await cp.write(batch)
+    assert (result.new_spans, batch.spans, batch.commit) == (13, 13, {P0: 18, P1: 5})
+    assert store.offsets == {0: 18, 1: 5}
 
 
 async def test_prepare_dead_letters_what_does_not_decode_and_stages_the_rest_with_offsets() -> None:

@@ -80,6 +80,32 @@ def test_options_reach_the_worker_config() -> None:
     assert cfg.heartbeat_interval_ms < cfg.session_timeout_ms
 
 
+def test_the_store_comes_from_store_then_db_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--store URL`` wins, ``--db PATH`` is its SQLite shorthand (not both), ``SPENDTRACE_STORE`` the default."""
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["--store", "chdb:///tmp/ch"])).db_path == "chdb:///tmp/ch"
+    assert config_from_args(parse(["--db", "x.db"])).db_path == "x.db"
+    monkeypatch.setenv("SPENDTRACE_STORE", "chdb:///tmp/env")
+    assert config_from_args(parse([])).db_path == "chdb:///tmp/env"
+    assert main(["--store", "a.db", "--db", "b.db"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--store", "chdb:///tmp/ch", "--workers", "2"], "one process at a time"),
+        (["--store", "clickhouse://h:8123/db"], "--no-alerts"),
+    ],
+)
+def test_clickhouse_stores_the_workers_cannot_serve_are_refused_in_one_line(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """chDB with N worker processes, or alerts on a ClickHouse server: exit status 2 and one line saying why."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+
+
 def test_nonsense_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     """``--workers 0`` stops with a message and exit status 2 (a bad argument) instead of starting nothing."""
     with pytest.raises(SystemExit) as exc:

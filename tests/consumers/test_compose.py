@@ -8,10 +8,12 @@ from pathlib import Path
 
 import yaml
 
-from consumers.cli import build_parser
+from consumers.cli import build_parser, config_from_args
 from consumers.demo_traffic import build_parser as demo_parser
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the store every service of compose.yaml uses
+STORE = "clickhouse://spendtrace:spendtrace@clickhouse:8123/spendtrace"
 
 
 def _compose() -> dict:
@@ -44,6 +46,27 @@ def test_consumer_service_command_parses_with_the_real_cli() -> None:
     assert args.bootstrap == "kafka:9092"
     assert args.workers >= 1
     assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert config_from_args(args).db_path == STORE  # accepted as is: server URL, worker processes, no alerts
+    assert svc["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert svc["environment"]["SPENDTRACE_STORE"] == STORE  # what `docker compose exec consumer spendtrace` reads
+
+
+def test_clickhouse_service_is_the_official_image_and_everything_reads_it() -> None:
+    """ClickHouse from the official image, with the database and user the store URL names; the dashboard reads it."""
+    from urllib.parse import urlsplit
+
+    from tui.cli import build_parser as tui_parser
+
+    services = _compose()["services"]
+    ch = services["clickhouse"]
+    assert ch["image"].startswith("clickhouse/clickhouse-server:")
+    url = urlsplit(STORE)
+    env = ch["environment"]
+    assert (url.hostname, url.port, url.path.lstrip("/")) == ("clickhouse", 8123, env["CLICKHOUSE_DB"])
+    assert (url.username, url.password) == (env["CLICKHOUSE_USER"], env["CLICKHOUSE_PASSWORD"])
+    assert "healthcheck" in ch and ch["ports"] == ["127.0.0.1:8123:8123"]
+    dashboard = services["dashboard"]["command"]
+    assert dashboard[0] == "spendtrace-tui" and tui_parser().parse_args(dashboard[1:]).store == STORE
 
 
 def test_demo_traffic_service_runs_an_importable_module() -> None:
@@ -60,8 +83,8 @@ def test_dockerfile_installs_the_project_with_the_consumer_extra() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for package in ("spendtrace", "consumers", "tui"):
         assert f"COPY {package} ./{package}" in dockerfile
-    assert 'pip install ".[consumer,tui,api]"' in dockerfile
-    assert {"consumer", "tui", "api"} <= set(extras)
+    assert 'pip install ".[consumer,tui,api,clickhouse]"' in dockerfile
+    assert {"consumer", "tui", "api", "clickhouse"} <= set(extras)
     for service in ("consumer", "demo-traffic", "api"):
         assert _compose()["services"][service]["build"] == "."
 
@@ -74,6 +97,5 @@ def test_api_service_runs_the_real_api_command() -> None:
     command = svc["command"]
     assert command[0] == "spendtrace"
     args = build_parser().parse_args(command[1:])
-    assert args.command == "api" and args.port == 8000 and args.db == "/data/cost_data.db"
-    assert svc["volumes"] == _compose()["services"]["consumer"]["volumes"]
+    assert args.command == "api" and args.port == 8000 and args.store == STORE
     assert svc["ports"] == ["127.0.0.1:8000:8000"]

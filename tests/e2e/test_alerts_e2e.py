@@ -225,3 +225,35 @@ async def test_replay_after_a_crash_fires_nothing_new(broker: EmbeddedBroker, to
         ends = await produce_spans(broker.bootstrap, topic_name, dollar_spans(1, now_ns, "new"), partitions=3)
         await wait_for(lambda: len(rows(db_path, "SELECT id FROM alert_events")) == len(before) + 1, 60,
                        "new spend to fire the rule again")
+
+
+async def test_threshold_fires_once_per_cooldown_with_two_workers_on_chdb(
+    broker: EmbeddedBroker, topic_name: str, tmp_path: Path, now_ns: int,
+    hook_url: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """The same on a ClickHouse store (chDB; alert state in its SQLite side file): one firing per cooldown."""
+    import uuid
+
+    from spendtrace.server.store.base import open_alert_store
+
+    store = f"chdb://{tmp_path.parent / 'chdb'}?database=alerts_{uuid.uuid4().hex[:12]}"
+    url, bodies = hook_url
+    set_alert(feature="search", threshold=10, window_hours=1, webhook=url, allow_private=True,
+              cooldown_minutes=60, name="search-10", db_path=store)  # fmt: skip
+    cfg = config(broker, topic_name, store)  # type: ignore[arg-type]  # a store URL where a path may go
+    clock = Clock(now_ns)
+    async with workers(cfg, 2, clock, backoff=0.01) as evs:
+        ends = await produce_spans(broker.bootstrap, topic_name, dollar_spans(40, now_ns, "a"), partitions=3)
+        await settle(cfg, ends, evs, "the first 40 spans")
+        assert sum(len(ev.fired) for ev in evs) == 1
+        clock.now_ns += 61 * 60 * NS
+        ends = await produce_spans(broker.bootstrap, topic_name, dollar_spans(15, clock.now_ns, "b"), partitions=3)
+        await settle(cfg, ends, evs, "the next 15 spans")
+    alerts = open_alert_store(store, readonly=True)
+    try:
+        fired = [(e.rule_name, e.delivery, e.value_nano) for e in reversed(alerts.latest_events(10))]
+    finally:
+        alerts.close()
+    assert [(r[0], r[1]) for r in fired] == [("search-10", "delivered"), ("search-10", "delivered")]
+    assert all(r[2] > 10 * NS for r in fired)
+    assert len(bodies) == 2

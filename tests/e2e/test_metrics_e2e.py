@@ -163,7 +163,7 @@ def test_worker_metrics_match_the_database_during_and_after_the_run(
     assert final["spendtrace_spans_ingested_total"][()] == exported
     assert final["spendtrace_unpriced_usage_total"][()] == 0 and final["spendtrace_dead_letters_total"][()] == 0
     features = {dict(k)["feature"]: v for k, v in final["spendtrace_feature_cost_usd_total"].items()}
-    assert set(features) == {"catalog", "assistant"}
+    assert set(features) == {"catalog", "assistant", "__other__"} and features["__other__"] == 0
     assert abs(sum(features.values()) - total / 1e9) < 1e-9
     assert final["spendtrace_batch_commit_seconds_count"][(("worker", "0"),)] >= 2
     lag = {dict(k)["partition"]: v for k, v in final["spendtrace_consumer_lag"].items()}

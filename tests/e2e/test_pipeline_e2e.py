@@ -1,32 +1,57 @@
-"""The whole pipeline: SDK → Kafka exporter → real broker → two workers → SQLite → every query, exact."""
+"""The whole pipeline: SDK → Kafka exporter → real broker → two workers → the store → every query, exact.
+
+Run once per backend: SQLite, and ClickHouse's engine in this process (chDB; the workers are tasks of
+the test process, so the one-process-per-data-directory rule holds). Queries go through ``open_store``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from pathlib import Path
+import uuid
 from typing import Any
 
 import pytest
-from pipeline_support import DAY_NS, Recorded, db_count, price_nano
+from pipeline_support import DAY_NS, Recorded, price_nano
 
 from consumers.config import WorkerConfig
 from consumers.worker import Worker
-from spendtrace import SQLiteStorage, get_feature_cost_breakdown, get_request_cost, get_request_subtree
+from spendtrace import get_feature_cost_breakdown, get_request_cost
+from spendtrace.errors import SpendtraceError
 from spendtrace.schema import UsageItem
 from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.store.base import open_store
 
 
-@pytest.fixture(scope="module")
-def ingested(broker: EmbeddedBroker, recorded: Recorded, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The recorded topic drained by two worker tasks sharing a group into a fresh database."""
-    db = tmp_path_factory.mktemp("e2e") / "cost_data.db"
+def _stored_spans(url: str) -> int:
+    """Spans the store reports (0 while it does not exist yet)."""
+    try:
+        store = open_store(url, readonly=True)
+    except SpendtraceError:
+        return 0
+    try:
+        return int(store.total()["transaction_count"])
+    except SpendtraceError:
+        return 0
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "chdb"])
+def ingested(
+    request: pytest.FixtureRequest, broker: EmbeddedBroker, recorded: Recorded, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """The recorded topic drained by two worker tasks sharing a group into a fresh store; its URL."""
+    if request.param == "sqlite":
+        url = str(tmp_path_factory.mktemp("e2e") / "cost_data.db")
+    else:  # the session's one chDB directory (tests/store uses it too), a database of its own
+        url = f"chdb://{tmp_path_factory.getbasetemp() / 'chdb'}?database=e2e_pipeline_{uuid.uuid4().hex[:8]}"
 
     async def drain() -> None:
         cfg = WorkerConfig(
             bootstrap=broker.bootstrap,
-            db_path=str(db),
-            group_id="e2e-workers",
+            db_path=url,
+            group_id=f"e2e-workers-{request.param}",
             topic=recorded.topic,
             dlq_topic="e2e-sdk-spans.dlq",
             alerts_topic="e2e-sdk-spans.alerts",
@@ -38,13 +63,13 @@ def ingested(broker: EmbeddedBroker, recorded: Recorded, tmp_path_factory: pytes
         workers = [Worker(cfg, book=recorded.book) for _ in range(2)]
         tasks = [asyncio.create_task(w.run()) for w in workers]
         try:
-            deadline = asyncio.get_running_loop().time() + 120
-            while db_count(db) < len(recorded.spans):
+            deadline = asyncio.get_running_loop().time() + 180
+            while _stored_spans(url) < len(recorded.spans):
                 assert asyncio.get_running_loop().time() < deadline, "workers did not drain the topic in time"
                 for t in tasks:
                     if t.done():
                         t.result()  # a worker that died raises here
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
         finally:
             for w in workers:
                 w.request_stop()
@@ -52,27 +77,27 @@ def ingested(broker: EmbeddedBroker, recorded: Recorded, tmp_path_factory: pytes
         assert sum(w.stats.spans for w in workers) >= len(recorded.spans)
 
     asyncio.run(drain())
-    return db
+    return url
 
 
 def _by(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
     return {r[key]: r for r in rows}
 
 
-def test_every_span_is_stored_once(ingested: Path, recorded: Recorded) -> None:
-    """The database holds exactly the spans the app recorded, each priced as the price book says."""
-    import sqlite3
-
-    with sqlite3.connect(ingested) as conn:
-        stored = dict(conn.execute("SELECT span_id, cost_nano FROM spans").fetchall())
+def test_every_span_is_stored_once(ingested: str, recorded: Recorded) -> None:
+    """The store holds exactly the spans the app recorded, each priced as the price book says."""
+    with open_store(ingested, readonly=True) as st:
+        rows = st.transactions(limit=len(recorded.spans) + 1_000)
+    stored = {r["span_id"]: r["cost_nano"] for r in rows}
+    assert len(rows) == len(stored)
     assert stored == recorded.expected.span_cost
     assert len(stored) >= 20_000
 
 
-def test_total_matches(ingested: Path, recorded: Recorded) -> None:
+def test_total_matches(ingested: str, recorded: Recorded) -> None:
     """total(): cost, span and request counts and unpriced items equal the independent computation."""
     e = recorded.expected
-    with SQLiteStorage(ingested) as st:
+    with open_store(ingested, readonly=True) as st:
         total = st.total()
     assert total["cost_nano"] == e.total_nano > 0
     assert total["transaction_count"] == len(e.spans)
@@ -92,10 +117,10 @@ def _check_dimension(rows: list[dict[str, Any]], key: str, expected: dict[str, d
         assert row["transaction_count"] == (exp["spans"] if count == "spans" else len(exp["requests"])), name
 
 
-def test_aggregate_by_feature_user_endpoint_match(ingested: Path, recorded: Recorded) -> None:
+def test_aggregate_by_feature_user_endpoint_match(ingested: str, recorded: Recorded) -> None:
     """aggregate_by_feature / _user / _endpoint: cost, counts and per-service costs per key, exactly."""
     e = recorded.expected
-    with SQLiteStorage(ingested) as st:
+    with open_store(ingested, readonly=True) as st:
         _check_dimension(st.aggregate_by_feature(), "feature", e.by_feature, "spans")
         _check_dimension(st.aggregate_by_user(), "user_id", e.by_user, "requests")
         _check_dimension(st.aggregate_by_endpoint(), "endpoint", e.by_endpoint, "requests")
@@ -112,12 +137,13 @@ def test_aggregate_by_feature_user_endpoint_match(ingested: Path, recorded: Reco
     assert by_service["mystery"]["unpriced_count"] == mystery > 0  # visible as unpriced, not as $0 spend
 
 
-def test_feature_cost_breakdown_matches(ingested: Path, recorded: Recorded) -> None:
+def test_feature_cost_breakdown_matches(ingested: str, recorded: Recorded) -> None:
     """Direct and fully-loaded cost per feature (method and module function) equal the path-based computation."""
     e = recorded.expected
-    with SQLiteStorage(ingested) as st:
+    with open_store(ingested, readonly=True) as st:
         rows = _by(st.get_feature_cost_breakdown(), "feature")
-    assert _by(get_feature_cost_breakdown(db_path=str(ingested)), "feature").keys() == rows.keys()
+    if "://" not in ingested:  # the README's module functions open a SQLite file
+        assert _by(get_feature_cost_breakdown(db_path=ingested), "feature").keys() == rows.keys()
     assert set(rows) == set(e.loaded)
     for feature, row in rows.items():
         assert row["direct_cost_nano"] == e.by_feature[feature]["cost_nano"], feature
@@ -125,10 +151,10 @@ def test_feature_cost_breakdown_matches(ingested: Path, recorded: Recorded) -> N
     assert rows["api"]["fully_loaded_cost_nano"] == e.total_nano  # every span runs under the api root
 
 
-def test_request_costs_match(ingested: Path, recorded: Recorded) -> None:
+def test_request_costs_match(ingested: str, recorded: Recorded) -> None:
     """get_request_cost: every request's cost, span count, tenant and endpoint, most expensive first."""
     e = recorded.expected
-    with SQLiteStorage(ingested) as st:
+    with open_store(ingested, readonly=True) as st:
         rows = st.get_request_cost(limit=len(e.requests) + 10, order="cost")
     assert len(rows) == len(e.requests)
     assert [r["cost_nano"] for r in rows] == sorted((r["cost_nano"] for r in rows), reverse=True)
@@ -140,17 +166,19 @@ def test_request_costs_match(ingested: Path, recorded: Recorded) -> None:
             exp["user_id"],
             exp["endpoint"],
         )
-    top = get_request_cost(db_path=str(ingested), limit=5, order="cost")
-    assert [r["request_id"] for r in top] == [r["request_id"] for r in rows[:5]]
+    if "://" not in ingested:  # the README's module functions open a SQLite file
+        top = get_request_cost(db_path=ingested, limit=5, order="cost")
+        assert [r["request_id"] for r in top] == [r["request_id"] for r in rows[:5]]
 
 
-def test_request_subtrees_match(ingested: Path, recorded: Recorded) -> None:
+def test_request_subtrees_match(ingested: str, recorded: Recorded) -> None:
     """get_request_subtree: for a sample of requests, the tree's spans, depths, direct and subtree costs."""
     e = recorded.expected
     sample = sorted(e.requests)[:: max(1, len(e.requests) // 40)]
     sample.append(max(e.requests, key=lambda r: e.requests[r]["cost_nano"]))
     for request_id in sample:
-        nodes = get_request_subtree(request_id, db_path=str(ingested))
+        with open_store(ingested, readonly=True) as st:
+            nodes = st.get_request_subtree(request_id)
         depths = e.depths(request_id)
         assert {n["span_id"] for n in nodes} == set(depths)
         for n in nodes:
@@ -160,10 +188,10 @@ def test_request_subtrees_match(ingested: Path, recorded: Recorded) -> None:
         assert nodes[0]["subtree_cost_nano"] == e.requests[request_id]["cost_nano"]
 
 
-def test_cost_trend_matches(ingested: Path, recorded: Recorded) -> None:
+def test_cost_trend_matches(ingested: str, recorded: Recorded) -> None:
     """get_cost_trend: one zero-filled row per UTC day, each day's cost equal to the spans started that day."""
     e = recorded.expected
-    with SQLiteStorage(ingested) as st:
+    with open_store(ingested, readonly=True) as st:
         trend = st.get_cost_trend(days=3)
         by_feature = st.get_cost_trend(feature="ai_recommendations", days=3)
     got = {r["date"]: r["cost_nano"] for r in trend}

@@ -323,4 +323,19 @@ def dash_mismatches(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
                 w, d = wide.get(key), dash.get(key)
                 if w is None or d is None or w[:5] != d[:5] or w[5] != pytest.approx(d[5]):
                     bad.append((g, dim, key, w, d))
+    # dash_all (kept by triggers) is dash_day summed over every day, value for value; gone with its last day
+    has_all = conn.execute("SELECT count(*) FROM meta WHERE key = 'dash_all'").fetchone()[0]
+    if has_all:
+        per_day = {
+            r[:3]: r[3:]
+            for r in conn.execute(
+                f"SELECT dim, service, value, {', '.join(f'SUM({c})' for c in sums.split(', '))} FROM dash_day "
+                "GROUP BY dim, service, value"
+            )
+        }
+        every = {r[:3]: r[3:] for r in conn.execute(f"SELECT dim, service, value, {sums} FROM dash_all")}
+        for key in per_day.keys() | every.keys():
+            p, a = per_day.get(key), every.get(key)
+            if p is None or a is None or p[:5] != a[:5] or p[5] != pytest.approx(a[5]):
+                bad.append(("all", key, p, a))
     return bad

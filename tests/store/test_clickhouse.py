@@ -500,3 +500,37 @@ def test_retention_drops_whole_partitions_and_deletes_the_straddling_rows(tmp_pa
     finally:
         store.close()
         conn.close()
+
+
+def test_a_half_applied_batch_is_reported_unconfirmed_until_its_replay_completes_it(tmp_path: Path) -> None:
+    """Contract 4.: the ranges are recorded before the rows; a failure after them leaves the range unconfirmed,
+    and the batch re-formed from exactly that range completes every table without doubling any."""
+    from spendtrace.server.model.ingest import PartitionOffsets
+    from spendtrace.server.store.base import open_ingest_store
+
+    url = chdb_url(tmp_path)
+    store = open_ingest_store(url)
+    conn = connect(url)
+    try:
+        assert store.atomic_batches is False
+        rng = [PartitionOffsets("g", "spans", 0, 100, 140)]
+        batch = prepare_batch(spans(), BOOK)
+        conn.command("ALTER TABLE loaded_day ADD CONSTRAINT refuse CHECK bucket < -1")
+        with pytest.raises(StorageError):
+            store.apply_batch(batch, rng)
+        assert store.unconfirmed_ranges("g", "spans") == {0: rng[0]}
+        assert store.stored_offsets("g", "spans") == {}
+        conn.command("ALTER TABLE loaded_day DROP CONSTRAINT refuse")
+        replay = store.apply_batch(prepare_batch(spans(), BOOK), rng)
+        assert replay.new_spans + replay.duplicate_spans == 40
+        assert store.unconfirmed_ranges("g", "spans") == {}
+        assert store.stored_offsets("g", "spans") == {0: 140}
+        clean = connect(chdb_url(tmp_path))
+        try:
+            write_batch(clean, prepare_batch(spans(), BOOK))
+            assert snapshot(conn) == snapshot(clean)
+        finally:
+            clean.close()
+    finally:
+        conn.close()
+        store.close()

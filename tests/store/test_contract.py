@@ -194,5 +194,7 @@ def test_metric_values_are_the_totals(store: ReadStore) -> None:
     v = store.store_metric_values()
     assert (v["cost_nano"], v["spans"], v["unpriced"], v["dead_letters"]) == (TOTAL, 4, 1, 0)
     assert (v["alerts_fired"], v["webhook_failures"]) == (0, 0)
-    assert dict(v["features"]) == {"api": S1 + S4, "search": S2 + S3}
+    assert dict(v["features"]) == {"api": S1 + S4, "search": S2 + S3} and v["features_other_nano"] == 0
+    top = store.store_metric_values(1)  # only the costliest feature by name; the other one's spend is summed
+    assert top["features"] == [("search", S2 + S3)] and top["features_other_nano"] == S1 + S4
     assert dict(v["services"]) == {"dynamodb": S1 + S3 + S4, "bedrock": S2, "t": 0}

@@ -1,7 +1,8 @@
 """The ingest interface's effectively-once contract, written against ``IngestStore`` / ``AsyncIngestStore`` only.
 
-Parametrised by store (SQLite on one connection, and SQLite through its writer process); totals are
-read back through ``ReadStore``. A new backend adds its openers to ``STORES`` and must pass unchanged.
+Parametrised by store: each backend of ``store_backends.BACKENDS`` (SQLite, chDB) through both
+protocols (SQLite's asyncio store runs its writer process); totals are read back through
+``ReadStore``. A new backend adds itself to ``BACKENDS`` and ``STORES`` and must pass unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_backends import BACKENDS
 
 from consumers.testing import make_spans
 from spendtrace.errors import StoreBusyError
@@ -34,8 +36,9 @@ DAY_NS = 86_400 * 10**9
 class Ingest:
     """One face for both protocols in these tests: every call awaited."""
 
-    def __init__(self, store: IngestStore | AsyncIngestStore) -> None:
+    def __init__(self, store: IngestStore | AsyncIngestStore, url: str) -> None:
         self.store = store
+        self.url = url
 
     async def apply(
         self, batch: PreparedBatch, offsets: Sequence[PartitionOffsets] = (), dead: Sequence[DeadLetter] = ()
@@ -48,34 +51,48 @@ class Ingest:
         got = self.store.stored_offsets(group, topic)
         return await got if isinstance(self.store, AsyncIngestStore) else got  # type: ignore[misc, return-value]
 
+    async def unconfirmed(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        got = self.store.unconfirmed_ranges(group, topic)
+        return await got if isinstance(self.store, AsyncIngestStore) else got  # type: ignore[misc, return-value]
+
     async def retention(self, now_ns: int, limit: int) -> tuple[int, bool]:
         got = self.store.retention_chunk(now_ns, limit)
         return tuple(await got if isinstance(self.store, AsyncIngestStore) else got)  # type: ignore[misc, return-value]
 
 
-@pytest.fixture(params=["sqlite", "sqlite-writer-process"])
-async def ingest(request: pytest.FixtureRequest, db_path: Path) -> AsyncIterator[Ingest]:
+#: each store under test: (backend of ``store_backends.BACKENDS``, whether through ``AsyncIngestStore``)
+STORES = {
+    "sqlite": ("sqlite", False),
+    "sqlite-writer-process": ("sqlite", True),
+    "chdb": ("chdb", False),
+    "chdb-async": ("chdb", True),
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def ingest(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ingest]:
     """The store under test, opened by URL through the interface."""
-    url = f"sqlite:///{db_path}"
-    if request.param == "sqlite":
+    backend, asynchronous = STORES[request.param]
+    url = BACKENDS[backend](tmp_path).url
+    if not asynchronous:
         sync = open_ingest_store(url)
         assert isinstance(sync, IngestStore)
         try:
-            yield Ingest(sync)
+            yield Ingest(sync, url)
         finally:
             sync.close()
     else:
         store = await open_ingest_store_async(url)
         assert isinstance(store, AsyncIngestStore)
         try:
-            yield Ingest(store)
+            yield Ingest(store, url)
         finally:
             await store.close()
 
 
-def _cost(db: Path) -> tuple[int, int]:
+def _cost(url: str) -> tuple[int, int]:
     """(spans, cost in nano-dollars) as the read interface reports them."""
-    reader = open_store(db, readonly=True)
+    reader = open_store(url, readonly=True)
     try:
         t: dict[str, Any] = reader.total()
     finally:
@@ -83,11 +100,20 @@ def _cost(db: Path) -> tuple[int, int]:
     return int(t["transaction_count"]), int(t["cost_nano"])
 
 
+def _raw_spans(url: str) -> int:
+    """Raw spans still stored (what retention deletes; the rollups keep the totals)."""
+    reader = open_store(url, readonly=True)
+    try:
+        return len(reader.transactions(limit=100_000))
+    finally:
+        reader.close()
+
+
 def _at(partition: int, first: int, nxt: int) -> list[PartitionOffsets]:
     return [PartitionOffsets("g", "t", partition, first, nxt)]
 
 
-async def test_a_batch_is_applied_with_its_offsets_and_dead_letters(ingest: Ingest, db_path: Path) -> None:
+async def test_a_batch_is_applied_with_its_offsets_and_dead_letters(ingest: Ingest) -> None:
     """Spans, rollups, dead letters and the offsets reached are stored together; offsets read back per partition."""
     spans = make_spans(120, seed=1)
     batch = prepare_batch(spans, BOOK)
@@ -96,35 +122,35 @@ async def test_a_batch_is_applied_with_its_offsets_and_dead_letters(ingest: Inge
     assert (result.new_spans, result.duplicate_spans, result.cost_nano) == (120, 0, batch.cost_nano)
     assert await ingest.offsets("g", "t") == {0: 121, 1: 7}
     assert await ingest.offsets("other", "t") == {}
-    assert _cost(db_path) == (120, batch.cost_nano)
-    reader = open_store(db_path, readonly=True)
+    assert _cost(ingest.url) == (120, batch.cost_nano)
+    reader = open_store(ingest.url, readonly=True)
     try:
         assert [(d["offset"], d["reason"]) for d in reader.dead_letters()] == [(120, "undecodable")]
     finally:
         reader.close()
 
 
-async def test_a_replayed_batch_counts_nothing_twice(ingest: Ingest, db_path: Path) -> None:
+async def test_a_replayed_batch_counts_nothing_twice(ingest: Ingest) -> None:
     """The same records applied again (a crash before the Kafka commit) add no span and no cost."""
     spans = make_spans(200, seed=2)
     first = await ingest.apply(prepare_batch(spans, BOOK), _at(0, 0, 200))
     again = await ingest.apply(prepare_batch(spans, BOOK), _at(0, 0, 200))
     assert (again.new_spans, again.duplicate_spans, again.cost_nano) == (0, 200, 0)
-    assert _cost(db_path) == (200, first.cost_nano)
+    assert _cost(ingest.url) == (200, first.cost_nano)
     assert await ingest.offsets("g", "t") == {0: 200}
 
 
-async def test_an_overlapping_batch_counts_only_its_new_spans(ingest: Ingest, db_path: Path) -> None:
+async def test_an_overlapping_batch_counts_only_its_new_spans(ingest: Ingest) -> None:
     """Batches re-formed differently after a crash still sum to exactly one application of every span."""
     spans = make_spans(300, seed=3)
     await ingest.apply(prepare_batch(spans[:180], BOOK), _at(0, 0, 180))
     second = await ingest.apply(prepare_batch(spans[90:], BOOK), _at(0, 90, 300))
     assert (second.new_spans, second.duplicate_spans) == (120, 90)
-    assert _cost(db_path) == (300, prepare_batch(spans, BOOK).cost_nano)
+    assert _cost(ingest.url) == (300, prepare_batch(spans, BOOK).cost_nano)
     assert await ingest.offsets("g", "t") == {0: 300}
 
 
-async def test_retention_chunks_delete_aged_rows_until_done(ingest: Ingest, db_path: Path) -> None:
+async def test_retention_chunks_delete_aged_rows_until_done(ingest: Ingest) -> None:
     """Chunks of at most ``limit`` rows, repeated until ``done``, leave only spans younger than the policy."""
     now = time.time_ns()
     await ingest.apply(prepare_batch(make_spans(100, seed=4, start_ns=now - 40 * DAY_NS), BOOK))
@@ -137,8 +163,7 @@ async def test_retention_chunks_delete_aged_rows_until_done(ingest: Ingest, db_p
         if done:
             break
     assert len(chunks) > 1 and sum(chunks) >= 100
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 50
+    assert _raw_spans(ingest.url) == 50
 
 
 def test_a_busy_sqlite_store_raises_store_busy_and_writes_nothing(db_path: Path) -> None:
@@ -157,3 +182,11 @@ def test_a_busy_sqlite_store_raises_store_busy_and_writes_nothing(db_path: Path)
     finally:
         blocker.close()
         store.close()
+
+
+async def test_an_applied_batch_leaves_no_unconfirmed_range(ingest: Ingest) -> None:
+    """Once ``apply_batch`` returns, its offsets confirm every range it covered: nothing to re-form."""
+    assert await ingest.unconfirmed("g", "t") == {}
+    await ingest.apply(prepare_batch(make_spans(40, seed=7), BOOK), [*_at(0, 0, 25), *_at(3, 10, 25)])
+    assert await ingest.unconfirmed("g", "t") == {}
+    assert await ingest.offsets("g", "t") == {0: 25, 3: 25}

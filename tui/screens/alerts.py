@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -152,7 +151,7 @@ class AlertsScreen(DataScreen):
         app: Any = self.app
         try:
             msg = add_rule(
-                Path(app.db_path),
+                app.db_path,
                 name=form.name,
                 scope=form.scope,
                 scope_value=form.scope_value,
@@ -186,7 +185,7 @@ class AlertsScreen(DataScreen):
     def _remove_rule(self, name: str) -> None:
         app: Any = self.app
         try:
-            msg = remove_rule(Path(app.db_path), name)
+            msg = remove_rule(app.db_path, name)
         except Exception as exc:
             app.call_from_thread(self.notify, f"could not remove the rule: {exc}", severity="error", markup=False)
             return

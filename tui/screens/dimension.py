@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.widgets import Input
 
 from spendtrace.server.model.dashboard import WINDOWS, DimRow, DimSnapshot
 from spendtrace.server.store.base import DashboardReads
 from tui.format import count_text, money_text, rate_text, share_text, spark_text
 from tui.screens.base import DataScreen
-from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned
 from tui.widgets.line import Line
 
 SERVICE_WIDTH = 11
@@ -64,16 +66,43 @@ def row_cells(row: DimRow, total: int, services: tuple[str, ...], top: int) -> d
     return cells
 
 
+#: The key of the row that adds up every value not on the page (a NUL never starts a name a person typed).
+OTHERS_KEY = "\x00others"
+#: Values per page: the store sends this many rows, never the 100,000 tenants behind them.
+PAGE_SIZE = 100
+
+
+def others_cells(data: DimSnapshot, noun: str) -> dict[str, Cell]:
+    """The "others" row: what every value off this page spent in the window, exactly, and how many values."""
+    n = data.others_values
+    label = Cell(f"others ({n:,} {noun})", style="dim italic")
+    return {
+        "name": Cell.of(label, Pinned(label.plain)),
+        "cost": Cell.of(money_text(data.others_nano, "dim"), data.others_nano),
+        "share": Cell.of(share_text(data.others_nano, data.total_nano), data.others_nano / (data.total_nano or 1)),
+    }
+
+
 class DimensionScreen(DataScreen):
-    """Spend per value of one dimension (feature, user or endpoint)."""
+    """Spend per value of one dimension (feature, user or endpoint): one page of the costliest, plus "others".
+
+    ``/`` searches names on the server (the page then holds the matches), ``]`` / ``[`` page forward
+    and back; the subtitle says which rows of how many are shown.
+    """
 
     DIMENSION: ClassVar[str] = "feature"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("w", "cycle_window", "Window")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("w", "cycle_window", "Window"),
+        Binding("right_square_bracket", "page(1)", "Next page", show=False, key_display="]"),
+        Binding("left_square_bracket", "page(-1)", "Previous page", show=False, key_display="["),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
         self.window = "all"
         self.last: DimSnapshot | None = None
+        self.page = 0
+        self.search = ""
 
     def compose_body(self) -> ComposeResult:
         yield Line(id="subtitle", classes="subtitle")
@@ -89,21 +118,55 @@ class DimensionScreen(DataScreen):
         t.append("  window ", style="dim")
         for w in _WINDOW_ORDER:
             t.append(f" {w} ", style="bold black on #5fd7ff" if w == self.window else "dim")
-        if self.last is not None:
-            t.append(f"   {len(self.last.rows)} rows", style="dim")
+        last = self.last
+        if last is not None:
+            if last.rows:
+                first = last.offset + 1
+                t.append(f"   rows {first:,}-{last.offset + len(last.rows):,} of {last.matched:,}", style="dim")
+            else:
+                t.append(f"   no rows of {last.matched:,}", style="dim")
+            if last.search:
+                t.append(f"  matching {last.search!r}", style="dim")  # repr: a name is data, shown escaped
+            if last.others_values and not last.search:
+                t.append(f"   others {last.others_values:,} {what}: ", style="dim")
+                t.append_text(money_text(last.others_nano))
         self.query_one("#subtitle", Line).show(t)
 
     def extra_hints(self) -> str:
-        return "   ·  w window  / filter  y copy  ctrl+s csv"
+        return "   ·  w window  / search  ] [ page  y copy  ctrl+s csv"
 
-    def action_cycle_window(self) -> None:
-        self.window = _WINDOW_ORDER[(_WINDOW_ORDER.index(self.window) + 1) % len(_WINDOW_ORDER)]
+    def _requery(self) -> None:
         self._subtitle()
         app: Any = self.app
         app.request_refresh(force=True)
 
+    def action_cycle_window(self) -> None:
+        self.window = _WINDOW_ORDER[(_WINDOW_ORDER.index(self.window) + 1) % len(_WINDOW_ORDER)]
+        self.page = 0
+        self._requery()
+
+    def action_page(self, step: int) -> None:
+        """Next (``step`` 1) or previous (-1) page of values; stays put at either end."""
+        last = self.last
+        pages = max(1, -(-(last.matched if last else 0) // PAGE_SIZE))
+        page = min(max(0, self.page + step), pages - 1)
+        if page != self.page:
+            self.page = page
+            self._requery()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """``/`` searches on the server: the query changes, not the rows already fetched."""
+        if event.input.id == "filter":
+            event.prevent_default()  # not the base screen's client-side filter
+            if event.value != self.search:
+                self.search = event.value
+                self.page = 0
+                self._requery()
+
     async def fetch(self, store: DashboardReads) -> DimSnapshot:
-        return await store.dimension(self.DIMENSION, self.window)
+        return await store.dimension(
+            self.DIMENSION, self.window, limit=PAGE_SIZE, offset=self.page * PAGE_SIZE, search=self.search
+        )
 
     def apply(self, data: DimSnapshot) -> None:
         self.last = data
@@ -113,11 +176,16 @@ class DimensionScreen(DataScreen):
         top = max((r.cost_nano for r in data.rows), default=0)
         # a row's cells depend on the row, the total (share), the service columns and whether it is the top
         # spender; rows where none of that changed are neither rebuilt nor compared cell by cell
-        table.sync_lazy(
+        rows: list[tuple[str, Any, Callable[[], dict[str, Cell]]]] = [
             (r.key, (r, data.total_nano, data.services, r.cost_nano == top), partial(row_cells, r, data.total_nano,
              data.services, top))
             for r in data.rows
-        )  # fmt: skip
+        ]  # fmt: skip
+        if data.others_values and not data.search:  # while searching, the subtitle counts the matches instead
+            noun = {"feature": "features", "user": "tenants", "endpoint": "endpoints"}[self.DIMENSION]
+            sig = ("others", data.others_nano, data.others_values, data.total_nano)
+            rows.append((OTHERS_KEY, sig, partial(others_cells, data, noun)))
+        table.sync_lazy(rows)
         self._subtitle()
 
 
@@ -132,7 +200,7 @@ class LiveScreen(DimensionScreen):
         yield Line(id="leftout", classes="leftout")
 
     async def fetch(self, store: DashboardReads) -> Any:
-        snap = await store.dimension(self.DIMENSION, self.window)
+        snap = await super().fetch(store)
         return snap, await store.unpriced(5), await store.dead_letters(3)
 
     def apply(self, data: Any) -> None:

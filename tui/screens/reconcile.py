@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -163,7 +162,7 @@ class ReconcileScreen(DataScreen):
     def _run(self, start: str, end: str, file: str | None) -> None:
         app: Any = self.app
         try:
-            report = run_reconcile(Path(app.db_path), start, end, file, app.clock())
+            report = run_reconcile(app.db_path, start, end, file, app.clock())
         except Exception as exc:
             msg = f" reconciliation failed: {type(exc).__name__}: {exc}"
             app.call_from_thread(self.query_one("#summary", Static).update, Text(msg, style="bold red"))
@@ -223,7 +222,7 @@ class ReconcileScreen(DataScreen):
     def _restate(self, factor: float, start: str, end: str) -> None:
         app: Any = self.app
         try:
-            msg = restate(Path(app.db_path), factor, start, end)
+            msg = restate(app.db_path, factor, start, end)
         except Exception as exc:
             app.call_from_thread(self.notify, f"restatement failed: {exc}", severity="error", markup=False)
             return

@@ -59,6 +59,7 @@ class RequestsScreen(DataScreen):
     def __init__(self) -> None:
         super().__init__()
         self.order = "recent"
+        self.search = ""  # also sent to the store, so '/' finds requests older than the newest page
 
     def compose_body(self) -> ComposeResult:
         yield Line(id="subtitle", classes="subtitle")
@@ -87,7 +88,7 @@ class RequestsScreen(DataScreen):
         app.request_refresh(force=True)
 
     async def fetch(self, store: DashboardReads) -> list[RequestRow]:
-        return await store.requests(self.order, self.LIMIT)
+        return await store.requests(self.order, self.LIMIT, search=self.search)
 
     def apply(self, data: list[RequestRow]) -> None:
         table = self.query_one("#main", KeyedTable)
@@ -104,7 +105,11 @@ class RequestsScreen(DataScreen):
     def on_input_changed(self, event: Input.Changed) -> None:
         super().on_input_changed(event)
         if event.input.id == "filter":
-            self._count()
+            self._count()  # the rows already here filter at once; the store's matches come with the refresh
+            if event.value != self.search:
+                self.search = event.value
+                app: Any = self.app
+                app.request_refresh(force=True)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()

@@ -13,7 +13,8 @@ from spendtrace.server.model.dashboard import TrendSnapshot
 from spendtrace.server.store.base import DashboardReads
 from tui.format import money_text, spark_text
 from tui.screens.base import DataScreen
-from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
+from tui.screens.dimension import OTHERS_KEY
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned
 from tui.widgets.line import Line
 from tui.widgets.trend_chart import TrendChart, feature_color
 
@@ -28,22 +29,37 @@ COLUMNS = [
 ]
 
 
+#: Features charted and listed on their own; the rest is one "others" row (10,000 features stay readable).
+TOP_FEATURES = 20
+
+
+def others_trend_cells(snap: TrendSnapshot) -> dict[str, Cell]:
+    """The pinned row of every feature outside the top set, summed per day (exact)."""
+    cells = _series_cells(snap.others)
+    label = f"others ({snap.others_features:,} features)"
+    cells["feature"] = Cell.of(Text(label, style="dim italic"), Pinned(label))
+    return cells
+
+
 def trend_cells(snap: TrendSnapshot, feature: str) -> dict[str, Cell]:
     """One feature's row: total, average, today, change vs the previous day and a sparkline."""
-    series = snap.cost[feature]
+    cells = _series_cells(snap.cost[feature])
+    name = Text("■ ", style=feature_color(snap.features.index(feature)))
+    name.append(feature)
+    cells["feature"] = Cell.of(name, feature)
+    return cells
+
+
+def _series_cells(series: tuple[int, ...]) -> dict[str, Cell]:
     total = sum(series)
     last = series[-1] if series else 0
     prev = series[-2] if len(series) > 1 else 0
     change = (last - prev) / prev if prev else None
-    idx = snap.features.index(feature)
     if change is None:
         change_text = Text("—", style="dim", justify="right")
     else:
         change_text = Text(f"{change:+.0%}", style="red" if change > 0 else "green", justify="right")
-    name = Text("■ ", style=feature_color(idx))
-    name.append(feature)
     return {
-        "feature": Cell.of(name, feature),
         "total": Cell.of(money_text(total, "bold"), total),
         "avg": Cell.of(money_text(total / len(series) if series else 0), total / len(series) if series else 0),
         "last": Cell.of(money_text(last), last),
@@ -81,6 +97,9 @@ class TrendsScreen(DataScreen):
         t.append("  days ", style="dim")
         for d in DAY_CHOICES:
             t.append(f" {d} ", style="bold black on #5fd7ff" if d == self.days else "dim")
+        last = self.last
+        if last is not None and last.others_features:
+            t.append(f"  top {len(last.features)} + {last.others_features:,} others", style="dim")
         if self.focus_feature:
             t.append("  showing ", style="dim")
             t.append(self.focus_feature, style="bold")
@@ -98,19 +117,24 @@ class TrendsScreen(DataScreen):
         app.request_refresh(force=True)
 
     async def fetch(self, store: DashboardReads) -> TrendSnapshot:
-        return await store.trends(self.days)
+        return await store.trends(self.days, limit=TOP_FEATURES)
 
     def apply(self, data: TrendSnapshot) -> None:
         self.last = data
         if self.focus_feature not in data.cost:
             self.focus_feature = None
         self.query_one(TrendChart).show(data, self.focus_feature)
-        self.query_one("#main", KeyedTable).sync((f, trend_cells(data, f)) for f in data.features)
+        rows = [(f, trend_cells(data, f)) for f in data.features]
+        if data.others_features:
+            rows.append((OTHERS_KEY, others_trend_cells(data)))
+        self.query_one("#main", KeyedTable).sync(rows)
         self._subtitle()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         feature = str(event.row_key.value)
+        if feature == OTHERS_KEY:  # not one feature: the chart has no single line for it
+            return
         self.focus_feature = None if feature == self.focus_feature else feature
         if self.last is not None:
             self.query_one(TrendChart).show(self.last, self.focus_feature)

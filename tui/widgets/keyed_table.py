@@ -23,7 +23,7 @@ from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 from tui.format import Cell
 from tui.widgets.fast_table import FastDataTable
 
-__all__ = ["Cell", "ColumnSpec", "KeyedTable"]
+__all__ = ["Cell", "ColumnSpec", "KeyedTable", "Pinned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,12 @@ class ColumnSpec:
         if self.unit == "pct" and isinstance(raw, int | float):
             return f"{Decimal(repr(float(raw) * 100)).quantize(Decimal('0.0001'))}"
         return str(raw)
+
+
+class Pinned(str):
+    """A name cell's raw value that keeps its row below the others whatever the sort (the "others" row)."""
+
+    __slots__ = ()
 
 
 def _sort_value(raw: Any) -> Any:
@@ -263,9 +269,13 @@ class KeyedTable(FastDataTable):
             tie = next((k for k, s in self.specs.items() if not s.numeric and k != self.sort_column), None)
             cols = (self.sort_column, tie) if tie else (self.sort_column,)
 
+            reverse = self.sort_reverse
+
             def key(values: Any) -> Any:
                 values = values if tie else (values,)
-                return tuple(_sort_value(getattr(c, "raw", None)) for c in values)
+                pinned = any(isinstance(getattr(c, "raw", None), Pinned) for c in values)
+                # a pinned row sorts last in either direction (the flag flips with ``reverse``)
+                return (pinned != reverse, *(_sort_value(getattr(c, "raw", None)) for c in values))
 
             self.sort(*cols, key=key, reverse=self.sort_reverse)
         if keep is not None and keep in self.rows:

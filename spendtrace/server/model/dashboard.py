@@ -18,6 +18,7 @@ __all__ = [
     "DAY",
     "DIMENSIONS",
     "HOUR",
+    "MAX_PAGE",
     "MINUTE",
     "SPARK_BINS",
     "WINDOWS",
@@ -34,8 +35,11 @@ __all__ = [
     "UsageLine",
     "build_tree",
     "dim_snapshot",
+    "fold",
+    "page_args",
     "parse_usage",
     "trend_snapshot",
+    "trend_top",
     "window_start",
 ]
 
@@ -78,13 +82,32 @@ class DimRow:
 
 @dataclass(frozen=True, slots=True)
 class DimSnapshot:
-    """A dimension table plus the service columns it needs."""
+    """A dimension table (one page of it, costliest first) plus the service columns it needs.
+
+    ``total_nano`` is the whole window's spend and ``values`` how many values spent in it, so what
+    the page leaves out is exact: ``others_nano`` over ``others_values`` values. ``matched`` counts
+    the values matching ``search`` (all of them without one); the page starts at ``offset`` of those.
+    """
 
     dimension: str
     window: str
     rows: tuple[DimRow, ...]
     services: tuple[str, ...]
     total_nano: int
+    values: int = 0
+    matched: int = 0
+    offset: int = 0
+    search: str = ""
+
+    @property
+    def others_nano(self) -> int:
+        """Spend in the window of every value not on this page (exact: the window total minus the page)."""
+        return self.total_nano - sum(r.cost_nano for r in self.rows)
+
+    @property
+    def others_values(self) -> int:
+        """How many values of the window are not on this page."""
+        return self.values - len(self.rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +180,8 @@ class TrendSnapshot:
     days: tuple[int, ...]  # bucket epoch seconds, oldest first
     features: tuple[str, ...]  # by total, largest first
     cost: dict[str, tuple[int, ...]]  # feature -> cost per day
+    others: tuple[int, ...] = ()  # cost per day of the features left out of ``features`` (a ``limit``)
+    others_features: int = 0  # how many features that is
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +257,27 @@ class IngestRate:
         return max(0.0, (spans - last[1]) / (t - last[0]))
 
 
+#: ``str.lower`` for ASCII letters only: what SQLite's ``lower()`` and ClickHouse's ``lower()`` do, so a
+#: search matches the same values on every backend.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+#: The most rows a dashboard read returns in one page.
+MAX_PAGE = 1000
+
+
+def fold(text: str) -> str:
+    """``text`` with ASCII letters lowered: the form a server-side search compares (a case-insensitive substring)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def page_args(limit: int | None, offset: int) -> tuple[int | None, int]:
+    """Check a page request: ``limit`` in 1..``MAX_PAGE`` (or None: every row), ``offset`` >= 0."""
+    if limit is not None and not 1 <= int(limit) <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if int(offset) < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    return (None if limit is None else int(limit)), int(offset)
+
+
 def dim_snapshot(
     dimension: str,
     window: str,
@@ -239,13 +285,21 @@ def dim_snapshot(
     rows: Iterable[Sequence[Any]],
     minute: Iterable[Sequence[Any]],
     loaded_rows: Iterable[Sequence[Any]],
+    *,
+    total_nano: int | None = None,
+    values: int | None = None,
+    matched: int | None = None,
+    offset: int = 0,
+    search: str = "",
 ) -> DimSnapshot:
     """Shape a dimension's query rows into its table.
 
     ``rows``: (key, service, cost_nano, calls, spans, errors, unpriced, var_nano2, requests) over the
     window, service '' for the key's totals and a service name for its per-service cost; ``minute``:
     (key, bucket epoch s, cost_nano) of the last hour's totals; ``loaded_rows``: (feature, fully-loaded
-    cost_nano) over the window (features only). ``now`` is epoch seconds.
+    cost_nano) over the window (features only). ``now`` is epoch seconds. When ``rows`` are one page,
+    ``total_nano``, ``values`` and ``matched`` describe the whole window (default: the rows themselves).
+    Keys found only in ``minute`` or ``loaded_rows`` (not on the page) are left out.
     """
     loaded = {f: int(c) for f, c in loaded_rows}
     totals: dict[str, list[Any]] = {}
@@ -288,12 +342,20 @@ def dim_snapshot(
         window=window,
         rows=tuple(out),
         services=tuple(all_services),
-        total_nano=sum(r.cost_nano for r in out),
+        total_nano=sum(r.cost_nano for r in out) if total_nano is None else int(total_nano),
+        values=len(out) if values is None else int(values),
+        matched=len(out) if matched is None else int(matched),
+        offset=offset,
+        search=search,
     )
 
 
-def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]]) -> TrendSnapshot:
-    """Shape (feature, day bucket epoch s, cost_nano) rows into ``days`` daily columns from ``first``."""
+def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]], limit: int | None = None) -> TrendSnapshot:
+    """Shape (feature, day bucket epoch s, cost_nano) rows into ``days`` daily columns from ``first``.
+
+    With ``limit``, only the ``limit`` costliest features keep their own series; the rest are summed per day
+    into ``others`` (so a chart of 10,000 features is 20 lines and an exact remainder).
+    """
     buckets = tuple(first + i * DAY for i in range(days))
     cost: dict[str, list[int]] = defaultdict(lambda: [0] * days)
     for feature, bucket, c in rows:
@@ -301,7 +363,37 @@ def trend_snapshot(first: int, days: int, rows: Iterable[Sequence[Any]]) -> Tren
         if 0 <= idx < days:
             cost[feature][idx] += int(c)
     features = sorted(cost, key=lambda f: (-sum(cost[f]), f))
-    return TrendSnapshot(days=buckets, features=tuple(features), cost={f: tuple(cost[f]) for f in features})
+    rest = features[limit:] if limit is not None else []
+    others = tuple(sum(cost[f][i] for f in rest) for i in range(days)) if rest else ()
+    features = features[:limit] if limit is not None else features
+    return TrendSnapshot(days=buckets, features=tuple(features), cost={f: tuple(cost[f]) for f in features},
+                         others=others, others_features=len(rest))  # fmt: skip
+
+
+def trend_top(
+    first: int,
+    days: int,
+    rows: Iterable[Sequence[Any]],
+    day_totals: Iterable[Sequence[Any]],
+    n_features: int,
+) -> TrendSnapshot:
+    """``trend_snapshot`` of the top features only, read as such: ``rows`` (feature, bucket, cost_nano) of
+    those features, ``day_totals`` (bucket, cost_nano) of every feature, ``n_features`` how many there are.
+
+    ``others`` is each day's total minus the top features' (exact), so a backend reads per-day rows of
+    twenty features and one total per day instead of every feature's every day.
+    """
+    snap = trend_snapshot(first, days, rows)
+    left = max(0, int(n_features) - len(snap.features))
+    if not left:
+        return snap
+    totals = [0] * days
+    for bucket, c in day_totals:
+        idx = (int(bucket) - first) // DAY
+        if 0 <= idx < days:
+            totals[idx] += int(c)
+    others = tuple(t - sum(snap.cost[f][i] for f in snap.features) for i, t in enumerate(totals))
+    return TrendSnapshot(snap.days, snap.features, snap.cost, others=others, others_features=left)
 
 
 def _units(item: dict[str, Any]) -> str:

@@ -32,7 +32,19 @@ The effectively-once contract, which every backend states how it keeps:
 3. SQLite keeps this with one transaction per batch (spans, rollups and offsets together). A
    backend without multi-table transactions (ClickHouse) keeps it with a deduplication token per
    batch derived from 1., on the spans table and every materialized view's target, and by
-   re-forming batches identically after a crash from the offsets it stored.
+   re-forming batches identically after a crash (4.).
+4. Re-forming (a store with ``atomic_batches = False``; the ClickHouse Kafka Connect sink's
+   per-partition BEFORE / AFTER states). Before writing anything of a batch, the store records the
+   range of every partition it covers (``PartitionOffsets``: begun); the offsets stored after the
+   rest mark it done. ``unconfirmed_ranges`` returns the ranges begun and not done: a batch that
+   may be partly applied. A worker writing to such a store applies each partition's share of its
+   records as a batch of its own (so a batch never depends on which partitions a worker owns), and
+   when it is assigned a partition with an unconfirmed range, it seeks to the range's first offset
+   and forms its next batch of that partition from exactly the records of that range, no more, no
+   fewer: the same identity, so the same token, and the replay completes whatever tables the first
+   attempt did not reach. Nothing is decided by the workers among themselves: a partition has one
+   owner at a time (Kafka's group protocol), and the store's record of the range is the only
+   state. An atomic store (SQLite) never has unconfirmed ranges.
 """
 
 from __future__ import annotations
@@ -207,9 +219,11 @@ class ReadStore(Protocol):
 
     def unpriced_usage(self) -> list[Row]: ...
 
-    def store_metric_values(self) -> Row:
+    def store_metric_values(self, top: int = 50) -> Row:
         """Stored spend for ``/metrics``: ``cost_nano``, ``spans``, ``unpriced``, ``dead_letters``, ``alerts_fired``,
-        ``webhook_failures`` (ints) and ``features`` / ``services``: ``[(name, cost_nano)]`` sorted by name."""
+        ``webhook_failures`` (ints), ``features``: ``[(name, cost_nano)]`` of the ``top`` costliest features
+        (ties by name) sorted by name, ``features_other_nano``: the spend of every other feature, and
+        ``services``: ``[(name, cost_nano)]`` sorted by name. Bounded: never one row per tenant or feature."""
         ...
 
     def get_request_cost(
@@ -603,20 +617,36 @@ class DashboardReads(Protocol):
         """The header: totals, last hour, spans and their rate since the previous call, what is left out."""
         ...
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline."""
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Spend per ``dimension`` (``DIMENSIONS``) in ``window`` (``WINDOWS``), last-hour rate, sparkline.
+
+        Costliest first (ties by name), one page: ``limit`` values (1..``MAX_PAGE``; None: all) from
+        ``offset`` of those whose name contains ``search`` (case folded for ASCII letters; no wildcards).
+        The snapshot also carries the window's total and value count, so "others" is exact, and how
+        many values matched. A backend reads only the page's values for the per-service, last-hour
+        and fully-loaded figures, so a page costs about the same with 100 or 100,000 values.
+        """
         ...
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """The newest (``order="recent"``) or costliest (``"cost"``) requests."""
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """The newest (``order="recent"``) or costliest (``"cost"``) requests: ``limit`` (1..1000) from ``offset``.
+
+        ``search`` keeps the requests whose id, endpoint, tenant or root feature contains it (case folded
+        for ASCII letters, as ``dimension``), found in the whole store, not only among the newest.
+        """
         ...
 
     async def request_tree(self, request_id: str) -> list[TreeNode]:
         """One request's call tree(s) with subtree costs; empty if the request is unknown."""
         ...
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
-        """Daily cost per feature over the last ``days`` UTC days, today included."""
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
+        """Daily cost per feature over the last ``days`` UTC days, today included (``limit``: the costliest
+        features only, the rest summed per day in ``others``)."""
         ...
 
     async def alert_rules(self) -> list[AlertRuleRow]:
@@ -662,9 +692,21 @@ class IngestStore(Protocol):
     """The write side of ingestion, synchronous (the local exporter, tools, tests).
 
     ``apply_batch`` is the effectively-once operation: the prepared batch, the offsets it reaches
-    and its dead letters are applied together or not at all. ``StoreBusyError`` from any operation
+    and its dead letters are applied together or not at all, or (``atomic_batches`` False) so that
+    the same batch applied again completes it (contract 4.). ``StoreBusyError`` from any operation
     means another writer held the store and nothing was written: try again later.
     """
+
+    #: True when a batch is applied in one transaction; False when a half-applied batch is completed
+    #: by applying it again, re-formed from exactly the same records (contract 4.)
+    atomic_batches: bool
+
+    def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        """partition -> the range of a batch begun and not confirmed by its stored offsets (contract 4.).
+
+        Always empty for an atomic store.
+        """
+        ...
 
     def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """partition -> next offset to consume, as applied with the last batch of ``group`` (contract 2.)."""
@@ -699,6 +741,13 @@ class AsyncIngestStore(Protocol):
     ``stage_batch`` is CPU work only (a backend encodes the batch for its writer there); the worker
     calls it in its pricing thread, so the event loop only waits for the store.
     """
+
+    #: ``IngestStore.atomic_batches``: False asks the worker for one batch per partition (contract 4.)
+    atomic_batches: bool
+
+    async def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        """``IngestStore.unconfirmed_ranges``: where a worker must re-form a batch exactly."""
+        ...
 
     async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """``IngestStore.stored_offsets``: where a worker seeks each partition it is assigned."""

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from spendtrace.server.store.base import StoreURL
     from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
     from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
+    from spendtrace.server.store.clickhouse._ingest_store import AsyncClickHouseIngestStore, ClickHouseIngestStore
 
 __all__ = [
     "AsyncClickHouseStore",
@@ -26,6 +27,8 @@ __all__ = [
     "open_clickhouse_alerts",
     "open_clickhouse_async",
     "open_clickhouse_dashboard",
+    "open_clickhouse_ingest",
+    "open_clickhouse_ingest_async",
 ]
 
 
@@ -53,3 +56,17 @@ def open_clickhouse_dashboard(
     from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
 
     return ClickHouseDashboard(url.raw, clock=clock, monotonic=monotonic)
+
+
+def open_clickhouse_ingest(url: StoreURL, *, readonly: bool = False) -> ClickHouseIngestStore:
+    """``open_ingest_store`` for the ClickHouse URLs (see ``_ingest_store`` for how a batch is applied)."""
+    from spendtrace.server.store.clickhouse._ingest_store import ClickHouseIngestStore
+
+    return ClickHouseIngestStore(url.raw, readonly=readonly)
+
+
+async def open_clickhouse_ingest_async(url: StoreURL) -> AsyncClickHouseIngestStore:
+    """``open_ingest_store_async`` for the ClickHouse URLs: connected and migrated when this returns."""
+    from spendtrace.server.store.clickhouse._ingest_store import AsyncClickHouseIngestStore
+
+    return await AsyncClickHouseIngestStore.open(url.raw)

@@ -15,6 +15,7 @@ from typing import Any
 from spendtrace.server.model.dashboard import (
     DAY,
     HOUR,
+    MAX_PAGE,
     MINUTE,
     WINDOWS,
     AlertEventRow,
@@ -29,7 +30,10 @@ from spendtrace.server.model.dashboard import (
     UnpricedLine,
     build_tree,
     dim_snapshot,
+    fold,
+    page_args,
     trend_snapshot,
+    trend_top,
     window_start,
 )
 from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
@@ -99,34 +103,89 @@ class ClickHouseDashboard:
             errors=int(errors),
         )
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Per-feature / tenant / endpoint spend in ``window``, with last-hour rate and sparkline."""
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Per-feature / tenant / endpoint spend in ``window``, costliest first, with last-hour rate and sparkline.
+
+        One page of ``limit`` values from ``offset`` (None: all) of those whose name contains ``search``
+        (ASCII case folded, as on SQLite); the window's total and value count come with it. The
+        per-service, last-hour and fully-loaded figures are read for the page's values only.
+        """
+        limit, offset = page_args(limit, offset)
         col = _COLUMNS[dimension]
         grain, back = WINDOWS[window]
         now = self._now_s()
         since = window_start(now, grain, back)
-        rows = await self._all(
-            f"SELECT toString({col}) AS k, toString(service) AS sv, sum(cost_nano), sum(calls), sum(spans),"
-            f" sum(errors), sum(unpriced), sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= %s"
-            " GROUP BY k, sv",
-            (since,),
+        needle = fold(search)
+        k = f"toString({col})"
+        src = f"rollup_{grain} WHERE bucket >= %s"
+        # one scan: the window's values with their sums, the counts and total over all of them (window
+        # functions, before the search and the page cut them), then the page of the matching ones
+        m = "toUInt8(position(lower(k), %s) > 0)" if needle else "toUInt8(1)"
+        page_sql = (
+            "SELECT k, c, calls, spans, errors, unpriced, var, reqs, n, total, matched FROM (SELECT *,"
+            " count() OVER () AS n, sum(c) OVER () AS total, sum(m) OVER () AS matched FROM ("
+            f"SELECT {k} AS k, sum(cost_nano) AS c, sum(calls) AS calls, sum(spans) AS spans, sum(errors) AS errors,"
+            " sum(unpriced) AS unpriced, sum(var_nano2) AS var, sum(requests) AS reqs, " + m + " AS m"
+            f" FROM {src} AND service = '' GROUP BY k)) WHERE m = 1 ORDER BY c DESC, k"
         )
-        minute = await self._all(
-            f"SELECT toString({col}) AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
-            " AND bucket >= %s GROUP BY k, bucket",
-            (now - HOUR + MINUTE,),
-        )
-        loaded: list[tuple[Any, ...]] = []
-        if dimension == "feature":
-            loaded = await self._all(
-                f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s GROUP BY f",
-                (since,),
+        page_args_: list[Any] = [*([needle] if needle else []), since]
+        if limit is not None:
+            page_sql += " LIMIT %s OFFSET %s"
+            page_args_ += [limit, offset]
+        elif offset:
+            page_sql += " LIMIT 18446744073709551615 OFFSET %s"
+            page_args_.append(offset)
+        full = await self._all(page_sql, page_args_)
+        if full:
+            n_values, total, matched = full[0][8:11]
+        else:  # past the last page, or nothing matched: the counts alone
+            ((n_values, total, matched),) = await self._all(
+                f"SELECT count(), sum(c), sum(m) FROM (SELECT {k} AS k, sum(cost_nano) AS c, {m} AS m FROM {src}"
+                " AND service = '' GROUP BY k)",
+                [*([needle] if needle else []), since],
             )
-        return dim_snapshot(dimension, window, now, rows, minute, loaded)
+        page = [r[:8] for r in full]
+        keys = [r[0] for r in page]
+        only = limit is not None or bool(needle)
+        inside = f" AND {k} IN %s" if only else ""
+        kargs: list[Any] = [tuple(keys)] if only else []
+        if only and not keys:
+            services: list[tuple[Any, ...]] = []
+            minute: list[tuple[Any, ...]] = []
+            loaded: list[tuple[Any, ...]] = []
+        else:
+            services = await self._all(
+                f"SELECT {k} AS k, toString(service) AS sv, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM {src}"
+                f" AND service != ''{inside} GROUP BY k, sv",
+                [since, *kargs],
+            )
+            minute = await self._all(
+                f"SELECT {k} AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
+                f" AND bucket >= %s{inside} GROUP BY k, bucket",
+                [now - HOUR + MINUTE, *kargs],
+            )
+            loaded = []
+            if dimension == "feature":
+                lin = " AND toString(feature) IN %s" if only else ""
+                loaded = await self._all(
+                    f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s{lin}"
+                    " GROUP BY f",
+                    [since, *kargs],
+                )
+        rows = [(r[0], "", *r[1:]) for r in page] + services
+        return dim_snapshot(dimension, window, now, rows, minute, loaded, total_nano=int(total or 0),
+                            values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
-        sql, params = request_rows(Filters(), int(limit), "cost" if order == "cost" else "recent")
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests, one page, optionally searched."""
+        lim, offset = page_args(limit, offset)
+        sql, params = request_rows(
+            Filters(), lim or MAX_PAGE, "cost" if order == "cost" else "recent", offset, search=fold(search)
+        )
         rows = await self._all(sql, params)
         return [
             RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))
@@ -143,15 +202,29 @@ class ClickHouseDashboard:
         )
         return build_tree(rows)
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
-        """Daily cost per feature for the last ``days`` days (today included)."""
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
+        """Daily cost per feature for the last ``days`` days (today included); ``limit``: the top features only."""
         first = self._now_s() // DAY * DAY - (days - 1) * DAY
-        rows = await self._all(
-            "SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM rollup_day WHERE service = ''"
-            " AND bucket >= %s GROUP BY f, bucket",
-            (first,),
+        src = "rollup_day WHERE service = '' AND bucket >= %s"
+        if limit is None:
+            rows = await self._all(
+                f"SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM {src} GROUP BY f, bucket", (first,)
+            )
+            return trend_snapshot(first, days, rows)
+        ranked = await self._all(
+            f"SELECT toString(feature) AS f, sum(cost_nano) AS c, count() OVER () FROM {src} GROUP BY f"
+            " ORDER BY c DESC, f LIMIT %s",
+            (first, int(limit)),
         )
-        return trend_snapshot(first, days, rows)
+        if not ranked:
+            return trend_snapshot(first, days, [])
+        rows = await self._all(
+            f"SELECT toString(feature) AS f, bucket, sum(cost_nano) FROM {src} AND toString(feature) IN %s"
+            " GROUP BY f, bucket",
+            (first, tuple(r[0] for r in ranked)),
+        )
+        totals = await self._all(f"SELECT bucket, sum(cost_nano) FROM {src} GROUP BY bucket", (first,))
+        return trend_top(first, days, rows, totals, int(ranked[0][2]))
 
     def _alerts(self, read: Callable[[Any], Any], default: Any) -> Any:
         """``read`` on the alert side store, or ``default`` when there is none (a server store, or none yet)."""

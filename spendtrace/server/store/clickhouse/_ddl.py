@@ -21,6 +21,8 @@ span-level totals and rows with a service name that service's share):
 - Every MergeTree that an ingest writes (``spans`` and every view's target) has
   ``non_replicated_deduplication_window`` set, so an insert repeated with the same
   ``insert_deduplication_token`` is dropped by each table on its own (see ``_ingest``).
+- ``batch_ranges`` (v3): each partition's range of the batch being written, recorded before its rows
+  (the "begun" state of the storage interface's contract 4.); ``consumer_offsets`` is the "done".
 - Restatements and their undo insert delta rows into the rollup targets and ``requests``
   (``restatement_deltas`` keeps them, so an undo inserts their negation): exact, no mutation of a
   rollup; raw spans are rewritten by a mutation (``restatement_spans`` keeps their old values).
@@ -320,6 +322,17 @@ _V2: tuple[str, ...] = (
     """,
 )
 
+# v3: the ranges a batch was begun with, per partition (contract 4. of the storage interface): written
+# before the batch's rows; the batch is done once ``consumer_offsets`` reaches the range's end.
+_V3: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS batch_ranges (
+        group_id String, topic String, partition Int32, first_offset Int64, next_offset Int64,
+        token String, updated_ns Int64
+    ) ENGINE = ReplacingMergeTree(updated_ns) ORDER BY (group_id, topic, partition)
+    """,
+)
+
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -17,13 +17,16 @@ interface's effectively-once contract is kept this way (the ClickHouse Kafka Con
    ``deduplicate_blocks_in_dependent_materialized_views = 1``; ``spans`` and every view's target have
    ``non_replicated_deduplication_window`` set (``_ddl``), so each table drops a block it already has
    from this token, and views still run for the tables that missed it. Rollups are never doubled.
-4. Then dead letters (same token) and the offsets reached. A crash before 4 leaves the old offsets:
-   the worker re-forms the same batch from them (same first/last offsets, so the same token) and
-   3. recognises it.
+4. Then dead letters (same token) and the offsets reached. Before 1., the ingest store
+   (``_ingest_store``) recorded the batch's ranges (``record_ranges``); a crash before 4 leaves
+   them unconfirmed (``read_unconfirmed``), and the worker re-forms exactly that batch from them
+   (same first/last offsets, so the same token), which 3. recognises.
 
 What this does not cover (stated in README Known gaps): two *different* batches holding the same
 span, written at the same moment by two workers, can both pass the check in 2. (no transaction);
-the same batch re-formed with different boundaries gets a different token; a span re-sent with
+a batch re-formed with other boundaries gets another token (the workers re-form the recorded range
+exactly; it can differ only when Kafka deleted some of its records meanwhile, or the price book
+changed, which changes its rows but not its token); a span re-sent with
 another ``start_ns`` is not recognised (the check looks in the batch's time range).
 """
 
@@ -43,6 +46,8 @@ __all__ = [
     "WriteResult",
     "kafka_token",
     "read_offsets",
+    "read_unconfirmed",
+    "record_ranges",
     "spans_token",
     "write_batch",
 ]
@@ -241,6 +246,34 @@ def write_batch(
         unpriced_items=unpriced,
         token=token,
     )
+
+
+def record_ranges(conn: Conn, token: str, ranges: Sequence[tuple[str, str, int, int, int]]) -> None:
+    """Record that the batch ``token`` is begun: (group, topic, partition, first, next offset) per partition.
+
+    Written (and acknowledged) before any row of the batch, so that after a crash anywhere in
+    ``write_batch`` the worker knows which records to re-form the batch from (``read_unconfirmed``).
+    """
+    if not ranges:
+        return
+    now_ns = time.time_ns()
+    rows = list(zip(*ranges, strict=True))
+    conn.insert(
+        "batch_ranges",
+        [*(list(c) for c in rows), [token] * len(ranges), [now_ns] * len(ranges)],
+        ("group_id", "topic", "partition", "first_offset", "next_offset", "token", "updated_ns"),
+    )
+
+
+def read_unconfirmed(conn: Conn, group_id: str, topic: str) -> dict[int, tuple[int, int]]:
+    """partition -> (first, next offset) of the last batch begun whose offsets were not stored after it."""
+    sql = (
+        "SELECT partition, argMax(first_offset, updated_ns), argMax(next_offset, updated_ns) FROM batch_ranges "
+        "WHERE group_id = %s AND topic = %s GROUP BY partition"
+    )
+    begun = {int(p): (int(a), int(b)) for p, a, b in conn.tuples(sql, (group_id, topic))}
+    done = read_offsets(conn, group_id, topic) if begun else {}
+    return {p: r for p, r in begun.items() if done.get(p, -1) < r[1]}
 
 
 def read_offsets(conn: Conn, group_id: str, topic: str) -> dict[int, int]:

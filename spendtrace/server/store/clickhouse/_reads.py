@@ -298,8 +298,10 @@ _REQUEST_COLS = (
 )
 
 
-def request_rows(f: Filters, limit: int, order: str, offset: int = 0) -> tuple[str, list[Any]]:
+def request_rows(f: Filters, limit: int, order: str, offset: int = 0, *, search: str = "") -> tuple[str, list[Any]]:
     """The page of merged ``requests`` rows (``_REQUEST_COLS``), newest or costliest first.
+
+    ``search`` (already ASCII-lowered): only requests whose id, endpoint, tenant or root feature contains it.
 
     Two steps: the page's request ids, ranked on the one aggregate the order needs (plus the
     filters'), then their rows by primary key; merging every column of every request to rank them
@@ -321,6 +323,11 @@ def request_rows(f: Filters, limit: int, order: str, offset: int = 0) -> tuple[s
         if val is not None:
             terms.append(f"ifNull({expr}, '') = %s")
             params.append(val)
+    if search:
+        shown = ("request_id", "any(root_endpoint)", "any(endpoint)", "any(root_user_id)", "any(user_id)",
+                 "any(root_feature)")  # fmt: skip
+        terms.append("(" + " OR ".join(f"position(lower(ifNull({e}, '')), %s) > 0" for e in shown) + ")")
+        params += [search] * len(shown)
     having = f" HAVING {' AND '.join(terms)}" if terms else ""
     rank, by = (
         ("min(start_ns)", "DESC, request_id DESC") if order == "recent" else ("sum(cost_nano)", "DESC, request_id")

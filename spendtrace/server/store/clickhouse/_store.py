@@ -217,7 +217,7 @@ class ClickHouseStore:
         """Usage no price covered, per key / service / feature."""
         return self.run(q.unpriced_usage())
 
-    def store_metric_values(self) -> Row:
+    def store_metric_values(self, top: int = 50) -> Row:
         """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``).
 
         Spend from the daily rollups (they survive raw-span retention), summed since parts merge
@@ -227,15 +227,23 @@ class ClickHouseStore:
             "SELECT sum(cost_nano), sum(spans), sum(unpriced) FROM rollup_day WHERE service = ''"
         )[0]
         dead = self._conn.tuples("SELECT count() FROM dead_letters")[0][0]
-        per = "SELECT {k}, sum(cost_nano) FROM rollup_day WHERE service {op} '' GROUP BY {k} ORDER BY {k}"
-        features = self._conn.tuples(per.format(k="feature", op="="))
-        services = self._conn.tuples(per.format(k="service", op="!="))
-        from spendtrace.errors import StorageError
+        features = sorted(
+            (str(f), int(c))
+            for f, c in self._conn.tuples(
+                "SELECT toString(feature) AS f, sum(cost_nano) AS c FROM rollup_day WHERE service = ''"
+                " GROUP BY f ORDER BY c DESC, f LIMIT %s",
+                (max(0, int(top)),),
+            )
+        )
+        services = self._conn.tuples(
+            "SELECT toString(service) AS s, sum(cost_nano) FROM rollup_day WHERE service != '' GROUP BY s ORDER BY s"
+        )
+        from spendtrace.errors import ConfigError, StorageError
         from spendtrace.server.store.base import open_alert_store
 
         try:
             alerts = open_alert_store(self.url, readonly=True)
-        except StorageError:  # no alert state written yet: nothing fired
+        except (StorageError, ConfigError):  # no alert state written yet (or none on a server yet): nothing fired
             fired = failures = 0
         else:
             try:
@@ -249,7 +257,8 @@ class ClickHouseStore:
             "dead_letters": int(dead or 0),
             "alerts_fired": int(fired),
             "webhook_failures": int(failures),
-            "features": [(str(k), int(v or 0)) for k, v in features],
+            "features": features,
+            "features_other_nano": int(cost or 0) - sum(c for _, c in features),
             "services": [(str(k), int(v or 0)) for k, v in services],
         }
 

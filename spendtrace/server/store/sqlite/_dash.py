@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["DIMS", "GRAINS", "MARKER", "dash_rows", "dash_statements", "rebuild", "rebuild_statements"]
+__all__ = ["ALL_MARKER", "DIMS", "GRAINS", "MARKER", "dash_rows", "dash_statements", "rebuild", "rebuild_statements"]
 
 DIMS = ("feature", "user_id", "endpoint")
 GRAINS = ("hour", "day")
@@ -81,6 +81,14 @@ def _coarsen(deltas: dict[tuple[str, str, str, int], list[Any]], size: int) -> l
 
 MARKER = "dash_rollups"
 _MARKED = f"EXISTS (SELECT 1 FROM meta WHERE key = '{MARKER}')"
+#: set once ``dash_all`` holds ``dash_day`` summed over buckets (readers use it only then)
+ALL_MARKER = "dash_all"
+_ALL_MARKED = f"EXISTS (SELECT 1 FROM meta WHERE key = '{ALL_MARKER}')"
+_ALL_FILL = (
+    f"INSERT INTO dash_all (dim, service, value, {', '.join(_VALUES)}) SELECT dim, service, value, "
+    + ", ".join(f"SUM({c})" for c in _VALUES)
+    + f" FROM (SELECT 1 AS todo WHERE NOT {_ALL_MARKED}) AS first CROSS JOIN dash_day GROUP BY dim, service, value"
+)
 
 
 def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, list[tuple[Any, ...]]]]:
@@ -95,9 +103,15 @@ def dash_statements(rollups: Mapping[str, RollupDeltas]) -> Iterable[tuple[str, 
 
     for ddl in DASH_TABLES:
         yield ddl, [()]
+    # dash_day about to be filled from scratch (no marker): whatever dash_all holds is void, rebuilt below
+    yield f"DELETE FROM meta WHERE key = '{ALL_MARKER}' AND NOT {_MARKED}", [()]
     for g in GRAINS:
         yield _first_fill(g), [()]
     yield f"INSERT OR IGNORE INTO meta (key, value) VALUES ('{MARKER}', '1')", [()]
+    # dash_all (kept by triggers on dash_day) starts from what dash_day holds, once per file
+    yield f"DELETE FROM dash_all WHERE NOT {_ALL_MARKED}", [()]
+    yield _ALL_FILL, [()]
+    yield f"INSERT OR IGNORE INTO meta (key, value) VALUES ('{ALL_MARKER}', '1')", [()]
     hour = rollups.get("hour")
     if hour:  # the hour deltas from the hour rollups, the day deltas from those (fewer rows)
         deltas = _dash_deltas(hour)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from spendtrace.server.model.dashboard import (
     DAY,
     HOUR,
+    MAX_PAGE,
     MINUTE,
     WINDOWS,
     AlertEventRow,
@@ -32,9 +33,14 @@ from spendtrace.server.model.dashboard import (
     UnpricedLine,
     build_tree,
     dim_snapshot,
+    fold,
+    page_args,
     trend_snapshot,
+    trend_top,
     window_start,
 )
+from spendtrace.server.store.sqlite._dash import ALL_MARKER
+from spendtrace.server.store.sqlite._sql import _SERVICES
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -66,6 +72,7 @@ class SQLiteDashboard:
         self._side: aiosqlite.Connection | None = None
         self._ingest_rate = IngestRate(monotonic or time.monotonic)
         self._dash = False
+        self._dash_all = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,7 +138,12 @@ class SQLiteDashboard:
     async def overview(self) -> Overview:
         """Totals for the header; the ingest rate is spans stored per second since the last call."""
         now = self._now_s()
-        table = "dash_day WHERE dim = 'feature' AND" if await self._has_dash() else "rollup_day WHERE"
+        if await self._has_dash_all():  # every day summed already; any one dimension's values add up to the total
+            table = "dash_all WHERE dim = 'endpoint' AND"
+        elif await self._has_dash():
+            table = "dash_day WHERE dim = 'feature' AND"
+        else:
+            table = "rollup_day WHERE"
         # one statement, so one trip to the database thread, for every figure of the header
         (cost, spans, errors, hour, unpriced, dead, events) = await self._one(
             "SELECT t.c, t.s, t.e,"
@@ -155,57 +167,142 @@ class SQLiteDashboard:
             errors=int(errors),
         )
 
-    async def dimension(self, dimension: str, window: str = "all") -> DimSnapshot:
-        """Per-feature / tenant / endpoint spend in ``window``, with last-hour rate and sparkline."""
+    async def _has_dash_all(self) -> bool:
+        """Whether ``dash_all`` (the dash rollups summed over every day, kept by triggers) is filled in this file."""
+        if not self._dash_all:
+            self._dash_all = bool((await self._one(f"SELECT count(*) FROM meta WHERE key = '{ALL_MARKER}'"))[0])
+        return self._dash_all
+
+    async def dimension(
+        self, dimension: str, window: str = "all", *, limit: int | None = None, offset: int = 0, search: str = ""
+    ) -> DimSnapshot:
+        """Per-feature / tenant / endpoint spend in ``window``, costliest first, with last-hour rate and sparkline.
+
+        One page of ``limit`` values from ``offset`` (None: all) of those whose name contains ``search``
+        (ASCII case folded); the window's total and value count come with it, so "others" is exact. Only
+        the page's values are read for the per-service, last-hour and fully-loaded figures. On files with
+        the dash rollups: "all" reads ``dash_all`` through its cost index, other windows one
+        primary-key range of ``dash_*``; the last hour reads ``rollup_minute``.
+        """
+        limit, offset = page_args(limit, offset)
         col = _COLUMNS[dimension]
         grain, back = WINDOWS[window]
         now = self._now_s()
         since = window_start(now, grain, back)
         dash = grain != "minute" and await self._has_dash()
+        needle = fold(search)
+        sums = "cost_nano, calls, spans, errors, unpriced, var_nano2, requests"
+        if dash and back == 0 and await self._has_dash_all():
+            key, src = "value", "dash_all WHERE dim = ?"
+            args: list[Any] = [col]
+            page_sql = f"SELECT value, {sums} FROM dash_all WHERE dim = ? AND service = ''"
+            summary = "SELECT count(*), coalesce(sum(cost_nano), 0), {m} FROM dash_all WHERE dim = ? AND service = ''"
+            grouped = False
+        else:
+            key = "value" if dash else col
+            src = f"dash_{grain} WHERE dim = ? AND bucket >= ?" if dash else f"rollup_{grain} WHERE bucket >= ?"
+            args = [col, since] if dash else [since]  # fmt: skip
+            page_sql = (
+                f"SELECT {key}, " + ", ".join(f"sum({c})" for c in sums.split(", "))
+                + f" FROM {src} AND service = ''"
+            )
+            summary = (
+                "SELECT count(*), coalesce(sum(c), 0), {m} FROM"
+                f" (SELECT {key} AS k, sum(cost_nano) AS c FROM {src} AND service = '' GROUP BY {key})"
+            )
+            grouped = True
+        where, wargs = ("", []) if not needle else (f" AND instr(lower({key}), ?) > 0", [needle])
+        order = " GROUP BY " + key + " ORDER BY sum(cost_nano) DESC, " + key if grouped else (
+            " ORDER BY cost_nano DESC, value"
+        )
+        if grouped and dash and limit is not None:
+            # rank by cost alone (from the dash_day_cost index), then the page's other sums by key
+            ranked = await self._all(
+                f"SELECT value, sum(cost_nano) AS c FROM {src} AND service = ''{where} GROUP BY value"
+                " ORDER BY c DESC, value LIMIT ? OFFSET ?",
+                [*args, *wargs, limit, offset],
+            )
+            sums_of = {}
+            if ranked:
+                sums_of = {r[0]: r for r in await self._all(
+                    f"{page_sql} AND value IN ({','.join('?' * len(ranked))}) GROUP BY value",
+                    [*args, *(r[0] for r in ranked)],
+                )}  # fmt: skip
+            page = [sums_of[r[0]] for r in ranked]
+        else:
+            page = await self._all(
+                page_sql + where + order + " LIMIT ? OFFSET ?", [*args, *wargs, -1 if limit is None else limit, offset]
+            )
+        if not needle:
+            n_values, total, matched = await self._one(summary.format(m="count(*)"), args)
+        else:
+            kk = "value" if not grouped else "k"
+            n_values, total, matched = await self._one(
+                summary.format(m=f"coalesce(sum(instr(lower({kk}), ?) > 0), 0)"), [needle, *args]
+            )
+        keys = [r[0] for r in page]
+        only = limit is not None or bool(needle)  # a page: read the other figures of its values only
+        if only and not keys:
+            return dim_snapshot(dimension, window, now, [], [], [], total_nano=int(total), values=int(n_values),
+                                matched=int(matched), offset=offset, search=search)  # fmt: skip
+        marks = ",".join("?" * len(keys))
 
-        async def window_rows() -> list[tuple[Any, ...]]:
-            if dash:  # one primary-key range per dimension instead of every tenant x endpoint x feature row
-                # totals (service '') with every measure, then per-service cost only: most rows are
-                # per-service, and summing one column there instead of seven halves the query
-                rows = await self._all(
-                    "SELECT value, '', sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-                    f" sum(var_nano2), sum(requests) FROM dash_{grain} WHERE dim = ? AND service = ''"
-                    " AND bucket >= ? GROUP BY value",
-                    (col, since),
+        async def service_rows() -> list[tuple[Any, ...]]:
+            cost = "cost_nano" if not grouped else "sum(cost_nano)"
+            tail = "" if not grouped else f" GROUP BY service, {key}"
+            if not only:
+                return await self._all(
+                    f"SELECT {key}, service, {cost}, 0, 0, 0, 0, 0, 0 FROM {src} AND service > ''{tail}", args
                 )
-                return rows + await self._all(
-                    f"SELECT value, service, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM dash_{grain}"
-                    " WHERE dim = ? AND service > '' AND bucket >= ? GROUP BY service, value",
-                    (col, since),
-                )
+            svc = ""
+            if dash and grouped:  # name the services, so the (dim, service, value ...) key is sought, not scanned
+                names = [r[0] for r in await self._all(_SERVICES)]
+                if not names:
+                    return []
+                svc = f" AND service IN ({','.join('?' * len(names))})"
+                args2 = [*args, *names, *keys]
+            else:
+                args2 = [*args, *keys]
             return await self._all(
-                f"SELECT {col}, service, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced),"
-                f" sum(var_nano2), sum(requests) FROM rollup_{grain} WHERE bucket >= ? GROUP BY {col}, service",
-                (since,),
+                f"SELECT {key}, service, {cost}, 0, 0, 0, 0, 0, 0 FROM {src} AND service > ''{svc}"
+                f" AND {key} IN ({marks}){tail}",
+                args2,
             )
 
         async def hour_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            inside = f" AND {col} IN ({marks})" if only else ""
             minute = await self._all(
-                f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?"
+                f"SELECT {col}, bucket, sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= ?{inside}"
                 f" GROUP BY {col}, bucket",
-                (now - HOUR + MINUTE,),
+                [now - HOUR + MINUTE, *(keys if only else ())],
                 side=True,
             )
             if dimension != "feature":
                 return minute, []
-            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ? GROUP BY feature"
-            return minute, await self._all(loaded_sql, (since,), side=True)
+            inside = f" AND feature IN ({marks})" if only else ""
+            loaded_sql = f"SELECT feature, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= ?{inside} GROUP BY 1"
+            return minute, await self._all(loaded_sql, [since, *(keys if only else ())], side=True)
 
-        rows, (minute, loaded_rows) = await asyncio.gather(window_rows(), hour_rows())
-        return dim_snapshot(dimension, window, now, rows, minute, loaded_rows)
+        services, (minute, loaded_rows) = await asyncio.gather(service_rows(), hour_rows())
+        rows = [(r[0], "", *r[1:]) for r in page] + services
+        return dim_snapshot(dimension, window, now, rows, minute, loaded_rows, total_nano=int(total),
+                            values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
-    async def requests(self, order: str = "recent", limit: int = 200) -> list[RequestRow]:
-        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests."""
+    async def requests(
+        self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
+    ) -> list[RequestRow]:
+        """Most recent (``order="recent"``) or most expensive (``"cost"``) requests, one page, optionally searched."""
+        lim, offset = page_args(limit, offset)
         by = "cost_nano DESC" if order == "cost" else "start_ns DESC"  # each one index walk, no sort
+        needle = fold(search)
+        where = ""
+        if needle:  # walks the same index, keeping the matches: stops after a page of them
+            shown = ("request_id", "endpoint", "user_id", "root_feature")
+            where = " WHERE " + " OR ".join(f"instr(lower(coalesce({c}, '')), ?1) > 0" for c in shown)
         rows = await self._all(
             "SELECT request_id, endpoint, user_id, root_feature, start_ns, end_ns, cost_nano, spans, errors,"
-            f" unpriced FROM requests ORDER BY {by} LIMIT ?",
-            (int(limit),),
+            f" unpriced FROM requests{where} ORDER BY {by} LIMIT ?2 OFFSET ?3",
+            (needle, lim or MAX_PAGE, offset),
         )
         return [
             RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))
@@ -221,21 +318,38 @@ class SQLiteDashboard:
         )
         return build_tree(rows)
 
-    async def trends(self, days: int = 14) -> TrendSnapshot:
-        """Daily cost per feature for the last ``days`` days (today included)."""
+    async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
+        """Daily cost per feature for the last ``days`` days (today included); ``limit``: the top features only.
+
+        With ``limit``, three reads of the covering ``dash_day_cost`` index: the ranking, the top
+        features' days (by key) and one total per day, instead of every feature's every day.
+        """
         today = self._now_s() // DAY * DAY
         first = today - (days - 1) * DAY
         if await self._has_dash():
-            sql = (
-                "SELECT value, bucket, sum(cost_nano) FROM dash_day WHERE dim = 'feature' AND service = ''"
-                " AND bucket >= ? GROUP BY value, bucket"
-            )
+            key, src = "value", "dash_day WHERE dim = 'feature' AND service = '' AND bucket >= ?"
         else:
-            sql = (
-                "SELECT feature, bucket, sum(cost_nano) FROM rollup_day WHERE service = '' AND bucket >= ?"
-                " GROUP BY feature, bucket"
-            )
-        return trend_snapshot(first, days, await self._all(sql, (first,)))
+            key, src = "feature", "rollup_day WHERE service = '' AND bucket >= ?"
+        if limit is None:
+            sql = f"SELECT {key}, bucket, sum(cost_nano) FROM {src} GROUP BY {key}, bucket"
+            return trend_snapshot(first, days, await self._all(sql, (first,)))
+        ranked = await self._all(
+            f"SELECT {key}, sum(cost_nano) AS c, count(*) OVER () FROM {src} GROUP BY {key}"
+            f" ORDER BY c DESC, {key} LIMIT ?",
+            (first, int(limit)),
+        )
+        if not ranked:
+            return trend_snapshot(first, days, [])
+        names = [r[0] for r in ranked]
+        rows, totals = await asyncio.gather(
+            self._all(
+                f"SELECT {key}, bucket, sum(cost_nano) FROM {src} AND {key} IN ({','.join('?' * len(names))})"
+                f" GROUP BY {key}, bucket",
+                (first, *names),
+            ),
+            self._all(f"SELECT bucket, sum(cost_nano) FROM {src} GROUP BY bucket", (first,), side=True),
+        )
+        return trend_top(first, days, rows, totals, int(ranked[0][2]))
 
     async def alert_rules(self) -> list[AlertRuleRow]:
         """Every alert rule, by name, webhook URLs masked."""

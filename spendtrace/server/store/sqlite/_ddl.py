@@ -73,10 +73,42 @@ CREATE TABLE IF NOT EXISTS {name} (
 #: The dashboard rollups alone, also created by the ingest on files made before they existed.
 #: Hours are read for the edges of a range (bucket before value); days for whole ranges, per value
 #: (value before bucket: "per tenant, all time" needs no sort), with an index for short ranges.
+_DASH_SUMS = ("cost_nano", "calls", "spans", "errors", "unpriced", "var_nano2", "requests")
+_DASH_ALL_ADD = (
+    "INSERT INTO dash_all (dim, service, value, " + ", ".join(_DASH_SUMS) + ") VALUES (NEW.dim, NEW.service, "
+    "NEW.value, {values}) ON CONFLICT (dim, service, value) DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in _DASH_SUMS)
+)
+#: ``dash_all``: ``dash_day`` summed over every bucket (the "all" window, one row per value), kept equal to
+#: it by triggers, so every path that changes ``dash_day`` (ingest, restatement's rebuild, retention)
+#: keeps it right; a value whose last day row goes leaves it. Indexed by cost, so "the top 100
+#: tenants of all time" reads 100 index entries instead of summing every day of every tenant.
+DASH_ALL: tuple[str, ...] = (
+    _DASH.format(name="dash_all", key="dim, value, service").replace("    bucket      INTEGER NOT NULL,\n", ""),
+    "CREATE INDEX IF NOT EXISTS dash_all_cost ON dash_all (dim, service, cost_nano DESC, value)",
+    "CREATE TRIGGER IF NOT EXISTS dash_all_ins AFTER INSERT ON dash_day BEGIN "
+    + _DASH_ALL_ADD.format(values=", ".join(f"NEW.{c}" for c in _DASH_SUMS))
+    + "; END",
+    "CREATE TRIGGER IF NOT EXISTS dash_all_upd AFTER UPDATE ON dash_day BEGIN "
+    + _DASH_ALL_ADD.format(values=", ".join(f"NEW.{c} - OLD.{c}" for c in _DASH_SUMS))
+    + "; END",
+    "CREATE TRIGGER IF NOT EXISTS dash_all_del AFTER DELETE ON dash_day BEGIN "
+    "UPDATE dash_all SET " + ", ".join(f"{c} = {c} - OLD.{c}" for c in _DASH_SUMS)
+    + " WHERE dim = OLD.dim AND service = OLD.service AND value = OLD.value; "
+    "DELETE FROM dash_all WHERE dim = OLD.dim AND service = OLD.service AND value = OLD.value AND NOT EXISTS "
+    "(SELECT 1 FROM dash_day WHERE dim = OLD.dim AND service = OLD.service AND value = OLD.value); END",
+    # fully-loaded cost of a page of features over a long window: per feature, not per day
+    "CREATE INDEX IF NOT EXISTS loaded_day_feature ON loaded_day (feature, bucket)",
+)
+
 DASH_TABLES: tuple[str, ...] = (
     _DASH.format(name="dash_hour", key="dim, service, bucket, value"),
     _DASH.format(name="dash_day", key="dim, service, value, bucket"),
-    "CREATE INDEX IF NOT EXISTS dash_day_bucket ON dash_day (dim, service, bucket)",
+    # a window's ranking by cost (value, cost per day) from the index alone: one entry per value and day
+    # instead of a table lookup each (dash_day_bucket, its prefix, was that lookup; replaced)
+    "CREATE INDEX IF NOT EXISTS dash_day_cost ON dash_day (dim, service, bucket, value, cost_nano)",
+    "DROP INDEX IF EXISTS dash_day_bucket",
+    *DASH_ALL,
 )
 
 DDL_V1: tuple[str, ...] = (

@@ -230,6 +230,9 @@ def _many(sql: str, rows: list[tuple[Any, ...]]) -> Generator[_Op, Any, None]:
     Rows of one upsert have distinct keys (they come from dicts), so a multi-row statement does
     exactly what the rows one by one would.
     """
+    if len(rows) == 1 and not rows[0]:  # one statement, no parameters (DDL, a one-off fill): executemany refuses DDL
+        yield ("exec", sql, ())
+        return
     full = len(rows) - len(rows) % _UPSERT_ROWS
     multi = _multi(sql) if full else None
     if multi is None:

@@ -69,10 +69,17 @@ class SQLiteIngestStore:
     (``stored_offsets`` only); anything else raises ``StorageError``.
     """
 
+    #: one transaction per batch: never half applied, so no range to re-form (contract 4.)
+    atomic_batches = True
+
     def __init__(self, db_path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.db_path = os.fspath(db_path)
         self._conn = connect(self.db_path, readonly=readonly, check_same_thread=False)
         self._lock = threading.Lock()
+
+    def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        """Always empty: a batch commits whole or not at all."""
+        return {}
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -129,6 +136,9 @@ class AsyncSQLiteIngestStore:
     writer's transactions.
     """
 
+    #: one transaction per batch in the writer process (contract 4. does not apply)
+    atomic_batches = True
+
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = os.fspath(db_path)
         self._writer = WriterProcess(self.db_path)
@@ -152,6 +162,10 @@ class AsyncSQLiteIngestStore:
     async def stored_offsets(self, group: str, topic: str) -> dict[int, int]:
         """partition -> next offset, as stored with the last committed batch of ``group``."""
         return await asyncio.to_thread(self._read_offsets, group, topic)
+
+    async def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
+        """Always empty: a batch commits whole or not at all."""
+        return {}
 
     def _read_offsets(self, group: str, topic: str) -> dict[int, int]:
         with self._read_lock:

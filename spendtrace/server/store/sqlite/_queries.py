@@ -33,6 +33,7 @@ from spendtrace.server.store.sqlite._sql import (
 __all__ = [
     "aggregate",
     "aggregate_by_service",
+    "aggregate_top_all_time",
     "cost_trend",
     "cost_trend_by_feature",
     "feature_breakdown",
@@ -125,6 +126,40 @@ def aggregate(dim: str, f: Filters, dash: bool = True) -> Query[list[Row]]:
     return Query(tuple(steps), post)
 
 
+def aggregate_top_all_time(dim: str, limit: int) -> Query[list[Row]]:
+    """``aggregate(dim, Filters())[:limit]`` from ``dash_all`` (a file that has it): the top ``limit`` values of
+    all time through its cost index, their per-service rows and first / last day by key, never every
+    day of every value. The rows are ``aggregate``'s, shaped by its own post-processor."""
+    assert dim in ("feature", "user_id", "endpoint")
+    top = "SELECT value FROM dash_all WHERE dim = ? AND service = '' ORDER BY cost_nano DESC, value LIMIT ?"
+    steps = (
+        (
+            "SELECT value AS k, cost_nano, calls, spans, errors, unpriced, var_nano2, requests FROM dash_all"
+            " WHERE dim = ? AND service = '' ORDER BY cost_nano DESC, value LIMIT ?",
+            (dim, limit),
+        ),
+        (
+            "SELECT value AS k, service, cost_nano, unpriced FROM dash_all WHERE dim = ? AND service > ''"
+            f" AND value IN ({top})",
+            (dim, dim, limit),
+        ),
+        (
+            "SELECT value AS k, MIN(bucket) AS b0, MAX(bucket) AS b1 FROM dash_day WHERE dim = ? AND service = ''"
+            f" AND value IN ({top}) GROUP BY value",
+            (dim, dim, limit),
+        ),
+    )
+    shape = aggregate(dim, Filters()).post
+
+    def post(results: list[list[Row]]) -> list[Row]:
+        days = {r["k"]: (r["b0"], r["b1"]) for r in results[2]}
+        rows = [{**dict(r), "b0": days.get(r["k"], (None, None))[0], "b1": days.get(r["k"], (None, None))[1]}
+                for r in results[0]]  # fmt: skip
+        return shape([rows, results[1]])
+
+    return Query(steps, post)
+
+
 def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
     """Spend per service (``dynamodb``, ``bedrock`` ...) from the per-service rollup rows, most expensive first."""
     sql, uparams = rollup_source(f, group=None, sums=_COLS, split=f.service is None, dash=dash, by_service=True)
@@ -146,9 +181,17 @@ def aggregate_by_service(f: Filters, dash: bool = True) -> Query[list[Row]]:
     return Query(((sql, tuple(uparams)),), post)
 
 
-def total(f: Filters, dash: bool = True) -> Query[Row]:
-    """One total over everything the filters select (``transaction_count`` counts spans)."""
-    sql, uparams = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash)
+def total(f: Filters, dash: bool = True, dash_all: bool = False) -> Query[Row]:
+    """One total over everything the filters select (``transaction_count`` counts spans).
+
+    ``dash_all`` (the file has it) and no filter: summed from ``dash_all``'s endpoint rows (each
+    dimension's values add up to the total), a few thousand rows instead of every day's.
+    """
+    uparams: list[Any] = []
+    if dash_all and f == Filters():
+        sql = f"SELECT {_SUMS} FROM dash_all WHERE dim = 'endpoint' AND service = ''"
+    else:
+        sql, uparams = rollup_source(f, group=None, sums=_COLS, split=False, dash=dash)
 
     def post(results: list[list[Row]]) -> Row:
         r = results[0][0]

@@ -37,6 +37,7 @@ T = TypeVar("T")
 # dashboard rollups are read only when a writer maintains them (see _dash); else the wide rollups
 _FLOORS = "SELECT (SELECT MIN(bucket) FROM rollup_minute), (SELECT MIN(bucket) FROM rollup_hour)"
 _HAS_DASH = "SELECT COUNT(*) FROM meta WHERE key = 'dash_rollups'"  # set by the writer that maintains them
+_HAS_DASH_ALL = "SELECT COUNT(*) FROM meta WHERE key = 'dash_all'"
 _log = logging.getLogger("spendtrace.storage")
 
 
@@ -83,6 +84,7 @@ class SQLiteStorage:
         self._conn: sqlite3.Connection = connect(self.db_path, readonly=readonly, check_same_thread=False)
         self._lock = threading.Lock()
         self._dash = bool(self._conn.execute(_HAS_DASH).fetchone()[0])
+        self._dash_all = False
 
     # -- plumbing --------------------------------------------------------------------------------
     def run(self, query: Query[T]) -> T:
@@ -108,6 +110,13 @@ class SQLiteStorage:
             with self._lock:
                 self._dash = bool(self._conn.execute(_HAS_DASH).fetchone()[0])
         return self._dash
+
+    def _dash_all_now(self) -> bool:
+        """Whether ``dash_all`` (the dashboard rollups over every day) is filled in this file (checked until it is)."""
+        if not self._dash_all:
+            with self._lock:
+                self._dash_all = bool(self._conn.execute(_HAS_DASH_ALL).fetchone()[0])
+        return self._dash_all
 
     def _rollup_filters(self, start: TimeLike, end: TimeLike, *names: str | None) -> Filters:
         """Filters for a rollup query, time bounds rounded where the finer rollups have aged out."""
@@ -152,6 +161,8 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per feature, most expensive first: ``total_cost``, ``service_costs``, ``transaction_count`` (spans)."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
+        if limit is not None and f == Filters() and self._dash_all_now():  # the top of all time: an index walk
+            return self.run(q.aggregate_top_all_time("feature", max(int(limit), 0)))
         return _limit(self.run(q.aggregate("feature", f, dash=self._dash_now())), limit)
 
     def aggregate_by_user(
@@ -167,6 +178,8 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per user / tenant (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
+        if limit is not None and f == Filters() and self._dash_all_now():  # the top of all time: an index walk
+            return self.run(q.aggregate_top_all_time("user_id", max(int(limit), 0)))
         return _limit(self.run(q.aggregate("user_id", f, dash=self._dash_now())), limit)
 
     def aggregate_by_endpoint(
@@ -182,6 +195,8 @@ class SQLiteStorage:
     ) -> list[Row]:
         """Spend per endpoint (``''`` = none), most expensive first; ``transaction_count`` counts requests."""
         f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
+        if limit is not None and f == Filters() and self._dash_all_now():  # the top of all time: an index walk
+            return self.run(q.aggregate_top_all_time("endpoint", max(int(limit), 0)))
         return _limit(self.run(q.aggregate("endpoint", f, dash=self._dash_now())), limit)
 
     def aggregate_by_service(
@@ -224,9 +239,8 @@ class SQLiteStorage:
         service: str | None = None,
     ) -> Row:
         """One total: ``total_cost``, ``cost_nano``, ``transaction_count``, ``unpriced_count``, ``stderr`` ..."""
-        return self.run(
-            q.total(self._rollup_filters(start, end, feature, user_id, endpoint, service), dash=self._dash_now())
-        )
+        f = self._rollup_filters(start, end, feature, user_id, endpoint, service)
+        return self.run(q.total(f, dash=self._dash_now(), dash_all=f == Filters() and self._dash_all_now()))
 
     def get_cost_trend(
         self,
@@ -277,11 +291,16 @@ class SQLiteStorage:
         """Usage no price covered, per key / service / feature."""
         return self.run(raw.unpriced_usage())
 
-    def store_metric_values(self) -> Row:
-        """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``), in one snapshot."""
-        from spendtrace.server.store.sqlite._metrics import store_metric_values
+    def store_metric_values(self, top: int = 50) -> Row:
+        """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``), in one snapshot.
 
-        return self.run(store_metric_values())
+        Per-feature spend for the ``top`` costliest features only, the rest summed in ``features_other_nano``.
+        """
+        from spendtrace.server.store.sqlite._metrics import HAS_DASH_ALL, store_metric_values
+
+        with self._lock:  # once there, dash_all stays (writers keep it), but a file may get it later
+            dash_all = bool(self._conn.execute(HAS_DASH_ALL).fetchone()[0])
+        return self.run(store_metric_values(max(0, int(top)), dash_all=dash_all))
 
     # -- requests and raw spans ------------------------------------------------------------------
     def get_request_cost(
