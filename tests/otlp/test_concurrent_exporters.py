@@ -50,7 +50,7 @@ def _app(url: str, app: int, start: threading.Barrier, costs: dict[str, int]) ->
     costs[f"svc{app}"] = cost
 
 
-def _drain(broker: EmbeddedBroker, topic: str, db: Path) -> None:
+def _drain(broker: EmbeddedBroker, topic: str, db: Path, spans: int = SPANS) -> None:
     async def run() -> None:
         cfg = WorkerConfig(bootstrap=broker.bootstrap, db_path=str(db), group_id=f"{topic}-g", topic=topic,
                            dlq_topic=f"{topic}.dlq", alerts_topic=f"{topic}.alerts", partitions=3,
@@ -59,7 +59,7 @@ def _drain(broker: EmbeddedBroker, topic: str, db: Path) -> None:
         task = asyncio.create_task(worker.run())
         try:
             deadline = asyncio.get_running_loop().time() + 120
-            while _stored(db) < SPANS:
+            while _stored(db) < spans:
                 assert asyncio.get_running_loop().time() < deadline, "the worker did not drain the topic in time"
                 if task.done():
                     task.result()
@@ -110,3 +110,67 @@ def test_concurrent_exporters_deliver_every_span_exactly_once(
     assert total["transaction_count"] == SPANS and total["request_count"] == APPS * TRACES
     assert total["cost_nano"] == sum(costs.values()) and total["unpriced_count"] == 0
     assert sum(by_feature.values()) == sum(costs.values()) and set(by_feature) >= {"feature-0", "feature-1"}
+
+
+def test_a_frozen_broker_gets_503s_and_the_retries_lose_nothing(
+    own_broker: EmbeddedBroker, topic_name: str, tmp_path: Path
+) -> None:
+    """The broker stops answering mid-load: shared batches fail as 503 for their requests, retries deliver all.
+
+    Every span is on the topic at least once (a request refused after part of it was acknowledged is
+    sent again in full), and the worker stores each exactly once.
+    """
+    import json
+    import os
+    import signal
+    import time
+
+    from support import json_export, post
+
+    now = time.time_ns()
+    exports = [
+        json_export([{"traceId": f"{c + 1:08x}{i:024x}", "spanId": f"{c + 1:04x}{i * 4 + k:012x}", "name": "x",
+                      "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 1000),
+                      "attributes": [{"key": "spendtrace.feature", "value": {"stringValue": "f"}}]}
+                     for k in range(4)])
+        for c in range(4) for i in range(60)
+    ]  # fmt: skip
+    refused: list[int] = []
+
+    def client(bodies: list[bytes], url: str) -> None:
+        for body in bodies:
+            while True:
+                status, headers, raw = post(url, body, "application/json")
+                if status == 200:
+                    assert "partialSuccess" not in json.loads(raw)
+                    break
+                assert status in (429, 503) and int(headers["retry-after"]) > 0
+                refused.append(status)
+                time.sleep(0.05)  # the exporter's back-off, shortened (Retry-After says 2 s)
+
+    pid = own_broker._proc.pid  # type: ignore[union-attr]
+    with Receiver(KafkaSink(own_broker.bootstrap, topic_name, partitions=3, timeout=2.0), port=0) as receiver:
+        threads = [threading.Thread(target=client, args=(exports[c::4], receiver.url)) for c in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        while receiver.stats.spans_accepted < 100:  # load is flowing
+            assert time.monotonic() < deadline and any(t.is_alive() for t in threads)
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            while receiver.stats.unavailable < 1:  # a produce timed out: its round was answered 503
+                assert time.monotonic() < deadline, "no 503 while the broker was frozen"
+                time.sleep(0.01)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        for t in threads:
+            t.join(300)
+        stats = receiver.stats
+    assert 503 in refused and stats.spans_accepted == len(exports) * 4
+    ids = topic_span_ids(own_broker.bootstrap, topic_name)
+    assert set(ids) == {f"{c + 1:04x}{i * 4 + k:012x}" for c in range(4) for i in range(60) for k in range(4)}
+    db = tmp_path / "worker.db"
+    _drain(own_broker, topic_name, db, len(exports) * 4)
+    with open_store(db) as store:
+        assert store.total()["transaction_count"] == len(exports) * 4

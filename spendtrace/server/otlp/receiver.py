@@ -138,7 +138,11 @@ class KafkaSink:
             handoffs.append(part.handoff)
         self._wake.set()
         acks = [ack for submitted in await asyncio.gather(*handoffs) for ack in submitted]
-        await asyncio.gather(*acks)
+        # return_exceptions: a batch the producer cancelled (another request's failure closed it) must
+        # fail this request as undelivered (503), not cancel it (a CancelledError escapes as a 500)
+        for result in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise ConnectionError(f"a batch was not acknowledged: {result!r}") from result
 
     def _place(self, spans: Sequence[Span]) -> dict[int, list[tuple[bytes, bytes]]]:
         """Records by partition, as the default partitioner places them (murmur2 of the key, like the SDK's
