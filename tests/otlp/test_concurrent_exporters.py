@@ -174,3 +174,29 @@ def test_a_frozen_broker_gets_503s_and_the_retries_lose_nothing(
     _drain(own_broker, topic_name, db, len(exports) * 4)
     with open_store(db) as store:
         assert store.total()["transaction_count"] == len(exports) * 4
+
+
+def test_an_export_the_broker_never_acknowledges_is_refused(own_broker: EmbeddedBroker, topic_name: str) -> None:
+    """Connected, then the broker freezes: the export's batch goes out but no ack comes, so 503, never 200."""
+    import os
+    import signal
+    import time
+
+    from support import json_export, post
+
+    def export(n: int) -> bytes:
+        now = str(time.time_ns())
+        return json_export([{"traceId": f"{n:032x}", "spanId": f"{n:016x}", "name": "x",
+                             "startTimeUnixNano": now, "endTimeUnixNano": now}])  # fmt: skip
+
+    pid = own_broker._proc.pid  # type: ignore[union-attr]
+    with Receiver(KafkaSink(own_broker.bootstrap, topic_name, partitions=3, timeout=1.0), port=0) as receiver:
+        assert post(receiver.url, export(1), "application/json")[0] == 200  # the producer is connected
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            status, headers, _ = post(receiver.url, export(2), "application/json")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert status == 503 and int(headers["retry-after"]) > 0
+        assert post(receiver.url, export(2), "application/json")[0] == 200  # the exporter's retry
+        assert receiver.stats.unavailable == 1
