@@ -175,11 +175,26 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             (
                 "consumers/checkpoint.py",
-                "consumer.seek(tp, nxt)\n                positions[tp] = nxt\n",
-                "consumer.seek(tp, nxt + 1)\n                positions[tp] = nxt + 1\n",
+                "            else:\n                starts[tp] = stored.get(tp.partition)\n",
+                "            else:\n"
+                "                starts[tp] = stored[tp.partition] + 1 if tp.partition in stored else None\n",
             ),
         ),
         ("tests/consumers/test_worker.py",),
+    ),
+    Mutant(
+        "clickhouse-batches-not-re-formed",
+        "after a crash a worker on ClickHouse forms new batches from the stored offsets, not the unconfirmed range",
+        (("consumers/checkpoint.py", "        if self.store.atomic_batches:\n            return {}\n",
+          "        if True:\n            return {}\n"),),
+        ("tests/e2e/test_pipeline_clickhouse.py",),
+    ),
+    Mutant(
+        "topic-restart-not-detected",
+        "a partition Kafka has forgotten (broker restarted empty) is sought to the stored offset, skipping new records",
+        (("consumers/checkpoint.py", "        forgotten = set(await self._forgotten_by_kafka(held))\n",
+          "        forgotten: set[TopicPartition] = set()\n"),),
+        ("tests/consumers/test_topic_restart.py",),
     ),
     Mutant(
         "reprice-forgets-fully-loaded",

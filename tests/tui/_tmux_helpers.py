@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 TMUX = shutil.which("tmux")
 
 
-SOCKET = "spendtrace-tui-test"  # a tmux server of our own (-L), so no user session is touched
+#: A tmux server of our own (-L), so no user session is touched, and one per test process, so two test
+#: runs on one machine (two checkouts) never type into each other's sessions. It exits with its last session.
+SOCKET = f"spendtrace-tui-test-{os.getpid()}"
 
 
 def _tmux(*args: str) -> str:
