@@ -5,15 +5,19 @@ Payloads are real OTLP/HTTP protobuf bodies: spans made by the OpenTelemetry SDK
 capacity), encoded by the OTLP exporter's own encoder, 500 spans per export (the SDK's batch size is 512).
 
 References, same run, same payloads: ``ExportTraceServiceRequest.ParseFromString`` alone, and the same
-plus reading every span's attributes into Python values (the least any reader of the spans must do).
-The receiver path is HTTP + gzip-less protobuf decode + conversion + msgpack + aiokafka produce with
-``acks=all`` to a real broker (Tansu), posted by ``--clients`` concurrent keep-alive connections from
-this process (they share the machine's two cores with the receiver and the broker).
+plus reading every span's attributes into Python values (the least any reader of the spans must do;
+a plain loop kept here, so making the receiver's own reading faster does not move the reference).
+The receiver path is ``spendtrace otlp`` in its own process, as deployed: HTTP + gzip-less protobuf
+decode + conversion + msgpack + aiokafka produce with ``acks=all`` to a real broker (Tansu), posted
+by ``--clients`` concurrent keep-alive connections from this process (the three processes share
+the machine's two cores). Its CPU time per span is read from /proc, a steadier figure than spans/s.
+``--compare DIR`` runs the receiver of another checkout (e.g. ``git worktree add DIR main``) on the
+same broker and payloads, alternating with this one, for before/after figures from one run.
 
 End-to-end latency: one request (5 spans) posted at a time, timed until a consumer worker has
 committed its spans to SQLite (``--latency-rounds`` times; median and p95).
 
-    python benchmarks/bench_otlp.py [--spans 20000] [--clients 4] [--latency-rounds 30]
+    python benchmarks/bench_otlp.py [--spans 20000] [--clients 4] [--latency-rounds 30] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -21,11 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -34,9 +43,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.broker import EmbeddedBroker, free_port
 from spendtrace.server.otlp import convert
-from spendtrace.server.otlp._convert import attributes
 from spendtrace.server.otlp.receiver import KafkaSink, Receiver
 from spendtrace.server.store.base import open_store
 
@@ -78,6 +86,27 @@ def bare_parse(payloads: list[bytes]) -> float:
         req.ParseFromString(body)
         n += sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
     return n / (time.perf_counter() - t)
+
+
+def _value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    return getattr(v, kind)
+
+
+def attributes(kvs: Any) -> dict[str, Any]:
+    """Every attribute as a Python value: the reference reader (the receiver's first version of it)."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[kv.key] = getattr(v, kind) if kind == "string_value" or kind == "int_value" else _value(v)
+    return out
 
 
 def bare_read(payloads: list[bytes]) -> float:
@@ -184,8 +213,75 @@ def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
                for p in payloads) / elapsed  # fmt: skip
 
 
-def latency(broker: EmbeddedBroker, rounds: int) -> list[float]:
-    """Seconds from posting one request's spans to their commit in SQLite by a worker."""
+class ReceiverProcess:
+    """``spendtrace otlp`` in its own process, from this checkout or from ``src`` (another checkout's tree)."""
+
+    def __init__(self, bootstrap: str, topic: str, src: str | None = None, extra: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        env = dict(os.environ)
+        if src:
+            env["PYTHONPATH"] = os.path.abspath(src)
+        cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", str(self.port), "--bootstrap", bootstrap,
+               "--topic", topic, "--max-pending", "1000000", *extra]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, cwd=src or None)
+        deadline = time.monotonic() + 60
+        while True:  # up once it answers /health
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the receiver ({src or 'this checkout'}) did not start")
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the receiver and its worker processes (their own, and what exited children used)."""
+        total = 0.0
+        for pid in [self.proc.pid, *children(self.proc.pid)]:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def through_receiver(bootstrap: str, payloads: list[bytes], clients: int, run: tuple[str | None, tuple[str, ...]]
+                     ) -> tuple[float, float]:  # fmt: skip
+    """(spans/s, receiver CPU µs per span) posting every payload to a fresh receiver process."""
+    src, extra = run
+    receiver = ReceiverProcess(bootstrap, f"bench-otlp-{time.time_ns()}", src, extra)
+    try:
+        for _ in range(2 * len(extra) + 1):  # warm-up: topic, each worker's producer connection
+            post_all(receiver.port, payloads[:clients], clients)
+        cpu = receiver.cpu_seconds()
+        rate = post_all(receiver.port, payloads, clients)
+        n = sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans) for p in payloads)
+        return rate, (receiver.cpu_seconds() - cpu) / n * 1e6
+    finally:
+        receiver.close()
+
+
+def latency(broker: EmbeddedBroker, rounds: int, acked: list[float]) -> list[float]:
+    """Seconds from posting one request's spans to their commit in SQLite by a worker (``acked``: to the 200)."""
     from consumers.config import WorkerConfig
     from consumers.worker import Worker
 
@@ -233,6 +329,7 @@ def latency(broker: EmbeddedBroker, rounds: int) -> list[float]:
                 conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=60)
                 conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
                 conn.getresponse().read()
+                acked.append(time.perf_counter() - t)
                 conn.close()
                 while stored() < 5 * k:
                     time.sleep(0.002)
@@ -247,6 +344,10 @@ def main() -> None:
     p.add_argument("--spans", type=int, default=20_000)
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--latency-rounds", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=2, help="runs through each receiver (best is reported)")
+    p.add_argument("--compare", metavar="DIR", help="also run the receiver of this checkout, alternating")
+    p.add_argument("--variant", action="append", default=["--workers 2", "--compression none"],
+                   help="also run this tree's receiver with these options (repeatable)")
     args = p.parse_args()
     payloads = make_payloads(args.spans)
     print(f"{sum(map(len, payloads)) / 1e6:.1f} MB in {len(payloads)} protobuf exports of up to {PER_EXPORT} spans")
@@ -261,17 +362,35 @@ def main() -> None:
         print(f"bare aiokafka produce, encoded spans: {bare:12,.0f} spans/s (one export at a time, acks=all)")
         direct = publish_only(broker.bootstrap, payloads)
         print(f"parse + convert + publish, no HTTP:   {direct:12,.0f} spans/s = {direct / bare:.2f}x bare produce")
-        topic = f"bench-otlp-{time.time_ns()}"
-        with Receiver(KafkaSink(broker.bootstrap, topic, partitions=3), port=0, max_pending=200_000) as receiver:
-            post_all(receiver.port, payloads[:2], 1)  # warm-up: topic, producer connection
-            rate = post_all(receiver.port, payloads, args.clients)
-        print(f"receiver -> topic (acks=all), {args.clients} clients: {rate:12,.0f} spans/s = "
-              f"{rate / read:.2f}x parse+read, {rate / parse:.3f}x ParseFromString (target >= 0.5x)")  # fmt: skip
-        lat = latency(broker, args.latency_rounds)
+        this: tuple[str | None, tuple[str, ...]] = (None, ())
+        setups = [this]
+        if args.compare:
+            setups.insert(0, (args.compare, ()))
+        setups += [(None, tuple(a.split())) for a in args.variant]
+        runs: dict[tuple[str | None, tuple[str, ...]], list[tuple[float, float]]] = {s: [] for s in setups}
+        for _ in range(args.rounds):  # alternate, so drift on a shared machine hits every setup alike
+            for setup in setups:
+                read = max(read, bare_read(payloads))  # the reference again: the fastest seen divides
+                runs[setup].append(through_receiver(broker.bootstrap, payloads, args.clients, setup))
+        print(f"bare parse + read, fastest of the run: {read:11,.0f} spans/s")
+        for (src, extra), results in runs.items():
+            rate = max(r for r, _ in results)
+            cpu = min(c for _, c in results)
+            label = f"receiver of {src}" if src else f"receiver {' '.join(extra) or '(this tree)'}"
+            vs = ""
+            if args.compare and src is None:
+                vs = f" = {rate / max(r for r, _ in runs[(args.compare, ())]):.2f}x {args.compare}"
+            print(f"{label} -> topic, {args.clients} clients: {rate:9,.0f} spans/s{vs} = "
+                  f"{rate / read:.2f}x parse+read (target >= 0.5x), "
+                  f"{rate / parse:.3f}x ParseFromString; "
+                  f"receiver CPU {cpu:.1f} us/span (best of {len(results)})")  # fmt: skip
+        acked: list[float] = []
+        lat = latency(broker, args.latency_rounds, acked)
         lat.sort()
         p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
         print(f"end-to-end, post -> committed in SQLite by a worker ({len(lat)} requests of 5 spans): "
-              f"median {statistics.median(lat) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")  # fmt: skip
+              f"median {statistics.median(lat) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms; "
+              f"of which post -> 200 (acks=all) median {statistics.median(acked) * 1000:.1f} ms")  # fmt: skip
     print("(a shared 2-core machine: absolute numbers move by tens of percent; compare the ratios)")
 
 

@@ -35,6 +35,7 @@ _LAZY: dict[str, str] = {
     "wrap_with_context": "spendtrace.sdk.context",
     "get_global_sample_rate": "spendtrace.sdk.sampling",
     "set_global_sample_rate": "spendtrace.sdk.sampling",
+    "otel_baggage_propagator": "spendtrace.sdk.otel",
     "otel_span_processor": "spendtrace.sdk.otel",
     # export (spendtrace/sdk/export/, spendtrace/sdk/config.py; the local store exporter is server-side)
     "CircuitBreaker": "spendtrace.sdk.export",
@@ -125,6 +126,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from spendtrace.sdk.export import set_circuit_breaker as set_circuit_breaker
     from spendtrace.sdk.instrument import auto_instrument as auto_instrument
     from spendtrace.sdk.instrument import uninstrument as uninstrument
+    from spendtrace.sdk.otel import otel_baggage_propagator as otel_baggage_propagator
     from spendtrace.sdk.otel import otel_span_processor as otel_span_processor
     from spendtrace.sdk.sampling import get_global_sample_rate as get_global_sample_rate
     from spendtrace.sdk.sampling import set_global_sample_rate as set_global_sample_rate

@@ -211,6 +211,23 @@ MUTANTS: tuple[Mutant, ...] = (
           "return per_service.get(service, default)"),),
         ("tests/store/test_restate_scope.py",),
     ),
+    Mutant(
+        "otlp-full-batch-dropped",
+        "the OTLP receiver's shared batcher forgets a batch that filled up (its records never sent)",
+        (("spendtrace/server/otlp/receiver.py",
+          "                out.append((batch, owners))\n"
+          "                batch, owners = producer.create_batch(), [part]",
+          "                batch, owners = producer.create_batch(), [part]"),),
+        ("tests/otlp/test_concurrent_exporters.py",),
+    ),
+    Mutant(
+        "otlp-200-before-acks",
+        "the OTLP receiver answers once its batches are submitted, not once the broker acknowledged them",
+        (("spendtrace/server/otlp/receiver.py",
+          "        for result in await asyncio.gather(*acks, return_exceptions=True):",
+          "        for result in ():"),),
+        ("tests/otlp/test_concurrent_exporters.py",),
+    ),
 )
 # ---------------------------------------------------------------------------------------------------------------
 

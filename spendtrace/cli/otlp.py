@@ -26,6 +26,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"spendtrace otlp: without a broker it writes a SQLite store; {args.store} is not one "
               "(pass --bootstrap host:port, or --db PATH)", file=sys.stderr)  # fmt: skip
         return 2
+    if args.workers > 1 and not bootstrap:
+        print("spendtrace otlp: --workers needs a broker (--bootstrap); one process writes a store",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         rules = load_rules(args.rules)
     except ConfigError as exc:
@@ -33,7 +37,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         serve(host=args.host, port=args.port, bootstrap=bootstrap or None, topic=topic, db_path=args.db, rules=rules,
-              partitions=args.partitions, max_pending=args.max_pending)  # fmt: skip
+              partitions=args.partitions, max_pending=args.max_pending, workers=args.workers,
+              compression=None if args.compression == "none" else args.compression)  # fmt: skip
     except OSError as exc:
         print(f"spendtrace otlp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -63,4 +68,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rules", default=None, metavar="FILE", help="TOML attribution rule file (docs/DEPLOYMENT.md)")
     p.add_argument("--max-pending", type=int_in(1, 10_000_000), default=50_000,
                    help="spans being delivered at once before answering 429 (default: 50000)")  # fmt: skip
+    p.add_argument("--workers", type=int_in(1, 256), default=1,
+                   help="processes serving the port, each with its own producer (needs --bootstrap; default: 1)")
+    p.add_argument("--compression", choices=("gzip", "none"), default="gzip",
+                   help="record batch compression on the topic (default: gzip; none saves the receiver's CPU)")
     p.set_defaults(handler=_run)

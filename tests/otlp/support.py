@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import urllib.error
@@ -18,6 +19,8 @@ from botocore.stub import Stubber
 from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
+
+from spendtrace.schema import decode_span
 
 #: Rates per 1M tokens / per request, from the providers' public pages, never from the price book.
 OPENAI_PRICING = "https://platform.openai.com/docs/pricing"  # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out
@@ -134,3 +137,27 @@ def json_export(spans: list[dict[str, Any]], service: str = "svc") -> bytes:
     """An OTLP/JSON export of ``spans`` from one resource."""
     resource = {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]}
     return json.dumps({"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}).encode()
+
+
+def topic_span_ids(bootstrap: str, topic: str, partitions: int = 3) -> list[str]:
+    """Every span id on the topic, read up to the end offsets (the topic is complete once every export had its 200)."""
+
+    async def run() -> list[str]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            ids: list[str] = []
+            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
+                for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                    ids.extend(decode_span(m.value).span_id for m in msgs)
+            return ids
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from support import json_export, post
+from support import json_export, post, topic_span_ids
 
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.otlp import load_rules
 from spendtrace.server.store.base import open_store
 
@@ -71,3 +72,49 @@ def test_without_a_broker_a_non_sqlite_store_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "SPENDTRACE_KAFKA_BOOTSTRAP": ""}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "--bootstrap" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_workers_share_the_port_and_stop_together(broker: EmbeddedBroker, topic_name: str, tmp_path: Path) -> None:
+    """`--workers 2`: two processes serve the port, every export is acknowledged, one Ctrl-C stops them all."""
+    cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--bootstrap", broker.bootstrap,
+           "--topic", topic_name, "--workers", "2", "--compression", "none"]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # printed once every worker is forked
+            url = re.search(r"http://\S+/v1/traces", line)
+            assert url and "2 processes" in line, f"unexpected {line!r}"
+            assert len(_children(proc.pid)) == 2
+            now = str(time.time_ns())
+            for i in range(20):
+                span = {"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "x",
+                        "startTimeUnixNano": now, "endTimeUnixNano": now}  # fmt: skip
+                assert post(url.group(0), json_export([span]), "application/json")[0] == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err
+    assert _children(proc.pid) == []
+    assert sorted(topic_span_ids(broker.bootstrap, topic_name)) == [f"{i + 1:016x}" for i in range(20)]
+
+
+def test_workers_without_a_broker_are_refused(tmp_path: Path) -> None:
+    """Several processes cannot share the one-writer store: one line, exit 2."""
+    env = {**os.environ, "SPENDTRACE_KAFKA_BOOTSTRAP": ""}
+    r = subprocess.run([sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--db", str(tmp_path / "x.db"),
+                        "--workers", "2"], capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert r.returncode == 2 and "--bootstrap" in r.stderr and "Traceback" not in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out

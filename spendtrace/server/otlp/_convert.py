@@ -102,6 +102,15 @@ class _Resource:
         self.endpoint = _clip(rules.pick("endpoint", attrs), _MAX_ENDPOINT)
 
 
+def _first(keys: tuple[str, ...], attrs: dict[str, Any]) -> str | None:
+    """``Rules.pick`` with the attribute list in hand: the first non-empty value of ``keys`` in ``attrs``."""
+    for key in keys:
+        v = attrs.get(key)
+        if v is not None and v != "":
+            return str(v)
+    return None
+
+
 def _clip(value: str | None, limit: int) -> str | None:
     if value is None or value == "":
         return None
@@ -151,7 +160,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
     out = Converted()
     nodes: dict[tuple[str, str], _Node] = {}
     order: list[_Node] = []
-    pick = rules.pick
+    fkeys, tkeys, ekeys = rules.feature, rules.tenant, rules.endpoint
     for rs in request.resource_spans:
         resource = _Resource(attributes(rs.resource.attributes), rules)
         for ss in rs.scope_spans:
@@ -164,7 +173,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
                     out.reject("span without a valid 8-byte span_id")
                     continue
                 attrs = attributes(span.attributes)
-                f, t, e = pick("feature", attrs), pick("tenant", attrs), pick("endpoint", attrs)
+                f, t, e = _first(fkeys, attrs), _first(tkeys, attrs), _first(ekeys, attrs)
                 if rules.rules:
                     found = rules.apply({**resource.attrs, **attrs})
                     f = f if f is not None else found.get("feature")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from spendtrace.schema import MAX_KEY_LEN, UsageItem
@@ -49,6 +50,15 @@ SQS_OPERATIONS: dict[str, str] = {
     "DeleteMessageBatch": "sqs_delete",
 }
 _LAMBDA_INVOKE = frozenset({"Invoke", "InvokeWithResponseStream", "InvokeAsync"})
+
+# Usage items are frozen: the ones that depend on the operation alone are made once.
+_S3_ITEMS = {op: (UsageItem(key=key, service="s3", count=1.0),) for op, key in S3_OPERATIONS.items()}
+_SQS_ITEMS = {op: (UsageItem(key=key, service="sqs", count=1.0),) for op, key in SQS_OPERATIONS.items()}
+_LAMBDA_ITEMS = (UsageItem(key="aws_lambda_request", service="lambda", count=1.0),)
+
+# The model-id tables and the capacity documents repeat from span to span: read each distinct one once.
+_price_key_for = lru_cache(maxsize=4096)(price_key_for)
+_profile_geography = lru_cache(maxsize=1024)(profile_geography)
 
 #: OTel provider names (``gen_ai.provider.name`` / ``gen_ai.system``) → ours; others are kept as sent.
 PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "aws.bedrock": "bedrock", "aws_bedrock": "bedrock",
@@ -95,7 +105,7 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
         inp -= read + write
     tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
     return UsageItem(
-        key=price_key_for(provider, model),
+        key=_price_key_for(provider, model),
         service=provider[:64],
         count=1.0,
         input_tokens=inp,
@@ -105,20 +115,32 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
         provider=provider[:64],
         model=model[:MAX_KEY_LEN] or None,
         service_tier=str(tier)[:64] if tier else None,
-        region=profile_geography(model) if provider == "bedrock" else None,
+        region=_profile_geography(model) if provider == "bedrock" else None,
     )
 
 
-def _dynamodb(attrs: Mapping[str, Any], method: str) -> list[UsageItem]:
+def _dynamodb(attrs: Mapping[str, Any], method: str) -> tuple[UsageItem, ...]:
     kind = DYNAMODB_OPERATIONS.get(method)
     if kind is None:
-        return [UsageItem(key=f"aws_dynamodb_{sanitize(method)}"[:MAX_KEY_LEN], service="dynamodb", count=1.0)]
+        return (UsageItem(key=f"aws_dynamodb_{sanitize(method)}"[:MAX_KEY_LEN], service="dynamodb", count=1.0),)
     if method == "ExecuteStatement":
         statement = str(attrs.get("aws.dynamodb.statement") or attrs.get("db.statement") or "SELECT")
         kind = "read" if statement.lstrip()[:6].upper() == "SELECT" else "write"
-    consumed: list[Any] = []
     raw = attrs.get("aws.dynamodb.consumed_capacity")
-    for entry in raw if isinstance(raw, list | tuple) else [raw] if raw is not None else []:
+    entries = tuple(raw) if isinstance(raw, list | tuple) else (raw,) if raw is not None else ()
+    if all(type(e) is str for e in entries):  # the usual form: hashable, so each distinct one is read once
+        return _capacity_items(kind, entries)
+    return _capacity(kind, entries)
+
+
+@lru_cache(maxsize=4096)
+def _capacity_items(kind: str, entries: tuple[str, ...]) -> tuple[UsageItem, ...]:
+    return _capacity(kind, entries)
+
+
+def _capacity(kind: str, entries: tuple[Any, ...]) -> tuple[UsageItem, ...]:
+    consumed: list[Any] = []
+    for entry in entries:
         try:
             doc = json.loads(entry) if isinstance(entry, str) else entry
         except ValueError:
@@ -126,22 +148,20 @@ def _dynamodb(attrs: Mapping[str, Any], method: str) -> list[UsageItem]:
         if isinstance(doc, Mapping):
             consumed.append(doc)
     units = consumed_units(consumed, kind) or {kind: 1.0}
-    return [UsageItem(key=f"dynamodb_{k}", service="dynamodb", count=float(n)) for k, n in units.items() if n > 0]
+    return tuple(UsageItem(key=f"dynamodb_{k}", service="dynamodb", count=float(n)) for k, n in units.items() if n > 0)
 
 
-def _aws(attrs: Mapping[str, Any], service: str, method: str) -> list[UsageItem]:
+def _aws(attrs: Mapping[str, Any], service: str, method: str) -> tuple[UsageItem, ...]:
     if service == "DynamoDB":
         return _dynamodb(attrs, method)
     if service == "S3":
-        key = S3_OPERATIONS.get(method)
-        return [UsageItem(key=key, service="s3", count=1.0)] if key else []
+        return _S3_ITEMS.get(method, ())
     if service == "SQS":
-        key = SQS_OPERATIONS.get(method)
-        return [UsageItem(key=key, service="sqs", count=1.0)] if key else []
+        return _SQS_ITEMS.get(method, ())
     if service == "Lambda":
-        return [UsageItem(key="aws_lambda_request", service="lambda", count=1.0)] if method in _LAMBDA_INVOKE else []
+        return _LAMBDA_ITEMS if method in _LAMBDA_INVOKE else ()
     svc = sanitize(service) or "aws"
-    return [UsageItem(key=f"aws_{svc}_{sanitize(method)}"[:MAX_KEY_LEN], service=svc[:64], count=1.0)]
+    return (UsageItem(key=f"aws_{svc}_{sanitize(method)}"[:MAX_KEY_LEN], service=svc[:64], count=1.0),)
 
 
 def usage_items(attrs: Mapping[str, Any], failed: bool) -> tuple[UsageItem, ...]:
@@ -159,4 +179,4 @@ def usage_items(attrs: Mapping[str, Any], failed: bool) -> tuple[UsageItem, ...]
     method = str(attrs.get("rpc.method") or "")
     if service == "Bedrock Runtime" or not method:
         return ()  # a Bedrock call without token attributes: nothing known to bill
-    return tuple(_aws(attrs, service or "", method))
+    return _aws(attrs, service or "", method)

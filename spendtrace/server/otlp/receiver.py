@@ -25,7 +25,7 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -61,21 +61,42 @@ class Sink(Protocol):
 
 
 class KafkaSink:
-    """Produce each span to ``topic`` (key = request id, value = ``encode_span``), waiting for every ack.
+    """Produce spans to ``topic`` (key = request id, value = ``encode_span``) and return once every one is acked.
+
+    Concurrent ``publish`` calls share record batches: each call queues its records per partition,
+    and one flusher task takes everything queued, builds one batch per partition (compressed off
+    the event loop), submits it and hands each caller the acks of the batches holding its records.
+    The producer keeps one produce request in flight per broker (aiokafka's rule), so while one is
+    out the next requests' records gather into the following batch instead of queueing behind it
+    one request at a time (the limit measured before, bench_otlp.py). ``acks=all`` is unchanged: a
+    call returns only when every batch with one of its records is acknowledged, and raises if any
+    failed or ``timeout`` passed.
 
     Connects on first use and again after any failure (the topic is created when missing), so a
     broker that is down answers 503 and the exporter's retry finds it when it is back.
     """
 
+    #: Largest record batch, uncompressed. aiokafka's default (16 KiB) cut a 500-span export into
+    #: several batches per partition, each waiting for the previous one's round trip. Below the
+    #: broker's default ``message.max.bytes`` (1 MiB) even before compression.
+    MAX_BATCH_BYTES = 512 * 1024
+
     def __init__(self, bootstrap: str, topic: str = "spendtrace.spans", *, partitions: int = 3,
-                 timeout: float = 10.0, compression_type: str | None = "gzip") -> None:  # fmt: skip
+                 timeout: float = 10.0, compression_type: str | None = "gzip",
+                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.timeout = timeout
         self.compression_type = compression_type
+        self.max_batch_bytes = max_batch_bytes
         self._producer: Any = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._partitions: list[int] = []
         self._lock = asyncio.Lock()
+        self._queued: dict[int, list[_Part]] = {}  # partition -> records waiting for the next batch
+        self._wake = asyncio.Event()
+        self._hashes: dict[bytes, int] = {}  # request id -> murmur2: once per trace, not once per span
 
     async def _get(self) -> Any:
         async with self._lock:
@@ -87,62 +108,151 @@ class KafkaSink:
                 await ensure_topics(self.bootstrap, [self.topic], partitions=self.partitions)
                 producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id="spendtrace-otlp", acks="all",
                                             linger_ms=5, compression_type=self.compression_type,
+                                            max_batch_size=self.max_batch_bytes,
                                             request_timeout_ms=int(self.timeout * 1000))  # fmt: skip
                 try:
                     await producer.start()
+                    self._partitions = sorted(await producer.partitions_for(self.topic))
                 except BaseException:
                     await producer.stop()
                     raise
                 self._producer = producer
+                self._flusher = asyncio.create_task(self._flush(producer), name="spendtrace-otlp-flush")
             return self._producer
 
     async def publish(self, spans: Sequence[Span]) -> None:
         """Send ``spans`` and wait until the broker acknowledged each one; raise if any may be missing."""
         try:
-            producer = await asyncio.wait_for(self._get(), self.timeout)
-            futures = await self._send_batches(producer, spans)
-            await asyncio.wait_for(asyncio.gather(*futures), self.timeout)
+            await asyncio.wait_for(self._publish(spans), self.timeout)
         except BaseException:
             await self.close()
             raise
 
-    async def _send_batches(self, producer: Any, spans: Sequence[Span]) -> list[Any]:
-        """One record batch per partition instead of one ``send`` per span (a measured 3x, bench_otlp.py).
+    async def _publish(self, spans: Sequence[Span]) -> None:
+        await self._get()
+        loop = asyncio.get_running_loop()
+        handoffs = []
+        for partition, records in self._place(spans).items():
+            part = _Part(records, loop.create_future())
+            self._queued.setdefault(partition, []).append(part)
+            handoffs.append(part.handoff)
+        self._wake.set()
+        acks = [ack for submitted in await asyncio.gather(*handoffs) for ack in submitted]
+        # return_exceptions: a batch the producer cancelled (another request's failure closed it) must
+        # fail this request as undelivered (503), not cancel it (a CancelledError escapes as a 500)
+        for result in await asyncio.gather(*acks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise ConnectionError(f"a batch was not acknowledged: {result!r}") from result
 
-        The partition of each span is the producer's default partitioner (murmur2 of the key, as the
-        SDK's exporter and the Java client choose it), so one request's spans share a partition.
-        """
-        from aiokafka.partitioner import DefaultPartitioner
+    def _place(self, spans: Sequence[Span]) -> dict[int, list[tuple[bytes, bytes]]]:
+        """Records by partition, as the default partitioner places them (murmur2 of the key, like the SDK's
+        exporter and the Java client), so one request's spans share a partition."""
+        from aiokafka.partitioner import murmur2
 
-        topic = self.topic
-        partitions = sorted(await producer.partitions_for(topic))
-        choose = DefaultPartitioner()
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        hashes = self._hashes
+        if len(hashes) > 100_000:
+            hashes.clear()
+        partitions = self._partitions
+        n = len(partitions)
+        out: dict[int, list[tuple[bytes, bytes]]] = {}
         for s in spans:
             key = s.request_id.encode()
-            by_partition.setdefault(choose(key, partitions, partitions), []).append((key, encode_span(s)))
-        futures = []
-        for partition, messages in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in messages:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    if batch.record_count():
-                        futures.append(await producer.send_batch(batch, topic, partition=partition))
-                        batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:  # larger than a batch
-                        futures.append(await producer.send(topic, value, key=key, partition=partition))
-            if batch.record_count():
-                futures.append(await producer.send_batch(batch, topic, partition=partition))
-        return futures
+            h = hashes.get(key)
+            if h is None:
+                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+            p = partitions[h % n]
+            records = out.get(p)
+            if records is None:
+                records = out[p] = []
+            records.append((key, encode_span(s)))
+        return out
+
+    async def _flush(self, producer: Any) -> None:
+        """Take everything queued, one batch per partition (more when full), submit, hand out the acks; repeat."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            queued, self._queued = self._queued, {}
+            try:
+                batches = [(p, *built) for p, parts in queued.items() for built in _batches(producer, parts)]
+                if self.compression_type is not None:  # zlib lets go of the GIL: compress beside the event loop
+                    await asyncio.to_thread(_build, [b for _, b, _ in batches])
+                for partition, batch, owners in batches:
+                    ack = await producer.send_batch(batch, self.topic, partition=partition)
+                    for part in owners:
+                        part.acks.append(ack)
+                for parts in queued.values():
+                    for part in parts:
+                        if not part.handoff.done():
+                            part.handoff.set_result(part.acks)
+            except BaseException as exc:  # the producer is closed next: every caller of this round gets the error
+                failure = exc if isinstance(exc, Exception) else ConnectionError("the producer was closed")
+                _fail(queued, failure)
+                if not isinstance(exc, Exception):
+                    raise
 
     async def close(self) -> None:
         """Stop the producer (a broker that is gone cannot be closed politely: errors are logged only)."""
         producer, self._producer = self._producer, None
+        flusher, self._flusher = self._flusher, None
+        queued, self._queued = self._queued, {}
+        _fail(queued, ConnectionError("the producer was closed"))
+        if flusher is not None:
+            flusher.cancel()
         if producer is not None:
             try:
                 await asyncio.wait_for(producer.stop(), 5.0)
             except (Exception, asyncio.CancelledError):
                 log.debug("closing the OTLP receiver's producer failed", exc_info=True)
+
+
+class _Part:
+    """One caller's records for one partition; ``handoff`` receives the acks of the batches holding them."""
+
+    __slots__ = ("acks", "handoff", "records")
+
+    def __init__(self, records: list[tuple[bytes, bytes]], handoff: asyncio.Future[list[Any]]) -> None:
+        self.records = records
+        self.handoff = handoff
+        self.acks: list[Any] = []
+
+
+def _batches(producer: Any, parts: list[_Part]) -> list[tuple[Any, list[_Part]]]:
+    """One partition's queued records as full batches, each with the parts it holds records of.
+
+    An empty batch takes any record (aiokafka's rule), so a span larger than a batch goes alone.
+    """
+    out: list[tuple[Any, list[_Part]]] = []
+    batch, owners = producer.create_batch(), []
+    for part in parts:
+        owners.append(part)
+        for key, value in part.records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                out.append((batch, owners))
+                batch, owners = producer.create_batch(), [part]
+                batch.append(key=key, value=value, timestamp=None)
+    if batch.record_count():
+        out.append((batch, owners))
+    return out
+
+
+def _build(batches: list[Any]) -> None:
+    """Build (so compress) record batches in a worker thread; the sender then sends the bytes as they are.
+
+    ``BatchBuilder._build`` is what aiokafka's sender calls on the event loop; it builds once and
+    keeps the bytes. With an aiokafka that lacks it, the sender builds as before.
+    """
+    for b in batches:
+        build = getattr(b, "_build", None)
+        if build is not None:
+            build()
+
+
+def _fail(queued: dict[int, list[_Part]], exc: BaseException) -> None:
+    for parts in queued.values():
+        for part in parts:
+            if not part.handoff.done():
+                part.handoff.set_exception(exc)
 
 
 class StoreSink:
@@ -336,16 +446,63 @@ class Receiver:
 
 
 def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: str | None, rules: Rules,
-          partitions: int = 3, max_pending: int = 50_000) -> None:  # fmt: skip
-    """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``."""
+          partitions: int = 3, max_pending: int = 50_000, workers: int = 1,
+          compression: str | None = "gzip") -> None:  # fmt: skip
+    """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``.
+
+    ``workers`` > 1 (Kafka only) forks that many processes serving the one listening socket, each
+    with its own producer: the receiver is CPU-bound in Python (decode and conversion), so this is
+    how it uses more than one core. ``max_pending`` applies per process.
+    """
     sink: Sink
     if bootstrap:
-        sink = KafkaSink(bootstrap, topic, partitions=partitions)
+        sink = KafkaSink(bootstrap, topic, partitions=partitions, compression_type=compression)
         where = f"topic {topic} at {bootstrap}"
     else:
-        assert db_path is not None
+        assert db_path is not None and workers == 1, "one process writes the store"
         sink = StoreSink(db_path)
         where = f"the store {db_path}"
     receiver = Receiver(sink, host=host, port=port, rules=rules, max_pending=max_pending)
-    print(f"OTLP/HTTP receiver on {receiver.url} -> {where}; Ctrl-C stops it", flush=True)
-    receiver.run()
+    if workers == 1:
+        print(f"OTLP/HTTP receiver on {receiver.url} -> {where}; Ctrl-C stops it", flush=True)
+        receiver.run()
+        return
+    children = _fork(receiver, workers)
+    print(f"OTLP/HTTP receiver on {receiver.url} -> {where}, {workers} processes; Ctrl-C stops it", flush=True)
+    _supervise(children)
+    receiver.socket.close()
+
+
+def _fork(receiver: Receiver, workers: int) -> list[int]:
+    """Fork ``workers`` processes that serve ``receiver``'s socket (no event loop or thread runs yet here)."""
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own process group, so a terminal's Ctrl-C reaches it once, from the parent
+            code = 1
+            try:
+                os.setpgid(0, 0)
+                receiver.run()
+                code = 0
+            finally:
+                os._exit(code)
+        children.append(pid)
+    return children
+
+
+def _supervise(children: list[int]) -> None:
+    """Pass SIGINT / SIGTERM on to the workers and wait for all of them to finish their requests and exit."""
+    import signal
+
+    def forward(signum: int, frame: object) -> None:
+        for pid in children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for pid in children:
+            os.waitpid(pid, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
