@@ -35,6 +35,7 @@ __all__ = [
     "apply_retention_chunk",
     "get_retention",
     "grain_statements",
+    "read_retention_facts",
     "set_retention",
 ]
 
@@ -90,6 +91,13 @@ _SELECT_POLICY = "SELECT key, value FROM meta WHERE key LIKE 'retention.%'"
 def get_retention(conn: sqlite3.Connection) -> RetentionPolicy:
     """The stored policy (defaults for anything never set)."""
     return _policy_from(conn.execute(_SELECT_POLICY).fetchall())
+
+
+def read_retention_facts(conn: sqlite3.Connection) -> tuple[int, int | None]:
+    """(raw-span retention in ns, newest stored span start or None): the policy and one index seek."""
+    policy = _policy_from(conn.execute(_SELECT_POLICY).fetchall())
+    (newest,) = conn.execute("SELECT max(start_ns) FROM spans").fetchone()
+    return policy.raw_data_days * _DAY_NS, None if newest is None else int(newest)
 
 
 _Query = tuple[str, tuple[Any, ...]]

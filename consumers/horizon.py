@@ -1,0 +1,39 @@
+"""Which "now" retention uses, and the oldest span start a worker still stores (issue #15, item 5).
+
+Two rules, both from the store's ``RetentionFacts`` (the raw-span retention and the newest stored
+span start) and the worker's clock:
+
+- **Retention never runs ahead of the data.** A round is dated ``min(clock, newest stored start +
+  NOW_MARGIN_NS)``: a worker whose clock jumps to 2100 deletes nothing a correct clock would keep
+  (an idle store keeps its raw spans a little longer instead, which loses nothing).
+- **A span older than the raw horizon is a dead letter.** Its stored copy may have been deleted by
+  retention (the rollups still count it), so storing it again could count it twice, and nothing
+  can tell. The horizon is the retention "now" above minus the raw retention, plus
+  ``HORIZON_MARGIN_NS``: every cutoff a round has applied is older, as long as the workers' clocks
+  agree within that margin and the raw retention was not lengthened since spans were deleted.
+"""
+
+from __future__ import annotations
+
+from spendtrace.server.model.ingest import RetentionFacts
+
+__all__ = ["HORIZON_MARGIN_NS", "NOW_MARGIN_NS", "ingest_horizon_ns", "retention_now_ns"]
+
+#: How far past the newest stored span start a retention round may be dated.
+NOW_MARGIN_NS = 86_400 * 10**9
+
+#: Spans this much younger than the raw retention cutoff are refused too (clock skew between workers,
+#: a round starting while a batch is written).
+HORIZON_MARGIN_NS = 3_600 * 10**9
+
+
+def retention_now_ns(clock_ns: int, facts: RetentionFacts) -> int:
+    """The "now" a retention round uses: the clock, but never past the newest stored span + ``NOW_MARGIN_NS``."""
+    if facts.newest_start_ns is None:
+        return clock_ns
+    return min(clock_ns, facts.newest_start_ns + NOW_MARGIN_NS)
+
+
+def ingest_horizon_ns(clock_ns: int, facts: RetentionFacts) -> int:
+    """The oldest span start stored: anything older may have had a copy deleted by retention."""
+    return retention_now_ns(clock_ns, facts) - facts.raw_keep_ns + HORIZON_MARGIN_NS
