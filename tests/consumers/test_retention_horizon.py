@@ -103,7 +103,7 @@ async def test_spans_older_than_the_raw_retention_sent_again_are_dead_letters_no
 async def test_a_worker_clock_that_jumps_to_2100_deletes_no_history(
     broker: EmbeddedBroker, topic_name: str, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Retention is dated no later than the newest stored span + 1 day: a clock in 2100 keeps every raw span, says so."""
+    """Retention is dated no later than the newest stored span + 1 day: a clock in 2100 keeps every raw span."""
     caplog.set_level(logging.INFO, logger="consumers.worker")
     real = time.time_ns()
     clock = [real]
