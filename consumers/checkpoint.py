@@ -39,10 +39,10 @@ from aiokafka.errors import KafkaError
 from consumers.config import WorkerConfig
 from consumers.dlq import DeadLetter, publish_dead_letters
 from consumers.histogram import Histogram
-from consumers.horizon import ingest_horizon_ns
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
 from spendtrace.schema import EARLIEST_START_NS, Span, decode_span
+from spendtrace.server.ingest.horizon import aged_reason, ingest_horizon_ns
 from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
 from spendtrace.server.model.ingest import PartitionOffsets, PreparedBatch, RetentionFacts, StagedBatch, WriteResult
 from spendtrace.server.store.base import AsyncIngestStore
@@ -450,11 +450,7 @@ def _implausible(start_ns: int, latest_ns: int, horizon_ns: int = EARLIEST_START
     if start_ns < EARLIEST_START_NS:
         return f"implausible start time: start_ns={start_ns} is before 2000-01-01 (the producer's clock is wrong)"
     if start_ns < horizon_ns:
-        return (
-            f"older than the raw-span retention horizon: start_ns={start_ns} is "
-            f"{(horizon_ns - start_ns) / 3.6e12:,.1f} h before {horizon_ns} (raw spans that old may have been "
-            "deleted by retention, so a copy stored before cannot be recognised and would be counted twice)"
-        )
+        return aged_reason(start_ns, horizon_ns)
     if start_ns > latest_ns:
         ahead = (start_ns - latest_ns + MAX_CLOCK_AHEAD_NS) / 3.6e12
         return (

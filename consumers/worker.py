@@ -24,9 +24,9 @@ from consumers.checkpoint import CRASH_ENV, Batch, Checkpoint, CrashPoints
 from consumers.config import WorkerConfig
 from consumers.histogram import Histogram
 from consumers.hooks import HookRunner, PostCommitHook
-from consumers.horizon import NOW_MARGIN_NS, retention_now_ns
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
+from spendtrace.server.ingest.horizon import NOW_MARGIN_NS, retention_now_ns
 from spendtrace.server.runtime import tune_gc
 from spendtrace.server.store.base import AsyncIngestStore, open_ingest_store_async
 from spendtrace.server.topics import ensure_topics

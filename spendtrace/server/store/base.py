@@ -697,7 +697,7 @@ class IngestStore(Protocol):
 
         A worker dates retention with them (never past the newest span plus a margin, whatever its
         clock says) and refuses spans older than the raw horizon: their stored copy may have been
-        deleted, so storing them again could count them twice (``consumers.horizon``).
+        deleted, so storing them again could count them twice (``server.ingest.horizon``).
         """
         ...
 

@@ -1,7 +1,7 @@
 """Which "now" retention uses, and the oldest span start a worker still stores (issue #15, item 5).
 
 Two rules, both from the store's ``RetentionFacts`` (the raw-span retention and the newest stored
-span start) and the worker's clock:
+span start) and the writer's clock (a worker's, or the app's in local mode); pure, no I/O:
 
 - **Retention never runs ahead of the data.** A round is dated ``min(clock, newest stored start +
   NOW_MARGIN_NS)``: a worker whose clock jumps to 2100 deletes nothing a correct clock would keep
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from spendtrace.server.model.ingest import RetentionFacts
 
-__all__ = ["HORIZON_MARGIN_NS", "NOW_MARGIN_NS", "ingest_horizon_ns", "retention_now_ns"]
+__all__ = ["HORIZON_MARGIN_NS", "NOW_MARGIN_NS", "aged_reason", "ingest_horizon_ns", "retention_now_ns"]
 
 #: How far past the newest stored span start a retention round may be dated.
 NOW_MARGIN_NS = 86_400 * 10**9
@@ -37,3 +37,12 @@ def retention_now_ns(clock_ns: int, facts: RetentionFacts) -> int:
 def ingest_horizon_ns(clock_ns: int, facts: RetentionFacts) -> int:
     """The oldest span start stored: anything older may have had a copy deleted by retention."""
     return retention_now_ns(clock_ns, facts) - facts.raw_keep_ns + HORIZON_MARGIN_NS
+
+
+def aged_reason(start_ns: int, horizon_ns: int) -> str:
+    """The dead letter's reason for a span starting before ``horizon_ns``."""
+    return (
+        f"older than the raw-span retention horizon: start_ns={start_ns} is "
+        f"{(horizon_ns - start_ns) / 3.6e12:,.1f} h before {horizon_ns} (raw spans that old may have been "
+        "deleted by retention, so a copy stored before cannot be recognised and would be counted twice)"
+    )
