@@ -168,7 +168,7 @@ class LocalStoreExporter:
         """The store's retention facts (opening it if needed), read before each batch is prepared."""
         with self._lock:
             if self._store is not None and self._file_identity() != self._identity:
-                self._reopen("before reading the retention policy")
+                self._reopen("before writing a batch")
             return self._open().retention_facts()
 
     def _retention_chunk(self, store: IngestStore) -> None:
