@@ -98,16 +98,16 @@ class LocalStoreExporter:
         if not spans:
             return
         from spendtrace.schema import EARLIEST_START_NS
-        from spendtrace.server.ingest.horizon import aged_reason, ingest_horizon_ns
+        from spendtrace.server.ingest.horizon import aged_reason, applied_horizon_ns
         from spendtrace.server.ingest.prepare import prepare_isolating
         from spendtrace.server.pricing import current_book
 
         # A span dated before 2000 means this host's clock is wrong (the only clock in local mode): kept
         # as a dead letter, not stored where the next retention run would delete it unseen. One older than
-        # the raw retention horizon (a spill replayed after a long outage) may have had its stored copy
-        # deleted by retention: stored again, it would be counted twice (the workers' rule).
+        # the raw-span cutoff retention has applied (a spill replayed after a long outage) may have had its
+        # stored copy deleted: stored again, it would be counted twice (``server.ingest.horizon``).
         total = len(spans)
-        horizon = ingest_horizon_ns(time.time_ns(), self._facts())
+        horizon = applied_horizon_ns(self._facts()) or EARLIEST_START_NS
         lowest = max(EARLIEST_START_NS, horizon)
         early = [s for s in spans if s.start_ns < lowest]
         if early:

@@ -50,3 +50,17 @@ def test_retention_facts_name_the_raw_retention_and_the_newest_span(name: str, t
         assert _facts(name, backend.url) == RetentionFacts(7 * DAY_NS, max(s.start_ns for s in spans))
     finally:
         store.close()
+
+
+def test_sqlite_records_the_raw_cutoff_a_retention_chunk_applied(tmp_path: Path) -> None:
+    """The cutoff is stored with the deletes it dates and only moves forward (the local exporter's horizon)."""
+    url = f"sqlite:///{tmp_path / 'facts.db'}"
+    store = open_ingest_store(url)
+    try:
+        now = 1_800_000_000 * 10**9
+        assert store.retention_chunk(now, 1_000).done
+        assert store.retention_facts().applied_cutoff_ns == now - 30 * DAY_NS
+        assert store.retention_chunk(now - DAY_NS, 1_000).done  # an earlier "now" never moves it back
+        assert store.retention_facts().applied_cutoff_ns == now - 30 * DAY_NS
+    finally:
+        store.close()

@@ -11,13 +11,26 @@ span start) and the writer's clock (a worker's, or the app's in local mode); pur
   can tell. The horizon is the retention "now" above minus the raw retention, plus
   ``HORIZON_MARGIN_NS``: every cutoff a round has applied is older, as long as the workers' clocks
   agree within that margin and the raw retention was not lengthened since spans were deleted.
+
+The local exporter (no broker; it applies retention itself, between its own batches, under one
+lock) uses the cutoff retention has actually applied instead (``applied_horizon_ns``): a span newer
+than every cutoff applied so far cannot have had a copy deleted, so it is accepted, first arrival
+or not; this keeps a backfill of old spans into a fresh local store working (the README's
+reconciliation example), and refuses them once retention has run past them.
 """
 
 from __future__ import annotations
 
 from spendtrace.server.model.ingest import RetentionFacts
 
-__all__ = ["HORIZON_MARGIN_NS", "NOW_MARGIN_NS", "aged_reason", "ingest_horizon_ns", "retention_now_ns"]
+__all__ = [
+    "HORIZON_MARGIN_NS",
+    "NOW_MARGIN_NS",
+    "aged_reason",
+    "applied_horizon_ns",
+    "ingest_horizon_ns",
+    "retention_now_ns",
+]
 
 #: How far past the newest stored span start a retention round may be dated.
 NOW_MARGIN_NS = 86_400 * 10**9
@@ -37,6 +50,11 @@ def retention_now_ns(clock_ns: int, facts: RetentionFacts) -> int:
 def ingest_horizon_ns(clock_ns: int, facts: RetentionFacts) -> int:
     """The oldest span start stored: anything older may have had a copy deleted by retention."""
     return retention_now_ns(clock_ns, facts) - facts.raw_keep_ns + HORIZON_MARGIN_NS
+
+
+def applied_horizon_ns(facts: RetentionFacts) -> int | None:
+    """The oldest span start a writer that dates and runs retention itself stores: the latest cutoff applied."""
+    return facts.applied_cutoff_ns
 
 
 def aged_reason(start_ns: int, horizon_ns: int) -> str:

@@ -142,6 +142,8 @@ class RetentionFacts(NamedTuple):
     raw_keep_ns: int
     #: the newest start of a stored raw span (None when none is stored)
     newest_start_ns: int | None
+    #: the latest raw-span cutoff a retention chunk has applied (None: never, or not recorded by this backend)
+    applied_cutoff_ns: int | None = None
 
 
 class RetentionProgress(NamedTuple):

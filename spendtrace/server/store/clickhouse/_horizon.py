@@ -17,6 +17,9 @@ _DAY_NS = 86_400 * 1_000_000_000
 def read_retention_facts(conn: Conn) -> RetentionFacts:
     """The stored raw-span retention (ns) and the newest stored span start (None when ``spans`` is empty).
 
+    The cutoff retention applied is not recorded on ClickHouse yet (``applied_cutoff_ns`` None): the
+    workers' horizon does not need it; the local exporter, which does, writes SQLite only.
+
     ``max`` of an empty table is 0 in ClickHouse, hence the count beside it; ``start_ns`` leads the
     primary key, so this reads one mark per part.
     """
