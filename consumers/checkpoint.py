@@ -48,8 +48,16 @@ from consumers.histogram import Histogram
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
 from spendtrace.schema import EARLIEST_START_NS, Span, decode_span
+from spendtrace.server.ingest.horizon import aged_reason, ingest_horizon_ns
 from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
-from spendtrace.server.model.ingest import BatchSummary, PartitionOffsets, PreparedBatch, StagedBatch, WriteResult
+from spendtrace.server.model.ingest import (
+    BatchSummary,
+    PartitionOffsets,
+    PreparedBatch,
+    RetentionFacts,
+    StagedBatch,
+    WriteResult,
+)
 from spendtrace.server.store.base import AsyncIngestStore
 
 __all__ = ["CRASH_ENV", "EARLIEST_START_NS", "MAX_CLOCK_AHEAD_NS", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
@@ -142,8 +150,13 @@ class Checkpoint:
         stats: WorkerStats,
         commit_seconds: Histogram,
         crash: CrashPoints | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.config = config
+        #: this worker's wall clock (epoch ns), the authority for dating spans; tests inject one
+        self.clock = clock
+        #: the store's retention facts as last read (``refresh_facts``); None: no horizon known yet
+        self.facts: RetentionFacts | None = None
         self.consumer = consumer
         self.producer = producer
         self.store = store
@@ -283,11 +296,13 @@ class Checkpoint:
             nxt = records[-1].offset + 1
             offsets.append(PartitionOffsets(group, tp.topic, tp.partition, records[0].offset, nxt))
             commit[tp] = nxt
-        hi = time.time_ns() + MAX_CLOCK_AHEAD_NS
+        clock = self.clock()
+        hi = clock + MAX_CLOCK_AHEAD_NS
+        horizon = EARLIEST_START_NS if self.facts is None else ingest_horizon_ns(clock, self.facts)
         starts = [s.start_ns for s in spans]  # min / max in C: about 1 ms per 20,000 spans
-        if starts and (min(starts) < EARLIEST_START_NS or max(starts) > hi):
-            log.warning("batch has spans with implausible start times; dead-lettering them one by one")
-            prepared, spans = self._isolate(data, dead, hi)
+        if starts and (min(starts) < max(EARLIEST_START_NS, horizon) or max(starts) > hi):
+            log.warning("batch has spans with implausible or aged start times; dead-lettering them one by one")
+            prepared, spans = self._isolate(data, dead, hi, horizon)
             return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
         try:
             prepared = prepare_batch(spans, self.book)
@@ -296,16 +311,17 @@ class Checkpoint:
                 log.warning("batch has spans that cannot be stored (%s); dead-lettering them one by one", exc)
             else:
                 log.exception("pricing the batch failed; isolating the span(s) responsible")
-            prepared, spans = self._isolate(data, dead, hi)
+            prepared, spans = self._isolate(data, dead, hi, horizon)
         return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
 
     def _isolate(
-        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter], latest_ns: int
+        self, data: dict[TopicPartition, list[Any]], dead: list[DeadLetter], latest_ns: int, horizon_ns: int
     ) -> tuple[PreparedBatch, list[Span]]:
         """Prepare the batch without the spans that cannot be dated, priced or stored; each becomes a dead letter.
 
         The reason says why (``implausible start time: ...``, ``cannot be stored: span 'x' costs ...``);
-        the rest of the batch is stored. ``latest_ns``: the latest start accepted (see ``_implausible``).
+        the rest of the batch is stored. ``latest_ns``: the latest start accepted, ``horizon_ns`` the
+        oldest (see ``_implausible``).
         """
         decoded: list[tuple[Span, TopicPartition, Any]] = []
         for tp, records in data.items():
@@ -314,7 +330,7 @@ class Checkpoint:
                     span = decode_span(r.value)
                 except Exception:
                     continue  # already a dead letter
-                why = _implausible(span.start_ns, latest_ns)
+                why = _implausible(span.start_ns, latest_ns, horizon_ns)
                 if why is not None:
                     dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, why))
                 else:
@@ -378,6 +394,11 @@ class Checkpoint:
         st.last_commit_ns = time.time_ns()
 
     # -- 5. seek on rebalance ----------------------------------------------------------------------
+
+    async def refresh_facts(self) -> RetentionFacts:
+        """Read the store's retention facts again (the ingest horizon moves with them and the clock)."""
+        self.facts = await self.store.retention_facts()
+        return self.facts
 
     def revoke(self) -> None:
         """Partitions are being taken away: batches fetched or prepared before now are dropped."""
@@ -500,10 +521,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await cp.seek(assigned)
 
 
-def _implausible(start_ns: int, latest_ns: int) -> str | None:
-    """Why a span starting at ``start_ns`` cannot be dated (the dead letter's reason), or None."""
+def _implausible(start_ns: int, latest_ns: int, horizon_ns: int = EARLIEST_START_NS) -> str | None:
+    """Why a span starting at ``start_ns`` cannot be stored by its date (the dead letter's reason), or None."""
     if start_ns < EARLIEST_START_NS:
         return f"implausible start time: start_ns={start_ns} is before 2000-01-01 (the producer's clock is wrong)"
+    if start_ns < horizon_ns:
+        return aged_reason(start_ns, horizon_ns)
     if start_ns > latest_ns:
         ahead = (start_ns - latest_ns + MAX_CLOCK_AHEAD_NS) / 3.6e12
         return (

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -25,6 +26,7 @@ from consumers.histogram import Histogram
 from consumers.hooks import HookRunner, PostCommitHook
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
+from spendtrace.server.ingest.horizon import NOW_MARGIN_NS, retention_now_ns
 from spendtrace.server.runtime import tune_gc
 from spendtrace.server.store.base import AsyncIngestStore, open_ingest_store_async
 from spendtrace.server.topics import ensure_topics
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a client shutdown may take before the worker moves on without it.
 _KAFKA_TIMEOUT = 10.0
+
+#: Seconds between two reads of the store's retention facts (the ingest horizon) while batches flow.
+FACTS_REFRESH_S = 1.0
 
 #: First and longest wait between two attempts to reach the bootstrap servers at start-up.
 BOOTSTRAP_BACKOFF = (0.5, 30.0)
@@ -49,8 +54,18 @@ class Worker:
     priced while batch N is written (for SQLite, in the store's writer process, on another core).
     """
 
-    def __init__(self, config: WorkerConfig, *, book: Any = None, hook_queue: int = 256) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        book: Any = None,
+        hook_queue: int = 256,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.config = config
+        #: the wall clock (epoch ns) dating spans and retention; tests inject one
+        self.clock = clock
+        self._facts_read = 0.0
         self.stats = WorkerStats()
         self._book = book
         self._hooks = HookRunner(hook_queue)
@@ -124,7 +139,10 @@ class Worker:
             stats=self.stats,
             commit_seconds=self.commit_seconds,
             crash=CrashPoints(os.environ.get(CRASH_ENV)),
+            clock=self.clock,
         )
+        await self._checkpoint.refresh_facts()
+        self._facts_read = time.monotonic()
         self._next_retention = time.monotonic() + min(5.0, cfg.retention_interval_s)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="spendtrace-writer")
         await self._consumer.start()
@@ -211,7 +229,11 @@ class Worker:
         assert checkpoint is not None, "start() first"
         if self._failure is not None:
             raise self._failure
-        batch = await checkpoint.prepare(await checkpoint.fetch())  # steps 1 and 2
+        fetched = await checkpoint.fetch()  # step 1
+        if fetched.records and time.monotonic() - self._facts_read >= FACTS_REFRESH_S:
+            await checkpoint.refresh_facts()
+            self._facts_read = time.monotonic()
+        batch = await checkpoint.prepare(fetched)  # step 2
         if batch is None:
             return 0
         await self._queue.put(batch)
@@ -269,7 +291,7 @@ class Worker:
         if store is None:
             return
         if self._retention_now_ns is None:
-            self._retention_now_ns = time.time_ns()
+            self._retention_now_ns = await self._round_now(store)
         until = time.monotonic() + budget_s
         limit = self.config.retention_chunk_rows
         while not self._stopping.is_set():
@@ -285,6 +307,36 @@ class Worker:
                 return
             if not self._queue.empty() and time.monotonic() >= until:
                 return  # a batch is waiting and this one's share is spent
+
+    async def _round_now(self, store: AsyncIngestStore) -> int:
+        """The "now" of a new retention round: the clock, never past the newest stored span + 1 day.
+
+        One line says so when the clock is ahead of that: INFO for an idle store, ERROR when the
+        clock is ahead of the data by more than the raw retention (it would have deleted every raw
+        span: a clock that jumped).
+        """
+        facts = await store.retention_facts()
+        if self._checkpoint is not None:  # the ingest horizon never lags a round this worker dates
+            self._checkpoint.facts = facts
+        clock = self.clock()
+        now = retention_now_ns(clock, facts)
+        if now < clock and facts.newest_start_ns is not None:
+            ahead_h = (clock - facts.newest_start_ns) / 3.6e12
+            if clock - facts.newest_start_ns > facts.raw_keep_ns:
+                log.error(
+                    "this worker's clock (%d) is %.1f h ahead of the newest stored span, more than the raw "
+                    "retention: retention is dated %d (the newest span + %d h) instead, so it deletes no history; "
+                    "check this host's clock (NTP)",
+                    clock,
+                    ahead_h,
+                    now,
+                    NOW_MARGIN_NS // 3_600_000_000_000,
+                )
+            else:
+                log.info(
+                    "retention dated %d, the newest stored span + 1 day (the store is idle for %.1f h)", now, ahead_h
+                )
+        return now
 
 
 def load_price_book(prices_file: str | None) -> Any:

@@ -86,7 +86,9 @@ class ExporterStats:
     user owns them (or their directory), or others can write to them (each is logged).
     ``spill_lost_frames`` / ``spill_lost_spans``: spill frames given up on replay because they were
     damaged (a flipped byte, a torn write), and the spans their headers say they held (a damaged
-    header does not say; each loss is logged with the file and byte range).
+    header does not say; each loss is logged with the file and byte range). ``lost_at_crash``:
+    spans an earlier process using the same spill directory held in memory when it was killed
+    (SIGKILL, out of memory), counted when this configuration started (a lower bound; logged).
     """
 
     recorded: int = 0
@@ -103,6 +105,7 @@ class ExporterStats:
     spill_refused: int = 0
     spill_lost_frames: int = 0
     spill_lost_spans: int = 0
+    lost_at_crash: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +385,7 @@ def get_stats() -> ExporterStats:
         spill_refused=c.spill_refused,
         spill_lost_frames=c.spill_lost_frames,
         spill_lost_spans=c.spill_lost_spans,
+        lost_at_crash=c.lost_at_crash,
     )
 
 

@@ -23,11 +23,13 @@ SDK_COUNTERS = {
     "spill_refused": "spendtrace_exporter_spill_refused",
     "spill_lost_frames": "spendtrace_exporter_spill_lost_frames",
     "spill_lost_spans": "spendtrace_exporter_spill_lost_spans",
+    "lost_at_crash": "spendtrace_exporter_lost_at_crash",
 }
 _HELP = {
     "spill_refused": "Spill files never replayed: another user owns them or their directory, or others can write them.",
     "spill_lost_frames": "Spill frames given up on replay because they were damaged (bad CRC, torn write).",
     "spill_lost_spans": "Spans in damaged spill frames given up on replay (as far as their headers tell).",
+    "lost_at_crash": "Spans an earlier process held in memory when it was killed (a lower bound, counted at start).",
 }
 
 

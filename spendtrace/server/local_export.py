@@ -26,7 +26,7 @@ from spendtrace.schema import Span
 
 if TYPE_CHECKING:
     from spendtrace.server.alerts.local import LocalAlerts
-    from spendtrace.server.model.ingest import DeadLetter
+    from spendtrace.server.model.ingest import DeadLetter, RetentionFacts
     from spendtrace.server.store.base import IngestStore
 
 __all__ = ["LOCAL_DEAD_LETTER_TOPIC", "LocalStoreExporter"]
@@ -98,18 +98,25 @@ class LocalStoreExporter:
         if not spans:
             return
         from spendtrace.schema import EARLIEST_START_NS
+        from spendtrace.server.ingest.horizon import aged_reason, applied_horizon_ns
         from spendtrace.server.ingest.prepare import prepare_isolating
         from spendtrace.server.pricing import current_book
 
         # A span dated before 2000 means this host's clock is wrong (the only clock in local mode): kept
-        # as a dead letter, not stored where the next retention run would delete it unseen.
+        # as a dead letter, not stored where the next retention run would delete it unseen. One older than
+        # the raw-span cutoff retention has applied (a spill replayed after a long outage) may have had its
+        # stored copy deleted: stored again, it would be counted twice (``server.ingest.horizon``).
         total = len(spans)
-        early = [s for s in spans if s.start_ns < EARLIEST_START_NS]
+        horizon = applied_horizon_ns(self._facts()) or EARLIEST_START_NS
+        lowest = max(EARLIEST_START_NS, horizon)
+        early = [s for s in spans if s.start_ns < lowest]
         if early:
-            spans = [s for s in spans if s.start_ns >= EARLIEST_START_NS]
+            spans = [s for s in spans if s.start_ns >= lowest]
         batch, rejected = prepare_isolating(spans, current_book())
         why = "implausible start time: start_ns={} is before 2000-01-01 (this host's clock is wrong)"
-        rejected += [(len(spans) + i, why.format(s.start_ns)) for i, s in enumerate(early)]
+        for i, s in enumerate(early):
+            late = s.start_ns >= EARLIEST_START_NS
+            rejected.append((len(spans) + i, aged_reason(s.start_ns, horizon) if late else why.format(s.start_ns)))
         dead = _dead_letters([*spans, *early], rejected)
         with self._lock:
             if self._store is not None and self._file_identity() != self._identity:
@@ -157,6 +164,13 @@ class LocalStoreExporter:
             self._identity = self._file_identity()
         return self._store
 
+    def _facts(self) -> RetentionFacts:
+        """The store's retention facts (opening it if needed), read before each batch is prepared."""
+        with self._lock:
+            if self._store is not None and self._file_identity() != self._identity:
+                self._reopen("before writing a batch")
+            return self._open().retention_facts()
+
     def _retention_chunk(self, store: IngestStore) -> None:
         """One chunk of the retention round in progress, or start one when it is due (never raises).
 
@@ -167,7 +181,13 @@ class LocalStoreExporter:
         if self._retention_now_ns is None:
             if now < self._next_retention:
                 return
-            self._retention_now_ns = time.time_ns()
+            from spendtrace.server.ingest.horizon import retention_now_ns
+
+            try:  # never dated past the newest stored span + 1 day: a clock that jumps deletes no history
+                self._retention_now_ns = retention_now_ns(time.time_ns(), store.retention_facts())
+            except Exception as exc:
+                log.info("spendtrace: retention round not started, retried after a later batch: %s", exc)
+                return
         try:
             done = store.retention_chunk(self._retention_now_ns, self.retention_chunk_rows).done
         except Exception as exc:  # busy (a worker or another app holds the store) or failing: retried later

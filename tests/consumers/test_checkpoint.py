@@ -22,6 +22,7 @@ from spendtrace.server.model.ingest import (
     DeadLetter,
     PartitionOffsets,
     PreparedBatch,
+    RetentionFacts,
     RetentionProgress,
     StagedBatch,
     WriteResult,
@@ -137,6 +138,9 @@ class MemoryIngestStore:
 
     async def retention_chunk(self, now_ns: int, limit: int) -> RetentionProgress:
         return RetentionProgress(0, True)
+
+    async def retention_facts(self) -> RetentionFacts:
+        return RetentionFacts(30 * 86_400 * 10**9, None)
 
     async def close(self) -> None:
         pass

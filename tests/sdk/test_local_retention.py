@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from consumers.testing import make_spans
+from spendtrace import SQLiteStorage
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.local_export import LocalStoreExporter
 from spendtrace.server.pricing import current_book
@@ -19,9 +20,17 @@ def test_the_local_exporter_ages_out_raw_spans_and_keeps_the_daily_totals(tmp_pa
     db = tmp_path / "cost.db"
     old = make_spans(200, seed=70, start_ns=time.time_ns() - 40 * DAY_NS)
     new = make_spans(100, seed=71)
+    with SQLiteStorage(db) as st:  # kept 60 days when they arrive (at 30, they would be refused as aged)
+        st.set_retention(raw_data_days=60)
+    first = LocalStoreExporter(db, alerts=False)
+    try:
+        first.export(old)
+    finally:
+        first.shutdown()
+    with SQLiteStorage(db) as st:
+        st.set_retention(raw_data_days=30)
     exporter = LocalStoreExporter(db, alerts=False, retention_chunk_rows=50)
     try:
-        exporter.export(old)
         for i in range(0, len(new), 10):  # a chunk of at most 50 rows per batch: the round spans several batches
             exporter.export(new[i : i + 10])
     finally:
@@ -32,3 +41,30 @@ def test_the_local_exporter_ages_out_raw_spans_and_keeps_the_daily_totals(tmp_pa
         day_cost = conn.execute("SELECT sum(cost_nano) FROM rollup_day WHERE service = ''").fetchone()[0]
     assert day_cost == prepare_batch(old + new, book).cost_nano
     assert exporter.retention_runs == 1
+
+
+def test_local_spans_older_than_the_raw_horizon_sent_again_are_dead_letters_not_counted_twice(tmp_path: Path) -> None:
+    """Stored, aged out by a shorter policy, sent again (a spill replayed late): refused with the reason, totals kept.
+
+    Before, the local exporter stored them again and the day rollups counted them twice.
+    """
+    db = tmp_path / "cost.db"
+    old = make_spans(100, seed=72, start_ns=time.time_ns() - 10 * DAY_NS)
+    exporter = LocalStoreExporter(db, alerts=False, retention_interval_s=0.0)
+    try:
+        exporter.export(old)
+        with SQLiteStorage(db) as st:
+            st.set_retention(raw_data_days=5)
+        exporter.export(make_spans(10, seed=73))  # its retention round deletes the old raw spans
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 10
+            before = conn.execute("SELECT sum(cost_nano) FROM rollup_day WHERE service = ''").fetchone()[0]
+        exporter.export(old)
+    finally:
+        exporter.shutdown()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 10
+        assert conn.execute("SELECT sum(cost_nano) FROM rollup_day WHERE service = ''").fetchone()[0] == before
+        reasons = [r for (r,) in conn.execute("SELECT reason FROM dead_letters")]
+    assert len(reasons) == 100 and all(r.startswith("older than the raw-span retention horizon") for r in reasons)
+    assert exporter.dead_lettered == 100

@@ -9,6 +9,9 @@ room: the spill is full or unwritable, or the app records faster than the spill 
 spans off the buffer (a tight recording loop holds the GIL, which the spill thread gets back only
 at the interpreter's switch interval after each of its system calls). Every drop is counted and
 logged.
+
+What a SIGKILL takes with it (the buffer) is counted by the next process using the spill directory:
+each processor keeps a small crash record there (``_pending``), rewritten when spans leave the buffer.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from spendtrace.schema import Span
 from spendtrace.sdk.export._base import SpanExporter
 from spendtrace.sdk.export._breaker import CircuitBreaker, get_circuit_breaker
+from spendtrace.sdk.export._pending import PendingRecord, reap
 from spendtrace.sdk.export._spill import SpillFull, SpillStore
 
 __all__ = ["BatchProcessor", "Counters", "default_spill_dir"]
@@ -64,6 +68,7 @@ class Counters:
     spill_refused: int = 0
     spill_lost_frames: int = 0
     spill_lost_spans: int = 0
+    lost_at_crash: int = 0
 
 
 class _RateLimited:
@@ -136,9 +141,57 @@ class BatchProcessor:
         self._warn_spill = _RateLimited()
         self._stopped = False
         self._close_exporter = True
+        self.lost_at_crash = self._reap_dead()
+        self._record = self._open_record()
         self._init_runtime()
         _live.add(self)
         self._start_threads()
+
+    # ---- the crash record (``_pending``) -------------------------------------------------------
+
+    def _open_record(self) -> PendingRecord | None:
+        """This processor's crash record in the spill directory, or None when the directory is unusable."""
+        try:
+            self.spill._ensure_dir()
+            return PendingRecord(self.spill.directory)
+        except Exception as exc:
+            log.warning("spendtrace: no crash record in %s (a SIGKILL goes uncounted): %s", self.spill.directory, exc)
+            return None
+
+    def _note_pending(self) -> None:
+        """Rewrite the crash record with the spans in the buffer (every take rewrites it too, under ``_cond``)."""
+        with self._cond:
+            self._note_pending_locked()
+
+    def _note_pending_locked(self) -> None:
+        record = self._record
+        if record is None:
+            return
+        try:
+            record.write(len(self._queue))
+        except OSError:
+            self._record = None
+            log.warning("spendtrace: the crash record %s cannot be written; no longer kept", record.path)
+
+    def _reap_dead(self) -> int:
+        """Count (and remove) the records of processes that died with spans in memory; one WARNING line."""
+        try:
+            if self.spill._dir_untrusted() is not None:
+                return 0  # the spill store refuses the directory, and says so
+            dead = reap(self.spill.directory)
+        except Exception:
+            log.exception("spendtrace: reading crash records in %s failed", self.spill.directory)
+            return 0
+        lost = sum(n for _, n in dead)
+        if lost:
+            pids = ", ".join(str(pid) for pid, n in dead if n)
+            log.warning(
+                "spendtrace: %d spans were lost by an earlier process (pid %s) killed while holding them in memory "
+                "(SIGKILL or out of memory; a lower bound: get_stats().lost_at_crash)",
+                lost,
+                pids,
+            )
+        return lost
 
     # ---- state that a forked child rebuilds ------------------------------------------------
 
@@ -176,6 +229,10 @@ class BatchProcessor:
     def _after_fork_in_child(self) -> None:
         """In a forked child: forget the parent's buffer (the parent exports it) and start own threads."""
         self.spill.after_fork_in_child()
+        if self._record is not None:
+            self._record.forget_in_child()
+        self.lost_at_crash = 0
+        self._record = None if self._stopped else self._open_record()
         hook = getattr(self.exporter, "after_fork_in_child", None)
         if hook is not None:
             try:
@@ -234,6 +291,7 @@ class BatchProcessor:
         with self._cond:
             n = min(limit, len(q))
             batch = [q.popleft() for _ in range(n)]
+            self._note_pending_locked()  # before any of these spans is delivered: never counts a delivered one
             start = self._taken
             self._taken += n
             if n:
@@ -392,6 +450,7 @@ class BatchProcessor:
         while not self._stopping:
             self._spill_wake.wait(self.max_delay)
             self._spill_wake.clear()
+            self._note_pending()  # the crash record stays current while the export thread is stuck
             while len(self._queue) > self._spill_low and not self._stopping:
                 if time.monotonic() < self._spill_broken_until:
                     break  # let the buffer absorb what it can; the app drops only at max_queue
@@ -471,6 +530,10 @@ class BatchProcessor:
             self._spill_or_drop(batch, reason="not delivered before shutdown")
             self._settle(start)
         self.spill.close()
+        with self._cond:  # no thread writes it after this
+            record, self._record = self._record, None
+        if record is not None:
+            record.close(delete=True)
         _live.discard(self)
 
     def counters(self) -> Counters:
@@ -491,6 +554,7 @@ class BatchProcessor:
                 spill_refused=self.spill.refused,
                 spill_lost_frames=self.spill.lost_frames,
                 spill_lost_spans=self.spill.lost_spans,
+                lost_at_crash=self.lost_at_crash,
             )
 
 

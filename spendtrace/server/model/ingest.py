@@ -19,6 +19,7 @@ __all__ = [
     "DeadLetter",
     "PartitionOffsets",
     "PreparedBatch",
+    "RetentionFacts",
     "RetentionProgress",
     "StagedBatch",
     "WriteResult",
@@ -132,6 +133,17 @@ class PartitionOffsets(NamedTuple):
     partition: int
     first_offset: int
     next_offset: int
+
+
+class RetentionFacts(NamedTuple):
+    """What a worker needs to date retention and the ingest horizon (``IngestStore.retention_facts``)."""
+
+    #: how long the stored policy keeps raw spans, in nanoseconds
+    raw_keep_ns: int
+    #: the newest start of a stored raw span (None when none is stored)
+    newest_start_ns: int | None
+    #: the latest raw-span cutoff a retention chunk has applied (None: never, or not recorded by this backend)
+    applied_cutoff_ns: int | None = None
 
 
 class RetentionProgress(NamedTuple):

@@ -82,6 +82,7 @@ if TYPE_CHECKING:
         DeadLetter,
         PartitionOffsets,
         PreparedBatch,
+        RetentionFacts,
         RetentionProgress,
         StagedBatch,
         WriteResult,
@@ -680,6 +681,8 @@ def open_dashboard(
     parsed = parse_store_url(url)
     reads: DashboardReads = _opener(parsed.scheme, "_dashboard")(parsed, clock=clock, monotonic=monotonic)
     return reads
+
+
 # ================================================================================================
 # IngestStore / AsyncIngestStore: what the workers (and the local exporter) write.
 # The operations of the effectively-once contract above; a backend implements both, and opens
@@ -731,6 +734,15 @@ class IngestStore(Protocol):
         """
         ...
 
+    def retention_facts(self) -> RetentionFacts:
+        """The stored policy's raw-span retention and the newest stored span start (two cheap reads).
+
+        A worker dates retention with them (never past the newest span plus a margin, whatever its
+        clock says) and refuses spans older than the raw horizon: their stored copy may have been
+        deleted, so storing them again could count them twice (``server.ingest.horizon``).
+        """
+        ...
+
     def close(self) -> None: ...
 
 
@@ -770,6 +782,10 @@ class AsyncIngestStore(Protocol):
         """``IngestStore.retention_chunk``."""
         ...
 
+    async def retention_facts(self) -> RetentionFacts:
+        """``IngestStore.retention_facts``."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -785,6 +801,8 @@ async def open_ingest_store_async(url: str | os.PathLike[str]) -> AsyncIngestSto
     parsed = parse_store_url(url)
     store: AsyncIngestStore = await _opener(parsed.scheme, "_ingest_async")(parsed)
     return store
+
+
 # ================================================================================================
 # ReconcileStore: what reconciliation with the AWS bill reads and records (spendtrace.server.reconcile).
 # Opened by URL below (the backend's opener "<name>_reconcile" beside "<name>"). Restatement itself

@@ -24,6 +24,7 @@ from spendtrace.server.model.ingest import (
     DeadLetter,
     PartitionOffsets,
     PreparedBatch,
+    RetentionFacts,
     RetentionProgress,
     StagedBatch,
     WriteResult,
@@ -36,6 +37,7 @@ from spendtrace.server.store.clickhouse._ingest import (
     record_ranges,
     write_batch,
 )
+from spendtrace.server.store.clickhouse._horizon import read_retention_facts
 from spendtrace.server.store.clickhouse._retention import retention_chunk
 
 __all__ = ["AsyncClickHouseIngestStore", "ClickHouseIngestStore"]
@@ -103,6 +105,10 @@ class ClickHouseIngestStore:
         """One bounded retention step (``_retention.retention_chunk``)."""
         return RetentionProgress(*retention_chunk(self._conn, now_ns, limit))
 
+    def retention_facts(self) -> RetentionFacts:
+        """The raw-span retention and the newest stored span start (``_horizon.read_retention_facts``)."""
+        return read_retention_facts(self._conn)
+
     def close(self) -> None:
         """Close the client."""
         self._conn.close()
@@ -156,6 +162,10 @@ class AsyncClickHouseIngestStore:
     async def retention_chunk(self, now_ns: int, limit: int) -> RetentionProgress:
         """``ClickHouseIngestStore.retention_chunk`` in a thread."""
         return await asyncio.to_thread(self._store.retention_chunk, now_ns, limit)
+
+    async def retention_facts(self) -> RetentionFacts:
+        """``ClickHouseIngestStore.retention_facts`` in a thread."""
+        return await asyncio.to_thread(self._store.retention_facts)
 
     async def close(self) -> None:
         """Close the client."""

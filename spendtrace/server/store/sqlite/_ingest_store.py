@@ -27,13 +27,14 @@ from spendtrace.server.model.ingest import (
     DeadLetter,
     PartitionOffsets,
     PreparedBatch,
+    RetentionFacts,
     RetentionProgress,
     StagedBatch,
     WriteResult,
 )
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import read_offsets, write_batch_sync
-from spendtrace.server.store.sqlite._retention import apply_retention_chunk
+from spendtrace.server.store.sqlite._retention import apply_retention_chunk, read_retention_facts
 from spendtrace.server.store.sqlite._writer import WriterProcess
 from spendtrace.server.store.sqlite._writer_protocol import (
     Replayed,
@@ -113,6 +114,14 @@ class SQLiteIngestStore:
         with self._lock:
             try:
                 return RetentionProgress(*apply_retention_chunk(self._conn, now_ns, limit=limit))
+            except sqlite3.Error as exc:
+                raise storage_error(exc) from exc
+
+    def retention_facts(self) -> RetentionFacts:
+        """The raw-span retention and the newest stored span start (``_retention.read_retention_facts``)."""
+        with self._lock:
+            try:
+                return RetentionFacts(*read_retention_facts(self._conn))
             except sqlite3.Error as exc:
                 raise storage_error(exc) from exc
 
@@ -216,6 +225,19 @@ class AsyncSQLiteIngestStore:
                 return RetentionProgress(deleted, done)
             case _:
                 raise WriterProtocolError(f"the writer answered a retention chunk with {type(reply).__name__}")
+
+    async def retention_facts(self) -> RetentionFacts:
+        """The raw-span retention and the newest stored span start, read on this process's connection."""
+        return await asyncio.to_thread(self._read_facts)
+
+    def _read_facts(self) -> RetentionFacts:
+        with self._read_lock:
+            if self._reader is None:
+                raise StorageError("the ingest store is closed")
+            try:
+                return RetentionFacts(*read_retention_facts(self._reader))
+            except sqlite3.Error as exc:
+                raise storage_error(exc) from exc
 
     async def close(self) -> None:
         """Stop the writer process (after a request in flight) and close the offsets connection."""

@@ -35,6 +35,7 @@ __all__ = [
     "apply_retention_chunk",
     "get_retention",
     "grain_statements",
+    "read_retention_facts",
     "set_retention",
 ]
 
@@ -92,6 +93,26 @@ def get_retention(conn: sqlite3.Connection) -> RetentionPolicy:
     return _policy_from(conn.execute(_SELECT_POLICY).fetchall())
 
 
+#: ``meta`` key of the latest raw-span cutoff applied (spans starting before it may have been deleted)
+APPLIED_KEY = "horizon.raw_applied_ns"
+_RECORD_APPLIED = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+    "CAST(max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)"
+)
+
+
+def read_retention_facts(conn: sqlite3.Connection) -> tuple[int, int | None, int | None]:
+    """(raw-span retention in ns, newest stored span start, latest raw cutoff applied): three small reads."""
+    policy = _policy_from(conn.execute(_SELECT_POLICY).fetchall())
+    (newest,) = conn.execute("SELECT max(start_ns) FROM spans").fetchone()
+    applied = conn.execute("SELECT value FROM meta WHERE key = ?", (APPLIED_KEY,)).fetchone()
+    return (
+        policy.raw_data_days * _DAY_NS,
+        None if newest is None else int(newest),
+        None if applied is None else int(applied[0]),
+    )
+
+
 _Query = tuple[str, tuple[Any, ...]]
 #: What a plan step gets back: the rows fetched and the statement's rowcount.
 _Reply = tuple[list[Any], int]
@@ -142,6 +163,7 @@ def _chunk_plan(now_ns: int, limit: int) -> _Plan:
     raw = now_ns - policy.raw_data_days * _DAY_NS
     budget = limit
     deleted = 0
+    yield _RECORD_APPLIED, (APPLIED_KEY, str(raw))  # with the deletes it dates: one transaction
     for sql in RAW_DELETES:
         _, n = yield sql, (raw, budget)
         deleted += n
