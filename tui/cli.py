@@ -16,6 +16,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _history_days(text: str) -> int:
+    """0..29: the workers dead-letter spans older than the 30-day raw retention (minus an hour)."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if not 0 <= days <= 29:
+        raise argparse.ArgumentTypeError("must be in 0..29 (the workers keep raw spans 30 days)")
+    return days
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of ``spendtrace-tui``."""
     from spendtrace.settings import default_db_path
@@ -39,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="start a broker, workers and a synthetic app, and watch them")
     p.add_argument("--demo-rate", type=float, default=20.0, help="demo requests per second (default 20)")
     p.add_argument("--spike-after", type=float, default=20.0, help="seconds until the demo's cost spike (default 20)")
-    p.add_argument("--history-days", type=int, default=28,
+    p.add_argument("--history-days", type=_history_days, default=28,
                    help="days of past demo traffic to backfill first (default 28; 0: none)")  # fmt: skip
     web = p.add_argument_group("browser view (textual-serve)")
     web.add_argument("--serve", action="store_true", help="serve the UI to web browsers instead of this terminal")

@@ -38,8 +38,9 @@ def register(subparsers: Any) -> None:
                    help="demo requests per second (default 20)")
     p.add_argument("--spike-after", type=float_in(0, 86_400), default=20.0,
                    help="seconds until the cost spike (default 20)")
-    p.add_argument("--history-days", type=int_in(0, 366), default=28,
-                   help="days of past traffic to backfill first, so Trends has weeks to show (default 28; 0: none)")
+    p.add_argument("--history-days", type=int_in(0, 29), default=28,
+                   help="days of past traffic to backfill first, so Trends has weeks to show (default 28; 0: none; "
+                        "at most 29: the workers refuse spans older than the 30-day raw retention)")
     p.add_argument("--refresh", type=float_in(0, 3600, above=True), default=0.25,
                    help="TUI change-check interval in seconds")
     p.set_defaults(handler=_run, needs_db=False)

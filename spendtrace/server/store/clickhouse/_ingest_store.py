@@ -30,6 +30,7 @@ from spendtrace.server.model.ingest import (
     WriteResult,
 )
 from spendtrace.server.store.clickhouse._client import Conn, connect
+from spendtrace.server.store.clickhouse._horizon import read_retention_facts
 from spendtrace.server.store.clickhouse._ingest import (
     kafka_token,
     read_offsets,
@@ -37,7 +38,6 @@ from spendtrace.server.store.clickhouse._ingest import (
     record_ranges,
     write_batch,
 )
-from spendtrace.server.store.clickhouse._horizon import read_retention_facts
 from spendtrace.server.store.clickhouse._retention import retention_chunk
 
 __all__ = ["AsyncClickHouseIngestStore", "ClickHouseIngestStore"]
