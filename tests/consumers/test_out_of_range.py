@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from _worker_config import worker_config
 
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce, stored_offsets, wait_for
@@ -23,18 +24,7 @@ from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path) -> WorkerConfig:
-    return WorkerConfig(
-        bootstrap=broker.bootstrap,
-        db_path=str(db),
-        group_id=f"{topic}-g",
-        session_timeout_ms=2_000,
-        heartbeat_interval_ms=400,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        alerts_topic=f"{topic}.alerts",
-        partitions=3,
-        batch_size=100,
-    )
+    return worker_config(broker, topic, db)
 
 
 def _out_of_range() -> dict[str, bytes]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _worker_config import worker_config
 
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce_spans, stored_offsets, wait_for
@@ -26,20 +27,7 @@ DAY_NS = 86_400 * 10**9
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path) -> WorkerConfig:
-    return WorkerConfig(
-        bootstrap=broker.bootstrap,
-        db_path=str(db),
-        group_id=f"{topic}-g",
-        session_timeout_ms=2_000,
-        heartbeat_interval_ms=400,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        alerts_topic=f"{topic}.alerts",
-        partitions=3,
-        batch_size=100,
-        retention_interval_s=0.1,
-        retention_chunk_rows=1_000,
-    )
+    return worker_config(broker, topic, db, retention_interval_s=0.1, retention_chunk_rows=1_000)
 
 
 def _count(db: Path, sql: str, *params: int) -> int:

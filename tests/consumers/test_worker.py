@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from _worker_config import worker_config
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.config import WorkerConfig
@@ -24,21 +25,7 @@ from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path, group: str = "g", **kw: Any) -> WorkerConfig:
-    # A group of its own per test (the broker keeps a departed member's group busy for a while), and a short
-    # session timeout: the embedded broker holds a first join for half of it.
-    return WorkerConfig(
-        bootstrap=broker.bootstrap,
-        db_path=str(db),
-        group_id=f"{topic}-{group}",
-        session_timeout_ms=2_000,
-        heartbeat_interval_ms=400,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        alerts_topic=f"{topic}.alerts",
-        partitions=3,
-        batch_size=kw.pop("batch_size", 200),
-        **kw,
-    )
+    return worker_config(broker, topic, db, group=group, batch_size=kw.pop("batch_size", 200), **kw)
 
 
 @asynccontextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _worker_config import worker_config
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -72,18 +73,7 @@ def test_histogram_renders_cumulative_buckets() -> None:
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path) -> WorkerConfig:
-    return WorkerConfig(
-        bootstrap=broker.bootstrap,
-        db_path=str(db),
-        group_id=f"{topic}-g",
-        session_timeout_ms=2_000,
-        heartbeat_interval_ms=400,
-        topic=topic,
-        dlq_topic=f"{topic}.dlq",
-        alerts_topic=f"{topic}.alerts",
-        partitions=PARTITIONS,
-        batch_size=100,
-    )
+    return worker_config(broker, topic, db, partitions=PARTITIONS)
 
 
 @asynccontextmanager
