@@ -105,6 +105,7 @@ class MemoryIngestStore:
         self.unconfirmed = dict(unconfirmed or {})
         #: a store given unconfirmed ranges plays one without atomic batches (contract 4.)
         self.atomic_batches = not unconfirmed
+        self.needs_deltas = True
         self.spans: set[str] = set()
         self.busy = busy
         self.staged = 0
