@@ -291,6 +291,17 @@ class Checkpoint:
 
     # -- 2. prepare --------------------------------------------------------------------------------
 
+    def units(self, fetched: Fetched) -> list[Fetched]:
+        """``fetched`` as step 2 takes it: whole, or one partition at a time for a store without atomic batches.
+
+        Such a store applies each partition's records as a batch of its own anyway; handing them over
+        one by one lets the first be written while the next are prepared, instead of the store waiting
+        for the pricing of the whole fetch (``batch_size`` per partition, ``_fetch_limit``).
+        """
+        if self.store.atomic_batches or len(fetched.records) < 2:
+            return [fetched]
+        return [Fetched({tp: records}, fetched.generation) for tp, records in fetched.records.items()]
+
     async def prepare(self, fetched: Fetched) -> Batch | None:
         """Decode, price and stage ``fetched`` in a thread (the loop keeps heartbeating); None if stale.
 
