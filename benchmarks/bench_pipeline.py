@@ -289,8 +289,8 @@ async def _measure(args: argparse.Namespace, tmp: Path) -> None:
         print(f"worker                = {rate['worker'] / 100_000:.2f}x 100,000 spans/s   (target well over 1x)")
 
         if args.store:
-            print(f"(the worker inserts each partition's share of a batch on its own: about "
-                  f"{args.batch_size // args.partitions:,} rows per insert; the bare insert {args.batch_size:,})")
+            print(f"(the worker inserts each partition's records on its own, up to --batch-size "
+                  f"{args.batch_size:,} rows per insert, as the bare insert)")  # fmt: skip
             return
         print("where one span's time goes (each step alone in this thread, same rows):")
         for stage, us in stage_costs(spans, book, args.batch_size, tmp).items():

@@ -3,8 +3,9 @@
 Every batch goes through the same named steps; the worker (``consumers.worker``) only decides when
 to call them (it prepares batch N+1 while batch N is written):
 
-1. ``fetch``   up to ``batch_size`` records, each partition's continuing exactly where the store's
-               data for it ends (records fetched before a seek are dropped or fetched again);
+1. ``fetch``   up to ``batch_size`` records (per partition for a store without atomic batches),
+               each partition's continuing exactly where the store's data for it ends (records
+               fetched before a seek are dropped or fetched again);
 2. ``prepare`` decode (an undecodable message becomes a dead letter), price and compute every delta
                with ``spendtrace.server.ingest.prepare`` (pure), and stage the result for the store,
                all in a thread; a batch fetched before a rebalance is dropped here;
@@ -60,7 +61,16 @@ from spendtrace.server.model.ingest import (
 )
 from spendtrace.server.store.base import AsyncIngestStore
 
-__all__ = ["CRASH_ENV", "EARLIEST_START_NS", "MAX_CLOCK_AHEAD_NS", "Batch", "Checkpoint", "CrashPoints", "Fetched"]
+__all__ = [
+    "CRASH_ENV",
+    "EARLIEST_START_NS",
+    "MAX_CLOCK_AHEAD_NS",
+    "MAX_FETCH_PARTITIONS",
+    "Batch",
+    "Checkpoint",
+    "CrashPoints",
+    "Fetched",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +81,10 @@ CRASH_ENV = "SPENDTRACE_CRASH_AT"
 
 #: Records parsed per ``getmany`` call while a batch is assembled (see ``Checkpoint.fetch``).
 FETCH_CHUNK = 5_000
+
+#: Partitions' shares of ``batch_size`` one fetch may take for a store without atomic batches
+#: (``Checkpoint._fetch_limit``): 120,000 records at the default size, a few hundred MB decoded.
+MAX_FETCH_PARTITIONS = 6
 
 #: Seconds a Kafka offset commit may take before the worker moves on without it.
 KAFKA_TIMEOUT = 10.0
@@ -190,10 +204,11 @@ class Checkpoint:
         taken = 0
         timeout = cfg.poll_timeout_ms
         generation = self.generation
-        while taken < cfg.batch_size:
+        limit = self._fetch_limit()
+        while taken < limit:
             if timeout == 0:
                 await asyncio.sleep(0)  # between chunks: the write task may hand over the previous batch
-            chunk = await consumer.getmany(timeout_ms=timeout, max_records=min(FETCH_CHUNK, cfg.batch_size - taken))
+            chunk = await consumer.getmany(timeout_ms=timeout, max_records=min(FETCH_CHUNK, limit - taken))
             if generation != self.generation:  # a rebalance ran during the awaits above
                 out, taken, generation = {}, 0, self.generation
             if not chunk:
@@ -203,6 +218,20 @@ class Checkpoint:
                 taken += len(records)
             timeout = 0
         return Fetched(out, generation)
+
+    def _fetch_limit(self) -> int:
+        """Records one fetch may take: ``batch_size``, or per assigned partition for a store without atomic batches.
+
+        Such a store gets each partition's records as a batch (an insert) of its own (step 2), and an
+        insert's cost is mostly per insert (ClickHouse writes a part in ``spans`` and in every view's
+        target: about 55 ms for 10 tables on chDB here, whatever the rows), so ``batch_size`` bounds
+        each partition's share rather than the sum: with 6 partitions and 20,000 records the inserts
+        were 3,333 rows and the worker 0.26x a bare insert of 20,000-row blocks. At most
+        ``MAX_FETCH_PARTITIONS`` shares, to bound the memory of a worker owning many partitions.
+        """
+        if self.store.atomic_batches:
+            return self.config.batch_size
+        return self.config.batch_size * min(max(1, len(self._next)), MAX_FETCH_PARTITIONS)
 
     def _contiguous(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
         """Keep only records that continue exactly where this member's stored data ends, per partition.
@@ -262,6 +291,17 @@ class Checkpoint:
 
     # -- 2. prepare --------------------------------------------------------------------------------
 
+    def units(self, fetched: Fetched) -> list[Fetched]:
+        """``fetched`` as step 2 takes it: whole, or one partition at a time for a store without atomic batches.
+
+        Such a store applies each partition's records as a batch of its own anyway; handing them over
+        one by one lets the first be written while the next are prepared, instead of the store waiting
+        for the pricing of the whole fetch (``batch_size`` per partition, ``_fetch_limit``).
+        """
+        if self.store.atomic_batches or len(fetched.records) < 2:
+            return [fetched]
+        return [Fetched({tp: records}, fetched.generation) for tp, records in fetched.records.items()]
+
     async def prepare(self, fetched: Fetched) -> Batch | None:
         """Decode, price and stage ``fetched`` in a thread (the loop keeps heartbeating); None if stale.
 
@@ -305,7 +345,7 @@ class Checkpoint:
             prepared, spans = self._isolate(data, dead, hi, horizon)
             return Batch(self.store.stage_batch(prepared, offsets, dead), len(spans), messages, commit)
         try:
-            prepared = prepare_batch(spans, self.book)
+            prepared = prepare_batch(spans, self.book, deltas=self.store.needs_deltas)
         except Exception as exc:
             if isinstance(exc, ValueError):  # a span the stores cannot hold (prepare_batch names it)
                 log.warning("batch has spans that cannot be stored (%s); dead-lettering them one by one", exc)
@@ -336,7 +376,7 @@ class Checkpoint:
                 else:
                     decoded.append((span, tp, r))
         spans = [d[0] for d in decoded]
-        prepared, rejected = prepare_isolating(spans, self.book)
+        prepared, rejected = prepare_isolating(spans, self.book, deltas=self.store.needs_deltas)
         for i, reason in rejected:
             _, tp, r = decoded[i]
             dead.append(DeadLetter(tp.topic, tp.partition, r.offset, r.key, r.value, reason))

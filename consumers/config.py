@@ -25,7 +25,10 @@ class WorkerConfig:
     ``batch_size`` bounds the records in one batch (one SQLite transaction each). With the writer
     process pricing and writing overlap, 20,000 measured fastest here (one worker, 600,000 spans:
     ~48k spans/s at 10,000, ~64k at 20,000, ~54k at 50,000): smaller batches pay more per
-    transaction, larger ones leave the two processes idle longer while the pipeline fills and drains;
+    transaction, larger ones leave the two processes idle longer while the pipeline fills and drains.
+    On a store without atomic batches (ClickHouse) each partition's records are a batch and an insert
+    of their own, so there it bounds each partition's share of a fetch (at most
+    ``checkpoint.MAX_FETCH_PARTITIONS`` shares): an insert costs mostly per insert (a part in every table);
     ``max_fetch_bytes`` must exceed the largest message the topic may carry (a 1 MB garbage
     message must reach the dead letters, not wedge the partition). ``retention_chunk_rows`` bounds
     the rows one retention transaction deletes, so batches are stored between chunks.

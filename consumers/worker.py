@@ -233,11 +233,14 @@ class Worker:
         if fetched.records and time.monotonic() - self._facts_read >= FACTS_REFRESH_S:
             await checkpoint.refresh_facts()
             self._facts_read = time.monotonic()
-        batch = await checkpoint.prepare(fetched)  # step 2
-        if batch is None:
-            return 0
-        await self._queue.put(batch)
-        return batch.messages
+        taken = 0
+        for part in checkpoint.units(fetched):  # step 2, per partition for a store without atomic batches
+            batch = await checkpoint.prepare(part)
+            if batch is None:
+                return taken
+            await self._queue.put(batch)  # the write task starts on it while the next unit is prepared
+            taken += batch.messages
+        return taken
 
     async def _settle(self) -> None:
         if self._writer is not None and not self._writer.done():

@@ -105,6 +105,7 @@ class MemoryIngestStore:
         self.unconfirmed = dict(unconfirmed or {})
         #: a store given unconfirmed ranges plays one without atomic batches (contract 4.)
         self.atomic_batches = not unconfirmed
+        self.needs_deltas = True
         self.spans: set[str] = set()
         self.busy = busy
         self.staged = 0
@@ -351,3 +352,28 @@ async def test_a_store_failure_other_than_busy_is_raised_at_once() -> None:
     with pytest.raises(StorageError, match="disk"):
         await cp.write(batch)
     assert log == ["store"] and stats.db_retries == 0
+
+
+async def test_a_store_without_atomic_batches_fetches_batch_size_per_partition_and_gets_one_unit_each() -> None:
+    """Step 1 takes up to ``batch_size`` records per assigned partition for such a store (each partition's
+    records are one insert of their own), and step 2 hands them over one partition at a time; an atomic
+    store's fetch stays bounded by ``batch_size`` in all."""
+    values = [encode_span(s) for s in make_spans(40, seed=4)]
+    chunks = [{P0: _records(0, values[0:10])}, {P1: _records(0, values[20:30])}]
+    log: list[str] = []
+    store = MemoryIngestStore(log, stored={0: 0, 1: 0}, unconfirmed={5: PartitionOffsets("g", TOPIC, 5, 0, 1)})
+    cp, _, _ = _checkpoint(FakeConsumer([dict(c) for c in chunks]), store, log, batch_size=10)
+    await cp.seek([P0, P1])
+    fetched = await cp.fetch()
+    assert {tp: len(r) for tp, r in fetched.records.items()} == {P0: 10, P1: 10}
+    units = cp.units(fetched)
+    assert [list(u.records) for u in units] == [[P0], [P1]]
+    batches = [await cp.prepare(u) for u in units]
+    assert [b.commit for b in batches if b is not None] == [{P0: 10}, {P1: 10}]
+
+    atomic = MemoryIngestStore(log, stored={0: 0, 1: 0})
+    cp, _, _ = _checkpoint(FakeConsumer([dict(c) for c in chunks]), atomic, log, batch_size=10)
+    await cp.seek([P0, P1])
+    fetched = await cp.fetch()
+    assert {tp: len(r) for tp, r in fetched.records.items()} == {P0: 10}
+    assert cp.units(fetched) == [fetched]

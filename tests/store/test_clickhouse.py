@@ -534,3 +534,19 @@ def test_a_half_applied_batch_is_reported_unconfirmed_until_its_replay_completes
     finally:
         conn.close()
         store.close()
+
+
+def test_request_ids_of_any_length_and_characters_are_recognised_as_stored(tmp_path: Path) -> None:
+    """The requests read (ids sent as one JSON string, cut under ClickHouse's query size) finds ids with quotes,
+    backslashes, non-ASCII letters and the schema's 512 characters, thousands at once."""
+    from spendtrace.server.store.clickhouse._client import connect
+    from spendtrace.server.store.clickhouse._ingest import _new_requests
+
+    conn = connect(chdb_url(tmp_path))
+    try:
+        odd = ["q'\"\\x", "é\u00fc\u4e2d", "r" * 512, "ü" * 512, *(f"req-{i}" for i in range(6000))]
+        stored = odd[::2]
+        conn.insert("requests", [stored, [0] * len(stored)], ("request_id", "start_ns"))
+        assert _new_requests(conn, set(odd)) == set(odd[1::2])
+    finally:
+        conn.close()

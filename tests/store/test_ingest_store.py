@@ -190,3 +190,35 @@ async def test_an_applied_batch_leaves_no_unconfirmed_range(ingest: Ingest) -> N
     await ingest.apply(prepare_batch(make_spans(40, seed=7), BOOK), [*_at(0, 0, 25), *_at(3, 10, 25)])
     assert await ingest.unconfirmed("g", "t") == {}
     assert await ingest.offsets("g", "t") == {0: 25, 3: 25}
+
+
+def test_a_batch_prepared_without_deltas_has_the_same_rows_totals_and_summary() -> None:
+    """``prepare_batch(deltas=False)`` (for stores whose views derive the rollups) leaves out only the deltas."""
+    spans = make_spans(600, seed=11)
+    spans += spans[:5]  # repeats within the batch are left out either way
+    full, rows = prepare_batch(spans, BOOK), prepare_batch(spans, BOOK, deltas=False)
+    assert rows.span_values == full.span_values
+    assert (rows.cost_nano, rows.unpriced_items, rows.duplicates_in_batch, rows.summary, rows.unpriced) == (
+        full.cost_nano,
+        full.unpriced_items,
+        full.duplicates_in_batch,
+        full.summary,
+        full.unpriced,
+    )
+    assert (rows.rollups, rows.loaded, rows.requests, rows.heads, rows.deltas) == ({}, {}, {}, {}, False)
+
+
+async def test_a_batch_prepared_as_the_store_asks_stores_the_same_totals(ingest: Ingest) -> None:
+    """A store that needs no deltas gets batches without them and reports the same totals; one that needs them
+    refuses a batch without them rather than store spans with no rollups."""
+    spans = make_spans(300, seed=12)
+    needs = ingest.store.needs_deltas
+    batch = prepare_batch(spans, BOOK, deltas=needs)
+    if needs:
+        with pytest.raises(ValueError, match="deltas"):
+            await ingest.apply(prepare_batch(spans, BOOK, deltas=False), _at(0, 0, 300))
+        assert await ingest.offsets("g", "t") == {}
+    result = await ingest.apply(batch, _at(0, 0, 300))
+    assert (result.new_spans, result.cost_nano) == (300, prepare_batch(spans, BOOK).cost_nano)
+    assert result.touched == prepare_batch(spans, BOOK).summary
+    assert _cost(ingest.url) == (300, batch.cost_nano)

@@ -67,6 +67,9 @@ class PreparedBatch:
     heads: dict[str, tuple[int, str, str, str]] = field(default_factory=dict)
     #: True for a copy without ``spans`` (``detached_copy()``), which cannot be re-priced after a replay
     detached: bool = False
+    #: False when ``rollups``, ``loaded``, ``requests`` and ``heads`` were not computed
+    #: (``prepare_batch(..., deltas=False)``, for a store whose views derive them)
+    deltas: bool = True
 
     def detached_copy(self) -> PreparedBatch:
         """This batch without its ``Span`` objects: what a writer in another process needs, cheaper to send.

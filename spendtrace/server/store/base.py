@@ -703,6 +703,9 @@ class IngestStore(Protocol):
     #: True when a batch is applied in one transaction; False when a half-applied batch is completed
     #: by applying it again, re-formed from exactly the same records (contract 4.)
     atomic_batches: bool
+    #: False when the store derives the rollups, fully-loaded and request deltas from the span rows
+    #: itself (ClickHouse's materialized views): give it ``prepare_batch(..., deltas=False)``
+    needs_deltas: bool
 
     def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
         """partition -> the range of a batch begun and not confirmed by its stored offsets (contract 4.).
@@ -756,6 +759,8 @@ class AsyncIngestStore(Protocol):
 
     #: ``IngestStore.atomic_batches``: False asks the worker for one batch per partition (contract 4.)
     atomic_batches: bool
+    #: ``IngestStore.needs_deltas``: False lets the worker prepare batches without the Python deltas
+    needs_deltas: bool
 
     async def unconfirmed_ranges(self, group: str, topic: str) -> dict[int, PartitionOffsets]:
         """``IngestStore.unconfirmed_ranges``: where a worker must re-form a batch exactly."""

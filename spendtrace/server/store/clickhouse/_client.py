@@ -83,6 +83,16 @@ class Conn:
         except Exception as exc:
             raise StorageError(f"ClickHouse query failed: {exc}") from exc
 
+    def column(self, sql: str, params: Sequence[Any] = ()) -> Sequence[Any]:
+        """The first column of one query's result, as the client decoded it (no tuple per row)."""
+        try:
+            with self._lock:
+                result = self.client.query(sql, parameters=tuple(params) if params else None)
+            columns = result.result_columns
+            return columns[0] if columns else ()
+        except Exception as exc:
+            raise StorageError(f"ClickHouse query failed: {exc}") from exc
+
     def command(self, sql: str, params: Sequence[Any] = (), settings: dict[str, Any] | None = None) -> None:
         """Run one statement that returns nothing (DDL, DELETE, INSERT ... SELECT)."""
         try:

@@ -58,6 +58,8 @@ class ClickHouseIngestStore:
 
     #: a batch spans several tables with no transaction: a half-applied one is completed by its replay
     atomic_batches = False
+    #: the materialized views derive every rollup from the span rows: batches need no Python deltas
+    needs_deltas = False
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.url = url
@@ -128,6 +130,8 @@ class AsyncClickHouseIngestStore:
     """
 
     atomic_batches = False
+    #: the materialized views derive every rollup from the span rows: batches need no Python deltas
+    needs_deltas = False
 
     def __init__(self, store: ClickHouseIngestStore) -> None:
         self._store = store

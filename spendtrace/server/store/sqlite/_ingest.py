@@ -248,6 +248,8 @@ def _many(sql: str, rows: list[tuple[Any, ...]]) -> Generator[_Op, Any, None]:
 def _plan(
     batch: PreparedBatch, offsets: Sequence[OffsetRow], dead_letters: Sequence[DeadLetter], now_ns: int
 ) -> Generator[_Op, Any, WriteResult]:
+    if not batch.deltas:
+        raise ValueError("SQLite stores write prepare_batch's deltas: prepare the batch with deltas=True")
     effective = batch
     n_rows = len(batch.span_values) // SPAN_COLUMNS
     if n_rows:

@@ -72,6 +72,8 @@ class SQLiteIngestStore:
 
     #: one transaction per batch: never half applied, so no range to re-form (contract 4.)
     atomic_batches = True
+    #: the rollups, fully-loaded and request tables are written from ``prepare_batch``'s deltas
+    needs_deltas = True
 
     def __init__(self, db_path: str | os.PathLike[str], *, readonly: bool = False) -> None:
         self.db_path = os.fspath(db_path)
@@ -147,6 +149,8 @@ class AsyncSQLiteIngestStore:
 
     #: one transaction per batch in the writer process (contract 4. does not apply)
     atomic_batches = True
+    #: the rollups, fully-loaded and request tables are written from ``prepare_batch``'s deltas
+    needs_deltas = True
 
     def __init__(self, db_path: str | os.PathLike[str]) -> None:
         self.db_path = os.fspath(db_path)
@@ -192,6 +196,8 @@ class AsyncSQLiteIngestStore:
         dead_letters: Sequence[DeadLetter] = (),
     ) -> StagedBatch:
         """The writer's ``Write`` message for ``batch``, encoded here (in the caller's thread)."""
+        if not batch.deltas:
+            raise ValueError("SQLite stores write prepare_batch's deltas: prepare the batch with deltas=True")
         offsets, dead_letters = tuple(offsets), tuple(dead_letters)
         return StagedBatch(batch, offsets, dead_letters, encode_write(batch, offsets, dead_letters))
 
