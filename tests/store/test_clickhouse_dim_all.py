@@ -12,10 +12,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from store_backends import chdb_url
 from test_clickhouse import BOOK, NANO, T0, spans
 
+from spendtrace.errors import StorageError
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.pricing import PriceBook, PriceEntry
 from spendtrace.server.store.base import open_store
@@ -70,12 +72,16 @@ def from_days(conn: Conn) -> dict[tuple[str, str, str], tuple[Any, ...]]:
     return _norm(conn.tuples(DIM_ALL_SELECT.format(where="")) + conn.tuples(DIM_LOADED_SELECT.format(where="")))
 
 
+def write_three_days(conn: Conn) -> None:
+    """Three batches, one a day apart, each the test spans under its own ids."""
+    for day in range(3):
+        batch = [msgspec.structs.replace(s, start_ns=s.start_ns + day * DAY * NANO) for s in spans(f"d{day}-")]
+        write_batch(conn, prepare_batch(batch, BOOK))
+
+
 def test_after_ingest_it_equals_the_day_rollups(conn: Conn) -> None:
     """Batches of spans over several days: every (dimension, value, service) equals the day rows summed."""
-    for day in range(3):
-        batch = [s.__class__(**{**{f: getattr(s, f) for f in s.__struct_fields__}, "start_ns": s.start_ns + day * DAY * NANO})
-                 for s in spans(f"d{day}-")]  # fmt: skip
-        write_batch(conn, prepare_batch(batch, BOOK))
+    write_three_days(conn)
     got = dim_all(conn)
     assert got == from_days(conn)
     assert {k[0] for k in got} == {"feature", "user_id", "endpoint", "loaded"}
@@ -97,7 +103,7 @@ def test_a_replay_after_the_day_rollups_refused_the_block_fills_it_once(conn: Co
     """``rollup_day`` rejected the first attempt: the replay reaches it and, through it, ``dim_all``, once."""
     batch = prepare_batch(spans(), BOOK)
     conn.command("ALTER TABLE rollup_day ADD CONSTRAINT refuse CHECK bucket < -1")
-    with pytest.raises(Exception):
+    with pytest.raises(StorageError):
         write_batch(conn, batch)
     conn.command("ALTER TABLE rollup_day DROP CONSTRAINT refuse")
     write_batch(conn, batch)
@@ -133,10 +139,7 @@ def test_retention_takes_the_deleted_days_out_once(tmp_path: Path) -> None:
     """Day rows retention deletes leave ``dim_all`` (negated there first); what stays equals the day rows left."""
     url = chdb_url(tmp_path)
     conn = connect(url)
-    for day in range(3):
-        batch = [s.__class__(**{**{f: getattr(s, f) for f in s.__struct_fields__}, "start_ns": s.start_ns + day * DAY * NANO})
-                 for s in spans(f"d{day}-")]  # fmt: skip
-        write_batch(conn, prepare_batch(batch, BOOK))
+    write_three_days(conn)
     store = open_store(url)
     try:
         store.set_retention(raw_data_days=1, minute_rollups_days=1, hourly_rollups_days=1, daily_rollups_days=2)
@@ -157,10 +160,7 @@ def test_a_retirement_cut_short_is_redone_once(tmp_path: Path) -> None:
     conn = connect(url)
     store = open_store(url)
     try:
-        for day in range(3):
-            batch = [s.__class__(**{**{f: getattr(s, f) for f in s.__struct_fields__}, "start_ns": s.start_ns + day * DAY * NANO})
-                     for s in spans(f"d{day}-")]  # fmt: skip
-            write_batch(conn, prepare_batch(batch, BOOK))
+        write_three_days(conn)
         store.set_retention(raw_data_days=1, minute_rollups_days=1, hourly_rollups_days=1, daily_rollups_days=2)
         now = T0 + 2 * DAY * NANO
         _set_retire(conn, 0, now // NANO - 2 * DAY, "begun")

@@ -118,6 +118,7 @@ class ClickHouseDashboard:
         now = self._now_s()
         since = window_start(now, grain, back)
         needle = fold(search)
+        sargs: list[Any]
         if back:  # a window: its buckets of the grain's rollups, summed per value
             k = f"toString({col})"
             src, sargs, present = f"rollup_{grain} WHERE bucket >= %s", [since], ""

@@ -330,8 +330,10 @@ def request_rows(f: Filters, limit: int, order: str, offset: int = 0, *, search:
         terms.append("(" + " OR ".join(f"position(lower(ifNull({e}, '')), %s) > 0" for e in shown) + ")")
         params += [search] * len(shown)
     where = f" WHERE {' AND '.join(terms)}" if terms else ""
-    by, outer = ("t0 DESC, request_id DESC", "start_ns DESC, request_id DESC") if order == "recent" else (
-        "c DESC, request_id", "cost_nano DESC, request_id"
+    by, outer = (
+        ("t0 DESC, request_id DESC", "start_ns DESC, request_id DESC")
+        if order == "recent"
+        else ("c DESC, request_id", "cost_nano DESC, request_id")
     )
     sql = (
         f"SELECT {_REQUEST_OUT} FROM (SELECT {_REQUEST_MERGED} FROM requests FINAL{where} ORDER BY {by}"
