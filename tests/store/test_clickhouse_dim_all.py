@@ -173,3 +173,21 @@ def test_a_retirement_cut_short_is_redone_once(tmp_path: Path) -> None:
     finally:
         store.close()
         conn.close()
+
+
+def test_the_top_of_all_time_reads_it_and_equals_the_full_aggregate(tmp_path: Path) -> None:
+    """``aggregate_by_*(limit=N)`` without filters (the API's top N, from ``dim_all``) is the full ranking cut at N."""
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    store = open_store(url)
+    try:
+        write_three_days(conn)
+        store.restate_historical_costs(factor=1.5, start_date="2026-05-29", end_date="2026-05-30")
+        for read in (store.aggregate_by_feature, store.aggregate_by_user, store.aggregate_by_endpoint):
+            full = read()
+            assert len(full) > 1
+            for n in (0, 1, len(full) - 1, len(full) + 5):
+                assert read(limit=n) == full[:n]
+    finally:
+        store.close()
+        conn.close()

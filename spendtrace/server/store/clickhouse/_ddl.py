@@ -21,6 +21,9 @@ span-level totals and rows with a service name that service's share):
 - Every MergeTree that an ingest writes (``spans`` and every view's target) has
   ``non_replicated_deduplication_window`` set, so an insert repeated with the same
   ``insert_deduplication_token`` is dropped by each table on its own (see ``_ingest``).
+- ``dim_all`` (v4): the day tables summed over every bucket, per (dimension, service, value), for the
+  dashboard's "all" window; fed by views on ``rollup_day`` / ``loaded_day`` (so deltas inserted there
+  reach it too), deduplicated like every target; retention negates the day rows it deletes.
 - ``batch_ranges`` (v3): each partition's range of the batch being written, recorded before its rows
   (the "begun" state of the storage interface's contract 4.); ``consumer_offsets`` is the "done".
 - Restatements and their undo insert delta rows into the rollup targets and ``requests``

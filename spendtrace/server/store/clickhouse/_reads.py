@@ -32,6 +32,7 @@ from spendtrace.server.store.sqlite._sql import (
 __all__ = [
     "aggregate",
     "aggregate_by_service",
+    "aggregate_top_all_time",
     "cost_trend",
     "cost_trend_by_feature",
     "dead_letters",
@@ -131,6 +132,38 @@ def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
     if f.service is None:
         steps.append(rollup_source(f, group=dim, sums=("cost_nano", "unpriced"), split=True, by_service=True))
     return _swap(sq.aggregate(dim, f, dash=False), steps)
+
+
+def aggregate_top_all_time(dim: str, limit: int) -> Query[list[Row]]:
+    """``_queries.aggregate_top_all_time`` on ClickHouse: the top ``limit`` values of all time from ``dim_all``.
+
+    Their per-service rows from ``dim_all`` too; their first and last day from the day rollups, for the
+    page's values only. The rows are ``aggregate``'s, shaped by its own post-processor.
+    """
+    assert dim in _DIMS
+    sums = ", ".join(f"{expr} AS {c}" for c, expr in _SUMS.items())
+    top = (
+        "SELECT value FROM dim_all WHERE dim = %s AND service = '' GROUP BY value HAVING sum(spans) != 0"
+        " ORDER BY sum(cost_nano) DESC, value LIMIT %s"
+    )
+    steps = (
+        (
+            f"SELECT value AS k, {sums} FROM dim_all WHERE dim = %s AND service = '' GROUP BY k HAVING spans != 0"
+            " ORDER BY cost_nano DESC, k LIMIT %s",
+            (dim, limit),
+        ),
+        (
+            "SELECT value AS k, toString(service) AS service, sum(cost_nano) AS cost_nano, sum(unpriced) AS unpriced"
+            f" FROM dim_all WHERE dim = %s AND service != '' AND value IN ({top}) GROUP BY k, service",
+            (dim, dim, limit),
+        ),
+        (
+            f"SELECT toString({dim}) AS k, min(bucket) AS b0, max(bucket) AS b1 FROM rollup_day WHERE service = ''"
+            f" AND toString({dim}) IN ({top}) GROUP BY k",
+            (dim, limit),
+        ),
+    )
+    return _swap(sq.aggregate_top_all_time(dim, limit), steps)
 
 
 def aggregate_by_service(f: Filters) -> Query[list[Row]]:
