@@ -134,18 +134,16 @@ def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
     return _swap(sq.aggregate(dim, f, dash=False), steps)
 
 
-def aggregate_top_all_time(dim: str, limit: int) -> Query[list[Row]]:
+def aggregate_top_all_time(dim: str, limit: int, keys: Sequence[str] = ()) -> Query[list[Row]]:
     """``_queries.aggregate_top_all_time`` on ClickHouse: the top ``limit`` values of all time from ``dim_all``.
 
-    Their per-service rows from ``dim_all`` too; their first and last day from the day rollups, for the
-    page's values only. The rows are ``aggregate``'s, shaped by its own post-processor.
+    Step 1 ranks them; steps 2 and 3 (their per-service rows from ``dim_all``, their first and last day
+    from the day rollups) read ``keys``, the values step 1 returned: the caller runs step 1 first and
+    builds the query again with them, so the ranking is not computed three times. The rows are
+    ``aggregate``'s, shaped by its own post-processor.
     """
     assert dim in _DIMS
     sums = ", ".join(f"{expr} AS {c}" for c, expr in _SUMS.items())
-    top = (
-        "SELECT value FROM dim_all WHERE dim = %s AND service = '' GROUP BY value HAVING sum(spans) != 0"
-        " ORDER BY sum(cost_nano) DESC, value LIMIT %s"
-    )
     steps = (
         (
             f"SELECT value AS k, {sums} FROM dim_all WHERE dim = %s AND service = '' GROUP BY k HAVING spans != 0"
@@ -154,13 +152,13 @@ def aggregate_top_all_time(dim: str, limit: int) -> Query[list[Row]]:
         ),
         (
             "SELECT value AS k, toString(service) AS service, sum(cost_nano) AS cost_nano, sum(unpriced) AS unpriced"
-            f" FROM dim_all WHERE dim = %s AND service != '' AND value IN ({top}) GROUP BY k, service",
-            (dim, dim, limit),
+            " FROM dim_all WHERE dim = %s AND service != '' AND value IN %s GROUP BY k, service",
+            (dim, tuple(keys)),
         ),
         (
             f"SELECT toString({dim}) AS k, min(bucket) AS b0, max(bucket) AS b1 FROM rollup_day WHERE service = ''"
-            f" AND toString({dim}) IN ({top}) GROUP BY k",
-            (dim, limit),
+            f" AND toString({dim}) IN %s GROUP BY k",
+            (tuple(keys),),
         ),
     )
     return _swap(sq.aggregate_top_all_time(dim, limit), steps)

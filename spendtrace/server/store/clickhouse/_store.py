@@ -86,7 +86,11 @@ class ClickHouseStore:
     ) -> list[Row]:
         f = self._rollup_filters(start, end, *names)
         if limit is not None and f == Filters():  # the top of all time: from ``dim_all``, not every day
-            return self.run(q.aggregate_top_all_time(dim, max(int(limit), 0)))
+            n = max(int(limit), 0)
+            page = self._conn.rows(*q.aggregate_top_all_time(dim, n).steps[0])
+            keys = [str(r["k"]) for r in page]
+            query = q.aggregate_top_all_time(dim, n, keys)
+            return query.post([page, *([self._conn.rows(sql, p) for sql, p in query.steps[1:]] if keys else [[], []])])
         return _limit(self.run(q.aggregate(dim, f)), limit)
 
     def aggregate_by_feature(
