@@ -191,3 +191,22 @@ def test_the_top_of_all_time_reads_it_and_equals_the_full_aggregate(tmp_path: Pa
     finally:
         store.close()
         conn.close()
+
+
+def test_a_store_at_version_3_gets_it_filled_from_its_day_rollups(tmp_path: Path) -> None:
+    """Opening a store made before ``dim_all`` (schema 3) creates it and fills it from the day tables found."""
+    from spendtrace.server.store.clickhouse import _client
+
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    try:
+        write_three_days(conn)
+        for stmt in ("DROP VIEW dim_all_mv", "DROP VIEW dim_loaded_mv", "DROP TABLE dim_all"):
+            conn.command(stmt)
+        conn.command("ALTER TABLE schema_migrations DELETE WHERE version = 4", settings={"mutations_sync": 2})
+        assert _client.migrate(conn) == 4
+        assert dim_all(conn) == from_days(conn) != {}
+        write_batch(conn, prepare_batch(spans("after-"), BOOK))  # and the views feed it from then on
+        assert dim_all(conn) == from_days(conn)
+    finally:
+        conn.close()

@@ -355,7 +355,7 @@ ORDER BY (dim, service, value)
 """
 
 #: ``rollup_day`` rows, each under its three dimensions (the day rollups' own inserts and delta rows)
-_DIM_ALL_SELECT = """
+DIM_ALL_SELECT = """
 SELECT d.1 AS dim, service, d.2 AS value, sum(cost_nano) AS cost_nano, sum(calls) AS calls, sum(spans) AS spans,
     sum(errors) AS errors, sum(unpriced) AS unpriced, sum(var_nano2) AS var_nano2, sum(requests) AS requests
 FROM rollup_day
@@ -364,7 +364,7 @@ ARRAY JOIN [('feature', toString(feature)), ('user_id', user_id), ('endpoint', t
 """
 
 #: ``loaded_day`` rows under dimension ``loaded`` (fully-loaded cost per feature)
-_DIM_LOADED_SELECT = """
+DIM_LOADED_SELECT = """
 SELECT 'loaded' AS dim, '' AS service, toString(feature) AS value, sum(cost_nano) AS cost_nano,
     sum(calls) AS calls, sum(spans) AS spans, toInt64(0) AS errors, toInt64(0) AS unpriced,
     sum(var_nano2) AS var_nano2, toInt64(0) AS requests
@@ -379,14 +379,11 @@ FROM loaded_day {where}GROUP BY value
 # twice).
 _V4: tuple[str, ...] = (
     _DIM_ALL,
-    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_all_mv TO dim_all AS " + _DIM_ALL_SELECT.format(where=""),
-    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_loaded_mv TO dim_all AS " + _DIM_LOADED_SELECT.format(where=""),
-    "INSERT INTO dim_all " + _DIM_ALL_SELECT.format(where=""),
-    "INSERT INTO dim_all " + _DIM_LOADED_SELECT.format(where=""),
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_all_mv TO dim_all AS " + DIM_ALL_SELECT.format(where=""),
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_loaded_mv TO dim_all AS " + DIM_LOADED_SELECT.format(where=""),
+    "INSERT INTO dim_all " + DIM_ALL_SELECT.format(where=""),
+    "INSERT INTO dim_all " + DIM_LOADED_SELECT.format(where=""),
 )
-
-DIM_ALL_SELECT = _DIM_ALL_SELECT
-DIM_LOADED_SELECT = _DIM_LOADED_SELECT
 
 #: version -> statements; a store at version n runs every later version's statements in order.
 MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
