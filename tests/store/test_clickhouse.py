@@ -53,6 +53,7 @@ TARGETS = (
     "loaded_day",
     "requests",
     "unpriced_usage",
+    "dim_all",
 )
 
 
@@ -121,6 +122,10 @@ def snapshot(conn: Conn) -> dict[str, Any]:
         "unpriced_usage": conn.tuples(
             "SELECT key, sum(items), sum(count) FROM unpriced_usage GROUP BY ALL ORDER BY ALL"
         ),
+        "dim_all": conn.tuples(
+            "SELECT dim, service, value, sum(cost_nano), sum(calls), sum(spans), sum(errors), sum(unpriced), "
+            "sum(requests) FROM dim_all GROUP BY ALL ORDER BY ALL"
+        ),
     }
 
 
@@ -170,7 +175,9 @@ def test_the_same_batch_twice_is_stored_once_in_every_table(conn: Conn) -> None:
     assert snapshot(conn) == once
 
 
-@pytest.mark.parametrize(("table", "column"), [("unpriced_usage", "items"), ("loaded_day", "bucket")])
+@pytest.mark.parametrize(
+    ("table", "column"), [("unpriced_usage", "items"), ("loaded_day", "bucket"), ("dim_all", "spans")]
+)
 def test_a_batch_that_failed_half_way_is_completed_by_its_replay(
     conn: Conn, tmp_path: Path, table: str, column: str
 ) -> None:
@@ -319,6 +326,9 @@ def test_every_read_answers_as_the_sqlite_backend_does(tmp_path: Path) -> None:
         ("total", (), {"service": "bedrock"}),
         ("aggregate_by_feature", (), {}),
         ("aggregate_by_user", (), {}),
+        ("aggregate_by_feature", (), {"limit": 1}),
+        ("aggregate_by_user", (), {"limit": 3}),
+        ("aggregate_by_endpoint", (), {"limit": 2}),
         ("aggregate_by_endpoint", (day,), {"user_id": "u1"}),
         ("aggregate_by_endpoint", (), {"feature": "search"}),
         ("aggregate_by_user", (), {"service": "dynamodb"}),

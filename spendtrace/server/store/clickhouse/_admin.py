@@ -30,10 +30,18 @@ from typing import Any
 from spendtrace.errors import ConfigError, StorageError
 from spendtrace.server.model.reconcile import AWS_SERVICES, check_calibration
 from spendtrace.server.store.clickhouse._client import Conn
+from spendtrace.server.store.clickhouse._ddl import DIM_ALL_SELECT, DIM_LOADED_SELECT
 from spendtrace.server.store.sqlite._restate import _ONE, _check_factor, _day, _epoch_s, _scale
 from spendtrace.server.store.sqlite._retention import RetentionPolicy
 
-__all__ = ["apply_retention", "get_retention", "restate_historical_costs", "set_retention", "undo_restatement"]
+__all__ = [
+    "apply_retention",
+    "get_retention",
+    "restate_historical_costs",
+    "retire_all",
+    "set_retention",
+    "undo_restatement",
+]
 
 _GRAINS = ("minute", "hour", "day")
 _DAY_NS = 86_400 * 1_000_000_000
@@ -133,6 +141,56 @@ def _expire(conn: Conn, table: str, column: str, cutoff: int, cutoff_s: int) -> 
     return _drop_partitions(conn, table, cutoff_s) + _delete(conn, table, f"{column} < %s", (cutoff,))
 
 
+_RETIRE_KEY = "dim_all.retire"
+_DIM_COLUMNS = ("dim", "service", "value", "cost_nano", "calls", "spans", "errors", "unpriced", "var_nano2", "requests")
+
+
+def _retire_range(conn: Conn, lo_s: int, hi_s: int) -> int:
+    """Insert into ``dim_all`` the negation of the day rows of buckets ``[lo_s, hi_s)``; returns the rows inserted.
+
+    The token is the range's: a retirement redone after a crash (same range, day rows not deleted yet) is dropped.
+    """
+    where = "WHERE bucket >= %s AND bucket < %s "
+    rows = conn.tuples(DIM_ALL_SELECT.format(where=where), (lo_s, hi_s))
+    rows += conn.tuples(DIM_LOADED_SELECT.format(where=where), (lo_s, hi_s))
+    if rows:
+        columns: list[list[Any]] = [[r[i] for r in rows] for i in range(3)]
+        columns += [[-r[i] for r in rows] for i in range(3, len(_DIM_COLUMNS))]
+        conn.insert("dim_all", columns, _DIM_COLUMNS, {"insert_deduplication_token": f"retire:{lo_s}:{hi_s}"})
+    return len(rows)
+
+
+def _set_retire(conn: Conn, lo_s: int, hi_s: int, state: str) -> None:
+    conn.insert("meta", [[_RETIRE_KEY], [f"{lo_s}:{hi_s}:{state}"], [time.time_ns()]], ("key", "value", "updated_ns"))
+
+
+def retire_all(conn: Conn, cutoff_s: int) -> int:
+    """Take the day buckets before ``cutoff_s`` out of ``dim_all``, before retention deletes them from the day tables.
+
+    ``dim_all`` is fed by views on ``rollup_day`` / ``loaded_day``, and a delete triggers no view: so the
+    rows about to go are negated there first. ``meta`` remembers the range retired (``begun`` before the
+    insert, ``done`` after); a range begun and not done is redone first under the same token, so a crash
+    anywhere negates each bucket once. Returns the rows inserted.
+    """
+    rows = conn.tuples("SELECT argMax(value, updated_ns) FROM meta WHERE key = %s", (_RETIRE_KEY,))
+    state = str(rows[0][0]) if rows and rows[0][0] else "0:0:done"
+    lo, hi, how = state.split(":")
+    floor, inserted = int(hi), 0
+    if how != "done":
+        inserted += _retire_range(conn, int(lo), int(hi))
+        _set_retire(conn, int(lo), int(hi), "done")
+    if cutoff_s <= floor:
+        return inserted
+    found = conn.tuples("SELECT count() FROM rollup_day WHERE bucket >= %s AND bucket < %s", (floor, cutoff_s))
+    found_loaded = conn.tuples("SELECT count() FROM loaded_day WHERE bucket >= %s AND bucket < %s", (floor, cutoff_s))
+    if not found[0][0] and not found_loaded[0][0]:
+        return inserted
+    _set_retire(conn, floor, cutoff_s, "begun")
+    inserted += _retire_range(conn, floor, cutoff_s)
+    _set_retire(conn, floor, cutoff_s, "done")
+    return inserted
+
+
 def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
     """Delete every row older than the stored policy allows; returns the rows deleted.
 
@@ -155,6 +213,8 @@ def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
         _GRAINS, (policy.minute_rollups_days, policy.hourly_rollups_days, policy.daily_rollups_days), strict=True
     ):
         cutoff_s = (now_ns - days * _DAY_NS) // 1_000_000_000
+        if grain == "day":
+            retire_all(conn, cutoff_s)
         deleted += _expire(conn, f"rollup_{grain}", "bucket", cutoff_s, cutoff_s)
         deleted += _expire(conn, f"loaded_{grain}", "bucket", cutoff_s, cutoff_s)
     return deleted

@@ -118,8 +118,13 @@ class ClickHouseDashboard:
         now = self._now_s()
         since = window_start(now, grain, back)
         needle = fold(search)
-        k = f"toString({col})"
-        src = f"rollup_{grain} WHERE bucket >= %s"
+        sargs: list[Any]
+        if back:  # a window: its buckets of the grain's rollups, summed per value
+            k = f"toString({col})"
+            src, sargs, present = f"rollup_{grain} WHERE bucket >= %s", [since], ""
+        else:  # all time: ``dim_all``, one row per value (a few per value before parts merge)
+            k = "value"
+            src, sargs, present = "dim_all WHERE dim = %s", [col], " HAVING spans != 0"
         # one scan: the window's values with their sums, the counts and total over all of them (window
         # functions, before the search and the page cut them), then the page of the matching ones
         m = "toUInt8(position(lower(k), %s) > 0)" if needle else "toUInt8(1)"
@@ -128,9 +133,9 @@ class ClickHouseDashboard:
             " count() OVER () AS n, sum(c) OVER () AS total, sum(m) OVER () AS matched FROM ("
             f"SELECT {k} AS k, sum(cost_nano) AS c, sum(calls) AS calls, sum(spans) AS spans, sum(errors) AS errors,"
             " sum(unpriced) AS unpriced, sum(var_nano2) AS var, sum(requests) AS reqs, " + m + " AS m"
-            f" FROM {src} AND service = '' GROUP BY k)) WHERE m = 1 ORDER BY c DESC, k"
+            f" FROM {src} AND service = '' GROUP BY k{present})) WHERE m = 1 ORDER BY c DESC, k"
         )
-        page_args_: list[Any] = [*([needle] if needle else []), since]
+        page_args_: list[Any] = [*([needle] if needle else []), *sargs]
         if limit is not None:
             page_sql += " LIMIT %s OFFSET %s"
             page_args_ += [limit, offset]
@@ -142,9 +147,9 @@ class ClickHouseDashboard:
             n_values, total, matched = full[0][8:11]
         else:  # past the last page, or nothing matched: the counts alone
             ((n_values, total, matched),) = await self._all(
-                f"SELECT count(), sum(c), sum(m) FROM (SELECT {k} AS k, sum(cost_nano) AS c, {m} AS m FROM {src}"
-                " AND service = '' GROUP BY k)",
-                [*([needle] if needle else []), since],
+                f"SELECT count(), sum(c), sum(m) FROM (SELECT {k} AS k, sum(cost_nano) AS c, sum(spans) AS spans,"
+                f" {m} AS m FROM {src} AND service = '' GROUP BY k{present})",
+                [*([needle] if needle else []), *sargs],
             )
         page = [r[:8] for r in full]
         keys = [r[0] for r in page]
@@ -159,21 +164,25 @@ class ClickHouseDashboard:
             services = await self._all(
                 f"SELECT {k} AS k, toString(service) AS sv, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM {src}"
                 f" AND service != ''{inside} GROUP BY k, sv",
-                [since, *kargs],
+                [*sargs, *kargs],
             )
+            kin = f" AND toString({col}) IN %s" if only else ""
             minute = await self._all(
-                f"SELECT {k} AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
-                f" AND bucket >= %s{inside} GROUP BY k, bucket",
+                f"SELECT toString({col}) AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
+                f" AND bucket >= %s{kin} GROUP BY k, bucket",
                 [now - HOUR + MINUTE, *kargs],
             )
             loaded = []
             if dimension == "feature":
-                lin = " AND toString(feature) IN %s" if only else ""
-                loaded = await self._all(
-                    f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s{lin}"
-                    " GROUP BY f",
-                    [since, *kargs],
-                )
+                if back:
+                    lin = " AND toString(feature) IN %s" if only else ""
+                    lsql = f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s"
+                    largs: list[Any] = [since]
+                else:
+                    lin = " AND value IN %s" if only else ""
+                    lsql = "SELECT value AS f, sum(cost_nano) FROM dim_all WHERE dim = 'loaded' AND service = ''"
+                    largs = []
+                loaded = await self._all(f"{lsql}{lin} GROUP BY f", [*largs, *kargs])
         rows = [(r[0], "", *r[1:]) for r in page] + services
         return dim_snapshot(dimension, window, now, rows, minute, loaded, total_nano=int(total or 0),
                             values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip

@@ -21,6 +21,9 @@ span-level totals and rows with a service name that service's share):
 - Every MergeTree that an ingest writes (``spans`` and every view's target) has
   ``non_replicated_deduplication_window`` set, so an insert repeated with the same
   ``insert_deduplication_token`` is dropped by each table on its own (see ``_ingest``).
+- ``dim_all`` (v4): the day tables summed over every bucket, per (dimension, service, value), for the
+  dashboard's "all" window; fed by views on ``rollup_day`` / ``loaded_day`` (so deltas inserted there
+  reach it too), deduplicated like every target; retention negates the day rows it deletes.
 - ``batch_ranges`` (v3): each partition's range of the batch being written, recorded before its rows
   (the "begun" state of the storage interface's contract 4.); ``consumer_offsets`` is the "done".
 - Restatements and their undo insert delta rows into the rollup targets and ``requests``
@@ -30,7 +33,7 @@ span-level totals and rows with a service name that service's share):
 
 from __future__ import annotations
 
-__all__ = ["DEDUP_WINDOW", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["DEDUP_WINDOW", "DIM_ALL_SELECT", "DIM_LOADED_SELECT", "MIGRATIONS", "SCHEMA_VERSION"]
 
 #: Insert blocks each table remembers for deduplication (per table: ClickHouse's own default for
 #: replicated tables is 1000 on recent versions; a worker replays at most its last few batches).
@@ -333,6 +336,55 @@ _V3: tuple[str, ...] = (
     """,
 )
 
+#: the all-time figures per dimension value: what ``rollup_day`` / ``loaded_day`` hold summed over every bucket
+_DIM_ALL = f"""
+CREATE TABLE IF NOT EXISTS dim_all (
+    dim       LowCardinality(String),
+    service   LowCardinality(String),
+    value     String,
+    cost_nano {_SUM.format(t="Int64")},
+    calls     {_SUM.format(t="Float64")},
+    spans     {_SUM.format(t="Int64")},
+    errors    {_SUM.format(t="Int64")},
+    unpriced  {_SUM.format(t="Int64")},
+    var_nano2 {_SUM.format(t="Float64")},
+    requests  {_SUM.format(t="Int64")}
+) ENGINE = AggregatingMergeTree
+ORDER BY (dim, service, value)
+{_DEDUP}
+"""
+
+#: ``rollup_day`` rows, each under its three dimensions (the day rollups' own inserts and delta rows)
+DIM_ALL_SELECT = """
+SELECT d.1 AS dim, service, d.2 AS value, sum(cost_nano) AS cost_nano, sum(calls) AS calls, sum(spans) AS spans,
+    sum(errors) AS errors, sum(unpriced) AS unpriced, sum(var_nano2) AS var_nano2, sum(requests) AS requests
+FROM rollup_day
+ARRAY JOIN [('feature', toString(feature)), ('user_id', user_id), ('endpoint', toString(endpoint))] AS d
+{where}GROUP BY dim, service, value
+"""
+
+#: ``loaded_day`` rows under dimension ``loaded`` (fully-loaded cost per feature)
+DIM_LOADED_SELECT = """
+SELECT 'loaded' AS dim, '' AS service, toString(feature) AS value, sum(cost_nano) AS cost_nano,
+    sum(calls) AS calls, sum(spans) AS spans, toInt64(0) AS errors, toInt64(0) AS unpriced,
+    sum(var_nano2) AS var_nano2, toInt64(0) AS requests
+FROM loaded_day {where}GROUP BY value
+"""
+
+# v4: ``dim_all``, the "all" window of the dashboard per (dimension, value, service) without summing every
+# day: fed by views on the day tables themselves, so every row those get (an ingest's, a restatement's or
+# a reprice's delta, an undo's negation) reaches it under the same deduplication token; retention inserts
+# the negation of the day rows it is about to delete (``_admin.retire_all``). Filled from the day tables
+# the migration finds (workers stopped: a block stored between the view's creation and the fill would count
+# twice).
+_V4: tuple[str, ...] = (
+    _DIM_ALL,
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_all_mv TO dim_all AS " + DIM_ALL_SELECT.format(where=""),
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_loaded_mv TO dim_all AS " + DIM_LOADED_SELECT.format(where=""),
+    "INSERT INTO dim_all " + DIM_ALL_SELECT.format(where=""),
+    "INSERT INTO dim_all " + DIM_LOADED_SELECT.format(where=""),
+)
+
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -32,6 +32,7 @@ from spendtrace.server.store.sqlite._sql import (
 __all__ = [
     "aggregate",
     "aggregate_by_service",
+    "aggregate_top_all_time",
     "cost_trend",
     "cost_trend_by_feature",
     "dead_letters",
@@ -131,6 +132,36 @@ def aggregate(dim: str, f: Filters) -> Query[list[Row]]:
     if f.service is None:
         steps.append(rollup_source(f, group=dim, sums=("cost_nano", "unpriced"), split=True, by_service=True))
     return _swap(sq.aggregate(dim, f, dash=False), steps)
+
+
+def aggregate_top_all_time(dim: str, limit: int, keys: Sequence[str] = ()) -> Query[list[Row]]:
+    """``_queries.aggregate_top_all_time`` on ClickHouse: the top ``limit`` values of all time from ``dim_all``.
+
+    Step 1 ranks them; steps 2 and 3 (their per-service rows from ``dim_all``, their first and last day
+    from the day rollups) read ``keys``, the values step 1 returned: the caller runs step 1 first and
+    builds the query again with them, so the ranking is not computed three times. The rows are
+    ``aggregate``'s, shaped by its own post-processor.
+    """
+    assert dim in _DIMS
+    sums = ", ".join(f"{expr} AS {c}" for c, expr in _SUMS.items())
+    steps = (
+        (
+            f"SELECT value AS k, {sums} FROM dim_all WHERE dim = %s AND service = '' GROUP BY k HAVING spans != 0"
+            " ORDER BY cost_nano DESC, k LIMIT %s",
+            (dim, limit),
+        ),
+        (
+            "SELECT value AS k, toString(service) AS service, sum(cost_nano) AS cost_nano, sum(unpriced) AS unpriced"
+            " FROM dim_all WHERE dim = %s AND service != '' AND value IN %s GROUP BY k, service",
+            (dim, tuple(keys)),
+        ),
+        (
+            f"SELECT toString({dim}) AS k, min(bucket) AS b0, max(bucket) AS b1 FROM rollup_day WHERE service = ''"
+            f" AND toString({dim}) IN %s GROUP BY k",
+            (tuple(keys),),
+        ),
+    )
+    return _swap(sq.aggregate_top_all_time(dim, limit), steps)
 
 
 def aggregate_by_service(f: Filters) -> Query[list[Row]]:
@@ -290,51 +321,55 @@ def transactions(f: Filters, limit: int, offset: int, request_id: str | None = N
     return _swap(sraw.transactions(f, limit, offset, request_id), [(sql, (*params, int(limit), int(offset)))])
 
 
-_REQUEST_COLS = (
-    "request_id, coalesce(any(root_endpoint), any(endpoint)) AS endpoint, "
-    "coalesce(any(root_user_id), any(user_id)) AS user_id, any(root_feature) AS root_feature, "
-    "min(start_ns) AS start_ns, max(end_ns) AS end_ns, sum(cost_nano) AS cost_nano, sum(spans) AS spans, "
-    "sum(errors) AS errors, sum(unpriced) AS unpriced, sum(var_nano2) AS var_nano2"
+#: a request's merged columns, read ``FROM requests FINAL`` (every row of a request merged into one at read)
+_REQUEST_MERGED = (
+    "request_id, coalesce(root_endpoint, endpoint) AS ep, coalesce(root_user_id, user_id) AS us, root_feature AS rf, "
+    "start_ns AS t0, end_ns AS t1, cost_nano AS c, spans AS n, errors AS e, unpriced AS u, var_nano2 AS v"
+)
+_REQUEST_OUT = (
+    "request_id, ep AS endpoint, us AS user_id, rf AS root_feature, t0 AS start_ns, t1 AS end_ns, c AS cost_nano, "
+    "n AS spans, e AS errors, u AS unpriced, v AS var_nano2"
 )
 
 
 def request_rows(f: Filters, limit: int, order: str, offset: int = 0, *, search: str = "") -> tuple[str, list[Any]]:
-    """The page of merged ``requests`` rows (``_REQUEST_COLS``), newest or costliest first.
+    """The page of merged ``requests`` rows (``_REQUEST_OUT``), newest or costliest first.
 
-    ``search`` (already ASCII-lowered): only requests whose id, endpoint, tenant or root feature contains it.
+    ``search`` (already ASCII-lowered): only requests whose id, endpoint, tenant or root feature (what a
+    row shows, as on SQLite) contains it.
 
-    Two steps: the page's request ids, ranked on the one aggregate the order needs (plus the
-    filters'), then their rows by primary key; merging every column of every request to rank them
-    took 10x as long at 1M spans.
+    One scan of ``requests FINAL``: the table is an AggregatingMergeTree keyed by request id (one partition),
+    so ``FINAL`` merges each request's rows with the columns' own functions (sum, min, max, any) as
+    ``GROUP BY request_id`` would, but streaming over the sorted parts instead of hashing every request:
+    6 ms instead of 37 for the costliest 200 of 190,000 requests; filters and the search are ``WHERE``
+    terms on the merged values (never moved to PREWHERE under FINAL).
     """
     terms: list[str] = []
     params: list[Any] = []
     if f.start_ns is not None:
-        terms.append("min(start_ns) >= %s")
+        terms.append("t0 >= %s")
         params.append(f.start_ns)
     if f.end_ns is not None:
-        terms.append("min(start_ns) < %s")
+        terms.append("t0 < %s")
         params.append(f.end_ns)
-    for expr, val in (
-        ("any(root_feature)", f.feature),
-        ("coalesce(any(root_user_id), any(user_id))", f.user_id),
-        ("coalesce(any(root_endpoint), any(endpoint))", f.endpoint),
-    ):
+    for expr, val in (("rf", f.feature), ("us", f.user_id), ("ep", f.endpoint)):
         if val is not None:
             terms.append(f"ifNull({expr}, '') = %s")
             params.append(val)
     if search:
-        shown = ("request_id", "any(root_endpoint)", "any(endpoint)", "any(root_user_id)", "any(user_id)",
-                 "any(root_feature)")  # fmt: skip
+        shown = ("request_id", "ep", "us", "rf")
         terms.append("(" + " OR ".join(f"position(lower(ifNull({e}, '')), %s) > 0" for e in shown) + ")")
         params += [search] * len(shown)
-    having = f" HAVING {' AND '.join(terms)}" if terms else ""
-    rank, by = (
-        ("min(start_ns)", "DESC, request_id DESC") if order == "recent" else ("sum(cost_nano)", "DESC, request_id")
+    where = f" WHERE {' AND '.join(terms)}" if terms else ""
+    by, outer = (
+        ("t0 DESC, request_id DESC", "start_ns DESC, request_id DESC")
+        if order == "recent"
+        else ("c DESC, request_id", "cost_nano DESC, request_id")
     )
-    page = f"SELECT request_id FROM requests GROUP BY request_id{having} ORDER BY {rank} {by} LIMIT %s OFFSET %s"
-    outer_by = "start_ns DESC, request_id DESC" if order == "recent" else "cost_nano DESC, request_id"
-    sql = f"SELECT {_REQUEST_COLS} FROM requests WHERE request_id IN ({page}) GROUP BY request_id ORDER BY {outer_by}"
+    sql = (
+        f"SELECT {_REQUEST_OUT} FROM (SELECT {_REQUEST_MERGED} FROM requests FINAL{where} ORDER BY {by}"
+        f" LIMIT %s OFFSET %s) ORDER BY {outer}"
+    )
     return sql, [*params, int(limit), int(offset)]
 
 

@@ -11,7 +11,7 @@ the store consistent: rollups are stored apart from raw spans, so deleting spans
 
 from __future__ import annotations
 
-from spendtrace.server.store.clickhouse._admin import _SYNC, _drop_partitions, get_retention
+from spendtrace.server.store.clickhouse._admin import _SYNC, _drop_partitions, get_retention, retire_all
 from spendtrace.server.store.clickhouse._client import Conn
 
 __all__ = ["retention_chunk"]
@@ -63,6 +63,8 @@ def retention_chunk(conn: Conn, now_ns: int, limit: int) -> tuple[int, bool]:
         bucket_s = (now_ns - days * _DAY_NS) // 1_000_000_000
         steps += [(f"rollup_{grain}", "bucket", bucket_s, bucket_s), (f"loaded_{grain}", "bucket", bucket_s, bucket_s)]
     for table, column, cutoff, whole_before_s in steps:
+        if table == "rollup_day":  # the all-time table loses what the day tables are about to lose
+            retire_all(conn, cutoff)
         if whole_before_s is not None:
             dropped = _drop_partitions(conn, table, whole_before_s)
             if dropped:

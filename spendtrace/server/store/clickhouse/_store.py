@@ -81,8 +81,17 @@ class ClickHouseStore:
         self.close()
 
     # -- aggregates ------------------------------------------------------------------------------
-    def _aggregate(self, dim: str, start: TimeLike, end: TimeLike, names: tuple[str | None, ...]) -> list[Row]:
-        return self.run(q.aggregate(dim, self._rollup_filters(start, end, *names)))
+    def _aggregate(
+        self, dim: str, start: TimeLike, end: TimeLike, names: tuple[str | None, ...], limit: int | None = None
+    ) -> list[Row]:
+        f = self._rollup_filters(start, end, *names)
+        if limit is not None and f == Filters():  # the top of all time: from ``dim_all``, not every day
+            n = max(int(limit), 0)
+            page = self._conn.rows(*q.aggregate_top_all_time(dim, n).steps[0])
+            keys = [str(r["k"]) for r in page]
+            query = q.aggregate_top_all_time(dim, n, keys)
+            return query.post([page, *([self._conn.rows(sql, p) for sql, p in query.steps[1:]] if keys else [[], []])])
+        return _limit(self.run(q.aggregate(dim, f)), limit)
 
     def aggregate_by_feature(
         self,
@@ -96,7 +105,7 @@ class ClickHouseStore:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per feature, most expensive first."""
-        return _limit(self._aggregate("feature", start, end, (feature, user_id, endpoint, service)), limit)
+        return self._aggregate("feature", start, end, (feature, user_id, endpoint, service), limit)
 
     def aggregate_by_user(
         self,
@@ -110,7 +119,7 @@ class ClickHouseStore:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per tenant (``user_id``), most expensive first."""
-        return _limit(self._aggregate("user_id", start, end, (feature, user_id, endpoint, service)), limit)
+        return self._aggregate("user_id", start, end, (feature, user_id, endpoint, service), limit)
 
     def aggregate_by_endpoint(
         self,
@@ -124,7 +133,7 @@ class ClickHouseStore:
         limit: int | None = None,
     ) -> list[Row]:
         """Spend per endpoint, most expensive first."""
-        return _limit(self._aggregate("endpoint", start, end, (feature, user_id, endpoint, service)), limit)
+        return self._aggregate("endpoint", start, end, (feature, user_id, endpoint, service), limit)
 
     def aggregate_by_service(
         self,
