@@ -499,15 +499,7 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook, *, deltas: bool = True
         "hour": _coarsen_loaded(loaded_min, 3600),
         "day": _coarsen_loaded(loaded_min, 86400),
     }
-    starts = [s.start_ns for s in uniq]
-    summary = BatchSummary(
-        features=frozenset(k[1] for k in minute),
-        loaded_features=frozenset(k[1] for k in loaded_min),
-        users=frozenset(k[2] for k in minute) - {""},
-        endpoints=frozenset(k[3] for k in minute) - {""},
-        min_start_ns=min(starts) if starts else None,
-        max_start_ns=max(starts) if starts else None,
-    )
+    summary = _summary(minute, (k[1] for k in loaded_min), [s.start_ns for s in uniq])
     return PreparedBatch(
         book=book,
         spans=uniq,
@@ -524,6 +516,19 @@ def prepare_batch(spans: Iterable[Span], book: PriceBook, *, deltas: bool = True
     )
 
 
+def _summary(dims: Iterable[tuple[Any, ...]], loaded_features: Iterable[str], starts: list[int]) -> BatchSummary:
+    """What a batch touched, from its (bucket, feature, user_id, endpoint, ...) keys and span starts."""
+    dims = list(dims)
+    return BatchSummary(
+        features=frozenset(d[1] for d in dims),
+        loaded_features=frozenset(loaded_features),
+        users=frozenset(d[2] for d in dims) - {""},
+        endpoints=frozenset(d[3] for d in dims) - {""},
+        min_start_ns=min(starts) if starts else None,
+        max_start_ns=max(starts) if starts else None,
+    )
+
+
 def _rows_only(
     book: PriceBook,
     uniq: list[Span],
@@ -536,15 +541,7 @@ def _rows_only(
     loaded: set[tuple[str, ...]],
 ) -> PreparedBatch:
     """The ``PreparedBatch`` of ``prepare_batch(..., deltas=False)``: rows, totals and summary, no deltas."""
-    starts = values[7 :: SPAN_COLUMNS]
-    summary = BatchSummary(
-        features=frozenset(d[1] for d in dims),
-        loaded_features=frozenset(f for feats in loaded for f in feats),
-        users=frozenset(d[2] for d in dims) - {""},
-        endpoints=frozenset(d[3] for d in dims) - {""},
-        min_start_ns=min(starts) if starts else None,
-        max_start_ns=max(starts) if starts else None,
-    )
+    summary = _summary(dims, (f for feats in loaded for f in feats), values[7::SPAN_COLUMNS])
     return PreparedBatch(
         book=book,
         spans=uniq,
