@@ -39,7 +39,7 @@ def _snapshot(db: Path, cutoff_ns: int) -> tuple[int, int]:
 async def test_worker_stores_new_spans_while_a_retention_backlog_is_worked_off(
     broker: EmbeddedBroker, topic_name: str, db_path: Path
 ) -> None:
-    """20,000 aged spans go in chunks of 50 rows; batches of new spans commit while that round is under way."""
+    """20,000 aged spans go in chunks of 5 rows; batches of new spans commit while that round is under way."""
     cfg = WorkerConfig(
         bootstrap=broker.bootstrap,
         db_path=str(db_path),
@@ -52,7 +52,10 @@ async def test_worker_stores_new_spans_while_a_retention_backlog_is_worked_off(
         session_timeout_ms=2_000,
         heartbeat_interval_ms=400,
         retention_interval_s=0.2,
-        retention_chunk_rows=50,
+        # 5-row chunks: the round over the backlog takes thousands of chunks (seconds), so batches of the
+        # spans sent meanwhile have time to land inside it even on a loaded machine (50-row chunks finished
+        # a 17,650-row round before the next batch arrived in one CI run)
+        retention_chunk_rows=5,
     )
     await ensure_topics(broker.bootstrap, [topic_name], partitions=3)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=5)
