@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar, cast
 
 from spendtrace.schema import MAX_KEY_LEN, MAX_NAME_LEN, MAX_UNITS, UNATTRIBUTED, Span, UsageItem
 from spendtrace.sdk import clock as _clock
@@ -509,14 +509,61 @@ def _fast_sync(
 # --------------------------------------------------------------------------- track
 
 
-class track:
+class _Block:
+    """A ``with`` / ``async with`` block of ``track`` or ``track_request``: ``_open`` gives its frame on entry
+    (None: it records nothing and leaves the context alone); exit closes the span it opened."""
+
+    __slots__ = ("_c0", "_frame", "_opened", "_t0", "_token")
+
+    _frame: _Frame | None
+    _opened: _Frame | None
+    _token: contextvars.Token[_State | None] | None
+    _c0: int
+    _t0: int
+
+    def _open(self) -> _Frame | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        if self._frame is not None:
+            raise RuntimeError(f"this {type(self).__name__}(...) is already open; create a new one for each block")
+        frame = self._open()
+        self._frame = self._opened = _NO_FRAME if frame is None else frame
+        self._token = None if frame is None else _set(frame[0])
+        self._c0 = _clock.cpu()
+        self._t0 = _perf()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        frame = self._frame
+        if frame is None:
+            return
+        cpu = _clock.cpu() - self._c0
+        token = self._token
+        self._frame = self._token = None
+        if token is not None:
+            _reset(token)
+        _close(frame, self._t0, cpu, exc)
+
+    async def __aenter__(self) -> Self:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class track(_Block):
     """A span of ``feature`` around a ``with`` or ``async with`` block (or, as a decorator, each call).
 
     ``operation`` and ``sample_rate`` mean what they mean for ``cost_track``. One ``track``
     object is one block: open a new one for each ``with``.
     """
 
-    __slots__ = ("_c0", "_feat1", "_feature", "_frame", "_opened", "_operation", "_rate", "_t0", "_token")
+    __slots__ = ("_feat1", "_feature", "_operation", "_rate")
 
     def __init__(self, feature: str, *, operation: str | None = None, sample_rate: float | None = None) -> None:
         self._feature = _check_name(feature, "feature")
@@ -539,36 +586,8 @@ class track:
         """``@track(feature=...)`` works like ``@cost_track(feature=...)``."""
         return cost_track(self._feature, operation=self._operation, sample_rate=self._rate)(fn)
 
-    def __enter__(self) -> track:
-        if self._frame is not None:
-            raise RuntimeError("this track(...) is already open; create a new one for each block")
-        frame = _open_span(self._feature, self._operation, self._rate, self._feat1)
-        self._frame = self._opened = _NO_FRAME if frame is None else frame
-        self._token = None if frame is None else _set(frame[0])
-        self._c0 = _clock.cpu()
-        self._t0 = _perf()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        frame = self._frame
-        if frame is None:
-            return
-        cpu = _clock.cpu() - self._c0
-        token = self._token
-        self._frame = self._token = None
-        if token is not None:
-            _reset(token)
-        _close(frame, self._t0, cpu, exc)
-
-    async def __aenter__(self) -> track:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
+    def _open(self) -> _Frame | None:
+        return _open_span(self._feature, self._operation, self._rate, self._feat1)
 
 
 #: Frame of a block that records nothing and leaves the context alone.
@@ -578,7 +597,7 @@ _NO_FRAME: Final[_Frame] = (_OFF, False, None, 0)
 # --------------------------------------------------------------------------- track_request
 
 
-class track_request:
+class track_request(_Block):
     """Open a request scope: a request id, an endpoint and a tenant that every nested span inherits.
 
     Use as a decorator (plain or ``async`` functions, generators) or as a ``with`` / ``async with``
@@ -591,17 +610,12 @@ class track_request:
     """
 
     __slots__ = (
-        "_c0",
         "_endpoint",
         "_feat1",
         "_feature",
-        "_frame",
-        "_opened",
         "_operation",
         "_rate",
         "_request_id",
-        "_t0",
-        "_token",
         "_user",
         "_user_fn",
     )
@@ -693,36 +707,6 @@ class track_request:
         frame = self._opened
         return frame[0][2] if frame is not None and frame[0][0] else None
 
-    def __enter__(self) -> track_request:
-        if self._frame is not None:
-            raise RuntimeError("this track_request(...) is already open; create a new one for each block")
-        frame = self._open()
-        self._frame = self._opened = _NO_FRAME if frame is None else frame
-        self._token = None if frame is None else _set(frame[0])
-        self._c0 = _clock.cpu()
-        self._t0 = _perf()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        frame = self._frame
-        if frame is None:
-            return
-        cpu = _clock.cpu() - self._c0
-        token = self._token
-        self._frame = self._token = None
-        if token is not None:
-            _reset(token)
-        _close(frame, self._t0, cpu, exc)
-
-    async def __aenter__(self) -> track_request:
-        return self.__enter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 # --------------------------------------------------------------------------- add_api_call
