@@ -13,14 +13,13 @@ from typing import Any
 
 import msgspec
 from _worker_config import worker_config
+from independent_pricing import cost_nano
 
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce, stored_offsets, wait_for
 from consumers.worker import Worker
 from spendtrace.schema import UsageItem, encode_span
 from spendtrace.server.broker import EmbeddedBroker
-from spendtrace.server.pricing import PriceBook
-from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path) -> WorkerConfig:
@@ -76,7 +75,7 @@ async def test_out_of_range_spans_become_dead_letters_and_the_rest_of_their_batc
         stored, cost = conn.execute("SELECT count(*), sum(cost_nano) FROM spans").fetchone()
         reasons = {bytes(k).decode()[4:]: r for k, r in conn.execute("SELECT key, reason FROM dead_letters")}
     assert stored == len(spans)
-    assert cost == prepare_batch(spans, PriceBook.default()).cost_nano
+    assert cost == cost_nano(spans)
     assert set(reasons) == set(bad)
     assert "<= 17592186044415" in reasons["tokens"] and "<= 17592186044415" in reasons["count"]
     assert "<= 4102444800000000000" in reasons["start"] and "<= 3155760000000000000" in reasons["duration"]

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 from _worker_config import worker_config
+from independent_pricing import cost_nano
 
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce_spans, stored_offsets, wait_for
 from consumers.worker import Worker
 from spendtrace.server.broker import EmbeddedBroker
-from spendtrace.server.pricing import PriceBook
-from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path) -> WorkerConfig:
@@ -65,8 +64,7 @@ async def test_a_broker_restarted_empty_is_detected_and_its_new_log_read_from_th
     caplog.set_level(logging.ERROR, logger="consumers.checkpoint")
     worker = await _run_until_stored(cfg, ends)
     # ...and each is read from its beginning: every span of both logs stored once, to the nano-dollar.
-    book = PriceBook.default()
-    assert _spans_stored(db_path) == (len(first) + len(second), prepare_batch(first + second, book).cost_nano)
+    assert _spans_stored(db_path) == (len(first) + len(second), cost_nano(first + second))
     assert worker.stats.offset_resets == 3
     resets = [r.getMessage() for r in caplog.records if "Re-reading it from offset 0" in r.getMessage()]
     assert len(resets) == 3 and all("Kafka holds no committed offset" in m for m in resets)

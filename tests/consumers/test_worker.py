@@ -14,14 +14,13 @@ from typing import Any
 import msgspec
 from _worker_config import worker_config
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from independent_pricing import cost_nano
 
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce, produce_spans, stored_offsets, wait_for
 from consumers.worker import Worker
 from spendtrace.schema import UsageItem, encode_span
 from spendtrace.server.broker import EmbeddedBroker
-from spendtrace.server.pricing import PriceBook
-from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 
 def _config(broker: EmbeddedBroker, topic: str, db: Path, group: str = "g", **kw: Any) -> WorkerConfig:
@@ -57,7 +56,7 @@ async def test_worker_stores_priced_spans_then_commits_offsets(broker: EmbeddedB
         await wait_for(_drained(cfg, ends), 60, "the worker to store every offset")
     assert _scalar(db_path, "SELECT count(*) FROM spans") == len(spans)
     assert worker.stats.messages == len(spans)  # records fetched before the assignment's seek were not reprocessed
-    expected = prepare_batch(spans, PriceBook.default()).cost_nano
+    expected = cost_nano(spans)
     assert expected > 0
     assert _scalar(db_path, "SELECT sum(cost_nano) FROM spans") == expected
     assert _scalar(db_path, "SELECT sum(cost_nano) FROM rollup_day WHERE service = ''") == expected
@@ -229,7 +228,7 @@ async def test_workers_apply_retention_while_consuming(broker: EmbeddedBroker, t
     new = make_spans(200, seed=7)
     ends = await produce_spans(broker.bootstrap, topic_name, old + new, partitions=3)
     cfg = _config(broker, topic_name, db_path, retention_interval_s=0.2)
-    expected = prepare_batch(old + new, PriceBook.default()).cost_nano
+    expected = cost_nano(old + new)
     async with running(Worker(cfg)) as worker:
         await wait_for(_drained(cfg, ends), 60, "the worker to store every offset")
         # shortened after they were stored: sent now, the old spans would be dead letters (past the horizon)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _worker_config import worker_config
+from independent_pricing import cost_nano
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -21,9 +22,7 @@ from consumers.metrics import Histogram, serve_metrics
 from consumers.testing import FEATURES, TENANTS, make_spans, produce_spans, stored_offsets
 from consumers.worker import Worker
 from spendtrace.server.broker import EmbeddedBroker
-from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._db import connect
-from spendtrace.server.store.sqlite._ingest import prepare_batch
 
 PARTITIONS = 3
 DEADLINE_S = 60.0
@@ -138,9 +137,9 @@ async def test_metrics_endpoint_serves_lag_latency_and_stored_spend(
     assert _lag(done, topic_name) == dict.fromkeys(range(PARTITIONS), 0)
     assert _check_histogram(done, "spendtrace_batch_commit_seconds") == worker.stats.batches >= 9
     with sqlite3.connect(db_path) as conn:
-        cost_nano = conn.execute("SELECT sum(cost_nano) FROM spans").fetchone()[0]
-    assert cost_nano == prepare_batch(spans, PriceBook.default()).cost_nano > 0
-    assert done["spendtrace_cost_usd_total"][0].value == cost_nano / 1e9
+        stored_nano = conn.execute("SELECT sum(cost_nano) FROM spans").fetchone()[0]
+    assert stored_nano == cost_nano(spans) > 0
+    assert done["spendtrace_cost_usd_total"][0].value == stored_nano / 1e9
     assert done["spendtrace_spans_ingested_total"][0].value == len(spans)
     assert done["spendtrace_dead_letters_total"][0].value == 0
     assert done["spendtrace_unpriced_usage_total"][0].value == 0
@@ -149,10 +148,10 @@ async def test_metrics_endpoint_serves_lag_latency_and_stored_spend(
     # Direct cost per feature, and cost per service, each add up to the total.
     features = {s.labels["feature"]: s.value for s in done["spendtrace_feature_cost_usd_total"]}
     assert set(features) == {*FEATURES, "__other__"} and features["__other__"] == 0  # every feature in the top set
-    assert abs(sum(features.values()) - cost_nano / 1e9) < 1e-9
+    assert abs(sum(features.values()) - stored_nano / 1e9) < 1e-9
     services = {s.labels["service"]: s.value for s in done["spendtrace_service_cost_usd_total"]}
     assert set(services) == {"dynamodb", "bedrock", "s3"} and min(services.values()) > 0
-    assert abs(sum(services.values()) - cost_nano / 1e9) < 1e-9
+    assert abs(sum(services.values()) - stored_nano / 1e9) < 1e-9
     assert done["spendtrace_consumer_spans_total"][0].value == len(spans)
     # Bounded labels: no tenant ever becomes a label name or value.
     every = [s for group in done.values() for s in group]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from independent_pricing import cost_nano
 
 from consumers.testing import make_spans
 from consumers.worker import load_price_book
@@ -60,20 +61,20 @@ def test_writes_a_batch_and_answers_a_replay_with_the_new_spans_only(tmp_path: P
         reply = writer.exchange(encode_write(first, _offsets(200), []))
         assert isinstance(reply, Written)
         result = reply.result
-        assert (result.new_spans, result.duplicate_spans, result.cost_nano) == (200, 0, first.cost_nano)
-        assert _count(db) == (200, first.cost_nano)
+        assert (result.new_spans, result.duplicate_spans, result.cost_nano) == (200, 0, cost_nano(spans[:200]))
+        assert _count(db) == (200, cost_nano(spans[:200]))
 
         overlapping = prepare_batch(spans[100:], book)
         replay = writer.exchange(encode_write(overlapping, _offsets(300, 200), []))
         assert replay == Replayed(frozenset(s.span_id for s in spans[200:]))
-        assert _count(db) == (200, first.cost_nano)  # rolled back: nothing of the overlapping batch stored
+        assert _count(db) == (200, cost_nano(spans[:200]))  # rolled back: nothing of the overlapping batch stored
         with sqlite3.connect(db) as conn:
             assert conn.execute("SELECT next_offset FROM consumer_offsets").fetchall() == [(200,)]
 
         rest = prepare_batch([s for s in spans[100:] if s.span_id in replay.new_span_ids], book)
         again = writer.exchange(encode_write(rest, _offsets(300, 200), []))
         assert isinstance(again, Written) and again.result.new_spans == 100
-        assert _count(db) == (300, prepare_batch(spans, book).cost_nano)
+        assert _count(db) == (300, cost_nano(spans))
     finally:
         writer.close()
     assert writer.pid is None
@@ -206,7 +207,7 @@ async def test_the_async_ingest_store_applies_a_replay_once_without_the_caller_s
         assert await store.retention_chunk(0, 100) == (0, True)
     finally:
         await store.close()
-    assert _count(db) == (300, prepare_batch(spans, book).cost_nano)
+    assert _count(db) == (300, cost_nano(spans))
     with open_ingest_store(db, readonly=True) as reader:
         assert isinstance(reader, IngestStore)
         assert reader.stored_offsets("g", "t") == {0: 301}

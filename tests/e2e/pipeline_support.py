@@ -18,11 +18,12 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from spendtrace.schema import Span, UsageItem, encode_span
+from independent_pricing import PUBLISHED_SINCE_NS, PUBLISHED_USD, price_nano  # noqa: F401 - re-exported for the e2e tests
+
+from spendtrace.schema import Span, encode_span
 from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 
@@ -114,76 +115,6 @@ class Recorded:
     def messages(self) -> list[tuple[bytes, bytes]]:
         """The spans as the SDK publishes them: (request id, msgpack value)."""
         return [(s.request_id.encode(), encode_span(s)) for s in self.spans]
-
-
-# --------------------------------------------------------------------------- independent pricing
-_M = 1_000_000
-
-#: USD per single billed unit and the service, for every key the app records (``mystery_api`` has
-#: none: unpriced). The app records at the current time, after DynamoDB's on-demand price cut of
-#: 2024-11-01, so one rate per key covers it (``price_nano`` refuses anything older).
-PUBLISHED_USD: dict[str, tuple[str, dict[str, Fraction]]] = {
-    # https://aws.amazon.com/dynamodb/pricing/on-demand/ : $0.125 per million read request units and
-    # $0.625 per million write request units (us-east-1, since 2024-11-01; $0.25 / $1.25 before)
-    "dynamodb_read": ("dynamodb", {"count": Fraction("0.125") / _M}),
-    "dynamodb_write": ("dynamodb", {"count": Fraction("0.625") / _M}),
-    # https://aws.amazon.com/s3/pricing/ : S3 Standard, $0.0004 per 1,000 GET and $0.005 per 1,000 PUT
-    # requests (us-east-1); the bytes moved within a region are not billed per request
-    "s3_get": ("s3", {"count": Fraction("0.0004") / 1000}),
-    "s3_put": ("s3", {"count": Fraction("0.005") / 1000}),
-    # https://aws.amazon.com/bedrock/pricing/ : Anthropic Claude 3 Haiku, $0.25 / $1.25 per million input /
-    # output tokens, cache reads $0.03 per million (also https://www.anthropic.com/pricing for Haiku 3)
-    "bedrock_claude_3_haiku": (
-        "bedrock",
-        {
-            "input_tokens": Fraction("0.25") / _M,
-            "output_tokens": Fraction("1.25") / _M,
-            "cache_read_tokens": Fraction("0.03") / _M,
-        },
-    ),
-}
-#: 2024-11-01 00:00 UTC, from when ``PUBLISHED_USD`` holds.
-PUBLISHED_SINCE_NS = 1_730_419_200 * 10**9
-
-# Units that make an item unpriced when they have no rate, and units billed only where they have one.
-_NEED_A_RATE = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "gb_seconds",
-)
-_BILLED_IF_RATED = ("count", "bytes")
-
-
-def price_nano(item: UsageItem, at_ns: int) -> tuple[int | None, str]:
-    """(nano-dollars or None if unpriced, service) from ``PUBLISHED_USD``: no call into spendtrace's pricing.
-
-    The documented rule: tokens and GB-seconds need a rate (else the item is unpriced); a request
-    count or bytes are billed only where there is a rate for them; an item with nothing billed
-    is unpriced. The exact USD amount is rounded once to nano-dollars, half to even.
-    """
-    if at_ns < PUBLISHED_SINCE_NS:
-        raise ValueError("the rates written here hold from 2024-11-01 on")
-    if item.key not in PUBLISHED_USD:
-        return None, item.service
-    service, per_unit = PUBLISHED_USD[item.key]
-    service = item.service or service
-    usd = Fraction(0)
-    billed = False
-    for name in _NEED_A_RATE + _BILLED_IF_RATED:
-        units = getattr(item, name)
-        if not units:
-            continue
-        if name in per_unit:
-            usd += Fraction(units) * per_unit[name]
-            billed = True
-        elif name in _NEED_A_RATE:
-            return None, service
-    if not billed:
-        return None, service
-    return round(usd * 10**9), service  # Fraction rounds half to even
 
 
 @dataclass

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from independent_pricing import cost_nano
 
 from consumers.testing import make_spans
 from spendtrace.sdk.export._processor import BatchProcessor
-from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.local_export import LocalStoreExporter
-from spendtrace.server.pricing import current_book
 
 
 def _stored(db: Path) -> tuple[int, int]:
@@ -44,7 +43,7 @@ def test_spans_after_the_directory_is_deleted_go_to_a_new_database_and_it_is_log
         assert processor.flush(30) == 0
     finally:
         processor.shutdown()
-    assert _stored(db) == (200, prepare_batch(spans[100:], current_book()).cost_nano)
+    assert _stored(db) == (200, cost_nano(spans[100:]))
     assert exporter.reopened == 1
     assert "was deleted (or its directory) before writing a batch; creating it again" in caplog.text
 
@@ -79,6 +78,6 @@ def test_a_batch_written_while_the_file_is_deleted_is_spilled_and_written_again(
             time.sleep(0.02)
     finally:
         processor.shutdown()
-    assert _stored(db) == (120, prepare_batch(spans, current_book()).cost_nano)
+    assert _stored(db) == (120, cost_nano(spans))
     assert exporter.reopened == 1 and "while a batch was written" in caplog.text
     assert processor.counters().export_errors == 1

@@ -6,11 +6,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+from independent_pricing import cost_nano
+
 from consumers.testing import make_spans
 from spendtrace import SQLiteStorage
-from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.local_export import LocalStoreExporter
-from spendtrace.server.pricing import current_book
 
 DAY_NS = 86_400 * 10**9
 
@@ -35,11 +35,10 @@ def test_the_local_exporter_ages_out_raw_spans_and_keeps_the_daily_totals(tmp_pa
             exporter.export(new[i : i + 10])
     finally:
         exporter.shutdown()
-    book = current_book()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(new)
         day_cost = conn.execute("SELECT sum(cost_nano) FROM rollup_day WHERE service = ''").fetchone()[0]
-    assert day_cost == prepare_batch(old + new, book).cost_nano
+    assert day_cost == cost_nano(old + new)
     assert exporter.retention_runs == 1
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from _query_fixtures import dash_mismatches, make_spans, store
+from independent_pricing import cost_nano
 
 from spendtrace import ConfigError, PriceBook, Span, SQLiteStorage, UsageItem
 from spendtrace.server.store.sqlite._dash import GRAINS
@@ -91,12 +92,10 @@ def test_each_kind_of_row_ages_out_on_its_own_schedule(db_path: Path, fixed_now_
         assert oldest >= now_s - days * 86_400, table
     # the 2000-day-old request is past even the daily limit; everything younger is still on the dashboard
     daily_after = feature_totals(conn, "rollup_day")
-    lost = prepare_batch([s for s in spans_at(fixed_now_ns) if s.span_id.endswith("6")], PriceBook.default()).cost_nano
+    lost = cost_nano(s for s in spans_at(fixed_now_ns) if s.span_id.endswith("6"))
     assert sum(daily_after.values()) == sum(daily_before.values()) - lost
     assert daily_after["api"] > 0 and daily_after["search"] > 0
-    hourly_lost = prepare_batch(
-        [s for s in spans_at(fixed_now_ns) if s.span_id[-1] in "56"], PriceBook.default()
-    ).cost_nano
+    hourly_lost = cost_nano(s for s in spans_at(fixed_now_ns) if s.span_id[-1] in "56")
     assert sum(feature_totals(conn, "rollup_hour").values()) == sum(hourly_before.values()) - hourly_lost
     assert apply_retention(conn, fixed_now_ns) == 0  # idempotent
     with SQLiteStorage(db_path) as storage:
