@@ -17,9 +17,7 @@ import argparse
 import importlib
 import json
 import pkgutil
-import signal
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -203,24 +201,11 @@ def _cmd_trend(args: argparse.Namespace) -> int:
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     try:
-        from spendtrace.server.broker import EmbeddedBroker
+        from spendtrace.server.broker import EmbeddedBroker, serve
     except ImportError:
         print("spendtrace: the broker needs the consumers package: pip install 'spendtrace[consumer]'", file=sys.stderr)
         return 2
-    broker = EmbeddedBroker(host=args.host, port=args.port or None)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        broker.start()
-        print(broker.bootstrap, flush=True)
-        while broker.running:
-            time.sleep(0.2)
-        print("spendtrace: the broker exited", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        broker.stop()
-        signal.signal(signal.SIGTERM, previous)
+    return serve(EmbeddedBroker(host=args.host, port=args.port or None))
 
 
 # --- parser --------------------------------------------------------------------------------------
