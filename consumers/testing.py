@@ -117,10 +117,25 @@ def stored_offsets(db: str | Path, group: str, topic: str) -> dict[int, int]:
         store.close()
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; raise ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
+async def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
+    *,
+    progress: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``condition`` until it holds; raise ``TimeoutError`` naming ``what`` after ``timeout`` seconds.
+
+    With ``progress``, the timeout counts from the last change of ``progress()`` (e.g. offsets stored so
+    far): work whose size depends on the machine's speed fails when it stalls, not when it is slow.
+    """
     deadline = time.monotonic() + timeout
+    seen = progress() if progress is not None else None
     while not condition():
+        if progress is not None and (now := progress()) != seen:
+            seen, deadline = now, time.monotonic() + timeout
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            stalled = f"; no progress from {seen!r}" if progress is not None else ""
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}{stalled}")
         await asyncio.sleep(interval)
