@@ -1,16 +1,26 @@
 """The receiver's shortcuts give what the long way gives: one-pass attribute reading, the rules' per-resource
-result, the usage key list."""
+result, the usage key list, Kafka's partition hash, and record batches gzipped by the sink itself."""
 
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
+import os
+import random
 from pathlib import Path
 from typing import Any
 
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from support import topic_span_ids
 
+from spendtrace.schema import Span
+from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.otlp import _usage, convert, load_rules
+from spendtrace.server.otlp.receiver import KafkaSink, _builds_plain_batches, gzip_batch, murmur2
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 
@@ -104,3 +114,58 @@ def test_usage_attributes_list_every_key_the_usage_reader_reads() -> None:
     assert len(read) >= 15  # the walk found the reads (a refactoring that hides them must update this test)
     assert read | _usage._TOKEN_KEYS <= _usage.USAGE_ATTRIBUTES
     assert {*_usage._TOKEN_KEYS, "rpc.system"} == _usage.USAGE_TRIGGERS
+
+
+def test_murmur2_is_kafkas_partition_hash() -> None:
+    """The same hash as aiokafka's (the Java client's), for request ids and keys of every length up to 300 bytes."""
+    rng = random.Random(17)
+    keys = [bytes(rng.randrange(256) for _ in range(n)) for n in range(301)]
+    keys += [os.urandom(16).hex().encode() for _ in range(500)]
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
+
+
+def _plain_batch(records: list[tuple[bytes, bytes]]) -> bytes:
+    b = BatchBuilder(1024 * 1024, 0)
+    for key, value in records:
+        assert b.append(timestamp=None, key=key, value=value) is not None
+    return bytes(b._build())
+
+
+def test_gzip_batch_is_a_gzip_batch_aiokafka_reads_back_record_for_record() -> None:
+    """The batch gzipped by the sink: valid CRC, gzip codec, smaller, and the same records as the plain one."""
+    records = [(f"req-{i % 9}".encode(), f'{{"span": {i}, "feature": "recommendations"}}'.encode()) for i in range(400)]
+    plain = _plain_batch(records)
+    packed = gzip_batch(plain, 1)
+    assert len(packed) < len(plain) / 3
+    batch = DefaultRecordBatch(bytearray(packed))
+    assert batch.validate_crc() and batch.compression_type == DefaultRecordBatch.CODEC_GZIP
+    assert [(r.offset, r.key, r.value) for r in batch] == [(i, k, v) for i, (k, v) in enumerate(records)]
+
+
+def test_gzip_batch_leaves_incompressible_and_compressed_batches_alone() -> None:
+    """Random bytes do not shrink: the batch goes as built (as aiokafka does); a gzipped one is not gzipped twice."""
+    rng = random.Random(5)
+    noise = _plain_batch([(b"k", bytes(rng.randrange(256) for _ in range(200)))])
+    assert gzip_batch(noise, 1) is noise
+    packed = gzip_batch(_plain_batch([(b"k", b"v" * 1000)]), 1)
+    assert gzip_batch(packed, 1) is packed
+
+
+def test_the_sink_gzips_its_batches_and_the_broker_takes_them(broker: EmbeddedBroker, topic_name: str) -> None:
+    """With the installed aiokafka the sink compresses its own batches; the broker stores them and every span
+    reads back from the topic as it was published."""
+    assert _builds_plain_batches()
+    spans = [Span(span_id=f"{i:016x}", parent_id=None, request_id=f"{i % 37:032x}", feature="search",
+                  operation="query", start_ns=1_700_000_000_000_000_000 + i) for i in range(1_200)]  # fmt: skip
+    sink = KafkaSink(broker.bootstrap, topic_name, partitions=3)
+
+    async def run() -> int | None:
+        try:
+            await asyncio.gather(sink.publish(spans[:700]), sink.publish(spans[700:]))
+            return sink._gzip_level
+        finally:
+            await sink.close()
+
+    assert asyncio.run(run()) == KafkaSink.GZIP_LEVEL == 1
+    ids = topic_span_ids(broker.bootstrap, topic_name)
+    assert sorted(ids) == sorted(s.span_id for s in spans)
