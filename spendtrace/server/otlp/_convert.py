@@ -39,8 +39,10 @@ def any_value(v: Any) -> Any:
         return v.string_value
     if kind is None:
         return None
-    if kind == "array_value":
-        return [any_value(x) for x in v.array_value.values]
+    if kind == "array_value":  # strings without a call each (DynamoDB's consumed capacity is an array of them)
+        return [
+            x.string_value if x.WhichOneof("value") == "string_value" else any_value(x) for x in v.array_value.values
+        ]
     if kind == "kvlist_value":
         return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
     if kind == "bytes_value":
@@ -232,8 +234,9 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
                         t = t if t is not None else found.get("tenant")
                         e = e if e is not None else found.get("endpoint")
                 failed = span.status.code == _STATUS_ERROR
-                at[trace_id + span_id] = len(keys)
-                keys.append(trace_id + span_id)
+                key = trace_id + span_id
+                at[key] = len(keys)
+                keys.append(key)
                 parents.append(trace_id + parent if len(parent) == 8 and parent != _ZERO8 else None)
                 own.append((f[:MAX_NAME_LEN] if f else None, t[:MAX_NAME_LEN] if t else None,
                             e[:_MAX_ENDPOINT] if e else None))  # fmt: skip
@@ -262,7 +265,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
         path = paths[i]
         if not path or path[-1] != feature:
             path = (*(p for p in path if p != feature), feature)
-        key, parent = keys[i], parents[i]
+        key, parent, name = keys[i], parents[i], span.name
         start = span.start_time_unix_nano
         out.spans.append(
             Span(
@@ -270,7 +273,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
                 parent_id=parent[16:].hex() if parent is not None else None,
                 request_id=key[:16].hex(),
                 feature=feature,
-                operation=_clip(span.name, MAX_NAME_LEN),
+                operation=name[:MAX_NAME_LEN] if name else None,
                 endpoint=e if e is not None else res.endpoint,
                 user_id=t if t is not None else res.tenant,
                 start_ns=start,
