@@ -31,7 +31,7 @@ from spendtrace.sdk.instrument._dynamodb import OPERATIONS as DYNAMODB_OPERATION
 from spendtrace.sdk.instrument._dynamodb import consumed_units
 from spendtrace.sdk.instrument._models import price_key_for, profile_geography, sanitize
 
-__all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "usage_items"]
+__all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "USAGE_ATTRIBUTES", "USAGE_TRIGGERS", "usage_items"]
 
 # The operation sets of spendtrace.sdk.instrument._botocore (tests/otlp check they stay equal).
 S3_OPERATIONS: dict[str, str] = {
@@ -75,6 +75,32 @@ _TOKEN_KEYS = frozenset({
 })  # fmt: skip
 
 
+#: Without one of these ``usage_items`` finds nothing: a span lacking them all is no billable call.
+USAGE_TRIGGERS = _TOKEN_KEYS | {"rpc.system"}
+#: Every attribute ``usage_items`` reads (``convert`` reads no other attribute of a span for usage;
+#: tests/otlp check this list against the code of this module).
+USAGE_ATTRIBUTES = USAGE_TRIGGERS | {
+    "rpc.service",
+    "rpc.method",
+    "http.status_code",
+    "http.response.status_code",
+    "gen_ai.provider.name",
+    "gen_ai.system",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "openai.response.service_tier",
+    "gen_ai.openai.response.service_tier",
+    "aws.dynamodb.consumed_capacity",
+    "aws.dynamodb.statement",
+    "db.statement",
+}
+
+
+@lru_cache(maxsize=1024)
+def _provider(raw: str) -> str:
+    return PROVIDERS.get(raw) or sanitize(raw) or "genai"
+
+
 def _int(value: Any) -> int:
     if isinstance(value, bool):
         return 0
@@ -93,7 +119,7 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
     raw_provider = str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "").strip().lower()
     if not raw_provider and aws_service == "Bedrock Runtime":
         raw_provider = "aws.bedrock"
-    provider = PROVIDERS.get(raw_provider, sanitize(raw_provider) or "genai")
+    provider = _provider(raw_provider)
     model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
     if provider == "bedrock":  # the request's id keeps the inference profile (us., global.) the bill depends on
         model = str(attrs.get("gen_ai.request.model") or model)

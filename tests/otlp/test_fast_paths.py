@@ -1,0 +1,171 @@
+"""The receiver's shortcuts give what the long way gives: one-pass attribute reading, the rules' per-resource
+result, the usage key list, Kafka's partition hash, and record batches gzipped by the sink itself."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from support import topic_span_ids
+
+from spendtrace.schema import Span
+from spendtrace.server.broker import EmbeddedBroker
+from spendtrace.server.otlp import _usage, convert, load_rules
+from spendtrace.server.otlp.receiver import KafkaSink, _builds_plain_batches, gzip_batch, murmur2
+
+TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+
+
+def _export(resource: dict[str, str], spans: list[tuple[str, int, int | None, list[tuple[str, Any]]]]) -> Any:
+    """A raw ExportTraceServiceRequest: spans as (name, span number, parent number, [(key, value), ...]).
+
+    Built with the protobuf classes, not the SDK, so a span can carry a key twice.
+    """
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    for key, value in resource.items():
+        kv = rs.resource.attributes.add()
+        kv.key, kv.value.string_value = key, value
+    scope = rs.scope_spans.add()
+    for name, number, parent, attrs in spans:
+        span = scope.spans.add()
+        span.name, span.trace_id, span.span_id = name, TRACE, number.to_bytes(8, "big")
+        if parent is not None:
+            span.parent_span_id = parent.to_bytes(8, "big")
+        span.start_time_unix_nano, span.end_time_unix_nano = 1_700_000_000_000_000_000, 1_700_000_000_000_000_100
+        for key, value in attrs:
+            kv = span.attributes.add()
+            kv.key = key
+            if isinstance(value, int):
+                kv.value.int_value = value
+            else:
+                kv.value.string_value = value
+    return req
+
+
+def test_rules_see_span_attributes_over_resource_ones_for_each_span(tmp_path: Path) -> None:
+    """A rule matching the resource applies to spans without the attributes it reads, not to a span whose own
+    value fails its condition, and a ``*_from`` attribute only the span has still fills the dimension."""
+    f = tmp_path / "rules.toml"
+    f.write_text(
+        '[[rule]]\nmatch = { "deployment.tier" = "gold" }\nfeature = "premium"\ntenant_from = "app.customer"\n'
+    )
+    rules = load_rules(f)
+    req = _export({"service.name": "shop", "deployment.tier": "gold"}, [
+        ("plain", 1, None, [("http.method", "GET")]),
+        ("free", 2, None, [("deployment.tier", "free")]),
+        ("customer", 3, None, [("app.customer", "initech")]),
+    ])  # fmt: skip
+    spans = {s.operation: s for s in convert(req, rules).spans}
+    assert (spans["plain"].feature, spans["plain"].user_id) == ("premium", None)
+    assert (spans["free"].feature, spans["free"].user_id) == ("shop", None)
+    assert (spans["customer"].feature, spans["customer"].user_id) == ("premium", "initech")
+
+
+def test_a_repeated_attribute_key_keeps_its_last_value_and_unread_attributes_change_nothing() -> None:
+    """A key sent twice counts as its last value (as before); attributes nothing reads leave the span as it was."""
+    usage = [("gen_ai.provider.name", "openai"), ("gen_ai.request.model", "gpt-4o-mini"),
+             ("gen_ai.usage.input_tokens", 100), ("gen_ai.usage.input_tokens", 250),
+             ("gen_ai.usage.output_tokens", 9)]  # fmt: skip
+    noise = [(f"x.attr{i}", f"value {i}") for i in range(20)] + [("gen_ai.usage.total_tokens", 7)]
+    plain = convert(_export({}, [("chat", 1, None, [("spendtrace.feature", "a"), ("spendtrace.feature", "b"),
+                                                     *usage])])).spans  # fmt: skip
+    noisy = convert(_export({}, [("chat", 1, None, [*noise[:10], ("spendtrace.feature", "a"), *noise[10:],
+                                                     ("spendtrace.feature", "b"), *usage])])).spans  # fmt: skip
+    assert plain == noisy
+    (span,) = plain
+    assert span.feature == "b" and span.path == ("b",)
+    (item,) = span.usage
+    assert (item.input_tokens, item.output_tokens, item.model) == (250, 9, "gpt-4o-mini")
+
+
+def test_a_child_before_its_parent_inherits_as_one_after_it() -> None:
+    """Children end, and are exported, before their parents: the order in the export changes no span."""
+    tree = [("root", 1, None, [("spendtrace.feature", "checkout"), ("enduser.id", "acme"), ("http.route", "/buy")]),
+            ("mid", 2, 1, [("spendtrace.feature", "pricing")]),
+            ("leaf", 3, 2, [("rpc.system", "aws-api"), ("rpc.service", "S3"), ("rpc.method", "PutObject")]),
+            ("sibling", 4, 2, [])]  # fmt: skip
+    forward = {s.operation: s for s in convert(_export({"service.name": "shop"}, tree)).spans}
+    backward = {s.operation: s for s in convert(_export({"service.name": "shop"}, tree[::-1])).spans}
+    assert forward == backward
+    leaf = forward["leaf"]
+    assert (leaf.feature, leaf.user_id, leaf.endpoint) == ("pricing", "acme", "/buy")
+    assert leaf.path == ("checkout", "pricing")
+    assert [u.key for u in leaf.usage] == ["s3_put"] and forward["sibling"].usage == ()
+
+
+def test_usage_attributes_list_every_key_the_usage_reader_reads() -> None:
+    """``convert`` keeps only the listed keys for usage: each key ``_usage`` reads from a span must be listed."""
+    read: set[str] = set()
+    for node in ast.walk(ast.parse(inspect.getsource(_usage))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and owner.id == "attrs" and isinstance(node.args[0], ast.Constant):
+                read.add(node.args[0].value)
+    assert len(read) >= 15  # the walk found the reads (a refactoring that hides them must update this test)
+    assert read | _usage._TOKEN_KEYS <= _usage.USAGE_ATTRIBUTES
+    assert {*_usage._TOKEN_KEYS, "rpc.system"} == _usage.USAGE_TRIGGERS
+
+
+def test_murmur2_is_kafkas_partition_hash() -> None:
+    """The same hash as aiokafka's (the Java client's), for request ids and keys of every length up to 300 bytes."""
+    rng = random.Random(17)
+    keys = [bytes(rng.randrange(256) for _ in range(n)) for n in range(301)]
+    keys += [os.urandom(16).hex().encode() for _ in range(500)]
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) for k in keys]
+
+
+def _plain_batch(records: list[tuple[bytes, bytes]]) -> bytes:
+    b = BatchBuilder(1024 * 1024, 0)
+    for key, value in records:
+        assert b.append(timestamp=None, key=key, value=value) is not None
+    return bytes(b._build())
+
+
+def test_gzip_batch_is_a_gzip_batch_aiokafka_reads_back_record_for_record() -> None:
+    """The batch gzipped by the sink: valid CRC, gzip codec, smaller, and the same records as the plain one."""
+    records = [(f"req-{i % 9}".encode(), f'{{"span": {i}, "feature": "recommendations"}}'.encode()) for i in range(400)]
+    plain = _plain_batch(records)
+    packed = gzip_batch(plain, 1)
+    assert len(packed) < len(plain) / 3
+    batch = DefaultRecordBatch(bytearray(packed))
+    assert batch.validate_crc() and batch.compression_type == DefaultRecordBatch.CODEC_GZIP
+    assert [(r.offset, r.key, r.value) for r in batch] == [(i, k, v) for i, (k, v) in enumerate(records)]
+
+
+def test_gzip_batch_leaves_incompressible_and_compressed_batches_alone() -> None:
+    """Random bytes do not shrink: the batch goes as built (as aiokafka does); a gzipped one is not gzipped twice."""
+    rng = random.Random(5)
+    noise = _plain_batch([(b"k", bytes(rng.randrange(256) for _ in range(200)))])
+    assert gzip_batch(noise, 1) is noise
+    packed = gzip_batch(_plain_batch([(b"k", b"v" * 1000)]), 1)
+    assert gzip_batch(packed, 1) is packed
+
+
+def test_the_sink_gzips_its_batches_and_the_broker_takes_them(broker: EmbeddedBroker, topic_name: str) -> None:
+    """With the installed aiokafka the sink compresses its own batches; the broker stores them and every span
+    reads back from the topic as it was published."""
+    assert _builds_plain_batches()
+    spans = [Span(span_id=f"{i:016x}", parent_id=None, request_id=f"{i % 37:032x}", feature="search",
+                  operation="query", start_ns=1_700_000_000_000_000_000 + i) for i in range(1_200)]  # fmt: skip
+    sink = KafkaSink(broker.bootstrap, topic_name, partitions=3)
+
+    async def run() -> int | None:
+        try:
+            await asyncio.gather(sink.publish(spans[:700]), sink.publish(spans[700:]))
+            return sink._gzip_level
+        finally:
+            await sink.close()
+
+    assert asyncio.run(run()) == KafkaSink.GZIP_LEVEL == 1
+    ids = topic_span_ids(broker.bootstrap, topic_name)
+    assert sorted(ids) == sorted(s.span_id for s in spans)
