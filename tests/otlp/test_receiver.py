@@ -179,3 +179,32 @@ def test_oversized_bodies_and_gzip_bombs_are_refused(db_path: Path) -> None:
         assert status == 400 and "decompressed" in json.loads(body)["message"]
         assert receiver.stats.spans_accepted == 0
     assert not db_path.exists()  # nothing was ever written
+
+
+def test_a_token_count_too_large_to_store_is_refused_in_the_partial_success(
+    store_receiver: Receiver, db_path: Path
+) -> None:
+    """A GenAI span claiming 1e20 input tokens is rejected with its reason; the rest of the export is stored.
+
+    Before, the count reached the encoder, which raised OverflowError: the receiver answered 503 on every
+    retry and the exporter finally dropped the whole export, good spans included.
+    """
+    now = time.time_ns()
+    trace = "0af7651916cd43dd8448eb211c80319d"
+    good = {"traceId": trace, "spanId": "c7ad6b7169203331", "name": "root",
+            "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 10**8)}  # fmt: skip
+    tokens = [{"key": "gen_ai.provider.name", "value": {"stringValue": "openai"}},
+              {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o-mini"}},
+              {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "7"}}]  # fmt: skip
+    huge = {**good, "spanId": "c7ad6b7169203332", "parentSpanId": good["spanId"], "name": "chat",
+            "attributes": [*tokens, {"key": "gen_ai.usage.input_tokens", "value": {"doubleValue": 1e20}}]}  # fmt: skip
+    fine = {**good, "spanId": "c7ad6b7169203333", "parentSpanId": good["spanId"], "name": "chat",
+            "attributes": [*tokens, {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "12"}}]}  # fmt: skip
+    status, _, body = post(store_receiver.url, json_export([good, huge, fine]), "application/json")
+    assert status == 200, body
+    partial = json.loads(body)["partialSuccess"]
+    assert partial["rejectedSpans"] == "1" and "input_tokens above 17592186044415" in partial["errorMessage"]
+    with open_store(db_path) as store:
+        rows = store.get_request_subtree(trace)
+    assert sorted(r["span_id"] for r in rows) == ["c7ad6b7169203331", "c7ad6b7169203333"]
+    assert store_receiver.stats.spans_rejected == 1

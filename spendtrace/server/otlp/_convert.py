@@ -23,7 +23,7 @@ from typing import Any
 
 from spendtrace.schema import MAX_NAME_LEN, UNATTRIBUTED, Span, UsageItem
 from spendtrace.server.otlp._rules import DEFAULT_RULES, Rules
-from spendtrace.server.otlp._usage import USAGE_ATTRIBUTES, USAGE_TRIGGERS, usage_items
+from spendtrace.server.otlp._usage import USAGE_ATTRIBUTES, USAGE_TRIGGERS, out_of_range, usage_items
 
 __all__ = ["Converted", "any_value", "attributes", "convert"]
 
@@ -234,14 +234,17 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
                         t = t if t is not None else found.get("tenant")
                         e = e if e is not None else found.get("endpoint")
                 failed = span.status.code == _STATUS_ERROR
+                usage = usage_items(attrs, failed) if flags & _USAGE else ()
+                if usage and (why := out_of_range(usage)) is not None:
+                    out.reject(why)
+                    continue
                 key = trace_id + span_id
                 at[key] = len(keys)
                 keys.append(key)
                 parents.append(trace_id + parent if len(parent) == 8 and parent != _ZERO8 else None)
                 own.append((f[:MAX_NAME_LEN] if f else None, t[:MAX_NAME_LEN] if t else None,
                             e[:_MAX_ENDPOINT] if e else None))  # fmt: skip
-                rest.append((span, resource, failed, _error_type(span, attrs) if failed else None,
-                             usage_items(attrs, failed) if flags & _USAGE else ()))  # fmt: skip
+                rest.append((span, resource, failed, _error_type(span, attrs) if failed else None, usage))
 
     resolved: list[_Dims | None] = [None] * len(keys)
     paths: list[tuple[str, ...]] = [()] * len(keys)

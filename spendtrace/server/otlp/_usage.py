@@ -26,12 +26,12 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from spendtrace.schema import MAX_KEY_LEN, UsageItem
+from spendtrace.schema import MAX_KEY_LEN, MAX_UNITS, UsageItem
 from spendtrace.sdk.instrument._dynamodb import OPERATIONS as DYNAMODB_OPERATIONS
 from spendtrace.sdk.instrument._dynamodb import consumed_units
 from spendtrace.sdk.instrument._models import price_key_for, profile_geography, sanitize
 
-__all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "USAGE_ATTRIBUTES", "USAGE_TRIGGERS", "usage_items"]
+__all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "USAGE_ATTRIBUTES", "USAGE_TRIGGERS", "out_of_range", "usage_items"]
 
 # The operation sets of spendtrace.sdk.instrument._botocore (tests/otlp check they stay equal).
 S3_OPERATIONS: dict[str, str] = {
@@ -188,6 +188,23 @@ def _aws(attrs: Mapping[str, Any], service: str, method: str) -> tuple[UsageItem
         return _LAMBDA_ITEMS if method in _LAMBDA_INVOKE else ()
     svc = sanitize(service) or "aws"
     return (UsageItem(key=f"aws_{svc}_{sanitize(method)}"[:MAX_KEY_LEN], service=svc[:64], count=1.0),)
+
+
+_UNIT_FIELDS = ("count", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "cache_write_1h_tokens", "bytes", "gb_seconds")
+
+
+def out_of_range(usage: tuple[UsageItem, ...]) -> str | None:
+    """Why ``usage`` cannot be stored (a unit above ``MAX_UNITS``), or None.
+
+    Such a span is refused at the receiver, in the export's partial success: a token count of 1e20
+    would otherwise fail to encode and answer 503 on every retry until the exporter gave up.
+    """
+    for item in usage:
+        for name in _UNIT_FIELDS:
+            if getattr(item, name) > MAX_UNITS:
+                return f"usage {name} above {MAX_UNITS} (the largest storable count)"
+    return None
 
 
 def usage_items(attrs: Mapping[str, Any], failed: bool) -> tuple[UsageItem, ...]:
