@@ -38,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce_spans, stored_offsets
-from consumers.worker import Worker, load_price_book, tune_gc
+from consumers.worker import Worker, load_price_book, tune_gc, tune_threads
 from spendtrace.schema import decode_span, encode_span
 from spendtrace.server.broker import EmbeddedBroker
 
@@ -122,11 +122,21 @@ def _database(store: str, name: str) -> str:
 async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | None) -> tuple[float, float]:
     """(seconds, CPU seconds of this process) from the group assignment to the last batch committed, for one worker.
 
-    Run with the garbage collector set as ``spendtrace-consumer`` sets it (``tune_gc``), and this
-    script's own data (a million spans and rows, held for the other measurements) frozen out of
+    Run with the garbage collector and the GIL switch interval set as ``spendtrace-consumer`` sets them
+    (``tune_gc``, ``tune_threads``; the interval is put back after, for the bare measurements), and
+    this script's own data (a million spans and rows, held for the other measurements) frozen out of
     the collections: in the worker's process it would not exist.
     """
     tune_gc()
+    switch = sys.getswitchinterval()
+    tune_threads()
+    try:
+        return await _run_worker(cfg, ends, profile)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+async def _run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | None) -> tuple[float, float]:
     worker = Worker(cfg, book=load_price_book(None))
     await worker.start()
     prof = cProfile.Profile() if profile else None
