@@ -270,9 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and args.worker_mode == "process":
         return run_processes(argv, args.workers, args.metrics_port)
     log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)
-    from consumers.worker import tune_gc
+    from consumers.worker import tune_gc, tune_threads
 
     tune_gc()
+    tune_threads()
     return asyncio.run(
         run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts, metrics_host=args.metrics_host)
     )

@@ -27,11 +27,11 @@ from consumers.hooks import HookRunner, PostCommitHook
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
 from spendtrace.server.ingest.horizon import NOW_MARGIN_NS, retention_now_ns
-from spendtrace.server.runtime import tune_gc
+from spendtrace.server.runtime import tune_gc, tune_threads
 from spendtrace.server.store.base import AsyncIngestStore, open_ingest_store_async
 from spendtrace.server.topics import ensure_topics
 
-__all__ = ["Worker", "WorkerStats", "load_price_book", "tune_gc"]
+__all__ = ["Worker", "WorkerStats", "load_price_book", "tune_gc", "tune_threads"]
 
 log = logging.getLogger(__name__)
 

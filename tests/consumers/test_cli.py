@@ -159,3 +159,16 @@ async def test_supervisor_restarts_a_killed_worker_and_leaves_no_orphans(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_worker_process_hands_the_gil_over_sooner_than_cpython_by_default() -> None:
+    """``tune_threads`` (run by ``spendtrace-consumer`` at start) shortens the GIL switch interval to 0.5 ms."""
+    from consumers.worker import tune_threads
+    from spendtrace.server.runtime import SWITCH_INTERVAL_S
+
+    previous = sys.getswitchinterval()
+    try:
+        tune_threads()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(previous)

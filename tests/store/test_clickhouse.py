@@ -547,16 +547,46 @@ def test_a_half_applied_batch_is_reported_unconfirmed_until_its_replay_completes
 
 
 def test_request_ids_of_any_length_and_characters_are_recognised_as_stored(tmp_path: Path) -> None:
-    """The requests read (ids sent as one JSON string, cut under ClickHouse's query size) finds ids with quotes,
-    backslashes, non-ASCII letters and the schema's 512 characters, thousands at once."""
+    """The requests read (ids sent as hex-encoded JSON arrays, cut under ClickHouse's query size) finds ids with
+    quotes, backslashes, control characters, non-ASCII letters and the schema's 512 characters, thousands at once."""
     from spendtrace.server.store.clickhouse._client import connect
     from spendtrace.server.store.clickhouse._ingest import _new_requests
 
     conn = connect(chdb_url(tmp_path))
     try:
-        odd = ["q'\"\\x", "é\u00fc\u4e2d", "r" * 512, "ü" * 512, *(f"req-{i}" for i in range(6000))]
+        odd = ["q'\"\\x", "é\u00fc\u4e2d", "r" * 512, "ü" * 512, "\x00\n\t\x1f" * 128, "')--", "\u4e2d" * 512]
+        odd += [f"req-{i}" for i in range(20_000)] + [f"{i:04d}" + "\x01" * 508 for i in range(300)]  # 3 KiB as JSON
         stored = odd[::2]
         conn.insert("requests", [stored, [0] * len(stored)], ("request_id", "start_ns"))
         assert _new_requests(conn, set(odd)) == set(odd[1::2])
     finally:
         conn.close()
+
+
+def test_the_head_of_each_request_is_its_earliest_root_else_its_earliest_span_first_in_batch_order() -> None:
+    """``_heads`` (sorts and dicts) picks the span the one-pass rule picks, over ties, missing and repeated roots."""
+    import random
+
+    from spendtrace.server.store.clickhouse._ingest import _heads
+
+    def one_pass(rids: list[str], parents: list[str | None], starts: list[int], fresh: list[int]) -> dict[str, int]:
+        head: dict[str, int] = {}
+        for i in fresh:
+            h = head.get(rids[i])
+            if h is None:
+                head[rids[i]] = i
+            elif (parents[i] is None) != (parents[h] is None):
+                if parents[i] is None:
+                    head[rids[i]] = i
+            elif starts[i] < starts[h]:
+                head[rids[i]] = i
+        return head
+
+    rng = random.Random(13)
+    for _ in range(300):
+        n = rng.randint(1, 40)
+        rids = [f"r{rng.randint(0, 6)}" for _ in range(n)]
+        parents = [None if rng.random() < 0.3 else "p" for _ in range(n)]
+        starts = [rng.randint(0, 5) for _ in range(n)]  # few values: many ties
+        fresh = sorted(rng.sample(range(n), rng.randint(1, n)))
+        assert _heads(rids, parents, starts, fresh) == one_pass(rids, parents, starts, fresh)
