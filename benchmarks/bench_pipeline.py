@@ -129,7 +129,8 @@ async def run_worker(cfg: WorkerConfig, ends: dict[int, int], profile: str | Non
     """
     tune_gc()
     switch = sys.getswitchinterval()
-    tune_threads()
+    if "://" in str(cfg.db_path):  # as spendtrace-consumer: a ClickHouse store only
+        tune_threads()
     try:
         return await _run_worker(cfg, ends, profile)
     finally:

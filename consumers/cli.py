@@ -271,9 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_processes(argv, args.workers, args.metrics_port)
     log.info("consuming %s from %s into %s as group %s", config.topic, config.bootstrap, config.db_path, args.group)
     from consumers.worker import tune_gc, tune_threads
+    from spendtrace.server.store.base import parse_store_url
 
     tune_gc()
-    tune_threads()
+    if parse_store_url(str(config.db_path)).scheme != "sqlite":  # measured on ClickHouse only (runtime.tune_threads)
+        tune_threads()
     return asyncio.run(
         run_tasks(config, args.workers, args.metrics_port, alerts=not args.no_alerts, metrics_host=args.metrics_host)
     )

@@ -28,7 +28,8 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 def tune_threads() -> None:
-    """Hand the GIL over sooner in a worker process (``spendtrace-consumer`` calls this beside ``tune_gc``).
+    """Hand the GIL over sooner in a worker process writing ClickHouse (``spendtrace-consumer`` calls this
+    beside ``tune_gc`` for a ClickHouse store; a SQLite worker keeps CPython's default: not measured there).
 
     A worker's store thread mostly waits in the database (ClickHouse's engine releases the GIL), and
     after each call it needs the GIL back for a few lines of Python while the pricing thread holds it
