@@ -119,7 +119,9 @@ class FastDataTable(DataTable[Any]):
         self.cursor_coordinate = self.cursor_coordinate
         self.hover_coordinate = self.hover_coordinate
         self._update_count += 1
-        self.refresh(layout=True)
+        # a repaint, not a layout of the screen (remove_row asks for one per row): when the row count
+        # changes, the new virtual size set by _update_dimensions lays the table out again itself
+        self.refresh()
         return len(gone)
 
     def _update_dimensions(self, new_rows: Iterable[Any]) -> None:
