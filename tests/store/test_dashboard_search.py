@@ -106,7 +106,8 @@ def test_a_window_search_pages_and_counts_exactly(url: str, needle: str) -> None
 
 
 def test_a_schema_2_file_gets_its_names_on_upgrade(tmp_path: Path) -> None:
-    """Migration 3 fills ``dash_names`` (and its trigram index) from the ``dash_all`` rows a file already holds."""
+    """Migration 3 fills ``dash_names`` (and its trigram index) from the ``dash_all`` rows a file already holds,
+    and puts the cost into the fully-loaded day index."""
     from spendtrace.server.store.sqlite._db import connect
     from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
@@ -118,6 +119,8 @@ def test_a_schema_2_file_gets_its_names_on_upgrade(tmp_path: Path) -> None:
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("DROP TABLE dash_names_fts")
     conn.execute("DROP TABLE dash_names")
+    conn.execute("DROP INDEX loaded_day_feature_cost")
+    conn.execute("CREATE INDEX loaded_day_feature ON loaded_day (feature, bucket)")  # version 2's
     conn.execute("PRAGMA user_version = 2")
     conn.close()
     conn = connect(db)
@@ -126,6 +129,8 @@ def test_a_schema_2_file_gets_its_names_on_upgrade(tmp_path: Path) -> None:
         got = set(conn.execute("SELECT dim, value FROM dash_names").fetchall())
         assert {v for d, v in got if d == "user_id"} == set(names())
         assert {v for d, v in got if d == "feature"} == {"feat"} and {v for d, v in got if d == "endpoint"} == {"/e"}
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'loaded_day'")}
+        assert "loaded_day_feature_cost" in indexes and "loaded_day_feature" not in indexes  # cost in the index
         hits = conn.execute("SELECT count(*) FROM dash_names_fts WHERE dash_names_fts MATCH '\"cct-012\"'").fetchone()
         assert hits == (10,)  # acct-0120 .. acct-0129
     finally:

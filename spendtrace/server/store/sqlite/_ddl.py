@@ -97,8 +97,10 @@ DASH_ALL: tuple[str, ...] = (
     + " WHERE dim = OLD.dim AND service = OLD.service AND value = OLD.value; "
     "DELETE FROM dash_all WHERE dim = OLD.dim AND service = OLD.service AND value = OLD.value AND NOT EXISTS "
     "(SELECT 1 FROM dash_day WHERE dim = OLD.dim AND service = OLD.service AND value = OLD.value); END",
-    # fully-loaded cost of a page of features over a long window: per feature, not per day
-    "CREATE INDEX IF NOT EXISTS loaded_day_feature ON loaded_day (feature, bucket)",
+    # fully-loaded cost of a page of features over a long window: per feature, not per day, from the index
+    # alone (with the cost in it: 100 features of a year were 36,500 lookups into the table, 30-75 ms)
+    "CREATE INDEX IF NOT EXISTS loaded_day_feature_cost ON loaded_day (feature, bucket, cost_nano)",
+    "DROP INDEX IF EXISTS loaded_day_feature",
 )
 
 DASH_TABLES: tuple[str, ...] = (
