@@ -23,7 +23,7 @@ from spendtrace.server.store.base import open_dashboard
 #: more names containing "acct" than the trigram path reads (2,000), so "acct" takes the scan
 N = 2100
 #: non-ASCII names: the search folds ASCII letters only, though the trigram index folds more
-ODD = ["Émile-Ünïcode", "émile-lower", 'quote"acct']
+ODD = ["Émile-Ünïcode", "émile-lower", 'quote"acct', "nul\x00acct", "NEAR(acct) AND *"]
 
 
 def names() -> list[str]:
@@ -73,7 +73,9 @@ def read(url: str, *calls: tuple[str, dict[str, Any]]) -> list[DimSnapshot]:
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("needle", ["cct-012", "CCT-2", "t-00", "acct", "-0", "Émile", "émile", 'e"a'])
+@pytest.mark.parametrize(
+    "needle", ["cct-012", "CCT-2", "t-00", "acct", "-0", "Émile", "émile", 'e"a', "l\x00ac", "near(", ") and *"]
+)
 def test_a_search_of_many_names_is_exact(url: str, needle: str) -> None:
     """Few matches (trigram path), most names (scan), short needles and non-ASCII: the page, matched and others."""
     (page, second) = read(url, ("all", {"limit": 25, "search": needle}), ("all", {"limit": 25, "offset": 25,

@@ -224,7 +224,8 @@ class SQLiteDashboard:
             " ORDER BY cost_nano DESC, value"
         )
         counted: tuple[Any, ...] | None = None  # (values, total, matched) when the page's read gave them
-        fts = None if grouped or len(needle) < _TRIGRAM else await self._few_names(needle)
+        # (FTS5 reads its query as a C string: a NUL would end it, so such a needle scans)
+        fts = None if grouped or len(needle) < _TRIGRAM or "\x00" in needle else await self._few_names(needle)
         if fts is not None:
             # all time, searched for 3+ characters that few names contain: those names from the trigram index,
             # checked with the same fold as the scan (the index folds more than ASCII: a superset), then their
