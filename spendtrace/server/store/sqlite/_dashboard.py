@@ -189,8 +189,9 @@ class SQLiteDashboard:
         One page of ``limit`` values from ``offset`` (None: all) of those whose name contains ``search``
         (ASCII case folded); the window's total and value count come with it, so "others" is exact. Only
         the page's values are read for the per-service, last-hour and fully-loaded figures. On files with
-        the dash rollups: "all" reads ``dash_all`` through its cost index, other windows one
-        primary-key range of ``dash_*``; the last hour reads ``rollup_minute``.
+        the dash rollups: "all" reads ``dash_all`` through its cost index (a search of 3+ characters that
+        few names contain, through the trigram index of names), other windows one pass over their rows of
+        ``dash_*`` (page, value count, total and matches together); the last hour reads ``rollup_minute``.
         """
         limit, offset = page_args(limit, offset)
         col = _COLUMNS[dimension]
