@@ -206,3 +206,42 @@ def test_formatter_cells_are_the_texts_rich_would_make() -> None:
     made = money_text(5)
     first, second = Cell.of(made, 5), Cell.of(made, 6)
     assert first is made and second is not made and (first.raw, second.raw) == (5, 6)
+
+
+class _TwoTables(App[None]):
+    """A KeyedTable beside a plain DataTable with the same columns, for comparing their state."""
+
+    def compose(self) -> ComposeResult:
+        yield KeyedTable(COLUMNS, id="fast")
+        plain: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="plain")
+        yield plain
+
+
+async def test_removing_rows_at_once_leaves_what_removing_them_one_by_one_leaves() -> None:
+    """``remove_rows`` (one index rebuild, one repaint) gives DataTable's order, cursor, size and lines."""
+    app = _TwoTables()
+    async with app.run_test(size=(80, 40)) as pilot:
+        fast = app.query_one("#fast", KeyedTable)
+        plain: DataTable[Any] = app.query_one("#plain", DataTable)
+        for spec in COLUMNS:
+            plain.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key)
+        rows = [(f"r{i}", {c.key: Cell.of(f"{c.key}{i}", i) for c in COLUMNS}) for i in range(12)]
+        fast.sync(rows)
+        for key, cells in rows:
+            plain.add_row(*(cells[c.key] for c in COLUMNS), key=key)
+        for table in (fast, plain):
+            table.move_cursor(row=7)  # on r7, which stays
+        await pilot.pause()
+        gone = ["r0", "r3", "r4", "r11", "no-such-row"]
+        assert fast.remove_rows(gone) == 4
+        for key in gone[:4]:
+            plain.remove_row(key)
+        await pilot.pause()
+        want = [str(plain._row_locations.get_key(i).value) for i in range(plain.row_count)]  # type: ignore[union-attr]
+        assert [str(fast._row_locations.get_key(i).value) for i in range(fast.row_count)] == want  # type: ignore[union-attr]
+        assert want == [f"r{i}" for i in (1, 2, 5, 6, 7, 8, 9, 10)]
+        assert fast.cursor_coordinate == plain.cursor_coordinate
+        assert fast.virtual_size == plain.virtual_size  # without measuring the cells: fixed widths
+        for y in range(1, 1 + fast.row_count):
+            assert fast.render_line(y).text == plain.render_line(y).text
+        assert fast.remove_rows(["r1"]) == 1 and fast.row_count == 7  # one row: DataTable's own remove_row

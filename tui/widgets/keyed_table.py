@@ -232,8 +232,7 @@ class KeyedTable(FastDataTable):
         """Apply ``self._rows`` to the widget; with ``dirty``, only those rows can have changed cells."""
         visible = self._visible()
         changed = False
-        for key in [str(k.value) for k in self.rows if str(k.value) not in visible]:
-            self.remove_row(key)
+        if self.remove_rows([str(k.value) for k in self.rows if str(k.value) not in visible]):
             changed = True
         order = list(self.specs)
         updates: list[tuple[str, str, Cell]] = []

@@ -49,6 +49,14 @@ __all__ = ["SQLiteDashboard"]
 
 #: Dimension name -> rollup column.
 _COLUMNS: dict[str, str] = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
+#: A search needle this long or longer can use the trigram index of names (FTS5 matches 3+ characters).
+_TRIGRAM = 3
+#: At most this many names containing the needle: read them through the trigram index (a few microseconds
+#: each); more: scan the cost index (about 0.6 us a name, and its page stops at the first ``limit`` matches).
+_FEW = 2000
+#: Windows up to this long rank from the ``dash_day_cost`` index (bucket first: the window's rows only);
+#: longer ones by the primary key (value first: no sort, but every day of every value).
+_SHORT = 30 * DAY
 
 
 class SQLiteDashboard:
@@ -181,8 +189,9 @@ class SQLiteDashboard:
         One page of ``limit`` values from ``offset`` (None: all) of those whose name contains ``search``
         (ASCII case folded); the window's total and value count come with it, so "others" is exact. Only
         the page's values are read for the per-service, last-hour and fully-loaded figures. On files with
-        the dash rollups: "all" reads ``dash_all`` through its cost index, other windows one
-        primary-key range of ``dash_*``; the last hour reads ``rollup_minute``.
+        the dash rollups: "all" reads ``dash_all`` through its cost index (a search of 3+ characters that
+        few names contain, through the trigram index of names), other windows one pass over their rows of
+        ``dash_*`` (page, value count, total and matches together); the last hour reads ``rollup_minute``.
         """
         limit, offset = page_args(limit, offset)
         col = _COLUMNS[dimension]
@@ -215,13 +224,44 @@ class SQLiteDashboard:
         order = " GROUP BY " + key + " ORDER BY sum(cost_nano) DESC, " + key if grouped else (
             " ORDER BY cost_nano DESC, value"
         )
-        if grouped and dash and limit is not None:
-            # rank by cost alone (from the dash_day_cost index), then the page's other sums by key
-            ranked = await self._all(
-                f"SELECT value, sum(cost_nano) AS c FROM {src} AND service = ''{where} GROUP BY value"
-                " ORDER BY c DESC, value LIMIT ? OFFSET ?",
-                [*args, *wargs, limit, offset],
+        counted: tuple[Any, ...] | None = None  # (values, total, matched) when the page's read gave them
+        # (FTS5 reads its query as a C string: a NUL would end it, so such a needle scans)
+        fts = None if grouped or len(needle) < _TRIGRAM or "\x00" in needle else await self._few_names(needle)
+        if fts is not None:
+            # all time, searched for 3+ characters that few names contain: those names from the trigram index,
+            # checked with the same fold as the scan (the index folds more than ASCII: a superset), then their
+            # dash_all rows; the value count and total of all time from the cost index
+            hits = (
+                "(SELECT rowid AS id FROM dash_names_fts WHERE dash_names_fts MATCH ?) AS f"
+                " CROSS JOIN dash_names AS n ON n.id = f.id CROSS JOIN dash_all AS a ON a.dim = n.dim"
+                " AND a.service = '' AND a.value = n.value WHERE n.dim = ? AND instr(lower(n.value), ?) > 0"
             )
+            hargs = [fts, col, needle]
+            page = await self._all(
+                f"SELECT a.value, {', '.join('a.' + c for c in sums.split(', '))} FROM {hits}"
+                " ORDER BY a.cost_nano DESC, a.value LIMIT ? OFFSET ?",
+                [*hargs, -1 if limit is None else limit, offset],
+            )
+            counted = await self._one(
+                "SELECT count(*), coalesce(sum(cost_nano), 0),"
+                f" (SELECT count(*) FROM {hits}) FROM dash_all WHERE dim = ? AND service = ''",
+                [*hargs, col],
+            )
+        elif grouped and dash and limit is not None:
+            # one pass over the window: each value's cost (a short window from the dash_day_cost index, which
+            # holds value and cost per day), the value count, total and matches over all of them (window
+            # functions, before the search and the page cut them), then the page's other sums by key
+            short = grain == "day" and back <= _SHORT
+            ranked_src = "dash_day INDEXED BY dash_day_cost WHERE dim = ? AND bucket >= ?" if short else src
+            m = "instr(lower(value), ?) > 0" if needle else "1"
+            ranked = await self._all(
+                "SELECT k, c, n, total, matched FROM (SELECT k, c, m, count(*) OVER () AS n, sum(c) OVER () AS total,"
+                f" sum(m) OVER () AS matched FROM (SELECT value AS k, sum(cost_nano) AS c, {m} AS m FROM {ranked_src}"
+                " AND service = '' GROUP BY value)) WHERE m ORDER BY c DESC, k LIMIT ? OFFSET ?",
+                [*wargs, *args, limit, offset],
+            )
+            if ranked:
+                counted = ranked[0][2:5]
             sums_of = {}
             if ranked:
                 sums_of = {r[0]: r for r in await self._all(
@@ -233,7 +273,9 @@ class SQLiteDashboard:
             page = await self._all(
                 page_sql + where + order + " LIMIT ? OFFSET ?", [*args, *wargs, -1 if limit is None else limit, offset]
             )
-        if not needle:
+        if counted is not None:
+            n_values, total, matched = counted
+        elif not needle:
             n_values, total, matched = await self._one(summary.format(m="count(*)"), args)
         else:
             kk = "value" if not grouped else "k"
@@ -288,6 +330,18 @@ class SQLiteDashboard:
         return dim_snapshot(dimension, window, now, rows, minute, loaded_rows, total_nano=int(total),
                             values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
 
+    async def _few_names(self, needle: str) -> str | None:
+        """The trigram query for ``needle`` when at most ``_FEW`` names (of any dimension) contain it, else None.
+
+        A needle most names contain is cheaper to find by scanning the cost index, which also stops after a page.
+        """
+        query = '"' + needle.replace('"', '""') + '"'
+        (n,) = await self._one(
+            "SELECT count(*) FROM (SELECT 1 FROM dash_names_fts WHERE dash_names_fts MATCH ? LIMIT ?)",
+            (query, _FEW + 1),
+        )
+        return query if n <= _FEW else None
+
     async def requests(
         self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
     ) -> list[RequestRow]:
@@ -328,13 +382,18 @@ class SQLiteDashboard:
         first = today - (days - 1) * DAY
         if await self._has_dash():
             key, src = "value", "dash_day WHERE dim = 'feature' AND service = '' AND bucket >= ?"
+            # a day's total is the sum of any one dimension's values that day: the endpoints' rows are fewest
+            daily = "dash_day WHERE dim = 'endpoint' AND service = '' AND bucket >= ?"
         else:
             key, src = "feature", "rollup_day WHERE service = '' AND bucket >= ?"
+            daily = src
         if limit is None:
             sql = f"SELECT {key}, bucket, sum(cost_nano) FROM {src} GROUP BY {key}, bucket"
             return trend_snapshot(first, days, await self._all(sql, (first,)))
+        # a short range ranks from the bucket-first index (its days' rows only), a long one by the primary key
+        rank_src = src.replace("dash_day ", "dash_day INDEXED BY dash_day_cost ", 1) if days * DAY <= _SHORT else src
         ranked = await self._all(
-            f"SELECT {key}, sum(cost_nano) AS c, count(*) OVER () FROM {src} GROUP BY {key}"
+            f"SELECT {key}, sum(cost_nano) AS c, count(*) OVER () FROM {rank_src} GROUP BY {key}"
             f" ORDER BY c DESC, {key} LIMIT ?",
             (first, int(limit)),
         )
@@ -347,7 +406,7 @@ class SQLiteDashboard:
                 f" GROUP BY {key}, bucket",
                 (first, *names),
             ),
-            self._all(f"SELECT bucket, sum(cost_nano) FROM {src} GROUP BY bucket", (first,), side=True),
+            self._all(f"SELECT bucket, sum(cost_nano) FROM {daily} GROUP BY bucket", (first,), side=True),
         )
         return trend_top(first, days, rows, totals, int(ranked[0][2]))
 
