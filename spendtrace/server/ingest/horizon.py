@@ -25,12 +25,19 @@ from spendtrace.server.model.ingest import RetentionFacts
 
 __all__ = [
     "HORIZON_MARGIN_NS",
+    "MAX_CLOCK_AHEAD_NS",
     "NOW_MARGIN_NS",
     "aged_reason",
+    "ahead_reason",
     "applied_horizon_ns",
     "ingest_horizon_ns",
     "retention_now_ns",
 ]
+
+#: How far a span's start may be ahead of the writer's clock (the authority: a worker's, or the app's in
+#: local mode): a clock in 2100 would otherwise put spend where no dashboard looks and that retention
+#: never ages out.
+MAX_CLOCK_AHEAD_NS = 3_600 * 10**9
 
 #: How far past the newest stored span start a retention round may be dated.
 NOW_MARGIN_NS = 86_400 * 10**9
@@ -63,4 +70,12 @@ def aged_reason(start_ns: int, horizon_ns: int) -> str:
         f"older than the raw-span retention horizon: start_ns={start_ns} is "
         f"{(horizon_ns - start_ns) / 3.6e12:,.1f} h before {horizon_ns} (raw spans that old may have been "
         "deleted by retention, so a copy stored before cannot be recognised and would be counted twice)"
+    )
+
+
+def ahead_reason(start_ns: int, clock_ns: int, whose: str) -> str:
+    """The dead letter's reason for a span starting more than ``MAX_CLOCK_AHEAD_NS`` after ``clock_ns``."""
+    return (
+        f"implausible start time: start_ns={start_ns} is {(start_ns - clock_ns) / 3.6e12:,.1f} h ahead of {whose} "
+        f"(at most {MAX_CLOCK_AHEAD_NS // 3_600_000_000_000} h accepted; the producer's clock is wrong)"
     )
