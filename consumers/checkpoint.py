@@ -256,6 +256,8 @@ class Checkpoint:
                 self._unverified.discard(tp)
                 self.consumer.seek(tp, expected)  # stale records from before the seek: fetch from the stored offset
                 continue
+            if first > expected:
+                self._log_gap(tp, expected, first)
             self._unverified.discard(tp)
             self._next[tp] = records[-1].offset + 1
             if tp in self._replay:
@@ -503,6 +505,22 @@ class Checkpoint:
             log.warning("could not read Kafka's committed offsets (%s); seeking to the store's offsets", exc)
             return []
         return [tp for tp, c in zip(tps, committed, strict=True) if c is None]
+
+    def _log_gap(self, tp: TopicPartition, expected: int, first: int) -> None:
+        """Say loudly that offsets ``[expected, first)`` of ``tp`` are gone from Kafka and were never stored."""
+        self.stats.offset_gaps += 1
+        self.stats.offsets_lost += first - expected
+        log.error(
+            "partition %s of %s: offsets %d to %d (%d messages) are no longer in Kafka and were never stored: "
+            "the topic's retention deleted them before a worker stored them (or compaction removed them). "
+            "Their spans are lost; reading on from offset %d",
+            tp.partition,
+            tp.topic,
+            expected,
+            first - 1,
+            first - expected,
+            first,
+        )
 
     def _log_reset(self, tp: TopicPartition, stored: int, now: int, why: str) -> None:
         """Say loudly that ``tp`` is re-read from ``now`` although the store had reached ``stored``."""
