@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spendtrace.schema import Span
-from spendtrace.sdk.export._base import SpanExporter
+from spendtrace.sdk.export._base import SpanExporter, SpansRejected
 from spendtrace.sdk.export._breaker import CircuitBreaker, get_circuit_breaker
 from spendtrace.sdk.export._pending import PendingRecord, reap
 from spendtrace.sdk.export._spill import SpillFull, SpillStore
@@ -72,6 +72,7 @@ class Counters:
     spill_lost_frames: int = 0
     spill_lost_spans: int = 0
     lost_at_crash: int = 0
+    rejected: int = 0
 
 
 class _RateLimited:
@@ -221,6 +222,7 @@ class BatchProcessor:
         self._dropped = 0
         self._export_errors = 0
         self._spill_errors = 0
+        self._rejected = 0
         self._spill_broken_until = 0.0
         self._worker: threading.Thread | None = None
         self._spiller: threading.Thread | None = None
@@ -404,6 +406,12 @@ class BatchProcessor:
             return False
         try:
             self.exporter.export(batch)
+        except SpansRejected as exc:
+            self._count_rejected(exc)
+            breaker.record_success()
+            with self._cond:
+                self._exported += len(batch) - len(exc.rejected)
+            return True
         except Exception as exc:
             breaker.record_failure()
             with self._cond:
@@ -438,8 +446,15 @@ class BatchProcessor:
         if not breaker.allow():
             return 0
 
+        refused = 0
+
         def export(spans: list[Span]) -> None:
-            self.exporter.export(spans)
+            nonlocal refused
+            try:
+                self.exporter.export(spans)
+            except SpansRejected as exc:  # the frame is done: the rest went, the refused are counted
+                self._count_rejected(exc)
+                refused = len(exc.rejected)
 
         try:
             n = self.spill.replay_one(export)
@@ -452,10 +467,25 @@ class BatchProcessor:
         breaker.record_success()
         if n:
             with self._cond:
-                self._exported += n
-                self._replayed += n
+                self._exported += n - refused
+                self._replayed += n - refused
                 self._cond.notify_all()
         return n
+
+    def _count_rejected(self, exc: SpansRejected) -> None:
+        """Count spans the destination refused for good, and say which and why (one ERROR per batch)."""
+        with self._cond:
+            self._rejected += len(exc.rejected)
+        span, why = exc.rejected[0]
+        log.error(
+            "spendtrace: the exporter refused %d span(s) for good, not retried (rejected so far: %d); first: "
+            "span %s of request %s: %s",
+            len(exc.rejected),
+            self._rejected,
+            span.span_id[:64],
+            span.request_id[:64],
+            why[:300],
+        )
 
     def _run_spiller(self) -> None:
         """Spill the oldest spans while the buffer is past its high-water mark, or once they waited ``max_delay``.
@@ -603,6 +633,7 @@ class BatchProcessor:
                 spill_lost_frames=self.spill.lost_frames,
                 spill_lost_spans=self.spill.lost_spans,
                 lost_at_crash=self.lost_at_crash,
+                rejected=self._rejected,
             )
 
 
