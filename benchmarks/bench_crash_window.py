@@ -43,8 +43,9 @@ from spendtrace.sdk import pipeline
 from consumers.testing import make_spans
 
 bootstrap, topic, spill, n, rate = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+options = {"max_delay": float(sys.argv[6])} if len(sys.argv) > 6 else {}
 spans = make_spans(n, seed=5)
-spendtrace.configure(kafka_bootstrap=bootstrap, topic=topic, spill_dir=spill)
+spendtrace.configure(kafka_bootstrap=bootstrap, topic=topic, spill_dir=spill, **options)
 pipeline.submit(spans[0])  # connect and create the topic before recording
 assert spendtrace.flush(30).all_delivered
 print("ready", flush=True)
@@ -101,7 +102,9 @@ def spill_span_ids(spill: Path) -> set[str]:
     return {s.span_id for s in got}
 
 
-def one_kill(broker: EmbeddedBroker, rate: float, n: int, tag: str, stall: bool) -> tuple[int, int, float, int]:
+def one_kill(
+    broker: EmbeddedBroker, rate: float, n: int, tag: str, stall: bool, max_delay: float | None = None
+) -> tuple[int, int, float, int]:
     """(lost at the kill, counted by the crash record, the child's rate in spans/s, dropped before it) for one SIGKILL.
 
     Spans the child dropped (and counted) while recording, at a full buffer, are not lost at the kill.
@@ -111,7 +114,8 @@ def one_kill(broker: EmbeddedBroker, rate: float, n: int, tag: str, stall: bool)
         spill = Path(d) / "spill"
         topic = f"crash.{tag}"
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, broker.bootstrap, topic, str(spill), str(n), str(rate)],
+            [sys.executable, "-c", CHILD, broker.bootstrap, topic, str(spill), str(n), str(rate)]
+            + ([] if max_delay is None else [str(max_delay)]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -147,6 +151,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, action="append", help="spans/s; 0 = as fast as the app can")
     parser.add_argument("--spans", type=int, default=400_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--max-delay", type=float, help="the child's configure(max_delay=...); default: the SDK's")
     parser.add_argument("--stall", action="store_true", help="stop the broker (SIGSTOP) while the child records")
     args = parser.parse_args()
     rates = args.rate or [0.0, 100_000.0, 20_000.0, 2_000.0]
@@ -155,7 +160,7 @@ def main() -> None:
             for rep in range(args.repeat):
                 n = args.spans if rate <= 0 else min(args.spans, int(rate * (1 if args.stall else 3)))
                 tag = f"{int(rate)}.{rep}.{os.getpid()}"
-                lost, counted, actual, dropped = one_kill(broker, rate, n, tag, args.stall)
+                lost, counted, actual, dropped = one_kill(broker, rate, n, tag, args.stall, args.max_delay)
                 print(
                     f"rate {'max' if rate <= 0 else int(rate):>6} ({actual:8.0f} spans/s): {n} recorded, "
                     f"lost at SIGKILL {lost:6d} = {1000 * lost / actual:6.1f} ms of traffic; "
