@@ -203,7 +203,7 @@ def configure(
     exporter: SpanExporter | None = None,
     sample_rate: float | None = None,
     batch_size: int = 512,
-    max_delay: float = 0.02,
+    max_delay: float = 0.05,
     max_queue: int = 100_000,
     max_spill_bytes: int = 512 * 1024 * 1024,
     max_spill_file_bytes: int = 16 * 1024 * 1024,

@@ -113,7 +113,7 @@ class BatchProcessor:
         exporter: SpanExporter,
         *,
         batch_size: int = 512,
-        max_delay: float = 0.02,
+        max_delay: float = 0.05,
         max_queue: int = 100_000,
         spill_dir: str | os.PathLike[str] | None = None,
         max_spill_bytes: int = 512 * 1024 * 1024,
