@@ -259,6 +259,9 @@ def configure(
             max_spill_file_bytes=max_spill_file_bytes,
             fsync=fsync,
             replay=replay,
+            # The local store's readers in this process flush and then read the file: spans moved to
+            # the spill by age would be missing from what they read until replayed.
+            spill_aged=not isinstance(new_exporter, FileExporter),
         )
         _processor = processor
         _exit_timeout = float(exit_timeout)

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import spendtrace
+from consumers.testing import make_spans
 from spendtrace.schema import Span
 from spendtrace.sdk.export._memory import InMemoryExporter
 from spendtrace.sdk.export._processor import BatchProcessor
 from spendtrace.sdk.export._spill import SpillStore
+from spendtrace.server.local_export import LocalStoreExporter
 
 CHILD = r"""
 import sys, threading, time
@@ -66,3 +73,29 @@ def test_spans_behind_a_hung_export_are_spilled_within_max_delay_and_replayed_af
         assert after.counters().lost_at_crash == 0  # nothing was left in memory (the hung batch is the known gap)
     finally:
         after.shutdown()
+
+
+def test_local_mode_keeps_spans_behind_a_slow_write_for_the_readers_of_this_process(
+    tmp_path: Path, export_reset: None
+) -> None:
+    """A local store slow to write: nothing is spilled by age, so a read right after ``flush`` sees all 100 spans.
+
+    Its readers in this process flush, then read the file; spans moved to the spill would be missing
+    until replayed. The pause gives the age rule twenty times ``max_delay`` to act, had it applied.
+    """
+    gate = threading.Event()
+
+    class SlowLocal(LocalStoreExporter):
+        def export(self, spans: Sequence[Span]) -> None:
+            gate.wait(60)
+            super().export(spans)
+
+    db = tmp_path / "cost.db"
+    processor = spendtrace.configure(exporter=SlowLocal(db, alerts=False), spill_dir=tmp_path / "spill", batch_size=10)
+    processor.extend(make_spans(100, seed=83))
+    time.sleep(20 * processor.max_delay)
+    gate.set()
+    assert spendtrace.flush(30).ok
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 100
+    assert spendtrace.get_stats().spilled == 0

@@ -104,8 +104,10 @@ class BatchProcessor:
     ``batch_size`` spans go out together, or fewer after ``max_delay`` seconds. ``max_queue``
     bounds the in-memory buffer; past a quarter of it the oldest spans are spilled to ``spill_dir``
     (bounded by ``max_spill_bytes``), and so are spans that waited ``max_delay`` while the worker
-    was busy; a failing exporter's batches are spilled too, then replayed in order once it works
-    again, by this process or the next one using the directory.
+    was busy (unless ``spill_aged`` is False: the local store, whose readers in this process see
+    only what was written, not what waits in the spill); a failing exporter's batches are spilled
+    too, then replayed in order once it works again, by this process or the next one using the
+    directory.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class BatchProcessor:
         breaker: CircuitBreaker | None = None,
         fsync: bool = True,
         replay: bool = True,
+        spill_aged: bool = True,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -141,6 +144,7 @@ class BatchProcessor:
         )
         self._breaker = breaker
         self.replay_enabled = replay
+        self.spill_aged = spill_aged
         self._warn_export = _RateLimited()
         self._warn_drop = _RateLimited()
         self._warn_spill = _RateLimited()
@@ -516,7 +520,7 @@ class BatchProcessor:
                 continue
             aged = marks[0] - self._taken
             # Not while a flush waits: the app asked for delivery, and the worker is taking batches for it.
-            busy = not self._worker_idle and not self._flush_waiters
+            busy = self.spill_aged and not self._worker_idle and not self._flush_waiters
             if aged > 0 and busy and not self._stopping and self._spill_has_room():
                 self._spill_some(aged, "waited max_delay while the exporter was busy")
             marks = [*marks[1:], self._taken + len(self._queue)]
