@@ -49,7 +49,7 @@ from consumers.histogram import Histogram
 from consumers.stats import WorkerStats
 from spendtrace.errors import StoreBusyError
 from spendtrace.schema import EARLIEST_START_NS, Span, decode_span
-from spendtrace.server.ingest.horizon import aged_reason, ingest_horizon_ns
+from spendtrace.server.ingest.horizon import MAX_CLOCK_AHEAD_NS, aged_reason, ahead_reason, ingest_horizon_ns
 from spendtrace.server.ingest.prepare import prepare_batch, prepare_isolating
 from spendtrace.server.model.ingest import (
     BatchSummary,
@@ -91,10 +91,6 @@ KAFKA_TIMEOUT = 10.0
 
 #: Applications of one batch while the store is busy (another worker holds it), before giving up.
 _BUSY_ATTEMPTS = 12
-
-#: How far a span's start may be ahead of this worker's clock (the authority): a producer clock in
-#: 2100 would otherwise put spend where no dashboard looks and that retention never ages out.
-MAX_CLOCK_AHEAD_NS = 3_600 * 10**9
 
 
 class CrashPoints:
@@ -260,6 +256,8 @@ class Checkpoint:
                 self._unverified.discard(tp)
                 self.consumer.seek(tp, expected)  # stale records from before the seek: fetch from the stored offset
                 continue
+            if first > expected:
+                self._log_gap(tp, expected, first)
             self._unverified.discard(tp)
             self._next[tp] = records[-1].offset + 1
             if tp in self._replay:
@@ -508,6 +506,22 @@ class Checkpoint:
             return []
         return [tp for tp, c in zip(tps, committed, strict=True) if c is None]
 
+    def _log_gap(self, tp: TopicPartition, expected: int, first: int) -> None:
+        """Say loudly that offsets ``[expected, first)`` of ``tp`` are gone from Kafka and were never stored."""
+        self.stats.offset_gaps += 1
+        self.stats.offsets_lost += first - expected
+        log.error(
+            "partition %s of %s: offsets %d to %d (%d messages) are no longer in Kafka and were never stored: "
+            "the topic's retention deleted them before a worker stored them (or compaction removed them). "
+            "Their spans are lost; reading on from offset %d",
+            tp.partition,
+            tp.topic,
+            expected,
+            first - 1,
+            first - expected,
+            first,
+        )
+
     def _log_reset(self, tp: TopicPartition, stored: int, now: int, why: str) -> None:
         """Say loudly that ``tp`` is re-read from ``now`` although the store had reached ``stored``."""
         self.stats.offset_resets += 1
@@ -568,11 +582,7 @@ def _implausible(start_ns: int, latest_ns: int, horizon_ns: int = EARLIEST_START
     if start_ns < horizon_ns:
         return aged_reason(start_ns, horizon_ns)
     if start_ns > latest_ns:
-        ahead = (start_ns - latest_ns + MAX_CLOCK_AHEAD_NS) / 3.6e12
-        return (
-            f"implausible start time: start_ns={start_ns} is {ahead:,.1f} h ahead of this worker's clock "
-            f"(at most {MAX_CLOCK_AHEAD_NS // 3_600_000_000_000} h accepted; the producer's clock is wrong)"
-        )
+        return ahead_reason(start_ns, latest_ns - MAX_CLOCK_AHEAD_NS, "this worker's clock")
     return None
 
 

@@ -27,4 +27,8 @@ class WorkerStats:
     #: partitions re-read from their beginning because Kafka's log no longer matched the store's offsets
     #: (broker restarted empty, topic deleted and recreated): each one is also an ERROR log line
     offset_resets: int = 0
+    #: gaps where Kafka's log starts past the stored offset (retention deleted messages before a worker
+    #: stored them) and the messages in them, never stored: each gap is also an ERROR log line
+    offset_gaps: int = 0
+    offsets_lost: int = 0
     last_commit_ns: int = 0

@@ -89,6 +89,8 @@ class ExporterStats:
     header does not say; each loss is logged with the file and byte range). ``lost_at_crash``:
     spans an earlier process using the same spill directory held in memory when it was killed
     (SIGKILL, out of memory), counted when this configuration started (a lower bound; logged).
+    ``rejected``: spans the destination refused for good (larger than Kafka accepts), each batch's
+    logged with the first span's ids and the reason; the rest of their batch or spill frame went on.
     """
 
     recorded: int = 0
@@ -106,6 +108,7 @@ class ExporterStats:
     spill_lost_frames: int = 0
     spill_lost_spans: int = 0
     lost_at_crash: int = 0
+    rejected: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +203,7 @@ def configure(
     exporter: SpanExporter | None = None,
     sample_rate: float | None = None,
     batch_size: int = 512,
-    max_delay: float = 0.5,
+    max_delay: float = 0.05,
     max_queue: int = 100_000,
     max_spill_bytes: int = 512 * 1024 * 1024,
     max_spill_file_bytes: int = 16 * 1024 * 1024,
@@ -256,6 +259,9 @@ def configure(
             max_spill_file_bytes=max_spill_file_bytes,
             fsync=fsync,
             replay=replay,
+            # The local store's readers in this process flush and then read the file: spans moved to
+            # the spill by age would be missing from what they read until replayed.
+            spill_aged=not isinstance(new_exporter, FileExporter),
         )
         _processor = processor
         _exit_timeout = float(exit_timeout)
@@ -386,6 +392,7 @@ def get_stats() -> ExporterStats:
         spill_lost_frames=c.spill_lost_frames,
         spill_lost_spans=c.spill_lost_spans,
         lost_at_crash=c.lost_at_crash,
+        rejected=c.rejected,
     )
 
 

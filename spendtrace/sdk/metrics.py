@@ -24,12 +24,14 @@ SDK_COUNTERS = {
     "spill_lost_frames": "spendtrace_exporter_spill_lost_frames",
     "spill_lost_spans": "spendtrace_exporter_spill_lost_spans",
     "lost_at_crash": "spendtrace_exporter_lost_at_crash",
+    "rejected": "spendtrace_exporter_rejected",
 }
 _HELP = {
     "spill_refused": "Spill files never replayed: another user owns them or their directory, or others can write them.",
     "spill_lost_frames": "Spill frames given up on replay because they were damaged (bad CRC, torn write).",
     "spill_lost_spans": "Spans in damaged spill frames given up on replay (as far as their headers tell).",
     "lost_at_crash": "Spans an earlier process held in memory when it was killed (a lower bound, counted at start).",
+    "rejected": "Spans the destination refused for good (too large for Kafka); logged, not retried.",
 }
 
 

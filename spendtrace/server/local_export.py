@@ -98,26 +98,34 @@ class LocalStoreExporter:
         if not spans:
             return
         from spendtrace.schema import EARLIEST_START_NS
-        from spendtrace.server.ingest.horizon import aged_reason, applied_horizon_ns
+        from spendtrace.server.ingest.horizon import MAX_CLOCK_AHEAD_NS, aged_reason, ahead_reason, applied_horizon_ns
         from spendtrace.server.ingest.prepare import prepare_isolating
         from spendtrace.server.pricing import current_book
 
-        # A span dated before 2000 means this host's clock is wrong (the only clock in local mode): kept
-        # as a dead letter, not stored where the next retention run would delete it unseen. One older than
-        # the raw-span cutoff retention has applied (a spill replayed after a long outage) may have had its
-        # stored copy deleted: stored again, it would be counted twice (``server.ingest.horizon``).
+        # A span dated before 2000 or more than an hour ahead of this host's clock (the only clock in local
+        # mode, as the worker's is in the Kafka setup) is kept as a dead letter: stored, the next retention
+        # run would delete it unseen, or it would sit where no dashboard looks and never age out. One older
+        # than the raw-span cutoff retention has applied (a spill replayed after a long outage) may have had
+        # its stored copy deleted: stored again, it would be counted twice (``server.ingest.horizon``).
         total = len(spans)
+        clock = time.time_ns()
+        latest = clock + MAX_CLOCK_AHEAD_NS
         horizon = applied_horizon_ns(self._facts()) or EARLIEST_START_NS
         lowest = max(EARLIEST_START_NS, horizon)
-        early = [s for s in spans if s.start_ns < lowest]
-        if early:
-            spans = [s for s in spans if s.start_ns >= lowest]
+        misdated = [s for s in spans if not lowest <= s.start_ns <= latest]
+        if misdated:
+            spans = [s for s in spans if lowest <= s.start_ns <= latest]
         batch, rejected = prepare_isolating(spans, current_book())
         why = "implausible start time: start_ns={} is before 2000-01-01 (this host's clock is wrong)"
-        for i, s in enumerate(early):
-            late = s.start_ns >= EARLIEST_START_NS
-            rejected.append((len(spans) + i, aged_reason(s.start_ns, horizon) if late else why.format(s.start_ns)))
-        dead = _dead_letters([*spans, *early], rejected)
+        for i, s in enumerate(misdated):
+            if s.start_ns > latest:
+                reason = ahead_reason(s.start_ns, clock, "this host's clock")
+            elif s.start_ns >= EARLIEST_START_NS:
+                reason = aged_reason(s.start_ns, horizon)
+            else:
+                reason = why.format(s.start_ns)
+            rejected.append((len(spans) + i, reason))
+        dead = _dead_letters([*spans, *misdated], rejected)
         with self._lock:
             if self._store is not None and self._file_identity() != self._identity:
                 self._reopen("before writing a batch")

@@ -377,3 +377,23 @@ async def test_a_store_without_atomic_batches_fetches_batch_size_per_partition_a
     fetched = await cp.fetch()
     assert {tp: len(r) for tp, r in fetched.records.items()} == {P0: 10}
     assert cp.units(fetched) == [fetched]
+
+
+async def test_records_past_the_stored_offset_after_the_first_batch_are_a_gap_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Step 1: Kafka's log starting past the stored offset (retention deleted 20-49 unstored): ERROR, counted, read on.
+
+    Before, the gap was accepted silently: 30 messages lost with no log line and no metric.
+    """
+    values = [encode_span(s) for s in make_spans(20, seed=3)]
+    consumer = FakeConsumer([{P0: _records(10, values[:10])}, {P0: _records(50, values[10:20])}])
+    log: list[str] = []
+    cp, _, stats = _checkpoint(consumer, MemoryIngestStore(log, stored={0: 10}), log, batch_size=10)
+    await cp.seek([P0])
+    assert [r.offset for r in (await cp.fetch()).records[P0]] == list(range(10, 20))
+    assert [r.offset for r in (await cp.fetch()).records[P0]] == list(range(50, 60))
+    assert (stats.offset_gaps, stats.offsets_lost, stats.offset_resets) == (1, 30, 0)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert errors[0].startswith("partition 0 of t: offsets 20 to 49 (30 messages) are no longer in Kafka")

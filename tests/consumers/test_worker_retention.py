@@ -20,6 +20,7 @@ from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from spendtrace.server.store.sqlite._retention import set_retention
 from spendtrace.server.topics import ensure_topics
 
 DAY_NS = 86_400 * 10**9
@@ -81,13 +82,16 @@ async def test_worker_stores_new_spans_while_a_retention_backlog_is_worked_off(
     try:
         # Phase 1: the worker stores new spans and has finished a round on a store with nothing aged.
         await wait_for(lambda: worker.stats.stored > 0 and worker.stats.retention_runs > 0, 60, "ingest and a round")
-        # Phase 2: a large backlog ages in at once (another writer, one transaction) while spans keep coming.
+        # Phase 2: a large backlog ages in at once while spans keep coming: stored 20 days old (another
+        # writer, one transaction; within the 30-day cutoff retention applied, which the write checks),
+        # then the raw retention is shortened to 10 days.
         now = time.time_ns()
-        cutoff = now - 30 * DAY_NS  # the default raw retention
+        cutoff = now - 10 * DAY_NS
         with contextlib.closing(connect(db_path)) as conn:
             write_batch_sync(
-                conn, prepare_batch(make_spans(AGED, seed=8, start_ns=now - 40 * DAY_NS), PriceBook.default())
+                conn, prepare_batch(make_spans(AGED, seed=8, start_ns=now - 20 * DAY_NS), PriceBook.default())
             )
+            set_retention(conn, raw_data_days=10)
         runs = worker.stats.retention_runs
         first: list[tuple[int, int]] = []
         during: list[tuple[int, int]] = []

@@ -83,9 +83,12 @@ def test_a_partial_batch_goes_out_after_max_delay(tmp_path: Path) -> None:
 
 
 def test_flush_reports_pending_while_the_exporter_hangs(tmp_path: Path) -> None:
-    """flush returns within its timeout with the undelivered spans as pending, and ok once they are delivered."""
+    """flush returns within its timeout with the undelivered spans as pending, and ok once they are delivered.
+
+    A long max_delay keeps the waiting spans in memory (with a short one they are spilled, see test_crash_window).
+    """
     exporter = GateExporter()
-    spendtrace.configure(exporter=exporter, spill_dir=tmp_path, batch_size=10, max_delay=0.01)
+    spendtrace.configure(exporter=exporter, spill_dir=tmp_path, batch_size=10, max_delay=60)
     for s in make_spans(25):
         _pipeline.submit(s)
     result = spendtrace.flush(0.2)

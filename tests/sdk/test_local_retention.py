@@ -67,3 +67,30 @@ def test_local_spans_older_than_the_raw_horizon_sent_again_are_dead_letters_not_
         reasons = [r for (r,) in conn.execute("SELECT reason FROM dead_letters")]
     assert len(reasons) == 100 and all(r.startswith("older than the raw-span retention horizon") for r in reasons)
     assert exporter.dead_lettered == 100
+
+
+def test_local_spans_dated_over_an_hour_ahead_of_this_host_are_dead_letters(tmp_path: Path) -> None:
+    """Spans dated 2099, or 2 h ahead of the host's clock, are kept in dead_letters ('(local)'), the rest stored.
+
+    Before, local mode stored them: spend dated where no dashboard looks, that retention never ages out.
+    The worker already refused spans more than an hour ahead of its clock; local mode now does the same.
+    """
+    db = tmp_path / "cost.db"
+    now = time.time_ns()
+    good = make_spans(10, seed=74)
+    soon = make_spans(2, seed=75, start_ns=now + 30 * 60 * 10**9)  # 30 min ahead: within the hour accepted
+    later = make_spans(3, seed=76, start_ns=now + 2 * 3_600 * 10**9)
+    year_2099 = make_spans(5, seed=77, start_ns=4_070_908_800 * 10**9)  # 2099-01-01T00:00:00Z
+    exporter = LocalStoreExporter(db, alerts=False)
+    try:
+        exporter.export(good + later + soon + year_2099)
+    finally:
+        exporter.shutdown()
+    with sqlite3.connect(db) as conn:
+        stored = {r for (r,) in conn.execute("SELECT span_id FROM spans")}
+        dead = conn.execute("SELECT topic, reason FROM dead_letters").fetchall()
+    assert stored == {s.span_id for s in good + soon}
+    assert len(dead) == 8 and {topic for topic, _ in dead} == {"(local)"}
+    assert all(r.startswith("implausible start time") and "ahead of this host's clock" in r for _, r in dead)
+    assert sum("h ahead" in r and " 2.0 h ahead" in r for _, r in dead) == 3
+    assert exporter.dead_lettered == 8

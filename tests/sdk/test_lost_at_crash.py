@@ -31,8 +31,11 @@ class Stuck:  # a destination that never answers: the buffer stays in memory
     def force_flush(self, timeout=None): return True
     def shutdown(self): pass
 
-p = BatchProcessor(Stuck(), batch_size=100, max_delay=0.05, max_queue=1_000_000, spill_dir=sys.argv[1])
+# A long max_delay keeps the spans in memory (a short one spills them: test_crash_window); the record
+# is rewritten now rather than at the spill thread's next tick.
+p = BatchProcessor(Stuck(), batch_size=100, max_delay=60, max_queue=1_000_000, spill_dir=sys.argv[1])
 p.extend(make_spans(10_000, seed=71))
+p._note_pending()
 print("recorded", flush=True)
 threading.Event().wait()
 """

@@ -96,7 +96,8 @@ def test_local_mode_a_bad_span_in_the_spill_costs_only_itself(tmp_path: Path) ->
     """
     db, spill_dir = tmp_path / "cost.db", tmp_path / "spill"
     spans = make_spans(60, seed=8)
-    poison = msgspec.structs.replace(spans[0], span_id="poison", start_ns=2**63)
+    # A count past 64 bits (a start_ns past 2**63 is now refused earlier, as dated ahead of the host's clock).
+    poison = msgspec.structs.replace(spans[0], span_id="poison", usage=(UsageItem("s3_get", input_tokens=2**63),))
     earlier = SpillStore(spill_dir)
     earlier.write([*spans[:10], poison, *spans[10:20]])
     earlier.write(spans[20:40])
@@ -116,7 +117,7 @@ def test_local_mode_a_bad_span_in_the_spill_costs_only_itself(tmp_path: Path) ->
     ]
     (topic, key, value, reason), *more = _stored(db, "SELECT topic, key, value, reason FROM dead_letters")
     assert not more and topic == LOCAL_DEAD_LETTER_TOPIC
-    assert "cannot be stored" in reason and "start_ns" in reason
+    assert "cannot be stored" in reason and "input_tokens" in reason
     assert bytes(key) == poison.request_id.encode() and bytes(value) == encode_span(poison)
     assert exporter.dead_lettered == 1
     assert not list(spill_dir.glob("*.spill"))

@@ -64,3 +64,27 @@ def test_sqlite_records_the_raw_cutoff_a_retention_chunk_applied(tmp_path: Path)
         assert store.retention_facts().applied_cutoff_ns == now - 30 * DAY_NS
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_both_backends_record_the_raw_cutoff_retention_applied(name: str, tmp_path: Path) -> None:
+    """None before any round; a chunk records now - raw retention; an earlier "now" never moves it back.
+
+    Before, ClickHouse recorded nothing (``applied_cutoff_ns`` always None), so its facts were not exact.
+    """
+    backend = BACKENDS[name](tmp_path)
+    store = open_ingest_store(backend.url)
+    try:
+        assert store.retention_facts().applied_cutoff_ns is None
+        now = 1_800_000_000 * 10**9
+        while not store.retention_chunk(now, 1_000).done:
+            pass
+        assert store.retention_facts().applied_cutoff_ns == now - 30 * DAY_NS
+        while not store.retention_chunk(now - DAY_NS, 1_000).done:
+            pass
+        assert store.retention_facts().applied_cutoff_ns == now - 30 * DAY_NS
+        while not store.retention_chunk(now + DAY_NS, 1_000).done:
+            pass
+        assert store.retention_facts().applied_cutoff_ns == now - 29 * DAY_NS
+    finally:
+        store.close()

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from spendtrace.errors import ConfigError
 from spendtrace.schema import Span, encode_span
+from spendtrace.sdk.export._base import SpansRejected
 
 if TYPE_CHECKING:
     import asyncio
@@ -40,7 +41,9 @@ class KafkaExporter:
 
     ``export`` sends the whole batch, then waits until every message is acknowledged
     (``acks="all"`` by default), and raises on any failure or after ``export_timeout``
-    seconds, so the processor spills the batch; the next export reconnects from scratch.
+    seconds, so the processor spills the batch; the next export reconnects from scratch. A span
+    too large for the producer or the broker is the exception: the rest go, and ``SpansRejected``
+    names it, so one such span never blocks a spill replay.
     The topic is created with ``partitions`` partitions when missing, and (``verify_topic``)
     checked again before each batch, at the cost of one metadata request. aiokafka is imported
     on first use, and all its work happens on an event loop private to the calling thread.
@@ -107,6 +110,8 @@ class KafkaExporter:
         with _suppressed():
             try:
                 loop.run_until_complete(asyncio.wait_for(self._send_all(spans), self.export_timeout))
+            except SpansRejected:
+                raise  # the connection is fine: the rest of the batch was delivered
             except BaseException:
                 # Start over next time: a new connection, and the topic checked again (a restarted
                 # broker may have lost it).
@@ -157,11 +162,23 @@ class KafkaExporter:
             if topic not in cluster.topics():
                 await self._ensure_topic()
                 await producer.client.force_metadata_update()
-        futures = [await producer.send(topic, encode_span(s), key=s.request_id.encode()) for s in spans]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
+        from aiokafka.errors import MessageSizeTooLargeError
+
+        rejected: list[tuple[Span, str]] = []
+        sent: list[tuple[Span, asyncio.Future[Any]]] = []
+        for s in spans:
+            try:
+                sent.append((s, await producer.send(topic, encode_span(s), key=s.request_id.encode())))
+            except MessageSizeTooLargeError as exc:  # this span can never go: the others still do
+                rejected.append((s, f"too large for Kafka: {exc}"))
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        for (s, _), r in zip(sent, results, strict=True):
+            if isinstance(r, MessageSizeTooLargeError):  # the broker's own limit (message.max.bytes)
+                rejected.append((s, f"too large for the broker: {r}"))
+            elif isinstance(r, BaseException):
                 raise r
+        if rejected:
+            raise SpansRejected(rejected)
 
     async def _get_producer(self) -> Any:
         if self._producer is not None:

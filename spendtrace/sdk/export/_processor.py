@@ -4,11 +4,14 @@ The app thread only appends to a deque (``on_span``); a worker thread takes batc
 to the exporter, and on failure (or while the circuit breaker is open) writes them to the spill
 file, replaying it once the exporter works again. A second thread spills the oldest spans when
 the buffer passes a quarter of its bound (down to an eighth) while the worker is stuck in a slow
-export. A span is dropped only when it arrives at a full buffer, since the app never waits for
-room: the spill is full or unwritable, or the app records faster than the spill thread takes
-spans off the buffer (a tight recording loop holds the GIL, which the spill thread gets back only
-at the interpreter's switch interval after each of its system calls). Every drop is counted and
-logged.
+export, and, so that a SIGKILL finds little in memory, every span that waited about ``max_delay``
+while the worker was busy (a slow or hung export, a replay) and no ``flush`` waited: a span is
+handed to the exporter or written to disk within about 1.25 ``max_delay`` plus one spill write,
+while the spill thread keeps up with the app. A span is dropped only when it arrives at a full
+buffer, since the app never waits for room: the spill is full or unwritable, or the app records
+faster than the spill thread takes spans off the buffer (a tight recording loop holds the GIL,
+which the spill thread gets back only at the interpreter's switch interval after each of its
+system calls). Every drop is counted and logged.
 
 What a SIGKILL takes with it (the buffer) is counted by the next process using the spill directory:
 each processor keeps a small crash record there (``_pending``), rewritten when spans leave the buffer.
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spendtrace.schema import Span
-from spendtrace.sdk.export._base import SpanExporter
+from spendtrace.sdk.export._base import SpanExporter, SpansRejected
 from spendtrace.sdk.export._breaker import CircuitBreaker, get_circuit_breaker
 from spendtrace.sdk.export._pending import PendingRecord, reap
 from spendtrace.sdk.export._spill import SpillFull, SpillStore
@@ -69,6 +72,7 @@ class Counters:
     spill_lost_frames: int = 0
     spill_lost_spans: int = 0
     lost_at_crash: int = 0
+    rejected: int = 0
 
 
 class _RateLimited:
@@ -99,8 +103,11 @@ class BatchProcessor:
 
     ``batch_size`` spans go out together, or fewer after ``max_delay`` seconds. ``max_queue``
     bounds the in-memory buffer; past a quarter of it the oldest spans are spilled to ``spill_dir``
-    (bounded by ``max_spill_bytes``), and a failing exporter's batches are spilled too, then
-    replayed in order once it works again, by this process or the next one using the directory.
+    (bounded by ``max_spill_bytes``), and so are spans that waited ``max_delay`` while the worker
+    was busy (unless ``spill_aged`` is False: the local store, whose readers in this process see
+    only what was written, not what waits in the spill); a failing exporter's batches are spilled
+    too, then replayed in order once it works again, by this process or the next one using the
+    directory.
     """
 
     def __init__(
@@ -108,7 +115,7 @@ class BatchProcessor:
         exporter: SpanExporter,
         *,
         batch_size: int = 512,
-        max_delay: float = 0.5,
+        max_delay: float = 0.05,
         max_queue: int = 100_000,
         spill_dir: str | os.PathLike[str] | None = None,
         max_spill_bytes: int = 512 * 1024 * 1024,
@@ -116,6 +123,7 @@ class BatchProcessor:
         breaker: CircuitBreaker | None = None,
         fsync: bool = True,
         replay: bool = True,
+        spill_aged: bool = True,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("max_queue", max_queue)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -136,6 +144,7 @@ class BatchProcessor:
         )
         self._breaker = breaker
         self.replay_enabled = replay
+        self.spill_aged = spill_aged
         self._warn_export = _RateLimited()
         self._warn_drop = _RateLimited()
         self._warn_spill = _RateLimited()
@@ -200,6 +209,7 @@ class BatchProcessor:
         self._cond = threading.Condition(threading.Lock())  # guards taking, in-flight and counters
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
+        self._worker_idle = False  # the worker waits for a batch to fill (it takes every span within max_delay)
         self._stopping = False
         self._deadline = float("inf")
         self._flush_waiters = 0
@@ -216,6 +226,7 @@ class BatchProcessor:
         self._dropped = 0
         self._export_errors = 0
         self._spill_errors = 0
+        self._rejected = 0
         self._spill_broken_until = 0.0
         self._worker: threading.Thread | None = None
         self._spiller: threading.Thread | None = None
@@ -356,8 +367,7 @@ class BatchProcessor:
             if time.monotonic() >= self._deadline:
                 return False  # shutdown() spills what is left
         elif len(q) < self.batch_size and not self._flush_waiters and not self._replaying:
-            self._wake.wait(self.max_delay)
-            self._wake.clear()
+            self._idle_wait()
             waited = True
         start, batch = self._take(self.batch_size)
         if batch:
@@ -377,9 +387,17 @@ class BatchProcessor:
         if self._replaying:
             return True  # more may follow: go round again without waiting
         if not q and not waited:
-            self._wake.wait(self.max_delay)
-            self._wake.clear()
+            self._idle_wait()
         return True
+
+    def _idle_wait(self) -> None:
+        """Wait up to ``max_delay`` for a full batch; meanwhile the spill thread leaves the buffer alone."""
+        self._worker_idle = True
+        try:
+            self._wake.wait(self.max_delay)
+        finally:
+            self._worker_idle = False
+        self._wake.clear()
 
     def _deliver(self, batch: list[Span]) -> bool:
         """Export ``batch``, or spill it; ``True`` if the exporter took it."""
@@ -392,6 +410,12 @@ class BatchProcessor:
             return False
         try:
             self.exporter.export(batch)
+        except SpansRejected as exc:
+            self._count_rejected(exc)
+            breaker.record_success()
+            with self._cond:
+                self._exported += len(batch) - len(exc.rejected)
+            return True
         except Exception as exc:
             breaker.record_failure()
             with self._cond:
@@ -426,8 +450,15 @@ class BatchProcessor:
         if not breaker.allow():
             return 0
 
+        refused = 0
+
         def export(spans: list[Span]) -> None:
-            self.exporter.export(spans)
+            nonlocal refused
+            try:
+                self.exporter.export(spans)
+            except SpansRejected as exc:  # the frame is done: the rest went, the refused are counted
+                self._count_rejected(exc)
+                refused = len(exc.rejected)
 
         try:
             n = self.spill.replay_one(export)
@@ -440,31 +471,82 @@ class BatchProcessor:
         breaker.record_success()
         if n:
             with self._cond:
-                self._exported += n
-                self._replayed += n
+                self._exported += n - refused
+                self._replayed += n - refused
                 self._cond.notify_all()
         return n
 
+    def _count_rejected(self, exc: SpansRejected) -> None:
+        """Count spans the destination refused for good, and say which and why (one ERROR per batch)."""
+        with self._cond:
+            self._rejected += len(exc.rejected)
+        span, why = exc.rejected[0]
+        log.error(
+            "spendtrace: the exporter refused %d span(s) for good, not retried (rejected so far: %d); first: "
+            "span %s of request %s: %s",
+            len(exc.rejected),
+            self._rejected,
+            span.span_id[:64],
+            span.request_id[:64],
+            why[:300],
+        )
+
     def _run_spiller(self) -> None:
-        """Spill the oldest spans while the buffer is past its high-water mark (worker stuck or slow)."""
+        """Spill the oldest spans while the buffer is past its high-water mark, or once they waited ``max_delay``.
+
+        The age rule bounds what a SIGKILL can take: at fixed ticks (a quarter of ``max_delay``)
+        this thread notes the index of the newest span; spans already there four ticks ago and still
+        untaken while the worker is busy go to the spill in one frame. No per-span clock, nothing on
+        the recording path.
+        """
+        rounds = 4
+        tick = self.max_delay / rounds
+        marks = [0] * rounds  # the buffer's end (an index in ``_taken`` terms) at each of the last ticks
+        next_tick = time.monotonic() + tick
         while not self._stopping:
-            self._spill_wake.wait(self.max_delay)
+            self._spill_wake.wait(max(0.0, next_tick - time.monotonic()))
             self._spill_wake.clear()
+            now = time.monotonic()
+            ticked = now >= next_tick
+            if ticked:
+                next_tick = max(next_tick + tick, now)
             self._note_pending()  # the crash record stays current while the export thread is stuck
-            while len(self._queue) > self._spill_low and not self._stopping:
-                if time.monotonic() < self._spill_broken_until:
-                    break  # let the buffer absorb what it can; the app drops only at max_queue
-                # Everything above the low-water mark in one frame: one fsync, and one GIL hand-off
-                # against a fast-recording app, instead of one per batch.
-                start, batch = self._take(max(self.batch_size, len(self._queue) - self._spill_low))
-                if not batch:
-                    break
-                try:
-                    self._spill_or_drop(batch, reason="buffer over its bound")
-                except Exception:
-                    log.exception("spendtrace: spill thread error")
-                finally:
-                    self._settle(start)
+            # Everything above the low-water mark in one frame: one fsync, and one GIL hand-off
+            # against a fast-recording app, instead of one per batch; then the age rule has its turn.
+            excess = len(self._queue) - self._spill_low
+            if excess > 0 and time.monotonic() >= self._spill_broken_until:
+                self._spill_some(max(self.batch_size, excess), "buffer over its bound")
+            if not ticked:
+                continue
+            aged = marks[0] - self._taken
+            # Not while a flush waits: the app asked for delivery, and the worker is taking batches for it.
+            busy = self.spill_aged and not self._worker_idle and not self._flush_waiters
+            if aged > 0 and busy and not self._stopping and self._spill_has_room():
+                self._spill_some(aged, "waited max_delay while the exporter was busy")
+            marks = [*marks[1:], self._taken + len(self._queue)]
+
+    def _spill_has_room(self) -> bool:
+        """Whether the age rule may spill: the disk is not failing and a file's worth of room is left.
+
+        With the spill (nearly) full, spans wait in memory for the exporter instead of being dropped.
+        """
+        if time.monotonic() < self._spill_broken_until:
+            return False
+        used = self.spill._dir_bytes
+        return used is None or used + self.spill.max_file_bytes <= self.spill.max_bytes
+
+    def _spill_some(self, limit: int, reason: str) -> bool:
+        """Take up to ``limit`` of the oldest spans and spill them in one frame; ``False`` if none were left."""
+        start, batch = self._take(limit)
+        if not batch:
+            return False
+        try:
+            self._spill_or_drop(batch, reason=reason)
+        except Exception:
+            log.exception("spendtrace: spill thread error")
+        finally:
+            self._settle(start)
+        return True
 
     # ---- flush, shutdown, stats -------------------------------------------------------------
 
@@ -555,6 +637,7 @@ class BatchProcessor:
                 spill_lost_frames=self.spill.lost_frames,
                 spill_lost_spans=self.spill.lost_spans,
                 lost_at_crash=self.lost_at_crash,
+                rejected=self._rejected,
             )
 
 

@@ -21,16 +21,33 @@ reconciliation example), and refuses them once retention has run past them.
 
 from __future__ import annotations
 
-from spendtrace.server.model.ingest import RetentionFacts
+import os
+from collections.abc import Sequence
+
+from spendtrace.schema import Span, encode_span
+from spendtrace.server.model.ingest import DeadLetter, RetentionFacts
 
 __all__ = [
+    "HORIZON_DEAD_LETTER_TOPIC",
     "HORIZON_MARGIN_NS",
+    "MAX_CLOCK_AHEAD_NS",
     "NOW_MARGIN_NS",
+    "aged_dead_letters",
     "aged_reason",
+    "ahead_reason",
     "applied_horizon_ns",
     "ingest_horizon_ns",
     "retention_now_ns",
 ]
+
+#: How far a span's start may be ahead of the writer's clock (the authority: a worker's, or the app's in
+#: local mode): a clock in 2100 would otherwise put spend where no dashboard looks and that retention
+#: never ages out.
+MAX_CLOCK_AHEAD_NS = 3_600 * 10**9
+
+#: ``dead_letters.topic`` of spans a store refused in its write, as older than the retention cutoff it had
+#: applied (``partition``: the writing process's pid; ``offset``: a number unique within it)
+HORIZON_DEAD_LETTER_TOPIC = "(horizon)"
 
 #: How far past the newest stored span start a retention round may be dated.
 NOW_MARGIN_NS = 86_400 * 10**9
@@ -64,3 +81,27 @@ def aged_reason(start_ns: int, horizon_ns: int) -> str:
         f"{(horizon_ns - start_ns) / 3.6e12:,.1f} h before {horizon_ns} (raw spans that old may have been "
         "deleted by retention, so a copy stored before cannot be recognised and would be counted twice)"
     )
+
+
+def ahead_reason(start_ns: int, clock_ns: int, whose: str) -> str:
+    """The dead letter's reason for a span starting more than ``MAX_CLOCK_AHEAD_NS`` after ``clock_ns``."""
+    return (
+        f"implausible start time: start_ns={start_ns} is {(start_ns - clock_ns) / 3.6e12:,.1f} h ahead of {whose} "
+        f"(at most {MAX_CLOCK_AHEAD_NS // 3_600_000_000_000} h accepted; the producer's clock is wrong)"
+    )
+
+
+def aged_dead_letters(spans: Sequence[Span], cutoff_ns: int, now_ns: int) -> list[DeadLetter]:
+    """Dead letters for ``spans`` refused by a store's write as older than the applied ``cutoff_ns``."""
+    pid = os.getpid()
+    return [
+        DeadLetter(
+            HORIZON_DEAD_LETTER_TOPIC,
+            pid,
+            now_ns + i,
+            s.request_id.encode("utf-8", "replace"),
+            encode_span(s),
+            aged_reason(s.start_ns, cutoff_ns),
+        )
+        for i, s in enumerate(spans)
+    ]

@@ -201,6 +201,9 @@ def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
     now_ns = time.time_ns() if now_ns is None else now_ns
     policy = get_retention(conn)
     raw = now_ns - policy.raw_data_days * _DAY_NS
+    from spendtrace.server.store.clickhouse._horizon import record_applied_cutoff  # it imports this module
+
+    record_applied_cutoff(conn, raw)
     deleted = _expire(conn, "spans", "start_ns", raw, raw // 1_000_000_000)
     deleted += _delete(
         conn,

@@ -9,20 +9,40 @@ from spendtrace.server.model.ingest import RetentionFacts
 from spendtrace.server.store.clickhouse._admin import get_retention
 from spendtrace.server.store.clickhouse._client import Conn
 
-__all__ = ["read_retention_facts"]
+__all__ = ["APPLIED_KEY", "read_retention_facts", "record_applied_cutoff"]
 
 _DAY_NS = 86_400 * 1_000_000_000
 
+#: ``meta`` key of the latest raw-span cutoff retention applied (the SQLite backend's key)
+APPLIED_KEY = "horizon.raw_applied_ns"
+
+
+def record_applied_cutoff(conn: Conn, cutoff_ns: int) -> None:
+    """Record ``cutoff_ns`` as applied, before the deletes it dates; it only ever moves forward.
+
+    ``meta`` is a ReplacingMergeTree on ``updated_ns``: the row's version is the cutoff itself, so a
+    merge keeps the latest cutoff whatever order two workers wrote theirs in, and reads take ``argMax``.
+    Written before the deletes (ClickHouse has no transaction to put them in): a crash between leaves
+    the record ahead of the deletes, which refuses a few spans more, never one less.
+    """
+    rows = conn.tuples("SELECT max(updated_ns) FROM meta WHERE key = %s", (APPLIED_KEY,))
+    if rows and rows[0][0] is not None and int(rows[0][0]) >= cutoff_ns:
+        return
+    conn.insert("meta", [[APPLIED_KEY], [str(cutoff_ns)], [cutoff_ns]], ("key", "value", "updated_ns"))
+
 
 def read_retention_facts(conn: Conn) -> RetentionFacts:
-    """The stored raw-span retention (ns) and the newest stored span start (None when ``spans`` is empty).
-
-    The cutoff retention applied is not recorded on ClickHouse yet (``applied_cutoff_ns`` None): the
-    workers' horizon does not need it; the local exporter, which does, writes SQLite only.
+    """The stored raw-span retention (ns), the newest stored span start (None when ``spans`` is empty),
+    and the latest raw cutoff a retention round applied (None: never).
 
     ``max`` of an empty table is 0 in ClickHouse, hence the count beside it; ``start_ns`` leads the
     primary key, so this reads one mark per part.
     """
     policy = get_retention(conn)
     count, newest = conn.tuples("SELECT count(), max(start_ns) FROM spans")[0]
-    return RetentionFacts(policy.raw_data_days * _DAY_NS, int(newest) if int(count) else None)
+    applied = conn.tuples("SELECT count(), max(updated_ns) FROM meta WHERE key = %s", (APPLIED_KEY,))[0]
+    return RetentionFacts(
+        policy.raw_data_days * _DAY_NS,
+        int(newest) if int(count) else None,
+        int(applied[1]) if int(applied[0]) else None,
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from spendtrace.server.store.clickhouse._admin import _SYNC, _drop_partitions, get_retention, retire_all
 from spendtrace.server.store.clickhouse._client import Conn
+from spendtrace.server.store.clickhouse._horizon import record_applied_cutoff
 
 __all__ = ["retention_chunk"]
 
@@ -51,6 +52,7 @@ def retention_chunk(conn: Conn, now_ns: int, limit: int) -> tuple[int, bool]:
     """One bounded step of the retention round at ``now_ns``: (rows deleted, whether nothing aged is left)."""
     policy = get_retention(conn)
     raw = now_ns - policy.raw_data_days * _DAY_NS
+    record_applied_cutoff(conn, raw)  # before the deletes it dates (``_horizon``)
     steps: list[tuple[str, str, int, int | None]] = [
         ("spans", "start_ns", raw, raw // 1_000_000_000),
         ("dead_letters", "received_ns", raw, None),

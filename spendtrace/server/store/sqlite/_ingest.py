@@ -34,9 +34,11 @@ import time
 from collections.abc import Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from spendtrace.server.ingest.horizon import aged_dead_letters
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.model.ingest import SPAN_COLUMNS, BatchSummary, DeadLetter, PreparedBatch, WriteResult
 from spendtrace.server.store.sqlite._dash import dash_statements
+from spendtrace.server.store.sqlite._retention import APPLIED_KEY
 
 if TYPE_CHECKING:
     import sqlite3
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     import aiosqlite
 
 __all__ = [
+    "AgedSpans",
     "BatchSummary",
     "DeadLetter",
     "OffsetRow",
@@ -61,6 +64,19 @@ __all__ = [
 OffsetRow = tuple[str, str, int, int]
 
 _GRAINS = ("minute", "hour", "day")
+
+
+class AgedSpans(Exception):
+    """A detached batch held spans older than the raw-span cutoff retention has applied; nothing was written.
+
+    Prepare the batch again without ``span_ids`` and write them as dead letters (``horizon.aged_dead_letters``),
+    as the SQLite ingest store does in the process that has the spans.
+    """
+
+    def __init__(self, span_ids: frozenset[str], cutoff_ns: int) -> None:
+        super().__init__(f"{len(span_ids)} of the batch's spans start before the applied retention cutoff {cutoff_ns}")
+        self.span_ids = span_ids
+        self.cutoff_ns = cutoff_ns
 
 
 class ReplayedSpans(Exception):
@@ -245,13 +261,42 @@ def _many(sql: str, rows: list[tuple[Any, ...]]) -> Generator[_Op, Any, None]:
         yield ("many", sql, rows[full:])
 
 
+#: where ``start_ns`` sits in a span's flat row (``INSERT_SPANS``'s column order)
+_START_COLUMN = 7
+_SELECT_APPLIED = "SELECT value FROM meta WHERE key = ?"
+
+
+def _without_aged(batch: PreparedBatch, cutoff_ns: int, now_ns: int) -> tuple[PreparedBatch, list[DeadLetter]]:
+    """``batch`` prepared again without its spans starting before ``cutoff_ns``, and their dead letters."""
+    if batch.detached:
+        values = batch.span_values
+        aged_ids = frozenset(
+            values[i] for i in range(0, len(values), SPAN_COLUMNS) if values[i + _START_COLUMN] < cutoff_ns
+        )
+        raise AgedSpans(aged_ids, cutoff_ns)
+    kept = [s for s in batch.spans if s.start_ns >= cutoff_ns]
+    again = prepare_batch(kept, batch.book)
+    again.duplicates_in_batch = batch.duplicates_in_batch
+    return again, aged_dead_letters([s for s in batch.spans if s.start_ns < cutoff_ns], cutoff_ns, now_ns)
+
+
 def _plan(
     batch: PreparedBatch, offsets: Sequence[OffsetRow], dead_letters: Sequence[DeadLetter], now_ns: int
 ) -> Generator[_Op, Any, WriteResult]:
     if not batch.deltas:
         raise ValueError("SQLite stores write prepare_batch's deltas: prepare the batch with deltas=True")
-    effective = batch
     n_rows = len(batch.span_values) // SPAN_COLUMNS
+    if n_rows:
+        # The applied retention cutoff, read inside this write transaction: a span older than it may
+        # have had a stored copy deleted (the rollups still count it), so it becomes a dead letter here,
+        # whatever the writer read before preparing the batch (a round may have run in between).
+        row = yield ("all", _SELECT_APPLIED, (APPLIED_KEY,))
+        cutoff = int(row[0][0]) if row else None
+        if cutoff is not None and min(batch.span_values[_START_COLUMN::SPAN_COLUMNS]) < cutoff:
+            batch, aged = _without_aged(batch, cutoff, now_ns)
+            dead_letters = [*dead_letters, *aged]
+            n_rows = len(batch.span_values) // SPAN_COLUMNS
+    effective = batch
     if n_rows:
         # New rows of a rowid table get rowids above the current maximum, so after the insert the
         # spans that were really new are exactly those above it (no savepoint / sub-journal needed).

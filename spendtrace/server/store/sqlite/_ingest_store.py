@@ -19,9 +19,11 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 
 from spendtrace.errors import StorageError, StoreBusyError
+from spendtrace.server.ingest.horizon import aged_dead_letters
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.model.ingest import (
     DeadLetter,
@@ -37,6 +39,7 @@ from spendtrace.server.store.sqlite._ingest import read_offsets, write_batch_syn
 from spendtrace.server.store.sqlite._retention import apply_retention_chunk, read_retention_facts
 from spendtrace.server.store.sqlite._writer import WriterProcess
 from spendtrace.server.store.sqlite._writer_protocol import (
+    Aged,
     Replayed,
     Retention,
     RetentionDone,
@@ -217,6 +220,9 @@ class AsyncSQLiteIngestStore:
                     return result
                 case Replayed(new_span_ids=new_ids):
                     payload = await asyncio.to_thread(_replay_payload, staged, new_ids)
+                case Aged(span_ids=aged_ids, cutoff_ns=cutoff):
+                    staged = await asyncio.to_thread(_without_aged, staged, aged_ids, cutoff)
+                    payload = staged.payload
                 case _:
                     raise WriterProtocolError(f"the writer answered a write with {type(reply).__name__}")
         raise StorageError(
@@ -253,6 +259,20 @@ class AsyncSQLiteIngestStore:
         if reader is not None:
             with contextlib.suppress(sqlite3.Error):
                 reader.close()
+
+
+def _without_aged(staged: StagedBatch, aged_ids: frozenset[str], cutoff_ns: int) -> StagedBatch:
+    """``staged`` prepared again without the spans the writer found older than the applied cutoff; those
+    become dead letters of the same write (``horizon.aged_dead_letters``)."""
+    original = staged.batch
+    if original.detached:
+        raise StorageError("a batch with aged spans was staged without its spans; it cannot be prepared again")
+    kept = [s for s in original.spans if s.span_id not in aged_ids]
+    again = prepare_batch(kept, original.book)
+    again.duplicates_in_batch = original.duplicates_in_batch
+    aged = [s for s in original.spans if s.span_id in aged_ids]
+    dead = (*staged.dead_letters, *aged_dead_letters(aged, cutoff_ns, time.time_ns()))
+    return StagedBatch(again, staged.offsets, dead, encode_write(again, staged.offsets, dead))
 
 
 def _replay_payload(staged: StagedBatch, new_ids: frozenset[str]) -> bytes:

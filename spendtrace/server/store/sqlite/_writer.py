@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import assert_never
 
 from spendtrace.server.store.sqlite._writer_protocol import (
+    Aged,
     Failed,
     Ready,
     Replayed,
@@ -205,7 +206,7 @@ def serve(conn: Connection, db_path: str) -> None:
 
 def _handle(db: sqlite3.Connection, request: Write | Retention) -> Reply:
     """Run one request on the write connection; any failure becomes a typed ``Failed`` (nothing changed)."""
-    from spendtrace.server.store.sqlite._ingest import ReplayedSpans, write_batch_sync
+    from spendtrace.server.store.sqlite._ingest import AgedSpans, ReplayedSpans, write_batch_sync
     from spendtrace.server.store.sqlite._retention import apply_retention_chunk
 
     try:
@@ -220,6 +221,8 @@ def _handle(db: sqlite3.Connection, request: Write | Retention) -> Reply:
                 assert_never(request)
     except ReplayedSpans as replay:
         return Replayed(replay.new_span_ids)
+    except AgedSpans as aged:
+        return Aged(aged.span_ids, aged.cutoff_ns)
     except Exception as exc:
         return failure(exc)
 

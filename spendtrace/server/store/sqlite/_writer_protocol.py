@@ -1,7 +1,7 @@
 """The messages between a worker's SQLite writer process and its parent: tagged msgspec Structs.
 
 Requests (parent -> child): ``Write``, ``Retention``, ``Stop``. Replies (child -> parent): ``Ready``,
-``Written``, ``Replayed``, ``RetentionDone``, ``Failed``. Each message is one msgpack map whose
+``Written``, ``Replayed``, ``Aged``, ``RetentionDone``, ``Failed``. Each message is one msgpack map whose
 ``op`` field names its type; both sides decode with a ``Decoder`` of the union and ``match`` on the
 result. A message that does not decode is a ``WriterProtocolError`` (the child answers it with
 ``Failed(kind="bad_request")`` and goes on serving); a failure crosses as a ``Failed`` with a
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
+    "Aged",
     "ErrorKind",
     "Failed",
     "Ready",
@@ -104,6 +105,13 @@ class Replayed(msgspec.Struct, frozen=True, tag="replayed", tag_field="op"):
     new_span_ids: frozenset[str]
 
 
+class Aged(msgspec.Struct, frozen=True, tag="aged", tag_field="op"):
+    """Some of the batch's spans start before the retention cutoff already applied; nothing was written."""
+
+    span_ids: frozenset[str]
+    cutoff_ns: int
+
+
 class RetentionDone(msgspec.Struct, frozen=True, tag="retention_done", tag_field="op"):
     """One retention chunk committed: rows deleted, and whether nothing aged is left."""
 
@@ -124,7 +132,7 @@ class Failed(msgspec.Struct, frozen=True, tag="failed", tag_field="op"):
     message: str
 
 
-Reply = Ready | Written | Replayed | RetentionDone | Failed
+Reply = Ready | Written | Replayed | Aged | RetentionDone | Failed
 
 # -- codecs (built once) -------------------------------------------------------------------------
 
