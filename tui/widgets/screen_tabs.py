@@ -28,6 +28,14 @@ class ScreenTabs(Tabs):
         super().__init__(*tabs, active=active)
         self._mine = active
 
+    def validate_active(self, active: str) -> str:
+        """The tab id, or "" when its tab is not in the bar: a bar whose screen was removed before the bar's
+        own mount ran (keys pressed faster than a loaded machine mounts screens) has no tabs left, and
+        Textual's check would raise from that mount handler and take the app down."""
+        if active and not self.query(f"#tabs-list > #{active}"):
+            return ""
+        return active
+
     def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
         event.stop()
         if event.tab.id and event.tab.id != self._mine:
