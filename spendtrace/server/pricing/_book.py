@@ -122,17 +122,13 @@ def _foundation_key(provider: str, bare: str) -> str:
     return f"bedrock:{model}"
 
 
+@functools.cache
 def legacy_llm_keys() -> frozenset[str]:
     """The model-family keys of the static table (``openai_gpt4o``, ``bedrock_claude_3_haiku`` ...).
 
     The SDK's auto-instrumentation keyed LLM calls by them before it keyed them by model id; they stay
     valid keys for ``add_api_call`` and for spans recorded then.
     """
-    return _legacy_llm_keys()
-
-
-@functools.cache
-def _legacy_llm_keys() -> frozenset[str]:
     from spendtrace.server.pricing._static import static_entries
 
     return frozenset(e.key for e in static_entries() if e.service in _LLM_SERVICES and ":" not in e.key)
