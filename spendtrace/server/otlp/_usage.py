@@ -56,8 +56,7 @@ _S3_ITEMS = {op: (UsageItem(key=key, service="s3", count=1.0),) for op, key in S
 _SQS_ITEMS = {op: (UsageItem(key=key, service="sqs", count=1.0),) for op, key in SQS_OPERATIONS.items()}
 _LAMBDA_ITEMS = (UsageItem(key="aws_lambda_request", service="lambda", count=1.0),)
 
-# The model-id tables and the capacity documents repeat from span to span: read each distinct one once.
-_model_key = lru_cache(maxsize=4096)(model_key)
+# Model ids (model_key is memoised) and capacity documents repeat from span to span: read each distinct one once.
 _profile_geography = lru_cache(maxsize=1024)(profile_geography)
 
 #: OTel provider names (``gen_ai.provider.name`` / ``gen_ai.system``) → ours; others are kept as sent.
@@ -105,7 +104,7 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
         inp -= read + write
     tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
     return UsageItem(
-        key=_model_key(provider, model),
+        key=model_key(provider, model),
         service=provider[:64],
         count=1.0,
         input_tokens=inp,
