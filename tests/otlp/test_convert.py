@@ -98,7 +98,7 @@ def test_genai_cached_tokens_are_not_counted_twice() -> None:
     tokens = (item.input_tokens, item.cache_read_tokens, item.cache_write_tokens, item.output_tokens)
     assert tokens == (300, 600, 100, 50)
     assert (item.provider, item.model, item.key, item.service) == (
-        "anthropic", "claude-sonnet-4-5-20250929", "anthropic_claude_sonnet_4_5", "anthropic")  # fmt: skip
+        "anthropic", "claude-sonnet-4-5-20250929", "anthropic:claude-sonnet-4-5-20250929", "anthropic")  # fmt: skip
 
 
 def test_legacy_gen_ai_system_and_bedrock_profiles() -> None:
@@ -111,7 +111,8 @@ def test_legacy_gen_ai_system_and_bedrock_profiles() -> None:
             pass
 
     (item,) = convert(_record(build)).spans[0].usage
-    assert (item.provider, item.region, item.key) == ("bedrock", "us", "bedrock_claude_3_5_haiku")
+    assert (item.provider, item.region) == ("bedrock", "us")
+    assert item.key == "bedrock:us.anthropic.claude-3-5-haiku-20241022-v1:0"
     assert (item.input_tokens, item.output_tokens) == (10, 5)
 
 

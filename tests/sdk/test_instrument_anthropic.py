@@ -12,28 +12,29 @@ import pytest
 
 import spendtrace
 from spendtrace.schema import UNATTRIBUTED, Span, UsageItem
-from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, price_key_for, uninstrument
+from spendtrace.sdk.instrument import auto_instrument, model_key, uninstrument
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
 MODEL = "claude-haiku-4-5"
 
 
-#: key, service, provider and raw model id (as the API returned it) of the items these tests expect.
+#: key (``<provider>:<model id>``, lower case), service, provider and raw model id (as the API returned it)
+#: of the items these tests expect, by the model-family name older SDKs keyed them with.
 _RAW: dict[str, dict[str, Any]] = {
     "anthropic_claude_haiku_4_5": {
-        "key": "anthropic_claude_haiku_4_5",
+        "key": "anthropic:claude-haiku-4-5-20251001",
         "service": "anthropic",
         "provider": "anthropic",
         "model": "claude-haiku-4-5-20251001",
     },
     "anthropic_claude_opus_4_1": {
-        "key": "anthropic_claude_opus_4_1",
+        "key": "anthropic:claude-opus-4-1-20250805",
         "service": "anthropic",
         "provider": "anthropic",
         "model": "claude-opus-4-1-20250805",
     },
     "anthropic_claude_sonnet_4_5": {
-        "key": "anthropic_claude_sonnet_4_5",
+        "key": "anthropic:claude-sonnet-4-5-20250929",
         "service": "anthropic",
         "provider": "anthropic",
         "model": "claude-sonnet-4-5-20250929",
@@ -196,21 +197,12 @@ def test_count_tokens_is_not_recorded_and_uninstrument_stops_recording(spans: li
     assert [(u.input_tokens, u.output_tokens) for u in _items(spans)] == [(1, 1)]
 
 
-def test_price_keys_for_anthropic_models() -> None:
-    """Dated ids, -latest and -0 aliases map to one key per Claude family."""
+def test_anthropic_calls_are_keyed_by_their_raw_model_id() -> None:
+    """Dated ids, -latest and -0 aliases each keep their own key; a model newer than any table too."""
     cases = {
-        "claude-3-haiku-20240307": "anthropic_claude_3_haiku",
-        "claude-3-5-haiku-latest": "anthropic_claude_3_5_haiku",
-        "claude-3-5-sonnet-20241022": "anthropic_claude_3_5_sonnet",
-        "claude-3-7-sonnet-20250219": "anthropic_claude_3_7_sonnet",
-        "claude-sonnet-4-0": "anthropic_claude_sonnet_4",
-        "claude-sonnet-4-20250514": "anthropic_claude_sonnet_4",
-        "claude-opus-4-20250514": "anthropic_claude_opus_4",
-        "claude-opus-4-1": "anthropic_claude_opus_4_1",
-        "claude-sonnet-4-5-20250929": "anthropic_claude_sonnet_4_5",
-        "claude-haiku-4-5": "anthropic_claude_haiku_4_5",
-        "claude-opus-4-5-20251101": "anthropic_claude_opus_4_5",
+        "claude-3-5-haiku-latest": "anthropic:claude-3-5-haiku-latest",
+        "claude-sonnet-4-0": "anthropic:claude-sonnet-4-0",
+        "claude-sonnet-4-20250514": "anthropic:claude-sonnet-4-20250514",
+        "claude-opus-4-6": "anthropic:claude-opus-4-6",
     }
-    assert {m: price_key_for("anthropic", m) for m in cases} == cases
-    assert set(cases.values()) <= KNOWN_PRICE_KEYS
-    assert price_key_for("anthropic", "claude-opus-4-6") == "anthropic_claude_opus_4_6"  # newer: unpriced, visible
+    assert {m: model_key("anthropic", m) for m in cases} == cases

@@ -23,47 +23,48 @@ from botocore.stub import ANY, Stubber
 import spendtrace
 from spendtrace.schema import UNATTRIBUTED, Span, UsageItem
 from spendtrace.sdk.context import suppress_instrumentation
-from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, price_key_for, uninstrument
+from spendtrace.sdk.instrument import auto_instrument, error_count, model_key, uninstrument
 
 _CREDS = {"region_name": "us-east-1", "aws_access_key_id": "AKIDTEST", "aws_secret_access_key": "secret"}
 
 
-#: key, service, provider and raw model id (as the API returned it) of the items these tests expect.
+#: key (``<provider>:<model id>``, lower case), service, provider and raw model id (as the API returned it)
+#: of the items these tests expect, by the model-family name older SDKs keyed them with.
 _RAW: dict[str, dict[str, Any]] = {
     "bedrock_claude_3_5_haiku": {
-        "key": "bedrock_claude_3_5_haiku",
+        "key": "bedrock:us.anthropic.claude-3-5-haiku-20241022-v1:0",
         "service": "bedrock",
         "provider": "bedrock",
         "model": "us.anthropic.claude-3-5-haiku-20241022-v1:0",
         "region": "us",
     },
     "bedrock_claude_haiku_4_5": {
-        "key": "bedrock_claude_haiku_4_5",
+        "key": "bedrock:global.anthropic.claude-haiku-4-5-20251001-v1:0",
         "service": "bedrock",
         "provider": "bedrock",
         "model": "global.anthropic.claude-haiku-4-5-20251001-v1:0",
         "region": "global",
     },
     "bedrock_claude_sonnet_4_5": {
-        "key": "bedrock_claude_sonnet_4_5",
+        "key": "bedrock:anthropic.claude-sonnet-4-5-20250929-v1:0",
         "service": "bedrock",
         "provider": "bedrock",
         "model": "anthropic.claude-sonnet-4-5-20250929-v1:0",
     },
     "bedrock_cohere_embed_english_v3": {
-        "key": "bedrock_cohere_embed_english_v3",
+        "key": "bedrock:cohere.embed-english-v3",
         "service": "bedrock",
         "provider": "bedrock",
         "model": "cohere.embed-english-v3",
     },
     "bedrock_llama3_1_8b": {
-        "key": "bedrock_llama3_1_8b",
+        "key": "bedrock:meta.llama3-1-8b-instruct-v1:0",
         "service": "bedrock",
         "provider": "bedrock",
         "model": "meta.llama3-1-8b-instruct-v1:0",
     },
     "bedrock_nova_lite": {
-        "key": "bedrock_nova_lite",
+        "key": "bedrock:amazon.nova-lite-v1:0",
         "service": "bedrock",
         "provider": "bedrock",
         "model": "amazon.nova-lite-v1:0",
@@ -591,7 +592,7 @@ def test_auto_instrument_imports_no_sdk_and_instruments_each_on_first_import() -
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["active"] == ["boto3", "openai", "anthropic"]
     assert result["imported"] == []
-    assert result["usage"] == [["dynamodb_write", 2.0, 0], ["anthropic_claude_haiku_4_5", 1.0, 3]]
+    assert result["usage"] == [["dynamodb_write", 2.0, 0], ["anthropic:claude-haiku-4-5", 1.0, 3]]
 
 
 def test_suppressed_calls_record_nothing_and_are_not_altered(instrumented: None, spans: list[Span]) -> None:
@@ -607,23 +608,13 @@ def test_suppressed_calls_record_nothing_and_are_not_altered(instrumented: None,
     assert [s.usage for s in spans] == [()]
 
 
-def test_price_keys_for_bedrock_model_ids() -> None:
-    """Bedrock ids, inference profiles and ARNs map to family keys; unknown ids stay visible as bedrock_<id>."""
+def test_bedrock_calls_are_keyed_by_the_model_id_as_called() -> None:
+    """Inference profiles and ARNs are kept in the key (their price can differ); unknown ids stay visible."""
+    arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0"
     cases = {
-        "anthropic.claude-3-haiku-20240307-v1:0": "bedrock_claude_3_haiku",
-        "anthropic.claude-3-sonnet-20240229-v1:0": "bedrock_claude_3_sonnet",
-        "anthropic.claude-3-opus-20240229-v1:0": "bedrock_claude_3_opus",
-        "us.anthropic.claude-3-5-sonnet-20241022-v2:0": "bedrock_claude_3_5_sonnet",
-        "eu.anthropic.claude-3-7-sonnet-20250219-v1:0": "bedrock_claude_3_7_sonnet",
-        "anthropic.claude-sonnet-4-20250514-v1:0": "bedrock_claude_sonnet_4",
-        "anthropic.claude-opus-4-1-20250805-v1:0": "bedrock_claude_opus_4_1",
-        "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0":
-            "bedrock_claude_sonnet_4_5",
-        "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-micro-v1:0": "bedrock_nova_micro",
-        "apac.amazon.nova-pro-v1:0": "bedrock_nova_pro",
-        "meta.llama3-3-70b-instruct-v1:0": "bedrock_llama3_3_70b",
-        "amazon.titan-embed-text-v2:0": "bedrock_titan_embed_text_v2",
-        "ai21.jamba-1-5-large-v1:0": "bedrock_ai21_jamba_1_5_large",
-    }  # fmt: skip
-    assert {m: price_key_for("bedrock", m) for m in cases} == cases
-    assert {k for k in cases.values() if k not in KNOWN_PRICE_KEYS} == {"bedrock_ai21_jamba_1_5_large"}
+        "anthropic.claude-3-haiku-20240307-v1:0": "bedrock:anthropic.claude-3-haiku-20240307-v1:0",
+        "us.anthropic.claude-3-5-sonnet-20241022-v2:0": "bedrock:us.anthropic.claude-3-5-sonnet-20241022-v2:0",
+        arn: f"bedrock:{arn}",
+        "ai21.jamba-1-5-large-v1:0": "bedrock:ai21.jamba-1-5-large-v1:0",
+    }
+    assert {m: model_key("bedrock", m) for m in cases} == cases

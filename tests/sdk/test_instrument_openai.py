@@ -11,29 +11,35 @@ import openai
 import pytest
 
 import spendtrace
-from spendtrace.schema import UNATTRIBUTED, Span, UsageItem
-from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, price_key_for, uninstrument
+from spendtrace.schema import MAX_KEY_LEN, UNATTRIBUTED, Span, UsageItem
+from spendtrace.sdk.instrument import KNOWN_PRICE_KEYS, auto_instrument, error_count, model_key, uninstrument
 
 Handler = Callable[[httpx2.Request], httpx2.Response]
 
 
-#: key, service, provider and raw model id (as the API returned it) of the items these tests expect.
+#: key (``<provider>:<model id>``, lower case), service, provider and raw model id (as the API returned it)
+#: of the items these tests expect, by the model-family name older SDKs keyed them with.
 _RAW: dict[str, dict[str, Any]] = {
     "openai_gpt4_1_mini": {
-        "key": "openai_gpt4_1_mini",
+        "key": "openai:gpt-4.1-mini-2025-04-14",
         "service": "openai",
         "provider": "openai",
         "model": "gpt-4.1-mini-2025-04-14",
     },
-    "openai_gpt4o": {"key": "openai_gpt4o", "service": "openai", "provider": "openai", "model": "gpt-4o-2024-08-06"},
+    "openai_gpt4o": {
+        "key": "openai:gpt-4o-2024-08-06",
+        "service": "openai",
+        "provider": "openai",
+        "model": "gpt-4o-2024-08-06",
+    },
     "openai_gpt4o_mini": {
-        "key": "openai_gpt4o_mini",
+        "key": "openai:gpt-4o-mini-2024-07-18",
         "service": "openai",
         "provider": "openai",
         "model": "gpt-4o-mini-2024-07-18",
     },
     "openai_text_embedding_3_small": {
-        "key": "openai_text_embedding_3_small",
+        "key": "openai:text-embedding-3-small",
         "service": "openai",
         "provider": "openai",
         "model": "text-embedding-3-small",
@@ -222,7 +228,7 @@ async def test_async_streamed_chat_keeps_the_usage_chunk_the_caller_asked_for(
         chunks = [c async for c in stream]
     assert chunks[-1].usage is not None and chunks[-1].choices == []
     assert [(u.key, u.input_tokens, u.cache_read_tokens, u.output_tokens) for u in _items(spans)] == [
-        ("openai_gpt4o_mini", 16, 64, 2)
+        ("openai:gpt-4o-mini-2024-07-18", 16, 64, 2)
     ]
 
 
@@ -287,24 +293,17 @@ def test_raw_responses_are_recorded_and_uninstrument_stops_recording(spans: list
     assert len(_items(spans)) == 1
 
 
-def test_price_keys_for_openai_models() -> None:
-    """Dated OpenAI model names map to their family's key; the README's openai_gpt4 is gpt-4's."""
+def test_openai_calls_are_keyed_by_their_raw_model_id() -> None:
+    """Each id keeps its own key (a dated snapshot is not its family); no model is collapsed, none is invented."""
     cases = {
-        "gpt-4": "openai_gpt4",
-        "gpt-4-0613": "openai_gpt4",
-        "gpt-4-turbo-2024-04-09": "openai_gpt4_turbo",
-        "gpt-4o-2024-11-20": "openai_gpt4o",
-        "gpt-4o-mini-2024-07-18": "openai_gpt4o_mini",
-        "gpt-4.1-2025-04-14": "openai_gpt4_1",
-        "gpt-4.1-nano": "openai_gpt4_1_nano",
-        "o1-2024-12-17": "openai_o1",
-        "o3-mini": "openai_o3_mini",
-        "o4-mini-2025-04-16": "openai_o4_mini",
-        "gpt-5-2025-08-07": "openai_gpt5",
-        "gpt-5-mini-2025-08-07": "openai_gpt5_mini",
-        "gpt-5-nano": "openai_gpt5_nano",
-        "text-embedding-3-large": "openai_text_embedding_3_large",
+        "gpt-4o": "openai:gpt-4o",
+        "gpt-4o-2024-05-13": "openai:gpt-4o-2024-05-13",  # its own price, not gpt-4o's
+        "gpt-4o-2024-11-20": "openai:gpt-4o-2024-11-20",
+        "ft:gpt-4o-mini-2024-07-18:acme::x1": "openai:ft:gpt-4o-mini-2024-07-18:acme::x1",
+        " GPT-5-Mini ": "openai:gpt-5-mini",
+        "text-embedding-3-large": "openai:text-embedding-3-large",
     }
-    assert {m: price_key_for("openai", m) for m in cases} == cases
-    assert set(cases.values()) <= KNOWN_PRICE_KEYS
-    assert price_key_for("openai", "ft:gpt-4o-mini-2024-07-18:acme::x1") == "openai_ft_gpt4o_mini"
+    assert {m: model_key("openai", m) for m in cases} == cases
+    assert model_key("openai", "") == model_key("openai", "  ") == "openai_unknown"
+    assert model_key("openai", "x" * 300) == ("openai:" + "x" * 300)[:MAX_KEY_LEN]
+    assert not any(k.startswith(("openai", "anthropic", "bedrock")) for k in KNOWN_PRICE_KEYS)

@@ -249,3 +249,19 @@ def test_lambda_compute_and_a_changed_rate_are_repriced(backend: Backend) -> Non
     assert store.get_request_cost(limit=1)[0]["cost_nano"] == compute + 1000
     store.undo_restatement(result.id)
     assert store.total()["cost_nano"] == 2 * READ and store.total()["unpriced_count"] == 1
+
+
+def test_an_sdk_recorded_unknown_model_is_listed_under_its_model_id_on_every_backend(backend: Backend) -> None:
+    """The SDK's item for a call to an unknown model is counted unpriced as ``openai:<model id>`` on SQLite and
+    ClickHouse alike (the id a price is written for), and a reprice that prices it empties that row."""
+    from spendtrace.sdk.instrument._openai import usage_item
+
+    item = usage_item("GPT-9-Turbo", {"prompt_tokens": 1000, "completion_tokens": 100})
+    backend.ingest([Span("u1", None, "ru", "chat", start_ns=NOW - HOUR, usage=(item,), path=("chat",))], BOOK)
+    store = open_store(backend.url)
+    assert isinstance(store, AdminStore)
+    assert [(u["key"], u["feature"], u["items"]) for u in store.unpriced_usage()] == [("openai:gpt-9-turbo", "chat", 1)]
+    result = store.reprice(start_date=TODAY, end_date=TOMORROW, book=BOOK2)
+    assert result.spans_changed == 1
+    assert store.unpriced_usage() == []
+    assert store.total()["cost_nano"] == 1000 * IN + 100 * OUT

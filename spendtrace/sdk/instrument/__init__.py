@@ -4,7 +4,7 @@
 names; libraries that are missing are skipped. It is idempotent, and ``uninstrument()`` removes
 everything (mostly for tests). What each integration records, and how tokens are normalised so
 nothing is counted twice, is documented in its module: ``_botocore`` (DynamoDB, S3, SQS, Lambda,
-Bedrock runtime), ``_openai``, ``_anthropic``; model ids map to price keys in ``_models``.
+Bedrock runtime), ``_openai``, ``_anthropic``; an LLM call is keyed by its raw model id (``_models``).
 
 Nothing here raises into the app: a response we cannot read is counted (``error_count()``), logged
 once, and the app's call returns untouched. Calls made inside ``suppress_instrumentation()``
@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 # Only the pure key table at import: the OTLP receiver (server layer) imports ``_models`` and ``_dynamodb``,
 # and importing them runs this file, which must not load the recording machinery (``_common`` -> scope).
-from spendtrace.sdk.instrument._models import KNOWN_PRICE_KEYS, price_key_for
+from spendtrace.sdk.instrument._models import KNOWN_PRICE_KEYS, model_key
 
-__all__ = ["INTEGRATIONS", "KNOWN_PRICE_KEYS", "auto_instrument", "error_count", "installed", "price_key_for",
+__all__ = ["INTEGRATIONS", "KNOWN_PRICE_KEYS", "auto_instrument", "error_count", "installed", "model_key",
            "reset_errors", "uninstrument"]  # fmt: skip
 
 #: Integration names, in the order they are installed.

@@ -22,7 +22,7 @@ from typing import Any
 from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument import _hooks, _stainless
 from spendtrace.sdk.instrument._common import note_error
-from spendtrace.sdk.instrument._models import price_key_for
+from spendtrace.sdk.instrument._models import model_key
 from spendtrace.sdk.scope import record_usage
 
 __all__ = ["install", "uninstall", "usage_item"]
@@ -79,7 +79,7 @@ class _Counts:
 
     def item(self, model: str) -> UsageItem:
         return UsageItem(
-            key=price_key_for("anthropic", model),
+            key=model_key("anthropic", model),
             service="anthropic",
             count=1.0,
             input_tokens=self.input,

@@ -20,7 +20,7 @@ from typing import Any
 
 from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument._common import DeferredUsage, note_error
-from spendtrace.sdk.instrument._models import price_key_for, profile_geography
+from spendtrace.sdk.instrument._models import model_key, profile_geography
 
 __all__ = ["converse_usage", "invoke_model_usage", "observe_stream", "profile_geography"]
 
@@ -40,7 +40,7 @@ class _Tokens:
         if not self.seen:
             return None
         return UsageItem(
-            key=price_key_for("bedrock", model_id),
+            key=model_key("bedrock", model_id),
             service="bedrock",
             count=1.0,
             input_tokens=self.input,

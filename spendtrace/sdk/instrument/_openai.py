@@ -25,7 +25,7 @@ from typing import Any
 from spendtrace.schema import MAX_KEY_LEN, UsageItem
 from spendtrace.sdk.instrument import _hooks, _stainless
 from spendtrace.sdk.instrument._common import note_error
-from spendtrace.sdk.instrument._models import price_key_for
+from spendtrace.sdk.instrument._models import model_key
 from spendtrace.sdk.scope import record_usage
 
 __all__ = ["install", "uninstall", "usage_item"]
@@ -64,7 +64,7 @@ def usage_item(model: str, usage: Any, service_tier: Any = None) -> UsageItem:
     cached = min(_n(_get(details, "cached_tokens")), prompt)
     written = min(_n(_get(details, "cache_write_tokens")), prompt - cached)
     return UsageItem(
-        key=price_key_for("openai", model),
+        key=model_key("openai", model),
         service="openai",
         count=1.0,
         input_tokens=prompt - cached - written,

@@ -98,14 +98,21 @@ _New = tuple[str, int | None, int, str | None, str, tuple[float, int, int, int],
 class Repricer:
     """Re-prices spans one at a time with ``book`` and gathers every delta to apply.
 
-    ``unpriced_key`` names the ``unpriced_usage`` row an unpriced item (its stored ``usage`` object,
-    and the ``UsageItem`` rebuilt from it, None for the Lambda compute item) was counted under by
-    the backend's ingest.
+    ``unpriced_key`` names the ``unpriced_usage`` row the backend's ingest counts an unpriced item under
+    (from its stored ``usage`` object and the ``UsageItem`` rebuilt from it, None for the Lambda compute
+    item); ``counted_key`` (default: the same) the row an item stored unpriced was counted under, which
+    differs for rows an older ingest wrote.
     """
 
-    def __init__(self, book: PriceBook, unpriced_key: Callable[[dict[str, Any], UsageItem | None], str]) -> None:
+    def __init__(
+        self,
+        book: PriceBook,
+        unpriced_key: Callable[[dict[str, Any], UsageItem | None], str],
+        counted_key: Callable[[dict[str, Any], UsageItem | None], str] | None = None,
+    ) -> None:
         self.book = book
         self._ukey = unpriced_key
+        self._counted = counted_key or unpriced_key
         self.spans_seen = 0
         #: spans whose priced items changed
         self.changed = 0
@@ -210,7 +217,7 @@ class Repricer:
                 old_item = None if item is None else _item_of(d, item.service)
                 u = (float(d.get("count") or 0.0), int(d.get("input_tokens") or 0),
                      int(d.get("output_tokens") or 0), int(d.get("bytes") or 0))  # fmt: skip
-                self._unpriced((self._ukey(d, old_item), str(d.get("service") or ""), feature), -1, u, None)
+                self._unpriced((self._counted(d, old_item), str(d.get("service") or ""), feature), -1, u, None)
             if c is None:
                 self._unpriced((self._ukey(d, item), svc, feature), 1, units, s.start_ns)
         new_usage = "[" + ",".join(frags) + "]"

@@ -2,7 +2,7 @@
 
 The items are the ones the SDK's own instrumentation records for the same call (same ``key``,
 ``service``, ``provider``, ``model`` fields; ``spendtrace.sdk.instrument``), so an OTel-traced call
-costs what an SDK-recorded one does. The pure model-id → key table and the DynamoDB capacity reader
+costs what an SDK-recorded one does. The model-id → key function and the DynamoDB capacity reader
 are the SDK's own (``_models``, ``_dynamodb``: they import nothing but the schema).
 
 GenAI tokens: the conventions say ``gen_ai.usage.input_tokens`` *includes* cache reads and cache
@@ -29,7 +29,7 @@ from typing import Any
 from spendtrace.schema import MAX_KEY_LEN, MAX_UNITS, UsageItem
 from spendtrace.sdk.instrument._dynamodb import OPERATIONS as DYNAMODB_OPERATIONS
 from spendtrace.sdk.instrument._dynamodb import consumed_units
-from spendtrace.sdk.instrument._models import price_key_for, profile_geography, sanitize
+from spendtrace.sdk.instrument._models import model_key, profile_geography, sanitize
 
 __all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "USAGE_ATTRIBUTES", "USAGE_TRIGGERS", "out_of_range", "usage_items"]
 
@@ -56,8 +56,7 @@ _S3_ITEMS = {op: (UsageItem(key=key, service="s3", count=1.0),) for op, key in S
 _SQS_ITEMS = {op: (UsageItem(key=key, service="sqs", count=1.0),) for op, key in SQS_OPERATIONS.items()}
 _LAMBDA_ITEMS = (UsageItem(key="aws_lambda_request", service="lambda", count=1.0),)
 
-# The model-id tables and the capacity documents repeat from span to span: read each distinct one once.
-_price_key_for = lru_cache(maxsize=4096)(price_key_for)
+# Model ids (model_key is memoised) and capacity documents repeat from span to span: read each distinct one once.
 _profile_geography = lru_cache(maxsize=1024)(profile_geography)
 
 #: OTel provider names (``gen_ai.provider.name`` / ``gen_ai.system``) → ours; others are kept as sent.
@@ -131,7 +130,7 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
         inp -= read + write
     tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
     return UsageItem(
-        key=_price_key_for(provider, model),
+        key=model_key(provider, model),
         service=provider[:64],
         count=1.0,
         input_tokens=inp,

@@ -16,12 +16,15 @@ Lambda compute is priced per GB-second with the duration rounded up to the next
 millisecond, as AWS bills it (``lambda_compute_cost``).
 
 Which entries price an item (``PriceBook.key_of``): an item without a ``model`` (older producers,
-AWS services) by its ``key``, as always. An LLM item with a ``model`` by what its bill depends on:
-``<provider>:<model>`` with its service tier and long-context band, rates from genai-prices
-(``_genai``), unless an override names that key, the bare ``<provider>:<model>``, or the item's
-``key`` (user and file overrides win). A model genai-prices does not know is unpriced under
-``<provider>:<model>`` (never $0, never another model's price), except the few in ``LOCAL_LLM_KEYS``
-that keep their static row. Architecture-dependent AWS rates (Lambda arm64) get the suffix
+AWS services, ``add_api_call`` with a key) by its ``key``, as always. An LLM item with a ``model`` by
+what its bill depends on: ``<provider>:<model>`` with its service tier and long-context band, rates
+from genai-prices (``_genai``), unless an override names that key, the bare ``<provider>:<model>``, or
+the item's ``key`` (user and file overrides win). The SDK keys LLM items ``<provider>:<model>``
+itself; spans recorded before it did carry a model-family key (``bedrock_claude_3_haiku``), which an
+override of that name still prices. A model genai-prices does not know is unpriced under
+``<provider>:<model>`` (never $0, never another model's price), except the few with a local row
+(``LOCAL_LLM_KEYS``, keyed by provider and raw model id; a Bedrock id matches it with its ARN or
+inference-profile geography removed). Architecture-dependent AWS rates (Lambda arm64) get the suffix
 ``_<architecture>`` when the book has such a key.
 """
 
@@ -51,6 +54,7 @@ __all__ = [
     "PriceBook",
     "femto_to_nano",
     "lambda_compute_cost",
+    "legacy_llm_keys",
     "unpriced_key",
     "weighted_cost",
 ]
@@ -60,17 +64,37 @@ LAMBDA_COMPUTE_KEY = "lambda_gb_second"
 
 _GIB = 2**30
 
-#: Static LLM rows kept for models genai-prices (0.2.5) does not price; every other LLM item with a
-#: model is priced from genai-prices. Rates, source pages and dates are in ``static_prices.json``.
+#: Static LLM rows kept for models genai-prices (0.2.5) does not price, keyed by provider and raw
+#: model id; every other LLM item with a model is priced from genai-prices. Rates, source page and
+#: date of each are in ``static_prices.json`` (tests check genai-prices still lacks every one).
 LOCAL_LLM_KEYS = frozenset(
     {
-        "bedrock_titan_text_premier",  # amazon.titan-text-premier-v1:0
-        "bedrock_titan_embed_image",  # amazon.titan-embed-image-v1
-        "bedrock_cohere_embed_english_v3",  # cohere.embed-english-v3
-        "bedrock_cohere_embed_multilingual_v3",  # cohere.embed-multilingual-v3
-        "bedrock_llama3_1_405b",  # meta.llama3-1-405b-instruct-v1:0
+        "bedrock:amazon.titan-text-premier-v1:0",
+        "bedrock:amazon.titan-embed-image-v1",
+        "bedrock:cohere.embed-english-v3",
+        "bedrock:cohere.embed-multilingual-v3",
+        "bedrock:meta.llama3-1-405b-instruct-v1:0",
     }
 )
+#: The family keys the SDK gave those five models before it keyed calls by model id: spans recorded
+#: then keep the row of that name, so they price exactly as they did (same rates, same entry version).
+_LEGACY_LOCAL_KEYS = frozenset(
+    {
+        "bedrock_titan_text_premier",
+        "bedrock_titan_embed_image",
+        "bedrock_cohere_embed_english_v3",
+        "bedrock_cohere_embed_multilingual_v3",
+        "bedrock_llama3_1_405b",
+    }
+)
+#: Geographies of Bedrock cross-region inference profiles (``us.meta.llama3-...``, ``global.anthropic...``).
+_GEOGRAPHIES = frozenset({"us", "eu", "apac", "us-gov", "ca", "jp", "au", "in", "global"})
+_LLM_SERVICES = frozenset({"bedrock", "openai", "anthropic"})
+_EXAMPLE_IDS = {
+    "openai": "gpt-4o-2024-08-06",
+    "anthropic": "claude-sonnet-4-5-20250929",
+    "bedrock": "us.anthropic.claude-3-5-haiku-20241022-v1:0",
+}
 _CACHE_LIMIT = 200_000
 
 
@@ -83,6 +107,50 @@ def unpriced_key(item: UsageItem) -> str:
     if item.model is None:
         return item.key
     return f"{item.provider or item.service}:{item.model.strip().lower()}"
+
+
+def _foundation_key(provider: str, bare: str) -> str:
+    """``bedrock:<foundation model id>`` of a Bedrock ``bare`` key (no ARN, no profile geography), else ``bare``."""
+    if provider != "bedrock":
+        return bare
+    model = bare.removeprefix("bedrock:")
+    if model.startswith("arn:"):
+        model = model.rsplit("/", 1)[-1]
+    head, dot, rest = model.partition(".")
+    if dot and "." in rest and head in _GEOGRAPHIES:
+        model = rest
+    return f"bedrock:{model}"
+
+
+@functools.cache
+def legacy_llm_keys() -> frozenset[str]:
+    """The model-family keys of the static table (``openai_gpt4o``, ``bedrock_claude_3_haiku`` ...).
+
+    The SDK's auto-instrumentation keyed LLM calls by them before it keyed them by model id; they stay
+    valid keys for ``add_api_call`` and for spans recorded then.
+    """
+    from spendtrace.server.pricing._static import static_entries
+
+    return frozenset(e.key for e in static_entries() if e.service in _LLM_SERVICES and ":" not in e.key)
+
+
+_warned_legacy: set[str] = set()
+
+
+def _warn_legacy_overrides(keys: Iterable[str]) -> None:
+    """Say once per key that an override of a family key no longer reaches auto-instrumented LLM calls."""
+    legacy = legacy_llm_keys()
+    for key in sorted(set(keys)):
+        if key in legacy and key not in _warned_legacy:
+            _warned_legacy.add(key)
+            provider = key.split("_", 1)[0]
+            logger.warning(
+                "spendtrace: the price override %r names a model-family key: it prices usage recorded under that "
+                "key (add_api_call(%r, ...), and LLM calls recorded before the SDK keyed them by model id), not "
+                "the calls auto-instrumentation records now; for those, also override '%s:<model id>' with the id "
+                "the usage shows (e.g. '%s:%s'; DEPLOYMENT.md, 'Where the prices come from')",
+                key, key, provider, provider, _EXAMPLE_IDS.get(provider, "<model id>"),
+            )  # fmt: skip
 
 
 def femto_to_nano(femto: int | Fraction) -> int:
@@ -216,7 +284,7 @@ class PriceBook:
 
     @classmethod
     def static(cls) -> PriceBook:
-        """The static table alone (no genai-prices): AWS services and the legacy LLM family keys."""
+        """The static table alone (no genai-prices): AWS services, the local LLM rows and the legacy family keys."""
         return _static_book()
 
     @classmethod
@@ -254,6 +322,7 @@ class PriceBook:
         over: dict[str, list[PriceEntry]] = {}
         for e in entries:
             over.setdefault(e.key, []).append(e)
+        _warn_legacy_overrides(over)
         merged: list[PriceEntry] = []
         for key, es in self._entries.items():
             if key in over:
@@ -326,7 +395,7 @@ class PriceBook:
 
     def _resolve(self, provider: str, model: str, tier: str | None, total: int, legacy: str) -> str:
         bare = f"{provider}:{model.strip().lower()}"
-        if legacy in self._overridden:
+        if legacy in self._overridden:  # an override of the item's own key (a family key on older spans)
             return legacy
         derived = None if self._llm is None else self._llm.key_for(provider, model, tier, total)
         for key in (derived, bare):
@@ -340,9 +409,10 @@ class PriceBook:
                 self._derived_starts[derived] = tuple(e.effective_from_ns for e in es)
                 self._derived[derived] = es
             return derived
-        if legacy in LOCAL_LLM_KEYS and legacy in self._entries:
+        if legacy in _LEGACY_LOCAL_KEYS and legacy in self._entries:
             return legacy
-        return bare
+        local = _foundation_key(provider, bare)
+        return local if local in self._entries else bare
 
     def starts_of(self, key: str) -> tuple[int, ...] | None:
         """Start (ns) of each entry of ``key`` (a book key or one ``key_of`` derived), None if unknown."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +41,25 @@ _ROLLUP_PK = ("bucket", "feature", "user_id", "endpoint", "service")
 
 
 def _sqlite_ukey(d: dict[str, Any], item: UsageItem | None) -> str:
-    """The ``unpriced_usage`` key the SQLite ingest counted an unpriced item under (``prepare_batch``)."""
+    """The ``unpriced_usage`` key the SQLite ingest counts an unpriced item under (``prepare_batch``)."""
     return str(d["key"]) if item is None else unpriced_key(item)
+
+
+def _counted_key(conn: sqlite3.Connection) -> Callable[[dict[str, Any], UsageItem | None], str]:
+    """Where this file's ingests counted an unpriced item: under its model id, else under the item's own key.
+
+    Ingests from before the model id was the listing key (spendtrace before issue #14's reprice) counted
+    some items with a model under their family key (``openai_gpt4o``). When no row has the model id's
+    key but one has the item's key, that row is the one to take the item back from.
+    """
+    keys = {str(k) for (k,) in conn.execute("SELECT DISTINCT key FROM unpriced_usage WHERE items > 0")}
+
+    def counted(d: dict[str, Any], item: UsageItem | None) -> str:
+        key = _sqlite_ukey(d, item)
+        own = str(d["key"])
+        return own if key not in keys and own in keys else key
+
+    return counted
 
 
 def check_range(
@@ -78,9 +95,9 @@ def reprice(
     """
     start, end, names = check_range(start_date, end_date, features)
     lo_s, hi_s = _epoch_s(start), _epoch_s(end)
-    rp = Repricer(book, _sqlite_ukey)
     conn.execute("BEGIN" if dry_run else "BEGIN IMMEDIATE")
     try:
+        rp = Repricer(book, _sqlite_ukey, counted_key=_counted_key(conn))
         rid = 0
         if not dry_run:
             cur = conn.execute(
