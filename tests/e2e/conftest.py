@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -27,7 +28,9 @@ def recorded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
     tee = _Tee(KafkaExporter(broker.bootstrap, topic, partitions=6))
     submitted = 0
 
-    # A buffer big enough that nothing spills: this run is about the Kafka path (the spill has its own tests).
+    # A buffer big enough that nothing spills for want of room: this run is about the Kafka path (the spill
+    # has its own tests). Spans that waited max_delay while an export was busy may still go to the spill on a
+    # loaded machine; they are replayed through the same exporter (the tee) in the background, waited for below.
     spill = tmp_path_factory.mktemp("spill")
     processor = configure(exporter=tee, batch_size=2_000, max_delay=0.05, max_queue=1_000_000, spill_dir=spill)
     original = processor.on_span
@@ -43,7 +46,11 @@ def recorded(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
     try:
         run_app(N_SPANS, lambda: submitted)
         result = flush(60)
-        assert result.pending == 0 and result.dropped == 0 and result.spilled == 0, result
+        assert result.pending == 0 and result.dropped == 0, result
+        deadline = time.monotonic() + 120
+        while len(tee.spans) < submitted:  # what went to the spill is replayed from it in the background
+            assert time.monotonic() < deadline, f"{submitted - len(tee.spans)} spans left in the spill ({result})"
+            time.sleep(0.05)
     finally:
         _config.reset()
         _sampling.set_global_sample_rate(previous_rate)
