@@ -265,3 +265,39 @@ def test_an_sdk_recorded_unknown_model_is_listed_under_its_model_id_on_every_bac
     assert result.spans_changed == 1
     assert store.unpriced_usage() == []
     assert store.total()["cost_nano"] == 1000 * IN + 100 * OUT
+
+
+def test_a_reprice_failing_midway_on_clickhouse_is_taken_back_and_the_next_one_counts(tmp_path: Any) -> None:
+    """ClickHouse has no transaction: a reprice whose ``requests`` insert is refused, after the rollups took
+    theirs, leaves every read as before and no record; the next reprice then applies in full.
+
+    Before, the rollups kept the failed attempt's deltas (spend moved with no record to undo), and the next
+    reprice took the same id, so the engine dropped its delta rows as duplicates of the failed attempt's.
+    """
+    from store_backends import BACKENDS
+
+    from spendtrace.server.store.clickhouse._client import connect
+
+    backend = BACKENDS["chdb"](tmp_path)
+    backend.ingest(spans(), BOOK)
+    store = open_store(backend.url)
+    assert isinstance(store, AdminStore)
+    before = reads(backend.url, store)
+    conn = connect(backend.url)
+    try:
+        conn.command("ALTER TABLE requests ADD CONSTRAINT refuse CHECK cost_nano < -1")
+        with pytest.raises(StorageError, match="taken back"):
+            store.reprice(start_date=YESTERDAY, end_date=TOMORROW, book=BOOK2)
+        assert reads(backend.url, store) == before
+        assert conn.tuples("SELECT count() FROM restatements") == [(0,)]
+        conn.command("ALTER TABLE requests DROP CONSTRAINT refuse")
+    finally:
+        conn.close()
+    result = store.reprice(start_date=YESTERDAY, end_date=TOMORROW, book=BOOK2)
+    after = reads(backend.url, store)
+    assert after["total"] == (A1 + A2 + A3 + A4 + A5, 0, 4)
+    assert after["feature"] == {"chat": A1 + A4 + A5, "search": A2 + A3}
+    assert after["requests"] == {"r1": A1 + A2, "r2": A3, "r3": A4, "r5": A5}
+    assert after["loaded"] == {"chat": A1 + A2 + A4 + A5, "search": A2 + A3}
+    store.undo_restatement(result.id)
+    assert reads(backend.url, store) == before

@@ -9,7 +9,8 @@ nothing reappears that retention removed. The changed spans are rewritten by a s
 mutation (which triggers no view). ``reprice_deltas`` and ``reprice_spans`` keep what was done;
 ``undo_reprice`` inserts the negated deltas and puts back the spans still as the reprice left them.
 Not one transaction: the delta rows are inserted table by table (each insert atomic), then the
-record, so a failure midway leaves a reprice without a record (the error says so).
+record. A failure midway is taken back (the tables reached get the negated rows, the spans their old
+values) before the error is raised; a crash midway is not (README, Known gaps).
 """
 
 from __future__ import annotations
@@ -88,8 +89,43 @@ def reprice(
             changes.append((ch, str(row[13])))
     if dry_run:
         return _result(None, start, end, names, book, rp, True)
-    rid = int(conn.tuples("SELECT max(id) FROM restatements")[0][0] or 0) + 1
+    rid = _next_id(conn)
     deltas = _present_deltas(conn, rp, lo_s, hi_s)
+    done: dict[str, list[tuple[list[Any], list[Any]]]] = {}
+    try:
+        _apply(conn, rid, book, changes, deltas, done)
+    except Exception as exc:
+        _take_back(conn, rid, changes, done, exc)
+        raise StorageError(f"reprice {rid} failed and what it had written was taken back: {exc}") from exc
+    result = _result(rid, start, end, names, book, rp, False)
+    delta_day = sum(v[0] for k, v in deltas.get("rollup_day", []) if k[4] == "")
+    _record(
+        conn, rid, time.time_ns() if now_ns is None else now_ns, _who(who), why, start.isoformat(), end.isoformat(),
+        json.dumps(list(names)), json.dumps(result.detail(), sort_keys=True), None, delta_day, rp.changed,
+    )  # fmt: skip
+    return result
+
+
+def _next_id(conn: Conn) -> int:
+    """An id no restatement and no earlier reprice attempt used: a failed attempt leaves no record, but its
+    ``reprice_*`` rows and the deduplication tokens of its inserts (``reprice:<id>:...``) would otherwise be
+    taken by the next reprice, whose delta rows the engine would then drop as duplicates."""
+    row = conn.tuples(
+        "SELECT greatest((SELECT max(id) FROM restatements), (SELECT max(restatement_id) FROM reprice_deltas), "
+        "(SELECT max(restatement_id) FROM reprice_spans))"
+    )
+    return int(row[0][0] or 0) + 1
+
+
+def _apply(
+    conn: Conn,
+    rid: int,
+    book: PriceBook,
+    changes: list[tuple[SpanChange, str]],
+    deltas: dict[str, list[tuple[list[Any], list[Any]]]],
+    done: dict[str, list[tuple[list[Any], list[Any]]]],
+) -> None:
+    """Write reprice ``rid``: its span records, the spans, its delta rows (each table into ``done`` once in)."""
     if changes:
         conn.insert(
             "reprice_spans",
@@ -108,7 +144,7 @@ def reprice(
         [[rid] * len(kept), *([r[i] for r in kept] for i in range(3))],
         ("restatement_id", "tbl", "row_key", "vals"),
     )
-    _insert_deltas(conn, rid, deltas, 1)
+    _insert_deltas(conn, rid, deltas, 1, done)
     if book.version not in conn.books:
         conn.insert(
             "price_versions",
@@ -116,13 +152,27 @@ def reprice(
             ("version", "created_ns", "source", "book"),
         )
         conn.books.add(book.version)
-    result = _result(rid, start, end, names, book, rp, False)
-    delta_day = sum(v[0] for k, v in deltas.get("rollup_day", []) if k[4] == "")
-    _record(
-        conn, rid, time.time_ns() if now_ns is None else now_ns, _who(who), why, start.isoformat(), end.isoformat(),
-        json.dumps(list(names)), json.dumps(result.detail(), sort_keys=True), None, delta_day, rp.changed,
-    )  # fmt: skip
-    return result
+
+
+def _take_back(
+    conn: Conn,
+    rid: int,
+    changes: list[tuple[SpanChange, str]],
+    done: dict[str, list[tuple[list[Any], list[Any]]]],
+    cause: BaseException,
+) -> None:
+    """Undo what a failed reprice wrote (ClickHouse has no transaction): the delta rows of the tables it reached,
+    negated, and the spans put back where they are still as it left them. Raises if that fails too."""
+    try:
+        _insert_deltas(conn, rid, done, -1)
+        if changes:
+            _rewrite_spans(conn, [(c.span_id, c.start_ns, c.old_usage, c.old_cost_nano, c.old_unpriced,
+                                   c.old_var_nano2, version) for c, version in changes])  # fmt: skip
+    except Exception as exc:
+        raise StorageError(
+            f"reprice {rid} failed ({cause}) and taking back what it wrote failed too ({exc}): the rollups hold a "
+            f"partial reprice; its delta rows are in reprice_deltas (restatement_id = {rid})"
+        ) from exc
 
 
 def _result(
@@ -179,7 +229,14 @@ def _present_deltas(conn: Conn, rp: Repricer, lo_s: int, hi_s: int) -> dict[str,
     return out
 
 
-def _insert_deltas(conn: Conn, rid: int, deltas: dict[str, list[tuple[list[Any], list[Any]]]], sign: int) -> None:
+def _insert_deltas(
+    conn: Conn,
+    rid: int,
+    deltas: dict[str, list[tuple[list[Any], list[Any]]]],
+    sign: int,
+    done: dict[str, list[tuple[list[Any], list[Any]]]] | None = None,
+) -> None:
+    """Insert ``sign`` times each table's delta rows (one insert per table, deduplicated by its token)."""
     for table, rows in deltas.items():
         if not rows:
             continue
@@ -198,6 +255,8 @@ def _insert_deltas(conn: Conn, rid: int, deltas: dict[str, list[tuple[list[Any],
         else:
             names = (*keys, *values)
         conn.insert(table, columns, names, _token(rid, sign, table))
+        if done is not None:
+            done[table] = rows
 
 
 def _rewrite_spans(conn: Conn, rows: list[tuple[str, int, str, int, int, float, str]]) -> None:
