@@ -8,7 +8,7 @@ and the end-to-end app): DynamoDB reads and writes, S3 GET and PUT, Claude 3 Hai
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
 from spendtrace.schema import Span, UsageItem
@@ -61,13 +61,17 @@ _BILLED_IF_RATED = ("count", "bytes")
 
 
 def price_nano(item: UsageItem, at_ns: int) -> tuple[int | None, str]:
-    """(nano-dollars or None if unpriced, service) of one item at ``at_ns``, from the rates written above.
+    """(nano-dollars or None if unpriced, service) of one item at ``at_ns``, from the rates written above."""
+    return rated_nano(item, PUBLISHED_USD if at_ns >= PUBLISHED_SINCE_NS else EARLIER_USD)
+
+
+def rated_nano(item: UsageItem, table: Mapping[str, tuple[str, Mapping[str, Fraction]]]) -> tuple[int | None, str]:
+    """(nano-dollars or None if unpriced, service) of one item at the rates of ``table`` (key -> service, rates).
 
     The documented rule: tokens and GB-seconds need a rate (else the item is unpriced); a request
     count or bytes are billed only where there is a rate for them; an item with nothing billed
     is unpriced. The exact USD amount is rounded once to nano-dollars, half to even.
     """
-    table = PUBLISHED_USD if at_ns >= PUBLISHED_SINCE_NS else EARLIER_USD
     if item.key not in table:
         return None, item.service
     service, per_unit = table[item.key]

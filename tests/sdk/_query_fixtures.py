@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from independent_pricing import rated_nano
 
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.pricing import PriceBook, PriceEntry
@@ -156,37 +157,9 @@ PUBLISHED = Rates(
 # rate for it, and an item with nothing billed is unpriced; the exact USD amount is rounded once
 # per item to nano-dollars, half to even; the span's weight multiplies each item's rounded cost,
 # exactly on the weight's binary value, again rounded half to even.
-_NEED_A_RATE = (
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cache_write_1h_tokens",
-    "gb_seconds",
-)
-_BILLED_IF_RATED = ("count", "bytes")
-
-
 def item_nano(item: UsageItem, rates: Rates = PUBLISHED) -> tuple[int | None, str]:
-    """(unweighted nano-dollars, or None if unpriced; service) of one item at ``rates``."""
-    if item.key not in rates.usd:
-        return None, item.service
-    service, per_unit = rates.usd[item.key]
-    service = item.service or service
-    usd = Fraction(0)
-    billed = False
-    for name in _NEED_A_RATE + _BILLED_IF_RATED:
-        units = getattr(item, name)
-        if not units:
-            continue
-        if name in per_unit:
-            usd += Fraction(units) * per_unit[name]
-            billed = True
-        elif name in _NEED_A_RATE:
-            return None, service
-    if not billed:
-        return None, service
-    return round(usd * 1_000_000_000), service  # Fraction rounds half to even
+    """(unweighted nano-dollars, or None if unpriced; service) of one item at ``rates`` (the shared rule)."""
+    return rated_nano(item, rates.usd)
 
 
 def weighted_nano(weight: float, unweighted: int) -> int:

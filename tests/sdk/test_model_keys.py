@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import msgspec
 import pytest
+from _old_wire import OldSpanOfOldItems, OldUsageItem
 from botocore.stub import Stubber
 from genai_prices import data_snapshot
 
@@ -50,38 +51,10 @@ def stored(span: Span, book: PriceBook | None = None) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- spans from older SDKs
 
 
-class _OldItem(msgspec.Struct, array_like=True, frozen=True):
-    """A usage item as producers before the billing fields sent it (no provider, model, tier ...)."""
-
-    key: str
-    service: str = ""
-    count: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-class _OldSpan(msgspec.Struct, array_like=True, frozen=True):
-    """A span as those producers sent it: the leading fields, up to ``usage``."""
-
-    span_id: str
-    parent_id: str | None
-    request_id: str
-    feature: str
-    operation: str | None = None
-    endpoint: str | None = None
-    user_id: str | None = None
-    start_ns: int = 0
-    duration_ns: int = 0
-    cpu_ns: int = 0
-    error: bool = False
-    error_type: str | None = None
-    usage: tuple[_OldItem, ...] = ()
-
-
 def test_a_span_from_before_model_ids_prices_by_its_family_row() -> None:
     """bedrock_claude_3_haiku with no model: $0.25 / $1.25 per 1M tokens (BEDROCK_PRICING), the static row."""
-    old = _OldItem("bedrock_claude_3_haiku", "bedrock", 1.0, 512, 128)
-    wire = msgspec.msgpack.encode(_OldSpan("s", None, "s", "chat", start_ns=AT, usage=(old,)))
+    old = OldUsageItem("bedrock_claude_3_haiku", "bedrock", 1.0, 512, 128)
+    wire = msgspec.msgpack.encode(OldSpanOfOldItems("s", None, "s", "chat", start_ns=AT, usage=(old,)))
     item = stored(decode_span(wire))
     assert item["cost_nano"] == nano((512, "0.25"), (128, "1.25"))
     assert item["price_version"] == "bedrock_claude_3_haiku@1970-01-01:static"

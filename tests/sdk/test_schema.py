@@ -6,6 +6,7 @@ import math
 
 import msgspec
 import pytest
+from _old_wire import OldSpanOfOldItems, OldUsageItem
 
 from spendtrace.schema import UNATTRIBUTED, Span, UsageItem, decode_span, decode_spans, encode_span
 
@@ -93,39 +94,6 @@ def test_old_decoder_reads_a_current_span() -> None:
     """An old consumer decodes today's spans, ignoring the fields it does not know."""
     old = msgspec.msgpack.Decoder(OldSpan).decode(encode_span(full_span()))
     assert (old.span_id, old.feature, old.error_type, len(old.usage)) == ("sid-1", "search", "TimeoutError", 2)
-
-
-class OldUsageItem(msgspec.Struct, array_like=True, frozen=True):
-    """A usage item as producers sent it before provider, model, tier, region and architecture."""
-
-    key: str
-    service: str = ""
-    count: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cache_write_1h_tokens: int = 0
-    bytes: int = 0
-    gb_seconds: float = 0.0
-
-
-class OldSpanOfOldItems(msgspec.Struct, array_like=True, frozen=True):
-    """An older producer's span whose usage items lack the trailing billing fields."""
-
-    span_id: str
-    parent_id: str | None
-    request_id: str
-    feature: str
-    operation: str | None = None
-    endpoint: str | None = None
-    user_id: str | None = None
-    start_ns: int = 0
-    duration_ns: int = 0
-    cpu_ns: int = 0
-    error: bool = False
-    error_type: str | None = None
-    usage: tuple[OldUsageItem, ...] = ()
 
 
 def test_old_usage_items_decode_with_no_model_provider_tier_or_region() -> None:
