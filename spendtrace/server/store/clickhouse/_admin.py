@@ -30,6 +30,7 @@ from typing import Any
 from spendtrace.errors import ConfigError, StorageError
 from spendtrace.server.model.reconcile import AWS_SERVICES, check_calibration
 from spendtrace.server.store.clickhouse._client import Conn
+from spendtrace.server.store.clickhouse._cutoff import record_applied_cutoff
 from spendtrace.server.store.clickhouse._ddl import DIM_ALL_SELECT, DIM_LOADED_SELECT
 from spendtrace.server.store.sqlite._restate import _ONE, _check_factor, _day, _epoch_s, _scale
 from spendtrace.server.store.sqlite._retention import RetentionPolicy
@@ -201,8 +202,6 @@ def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
     now_ns = time.time_ns() if now_ns is None else now_ns
     policy = get_retention(conn)
     raw = now_ns - policy.raw_data_days * _DAY_NS
-    from spendtrace.server.store.clickhouse._horizon import record_applied_cutoff  # it imports this module
-
     record_applied_cutoff(conn, raw)
     deleted = _expire(conn, "spans", "start_ns", raw, raw // 1_000_000_000)
     deleted += _delete(

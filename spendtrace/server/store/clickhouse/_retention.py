@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from spendtrace.server.store.clickhouse._admin import _SYNC, _drop_partitions, get_retention, retire_all
 from spendtrace.server.store.clickhouse._client import Conn
-from spendtrace.server.store.clickhouse._horizon import record_applied_cutoff
+from spendtrace.server.store.clickhouse._cutoff import record_applied_cutoff
 
 __all__ = ["retention_chunk"]
 
