@@ -228,6 +228,27 @@ MUTANTS: tuple[Mutant, ...] = (
           "        for result in ():"),),
         ("tests/otlp/test_concurrent_exporters.py",),
     ),
+    Mutant(
+        "reprice-id-reused-after-failure",
+        "a ClickHouse reprice takes the id of a failed attempt, so the engine drops its delta rows as duplicates",
+        (("spendtrace/server/store/clickhouse/_reprice.py", "    return int(row[0][0] or 0) + 1\n",
+          "    return int(conn.tuples('SELECT max(id) FROM restatements')[0][0] or 0) + 1\n"),),
+        ("tests/store/test_reprice.py",),
+    ),
+    Mutant(
+        "otlp-unstorable-units-accepted",
+        "the OTLP receiver passes a token count above MAX_UNITS on instead of refusing that span",
+        (("spendtrace/server/otlp/_convert.py", "if usage and (why := out_of_range(usage)) is not None:",
+          "if False and usage and (why := out_of_range(usage)) is not None:"),),
+        ("tests/otlp/test_receiver.py",),
+    ),
+    Mutant(
+        "static-dynamodb-read-rate-off",
+        "the current DynamoDB on-demand read rate 4% high: the worker and store tests must see it in their totals",
+        (("spendtrace/server/pricing/static_prices.json", '"per_request": "0.000000125"',
+          '"per_request": "0.00000013"'),),
+        ("tests/consumers/test_worker.py", "tests/store/test_ingest_store.py"),
+    ),
 )
 # ---------------------------------------------------------------------------------------------------------------
 
