@@ -1,8 +1,10 @@
-"""Spans as producers encoded them before the usage items' billing fields: for the wire-compatibility tests."""
+"""Spans and usage items as older producers encoded them: for the wire-compatibility tests."""
 
 from __future__ import annotations
 
 import msgspec
+
+from spendtrace.schema import UsageItem
 
 
 class OldUsageItem(msgspec.Struct, array_like=True, frozen=True):
@@ -20,8 +22,8 @@ class OldUsageItem(msgspec.Struct, array_like=True, frozen=True):
     gb_seconds: float = 0.0
 
 
-class OldSpanOfOldItems(msgspec.Struct, array_like=True, frozen=True):
-    """An older producer's span whose usage items lack the trailing billing fields."""
+class OldSpan(msgspec.Struct, array_like=True, frozen=True):
+    """What an older producer knew: the same leading fields, without the last three."""
 
     span_id: str
     parent_id: str | None
@@ -35,4 +37,10 @@ class OldSpanOfOldItems(msgspec.Struct, array_like=True, frozen=True):
     cpu_ns: int = 0
     error: bool = False
     error_type: str | None = None
-    usage: tuple[OldUsageItem, ...] = ()
+    usage: tuple[UsageItem, ...] = ()
+
+
+class OldSpanOfOldItems(OldSpan, frozen=True):
+    """An older producer's span whose usage items lack the trailing billing fields (same position)."""
+
+    usage: tuple[OldUsageItem, ...] = ()  # type: ignore[assignment]

@@ -6,7 +6,7 @@ import math
 
 import msgspec
 import pytest
-from _old_wire import OldSpanOfOldItems, OldUsageItem
+from _old_wire import OldSpan, OldSpanOfOldItems, OldUsageItem
 
 from spendtrace.schema import UNATTRIBUTED, Span, UsageItem, decode_span, decode_spans, encode_span
 
@@ -32,24 +32,6 @@ def test_round_trip_keeps_every_field() -> None:
 def test_encoding_is_compact_array() -> None:
     """Spans travel as msgpack arrays (array_like), not maps with field names."""
     assert b"feature" not in encode_span(full_span())
-
-
-class OldSpan(msgspec.Struct, array_like=True, frozen=True):
-    """What an older producer knew: the same leading fields, without the last three."""
-
-    span_id: str
-    parent_id: str | None
-    request_id: str
-    feature: str
-    operation: str | None = None
-    endpoint: str | None = None
-    user_id: str | None = None
-    start_ns: int = 0
-    duration_ns: int = 0
-    cpu_ns: int = 0
-    error: bool = False
-    error_type: str | None = None
-    usage: tuple[UsageItem, ...] = ()
 
 
 class NewSpan(msgspec.Struct, array_like=True, frozen=True):
