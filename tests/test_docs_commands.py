@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from source_ast import parse_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("spendtrace", "consumers", "tui")
@@ -407,7 +408,7 @@ def _string_constants(dirs: tuple[str, ...] = SOURCE_DIRS) -> set[str]:
     found: set[str] = set()
     for top in dirs:
         for py in (ROOT / top).rglob("*.py"):
-            tree = ast.parse(py.read_text(encoding="utf-8"))
+            tree = parse_source(py.read_text(encoding="utf-8"))
             found |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     return found
 

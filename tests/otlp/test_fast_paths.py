@@ -15,6 +15,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from source_ast import parse_source
 from support import topic_span_ids
 
 from spendtrace.schema import Span
@@ -106,7 +107,7 @@ def test_a_child_before_its_parent_inherits_as_one_after_it() -> None:
 def test_usage_attributes_list_every_key_the_usage_reader_reads() -> None:
     """``convert`` keeps only the listed keys for usage: each key ``_usage`` reads from a span must be listed."""
     read: set[str] = set()
-    for node in ast.walk(ast.parse(inspect.getsource(_usage))):
+    for node in ast.walk(parse_source(inspect.getsource(_usage))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
             owner = node.func.value
             if isinstance(owner, ast.Name) and owner.id == "attrs" and isinstance(node.args[0], ast.Constant):
