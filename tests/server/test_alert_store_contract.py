@@ -2,7 +2,8 @@
 
 Written against ``spendtrace.server.store.base.AlertStore`` only; a backend joins by adding a
 param to ``backend`` (how to open its store and how to put spend into it). Today: ``sqlite``,
-real files in a temporary directory, and ``chdb`` (ClickHouse in-process, alert state in a side file).
+real files in a temporary directory, and ``chdb`` (ClickHouse in-process: the alert tables and claims of
+``spendtrace.server.store.clickhouse._alerts``, the same code a ClickHouse server runs).
 """
 
 from __future__ import annotations
