@@ -137,3 +137,49 @@ def test_cli_alert_commands_on_a_chdb_store(tmp_path: Path, capsys: pytest.Captu
     assert main([*cli, "alerts", "list", "--json"]) == 0
     assert '"spike"' in capsys.readouterr().out
     assert not (tmp_path / "cost_data.db").exists()
+
+
+def test_a_chdb_stores_pre_v5_side_file_is_imported_once(tmp_path: Path) -> None:
+    """Rules, firing state, events and deliveries of the old SQLite side file move into the tables, once."""
+    from spendtrace.server.store.clickhouse._side_file import side_file
+    from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
+
+    url = chdb_url(tmp_path)
+    path = side_file(url)
+    assert path is not None
+    old = SQLiteAlertStore(path)  # what a chDB store held before v5
+    try:
+        gone = _rule(old, "gone")  # type: ignore[arg-type]
+        keep = old.save_rule(
+            name="keep", kind="threshold", scope="feature", scope_value="search", threshold_nano=10 * NS,
+            window_minutes=60, cooldown_minutes=60, params={"note": "x"}, webhook=SECRET, webhook_format="slack",
+            now_ns=5_000,
+        )
+        first = old.claim_firing(keep, state_key="", cooldown_ns=60 * MIN, fired_ns=MIN, value_nano=11 * NS,
+                                 message="first")
+        assert first is not None and old.claim_delivery(first.id)
+        old.record_delivery(first.id, attempt=1, status=500, error="HTTP 500", at_ns=2 * MIN)
+        old.record_delivery(first.id, attempt=2, status=200, final="delivered", at_ns=3 * MIN)
+        assert old.claim_firing(keep, state_key="", cooldown_ns=60 * MIN, fired_ns=70 * MIN, value_nano=12 * NS,
+                                message="second") is not None
+        assert old.remove_rule("gone")
+        want = (old.list_rules(enabled_only=False), old.latest_events(), old.count_failed_deliveries())
+    finally:
+        old.close()
+    store = ClickHouseAlertStore(url)
+    try:
+        assert (store.list_rules(enabled_only=False), store.latest_events(), store.count_failed_deliveries()) == want
+        assert store.last_fired(keep.id, [""]) == {"": 70 * MIN}
+        assert store.claim_firing(keep, state_key="", cooldown_ns=60 * MIN, fired_ns=100 * MIN, value_nano=1,
+                                  message="in cooldown") is None
+        again = store.claim_firing(keep, state_key="", cooldown_ns=60 * MIN, fired_ns=131 * MIN, value_nano=1,
+                                   message="third")
+        assert again is not None and again.id == 3
+        new = _rule(store, "new")
+        assert new.id > max(gone.id, keep.id)  # no id of the old file is handed out again
+    finally:
+        store.close()
+    assert not Path(path).exists() and Path(path + ".imported").exists()
+    ClickHouseAlertStore(url).close()  # a second open imports nothing
+    assert _count(url, "SELECT count() FROM alert_events") == 3
+    assert _count(url, "SELECT count() FROM alert_rules FINAL WHERE deleted = 0") == 2

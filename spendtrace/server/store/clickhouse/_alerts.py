@@ -90,6 +90,10 @@ class ClickHouseAlertStore:
         self._ch: Conn = connect(url, readonly=readonly)
         self._ver_lock = threading.Lock()
         self._last_ver = 0
+        if not readonly:
+            from spendtrace.server.store.clickhouse._side_file import import_side_file
+
+            import_side_file(self._ch, url)  # a chDB store upgraded from before v5: its side file, once
 
     def __repr__(self) -> str:
         return f"ClickHouseAlertStore({self.url!r})"
