@@ -183,3 +183,36 @@ def test_a_chdb_stores_pre_v5_side_file_is_imported_once(tmp_path: Path) -> None
     ClickHouseAlertStore(url).close()  # a second open imports nothing
     assert _count(url, "SELECT count() FROM alert_events") == 3
     assert _count(url, "SELECT count() FROM alert_rules FINAL WHERE deleted = 0") == 2
+
+
+def test_a_new_chdb_directory_is_private_and_an_open_one_is_warned_about(tmp_path: Path) -> None:
+    """Webhook URLs land in the engine's files: a directory spendtrace creates is 0700, and storing webhooks in
+    one other users can enter logs one WARNING (in a child process: chDB takes one directory per process)."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+from spendtrace.server.store.base import open_alert_store
+s = open_alert_store("chdb://" + sys.argv[1])
+for name in ("x", "y"):
+    s.save_rule(name=name, kind="threshold", scope="total", scope_value="", threshold_nano=1, window_minutes=1,
+                cooldown_minutes=1, params={}, webhook="https://hooks.example.com/s3cr3t", webhook_format="slack",
+                now_ns=1)
+s.close()
+"""
+    data = tmp_path / "fresh"
+
+    def run() -> str:
+        proc = subprocess.run([sys.executable, "-c", script, str(data)], capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    assert "other users can read" not in run()
+    assert os.stat(data).st_mode & 0o777 == 0o700
+    os.chmod(data, 0o755)
+    err = run()
+    assert err.count("which other users can read (mode 755): chmod 700 it") == 1 and "s3cr3t" not in err

@@ -31,6 +31,8 @@ shows how to keep that column from read-only users); never shown in full by the 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from spendtrace.errors import StorageError
 from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain
 from spendtrace.server.store.clickhouse._claims import new_nonce, token, try_insert
-from spendtrace.server.store.clickhouse._client import Conn, connect
+from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
 
 if TYPE_CHECKING:
     from spendtrace.server.store.base import AlertStore
@@ -60,6 +62,9 @@ _DELIVERY_COLUMNS = ("event_id", "ver", "attempt", "at_ns", "status", "error", "
 _LIVE_RULES = "SELECT {cols} FROM alert_rules FINAL WHERE deleted = 0"
 #: claims tried before giving up on an id (each loss means another caller took that id just now)
 _MAX_TRIES = 1000
+_log = logging.getLogger(__name__)
+#: chDB directories already warned about (once per process)
+_warned: set[str] = set()
 
 
 def _rule(row: Sequence[Any]) -> AlertRule:
@@ -79,6 +84,21 @@ def _rule_id(name_or_id: str | int) -> int | None:
             return None
         name_or_id = int(name_or_id)
     return name_or_id if 0 <= name_or_id < 2**64 else None
+
+
+def _warn_if_readable(url: str) -> None:
+    """One WARNING when a webhook URL goes into a chDB directory other local users can enter."""
+    scheme, kwargs, _ = parse_url(url)
+    if scheme != "chdb" or kwargs["path"] in _warned:
+        return
+    try:
+        mode = os.stat(kwargs["path"]).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        _warned.add(kwargs["path"])
+        _log.warning("webhook URLs are stored in %s, which other users can read (mode %o): chmod 700 it",
+                     kwargs["path"], mode & 0o777)
 
 
 class ClickHouseAlertStore:
@@ -153,6 +173,8 @@ class ClickHouseAlertStore:
             rule_id, created = int(found[0][0]), int(found[0][1])
         else:
             rule_id, created = self._new_rule_id(), now
+        if webhook:
+            _warn_if_readable(self.url)
         text = json.dumps(dict(params), sort_keys=True)
         row = (rule_id, name, kind, scope, scope_value, threshold_nano, window_minutes, cooldown_minutes, text,
                webhook, webhook_format, 1, created, now)
