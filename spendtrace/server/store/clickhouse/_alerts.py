@@ -22,10 +22,12 @@ state too (schema v5, ``_ddl``):
 Guaranteed: one event per rule per state key per cooldown, and one ``claim_firing`` / ``claim_delivery``
 caller told it won, however many workers race (within ``CLAIM_WINDOW`` claims, on one server).
 Not atomic, unlike SQLite: a process killed between winning a firing and storing its event loses that
-event (the cooldown starts without one), and a rule edited between a claim's version check and its
-insert may fire once under the old version. Webhook URLs are stored in ``alert_rules`` like the SQLite
-backend stores them: readable by any ClickHouse user granted ``SELECT`` on the database (docs/DEPLOYMENT.md
-shows how to keep that column from read-only users); never shown in full by the readers.
+event (the cooldown starts without one); a rule edited between a claim's version check and its insert
+may fire once under the old version; two processes saving a *new* rule name at the same instant can
+create two rules of that name (rules are saved by people, rarely at once). Webhook URLs are stored in
+``alert_rules`` as the SQLite backend stores them: readable by any ClickHouse user granted ``SELECT``
+on that table (docs/DEPLOYMENT.md), and never shown in full by the readers; a ``chdb://`` directory
+spendtrace creates is 0700 (``_client.private_dir``).
 """
 
 from __future__ import annotations
