@@ -60,6 +60,27 @@ def test_a_claim_made_on_a_stale_state_loses(tmp_path: Path) -> None:
     assert _count(url, "SELECT count() FROM alert_claims WHERE rule_id > 0") == 2  # one row per claim taken
 
 
+def test_last_fired_may_be_stale_for_a_moment_and_the_claim_decides(tmp_path: Path) -> None:
+    """A store's ``last_fired`` serves a copy up to FIRED_TTL_S old (one query per round, not per rule):
+    another worker's firing may not show in it yet, but this store's claim of that crossing still loses."""
+    url = chdb_url(tmp_path)
+    a, b = ClickHouseAlertStore(url), ClickHouseAlertStore(url)
+    try:
+        rule = _rule(a)
+        assert a.last_fired(rule.id, [""]) == {}  # a's copy: nothing fired
+        assert b.claim_firing(rule, state_key="", cooldown_ns=60 * MIN, fired_ns=MIN, value_nano=1,
+                              message="b") is not None
+        seen = a.last_fired(rule.id, [""])
+        assert seen in ({}, {"": MIN})  # stale or not, depending on the copy's age
+        assert a.claim_firing(rule, state_key="", cooldown_ns=60 * MIN, fired_ns=2 * MIN, value_nano=1,
+                              message="a") is None
+        assert b.last_fired(rule.id, [""]) == {"": MIN}  # a store sees its own firing at once
+        assert a.count_events() == 1
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_marked_lower_step_cannot_fire_from_a_stale_read(tmp_path: Path) -> None:
     """A 100% budget firing marks 50%: a caller that read 50% as never fired before the mark loses its claim."""
     store = ClickHouseAlertStore(chdb_url(tmp_path))

@@ -48,7 +48,7 @@ from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
 if TYPE_CHECKING:
     from spendtrace.server.store.base import AlertStore
 
-__all__ = ["ClickHouseAlertStore"]
+__all__ = ["FIRED_TTL_S", "ClickHouseAlertStore"]
 
 _TABLES = {"minute": "rollup_minute", "hour": "rollup_hour", "day": "rollup_day"}
 _SCOPE_COLUMNS = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
@@ -64,6 +64,8 @@ _DELIVERY_COLUMNS = ("event_id", "ver", "attempt", "at_ns", "status", "error", "
 _LIVE_RULES = "SELECT {cols} FROM alert_rules FINAL WHERE deleted = 0"
 #: claims tried before giving up on an id (each loss means another caller took that id just now)
 _MAX_TRIES = 1000
+#: seconds a store's copy of the firing state serves ``last_fired`` (a pre-check: the claim decides)
+FIRED_TTL_S = 1.0
 _log = logging.getLogger(__name__)
 #: chDB directories already warned about (once per process)
 _warned: set[str] = set()
@@ -112,6 +114,9 @@ class ClickHouseAlertStore:
         self._ch: Conn = connect(url, readonly=readonly)
         self._ver_lock = threading.Lock()
         self._last_ver = 0
+        self._fired_lock = threading.Lock()
+        self._fired: dict[int, dict[str, int | None]] | None = None
+        self._fired_at = 0.0
         if not readonly:
             from spendtrace.server.store.clickhouse._side_file import import_side_file
 
@@ -229,6 +234,9 @@ class ClickHouseAlertStore:
         row = list(rows[0])
         row[13] = max(time.time_ns(), newest + 1)
         self._ch.insert("alert_rules", [[v] for v in (*row, 1)], (*_RULE_COLUMNS, "deleted"))
+        with self._fired_lock:
+            if self._fired is not None:
+                self._fired.pop(int(row[0]), None)
         return True
 
     # -- spend, read from the rollups -----------------------------------------------------------
@@ -268,15 +276,44 @@ class ClickHouseAlertStore:
     # -- firing -------------------------------------------------------------------------------
 
     def last_fired(self, rule_id: int, state_keys: Sequence[str]) -> dict[str, int | None]:
-        """The newest firing claim per key, for a live rule (a removed rule's state is gone)."""
+        """The newest firing per key of a live rule, from a copy of every rule's state at most
+        ``FIRED_TTL_S`` old (plus this store's own firings): the contract's cheap, possibly stale pre-check.
+
+        One ClickHouse query costs milliseconds, and the evaluator asks once per rule per batch; the copy
+        makes that one query per ``FIRED_TTL_S``. ``claim_firing`` reads the state afresh.
+        """
         if not state_keys:
             return {}
+        with self._fired_lock:
+            if self._fired is None or time.monotonic() - self._fired_at > FIRED_TTL_S:
+                self._fired = self._read_fired(None, ())
+                self._fired_at = time.monotonic()
+            known = self._fired.get(rule_id, {})
+            return {k: known[k] for k in state_keys if k in known}
+
+    def _read_fired(self, rule_id: int | None, state_keys: Sequence[str]) -> dict[int, dict[str, int | None]]:
+        """The newest firing per (live rule, key): of one rule's ``state_keys``, or of every rule (None)."""
+        where: str = "rule_id > 0"
+        params: tuple[Any, ...] = ()
+        if rule_id is not None:
+            where, params = "rule_id = %s AND state_key IN %s", (rule_id, tuple(state_keys))
         rows = self._ch.tuples(
-            "SELECT state_key, max(fired_ns) FROM alert_claims WHERE rule_id = %s AND state_key IN %s"
-            " AND rule_id IN (SELECT id FROM alert_rules FINAL WHERE id = %s AND deleted = 0) GROUP BY state_key",
-            (rule_id, tuple(state_keys), rule_id),
+            f"SELECT rule_id, state_key, max(fired_ns) FROM alert_claims WHERE {where}"
+            " AND rule_id IN (SELECT id FROM alert_rules FINAL WHERE deleted = 0) GROUP BY rule_id, state_key",
+            params,
         )
-        return {str(k): int(t) for k, t in rows}
+        out: dict[int, dict[str, int | None]] = {}
+        for r, k, t in rows:
+            out.setdefault(int(r), {})[str(k)] = int(t)
+        return out
+
+    def _note_fired(self, rule_id: int, keys: Sequence[str], fired_ns: int) -> None:
+        """Keep this store's copy of the state current with its own firing."""
+        with self._fired_lock:
+            if self._fired is not None:
+                known = self._fired.setdefault(rule_id, {})
+                for k in keys:
+                    known[k] = max(known.get(k) or 0, fired_ns)
 
     def _claim_fire(self, rule_id: int, key: str, prev: int | None, fired_ns: int) -> bool:
         """Claim the firing of (rule, key) that follows the one at ``prev`` (None: its first)."""
@@ -304,7 +341,7 @@ class ClickHouseAlertStore:
         if not current or int(current[0][0]) != rule.updated_ns or int(current[0][1]):
             return None  # removed or changed since it was read: the next evaluation sees the new version
         marks = [k for k in dict.fromkeys(also_mark) if k != state_key]
-        last = self.last_fired(rule.id, [state_key, *marks])
+        last = self._read_fired(rule.id, [state_key, *marks]).get(rule.id, {})
         prev = last.get(state_key)
         if prev is not None and (cooldown_ns is None or fired_ns - prev < cooldown_ns):
             return None
@@ -314,6 +351,7 @@ class ClickHouseAlertStore:
             tok = token("fire", rule.id, key, last.get(key))
             try_insert(self._ch, "alert_claims", _CLAIM_COLUMNS,
                        (rule.id, tok, new_nonce(), key, fired_ns, time.time_ns()), tok)
+        self._note_fired(rule.id, [state_key, *marks], fired_ns)
         event_id = self._store_event(rule, fired_ns, value_nano, message)
         return AlertEvent(
             id=event_id, rule_id=rule.id, rule_name=rule.name, kind=rule.kind, fired_ns=fired_ns, scope=rule.scope,
