@@ -28,6 +28,7 @@ End-to-end latency: one request (5 spans) posted at a time, timed until a consum
 committed its spans to SQLite (``--latency-rounds`` times; median and p95).
 
     python benchmarks/bench_otlp.py [--spans 20000] [--clients 4] [--latency-rounds 30] [--compare DIR]
+    python benchmarks/bench_otlp.py --latency-only --fetch-wait 500 --fetch-wait 100 [--rounds 2] [--idle 10]
 """
 
 from __future__ import annotations
@@ -363,8 +364,11 @@ def through_receiver(bootstrap: str, payloads: list[bytes], clients: int, run: t
         receiver.close()
 
 
-def latency(broker: EmbeddedBroker, rounds: int, acked: list[float]) -> list[float]:
-    """Seconds from posting one request's spans to their commit in SQLite by a worker (``acked``: to the 200)."""
+def latency(
+    broker: EmbeddedBroker, rounds: int, acked: list[float], fetch_wait_ms: int, idle_s: float
+) -> tuple[list[float], float]:
+    """Seconds from posting one request's spans to their commit in SQLite by a worker (``acked``: to the 200),
+    and the CPU seconds per second this process (the worker, an idle receiver) spent afterwards with no traffic."""
     from consumers.config import WorkerConfig
     from consumers.worker import Worker
 
@@ -385,7 +389,7 @@ def latency(broker: EmbeddedBroker, rounds: int, acked: list[float]) -> list[flo
         db = Path(d) / "cost.db"
         cfg = WorkerConfig(bootstrap=broker.bootstrap, db_path=str(db), group_id=topic, topic=topic,
                            dlq_topic=f"{topic}.dlq", alerts_topic=f"{topic}.alerts", partitions=3,
-                           poll_timeout_ms=20, batch_size=1000)  # fmt: skip
+                           poll_timeout_ms=20, batch_size=1000, fetch_max_wait_ms=fetch_wait_ms)  # fmt: skip
         worker = Worker(cfg)
         loop = asyncio.new_event_loop()
         th = threading.Thread(target=lambda: loop.run_until_complete(worker.run()), daemon=True)
@@ -417,9 +421,12 @@ def latency(broker: EmbeddedBroker, rounds: int, acked: list[float]) -> list[flo
                 while stored() < 5 * k:
                     time.sleep(0.002)
                 out.append(time.perf_counter() - t)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            time.sleep(idle_s)
+            idle = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
         loop.call_soon_threadsafe(worker.request_stop)
         th.join(60)
-    return out
+    return out, idle
 
 
 def main() -> None:
@@ -429,9 +436,17 @@ def main() -> None:
     p.add_argument("--latency-rounds", type=int, default=30)
     p.add_argument("--rounds", type=int, default=2, help="runs through each receiver (best is reported)")
     p.add_argument("--compare", metavar="DIR", help="also run the receiver of this checkout, alternating")
+    p.add_argument("--fetch-wait", action="append", type=int, metavar="MS",
+                   help="the worker's fetch_max_wait_ms in the latency part (repeatable, alternated; default: 100)")
+    p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured after each latency run")
+    p.add_argument("--latency-only", action="store_true", help="skip the throughput part")
     p.add_argument("--variant", action="append", default=["--workers 2", "--compression none"],
                    help="also run this tree's receiver with these options (repeatable)")
     args = p.parse_args()
+    if args.latency_only:
+        with tempfile.TemporaryDirectory() as d, EmbeddedBroker(log_path=Path(d) / "tansu.log") as broker:
+            report_latency(broker, args)
+        return
     payloads = make_payloads(args.spans)
     print(f"{sum(map(len, payloads)) / 1e6:.1f} MB in {len(payloads)} protobuf exports of up to {PER_EXPORT} spans")
     parse = max(bare_parse(payloads) for _ in range(3))
@@ -483,14 +498,23 @@ def main() -> None:
         ref_cpu = per_stage["(reference: parse + read)"]
         print(f"per core: the reference's {ref_cpu:.2f} us of CPU per span / the receiver's {own_cpu:.1f} = "
               f"{ref_cpu / own_cpu:.2f}x (the spans/s ratio with a free core each; steadier than wall)")  # fmt: skip
-        acked: list[float] = []
-        lat = latency(broker, args.latency_rounds, acked)
-        lat.sort()
-        p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
-        print(f"end-to-end, post -> committed in SQLite by a worker ({len(lat)} requests of 5 spans): "
-              f"median {statistics.median(lat) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms; "
-              f"of which post -> 200 (acks=all) median {statistics.median(acked) * 1000:.1f} ms")  # fmt: skip
+        report_latency(broker, args)
     print("(a shared 2-core machine: absolute numbers move by tens of percent; compare the ratios)")
+
+
+def report_latency(broker: EmbeddedBroker, args: argparse.Namespace) -> None:
+    """Post -> stored latency (and idle worker CPU) for each ``--fetch-wait``, alternated over ``--rounds``."""
+    waits = args.fetch_wait or [100]
+    for _ in range(args.rounds if len(waits) > 1 else 1):
+        for wait in waits:
+            acked: list[float] = []
+            lat, idle = latency(broker, args.latency_rounds, acked, wait, args.idle)
+            lat.sort()
+            p95 = lat[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))]
+            print(f"end-to-end, fetch_max_wait_ms={wait}, post -> committed in SQLite by a worker ({len(lat)} "
+                  f"requests of 5 spans): median {statistics.median(lat) * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms; "
+                  f"of which post -> 200 (acks=all) median {statistics.median(acked) * 1000:.1f} ms; "
+                  f"then idle: {idle * 100:.1f}% of a core")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prices", default=None, metavar="FILE", help="price override file")
     p.add_argument("--batch-size", type=int, default=20_000, help="most messages per transaction (default: 20,000)")
     p.add_argument("--session-timeout-ms", type=int, default=10_000, help="consumer group session timeout")
+    p.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=100,
+        help="longest the broker may hold an empty fetch (default: 100; Tansu always waits this long)",
+    )
     p.add_argument("--retention-interval", type=float, default=300.0, help="seconds between retention runs")
     p.add_argument(
         "--retention-chunk-rows", type=int, default=20_000, help="most rows one retention transaction deletes"
@@ -114,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         retention_chunk_rows=args.retention_chunk_rows,
         session_timeout_ms=args.session_timeout_ms,
         heartbeat_interval_ms=max(100, min(3_000, args.session_timeout_ms // 5)),
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
 
 

@@ -129,6 +129,7 @@ class Worker:
             fetch_max_bytes=cfg.max_fetch_bytes,
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         )
         self._checkpoint = Checkpoint(
             cfg,

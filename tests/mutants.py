@@ -190,6 +190,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/e2e/test_pipeline_clickhouse.py",),
     ),
     Mutant(
+        "clickhouse-token-per-attempt",
+        "a ClickHouse insert is deduplicated by a token of its own attempt, not of its batch: a replay counts again",
+        (("spendtrace/server/store/clickhouse/_ingest.py",
+          '    settings = {**_INSERT_SETTINGS, "insert_deduplication_token": token}\n',
+          '    settings = {**_INSERT_SETTINGS, "insert_deduplication_token": token + str(time.time_ns())}\n'),),
+        ("tests/e2e/test_pipeline_clickhouse.py", "tests/e2e/test_pipeline_faults_chdb.py"),
+    ),
+    Mutant(
         "topic-restart-not-detected",
         "a partition Kafka has forgotten (broker restarted empty) is sought to the stored offset, skipping new records",
         (("consumers/checkpoint.py", "        forgotten = set(await self._forgotten_by_kafka(held))\n",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from consumers.cli import build_parser, config_from_args, main
+from consumers.config import WorkerConfig
 from consumers.testing import make_spans, produce_spans, stored_offsets, wait_for
 from spendtrace.server.broker import EmbeddedBroker, free_port
 
@@ -72,12 +73,14 @@ def test_options_reach_the_worker_config() -> None:
     """Every documented option lands in the worker's settings."""
     args = build_parser().parse_args(
         ["--bootstrap", "k:9092", "--db", "x.db", "--group", "G", "--topic", "T", "--partitions", "12",
-         "--batch-size", "777", "--prices", "p.json", "--session-timeout-ms", "6000"]
+         "--batch-size", "777", "--prices", "p.json", "--session-timeout-ms", "6000", "--fetch-max-wait-ms", "40"]
     )  # fmt: skip
     cfg = config_from_args(args)
     assert (cfg.bootstrap, cfg.db_path, cfg.group_id, cfg.topic) == ("k:9092", "x.db", "G", "T")
     assert (cfg.partitions, cfg.batch_size, cfg.prices_file, cfg.session_timeout_ms) == (12, 777, "p.json", 6000)
     assert cfg.heartbeat_interval_ms < cfg.session_timeout_ms
+    assert cfg.fetch_max_wait_ms == 40
+    assert config_from_args(build_parser().parse_args([])).fetch_max_wait_ms == WorkerConfig("k", "d").fetch_max_wait_ms
 
 
 def test_the_store_comes_from_store_then_db_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -172,7 +173,11 @@ async def _chromium(profile: Path) -> AsyncIterator[_DevTools]:
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # the page's web font: no network
         "--remote-debugging-port=0", "about:blank",
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Chromium puts its singleton socket in a directory under TMPDIR and leaves it when stopped: give it
+    # a short one of its own (a socket path must fit in 108 bytes) and remove that afterwards.
+    scratch = tempfile.mkdtemp(prefix="chromium-")
+    env = {**os.environ, "TMPDIR": scratch}
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + DEADLINE_S
@@ -189,6 +194,7 @@ async def _chromium(profile: Path) -> AsyncIterator[_DevTools]:
                 yield _DevTools(ws)
     finally:
         _stop(proc)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def _screen_when(devtools: _DevTools, ready: Any) -> str:
