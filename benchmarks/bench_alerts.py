@@ -1,6 +1,6 @@
 """Alert evaluation cost per committed batch, beside the cost of writing that batch.
 
-    python benchmarks/bench_alerts.py [--spans 100000] [--batch-size 5000] [--rules 100]
+    python benchmarks/bench_alerts.py [--spans 100000] [--batch-size 5000] [--rules 100] [--store chdb:///dir]
 
 One run, one database: each batch of synthetic spans (``_data.generate``: 8 endpoints, 50 tenants)
 is priced and committed with ``prepare_batch`` + ``write_batch_sync`` (the reference), then the
@@ -9,7 +9,9 @@ rules its touched scopes cover are evaluated exactly as a worker's post-commit h
 thresholds, 1 h tenant thresholds, endpoint and total thresholds, monthly budgets and rate rules,
 set high enough that none fires (firing is rare; this measures the per-batch checking cost).
 Prints the time of each per batch and evaluation / write as a ratio (evaluation runs off the
-ingest path, but it must keep up: target well under 1x).
+ingest path, but it must keep up: target well under 1x). ``--store URL`` runs it on another store
+(a fresh ``chdb://`` directory, or a ClickHouse server's empty database): the batches are written
+through its ``IngestStore`` (the reference) and the rules read from its ``AlertStore``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +31,7 @@ from _data import ENDPOINTS, NOW_NS, Shape, generate
 from consumers.alerting import Touched, evaluate_rules
 from spendtrace.server.alerts.rules import set_alert, set_budget, set_rate_alert
 from spendtrace.server.pricing import PriceBook
-from spendtrace.server.store.base import open_alert_store
+from spendtrace.server.store.base import open_alert_store, open_ingest_store
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
@@ -59,6 +62,7 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=5_000)
     ap.add_argument("--rules", type=int, default=100)
+    ap.add_argument("--store", default=None, help="a store URL instead of a temporary SQLite file")
     args = ap.parse_args()
     shape = Shape(spans=args.spans, days=1, tenants=50)
     batches = list(generate(shape, batch=args.batch_size))
@@ -66,15 +70,26 @@ def main() -> None:
     tenants = sorted({s.user_id for b in batches for s in b if s.user_id})
     book = PriceBook.default()
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "bench.db"
-        add_rules(db, args.rules, features, tenants)
-        writer, reader = connect(db), open_alert_store(db)
+        db: Path | str = Path(tmp) / "bench.db" if args.store is None else args.store
+        add_rules(db, args.rules, features, tenants)  # type: ignore[arg-type]  # a URL where a path may go
+        reader = open_alert_store(db)
+        if args.store is None:
+            conn = connect(db)
+
+            def write(spans: list[Any]) -> Any:
+                return write_batch_sync(conn, prepare_batch(spans, book))
+        else:
+            ingest = open_ingest_store(args.store)
+
+            def write(spans: list[Any]) -> Any:
+                return ingest.apply_batch(prepare_batch(spans, book))
+
         rules = reader.list_rules()
         write_s = eval_s = 0.0
         evaluated = 0
         for batch in batches:
             t0 = time.perf_counter()
-            result = write_batch_sync(writer, prepare_batch(batch, book))
+            result = write(batch)
             t1 = time.perf_counter()
             touched = Touched.from_result(result)
             evaluated += sum(1 for r in rules if touched.covers(r))
@@ -83,9 +98,10 @@ def main() -> None:
             assert not fired, "the benchmark rules must not fire"
             write_s += t1 - t0
             eval_s += t2 - t1
-        writer.close()
+        (conn if args.store is None else ingest).close()
         reader.close()
     n = len(batches)
+    print(f"store: {args.store or 'a temporary SQLite file'}")
     print(f"{sum(map(len, batches)):,} spans in {n} batches, {len(rules)} rules ({evaluated / n:.0f} evaluated/batch)")
     print(f"write (prepare + commit): {write_s / n * 1e3:8.2f} ms/batch  (reference)")
     print(f"alert evaluation:         {eval_s / n * 1e3:8.2f} ms/batch")

@@ -106,11 +106,6 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
             "chdb:// is opened by one process at a time: --workers N processes need a ClickHouse server "
             "(--store clickhouse://...), or use --worker-mode task"
         )
-    if scheme in ("clickhouse", "clickhouses") and not args.no_alerts:
-        raise ConfigError(
-            "alert state on a ClickHouse server is not built yet (it needs a shared transactional side store): "
-            "pass --no-alerts, or evaluate alerts on a chdb:// or SQLite store"
-        )
     return WorkerConfig(
         bootstrap=args.bootstrap,
         db_path=url,

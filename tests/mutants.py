@@ -257,6 +257,21 @@ MUTANTS: tuple[Mutant, ...] = (
           '"per_request": "0.00000013"'),),
         ("tests/consumers/test_worker.py", "tests/store/test_ingest_store.py"),
     ),
+    Mutant(
+        "ch-alert-claim-always-won",
+        "a ClickHouse alert claim reports a win without reading back whose nonce landed",
+        (("spendtrace/server/store/clickhouse/_alerts.py", "        return bool(got) and str(got[0][0]) == nonce\n",
+          "        return True\n"),),
+        ("tests/server/test_alert_store_contract.py", "tests/store/test_clickhouse_alerts.py"),
+    ),
+    Mutant(
+        "ch-firing-claim-ignores-last-firing",
+        "a ClickHouse firing claim is named by its own time, not by the firing it follows, so a stale read wins",
+        (("spendtrace/server/store/clickhouse/_alerts.py",
+          'nonce, tok = new_nonce(), token("fire", rule_id, key, prev)',
+          'nonce, tok = new_nonce(), token("fire", rule_id, key, fired_ns)'),),
+        ("tests/store/test_clickhouse_alerts.py",),
+    ),
 )
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -58,10 +58,7 @@ def create_app(
     else ``SPENDTRACE_DB`` or ``cost_data.db``); ``token`` (or ``SPENDTRACE_API_TOKEN``) enables bearer auth."""
     url = parse_store_url(resolve_store_url(store, db_path))
     storage = open_store(url.raw)
-    try:
-        alert_store: AlertStore | None = open_alert_store(url.raw)
-    except ConfigError as exc:  # a ClickHouse server keeps no alert state yet: the rest of the API still serves
-        alert_store, no_alerts = None, str(exc)
+    alert_store: AlertStore = open_alert_store(url.raw)
     # what /health names (never a password): the file of a SQLite store, else the URL with secrets masked
     location = url.path if url.scheme == "sqlite" else mask_url(url.raw)
     token = token if token is not None else os.environ.get("SPENDTRACE_API_TOKEN") or None
@@ -304,8 +301,6 @@ def create_app(
         """Alert rules (webhook secrets masked) and the newest alert events."""
         from spendtrace.server.alerts.rules import list_alerts
 
-        if alert_store is None:
-            raise HTTPException(status_code=501, detail=no_alerts)
         events = [
             {
                 "id": e.id,

@@ -43,7 +43,7 @@ def _add(args: argparse.Namespace) -> int:
 
     scope: dict[str, Any] = {"feature": args.feature, "user_id": args.user_id, "endpoint": args.endpoint,
                              "total": args.total}
-    common: dict[str, Any] = {"webhook": args.webhook, "name": args.name, "db_path": args.db,
+    common: dict[str, Any] = {"webhook": args.webhook, "name": args.name, "db_path": args.store,
                               "webhook_format": args.format, "routing_key": args.routing_key,
                               "allow_private": args.allow_private_webhook}
     kinds = [k for k in ("threshold", "budget", "rate") if getattr(args, k) is not None]
@@ -76,7 +76,7 @@ def _list(args: argparse.Namespace) -> int:
     from spendtrace.cli.main import render_table
     from spendtrace.server.alerts.rules import list_alerts
 
-    rules = list_alerts(args.db)
+    rules = list_alerts(args.store)
     if args.json:
         print(json.dumps([r.to_dict() for r in rules], indent=2, ensure_ascii=False))
     elif not rules:
@@ -89,7 +89,7 @@ def _list(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     from spendtrace.server.alerts.rules import remove_alert
 
-    if remove_alert(args.rule, db_path=args.db):
+    if remove_alert(args.rule, db_path=args.store):
         print(f"removed rule {args.rule}")
         return 0
     print(f"spendtrace alerts remove: no rule named {args.rule!r}", file=sys.stderr)
@@ -108,11 +108,11 @@ def _tail_db(args: argparse.Namespace) -> int:
 
     from spendtrace.server.store.base import open_alert_store
 
-    if "://" not in str(args.db) and not Path(args.db).is_file():
-        print(f"spendtrace alerts tail: no database at {args.db} (or use --bootstrap HOST:PORT)", file=sys.stderr)
+    if "://" not in str(args.store) and not Path(args.store).is_file():
+        print(f"spendtrace alerts tail: no database at {args.store} (or use --bootstrap HOST:PORT)", file=sys.stderr)
         return 2
 
-    store = open_alert_store(args.db, readonly=True)
+    store = open_alert_store(args.store, readonly=True)
     try:
         last = max(0, store.last_event_id() - args.last) if args.since_id is None else args.since_id
         shown = 0

@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from spendtrace.api.app import create_app
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.pricing import PriceBook
-from spendtrace.server.store.base import open_ingest_store
+from spendtrace.server.store.base import open_alert_store, open_ingest_store
+
+SECRET_HOOK = "https://hooks.example.com/services/T0/B0/s3cr3t-token"
 
 ROUTES = [
     "/total",
@@ -38,11 +40,22 @@ def _answers(url: str) -> dict[str, Any]:
         store.apply_batch(prepare_batch(_spans(), PriceBook.default()))
     finally:
         store.close()
+    alerts = open_alert_store(url)  # a rule with a secret webhook, fired once (on ClickHouse: its own tables)
+    try:
+        rule = alerts.save_rule(
+            name="spend", kind="threshold", scope="feature", scope_value="search", threshold_nano=1, window_minutes=60,
+            cooldown_minutes=60, params={}, webhook=SECRET_HOOK, webhook_format="slack", now_ns=1_000,
+        )
+        assert alerts.claim_firing(rule, state_key="", cooldown_ns=1, fired_ns=2_000, value_nano=5,
+                                   message="search spent") is not None
+    finally:
+        alerts.close()
     with TestClient(create_app(store=url)) as client:
         out = {}
         for route in ROUTES:
             response = client.get(route)
             assert response.status_code == 200, (route, response.text)
+            assert "s3cr3t-token" not in response.text  # webhook URLs are secrets: never answered in full
             out[route] = response.json()
         out["health"] = client.get("/health").json()
     return out
@@ -58,3 +71,5 @@ def test_every_read_route_answers_on_chdb_as_on_sqlite(tmp_path: Path) -> None:
     assert on_chdb["/total"]["cost_nano"] > 0 and on_chdb["/v2/request/req-1/tree"]
     assert on_chdb[f"/total?user_id={INJECTION}"]["transaction_count"] == 24
     assert "chdb" in str(health)
+    assert [e["message"] for e in on_chdb["/alerts"]["events"]] == ["search spent"]
+    assert [r["name"] for r in on_chdb["/alerts"]["rules"]] == ["spend"]

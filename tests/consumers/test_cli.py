@@ -97,16 +97,21 @@ def test_the_store_comes_from_store_then_db_then_the_environment(monkeypatch: py
     ("argv", "says"),
     [
         (["--store", "chdb:///tmp/ch", "--workers", "2"], "one process at a time"),
-        (["--store", "clickhouse://h:8123/db"], "--no-alerts"),
     ],
 )
 def test_clickhouse_stores_the_workers_cannot_serve_are_refused_in_one_line(
     argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """chDB with N worker processes, or alerts on a ClickHouse server: exit status 2 and one line saying why."""
+    """chDB with N worker processes: exit status 2 and one line saying why."""
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
+
+
+def test_a_clickhouse_server_store_runs_the_workers_with_alerts() -> None:
+    """Alert state lives in ClickHouse itself, so ``--store clickhouse://`` needs no ``--no-alerts``."""
+    args = build_parser().parse_args(["--store", "clickhouse://h:8123/db", "--workers", "2"])
+    assert not args.no_alerts and config_from_args(args).db_path == "clickhouse://h:8123/db"
 
 
 def test_nonsense_counts_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

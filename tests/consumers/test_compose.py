@@ -46,7 +46,8 @@ def test_consumer_service_command_parses_with_the_real_cli() -> None:
     assert args.bootstrap == "kafka:9092"
     assert args.workers >= 1
     assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert config_from_args(args).db_path == STORE  # accepted as is: server URL, worker processes, no alerts
+    assert config_from_args(args).db_path == STORE  # accepted as is: server URL, worker processes
+    assert not args.no_alerts  # alert state lives in ClickHouse: every worker evaluates the rules
     assert svc["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     assert svc["environment"]["SPENDTRACE_STORE"] == STORE  # what `docker compose exec consumer spendtrace` reads
 

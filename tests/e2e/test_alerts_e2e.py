@@ -231,7 +231,7 @@ async def test_threshold_fires_once_per_cooldown_with_two_workers_on_chdb(
     broker: EmbeddedBroker, topic_name: str, tmp_path: Path, now_ns: int,
     hook_url: tuple[str, list[dict[str, Any]]],
 ) -> None:
-    """The same on a ClickHouse store (chDB; alert state in its SQLite side file): one firing per cooldown."""
+    """The same on a ClickHouse store (chDB; alert state in its own tables, claimed): one firing per cooldown."""
     import uuid
 
     from spendtrace.server.store.base import open_alert_store

@@ -1,4 +1,8 @@
-"""Reconciliation against Cost Explorer: a real boto3 ``ce`` client answered by botocore's Stubber."""
+"""Reconciliation against Cost Explorer: a real boto3 ``ce`` client answered by botocore's Stubber.
+
+The report tests run on each store kind (``db_path``: a SQLite file path, or a ``chdb://`` URL for
+ClickHouse in this process), with spend written through the ingest interface.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ from botocore.stub import Stubber
 
 from spendtrace import reconcile
 from spendtrace.schema import Span, UsageItem
+from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.pricing import PriceBook, PriceEntry
 from spendtrace.server.reconcile.costexplorer import map_service
 from spendtrace.server.reconcile.report import latest_report
+from spendtrace.server.store.base import open_ingest_store, open_store
 from spendtrace.server.store.sqlite._db import connect
-from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
 NS = 1_000_000_000
 #: Every test key costs $0.0001 per unit, so a count of N units is N/10000 dollars exactly.
@@ -47,21 +52,44 @@ README_SUMMARY = """\
 ============================================================"""
 
 
-def record(db: Path, day: dt.date, feature: str, service: str, dollars: str) -> None:
+#: a client kept open on the session's one chDB directory (chDB allows one per process): the engine starts once
+_engine: list[object] = []
+
+
+@pytest.fixture(params=["sqlite", "chdb"])
+def db_path(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The store under test: a fresh SQLite file's path, or a fresh database in the session's chDB directory."""
+    if request.param == "sqlite":
+        return tmp_path / "cost_data.db"
+    from spendtrace.server.store.clickhouse._client import connect as ch_connect
+
+    root = tmp_path.parent / "chdb"
+    if not _engine:
+        _engine.append(ch_connect(f"chdb://{root}?database=keep"))
+    return f"chdb://{root}?database=rec_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    """A fresh SQLite file's path (for what only a path can show: the path and URL spellings of one file)."""
+    return tmp_path / "cost_data.db"
+
+
+def record(db: Path | str, day: dt.date, feature: str, service: str, dollars: str) -> None:
     """Commit one span on ``day`` that used ``dollars`` worth of ``service`` through the real write path."""
     units = float(Decimal(dollars) * 10000)
     sid = uuid.uuid4().hex
     at = int(dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC).timestamp()) * NS
     span = Span(span_id=sid, parent_id=None, request_id=sid, feature=feature, start_ns=at,
                 usage=(UsageItem(key=f"t_{service}", service=service, count=units),), path=(feature,))
-    conn = connect(db)
+    store = open_ingest_store(db)
     try:
-        write_batch_sync(conn, prepare_batch([span], BOOK))
+        store.apply_batch(prepare_batch([span], BOOK))
     finally:
-        conn.close()
+        store.close()
 
 
-def readme_model(db: Path) -> None:
+def readme_model(db: Path | str) -> None:
     """The README example's modelled spend: three features, plus a tenth of a cent of SQS elsewhere."""
     record(db, FEB[0], "ai_recommendations", "bedrock", "50.0000")
     record(db, FEB[20], "ai_recommendations", "bedrock", "48.2100")
@@ -222,11 +250,12 @@ def test_offline_actuals_file(db_path: Path, tmp_path: Path) -> None:
         reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=bad, now=AFTER)
 
 
-def test_a_store_url_works_wherever_a_database_path_does(db_path: Path, ce: tuple[Any, Stubber],
+def test_a_store_url_works_wherever_a_database_path_does(sqlite_path: Path, ce: tuple[Any, Stubber],
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """``reconcile``, ``latest_report`` and ``spendtrace reconcile --store`` take ``sqlite:///...`` URLs too."""
     from spendtrace.cli.main import main
 
+    db_path = sqlite_path
     client, stub = ce
     readme_model(db_path)
     url = f"sqlite:///{db_path.resolve()}"
@@ -255,27 +284,33 @@ def test_service_name_mapping() -> None:
     assert map_service("Tax") is None and map_service("AWS Data Transfer") is None
 
 
-def _totals(db: Path) -> list[int]:
-    """Every money total the store keeps, table by table."""
-    conn = connect(db)
+def _totals(db: Path | str) -> list[Any]:
+    """Every money total the store answers (and, on SQLite, every table's own sum)."""
+    store = open_store(db)
     try:
-        tables = ("spans", "requests", "rollup_minute", "rollup_hour", "rollup_day", "loaded_minute", "loaded_hour",
-                  "loaded_day")
-        return [int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) FROM {t}").fetchone()[0]) for t in tables]
+        out: list[Any] = [store.total(), store.aggregate_by_feature(), store.aggregate_by_service(),
+                          store.get_feature_cost_breakdown()]
     finally:
-        conn.close()
+        store.close()
+    if isinstance(db, Path):
+        conn = connect(db)
+        try:
+            tables = ("spans", "requests", "rollup_minute", "rollup_hour", "rollup_day", "loaded_minute",
+                      "loaded_hour", "loaded_day")
+            out += [int(conn.execute(f"SELECT coalesce(sum(cost_nano), 0) FROM {t}").fetchone()[0]) for t in tables]
+        finally:
+            conn.close()
+    return out
 
 
 def test_restatement_shows_in_the_report_and_undo_restores_everything(db_path: Path, tmp_path: Path) -> None:
     """The README's restatement moves the model onto the bill; its undo leaves every total exactly as before."""
-    from spendtrace import SQLiteStorage
-
     readme_model(db_path)
     actuals = tmp_path / "bill.json"
     actuals.write_text(json.dumps([page(FEB[:14], README_BILL_1, token="t"), page(FEB[14:], README_BILL_2)]))
     before = _totals(db_path)
     report = reconcile(db_path, "2026-02-01", "2026-03-01", actuals_file=actuals, now=AFTER)
-    storage = SQLiteStorage(db_path)
+    storage = open_store(db_path)
     try:
         rid = storage.restate_historical_costs(
             factor=report.global_calibration_factor, start_date="2026-02-01", end_date="2026-03-01",
@@ -312,7 +347,7 @@ def test_cli_prints_the_summary_and_writes_json(db_path: Path, tmp_path: Path,
     actuals = tmp_path / "bill.json"
     actuals.write_text(json.dumps([page(FEB[:14], README_BILL_1, token="t"), page(FEB[14:], bill)]))
     out = tmp_path / "reports" / "reconciliation.json"
-    code = main(["--db", str(db_path), "reconcile", "--start", "2026-02-01", "--end", "2026-03-01",
+    code = main(["--store", str(db_path), "reconcile", "--start", "2026-02-01", "--end", "2026-03-01",
                  "--tag-key", "feature", "--actuals", str(actuals), "--out", str(out), "--now", "2026-03-10"])
     printed = capsys.readouterr().out
     assert code == 0
@@ -322,7 +357,7 @@ def test_cli_prints_the_summary_and_writes_json(db_path: Path, tmp_path: Path,
     assert data["modelled_total_nano"] == 142_381_000_000 and data["actual_total_nano"] == 149_020_000_000
     assert data["unmodelled_actual_nano"] == 1_500_000_000
     assert data == latest_report(db_path)
-    assert main(["--db", str(db_path), "reconcile", "--start", "2026-03-01", "--end", "2026-02-01",
+    assert main(["--store", str(db_path), "reconcile", "--start", "2026-03-01", "--end", "2026-02-01",
                  "--actuals", str(actuals)]) == 2
 
 

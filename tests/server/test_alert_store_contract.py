@@ -2,11 +2,14 @@
 
 Written against ``spendtrace.server.store.base.AlertStore`` only; a backend joins by adding a
 param to ``backend`` (how to open its store and how to put spend into it). Today: ``sqlite``,
-real files in a temporary directory, and ``chdb`` (ClickHouse in-process, alert state in a side file).
+real files in a temporary directory; ``chdb`` (ClickHouse in-process: the alert tables and claims
+of ``spendtrace.server.store.clickhouse._alerts``, the same code a ClickHouse server runs); and
+``server``, a ClickHouse server over HTTP, when ``SPENDTRACE_TEST_CLICKHOUSE_URL`` names one.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -37,6 +40,7 @@ class Backend:
     name: str
     open: Callable[..., AlertStore]
     record: Callable[[list[Span]], None]
+    url: str = ""
 
 
 def _sqlite(tmp_path: Path) -> Backend:
@@ -82,11 +86,45 @@ def _chdb(tmp_path: Path) -> Backend:
     return Backend("chdb", lambda **kw: open_alert_store(url, **kw), record)
 
 
-@pytest.fixture(params=["chdb", "sqlite"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """One backend under test (parametrised: add a backend here)."""
-    factories = {"sqlite": _sqlite, "chdb": _chdb}
-    return factories[request.param](tmp_path)
+def _server(tmp_path: Path) -> Backend:
+    """A fresh database on the server ``SPENDTRACE_TEST_CLICKHOUSE_URL`` names (the claims over HTTP)."""
+    from spendtrace.server.ingest.prepare import prepare_batch
+    from spendtrace.server.store.base import open_alert_store
+    from spendtrace.server.store.clickhouse._client import connect
+    from spendtrace.server.store.clickhouse._ingest import write_batch
+
+    base = os.environ["SPENDTRACE_TEST_CLICKHOUSE_URL"].split("?")[0].rstrip("/")
+    base = base.rsplit("/", 1)[0] if base.count("/") > 2 else base
+    url = f"{base}/spendtrace_alerts_{uuid.uuid4().hex[:12]}"
+
+    def record(spans: list[Span]) -> None:
+        conn = connect(url)
+        try:
+            write_batch(conn, prepare_batch(spans, BOOK))
+        finally:
+            conn.close()
+
+    return Backend("server", lambda **kw: open_alert_store(url, **kw), record, url)
+
+
+_NO_SERVER = pytest.mark.skipif(not os.environ.get("SPENDTRACE_TEST_CLICKHOUSE_URL"),
+                                reason="no ClickHouse server given (SPENDTRACE_TEST_CLICKHOUSE_URL)")
+
+
+@pytest.fixture(params=["chdb", "sqlite", pytest.param("server", marks=_NO_SERVER)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """One backend under test (parametrised: add a backend here; ``server`` runs when a server URL is given)."""
+    factories = {"sqlite": _sqlite, "chdb": _chdb, "server": _server}
+    b = factories[request.param](tmp_path)
+    yield b
+    if b.name == "server":
+        from spendtrace.server.store.clickhouse._client import connect
+
+        conn = connect(b.url)
+        try:
+            conn.command(f"DROP DATABASE IF EXISTS {conn.database}")
+        finally:
+            conn.close()
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 Written against ``spendtrace.server.store.base`` only (spend goes in through the ``IngestStore``,
 restatements through the ``AdminStore``); a backend joins by adding a param to ``backend``.
-Today: ``sqlite``, real files in a temporary directory.
+Today: ``sqlite``, real files in a temporary directory, and ``chdb`` (ClickHouse in-process, a fresh
+database in the session's one chDB directory).
 """
 
 from __future__ import annotations
@@ -64,10 +65,33 @@ def _sqlite(tmp_path: Path) -> Backend:
     return Backend("sqlite", lambda **kw: open_reconcile_store(url, **kw), record, lambda: open_store(url))
 
 
-@pytest.fixture(params=["sqlite"])
+#: a client kept open on the session's one chDB directory (chDB allows one per process), so the engine starts once
+_engine: list[object] = []
+
+
+def _chdb(tmp_path: Path) -> Backend:
+    from spendtrace.server.store.base import open_ingest_store, open_reconcile_store, open_store
+    from spendtrace.server.store.clickhouse._client import connect
+
+    root = tmp_path.parent / "chdb"
+    if not _engine:
+        _engine.append(connect(f"chdb://{root}?database=keep"))
+    url = f"chdb://{root}?database=r_{uuid.uuid4().hex[:16]}"
+
+    def record(spans: list[Span]) -> None:
+        ingest = open_ingest_store(url)
+        try:
+            ingest.apply_batch(prepare_batch(spans, BOOK))
+        finally:
+            ingest.close()
+
+    return Backend("chdb", lambda **kw: open_reconcile_store(url, **kw), record, lambda: open_store(url))
+
+
+@pytest.fixture(params=["chdb", "sqlite"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """One backend under test (parametrised: add a backend here)."""
-    factories = {"sqlite": _sqlite}
+    factories = {"sqlite": _sqlite, "chdb": _chdb}
     return factories[request.param](tmp_path)
 
 

@@ -351,10 +351,12 @@ class AlertStore(Protocol):
     ``pending``) and stamp ``state_key`` and ``also_mark`` with ``fired_ns``. Two concurrent claims
     of one crossing must yield exactly one event. SQLite keeps this with one ``BEGIN IMMEDIATE``
     transaction (the write lock is taken before the check). A backend without such transactions
-    (ClickHouse) must not emulate it with read-then-insert: it keeps the alert state where a
-    linearisable compare-and-set exists (ClickHouse Keeper, or a small transactional side store)
-    and records the event only after winning it. ``last_fired`` is a cheap pre-check outside that
-    step and may be stale; the claim decides.
+    (ClickHouse) must not emulate it with read-then-insert: it needs a linearisable compare-and-set
+    and records the event only after winning it. ClickHouse's is an insert deduplicated by token
+    (``clickhouse._claims``): the claim names the firing *after the one the caller read*, so of two
+    callers that read the same state one wins, and one that read a stale state loses; there the
+    steps after winning (marks, the event) are separate inserts, not one transaction.
+    ``last_fired`` is a cheap pre-check outside that step and may be stale; the claim decides.
 
     Likewise ``claim_delivery`` moves an event from ``pending`` to ``sending`` for exactly one
     caller, so an event is POSTed by one process even when several recover it.

@@ -2,7 +2,8 @@
 
 Through ``clickhouse-connect``: a ClickHouse server over HTTP(S), or the same engine in this process
 (chDB) with the same client API, so both run the same code. Schema in ``_ddl``, the effectively-once
-write path in ``_ingest``, reads in ``_reads`` / ``_store``, retention and restatement in ``_admin``.
+write path in ``_ingest``, reads in ``_reads`` / ``_store``, retention and restatement in ``_admin``,
+alert state in ``_alerts`` and reconciliation records in ``_reconcile`` (both through ``_claims``).
 Apps reach it through ``spendtrace.server.store.base.open_store``; nothing imports it directly.
 """
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
     from spendtrace.server.store.clickhouse._dashboard import ClickHouseDashboard
     from spendtrace.server.store.clickhouse._ingest_store import AsyncClickHouseIngestStore, ClickHouseIngestStore
+    from spendtrace.server.store.clickhouse._reconcile import ClickHouseReconcileStore
 
 __all__ = [
     "AsyncClickHouseStore",
@@ -29,6 +31,7 @@ __all__ = [
     "open_clickhouse_dashboard",
     "open_clickhouse_ingest",
     "open_clickhouse_ingest_async",
+    "open_clickhouse_reconcile",
 ]
 
 
@@ -43,7 +46,7 @@ def open_clickhouse_async(url: StoreURL, *, readonly: bool = False) -> AsyncClic
 
 
 def open_clickhouse_alerts(url: StoreURL, *, readonly: bool = False) -> ClickHouseAlertStore:
-    """``open_alert_store`` for ``chdb://`` URLs (see ``_alerts`` for where the alert state lives)."""
+    """``open_alert_store`` for the ClickHouse URLs (alert state in the store's own tables: see ``_alerts``)."""
     from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
 
     return ClickHouseAlertStore(url.raw, readonly=readonly)
@@ -70,3 +73,10 @@ async def open_clickhouse_ingest_async(url: StoreURL) -> AsyncClickHouseIngestSt
     from spendtrace.server.store.clickhouse._ingest_store import AsyncClickHouseIngestStore
 
     return await AsyncClickHouseIngestStore.open(url.raw)
+
+
+def open_clickhouse_reconcile(url: StoreURL, *, readonly: bool = False) -> ClickHouseReconcileStore:
+    """``open_reconcile_store`` for the ClickHouse URLs (see ``_reconcile``)."""
+    from spendtrace.server.store.clickhouse._reconcile import ClickHouseReconcileStore
+
+    return ClickHouseReconcileStore(url.raw, readonly=readonly)

@@ -361,7 +361,9 @@ def _rewrite_spans(conn: Conn, rows: list[tuple[str, int, str, int, float]]) -> 
         ids = [r[0] for r in chunk]
         conn.command(
             "ALTER TABLE spans UPDATE usage = transform(span_id, %s, %s, usage), "
-            "cost_nano = transform(span_id, %s, %s, cost_nano), var_nano2 = transform(span_id, %s, %s, var_nano2) "
+            # the cast: a list of costs all above 2**32 binds as Array(UInt64), which transform() cannot mix with Int64
+            "cost_nano = transform(span_id, %s, CAST(%s AS Array(Int64)), cost_nano), "
+            "var_nano2 = transform(span_id, %s, %s, var_nano2) "
             "WHERE start_ns >= %s AND start_ns <= %s AND span_id IN %s",
             (
                 ids, [r[2] for r in chunk], ids, [r[3] for r in chunk], ids, [float(r[4]) for r in chunk],

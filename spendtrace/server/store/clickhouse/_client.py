@@ -8,6 +8,7 @@ through the same client API, so every query and insert below is the same code on
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from spendtrace.errors import ConfigError, StorageError
 from spendtrace.server.store.clickhouse._ddl import MIGRATIONS
 
-__all__ = ["Conn", "connect", "parse_url"]
+__all__ = ["Conn", "connect", "parse_url", "private_dir"]
 
 _DEFAULT_DB = "spendtrace"
 _migrated: set[tuple[str, str]] = set()
@@ -136,10 +137,24 @@ def _client(kwargs: dict[str, Any], database: str | None) -> Any:
         raise StorageError(f"cannot connect to ClickHouse ({kwargs.get('interface', 'http')}): {exc}") from exc
 
 
+def private_dir(path: str) -> None:
+    """Create a missing chDB data directory 0700 whatever the umask: it holds webhook URLs (alert rules),
+    and the engine writes its files world-readable under the usual umask. An existing one keeps its mode."""
+    if os.path.exists(path):
+        return
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StorageError(f"{path}: cannot create the chDB data directory: {exc}") from exc
+
+
 def connect(url: str, *, readonly: bool = False) -> Conn:
     """A connection to the store at ``url``: the database is created and migrated unless ``readonly``."""
-    _, kwargs, database = parse_url(url)
+    scheme, kwargs, database = parse_url(url)
     database = _ident(database)
+    if scheme == "chdb" and not readonly:
+        private_dir(kwargs["path"])
     key = (repr(sorted(kwargs.items())), database)
     if not readonly and key not in _migrated:
         with _migrate_lock:

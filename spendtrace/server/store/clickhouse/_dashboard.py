@@ -1,17 +1,17 @@
 """``DashboardReads`` on ClickHouse: the TUI's live queries over the rollup views, the client in a thread.
 
 The same rows as the SQLite dashboard (``model.dashboard`` shapes them); every rollup read sums
-(parts merge lazily). Alert rules and events come from the store's alert side file (``_alerts``).
+(parts merge lazily). Alert rules and events come from the store's alert tables (``_alerts``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from spendtrace.errors import StorageError
 from spendtrace.server.model.dashboard import (
     DAY,
     HOUR,
@@ -36,7 +36,7 @@ from spendtrace.server.model.dashboard import (
     trend_top,
     window_start,
 )
-from spendtrace.server.store.clickhouse._client import Conn, connect, parse_url
+from spendtrace.server.store.clickhouse._client import Conn, connect
 from spendtrace.server.store.clickhouse._reads import request_rows
 from spendtrace.server.store.clickhouse._store import CHANGE_TOKEN
 from spendtrace.server.store.sqlite._sql import Filters
@@ -236,15 +236,17 @@ class ClickHouseDashboard:
         return trend_top(first, days, rows, totals, int(ranked[0][2]))
 
     def _alerts(self, read: Callable[[Any], Any], default: Any) -> Any:
-        """``read`` on the alert side store, or ``default`` when there is none (a server store, or none yet)."""
-        from spendtrace.server.store.clickhouse._alerts import side_path
-        from spendtrace.server.store.sqlite._alerts import SQLiteAlertStore
+        """``read`` on the store's alert tables (``_alerts``), or ``default`` when they are not there yet."""
+        from spendtrace.server.store.clickhouse._alerts import ClickHouseAlertStore
 
-        if parse_url(self.url)[0] != "chdb" or not os.path.exists(side_path(self.url)):
+        try:
+            store = ClickHouseAlertStore(self.url, readonly=True)
+        except StorageError:
             return default
-        store = SQLiteAlertStore(side_path(self.url), readonly=True)
         try:
             return read(store)
+        except StorageError:  # a store from before schema v5 (no alert tables): nothing to show
+            return default
         finally:
             store.close()
 

@@ -33,7 +33,7 @@ span-level totals and rows with a service name that service's share):
 
 from __future__ import annotations
 
-__all__ = ["DEDUP_WINDOW", "DIM_ALL_SELECT", "DIM_LOADED_SELECT", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["CLAIM_WINDOW", "DEDUP_WINDOW", "DIM_ALL_SELECT", "DIM_LOADED_SELECT", "MIGRATIONS", "SCHEMA_VERSION"]
 
 #: Insert blocks each table remembers for deduplication (per table: ClickHouse's own default for
 #: replicated tables is 1000 on recent versions; a worker replays at most its last few batches).
@@ -385,6 +385,56 @@ _V4: tuple[str, ...] = (
     "INSERT INTO dim_all " + DIM_LOADED_SELECT.format(where=""),
 )
 
+#: Blocks the claim tables remember for deduplication: a claim whose token fell out of this window
+#: (10,000 later claims while its caller was between its read and its insert) could be taken twice.
+CLAIM_WINDOW = 10_000
+_CLAIM_DEDUP = f"SETTINGS non_replicated_deduplication_window = {CLAIM_WINDOW}"
+
+# v5: alert state and reconciliation records in ClickHouse (``_alerts``, ``_reconcile``). ClickHouse has
+# no transaction, so every "exactly one caller" step is a *claim*: one insert whose
+# ``insert_deduplication_token`` names what is claimed (a rule's next firing after the one it saw, an event
+# id, an event's delivery), carrying a random nonce; the table keeps the first block with that token and
+# drops the others (the deduplication log is checked and the part committed under one lock), so reading the
+# row back tells each caller whether its nonce won.
+_V5: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS alert_rules (
+        id UInt64, name String, kind String, scope String, scope_value String, threshold_nano Nullable(Int64),
+        window_minutes Nullable(Int64), cooldown_minutes Int64, params String, webhook Nullable(String),
+        webhook_format String, enabled UInt8, created_ns Int64, updated_ns Int64, deleted UInt8 DEFAULT 0
+    ) ENGINE = ReplacingMergeTree(updated_ns) ORDER BY id
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS alert_claims (
+        rule_id UInt64, claim String, nonce String, state_key String, fired_ns Int64, at_ns Int64
+    ) ENGINE = MergeTree ORDER BY (rule_id, claim)
+    {_CLAIM_DEDUP}
+    """,
+    f"""
+    CREATE TABLE IF NOT EXISTS alert_events (
+        id UInt64, rule_id UInt64, rule_name String, fired_ns Int64, scope String, scope_value String,
+        value_nano Int64, threshold_nano Nullable(Int64), message String, nonce String
+    ) ENGINE = MergeTree ORDER BY id
+    {_CLAIM_DEDUP}
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS alert_deliveries (
+        event_id UInt64, ver Int64, attempt Nullable(Int64), at_ns Int64, status Nullable(Int64),
+        error Nullable(String), final Nullable(String)
+    ) ENGINE = MergeTree ORDER BY (event_id, ver)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS reconciliations (
+        id UInt64, created_ns Int64, start_date String, end_date String, report String, nonce String
+    ) ENGINE = MergeTree ORDER BY id
+    """ + _CLAIM_DEDUP,
+    """
+    CREATE TABLE IF NOT EXISTS ce_cache (
+        start_date String, end_date String, group_by String, fetched_ns Int64, pages String, ver Int64
+    ) ENGINE = ReplacingMergeTree(ver) ORDER BY (start_date, end_date, group_by)
+    """,
+)
+
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 SCHEMA_VERSION = max(MIGRATIONS)

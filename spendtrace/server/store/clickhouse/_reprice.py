@@ -266,7 +266,9 @@ def _rewrite_spans(conn: Conn, rows: list[tuple[str, int, str, int, int, float, 
         ids = [r[0] for r in chunk]
         conn.command(
             "ALTER TABLE spans UPDATE usage = transform(span_id, %s, %s, usage), "
-            "cost_nano = transform(span_id, %s, %s, cost_nano), unpriced = transform(span_id, %s, %s, unpriced), "
+            # the casts: values all above 2**32 bind as Array(UInt64), which transform() cannot mix with Int64
+            "cost_nano = transform(span_id, %s, CAST(%s AS Array(Int64)), cost_nano), "
+            "unpriced = transform(span_id, %s, CAST(%s AS Array(Int64)), unpriced), "
             "var_nano2 = transform(span_id, %s, %s, var_nano2), "
             "price_version = transform(span_id, %s, %s, toString(price_version)) "
             "WHERE start_ns >= %s AND start_ns <= %s AND span_id IN %s",

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from spendtrace.errors import StorageError
 from spendtrace.server.store.clickhouse import _admin
 from spendtrace.server.store.clickhouse import _reads as q
 from spendtrace.server.store.clickhouse._client import Conn, connect
@@ -230,7 +231,7 @@ class ClickHouseStore:
         """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``).
 
         Spend from the daily rollups (they survive raw-span retention), summed since parts merge
-        lazily; alert counts from the store's alert state.
+        lazily; alert counts from its alert tables (``_alerts``).
         """
         cost, spans, unpriced = self._conn.tuples(
             "SELECT sum(cost_nano), sum(spans), sum(unpriced) FROM rollup_day WHERE service = ''"
@@ -247,18 +248,13 @@ class ClickHouseStore:
         services = self._conn.tuples(
             "SELECT toString(service) AS s, sum(cost_nano) FROM rollup_day WHERE service != '' GROUP BY s ORDER BY s"
         )
-        from spendtrace.errors import ConfigError, StorageError
-        from spendtrace.server.store.base import open_alert_store
-
         try:
-            alerts = open_alert_store(self.url, readonly=True)
-        except (StorageError, ConfigError):  # no alert state written yet (or none on a server yet): nothing fired
+            fired, failures = self._conn.tuples(
+                "SELECT (SELECT count() FROM alert_events), (SELECT count() FROM alert_deliveries"
+                " WHERE attempt IS NOT NULL AND (error IS NOT NULL OR status >= 300))"
+            )[0]
+        except StorageError:  # a store not migrated to v5 yet (no alert tables): nothing fired here
             fired = failures = 0
-        else:
-            try:
-                fired, failures = alerts.count_events(), alerts.count_failed_deliveries()
-            finally:
-                alerts.close()
         return {
             "cost_nano": int(cost or 0),
             "spans": int(spans or 0),
