@@ -349,6 +349,8 @@ class Outcome:
     result: str  # passed / failed / error / timeout
     seconds: float
     first_failure: str
+    #: pytest's short failure lines (``E ...``) and summary, to say why a baseline run failed
+    detail: str = ""
 
 
 def run_tests(repo: Path, tests: tuple[str, ...], name: str) -> Outcome:
@@ -368,8 +370,10 @@ def run_tests(repo: Path, tests: tuple[str, ...], name: str) -> Outcome:
     failure = next((m.group(1) for m in re.finditer(r"^(?:FAILED|ERROR) (\S+)", out.stdout, re.M)), "")
     if out.returncode == 0:
         return Outcome(name, "passed", seconds, "")
+    lines = (out.stdout + out.stderr).splitlines()
+    detail = "\n".join([ln for ln in lines if ln.startswith("E ")][-30:] + lines[-5:])
     if out.returncode == 1:
-        return Outcome(name, "failed", seconds, failure)
+        return Outcome(name, "failed", seconds, failure, detail)
     tail = "\n".join((out.stdout + out.stderr).splitlines()[-15:])
     return Outcome(name, "error", seconds, f"pytest exit {out.returncode}: {failure or tail}")
 
@@ -403,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((None, base))
                 print(f"  {base.result} in {base.seconds:.0f} s {base.first_failure}", flush=True)
                 if base.result != "passed":
+                    print(base.detail, flush=True)
                     _report(rows)
                     print("the unmutated copy does not pass: fix that first", file=sys.stderr)
                     return 2
