@@ -144,7 +144,7 @@ def aggregate_top_all_time(dim: str, limit: int, keys: Sequence[str] = ()) -> Qu
     """``_queries.aggregate_top_all_time`` on ClickHouse: the top ``limit`` values of all time from ``dim_all``.
 
     Step 1 ranks them; steps 2 and 3 (their per-service rows from ``dim_all``, their first and last day
-    from the day rollups) read ``keys``, the values step 1 returned: the caller runs step 1 first and
+    from ``dim_days``) read ``keys``, the values step 1 returned: the caller runs step 1 first and
     builds the query again with them, so the ranking is not computed three times. The rows are
     ``aggregate``'s, shaped by its own post-processor.
     """
@@ -161,10 +161,10 @@ def aggregate_top_all_time(dim: str, limit: int, keys: Sequence[str] = ()) -> Qu
             f" FROM dim_all WHERE dim = %s AND service != '' AND value IN %s GROUP BY k, service{ONE_THREAD}",
             (dim, tuple(keys)),
         ),
-        (
-            f"SELECT toString({dim}) AS k, min(bucket) AS b0, max(bucket) AS b1 FROM rollup_day WHERE service = ''"
-            f" AND toString({dim}) IN %s GROUP BY k",
-            (tuple(keys),),
+        (  # from dim_days by key; days before the day rollups' first are ones retention is deleting
+            "SELECT value AS k, min(bucket) AS b0, max(bucket) AS b1 FROM dim_days WHERE dim = %s AND value IN %s"
+            " AND bucket >= (SELECT min(bucket) FROM rollup_day) GROUP BY k",
+            (dim, tuple(keys)),
         ),
     )
     return _swap(sq.aggregate_top_all_time(dim, limit), steps)
