@@ -1,16 +1,18 @@
-"""What the dashboard's name index costs the SQLite ingest at the scale shape, A/B in one run.
+"""What the dashboard's name index (or its week blocks) costs the SQLite ingest at the scale shape, A/B in one run.
 
     python benchmarks/bench_dash_ingest.py [--spans 200000] [--days 30] [--tenants 100000]
-        [--features 10000] [--endpoints 2000] [--rounds 3] [--control]
+        [--features 10000] [--endpoints 2000] [--rounds 3] [--control] [--what names|blocks]
 
 The same prepared batches of the scale shape (``benchmarks/_data.py``: Zipf-skewed tenants, features
 and endpoints, so most batches bring new names) are written with ``write_batch_sync`` into two fresh
-files, batch by batch alternately, so both see the same machine load: A as this checkout makes it
-(schema 3: ``dash_names`` and its trigram index kept by triggers on ``dash_all``), B the same file with
-those triggers dropped (what version 2 wrote). Prints spans/s of each (write only; pricing is done
-once, before) and the ratio A/B per round and its median. ``--control`` keeps the triggers in both
-files (an A/A run): the ratio it prints is the harness's own bias and noise. Numbers on a shared
-machine are noisy; the ratio is taken within the run.
+files, batch by batch alternately, so both see the same machine load: A as this checkout makes it, B the
+same file with some triggers dropped. ``--what names`` (the default): the triggers on ``dash_all`` that keep
+``dash_names`` and its trigram index (schema 3; without them, what version 2 wrote); ``--what blocks``: the
+triggers on ``dash_day`` that keep ``dash_block`` (schema 4: each value's cost per week and 28-day block;
+without them, what version 3 wrote). Prints spans/s of each (write only; pricing is done once, before) and
+the ratio A/B per round and its median. ``--control`` keeps the triggers in both files (an A/A run): the
+ratio it prints is the harness's own bias and noise. Numbers on a shared machine are noisy; the ratio is
+taken within the run.
 """
 
 from __future__ import annotations
@@ -31,14 +33,21 @@ from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
 
-#: the version-3 triggers that keep the names (dropping them gives version 2's write path)
-NAME_TRIGGERS = ("dash_names_add", "dash_names_drop")
+#: the triggers whose cost is measured, and the table they fill: version 3's names (dropping them gives
+#: version 2's write path), version 4's blocks (dropping them gives version 3's)
+TRIGGERS = {
+    "names": (("dash_names_add", "dash_names_drop"), "dash_names"),
+    "blocks": (("dash_block_ins", "dash_block_upd", "dash_block_del"), "dash_block"),
+}
 
 
-def one_round(batches: list[PreparedBatch], tmp: Path, r: int, control: bool) -> tuple[float, float, int]:
-    """(spans/s with the name triggers, spans/s without, names kept) for one pair of fresh files."""
+def one_round(
+    batches: list[PreparedBatch], tmp: Path, r: int, control: bool, what: str = "names"
+) -> tuple[float, float, int]:
+    """(spans/s with the ``what`` triggers, spans/s without, rows they keep) for one pair of fresh files."""
+    triggers, table = TRIGGERS[what]
     with_names, without = connect(tmp / f"a{r}.db"), connect(tmp / f"b{r}.db")
-    for trigger in NAME_TRIGGERS if not control else ():
+    for trigger in triggers if not control else ():
         without.execute(f"DROP TRIGGER {trigger}")
     spent = [0.0, 0.0]
     n = 0
@@ -51,8 +60,8 @@ def one_round(batches: list[PreparedBatch], tmp: Path, r: int, control: bool) ->
                 write_batch_sync(conn, batch)
                 spent[which] += time.perf_counter() - t0
             n += len(batch.spans)
-        names = with_names.execute("SELECT count(*) FROM dash_names").fetchone()[0]
-        assert without.execute("SELECT count(*) FROM dash_names").fetchone()[0] == (names if control else 0)
+        names = with_names.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        assert without.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == (names if control else 0)
     finally:
         with_names.close()
         without.close()
@@ -68,6 +77,7 @@ def main() -> int:
     ap.add_argument("--endpoints", type=int, default=2_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--control", action="store_true", help="keep the triggers in both files (A/A)")
+    ap.add_argument("--what", choices=tuple(TRIGGERS), default="names", help="whose triggers: names or blocks")
     args = ap.parse_args()
     shape = Shape(spans=args.spans, days=args.days, tenants=args.tenants, features=args.features,
                   endpoints=args.endpoints)  # fmt: skip
@@ -78,11 +88,11 @@ def main() -> int:
     ratios = []
     with tempfile.TemporaryDirectory() as d:
         for r in range(args.rounds):
-            a, b, names = one_round(batches, Path(d), r, args.control)
+            a, b, names = one_round(batches, Path(d), r, args.control, args.what)
             ratios.append(a / b)
             label = "again with it" if args.control else "without"
-            print(f"round {r + 1}: with the name index {a:,.0f} spans/s, {label} {b:,.0f} spans/s: "
-                  f"{a / b:.2f}x ({names:,} names kept)")  # fmt: skip
+            print(f"round {r + 1}: with the {args.what} {a:,.0f} spans/s, {label} {b:,.0f} spans/s: "
+                  f"{a / b:.2f}x ({names:,} rows of {TRIGGERS[args.what][1]} kept)")  # fmt: skip
     print(f"median ratio with / without: {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f})")
     return 0
 

@@ -272,6 +272,27 @@ MUTANTS: tuple[Mutant, ...] = (
           'nonce, tok = new_nonce(), token("fire", rule_id, key, fired_ns)'),),
         ("tests/store/test_clickhouse_alerts.py",),
     ),
+    Mutant(
+        "dash-block-update-off-by-one",
+        "the trigger that adds a dash_day update to its week and 28-day blocks adds one nano-dollar too many",
+        (("spendtrace/server/store/sqlite/_ddl.py", "NEW.cost_nano - OLD.cost_nano WHERE dim = NEW.dim",
+          "NEW.cost_nano - OLD.cost_nano + 1 WHERE dim = NEW.dim"),),
+        ("tests/store/test_dash_block.py",),
+    ),
+    Mutant(
+        "day-window-misses-its-first-day-of-this-week",
+        "a window of days ranks this week's days from the day after the last whole week: one day left out",
+        (("spendtrace/server/store/sqlite/_dashboard.py", "[col, e7]))  # this week",
+          "[col, e7 + DAY]))  # this week"),),
+        ("tests/store/test_dash_block.py",),
+    ),
+    Mutant(
+        "dim-days-first-day-retention-is-deleting",
+        "ClickHouse's first day of a value read from dim_days includes days the day rollups no longer hold",
+        (("spendtrace/server/store/clickhouse/_reads.py",
+          " AND bucket >= (SELECT min(bucket) FROM rollup_day) GROUP BY k", " GROUP BY k"),),
+        ("tests/store/test_clickhouse_dim_all.py",),
+    ),
 )
 # ---------------------------------------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ TABLES = {
     "alert_rules",
     "alert_state",
     "alert_events",
+    "dash_block",
 }
 
 
@@ -46,12 +47,12 @@ def tables(conn: sqlite3.Connection) -> set[str]:
 def test_a_new_file_gets_the_current_schema_in_wal_mode(db_path: Path) -> None:
     """A fresh database is created at SCHEMA_VERSION, in WAL mode, with every table."""
     conn = connect(db_path)
-    assert schema_version(conn) == SCHEMA_VERSION == 3
+    assert schema_version(conn) == SCHEMA_VERSION == 4
     assert tables(conn) >= TABLES
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 0
-    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
 
 
 def test_an_older_file_is_upgraded_and_keeps_its_data(db_path: Path) -> None:
@@ -197,6 +198,6 @@ def test_a_version_1_file_keeps_its_restatements_as_kind_restate(db_path: Path) 
     old.commit()
     old.close()
     conn = connect(db_path)
-    assert schema_version(conn) == SCHEMA_VERSION == 3
+    assert schema_version(conn) == SCHEMA_VERSION == 4
     row = conn.execute("SELECT who, factor, kind, features, detail FROM restatements").fetchone()
     assert row == ("ops", 1.05, "restate", "[]", "{}")

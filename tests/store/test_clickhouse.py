@@ -54,6 +54,7 @@ TARGETS = (
     "requests",
     "unpriced_usage",
     "dim_all",
+    "dim_days",
 )
 
 

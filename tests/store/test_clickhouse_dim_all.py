@@ -23,7 +23,7 @@ from spendtrace.server.pricing import PriceBook, PriceEntry
 from spendtrace.server.store.base import open_store
 from spendtrace.server.store.clickhouse._admin import _retire_range, _set_retire, retire_all
 from spendtrace.server.store.clickhouse._client import Conn, connect
-from spendtrace.server.store.clickhouse._ddl import DIM_ALL_SELECT, DIM_LOADED_SELECT
+from spendtrace.server.store.clickhouse._ddl import DIM_ALL_SELECT, DIM_LOADED_SELECT, SCHEMA_VERSION
 from spendtrace.server.store.clickhouse._ingest import write_batch
 
 DAY = 86_400
@@ -201,12 +201,93 @@ def test_a_store_at_version_3_gets_it_filled_from_its_day_rollups(tmp_path: Path
     conn = connect(url)
     try:
         write_three_days(conn)
-        for stmt in ("DROP VIEW dim_all_mv", "DROP VIEW dim_loaded_mv", "DROP TABLE dim_all"):
+        for stmt in ("DROP VIEW dim_all_mv", "DROP VIEW dim_loaded_mv", "DROP TABLE dim_all", "DROP VIEW dim_days_mv",
+                     "DROP TABLE dim_days"):  # fmt: skip
             conn.command(stmt)
-        conn.command("ALTER TABLE schema_migrations DELETE WHERE version = 4", settings={"mutations_sync": 2})
-        assert _client.migrate(conn) == 4
+        conn.command("ALTER TABLE schema_migrations DELETE WHERE version >= 4", settings={"mutations_sync": 2})
+        assert _client.migrate(conn) == SCHEMA_VERSION
         assert dim_all(conn) == from_days(conn) != {}
         write_batch(conn, prepare_batch(spans("after-"), BOOK))  # and the views feed it from then on
         assert dim_all(conn) == from_days(conn)
+    finally:
+        conn.close()
+
+
+def days_of(conn: Conn) -> set[tuple[str, str, int]]:
+    """(dim, value, day) of every span row the day rollups hold: what ``dim_days`` must hold."""
+    return set(conn.tuples(
+        "SELECT DISTINCT d.1, d.2, bucket FROM rollup_day ARRAY JOIN [('feature', toString(feature)),"
+        " ('user_id', user_id), ('endpoint', toString(endpoint))] AS d WHERE service = ''"
+    ))  # fmt: skip
+
+
+def dim_days(conn: Conn) -> set[tuple[str, str, int]]:
+    """What ``dim_days`` holds (rows repeat until parts merge: as a set)."""
+    return set(conn.tuples("SELECT dim, value, bucket FROM dim_days"))
+
+
+def test_dim_days_follow_ingest_restatement_and_retention(tmp_path: Path) -> None:
+    """``dim_days`` (v6) holds each value's days of the day rollups: after ingest, a restatement's delta rows and
+    retention; the top of all time's first and last day (read from it) equal the full aggregate's (the day rows)."""
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    store = open_store(url)
+    try:
+        write_three_days(conn)
+        got = dim_days(conn)
+        assert got == days_of(conn) and len({b for _, _, b in got}) == 3
+        store.restate_historical_costs(factor=1.5, start_date="2026-05-29", end_date="2026-05-30")
+        assert dim_days(conn) == got
+        store.set_retention(raw_data_days=1, minute_rollups_days=1, hourly_rollups_days=1, daily_rollups_days=2)
+        store.apply_retention(now_ns=T0 + 2 * DAY * NANO)  # day 0 goes
+        kept = dim_days(conn)
+        assert kept == days_of(conn) and kept < got
+        full = store.aggregate_by_user()
+        assert store.aggregate_by_user(limit=len(full)) == full
+        assert {r["first_seen"] for r in full} != {None}
+    finally:
+        store.close()
+        conn.close()
+
+
+def test_first_and_last_day_skip_days_retention_is_still_deleting(tmp_path: Path) -> None:
+    """Between retention's delete of the day rows and of ``dim_days``' rows, the first day read is the kept one."""
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    store = open_store(url)
+    try:
+        write_three_days(conn)
+        first_day = T0 // NANO // DAY * DAY
+        sync = {"mutations_sync": 2}
+        conn.command("ALTER TABLE rollup_day DELETE WHERE bucket < %s", (first_day + DAY,), settings=sync)
+        assert any(b < first_day + DAY for _, _, b in dim_days(conn))  # dim_days not yet
+
+        def seen(rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+            return {r["endpoint"]: (r["first_seen"], r["last_seen"]) for r in rows}
+
+        full = seen(store.aggregate_by_endpoint())  # from the day rows left (dim_all keeps day 0's sums: not retired)
+        assert seen(store.aggregate_by_endpoint(limit=100)) == full
+        assert min(f for f, _ in full.values()) == "2026-05-29T00:00:00Z"
+    finally:
+        store.close()
+        conn.close()
+
+
+def test_a_store_at_version_4_gets_dim_days_filled(tmp_path: Path) -> None:
+    """Opening a store made before ``dim_days`` (schema 4) creates it and its view, filled from the day rollups."""
+    from spendtrace.server.store.clickhouse import _client
+
+    url = chdb_url(tmp_path)
+    conn = connect(url)
+    try:
+        write_three_days(conn)
+        conn.command("DROP VIEW dim_days_mv")
+        conn.command("DROP TABLE dim_days")
+        conn.command("ALTER TABLE schema_migrations DELETE WHERE version = 6", settings={"mutations_sync": 2})
+        assert _client.migrate(conn) == SCHEMA_VERSION
+        assert dim_days(conn) == days_of(conn) != set()
+        write_batch(conn, prepare_batch([msgspec.structs.replace(s, start_ns=s.start_ns + 9 * DAY * NANO)
+                                         for s in spans("late-")], BOOK))  # fmt: skip
+        assert dim_days(conn) == days_of(conn)
     finally:
         conn.close()

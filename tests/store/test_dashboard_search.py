@@ -127,7 +127,7 @@ def test_a_schema_2_file_gets_its_names_on_upgrade(tmp_path: Path) -> None:
     conn.close()
     conn = connect(db)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
         got = set(conn.execute("SELECT dim, value FROM dash_names").fetchall())
         assert {v for d, v in got if d == "user_id"} == set(names())
         assert {v for d, v in got if d == "feature"} == {"feat"} and {v for d, v in got if d == "endpoint"} == {"/e"}

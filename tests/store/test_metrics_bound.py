@@ -64,3 +64,27 @@ def test_top_features_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv("SPENDTRACE_METRICS_TOP_FEATURES", bad)
         with pytest.raises(ConfigError, match="SPENDTRACE_METRICS_TOP_FEATURES"):
             top_features()
+
+
+def test_a_feature_retention_took_whole_leaves_the_metrics(backend: Backend) -> None:
+    """After retention takes every day of one feature and some of another's, the totals and the feature
+    series are those of the days left (ClickHouse reads them from its all-time sums, which retention negates)."""
+    day = 24 * HOUR
+    old = [Span("o1", None, "o1", "gone", endpoint="/x", start_ns=NOW - 100 * day,
+                usage=(UsageItem("t_read", count=7.0),), path=("gone",)),
+           Span("o2", None, "o2", "kept", endpoint="/x", start_ns=NOW - 100 * day,
+                usage=(UsageItem("t_read", count=5.0),), path=("kept",)),
+           Span("n1", None, "n1", "kept", endpoint="/y", start_ns=NOW - HOUR,
+                usage=(UsageItem("t_read", count=3.0),), path=("kept",))]  # fmt: skip
+    backend.ingest(old, BOOK)
+    store = open_store(backend.url)
+    try:
+        before = store.store_metric_values()
+        assert dict(before["features"]) == {"gone": 7 * READ, "kept": 8 * READ} and before["spans"] == 3
+        store.set_retention(raw_data_days=30, hourly_rollups_days=30, daily_rollups_days=30)
+        store.apply_retention(now_ns=NOW)
+        after = store.store_metric_values()
+    finally:
+        store.close()
+    assert dict(after["features"]) == {"kept": 3 * READ} and after["features_other_nano"] == 0
+    assert (after["cost_nano"], after["spans"]) == (3 * READ, 1)

@@ -107,6 +107,7 @@ _PARTITIONS = {
     "loaded_hour": "month",
     "rollup_day": "year",
     "loaded_day": "year",
+    "dim_days": "year",
 }
 
 
@@ -219,6 +220,8 @@ def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
             retire_all(conn, cutoff_s)
         deleted += _expire(conn, f"rollup_{grain}", "bucket", cutoff_s, cutoff_s)
         deleted += _expire(conn, f"loaded_{grain}", "bucket", cutoff_s, cutoff_s)
+        if grain == "day":  # the days of each value follow the day rollups
+            deleted += _expire(conn, "dim_days", "bucket", cutoff_s, cutoff_s)
     return deleted
 
 

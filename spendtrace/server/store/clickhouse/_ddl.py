@@ -24,6 +24,8 @@ span-level totals and rows with a service name that service's share):
 - ``dim_all`` (v4): the day tables summed over every bucket, per (dimension, service, value), for the
   dashboard's "all" window; fed by views on ``rollup_day`` / ``loaded_day`` (so deltas inserted there
   reach it too), deduplicated like every target; retention negates the day rows it deletes.
+- ``dim_days`` (v6): the days each dimension value has span rows in ``rollup_day``, by value (first and
+  last day of a page of values by key); fed by a view on ``rollup_day``, its old days go with retention.
 - ``batch_ranges`` (v3): each partition's range of the batch being written, recorded before its rows
   (the "begun" state of the storage interface's contract 4.); ``consumer_offsets`` is the "done".
 - Restatements and their undo insert delta rows into the rollup targets and ``requests``
@@ -33,7 +35,15 @@ span-level totals and rows with a service name that service's share):
 
 from __future__ import annotations
 
-__all__ = ["CLAIM_WINDOW", "DEDUP_WINDOW", "DIM_ALL_SELECT", "DIM_LOADED_SELECT", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = [
+    "CLAIM_WINDOW",
+    "DEDUP_WINDOW",
+    "DIM_ALL_SELECT",
+    "DIM_DAYS_SELECT",
+    "DIM_LOADED_SELECT",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+]
 
 #: Insert blocks each table remembers for deduplication (per table: ClickHouse's own default for
 #: replicated tables is 1000 on recent versions; a worker replays at most its last few batches).
@@ -435,6 +445,34 @@ _V5: tuple[str, ...] = (
     """,
 )
 
+#: ``rollup_day``'s span rows, one per dimension value and day (a restatement's delta rows give the same keys again)
+DIM_DAYS_SELECT = """
+SELECT DISTINCT d.1 AS dim, d.2 AS value, bucket
+FROM rollup_day
+ARRAY JOIN [('feature', toString(feature)), ('user_id', user_id), ('endpoint', toString(endpoint))] AS d
+WHERE service = ''
+"""
+
+# v6: ``dim_days``, the days each dimension value has span rows in ``rollup_day``, ordered by value, so the
+# first and last day of a page of values (``/aggregate/*?limit=N``'s first_seen / last_seen) are key reads
+# instead of a scan of every day row. Rows repeat until parts merge (ReplacingMergeTree; a repeat changes no
+# min or max, so the fill may overlap the view). Retention deletes its old days with the day tables; readers
+# also ignore days before the day rollups' first, so a read between those deletes is exact too.
+_V6: tuple[str, ...] = (
+    f"""
+    CREATE TABLE IF NOT EXISTS dim_days (
+        dim    LowCardinality(String),
+        value  String,
+        bucket Int64
+    ) ENGINE = ReplacingMergeTree
+    PARTITION BY toYear(toDateTime(bucket, 'UTC'))
+    ORDER BY (dim, value, bucket)
+    {_DEDUP}
+    """,
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS dim_days_mv TO dim_days AS " + DIM_DAYS_SELECT,
+    "INSERT INTO dim_days " + DIM_DAYS_SELECT,
+)
+
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -64,6 +64,8 @@ def retention_chunk(conn: Conn, now_ns: int, limit: int) -> tuple[int, bool]:
     ):
         bucket_s = (now_ns - days * _DAY_NS) // 1_000_000_000
         steps += [(f"rollup_{grain}", "bucket", bucket_s, bucket_s), (f"loaded_{grain}", "bucket", bucket_s, bucket_s)]
+        if grain == "day":  # the days of each value follow the day rollups
+            steps.append(("dim_days", "bucket", bucket_s, bucket_s))
     for table, column, cutoff, whole_before_s in steps:
         if table == "rollup_day":  # the all-time table loses what the day tables are about to lose
             retire_all(conn, cutoff)

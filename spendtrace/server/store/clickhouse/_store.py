@@ -230,18 +230,22 @@ class ClickHouseStore:
     def store_metric_values(self, top: int = 50) -> Row:
         """The numbers behind the store's Prometheus metrics (``spendtrace.server.metrics``).
 
-        Spend from the daily rollups (they survive raw-span retention), summed since parts merge
-        lazily; alert counts from its alert tables (``_alerts``).
+        Spend from the daily rollups (they survive raw-span retention) as ``dim_all`` sums them per value
+        (one row per endpoint or feature instead of every day's rows: the total and the top features
+        read 2,000 and 10,000 rows, not 680,000 each), summed since parts merge lazily; a feature whose
+        every day retention took (its sums negated to 0) is left out, as the day rollups no longer hold
+        it. Alert counts from its alert tables (``_alerts``).
         """
         cost, spans, unpriced = self._conn.tuples(
-            "SELECT sum(cost_nano), sum(spans), sum(unpriced) FROM rollup_day WHERE service = ''"
+            "SELECT sum(cost_nano), sum(spans), sum(unpriced) FROM dim_all WHERE dim = 'endpoint' AND service = ''"
+            + q.ONE_THREAD
         )[0]
         dead = self._conn.tuples("SELECT count() FROM dead_letters")[0][0]
         features = sorted(
             (str(f), int(c))
-            for f, c in self._conn.tuples(
-                "SELECT toString(feature) AS f, sum(cost_nano) AS c FROM rollup_day WHERE service = ''"
-                " GROUP BY f ORDER BY c DESC, f LIMIT %s",
+            for f, c, _ in self._conn.tuples(
+                "SELECT value AS f, sum(cost_nano) AS c, sum(spans) AS s FROM dim_all WHERE dim = 'feature'"
+                f" AND service = '' GROUP BY f HAVING s != 0 ORDER BY c DESC, f LIMIT %s{q.ONE_THREAD}",
                 (max(0, int(top)),),
             )
         )

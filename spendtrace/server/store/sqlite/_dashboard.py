@@ -40,6 +40,7 @@ from spendtrace.server.model.dashboard import (
     window_start,
 )
 from spendtrace.server.store.sqlite._dash import ALL_MARKER
+from spendtrace.server.store.sqlite._ddl import BLOCK_ORIGIN
 from spendtrace.server.store.sqlite._sql import _SERVICES
 
 if TYPE_CHECKING:
@@ -54,9 +55,33 @@ _TRIGRAM = 3
 #: At most this many names containing the needle: read them through the trigram index (a few microseconds
 #: each); more: scan the cost index (about 0.6 us a name, and its page stops at the first ``limit`` matches).
 _FEW = 2000
-#: Windows up to this long rank from the ``dash_day_cost`` index (bucket first: the window's rows only);
-#: longer ones by the primary key (value first: no sort, but every day of every value).
-_SHORT = 30 * DAY
+
+
+def _day_window(col: str, first: int, now: int) -> tuple[str, list[Any]]:
+    """SQL of ``(value, cost_nano)`` rows whose sum per value is its cost over the days from ``first`` on, and its
+    parameters: the whole 28-day blocks and weeks of ``dash_block`` that fit between ``first`` and the end of
+    today, and the ``dash_day`` rows of the days around them (from the ``dash_day_cost`` index), so a 90-day
+    ranking sums about a third of the rows one day row per value and day would be.
+    """
+    end = now // DAY * DAY + DAY
+    week, block = 7 * DAY, 28 * DAY
+    s7, e7 = first + (BLOCK_ORIGIN - first) % week, end - (end - BLOCK_ORIGIN) % week
+    days = "SELECT value, cost_nano FROM dash_day INDEXED BY dash_day_cost WHERE dim = ? AND service = ''"
+    if s7 >= e7:
+        return f"{days} AND bucket >= ?", [col, first]
+    s28, e28 = first + (BLOCK_ORIGIN - first) % block, end - (end - BLOCK_ORIGIN) % block
+    blocks = "SELECT value, cost_nano FROM dash_block WHERE dim = ? AND days = ? AND bucket >= ? AND bucket < ?"
+    parts: list[tuple[str, list[Any]]] = []
+    if s28 < e28:  # 28-day blocks are four of the weeks: weeks before and after them
+        parts.append((blocks, [col, 28, s28, e28]))
+        weeks = [(s7, s28), (e28, e7)]
+    else:
+        weeks = [(s7, e7)]
+    parts += [(blocks, [col, 7, lo, hi]) for lo, hi in weeks if lo < hi]
+    if first < s7:
+        parts.append((f"{days} AND bucket >= ? AND bucket < ?", [col, first, s7]))
+    parts.append((f"{days} AND bucket >= ?", [col, e7]))  # this week so far (and any day after today)
+    return " UNION ALL ".join(sql for sql, _ in parts), [a for _, args in parts for a in args]
 
 
 class SQLiteDashboard:
@@ -251,14 +276,17 @@ class SQLiteDashboard:
             # one pass over the window: each value's cost (a short window from the dash_day_cost index, which
             # holds value and cost per day), the value count, total and matches over all of them (window
             # functions, before the search and the page cut them), then the page's other sums by key
-            short = grain == "day" and back <= _SHORT
-            ranked_src = "dash_day INDEXED BY dash_day_cost WHERE dim = ? AND bucket >= ?" if short else src
+            # (a window of days from the blocks of dash_block and the edge days)
+            if grain == "day":
+                ranked_src, rargs = _day_window(col, since, now)
+            else:
+                ranked_src, rargs = f"SELECT value, cost_nano FROM {src} AND service = ''", args
             m = "instr(lower(value), ?) > 0" if needle else "1"
             ranked = await self._all(
                 "SELECT k, c, n, total, matched FROM (SELECT k, c, m, count(*) OVER () AS n, sum(c) OVER () AS total,"
-                f" sum(m) OVER () AS matched FROM (SELECT value AS k, sum(cost_nano) AS c, {m} AS m FROM {ranked_src}"
-                " AND service = '' GROUP BY value)) WHERE m ORDER BY c DESC, k LIMIT ? OFFSET ?",
-                [*wargs, *args, limit, offset],
+                f" sum(m) OVER () AS matched FROM (SELECT value AS k, sum(cost_nano) AS c, {m} AS m FROM ({ranked_src})"
+                " GROUP BY value)) WHERE m ORDER BY c DESC, k LIMIT ? OFFSET ?",
+                [*wargs, *rargs, limit, offset],
             )
             if ranked:
                 counted = ranked[0][2:5]
@@ -375,8 +403,8 @@ class SQLiteDashboard:
     async def trends(self, days: int = 14, *, limit: int | None = None) -> TrendSnapshot:
         """Daily cost per feature for the last ``days`` days (today included); ``limit``: the top features only.
 
-        With ``limit``, three reads of the covering ``dash_day_cost`` index: the ranking, the top
-        features' days (by key) and one total per day, instead of every feature's every day.
+        With ``limit``, three reads: the ranking (whole weeks and 28-day blocks from ``dash_block``, the
+        edge days from the ``dash_day_cost`` index), the top features' days (by key) and one total per day.
         """
         today = self._now_s() // DAY * DAY
         first = today - (days - 1) * DAY
@@ -390,12 +418,14 @@ class SQLiteDashboard:
         if limit is None:
             sql = f"SELECT {key}, bucket, sum(cost_nano) FROM {src} GROUP BY {key}, bucket"
             return trend_snapshot(first, days, await self._all(sql, (first,)))
-        # a short range ranks from the bucket-first index (its days' rows only), a long one by the primary key
-        rank_src = src.replace("dash_day ", "dash_day INDEXED BY dash_day_cost ", 1) if days * DAY <= _SHORT else src
+        if key == "value":  # the range's whole weeks and 28-day blocks from dash_block, its edge days from dash_day
+            rank_src, rargs = _day_window("feature", first, self._now_s())
+        else:
+            rank_src, rargs = f"SELECT feature AS value, cost_nano FROM {src}", [first]
         ranked = await self._all(
-            f"SELECT {key}, sum(cost_nano) AS c, count(*) OVER () FROM {rank_src} GROUP BY {key}"
-            f" ORDER BY c DESC, {key} LIMIT ?",
-            (first, int(limit)),
+            f"SELECT value, sum(cost_nano) AS c, count(*) OVER () FROM ({rank_src}) GROUP BY value"
+            " ORDER BY c DESC, value LIMIT ?",
+            (*rargs, int(limit)),
         )
         if not ranked:
             return trend_snapshot(first, days, [])

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from spendtrace.errors import SchemaVersionError, StorageError
-from spendtrace.server.store.sqlite._ddl import DDL_V1, DDL_V2, DDL_V3, SCHEMA_VERSION
+from spendtrace.server.store.sqlite._ddl import DDL_V1, DDL_V2, DDL_V3, DDL_V4, SCHEMA_VERSION
 
 if TYPE_CHECKING:
     import aiosqlite
@@ -29,7 +29,7 @@ __all__ = ["BUSY_TIMEOUT_MS", "MIGRATIONS", "Guard", "connect", "connect_async",
 BUSY_TIMEOUT_MS = 30_000
 
 #: version -> statements that bring a file from version-1 to version. Append-only.
-MIGRATIONS: dict[int, Sequence[str]] = {1: DDL_V1, 2: DDL_V2, 3: DDL_V3}
+MIGRATIONS: dict[int, Sequence[str]] = {1: DDL_V1, 2: DDL_V2, 3: DDL_V3, 4: DDL_V4}
 
 _PRAGMAS = (
     f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}",
