@@ -264,6 +264,23 @@ def assert_exact(db: Path, e: Expected) -> None:
         assert requests == {r: (v["cost_nano"], v["spans"]) for r, v in e.requests.items()}
 
 
+async def kafka_committed(broker: EmbeddedBroker, group: str, topic: str, partitions: int = 6) -> dict[int, int]:
+    """The group's offsets committed to Kafka, by partition (partitions with none left out)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
+    await probe.start()
+    try:
+        out = {}
+        for p in range(partitions):
+            off = await probe.committed(TopicPartition(topic, p))
+            if off is not None:
+                out[p] = off
+        return out
+    finally:
+        await probe.stop()
+
+
 def scrape(port: int) -> dict[str, float]:
     """The worker's Prometheus metrics as {series name without labels: value} (single-worker process)."""
     import urllib.request

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from pipeline_support import (
     Recorded,
     assert_exact,
     db_count,
+    kafka_committed,
     scrape,
     start_worker,
     stop_worker,
@@ -41,20 +42,6 @@ async def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
     return proc.wait()
 
 
-async def _kafka_committed(broker: EmbeddedBroker, group: str, topic: str) -> dict[int, int]:
-    probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
-    await probe.start()
-    try:
-        out = {}
-        for p in range(PARTITIONS):
-            off = await probe.committed(TopicPartition(topic, p))
-            if off is not None:
-                out[p] = off
-        return out
-    finally:
-        await probe.stop()
-
-
 async def test_sigkill_at_several_points_then_restart_loses_and_doubles_nothing(
     broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path, tmp_path: Path
 ) -> None:
@@ -72,7 +59,7 @@ async def test_sigkill_at_several_points_then_restart_loses_and_doubles_nothing(
         if spec.startswith("after_db_commit"):
             # Kafka's committed offsets lag the database's: the restart must (and does) trust the database.
             stored = stored_offsets(db_path, group, topic_name)
-            committed = await _kafka_committed(broker, group, topic_name)
+            committed = await kafka_committed(broker, group, topic_name, PARTITIONS)
             assert sum(stored.values()) > sum(committed.values())
     assert progress == sorted(progress) and progress[-1] > 0
 

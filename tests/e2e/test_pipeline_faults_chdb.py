@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from pipeline_support import Recorded, scrape, start_worker, stop_worker
+from pipeline_support import Recorded, kafka_committed, scrape, start_worker, stop_worker
 
 from consumers.testing import produce, wait_for
 from spendtrace.server.broker import EmbeddedBroker, free_port
@@ -47,20 +46,6 @@ try:
 finally:
     store.close()
 """
-
-
-async def _kafka_committed(broker: EmbeddedBroker, group: str, topic: str) -> dict[int, int]:
-    probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group, enable_auto_commit=False)
-    await probe.start()
-    try:
-        out = {}
-        for p in range(PARTITIONS):
-            off = await probe.committed(TopicPartition(topic, p))
-            if off is not None:
-                out[p] = off
-        return out
-    finally:
-        await probe.stop()
 
 
 def _spans_stored(port: int) -> float:
@@ -117,7 +102,7 @@ async def test_chdb_worker_sigkilled_at_random_moments_loses_and_doubles_nothing
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
         if k == 0:
-            committed = await _kafka_committed(broker, group, topic_name)
+            committed = await kafka_committed(broker, group, topic_name, PARTITIONS)
             assert sum(committed.values()) < total, "the first kill came after the end of the stream"
     print(f"spans each killed worker had stored: {killed_at}")
 
@@ -130,7 +115,7 @@ async def test_chdb_worker_sigkilled_at_random_moments_loses_and_doubles_nothing
             assert proc.poll() is None, f"the last worker exited with {proc.returncode}: see {log}"
             assert time.monotonic() < deadline, f"the last worker stalled: committed {committed}, ends {ends}"
             await asyncio.sleep(0.25)
-            now = await _kafka_committed(broker, group, topic_name)
+            now = await kafka_committed(broker, group, topic_name, PARTITIONS)
             if now != committed:
                 committed, deadline = now, time.monotonic() + 180
     finally:

@@ -8,13 +8,43 @@ from pathlib import Path
 
 from _snap import screen_text
 from _tui_helpers import SIZE, settle, until
+from textual.pilot import Pilot
 from textual.widgets import Button, Input
 
 from spendtrace.server.alerts.rules import list_alerts
+from tui.app import SpendtraceApp
 from tui.screens.alerts import AlertsScreen
 from tui.screens.modals import AddRuleModal, ConfirmModal
 from tui.screens.reconcile import ReconcileScreen
 from tui.widgets.keyed_table import KeyedTable
+
+
+async def add_and_remove_a_rule(app: SpendtraceApp, pilot: Pilot[None], store: Path | str) -> None:
+    """On the Alerts screen: 'a' and the form save a rule into ``store``; 'd' + confirm removes it again."""
+    await pilot.press("a")
+    await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
+    await pilot.press(*"search-spike", "tab", "tab", "tab")  # name, then past the kind and scope selects
+    await pilot.press(*"search", "tab", *"0.5", "tab")
+    window = app.screen.query_one("#window", Input)
+    window.value = "6"
+    await pilot.press("enter")
+    await until(pilot, lambda: any(r.name == "search-spike" for r in list_alerts(store)), "rule stored")
+    rule = next(r for r in list_alerts(store) if r.name == "search-spike")
+    assert rule.scope_value == "search" and rule.threshold_nano == 500_000_000 and rule.window_minutes == 360
+    screen = app.screen
+    assert isinstance(screen, AlertsScreen)
+    rules = screen.query_one("#rules", KeyedTable)
+    await until(pilot, lambda: "search-spike" in rules.ordered_keys(), "rule shown")
+    rules.focus()
+    await pilot.press("g")
+    while rules.current_key != "search-spike":
+        await pilot.press("j")
+    await pilot.press("d")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
+    await pilot.press("y")
+    await until(pilot, lambda: all(r.name != "search-spike" for r in list_alerts(store)), "rule removed")
+    await until(pilot, lambda: "search-spike" not in rules.ordered_keys(), "rule gone from table")
+    assert "recs-hourly" in rules.ordered_keys()
 
 
 async def test_add_and_remove_alert_rule_from_keyboard(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
@@ -24,30 +54,7 @@ async def test_add_and_remove_alert_rule_from_keyboard(tui_db: Path, make_app) -
         await pilot.press("5")
         await settle(app, pilot)
         assert isinstance(app.screen, AlertsScreen)
-        await pilot.press("a")
-        await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
-        await pilot.press(*"search-spike", "tab", "tab", "tab")  # name, then past the kind and scope selects
-        await pilot.press(*"search", "tab", *"0.5", "tab")
-        window = app.screen.query_one("#window", Input)
-        window.value = "6"
-        await pilot.press("enter")
-        await until(pilot, lambda: any(r.name == "search-spike" for r in list_alerts(tui_db)), "rule stored")
-        rule = next(r for r in list_alerts(tui_db) if r.name == "search-spike")
-        assert rule.scope_value == "search" and rule.threshold_nano == 500_000_000 and rule.window_minutes == 360
-        screen = app.screen
-        assert isinstance(screen, AlertsScreen)
-        rules = screen.query_one("#rules", KeyedTable)
-        await until(pilot, lambda: "search-spike" in rules.ordered_keys(), "rule shown")
-        rules.focus()
-        await pilot.press("g")
-        while rules.current_key != "search-spike":
-            await pilot.press("j")
-        await pilot.press("d")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
-        await pilot.press("y")
-        await until(pilot, lambda: all(r.name != "search-spike" for r in list_alerts(tui_db)), "rule removed")
-        await until(pilot, lambda: "search-spike" not in rules.ordered_keys(), "rule gone from table")
-        assert "recs-hourly" in rules.ordered_keys()
+        await add_and_remove_a_rule(app, pilot, tui_db)
 
 
 async def test_rule_form_rejects_bad_input(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from _tui_data import make_spans
 from _tui_helpers import SIZE, settle, until
+from test_tui_alerts_reconcile import add_and_remove_a_rule
 from textual.widgets import Input
 
-from spendtrace.server.alerts.rules import list_alerts, set_alert
+from spendtrace.server.alerts.rules import set_alert
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.base import open_ingest_store, open_reconcile_store
 from tui.screens.alerts import AlertsScreen
-from tui.screens.modals import AddRuleModal, ConfirmModal
+from tui.screens.modals import ConfirmModal
 from tui.screens.reconcile import ReconcileScreen
 from tui.widgets.keyed_table import KeyedTable
 
@@ -87,29 +88,7 @@ async def test_add_and_remove_an_alert_rule_on_chdb(tmp_path: Path, fixed_now_ns
         await pilot.press("5")
         await settle(app, pilot)
         assert isinstance(app.screen, AlertsScreen)
-        await pilot.press("a")
-        await until(pilot, lambda: isinstance(app.screen, AddRuleModal), "rule form")
-        await pilot.press(*"search-spike", "tab", "tab", "tab")
-        await pilot.press(*"search", "tab", *"0.5", "tab")
-        app.screen.query_one("#window", Input).value = "6"
-        await pilot.press("enter")
-        await until(pilot, lambda: any(r.name == "search-spike" for r in list_alerts(url)), "rule stored")
-        rule = next(r for r in list_alerts(url) if r.name == "search-spike")
-        assert rule.scope_value == "search" and rule.threshold_nano == 500_000_000 and rule.window_minutes == 360
-        screen = app.screen
-        assert isinstance(screen, AlertsScreen)
-        rules = screen.query_one("#rules", KeyedTable)
-        await until(pilot, lambda: "search-spike" in rules.ordered_keys(), "rule shown")
-        rules.focus()
-        await pilot.press("g")
-        while rules.current_key != "search-spike":
-            await pilot.press("j")
-        await pilot.press("d")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "confirm dialog")
-        await pilot.press("y")
-        await until(pilot, lambda: all(r.name != "search-spike" for r in list_alerts(url)), "rule removed")
-        await until(pilot, lambda: "search-spike" not in rules.ordered_keys(), "rule gone from table")
-        assert "recs-hourly" in rules.ordered_keys()
+        await add_and_remove_a_rule(app, pilot, url)
 
 
 async def test_reconcile_from_a_saved_bill_and_restate_on_chdb(tmp_path: Path, fixed_now_ns: int, make_app) -> None:  # type: ignore[no-untyped-def]
