@@ -41,8 +41,11 @@ class FastDataTable(DataTable[Any]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # (row key, column index, fixed copy) -> (cell, base style, place, lines): the last render of that cell
-        self._cell_cache: dict[Any, tuple[Any, Style, tuple[Any, ...], Any]] = {}
+        # row key -> {(column index, fixed copy): (cell, base style, place, lines)}: the last render of each
+        # cell, by row so that a removed row's renders go with it (kept, they made every garbage collection
+        # of the app slower: a window change at 100,000 tenants leaves 100 rows of dead renders)
+        self._cell_cache: dict[Any, dict[tuple[int, bool], tuple[Any, Style, tuple[Any, ...], Any]]] = {}
+        self._rendered_count = -1  # the update count of the last repaint
         # (row, column, cursor, hover) -> (base style, state, blank, pre, post, {text style: cell style})
         self._styles: dict[Any, tuple[Style, tuple[Any, ...], Style, Style, Style, dict[Any, Style]]] = {}
         # component-class styles, kept until the table's styles change; (pseudo-class state, {name: style})
@@ -139,6 +142,7 @@ class FastDataTable(DataTable[Any]):
         if len(gone) <= 1:
             for key in gone:
                 self.remove_row(key)
+                self._cell_cache.pop(key, None)
             return len(gone)
         self._require_update_dimensions = True
         self.check_idle()
@@ -146,10 +150,12 @@ class FastDataTable(DataTable[Any]):
         self._row_locations = TwoWayDict({key: i for i, (_, key) in enumerate(kept)})
         data: dict[Any, dict[Any, Any]] = self._data
         updated = self._updated_cells  # cells ``update_cell`` marked for re-measuring: usually none
+        renders = self._cell_cache
         for key in gone:
             if updated:
                 for column_key in data.get(key, {}):
                     updated.discard(CellKey(key, column_key))
+            renders.pop(key, None)
             del self.rows[key]
             del data[key]
         self.cursor_coordinate = self.cursor_coordinate
@@ -185,6 +191,12 @@ class FastDataTable(DataTable[Any]):
     # -- one repaint -------------------------------------------------------------------------
 
     def render_lines(self, crop: Region) -> list[Strip]:
+        if self._update_count != self._rendered_count:
+            # DataTable's line and row caches are keyed by the update count: what an older count left
+            # there is never read again, but kept (up to 1000 lines each) it is more for the GC to walk
+            self._rendered_count = self._update_count
+            self._line_cache.clear()
+            self._row_render_cache.clear()
         self._pass = {}
         try:
             return super().render_lines(crop)
@@ -417,17 +429,20 @@ class FastDataTable(DataTable[Any]):
         fixed: bool,
     ) -> Any:
         """The cached render of ``cell`` in its place, or a new one (fast path, else DataTable's)."""
-        key = (row_key, column_index, fixed)
+        key = (column_index, fixed)
+        renders = self._cell_cache.get(row_key)
+        if renders is None:
+            if len(self._cell_cache) > 2_000:
+                self._cell_cache.clear()
+            renders = self._cell_cache[row_key] = {}
         place = (row_index, width, cursor, hover, self._memo("state"))
-        hit = self._cell_cache.get(key)
+        hit = renders.get(key)
         if hit is not None and hit[0] is cell and (hit[1] is base_style or hit[1] == base_style) and hit[2] == place:
             return hit[3]
         lines = self._fast_cell(cell, row_key, row_index, column_index, base_style, width, cursor, hover)
         if lines is None:
             lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        if len(self._cell_cache) > 20_000:
-            self._cell_cache.clear()
-        self._cell_cache[key] = (cell, base_style, place, lines)
+        renders[key] = (cell, base_style, place, lines)
         return lines
 
     def _fast_cell(
