@@ -10,7 +10,7 @@ from rich.text import Span, Text
 from textual.app import App, ComposeResult
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, DuplicateKey
 
 from tui.format import count_text, money_text, rate_text, share_text, spark_text
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
@@ -245,3 +245,32 @@ async def test_removing_rows_at_once_leaves_what_removing_them_one_by_one_leaves
         for y in range(1, 1 + fast.row_count):
             assert fast.render_line(y).text == plain.render_line(y).text
         assert fast.remove_rows(["r1"]) == 1 and fast.row_count == 7  # one row: DataTable's own remove_row
+
+
+async def test_adding_rows_at_once_leaves_what_adding_them_one_by_one_leaves() -> None:
+    """``add_keyed_rows`` (one cursor update, one repaint) gives ``add_row``'s order, cursor, size and lines,
+    refuses a key already there, and a removed row's cached renders go with it."""
+    app = _TwoTables()
+    async with app.run_test(size=(80, 40)) as pilot:
+        fast = app.query_one("#fast", KeyedTable)
+        plain: DataTable[Any] = app.query_one("#plain", DataTable)
+        for spec in COLUMNS:
+            plain.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key)
+        rows = [(f"r{i}", [Cell.of(f"{c.key}{i}", i) for c in COLUMNS]) for i in range(12)]
+        assert fast.add_keyed_rows(iter(rows)) == 12
+        for key, cells in rows:
+            plain.add_row(*cells, key=key)
+        await pilot.pause()
+        want = [str(plain._row_locations.get_key(i).value) for i in range(plain.row_count)]  # type: ignore[union-attr]
+        assert [str(fast._row_locations.get_key(i).value) for i in range(fast.row_count)] == want  # type: ignore[union-attr]
+        assert want == [f"r{i}" for i in range(12)]
+        assert fast.cursor_coordinate == plain.cursor_coordinate
+        assert fast.virtual_size == plain.virtual_size
+        for y in range(1 + fast.row_count):
+            assert fast.render_line(y).text == plain.render_line(y).text
+        with pytest.raises(DuplicateKey):
+            fast.add_keyed_rows([("r3", [])])
+        assert "r3" in fast._cell_cache and "r4" in fast._cell_cache  # rendered on screen above
+        assert fast.remove_rows(["r3", "r4"]) == 2
+        assert "r3" not in fast._cell_cache and "r4" not in fast._cell_cache and "r5" in fast._cell_cache
+        assert fast.remove_rows(["r5"]) == 1 and "r5" not in fast._cell_cache  # one row: DataTable's remove_row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 from decimal import Decimal
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from _tui_helpers import SIZE, settle, until
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.sqlite._db import connect
 from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+from tui.app import GC_YOUNG_THRESHOLD
 from tui.screens.alerts import AlertsScreen
 from tui.screens.dimension import EndpointsScreen, LiveScreen, TenantsScreen
 from tui.screens.help import HelpScreen
@@ -46,6 +48,17 @@ async def test_every_screen_by_number_key(tui_db: Path, make_app) -> None:  # ty
             await settle(app, pilot)
             assert isinstance(app.screen, screen_type), key
             assert shown in screen_text(app), f"{shown!r} not on screen {key}"
+
+
+async def test_young_garbage_is_collected_less_often_while_the_app_runs(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """The app raises Python's young-generation GC threshold while it runs and puts the old one back on exit."""
+    before = gc.get_threshold()
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE):
+        running = gc.get_threshold()
+    assert running == (max(before[0], GC_YOUNG_THRESHOLD), *before[1:])
+    assert running[0] >= 10 * 700
+    assert gc.get_threshold() == before
 
 
 async def test_live_screen_numbers(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ async def test_returning_to_a_screen_keeps_its_footer_and_renders(tui_db: Path, 
         before = screen_text(app)
         keys = list(live.query_one(KeyFooter).children)
         table = live.query_one("#main", KeyedTable)
-        renders = {key: hit[3] for key, hit in table._cell_cache.items()}
+        renders = {(row, place): hit[3] for row, cells in table._cell_cache.items() for place, hit in cells.items()}
         assert keys and renders
         await pilot.press("4")
         await settle(app, pilot)
@@ -32,6 +32,7 @@ async def test_returning_to_a_screen_keeps_its_footer_and_renders(tui_db: Path, 
         await settle(app, pilot)
         assert app.screen is live
         assert list(live.query_one(KeyFooter).children) == keys  # not unmounted and rebuilt
-        assert any(table._cell_cache.get(key, (None,) * 4)[3] is lines for key, lines in renders.items())
+        kept = table._cell_cache
+        assert any(kept.get(row, {}).get(place, (None,) * 4)[3] is lines for (row, place), lines in renders.items())
         assert screen_text(app) == before
         assert "Filter" in before and "Window" in before

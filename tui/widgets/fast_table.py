@@ -16,7 +16,8 @@ to DataTable's own code.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import zip_longest
 from typing import Any
 
 from rich.cells import cell_len
@@ -29,7 +30,7 @@ from textual.coordinate import Coordinate
 from textual.geometry import Region, Size
 from textual.strip import Strip
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, CellKey
+from textual.widgets.data_table import CellDoesNotExist, CellKey, DuplicateKey, Row, RowKey
 
 #: Justify methods ``_fast_cell`` renders itself; the others go through Rich.
 _FAST_JUSTIFY = frozenset({"default", "left", "right"})
@@ -40,8 +41,11 @@ class FastDataTable(DataTable[Any]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # (row key, column index, fixed copy) -> (cell, base style, place, lines): the last render of that cell
-        self._cell_cache: dict[Any, tuple[Any, Style, tuple[Any, ...], Any]] = {}
+        # row key -> {(column index, fixed copy): (cell, base style, place, lines)}: the last render of each
+        # cell, by row so that a removed row's renders go with it (kept, they made every garbage collection
+        # of the app slower: a window change at 100,000 tenants leaves 100 rows of dead renders)
+        self._cell_cache: dict[Any, dict[tuple[int, bool], tuple[Any, Style, tuple[Any, ...], Any]]] = {}
+        self._rendered_count = -1  # the update count of the last repaint
         # (row, column, cursor, hover) -> (base style, state, blank, pre, post, {text style: cell style})
         self._styles: dict[Any, tuple[Style, tuple[Any, ...], Style, Style, Style, dict[Any, Style]]] = {}
         # component-class styles, kept until the table's styles change; (pseudo-class state, {name: style})
@@ -92,6 +96,39 @@ class FastDataTable(DataTable[Any]):
             self.refresh()
         return written
 
+    def add_keyed_rows(self, rows: Iterable[tuple[str, Sequence[Any]]]) -> int:
+        """Add one-line rows given as (key, cells in column order) at the bottom; returns how many.
+
+        ``add_row`` re-sorts the columns, re-sets the cursor (a reactive watcher) and starts a new
+        render-cache generation for every row; a window change adds a hundred at once. Here that is
+        done once for all of them, with the same result as ``add_row`` for each in turn.
+        """
+        columns = self.ordered_columns
+        locations = self._row_locations
+        data: dict[Any, dict[Any, Any]] = self._data
+        was_empty = self.row_count == 0
+        added = 0
+        for key, cells in rows:
+            row_key = RowKey(key)
+            if row_key in locations:
+                raise DuplicateKey(f"The row key {row_key!r} already exists.")
+            if len(cells) > len(columns):
+                raise ValueError("More values provided than there are columns.")
+            locations[row_key] = len(self.rows)
+            data[row_key] = {column.key: cell for column, cell in zip_longest(columns, cells)}
+            self.rows[row_key] = Row(row_key, 1, None, False)
+            self._new_rows.add(row_key)
+            added += 1
+        if not added:
+            return 0
+        self._require_update_dimensions = True
+        self.cursor_coordinate = self.cursor_coordinate
+        if was_empty and self.columns and self.show_cursor and self.cursor_type != "none":
+            self._highlight_cursor()  # a cell to highlight where there was none, as add_row does
+        self._update_count += 1
+        self.check_idle()
+        return added
+
     def remove_rows(self, keys: Iterable[str]) -> int:
         """Remove the rows with these keys at once; returns how many there were.
 
@@ -105,15 +142,20 @@ class FastDataTable(DataTable[Any]):
         if len(gone) <= 1:
             for key in gone:
                 self.remove_row(key)
+                self._cell_cache.pop(key, None)
             return len(gone)
         self._require_update_dimensions = True
         self.check_idle()
         kept = sorted((locations.get(key), key) for key in locations if key not in gone)
         self._row_locations = TwoWayDict({key: i for i, (_, key) in enumerate(kept)})
         data: dict[Any, dict[Any, Any]] = self._data
+        updated = self._updated_cells  # cells ``update_cell`` marked for re-measuring: usually none
+        renders = self._cell_cache
         for key in gone:
-            for column_key in data.get(key, {}):
-                self._updated_cells.discard(CellKey(key, column_key))
+            if updated:
+                for column_key in data.get(key, {}):
+                    updated.discard(CellKey(key, column_key))
+            renders.pop(key, None)
             del self.rows[key]
             del data[key]
         self.cursor_coordinate = self.cursor_coordinate
@@ -149,6 +191,12 @@ class FastDataTable(DataTable[Any]):
     # -- one repaint -------------------------------------------------------------------------
 
     def render_lines(self, crop: Region) -> list[Strip]:
+        if self._update_count != self._rendered_count:
+            # DataTable's line and row caches are keyed by the update count: what an older count left
+            # there is never read again, but kept (up to 1000 lines each) it is more for the GC to walk
+            self._rendered_count = self._update_count
+            self._line_cache.clear()
+            self._row_render_cache.clear()
         self._pass = {}
         try:
             return super().render_lines(crop)
@@ -165,7 +213,11 @@ class FastDataTable(DataTable[Any]):
         elif name == "justify":  # the console's default (building its options is not free)
             value = self.app.console_options.justify or "default"
         elif name == "widths":
-            value = [column.get_render_width(self) for column in self.ordered_columns]
+            value = [column.get_render_width(self) for column in self._memo("columns")]
+        elif name == "columns":  # DataTable sorts its columns each time ``ordered_columns`` is read
+            value = self.ordered_columns
+        elif name == "column_keys":
+            value = [column.key for column in self._memo("columns")]
         elif name == "fixed":  # a fixed cell's base style, as DataTable makes it
             value = self._memo("datatable--fixed") + Style.from_meta({"fixed": True})
         elif name == "state":  # reactive attributes are slow to read, and a repaint reads them per cell
@@ -270,15 +322,24 @@ class FastDataTable(DataTable[Any]):
         hover = row_index == hover_location.row
         fixed_columns = self.fixed_columns
         fixed_row: list[Any] = []
+        # the row's cells and its cache slots are looked up once for the row, not once per cell
+        cells = self._row_of(row_index)
         if fixed_columns:
             # drawn again in the fixed style, before the scrollable copy of the row, as DataTable does
             fixed_style = self._memo("datatable--header" if row_index == -1 else "fixed")
             for column_index, width in enumerate(widths[:fixed_columns]):
-                lines = self._cell(row_index, column_index, fixed_style, width, cursor, hover, fixed=True)
+                if cells is None:
+                    lines = self._cell(row_index, column_index, fixed_style, width, cursor, hover, fixed=True)
+                else:
+                    lines = self._cached_cell(cells, row_index, column_index, fixed_style, width, cursor, hover, True)
                 fixed_row.append(lines[line_no])
         scrollable_row: list[Any] = []
         for column_index, width in enumerate(widths):
-            scrollable_row.append(render_cell(row_index, column_index, row_style, width, cursor, hover)[line_no])
+            if cells is None:
+                lines = render_cell(row_index, column_index, row_style, width, cursor, hover)
+            else:
+                lines = self._cached_cell(cells, row_index, column_index, row_style, width, cursor, hover, False)
+            scrollable_row.append(lines[line_no])
         remaining_space = max(0, self.size.width - sum(widths[fixed_columns:]))  # DataTable's measure
         extend_style, _ = self._get_styles_to_render_cell(
             row_index == -1, False, False,
@@ -326,17 +387,62 @@ class FastDataTable(DataTable[Any]):
                 cell = self._data[row_key][self._column_locations.get_key(column_index)]  # type: ignore[index]
         except (AttributeError, KeyError, IndexError):  # a DataTable of another shape: no cache
             return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        key = (row_key, column_index, fixed)
+        return self._render_cached(cell, row_key, row_index, column_index, base_style, width, cursor, hover, fixed)
+
+    def _row_of(self, row_index: int) -> tuple[Any, list[Any]] | None:
+        """(cache row key, the row's cells in column order) for ``_cached_cell``; None for a table of another shape."""
+        try:
+            if row_index < 0:
+                return self._header_row_key, [column.label for column in self._memo("columns")]
+            key = self._row_locations.get_key(row_index)
+            row = self._data[key]  # type: ignore[index]
+            return key, [row[column] for column in self._memo("column_keys")]
+        except (AttributeError, KeyError, IndexError):
+            return None
+
+    def _cached_cell(
+        self,
+        cells: tuple[Any, list[Any]],
+        row_index: int,
+        column_index: int,
+        base_style: Any,
+        width: int,
+        cursor: bool,
+        hover: bool,
+        fixed: bool,
+    ) -> Any:
+        """``_cell`` for a cell of a row already looked up by ``_row_of``."""
+        row_key, row = cells
+        return self._render_cached(row[column_index], row_key, row_index, column_index, base_style, width, cursor,
+                                   hover, fixed)  # fmt: skip
+
+    def _render_cached(
+        self,
+        cell: Any,
+        row_key: Any,
+        row_index: int,
+        column_index: int,
+        base_style: Any,
+        width: int,
+        cursor: bool,
+        hover: bool,
+        fixed: bool,
+    ) -> Any:
+        """The cached render of ``cell`` in its place, or a new one (fast path, else DataTable's)."""
+        key = (column_index, fixed)
+        renders = self._cell_cache.get(row_key)
+        if renders is None:
+            if len(self._cell_cache) > 2_000:
+                self._cell_cache.clear()
+            renders = self._cell_cache[row_key] = {}
         place = (row_index, width, cursor, hover, self._memo("state"))
-        hit = self._cell_cache.get(key)
+        hit = renders.get(key)
         if hit is not None and hit[0] is cell and (hit[1] is base_style or hit[1] == base_style) and hit[2] == place:
             return hit[3]
         lines = self._fast_cell(cell, row_key, row_index, column_index, base_style, width, cursor, hover)
         if lines is None:
             lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        if len(self._cell_cache) > 20_000:
-            self._cell_cache.clear()
-        self._cell_cache[key] = (cell, base_style, place, lines)
+        renders[key] = (cell, base_style, place, lines)
         return lines
 
     def _fast_cell(

@@ -236,6 +236,7 @@ class KeyedTable(FastDataTable):
             changed = True
         order = list(self.specs)
         updates: list[tuple[str, str, Cell]] = []
+        added: list[tuple[str, list[Cell]]] = []
         for key, cells in visible.items():
             if key in self.rows:
                 if dirty is not None and key not in dirty:
@@ -252,8 +253,10 @@ class KeyedTable(FastDataTable):
                     ):
                         updates.append((key, col, cell))
             else:
-                self.add_row(*(cells.get(c, Cell("")) for c in order), key=key)
-                changed = True
+                added.append((key, [cells.get(c, Cell("")) for c in order]))
+        if added:
+            self.add_keyed_rows(added)
+            changed = True
         if updates:
             self.set_cells(updates)
             changed = True
