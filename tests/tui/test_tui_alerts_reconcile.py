@@ -139,25 +139,32 @@ def _ce_response(path: Path) -> Path:
     return out
 
 
+async def report_from_bill(app: SpendtraceApp, pilot: Pilot[None], bill: Path) -> tuple[ReconcileScreen, KeyedTable]:
+    """Screen 7, a run from the saved bill for 2026-10-15 .. 11-03: the report (bill 1.25x the model) and its
+    services table, which holds DynamoDB, S3 and Bedrock."""
+    await pilot.press("7")
+    await settle(app, pilot)
+    screen = app.screen
+    assert isinstance(screen, ReconcileScreen)
+    screen.query_one("#start", Input).value = "2026-10-15"
+    screen.query_one("#end", Input).value = "2026-11-03"
+    screen.query_one("#file", Input).value = str(bill)
+    screen.query_one("#file", Input).focus()
+    await pilot.press("enter")
+    await until(pilot, lambda: screen.report is not None, "reconciliation report")
+    assert screen.report is not None
+    assert abs(screen.report["global_calibration_factor"] - 1.25) < 1e-6
+    services = screen.query_one("#services", KeyedTable)
+    assert {"dynamodb", "s3", "bedrock"} <= set(services.ordered_keys())
+    return screen, services
+
+
 async def test_reconcile_from_file_and_restate(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
     """A run from a saved response shows modelled vs actual per service; R + confirm restates history."""
     ce = _ce_response(tui_db)
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("7")
-        await settle(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, ReconcileScreen)
-        screen.query_one("#start", Input).value = "2026-10-15"
-        screen.query_one("#end", Input).value = "2026-11-03"
-        screen.query_one("#file", Input).value = str(ce)
-        screen.query_one("#file", Input).focus()
-        await pilot.press("enter")
-        await until(pilot, lambda: screen.report is not None, "reconciliation report")
-        assert screen.report is not None
-        assert abs(screen.report["global_calibration_factor"] - 1.25) < 1e-6
-        services = screen.query_one("#services", KeyedTable)
-        assert {"dynamodb", "s3", "bedrock"} <= set(services.ordered_keys())
+        screen, services = await report_from_bill(app, pilot, ce)
         text = screen_text(app)
         assert "1.2500×" in text and "modelled" in text
         features = screen.query_one("#features", KeyedTable)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from _tui_data import make_spans
 from _tui_helpers import SIZE, settle, until
-from test_tui_alerts_reconcile import add_and_remove_a_rule
-from textual.widgets import Input
+from test_tui_alerts_reconcile import add_and_remove_a_rule, report_from_bill
 
 from spendtrace.server.alerts.rules import set_alert
 from spendtrace.server.ingest.prepare import prepare_batch
@@ -23,8 +22,6 @@ from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.base import open_ingest_store, open_reconcile_store
 from tui.screens.alerts import AlertsScreen
 from tui.screens.modals import ConfirmModal
-from tui.screens.reconcile import ReconcileScreen
-from tui.widgets.keyed_table import KeyedTable
 
 NAMES = {"dynamodb": "Amazon DynamoDB", "s3": "Amazon Simple Storage Service", "bedrock": "Amazon Bedrock"}
 
@@ -97,20 +94,7 @@ async def test_reconcile_from_a_saved_bill_and_restate_on_chdb(tmp_path: Path, f
     bill = _bill(url, tmp_path / "ce.json")
     app = make_app(url)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("7")
-        await settle(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, ReconcileScreen)
-        screen.query_one("#start", Input).value = "2026-10-15"
-        screen.query_one("#end", Input).value = "2026-11-03"
-        screen.query_one("#file", Input).value = str(bill)
-        screen.query_one("#file", Input).focus()
-        await pilot.press("enter")
-        await until(pilot, lambda: screen.report is not None, "reconciliation report")
-        assert screen.report is not None
-        assert abs(screen.report["global_calibration_factor"] - 1.25) < 1e-6
-        services = screen.query_one("#services", KeyedTable)
-        assert {"dynamodb", "s3", "bedrock"} <= set(services.ordered_keys())
+        _, services = await report_from_bill(app, pilot, bill)
         assert _restatements(url) == 0
         services.focus()
         await pilot.press("R")
