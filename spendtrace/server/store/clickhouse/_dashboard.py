@@ -70,7 +70,7 @@ class ClickHouseDashboard:
     async def open(self) -> ClickHouseDashboard:
         """Connect (an absent store is created empty and migrated by the first connection) and return self."""
         first = await asyncio.to_thread(connect, self.url)
-        rest = await asyncio.gather(*(asyncio.to_thread(connect, self.url, readonly=True) for _ in range(POOL - 1)))
+        rest = [await asyncio.to_thread(connect, self.url, readonly=True) for _ in range(POOL - 1)]
         self._conns = [first, *rest]
         for conn in self._conns:
             self._free.put(conn)
