@@ -1,14 +1,15 @@
 """The refresh cycle: poll the store's change token, and when it moved re-query the visible screen.
 
-One cycle = the header's overview query + the active screen's ``fetch`` (async reads, which the
-store runs off the UI thread) + its ``apply`` (by-key widget updates on the UI thread). The app runs cycles in an
-exclusive worker and never starts one while another is running, so refreshes never overlap.
-Time-window views also refresh every ``slow_every`` seconds, because "the last hour" moves even
-when nothing new is written.
+One cycle = the header's overview query and the active screen's ``fetch``, awaited together (async reads,
+which the store runs off the UI thread: a ClickHouse store runs them at once) + its ``apply`` (by-key widget
+updates on the UI thread). The app runs cycles in an exclusive worker and never starts one while another is
+running, so refreshes never overlap. Time-window views also refresh every ``slow_every`` seconds, because "the
+last hour" moves even when nothing new is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -59,12 +60,13 @@ class Refresher:
             if not (changed or force or slow or stale):
                 return False
             t0 = time.perf_counter()
-            self.app.overview = await store.overview()
             if isinstance(screen, DataScreen):
-                data = await screen.fetch(store)
+                self.app.overview, data = await asyncio.gather(store.overview(), screen.fetch(store))
                 if screen.is_attached:
                     screen.apply(data)
                     screen.seen_version = version
+            else:
+                self.app.overview = await store.overview()
             self.version = version
             self._last_full = now
             self.cycles += 1
