@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +77,40 @@ def _default_store_outside_checkout(tmp_path_factory: pytest.TempPathFactory) ->
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _chdb_databases() -> set[tuple[str, str]]:
+    """The (client settings, database) of every store this process created in chDB (none: chDB not loaded)."""
+    client = sys.modules.get("spendtrace.server.store.clickhouse._client")
+    if client is None:
+        return set()
+    return {key for key in client._migrated if "'chdb'" in key[0]}
+
+
+@pytest.fixture(autouse=True)
+def _drop_chdb_databases_a_test_made() -> Iterator[None]:
+    """Drop the chDB databases a test created once it is done (the session's engine keeps the rest).
+
+    Every table attached to the in-process engine keeps background tasks (part cleanup, merges) that
+    wake several times a second: after the suite's few hundred chDB stores they used about 10% of a
+    core for the rest of the session, which Textual's pilot counts as the app being busy (its
+    ``wait_for_idle`` compares the process's CPU time with the wall clock), so the TUI tests after
+    them waited up to 1 s per key (the rule-form test 6 s alone, 66 s in the suite). Databases made by
+    module- or session-scoped fixtures are set up before this runs and stay.
+    """
+    before = _chdb_databases()
+    yield
+    made = [(settings, db) for settings, db in _chdb_databases() - before if db != "keep"]
+    if not made:
+        return
+    import clickhouse_connect
+
+    from spendtrace.server.store.clickhouse import _client
+
+    for settings, db in made:
+        client = clickhouse_connect.get_client(**dict(ast.literal_eval(settings)))
+        try:
+            client.command(f"DROP DATABASE IF EXISTS {db} SYNC")
+        finally:
+            client.close()
+        _client._migrated.discard((settings, db))
