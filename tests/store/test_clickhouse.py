@@ -424,6 +424,44 @@ def test_the_dashboard_reads_answer_as_on_sqlite(tmp_path: Path) -> None:
     assert sorted(ch[-1]) == sorted(lite[-1])  # SQLite leaves the order of equal item counts open
 
 
+def test_dashboard_reads_issued_at_once_answer_as_one_at_a_time(tmp_path: Path) -> None:
+    """A ClickHouse dashboard runs reads on a few clients at once: more reads than clients, issued together
+    (as the TUI's header and screen are), each get the rows they get alone, and a closed one reads nothing."""
+    import asyncio
+
+    from store_backends import BACKENDS
+
+    from spendtrace.server.model.dashboard import DIMENSIONS, WINDOWS
+    from spendtrace.server.store.base import open_dashboard
+
+    now = T0 + 1200 * NANO
+    backend = BACKENDS["chdb"](tmp_path)
+    backend.ingest(spans(n=60), BOOK)
+
+    def calls(reads: Any) -> list[Any]:
+        out = [reads.overview(), reads.trends(3, limit=2), reads.requests("cost", 5, search="s-r")]
+        out += [reads.dimension(d, w, limit=2, offset=o) for d in DIMENSIONS for w in WINDOWS for o in (0, 1)]
+        return out
+
+    async def both() -> tuple[list[Any], list[Any]]:
+        reads = await open_dashboard(backend.url, clock=lambda: now, monotonic=lambda: 1.0).open()
+        try:
+            alone = [await c for c in calls(reads)]
+            together = list(await asyncio.gather(*calls(reads)))
+        finally:
+            await reads.close()
+        with pytest.raises(AssertionError, match="open"):
+            await reads.dimension("feature", "all", limit=2)
+        return alone, together
+
+    alone, together = asyncio.run(both())
+    assert len(together) > 3 * 3  # more reads than the dashboard has clients
+    assert any(d.rows for d in alone[3:])  # the pages hold rows
+    # the header's ingest rate is a difference between calls: compare its totals
+    assert (together[0].total_nano, together[0].spans) == (alone[0].total_nano, alone[0].spans)
+    assert together[1:] == alone[1:]
+
+
 def test_restatement_and_undo_change_what_sqlite_changes(tmp_path: Path) -> None:
     """Per-service factors: spans, request costs and every total as on SQLite; undo gives all back; twice."""
     from store_backends import BACKENDS

@@ -1,4 +1,4 @@
-"""``DashboardReads`` on ClickHouse: the TUI's live queries over the rollup views, the client in a thread.
+"""``DashboardReads`` on ClickHouse: the TUI's live queries over the rollup views, on a few clients in threads.
 
 The same rows as the SQLite dashboard (``model.dashboard`` shapes them); every rollup read sums
 (parts merge lazily). Alert rules and events come from the store's alert tables (``_alerts``).
@@ -72,6 +72,7 @@ class ClickHouseDashboard:
         first = await asyncio.to_thread(connect, self.url)
         rest = [await asyncio.to_thread(connect, self.url, readonly=True) for _ in range(POOL - 1)]
         self._conns = [first, *rest]
+        self._free = queue.SimpleQueue()  # none of a closed opening's clients
         for conn in self._conns:
             self._free.put(conn)
         return self
