@@ -11,7 +11,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from support import GPT_4O_MINI, nano, topic_span_ids
+from support import GPT_4O_MINI, frozen, nano, topic_span_ids
 
 from consumers.config import WorkerConfig
 from consumers.worker import Worker
@@ -121,8 +121,6 @@ def test_a_frozen_broker_gets_503s_and_the_retries_lose_nothing(
     sent again in full), and the worker stores each exactly once.
     """
     import json
-    import os
-    import signal
     import time
 
     from support import json_export, post
@@ -157,13 +155,10 @@ def test_a_frozen_broker_gets_503s_and_the_retries_lose_nothing(
         while receiver.stats.spans_accepted < 100:  # load is flowing
             assert time.monotonic() < deadline and any(t.is_alive() for t in threads)
             time.sleep(0.01)
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):
             while receiver.stats.unavailable < 1:  # a produce timed out: its round was answered 503
                 assert time.monotonic() < deadline, "no 503 while the broker was frozen"
                 time.sleep(0.01)
-        finally:
-            os.kill(pid, signal.SIGCONT)
         for t in threads:
             t.join(300)
         stats = receiver.stats
@@ -178,8 +173,6 @@ def test_a_frozen_broker_gets_503s_and_the_retries_lose_nothing(
 
 def test_an_export_the_broker_never_acknowledges_is_refused(own_broker: EmbeddedBroker, topic_name: str) -> None:
     """Connected, then the broker freezes: the export's batch goes out but no ack comes, so 503, never 200."""
-    import os
-    import signal
     import time
 
     from support import json_export, post
@@ -201,11 +194,8 @@ def test_an_export_the_broker_never_acknowledges_is_refused(own_broker: Embedded
     pid = own_broker._proc.pid  # type: ignore[union-attr]
     with Receiver(KafkaSink(own_broker.bootstrap, topic_name, partitions=3, timeout=1.0), port=0) as receiver:
         before = until_accepted(receiver, export(1))  # the producer is connected
-        os.kill(pid, signal.SIGSTOP)
-        try:
+        with frozen(pid):  # every broker thread stopped before the export goes out
             status, headers, _ = post(receiver.url, export(2), "application/json")
-        finally:
-            os.kill(pid, signal.SIGCONT)
         assert status == 503 and int(headers["retry-after"]) > 0, (status, headers, receiver.stats)
         after = until_accepted(receiver, export(2))  # the exporter's retry
         assert receiver.stats.unavailable == before + 1 + after, (before, after, receiver.stats)
