@@ -464,7 +464,8 @@ class Checkpoint:
         stored = await self.store.stored_offsets(self.config.group_id, self.config.topic)
         unconfirmed = await self._unconfirmed(assigned, stored)
         held = [tp for tp in assigned if stored.get(tp.partition)]
-        forgotten = set(await self._forgotten_by_kafka(held))
+        in_kafka = await self._committed_in_kafka(held)
+        forgotten = {tp for tp, c in in_kafka.items() if c is None}
         starts: dict[TopicPartition, int | None] = {}
         for tp in assigned:
             if tp in forgotten:  # the log the stored offsets counted is gone: its beginning
@@ -487,24 +488,37 @@ class Checkpoint:
         for tp in forgotten:
             self._log_reset(tp, stored[tp.partition], positions[tp], "Kafka holds no committed offset for it")
         log.info("assigned %s; positions from the store: %s", sorted(tp.partition for tp in assigned), stored)
+        # A worker killed between the store's commit and Kafka's left Kafka a batch behind; with no newer
+        # records in that partition nothing would commit there again, and the group's lag would stay wrong.
+        behind = {
+            tp: positions[tp]
+            for tp, c in in_kafka.items()
+            if c is not None and tp not in unconfirmed and c < positions[tp] == stored.get(tp.partition)
+        }
+        if behind:
+            try:
+                await asyncio.wait_for(self.consumer.commit(behind), KAFKA_TIMEOUT)
+                log.info("Kafka's committed offsets caught up with the store's: %s", behind)
+            except (KafkaError, TimeoutError) as exc:  # the store holds the truth; the next batch commits
+                log.info("could not commit the store's offsets to Kafka (%s): %s", exc, behind)
 
-    async def _forgotten_by_kafka(self, tps: list[TopicPartition]) -> list[TopicPartition]:
-        """The partitions among ``tps`` for which Kafka holds no committed offset of this group.
+    async def _committed_in_kafka(self, tps: list[TopicPartition]) -> dict[TopicPartition, int | None]:
+        """Kafka's committed offset of this group for each of ``tps`` (None: Kafka holds none).
 
         Every applied batch is committed to Kafka too, so a missing one means Kafka lost it (or every
         commit of this group failed, or its offsets expired after a long idle time: re-reading then
-        only costs time). A failing lookup keeps the stored offsets (the behaviour before this check).
+        only costs time). A failing lookup gives no partitions, which keeps the stored offsets.
         """
         if not tps:
-            return []
+            return {}
         try:
             committed = await asyncio.wait_for(
                 asyncio.gather(*(self.consumer.committed(tp) for tp in tps)), KAFKA_TIMEOUT
             )
         except (KafkaError, TimeoutError) as exc:
             log.warning("could not read Kafka's committed offsets (%s); seeking to the store's offsets", exc)
-            return []
-        return [tp for tp, c in zip(tps, committed, strict=True) if c is None]
+            return {}
+        return dict(zip(tps, committed, strict=True))
 
     def _log_gap(self, tp: TopicPartition, expected: int, first: int) -> None:
         """Say loudly that offsets ``[expected, first)`` of ``tp`` are gone from Kafka and were never stored."""

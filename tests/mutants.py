@@ -200,7 +200,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "topic-restart-not-detected",
         "a partition Kafka has forgotten (broker restarted empty) is sought to the stored offset, skipping new records",
-        (("consumers/checkpoint.py", "        forgotten = set(await self._forgotten_by_kafka(held))\n",
+        (("consumers/checkpoint.py", "        forgotten = {tp for tp, c in in_kafka.items() if c is None}\n",
           "        forgotten: set[TopicPartition] = set()\n"),),
         ("tests/consumers/test_topic_restart.py",),
     ),

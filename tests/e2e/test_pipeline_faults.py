@@ -78,6 +78,42 @@ async def test_sigkill_at_several_points_then_restart_loses_and_doubles_nothing(
     assert_exact(db_path, recorded.expected)
 
 
+async def test_kafka_catches_up_with_a_store_a_killed_worker_left_it_behind(
+    broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path, tmp_path: Path
+) -> None:
+    """Killed between the store's commit and Kafka's on a partition's last batch: the next worker commits the
+    store's offset to Kafka, though it has nothing left to read there (else the group's lag stays wrong)."""
+    messages = recorded.messages[:2_000]
+    group = f"{topic_name}-g"
+    log = tmp_path / "workers.log"
+    cmd = worker_cmd(broker, db_path, group, topic_name, "--partitions", "1", "--batch-size", "5000")
+
+    async def kafka_reaches(target: dict[int, int], what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 60
+        while (now := await kafka_committed(broker, group, topic_name, 1)) != target:
+            assert asyncio.get_running_loop().time() < deadline, f"{what}: Kafka has {now}, the store {target}"
+            await asyncio.sleep(0.2)
+
+    half = await produce(broker.bootstrap, topic_name, messages[:1_000], partitions=1)
+    first = start_worker(cmd, log)
+    try:
+        await wait_for(lambda: stored_offsets(db_path, group, topic_name) == half, 120, "the first half stored")
+        await kafka_reaches(half, "the first half committed to Kafka")
+    finally:
+        assert stop_worker(first) == 0
+    ends = await produce(broker.bootstrap, topic_name, messages[1_000:], partitions=1)
+    killed = start_worker(cmd, log, env={"SPENDTRACE_CRASH_AT": "after_db_commit:1"})
+    assert await _wait_exit(killed, 120) == -signal.SIGKILL
+    assert stored_offsets(db_path, group, topic_name) == ends  # the whole second half in one batch, stored
+    assert await kafka_committed(broker, group, topic_name, 1) == half  # and not committed to Kafka
+    last = start_worker(cmd, log)
+    try:
+        await kafka_reaches(ends, "the next worker to commit the store's offset")
+    finally:
+        assert stop_worker(last) == 0
+    assert stored_offsets(db_path, group, topic_name) == ends
+
+
 async def test_two_workers_share_the_group_while_one_joins_and_leaves(
     broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path, tmp_path: Path
 ) -> None:
