@@ -216,15 +216,19 @@ class _TwoTables(App[None]):
         plain: DataTable[Any] = DataTable(cursor_type="row", zebra_stripes=True, id="plain")
         yield plain
 
+    def tables(self) -> tuple[KeyedTable, DataTable[Any]]:
+        """The keyed table and the plain DataTable, the latter given the same columns."""
+        plain: DataTable[Any] = self.query_one("#plain", DataTable)
+        for spec in COLUMNS:
+            plain.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key)
+        return self.query_one("#fast", KeyedTable), plain
+
 
 async def test_removing_rows_at_once_leaves_what_removing_them_one_by_one_leaves() -> None:
     """``remove_rows`` (one index rebuild, one repaint) gives DataTable's order, cursor, size and lines."""
     app = _TwoTables()
     async with app.run_test(size=(80, 40)) as pilot:
-        fast = app.query_one("#fast", KeyedTable)
-        plain: DataTable[Any] = app.query_one("#plain", DataTable)
-        for spec in COLUMNS:
-            plain.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key)
+        fast, plain = app.tables()
         rows = [(f"r{i}", {c.key: Cell.of(f"{c.key}{i}", i) for c in COLUMNS}) for i in range(12)]
         fast.sync(rows)
         for key, cells in rows:
@@ -252,10 +256,7 @@ async def test_adding_rows_at_once_leaves_what_adding_them_one_by_one_leaves() -
     refuses a key already there, and a removed row's cached renders go with it."""
     app = _TwoTables()
     async with app.run_test(size=(80, 40)) as pilot:
-        fast = app.query_one("#fast", KeyedTable)
-        plain: DataTable[Any] = app.query_one("#plain", DataTable)
-        for spec in COLUMNS:
-            plain.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key)
+        fast, plain = app.tables()
         rows = [(f"r{i}", [Cell.of(f"{c.key}{i}", i) for c in COLUMNS]) for i in range(12)]
         assert fast.add_keyed_rows(iter(rows)) == 12
         for key, cells in rows:

@@ -139,9 +139,8 @@ def _ce_response(path: Path) -> Path:
     return out
 
 
-async def report_from_bill(app: SpendtraceApp, pilot: Pilot[None], bill: Path) -> tuple[ReconcileScreen, KeyedTable]:
-    """Screen 7, a run from the saved bill for 2026-10-15 .. 11-03: the report (bill 1.25x the model) and its
-    services table, which holds DynamoDB, S3 and Bedrock."""
+async def run_from_bill(app: SpendtraceApp, pilot: Pilot[None], bill: Path) -> ReconcileScreen:
+    """Screen 7, a run from the saved bill ``bill`` for 2026-10-15 .. 11-03, until its report is shown."""
     await pilot.press("7")
     await settle(app, pilot)
     screen = app.screen
@@ -152,6 +151,13 @@ async def report_from_bill(app: SpendtraceApp, pilot: Pilot[None], bill: Path) -
     screen.query_one("#file", Input).focus()
     await pilot.press("enter")
     await until(pilot, lambda: screen.report is not None, "reconciliation report")
+    return screen
+
+
+async def report_from_bill(app: SpendtraceApp, pilot: Pilot[None], bill: Path) -> tuple[ReconcileScreen, KeyedTable]:
+    """``run_from_bill``: the report (bill 1.25x the model) and its services table, which holds DynamoDB, S3
+    and Bedrock."""
+    screen = await run_from_bill(app, pilot, bill)
     assert screen.report is not None
     assert abs(screen.report["global_calibration_factor"] - 1.25) < 1e-6
     services = screen.query_one("#services", KeyedTable)
@@ -198,16 +204,7 @@ async def test_a_partial_bill_shows_partial_and_offers_no_restatement(tui_db: Pa
     ce.write_text(json.dumps(data))
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("7")
-        await settle(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, ReconcileScreen)
-        screen.query_one("#start", Input).value = "2026-10-15"
-        screen.query_one("#end", Input).value = "2026-11-03"
-        screen.query_one("#file", Input).value = str(ce)
-        screen.query_one("#file", Input).focus()
-        await pilot.press("enter")
-        await until(pilot, lambda: screen.report is not None, "reconciliation report")
+        screen = await run_from_bill(app, pilot, ce)
         assert screen.report is not None and screen.report["partial"]
         assert "PARTIAL: no actuals for 16 day(s) from" in screen_text(app)
         assert screen.query_one("#restate", Button).disabled
