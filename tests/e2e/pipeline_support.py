@@ -9,7 +9,9 @@ the ingest or pricing code, so the pipeline's results can be compared to the nan
 
 from __future__ import annotations
 
+import math
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from independent_pricing import PUBLISHED_SINCE_NS, PUBLISHED_USD, price_nano  # noqa: F401 - re-exported for the e2e tests
 
-from spendtrace.schema import Span, encode_span
+from spendtrace.schema import Span, UsageItem, encode_span
 from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.pricing import PriceBook
 
@@ -293,3 +296,73 @@ def scrape(port: int) -> dict[str, float]:
             series, _, value = line.rpartition(" ")
             out[series.split("{")[0]] = out.get(series.split("{")[0], 0.0) + float(value)
     return out
+
+
+# --------------------------------------------------------------------------- bad input
+def garbage_messages(recorded: Recorded, n: int) -> list[tuple[str, bytes | None]]:
+    """``n`` bad messages of every kind: random bytes, other msgpack, negative / NaN units, a 1 MB name."""
+    rng = random.Random(1234)
+    template = next(s for s in recorded.spans if s.usage)
+    out: list[tuple[str, bytes | None]] = [
+        ("huge-name", encode_span(msgspec.structs.replace(template, span_id=f"huge-{i}", feature="x" * 1_000_000)))
+        for i in range(2)
+    ]
+    while len(out) < n:
+        i = len(out)
+        kind = i % 6
+        if kind == 0:
+            out.append(("random", rng.randbytes(rng.randint(1, 400))))
+        elif kind == 1:
+            other = [{"span": i, "feature": "search"}, [i, "x", None], "a string", i, {"usage": [1, 2]}][i % 5]
+            out.append(("wrong-schema", msgspec.msgpack.encode(other)))
+        elif kind == 2:
+            bad = (UsageItem("dynamodb_read", count=-1.0 - i),)
+            out.append(("negative", encode_span(msgspec.structs.replace(template, span_id=f"neg-{i}", usage=bad))))
+        elif kind == 3:
+            bad = (UsageItem("s3_put", count=math.nan),)
+            out.append(("nan", encode_span(msgspec.structs.replace(template, span_id=f"nan-{i}", usage=bad))))
+        elif kind == 4:
+            bad = (UsageItem("bedrock_claude_3_haiku", input_tokens=-5),)
+            out.append(
+                ("negative-tokens", encode_span(msgspec.structs.replace(template, span_id=f"nt-{i}", usage=bad)))
+            )
+        else:
+            out.append(("truncated", encode_span(template)[: 5 + i % 20]))
+    return out
+
+
+def interleave(
+    good: Sequence[tuple[bytes | None, bytes | None]], garbage: list[tuple[str, bytes | None]]
+) -> list[tuple[bytes | None, bytes | None]]:
+    """``good`` with the ``garbage`` spread evenly among it, each bad message keyed ``<kind>-<index>``."""
+    step = len(good) // len(garbage)
+    messages: list[tuple[bytes | None, bytes | None]] = []
+    for i, (key, value) in enumerate(good):
+        messages.append((key, value))
+        if i % step == 0 and i // step < len(garbage):
+            kind, bad = garbage[i // step]
+            messages.append((f"{kind}-{i // step}".encode(), bad))
+    assert len(messages) == len(good) + len(garbage)
+    return messages
+
+
+async def read_dead_letter_topic(broker: EmbeddedBroker, topic: str, n: int) -> dict[str, str]:
+    """The dead-letter topic's messages as {key: reason header}, read until ``n`` are seen (or 60 s pass)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    dlq = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest", max_partition_fetch_bytes=4 << 20
+    )
+    await dlq.start()
+    seen: dict[str, str] = {}
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while len(seen) < n and asyncio.get_running_loop().time() < deadline:
+            for records in (await dlq.getmany(timeout_ms=200)).values():
+                for r in records:
+                    seen[r.key.decode()] = dict(r.headers)["reason"].decode()
+    finally:
+        await dlq.stop()
+    return seen

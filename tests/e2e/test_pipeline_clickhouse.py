@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pipeline_support import Expected, Recorded
+from pipeline_support import Expected, Recorded, garbage_messages, interleave, read_dead_letter_topic
 
 from consumers.config import WorkerConfig
 from consumers.testing import produce, stored_offsets, wait_for
@@ -178,3 +178,33 @@ async def test_a_worker_joins_and_leaves_while_two_share_the_group_on_chdb(
         await task_a
     assert a.stats.rebalances >= 3 and b.stats.batches > 0
     assert_exact(url, recorded.expected)
+
+
+async def test_garbage_interleaved_goes_to_dead_letters_and_good_spans_all_count_on_chdb(
+    broker: EmbeddedBroker, recorded: Recorded, topic_name: str, tmp_path: Path
+) -> None:
+    """1,000 bad messages among the 20,000 spans into ClickHouse: each is a dead letter (table and topic) with its
+    reason and size, and the good spans' totals are exact to the nano-dollar."""
+    url = chdb_store(tmp_path)
+    garbage = garbage_messages(recorded, 1_000)
+    ends = await produce(broker.bootstrap, topic_name, interleave(recorded.messages, garbage), partitions=PARTITIONS)
+    cfg = _config(broker, topic_name, url, batch_size=5_000)
+    worker = await _drain(cfg, ends, recorded.book)
+    assert worker.stats.dead_letters == len(garbage)
+    assert_exact(url, recorded.expected)
+
+    store = open_store(url, readonly=True)
+    try:
+        rows = store.dead_letters(limit=2 * len(garbage))
+    finally:
+        store.close()
+    assert len(rows) == len(garbage)
+    by_key = {r["key"]: r for r in rows}
+    for j, (kind, bad) in enumerate(garbage):
+        row = by_key[f"{kind}-{j}"]
+        assert row["size"] == len(bad or b"") and row["reason"].strip() and row["topic"] == topic_name, kind
+    reasons = {k.rsplit("-", 1)[0]: r["reason"] for k, r in by_key.items()}
+    assert "length" in reasons["huge-name"] and ">= 0" in reasons["negative"] and ">= 0" in reasons["nan"]
+    assert await read_dead_letter_topic(broker, cfg.dlq_topic, len(garbage)) == {
+        k: r["reason"] for k, r in by_key.items()
+    }

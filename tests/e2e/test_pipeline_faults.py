@@ -7,7 +7,6 @@ and checks the database against the independent computation: same span count, sa
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import random
 import signal
@@ -15,13 +14,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import msgspec
-from aiokafka import AIOKafkaConsumer
 from pipeline_support import (
     Recorded,
     assert_exact,
     db_count,
+    garbage_messages,
+    interleave,
     kafka_committed,
+    read_dead_letter_topic,
     scrape,
     start_worker,
     stop_worker,
@@ -31,7 +31,6 @@ from pipeline_support import (
 from consumers.config import WorkerConfig
 from consumers.testing import produce, stored_offsets, wait_for
 from consumers.worker import Worker
-from spendtrace.schema import UsageItem, encode_span
 from spendtrace.server.broker import EmbeddedBroker, free_port
 
 PARTITIONS = 6
@@ -190,52 +189,12 @@ async def test_every_span_sent_twice_counts_once(
     assert_exact(db_path, recorded.expected)
 
 
-def _garbage(recorded: Recorded, n: int) -> list[tuple[str, bytes | None]]:
-    """``n`` bad messages of every kind: random bytes, other msgpack, negative / NaN units, a 1 MB name."""
-    rng = random.Random(1234)
-    template = next(s for s in recorded.spans if s.usage)
-    out: list[tuple[str, bytes | None]] = [
-        ("huge-name", encode_span(msgspec.structs.replace(template, span_id=f"huge-{i}", feature="x" * 1_000_000)))
-        for i in range(2)
-    ]
-    while len(out) < n:
-        i = len(out)
-        kind = i % 6
-        if kind == 0:
-            out.append(("random", rng.randbytes(rng.randint(1, 400))))
-        elif kind == 1:
-            other = [{"span": i, "feature": "search"}, [i, "x", None], "a string", i, {"usage": [1, 2]}][i % 5]
-            out.append(("wrong-schema", msgspec.msgpack.encode(other)))
-        elif kind == 2:
-            bad = (UsageItem("dynamodb_read", count=-1.0 - i),)
-            out.append(("negative", encode_span(msgspec.structs.replace(template, span_id=f"neg-{i}", usage=bad))))
-        elif kind == 3:
-            bad = (UsageItem("s3_put", count=math.nan),)
-            out.append(("nan", encode_span(msgspec.structs.replace(template, span_id=f"nan-{i}", usage=bad))))
-        elif kind == 4:
-            bad = (UsageItem("bedrock_claude_3_haiku", input_tokens=-5),)
-            out.append(
-                ("negative-tokens", encode_span(msgspec.structs.replace(template, span_id=f"nt-{i}", usage=bad)))
-            )
-        else:
-            out.append(("truncated", encode_span(template)[: 5 + i % 20]))
-    return out
-
-
 async def test_garbage_interleaved_goes_to_dead_letters_and_good_spans_all_count(
     broker: EmbeddedBroker, recorded: Recorded, topic_name: str, db_path: Path
 ) -> None:
     """1,000 bad messages among the 20,000 spans: each is a dead letter (table and topic) with a reason."""
-    garbage = _garbage(recorded, 1_000)
-    good = recorded.messages
-    step = len(good) // len(garbage)
-    messages: list[tuple[bytes | None, bytes | None]] = []
-    for i, (key, value) in enumerate(good):
-        messages.append((key, value))
-        if i % step == 0 and i // step < len(garbage):
-            kind, bad = garbage[i // step]
-            messages.append((f"{kind}-{i // step}".encode(), bad))
-    assert len(messages) == len(good) + len(garbage)
+    garbage = garbage_messages(recorded, 1_000)
+    messages = interleave(recorded.messages, garbage)
     ends = await produce(broker.bootstrap, topic_name, messages, partitions=PARTITIONS)
     cfg = _config(broker, topic_name, db_path, batch_size=5_000)
     worker = await _drain(cfg, ends, recorded.book)
@@ -253,28 +212,7 @@ async def test_garbage_interleaved_goes_to_dead_letters_and_good_spans_all_count
         assert value == bad and reason.strip(), kind
     reasons = {k.rsplit("-", 1)[0]: r for k, (_, r) in by_key.items()}
     assert "length" in reasons["huge-name"] and ">= 0" in reasons["negative"] and ">= 0" in reasons["nan"]
-
-    dlq = AIOKafkaConsumer(
-        cfg.dlq_topic,
-        bootstrap_servers=broker.bootstrap,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 << 20,
-    )
-    await dlq.start()
-    seen: dict[bytes, bytes] = {}
-    try:
-
-        async def read() -> None:
-            for records in (await dlq.getmany(timeout_ms=200)).values():
-                for r in records:
-                    seen[r.key] = dict(r.headers)["reason"]
-
-        deadline = asyncio.get_running_loop().time() + 60
-        while len(seen) < len(garbage) and asyncio.get_running_loop().time() < deadline:
-            await read()
-    finally:
-        await dlq.stop()
-    assert {k.decode(): v.decode() for k, v in seen.items()} == {k: r for k, (_, r) in by_key.items()}
+    assert await read_dead_letter_topic(broker, cfg.dlq_topic, len(garbage)) == {k: r for k, (_, r) in by_key.items()}
 
 
 def _writer_of(worker: subprocess.Popen[bytes]) -> int | None:
