@@ -10,9 +10,9 @@ from spendtrace.server.broker import EmbeddedBroker
 
 
 def worker_config(
-    broker: EmbeddedBroker, topic: str, db: Path, *, group: str = "g", batch_size: int = 100, **kw: Any
+    broker: EmbeddedBroker, topic: str, db: Path | str, *, group: str = "g", batch_size: int = 100, **kw: Any
 ) -> WorkerConfig:
-    """A worker on ``topic`` storing into ``db``, in a group of its own for this test.
+    """A worker on ``topic`` storing into ``db`` (a SQLite path or a store URL), in a group of its own for this test.
 
     A group per test, since the broker keeps a departed member's group busy for a while; a short session
     timeout, since the embedded broker holds a first join for half of it. ``kw`` overrides the rest.

@@ -32,7 +32,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _config(broker: EmbeddedBroker, topic: str, url: str) -> WorkerConfig:
-    return worker_config(broker, topic, Path(url), batch_size=200, db_path=url)
+    return worker_config(broker, topic, url, batch_size=200)
 
 
 def _spans_stored(url: str) -> tuple[int, int]:

@@ -205,6 +205,14 @@ async def test_garbage_interleaved_goes_to_dead_letters_and_good_spans_all_count
         assert row["size"] == len(bad or b"") and row["reason"].strip() and row["topic"] == topic_name, kind
     reasons = {k.rsplit("-", 1)[0]: r["reason"] for k, r in by_key.items()}
     assert "length" in reasons["huge-name"] and ">= 0" in reasons["negative"] and ">= 0" in reasons["nan"]
+    from spendtrace.server.store.clickhouse._client import connect  # the stored bytes, which the reads cut
+
+    conn = connect(url, readonly=True)
+    try:
+        stored = dict(conn.tuples("SELECT key, hex(value) FROM dead_letters FINAL"))
+    finally:
+        conn.close()
+    assert stored == {f"{kind}-{j}": (bad or b"").hex().upper() for j, (kind, bad) in enumerate(garbage)}
     assert await read_dead_letter_topic(broker, cfg.dlq_topic, len(garbage)) == {
         k: r["reason"] for k, r in by_key.items()
     }
