@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
@@ -200,8 +201,9 @@ class LiveScreen(DimensionScreen):
         yield Line(id="leftout", classes="leftout")
 
     async def fetch(self, store: DashboardReads) -> Any:
-        snap = await super().fetch(store)
-        return snap, await store.unpriced(5), await store.dead_letters(3)
+        # asked together: a ClickHouse store runs them at once (one after the other they added ~10 ms to a
+        # refresh at 100,000 tenants); SQLite's one connection still runs them in turn
+        return await asyncio.gather(super().fetch(store), store.unpriced(5), store.dead_letters(3))
 
     def apply(self, data: Any) -> None:
         snap, unpriced, dead = data

@@ -106,15 +106,19 @@ class ClickHouseDashboard:
         return int((await self._all(CHANGE_TOKEN))[0][0])
 
     async def overview(self) -> Overview:
-        """Totals for the header; the ingest rate is spans stored per second since the last call."""
+        """Totals for the header; the ingest rate is spans stored per second since the last call.
+
+        The all-time sums come from ``dim_all`` per endpoint (one row per endpoint, exact as the day rollups
+        under retention and restatement), not from every day row of ``rollup_day``: 2,000 rows, not 680,000.
+        """
         now = self._now_s()
         main, events = await asyncio.gather(
             self._all(
                 "SELECT t.c, t.s, t.e,"
                 " (SELECT sum(cost_nano) FROM rollup_minute WHERE service = '' AND bucket >= %s),"
                 " (SELECT sum(items) FROM unpriced_usage), (SELECT count() FROM dead_letters FINAL)"
-                " FROM (SELECT sum(cost_nano) AS c, sum(spans) AS s, sum(errors) AS e FROM rollup_day"
-                " WHERE service = '') AS t",
+                " FROM (SELECT sum(cost_nano) AS c, sum(spans) AS s, sum(errors) AS e FROM dim_all"
+                " WHERE dim = 'endpoint' AND service = '') AS t",
                 (now - HOUR,),
             ),
             asyncio.to_thread(self._alerts, lambda a: a.count_events(), 0),
