@@ -473,6 +473,20 @@ _V6: tuple[str, ...] = (
     "INSERT INTO dim_days " + DIM_DAYS_SELECT,
 )
 
+# v7: the request list's endpoint and root feature columns as LowCardinality. The page of newest or costliest
+# requests is one ``FINAL`` scan of ``requests`` (the order needs each request's merged start and cost), and
+# those strings were most of what it read: at 5,000,000 spans (1.3 M requests) 49 -> 39 ms. A few thousand
+# endpoints and features suit a dictionary; tenants (100,000 here) do not, and stay plain strings (LowCardinality
+# made that read slower). The ALTER rewrites the columns' parts as a mutation in the background; reads stay exact
+# meanwhile.
+_V7: tuple[str, ...] = (
+    "ALTER TABLE requests"
+    + ",".join(
+        f" MODIFY COLUMN {col} SimpleAggregateFunction(any, LowCardinality(Nullable(String)))"
+        for col in ("root_endpoint", "endpoint", "root_feature")
+    ),
+)
+
 #: version -> statements; a store at version n runs every later version's statements in order.
-MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
 SCHEMA_VERSION = max(MIGRATIONS)
