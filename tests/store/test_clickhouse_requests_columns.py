@@ -36,7 +36,7 @@ def column_types(conn: Conn) -> dict[str, str]:
 
 
 def request_reads(url: str, now: int) -> list[Any]:
-    """Every page of the request list the dashboard asks for: both orders, a search, a second page."""
+    """Pages of the request list as the dashboard asks for them: both orders, a later page, two searches."""
 
     async def read() -> list[Any]:
         reads = await open_dashboard(url, clock=lambda: now, monotonic=lambda: 1.0).open()
