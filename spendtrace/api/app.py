@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -73,6 +74,18 @@ def create_app(
         redoc_url=None,
     )
     app.state.storage = storage
+    scrape_lock = threading.Lock()
+
+    def scrape_store() -> Any:
+        """The store ``/metrics`` reads: a connection of its own, opened on the first scrape.
+
+        Each store serialises its queries, so a scrape (several statements) on ``storage`` would hold
+        every other request for its length; on its own connection the two run side by side.
+        """
+        with scrape_lock:
+            if getattr(app.state, "scrape_storage", None) is None:
+                app.state.scrape_storage = open_store(url.raw)
+            return app.state.scrape_storage
 
     @app.exception_handler(SpendtraceError)
     async def _bad_input(request: Request, exc: SpendtraceError) -> JSONResponse:
@@ -120,7 +133,7 @@ def create_app(
         """Prometheus exposition text of the stored spend (and this process's exporter counters)."""
         from spendtrace.server.metrics import render_store_metrics
 
-        text = render_store_metrics(storage)  # one snapshot, serialised like every query
+        text = render_store_metrics(scrape_store())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/aggregate/feature", dependencies=guarded, tags=["aggregates"])
