@@ -205,14 +205,15 @@ def test_store_url_errors_are_clear(db: tuple[str, Expect], capsys: pytest.Captu
     assert rc == 2 and "no database at" in err
 
 
-def test_python_m_spendtrace_cli_main_as_the_original_readme_runs_it(db: tuple[str, Expect]) -> None:
-    """``python -m spendtrace.cli.main --db PATH total`` prints the same total as ``spendtrace``."""
+@pytest.mark.parametrize("module", ["spendtrace.cli.main", "spendtrace.cli"])
+def test_python_m_spendtrace_cli_main_as_the_original_readme_runs_it(db: tuple[str, Expect], module: str) -> None:
+    """``python -m spendtrace.cli[.main] --db PATH total`` prints the same total as ``spendtrace``."""
     import subprocess
     import sys
 
     path, expect = db
     result = subprocess.run(
-        [sys.executable, "-m", "spendtrace.cli.main", "--db", path, "total", "--json"],
+        [sys.executable, "-m", module, "--db", path, "total", "--json"],
         capture_output=True,
         text=True,
         timeout=120,

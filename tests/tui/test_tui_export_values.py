@@ -1,7 +1,7 @@
 """ctrl+s exports: every cell of the CSV against the table it came from and against the store's own numbers.
 
-Money is exported as exact dollars (``*_usd`` columns), shares as percentages (``share_pct``), and
-the sparkline column is left out.
+Money is exported as exact dollars (``*_usd`` columns), shares as percentages (``share_pct``), times
+as ISO 8601 UTC (``*_utc``), durations as milliseconds (``*_ms``), and the sparkline column is left out.
 
 The navigation test checks the header and one Direct value; a CSV with the right keys and a right
 first column but zeros (or anything else) in the other columns passed it.
@@ -10,6 +10,7 @@ first column but zeros (or anything else) in the other columns passed it.
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from spendtrace import SQLiteStorage
 from tui.widgets.keyed_table import KeyedTable
 
 MINUTE_NS = 60 * 10**9
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 HOUR_NS = 60 * MINUTE_NS
 
 
@@ -135,3 +137,24 @@ async def test_tenants_export_matches_the_stores_numbers(tui_db: Path, make_app)
                 if cell == ""
                 else (usd(cell) == want["service_costs_nano"].get(service, 0))
             ), (tenant, service)
+
+
+async def test_requests_export_times_as_utc_and_durations_in_ms(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """Requests' CSV: ``started_utc`` an ISO time, ``took_ms`` milliseconds, ``cost_usd`` dollars, each exact."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        rows, _ = await _export(app, pilot, "4")
+    header = rows[0]
+    assert header[:2] == ["started_utc", "request"] and "took_ms" in header and "cost_usd" in header
+    exported = {r[1]: dict(zip(header, r, strict=True)) for r in rows[1:]}
+    with SQLiteStorage(tui_db) as storage:
+        stored = {r["request_id"]: r for r in storage.get_request_cost(1000)}
+    assert len(exported) > 5 and set(exported) <= set(stored)
+    for rid, cells in exported.items():
+        want = stored[rid]
+        started = datetime.fromisoformat(cells["started_utc"])
+        assert cells["started_utc"].endswith("Z") and started.tzinfo is not None, cells["started_utc"]
+        assert started == EPOCH + timedelta(microseconds=want["start_ns"] // 1000), rid
+        took_ns = Decimal(cells["took_ms"]) * 10**6
+        assert took_ns == max(0, want["end_ns"] - want["start_ns"]), rid
+        assert usd(cells["cost_usd"]) == want["cost_nano"], rid

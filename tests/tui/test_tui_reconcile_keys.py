@@ -261,3 +261,31 @@ async def test_esc_leaves_a_form_field_and_the_global_keys_work_again(tui_db: Pa
         await pilot.press("1")
         await settle(app, pilot)
         assert isinstance(app.screen, LiveScreen)
+
+
+@pytest.mark.parametrize("key", ["slash", "R", "q"])
+async def test_after_esc_filter_restate_and_quit_act_instead_of_typing(tui_db: Path, make_app, key: str) -> None:  # type: ignore[no-untyped-def]
+    """After Esc leaves a date field, '/' opens the filter, 'R' asks for a report to restate, 'q' quits."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("7")
+        await settle(app, pilot)
+        screen = app.screen
+        assert isinstance(screen, ReconcileScreen)
+        for _ in range(3):
+            if _focused(app) == "Input#start":
+                break
+            await pilot.press("tab")
+        assert _focused(app) == "Input#start"
+        await _type_into_focused(pilot, "2026-01-01")
+        await pilot.press("escape")
+        await pilot.press(key)
+        await pilot.pause()
+        assert screen.query_one("#start", Input).value == "2026-01-01"  # nothing typed into the field
+        if key == "slash":
+            assert _focused(app) == "Input#filter" and not screen.query_one("#filter", Input).has_class("hidden")
+        elif key == "R":
+            assert app.screen is screen
+            assert any("Run a reconciliation first" in n.message for n in app._notifications)
+        else:
+            assert app._exit, "q did not quit"

@@ -19,7 +19,7 @@ from tui.screens.modals import AddRuleModal, ConfirmModal, RuleForm
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
 
 EVENT_COLUMNS = [
-    ColumnSpec("fired", "Fired (UTC)", 19, "t", justify="left"),
+    ColumnSpec("fired", "Fired (UTC)", 19, "t", justify="left", unit="utc", csv="fired_utc"),
     ColumnSpec("rule", "Rule", 18, None, numeric=False, justify="left"),
     ColumnSpec("scope", "Scope", 24, None, numeric=False, justify="left"),
     ColumnSpec("value", "Value", 11, "v", unit="usd", csv="value_usd"),

@@ -19,13 +19,13 @@ from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
 from tui.widgets.line import Line
 
 COLUMNS = [
-    ColumnSpec("time", "Started (UTC)", 19, "t", numeric=True, justify="left"),
+    ColumnSpec("time", "Started (UTC)", 19, "t", numeric=True, justify="left", unit="utc", csv="started_utc"),
     ColumnSpec("request", "Request", 24, "i", numeric=False, justify="left"),
     ColumnSpec("endpoint", "Endpoint", 22, "n", numeric=False, justify="left"),
     ColumnSpec("tenant", "Tenant", 16, "u", numeric=False, justify="left"),
     ColumnSpec("feature", "Root feature", 20, "f", numeric=False, justify="left"),
     ColumnSpec("spans", "Spans", 6, "s"),
-    ColumnSpec("took", "Took", 8, "d"),
+    ColumnSpec("took", "Took", 8, "d", unit="ms"),
     ColumnSpec("cost", "Cost", 12, "c", unit="usd", csv="cost_usd"),
     ColumnSpec("errors", "Err", 4, "e"),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,15 +26,19 @@ from tui.widgets.fast_table import FastDataTable
 
 __all__ = ["Cell", "ColumnSpec", "KeyedTable", "Pinned"]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 @dataclass(frozen=True, slots=True)
 class ColumnSpec:
     """One column: key, label, fixed width, the key that sorts by it, and whether it is numeric.
 
     ``unit`` says what its raw values are, for CSV export and ``y`` copy: ``usd`` (nano-dollars,
-    written as exact dollars), ``pct`` (a fraction, written as a percentage), ``skip`` (not
-    exported: a sparkline), or ``""`` (written as they are). ``csv`` is the CSV header (default:
-    the label in snake case, with ``_usd`` / ``_pct`` after it for those units).
+    written as exact dollars), ``pct`` (a fraction, written as a percentage), ``utc`` (epoch ns,
+    written as an ISO 8601 UTC time to the microsecond), ``ms`` (a duration in ns, written as exact
+    milliseconds), ``skip`` (not exported: a sparkline), or ``""`` (written as they are). ``csv`` is
+    the CSV header (default: the label in snake case, with ``_usd`` / ``_pct`` / ``_ms`` after it for
+    those units).
     """
 
     key: str
@@ -51,7 +56,7 @@ class ColumnSpec:
         if self.csv:
             return self.csv
         base = "_".join("".join(c if c.isalnum() else " " for c in self.label.lower()).split())
-        return base + {"usd": "_usd", "pct": "_pct"}.get(self.unit, "")
+        return base + {"usd": "_usd", "pct": "_pct", "ms": "_ms"}.get(self.unit, "")
 
     def export(self, raw: Any) -> str:
         """A raw cell value as written to CSV / copied: dollars for nano-dollars, percent for shares."""
@@ -62,6 +67,11 @@ class ColumnSpec:
             return f"{exact.scaleb(-9).normalize():f}"
         if self.unit == "pct" and isinstance(raw, int | float):
             return f"{Decimal(repr(float(raw) * 100)).quantize(Decimal('0.0001'))}"
+        if self.unit == "utc" and isinstance(raw, int):
+            at = _EPOCH + timedelta(microseconds=raw // 1000)
+            return at.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        if self.unit == "ms" and isinstance(raw, int):
+            return f"{Decimal(raw).scaleb(-6).normalize():f}"
         return str(raw)
 
 
