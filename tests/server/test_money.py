@@ -1,4 +1,4 @@
-"""The one way money and windows are written for people (``spendtrace.server.model.money``), as its docstrings promise."""
+"""How money and windows are written for people (``spendtrace.server.model.money``), as its docstrings promise."""
 
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def test_usd_text_signed_marks_gains_and_losses() -> None:
 
 @pytest.mark.parametrize(
     ("minutes", "text"),
-    [(45, "45 min"), (60, "1h"), (360, "6h"), (1440, "24h"), (2880, "2d"), (10080, "7d"), (90, "90 min"),
-     (None, "—")],
+    [(45, "45 min"), (60, "1h"), (360, "6h"), (1440, "24h"), (2880, "2d"), (10080, "7d"), (90, "90 min"), (None, "—")],
 )
 def test_minutes_text_reads_as_people_say_it(minutes: int | None, text: str) -> None:
     """Whole days from two days up, whole hours (one day is 24h), otherwise minutes; never ``1440 min``."""

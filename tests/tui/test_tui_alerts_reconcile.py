@@ -119,8 +119,7 @@ def test_rule_and_event_cells_say_tenant_and_write_windows_as_people_say_them() 
     week = rule_cells(AlertRuleRow(id=2, name="w", kind="threshold", scope="feature", scope_value="search",
                                    threshold_nano=1, window_minutes=10080, cooldown_minutes=45, webhook="",
                                    enabled=True))  # fmt: skip
-    assert (week["scope"].plain, week["window"].plain, week["cooldown"].plain) == (
-        "feature search", "7d", "45 min")
+    assert (week["scope"].plain, week["window"].plain, week["cooldown"].plain) == ("feature search", "7d", "45 min")
     event = AlertEventRow(id=1, rule_name="acme", fired_ns=0, scope="user", scope_value="acme", value_nano=1,
                           threshold_nano=None, message="m", delivery="none")  # fmt: skip
     assert event_cells(event)["scope"].plain == "tenant acme"
