@@ -2,9 +2,10 @@
 
 It starts, in this order: the embedded Kafka-protocol broker, one consumer worker process
 (``python -m consumers``: pricing, storage, alert evaluation), and the synthetic instrumented
-shop (``python -m tui.demo_app``); adds a spend alert the shop's cost spike will trip; then runs
-the TUI on the demo database with live alerts from the broker. Whatever happens, everything it
-started is stopped on exit (processes first, then the broker), and a temporary store is removed.
+shop (``python -m tui.demo_app``); adds spend alerts the shop's cost spike will trip (threshold,
+rate against the backfilled history, daily budget); then runs the TUI on the demo database with
+live alerts from the broker. Whatever happens, everything it started is stopped on exit (processes
+first, then the broker), and a temporary store is removed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,25 @@ from typing import IO, Any
 #: The alert the demo's cost spike fires: Bedrock spend of ai_recommendations above $1 in an hour.
 DEMO_RULE = {"feature": "ai_recommendations", "threshold": 1.0, "window_hours": 1, "name": "demo-recs-spike",
              "cooldown_minutes": 5}  # fmt: skip
+#: The rate alert the spike fires: the spiking tenant's last hour against the same clock hour of the
+#: backfilled history's last 7 days. The spike (~300 Sonnet calls at the default 20 requests a second)
+#: costs tenant-globex about $29, while an hour of the live shop's normal traffic is about $9 and a
+#: history hour at most about $1.50 (5x: $7.50): so the spike fires it, an hour of normal live traffic
+#: does not, and without history (``--history-days 0``) there is no baseline and it never fires.
+DEMO_RATE_RULE = {"factor": 5.0, "user_id": "tenant-globex", "min_spend": 10.0, "name": "demo-globex-rate"}
+#: A daily budget for ai_recommendations: a weekday of history is about $11 and the spike about $37, so
+#: the spike crosses 50% at any hour of the day, while the live shop alone takes a few hours to.
+DEMO_BUDGET_RULE = {"amount": 50.0, "period": "day", "feature": "ai_recommendations", "percentages": (50, 100),
+                    "name": "demo-recs-budget"}  # fmt: skip
+
+
+def add_demo_rules(db_path: str | Path) -> None:
+    """Save the demo's threshold, rate and budget rules (replacing them by name in a kept database)."""
+    from spendtrace.server.alerts.rules import set_alert, set_budget, set_rate_alert
+
+    set_alert(db_path=str(db_path), **DEMO_RULE)  # type: ignore[arg-type]
+    set_rate_alert(db_path=str(db_path), **DEMO_RATE_RULE)  # type: ignore[arg-type]
+    set_budget(db_path=str(db_path), **DEMO_BUDGET_RULE)  # type: ignore[arg-type]
 
 
 class Demo:
@@ -56,8 +76,7 @@ class Demo:
         return proc
 
     def start(self) -> Demo:
-        """Broker, topics, the alert rule, the worker and the shop; returns once all are running."""
-        from spendtrace.server.alerts.rules import set_alert
+        """Broker, topics, the alert rules, the worker and the shop; returns once all are running."""
         from spendtrace.server.broker import EmbeddedBroker
         from spendtrace.server.topics import ensure_topics
 
@@ -66,7 +85,7 @@ class Demo:
         self.broker = EmbeddedBroker(log_path=self._tmp / "broker.log").start()
         topics = ["spendtrace.spans", "spendtrace.alerts", "spendtrace.dlq"]
         asyncio.run(ensure_topics(self.bootstrap, topics, partitions=3))
-        set_alert(db_path=str(self.db_path), **DEMO_RULE)  # type: ignore[arg-type]
+        add_demo_rules(self.db_path)
         self._spawn("worker", "-m", "consumers", "--bootstrap", self.bootstrap, "--db", str(self.db_path),
                     "--partitions", "3", "--log-level", "WARNING")  # fmt: skip
         history = ["--history-days", str(self.history_days), "--bill-out", str(self.bill_path)]

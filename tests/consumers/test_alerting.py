@@ -41,7 +41,7 @@ class Clock:
 
 
 def spend(
-    db: Path, at_ns: int, dollars: int, *, feature: str = "search", user_id: str | None = None,
+    db: Path, at_ns: int, dollars: float, *, feature: str = "search", user_id: str | None = None,
     endpoint: str | None = None,
 ) -> WriteResult:
     """Commit one span costing ``dollars`` at ``at_ns`` through the real write path."""
@@ -136,6 +136,20 @@ async def test_tenant_endpoint_and_total_scopes(db_path: Path, fixed_now_ns: int
     assert [e["rule"] for e in events(db_path)] == ["acme", "total"]  # /api/x has 7 <= 8; total 13 > 12
     await evaluator(spend(db_path, fixed_now_ns, 2, feature="f2", user_id="globex", endpoint="/api/x"))
     assert [e["rule"] for e in events(db_path)] == ["acme", "total", "ep"]
+    messages = [e["message"] for e in events(db_path)]
+    assert messages[0] == "[spendtrace] acme: tenant 'acme' spent $6.00 in the last 24h (threshold $5.00)"
+    assert "total spend spent $13.00" in messages[1] and "endpoint '/api/x' spent $9.00" in messages[2]
+
+
+async def test_messages_about_sub_cent_amounts_keep_their_digits(db_path: Path, fixed_now_ns: int,
+                                                                 evaluator: AlertEvaluator) -> None:
+    """$0.0042 spent against a $0.003 threshold reads as those amounts (usd_text), not $0.00 or $0.01;
+    a 45-minute window reads "45 min"."""
+    set_alert(feature="embed", threshold=0.003, window_hours=0.75, name="tiny", db_path=db_path)
+    await evaluator(spend(db_path, fixed_now_ns, 0.0042, feature="embed"))
+    [event] = events(db_path)
+    assert event["value_nano"] == 4_200_000
+    assert event["message"] == "[spendtrace] tiny: feature 'embed' spent $0.0042 in the last 45 min (threshold $0.003)"
 
 
 async def test_two_workers_racing_fire_once(db_path: Path, fixed_now_ns: int) -> None:

@@ -166,6 +166,7 @@ def test_cli_add_list_remove(db_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main([*db, "alerts", "list"]) == 0
     listing = capsys.readouterr().out
     assert "s10" in listing and "week budget $300.00" in listing and "spike" in listing
+    assert "tenant 'acme': week budget" in listing and "user 'acme'" not in listing  # --user is a tenant
     assert "sEcReTtOkEn123" not in listing and "hooks.slack.com/services/" in listing
     assert main([*db, "alerts", "list", "--json"]) == 0
     rules = json.loads(capsys.readouterr().out)

@@ -15,7 +15,7 @@ import pytest
 
 import spendtrace
 from spendtrace.schema import Span
-from tui.demo_app import HISTORY_WEIGHT, SONNET, SPIKE_WEIGHT, Shop, history_bill, record_history
+from tui.demo_app import HISTORY_WEIGHT, SONNET, SPIKE_WEIGHT, Shop, history_bill, make_request, record_history
 
 NOW_S = int(dt.datetime(2026, 12, 5, 14, 30, tzinfo=dt.UTC).timestamp())  # a Saturday afternoon
 NS = 1_000_000_000
@@ -147,3 +147,63 @@ async def test_the_demo_app_offers_its_bill_on_the_reconciliation_screen(stored:
         assert f"not in the model Amazon CloudWatch {money(5 * 1_200_000_000)}" in notes
         assert "direct LLM spend anthropic $" in notes and "openai $" in notes
         assert "provisional 2026-12-03 .. 2026-12-05" in notes
+
+
+def _live(shop: Shop, memory: spendtrace.InMemoryExporter, spiking: bool, n: int, last_at_s: int) -> list[Span]:
+    """``n`` live-shop requests (weight 1, as the running demo sends them), moved to end at ``last_at_s``."""
+    import msgspec
+
+    memory.clear()
+    for _ in range(n):
+        make_request(shop, spiking)()
+    spendtrace.flush()
+    spans = list(memory.spans)
+    memory.clear()
+    shift = max(s.start_ns for s in spans) - last_at_s * NS
+    return [msgspec.structs.replace(s, start_ns=s.start_ns - shift) for s in spans]
+
+
+async def test_the_live_spike_fires_the_demo_rate_rule_against_the_backfilled_history(
+    history: list[Span], tmp_path: Path
+) -> None:
+    """With the demo's rules (``add_demo_rules``) evaluated as its worker does (``AlertEvaluator`` after each
+    committed batch, at the wall clock): the backfilled history, past spike included, fires nothing now;
+    20 s of normal live traffic fires nothing either; the live spike fires the rate rule on tenant-globex
+    (its baseline is the history's same clock hour), the daily budget's 50% and the threshold rule."""
+    from consumers.alerting import AlertEvaluator
+    from spendtrace.server.ingest.prepare import prepare_batch
+    from spendtrace.server.pricing import current_book
+    from spendtrace.server.store.base import open_alert_store, open_ingest_store
+    from tui.demo import add_demo_rules
+
+    db = tmp_path / "demo.db"
+    add_demo_rules(db)
+    ingest = open_ingest_store(db)
+    evaluator = AlertEvaluator(str(db), clock=lambda: NOW_S * NS)
+    memory = spendtrace.InMemoryExporter()
+    spendtrace.configure(exporter=memory)
+    shop = Shop(random.Random(11))
+
+    def fired() -> dict[str, str]:
+        store = open_alert_store(db, readonly=True)
+        try:
+            return {e.rule_name: e.message for e in store.latest_events(20)}
+        finally:
+            store.close()
+
+    try:
+        await evaluator(ingest.apply_batch(prepare_batch(history, current_book())))
+        assert fired() == {}, "the backfilled history (an hour old and more) must not fire anything now"
+        normal = _live(shop, memory, False, 400, NOW_S - 20)  # the demo's default: 20 s at 20 requests/s
+        await evaluator(ingest.apply_batch(prepare_batch(normal, current_book())))
+        assert fired() == {}
+        spike = _live(shop, memory, True, 300, NOW_S - 1)  # then 15 s of spike
+        await evaluator(ingest.apply_batch(prepare_batch(spike, current_book())))
+    finally:
+        await evaluator.aclose()
+        ingest.close()
+    events = fired()
+    assert set(events) == {"demo-globex-rate", "demo-recs-budget", "demo-recs-spike"}
+    assert events["demo-globex-rate"].startswith("[spendtrace] demo-globex-rate: tenant 'tenant-globex' spent $")
+    assert "7-day average for this hour" in events["demo-globex-rate"]
+    assert "of its day budget" in events["demo-recs-budget"]

@@ -98,6 +98,31 @@ async def test_budget_and_rate_rules_from_the_form(tui_db: Path, make_app) -> No
         assert budget.threshold_nano == 250 * 10**9 and budget.params["period"] == "month"
         assert (rate.kind, rate.scope, rate.scope_value) == ("rate", "user", "tenant-acme")
         assert rate.params["factor"] == 4.0 and rate.params["min_spend_nano"] == 2 * 10**9
+        table = app.screen.query_one("#rules", KeyedTable)
+        await until(pilot, lambda: "acme-spike" in table.ordered_keys(), "rules shown")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "tenant tenant-acme" in text and "user tenant-acme" not in text  # stored "user", shown "tenant"
+
+
+def test_rule_and_event_cells_say_tenant_and_write_windows_as_people_say_them() -> None:
+    """A rule on the stored scope kind ``user`` reads ``tenant …``; window and cooldown go through
+    ``minutes_text`` (``24h``, ``45 min``, ``7d``), never ``1440m`` or ``0.75h``; exported values stay as stored."""
+    from spendtrace.server.model.dashboard import AlertEventRow, AlertRuleRow
+    from tui.screens.alerts import event_cells, rule_cells
+
+    rule = AlertRuleRow(id=1, name="acme", kind="threshold", scope="user", scope_value="acme", threshold_nano=10**9,
+                        window_minutes=45, cooldown_minutes=1440, webhook="", enabled=True)  # fmt: skip
+    cells = rule_cells(rule)
+    assert cells["scope"].plain == "tenant acme" and cells["scope"].raw == "user:acme"
+    assert (cells["window"].plain, cells["cooldown"].plain) == ("45 min", "24h")
+    week = rule_cells(AlertRuleRow(id=2, name="w", kind="threshold", scope="feature", scope_value="search",
+                                   threshold_nano=1, window_minutes=10080, cooldown_minutes=45, webhook="",
+                                   enabled=True))  # fmt: skip
+    assert (week["scope"].plain, week["window"].plain, week["cooldown"].plain) == ("feature search", "7d", "45 min")
+    event = AlertEventRow(id=1, rule_name="acme", fired_ns=0, scope="user", scope_value="acme", value_nano=1,
+                          threshold_nano=None, message="m", delivery="none")  # fmt: skip
+    assert event_cells(event)["scope"].plain == "tenant acme"
 
 
 def _ce_response(path: Path) -> Path:

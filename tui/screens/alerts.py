@@ -10,7 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
 
+from spendtrace.server.model.alerts import scope_label
 from spendtrace.server.model.dashboard import AlertEventRow, AlertRuleRow
+from spendtrace.server.model.money import minutes_text
 from spendtrace.server.store.base import DashboardReads
 from tui.actions import add_rule, remove_rule
 from tui.format import money, money_text, utc
@@ -41,7 +43,8 @@ _DELIVERY_STYLE = {"delivered": "green", "failed": "bold red", "pending": "yello
 
 
 def _scope(scope: str, value: str) -> Text:
-    t = Text(f"{scope} ", style="dim")
+    """``tenant acme`` (the stored kind ``user`` reads as tenant, as on the Tenants screen), ``feature search``."""
+    t = Text(f"{scope_label(scope)} ", style="dim")
     t.append(value or "(all)")
     return t
 
@@ -61,14 +64,14 @@ def event_cells(e: AlertEventRow) -> dict[str, Cell]:
 
 def rule_cells(r: AlertRuleRow) -> dict[str, Cell]:
     """Cells of one rule."""
-    window = f"{r.window_minutes / 60:g}h" if r.window_minutes else "—"
+    window = minutes_text(r.window_minutes) if r.window_minutes else "—"
     return {
         "name": Cell.of(Text(r.name, style="bold"), r.name),
         "kind": Cell.of(Text(r.kind), r.kind),
         "scope": Cell.of(_scope(r.scope, r.scope_value), f"{r.scope}:{r.scope_value}"),
         "threshold": Cell.of(money_text(r.threshold_nano), r.threshold_nano),
         "window": Cell.of(Text(window, justify="right"), r.window_minutes),
-        "cooldown": Cell.of(Text(f"{r.cooldown_minutes}m", justify="right"), r.cooldown_minutes),
+        "cooldown": Cell.of(Text(minutes_text(r.cooldown_minutes), justify="right"), r.cooldown_minutes),
         "webhook": Cell.of(Text(r.webhook or "—", style="dim"), r.webhook),
         "enabled": Cell.of(Text("●" if r.enabled else "○", style="green" if r.enabled else "dim"), r.enabled),
     }

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from spendtrace.errors import StorageError
-from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain
-from spendtrace.server.model.money import usd_text
+from spendtrace.server.model.alerts import AlertEvent, AlertRule, Grain, scope_text
+from spendtrace.server.model.money import minutes_text, usd_text
 from spendtrace.server.store.base import AlertStore
 
 __all__ = [
@@ -167,7 +167,7 @@ def rate_values(store: AlertStore, rule: AlertRule, now_ns: int, memo: Memo | No
 
 
 def _who(rule: AlertRule) -> str:
-    return "total spend" if rule.scope == "total" else f"{rule.scope} '{rule.scope_value}'"
+    return scope_text(rule.scope, rule.scope_value)
 
 
 def _usd(nano: float) -> str:
@@ -182,9 +182,9 @@ def _candidate(
         value = window_spend(store, rule, now_ns, memo)
         if rule.threshold_nano is None or value <= rule.threshold_nano:
             return None
-        hours = (rule.window_minutes or 60) / 60
+        window = minutes_text(rule.window_minutes or 60)  # "24h", "45 min": the money and time rules of money.py
         msg = (
-            f"[spendtrace] {rule.name}: {_who(rule)} spent {_usd(value)} in the last {hours:g}h "
+            f"[spendtrace] {rule.name}: {_who(rule)} spent {_usd(value)} in the last {window} "
             f"(threshold {_usd(rule.threshold_nano)})"
         )
         return "", value, msg, []

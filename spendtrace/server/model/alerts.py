@@ -15,7 +15,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from spendtrace.server.model.money import minutes_text, usd_text
 
-__all__ = ["NANO", "AlertEvent", "AlertRule", "Grain", "Scope", "mask_url"]
+__all__ = ["NANO", "AlertEvent", "AlertRule", "Grain", "Scope", "mask_url", "scope_label", "scope_text"]
 
 NANO = 1_000_000_000
 #: What a rule watches: one feature, one tenant (``user``), one endpoint, or total spend.
@@ -23,6 +23,18 @@ Scope = Literal["feature", "user", "endpoint", "total"]
 #: A rollup grain: buckets of one minute, hour or day.
 Grain = Literal["minute", "hour", "day"]
 _SCOPE_COLUMNS = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
+#: The word people read for a stored scope kind: the ``user`` dimension is shown as the tenant.
+_SCOPE_LABELS = {"user": "tenant"}
+
+
+def scope_label(scope: str) -> str:
+    """The scope kind as people read it: ``tenant`` for the stored ``user``, the others as stored."""
+    return _SCOPE_LABELS.get(scope, scope)
+
+
+def scope_text(scope: str, value: str) -> str:
+    """What a rule watches, for messages and listings: ``tenant 'acme'``, ``feature 'search'``, ``total spend``."""
+    return "total spend" if scope == "total" else f"{scope_label(scope)} {value!r}"
 
 
 def _mask_token(token: str) -> str:
@@ -102,7 +114,7 @@ class AlertRule:
 
     def describe(self) -> str:
         """One human line: what the rule watches and when it fires (no secrets)."""
-        who = "total spend" if self.scope == "total" else f"{self.scope} {self.scope_value!r}"
+        who = scope_text(self.scope, self.scope_value)
         usd = usd_text(self.threshold_nano) if self.threshold_nano is not None else "?"
         if self.kind == "budget":
             pcts = "/".join(str(p) for p in self.params.get("percentages", []))
