@@ -61,6 +61,12 @@ def _cell(text: str, style: str = "", justify: JustifyMethod | None = None) -> C
     return cell
 
 
+#: Cells the money rule needs for any whole nano-dollar amount below $1,000,000: ``$0.000000001`` is the widest.
+MONEY_WIDTH = 12
+#: Cells of a rate below $1,000,000/h: the widest amount and ``/h`` (``$0.000004875/h``).
+RATE_WIDTH = MONEY_WIDTH + 2
+
+
 def usd(nano: int | float) -> float:
     """Nano-dollars to dollars (for CSV export and the clipboard)."""
     return float(nano) / NANO
@@ -71,11 +77,20 @@ def money(nano: int | float | None) -> str:
     return usd_text(nano)
 
 
+def whole_nano(nano: int | float) -> int | float:
+    """A computed amount (an average, dollars times 1e9) to the nano-dollar the store keeps, so it fits
+    ``MONEY_WIDTH``; a non-zero amount below half a nano-dollar stays as it is (shown ``<$0.000000001``)."""
+    if isinstance(nano, int):
+        return nano
+    whole = round(nano)
+    return whole if whole or not nano else nano
+
+
 def money_text(nano: int | float | None, style: str = "") -> Cell:
-    """Right-aligned money cell; zero is dimmed so real spend stands out."""
+    """Right-aligned money cell, to the nano-dollar; zero is dimmed so real spend stands out."""
     if not nano:
         return _cell(money(nano), style="dim", justify="right")
-    return _cell(money(nano), style=style, justify="right")
+    return _cell(money(whole_nano(nano)), style=style, justify="right")
 
 
 def rate_text(nano_per_hour: int | float) -> Cell:

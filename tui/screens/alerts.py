@@ -15,30 +15,40 @@ from spendtrace.server.model.dashboard import AlertEventRow, AlertRuleRow
 from spendtrace.server.model.money import minutes_text
 from spendtrace.server.store.base import DashboardReads
 from tui.actions import add_rule, remove_rule
-from tui.format import money, money_text, utc
+from tui.format import MONEY_WIDTH, money, money_text, utc
 from tui.screens.base import DataScreen
 from tui.screens.modals import AddRuleModal, ConfirmModal, RuleForm
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
 
-EVENT_COLUMNS = [
-    ColumnSpec("fired", "Fired (UTC)", 19, "t", justify="left", unit="utc", csv="fired_utc"),
-    ColumnSpec("rule", "Rule", 18, None, numeric=False, justify="left"),
-    ColumnSpec("scope", "Scope", 24, None, numeric=False, justify="left"),
-    ColumnSpec("value", "Value", 11, "v", unit="usd", csv="value_usd"),
-    ColumnSpec("threshold", "Threshold", 11, None, unit="usd", csv="threshold_usd"),
-    ColumnSpec("message", "Message", 40, None, numeric=False, justify="left"),
-    ColumnSpec("delivery", "Delivery", 9, None, numeric=False, justify="left"),
-]
-RULE_COLUMNS = [
-    ColumnSpec("name", "Rule", 20, None, numeric=False, justify="left"),
-    ColumnSpec("kind", "Kind", 9, None, numeric=False, justify="left"),
-    ColumnSpec("scope", "Scope", 26, None, numeric=False, justify="left"),
-    ColumnSpec("threshold", "Threshold", 11, None, unit="usd", csv="threshold_usd"),
-    ColumnSpec("window", "Window", 8, None),
-    ColumnSpec("cooldown", "Cooldown", 8, None),
-    ColumnSpec("webhook", "Webhook", 28, None, numeric=False, justify="left"),
-    ColumnSpec("enabled", "On", 3, None, numeric=False),
-]
+
+def event_columns(terminal_width: int = 160) -> list[ColumnSpec]:
+    """Fired alerts' columns; the rule's name gives way on a narrow terminal so the value stays in view."""
+    return [
+        ColumnSpec("fired", "Fired (UTC)", 19, "t", justify="left", unit="utc", csv="fired_utc"),
+        ColumnSpec("rule", "Rule", 18 if terminal_width >= 120 else 14, None, numeric=False, justify="left"),
+        ColumnSpec("scope", "Scope", 24, None, numeric=False, justify="left"),
+        ColumnSpec("value", "Value", MONEY_WIDTH, "v", unit="usd", csv="value_usd"),
+        ColumnSpec("threshold", "Threshold", MONEY_WIDTH, None, unit="usd", csv="threshold_usd"),
+        ColumnSpec("message", "Message", 40, None, numeric=False, justify="left"),
+        ColumnSpec("delivery", "Delivery", 9, None, numeric=False, justify="left"),
+    ]
+
+
+def rule_columns(terminal_width: int = 160) -> list[ColumnSpec]:
+    """Rules' columns; name and scope give way on a narrow terminal so threshold and window stay in view."""
+    wide = terminal_width >= 120
+    return [
+        ColumnSpec("name", "Rule", 20 if wide else 14, None, numeric=False, justify="left"),
+        ColumnSpec("kind", "Kind", 9, None, numeric=False, justify="left"),
+        ColumnSpec("scope", "Scope", 26 if wide else 22, None, numeric=False, justify="left"),
+        ColumnSpec("threshold", "Threshold", MONEY_WIDTH, None, unit="usd", csv="threshold_usd"),
+        ColumnSpec("window", "Window", 8, None),
+        ColumnSpec("cooldown", "Cooldown", 8, None),
+        ColumnSpec("webhook", "Webhook", 28, None, numeric=False, justify="left"),
+        ColumnSpec("enabled", "On", 3, None, numeric=False),
+    ]
+
+
 _DELIVERY_STYLE = {"delivered": "green", "failed": "bold red", "pending": "yellow", "none": "dim"}
 
 
@@ -114,9 +124,9 @@ class AlertsScreen(DataScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static(Text(" fired alerts (newest first)", style="bold"), classes="subtitle")
-        yield KeyedTable(EVENT_COLUMNS, default_sort="fired", id="events")
+        yield KeyedTable(event_columns(self.app.size.width), default_sort="fired", id="events")
         yield Static(Text(" rules   a add · d remove · Tab switches table", style="bold"), classes="subtitle")
-        yield KeyedTable(RULE_COLUMNS, default_sort="name", default_reverse=False, id="rules")
+        yield KeyedTable(rule_columns(self.app.size.width), default_sort="name", default_reverse=False, id="rules")
 
     def extra_hints(self) -> str:
         return "   ·  a add rule  d remove rule  Tab switch table"

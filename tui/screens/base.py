@@ -54,7 +54,7 @@ class DataScreen(Screen[None]):
         yield from ()
 
     def on_mount(self) -> None:
-        self.query_one("#hints", Line).show(self.hint_text())
+        self.query_one("#hints", Line).show(self.hint_text(), layout=True)  # two rows on a narrow terminal
 
     def on_screen_resume(self) -> None:
         app: Any = self.app
@@ -84,7 +84,7 @@ class DataScreen(Screen[None]):
         if table is None:
             return ""
         keys = "  ".join(f"{k} {table.specs[c].label.lower()}" for k, c in table.sort_keys().items())
-        return f" sort: {keys}" + self.extra_hints()
+        return f"sort: {keys}" + self.extra_hints()  # (the line's padding is the first column)
 
     def extra_hints(self) -> str:
         """Screen-specific key hints appended to the sort hint."""

@@ -14,28 +14,37 @@ from textual.widgets import Input
 
 from spendtrace.server.model.dashboard import WINDOWS, DimRow, DimSnapshot
 from spendtrace.server.store.base import DashboardReads
-from tui.format import count_text, money_text, rate_text, share_text, spark_text
+from tui.format import MONEY_WIDTH, RATE_WIDTH, count_text, money_text, rate_text, share_text, spark_text
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned
 from tui.widgets.line import Line
 
-SERVICE_WIDTH = 11
+SERVICE_WIDTH = MONEY_WIDTH
 _WINDOW_ORDER = list(WINDOWS)
+#: The name column's width where the terminal has room; a narrower terminal gives it only what the figures leave.
+NAME_WIDTH = 28
+#: Cells of a table's vertical scrollbar (a page of 100 rows needs one).
+_SCROLLBAR = 2
 
 
 def _columns(dimension: str, terminal_width: int = 160) -> list[ColumnSpec]:
     name = {"feature": "Feature", "user": "Tenant", "endpoint": "Endpoint"}[dimension]
-    # the name column gives way on a narrow terminal (80 columns), so the money stays in view
-    cols = [ColumnSpec("name", name, 28 if terminal_width >= 120 else 18, "f", numeric=False, justify="left")]
+    cols: list[ColumnSpec] = []
     if dimension == "feature":
-        cols.append(ColumnSpec("cost", "Direct", 12, "c", unit="usd", csv="direct_cost_usd"))
-        cols.append(ColumnSpec("loaded", "Loaded", 12, "l", unit="usd", csv="fully_loaded_cost_usd"))
+        cols.append(ColumnSpec("cost", "Direct", MONEY_WIDTH, "c", unit="usd", csv="direct_cost_usd"))
+        cols.append(ColumnSpec("loaded", "Loaded", MONEY_WIDTH, "l", unit="usd", csv="fully_loaded_cost_usd"))
     else:
-        cols.append(ColumnSpec("cost", "Cost", 12, "c", unit="usd", csv="cost_usd"))
+        cols.append(ColumnSpec("cost", "Cost", MONEY_WIDTH, "c", unit="usd", csv="cost_usd"))
     cols += [
-        ColumnSpec("rate", "Last hour", 13, "r", unit="usd", csv="last_hour_usd"),
+        ColumnSpec("rate", "Last hour", RATE_WIDTH, "r", unit="usd", csv="last_hour_usd"),
         ColumnSpec("calls", "Calls" if dimension == "feature" else "Requests", 9, "n"),
-        ColumnSpec("share", "Share", 7, "s", unit="pct"),
+        ColumnSpec("share", "Share", 6, "s", unit="pct"),  # "100.0%", "Share▼"
+    ]
+    # the name column gives way on a narrow terminal (80 columns), so the money and the share stay in view
+    figures = sum(c.width + 2 for c in cols)  # each cell is padded by one on either side
+    width = max(12, min(NAME_WIDTH, terminal_width - figures - 2 - _SCROLLBAR))
+    cols.insert(0, ColumnSpec("name", name, width, "f", numeric=False, justify="left"))
+    cols += [
         ColumnSpec("spark", "Last 60 min", 20, None, numeric=False, justify="left", unit="skip"),
         ColumnSpec("errors", "Err", 5, "e", csv="errors"),
         ColumnSpec("unpriced", "Unpr", 5, "u", csv="unpriced"),
@@ -129,8 +138,10 @@ class DimensionScreen(DataScreen):
             if last.search:
                 t.append(f"  matching {last.search!r}", style="dim")  # repr: a name is data, shown escaped
             if last.others_values and not last.search:
-                t.append(f"   others {last.others_values:,} {what}: ", style="dim")
-                t.append_text(money_text(last.others_nano))
+                others = Text(f"   others {last.others_values:,} {what}: ", style="dim")
+                others.append_text(money_text(last.others_nano))
+                if t.cell_len + others.cell_len <= self.app.size.width:  # else the table's last row says it
+                    t.append_text(others)
         self.query_one("#subtitle", Line).show(t)
 
     def extra_hints(self) -> str:
@@ -208,7 +219,7 @@ class LiveScreen(DimensionScreen):
     def apply(self, data: Any) -> None:
         snap, unpriced, dead = data
         super().apply(snap)
-        t = Text(no_wrap=True, overflow="ellipsis")
+        t = Text()  # wraps on a narrow terminal, so the dead letters are not cut off
         if unpriced:
             t.append(" ⚠ unpriced ", style="bold black on yellow")
             for key, _svc, feature, items in unpriced:
@@ -223,7 +234,7 @@ class LiveScreen(DimensionScreen):
                 t.append(f" {reason[:40]}", style="red")
         else:
             t.append("✓ no dead letters", style="green")
-        self.query_one("#leftout", Line).show(t)
+        self.query_one("#leftout", Line).show(t, layout=True)
 
 
 class TenantsScreen(DimensionScreen):

@@ -12,7 +12,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Static
 
 from tui.actions import restate, run_reconcile
-from tui.format import money, money_text, utc
+from tui.format import money, money_text, utc, whole_nano
 from tui.screens.base import DataScreen
 from tui.screens.modals import ConfirmModal
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
@@ -79,7 +79,7 @@ def comparison_cells(row: dict[str, Any]) -> tuple[str, dict[str, Cell]]:
 def _signed(usd: float | None) -> str:
     if usd is None:
         return "—"
-    return ("+" if usd >= 0 else "-") + money(abs(usd) * 1e9)
+    return ("+" if usd >= 0 else "-") + money(whole_nano(abs(usd) * 1e9))  # to the nano-dollar: fits the column
 
 
 def report_notes(report: dict[str, Any]) -> Text:

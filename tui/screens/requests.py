@@ -12,23 +12,26 @@ from textual.widgets import DataTable, Input
 
 from spendtrace.server.model.dashboard import RequestRow
 from spendtrace.server.store.base import DashboardReads
-from tui.format import count_text, duration, money_text, utc
+from tui.format import MONEY_WIDTH, count_text, duration, money_text, utc
 from tui.messages import OpenRequest
 from tui.screens.base import DataScreen
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable
 from tui.widgets.line import Line
 
-COLUMNS = [
-    ColumnSpec("time", "Started (UTC)", 19, "t", numeric=True, justify="left", unit="utc", csv="started_utc"),
-    ColumnSpec("request", "Request", 24, "i", numeric=False, justify="left"),
-    ColumnSpec("endpoint", "Endpoint", 22, "n", numeric=False, justify="left"),
-    ColumnSpec("tenant", "Tenant", 16, "u", numeric=False, justify="left"),
-    ColumnSpec("feature", "Root feature", 20, "f", numeric=False, justify="left"),
-    ColumnSpec("spans", "Spans", 6, "s"),
-    ColumnSpec("took", "Took", 8, "d", unit="ms"),
-    ColumnSpec("cost", "Cost", 12, "c", unit="usd", csv="cost_usd"),
-    ColumnSpec("errors", "Err", 4, "e"),
-]
+
+def columns(terminal_width: int = 160) -> list[ColumnSpec]:
+    """The request list's columns: the cost beside the request, so an 80-column terminal shows it too."""
+    return [
+        ColumnSpec("time", "Started (UTC)", 19, "t", numeric=True, justify="left", unit="utc", csv="started_utc"),
+        ColumnSpec("request", "Request", 24 if terminal_width >= 120 else 16, "i", numeric=False, justify="left"),
+        ColumnSpec("cost", "Cost", MONEY_WIDTH, "c", unit="usd", csv="cost_usd"),
+        ColumnSpec("endpoint", "Endpoint", 22, "n", numeric=False, justify="left"),
+        ColumnSpec("tenant", "Tenant", 16, "u", numeric=False, justify="left"),
+        ColumnSpec("feature", "Root feature", 20, "f", numeric=False, justify="left"),
+        ColumnSpec("spans", "Spans", 6, "s"),
+        ColumnSpec("took", "Took", 8, "d", unit="ms"),
+        ColumnSpec("errors", "Err", 4, "e"),
+    ]
 
 
 def request_cells(r: RequestRow) -> dict[str, Cell]:
@@ -63,7 +66,7 @@ class RequestsScreen(DataScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Line(id="subtitle", classes="subtitle")
-        yield KeyedTable(COLUMNS, default_sort="time", id="main")
+        yield KeyedTable(columns(self.app.size.width), default_sort="time", id="main")
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -74,7 +77,10 @@ class RequestsScreen(DataScreen):
         t.append("  show ", style="dim")
         for o, label in (("recent", "most recent"), ("cost", "most expensive")):
             t.append(f" {label} ", style="bold black on #5fd7ff" if o == self.order else "dim")
-        t.append(f"   {n} rows · Enter opens the call tree", style="dim")
+        t.append(f"   {n} rows", style="dim")
+        tip = " · Enter opens the call tree"
+        if t.cell_len + len(tip) <= self.app.size.width:  # (an 80-column terminal has it in the hints only)
+            t.append(tip, style="dim")
         self.query_one("#subtitle", Line).show(t)
 
     def extra_hints(self) -> str:

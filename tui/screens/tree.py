@@ -34,7 +34,7 @@ class RequestTreeScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")
-        yield Static(Text(f" request {self.request_id}", style="bold"), id="subtitle", classes="subtitle")
+        yield Static(Text(f"request {self.request_id}", style="bold"), id="subtitle", classes="subtitle")
         yield CallTree("request", id="tree")
         yield KeyFooter()
 
@@ -45,7 +45,7 @@ class RequestTreeScreen(Screen[None]):
         tree.show(self.roots)
         total = sum(r.subtree_nano for r in self.roots)
         spans = _count(self.roots)
-        t = Text(" request ", style="dim")
+        t = Text("request ", style="dim")  # (the line's padding is the first column, also where it wraps)
         t.append(self.request_id, style="bold")
         root = self.roots[0] if self.roots else None
         if root is not None:  # what the request was: the root span says (names kept literal)

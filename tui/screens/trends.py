@@ -11,7 +11,7 @@ from textual.widgets import DataTable
 
 from spendtrace.server.model.dashboard import TrendSnapshot
 from spendtrace.server.store.base import DashboardReads
-from tui.format import money_text, spark_text
+from tui.format import MONEY_WIDTH, money_text, spark_text
 from tui.screens.base import DataScreen
 from tui.screens.dimension import OTHERS_KEY
 from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned
@@ -19,14 +19,21 @@ from tui.widgets.line import Line
 from tui.widgets.trend_chart import TrendChart, feature_color
 
 DAY_CHOICES = (7, 14, 30, 90)
-COLUMNS = [
-    ColumnSpec("feature", "Feature", 28, "f", numeric=False, justify="left"),
-    ColumnSpec("total", "Total", 12, "c"),
-    ColumnSpec("avg", "Per day", 12, "a"),
-    ColumnSpec("last", "Today", 12, "t"),
-    ColumnSpec("change", "vs prev", 8, "v"),
-    ColumnSpec("trend", "Daily", 30, None, numeric=False, justify="left"),
-]
+
+
+def columns(terminal_width: int = 160) -> list[ColumnSpec]:
+    """The table's columns; the feature's name gives way on a narrow terminal so the money stays in view."""
+    cols = [
+        ColumnSpec("total", "Total", MONEY_WIDTH, "c"),
+        ColumnSpec("avg", "Per day", MONEY_WIDTH + 1, "a"),  # an average can be below a nano-dollar: <$0.000000001
+        ColumnSpec("last", "Today", MONEY_WIDTH, "t"),
+        ColumnSpec("change", "vs prev", 8, "v"),
+    ]
+    figures = sum(c.width + 2 for c in cols)  # each cell is padded by one on either side
+    width = max(12, min(28, terminal_width - figures - 2 - 2))  # its own padding, the vertical scrollbar
+    cols.insert(0, ColumnSpec("feature", "Feature", width, "f", numeric=False, justify="left"))
+    cols.append(ColumnSpec("trend", "Daily", 30, None, numeric=False, justify="left"))
+    return cols
 
 
 #: Features charted and listed on their own; the rest is one "others" row (10,000 features stay readable).
@@ -86,7 +93,7 @@ class TrendsScreen(DataScreen):
     def compose_body(self) -> ComposeResult:
         yield Line(id="subtitle", classes="subtitle")
         yield TrendChart(id="chart")
-        yield KeyedTable(COLUMNS, default_sort="total", id="main")
+        yield KeyedTable(columns(self.app.size.width), default_sort="total", id="main")
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -49,11 +49,15 @@ def node_label(
     window: tuple[int, int] | None = None,
     name_width: int = 0,
     bar_width: int = WATERFALL,
+    compact: bool = False,
 ) -> Text:
     """'feature · operation  [waterfall]   direct $x   subtree $y (z%)   12.3ms', user text kept literal.
 
     ``name_width`` pads the name so every span's waterfall starts in the same column whatever its depth.
+    ``compact`` (a narrow terminal, drawn without the waterfall) spaces the parts by two and leaves out
+    the subtree of a span without child spans, which is its direct cost.
     """
+    gap = "  " if compact else "   "
     t = Text(no_wrap=True)
     t.append(node.feature, style="bold red" if node.error else "bold")
     if node.operation:
@@ -61,17 +65,18 @@ def node_label(
     if window is not None:
         t.append(" " * max(1, name_width - cell_len(span_name(node)) + 1))
         t.append_text(waterfall(node.start_ns, node.duration_ns, window, bar_width))
-    t.append("   direct ", style="dim")
+    t.append(f"{gap}direct ", style="dim")
     t.append(money(node.direct_nano), style="#87ff87" if node.direct_nano else "dim")
-    t.append("   subtree ", style="dim")
-    t.append(money(node.subtree_nano), style="bold #ffd75f" if node.subtree_nano else "dim")
+    if not compact or node.children:
+        t.append(f"{gap}subtree ", style="dim")
+        t.append(money(node.subtree_nano), style="bold #ffd75f" if node.subtree_nano else "dim")
     if request_total:
         t.append(f" ({100 * node.subtree_nano / request_total:.0f}%)", style="dim")
-    t.append(f"   {duration(node.duration_ns)}", style="dim")
+    t.append(f"{gap}{duration(node.duration_ns)}", style="dim")
     if node.error:
-        t.append(f"   ✗ {node.error_type or 'error'}", style="red")
+        t.append(f"{gap}✗ {node.error_type or 'error'}", style="red")
     if node.unpriced:
-        t.append(f"   {node.unpriced} unpriced", style="yellow")
+        t.append(f"{gap}{node.unpriced} unpriced", style="yellow")
     return t
 
 
@@ -86,7 +91,7 @@ class CallTree(Tree[str]):
         Binding("h", "cursor_parent", "Parent", show=False),
     ]
 
-    _bar = WATERFALL
+    _bar = WATERFALL  # 0: a narrow terminal, drawn compact without the waterfall
 
     def action_scroll_home(self) -> None:
         self.cursor_line = 0
@@ -101,9 +106,9 @@ class CallTree(Tree[str]):
         window = request_window(roots)
         # the names column, in cells from the tree's left edge: deeper spans get less of it
         width = max((_name_start(n) + cell_len(span_name(n)) for n in _walk(roots)), default=0)
-        # the bar takes less of a narrow terminal, so the costs stay in view
+        # the bar takes less of a narrower terminal and none of an 80-column one, so the costs stay in view
         cols = self.size.width or 160
-        self._bar = WATERFALL if cols >= 140 else 16 if cols >= 100 else 10
+        self._bar = WATERFALL if cols >= 140 else 16 if cols >= 100 else 0
         self.root.set_label(Text(f"request  total {money(total)}", style="bold"))
         for r in roots:
             self._add(self.root, r, total, window, width)
@@ -113,12 +118,13 @@ class CallTree(Tree[str]):
         self, parent: UINode[str], node: TreeNode, total: int, window: tuple[int, int] | None, width: int
     ) -> None:
         has_kids = bool(node.children or node.usage)
-        label = node_label(node, total, window, width - _name_start(node), self._bar)
+        compact = not self._bar
+        label = node_label(node, total, None if compact else window, width - _name_start(node), self._bar, compact)
         ui = parent.add(label, data=node.span_id, allow_expand=has_kids)
         for u in node.usage:
             leaf = Text("  ")
             leaf.append(u.key, style="cyan")
-            if u.service:
+            if u.service and self._bar:  # (the usage key names it; a narrow terminal keeps the cells for the cost)
                 leaf.append(f" [{u.service}]", style="dim")
             if u.units:
                 leaf.append(f"  {u.units}", style="dim")

@@ -21,12 +21,16 @@ class Line(Static):
         super().__init__(text, id=id, classes=classes)
         self._shown: tuple[str, object, object] | None = None
 
-    def show(self, text: Text | str) -> None:
-        """Show ``text`` (a plain string is shown as typed, never parsed as markup) if it differs."""
+    def show(self, text: Text | str, *, layout: bool = False) -> None:
+        """Show ``text`` (a plain string is shown as typed, never parsed as markup) if it differs.
+
+        ``layout`` for a line styled ``height: auto``, which wraps on a narrow terminal: new text may need
+        another row.
+        """
         if isinstance(text, str):
             text = Text(text)
         key = (text.plain, str(text.style), tuple(text.spans))
         if key == self._shown:
             return
         self._shown = key
-        self.update(text, layout=False)
+        self.update(text, layout=layout)

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from spendtrace.server.model.dashboard import TrendSnapshot
-from tui.format import money, utc
+from tui.format import MONEY_WIDTH, money, utc
 
 PALETTE = ("#5fafff", "#ffaf5f", "#87d787", "#d787d7", "#ffd75f", "#5fd7d7", "#ff8787", "#afafff")
 OTHER = "#808080"
@@ -38,7 +38,7 @@ def render_chart(
     daily = [sum(snap.cost[f][i] for f in features) for i in range(len(snap.days))]
     first = 0 if max_days is None else max(0, len(snap.days) - max(1, max_days))
     peak = max(daily[first:], default=0)
-    label_w, total_w = 6, 12
+    label_w, total_w = 6, MONEY_WIDTH
     bar_w = max(10, width - label_w - total_w - 2)
     for i, day in enumerate(snap.days):
         if i < first:
@@ -61,16 +61,36 @@ def render_chart(
         out.append(" " * (bar_w - used))
         out.append(money(daily[i]).rjust(total_w), style="bold" if daily[i] else "dim")
         out.append("\n")
-    out.append("      ")
+    for i, line in enumerate(legend(snap, width, focus)):
+        if i:
+            out.append("\n")
+        out.append_text(line)
+    return out
+
+
+def legend(snap: TrendSnapshot, width: int, focus: str | None = None) -> list[Text]:
+    """'■ feature' for each charted feature, under the bars, wrapped onto more lines where ``width`` is short."""
+    items: list[Text] = []
     for idx, f in enumerate(snap.features[:TOP]):
         if focus and f != focus:
             continue
-        out.append("■ ", style=feature_color(idx))
-        out.append(f + "  ")
+        item = Text("■ ", style=feature_color(idx))
+        item.append(f)
+        items.append(item)
     if len(snap.features) > TOP and not focus:
-        out.append("■ ", style=OTHER)
-        out.append("other")
-    return out
+        items.append(Text.assemble(("■ ", OTHER), "other"))
+    indent = "      "  # under the dates
+    lines = [Text(indent)]
+    for item in items:
+        line = lines[-1]
+        if line.cell_len > len(indent) and line.cell_len + item.cell_len > width:
+            line.rstrip()
+            line = Text(indent)
+            lines.append(line)
+        line.append_text(item)
+        line.append("  ")
+    lines[-1].rstrip()
+    return lines
 
 
 class TrendChart(Widget):
@@ -93,8 +113,12 @@ class TrendChart(Widget):
 
     def render(self) -> Text:
         # the lines the layout gave the chart: the most recent days that fit, then the legend
-        fits = self.size.height - 1 if self.size.height else None
-        return render_chart(self.snapshot, self.size.width - 2, self.focus_feature, fits)
+        width = self.size.width - 2
+        keys = len(legend(self.snapshot, width, self.focus_feature)) if self.snapshot else 1
+        fits = self.size.height - keys if self.size.height else None
+        return render_chart(self.snapshot, width, self.focus_feature, fits)
 
     def get_content_height(self, container: object, viewport: object, width: int) -> int:
-        return (len(self.snapshot.days) + 1) if self.snapshot else 1
+        if self.snapshot is None:
+            return 1
+        return len(self.snapshot.days) + len(legend(self.snapshot, width, self.focus_feature))

@@ -1,0 +1,129 @@
+"""What must stay whole at 80x24 (usable) and at 200x50 (good): figures, names, legends and labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _snap import screen_text
+from _tui_data import BIG_REQUEST
+from _tui_helpers import SIZE, settle, until
+
+from tui.format import MONEY_WIDTH, RATE_WIDTH, money, rate_text
+from tui.messages import OpenRequest
+from tui.screens.alerts import event_columns, rule_columns
+from tui.screens.dimension import _columns
+from tui.screens.requests import columns as request_columns
+from tui.screens.tree import RequestTreeScreen
+from tui.screens.trends import columns as trend_columns
+from tui.widgets.keyed_table import KeyedTable
+
+#: Whole nano-dollar amounts from one nano-dollar to $999,999.99, with every digit pattern's width.
+AMOUNTS = [
+    m * 10**e for e in range(15) for m in (1, 9, 12, 99, 123, 999, 1234, 4875, 9999, 99999) if m * 10**e < 10**15
+]
+
+
+def _row(text: str, name: str) -> str:
+    """The screen line of the table row that starts with ``name``."""
+    return next(line for line in text.splitlines() if line.lstrip(" │▊").startswith(name))
+
+
+def test_money_and_rate_columns_fit_every_amount_the_money_rule_writes() -> None:
+    """Every money column is as wide as the widest amount below $1,000,000, and every rate column that and '/h'."""
+    assert max(len(money(n)) for n in AMOUNTS) == MONEY_WIDTH
+    assert max(len(rate_text(n).plain) for n in AMOUNTS) == RATE_WIDTH
+    for width in (80, 160):
+        specs = [*_columns("feature", width), *_columns("user", width), *event_columns(width), *rule_columns(width),
+                 *request_columns(width), *trend_columns(width)]  # fmt: skip
+        for spec in specs:
+            if spec.key == "rate":
+                assert spec.width >= RATE_WIDTH, spec
+            elif spec.unit == "usd" or spec.key in ("total", "avg", "last"):
+                assert spec.width >= MONEY_WIDTH, spec
+
+
+async def test_a_tiny_rate_shows_whole_on_live(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """search's last hour ($0.000004875/h, as wide as a rate gets) keeps its '/h'."""
+    app = make_app(tui_db)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert "$0.000004875/h" in _row(screen_text(app), "search")
+
+
+async def test_live_at_80x24_shows_the_share_the_tabs_and_the_dead_letters_whole(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """The share column, the last tab's label, what the totals leave out and the sort hints are not cut."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+    assert "96.5%" in _row(text, "summarise") and "$0.000004875/h" in _row(text, "search")
+    assert text.splitlines()[1].rstrip().endswith("7 Reconcile")
+    joined = " ".join(line.strip() for line in text.splitlines())  # the rows that wrapped, read as one
+    assert "undecodable msgpack" in joined
+    assert "ctrl+s csv" in joined  # the end of the hints, on their second row
+
+
+@pytest.mark.parametrize(
+    ("key", "row", "figure"), [("4", BIG_REQUEST, "$0.2105"), ("5", "2026-11-02 11:55:00", "$0.06123")]
+)
+async def test_requests_and_alerts_at_80x24_show_the_money(  # type: ignore[no-untyped-def]
+    tui_db: Path, make_app, key: str, row: str, figure: str
+) -> None:
+    """The request list's cost and a fired alert's value are on an 80-column screen, whole."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press(key)
+        await settle(app, pilot)
+        text = screen_text(app)
+    line = next(line for line in text.splitlines() if row in line)
+    assert figure in line, text
+
+
+async def test_trends_legend_wraps_at_80x24(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """Every charted feature is in the legend, the last on a second row, not cut off at the edge."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        await settle(app, pilot)
+        text = screen_text(app)
+    assert "■ product_details" in text and "■ search" in text.split("■ product_details", 1)[1].split("Feature")[0]
+
+
+async def test_the_request_tree_at_80x24_shows_each_span_s_costs(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """Without the waterfall each span's direct and subtree cost and its time fit; the summary wraps whole."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        app.post_message(OpenRequest(BIG_REQUEST))
+        await until(pilot, lambda: isinstance(app.screen, RequestTreeScreen) and bool(app.screen.roots), "tree")
+        await pilot.pause()
+        text = screen_text(app)
+    assert "direct $0.0000004  subtree $0.2105 (100%)  12.0ms" in _row(text, "└── ▼ api · handle")
+    assert "direct $0.000000125 (0%)  12.0ms" in text
+    assert "40,000 in 6,000 out  $0.21" in text
+    assert "Esc back" in text
+
+
+@pytest.mark.parametrize("key", ["1", "2"])
+async def test_live_and_tenants_at_200x50_show_every_column_whole(tui_db: Path, make_app, key: str) -> None:  # type: ignore[no-untyped-def]
+    """Nothing to scroll to: the name and every figure (services included) of every row are on screen as shown."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await pilot.press(key)
+        await settle(app, pilot)
+        table = app.screen.query_one("#main", KeyedTable)
+        assert table.virtual_size.width <= table.size.width
+        text = screen_text(app)
+        specs = list(table.specs.values())
+        assert len(specs) > 10  # the service columns are there
+        header = next(line for line in text.splitlines() if line.lstrip().startswith(specs[0].label))
+        assert all(spec.label in header for spec in specs)
+        for key_ in table.ordered_keys():
+            cells = table._rows[key_]
+            line = _row(text, cells["name"].plain)
+            for spec in specs:
+                cell = cells.get(spec.key)
+                if cell is not None and cell.plain:
+                    assert f" {cell.plain}" in line or line.lstrip().startswith(cell.plain), (spec.key, line)
