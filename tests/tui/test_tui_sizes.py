@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _snap import screen_text
@@ -106,6 +107,24 @@ async def test_the_request_tree_at_80x24_shows_each_span_s_costs(tui_db: Path, m
     assert "Esc back" in text
 
 
+def _assert_every_column_whole(app: Any) -> None:
+    """Nothing to scroll to: the name and every figure (services included) of every row are on screen as shown."""
+    table = app.screen.query_one("#main", KeyedTable)
+    assert table.virtual_size.width <= table.size.width
+    text = screen_text(app)
+    specs = list(table.specs.values())
+    assert len(specs) > 10  # the service columns are there
+    header = next(line for line in text.splitlines() if line.lstrip().startswith(specs[0].label))
+    assert all(spec.label in header for spec in specs)
+    for key_ in table.ordered_keys():
+        cells = table._rows[key_]
+        line = _row(text, cells["name"].plain)
+        for spec in specs:
+            cell = cells.get(spec.key)
+            if cell is not None and cell.plain:
+                assert f" {cell.plain}" in line or line.lstrip().startswith(cell.plain), (spec.key, line)
+
+
 @pytest.mark.parametrize("key", ["1", "2"])
 async def test_live_and_tenants_at_200x50_show_every_column_whole(tui_db: Path, make_app, key: str) -> None:  # type: ignore[no-untyped-def]
     """Nothing to scroll to: the name and every figure (services included) of every row are on screen as shown."""
@@ -113,17 +132,33 @@ async def test_live_and_tenants_at_200x50_show_every_column_whole(tui_db: Path, 
     async with app.run_test(size=(200, 50)) as pilot:
         await pilot.press(key)
         await settle(app, pilot)
-        table = app.screen.query_one("#main", KeyedTable)
-        assert table.virtual_size.width <= table.size.width
-        text = screen_text(app)
-        specs = list(table.specs.values())
-        assert len(specs) > 10  # the service columns are there
-        header = next(line for line in text.splitlines() if line.lstrip().startswith(specs[0].label))
-        assert all(spec.label in header for spec in specs)
-        for key_ in table.ordered_keys():
-            cells = table._rows[key_]
-            line = _row(text, cells["name"].plain)
-            for spec in specs:
-                cell = cells.get(spec.key)
-                if cell is not None and cell.plain:
-                    assert f" {cell.plain}" in line or line.lstrip().startswith(cell.plain), (spec.key, line)
+        _assert_every_column_whole(app)
+
+
+async def test_the_columns_follow_a_resized_terminal(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
+    """Started at 80x24 then made 200x50, Live widens its name column and shows every column whole; a screen
+    composed at 200 columns and shown again after the terminal shrank to 80 takes the narrow layout."""
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        live = app.screen.query_one("#main", KeyedTable)
+        assert live.specs["name"].width == _columns("feature", 80)[0].width < _columns("feature", 200)[0].width
+        await pilot.resize_terminal(200, 50)
+        await settle(app, pilot)
+        assert live.specs["name"].width == _columns("feature", 200)[0].width
+        assert live.columns[live.ordered_columns[0].key].width == _columns("feature", 200)[0].width
+        _assert_every_column_whole(app)
+        await pilot.press("5")  # Alerts, composed at 200 columns
+        await settle(app, pilot)
+        await pilot.press("1")
+        await settle(app, pilot)
+        await pilot.resize_terminal(80, 24)
+        await settle(app, pilot)
+        assert live.specs["name"].width == _columns("feature", 80)[0].width
+        assert "96.5%" in _row(screen_text(app), "summarise")  # the share is back in view
+        await pilot.press("5")
+        await settle(app, pilot)
+        events = app.screen.query_one("#events", KeyedTable)
+        assert events.specs["rule"].width == event_columns(80)[1].width
+        line = next(line for line in screen_text(app).splitlines() if "2026-11-02 11:55:00" in line)
+        assert "$0.06123" in line

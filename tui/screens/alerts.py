@@ -128,6 +128,10 @@ class AlertsScreen(DataScreen):
         yield Static(Text(" rules   a add · d remove · Tab switches table", style="bold"), classes="subtitle")
         yield KeyedTable(rule_columns(self.app.size.width), default_sort="name", default_reverse=False, id="rules")
 
+    def refit(self, width: int) -> None:
+        self.query_one("#events", KeyedTable).refit(event_columns(width))
+        self.query_one("#rules", KeyedTable).refit(rule_columns(width))
+
     def extra_hints(self) -> str:
         return "   ·  a add rule  d remove rule  Tab switch table"
 

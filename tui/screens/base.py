@@ -40,6 +40,7 @@ class DataScreen(Screen[None]):
         super().__init__()
         self.seen_version: int | None = None
         self.seen_tick = -1
+        self._fitted_width = -1
 
     def compose(self) -> ComposeResult:
         yield StatusHeader(id="status")
@@ -57,8 +58,21 @@ class DataScreen(Screen[None]):
         self.query_one("#hints", Line).show(self.hint_text(), layout=True)  # two rows on a narrow terminal
 
     def on_screen_resume(self) -> None:
+        self._fit(self.app.size.width)  # the terminal may have been resized while another screen showed
         app: Any = self.app
         app.request_refresh()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit(event.size.width)
+
+    def _fit(self, width: int) -> None:
+        if width != self._fitted_width:
+            self._fitted_width = width
+            self.refit(width)
+            self.query_one("#hints", Line).show(self.hint_text(), layout=True)
+
+    def refit(self, width: int) -> None:
+        """Fit the screen's tables to a terminal ``width`` columns wide (their columns were chosen at start)."""
 
     # -- data --------------------------------------------------------------------------------
 

@@ -122,6 +122,10 @@ class DimensionScreen(DataScreen):
         super().on_mount()
         self._subtitle()
 
+    def refit(self, width: int) -> None:
+        self.query_one("#main", KeyedTable).refit(_columns(self.DIMENSION, width))
+        self._subtitle()
+
     def _subtitle(self) -> None:
         what = {"feature": "features", "user": "tenants", "endpoint": "endpoints"}[self.DIMENSION]
         t = Text(f" {what}", style="bold")

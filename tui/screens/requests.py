@@ -68,6 +68,9 @@ class RequestsScreen(DataScreen):
         yield Line(id="subtitle", classes="subtitle")
         yield KeyedTable(columns(self.app.size.width), default_sort="time", id="main")
 
+    def refit(self, width: int) -> None:
+        self.query_one("#main", KeyedTable).refit(columns(width))
+
     def on_mount(self) -> None:
         super().on_mount()
         self._subtitle(0)

@@ -95,6 +95,9 @@ class TrendsScreen(DataScreen):
         yield TrendChart(id="chart")
         yield KeyedTable(columns(self.app.size.width), default_sort="total", id="main")
 
+    def refit(self, width: int) -> None:
+        self.query_one("#main", KeyedTable).refit(columns(width))
+
     def on_mount(self) -> None:
         super().on_mount()
         self._subtitle()

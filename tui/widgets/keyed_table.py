@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from rich.console import JustifyMethod
 from rich.text import Text
 from textual.binding import Binding, BindingType
-from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist
 
 from tui.format import Cell
 from tui.widgets.fast_table import FastDataTable
@@ -138,6 +138,26 @@ class KeyedTable(FastDataTable):
         if self._ready:
             self._add_column(spec)
             self._sigs.clear()  # every row needs its cell in the new column
+
+    def refit(self, specs: Iterable[ColumnSpec]) -> bool:
+        """Give the columns of ``specs`` their widths (the terminal was resized); True if any changed.
+
+        Columns not in ``specs`` (a service seen later) keep theirs; rows, sort and cursor stay.
+        """
+        changed = False
+        for spec in specs:
+            old = self.specs.get(spec.key)
+            if old is None or old.width == spec.width:
+                continue
+            self.specs[spec.key] = spec
+            if self._ready:
+                self.columns[ColumnKey(spec.key)].width = spec.width
+            changed = True
+        if changed and self._ready:
+            self._clear_caches()  # renders are cached per width; the virtual size follows the widths
+            self._require_update_dimensions = True
+            self.refresh()
+        return changed
 
     def _add_column(self, spec: ColumnSpec) -> None:
         self.add_column(Text(spec.label, justify=spec.justify), width=spec.width, key=spec.key, default=Cell(""))
