@@ -210,6 +210,8 @@ async def test_export_csv_and_copy(tui_db: Path, make_app, tmp_path: Path) -> No
         app.screen.query_one("#main", KeyedTable).focus()
         await pilot.press("j", "y")
         assert app.last_copied is not None and app.last_copied.split("\t")[0] == _keys(app)[1]
+        # every field as the CSV has it: the same row of the export, dollars and percentages, no sparkline
+        assert app.last_copied.split("\t") == rows[2]
 
 
 async def test_pause_shows_badge_and_stops_refresh(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
