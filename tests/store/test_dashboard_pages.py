@@ -117,6 +117,45 @@ def test_features_and_endpoints_page_too(url: str) -> None:
     assert ep.others_nano == sum(per_ep.values()) - per_ep[top] and ep.others_values == 2
 
 
+def test_a_page_read_again_after_its_values_changed_is_exact(url: str, backend: Backend) -> None:
+    """One dashboard reads a page, new spend moves two tenants into it (one on a new service), and the same
+    page read again equals what a fresh dashboard reads: no row, service or sparkline of a value that left
+    (ClickHouse reads a page's follow-ups for the values it showed last time beside the ranking)."""
+
+    async def go() -> tuple[list[DimSnapshot], list[DimSnapshot]]:
+        reads = await open_dashboard(url, clock=lambda: NOW, monotonic=lambda: 1.0).open()
+        try:
+            calls = [("user", w, {"limit": 5}) for w in ("all", "1h")] + [("feature", "all", {"limit": 2})]
+            before = [await reads.dimension(d, w, **kw) for d, w, kw in calls]
+            again = [await reads.dimension(d, w, **kw) for d, w, kw in calls]
+            assert again == before  # nothing changed: the remembered values are the page's
+            llm = UsageItem("t_llm", input_tokens=1000.0, output_tokens=100.0)
+            backend.ingest(
+                [
+                    Span("new-1", None, "qn1", "feat-new", endpoint="/e0", user_id="tenant-000",
+                         start_ns=NOW - 60 * NANO, usage=(llm,), path=("feat-new",)),
+                    Span("new-2", None, "qn2", "feat-0", endpoint="/e1", user_id="tenant-001",
+                         start_ns=NOW - 120 * NANO, usage=(UsageItem("t_read", count=500.0),), path=("feat-0",)),
+                ],
+                BOOK,
+            )  # fmt: skip
+            after = [await reads.dimension(d, w, **kw) for d, w, kw in calls]
+        finally:
+            await reads.close()
+        fresh = await open_dashboard(url, clock=lambda: NOW, monotonic=lambda: 1.0).open()
+        try:
+            return after, [await fresh.dimension(d, w, **kw) for d, w, kw in calls]
+        finally:
+            await fresh.close()
+
+    after, fresh = asyncio.run(go())
+    assert after == fresh
+    tenants_all = after[0]
+    assert [r.key for r in tenants_all.rows][:2] == ["tenant-000", "tenant-001"]  # both moved into the page
+    assert "bedrock" in tenants_all.rows[0].services and "bedrock" in tenants_all.services
+    assert after[2].rows[0].key == "feat-new" and after[2].rows[0].loaded_nano == after[2].rows[0].cost_nano
+
+
 def test_a_bad_page_is_a_clear_error(url: str) -> None:
     """limit 0 or above the maximum, and a negative offset, raise ValueError naming the argument."""
     for kw in ({"limit": 0}, {"limit": 10**6}, {"limit": 5, "offset": -1}):

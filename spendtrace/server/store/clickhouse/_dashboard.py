@@ -48,9 +48,13 @@ __all__ = ["ClickHouseDashboard"]
 _COLUMNS: dict[str, str] = {"feature": "feature", "user": "user_id", "endpoint": "endpoint"}
 
 #: Connections a dashboard keeps: a table's follow-up reads (its page's per-service rows, last hour and
-#: fully-loaded cost) run at once, one per connection; the engine runs queries of separate connections
-#: in parallel (chDB too: the Features page of 30 days 52 -> 34 ms at 730,000 spans, same run).
-POOL = 3
+#: fully-loaded cost) run at once, one per connection, and beside the page's ranking; the engine runs
+#: queries of separate connections in parallel (chDB too: the Features page of 30 days 52 -> 34 ms at
+#: 730,000 spans, same run; the follow-ups beside the ranking took the TUI's Tenants refresh cycle
+#: 53, 59 -> 46, 46 ms at 100,000 tenants).
+POOL = 5
+#: Pages whose values ``dimension`` remembers, to read their follow-ups beside the next ranking.
+_SHOWN_PAGES = 16
 
 
 class ClickHouseDashboard:
@@ -66,6 +70,8 @@ class ClickHouseDashboard:
         self._alert_lock = threading.Lock()
         self._alert_store: Any = None
         self._ingest_rate = IngestRate(monotonic or time.monotonic)
+        #: (dimension, window, limit, offset, search) -> the values that page showed last
+        self._shown: dict[tuple[Any, ...], tuple[str, ...]] = {}
 
     async def open(self) -> ClickHouseDashboard:
         """Connect (an absent store is created empty and migrated by the first connection) and return self."""
@@ -159,14 +165,17 @@ class ClickHouseDashboard:
             k = "value"
             src, sargs, present = "dim_all WHERE dim = %s", [col], " HAVING spans != 0"
         # one scan: the window's values with their sums, the counts and total over all of them (window
-        # functions, before the search and the page cut them), then the page of the matching ones
+        # functions, before the search and the page cut them: one snapshot, so "others" is exact), then the page
         m = "toUInt8(position(lower(k), %s) > 0)" if needle else "toUInt8(1)"
-        page_sql = (
-            "SELECT k, c, calls, spans, errors, unpriced, var, reqs, n, total, matched FROM (SELECT *,"
-            " count() OVER () AS n, sum(c) OVER () AS total, sum(m) OVER () AS matched FROM ("
+        grouped = (
             f"SELECT {k} AS k, sum(cost_nano) AS c, sum(calls) AS calls, sum(spans) AS spans, sum(errors) AS errors,"
             " sum(unpriced) AS unpriced, sum(var_nano2) AS var, sum(requests) AS reqs, " + m + " AS m"
-            f" FROM {src} AND service = '' GROUP BY k{present})) WHERE m = 1 ORDER BY c DESC, k"
+            f" FROM {src} AND service = '' GROUP BY k{present}"
+        )
+        page_sql = (
+            "SELECT k, c, calls, spans, errors, unpriced, var, reqs, n, total, matched FROM (SELECT *,"
+            f" count() OVER () AS n, sum(c) OVER () AS total, sum(m) OVER () AS matched FROM ({grouped}))"
+            " WHERE m = 1 ORDER BY c DESC, k"
         )
         page_args_: list[Any] = [*([needle] if needle else []), *sargs]
         if limit is not None:
@@ -176,52 +185,89 @@ class ClickHouseDashboard:
             page_sql += " LIMIT 18446744073709551615 OFFSET %s"
             page_args_.append(offset)
         one = "" if back else ONE_THREAD  # dim_all: one row per value, grouped faster on one thread
-        full = await self._all(page_sql + one, page_args_)
+        only = limit is not None or bool(needle)
+        shown = (dimension, window, limit, offset, needle)
+        guess = self._shown.get(shown, ()) if only else ()
+        # The page's per-service rows, last hour and fully-loaded cost need its values: read them for the values
+        # this page had last time beside the ranking (a live page mostly keeps its values), then for any new one.
+        early = self._follow_ups(dimension, window, col, k, src, sargs, back, since, now, guess if only else None)
+        full, early_rows = await asyncio.gather(self._all(page_sql + one, page_args_), early)
         if full:
             n_values, total, matched = full[0][8:11]
         else:  # past the last page, or nothing matched: the counts alone
             ((n_values, total, matched),) = await self._all(
-                f"SELECT count(), sum(c), sum(m) FROM (SELECT {k} AS k, sum(cost_nano) AS c, sum(spans) AS spans,"
-                f" {m} AS m FROM {src} AND service = '' GROUP BY k{present}){one}",
-                [*([needle] if needle else []), *sargs],
+                f"SELECT count(), sum(c), sum(m) FROM ({grouped}){one}", [*([needle] if needle else []), *sargs]
             )
         page = [r[:8] for r in full]
         keys = [r[0] for r in page]
-        only = limit is not None or bool(needle)
-        inside = f" AND {k} IN %s" if only else ""
-        kargs: list[Any] = [tuple(keys)] if only else []
-        services: list[tuple[Any, ...]] = []
-        minute: list[tuple[Any, ...]] = []
-        loaded: list[tuple[Any, ...]] = []
-        if keys or not only:  # the page's per-service rows, last hour and fully-loaded cost, read at once
-            kin = f" AND toString({col}) IN %s" if only else ""
-            reads = [
-                self._all(
-                    f"SELECT {k} AS k, toString(service) AS sv, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM {src}"
-                    f" AND service != ''{inside} GROUP BY k, sv",
-                    [*sargs, *kargs],
-                ),
-                self._all(
-                    f"SELECT toString({col}) AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
-                    f" AND bucket >= %s{kin} GROUP BY k, bucket",
-                    [now - HOUR + MINUTE, *kargs],
-                ),
-            ]
-            if dimension == "feature":
-                if back:
-                    lin = " AND toString(feature) IN %s" if only else ""
-                    lsql = f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s"
-                    largs: list[Any] = [since]
-                else:
-                    lin = " AND value IN %s" if only else ""
-                    lsql = "SELECT value AS f, sum(cost_nano) FROM dim_all WHERE dim = 'loaded' AND service = ''"
-                    largs = []
-                reads.append(self._all(f"{lsql}{lin} GROUP BY f", [*largs, *kargs]))
-            services, minute, *more = await asyncio.gather(*reads)
-            loaded = more[0] if more else []
+        services, minute, loaded = early_rows
+        if only:
+            self._remember(shown, tuple(keys))
+            guessed = set(guess)
+            missing = [key for key in keys if key not in guessed]
+            if missing:
+                more = await self._follow_ups(dimension, window, col, k, src, sargs, back, since, now, missing)
+                services, minute, loaded = services + more[0], minute + more[1], loaded + more[2]
+            if guessed - set(keys):  # values that left the page: their rows are not the page's
+                kept = set(keys)
+                services = [r for r in services if r[0] in kept]
+                minute = [r for r in minute if r[0] in kept]
+                loaded = [r for r in loaded if r[0] in kept]
         rows = [(r[0], "", *r[1:]) for r in page] + services
         return dim_snapshot(dimension, window, now, rows, minute, loaded, total_nano=int(total or 0),
-                            values=int(n_values), matched=int(matched), offset=offset, search=search)  # fmt: skip
+                            values=int(n_values), matched=int(matched or 0), offset=offset, search=search)  # fmt: skip
+
+    def _remember(self, shown: tuple[Any, ...], keys: tuple[str, ...]) -> None:
+        """The values a page showed (``dimension``'s guess for its next refresh); the latest few pages only."""
+        self._shown.pop(shown, None)
+        self._shown[shown] = keys
+        while len(self._shown) > _SHOWN_PAGES:
+            del self._shown[next(iter(self._shown))]
+
+    async def _follow_ups(
+        self,
+        dimension: str,
+        window: str,
+        col: str,
+        k: str,
+        src: str,
+        sargs: list[Any],
+        back: int,
+        since: int,
+        now: int,
+        keys: Sequence[str] | None,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The per-service rows, last-hour minutes and fully-loaded cost of ``keys`` (None: of every value), at once."""
+        if keys is not None and not keys:
+            return [], [], []
+        inside = f" AND {k} IN %s" if keys is not None else ""
+        kin = f" AND toString({col}) IN %s" if keys is not None else ""
+        kargs: list[Any] = [tuple(keys)] if keys is not None else []
+        grain = WINDOWS[window][0]
+        reads = [
+            self._all(
+                f"SELECT {k} AS k, toString(service) AS sv, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM {src}"
+                f" AND service != ''{inside} GROUP BY k, sv",
+                [*sargs, *kargs],
+            ),
+            self._all(
+                f"SELECT toString({col}) AS k, bucket, sum(cost_nano) FROM rollup_minute WHERE service = ''"
+                f" AND bucket >= %s{kin} GROUP BY k, bucket",
+                [now - HOUR + MINUTE, *kargs],
+            ),
+        ]
+        if dimension == "feature":
+            if back:
+                lin = " AND toString(feature) IN %s" if keys is not None else ""
+                lsql = f"SELECT toString(feature) AS f, sum(cost_nano) FROM loaded_{grain} WHERE bucket >= %s"
+                largs: list[Any] = [since]
+            else:
+                lin = " AND value IN %s" if keys is not None else ""
+                lsql = "SELECT value AS f, sum(cost_nano) FROM dim_all WHERE dim = 'loaded' AND service = ''"
+                largs = []
+            reads.append(self._all(f"{lsql}{lin} GROUP BY f", [*largs, *kargs]))
+        services, minute, *more = await asyncio.gather(*reads)
+        return services, minute, more[0] if more else []
 
     async def requests(
         self, order: str = "recent", limit: int = 200, *, offset: int = 0, search: str = ""
