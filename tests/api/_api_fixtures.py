@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -94,11 +95,10 @@ class LiveAPI:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
 
-def _serve(db_path: Path, token: str | None) -> Iterator[LiveAPI]:
+def serve_app(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL, stops it after."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(db_path, token=token), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -107,10 +107,15 @@ def _serve(db_path: Path, token: str | None) -> Iterator[LiveAPI]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield LiveAPI(f"http://127.0.0.1:{port}", db_path, token)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def _serve(db_path: Path, token: str | None) -> Iterator[LiveAPI]:
+    for url in serve_app(create_app(db_path, token=token)):
+        yield LiveAPI(url, db_path, token)
 
 
 @pytest.fixture(scope="module")

@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from _api_fixtures import serve_app
 from fastapi import FastAPI
 
 from spendtrace.api import create_app
-from spendtrace.server.broker import free_port
 
 
 @pytest.fixture
 def served(api_db: Path) -> Iterator[tuple[FastAPI, str]]:
     """The API app (to reach its stores) served by uvicorn on a free loopback port."""
     app = create_app(api_db)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield app, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    for url in serve_app(app):
+        yield app, url
 
 
 class _Gate:

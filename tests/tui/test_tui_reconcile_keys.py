@@ -240,19 +240,25 @@ def _restatement_factors(db: Path) -> list[float]:
         conn.close()
 
 
+async def _reconcile_start_field(app: SpendtraceApp, pilot: Pilot[None]) -> ReconcileScreen:
+    """From Live: '7', then Tab until the start-date field has focus, as a person would."""
+    await pilot.press("7")
+    await settle(app, pilot)
+    screen = app.screen
+    assert isinstance(screen, ReconcileScreen)
+    for _ in range(3):
+        if _focused(app) == "Input#start":
+            break
+        await pilot.press("tab")
+    assert _focused(app) == "Input#start"
+    return screen
+
+
 async def test_esc_leaves_a_form_field_and_the_global_keys_work_again(tui_db: Path, make_app) -> None:  # type: ignore[no-untyped-def]
     """In a date field digits are text; after Esc, '1' switches to Live as on every other screen."""
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("7")
-        await settle(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, ReconcileScreen)
-        for _ in range(3):
-            if _focused(app) == "Input#start":
-                break
-            await pilot.press("tab")
-        assert _focused(app) == "Input#start"
+        screen = await _reconcile_start_field(app, pilot)
         await _type_into_focused(pilot, "2026-01-0")
         await pilot.press("1")  # typed into the field
         assert app.screen is screen and screen.query_one("#start", Input).value == "2026-01-01"
@@ -268,15 +274,7 @@ async def test_after_esc_filter_restate_and_quit_act_instead_of_typing(tui_db: P
     """After Esc leaves a date field, '/' opens the filter, 'R' asks for a report to restate, 'q' quits."""
     app = make_app(tui_db)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("7")
-        await settle(app, pilot)
-        screen = app.screen
-        assert isinstance(screen, ReconcileScreen)
-        for _ in range(3):
-            if _focused(app) == "Input#start":
-                break
-            await pilot.press("tab")
-        assert _focused(app) == "Input#start"
+        screen = await _reconcile_start_field(app, pilot)
         await _type_into_focused(pilot, "2026-01-01")
         await pilot.press("escape")
         await pilot.press(key)
