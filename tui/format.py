@@ -47,6 +47,8 @@ class Cell(Text):
             cell._spans = list(text.spans)
             cell.style, cell.justify, cell.overflow = text.style, text.justify, text.overflow
             cell.no_wrap, cell.end, cell.tab_size = True, "\n", None
+        if cell.overflow is None:  # a name longer than its column ends in "…", so a cut shows as a cut
+            cell.overflow = "ellipsis"
         cell._adopted = True
         cell.raw = raw
         return cell

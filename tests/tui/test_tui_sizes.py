@@ -59,6 +59,7 @@ async def test_live_at_80x24_shows_the_share_the_tabs_and_the_dead_letters_whole
         await settle(app, pilot)
         text = screen_text(app)
     assert "96.5%" in _row(text, "summarise") and "$0.000004875/h" in _row(text, "search")
+    assert "product_deta… " in _row(text, "product_deta")  # a name cut by its column says so
     assert text.splitlines()[1].rstrip().endswith("7 Reconcile")
     joined = " ".join(line.strip() for line in text.splitlines())  # the rows that wrapped, read as one
     assert "undecodable msgpack" in joined
