@@ -33,4 +33,7 @@ class Line(Static):
         if key == self._shown:
             return
         self._shown = key
+        if layout and self.size.width and self.size.height:
+            # a layout of the screen only when the rows the text needs change (a live line's counts change often)
+            layout = len(text.wrap(self.app.console, self.size.width)) != self.size.height
         self.update(text, layout=layout)
