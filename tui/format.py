@@ -30,6 +30,8 @@ class Cell(Text):
     """
 
     raw: Any = None
+    #: too long for its column: shown with its middle left out (ids differ at their ends), not "…" at the end
+    cut_middle = False
     _adopted = False
 
     @classmethod

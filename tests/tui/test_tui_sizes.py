@@ -17,6 +17,7 @@ from tui.screens.dimension import _columns
 from tui.screens.requests import columns as request_columns
 from tui.screens.tree import RequestTreeScreen
 from tui.screens.trends import columns as trend_columns
+from tui.widgets.fast_table import middle_cut
 from tui.widgets.keyed_table import KeyedTable
 
 #: Whole nano-dollar amounts from one nano-dollar to $999,999.99, with every digit pattern's width.
@@ -163,3 +164,40 @@ async def test_the_columns_follow_a_resized_terminal(tui_db: Path, make_app) -> 
         assert events.specs["rule"].width == event_columns(80)[1].width
         line = next(line for line in screen_text(app).splitlines() if "2026-11-02 11:55:00" in line)
         assert "$0.06123" in line
+
+
+async def test_long_request_ids_keep_their_ends_at_80x24(tui_db: Path, make_app, fixed_now_ns: int) -> None:  # type: ignore[no-untyped-def]
+    """Ids longer than the Request column (traces share prefixes) are cut in the middle, not at the end, so two
+    requests stay apart on screen; the copy and the export keep the whole id."""
+    import random
+
+    from _tui_data import request
+
+    from spendtrace.server.pricing import PriceBook
+    from spendtrace.server.store.sqlite._db import connect
+    from spendtrace.server.store.sqlite._ingest import prepare_batch, write_batch_sync
+
+    ids = [f"5918f436b6af30f60x316{c}" for c in "cd"]  # 22 characters, the same first 21
+    rng = random.Random(1)
+    spans = [
+        s for i, rid in enumerate(ids) for s in request(rid, fixed_now_ns - (i + 1) * 10**9, "t", "/e", "search", rng)
+    ]
+    conn = connect(tui_db)
+    try:
+        write_batch_sync(conn, prepare_batch(spans, PriceBook.default()))
+    finally:
+        conn.close()
+    app = make_app(tui_db)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("4")
+        await settle(app, pilot)
+        width = request_columns(80)[1].width  # the column's cells, its padding aside
+        assert width < len(ids[0])
+        text = screen_text(app)
+        shown = [middle_cut(rid, width) for rid in ids]
+        assert shown[0] != shown[1]
+        assert all(s in text and s.endswith(rid[-6:]) for s, rid in zip(shown, ids, strict=True))
+        table = app.screen.query_one("#main", KeyedTable)
+        table.focus()
+        await pilot.press("g", "y")
+        assert app.last_copied is not None and app.last_copied.split("\t")[1] == ids[0]

@@ -34,11 +34,17 @@ def columns(terminal_width: int = 160) -> list[ColumnSpec]:
     ]
 
 
+def _id_cell(request_id: str) -> Cell:
+    cell = Cell.of(Text(request_id), request_id)
+    cell.cut_middle = True
+    return cell
+
+
 def request_cells(r: RequestRow) -> dict[str, Cell]:
     """The cells of one request row (all user text literal)."""
     return {
         "time": Cell.of(Text(utc(r.start_ns), style="dim"), r.start_ns),
-        "request": Cell.of(Text(r.request_id), r.request_id),
+        "request": _id_cell(r.request_id),
         "endpoint": Cell.of(Text(r.endpoint), r.endpoint),
         "tenant": Cell.of(Text(r.user_id), r.user_id),
         "feature": Cell.of(Text(r.root_feature), r.root_feature),

@@ -36,6 +36,15 @@ from textual.widgets.data_table import CellDoesNotExist, CellKey, DuplicateKey, 
 _FAST_JUSTIFY = frozenset({"default", "left", "right"})
 
 
+def middle_cut(text: str, width: int) -> str:
+    """``text`` in ``width`` cells with its middle left out (``5918f…f60x316c``): ids differ at their ends."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 3
+    tail = len(text) - (width - 1 - head)
+    return f"{text[:head]}…{text[tail:]}"
+
+
 class FastDataTable(DataTable[Any]):
     """A DataTable with per-cell render caching and a fast path for one-line text cells."""
 
@@ -476,7 +485,10 @@ class FastDataTable(DataTable[Any]):
             plain = plain.rstrip()
         length = cell_len(plain)
         if length > inner:
-            return None
+            if not getattr(cell, "cut_middle", False) or not plain.isascii() or inner < 5:
+                return None
+            plain = middle_cut(plain, inner)
+            length = inner
         # a cell's styles depend on its place and state and on its text's style, not on its text: the
         # combinations for one place are worked out once and kept until the table's styles change
         place = (row_index, column_index, cursor, hover, id(base_style))  # a fixed copy has its own base style
