@@ -16,15 +16,13 @@ from spendtrace.server.model.dashboard import WINDOWS, DimRow, DimSnapshot
 from spendtrace.server.store.base import DashboardReads
 from tui.format import MONEY_WIDTH, RATE_WIDTH, count_text, money_text, rate_text, share_text, spark_text
 from tui.screens.base import DataScreen
-from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned, name_width
 from tui.widgets.line import Line
 
 SERVICE_WIDTH = MONEY_WIDTH
 _WINDOW_ORDER = list(WINDOWS)
 #: The name column's width where the terminal has room; a narrower terminal gives it only what the figures leave.
 NAME_WIDTH = 28
-#: Cells of a table's vertical scrollbar (a page of 100 rows needs one).
-_SCROLLBAR = 2
 
 
 def _columns(dimension: str, terminal_width: int = 160) -> list[ColumnSpec]:
@@ -41,8 +39,7 @@ def _columns(dimension: str, terminal_width: int = 160) -> list[ColumnSpec]:
         ColumnSpec("share", "Share", 6, "s", unit="pct"),  # "100.0%", "Share▼"
     ]
     # the name column gives way on a narrow terminal (80 columns), so the money and the share stay in view
-    figures = sum(c.width + 2 for c in cols)  # each cell is padded by one on either side
-    width = max(12, min(NAME_WIDTH, terminal_width - figures - 2 - _SCROLLBAR))
+    width = name_width(terminal_width, cols, NAME_WIDTH)
     cols.insert(0, ColumnSpec("name", name, width, "f", numeric=False, justify="left"))
     cols += [
         ColumnSpec("spark", "Last 60 min", 20, None, numeric=False, justify="left", unit="skip"),

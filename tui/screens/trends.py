@@ -14,7 +14,7 @@ from spendtrace.server.store.base import DashboardReads
 from tui.format import MONEY_WIDTH, money_text, spark_text
 from tui.screens.base import DataScreen
 from tui.screens.dimension import OTHERS_KEY
-from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned
+from tui.widgets.keyed_table import Cell, ColumnSpec, KeyedTable, Pinned, name_width
 from tui.widgets.line import Line
 from tui.widgets.trend_chart import TrendChart, feature_color
 
@@ -29,8 +29,7 @@ def columns(terminal_width: int = 160) -> list[ColumnSpec]:
         ColumnSpec("last", "Today", MONEY_WIDTH, "t"),
         ColumnSpec("change", "vs prev", 8, "v"),
     ]
-    figures = sum(c.width + 2 for c in cols)  # each cell is padded by one on either side
-    width = max(12, min(28, terminal_width - figures - 2 - 2))  # its own padding, the vertical scrollbar
+    width = name_width(terminal_width, cols)
     cols.insert(0, ColumnSpec("feature", "Feature", width, "f", numeric=False, justify="left"))
     cols.append(ColumnSpec("trend", "Daily", 30, None, numeric=False, justify="left"))
     return cols

@@ -24,7 +24,7 @@ from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotEx
 from tui.format import Cell
 from tui.widgets.fast_table import FastDataTable
 
-__all__ = ["Cell", "ColumnSpec", "KeyedTable", "Pinned"]
+__all__ = ["Cell", "ColumnSpec", "KeyedTable", "Pinned", "name_width"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -73,6 +73,15 @@ class ColumnSpec:
         if self.unit == "ms" and isinstance(raw, int):
             return f"{Decimal(raw).scaleb(-6).normalize():f}"
         return str(raw)
+
+
+def name_width(terminal_width: int, figures: Sequence[ColumnSpec], widest: int = 28) -> int:
+    """The name column's width: ``widest`` where the terminal has room, else what ``figures`` leave (12 at least).
+
+    Each cell is padded by one on either side, and the name column and the vertical scrollbar take two more each.
+    """
+    taken = sum(c.width + 2 for c in figures) + 2 + 2
+    return max(12, min(widest, terminal_width - taken))
 
 
 class Pinned(str):

@@ -190,7 +190,7 @@ class ClickHouseDashboard:
         guess = self._shown.get(shown, ()) if only else ()
         # The page's per-service rows, last hour and fully-loaded cost need its values: read them for the values
         # this page had last time beside the ranking (a live page mostly keeps its values), then for any new one.
-        early = self._follow_ups(dimension, window, col, k, src, sargs, back, since, now, guess if only else None)
+        early = self._follow_ups(dimension, grain, col, k, src, sargs, back, since, now, guess if only else None)
         full, early_rows = await asyncio.gather(self._all(page_sql + one, page_args_), early)
         if full:
             n_values, total, matched = full[0][8:11]
@@ -206,7 +206,7 @@ class ClickHouseDashboard:
             guessed = set(guess)
             missing = [key for key in keys if key not in guessed]
             if missing:
-                more = await self._follow_ups(dimension, window, col, k, src, sargs, back, since, now, missing)
+                more = await self._follow_ups(dimension, grain, col, k, src, sargs, back, since, now, missing)
                 services, minute, loaded = services + more[0], minute + more[1], loaded + more[2]
             if guessed - set(keys):  # values that left the page: their rows are not the page's
                 kept = set(keys)
@@ -227,7 +227,7 @@ class ClickHouseDashboard:
     async def _follow_ups(
         self,
         dimension: str,
-        window: str,
+        grain: str,
         col: str,
         k: str,
         src: str,
@@ -243,7 +243,6 @@ class ClickHouseDashboard:
         inside = f" AND {k} IN %s" if keys is not None else ""
         kin = f" AND toString({col}) IN %s" if keys is not None else ""
         kargs: list[Any] = [tuple(keys)] if keys is not None else []
-        grain = WINDOWS[window][0]
         reads = [
             self._all(
                 f"SELECT {k} AS k, toString(service) AS sv, sum(cost_nano), 0, 0, 0, 0, 0, 0 FROM {src}"
