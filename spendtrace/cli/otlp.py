@@ -1,4 +1,4 @@
-"""``spendtrace otlp``: the OpenTelemetry OTLP/HTTP trace receiver (needs the ``[otlp]`` extra)."""
+"""``spendtrace otlp``: the OpenTelemetry OTLP/HTTP (and gRPC) trace receiver (needs the ``[otlp]`` extra)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"spendtrace otlp: without a broker it writes a SQLite store; {args.store} is not one "
               "(pass --bootstrap host:port, or --db PATH)", file=sys.stderr)  # fmt: skip
         return 2
+    if args.workers > 1 and args.grpc_port == 0:
+        print("spendtrace otlp: --workers share one gRPC port; give --grpc-port a number, not 0", file=sys.stderr)
+        return 2
     if args.workers > 1 and not bootstrap:
         print("spendtrace otlp: --workers needs a broker (--bootstrap); one process writes a store",
               file=sys.stderr)  # fmt: skip
@@ -38,7 +41,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         serve(host=args.host, port=args.port, bootstrap=bootstrap or None, topic=topic, db_path=args.db, rules=rules,
               partitions=args.partitions, max_pending=args.max_pending, workers=args.workers,
-              compression=None if args.compression == "none" else args.compression)  # fmt: skip
+              compression=None if args.compression == "none" else args.compression,
+              grpc_port=args.grpc_port)  # fmt: skip
     except OSError as exc:
         print(f"spendtrace otlp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -49,14 +53,17 @@ def register(subparsers: Any) -> None:
     """Add the ``otlp`` subcommand."""
     p = subparsers.add_parser(
         "otlp",
-        help="receive OpenTelemetry traces (OTLP/HTTP /v1/traces) and turn them into spend",
-        description="Receive OTLP/HTTP trace exports (protobuf or JSON, gzip) on /v1/traces; publish the spans to "
+        help="receive OpenTelemetry traces (OTLP/HTTP /v1/traces, OTLP/gRPC) and turn them into spend",
+        description="Receive OTLP/HTTP trace exports (protobuf or JSON, gzip) on /v1/traces, and OTLP/gRPC with "
+        "--grpc-port; publish the spans to "
         "the spans topic (--bootstrap / SPENDTRACE_KAFKA_BOOTSTRAP) or, without a broker, price and write them "
         "into the SQLite store.",
     )
     add_store_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int_in(0, 65_535), default=4318, help="port (default: 4318, OTLP/HTTP's)")
+    p.add_argument("--grpc-port", type=int_in(0, 65_535), default=None, metavar="PORT",
+                   help="also receive OTLP/gRPC on this port (4317 is OTLP/gRPC's; default: HTTP only)")  # fmt: skip
     p.add_argument(
         "--bootstrap",
         default=None,

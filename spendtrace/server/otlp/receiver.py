@@ -26,7 +26,7 @@ import socket
 import struct
 import threading
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -404,14 +404,61 @@ def _success(kind: str, rejected: int, message: str) -> Response:
     return Response(resp.SerializeToString(), media_type=PROTOBUF)
 
 
+@dataclass(frozen=True)
+class Taken:
+    """What became of one export: ``status`` is ``accepted``, ``throttled`` or ``unavailable``."""
+
+    status: str
+    rejected: int = 0
+    message: str = ""
+
+
+class Intake:
+    """Convert an export and hand its spans to the sink, under one back-pressure limit for every transport.
+
+    The HTTP app and the gRPC service share one intake, so ``max_pending`` bounds the spans being
+    delivered whichever way they came, and ``stats`` counts them together.
+    """
+
+    def __init__(self, sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 50_000) -> None:
+        self.sink, self.rules, self.max_pending = sink, rules, max_pending
+        self.stats = ReceiverStats()
+        self.pending = 0
+
+    async def take(self, export: Any) -> Taken:
+        """Deliver ``export``'s spans (an ``ExportTraceServiceRequest``): accepted, or refused whole and retryable."""
+        converted = convert(export, self.rules)
+        n = len(converted.spans)
+        if n and self.pending and self.pending + n > self.max_pending:
+            self.stats.throttled += 1
+            return Taken("throttled", message=f"{self.pending} spans are being delivered; retry later")
+        self.pending += n
+        try:
+            if n:
+                await self.sink.publish(converted.spans)
+        except Exception as exc:
+            self.stats.unavailable += 1
+            log.warning("could not deliver %d spans: %s", n, exc)
+            return Taken("unavailable", message=f"spans could not be delivered ({type(exc).__name__}); retry")
+        finally:
+            self.pending -= n
+        self.stats.spans_accepted += n
+        self.stats.spans_rejected += converted.rejected
+        return Taken("accepted", converted.rejected, "; ".join(converted.reasons))
+
+
 def create_app(sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 50_000, max_body: int = MAX_BODY,
-               retry_after: int = 2) -> Starlette:  # fmt: skip
-    """The Starlette app: ``POST /v1/traces`` and ``GET /health``; ``app.state.stats`` holds the counters."""
-    stats = ReceiverStats()
-    pending = 0
+               retry_after: int = 2, intake: Intake | None = None) -> Starlette:  # fmt: skip
+    """The Starlette app: ``POST /v1/traces`` and ``GET /health``; ``app.state.stats`` holds the counters.
+
+    Given an ``intake`` (shared with the gRPC service), the app uses it and leaves closing the sink to
+    its owner; otherwise the app makes one and closes ``sink`` when it shuts down.
+    """
+    own = intake is None
+    take = intake if intake is not None else Intake(sink, rules=rules, max_pending=max_pending)
+    stats = take.stats
 
     async def traces(request: Request) -> Response:
-        nonlocal pending
         stats.requests += 1
         kind = media_type(request.headers.get("content-type"))
         if kind is None:
@@ -432,38 +479,28 @@ def create_app(sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 5
         except OtlpDecodeError as exc:
             stats.malformed += 1
             return _error(kind, 400, 3, str(exc))
-        converted = convert(export, rules)
-        n = len(converted.spans)
-        if n and pending and pending + n > max_pending:
-            stats.throttled += 1
-            return _error(kind, 429, 8, f"{pending} spans are being delivered; retry later", retry_after)
-        pending += n
-        try:
-            if n:
-                await sink.publish(converted.spans)
-        except Exception as exc:
-            stats.unavailable += 1
-            log.warning("could not deliver %d spans: %s", n, exc)
-            return _error(kind, 503, 14, f"spans could not be delivered ({type(exc).__name__}); retry", retry_after)
-        finally:
-            pending -= n
-        stats.spans_accepted += n
-        stats.spans_rejected += converted.rejected
-        return _success(kind, converted.rejected, "; ".join(converted.reasons))
+        taken = await take.take(export)
+        if taken.status == "throttled":
+            return _error(kind, 429, 8, taken.message, retry_after)
+        if taken.status == "unavailable":
+            return _error(kind, 503, 14, taken.message, retry_after)
+        return _success(kind, taken.rejected, taken.message)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", **asdict(stats), "pending": pending})
+        return JSONResponse({"status": "ok", **asdict(stats), "pending": take.pending})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            await sink.close()
+            if own:
+                await sink.close()
 
     app = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/health", health)],
                     lifespan=lifespan)  # fmt: skip
     app.state.stats = stats
+    app.state.intake = take
     return app
 
 
@@ -471,14 +508,18 @@ class Receiver:
     """The receiver on a socket bound at construction (port 0 picks one), served from a thread or in the foreground.
 
     Binding first means ``port`` is known and connections queue in the listen backlog before the
-    server runs, so callers need not wait for it to come up.
+    server runs, so callers need not wait for it to come up. ``grpc_port`` (0 picks one) also serves
+    OTLP/gRPC, from the same intake; gRPC binds in the serving loop, so ``grpc_port`` holds the bound
+    port once ``start`` returns (or the foreground server says it listens).
     """
 
     def __init__(self, sink: Sink, *, host: str = "127.0.0.1", port: int = 4318, rules: Rules = DEFAULT_RULES,
-                 max_pending: int = 50_000, max_body: int = MAX_BODY) -> None:  # fmt: skip
+                 max_pending: int = 50_000, max_body: int = MAX_BODY, grpc_port: int | None = None,
+                 grpc_shared: bool = False, retry_after: int = 2) -> None:  # fmt: skip
         import uvicorn
 
-        self.app = create_app(sink, rules=rules, max_pending=max_pending, max_body=max_body)
+        self.intake = Intake(sink, rules=rules, max_pending=max_pending)
+        self.app = create_app(sink, max_body=max_body, retry_after=retry_after, intake=self.intake)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -487,6 +528,11 @@ class Receiver:
         self.host, self.port = host, self.socket.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
+        self._grpc_wanted, self._grpc_shared = grpc_port, grpc_shared
+        self._max_body, self._retry_after = max_body, retry_after
+        self.grpc_port: int | None = None
+        self._grpc_ready = threading.Event()
+        self._grpc_error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -495,20 +541,75 @@ class Receiver:
         return f"http://{self.host}:{self.port}/v1/traces"
 
     @property
-    def stats(self) -> ReceiverStats:
-        """The counters of the app."""
-        stats: ReceiverStats = self.app.state.stats
-        return stats
+    def grpc_target(self) -> str | None:
+        """Where an OTLP/gRPC exporter sends, e.g. ``127.0.0.1:4317`` (None without gRPC)."""
+        if self.grpc_port is None:
+            return None
+        return f"[{self.host}]:{self.grpc_port}" if ":" in self.host else f"{self.host}:{self.grpc_port}"
 
-    def run(self) -> None:
-        """Serve in the foreground until SIGINT / SIGTERM."""
-        self.server.run(sockets=[self.socket])
+    @property
+    def stats(self) -> ReceiverStats:
+        """The counters of every transport."""
+        return self.intake.stats
+
+    async def _serve(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve HTTP (and gRPC) until told to exit; then finish in-flight exports and close the sink."""
+        grpc_server: Any = None
+        try:
+            if self._grpc_wanted is not None:
+                from spendtrace.server.otlp._grpc import start_grpc
+
+                try:
+                    grpc_server, self.grpc_port = await start_grpc(self.intake, self.host, self._grpc_wanted,
+                                                                   max_body=self._max_body,
+                                                                   retry_after=self._retry_after,
+                                                                   shared=self._grpc_shared)  # fmt: skip
+                except BaseException as exc:
+                    self._grpc_error = exc
+                    raise
+                finally:
+                    self._grpc_ready.set()
+            announce = asyncio.create_task(self._announce(ready)) if ready is not None else None
+            await self.server.serve(sockets=[self.socket])
+            if announce is not None:
+                announce.cancel()
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5.0)
+            await self.intake.sink.close()
+
+    async def _announce(self, ready: Callable[[], None]) -> None:
+        """Call ``ready`` once uvicorn serves: its Ctrl-C handling is in place by then, so a signal sent
+        by whoever waited for the announcement stops the server cleanly."""
+        while not self.server.started:
+            await asyncio.sleep(0.005)
+        ready()
+
+    def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve in the foreground until SIGINT / SIGTERM; ``ready`` is called once every port listens."""
+        # gRPC's asyncio server wants the standard loop; HTTP alone keeps uvicorn's choice
+        factory = None if self._grpc_wanted is not None else self.server.config.get_loop_factory()
+        # uvicorn handles Ctrl-C itself, shuts down cleanly, then raises the signal again for the caller: here
+        # that is the end of a normal stop, not an error to print a traceback for
+        with suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(self._serve(ready))
+
+    def _serve_in_thread(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except OSError as exc:
+            if exc is not self._grpc_error:  # a gRPC bind failure is start()'s to raise
+                raise
 
     def start(self) -> Receiver:
-        """Serve from a daemon thread (tests, benchmarks); ``stop`` ends it."""
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve(sockets=[self.socket])),
-                                        name="spendtrace-otlp", daemon=True)  # fmt: skip
+        """Serve from a daemon thread (tests, benchmarks); ``stop`` ends it. Raises ``OSError`` if gRPC cannot bind."""
+        self._thread = threading.Thread(target=self._serve_in_thread, name="spendtrace-otlp", daemon=True)
         self._thread.start()
+        if self._grpc_wanted is not None:
+            self._grpc_ready.wait(60)
+            if self._grpc_error is not None:
+                self.stop()
+                raise OSError(str(self._grpc_error))
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -528,12 +629,13 @@ class Receiver:
 
 def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: str | None, rules: Rules,
           partitions: int = 3, max_pending: int = 50_000, workers: int = 1,
-          compression: str | None = "gzip") -> None:  # fmt: skip
+          compression: str | None = "gzip", grpc_port: int | None = None) -> None:  # fmt: skip
     """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``.
 
     ``workers`` > 1 (Kafka only) forks that many processes serving the one listening socket, each
     with its own producer: the receiver is CPU-bound in Python (decode and conversion), so this is
-    how it uses more than one core. ``max_pending`` applies per process.
+    how it uses more than one core. ``max_pending`` applies per process. ``grpc_port`` also serves
+    OTLP/gRPC there (with ``workers`` > 1 every process listens on it, ``SO_REUSEPORT``).
     """
     sink: Sink
     if bootstrap:
@@ -543,13 +645,20 @@ def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: s
         assert db_path is not None and workers == 1, "one process writes the store"
         sink = StoreSink(db_path)
         where = f"the store {db_path}"
-    receiver = Receiver(sink, host=host, port=port, rules=rules, max_pending=max_pending)
+    receiver = Receiver(sink, host=host, port=port, rules=rules, max_pending=max_pending, grpc_port=grpc_port,
+                        grpc_shared=workers > 1)  # fmt: skip
+
+    def say(processes: str = "") -> None:
+        grpc = f" and OTLP/gRPC on {receiver.grpc_target}" if receiver.grpc_target else ""
+        print(f"OTLP/HTTP receiver on {receiver.url}{grpc} -> {where}{processes}; Ctrl-C stops it", flush=True)
+
     if workers == 1:
-        print(f"OTLP/HTTP receiver on {receiver.url} -> {where}; Ctrl-C stops it", flush=True)
-        receiver.run()
+        receiver.run(ready=say)
         return
+    if grpc_port is not None:  # the children bind it; say where, as the one process would
+        receiver.grpc_port = grpc_port
     children = _fork(receiver, workers)
-    print(f"OTLP/HTTP receiver on {receiver.url} -> {where}, {workers} processes; Ctrl-C stops it", flush=True)
+    say(f", {workers} processes")
     _supervise(children)
     receiver.socket.close()
 
