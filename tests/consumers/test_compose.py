@@ -84,9 +84,9 @@ def test_dockerfile_installs_the_project_with_the_consumer_extra() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for package in ("spendtrace", "consumers", "tui"):
         assert f"COPY {package} ./{package}" in dockerfile
-    assert 'pip install ".[consumer,tui,api,clickhouse]"' in dockerfile
-    assert {"consumer", "tui", "api", "clickhouse"} <= set(extras)
-    for service in ("consumer", "demo-traffic", "api"):
+    assert 'pip install ".[consumer,tui,api,clickhouse,otlp]"' in dockerfile
+    assert {"consumer", "tui", "api", "clickhouse", "otlp"} <= set(extras)
+    for service in ("consumer", "demo-traffic", "api", "otlp"):
         assert _compose()["services"][service]["build"] == "."
 
 
@@ -100,3 +100,17 @@ def test_api_service_runs_the_real_api_command() -> None:
     args = build_parser().parse_args(command[1:])
     assert args.command == "api" and args.port == 8000 and args.store == STORE
     assert svc["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_otlp_service_runs_the_real_receiver_command_on_both_transports() -> None:
+    """The OTLP service's command parses with the real parser: HTTP 4318 and gRPC 4317, publishing to Kafka."""
+    from spendtrace.cli.main import build_parser
+
+    svc = _compose()["services"]["otlp"]
+    command = svc["command"]
+    assert command[0] == "spendtrace"
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "otlp" and (args.port, args.grpc_port) == (4318, 4317)
+    assert args.bootstrap == "kafka:9092" and args.host == "0.0.0.0"
+    assert svc["ports"] == ["127.0.0.1:4317-4318:4317-4318"]
+    assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
