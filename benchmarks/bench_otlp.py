@@ -28,6 +28,7 @@ End-to-end latency: one request (5 spans) posted at a time, timed until a consum
 committed its spans to SQLite (``--latency-rounds`` times; median and p95).
 
     python benchmarks/bench_otlp.py [--spans 20000] [--clients 4] [--latency-rounds 30] [--compare DIR]
+        [--variant '--workers 2'] [--variant grpc]      # 'grpc': the same exports over OTLP/gRPC
     python benchmarks/bench_otlp.py --latency-only --fetch-wait 500 --fetch-wait 100 [--rounds 2] [--idle 10]
 """
 
@@ -297,11 +298,51 @@ def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
                for p in payloads) / elapsed  # fmt: skip
 
 
+def post_all_grpc(port: int, payloads: list[bytes], clients: int) -> float:
+    """``post_all`` over OTLP/gRPC: ``clients`` channels, one unary ``Export`` at a time each."""
+    import grpc
+
+    from spendtrace.server.otlp._grpc import SERVICE
+
+    chunks = [payloads[i::clients] for i in range(clients)]
+    errors: list[str] = []
+    retry = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+
+    def run(chunk: list[bytes]) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(f"/{SERVICE}/Export")
+            for body in chunk:
+                while True:
+                    try:
+                        call(body, timeout=120)
+                        break
+                    except grpc.RpcError as exc:
+                        if exc.code() not in retry:  # type: ignore[attr-defined]
+                            errors.append(str(exc.code()))  # type: ignore[attr-defined]
+                            return
+                        time.sleep(0.2)  # a benchmark: retry sooner than the RetryInfo asks
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if errors:
+        raise SystemExit(f"receiver answered {errors[:5]}")
+    return sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans)
+               for p in payloads) / elapsed  # fmt: skip
+
+
 class ReceiverProcess:
     """``spendtrace otlp`` in its own process, from this checkout or from ``src`` (another checkout's tree)."""
 
     def __init__(self, bootstrap: str, topic: str, src: str | None = None, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
+        # the variant ``grpc``: serve OTLP/gRPC too, and the clients send through it
+        self.grpc_port = free_port() if "grpc" in extra else None
+        extra = [a for a in extra if a != "grpc"] + (["--grpc-port", str(self.grpc_port)] if self.grpc_port else [])
         env = dict(os.environ)
         if src:
             env["PYTHONPATH"] = os.path.abspath(src)
@@ -353,11 +394,12 @@ def through_receiver(bootstrap: str, payloads: list[bytes], clients: int, run: t
     """(spans/s, receiver CPU µs per span) posting every payload to a fresh receiver process."""
     src, extra = run
     receiver = ReceiverProcess(bootstrap, f"bench-otlp-{time.time_ns()}", src, extra)
+    port, send = (receiver.port, post_all) if receiver.grpc_port is None else (receiver.grpc_port, post_all_grpc)
     try:
         for _ in range(2 * len(extra) + 1):  # warm-up: topic, each worker's producer connection
-            post_all(receiver.port, payloads[:clients], clients)
+            send(port, payloads[:clients], clients)
         cpu = receiver.cpu_seconds()
-        rate = post_all(receiver.port, payloads, clients)
+        rate = send(port, payloads, clients)
         n = sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans) for p in payloads)
         return rate, (receiver.cpu_seconds() - cpu) / n * 1e6
     finally:
@@ -440,8 +482,8 @@ def main() -> None:
                    help="the worker's fetch_max_wait_ms in the latency part (repeatable, alternated; default: 100)")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured after each latency run")
     p.add_argument("--latency-only", action="store_true", help="skip the throughput part")
-    p.add_argument("--variant", action="append", default=["--workers 2", "--compression none"],
-                   help="also run this tree's receiver with these options (repeatable)")
+    p.add_argument("--variant", action="append", default=["--workers 2", "--compression none", "grpc"],
+                   help="also run this tree's receiver with these options (repeatable; 'grpc': send over OTLP/gRPC)")
     args = p.parse_args()
     if args.latency_only:
         with tempfile.TemporaryDirectory() as d, EmbeddedBroker(log_path=Path(d) / "tansu.log") as broker:
