@@ -52,6 +52,7 @@ TARGETS = (
     "loaded_hour",
     "loaded_day",
     "requests",
+    "request_index",
     "unpriced_usage",
     "dim_all",
     "dim_days",
@@ -118,6 +119,10 @@ def snapshot(conn: Conn) -> dict[str, Any]:
         },
         "requests": conn.tuples(
             "SELECT request_id, sum(cost_nano), sum(spans), min(start_ns), max(end_ns) FROM requests "
+            "GROUP BY ALL ORDER BY ALL"
+        ),
+        "request_index": conn.tuples(
+            "SELECT request_day, request_id, sum(cost_nano), sum(spans), min(start_ns), max(end_ns) FROM request_index "
             "GROUP BY ALL ORDER BY ALL"
         ),
         "unpriced_usage": conn.tuples(
@@ -589,26 +594,32 @@ def test_request_ids_of_any_length_and_characters_are_recognised_as_stored(tmp_p
     """The requests read (ids sent as hex-encoded JSON arrays, cut under ClickHouse's query size) finds ids with
     quotes, backslashes, control characters, non-ASCII letters and the schema's 512 characters, thousands at once."""
     from spendtrace.server.store.clickhouse._client import connect
-    from spendtrace.server.store.clickhouse._ingest import _new_requests
+    from spendtrace.server.store.clickhouse._ingest import _request_days
 
     conn = connect(chdb_url(tmp_path))
     try:
         odd = ["q'\"\\x", "é\u00fc\u4e2d", "r" * 512, "ü" * 512, "\x00\n\t\x1f" * 128, "')--", "\u4e2d" * 512]
         odd += [f"req-{i}" for i in range(20_000)] + [f"{i:04d}" + "\x01" * 508 for i in range(300)]  # 3 KiB as JSON
         stored = odd[::2]
-        conn.insert("requests", [stored, [0] * len(stored)], ("request_id", "start_ns"))
-        assert _new_requests(conn, set(odd)) == set(odd[1::2])
+        days = [86_400 * (i % 7) for i in range(len(stored))]
+        conn.insert("requests", [stored, [0] * len(stored), days], ("request_id", "start_ns", "first_day"))
+        assert _request_days(conn, set(odd)) == dict(zip(stored, days, strict=True))
     finally:
         conn.close()
 
 
 def test_the_head_of_each_request_is_its_earliest_root_else_its_earliest_span_first_in_batch_order() -> None:
-    """``_heads`` (sorts and dicts) picks the span the one-pass rule picks, over ties, missing and repeated roots."""
+    """``_heads`` (sorts and dicts) picks the spans the one-pass rules pick, over ties, missing and repeated roots."""
     import random
 
     from spendtrace.server.store.clickhouse._ingest import _heads
 
-    def one_pass(rids: list[str], parents: list[str | None], starts: list[int], fresh: list[int]) -> dict[str, int]:
+    def one_pass(rids: list[str], parents: list[str | None], starts: list[int], fresh: list[int]
+                 ) -> tuple[dict[str, int], dict[str, int]]:  # fmt: skip
+        first: dict[str, int] = {}
+        for i in fresh:  # the earliest span, the first in batch order on a tie
+            if rids[i] not in first or starts[i] < starts[first[rids[i]]]:
+                first[rids[i]] = i
         head: dict[str, int] = {}
         for i in fresh:
             h = head.get(rids[i])
@@ -619,7 +630,7 @@ def test_the_head_of_each_request_is_its_earliest_root_else_its_earliest_span_fi
                     head[rids[i]] = i
             elif starts[i] < starts[h]:
                 head[rids[i]] = i
-        return head
+        return first, head
 
     rng = random.Random(13)
     for _ in range(300):

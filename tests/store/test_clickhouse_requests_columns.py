@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from store_backends import chdb_url
 from test_clickhouse import BOOK, NANO, T0, spans
+from test_clickhouse_request_index import as_tuples, downgrade_to_7, write_as_schema_7
 
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.store.base import open_dashboard
@@ -20,6 +21,8 @@ from spendtrace.server.store.clickhouse import _client
 from spendtrace.server.store.clickhouse._client import Conn, connect
 from spendtrace.server.store.clickhouse._ddl import SCHEMA_VERSION
 from spendtrace.server.store.clickhouse._ingest import write_batch
+from spendtrace.server.store.clickhouse._reads import request_rows
+from spendtrace.server.store.sqlite._sql import Filters
 
 DICTIONARY = "SimpleAggregateFunction(any, LowCardinality(Nullable(String)))"
 PLAIN = "SimpleAggregateFunction(any, Nullable(String))"
@@ -51,7 +54,16 @@ def request_reads(url: str, now: int) -> list[Any]:
         finally:
             await reads.close()
 
-    return asyncio.run(read())
+    return [as_tuples(rows) for rows in asyncio.run(read())]
+
+
+def table_reads(conn: Conn) -> list[Any]:
+    """The same pages from ``requests`` read whole (what schema 7 and older read; no ``request_index``)."""
+    f = Filters(**dict.fromkeys(Filters.__dataclass_fields__))  # type: ignore[arg-type]
+    pages = [(200, "recent", 0, ""), (200, "cost", 0, ""), (5, "recent", 5, ""), (200, "recent", 0, "/e1"),
+             (200, "cost", 0, "u3")]  # fmt: skip
+    return [[row[:10] for row in conn.tuples(*request_rows(f, limit, order, offset, search=search))]
+            for limit, order, offset, search in pages]  # fmt: skip
 
 
 def test_a_fresh_store_has_the_dictionary_columns(tmp_path: Path) -> None:
@@ -70,24 +82,26 @@ def test_a_store_at_version_6_is_migrated_with_its_requests_read_the_same(tmp_pa
     conn = connect(url)
     try:
         settings = {"mutations_sync": 2}
+        downgrade_to_7(conn)
         conn.command(
             "ALTER TABLE requests" + ",".join(f" MODIFY COLUMN {c} {PLAIN}" for c in COLUMNS), settings=settings
         )
         conn.command("ALTER TABLE schema_migrations DELETE WHERE version = 7", settings=settings)
-        write_batch(conn, prepare_batch(spans("a-"), BOOK))
-        write_batch(conn, prepare_batch(spans("b-", 30), BOOK))
+        write_as_schema_7(conn, spans("a-"))
+        write_as_schema_7(conn, spans("b-", 30))
         assert {c: column_types(conn)[c] for c in COLUMNS} == dict.fromkeys(COLUMNS, PLAIN)
-        before = request_reads(url, now)
+        before = table_reads(conn)
         assert all(before) and len(before[0]) == 35  # 20 + 15 requests, all listed
 
-        assert _client.migrate(conn) == SCHEMA_VERSION == 7
+        assert _client.migrate(conn) == SCHEMA_VERSION
         assert {c: column_types(conn)[c] for c in COLUMNS} == dict.fromkeys(COLUMNS, DICTIONARY)
-        assert request_reads(url, now) == before
+        assert table_reads(conn) == before
+        assert request_reads(url, now) == before  # and the dashboard (the newest from request_index) agrees
 
         # the view fills the new columns: a later request shows its endpoint and root feature
         late = [msgspec.structs.replace(s, start_ns=s.start_ns + 3000 * NANO) for s in spans("c-", 2)]
         write_batch(conn, prepare_batch(late, BOOK))
         newest = request_reads(url, now)[0][0]
-        assert (newest.request_id, newest.endpoint, newest.root_feature) == ("c--r0", "/e0", "api")
+        assert (newest[0], newest[1], newest[3]) == ("c--r0", "/e0", "api")
     finally:
         conn.close()

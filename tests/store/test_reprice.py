@@ -91,6 +91,7 @@ def reads(url: str, store: ReadStore) -> dict[str, Any]:
             ov = await d.overview()
             dims = {dim: await d.dimension(dim) for dim in ("feature", "user", "endpoint")}
             reqs = await d.requests(order="cost")
+            newest = await d.requests(order="recent")  # ClickHouse: request_index, its own copy of the deltas
             tr = await d.trends(days=3)
             unpriced = await d.unpriced()
         finally:
@@ -102,6 +103,7 @@ def reads(url: str, store: ReadStore) -> dict[str, Any]:
                 for dim, s in dims.items()
             },
             "dash_requests": {r.request_id: (r.cost_nano, r.unpriced) for r in reqs},
+            "dash_newest": [(r.request_id, r.cost_nano, r.unpriced) for r in newest],
             "dash_trend": {f: tr.cost[f] for f in tr.features},
             "dash_unpriced": sorted((u.feature, u.items) for u in unpriced),
         }
@@ -163,6 +165,7 @@ def test_a_price_for_an_unknown_model_turns_unpriced_usage_into_exact_spend(back
     assert {k: v[0] for k, v in after["dash_user"].items()} == after["user"]
     assert {k: v[0] for k, v in after["dash_endpoint"].items()} == after["endpoint"]
     assert after["dash_requests"] == {"r1": (A1 + A2, 0), "r2": (A3, 0), "r3": (A4, 0), "r5": (A5, 0)}
+    assert sorted(after["dash_newest"]) == [("r1", A1 + A2, 0), ("r2", A3, 0), ("r3", A4, 0), ("r5", A5, 0)]
     assert after["dash_trend"]["chat"][-2:] == (A4, A1 + A5)
     assert after["dash_unpriced"] == []
 

@@ -32,6 +32,8 @@ from spendtrace.server.model.reconcile import AWS_SERVICES, check_calibration
 from spendtrace.server.store.clickhouse._client import Conn
 from spendtrace.server.store.clickhouse._cutoff import record_applied_cutoff
 from spendtrace.server.store.clickhouse._ddl import DIM_ALL_SELECT, DIM_LOADED_SELECT
+from spendtrace.server.store.clickhouse._request_index import first_days
+from spendtrace.server.store.clickhouse._request_index import insert_deltas as insert_request_deltas
 from spendtrace.server.store.sqlite._restate import _ONE, _check_factor, _day, _epoch_s, _scale
 from spendtrace.server.store.sqlite._retention import RetentionPolicy
 
@@ -205,12 +207,9 @@ def apply_retention(conn: Conn, now_ns: int | None = None) -> int:
     raw = now_ns - policy.raw_data_days * _DAY_NS
     record_applied_cutoff(conn, raw)
     deleted = _expire(conn, "spans", "start_ns", raw, raw // 1_000_000_000)
-    deleted += _delete(
-        conn,
-        "requests",
-        "request_id IN (SELECT request_id FROM requests GROUP BY request_id HAVING min(start_ns) < %s)",
-        (raw,),
-    )
+    aged = "request_id IN (SELECT request_id FROM requests GROUP BY request_id HAVING min(start_ns) < %s)"
+    _delete(conn, "request_index", aged, (raw,))  # first: interrupted here, the next round finds them again
+    deleted += _delete(conn, "requests", aged, (raw,))
     deleted += _delete(conn, "dead_letters", "received_ns < %s", (raw,))
     for grain, days in zip(
         _GRAINS, (policy.minute_rollups_days, policy.hourly_rollups_days, policy.daily_rollups_days), strict=True
@@ -377,15 +376,11 @@ def _rewrite_spans(conn: Conn, rows: list[tuple[str, int, str, int, float]]) -> 
 
 
 def _request_deltas(conn: Conn, rid: int, deltas: Mapping[str, list[Any]], sign: int) -> int:
-    """Insert ``sign`` x the (cost, var) deltas into ``requests`` for the requests still stored; returns how many."""
+    """Insert ``sign`` x the (cost, var) deltas into ``requests`` and ``request_index`` for the requests still
+    stored; returns how many."""
     ids = sorted(deltas)
-    present: set[str] = set()
-    for i in range(0, len(ids), _SPAN_CHUNK):
-        chunk = tuple(ids[i : i + _SPAN_CHUNK])
-        present.update(
-            r[0] for r in conn.tuples("SELECT DISTINCT request_id FROM requests WHERE request_id IN %s", (chunk,))
-        )
-    keep = [r for r in ids if r in present and (deltas[r][0] or deltas[r][1])]
+    days = first_days(conn, ids)
+    keep = [r for r in ids if r in days and (deltas[r][0] or deltas[r][1])]
     if keep:
         conn.insert(
             "requests",
@@ -394,6 +389,8 @@ def _request_deltas(conn: Conn, rid: int, deltas: Mapping[str, list[Any]], sign:
             ("request_id", "start_ns", "end_ns", "cost_nano", "var_nano2"),
             _token(rid, sign, "requests"),
         )  # fmt: skip
+        rows = [(r, sign * deltas[r][0], 0, sign * float(deltas[r][1])) for r in keep]
+        insert_request_deltas(conn, rows, days, _token(rid, sign, "request_index"))
     return len(keep)
 
 

@@ -55,6 +55,9 @@ _COLUMNS: dict[str, str] = {"feature": "feature", "user": "user_id", "endpoint":
 POOL = 5
 #: Pages whose values ``dimension`` remembers, to read their follow-ups beside the next ranking.
 _SHOWN_PAGES = 16
+#: Days before the newest that the newest-requests page reads, widening until the page is exact (None: all).
+_BACK_DAYS: tuple[int | None, ...] = (1, 7, 49, None)
+NANO = 1_000_000_000
 
 
 class ClickHouseDashboard:
@@ -273,14 +276,31 @@ class ClickHouseDashboard:
     ) -> list[RequestRow]:
         """Most recent (``order="recent"``) or most expensive (``"cost"``) requests, one page, optionally searched."""
         lim, offset = page_args(limit, offset)
-        sql, params = request_rows(
-            Filters(), lim or MAX_PAGE, "cost" if order == "cost" else "recent", offset, search=fold(search)
-        )
-        rows = await self._all(sql, params)
+        if order == "cost":
+            sql, params = request_rows(Filters(), lim or MAX_PAGE, "cost", offset, search=fold(search))
+            rows = await self._all(sql, params)
+        else:
+            rows = await self._newest_requests(lim or MAX_PAGE, offset, fold(search))
         return [
             RequestRow(r[0], r[1] or "", r[2] or "", r[3] or "", int(r[4]), int(r[5]), int(r[6]), *map(int, r[7:10]))
             for r in rows
         ]
+
+    async def _newest_requests(self, limit: int, offset: int, search: str) -> list[tuple[Any, ...]]:
+        """The newest page from ``request_index``, reading back from the newest day only as far as the page needs.
+
+        Every request first started on or after its ``request_day``, so the requests of the days read include
+        every request that started since the first of them: once the page's last row started on or after that
+        day, no request left unread can rank above it, and the page is exact. Otherwise read further back.
+        """
+        newest = int((await self._all("SELECT max(request_day) FROM request_index"))[0][0] or 0)
+        for back in _BACK_DAYS:
+            since = None if back is None else newest - back * DAY
+            sql, params = request_rows(Filters(), limit, "recent", offset, search=search, since_day=since)
+            rows = await self._all(sql, params)
+            if since is None or (len(rows) == limit and int(rows[-1][4]) >= since * NANO):
+                return rows
+        raise AssertionError("unreachable: the last window is every day")
 
     async def request_tree(self, request_id: str) -> list[TreeNode]:
         """The call tree(s) of one request, with subtree costs (empty if the request is unknown)."""

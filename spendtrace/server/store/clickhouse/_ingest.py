@@ -85,6 +85,7 @@ _JSON_BYTES = 100_000
 #: stored spans in a batch's time range (per span of the batch) up to which their ids are read back as
 #: one column (0.5 us per span of the batch at 4, measured; ``span_id IN`` chunks cost 2.4 us per span)
 _CROWD = 20
+_DAY_NS = 86_400 * 1_000_000_000
 _INSERT_SETTINGS = {"insert_deduplicate": 1, "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 #: (group_id, topic, partition, next_offset)
@@ -122,8 +123,9 @@ def spans_token(span_ids: Iterable[str]) -> str:
     return "s:" + h.hexdigest()
 
 
-def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, tuple[str, int]]:
-    """span_id -> (token of the batch that stored it, its ``new_request`` mark), for ``ids`` already stored.
+def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, tuple[str, int, int]]:
+    """span_id -> (token of the batch that stored it, its ``new_request`` mark, its ``request_day``), for ``ids``
+    already stored.
 
     A span's ``start_ns`` is part of the span, so only rows in the batch's time range can match (a
     primary-key range). Usually few are stored there: their ids are read back as one column (binary,
@@ -136,7 +138,7 @@ def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, tup
     crowd = int(conn.tuples(f"SELECT count() FROM spans WHERE {where}", (lo_ns, hi_ns))[0][0])
     if not crowd:
         return {}
-    out: dict[str, tuple[str, int]] = {}
+    out: dict[str, tuple[str, int, int]] = {}
     if crowd <= _CROWD * len(ids):
         hits = set(ids).intersection(conn.column(f"SELECT span_id FROM spans WHERE {where}", (lo_ns, hi_ns)))
         if not hits:
@@ -145,25 +147,27 @@ def _stored(conn: Conn, ids: list[str], lo_ns: int, hi_ns: int) -> dict[str, tup
     for piece in _chunks(ids):
         chunk = tuple(piece)
         sql = (
-            f"SELECT span_id, any(batch), max(new_request) FROM spans WHERE {where} AND span_id IN %s GROUP BY span_id"
+            f"SELECT span_id, any(batch), max(new_request), min(request_day) FROM spans WHERE {where} AND span_id IN %s"
+            " GROUP BY span_id"
         )
-        for sid, batch, mark in conn.tuples(sql, (lo_ns, hi_ns, chunk)):
-            out[sid] = (batch, mark)
+        for sid, batch, mark, day in conn.tuples(sql, (lo_ns, hi_ns, chunk)):
+            out[sid] = (batch, mark, day)
     return out
 
 
-def _new_requests(conn: Conn, request_ids: set[str]) -> set[str]:
-    """Those of ``request_ids`` not in ``requests`` yet (its primary key)."""
+def _request_days(conn: Conn, request_ids: set[str]) -> dict[str, int]:
+    """request id -> its ``first_day``, for those of ``request_ids`` in ``requests`` already (its primary key)."""
     # The ids go as one JSON array per query, hex-encoded into the SQL text: a hex literal needs no
     # escaping, so no Python loop runs over the characters (the client's escaping of the JSON string
     # was 2 us per span of a 200,000-span worker run, as much as the read itself).
     sql = (
-        "SELECT request_id FROM requests "
-        "WHERE request_id IN (SELECT arrayJoin(JSONExtract(unhex('{}'), 'Array(String)')))"
+        "SELECT request_id, min(first_day) FROM requests "
+        "WHERE request_id IN (SELECT arrayJoin(JSONExtract(unhex('{}'), 'Array(String)'))) GROUP BY request_id"
     )
+    out: dict[str, int] = {}
     for piece in _json_pieces(list(request_ids)):
-        request_ids.difference_update(conn.column(sql.format(piece.hex())))
-    return request_ids
+        out.update(conn.tuples(sql.format(piece.hex())))
+    return out
 
 
 def _json_pieces(ids: list[str]) -> list[bytes]:
@@ -196,32 +200,49 @@ def _chunks(ids: list[str]) -> list[list[str]]:
     return out
 
 
-def _request_marks(
-    conn: Conn, rids: list[str], parents: list[str | None], starts: list[int], fresh: list[int]
-) -> dict[int, int]:
-    """Span index -> 1 for the head span (among ``fresh``) of each request not stored before.
+def _request_marks(known: dict[str, int], head: dict[str, int]) -> dict[int, int]:
+    """Span index -> 1 for the head span (``_heads``) of each request not stored before (not in ``known``).
+
+    Spans are keyed by request id in Kafka, so one worker at a time applies a request's batches, in
+    order: the check cannot race with another batch of the request.
+    """
+    return {i: 1 for rid, i in head.items() if rid not in known}
+
+
+def _heads(rids: list[str], parents: list[str | None], starts: list[int], fresh: list[int]
+           ) -> tuple[dict[str, int], dict[str, int]]:  # fmt: skip
+    """request id -> index among ``fresh`` of (its earliest span, its head span), with sorts and dicts built in C.
 
     The head is ``prepare_batch``'s: the earliest-starting root span, else the earliest span, the
-    first in batch order on a tie. Spans are keyed by request id in Kafka, so one worker at a time
-    applies a request's batches, in order: the check cannot race with another batch of the request.
-    """
-    head = _heads(rids, parents, starts, fresh)
-    return {head[rid]: 1 for rid in _new_requests(conn, set(head))}
-
-
-def _heads(rids: list[str], parents: list[str | None], starts: list[int], fresh: list[int]) -> dict[str, int]:
-    """request id -> index of its head span among ``fresh`` (``_request_marks``), with sorts and dicts built in C.
-
-    ``fresh`` ascends, and the sort by start is stable, so equal starts stay in batch order; a dict
-    built from the reversed order keeps each request's first index. (The loop over the spans this
-    replaced was 1.5 us per span of a worker run.)
+    first in batch order on a tie. ``fresh`` ascends, and the sort by start is stable, so equal starts
+    stay in batch order; a dict built from the reversed order keeps each request's first index. (The
+    loop over the spans this replaced was 1.5 us per span of a worker run.)
     """
     order = sorted(fresh, key=starts.__getitem__)
     order.reverse()
-    head = dict(zip(map(rids.__getitem__, order), order, strict=True))
+    earliest = dict(zip(map(rids.__getitem__, order), order, strict=True))
+    head = dict(earliest)
     roots = [i for i in order if parents[i] is None]
     head.update(zip(map(rids.__getitem__, roots), roots, strict=True))
-    return head
+    return earliest, head
+
+
+def _day_column(
+    rids: list[str], starts: list[int], keep: list[int], known: dict[str, int], earliest: dict[str, int],
+    replayed: dict[str, int],
+) -> list[int]:
+    """Each kept span's ``request_day``: fixed by the request's first stored batch (``_ddl`` v8).
+
+    A replayed span's request keeps the day it was stored with; a request in ``requests`` already keeps
+    its ``first_day``; a new one takes the day of its earliest span here. ``replayed``: request id -> the
+    day its spans of this batch were stored with in an earlier attempt.
+    """
+    day = {rid: starts[i] // _DAY_NS * 86_400 for rid, i in earliest.items()}
+    day.update(known)
+    day.update(replayed)
+    if len(keep) == len(rids):  # every span kept (the usual case): a pass in C
+        return list(map(day.__getitem__, rids))
+    return [day[rids[i]] for i in keep]
 
 
 def write_batch(
@@ -262,7 +283,15 @@ def write_batch(
             cost = sum(values[i * n + 15] for i in fresh)
             unpriced = sum(values[i * n + 16] for i in fresh)
         new = len(fresh)
-        marks = _request_marks(conn, rids, parents, starts, fresh) if fresh else {}
+        earliest, head = _heads(rids, parents, starts, fresh) if fresh else ({}, {})
+        known = _request_days(conn, set(head)) if head else {}
+        marks = _request_marks(known, head)
+        replayed_days: dict[str, int] = {}
+        if stored:
+            for i in keep:
+                if ids[i] in stored:
+                    replayed_days[rids[i]] = stored[ids[i]][2]
+        days = _day_column(rids, starts, keep, known, earliest, replayed_days)
         columns.append([token] * len(keep))
         if not stored:
             mark_column = [0] * len(keep)
@@ -271,7 +300,8 @@ def write_batch(
             columns.append(mark_column)
         else:  # a replay keeps the marks it stored the first time, so its rows are the same rows
             columns.append([stored[ids[i]][1] if ids[i] in stored else marks.get(i, 0) for i in keep])
-        conn.insert("spans", columns, (*SPAN_NAMES, "batch", "new_request"), settings)
+        columns.append(days)
+        conn.insert("spans", columns, (*SPAN_NAMES, "batch", "new_request", "request_day"), settings)
         book = batch.book
         if book.version not in conn.books:  # a ReplacingMergeTree row per version: once per connection will do
             conn.insert(

@@ -338,11 +338,14 @@ _REQUEST_OUT = (
 )
 
 
-def request_rows(f: Filters, limit: int, order: str, offset: int = 0, *, search: str = "") -> tuple[str, list[Any]]:
+def request_rows(
+    f: Filters, limit: int, order: str, offset: int = 0, *, search: str = "", since_day: int | None = None
+) -> tuple[str, list[Any]]:
     """The page of merged ``requests`` rows (``_REQUEST_OUT``), newest or costliest first.
 
     ``search`` (already ASCII-lowered): only requests whose id, endpoint, tenant or root feature (what a
-    row shows, as on SQLite) contains it.
+    row shows, as on SQLite) contains it. ``since_day``: read ``request_index`` instead, only the requests
+    first stored on that day (epoch seconds) or later, a key range (``_dashboard``'s newest page).
 
     One scan of ``requests FINAL``: the table is an AggregatingMergeTree keyed by request id (one partition),
     so ``FINAL`` merges each request's rows with the columns' own functions (sum, min, max, any) as
@@ -352,6 +355,11 @@ def request_rows(f: Filters, limit: int, order: str, offset: int = 0, *, search:
     """
     terms: list[str] = []
     params: list[Any] = []
+    table = "requests"
+    if since_day is not None:
+        table = "request_index"
+        terms.append("request_day >= %s")
+        params.append(since_day)
     if f.start_ns is not None:
         terms.append("t0 >= %s")
         params.append(f.start_ns)
@@ -373,7 +381,7 @@ def request_rows(f: Filters, limit: int, order: str, offset: int = 0, *, search:
         else ("c DESC, request_id", "cost_nano DESC, request_id")
     )
     sql = (
-        f"SELECT {_REQUEST_OUT} FROM (SELECT {_REQUEST_MERGED} FROM requests FINAL{where} ORDER BY {by}"
+        f"SELECT {_REQUEST_OUT} FROM (SELECT {_REQUEST_MERGED} FROM {table} FINAL{where} ORDER BY {by}"
         f" LIMIT %s OFFSET %s) ORDER BY {outer}"
     )
     return sql, [*params, int(limit), int(offset)]

@@ -27,6 +27,8 @@ from spendtrace.server.ingest.reprice import GRAIN_SECONDS, Repricer, SpanChange
 from spendtrace.server.model.reprice import RepriceResult, ServiceChange
 from spendtrace.server.pricing import PriceBook
 from spendtrace.server.store.clickhouse._client import Conn
+from spendtrace.server.store.clickhouse._request_index import first_days
+from spendtrace.server.store.clickhouse._request_index import insert_deltas as insert_request_deltas
 from spendtrace.server.store.sqlite._reprice import check_range
 from spendtrace.server.store.sqlite._restate import _epoch_s, _who
 
@@ -255,6 +257,11 @@ def _insert_deltas(
         else:
             names = (*keys, *values)
         conn.insert(table, columns, names, _token(rid, sign, table))
+        if table == "requests":  # and the time-ordered copy, under each request's day
+            ids = [k[0] for k, _ in rows]
+            days = first_days(conn, ids)
+            index_rows = [(k[0], sign * v[0], sign * v[1], sign * float(v[2])) for k, v in rows if k[0] in days]
+            insert_request_deltas(conn, index_rows, days, _token(rid, sign, "request_index"))
         if done is not None:
             done[table] = rows
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from spendtrace.server.store.clickhouse._admin import _SYNC, _drop_partitions, get_retention, retire_all
 from spendtrace.server.store.clickhouse._client import Conn
 from spendtrace.server.store.clickhouse._cutoff import record_applied_cutoff
+from spendtrace.server.store.clickhouse._request_index import delete_requests
 
 __all__ = ["retention_chunk"]
 
@@ -44,6 +45,7 @@ def _expire_requests(conn: Conn, cutoff_ns: int, limit: int) -> int:
         )
     ]
     if ids:
+        delete_requests(conn, ids)  # the time-ordered copy first (``_request_index``)
         conn.command("ALTER TABLE requests DELETE WHERE request_id IN %s", (tuple(ids),), settings=_SYNC)
     return len(ids)
 
