@@ -21,7 +21,7 @@ from test_clickhouse import BOOK, NANO, T0, spans
 from spendtrace.schema import Span, UsageItem
 from spendtrace.server.ingest.prepare import prepare_batch
 from spendtrace.server.model.dashboard import RequestRow
-from spendtrace.server.store.base import open_dashboard
+from spendtrace.server.store.base import open_dashboard, open_store
 from spendtrace.server.store.clickhouse import _client
 from spendtrace.server.store.clickhouse._admin import apply_retention, restate_historical_costs, undo_restatement
 from spendtrace.server.store.clickhouse._client import Conn, connect
@@ -71,9 +71,15 @@ def as_tuples(rows: list[RequestRow]) -> list[tuple[Any, ...]]:
 
 
 def assert_pages_agree(url: str, conn: Conn) -> None:
-    for limit, offset, search in PAGES:
-        expected = [row[:10] for row in by_id(conn, limit, offset, search)]
-        assert as_tuples(page(url, limit, offset, search)) == expected, (limit, offset, search)
+    """The dashboard's pages and the API's (``get_request_cost``, unsearched) equal ``requests`` read whole."""
+    with open_store(url) as store:
+        for limit, offset, search in PAGES:
+            expected = [row[:10] for row in by_id(conn, limit, offset, search)]
+            assert as_tuples(page(url, limit, offset, search)) == expected, (limit, offset, search)
+            if not search:
+                api = store.get_request_cost(limit, "recent", offset=offset)
+                assert [r["request_id"] for r in api] == [row[0] for row in expected]
+                assert [(r["start_ns"], r["cost_nano"]) for r in api] == [(row[4], row[6]) for row in expected]
 
 
 def index_equals_requests(conn: Conn) -> None:

@@ -39,7 +39,7 @@ from spendtrace.server.model.dashboard import (
     window_start,
 )
 from spendtrace.server.store.clickhouse._client import Conn, connect
-from spendtrace.server.store.clickhouse._reads import ONE_THREAD, request_rows
+from spendtrace.server.store.clickhouse._reads import NEWEST_DAY, ONE_THREAD, page_is_exact, request_rows, since_days
 from spendtrace.server.store.clickhouse._store import CHANGE_TOKEN
 from spendtrace.server.store.sqlite._sql import Filters
 
@@ -55,9 +55,6 @@ _COLUMNS: dict[str, str] = {"feature": "feature", "user": "user_id", "endpoint":
 POOL = 5
 #: Pages whose values ``dimension`` remembers, to read their follow-ups beside the next ranking.
 _SHOWN_PAGES = 16
-#: Days before the newest that the newest-requests page reads, widening until the page is exact (None: all).
-_BACK_DAYS: tuple[int | None, ...] = (1, 7, 49, None)
-NANO = 1_000_000_000
 
 
 class ClickHouseDashboard:
@@ -289,18 +286,16 @@ class ClickHouseDashboard:
     async def _newest_requests(self, limit: int, offset: int, search: str) -> list[tuple[Any, ...]]:
         """The newest page from ``request_index``, reading back from the newest day only as far as the page needs.
 
-        Every request first started on or after its ``request_day``, so the requests of the days read include
-        every request that started since the first of them: once the page's last row started on or after that
-        day, no request left unread can rank above it, and the page is exact. Otherwise read further back.
+        Exact by ``page_is_exact``; otherwise read further back.
         """
-        newest = int((await self._all("SELECT max(request_day) FROM request_index"))[0][0] or 0)
-        for back in _BACK_DAYS:
-            since = None if back is None else newest - back * DAY
+        newest = int((await self._all(NEWEST_DAY))[0][0] or 0)
+        rows: list[tuple[Any, ...]] = []
+        for since in since_days(newest):
             sql, params = request_rows(Filters(), limit, "recent", offset, search=search, since_day=since)
             rows = await self._all(sql, params)
-            if since is None or (len(rows) == limit and int(rows[-1][4]) >= since * NANO):
-                return rows
-        raise AssertionError("unreachable: the last window is every day")
+            if page_is_exact(len(rows), limit, int(rows[-1][4]) if rows else None, since):
+                break
+        return rows
 
     async def request_tree(self, request_id: str) -> list[TreeNode]:
         """The call tree(s) of one request, with subtree costs (empty if the request is unknown)."""

@@ -387,10 +387,35 @@ def request_rows(
     return sql, [*params, int(limit), int(offset)]
 
 
-def request_costs(f: Filters, limit: int, order: str, offset: int = 0) -> Query[list[Row]]:
-    """``_raw.request_costs`` on ClickHouse (``request_rows``)."""
+#: The newest day any request was first stored on (``request_index``'s key; its partitions' bounds).
+NEWEST_DAY = "SELECT max(request_day) FROM request_index"
+#: Days before the newest that a newest-requests read covers, widening until the page is exact (None: all).
+BACK_DAYS: tuple[int | None, ...] = (1, 7, 49, None)
+
+
+def since_days(newest_day: int) -> list[int | None]:
+    """The ``since_day`` of each newest-requests read in turn: back from ``newest_day`` by ``BACK_DAYS``."""
+    return [None if back is None else newest_day - back * 86_400 for back in BACK_DAYS]
+
+
+def page_is_exact(rows: int, limit: int, last_start_ns: int | None, since_day: int | None) -> bool:
+    """Whether a page of the newest requests read from ``since_day`` on is the page of all requests.
+
+    Every request started on or after D has its ``request_day`` on or after D (a request's first start is
+    never later than its day), so it was read: once the page is full and its last row started on or after
+    ``since_day``, no request left unread ranks above any row of it.
+    """
+    if since_day is None:
+        return True
+    return rows == limit and last_start_ns is not None and last_start_ns >= since_day * 1_000_000_000
+
+
+def request_costs(
+    f: Filters, limit: int, order: str, offset: int = 0, *, since_day: int | None = None
+) -> Query[list[Row]]:
+    """``_raw.request_costs`` on ClickHouse (``request_rows``; ``since_day``: from ``request_index``)."""
     query = sraw.request_costs(f, limit, order, offset)  # validates ``order``
-    return _swap(query, [request_rows(f, limit, order, offset)])
+    return _swap(query, [request_rows(f, limit, order, offset, since_day=since_day)])
 
 
 def subtree(*, request_id: str | None = None, span_id: str | None = None) -> Query[list[Row]]:

@@ -312,8 +312,21 @@ class ClickHouseStore:
         endpoint: str | None = None,
         offset: int = 0,
     ) -> list[Row]:
-        """Cost per request: newest first, or most expensive first with ``order='cost'``."""
-        return self.run(q.request_costs(Filters.of(start, end, feature, user_id, endpoint), limit, order, offset))
+        """Cost per request: newest first, or most expensive first with ``order='cost'``.
+
+        The newest come from ``request_index``, the days back from the newest read only as far as the page
+        needs (``_reads.page_is_exact``).
+        """
+        f = Filters.of(start, end, feature, user_id, endpoint)
+        if order != "recent" or limit <= 0:
+            return self.run(q.request_costs(f, limit, order, offset))
+        rows: list[Row] = []
+        newest = int(self._conn.tuples(q.NEWEST_DAY)[0][0] or 0)
+        for since in q.since_days(newest):
+            rows = self.run(q.request_costs(f, limit, order, offset, since_day=since))
+            if q.page_is_exact(len(rows), limit, rows[-1]["start_ns"] if rows else None, since):
+                break
+        return rows
 
     def get_request_subtree(self, request_id: str) -> list[Row]:
         """The request's spans as a tree in depth-first order."""
