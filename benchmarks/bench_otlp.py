@@ -265,6 +265,21 @@ def publish_only(bootstrap: str, payloads: list[bytes]) -> float:
     return asyncio.run(run())
 
 
+def _clients(run: Any, chunks: list[list[bytes]], errors: list[str], payloads: list[bytes]) -> float:
+    """Run ``run`` over each chunk in a thread of its own; spans/s from the first send to the last answer."""
+    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    if errors:
+        raise SystemExit(f"receiver answered {errors[:5]}")
+    return sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans)
+               for p in payloads) / elapsed  # fmt: skip
+
+
 def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
     """Post every payload over ``clients`` keep-alive connections; spans/s from first send to last 200."""
     chunks = [payloads[i::clients] for i in range(clients)]
@@ -285,17 +300,7 @@ def post_all(url_port: int, payloads: list[bytes], clients: int) -> float:
                 time.sleep(float(resp.getheader("Retry-After") or 1) / 10)  # a benchmark: retry sooner
         conn.close()
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - t
-    if errors:
-        raise SystemExit(f"receiver answered {errors[:5]}")
-    return sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans)
-               for p in payloads) / elapsed  # fmt: skip
+    return _clients(run, chunks, errors, payloads)
 
 
 def post_all_grpc(port: int, payloads: list[bytes], clients: int) -> float:
@@ -322,17 +327,7 @@ def post_all_grpc(port: int, payloads: list[bytes], clients: int) -> float:
                             return
                         time.sleep(0.2)  # a benchmark: retry sooner than the RetryInfo asks
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in chunks]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    elapsed = time.perf_counter() - t
-    if errors:
-        raise SystemExit(f"receiver answered {errors[:5]}")
-    return sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans)
-               for p in payloads) / elapsed  # fmt: skip
+    return _clients(run, chunks, errors, payloads)
 
 
 class ReceiverProcess:

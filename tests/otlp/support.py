@@ -8,12 +8,14 @@ import gzip
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -24,7 +26,8 @@ from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 
-from spendtrace.schema import decode_span
+from spendtrace.schema import Span, decode_span
+from spendtrace.server.otlp.receiver import StoreSink
 
 #: Rates per 1M tokens / per request, from the providers' public pages, never from the price book.
 OPENAI_PRICING = "https://platform.openai.com/docs/pricing"  # gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out
@@ -195,3 +198,29 @@ def frozen(pid: int, timeout: float = 10.0) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+class GatedSink:
+    """A real StoreSink that waits for the test's go-ahead before each delivery (to hold spans in flight)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.inner = StoreSink(db_path)
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    async def publish(self, spans: Sequence[Span]) -> None:
+        self.entered.set()
+        await asyncio.to_thread(self.go.wait)
+        await self.inner.publish(spans)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def dead_broker() -> str:
+    """A loopback address nobody listens on (a port bound and released), for a broker that is down."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"

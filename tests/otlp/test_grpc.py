@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -26,9 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from support import instrumented, json_export, post, shop_calls
+from support import GatedSink, dead_broker, instrumented, json_export, post, shop_calls
 
-from spendtrace.schema import Span
 from spendtrace.server.otlp._grpc import SERVICE
 from spendtrace.server.otlp.receiver import KafkaSink, Receiver, StoreSink
 from spendtrace.server.store.base import open_store
@@ -117,25 +115,6 @@ def test_spans_without_ids_are_counted_in_the_partial_success(db_path: Path) -> 
         assert store.total()["transaction_count"] == 1
 
 
-class _GatedSink:
-    """A store sink that holds its first delivery until ``go`` is set (so an export is in flight)."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.inner = StoreSink(db_path)
-        self.entered = threading.Event()
-        self.go = threading.Event()
-
-    async def publish(self, spans: Sequence[Span]) -> None:
-        import asyncio
-
-        self.entered.set()
-        await asyncio.to_thread(self.go.wait)
-        await self.inner.publish(spans)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 def _retry_seconds(err: grpc.RpcError) -> int:
     metadata = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
     info = RetryInfo.FromString(metadata["google.rpc.retryinfo-bin"])
@@ -144,7 +123,7 @@ def _retry_seconds(err: grpc.RpcError) -> int:
 
 def test_back_pressure_is_shared_with_http_and_answers_resource_exhausted(db_path: Path) -> None:
     """An HTTP export in flight at max_pending: a gRPC export gets RESOURCE_EXHAUSTED with a RetryInfo delay."""
-    sink = _GatedSink(db_path)
+    sink = GatedSink(db_path)
     now = str(time.time_ns())
     first = {"traceId": "5" * 32, "spanId": "5" * 16, "name": "first", "startTimeUnixNano": now, "endTimeUnixNano": now}
     with Receiver(sink, port=0, grpc_port=0, max_pending=1) as receiver:
@@ -168,9 +147,7 @@ def test_back_pressure_is_shared_with_http_and_answers_resource_exhausted(db_pat
 
 def test_a_broker_that_is_down_answers_unavailable(tmp_path: Path) -> None:
     """Spans that cannot be acknowledged: UNAVAILABLE with a RetryInfo delay, nothing counted as accepted."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_broker()
     with Receiver(KafkaSink(dead, "t", timeout=1.0), port=0, grpc_port=0) as receiver:
         assert receiver.grpc_target is not None
         with pytest.raises(grpc.RpcError) as err:

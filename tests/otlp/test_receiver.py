@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import TracerProvider
-from support import instrumented, json_export, post, shop_calls
+from support import GatedSink, dead_broker, instrumented, json_export, post, shop_calls
 
-from spendtrace.schema import Span
 from spendtrace.server.otlp.receiver import KafkaSink, Receiver, StoreSink
 from spendtrace.server.store.base import open_store
 
@@ -112,28 +110,9 @@ def test_protobuf_success_answers_an_export_response(
     assert not resp.HasField("partial_success")
 
 
-class _GatedSink:
-    """A real StoreSink that waits for the test's go-ahead before each delivery (to hold spans in flight)."""
-
-    def __init__(self, db_path: Path) -> None:
-        self.inner = StoreSink(db_path)
-        self.entered = threading.Event()
-        self.go = threading.Event()
-
-    async def publish(self, spans: Sequence[Span]) -> None:
-        import asyncio
-
-        self.entered.set()
-        await asyncio.to_thread(self.go.wait)
-        await self.inner.publish(spans)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 def test_back_pressure_answers_429_with_retry_after(db_path: Path) -> None:
     """Over max_pending spans in flight, an export is refused with 429 + Retry-After; retried later, it is stored."""
-    sink = _GatedSink(db_path)
+    sink = GatedSink(db_path)
     at = {"startTimeUnixNano": str(time.time_ns()), "endTimeUnixNano": str(time.time_ns())}  # 0 is a dead letter
     first = {"traceId": "11111111111111111111111111111111", "spanId": "1111111111111111", "name": "first", **at}
     second = {"traceId": "22222222222222222222222222222222", "spanId": "2222222222222222", "name": "second", **at}
@@ -156,9 +135,7 @@ def test_back_pressure_answers_429_with_retry_after(db_path: Path) -> None:
 
 def test_a_broker_that_is_down_answers_503_with_retry_after(tmp_path: Path) -> None:
     """When spans cannot be acknowledged the export is refused as retryable, not swallowed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    dead = dead_broker()
     span = {"traceId": "33333333333333333333333333333333", "spanId": "3333333333333333", "name": "x"}
     with Receiver(KafkaSink(dead, "t", timeout=1.0), port=0) as receiver:
         status, headers, body = post(receiver.url, json_export([span]), "application/json")

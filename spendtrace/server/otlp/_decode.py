@@ -107,3 +107,14 @@ def decode_body(body: bytes, kind: str) -> Any:
     except (json_format.ParseError, binascii.Error, TypeError, AttributeError) as exc:
         raise OtlpDecodeError(f"invalid OTLP/JSON ExportTraceServiceRequest: {exc}") from None
     return request
+
+
+def varint(n: int) -> bytes:
+    """``n`` (non-negative) as a protobuf varint, for the few messages answered without generated classes."""
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)

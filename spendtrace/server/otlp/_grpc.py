@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spendtrace.server.otlp._decode import PROTOBUF, OtlpDecodeError, decode_body
+from spendtrace.server.otlp._decode import PROTOBUF, OtlpDecodeError, decode_body, varint
 
 if TYPE_CHECKING:
     from spendtrace.server.otlp.receiver import Intake
@@ -26,20 +26,10 @@ SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def retry_info(seconds: int) -> bytes:
     """A serialized ``google.rpc.RetryInfo`` asking for ``seconds`` of delay (field 1: a Duration; its field 1)."""
-    duration = b"\x08" + _varint(seconds)
-    return b"\x0a" + _varint(len(duration)) + duration
+    duration = b"\x08" + varint(seconds)
+    return b"\x0a" + varint(len(duration)) + duration
 
 
 async def start_grpc(

@@ -46,6 +46,7 @@ from spendtrace.server.otlp._decode import (
     decode_body,
     decompress,
     media_type,
+    varint,
 )
 from spendtrace.server.otlp._rules import DEFAULT_RULES, Rules
 
@@ -372,16 +373,6 @@ def _status_body(kind: str, code: int, message: str) -> tuple[bytes, str]:
 
         return json.dumps({"code": code, "message": message}).encode(), JSON
     msg = message.encode()[:4096]
-
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
     return b"\x08" + varint(code) + b"\x12" + varint(len(msg)) + msg, PROTOBUF
 
 

@@ -184,21 +184,27 @@ SELECT intDiv(bucket, {size}) * {size} AS bucket, feature, sum(cost_nano) AS cos
 FROM loaded_rows GROUP BY bucket, feature
 """
 
-_REQUESTS = f"""
-CREATE TABLE IF NOT EXISTS requests (
-    request_id    String,
-    root_endpoint SimpleAggregateFunction(any, Nullable(String)),
-    endpoint      SimpleAggregateFunction(any, Nullable(String)),
-    root_user_id  SimpleAggregateFunction(any, Nullable(String)),
-    user_id       SimpleAggregateFunction(any, Nullable(String)),
-    root_feature  SimpleAggregateFunction(any, Nullable(String)),
+def _request_columns(names: str) -> str:
+    """A request's merged columns after its id; ``names``: the endpoint and root feature type (v7: a dictionary)."""
+    any_of = "SimpleAggregateFunction(any, {})"
+    return f"""root_endpoint {any_of.format(names)},
+    endpoint      {any_of.format(names)},
+    root_user_id  {any_of.format("Nullable(String)")},
+    user_id       {any_of.format("Nullable(String)")},
+    root_feature  {any_of.format(names)},
     start_ns      SimpleAggregateFunction(min, Int64),
     end_ns        SimpleAggregateFunction(max, Int64),
     cost_nano     {_SUM.format(t="Int64")},
     spans         {_SUM.format(t="Int64")},
     errors        {_SUM.format(t="Int64")},
     unpriced      {_SUM.format(t="Int64")},
-    var_nano2     {_SUM.format(t="Float64")}
+    var_nano2     {_SUM.format(t="Float64")}"""
+
+
+_REQUESTS = f"""
+CREATE TABLE IF NOT EXISTS requests (
+    request_id    String,
+    {_request_columns("Nullable(String)")}
 ) ENGINE = AggregatingMergeTree
 ORDER BY request_id
 {_DEDUP}
@@ -542,18 +548,7 @@ _V8: tuple[str, ...] = (
     CREATE TABLE IF NOT EXISTS request_index (
         request_day   Int64,
         request_id    String,
-        root_endpoint SimpleAggregateFunction(any, LowCardinality(Nullable(String))),
-        endpoint      SimpleAggregateFunction(any, LowCardinality(Nullable(String))),
-        root_user_id  SimpleAggregateFunction(any, Nullable(String)),
-        user_id       SimpleAggregateFunction(any, Nullable(String)),
-        root_feature  SimpleAggregateFunction(any, LowCardinality(Nullable(String))),
-        start_ns      SimpleAggregateFunction(min, Int64),
-        end_ns        SimpleAggregateFunction(max, Int64),
-        cost_nano     {_SUM.format(t="Int64")},
-        spans         {_SUM.format(t="Int64")},
-        errors        {_SUM.format(t="Int64")},
-        unpriced      {_SUM.format(t="Int64")},
-        var_nano2     {_SUM.format(t="Float64")}
+        {_request_columns("LowCardinality(Nullable(String))")}
     ) ENGINE = AggregatingMergeTree
     PARTITION BY toYYYYMM(toDateTime(request_day, 'UTC'))
     ORDER BY (request_day, request_id)
