@@ -535,8 +535,8 @@ SETTINGS insert_deduplication_token = 'v8-fill', max_threads = 1, max_insert_thr
 # by (``request_day``, ``request_id``): the day the request was first stored, fixed for good (``_ingest``
 # stamps it on every span as ``spans.request_day``: the day of the request's first stored batch's earliest
 # span, or the ``first_day`` ``requests`` already holds), so every row of a request shares one key and merges,
-# and the newest page reads the last days' granules only (``_dashboard``). A request's first start can be
-# earlier than its day (a late span in a later batch), never later. Restatement and reprice deltas reach it
+# and the newest page reads the last days' granules only (``_dashboard``). A request's first start can fall on
+# a day before its key (a late span in a later batch), never on a later one. Restatement and reprice deltas reach it
 # beside ``requests``; retention deletes its rows first. Old spans and spans of an older worker get the day of
 # their own start by default. The fill copies every request: **stop the workers first** (as for v4); it is
 # one deterministic insert under a token, so a second migrating process (or a rerun) adds nothing.

@@ -401,9 +401,9 @@ def since_days(newest_day: int) -> list[int | None]:
 def page_is_exact(rows: int, limit: int, last_start_ns: int | None, since_day: int | None) -> bool:
     """Whether a page of the newest requests read from ``since_day`` on is the page of all requests.
 
-    Every request started on or after D has its ``request_day`` on or after D (a request's first start is
-    never later than its day), so it was read: once the page is full and its last row started on or after
-    ``since_day``, no request left unread ranks above any row of it.
+    A request's ``request_day`` is the day of a span no earlier than its first start, so every request that
+    started on or after the day D has its ``request_day`` on or after D and was read: once the page is full
+    and its last row started on or after ``since_day``, no request left unread ranks above any row of it.
     """
     if since_day is None:
         return True
