@@ -15,6 +15,7 @@ from spendtrace.errors import ConfigError
 def _run(args: argparse.Namespace) -> int:
     try:
         from spendtrace.server.otlp import load_rules
+        from spendtrace.server.otlp._grpc import GrpcBindError
         from spendtrace.server.otlp.receiver import serve
     except ImportError as exc:
         print(f"spendtrace otlp needs the [otlp] extra (pip install 'spendtrace[otlp]'): {exc}", file=sys.stderr)
@@ -39,14 +40,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"spendtrace otlp: {exc}", file=sys.stderr)
         return 2
     try:
-        serve(host=args.host, port=args.port, bootstrap=bootstrap or None, topic=topic, db_path=args.db, rules=rules,
-              partitions=args.partitions, max_pending=args.max_pending, workers=args.workers,
-              compression=None if args.compression == "none" else args.compression,
-              grpc_port=args.grpc_port)  # fmt: skip
+        return serve(host=args.host, port=args.port, bootstrap=bootstrap or None, topic=topic, db_path=args.db,
+                     rules=rules, partitions=args.partitions, max_pending=args.max_pending, workers=args.workers,
+                     compression=None if args.compression == "none" else args.compression,
+                     grpc_port=args.grpc_port)  # fmt: skip
+    except GrpcBindError as exc:
+        print(f"spendtrace otlp: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"spendtrace otlp: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 def register(subparsers: Any) -> None:

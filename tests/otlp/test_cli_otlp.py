@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 from support import json_export, post, topic_span_ids
 
-from spendtrace.server.broker import EmbeddedBroker
-from spendtrace.server.otlp import load_rules
+from spendtrace.server.broker import EmbeddedBroker, free_port
+from spendtrace.server.otlp import JSON, decode_body, load_rules
+from spendtrace.server.otlp._grpc import SERVICE
 from spendtrace.server.store.base import open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,27 +77,36 @@ def test_without_a_broker_a_non_sqlite_store_is_refused(tmp_path: Path) -> None:
 
 
 def test_workers_share_the_port_and_stop_together(broker: EmbeddedBroker, topic_name: str, tmp_path: Path) -> None:
-    """`--workers 2`: two processes serve the port, every export is acknowledged, one Ctrl-C stops them all."""
+    """`--workers 2`: two processes serve the ports (HTTP and gRPC), every export is acknowledged, one Ctrl-C stops
+    them all."""
+    grpc_port = free_port()
     cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--bootstrap", broker.bootstrap,
-           "--topic", topic_name, "--workers", "2", "--compression", "none"]  # fmt: skip
+           "--topic", topic_name, "--workers", "2", "--compression", "none", "--grpc-port", str(grpc_port)]  # fmt: skip
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path) as proc:
         try:
             assert proc.stdout is not None
-            line = proc.stdout.readline()  # printed once every worker is forked
+            line = proc.stdout.readline()  # printed once every worker is forked and gRPC listens
             url = re.search(r"http://\S+/v1/traces", line)
             assert url and "2 processes" in line, f"unexpected {line!r}"
+            assert f"OTLP/gRPC on 127.0.0.1:{grpc_port}" in line, f"unexpected {line!r}"
             assert len(_children(proc.pid)) == 2
             now = str(time.time_ns())
             for i in range(20):
                 span = {"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "x",
                         "startTimeUnixNano": now, "endTimeUnixNano": now}  # fmt: skip
                 assert post(url.group(0), json_export([span]), "application/json")[0] == 200
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:  # the same over gRPC, on fresh channels
+                export = channel.unary_unary(f"/{SERVICE}/Export")
+                for i in range(20, 30):
+                    span = {"traceId": f"{i + 1:032x}", "spanId": f"{i + 1:016x}", "name": "x",
+                            "startTimeUnixNano": now, "endTimeUnixNano": now}  # fmt: skip
+                    export(decode_body(json_export([span]), JSON).SerializeToString(), timeout=60)
         finally:
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "Traceback" not in err
     assert _children(proc.pid) == []
-    assert sorted(topic_span_ids(broker.bootstrap, topic_name)) == [f"{i + 1:016x}" for i in range(20)]
+    assert sorted(topic_span_ids(broker.bootstrap, topic_name)) == [f"{i + 1:016x}" for i in range(30)]
 
 
 def test_workers_without_a_broker_are_refused(tmp_path: Path) -> None:

@@ -182,3 +182,20 @@ def test_the_command_serves_grpc_too(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "Traceback" not in err
     with open_store(db) as store:
         assert store.total()["transaction_count"] == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_command_with_its_grpc_port_taken_says_so_and_fails(tmp_path: Path, workers: int) -> None:
+    """A gRPC port another program holds: one line naming it, a failing exit, and never the "receiver on" line
+    (with --workers 2 the processes that did start are stopped)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        where = ["--bootstrap", "127.0.0.1:1", "--workers", "2"] if workers == 2 else ["--db", str(tmp_path / "x.db")]
+        cmd = [sys.executable, "-m", "spendtrace", "otlp", "--port", "0", "--grpc-port", str(port), *where]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == (2 if workers == 1 else 1) and r.stdout == ""
+    assert f"cannot listen for OTLP/gRPC on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
+    if workers == 2:
+        assert "0 of 2 receiver processes started" in r.stderr

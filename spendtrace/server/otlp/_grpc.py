@@ -18,12 +18,16 @@ from spendtrace.server.otlp._decode import PROTOBUF, OtlpDecodeError, decode_bod
 if TYPE_CHECKING:
     from spendtrace.server.otlp.receiver import Intake
 
-__all__ = ["SERVICE", "retry_info", "start_grpc"]
+__all__ = ["SERVICE", "GrpcBindError", "retry_info", "start_grpc"]
 
 #: the fully qualified service name of OTLP's trace export
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 #: where OTLP exporters look for the server's retry delay (a binary trailing metadata entry)
 RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
+
+
+class GrpcBindError(OSError):
+    """The gRPC port could not be bound (in use, or an address this host does not have)."""
 
 
 def retry_info(seconds: int) -> bytes:
@@ -75,8 +79,8 @@ async def start_grpc(
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpcio raises when it cannot bind
-        raise OSError(f"cannot listen for OTLP/gRPC on {address}: {exc}") from None
+        raise GrpcBindError(f"cannot listen for OTLP/gRPC on {address}: {exc}") from None
     if not bound:
-        raise OSError(f"cannot listen for OTLP/gRPC on {address}")
+        raise GrpcBindError(f"cannot listen for OTLP/gRPC on {address}")
     await server.start()
     return server, bound

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -620,13 +621,15 @@ class Receiver:
 
 def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: str | None, rules: Rules,
           partitions: int = 3, max_pending: int = 50_000, workers: int = 1,
-          compression: str | None = "gzip", grpc_port: int | None = None) -> None:  # fmt: skip
+          compression: str | None = "gzip", grpc_port: int | None = None) -> int:  # fmt: skip
     """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``.
 
     ``workers`` > 1 (Kafka only) forks that many processes serving the one listening socket, each
     with its own producer: the receiver is CPU-bound in Python (decode and conversion), so this is
     how it uses more than one core. ``max_pending`` applies per process. ``grpc_port`` also serves
-    OTLP/gRPC there (with ``workers`` > 1 every process listens on it, ``SO_REUSEPORT``).
+    OTLP/gRPC there (with ``workers`` > 1 every process listens on it, ``SO_REUSEPORT``). The line
+    saying where it listens is printed once every process serves. Returns the exit status: 1 when a
+    worker process could not start or failed.
     """
     sink: Sink
     if bootstrap:
@@ -645,17 +648,50 @@ def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: s
 
     if workers == 1:
         receiver.run(ready=say)
-        return
-    if grpc_port is not None:  # the children bind it; say where, as the one process would
+        return 0
+    if grpc_port is not None:  # each child binds it; the line says where, as the one process would
         receiver.grpc_port = grpc_port
-    children = _fork(receiver, workers)
-    say(f", {workers} processes")
-    _supervise(children)
+    ready_r, ready_w = os.pipe()
+    children = _fork(receiver, workers, ready_w)
+    os.close(ready_w)
+    started = _count_ready(ready_r, workers)
+    os.close(ready_r)
+    if started == workers:
+        say(f", {workers} processes")
+        failed = _supervise(children)
+    else:  # one could not bind or start (its error is on stderr): stop the others
+        print(f"spendtrace otlp: {started} of {workers} receiver processes started; stopping", file=sys.stderr)
+        _supervise(children, stop=True)
+        failed = True
     receiver.socket.close()
+    return 1 if failed else 0
 
 
-def _fork(receiver: Receiver, workers: int) -> list[int]:
-    """Fork ``workers`` processes that serve ``receiver``'s socket (no event loop or thread runs yet here)."""
+def _count_ready(ready_r: int, workers: int, timeout: float = 120.0) -> int:
+    """Read the workers' one-byte "serving" notes from the pipe: all of them, or what came before it closed.
+
+    The pipe closes when every worker has written its note or exited, whichever comes first.
+    """
+    import select
+    import time
+
+    got = 0
+    deadline = time.monotonic() + timeout
+    while got < workers and time.monotonic() < deadline:
+        if not select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        data = os.read(ready_r, workers)
+        if not data:  # every write end closed: the missing workers exited
+            break
+        got += len(data)
+    return got
+
+
+def _fork(receiver: Receiver, workers: int, ready_w: int) -> list[int]:
+    """Fork ``workers`` processes that serve ``receiver``'s socket (no event loop or thread runs yet here).
+
+    Each writes one byte to ``ready_w`` once it serves, and closes it.
+    """
     children = []
     for _ in range(workers):
         pid = os.fork()
@@ -663,16 +699,24 @@ def _fork(receiver: Receiver, workers: int) -> list[int]:
             code = 1
             try:
                 os.setpgid(0, 0)
-                receiver.run()
+
+                def ready() -> None:
+                    os.write(ready_w, b"1")
+                    os.close(ready_w)
+
+                receiver.run(ready=ready)
                 code = 0
+            except Exception as exc:  # said here: os._exit below leaves no traceback
+                print(f"spendtrace otlp: receiver process {os.getpid()}: {exc}", file=sys.stderr, flush=True)
             finally:
                 os._exit(code)
         children.append(pid)
     return children
 
 
-def _supervise(children: list[int]) -> None:
-    """Pass SIGINT / SIGTERM on to the workers and wait for all of them to finish their requests and exit."""
+def _supervise(children: list[int], *, stop: bool = False) -> bool:
+    """Pass SIGINT / SIGTERM on to the workers (``stop``: send SIGTERM now) and wait for all of them to finish
+    their requests and exit; returns whether any of them failed."""
     import signal
 
     def forward(signum: int, frame: object) -> None:
@@ -681,9 +725,14 @@ def _supervise(children: list[int]) -> None:
                 os.kill(pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    failed = False
     try:
+        if stop:
+            forward(signal.SIGTERM, None)
         for pid in children:
-            os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
+            failed |= os.waitstatus_to_exitcode(status) not in (0, -signal.SIGTERM, -signal.SIGINT)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return failed
