@@ -547,6 +547,7 @@ class Receiver:
     async def _serve(self, ready: Callable[[], None] | None = None) -> None:
         """Serve HTTP (and gRPC) until told to exit; then finish in-flight exports and close the sink."""
         grpc_server: Any = None
+        announce: asyncio.Task[None] | None = None
         try:
             if self._grpc_wanted is not None:
                 from spendtrace.server.otlp._grpc import start_grpc
@@ -563,9 +564,9 @@ class Receiver:
                     self._grpc_ready.set()
             announce = asyncio.create_task(self._announce(ready)) if ready is not None else None
             await self.server.serve(sockets=[self.socket])
+        finally:
             if announce is not None:
                 announce.cancel()
-        finally:
             if grpc_server is not None:
                 await grpc_server.stop(grace=5.0)
             await self.intake.sink.close()
@@ -601,7 +602,7 @@ class Receiver:
             self._grpc_ready.wait(60)
             if self._grpc_error is not None:
                 self.stop()
-                raise OSError(str(self._grpc_error))
+                raise self._grpc_error  # GrpcBindError, an OSError
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
