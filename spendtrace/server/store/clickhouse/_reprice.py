@@ -209,12 +209,7 @@ def _present_deltas(conn: Conn, rp: Repricer, lo_s: int, hi_s: int) -> dict[str,
         )
         out[f"loaded_{grain}"] = [(list(k), list(v)) for k, v in rp.loaded[grain].items() if k in buckets and any(v)]
     ids = sorted(r for r, v in rp.requests.items() if any(v))
-    present: set[str] = set()
-    for i in range(0, len(ids), _CHUNK):
-        chunk = tuple(ids[i : i + _CHUNK])
-        present.update(
-            r[0] for r in conn.tuples("SELECT DISTINCT request_id FROM requests WHERE request_id IN %s", (chunk,))
-        )
+    present = first_days(conn, ids)  # the requests still stored
     out["requests"] = [([r], list(rp.requests[r])) for r in ids if r in present]
     stored = {
         (str(k), str(s), str(f))
@@ -327,9 +322,7 @@ def undo_reprice(conn: Conn, r: dict[str, Any], now_ns: int | None = None) -> in
             floor = conn.tuples(f"SELECT minOrNull(bucket) FROM {tbl}")[0][0]
             deltas[tbl] = [d for d in taken if floor is not None and d[0][0] >= floor]
         elif tbl == "requests":
-            ids = tuple(k[0] for k, _ in taken)
-            present = {x[0] for x in conn.tuples("SELECT DISTINCT request_id FROM requests WHERE request_id IN %s",
-                                                 (ids,))} if ids else set()  # fmt: skip
+            present = first_days(conn, [k[0] for k, _ in taken])
             deltas[tbl] = [d for d in taken if d[0][0] in present]
     _insert_deltas(conn, rid, deltas, -1)
     spans = conn.tuples(
