@@ -246,9 +246,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "otlp-unstorable-units-accepted",
         "the OTLP receiver passes a token count above MAX_UNITS on instead of refusing that span",
-        (("spendtrace/server/otlp/_convert.py", "if usage and (why := out_of_range(usage)) is not None:",
-          "if False and usage and (why := out_of_range(usage)) is not None:"),),
-        ("tests/otlp/test_receiver.py",),
+        (("spendtrace/server/otlp/_usage.py", "    if max(inp, out, read, write) > MAX_UNITS:\n",
+          "    if False:\n"),),
+        ("tests/otlp/test_receiver.py", "tests/otlp/test_fast_paths.py"),
     ),
     Mutant(
         "static-dynamodb-read-rate-off",

@@ -113,8 +113,8 @@ def test_usage_attributes_list_every_key_the_usage_reader_reads() -> None:
             if isinstance(owner, ast.Name) and owner.id == "attrs" and isinstance(node.args[0], ast.Constant):
                 read.add(node.args[0].value)
     assert len(read) >= 15  # the walk found the reads (a refactoring that hides them must update this test)
-    assert read | _usage._TOKEN_KEYS <= _usage.USAGE_ATTRIBUTES
-    assert {*_usage._TOKEN_KEYS, "rpc.system"} == _usage.USAGE_TRIGGERS
+    assert read | _usage.TOKEN_KEYS <= _usage.USAGE_ATTRIBUTES
+    assert {*_usage.TOKEN_KEYS, "rpc.system"} == _usage.USAGE_TRIGGERS
 
 
 def test_murmur2_is_kafkas_partition_hash() -> None:
@@ -170,3 +170,57 @@ def test_the_sink_gzips_its_batches_and_the_broker_takes_them(broker: EmbeddedBr
     assert asyncio.run(run()) == KafkaSink.GZIP_LEVEL == 1
     ids = topic_span_ids(broker.bootstrap, topic_name)
     assert sorted(ids) == sorted(s.span_id for s in spans)
+
+
+def test_parent_cycles_and_deep_chains_convert_in_either_export_order() -> None:
+    """Spans are resolved last to first (parents usually come after their children); a parent loop (a span its
+    own parent, two spans each other's) still ends and keeps every span, and a chain deeper than Python's
+    recursion limit inherits down to its leaf whichever end the export starts with."""
+    loops = [("self", 1, 1, [("spendtrace.feature", "solo")]),
+             ("a", 2, 3, [("spendtrace.feature", "left")]), ("b", 3, 2, [("enduser.id", "acme")])]  # fmt: skip
+    for order in (loops, loops[::-1]):
+        spans = {s.operation: s for s in convert(_export({"service.name": "shop"}, order)).spans}
+        assert sorted(spans) == ["a", "b", "self"]
+        assert spans["self"].feature == "solo" and spans["self"].parent_id == spans["self"].span_id
+        assert spans["a"].feature == "left" and spans["b"].user_id in ("acme", None)
+        assert spans["b"].feature in ("left", "shop")
+    depth = 3000
+    chain = [("root", 1, None, [("spendtrace.feature", "checkout"), ("enduser.id", "acme")])]
+    chain += [(f"s{n}", n, n - 1, []) for n in range(2, depth)]
+    s3 = [("rpc.system", "aws-api"), ("rpc.service", "S3"), ("rpc.method", "GetObject")]
+    chain.append(("leaf", depth, depth - 1, s3))
+    for order in (chain, chain[::-1], chain[1::2] + chain[0::2]):
+        spans = {s.operation: s for s in convert(_export({}, order)).spans}
+        assert len(spans) == depth
+        leaf = spans["leaf"]
+        assert (leaf.feature, leaf.user_id, leaf.path, [u.key for u in leaf.usage]) == (
+            "checkout", "acme", ("checkout",), ["s3_get"])  # fmt: skip
+
+
+def test_units_too_large_to_store_are_refused_with_their_reason_whatever_attribute_carries_them() -> None:
+    """Token counts and DynamoDB capacity above MAX_UNITS refuse their span (the reason names the unit);
+    counts at the limit pass, and the export's other spans convert."""
+    from spendtrace.schema import MAX_UNITS
+
+    def llm(n: int, key: str) -> list[tuple[str, Any]]:
+        return [("gen_ai.provider.name", "openai"), ("gen_ai.request.model", "gpt-4o-mini"), (key, n)]
+
+    def ddb(units: float) -> list[tuple[str, Any]]:
+        doc = f'{{"TableName": "t", "CapacityUnits": {units}}}'
+        return [("rpc.system", "aws-api"), ("rpc.service", "DynamoDB"), ("rpc.method", "GetItem"),
+                ("aws.dynamodb.consumed_capacity", doc)]  # fmt: skip
+
+    export = _export({}, [
+        ("ok", 1, None, llm(MAX_UNITS, "gen_ai.usage.output_tokens")),
+        ("out", 2, 1, llm(MAX_UNITS + 1, "gen_ai.usage.output_tokens")),
+        ("write", 3, 1, llm(MAX_UNITS + 1, "gen_ai.usage.cache_creation.input_tokens")),
+        ("ddb-ok", 4, 1, ddb(2.5)),
+        ("ddb", 5, 1, ddb(MAX_UNITS * 2.0)),
+    ])  # fmt: skip
+    out = convert(export)
+    assert sorted(s.operation or "" for s in out.spans) == ["ddb-ok", "ok"]
+    assert out.rejected == 3
+    assert sorted(r.split(" above")[0] for r in out.reasons) == ["usage cache_write_tokens", "usage count",
+                                                                  "usage output_tokens"]  # fmt: skip
+    ok = next(s for s in out.spans if s.operation == "ok")
+    assert ok.usage[0].output_tokens == MAX_UNITS

@@ -31,7 +31,16 @@ from spendtrace.sdk.instrument._dynamodb import OPERATIONS as DYNAMODB_OPERATION
 from spendtrace.sdk.instrument._dynamodb import consumed_units
 from spendtrace.sdk.instrument._models import model_key, profile_geography, sanitize
 
-__all__ = ["S3_OPERATIONS", "SQS_OPERATIONS", "USAGE_ATTRIBUTES", "USAGE_TRIGGERS", "out_of_range", "usage_items"]
+__all__ = [
+    "S3_OPERATIONS",
+    "SQS_OPERATIONS",
+    "TOKEN_KEYS",
+    "USAGE_ATTRIBUTES",
+    "USAGE_TRIGGERS",
+    "OutOfRange",
+    "out_of_range",
+    "usage_items",
+]
 
 # The operation sets of spendtrace.sdk.instrument._botocore (tests/otlp check they stay equal).
 S3_OPERATIONS: dict[str, str] = {
@@ -64,7 +73,8 @@ PROVIDERS = {"openai": "openai", "anthropic": "anthropic", "aws.bedrock": "bedro
              "bedrock": "bedrock"}  # fmt: skip
 
 
-_TOKEN_KEYS = frozenset({
+#: The GenAI token keys: a span with one of them is an LLM call.
+TOKEN_KEYS = frozenset({
     "gen_ai.usage.input_tokens",
     "gen_ai.usage.output_tokens",
     "gen_ai.usage.cache_read.input_tokens",
@@ -75,7 +85,7 @@ _TOKEN_KEYS = frozenset({
 
 
 #: Without one of these ``usage_items`` finds nothing: a span lacking them all is no billable call.
-USAGE_TRIGGERS = _TOKEN_KEYS | {"rpc.system"}
+USAGE_TRIGGERS = TOKEN_KEYS | {"rpc.system"}
 #: Every attribute ``usage_items`` reads (``convert`` reads no other attribute of a span for usage;
 #: tests/otlp check this list against the code of this module).
 USAGE_ATTRIBUTES = USAGE_TRIGGERS | {
@@ -95,6 +105,10 @@ USAGE_ATTRIBUTES = USAGE_TRIGGERS | {
 }
 
 
+class OutOfRange(ValueError):
+    """A usage unit above ``MAX_UNITS``; the message is the reason the span is refused (``out_of_range``)."""
+
+
 @lru_cache(maxsize=1024)
 def _provider(raw: str) -> str:
     return PROVIDERS.get(raw) or sanitize(raw) or "genai"
@@ -112,9 +126,7 @@ def _int(value: Any) -> int:
     return 0
 
 
-def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | None:
-    if attrs.keys().isdisjoint(_TOKEN_KEYS):
-        return None
+def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem:
     raw_provider = str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "").strip().lower()
     if not raw_provider and aws_service == "Bedrock Runtime":
         raw_provider = "aws.bedrock"
@@ -122,14 +134,19 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
     model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
     if provider == "bedrock":  # the request's id keeps the inference profile (us., global.) the bill depends on
         model = str(attrs.get("gen_ai.request.model") or model)
-    inp = _int(attrs.get("gen_ai.usage.input_tokens", attrs.get("gen_ai.usage.prompt_tokens")))
-    out = _int(attrs.get("gen_ai.usage.output_tokens", attrs.get("gen_ai.usage.completion_tokens")))
-    read = _int(attrs.get("gen_ai.usage.cache_read.input_tokens"))
-    write = _int(attrs.get("gen_ai.usage.cache_creation.input_tokens"))
+    # counts are ints almost always: those skip the call to _int
+    inp = attrs.get("gen_ai.usage.input_tokens", attrs.get("gen_ai.usage.prompt_tokens"))
+    inp = inp if type(inp) is int and inp >= 0 else _int(inp)
+    out = attrs.get("gen_ai.usage.output_tokens", attrs.get("gen_ai.usage.completion_tokens"))
+    out = out if type(out) is int and out >= 0 else _int(out)
+    read = attrs.get("gen_ai.usage.cache_read.input_tokens")
+    read = 0 if read is None else _int(read)
+    write = attrs.get("gen_ai.usage.cache_creation.input_tokens")
+    write = 0 if write is None else _int(write)
     if read + write <= inp:  # the conventions: input includes the cache; ours never does
         inp -= read + write
     tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
-    return UsageItem(
+    item = UsageItem(
         key=model_key(provider, model),
         service=provider[:64],
         count=1.0,
@@ -142,6 +159,9 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem | Non
         service_tier=str(tier)[:64] if tier else None,
         region=_profile_geography(model) if provider == "bedrock" else None,
     )
+    if max(inp, out, read, write) > MAX_UNITS:
+        raise OutOfRange(out_of_range((item,)))
+    return item
 
 
 def _dynamodb(attrs: Mapping[str, Any], method: str) -> tuple[UsageItem, ...]:
@@ -173,7 +193,10 @@ def _capacity(kind: str, entries: tuple[Any, ...]) -> tuple[UsageItem, ...]:
         if isinstance(doc, Mapping):
             consumed.append(doc)
     units = consumed_units(consumed, kind) or {kind: 1.0}
-    return tuple(UsageItem(key=f"dynamodb_{k}", service="dynamodb", count=float(n)) for k, n in units.items() if n > 0)
+    items = tuple(UsageItem(key=f"dynamodb_{k}", service="dynamodb", count=float(n)) for k, n in units.items() if n > 0)
+    if (why := out_of_range(items)) is not None:
+        raise OutOfRange(why)
+    return items
 
 
 def _aws(attrs: Mapping[str, Any], service: str, method: str) -> tuple[UsageItem, ...]:
@@ -197,7 +220,9 @@ def out_of_range(usage: tuple[UsageItem, ...]) -> str | None:
     """Why ``usage`` cannot be stored (a unit above ``MAX_UNITS``), or None.
 
     Such a span is refused at the receiver, in the export's partial success: a token count of 1e20
-    would otherwise fail to encode and answer 503 on every retry until the exporter gave up.
+    would otherwise fail to encode and answer 503 on every retry until the exporter gave up. Only
+    units read from attributes can be that large (token counts, DynamoDB capacity): ``usage_items``
+    checks those where it makes them and raises ``OutOfRange``; the other items count one request.
     """
     for item in usage:
         for name in _UNIT_FIELDS:
@@ -206,13 +231,16 @@ def out_of_range(usage: tuple[UsageItem, ...]) -> str | None:
     return None
 
 
-def usage_items(attrs: Mapping[str, Any], failed: bool) -> tuple[UsageItem, ...]:
-    """What the call a span describes used, from its attributes; empty for spans that are not billable calls."""
+def usage_items(attrs: Mapping[str, Any], failed: bool, tokens: bool | None = None) -> tuple[UsageItem, ...]:
+    """What the call a span describes used, from its attributes; empty for spans that are not billable calls.
+
+    ``tokens``: whether ``attrs`` has a GenAI token key (None: look). Raises ``OutOfRange`` with the
+    reason when a unit is above ``MAX_UNITS``.
+    """
     aws = attrs.get("rpc.system") == "aws-api"
     service = str(attrs.get("rpc.service") or "") if aws else None
-    genai = _genai(attrs, service)
-    if genai is not None:
-        return (genai,)
+    if tokens if tokens is not None else not attrs.keys().isdisjoint(TOKEN_KEYS):
+        return (_genai(attrs, service),)
     if not aws or failed:
         return ()
     status = attrs.get("http.status_code", attrs.get("http.response.status_code"))
