@@ -13,14 +13,15 @@ times and status, which a converter must also read: ``parse + read every field``
 denominator so figures compare with earlier runs.
 
 Where the receiver's time goes: the CPU time per span of each stage, run alone in this process on
-the same payloads (parse, convert, encode + partition hash, record batches + gzip at the sink's
-level and at aiokafka's 9), and the rest of the receiver process's CPU per span (HTTP, the event
-loop, the producer's sends) as the difference. The reference's CPU time per span over the
-receiver's is the ratio per core: on a shared machine, steadier than the spans/s one.
+the same payloads (parse, convert, encode + partition hash, record batches + zstd at the sink's
+level; gzip at level 1 and at aiokafka's 9 beside them), and the rest of the receiver process's CPU
+per span (HTTP, the event loop, the producer's sends) as the difference. The reference's CPU time
+per span over the receiver's is the ratio per core: on a shared machine, steadier than the spans/s one.
 The receiver path is ``spendtrace otlp`` in its own process, as deployed: HTTP + gzip-less protobuf
-decode + conversion + msgpack + aiokafka produce with ``acks=all`` to a real broker (Tansu), posted
-by ``--clients`` concurrent keep-alive connections from this process (the three processes share
-the machine's two cores). Its CPU time per span is read from /proc, a steadier figure than spans/s.
+decode + conversion + msgpack + zstd record batches + aiokafka produce with ``acks=all`` to a real
+broker (Tansu), posted by ``--clients`` concurrent keep-alive connections from this process (the
+three processes share the machine's two cores). Its CPU time per span is read from /proc, a steadier
+figure than spans/s.
 ``--compare DIR`` runs the receiver of another checkout (e.g. ``git worktree add DIR main``) on the
 same broker and payloads, alternating with this one, for before/after figures from one run.
 
@@ -160,7 +161,7 @@ def stages(payloads: list[bytes], rounds: int = 5) -> dict[str, float]:
     from aiokafka.producer.message_accumulator import BatchBuilder
 
     from spendtrace.schema import encode_span
-    from spendtrace.server.otlp.receiver import gzip_batch, murmur2
+    from spendtrace.server.otlp.receiver import compress_batch, murmur2
 
     n = sum(len(ExportTraceServiceRequest.FromString(p).resource_spans[0].scope_spans[0].spans) for p in payloads)
     requests = [ExportTraceServiceRequest.FromString(p) for p in payloads]
@@ -184,12 +185,12 @@ def stages(payloads: list[bytes], rounds: int = 5) -> dict[str, float]:
                     hashes[key] = murmur2(key)
                 encode_span(s)
 
-    def batches(level: int) -> None:
+    def batches(codec: str, level: int) -> None:
         for recs in records:
             b = BatchBuilder(512 * 1024, 0)
             for k, v in recs:
                 b.append(timestamp=None, key=k, value=v)
-            gzip_batch(b._build(), level)
+            compress_batch(b._build(), codec, level)
 
     def best(f: Any) -> float:
         out = float("inf")
@@ -205,8 +206,9 @@ def stages(payloads: list[bytes], rounds: int = 5) -> dict[str, float]:
     parsed = best(parse)
     return {"(reference: parse + read)": best(read), "parse": parsed, "convert": best(conv) - parsed,
             "encode + partition hash": best(encode),
-            "batches + gzip level 1": best(lambda: batches(1)),
-            "(batches + gzip level 9)": best(lambda: batches(9))}  # fmt: skip
+            "batches + zstd level 1": best(lambda: batches("zstd", 1)),
+            "(batches + gzip level 1)": best(lambda: batches("gzip", 1)),
+            "(batches + gzip level 9)": best(lambda: batches("gzip", 9))}  # fmt: skip
 
 
 def convert_only(payloads: list[bytes]) -> float:
@@ -220,7 +222,7 @@ def convert_only(payloads: list[bytes]) -> float:
 
 
 def bare_produce(bootstrap: str, payloads: list[bytes]) -> float:
-    """A bare aiokafka producer (same acks, gzip, linger) sending the already encoded spans, one batch per export."""
+    """A bare aiokafka producer (same acks, zstd, linger) sending the already encoded spans, one batch per export."""
     from aiokafka import AIOKafkaProducer
 
     from spendtrace.schema import encode_span
@@ -232,7 +234,7 @@ def bare_produce(bootstrap: str, payloads: list[bytes]) -> float:
     async def run() -> float:
         topic = f"bench-otlp-bare-{time.time_ns()}"
         await ensure_topics(bootstrap, [topic], partitions=3)
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="gzip")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, compression_type="zstd")
         await producer.start()
         try:
             t = time.perf_counter()
@@ -477,7 +479,7 @@ def main() -> None:
                    help="the worker's fetch_max_wait_ms in the latency part (repeatable, alternated; default: 100)")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured after each latency run")
     p.add_argument("--latency-only", action="store_true", help="skip the throughput part")
-    p.add_argument("--variant", action="append", default=["--workers 2", "--compression none", "grpc"],
+    p.add_argument("--variant", action="append", default=["--workers 2", "--compression gzip", "grpc"],
                    help="also run this tree's receiver with these options (repeatable; 'grpc': send over OTLP/gRPC)")
     args = p.parse_args()
     if args.latency_only:

@@ -1,5 +1,5 @@
 """The receiver's shortcuts give what the long way gives: one-pass attribute reading, the rules' per-resource
-result, the usage key list, Kafka's partition hash, and record batches gzipped by the sink itself."""
+result, the usage key list, Kafka's partition hash, and record batches compressed by the sink itself."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
@@ -21,7 +22,7 @@ from support import topic_span_ids
 from spendtrace.schema import Span
 from spendtrace.server.broker import EmbeddedBroker
 from spendtrace.server.otlp import _usage, convert, load_rules
-from spendtrace.server.otlp.receiver import KafkaSink, _builds_plain_batches, gzip_batch, murmur2
+from spendtrace.server.otlp.receiver import KafkaSink, _builds_plain_batches, compress_batch, murmur2
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
 
@@ -132,42 +133,54 @@ def _plain_batch(records: list[tuple[bytes, bytes]]) -> bytes:
     return bytes(b._build())
 
 
-def test_gzip_batch_is_a_gzip_batch_aiokafka_reads_back_record_for_record() -> None:
-    """The batch gzipped by the sink: valid CRC, gzip codec, smaller, and the same records as the plain one."""
+CODECS = {"gzip": DefaultRecordBatch.CODEC_GZIP, "zstd": DefaultRecordBatch.CODEC_ZSTD}
+
+
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_a_batch_the_sink_compresses_is_one_aiokafka_reads_back_record_for_record(codec: str) -> None:
+    """The batch compressed by the sink: valid CRC, the codec's id, smaller, and the same records as the plain one."""
     records = [(f"req-{i % 9}".encode(), f'{{"span": {i}, "feature": "recommendations"}}'.encode()) for i in range(400)]
     plain = _plain_batch(records)
-    packed = gzip_batch(plain, 1)
+    packed = compress_batch(plain, codec, 1)
     assert len(packed) < len(plain) / 3
     batch = DefaultRecordBatch(bytearray(packed))
-    assert batch.validate_crc() and batch.compression_type == DefaultRecordBatch.CODEC_GZIP
+    assert batch.validate_crc() and batch.compression_type == CODECS[codec]
     assert [(r.offset, r.key, r.value) for r in batch] == [(i, k, v) for i, (k, v) in enumerate(records)]
 
 
-def test_gzip_batch_leaves_incompressible_and_compressed_batches_alone() -> None:
-    """Random bytes do not shrink: the batch goes as built (as aiokafka does); a gzipped one is not gzipped twice."""
+@pytest.mark.parametrize("codec", sorted(CODECS))
+def test_compression_leaves_incompressible_and_compressed_batches_alone(codec: str) -> None:
+    """Random bytes do not shrink: the batch goes as built (as aiokafka does); a compressed one is not compressed
+    twice, whatever the codec."""
     rng = random.Random(5)
     noise = _plain_batch([(b"k", bytes(rng.randrange(256) for _ in range(200)))])
-    assert gzip_batch(noise, 1) is noise
-    packed = gzip_batch(_plain_batch([(b"k", b"v" * 1000)]), 1)
-    assert gzip_batch(packed, 1) is packed
+    assert compress_batch(noise, codec, 1) is noise
+    packed = compress_batch(_plain_batch([(b"k", b"v" * 1000)]), codec, 1)
+    assert all(compress_batch(packed, other, 1) is packed for other in CODECS)
 
 
-def test_the_sink_gzips_its_batches_and_the_broker_takes_them(broker: EmbeddedBroker, topic_name: str) -> None:
-    """With the installed aiokafka the sink compresses its own batches; the broker stores them and every span
-    reads back from the topic as it was published."""
+@pytest.mark.parametrize("codec", [None, *sorted(CODECS)])
+def test_the_sink_compresses_its_batches_and_the_broker_takes_them(
+    broker: EmbeddedBroker, topic_name: str, codec: str | None
+) -> None:
+    """With the installed aiokafka the sink compresses its own batches (zstd unless told otherwise); the broker
+    stores them and every span reads back from the topic, through aiokafka's consumer, as it was published."""
     assert _builds_plain_batches()
     spans = [Span(span_id=f"{i:016x}", parent_id=None, request_id=f"{i % 37:032x}", feature="search",
                   operation="query", start_ns=1_700_000_000_000_000_000 + i) for i in range(1_200)]  # fmt: skip
-    sink = KafkaSink(broker.bootstrap, topic_name, partitions=3)
+    if codec == "zstd":  # the default
+        sink = KafkaSink(broker.bootstrap, topic_name, partitions=3)
+    else:
+        sink = KafkaSink(broker.bootstrap, topic_name, partitions=3, compression_type=codec)
 
-    async def run() -> int | None:
+    async def run() -> str | None:
         try:
             await asyncio.gather(sink.publish(spans[:700]), sink.publish(spans[700:]))
-            return sink._gzip_level
+            return sink._codec
         finally:
             await sink.close()
 
-    assert asyncio.run(run()) == KafkaSink.GZIP_LEVEL == 1
+    assert asyncio.run(run()) == codec
     ids = topic_span_ids(broker.bootstrap, topic_name)
     assert sorted(ids) == sorted(s.span_id for s in spans)
 

@@ -30,7 +30,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -84,13 +84,13 @@ class KafkaSink:
     #: several batches per partition, each waiting for the previous one's round trip. Below the
     #: broker's default ``message.max.bytes`` (1 MiB) even before compression.
     MAX_BATCH_BYTES = 512 * 1024
-    #: gzip level of the batches this sink compresses itself. aiokafka's gzip is level 9, which cost the
-    #: receiver 5-6 µs of CPU per span (bench_otlp.py, 18-20 µs/span with gzip, 13.5-14 without); level 1
-    #: costs about 1 for batches some 10% larger (5.4x smaller than the records instead of 6.1x).
-    GZIP_LEVEL = 1
+    #: Level of each codec the sink compresses its batches with itself. aiokafka's gzip is level 9, which
+    #: cost the receiver 5-6 µs of CPU per span (bench_otlp.py); gzip level 1 costs about 1 µs (records 5.4x
+    #: smaller), zstd level 1 about 0.25 µs (6.8x smaller): zstd is the default.
+    LEVELS: ClassVar[dict[str, int]] = {"gzip": 1, "zstd": 1}
 
     def __init__(self, bootstrap: str, topic: str = "spendtrace.spans", *, partitions: int = 3,
-                 timeout: float = 10.0, compression_type: str | None = "gzip",
+                 timeout: float = 10.0, compression_type: str | None = "zstd",
                  max_batch_bytes: int = MAX_BATCH_BYTES) -> None:  # fmt: skip
         self.bootstrap = bootstrap
         self.topic = topic
@@ -105,7 +105,7 @@ class KafkaSink:
         self._queued: dict[int, list[_Part]] = {}  # partition -> records waiting for the next batch
         self._wake = asyncio.Event()
         self._hashes: dict[bytes, int] = {}  # request id -> murmur2: once per trace, not once per span
-        self._gzip_level: int | None = None  # set when this sink gzips the batches itself
+        self._codec: str | None = None  # set when this sink compresses the batches itself
 
     async def _get(self) -> Any:
         async with self._lock:
@@ -115,10 +115,10 @@ class KafkaSink:
                 from spendtrace.server.topics import ensure_topics
 
                 await ensure_topics(self.bootstrap, [self.topic], partitions=self.partitions)
-                own_gzip = self.compression_type == "gzip" and _builds_plain_batches()
-                self._gzip_level = self.GZIP_LEVEL if own_gzip else None
+                own = self.compression_type in self.LEVELS and _builds_plain_batches()
+                self._codec = self.compression_type if own else None
                 producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id="spendtrace-otlp", acks="all",
-                                            linger_ms=5, compression_type=None if own_gzip else self.compression_type,
+                                            linger_ms=5, compression_type=None if own else self.compression_type,
                                             max_batch_size=self.max_batch_bytes,
                                             request_timeout_ms=int(self.timeout * 1000))  # fmt: skip
                 try:
@@ -184,8 +184,8 @@ class KafkaSink:
             queued, self._queued = self._queued, {}
             try:
                 batches = [(p, *built) for p, parts in queued.items() for built in _batches(producer, parts)]
-                if self.compression_type is not None:  # zlib lets go of the GIL: compress beside the event loop
-                    await asyncio.to_thread(_build, [b for _, b, _ in batches], self._gzip_level)
+                if self.compression_type is not None:  # zlib and zstd let go of the GIL: compress beside the loop
+                    await asyncio.to_thread(_build, [b for _, b, _ in batches], self._codec)
                 for partition, batch, owners in batches:
                     ack = await producer.send_batch(batch, self.topic, partition=partition)
                     for part in owners:
@@ -245,45 +245,61 @@ def _batches(producer: Any, parts: list[_Part]) -> list[tuple[Any, list[_Part]]]
     return out
 
 
-def _build(batches: list[Any], gzip_level: int | None) -> None:
+def _build(batches: list[Any], codec: str | None) -> None:
     """Build (so compress) record batches in a worker thread; the sender then sends the bytes as they are.
 
     ``BatchBuilder._build`` is what aiokafka's sender calls on the event loop; it builds once and
-    keeps the bytes. With ``gzip_level`` the batches were made uncompressed and are gzipped here at
-    that level (``_builds_plain_batches`` checked that the builder keeps its bytes in ``_buffer``).
-    With an aiokafka that lacks ``_build``, the sender builds as before.
+    keeps the bytes. With ``codec`` the batches were made uncompressed and are compressed here at
+    ``KafkaSink.LEVELS[codec]`` (``_builds_plain_batches`` checked that the builder keeps its bytes in
+    ``_buffer``). With an aiokafka that lacks ``_build``, the sender builds as before.
     """
     for b in batches:
         build = getattr(b, "_build", None)
         if build is not None:
             built = build()
-            if gzip_level is not None:
-                b._buffer = gzip_batch(built, gzip_level)
+            if codec is not None:
+                b._buffer = compress_batch(built, codec, KafkaSink.LEVELS[codec])
 
 
 # Offsets in a v2 record batch header (Kafka's RecordBatch; aiokafka's DefaultRecordBase spells the same).
 _LENGTH_AT, _AFTER_LENGTH, _CRC_AT, _ATTRIBUTES_AT, _RECORDS_AT = 8, 12, 17, 21, 61
-_CODEC_MASK, _CODEC_GZIP = 0x07, 0x01
+_CODEC_MASK = 0x07
+_CODECS = {"gzip": 0x01, "zstd": 0x04}  # Kafka's codec ids in the batch attributes
 
 
-def gzip_batch(batch: bytes | bytearray, level: int) -> bytes | bytearray:
-    """An uncompressed v2 record batch with its records gzipped at ``level``: length, codec and CRC-32C rewritten.
+def _gzip(records: memoryview, level: int) -> bytes:
+    z = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip format, as Kafka's gzip codec reads it
+    return z.compress(records) + z.flush()
 
-    Returned as it is when it is compressed already, or when gzip would not make it smaller (as aiokafka does).
+
+def _zstd(records: memoryview, level: int) -> bytes:
+    import cramjam  # aiokafka's own zstd library (the workers read these batches with it)
+
+    return bytes(cramjam.zstd.compress(records, level))
+
+
+_COMPRESS = {"gzip": _gzip, "zstd": _zstd}
+
+
+def compress_batch(batch: bytes | bytearray, codec: str, level: int) -> bytes | bytearray:
+    """An uncompressed v2 record batch with its records compressed (``gzip`` / ``zstd`` at ``level``): length,
+    codec and CRC-32C rewritten.
+
+    Returned as it is when it is compressed already, or when compression would not make it smaller (as
+    aiokafka does).
     """
     from aiokafka.record.util import calc_crc32c
 
     if batch[_ATTRIBUTES_AT + 1] & _CODEC_MASK:
         return batch
-    z = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: the gzip format, as Kafka's gzip codec reads it
     records = memoryview(batch)[_RECORDS_AT:]
-    packed = z.compress(records) + z.flush()
+    packed = _COMPRESS[codec](records, level)
     if len(packed) >= len(records):
         return batch
     out = bytearray(batch[:_RECORDS_AT])
     out += packed
     struct.pack_into(">i", out, _LENGTH_AT, len(out) - _AFTER_LENGTH)
-    out[_ATTRIBUTES_AT + 1] |= _CODEC_GZIP
+    out[_ATTRIBUTES_AT + 1] |= _CODECS[codec]
     struct.pack_into(">I", out, _CRC_AT, calc_crc32c(memoryview(out)[_ATTRIBUTES_AT:]))
     return out
 
@@ -622,7 +638,7 @@ class Receiver:
 
 def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: str | None, rules: Rules,
           partitions: int = 3, max_pending: int = 50_000, workers: int = 1,
-          compression: str | None = "gzip", grpc_port: int | None = None) -> int:  # fmt: skip
+          compression: str | None = "zstd", grpc_port: int | None = None) -> int:  # fmt: skip
     """Run the receiver in the foreground: to Kafka at ``bootstrap`` if given, else into the SQLite ``db_path``.
 
     ``workers`` > 1 (Kafka only) forks that many processes serving the one listening socket, each
