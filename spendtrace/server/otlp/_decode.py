@@ -15,7 +15,7 @@ from typing import Any
 
 from spendtrace.errors import SpendtraceError
 
-__all__ = ["JSON", "PROTOBUF", "OtlpDecodeError", "decode_body", "decompress", "media_type"]
+__all__ = ["JSON", "PROTOBUF", "OtlpDecodeError", "decode_body", "decompress", "media_type", "not_traces"]
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -107,6 +107,16 @@ def decode_body(body: bytes, kind: str) -> Any:
     except (json_format.ParseError, binascii.Error, TypeError, AttributeError) as exc:
         raise OtlpDecodeError(f"invalid OTLP/JSON ExportTraceServiceRequest: {exc}") from None
     return request
+
+
+def not_traces(signal: str) -> str:
+    """The answer to an OTLP ``metrics`` or ``logs`` export (HTTP 404, gRPC UNIMPLEMENTED).
+
+    An OTel SDK pointed at the receiver's port (4318 and 4317 are every signal's default) exports its
+    metrics and logs there too; its exporter logs this reason, so the app's log says what to change.
+    """
+    return (f"spendtrace receives OTLP traces only, not {signal}: set OTEL_{signal.upper()}_EXPORTER=none, "
+            f"or send {signal} elsewhere with OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
 
 
 def varint(n: int) -> bytes:

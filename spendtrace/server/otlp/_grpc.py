@@ -4,24 +4,28 @@ Answers follow the OTLP/gRPC specification: ``OK`` with ``partial_success`` for 
 placed; ``INVALID_ARGUMENT`` with the reason for a message that is not an ``ExportTraceServiceRequest``;
 ``RESOURCE_EXHAUSTED`` (back-pressure) and ``UNAVAILABLE`` (the broker or the store failed), both with a
 ``google.rpc.RetryInfo`` delay in the trailing metadata, so the exporter retries and nothing of that
-export was accepted. The request bytes are decoded here rather than by gRPC, so a malformed message gets
-a reason instead of gRPC's bare deserialization error. Compression (``grpc-encoding: gzip``) and the
-message size limit are gRPC's own.
+export was accepted. The metrics and logs services' ``Export`` answer ``UNIMPLEMENTED`` with what to
+change (an SDK pointed at 4317 exports every signal there; its exporter logs the reason). The request
+bytes are decoded here rather than by gRPC, so a malformed message gets a reason instead of gRPC's bare
+deserialization error. Compression (``grpc-encoding: gzip``) and the message size limit are gRPC's own.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spendtrace.server.otlp._decode import PROTOBUF, OtlpDecodeError, decode_body, varint
+from spendtrace.server.otlp._decode import PROTOBUF, OtlpDecodeError, decode_body, not_traces, varint
 
 if TYPE_CHECKING:
     from spendtrace.server.otlp.receiver import Intake
 
-__all__ = ["SERVICE", "GrpcBindError", "retry_info", "start_grpc"]
+__all__ = ["OTHER_SERVICES", "SERVICE", "GrpcBindError", "retry_info", "start_grpc"]
 
 #: the fully qualified service name of OTLP's trace export
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+#: OTLP's other signals, answered UNIMPLEMENTED with what to change (``not_traces``)
+OTHER_SERVICES = {"metrics": "opentelemetry.proto.collector.metrics.v1.MetricsService",
+                  "logs": "opentelemetry.proto.collector.logs.v1.LogsService"}  # fmt: skip
 #: where OTLP exporters look for the server's retry delay (a binary trailing metadata entry)
 RETRY_INFO_KEY = "google.rpc.retryinfo-bin"
 
@@ -69,10 +73,19 @@ async def start_grpc(
         out: bytes = response.SerializeToString()
         return out
 
+    def refuse(signal: str) -> Any:
+        async def other(request: bytes, context: Any) -> bytes:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, not_traces(signal))
+            raise AssertionError("abort raises")
+
+        return grpc.unary_unary_rpc_method_handler(other)
+
     # no (de)serializers: the method takes and returns bytes, so decoding and its errors stay ours
-    handler = grpc.method_handlers_generic_handler(SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)})
+    handlers = [grpc.method_handlers_generic_handler(SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(export)})]
+    handlers += [grpc.method_handlers_generic_handler(name, {"Export": refuse(signal)})
+                 for signal, name in OTHER_SERVICES.items()]  # fmt: skip
     server = grpc.aio.server(
-        handlers=(handler,),
+        handlers=handlers,
         options=(("grpc.max_receive_message_length", max_body), ("grpc.so_reuseport", int(shared))),
     )
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,6 +8,8 @@ Answers follow the OTLP/HTTP specification, and nothing is ever dropped silently
 - 400 with a ``google.rpc.Status`` (code 3, the reason) for a body that is not an OTLP trace export,
   413 for one over the size limit, 415 for a content type other than ``application/x-protobuf`` /
   ``application/json``;
+- 404 with a ``google.rpc.Status`` (code 12, what to change) for OTLP metrics and logs (``/v1/metrics``,
+  ``/v1/logs``), which an SDK pointed at this port sends too: the receiver takes traces only;
 - 429 with ``Retry-After`` when more than ``max_pending`` spans are already being delivered
   (back-pressure), 503 with ``Retry-After`` when the broker or the store failed: the exporter
   retries, and nothing of that request was accepted.
@@ -47,6 +49,7 @@ from spendtrace.server.otlp._decode import (
     decode_body,
     decompress,
     media_type,
+    not_traces,
     varint,
 )
 from spendtrace.server.otlp._rules import DEFAULT_RULES, Rules
@@ -494,6 +497,10 @@ def create_app(sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 5
             return _error(kind, 503, 14, taken.message, retry_after)
         return _success(kind, taken.rejected, taken.message)
 
+    async def other_signal(request: Request) -> Response:  # metrics and logs: 404 with what to change
+        signal = request.url.path.rsplit("/", 1)[-1]
+        return _error(media_type(request.headers.get("content-type")), 404, 12, not_traces(signal))
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", **asdict(stats), "pending": take.pending})
 
@@ -505,8 +512,9 @@ def create_app(sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 5
             if own:
                 await sink.close()
 
-    app = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/health", health)],
-                    lifespan=lifespan)  # fmt: skip
+    app = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/health", health),
+                            Route("/v1/metrics", other_signal, methods=["POST"]),
+                            Route("/v1/logs", other_signal, methods=["POST"])], lifespan=lifespan)  # fmt: skip
     app.state.stats = stats
     app.state.intake = take
     return app
