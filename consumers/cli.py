@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from aiokafka.errors import UnsupportedCodecError
+
 from consumers.config import (
     DEFAULT_ALERTS_TOPIC,
     DEFAULT_DLQ_TOPIC,
@@ -159,7 +161,11 @@ async def run_tasks(
                 await evaluator.dispatcher.aclose()
     failed = [r for r in results if isinstance(r, BaseException)]
     for exc in failed:
-        log.error("worker failed", exc_info=exc)
+        if isinstance(exc, UnsupportedCodecError):  # batches compressed with a codec this install lacks
+            log.error("worker stopped: %s (the OTLP receiver's batches are zstd); nothing from them was committed: "
+                      "install the codecs with pip install 'spendtrace[consumer]' (cramjam) and start it again", exc)
+        else:
+            log.error("worker failed", exc_info=exc)
     return 1 if failed else 0
 
 

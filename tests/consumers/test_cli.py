@@ -180,3 +180,36 @@ def test_a_worker_process_hands_the_gil_over_sooner_than_cpython_by_default() ->
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S) == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(previous)
+
+
+async def test_a_worker_without_the_zstd_codec_stops_saying_what_to_install_and_loses_nothing(
+    broker: EmbeddedBroker, topic_name: str, db_path: Path, tmp_path: Path
+) -> None:
+    """zstd batches (what the OTLP receiver sends) reach a worker whose install lacks cramjam: it exits 1 with
+    the pip command, commits nothing; with the codec back, every span is stored once."""
+    spans = make_spans(400, seed=5)
+    ends = await produce_spans(broker.bootstrap, topic_name, spans, partitions=2, compression="zstd")
+    hidden = tmp_path / "no-codecs"
+    hidden.mkdir()
+    (hidden / "cramjam.py").write_text('raise ImportError("cramjam is not installed here")\n')
+    group = f"{topic_name}-g"
+    cmd = [sys.executable, "-m", "consumers", "--bootstrap", broker.bootstrap, "--db", str(db_path), "--group",
+           group, "--topic", topic_name, "--partitions", "2", "--worker-mode", "task",
+           "--session-timeout-ms", "2000"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hidden), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "zstd" in done.stderr and "pip install 'spendtrace[consumer]'" in done.stderr
+    assert stored_offsets(db_path, group, topic_name) == {}
+    with open(tmp_path / "cli.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: stored_offsets(db_path, group, topic_name) == ends, 120, "the worker to drain")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(spans)
