@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,24 @@ def _metrics(port: int) -> str:
             return response.read().decode()
     except OSError:
         return ""
+
+
+@contextmanager
+def _running(cmd: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``cmd`` started with its output in ``log_path``; killed if it still runs when the block ends."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _stored_spans(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as conn:
+        return int(conn.execute("SELECT count(*) FROM spans").fetchone()[0])
 
 
 def _value(text: str, series: str) -> float:
@@ -44,9 +64,7 @@ async def test_two_workers_drain_then_stop_gracefully_on_sigterm(
         "--topic", topic_name, "--partitions", "4", "--workers", "2", "--worker-mode", mode, "--batch-size", "300",
         "--session-timeout-ms", "2000", "--metrics-port", str(port), "--log-level", "WARNING",
     ]  # fmt: skip
-    with open(tmp_path / "cli.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with _running(cmd, tmp_path / "cli.log") as proc:
         await wait_for(lambda: stored_offsets(db_path, group, topic_name) == ends, 120, "the workers to drain")
         # process mode: one endpoint per child (port, port + 1); task mode: one endpoint, a series per worker
         ports = [port, port + 1] if mode == "process" else [port]
@@ -61,12 +79,7 @@ async def test_two_workers_drain_then_stop_gracefully_on_sigterm(
         assert sum(t.count('spendtrace_consumer_batches_total{worker="') for t in texts) == 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(spans)
+    assert _stored_spans(db_path) == len(spans)
 
 
 def test_options_reach_the_worker_config() -> None:
@@ -150,9 +163,7 @@ async def test_supervisor_restarts_a_killed_worker_and_leaves_no_orphans(
         "--group", f"{topic_name}-g", "--topic", topic_name, "--workers", "2", "--session-timeout-ms", "2000",
         "--log-level", "WARNING",
     ]  # fmt: skip
-    with open(tmp_path / "cli.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with _running(cmd, tmp_path / "cli.log") as proc:
         await wait_for(lambda: len(_children(proc.pid)) == 2, 30, "two worker processes")
         first = _children(proc.pid)
         victim = min(first)
@@ -163,10 +174,6 @@ async def test_supervisor_restarts_a_killed_worker_and_leaves_no_orphans(
         proc.kill()  # the supervisor dies without a chance to stop its children
         proc.wait(10)
         await wait_for(lambda: not any(_alive(pid) for pid in workers), 60, "orphaned workers to stop by themselves")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_worker_process_hands_the_gil_over_sooner_than_cpython_by_default() -> None:
@@ -201,15 +208,8 @@ async def test_a_worker_without_the_zstd_codec_stops_saying_what_to_install_and_
     assert done.returncode == 1, done.stderr
     assert "zstd" in done.stderr and "pip install 'spendtrace[consumer]'" in done.stderr
     assert stored_offsets(db_path, group, topic_name) == {}
-    with open(tmp_path / "cli.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with _running(cmd, tmp_path / "cli.log") as proc:
         await wait_for(lambda: stored_offsets(db_path, group, topic_name) == ends, 120, "the worker to drain")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT count(*) FROM spans").fetchone()[0] == len(spans)
+    assert _stored_spans(db_path) == len(spans)

@@ -39,7 +39,7 @@ def any_value(v: Any) -> Any:
         return s
     kind = v.WhichOneof("value")
     if kind == "string_value":
-        return v.string_value
+        return s  # the empty string
     if kind is None:
         return None
     if kind == "array_value":  # strings without a call each (DynamoDB's consumed capacity is an array of them)
