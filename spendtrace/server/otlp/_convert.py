@@ -9,9 +9,12 @@ export down to the span, so fully-loaded cost per feature works for OTel traces 
 
 A span without a valid trace or span id cannot be placed in any tree: it is rejected and counted.
 
-Reading protobuf fields from Python is most of the cost (bench_otlp.py), so each span's attributes
-are read in one pass that keeps only the keys something reads (``_Plan``: the rules' lists and
-conditions, the usage and error keys) and notes what they feed; a part none of them feeds is skipped.
+Reading protobuf fields from Python is most of the cost (bench_otlp.py), so what conversion uses is
+read first, by itself: each span's ids, name, times, status code, first exception type and only the
+attributes whose key something reads (``_Plan``: the rules' lists and conditions, the usage and error
+keys), with what they feed. Given the body the message was parsed from, the C reader ``_wire`` reads
+it from the bytes; otherwise (JSON, or an install without a C compiler) ``_read_message`` reads upb's
+objects. Both give the same tuples (tests compare them); conversion proper works on those.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from typing import Any
 from spendtrace.schema import MAX_NAME_LEN, UNATTRIBUTED, Span, UsageItem
 from spendtrace.server.otlp._rules import DEFAULT_RULES, Rules
 from spendtrace.server.otlp._usage import TOKEN_KEYS, USAGE_ATTRIBUTES, USAGE_TRIGGERS, OutOfRange, usage_items
+
+try:
+    from spendtrace.server.otlp import _wire
+except ImportError:  # installed without a C compiler: upb's objects are read instead
+    _wire = None  # type: ignore[assignment]
 
 __all__ = ["Converted", "any_value", "attributes", "convert"]
 
@@ -89,7 +97,7 @@ class _Plan:
     reading their values: nothing in conversion looks at them.
     """
 
-    __slots__ = ("wanted",)
+    __slots__ = ("keys", "wanted")
 
     def __init__(self, rules: Rules) -> None:
         wanted = dict.fromkeys(USAGE_ATTRIBUTES, 0)
@@ -103,6 +111,7 @@ class _Plan:
             for key in (*(k for k, _ in rule.match), *(k for _, k in rule.set_from)):
                 wanted[key] = wanted.get(key, 0) | _RULED
         self.wanted = wanted
+        self.keys = _wire.keys(wanted) if _wire is not None else None  # the same, as the C reader's table
 
 
 @lru_cache(maxsize=64)
@@ -143,16 +152,56 @@ def _clip(value: str | None, limit: int) -> str | None:
     return value[:limit]
 
 
-def _error_type(span: Any, attrs: Mapping[str, Any]) -> str | None:
+def _error_type(attrs: Mapping[str, Any], exception: Any) -> str | None:
+    """A failed span's ``error.type``, else the type of its first exception event, else None."""
     et = attrs.get("error.type")
     if et:
         return str(et)[:MAX_NAME_LEN]
-    for event in span.events:
+    return str(exception)[:MAX_NAME_LEN] or None if exception is not None else None
+
+
+def _exception_type(events: Any) -> Any:
+    """The value of the first ``exception.type`` attribute of the first ``exception`` event that has a value."""
+    for event in events:
         if event.name == "exception":
             for kv in event.attributes:
                 if kv.key == "exception.type":
-                    return str(any_value(kv.value))[:MAX_NAME_LEN] or None
+                    value = any_value(kv.value)
+                    if value is not None:
+                        return value
+                    break
     return None
+
+
+#: What conversion reads of one span: trace id, span id, parent span id, name, start, end (Unix ns),
+#: status code, the attributes whose key ``_Plan.wanted`` has, the OR of their flags, and the exception
+#: type (``_exception_type``). A tuple, as ``_wire.scan`` makes it without a class of its own.
+_Read = tuple[bytes, bytes, bytes, str, int, int, int, dict[str, Any], int, Any]
+
+
+def _read_message(request: Any, wanted: dict[str, int]) -> list[tuple[dict[str, Any], list[_Read]]]:
+    """What conversion reads of a parsed ``ExportTraceServiceRequest``, per resource: its attributes and spans."""
+    out: list[tuple[dict[str, Any], list[_Read]]] = []
+    for rs in request.resource_spans:
+        spans: list[_Read] = []
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                attrs: dict[str, Any] = {}
+                flags = 0
+                for kv in span.attributes:  # one pass; a repeated key: the last wins
+                    key = kv.key
+                    flag = wanted.get(key)
+                    if flag is not None:
+                        v = kv.value
+                        s = v.string_value  # any_value's first step, inlined: most values are strings
+                        attrs[key] = s if s else v.int_value if v.WhichOneof("value") == "int_value" else any_value(v)
+                        flags |= flag
+                events = span.events
+                spans.append((span.trace_id, span.span_id, span.parent_span_id, span.name, span.start_time_unix_nano,
+                              span.end_time_unix_nano, span.status.code, attrs, flags,
+                              _exception_type(events) if events else None))  # fmt: skip
+        out.append((attributes(rs.resource.attributes), spans))
+    return out
 
 
 _Dims = tuple[str | None, str | None, str | None]  # (feature, tenant, endpoint)
@@ -188,10 +237,16 @@ def _resolve(i: int, keys: list[bytes], parents: list[bytes | None], own: list[_
     return done
 
 
-def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
-    """Turn an ``ExportTraceServiceRequest`` into spendtrace spans under ``rules``."""
+def convert(request: Any, rules: Rules = DEFAULT_RULES, body: bytes | None = None) -> Converted:
+    """Turn an ``ExportTraceServiceRequest`` into spendtrace spans under ``rules``.
+
+    ``body``: the protobuf bytes ``request`` was parsed from (so known to be well-formed), for the C reader.
+    """
     out = Converted()
-    wanted = _plan(rules).wanted
+    plan = _plan(rules)
+    read = _wire.scan(body, plan.keys) if body is not None and plan.keys is not None else None
+    if read is None:  # no body, no C reader, or a body the C reader leaves to upb (a merged singular field)
+        read = _read_message(request, plan.wanted)
     fkeys, tkeys, ekeys, ruled = rules.feature, rules.tenant, rules.endpoint, bool(rules.rules)
     # The spans of the export, numbered in order; what the second pass needs of each, by number (``rest`` is
     # unpacked by name where it is read). Parallel lists instead of a slotted object per span: 7.73 instead
@@ -199,54 +254,42 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
     keys: list[bytes] = []  # trace id + span id
     parents: list[bytes | None] = []  # trace id + parent span id
     own: list[_Dims] = []
-    rest: list[tuple[Any, _Resource, bool, str | None, tuple[UsageItem, ...]]] = []  # raw, resource, failed, ...
+    rest: list[tuple[str, int, int, _Resource, bool, str | None, tuple[UsageItem, ...]]] = []  # name, start, ...
     at: dict[bytes, int] = {}
-    for rs in request.resource_spans:
-        resource = _Resource(attributes(rs.resource.attributes), rules)
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
-                if len(trace_id) != 16 or trace_id == _ZERO16:
-                    out.reject("span without a valid 16-byte trace_id")
+    for resource_attrs, spans in read:
+        resource = _Resource(resource_attrs, rules)
+        for trace_id, span_id, parent, name, start, end, code, attrs, flags, exception in spans:
+            if len(trace_id) != 16 or trace_id == _ZERO16:
+                out.reject("span without a valid 16-byte trace_id")
+                continue
+            if len(span_id) != 8 or span_id == _ZERO8:
+                out.reject("span without a valid 8-byte span_id")
+                continue
+            f = _first(fkeys, attrs) if flags & _FEATURE else None
+            t = _first(tkeys, attrs) if flags & _TENANT else None
+            e = _first(ekeys, attrs) if flags & _ENDPOINT else None
+            if ruled:
+                found = rules.apply({**resource.attrs, **attrs}) if flags & _RULED else resource.found
+                if found:
+                    f = f if f is not None else found.get("feature")
+                    t = t if t is not None else found.get("tenant")
+                    e = e if e is not None else found.get("endpoint")
+            failed = code == _STATUS_ERROR
+            if flags & _USAGE:
+                try:
+                    usage = usage_items(attrs, failed, tokens=bool(flags & _TOKENS))
+                except OutOfRange as exc:  # a unit too large to store: refused, with the reason
+                    out.reject(str(exc))
                     continue
-                if len(span_id) != 8 or span_id == _ZERO8:
-                    out.reject("span without a valid 8-byte span_id")
-                    continue
-                attrs: dict[str, Any] = {}
-                flags = 0
-                for kv in span.attributes:  # one pass; a repeated key: the last wins
-                    key = kv.key
-                    flag = wanted.get(key)
-                    if flag is not None:
-                        v = kv.value
-                        s = v.string_value  # any_value's first step, inlined: most values are strings
-                        attrs[key] = s if s else v.int_value if v.WhichOneof("value") == "int_value" else any_value(v)
-                        flags |= flag
-                f = _first(fkeys, attrs) if flags & _FEATURE else None
-                t = _first(tkeys, attrs) if flags & _TENANT else None
-                e = _first(ekeys, attrs) if flags & _ENDPOINT else None
-                if ruled:
-                    found = rules.apply({**resource.attrs, **attrs}) if flags & _RULED else resource.found
-                    if found:
-                        f = f if f is not None else found.get("feature")
-                        t = t if t is not None else found.get("tenant")
-                        e = e if e is not None else found.get("endpoint")
-                failed = span.status.code == _STATUS_ERROR
-                if flags & _USAGE:
-                    try:
-                        usage = usage_items(attrs, failed, tokens=bool(flags & _TOKENS))
-                    except OutOfRange as exc:  # a unit too large to store: refused, with the reason
-                        out.reject(str(exc))
-                        continue
-                else:
-                    usage = ()
-                key = trace_id + span_id
-                at[key] = len(keys)
-                keys.append(key)
-                parents.append(trace_id + parent if len(parent) == 8 and parent != _ZERO8 else None)
-                own.append((f[:MAX_NAME_LEN] if f else None, t[:MAX_NAME_LEN] if t else None,
-                            e[:_MAX_ENDPOINT] if e else None))  # fmt: skip
-                rest.append((span, resource, failed, _error_type(span, attrs) if failed else None, usage))
+            else:
+                usage = ()
+            key = trace_id + span_id
+            at[key] = len(keys)
+            keys.append(key)
+            parents.append(trace_id + parent if len(parent) == 8 and parent != _ZERO8 else None)
+            own.append((f[:MAX_NAME_LEN] if f else None, t[:MAX_NAME_LEN] if t else None,
+                        e[:_MAX_ENDPOINT] if e else None))  # fmt: skip
+            rest.append((name, start, end, resource, failed, _error_type(attrs, exception) if failed else None, usage))
 
     n = len(keys)
     resolved: list[_Dims | None] = [None] * n
@@ -256,7 +299,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
     # parent first and the walk (_resolve) is rarely needed (on bench_otlp.py's five-span traces the gain is
     # within the noise, 0-0.15 µs/span; deeper traces walk longer chains).
     for i in range(n - 1, -1, -1):
-        span, res, failed, error_type, usage = rest[i]
+        name, start, end, res, failed, error_type, usage = rest[i]
         dims = resolved[i]
         if dims is None:  # the usual cases without the walk: a root, or a parent resolved already
             parent = parents[i]
@@ -276,8 +319,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
         path = paths[i]
         if not path or path[-1] != feature:
             path = (*(p for p in path if p != feature), feature)
-        key, parent, name = keys[i], parents[i], span.name
-        start = span.start_time_unix_nano
+        key, parent = keys[i], parents[i]
         made[i] = Span(
             span_id=key[16:].hex(),
             parent_id=parent[16:].hex() if parent is not None else None,
@@ -287,7 +329,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES) -> Converted:
             endpoint=e if e is not None else res.endpoint,
             user_id=t if t is not None else res.tenant,
             start_ns=start,
-            duration_ns=max(0, span.end_time_unix_nano - start),
+            duration_ns=max(0, end - start),
             error=failed,
             error_type=error_type,
             usage=usage,

@@ -61,7 +61,7 @@ async def start_grpc(
         except OtlpDecodeError as exc:
             stats.malformed += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        taken = await intake.take(message)
+        taken = await intake.take(message, request)
         if taken.status == "throttled":
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, taken.message, trailing_metadata=delay)
         if taken.status == "unavailable":

@@ -171,7 +171,7 @@ class KafkaSink:
             key = s.request_id.encode()
             h = hashes.get(key)
             if h is None:
-                h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+                h = hashes[key] = _murmur2(key) & 0x7FFFFFFF
             p = partitions[h % n]
             records = out.get(p)
             if records is None:
@@ -350,6 +350,12 @@ def murmur2(key: bytes) -> int:
     return h ^ (h >> 15)
 
 
+try:  # the C reader's copy of the hash, where it is built: 0.08 instead of 2.4 µs a key (tests compare them)
+    from spendtrace.server.otlp._wire import murmur2 as _murmur2
+except ImportError:
+    _murmur2 = murmur2
+
+
 def _fail(queued: dict[int, list[_Part]], exc: BaseException) -> None:
     for parts in queued.values():
         for part in parts:
@@ -436,9 +442,10 @@ class Intake:
         self.stats = ReceiverStats()
         self.pending = 0
 
-    async def take(self, export: Any) -> Taken:
-        """Deliver ``export``'s spans (an ``ExportTraceServiceRequest``): accepted, or refused whole and retryable."""
-        converted = convert(export, self.rules)
+    async def take(self, export: Any, body: bytes | None = None) -> Taken:
+        """Deliver ``export``'s spans (an ``ExportTraceServiceRequest``, parsed from protobuf ``body`` if given):
+        accepted, or refused whole and retryable."""
+        converted = convert(export, self.rules, body)
         n = len(converted.spans)
         if n and self.pending and self.pending + n > self.max_pending:
             self.stats.throttled += 1
@@ -490,7 +497,7 @@ def create_app(sink: Sink, *, rules: Rules = DEFAULT_RULES, max_pending: int = 5
         except OtlpDecodeError as exc:
             stats.malformed += 1
             return _error(kind, 400, 3, str(exc))
-        taken = await take.take(export)
+        taken = await take.take(export, body if kind == PROTOBUF else None)
         if taken.status == "throttled":
             return _error(kind, 429, 8, taken.message, retry_after)
         if taken.status == "unavailable":
