@@ -310,3 +310,18 @@ def test_the_c_partition_hash_is_kafkas() -> None:
         key = rng.randbytes(n)
         assert _murmur2(key) == murmur2(key)
     assert _murmur2 is wire.murmur2  # the receiver uses it
+
+
+def test_without_the_c_reader_upbs_objects_give_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install without a C compiler has no ``_wire``: the body is ignored and the parsed message read instead."""
+    body = _sdk_export()
+    request = ExportTraceServiceRequest.FromString(body)
+    with_c = convert(request, body=body)
+    monkeypatch.setattr(_convert, "_wire", None)
+    _convert._plan.cache_clear()
+    try:
+        assert _convert._plan(DEFAULT_RULES).keys is None
+        without = convert(request, body=body)
+    finally:
+        _convert._plan.cache_clear()
+    assert without.spans == with_c.spans and len(without.spans) == 60
