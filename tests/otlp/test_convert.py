@@ -275,3 +275,32 @@ def test_the_json_encoding_of_a_real_export_converts_like_its_protobuf() -> None
     assert from_json == from_proto and len(from_json) == 2
     root = _by_name(from_json)["root"]
     assert (root.error, root.error_type, root.user_id) == (True, "KeyError", "acme")
+
+
+def test_a_span_whose_usage_reading_fails_unforeseen_is_refused_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever escapes the usage rules refuses that span with the reason and logs once; the others convert."""
+    from spendtrace.server.otlp import _convert
+
+    real = _convert.usage_items
+
+    def failing(attrs: Any, failed: bool, tokens: bool | None = None) -> Any:
+        if attrs.get("rpc.method") == "Boom":
+            raise RuntimeError("no rule for this")
+        return real(attrs, failed, tokens)
+
+    def build(tracer: Any) -> None:
+        with tracer.start_as_current_span("root", attributes={"spendtrace.feature": "f"}):
+            for method in ("Boom", "GetItem", "Boom"):
+                aws = {"rpc.system": "aws-api", "rpc.service": "DynamoDB", "rpc.method": method}
+                with tracer.start_as_current_span(method, attributes=aws):
+                    pass
+
+    monkeypatch.setattr(_convert, "usage_items", failing)
+    with caplog.at_level("WARNING", logger=_convert.__name__):
+        out = convert(_record(build))
+    assert sorted(s.operation or "" for s in out.spans) == ["GetItem", "root"]
+    assert out.rejected == 2
+    assert out.reasons == ["usage attributes could not be read (RuntimeError: no rule for this)"]
+    assert [r.getMessage() for r in caplog.records].count(f"refused an OTLP span: {out.reasons[0]}") == 1

@@ -185,3 +185,29 @@ def test_a_token_count_too_large_to_store_is_refused_in_the_partial_success(
         rows = store.get_request_subtree(trace)
     assert sorted(r["span_id"] for r in rows) == ["c7ad6b7169203331", "c7ad6b7169203333"]
     assert store_receiver.stats.spans_rejected == 1
+
+
+def test_unreadable_dynamodb_capacity_counts_as_absent_and_the_export_is_stored(
+    store_receiver: Receiver, db_path: Path
+) -> None:
+    """Consumed capacity whose units are not numbers (or JSON nested past Python's recursion limit) is read as
+    absent: one unit, as for a call without it. Before, float() raised out of the conversion: the receiver
+    answered 500, which OTLP exporters do not retry, and the whole export was lost."""
+    now = time.time_ns()
+    trace = "0af7651916cd43dd8448eb211c80319e"
+    entries = ['{"TableName": "t", "CapacityUnits": "abc"}', '{"CapacityUnits": [1]}',
+               '{"ReadCapacityUnits": {"a": 1}}', '{"CapacityUnits": -2}', "[" * 100_000]  # fmt: skip
+    spans = []
+    for i, entry in enumerate(entries):
+        attrs = {"rpc.system": "aws-api", "rpc.service": "DynamoDB", "rpc.method": "GetItem",
+                 "aws.dynamodb.consumed_capacity": entry}  # fmt: skip
+        spans.append({"traceId": trace, "spanId": f"c7ad6b716920333{i}", "name": f"ddb{i}",
+                      "startTimeUnixNano": str(now), "endTimeUnixNano": str(now + 10**8),
+                      "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attrs.items()]})  # fmt: skip
+    status, _, body = post(store_receiver.url, json_export(spans), "application/json")
+    assert status == 200 and "partialSuccess" not in json.loads(body or b"{}"), body
+    with open_store(db_path) as store:
+        rows = store.get_request_subtree(trace)
+    assert len(rows) == len(entries)
+    for row in rows:
+        assert [(u["key"], u["count"]) for u in row["usage"]] == [("dynamodb_read", 1.0)], row

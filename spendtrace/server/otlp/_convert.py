@@ -19,6 +19,7 @@ objects. Both give the same tuples (tests compare them); conversion proper works
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +35,8 @@ except ImportError:  # installed without a C compiler: upb's objects are read in
     _wire = None  # type: ignore[assignment]
 
 __all__ = ["Converted", "any_value", "attributes", "convert"]
+
+log = logging.getLogger(__name__)
 
 _STATUS_ERROR = 2
 _MAX_ENDPOINT = 1024
@@ -280,6 +283,12 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES, body: bytes | None = Non
                     usage = usage_items(attrs, failed, tokens=bool(flags & _TOKENS))
                 except OutOfRange as exc:  # a unit too large to store: refused, with the reason
                     out.reject(str(exc))
+                    continue
+                except Exception as exc:  # input no rule foresaw: this span refused with the reason, not the export
+                    reason = f"usage attributes could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+                    if reason not in out.reasons:  # once per export and reason: a flood of such spans logs once
+                        log.warning("refused an OTLP span: %s", reason, exc_info=True)
+                    out.reject(reason)
                     continue
             else:
                 usage = ()

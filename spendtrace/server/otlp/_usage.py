@@ -173,24 +173,43 @@ def _dynamodb(attrs: Mapping[str, Any], method: str) -> tuple[UsageItem, ...]:
         kind = "read" if statement.lstrip()[:6].upper() == "SELECT" else "write"
     raw = attrs.get("aws.dynamodb.consumed_capacity")
     entries = tuple(raw) if isinstance(raw, list | tuple) else (raw,) if raw is not None else ()
-    if all(type(e) is str for e in entries):  # the usual form: hashable, so each distinct one is read once
+    try:  # the usual form, JSON strings: hashable, so each distinct list is read once
         return _capacity_items(kind, entries)
-    return _capacity(kind, entries)
+    except TypeError:  # a kvlist (dict) among them: unhashable, read each time
+        return _capacity(kind, entries)
 
 
 @lru_cache(maxsize=4096)
-def _capacity_items(kind: str, entries: tuple[str, ...]) -> tuple[UsageItem, ...]:
+def _capacity_items(kind: str, entries: tuple[Any, ...]) -> tuple[UsageItem, ...]:
+    """``_capacity``, remembered: it depends on the entries only (``_capacity`` raises no ``TypeError``)."""
     return _capacity(kind, entries)
 
 
+_CAPACITY_FIELDS = ("CapacityUnits", "ReadCapacityUnits", "WriteCapacityUnits")
+
+
+def _readable(doc: Any) -> bool:
+    """A ``ConsumedCapacity`` whose units are absent or non-negative numbers, as DynamoDB writes them (too
+    large a number is refused later, with its reason, by ``out_of_range``)."""
+    if not isinstance(doc, Mapping):
+        return False
+    for name in _CAPACITY_FIELDS:
+        v = doc.get(name)
+        if v is not None and not (type(v) in (int, float) and v >= 0):  # NaN fails >= 0
+            return False
+    return True
+
+
 def _capacity(kind: str, entries: tuple[Any, ...]) -> tuple[UsageItem, ...]:
+    """Capacity items from ``aws.dynamodb.consumed_capacity`` entries; entries that are not a readable
+    ``ConsumedCapacity`` (bad JSON, units that are not numbers) are skipped, as if absent."""
     consumed: list[Any] = []
     for entry in entries:
         try:
             doc = json.loads(entry) if isinstance(entry, str) else entry
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        if isinstance(doc, Mapping):
+        if _readable(doc):
             consumed.append(doc)
     units = consumed_units(consumed, kind) or {kind: 1.0}
     items = tuple(UsageItem(key=f"dynamodb_{k}", service="dynamodb", count=float(n)) for k, n in units.items() if n > 0)
