@@ -173,10 +173,17 @@ def _dynamodb(attrs: Mapping[str, Any], method: str) -> tuple[UsageItem, ...]:
         kind = "read" if statement.lstrip()[:6].upper() == "SELECT" else "write"
     raw = attrs.get("aws.dynamodb.consumed_capacity")
     entries = tuple(raw) if isinstance(raw, list | tuple) else (raw,) if raw is not None else ()
-    try:  # the usual form, JSON strings: hashable, so each distinct list is read once
-        return _capacity_items(kind, entries)
-    except TypeError:  # a kvlist (dict) among them: unhashable, read each time
-        return _capacity(kind, entries)
+    try:  # the usual form, short JSON strings: each distinct list is read once (long ones would fill the cache)
+        if sum(map(len, entries)) <= _CACHED_CHARS:
+            return _capacity_items(kind, entries)
+    except TypeError:  # a number (no len) or a kvlist (unhashable) among them
+        pass
+    return _capacity(kind, entries)
+
+
+#: Longest capacity list (characters) ``_capacity_items`` remembers: 4096 of them hold at most 16 MiB.
+#: One table's ConsumedCapacity is some 100-300 characters.
+_CACHED_CHARS = 4096
 
 
 @lru_cache(maxsize=4096)
