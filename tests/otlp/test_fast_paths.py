@@ -173,14 +173,14 @@ def test_the_sink_compresses_its_batches_and_the_broker_takes_them(
     else:
         sink = KafkaSink(broker.bootstrap, topic_name, partitions=3, compression_type=codec)
 
-    async def run() -> str | None:
+    async def run() -> tuple[str | None, bool]:
         try:
             await asyncio.gather(sink.publish(spans[:700]), sink.publish(spans[700:]))
-            return sink._codec
+            return sink._codec, sink._own
         finally:
             await sink.close()
 
-    assert asyncio.run(run()) == codec
+    assert asyncio.run(run()) == (codec, True)  # True: the batches were written whole by _wire.records
     ids = topic_span_ids(broker.bootstrap, topic_name)
     assert sorted(ids) == sorted(s.span_id for s in spans)
 

@@ -325,3 +325,74 @@ def test_without_the_c_reader_upbs_objects_give_the_same_spans(monkeypatch: pyte
     finally:
         _convert._plan.cache_clear()
     assert without.spans == with_c.spans and len(without.spans) == 60
+
+
+# ---- record batches ----
+
+
+def _aiokafka_batches(pairs: list[tuple[bytes, bytes]], ts: int, limit: int) -> list[bytes]:
+    """The same records through aiokafka's own builder, a new batch whenever it says the last one is full."""
+    from aiokafka.producer.message_accumulator import BatchBuilder
+
+    out, b = [], BatchBuilder(limit, 0)
+    for key, value in pairs:
+        if b.append(timestamp=ts, key=key, value=value) is None:
+            out.append(bytes(b._build()))
+            b = BatchBuilder(limit, 0)
+            assert b.append(timestamp=ts, key=key, value=value) is not None
+    if b.record_count():
+        out.append(bytes(b._build()))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=3000)), max_size=60),
+       st.integers(200, 20_000), st.integers(0, 2**41))  # fmt: skip
+def test_record_batches_are_byte_for_byte_aiokafkas(pairs: list[tuple[bytes, bytes]], limit: int, ts: int) -> None:
+    """Uncompressed, the sink's batches are the bytes aiokafka's builder writes (CRC included), split alike."""
+    from spendtrace.server.otlp.receiver import _HEADER, record_batch
+
+    chunks = wire.records(pairs, limit - _HEADER.size)
+    ours = [bytes(record_batch(records, count, ts, None)) for records, count in chunks]
+    assert ours == _aiokafka_batches(pairs, ts, limit)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_compressed_record_batches_read_back_record_for_record(codec: str) -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    from spendtrace.server.otlp.receiver import record_batch
+
+    pairs = [(f"{i % 7:032x}".encode(), b'{"feature": "search", "n": %d}' % i) for i in range(500)]
+    ((records, count),) = wire.records(pairs, 1 << 20)
+    batch = DefaultRecordBatch(record_batch(records, count, 1_700_000_000_000, codec))
+    assert batch.validate_crc() and batch.compression_type == {"gzip": 1, "zstd": 4}[codec]
+    assert [(r.offset, r.key, r.value, r.timestamp) for r in batch] == [
+        (i, k, v, 1_700_000_000_000) for i, (k, v) in enumerate(pairs)
+    ]
+
+
+def test_each_caller_gets_the_acks_of_every_batch_holding_one_of_its_records() -> None:
+    """Parts (one caller's records for a partition) split across batches own each batch they have records in."""
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    from spendtrace.server.otlp.receiver import _HEADER, _own_batches, _Part
+
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:9", acks="all")  # never started: batches only
+        try:
+            loop = asyncio.get_running_loop()
+            sizes = [3, 1, 7, 2, 5]
+            parts = [_Part([(b"k%d" % p, b"v" * 90) for _ in range(n)], loop.create_future())
+                     for p, n in enumerate(sizes)]  # fmt: skip
+            one = len(wire.records([(b"k0", b"v" * 90)], 1 << 20)[0][0])  # bytes of one record
+            built = _own_batches(producer, parts, None, _HEADER.size + 4 * one + 1)  # four records a batch
+            assert [b.record_count() for b, _ in built] == [4, 4, 4, 4, 2]
+            owners = [[parts.index(p) for p in owned] for _, owned in built]
+            assert owners == [[0, 1], [2], [2, 3], [3, 4], [4]]
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())

@@ -577,6 +577,101 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* ---- Kafka record batches ---- */
+
+static Py_ssize_t varint_size(uint64_t zz) {
+    Py_ssize_t n = 1;
+    while (zz >= 0x80) {
+        zz >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static uint8_t *put_varint(uint8_t *p, int64_t v) {
+    uint64_t zz = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); /* zigzag, as Kafka's records use */
+    while (zz >= 0x80) {
+        *p++ = (uint8_t)(zz | 0x80);
+        zz >>= 7;
+    }
+    *p++ = (uint8_t)zz;
+    return p;
+}
+
+static Py_ssize_t zz_size(int64_t v) { return varint_size(((uint64_t)v << 1) ^ (uint64_t)(v >> 63)); }
+
+/* The body of one record: attributes, timestamp delta (0), offset delta, key, value, no headers. */
+static Py_ssize_t body_size(Py_ssize_t offset, Py_ssize_t klen, Py_ssize_t vlen) {
+    return 1 + 1 + zz_size(offset) + zz_size(klen) + klen + zz_size(vlen) + vlen + 1;
+}
+
+/* records([(key, value), ...], limit) -> [(records bytes, count), ...]: the pairs as the records section of v2
+ * record batches, a new section whenever the next record would take one to ``limit`` bytes or more (a record larger
+ * than that goes alone), with the offset deltas each batch needs and every timestamp delta 0. */
+static PyObject *records(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "records(pairs: list[tuple[bytes, bytes]], limit: int)");
+        return NULL;
+    }
+    PyObject *pairs = args[0];
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pairs);
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    Py_ssize_t start = 0;
+    while (start < n) {
+        /* first pass: how many records fit, and their size */
+        Py_ssize_t size = 0, stop = start;
+        for (; stop < n; stop++) {
+            PyObject *pair = PyList_GET_ITEM(pairs, stop);
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0)) ||
+                !PyBytes_Check(PyTuple_GET_ITEM(pair, 1))) {
+                PyErr_SetString(PyExc_TypeError, "records() takes (key: bytes, value: bytes) pairs");
+                Py_DECREF(out);
+                return NULL;
+            }
+            Py_ssize_t body = body_size(stop - start, PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 0)),
+                                        PyBytes_GET_SIZE(PyTuple_GET_ITEM(pair, 1)));
+            Py_ssize_t whole = zz_size(body) + body;
+            if (stop > start && size + whole >= limit) break; /* as aiokafka: a batch stays below its size */
+            size += whole;
+        }
+        PyObject *buf = PyBytes_FromStringAndSize(NULL, size);
+        if (buf == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        uint8_t *p = (uint8_t *)PyBytes_AS_STRING(buf);
+        for (Py_ssize_t i = start; i < stop; i++) {
+            PyObject *pair = PyList_GET_ITEM(pairs, i);
+            PyObject *k = PyTuple_GET_ITEM(pair, 0), *v = PyTuple_GET_ITEM(pair, 1);
+            Py_ssize_t klen = PyBytes_GET_SIZE(k), vlen = PyBytes_GET_SIZE(v);
+            p = put_varint(p, body_size(i - start, klen, vlen));
+            *p++ = 0;                  /* attributes */
+            p = put_varint(p, 0);      /* timestamp delta */
+            p = put_varint(p, i - start); /* offset delta */
+            p = put_varint(p, klen);
+            memcpy(p, PyBytes_AS_STRING(k), (size_t)klen);
+            p += klen;
+            p = put_varint(p, vlen);
+            memcpy(p, PyBytes_AS_STRING(v), (size_t)vlen);
+            p += vlen;
+            p = put_varint(p, 0); /* headers */
+        }
+        PyObject *item = Py_BuildValue("(Nn)", buf, stop - start);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+        start = stop;
+    }
+    return out;
+}
+
 /* ---- Kafka's partitioning hash ---- */
 
 static PyObject *murmur2(PyObject *module, PyObject *arg) {
@@ -608,6 +703,8 @@ static PyMethodDef methods[] = {
     {"keys", (PyCFunction)keys, METH_O, "keys(wanted: dict[str, int]) -> the table ``scan`` looks keys up in."},
     {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL,
      "scan(body, keys) -> [(resource attrs, [span tuple, ...]), ...], or None: read the parsed message instead."},
+    {"records", (PyCFunction)(void (*)(void))records, METH_FASTCALL,
+     "records(pairs, limit) -> [(records, count), ...]: v2 record batch bodies of at most ``limit`` bytes each."},
     {"murmur2", murmur2, METH_O, "murmur2(key: bytes) -> int: Kafka's partitioning hash (as aiokafka's)."},
     {NULL, NULL, 0, NULL},
 };

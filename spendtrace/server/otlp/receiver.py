@@ -28,6 +28,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
@@ -109,6 +110,7 @@ class KafkaSink:
         self._wake = asyncio.Event()
         self._hashes: dict[bytes, int] = {}  # request id -> murmur2: once per trace, not once per span
         self._codec: str | None = None  # set when this sink compresses the batches itself
+        self._own = False  # set when this sink writes whole record batches (``_wire.records``)
 
     async def _get(self) -> Any:
         async with self._lock:
@@ -118,10 +120,13 @@ class KafkaSink:
                 from spendtrace.server.topics import ensure_topics
 
                 await ensure_topics(self.bootstrap, [self.topic], partitions=self.partitions)
-                own = self.compression_type in self.LEVELS and _builds_plain_batches()
-                self._codec = self.compression_type if own else None
+                plain = _builds_plain_batches()
+                self._codec = self.compression_type if plain and self.compression_type in self.LEVELS else None
+                # whole batches written here (C) unless the producer is to compress them (lz4, snappy)
+                self._own = _wire is not None and plain and (self._codec is not None or self.compression_type is None)
                 producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, client_id="spendtrace-otlp", acks="all",
-                                            linger_ms=5, compression_type=None if own else self.compression_type,
+                                            linger_ms=5,
+                                            compression_type=None if self._codec else self.compression_type,
                                             max_batch_size=self.max_batch_bytes,
                                             request_timeout_ms=int(self.timeout * 1000))  # fmt: skip
                 try:
@@ -186,10 +191,15 @@ class KafkaSink:
             self._wake.clear()
             queued, self._queued = self._queued, {}
             try:
-                batches = [(p, *built) for p, parts in queued.items() for built in _batches(producer, parts)]
-                # On the loop: zstd level 1 is ~0.25 µs a span, and a worker thread per round cost more CPU in the
-                # handoff than it took off the loop (bench_otlp.py: 7.5 -> 7.0 µs/span, 127k -> 139k spans/s)
-                _build([b for _, b, _ in batches], self._codec)
+                # Built (so compressed) on the loop: zstd level 1 is ~0.25 µs a span, and a worker thread per round
+                # cost more CPU in the handoff than it took off the loop (bench_otlp.py: 7.5 -> 7.0 µs/span)
+                if self._own:
+                    codec, limit = self._codec, self.max_batch_bytes
+                    batches = [(p, *built) for p, parts in queued.items()
+                               for built in _own_batches(producer, parts, codec, limit)]  # fmt: skip
+                else:
+                    batches = [(p, *built) for p, parts in queued.items() for built in _batches(producer, parts)]
+                    _build([b for _, b, _ in batches], self._codec)
                 for partition, batch, owners in batches:
                     ack = await producer.send_batch(batch, self.topic, partition=partition)
                     for part in owners:
@@ -249,6 +259,58 @@ def _batches(producer: Any, parts: list[_Part]) -> list[tuple[Any, list[_Part]]]
     return out
 
 
+def _own_batches(producer: Any, parts: list[_Part], codec: str | None, limit: int) -> list[tuple[Any, list[_Part]]]:
+    """``_batches`` written whole by this sink: the records by ``_wire.records`` (C), the header and the
+    compression here, each batch handed to the producer built (``_builds_plain_batches`` checked it sends
+    a builder's ``_buffer`` as it is). The same bytes aiokafka's builder makes (tests compare them), without
+    a Python call and a metadata object per record.
+    """
+    assert _wire is not None
+    pairs: list[tuple[bytes, bytes]] = []
+    ends = []  # number of records up to the end of each part
+    for part in parts:
+        pairs += part.records
+        ends.append(len(pairs))
+    now = int(time.time() * 1000)
+    level = KafkaSink.LEVELS.get(codec or "", 0)
+    out: list[tuple[Any, list[_Part]]] = []
+    start = first = 0  # the batch's first record; the first part that may hold it
+    for records, count in _wire.records(pairs, limit - _HEADER.size):
+        stop = start + count
+        while ends[first] <= start:
+            first += 1
+        owners, j = [], first
+        while j < len(parts) and (ends[j - 1] if j else 0) < stop:
+            owners.append(parts[j])
+            j += 1
+        batch = producer.create_batch()
+        batch._buffer = record_batch(records, count, now, codec, level)
+        batch._relative_offset = count  # its record_count()
+        batch.close()
+        out.append((batch, owners))
+        start = stop
+    return out
+
+
+def record_batch(records: bytes, count: int, timestamp_ms: int, codec: str | None, level: int = 1) -> bytearray:
+    """A v2 record batch (as aiokafka's ``DefaultRecordBatchBuilder`` writes one, producer id -1) of ``count``
+    records written by ``_wire.records``, compressed with ``codec`` at ``level`` where that makes it smaller."""
+    from aiokafka.record.util import calc_crc32c
+
+    body: bytes | bytearray = records
+    attributes = 0
+    if codec is not None:
+        packed = _COMPRESS[codec](memoryview(records), level)
+        if len(packed) < len(records):
+            body, attributes = packed, _CODECS[codec]
+    out = bytearray(_HEADER.size)
+    out += body
+    _HEADER.pack_into(out, 0, 0, len(out) - _AFTER_LENGTH, -1, 2, 0, attributes, count - 1, timestamp_ms,
+                      timestamp_ms, -1, -1, 0, count)  # fmt: skip
+    struct.pack_into(">I", out, _CRC_AT, calc_crc32c(memoryview(out)[_ATTRIBUTES_AT:]))
+    return out
+
+
 def _build(batches: list[Any], codec: str | None) -> None:
     """Build (so compress) record batches before they are submitted; the sender then sends the bytes as they are.
 
@@ -268,6 +330,9 @@ def _build(batches: list[Any], codec: str | None) -> None:
 # Offsets in a v2 record batch header (Kafka's RecordBatch; aiokafka's DefaultRecordBase spells the same).
 _LENGTH_AT, _AFTER_LENGTH, _CRC_AT, _ATTRIBUTES_AT, _RECORDS_AT = 8, 12, 17, 21, 61
 _CODEC_MASK = 0x07
+#: The v2 record batch header: base offset, length, partition leader epoch, magic, CRC-32C, attributes, last
+#: offset delta, first and max timestamps, producer id, producer epoch, base sequence, record count.
+_HEADER = struct.Struct(">qiibIhiqqqhii")
 _CODECS = {"gzip": 0x01, "zstd": 0x04}  # Kafka's codec ids in the batch attributes
 
 
@@ -309,14 +374,18 @@ def compress_batch(batch: bytes | bytearray, codec: str, level: int) -> bytes | 
 
 
 def _builds_plain_batches() -> bool:
-    """Whether aiokafka's ``BatchBuilder`` builds v2 batches and keeps the bytes it sends in ``_buffer``."""
+    """Whether aiokafka's ``BatchBuilder`` builds v2 batches and keeps the bytes it sends in ``_buffer``, and sends
+    a ``_buffer`` set before it is built as it is, with ``_relative_offset`` as its record count."""
     try:
         from aiokafka.producer.message_accumulator import BatchBuilder
 
         b = BatchBuilder(1024, 0)
         b.append(timestamp=None, key=b"k", value=b"v")
         built = b._build()
-        return b._buffer is built and built[16] == 2  # the magic byte
+        given = BatchBuilder(1024, 0)
+        given._buffer, given._relative_offset = bytearray(built), 1
+        taken = given._build() is given._buffer and given.record_count() == 1
+        return b._buffer is built and built[16] == 2 and taken  # 16: the magic byte
     except Exception:  # another aiokafka: let the producer compress
         return False
 
@@ -351,10 +420,13 @@ def murmur2(key: bytes) -> int:
     return h ^ (h >> 15)
 
 
-try:  # the C reader's copy of the hash, where it is built: 0.08 instead of 2.4 µs a key (tests compare them)
-    from spendtrace.server.otlp._wire import murmur2 as _murmur2
+try:  # the C part of the receiver, where it was built (setup.py)
+    from spendtrace.server.otlp import _wire
 except ImportError:
-    _murmur2 = murmur2
+    _wire = None  # type: ignore[assignment]
+
+#: The C copy of the hash, where it is built: 0.08 instead of 2.4 µs a key (tests compare them).
+_murmur2: Callable[[bytes], int] = _wire.murmur2 if _wire is not None else murmur2
 
 
 def _fail(queued: dict[int, list[_Part]], exc: BaseException) -> None:
