@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 _STATUS_ERROR = 2
 _MAX_ENDPOINT = 1024
-_ZERO16, _ZERO8 = bytes(16), bytes(8)
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16  # all-zero ids, hex: invalid
 
 
 def any_value(v: Any) -> Any:
@@ -176,10 +176,10 @@ def _exception_type(events: Any) -> Any:
     return None
 
 
-#: What conversion reads of one span: trace id, span id, parent span id, name, start, end (Unix ns),
+#: What conversion reads of one span: trace id, span id, parent span id (hex), name, start, end (Unix ns),
 #: status code, the attributes whose key ``_Plan.wanted`` has, the OR of their flags, and the exception
 #: type (``_exception_type``). A tuple, as ``_wire.scan`` makes it without a class of its own.
-_Read = tuple[bytes, bytes, bytes, str, int, int, int, dict[str, Any], int, Any]
+_Read = tuple[str, str, str, str, int, int, int, dict[str, Any], int, Any]
 
 
 def _read_message(request: Any, wanted: dict[str, int]) -> list[tuple[dict[str, Any], list[_Read]]]:
@@ -200,7 +200,8 @@ def _read_message(request: Any, wanted: dict[str, int]) -> list[tuple[dict[str, 
                         attrs[key] = s if s else v.int_value if v.WhichOneof("value") == "int_value" else any_value(v)
                         flags |= flag
                 events = span.events
-                spans.append((span.trace_id, span.span_id, span.parent_span_id, span.name, span.start_time_unix_nano,
+                spans.append((span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name,
+                              span.start_time_unix_nano,
                               span.end_time_unix_nano, span.status.code, attrs, flags,
                               _exception_type(events) if events else None))  # fmt: skip
         out.append((attributes(rs.resource.attributes), spans))
@@ -210,7 +211,7 @@ def _read_message(request: Any, wanted: dict[str, int]) -> list[tuple[dict[str, 
 _Dims = tuple[str | None, str | None, str | None]  # (feature, tenant, endpoint)
 
 
-def _resolve(i: int, keys: list[bytes], parents: list[bytes | None], own: list[_Dims], at: dict[bytes, int],
+def _resolve(i: int, keys: list[str], parents: list[str | None], own: list[_Dims], at: dict[str, int],
              resolved: list[_Dims | None], paths: list[tuple[str, ...]]) -> _Dims:  # fmt: skip
     """Span ``i``'s (feature, tenant, endpoint), each its own or its nearest ancestor's in the export; sets its path.
 
@@ -218,7 +219,7 @@ def _resolve(i: int, keys: list[bytes], parents: list[bytes | None], own: list[_
     repeated id). Walks up to the first resolved ancestor, iteratively (traces can be deep), cutting cycles.
     """
     chain: list[int] = []
-    seen: set[bytes] = set()
+    seen: set[str] = set()
     cur: int | None = i
     while cur is not None and resolved[cur] is None and keys[cur] not in seen:
         seen.add(keys[cur])
@@ -254,18 +255,19 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES, body: bytes | None = Non
     # The spans of the export, numbered in order; what the second pass needs of each, by number (``rest`` is
     # unpacked by name where it is read). Parallel lists instead of a slotted object per span: 7.73 instead
     # of 7.88 µs/span of CPU for parse + convert (bench_otlp.py payloads, one session): a small gain.
-    keys: list[bytes] = []  # trace id + span id
-    parents: list[bytes | None] = []  # trace id + parent span id
+    keys: list[str] = []  # trace id + span id (hex)
+    parents: list[str | None] = []  # trace id + parent span id
     own: list[_Dims] = []
-    rest: list[tuple[str, int, int, _Resource, bool, str | None, tuple[UsageItem, ...]]] = []  # name, start, ...
-    at: dict[bytes, int] = {}
+    # trace id, span id, parent id, name, start, end, resource, failed, error type, usage
+    rest: list[tuple[str, str, str | None, str, int, int, _Resource, bool, str | None, tuple[UsageItem, ...]]] = []
+    at: dict[str, int] = {}
     for resource_attrs, spans in read:
         resource = _Resource(resource_attrs, rules)
         for trace_id, span_id, parent, name, start, end, code, attrs, flags, exception in spans:
-            if len(trace_id) != 16 or trace_id == _ZERO16:
+            if len(trace_id) != 32 or trace_id == _ZERO_TRACE:
                 out.reject("span without a valid 16-byte trace_id")
                 continue
-            if len(span_id) != 8 or span_id == _ZERO8:
+            if len(span_id) != 16 or span_id == _ZERO_SPAN:
                 out.reject("span without a valid 8-byte span_id")
                 continue
             f = _first(fkeys, attrs) if flags & _FEATURE else None
@@ -295,10 +297,12 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES, body: bytes | None = Non
             key = trace_id + span_id
             at[key] = len(keys)
             keys.append(key)
-            parents.append(trace_id + parent if len(parent) == 8 and parent != _ZERO8 else None)
+            has_parent = len(parent) == 16 and parent != _ZERO_SPAN
+            parents.append(trace_id + parent if has_parent else None)
             own.append((f[:MAX_NAME_LEN] if f else None, t[:MAX_NAME_LEN] if t else None,
                         e[:_MAX_ENDPOINT] if e else None))  # fmt: skip
-            rest.append((name, start, end, resource, failed, _error_type(attrs, exception) if failed else None, usage))
+            rest.append((trace_id, span_id, parent if has_parent else None, name, start, end, resource, failed,
+                         _error_type(attrs, exception) if failed else None, usage))  # fmt: skip
 
     n = len(keys)
     resolved: list[_Dims | None] = [None] * n
@@ -308,7 +312,7 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES, body: bytes | None = Non
     # parent first and the walk (_resolve) is rarely needed (on bench_otlp.py's five-span traces the gain is
     # within the noise, 0-0.15 µs/span; deeper traces walk longer chains).
     for i in range(n - 1, -1, -1):
-        name, start, end, res, failed, error_type, usage = rest[i]
+        trace_id, span_id, parent_id, name, start, end, res, failed, error_type, usage = rest[i]
         dims = resolved[i]
         if dims is None:  # the usual cases without the walk: a root, or a parent resolved already
             parent = parents[i]
@@ -328,11 +332,10 @@ def convert(request: Any, rules: Rules = DEFAULT_RULES, body: bytes | None = Non
         path = paths[i]
         if not path or path[-1] != feature:
             path = (*(p for p in path if p != feature), feature)
-        key, parent = keys[i], parents[i]
         made[i] = Span(
-            span_id=key[16:].hex(),
-            parent_id=parent[16:].hex() if parent is not None else None,
-            request_id=key[:16].hex(),
+            span_id=span_id,
+            parent_id=parent_id,
+            request_id=trace_id,
             feature=feature,
             operation=name[:MAX_NAME_LEN] if name else None,
             endpoint=e if e is not None else res.endpoint,

@@ -2,7 +2,7 @@
  *
  * Reading the fields of upb's Python message objects, one attribute access per field, was the largest part
  * of the receiver's CPU per span (bench_otlp.py). This reads the same fields from the wire in one pass and
- * makes Python objects only for what conversion uses: ids, name, times, status code, the attributes whose
+ * makes Python objects only for what conversion uses: ids (hex), name, times, status code, the attributes whose
  * key it reads (looked up in a table without making a string per key), the resource's attributes and the
  * first exception event's type. It returns exactly what ``_convert._read_message`` returns for the parsed
  * message (tests compare the two on generated and mutated bodies).
@@ -373,7 +373,7 @@ static int exception_type(Slice event, PyObject **out) {
 }
 
 /* One Span as the tuple ``_read_message`` makes:
- * (trace_id, span_id, parent_span_id, name, start, end, status code, attrs, flags, exception type). */
+ * (trace_id, span_id, parent_span_id (hex), name, start, end, status code, attrs, flags, exception type). */
 static int read_span(Slice s, const Table *t, PyObject *spans) {
     Rd r = reader(s);
     Slice trace = {s.p, 0}, span = {s.p, 0}, parent = {s.p, 0}, name = {s.p, 0}, status = {s.p, 0};
@@ -457,9 +457,9 @@ static int read_span(Slice s, const Table *t, PyObject *spans) {
     PyTuple_SET_ITEM(item, 7, attrs); /* the tuple owns them from here, whatever fails next */
     PyTuple_SET_ITEM(item, 9, exc != NULL ? exc : Py_NewRef(Py_None));
     PyObject *parts[8] = {
-        PyBytes_FromStringAndSize((const char *)trace.p, trace.n),
-        PyBytes_FromStringAndSize((const char *)span.p, span.n),
-        PyBytes_FromStringAndSize((const char *)parent.p, parent.n),
+        hex_of(trace),
+        hex_of(span),
+        hex_of(parent),
         str_of(name),
         PyLong_FromUnsignedLongLong(start),
         PyLong_FromUnsignedLongLong(end),

@@ -22,6 +22,7 @@ and written by ``LocalStoreExporter``, the SDK's local mode.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
@@ -108,7 +109,7 @@ class KafkaSink:
         self._lock = asyncio.Lock()
         self._queued: dict[int, list[_Part]] = {}  # partition -> records waiting for the next batch
         self._wake = asyncio.Event()
-        self._hashes: dict[bytes, int] = {}  # request id -> murmur2: once per trace, not once per span
+        self._keys: dict[str, tuple[bytes, int]] = {}  # request id -> (key, murmur2): once per trace, not per span
         self._codec: str | None = None  # set when this sink compresses the batches itself
         self._own = False  # set when this sink writes whole record batches (``_wire.records``)
 
@@ -166,17 +167,18 @@ class KafkaSink:
     def _place(self, spans: Sequence[Span]) -> dict[int, list[tuple[bytes, bytes]]]:
         """Records by partition, as the default partitioner places them (murmur2 of the key, like the SDK's
         exporter and the Java client), so one request's spans share a partition."""
-        hashes = self._hashes
-        if len(hashes) > 100_000:
-            hashes.clear()
+        keys = self._keys
+        if len(keys) > 100_000:
+            keys.clear()
         partitions = self._partitions
         n = len(partitions)
         out: dict[int, list[tuple[bytes, bytes]]] = {}
         for s in spans:
-            key = s.request_id.encode()
-            h = hashes.get(key)
-            if h is None:
-                h = hashes[key] = _murmur2(key) & 0x7FFFFFFF
+            known = keys.get(s.request_id)
+            if known is None:
+                key = s.request_id.encode()
+                known = keys[s.request_id] = (key, _murmur2(key) & 0x7FFFFFFF)
+            key, h = known
             p = partitions[h % n]
             records = out.get(p)
             if records is None:
@@ -736,6 +738,9 @@ def serve(*, host: str, port: int, bootstrap: str | None, topic: str, db_path: s
     saying where it listens is printed once every process serves. Returns the exit status: 1 when a
     worker process could not start or failed.
     """
+    # What is loaded by now lives as long as the process: out of the collector's way (every collection walked
+    # it; bench_otlp.py: 5.9 -> 5.7 µs/span), and pages the forked workers share stay shared.
+    gc.freeze()
     sink: Sink
     if bootstrap:
         sink = KafkaSink(bootstrap, topic, partitions=partitions, compression_type=compression)
