@@ -87,7 +87,7 @@ def test_dockerfile_installs_the_project_with_the_consumer_extra() -> None:
     assert 'pip install ".[consumer,tui,api,clickhouse,otlp]"' in dockerfile
     # setup.py builds the OTLP receiver's C reader; the image has a compiler while it installs, and checks it built
     assert "COPY pyproject.toml setup.py" in dockerfile and "gcc" in dockerfile
-    assert 'python -c "import spendtrace.server.otlp._wire"' in dockerfile
+    assert 'python -c "import spendtrace.server.otlp._c.wire"' in dockerfile
     assert {"consumer", "tui", "api", "clickhouse", "otlp"} <= set(extras)
     for service in ("consumer", "demo-traffic", "api", "otlp"):
         assert _compose()["services"][service]["build"] == "."

@@ -1,4 +1,4 @@
-"""The C reader (``_wire.scan``) reads from an export's bytes exactly what ``_read_message`` reads from upb's parsed
+"""The C reader (``wire.scan``) reads from an export's bytes exactly what ``_read_message`` reads from upb's parsed
 message, or declines (None) and leaves it to that reader; conversion through either gives the same spans.
 
 Exports come from the OpenTelemetry SDK's own encoder, from hypothesis (every AnyValue kind, nesting, invalid
@@ -28,7 +28,7 @@ from spendtrace.server.otlp.receiver import _murmur2, murmur2
 
 wire = _convert._wire
 # The dev install builds the reader (setup.py); without a C compiler it is skipped at install, and this says so.
-assert wire is not None, "spendtrace.server.otlp._wire was not built: install with a C compiler (pip install -e .)"
+assert wire is not None, "spendtrace.server.otlp._c.wire was not built: install with a C compiler (pip install -e .)"
 
 WANTED = _convert._plan(DEFAULT_RULES)
 KEYS = sorted(WANTED.wanted)
@@ -313,7 +313,7 @@ def test_the_c_partition_hash_is_kafkas() -> None:
 
 
 def test_without_the_c_reader_upbs_objects_give_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An install without a C compiler has no ``_wire``: the body is ignored and the parsed message read instead."""
+    """An install without a C compiler has no ``_c.wire``: the body is ignored and the parsed message read instead."""
     body = _sdk_export()
     request = ExportTraceServiceRequest.FromString(body)
     with_c = convert(request, body=body)

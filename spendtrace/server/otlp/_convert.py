@@ -12,7 +12,7 @@ A span without a valid trace or span id cannot be placed in any tree: it is reje
 Reading protobuf fields from Python is most of the cost (bench_otlp.py), so what conversion uses is
 read first, by itself: each span's ids, name, times, status code, first exception type and only the
 attributes whose key something reads (``_Plan``: the rules' lists and conditions, the usage and error
-keys), with what they feed. Given the body the message was parsed from, the C reader ``_wire`` reads
+keys), with what they feed. Given the body the message was parsed from, the C reader (``_c/wire.c``) reads
 it from the bytes; otherwise (JSON, or an install without a C compiler) ``_read_message`` reads upb's
 objects. Both give the same tuples (tests compare them); conversion proper works on those.
 """
@@ -30,7 +30,7 @@ from spendtrace.server.otlp._rules import DEFAULT_RULES, Rules
 from spendtrace.server.otlp._usage import TOKEN_KEYS, USAGE_ATTRIBUTES, USAGE_TRIGGERS, OutOfRange, usage_items
 
 try:
-    from spendtrace.server.otlp import _wire
+    import spendtrace.server.otlp._c.wire as _wire
 except ImportError:  # installed without a C compiler: upb's objects are read instead
     _wire = None  # type: ignore[assignment]
 
@@ -178,7 +178,7 @@ def _exception_type(events: Any) -> Any:
 
 #: What conversion reads of one span: trace id, span id, parent span id (hex), name, start, end (Unix ns),
 #: status code, the attributes whose key ``_Plan.wanted`` has, the OR of their flags, and the exception
-#: type (``_exception_type``). A tuple, as ``_wire.scan`` makes it without a class of its own.
+#: type (``_exception_type``). A tuple, as ``wire.scan`` makes it without a class of its own.
 _Read = tuple[str, str, str, str, int, int, int, dict[str, Any], int, Any]
 
 

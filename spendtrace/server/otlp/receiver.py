@@ -111,7 +111,7 @@ class KafkaSink:
         self._wake = asyncio.Event()
         self._keys: dict[str, tuple[bytes, int]] = {}  # request id -> (key, murmur2): once per trace, not per span
         self._codec: str | None = None  # set when this sink compresses the batches itself
-        self._own = False  # set when this sink writes whole record batches (``_wire.records``)
+        self._own = False  # set when this sink writes whole record batches (``wire.records``)
 
     async def _get(self) -> Any:
         async with self._lock:
@@ -262,7 +262,7 @@ def _batches(producer: Any, parts: list[_Part]) -> list[tuple[Any, list[_Part]]]
 
 
 def _own_batches(producer: Any, parts: list[_Part], codec: str | None, limit: int) -> list[tuple[Any, list[_Part]]]:
-    """``_batches`` written whole by this sink: the records by ``_wire.records`` (C), the header and the
+    """``_batches`` written whole by this sink: the records by ``wire.records`` (C), the header and the
     compression here, each batch handed to the producer built (``_builds_plain_batches`` checked it sends
     a builder's ``_buffer`` as it is). The same bytes aiokafka's builder makes (tests compare them), without
     a Python call and a metadata object per record.
@@ -296,7 +296,7 @@ def _own_batches(producer: Any, parts: list[_Part], codec: str | None, limit: in
 
 def record_batch(records: bytes, count: int, timestamp_ms: int, codec: str | None, level: int = 1) -> bytearray:
     """A v2 record batch (as aiokafka's ``DefaultRecordBatchBuilder`` writes one, producer id -1) of ``count``
-    records written by ``_wire.records``, compressed with ``codec`` at ``level`` where that makes it smaller."""
+    records written by ``wire.records``, compressed with ``codec`` at ``level`` where that makes it smaller."""
     from aiokafka.record.util import calc_crc32c
 
     body: bytes | bytearray = records
@@ -423,7 +423,7 @@ def murmur2(key: bytes) -> int:
 
 
 try:  # the C part of the receiver, where it was built (setup.py)
-    from spendtrace.server.otlp import _wire
+    import spendtrace.server.otlp._c.wire as _wire
 except ImportError:
     _wire = None  # type: ignore[assignment]
 

@@ -1,4 +1,4 @@
-"""The C reader of OTLP export bodies (``_wire.c``); see ``_convert`` for what its tuples hold."""
+"""The C reader of OTLP export bodies (``wire.c``); see ``_convert`` for what its tuples hold."""
 
 from typing import Any
 
