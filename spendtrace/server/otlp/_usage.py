@@ -126,18 +126,40 @@ def _int(value: Any) -> int:
     return 0
 
 
-def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem:
-    raw_provider = str(attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or "").strip().lower()
-    if not raw_provider and aws_service == "Bedrock Runtime":
-        raw_provider = "aws.bedrock"
-    provider = _provider(raw_provider)
-    model = str(attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model") or "")
+def _identity(raw_provider: Any, request_model: Any, response_model: Any, tier: Any,
+              aws_service: str | None) -> tuple[str, str, str | None, str | None, str | None]:  # fmt: skip
+    """What a GenAI call's item says besides its counts: (key, provider, model, service tier, region)."""
+    raw = str(raw_provider or "").strip().lower()
+    if not raw and aws_service == "Bedrock Runtime":
+        raw = "aws.bedrock"
+    provider = _provider(raw)
+    model = str(response_model or request_model or "")
     if provider == "bedrock":  # the request's id keeps the inference profile (us., global.) the bill depends on
-        model = str(attrs.get("gen_ai.request.model") or model)
+        model = str(request_model or model)
+    return (model_key(provider, model), provider[:64], model[:MAX_KEY_LEN] or None, str(tier)[:64] if tier else None,
+            _profile_geography(model) if provider == "bedrock" else None)  # fmt: skip
+
+
+#: ``_identity``, remembered: calls repeat a few models. ``typed``: 1 and True are one key to a dict, not here.
+_identity_of = lru_cache(maxsize=4096, typed=True)(_identity)
+
+
+def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem:
+    raw_tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
+    names = (attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system"), attrs.get("gen_ai.request.model"),
+             attrs.get("gen_ai.response.model"), raw_tier, aws_service)  # fmt: skip
+    try:
+        key, provider, model, tier, region = _identity_of(*names)
+    except TypeError:  # a value that cannot be a key (a list): worked out each time
+        key, provider, model, tier, region = _identity(*names)
     # counts are ints almost always: those skip the call to _int
-    inp = attrs.get("gen_ai.usage.input_tokens", attrs.get("gen_ai.usage.prompt_tokens"))
+    inp = attrs.get("gen_ai.usage.input_tokens")
+    if inp is None:
+        inp = attrs.get("gen_ai.usage.prompt_tokens")
     inp = inp if type(inp) is int and inp >= 0 else _int(inp)
-    out = attrs.get("gen_ai.usage.output_tokens", attrs.get("gen_ai.usage.completion_tokens"))
+    out = attrs.get("gen_ai.usage.output_tokens")
+    if out is None:
+        out = attrs.get("gen_ai.usage.completion_tokens")
     out = out if type(out) is int and out >= 0 else _int(out)
     read = attrs.get("gen_ai.usage.cache_read.input_tokens")
     read = 0 if read is None else _int(read)
@@ -145,20 +167,9 @@ def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem:
     write = 0 if write is None else _int(write)
     if read + write <= inp:  # the conventions: input includes the cache; ours never does
         inp -= read + write
-    tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
-    item = UsageItem(
-        key=model_key(provider, model),
-        service=provider[:64],
-        count=1.0,
-        input_tokens=inp,
-        output_tokens=out,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
-        provider=provider[:64],
-        model=model[:MAX_KEY_LEN] or None,
-        service_tier=str(tier)[:64] if tier else None,
-        region=_profile_geography(model) if provider == "bedrock" else None,
-    )
+    item = UsageItem(key=key, service=provider, count=1.0, input_tokens=inp, output_tokens=out,
+                     cache_read_tokens=read, cache_write_tokens=write, provider=provider, model=model,
+                     service_tier=tier, region=region)  # fmt: skip
     if max(inp, out, read, write) > MAX_UNITS:
         raise OutOfRange(out_of_range((item,)))
     return item
@@ -172,25 +183,24 @@ def _dynamodb(attrs: Mapping[str, Any], method: str) -> tuple[UsageItem, ...]:
         statement = str(attrs.get("aws.dynamodb.statement") or attrs.get("db.statement") or "SELECT")
         kind = "read" if statement.lstrip()[:6].upper() == "SELECT" else "write"
     raw = attrs.get("aws.dynamodb.consumed_capacity")
-    entries = tuple(raw) if isinstance(raw, list | tuple) else (raw,) if raw is not None else ()
-    try:  # the usual form, short JSON strings: each distinct list is read once (long ones would fill the cache)
-        if sum(map(len, entries)) <= _CACHED_CHARS:
-            return _capacity_items(kind, entries)
-    except TypeError:  # a number (no len) or a kvlist (unhashable) among them
-        pass
-    return _capacity(kind, entries)
+    entries = tuple(raw) if type(raw) is list or type(raw) is tuple else (raw,) if raw is not None else ()
+    try:  # the usual form, short JSON strings: each distinct list is read once
+        items = _CAPACITY.get((kind, entries))
+    except TypeError:  # a kvlist (dict) among them: unhashable
+        return _capacity(kind, entries)
+    if items is None:
+        items = _capacity(kind, entries)
+        if len(_CAPACITY) >= 4096:
+            _CAPACITY.clear()
+        if sum(len(e) if type(e) is str else 1 for e in entries) <= 4096:  # long ones would pin request data
+            _CAPACITY[kind, entries] = items
+    return items
 
 
-#: Longest capacity list (characters) ``_capacity_items`` remembers: 4096 of them hold at most 16 MiB.
-#: One table's ConsumedCapacity is some 100-300 characters.
-_CACHED_CHARS = 4096
-
-
-@lru_cache(maxsize=4096)
-def _capacity_items(kind: str, entries: tuple[Any, ...]) -> tuple[UsageItem, ...]:
-    """``_capacity``, remembered: it depends on the entries only (``_capacity`` raises no ``TypeError``)."""
-    return _capacity(kind, entries)
-
+#: Capacity items by (read or write, the attribute's entries): at most 4096 lists of up to 4096 characters
+#: (one table's ConsumedCapacity is some 100-300). Equal entries of other types (1, 1.0, True) are none of
+#: them a ConsumedCapacity, so they give the same items.
+_CAPACITY: dict[tuple[str, tuple[Any, ...]], tuple[UsageItem, ...]] = {}
 
 _CAPACITY_FIELDS = ("CapacityUnits", "ReadCapacityUnits", "WriteCapacityUnits")
 
