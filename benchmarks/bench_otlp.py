@@ -13,9 +13,13 @@ times and status, which a converter must also read: ``parse + read every field``
 denominator so figures compare with earlier runs.
 
 Where the receiver's time goes: the CPU time per span of each stage, run alone in this process on
-the same payloads (parse, convert, encode + partition hash, record batches + zstd at the sink's
-level; gzip at level 1 and at aiokafka's 9 beside them), and the rest of the receiver process's CPU
-per span (HTTP, the event loop, the producer's sends) as the difference. The reference's CPU time
+the same payloads (parse, convert as the receiver does it, with the C reader on the body, and beside
+it from upb's objects; encode + partition hash, record batches + zstd at the sink's level, and
+beside them aiokafka's builder, gzip at level 1 and at aiokafka's 9), and the rest of the receiver
+process's CPU per span (HTTP, the event loop, the producer's sends) as the difference. The
+reference reads upb's objects from Python, as any Python reader of the decoded export does; the
+receiver's own reader is C (``spendtrace/server/otlp/_c/wire.c``) and still has upb parse, so check,
+each body first. The reference's CPU time
 per span over the receiver's is the ratio per core: on a shared machine, steadier than the spans/s one.
 The receiver path is ``spendtrace otlp`` in its own process, as deployed: HTTP + gzip-less protobuf
 decode + conversion + msgpack + zstd record batches + aiokafka produce with ``acks=all`` to a real

@@ -33,7 +33,11 @@ typedef struct {
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-static int rd_varint(Rd *r, uint64_t *out) {
+static inline int rd_varint(Rd *r, uint64_t *out) {
+    if (r->p < r->end && *r->p < 0x80) { /* one byte: every tag and most lengths here */
+        *out = *r->p++;
+        return 0;
+    }
     uint64_t v = 0;
     for (int shift = 0; shift < 70 && r->p < r->end; shift += 7) {
         uint8_t b = *r->p++;
@@ -46,7 +50,7 @@ static int rd_varint(Rd *r, uint64_t *out) {
     return BAIL;
 }
 
-static int rd_tag(Rd *r, uint32_t *field, int *wt) {
+static inline int rd_tag(Rd *r, uint32_t *field, int *wt) {
     uint64_t tag;
     if (rd_varint(r, &tag) < 0 || (tag >> 3) == 0 || (tag >> 3) > 0x1FFFFFFF) return BAIL;
     *field = (uint32_t)(tag >> 3);
@@ -54,7 +58,7 @@ static int rd_tag(Rd *r, uint32_t *field, int *wt) {
     return 0;
 }
 
-static int rd_len(Rd *r, Slice *out) {
+static inline int rd_len(Rd *r, Slice *out) {
     uint64_t n;
     if (rd_varint(r, &n) < 0 || n > (uint64_t)(r->end - r->p)) return BAIL;
     out->p = r->p;
@@ -63,7 +67,7 @@ static int rd_len(Rd *r, Slice *out) {
     return 0;
 }
 
-static int rd_fixed64(Rd *r, uint64_t *out) {
+static inline int rd_fixed64(Rd *r, uint64_t *out) {
     if (r->end - r->p < 8) return BAIL;
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | r->p[i];
