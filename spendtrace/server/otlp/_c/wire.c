@@ -376,9 +376,28 @@ static int exception_type(Slice event, PyObject **out) {
     return 0;
 }
 
+/* What one scan carries from span to span: the key table, and the last trace id with its hex string (the
+ * spans of a trace come together, so they share one str: one allocation, and its hash computed once). */
+typedef struct {
+    const Table *t;
+    Slice trace;
+    PyObject *trace_hex;
+} Scan;
+
+static PyObject *trace_hex(Scan *sc, Slice trace) {
+    if (sc->trace_hex != NULL && trace.n == sc->trace.n && memcmp(trace.p, sc->trace.p, (size_t)trace.n) == 0)
+        return Py_NewRef(sc->trace_hex);
+    PyObject *hex = hex_of(trace);
+    if (hex != NULL) {
+        Py_XSETREF(sc->trace_hex, Py_NewRef(hex));
+        sc->trace = trace;
+    }
+    return hex;
+}
+
 /* One Span as the tuple ``_read_message`` makes:
  * (trace_id, span_id, parent_span_id (hex), name, start, end, status code, attrs, flags, exception type). */
-static int read_span(Slice s, const Table *t, PyObject *spans) {
+static int read_span(Slice s, Scan *sc, PyObject *spans) {
     Rd r = reader(s);
     Slice trace = {s.p, 0}, span = {s.p, 0}, parent = {s.p, 0}, name = {s.p, 0}, status = {s.p, 0};
     uint64_t start = 0, end = 0;
@@ -417,7 +436,7 @@ static int read_span(Slice s, const Table *t, PyObject *spans) {
                 Slice key, value;
                 int has_value;
                 if ((rc = read_kv(v, &key, &value, &has_value)) < 0) goto fail;
-                const Entry *e = table_find(t, key);
+                const Entry *e = table_find(sc->t, key);
                 if (e == NULL) break;
                 PyObject *val = has_value ? any_value(value, 0) : (Py_INCREF(Py_None), Py_None);
                 if (val == NULL) {
@@ -461,7 +480,7 @@ static int read_span(Slice s, const Table *t, PyObject *spans) {
     PyTuple_SET_ITEM(item, 7, attrs); /* the tuple owns them from here, whatever fails next */
     PyTuple_SET_ITEM(item, 9, exc != NULL ? exc : Py_NewRef(Py_None));
     PyObject *parts[8] = {
-        hex_of(trace),
+        trace_hex(sc, trace),
         hex_of(span),
         hex_of(parent),
         str_of(name),
@@ -491,7 +510,7 @@ fail:
     return rc;
 }
 
-static int read_scope_spans(Slice s, const Table *t, PyObject *spans) {
+static int read_scope_spans(Slice s, Scan *sc, PyObject *spans) {
     Rd r = reader(s);
     while (r.p < r.end) {
         uint32_t f;
@@ -503,13 +522,13 @@ static int read_scope_spans(Slice s, const Table *t, PyObject *spans) {
             continue;
         }
         if (wt != WT_LEN || rd_len(&r, &v) < 0) return BAIL;
-        if ((rc = read_span(v, t, spans)) < 0) return rc;
+        if ((rc = read_span(v, sc, spans)) < 0) return rc;
     }
     return 0;
 }
 
 /* One ResourceSpans as (resource attributes, [span tuples]). */
-static int read_resource_spans(Slice s, const Table *t, PyObject *out) {
+static int read_resource_spans(Slice s, Scan *sc, PyObject *out) {
     Rd r = reader(s);
     int have_resource = 0, rc = BAIL;
     PyObject *attrs = PyDict_New(), *spans = PyList_New(0);
@@ -532,7 +551,7 @@ static int read_resource_spans(Slice s, const Table *t, PyObject *out) {
             if (have_resource) goto done; /* merged by protobuf */
             have_resource = 1;
             if ((rc = kv_list(v, 1, attrs, 0)) < 0) goto done;
-        } else if ((rc = read_scope_spans(v, t, spans)) < 0) {
+        } else if ((rc = read_scope_spans(v, sc, spans)) < 0) {
             goto done;
         }
     }
@@ -551,8 +570,8 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "scan(body, keys) takes 2 arguments");
         return NULL;
     }
-    const Table *t = PyCapsule_GetPointer(args[1], TABLE_CAPSULE);
-    if (t == NULL) return NULL;
+    Scan sc = {PyCapsule_GetPointer(args[1], TABLE_CAPSULE), {NULL, 0}, NULL};
+    if (sc.t == NULL) return NULL;
     Py_buffer buf;
     if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *out = PyList_New(0);
@@ -569,9 +588,10 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         if (wt != WT_LEN || rd_len(&r, &v) < 0) break;
-        rc = read_resource_spans(v, t, out);
+        rc = read_resource_spans(v, &sc, out);
     }
     PyBuffer_Release(&buf);
+    Py_XDECREF(sc.trace_hex);
     if (rc == 0) return out;
     Py_XDECREF(out);
     if (rc == ERR && PyErr_Occurred()) {
