@@ -143,7 +143,8 @@ class KafkaSink:
     async def publish(self, spans: Sequence[Span]) -> None:
         """Send ``spans`` and wait until the broker acknowledged each one; raise if any may be missing."""
         try:
-            await asyncio.wait_for(self._publish(spans), self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task of its own, as wait_for makes
+                await self._publish(spans)
         except BaseException:
             await self.close()
             raise
