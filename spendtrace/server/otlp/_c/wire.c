@@ -100,6 +100,23 @@ static Rd reader(Slice s) {
     return r;
 }
 
+/* The next occurrence of repeated message field ``field`` in ``r`` (others skipped): 1 with it in *out, 0 at the
+ * end, BAIL when malformed or the field comes with another wire type. */
+static int next_of(Rd *r, uint32_t field, Slice *out) {
+    while (r->p < r->end) {
+        uint32_t f;
+        int wt;
+        if (rd_tag(r, &f, &wt) < 0) return BAIL;
+        if (f != field) {
+            if (skip(r, wt) < 0) return BAIL;
+            continue;
+        }
+        if (wt != WT_LEN || rd_len(r, out) < 0) return BAIL;
+        return 1;
+    }
+    return 0;
+}
+
 static PyObject *str_of(Slice s) { return PyUnicode_DecodeUTF8((const char *)s.p, s.n, "strict"); }
 
 /* ---- The key table: wanted attribute keys by their UTF-8 bytes, without making a str per key read. ---- */
@@ -227,16 +244,9 @@ static int read_kv(Slice s, Slice *key, Slice *value, int *has_value) {
 /* Decode a KeyValue list's ``values`` (field ``field`` of ``s``) into ``into``, the last of a repeated key winning. */
 static int kv_list(Slice s, uint32_t field, PyObject *into, int depth) {
     Rd r = reader(s);
-    while (r.p < r.end) {
-        uint32_t f;
-        int wt;
-        Slice kv;
-        if (rd_tag(&r, &f, &wt) < 0) return BAIL;
-        if (f != field) {
-            if (skip(&r, wt) < 0) return BAIL;
-            continue;
-        }
-        if (wt != WT_LEN || rd_len(&r, &kv) < 0) return BAIL;
+    Slice kv;
+    int found;
+    while ((found = next_of(&r, field, &kv)) > 0) {
         Slice key, value;
         int has_value, rc;
         if ((rc = read_kv(kv, &key, &value, &has_value)) < 0) return rc;
@@ -252,7 +262,7 @@ static int kv_list(Slice s, uint32_t field, PyObject *into, int depth) {
         Py_DECREF(v);
         if (rc < 0) return ERR;
     }
-    return 0;
+    return found;
 }
 
 /* An AnyValue as ``_convert.any_value`` gives it. NULL without an error set: leave it to the Python reader. */
@@ -299,22 +309,16 @@ static PyObject *any_value(Slice s, int depth) {
             PyObject *list = PyList_New(0);
             if (list == NULL) return NULL;
             Rd a = reader(region);
-            while (a.p < a.end) {
-                uint32_t f;
-                int wt;
-                Slice item;
-                if (rd_tag(&a, &f, &wt) < 0) goto array_bail;
-                if (f != 1) {
-                    if (skip(&a, wt) < 0) goto array_bail;
-                    continue;
-                }
-                if (wt != WT_LEN || rd_len(&a, &item) < 0) goto array_bail;
+            Slice item;
+            int found;
+            while ((found = next_of(&a, 1, &item)) > 0) {
                 PyObject *v = any_value(item, depth + 1);
                 if (v == NULL) goto array_bail;
                 int rc = PyList_Append(list, v);
                 Py_DECREF(v);
                 if (rc < 0) goto array_bail;
             }
+            if (found < 0) goto array_bail;
             return list;
         array_bail:
             Py_DECREF(list);
@@ -512,19 +516,12 @@ fail:
 
 static int read_scope_spans(Slice s, Scan *sc, PyObject *spans) {
     Rd r = reader(s);
-    while (r.p < r.end) {
-        uint32_t f;
-        int wt, rc;
-        Slice v;
-        if (rd_tag(&r, &f, &wt) < 0) return BAIL;
-        if (f != 2) {
-            if (skip(&r, wt) < 0) return BAIL;
-            continue;
-        }
-        if (wt != WT_LEN || rd_len(&r, &v) < 0) return BAIL;
+    Slice v;
+    int found, rc;
+    while ((found = next_of(&r, 2, &v)) > 0) {
         if ((rc = read_span(v, sc, spans)) < 0) return rc;
     }
-    return 0;
+    return found;
 }
 
 /* One ResourceSpans as (resource attributes, [span tuples]). */
