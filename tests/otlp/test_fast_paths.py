@@ -237,3 +237,17 @@ def test_units_too_large_to_store_are_refused_with_their_reason_whatever_attribu
                                                                   "usage output_tokens"]  # fmt: skip
     ok = next(s for s in out.spans if s.operation == "ok")
     assert ok.usage[0].output_tokens == MAX_UNITS
+
+
+def test_genai_names_are_read_cut_and_the_identity_cache_keeps_only_short_strings() -> None:
+    """A 100,000-character model id gives the same (cut) key as always, and no cache keeps it; names that are
+    not strings are never cached, so 1 and True (equal as dict keys) still give different providers."""
+    from spendtrace.schema import MAX_KEY_LEN
+
+    long = "m" * 100_000
+    (item,) = _usage.usage_items({"gen_ai.provider.name": "openai", "gen_ai.request.model": long,
+                                  "gen_ai.usage.input_tokens": 5}, False)  # fmt: skip
+    assert item.key == f"openai:{long}"[:MAX_KEY_LEN] and item.model == long[:MAX_KEY_LEN]
+    assert all(len(v) <= _usage._LONGEST_NAME for names in _usage._IDENTITY for v in names if isinstance(v, str))
+    one, true = ({"gen_ai.provider.name": p, "gen_ai.usage.input_tokens": 5} for p in (1, True))
+    assert (_usage.usage_items(one, False)[0].provider, _usage.usage_items(true, False)[0].provider) == ("1", "true")

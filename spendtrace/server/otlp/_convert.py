@@ -201,8 +201,7 @@ def _read_message(request: Any, wanted: dict[str, int]) -> list[tuple[dict[str, 
                         flags |= flag
                 events = span.events
                 spans.append((span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(), span.name,
-                              span.start_time_unix_nano,
-                              span.end_time_unix_nano, span.status.code, attrs, flags,
+                              span.start_time_unix_nano, span.end_time_unix_nano, span.status.code, attrs, flags,
                               _exception_type(events) if events else None))  # fmt: skip
         out.append((attributes(rs.resource.attributes), spans))
     return out

@@ -126,32 +126,51 @@ def _int(value: Any) -> int:
     return 0
 
 
+#: Longest provider or model name read (a usage key keeps ``MAX_KEY_LEN``, 256 characters, of it).
+_LONGEST_NAME = 1024
+
+
 def _identity(raw_provider: Any, request_model: Any, response_model: Any, tier: Any,
               aws_service: str | None) -> tuple[str, str, str | None, str | None, str | None]:  # fmt: skip
-    """What a GenAI call's item says besides its counts: (key, provider, model, service tier, region)."""
-    raw = str(raw_provider or "").strip().lower()
+    """What a GenAI call's item says besides its counts: (key, provider, model, service tier, region).
+
+    Names are read up to ``_LONGEST_NAME`` characters (what is stored of them is shorter still), so the
+    caches below (``_provider``, ``model_key``) never keep a long string an export sent.
+    """
+    n = _LONGEST_NAME
+    raw = str(raw_provider or "")[:n].strip().lower()
     if not raw and aws_service == "Bedrock Runtime":
         raw = "aws.bedrock"
     provider = _provider(raw)
-    model = str(response_model or request_model or "")
+    model = str(response_model or request_model or "")[:n]
     if provider == "bedrock":  # the request's id keeps the inference profile (us., global.) the bill depends on
-        model = str(request_model or model)
+        model = str(request_model or model)[:n]
     return (model_key(provider, model), provider[:64], model[:MAX_KEY_LEN] or None, str(tier)[:64] if tier else None,
             _profile_geography(model) if provider == "bedrock" else None)  # fmt: skip
 
 
-#: ``_identity``, remembered: calls repeat a few models. ``typed``: 1 and True are one key to a dict, not here.
-_identity_of = lru_cache(maxsize=4096, typed=True)(_identity)
+#: ``_identity`` by its arguments, for calls whose names are all short strings (or absent): calls repeat a few
+#: models. Only those are kept, so no key holds a long string, and no 1 or True (equal to a dict, not to
+#: ``str``) stands for another. At most 4096 entries, then it starts again.
+_IDENTITY: dict[tuple[Any, ...], tuple[str, str, str | None, str | None, str | None]] = {}
 
 
 def _genai(attrs: Mapping[str, Any], aws_service: str | None) -> UsageItem:
-    raw_tier = attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier")
     names = (attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system"), attrs.get("gen_ai.request.model"),
-             attrs.get("gen_ai.response.model"), raw_tier, aws_service)  # fmt: skip
+             attrs.get("gen_ai.response.model"),
+             attrs.get("openai.response.service_tier") or attrs.get("gen_ai.openai.response.service_tier"),
+             aws_service)  # fmt: skip
     try:
-        key, provider, model, tier, region = _identity_of(*names)
-    except TypeError:  # a value that cannot be a key (a list): worked out each time
-        key, provider, model, tier, region = _identity(*names)
+        identity = _IDENTITY.get(names)
+    except TypeError:  # a value that cannot be a key (a list)
+        identity = None
+    if identity is None:
+        identity = _identity(*names)
+        if all(v is None or (type(v) is str and len(v) <= _LONGEST_NAME) for v in names):
+            if len(_IDENTITY) >= 4096:
+                _IDENTITY.clear()
+            _IDENTITY[names] = identity
+    key, provider, model, tier, region = identity
     # counts are ints almost always: those skip the call to _int
     inp = attrs.get("gen_ai.usage.input_tokens")
     if inp is None:
