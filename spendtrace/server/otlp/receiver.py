@@ -298,20 +298,12 @@ def _own_batches(producer: Any, parts: list[_Part], codec: str | None, limit: in
 def record_batch(records: bytes, count: int, timestamp_ms: int, codec: str | None, level: int = 1) -> bytearray:
     """A v2 record batch (as aiokafka's ``DefaultRecordBatchBuilder`` writes one, producer id -1) of ``count``
     records written by ``wire.records``, compressed with ``codec`` at ``level`` where that makes it smaller."""
-    from aiokafka.record.util import calc_crc32c
-
-    body: bytes | bytearray = records
-    attributes = 0
-    if codec is not None:
-        packed = _COMPRESS[codec](memoryview(records), level)
-        if len(packed) < len(records):
-            body, attributes = packed, _CODECS[codec]
+    body, attributes = _shrink(memoryview(records), codec, level) if codec is not None else (records, 0)
     out = bytearray(_HEADER.size)
     out += body
     _HEADER.pack_into(out, 0, 0, len(out) - _AFTER_LENGTH, -1, 2, 0, attributes, count - 1, timestamp_ms,
                       timestamp_ms, -1, -1, 0, count)  # fmt: skip
-    struct.pack_into(">I", out, _CRC_AT, calc_crc32c(memoryview(out)[_ATTRIBUTES_AT:]))
-    return out
+    return _signed(out)
 
 
 def _build(batches: list[Any], codec: str | None) -> None:
@@ -360,20 +352,31 @@ def compress_batch(batch: bytes | bytearray, codec: str, level: int) -> bytes | 
     Returned as it is when it is compressed already, or when compression would not make it smaller (as
     aiokafka does).
     """
-    from aiokafka.record.util import calc_crc32c
-
     if batch[_ATTRIBUTES_AT + 1] & _CODEC_MASK:
         return batch
-    records = memoryview(batch)[_RECORDS_AT:]
-    packed = _COMPRESS[codec](records, level)
-    if len(packed) >= len(records):
+    packed, codec_id = _shrink(memoryview(batch)[_RECORDS_AT:], codec, level)
+    if not codec_id:
         return batch
     out = bytearray(batch[:_RECORDS_AT])
     out += packed
     struct.pack_into(">i", out, _LENGTH_AT, len(out) - _AFTER_LENGTH)
-    out[_ATTRIBUTES_AT + 1] |= _CODECS[codec]
-    struct.pack_into(">I", out, _CRC_AT, calc_crc32c(memoryview(out)[_ATTRIBUTES_AT:]))
-    return out
+    out[_ATTRIBUTES_AT + 1] |= codec_id
+    return _signed(out)
+
+
+def _shrink(records: memoryview, codec: str, level: int) -> tuple[bytes | memoryview, int]:
+    """``records`` compressed with ``codec`` and its id for the batch attributes, or as they are and 0 when
+    compression would not make them smaller (as aiokafka does)."""
+    packed = _COMPRESS[codec](records, level)
+    return (packed, _CODECS[codec]) if len(packed) < len(records) else (records, 0)
+
+
+def _signed(batch: bytearray) -> bytearray:
+    """``batch`` with its CRC-32C (over everything from the attributes on) written in."""
+    from aiokafka.record.util import calc_crc32c
+
+    struct.pack_into(">I", batch, _CRC_AT, calc_crc32c(memoryview(batch)[_ATTRIBUTES_AT:]))
+    return batch
 
 
 def _builds_plain_batches() -> bool:
